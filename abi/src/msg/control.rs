@@ -1,0 +1,62 @@
+//! Payloads of the control family, answered by the daemon itself.
+
+use serde::{Deserialize, Serialize};
+
+/// The payload of every non-OK response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A human-readable explanation, naming the key, limit or module involved.
+    pub message: String,
+}
+
+/// HELLO request: the versions the client can speak.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Lowest ABI version the client speaks.
+    pub min_version: u8,
+    /// Highest ABI version the client speaks.
+    pub max_version: u8,
+    /// Free-form client name and version, for logs.
+    pub client: String,
+}
+
+/// HELLO response: what was agreed and who the daemon thinks the caller is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The version every later frame on this connection uses.
+    pub version: u8,
+    /// The daemon's software version.
+    pub daemon_version: String,
+    /// The tenant the kernel-verified peer credentials mapped to.
+    pub tenant: String,
+    /// The largest payload the daemon accepts on this connection.
+    pub max_frame: u32,
+}
+
+/// STATUS response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The daemon's software version.
+    pub daemon_version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Milliseconds since the daemon started.
+    pub uptime_ms: u64,
+    /// One entry per module, in start order.
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// One module in a STATUS response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    /// Module name, e.g. `state`.
+    pub name: String,
+    /// Process id of the current instance, 0 when none runs.
+    pub pid: u32,
+    /// `starting`, `running`, `restarting`, `failed` or `stopped`.
+    pub state: String,
+    /// How many times the module was restarted since the daemon started.
+    pub restarts: u32,
+    /// Names of the components this module serves.
+    pub components: Vec<String>,
+}

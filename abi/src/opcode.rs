@@ -1,0 +1,115 @@
+//! The opcode table: the "syscall numbers" of the ABI.
+//!
+//! An opcode is a `u16`; its high byte names the capability family (and so the
+//! module that serves it), its low byte the operation within the family.
+
+/// A raw opcode as it appears on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Opcode(pub u16);
+
+/// Capability families, the high byte of an opcode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Answered by the daemon itself: HELLO, PING, STATUS.
+    Control,
+    /// Key/value state with ETags, TTLs and transactions (`mecha-mod-state`).
+    State,
+    /// Internal frames between the daemon and a module; never valid from an app.
+    Link,
+    /// A family byte that this version does not define.
+    Unknown(u8),
+}
+
+impl Family {
+    /// The family byte on the wire.
+    pub fn byte(self) -> u8 {
+        match self {
+            Family::Control => 0x00,
+            Family::State => 0x01,
+            Family::Link => 0xF0,
+            Family::Unknown(b) => b,
+        }
+    }
+
+    /// The lower-case name used in configuration and in `mechactl status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Control => "control",
+            Family::State => "state",
+            Family::Link => "link",
+            Family::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Maps a family byte back to a family.
+    pub fn from_byte(b: u8) -> Self {
+        match b {
+            0x00 => Family::Control,
+            0x01 => Family::State,
+            0xF0 => Family::Link,
+            other => Family::Unknown(other),
+        }
+    }
+}
+
+impl Opcode {
+    /// Version negotiation; must be the first frame on a connection.
+    pub const HELLO: Opcode = Opcode(0x0001);
+    /// Liveness check answered by the daemon.
+    pub const PING: Opcode = Opcode(0x0002);
+    /// Daemon version, uptime and per-module state.
+    pub const STATUS: Opcode = Opcode(0x0003);
+
+    /// Read one key.
+    pub const STATE_GET: Opcode = Opcode(0x0101);
+    /// Write one key.
+    pub const STATE_SET: Opcode = Opcode(0x0102);
+    /// Delete one key.
+    pub const STATE_DELETE: Opcode = Opcode(0x0103);
+    /// Read many keys.
+    pub const STATE_BULK_GET: Opcode = Opcode(0x0104);
+    /// Write many keys atomically.
+    pub const STATE_BULK_SET: Opcode = Opcode(0x0105);
+    /// Apply several set/delete operations atomically.
+    pub const STATE_TRANSACT: Opcode = Opcode(0x0106);
+
+    /// Daemon → module: configuration handshake.
+    pub const LINK_HELLO: Opcode = Opcode(0xF001);
+    /// Daemon → module: health ping.
+    pub const LINK_PING: Opcode = Opcode(0xF002);
+    /// Daemon → module: stop taking work, finish in-flight requests.
+    pub const LINK_DRAIN: Opcode = Opcode(0xF003);
+
+    /// The capability family (high byte).
+    pub fn family(self) -> Family {
+        Family::from_byte((self.0 >> 8) as u8)
+    }
+
+    /// The symbolic name of a defined opcode, for logs and errors.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Opcode::HELLO => "HELLO",
+            Opcode::PING => "PING",
+            Opcode::STATUS => "STATUS",
+            Opcode::STATE_GET => "STATE_GET",
+            Opcode::STATE_SET => "STATE_SET",
+            Opcode::STATE_DELETE => "STATE_DELETE",
+            Opcode::STATE_BULK_GET => "STATE_BULK_GET",
+            Opcode::STATE_BULK_SET => "STATE_BULK_SET",
+            Opcode::STATE_TRANSACT => "STATE_TRANSACT",
+            Opcode::LINK_HELLO => "LINK_HELLO",
+            Opcode::LINK_PING => "LINK_PING",
+            Opcode::LINK_DRAIN => "LINK_DRAIN",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Opcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "{n} (0x{:04x})", self.0),
+            None => write!(f, "0x{:04x}", self.0),
+        }
+    }
+}
