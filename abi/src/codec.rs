@@ -13,11 +13,30 @@ use serde::Serialize;
 /// allocating more than the largest frame the daemon can be configured to accept.
 pub const MAX_DECODE_BYTES: usize = crate::header::MAX_FRAME_CAP as usize;
 
-fn config() -> impl bincode::config::Config {
+/// The pinned configuration, with a decode limit of `LIMIT` bytes.
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()
-        .with_limit::<MAX_DECODE_BYTES>()
+        .with_limit::<LIMIT>()
+}
+
+/// Decodes with the smallest limit bucket that fits `bytes`.
+///
+/// bincode sizes a string or byte buffer from its length prefix before reading
+/// it, charging the claim against the configured limit. A limit tied to the
+/// payload's real size (within a factor of four, plus 1 KiB) keeps an 11-byte
+/// payload that claims a 60 MiB string from allocating 60 MiB.
+fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    macro_rules! buckets {
+        ($($limit:expr),*) => {
+            $(if bytes.len() <= $limit / 4 {
+                return bincode::serde::decode_from_slice(bytes, config::<{ $limit }>());
+            })*
+        };
+    }
+    buckets!(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24);
+    bincode::serde::decode_from_slice(bytes, config::<MAX_DECODE_BYTES>())
 }
 
 /// Why a payload could not be encoded or decoded.
@@ -39,13 +58,14 @@ pub enum PayloadError {
 
 /// Encodes a payload value.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PayloadError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| PayloadError::Encode(e.to_string()))
+    bincode::serde::encode_to_vec(value, config::<MAX_DECODE_BYTES>())
+        .map_err(|e| PayloadError::Encode(e.to_string()))
 }
 
 /// Decodes a payload value, rejecting trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| PayloadError::Decode(e.to_string()))?;
+    let (value, used) =
+        decode_bounded(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(PayloadError::Trailing {
             extra: bytes.len() - used,

@@ -71,6 +71,8 @@ pub enum HeaderError {
         len: u64,
         /// The receiver's limit.
         max: u32,
+        /// The request id of the oversized frame, so it can be answered.
+        request_id: u32,
     },
 }
 
@@ -144,6 +146,7 @@ impl Header {
             return Err(HeaderError::TooLarge {
                 len: u64::from(header.payload_len),
                 max: max_payload,
+                request_id: header.request_id,
             });
         }
         Ok(header)
@@ -180,7 +183,11 @@ mod tests {
         h.payload_len = 17;
         assert_eq!(
             Header::decode(&h.encode(), 16),
-            Err(HeaderError::TooLarge { len: 17, max: 16 })
+            Err(HeaderError::TooLarge {
+                len: 17,
+                max: 16,
+                request_id: 1
+            })
         );
     }
 }

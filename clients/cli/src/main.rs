@@ -1,1 +1,182 @@
-fn main() {}
+//! `mechactl`: the command-line client for mechad.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mecha_client::blocking::Client;
+use mecha_client::SetOptions;
+
+/// Talk to the mecha daemon.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's socket. Default: $MECHA_SOCKET, else /run/mecha/mecha.sock
+    /// as root, else $XDG_RUNTIME_DIR/mecha/mecha.sock.
+    #[arg(long, global = true, env = "MECHA_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Deadline of each request, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Key/value state.
+    State {
+        #[command(subcommand)]
+        op: StateOp,
+    },
+    /// Daemon version, uptime and modules.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateOp {
+    /// Write a value; prints the new ETag.
+    Set {
+        key: String,
+        value: String,
+        /// Write only if the stored ETag equals this one.
+        #[arg(long)]
+        etag: Option<String>,
+        /// Expire the key after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Component name; default: the first state store.
+        #[arg(long, default_value = "")]
+        store: String,
+    },
+    /// Print a value to stdout (exit 3 if the key does not exist).
+    Get {
+        key: String,
+        /// Also print the ETag to stderr.
+        #[arg(long)]
+        etag: bool,
+        /// Component name; default: the first state store.
+        #[arg(long, default_value = "")]
+        store: String,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        /// Delete only if the stored ETag equals this one.
+        #[arg(long)]
+        etag: Option<String>,
+        /// Component name; default: the first state store.
+        #[arg(long, default_value = "")]
+        store: String,
+    },
+}
+
+/// Exit code for a key that does not exist.
+const EXIT_NOT_FOUND: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mechactl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket.unwrap_or_else(mecha_client::default_socket);
+    let mut client = Client::connect(&socket)?;
+    client.set_timeout(Duration::from_millis(cli.timeout_ms));
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::State { op } => match op {
+            StateOp::Set { key, value, etag, ttl, store } => {
+                let options = SetOptions {
+                    etag,
+                    ttl: ttl.map(Duration::from_secs),
+                };
+                let etag = client.set(&store, &key, value.into_bytes(), options)?;
+                writeln!(out, "{etag}")?;
+            }
+            StateOp::Get { key, etag, store } => match client.get(&store, &key)? {
+                Some(entry) => {
+                    out.write_all(&entry.value)?;
+                    // A trailing newline keeps shells tidy; values are printed
+                    // verbatim otherwise.
+                    if !entry.value.ends_with(b"\n") {
+                        writeln!(out)?;
+                    }
+                    if etag {
+                        eprintln!("etag: {}", entry.etag);
+                    }
+                }
+                None => {
+                    eprintln!("mechactl: key {key:?} not found");
+                    return Ok(ExitCode::from(EXIT_NOT_FOUND));
+                }
+            },
+            StateOp::Delete { key, etag, store } => {
+                let existed = client.delete(&store, &key, etag)?;
+                if !existed {
+                    eprintln!("mechactl: key {key:?} did not exist");
+                }
+            }
+        },
+        Command::Status { json } => {
+            let status = client.status().context("asking for status")?;
+            if json {
+                let modules: Vec<serde_json::Value> = status
+                    .modules
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "name": m.name, "pid": m.pid, "state": m.state,
+                            "restarts": m.restarts, "components": m.components,
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "daemon_version": status.daemon_version,
+                    "pid": status.pid,
+                    "uptime_ms": status.uptime_ms,
+                    "tenant": client.tenant(),
+                    "modules": modules,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "mechad {} (pid {}), up {:.1}s, you are tenant {}",
+                    status.daemon_version,
+                    status.pid,
+                    status.uptime_ms as f64 / 1000.0,
+                    client.tenant()
+                )?;
+                writeln!(out, "{:<12} {:>8} {:<11} {:>8}  COMPONENTS", "MODULE", "PID", "STATE", "RESTARTS")?;
+                for m in &status.modules {
+                    writeln!(
+                        out,
+                        "{:<12} {:>8} {:<11} {:>8}  {}",
+                        m.name,
+                        m.pid,
+                        m.state,
+                        m.restarts,
+                        m.components.join(",")
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

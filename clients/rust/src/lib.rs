@@ -1,1 +1,39 @@
+//! `mecha-client`: a tiny Rust client for the mecha daemon.
+//!
+//! [`Client`] is async (tokio) and pipelines: any number of calls may be in
+//! flight on its one connection, each matched to its answer by request id.
+//! [`blocking::Client`] offers the same calls for code without a runtime.
+#![forbid(unsafe_code)]
 
+pub mod blocking;
+mod client;
+mod error;
+
+pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
+pub use error::Error;
+pub use mecha_abi::msg::{
+    BulkGetItem, DeleteItem, HelloReply, ModuleStatus, SetItem, StateEntry, StatusReply, TxOp,
+};
+pub use mecha_abi::Status;
+
+/// The socket path clients use when none is given: `$MECHA_SOCKET`, else
+/// `/run/mecha/mecha.sock` for root, else `$XDG_RUNTIME_DIR/mecha/mecha.sock`
+/// — the same rule `mechad` follows.
+pub fn default_socket() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("MECHA_SOCKET") {
+        return PathBuf::from(p);
+    }
+    // /proc/self belongs to the effective uid of this process, which tells
+    // whether we are root without any unsafe libc call.
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX);
+    if uid == 0 {
+        return PathBuf::from("/run/mecha/mecha.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("mecha/mecha.sock"),
+        None => std::env::temp_dir().join(format!("mecha-{uid}/mecha.sock")),
+    }
+}

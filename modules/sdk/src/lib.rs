@@ -1,1 +1,55 @@
+//! `mecha-module`: everything a mecha module process needs.
+//!
+//! A module is an OS process spawned by `mechad` with one end of a socketpair on
+//! fd 3 (the *link*). The SDK performs the LINK_HELLO handshake, runs the request
+//! loop (many requests concurrently, bounded), hands each request to the
+//! [`Module`] with its tenant, answers health pings, drains on LINK_DRAIN, and
+//! exits when the daemon goes away. Writing a module means implementing
+//! [`Module`] and calling [`run`] from `main`.
 
+mod link;
+mod reply;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use link::run;
+pub use mecha_abi::msg::{ComponentSpec, LinkHello};
+pub use mecha_abi::{Opcode, Status};
+pub use reply::Reply;
+
+/// Who is asking: the tenant stamped on the request by the daemon.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// The tenant the daemon derived from the caller's kernel credentials. Every
+    /// key, topic or lock a module touches must be scoped by it.
+    pub tenant: String,
+    /// The opcode being served.
+    pub opcode: Opcode,
+}
+
+/// Why a module could not initialise from its handshake.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InitError(pub String);
+
+/// A capability served by a module process.
+pub trait Module: Send + Sync + Sized + 'static {
+    /// The module's name, e.g. `state`.
+    const NAME: &'static str;
+
+    /// How often [`Module::tick`] runs, if at all.
+    const TICK: Option<Duration> = None;
+
+    /// Builds the module from the daemon's handshake (components, data dir).
+    fn init(hello: LinkHello) -> impl Future<Output = Result<Self, InitError>> + Send;
+
+    /// Serves one request. `payload` is the application's payload, untouched.
+    fn handle(&self, ctx: Ctx, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+
+    /// Periodic maintenance (for example expiring keys). Errors are the
+    /// module's to log; the default does nothing.
+    fn tick(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}

@@ -1,0 +1,989 @@
+//! Golden-vector tests: builds every vector in `abi/vectors/` from typed values and checks the files and SPEC.md §10 byte for byte.
+//!
+//! The default run only compares. `MECHA_BLESS=1 cargo test -p mecha-abi --test vectors`
+//! rewrites both vector files from the values below; a rewrite changes the ABI, so it
+//! must be reviewed like any other change to SPEC.md.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use mecha_abi::msg::{
+    BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, ComponentSpec, DeleteItem,
+    DeleteReply, DeleteRequest, ErrorBody, GetRequest, Hello, HelloReply, LinkHello, LinkReady,
+    ModuleStatus, SetItem, SetReply, SetRequest, StateEntry, StatusReply, TransactReply,
+    TransactRequest, TxOp,
+};
+use mecha_abi::{
+    decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Checks that a payload decodes back to the value a vector was built from.
+type Check = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
+/// One valid frame: header plus typed payload.
+struct Vector {
+    name: &'static str,
+    meaning: &'static str,
+    /// The payload type's name in SPEC.md, or `empty`.
+    ty: String,
+    /// The header; `payload_len` is filled in by `encode_frame`.
+    header: Header,
+    payload: Vec<u8>,
+    check: Check,
+}
+
+/// One payload that a decoder must reject.
+struct Invalid {
+    name: &'static str,
+    meaning: &'static str,
+    ty: &'static str,
+    payload: Vec<u8>,
+    /// Attempts the decode; `Ok` means the decoder wrongly accepted the bytes.
+    decode: fn(&[u8]) -> Result<(), String>,
+}
+
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full).to_string()
+}
+
+/// A vector whose payload is one encoded value of type `T`.
+fn typed<T>(name: &'static str, meaning: &'static str, header: Header, value: T) -> Vector
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    let payload = encode(&value).expect("vector values encode");
+    Vector {
+        name,
+        meaning,
+        ty: short_type_name::<T>(),
+        header,
+        payload,
+        check: Box::new(move |bytes| {
+            let back: T = decode(bytes).map_err(|e| e.to_string())?;
+            if back == value {
+                Ok(())
+            } else {
+                Err(format!("decoded {back:?}, expected {value:?}"))
+            }
+        }),
+    }
+}
+
+/// A vector with an empty payload.
+fn empty(name: &'static str, meaning: &'static str, header: Header) -> Vector {
+    Vector {
+        name,
+        meaning,
+        ty: "empty".to_string(),
+        header,
+        payload: Vec::new(),
+        check: Box::new(|bytes| {
+            if bytes.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected an empty payload, got {} bytes",
+                    bytes.len()
+                ))
+            }
+        }),
+    }
+}
+
+/// An error response carrying `ErrorBody { message }`.
+fn error(
+    name: &'static str,
+    meaning: &'static str,
+    opcode: Opcode,
+    request_id: u32,
+    status: Status,
+    message: &str,
+) -> Vector {
+    typed(
+        name,
+        meaning,
+        resp(opcode, request_id, status),
+        ErrorBody {
+            message: message.to_string(),
+        },
+    )
+}
+
+/// A request header as an application sends it.
+fn req(opcode: Opcode, request_id: u32, deadline_ms: u32) -> Header {
+    Header {
+        deadline_ms,
+        ..Header::request(opcode, request_id)
+    }
+}
+
+/// A response header.
+fn resp(opcode: Opcode, request_id: u32, status: Status) -> Header {
+    req(opcode, request_id, 0).response(status)
+}
+
+fn item(key: &str, value: &[u8], etag: Option<&str>, ttl_ms: Option<u64>) -> SetItem {
+    SetItem {
+        key: key.to_string(),
+        value: value.to_vec(),
+        etag: etag.map(str::to_string),
+        ttl_ms,
+    }
+}
+
+fn entry(value: &[u8], etag: &str) -> StateEntry {
+    StateEntry {
+        value: value.to_vec(),
+        etag: etag.to_string(),
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The tenant the link examples forward for.
+const TENANT: &str = "uid:1000";
+
+/// The link-forwarded STATE_GET: `ext` tenant bytes, then the application payload.
+fn forwarded_get() -> Vector {
+    let app = GetRequest {
+        store: String::new(),
+        key: "order:1001".to_string(),
+    };
+    let mut payload = TENANT.as_bytes().to_vec();
+    payload.extend_from_slice(&encode(&app).expect("vector values encode"));
+    let ext = u16::try_from(TENANT.len()).expect("tenant fits ext");
+    Vector {
+        name: "link_forwarded_state_get_request",
+        meaning: "daemon -> module: STATE_GET of key \"order:1001\" in the default store for tenant \"uid:1000\" (ext = 8 prefix bytes), request id rewritten to link id 4097, 4998 ms of the deadline left",
+        ty: "GetRequest".to_string(),
+        header: Header {
+            ext,
+            ..req(Opcode::STATE_GET, 4097, 4998)
+        },
+        payload,
+        check: Box::new(move |bytes| {
+            let n = usize::from(ext);
+            let (prefix, rest) = bytes
+                .split_at_checked(n)
+                .ok_or("payload shorter than the tenant prefix")?;
+            let tenant = std::str::from_utf8(prefix).map_err(|e| e.to_string())?;
+            if tenant != TENANT {
+                return Err(format!("tenant {tenant:?}, expected {TENANT:?}"));
+            }
+            let back: GetRequest = decode(rest).map_err(|e| e.to_string())?;
+            if back == app {
+                Ok(())
+            } else {
+                Err(format!("decoded {back:?}, expected {app:?}"))
+            }
+        }),
+    }
+}
+
+/// Every valid vector, in file order.
+fn vectors() -> Vec<Vector> {
+    use Opcode as O;
+    vec![
+        // --- control ---------------------------------------------------------
+        typed(
+            "hello_request",
+            "HELLO, the first frame of a connection: client \"mecha-python/0.1.0\" speaks versions 1..=1",
+            req(O::HELLO, 1, 0),
+            Hello {
+                min_version: 1,
+                max_version: 1,
+                client: "mecha-python/0.1.0".to_string(),
+            },
+        ),
+        typed(
+            "hello_reply",
+            "OK answer to HELLO: version 1 agreed, daemon 0.1.0, tenant \"uid:1000\", max_frame 4194304 (4 MiB)",
+            resp(O::HELLO, 1, Status::Ok),
+            HelloReply {
+                version: 1,
+                daemon_version: "0.1.0".to_string(),
+                tenant: "uid:1000".to_string(),
+                max_frame: 4_194_304,
+            },
+        ),
+        empty(
+            "ping_request",
+            "PING with a 100 ms deadline; empty payload",
+            req(O::PING, 2, 100),
+        ),
+        empty(
+            "ping_reply",
+            "OK answer to PING; empty payload",
+            resp(O::PING, 2, Status::Ok),
+        ),
+        empty(
+            "status_request",
+            "STATUS request; empty payload",
+            req(O::STATUS, 3, 0),
+        ),
+        typed(
+            "status_reply",
+            "OK answer to STATUS: daemon 0.1.0, pid 812, up 86400123 ms, module \"state\" running with two components and module \"pubsub\" restarting after 2 restarts",
+            resp(O::STATUS, 3, Status::Ok),
+            StatusReply {
+                daemon_version: "0.1.0".to_string(),
+                pid: 812,
+                uptime_ms: 86_400_123,
+                modules: vec![
+                    ModuleStatus {
+                        name: "state".to_string(),
+                        pid: 815,
+                        state: "running".to_string(),
+                        restarts: 0,
+                        components: strings(&["statestore", "cache"]),
+                    },
+                    ModuleStatus {
+                        name: "pubsub".to_string(),
+                        pid: 0,
+                        state: "restarting".to_string(),
+                        restarts: 2,
+                        components: strings(&["events"]),
+                    },
+                ],
+            },
+        ),
+        // --- state -----------------------------------------------------------
+        typed(
+            "state_get_request",
+            "STATE_GET of key \"order:1001\" in the default store (empty store name)",
+            req(O::STATE_GET, 10, 0),
+            GetRequest {
+                store: String::new(),
+                key: "order:1001".to_string(),
+            },
+        ),
+        typed(
+            "state_get_reply",
+            "OK answer to STATE_GET: value {\"qty\":3} (9 bytes) with etag \"41\"",
+            resp(O::STATE_GET, 10, Status::Ok),
+            entry(b"{\"qty\":3}", "41"),
+        ),
+        typed(
+            "state_set_request_etag_ttl",
+            "STATE_SET in store \"statestore\" of key \"session:7f3a\" = \"cart=3\" only if its etag is \"41\", expiring 30000 ms after the write; 250 ms deadline",
+            req(O::STATE_SET, 11, 250),
+            SetRequest {
+                store: "statestore".to_string(),
+                item: item("session:7f3a", b"cart=3", Some("41"), Some(30_000)),
+            },
+        ),
+        typed(
+            "state_set_reply",
+            "OK answer to STATE_SET: the key's new etag is \"42\"",
+            resp(O::STATE_SET, 11, Status::Ok),
+            SetReply {
+                etag: "42".to_string(),
+            },
+        ),
+        typed(
+            "state_set_request_plain",
+            "STATE_SET in the default store of key \"counter\" = \"7\" without etag (last-write-wins) and without TTL",
+            req(O::STATE_SET, 12, 0),
+            SetRequest {
+                store: String::new(),
+                item: item("counter", b"7", None, None),
+            },
+        ),
+        typed(
+            "state_set_request_empty_value",
+            "STATE_SET of key \"flag:maintenance\" to the empty value, no etag, expiring after 60000 ms",
+            req(O::STATE_SET, 13, 0),
+            SetRequest {
+                store: String::new(),
+                item: item("flag:maintenance", b"", None, Some(60_000)),
+            },
+        ),
+        typed(
+            "state_set_request_utf8_key",
+            "STATE_SET of the non-ASCII key \"usuário:東京\" (15 UTF-8 bytes) = \"olá\" (4 bytes) only if its etag is \"7\", no TTL",
+            req(O::STATE_SET, 14, 0),
+            SetRequest {
+                store: String::new(),
+                item: item("usuário:東京", "olá".as_bytes(), Some("7"), None),
+            },
+        ),
+        typed(
+            "state_delete_request_etag",
+            "STATE_DELETE in store \"statestore\" of key \"session:7f3a\" only if its etag is \"42\"",
+            req(O::STATE_DELETE, 15, 0),
+            DeleteRequest {
+                store: "statestore".to_string(),
+                item: DeleteItem {
+                    key: "session:7f3a".to_string(),
+                    etag: Some("42".to_string()),
+                },
+            },
+        ),
+        typed(
+            "state_delete_reply_existed",
+            "OK answer to STATE_DELETE: a live key was removed (existed = true)",
+            resp(O::STATE_DELETE, 15, Status::Ok),
+            DeleteReply { existed: true },
+        ),
+        typed(
+            "state_delete_request_no_etag",
+            "STATE_DELETE in the default store of key \"order:9999\" without etag",
+            req(O::STATE_DELETE, 16, 0),
+            DeleteRequest {
+                store: String::new(),
+                item: DeleteItem {
+                    key: "order:9999".to_string(),
+                    etag: None,
+                },
+            },
+        ),
+        typed(
+            "state_delete_reply_missing",
+            "OK answer to STATE_DELETE of a missing key: existed = false",
+            resp(O::STATE_DELETE, 16, Status::Ok),
+            DeleteReply { existed: false },
+        ),
+        typed(
+            "state_bulk_get_request",
+            "STATE_BULK_GET of keys \"order:1001\", \"order:1002\", \"order:1003\" in the default store",
+            req(O::STATE_BULK_GET, 17, 0),
+            BulkGetRequest {
+                store: String::new(),
+                keys: strings(&["order:1001", "order:1002", "order:1003"]),
+            },
+        ),
+        typed(
+            "state_bulk_get_reply_with_missing",
+            "OK answer to STATE_BULK_GET in request order: order:1001 found (etag \"41\"), order:1002 missing (entry None), order:1003 found (etag \"39\")",
+            resp(O::STATE_BULK_GET, 17, Status::Ok),
+            BulkGetReply {
+                items: vec![
+                    BulkGetItem {
+                        key: "order:1001".to_string(),
+                        entry: Some(entry(b"{\"qty\":3}", "41")),
+                    },
+                    BulkGetItem {
+                        key: "order:1002".to_string(),
+                        entry: None,
+                    },
+                    BulkGetItem {
+                        key: "order:1003".to_string(),
+                        entry: Some(entry(b"{\"qty\":1}", "39")),
+                    },
+                ],
+            },
+        ),
+        typed(
+            "state_bulk_set_request",
+            "STATE_BULK_SET (atomic) of \"user:1:name\" = \"Ada\" (no etag, no TTL) and \"user:1:email\" = \"ada@example.com\" (etag \"12\", TTL 86400000 ms)",
+            req(O::STATE_BULK_SET, 18, 0),
+            BulkSetRequest {
+                store: String::new(),
+                items: vec![
+                    item("user:1:name", b"Ada", None, None),
+                    item("user:1:email", b"ada@example.com", Some("12"), Some(86_400_000)),
+                ],
+            },
+        ),
+        typed(
+            "state_bulk_set_reply",
+            "OK answer to STATE_BULK_SET: new etags \"43\" and \"44\", one per item in order",
+            resp(O::STATE_BULK_SET, 18, Status::Ok),
+            TransactReply {
+                etags: vec![Some("43".to_string()), Some("44".to_string())],
+            },
+        ),
+        typed(
+            "state_transact_request",
+            "STATE_TRANSACT in store \"statestore\": Set \"inventory:sku-1\" = \"9\" if etag \"40\", then Delete \"reservation:77\" without etag",
+            req(O::STATE_TRANSACT, 19, 0),
+            TransactRequest {
+                store: "statestore".to_string(),
+                ops: vec![
+                    TxOp::Set(item("inventory:sku-1", b"9", Some("40"), None)),
+                    TxOp::Delete(DeleteItem {
+                        key: "reservation:77".to_string(),
+                        etag: None,
+                    }),
+                ],
+            },
+        ),
+        typed(
+            "state_transact_reply",
+            "OK answer to STATE_TRANSACT: Some(\"45\") for the set, None for the delete",
+            resp(O::STATE_TRANSACT, 19, Status::Ok),
+            TransactReply {
+                etags: vec![Some("45".to_string()), None],
+            },
+        ),
+        // --- one error response per non-OK status ------------------------------
+        error(
+            "error_not_found",
+            "NOT_FOUND (1) answering STATE_GET of a missing key",
+            O::STATE_GET,
+            20,
+            Status::NotFound,
+            "key \"order:9999\" not found",
+        ),
+        error(
+            "error_etag_mismatch",
+            "ETAG_MISMATCH (2) answering a STATE_SET whose etag is stale; nothing changed",
+            O::STATE_SET,
+            21,
+            Status::EtagMismatch,
+            "etag mismatch on key \"session:7f3a\"",
+        ),
+        error(
+            "error_invalid_argument",
+            "INVALID_ARGUMENT (3) answering a STATE_SET whose payload had one trailing byte",
+            O::STATE_SET,
+            22,
+            Status::InvalidArgument,
+            "undecodable payload: 1 trailing bytes after the value",
+        ),
+        error(
+            "error_unknown_opcode",
+            "UNKNOWN_OPCODE (4) answering opcode 0x0201 (family 0x02 is reserved in v1); the opcode is echoed",
+            Opcode(0x0201),
+            23,
+            Status::UnknownOpcode,
+            "unknown opcode 0x0201",
+        ),
+        error(
+            "error_unsupported_version",
+            "UNSUPPORTED_VERSION (5) answering a HELLO whose range 2..=3 does not include 1; the daemon then closes the connection",
+            O::HELLO,
+            1,
+            Status::UnsupportedVersion,
+            "client speaks ABI versions 2..=3, this daemon speaks 1..=1",
+        ),
+        error(
+            "error_permission_denied",
+            "PERMISSION_DENIED (6) answering a STATE_GET that policy forbids to the caller's tenant",
+            O::STATE_GET,
+            24,
+            Status::PermissionDenied,
+            "tenant \"uid:1001\" may not use store \"billing\"",
+        ),
+        error(
+            "error_resource_exhausted",
+            "RESOURCE_EXHAUSTED (7) answering request 25 whose payload_len 5000000 exceeds max_frame: opcode 0 marks it connection-fatal; the daemon then stops reading and closes",
+            Opcode(0),
+            25,
+            Status::ResourceExhausted,
+            "payload of 5000000 bytes exceeds the maximum frame size of 4194304 bytes",
+        ),
+        error(
+            "error_unavailable",
+            "UNAVAILABLE (8, retryable) answering a STATE_GET while module \"state\" restarts",
+            O::STATE_GET,
+            26,
+            Status::Unavailable,
+            "module state is restarting; retry",
+        ),
+        error(
+            "error_deadline_exceeded",
+            "DEADLINE_EXCEEDED (9) answering a STATE_TRANSACT whose 250 ms deadline passed",
+            O::STATE_TRANSACT,
+            27,
+            Status::DeadlineExceeded,
+            "module state did not answer before the deadline",
+        ),
+        error(
+            "error_internal",
+            "INTERNAL (10) answering a STATE_BULK_GET when the backing store failed",
+            O::STATE_BULK_GET,
+            28,
+            Status::Internal,
+            "store failure: I/O error reading /var/lib/mecha/state/statestore.redb",
+        ),
+        error(
+            "error_bad_magic",
+            "INVALID_ARGUMENT sent once after a frame with bad magic (here \"GET \"): opcode 0, request id 0; the daemon then stops reading and closes",
+            Opcode(0),
+            0,
+            Status::InvalidArgument,
+            "bad magic [47, 45, 54, 20]: expected \"MCHA\"",
+        ),
+        // --- module link -------------------------------------------------------
+        typed(
+            "link_hello_request",
+            "daemon -> module LINK_HELLO: link version 1, module \"state\", data dir /var/lib/mecha/state, components statestore (state.redb, path=statestore.redb) and cache (state.memory, no metadata)",
+            req(O::LINK_HELLO, 1, 10_000),
+            LinkHello {
+                version: 1,
+                module: "state".to_string(),
+                data_dir: "/var/lib/mecha/state".to_string(),
+                components: vec![
+                    ComponentSpec {
+                        name: "statestore".to_string(),
+                        kind: "state.redb".to_string(),
+                        metadata: vec![("path".to_string(), "statestore.redb".to_string())],
+                    },
+                    ComponentSpec {
+                        name: "cache".to_string(),
+                        kind: "state.memory".to_string(),
+                        metadata: Vec::new(),
+                    },
+                ],
+            },
+        ),
+        typed(
+            "link_ready_reply",
+            "module -> daemon OK answer to LINK_HELLO: module \"state\" version 0.1.0 is ready",
+            resp(O::LINK_HELLO, 1, Status::Ok),
+            LinkReady {
+                module: "state".to_string(),
+                version: "0.1.0".to_string(),
+            },
+        ),
+        empty(
+            "link_ping_request",
+            "daemon -> module LINK_PING health check with a 1000 ms deadline; empty payload",
+            req(O::LINK_PING, 2, 1000),
+        ),
+        empty(
+            "link_ping_reply",
+            "module -> daemon OK answer to LINK_PING; empty payload",
+            resp(O::LINK_PING, 2, Status::Ok),
+        ),
+        empty(
+            "link_drain_request",
+            "daemon -> module LINK_DRAIN with a 30000 ms deadline; empty payload",
+            req(O::LINK_DRAIN, 3, 30_000),
+        ),
+        empty(
+            "link_drain_reply",
+            "module -> daemon OK answer to LINK_DRAIN after in-flight requests finished; the module then exits",
+            resp(O::LINK_DRAIN, 3, Status::Ok),
+        ),
+        forwarded_get(),
+        typed(
+            "link_forwarded_state_get_reply",
+            "module -> daemon OK answer to the forwarded STATE_GET: ext 0, link id 4097, value {\"qty\":3} with etag \"41\"",
+            resp(O::STATE_GET, 4097, Status::Ok),
+            entry(b"{\"qty\":3}", "41"),
+        ),
+    ]
+}
+
+fn reject<T: DeserializeOwned + Debug>(bytes: &[u8]) -> Result<(), String> {
+    match decode::<T>(bytes) {
+        Ok(v) => Err(format!("decoded to {v:?}")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn enc<T: Serialize>(value: &T) -> Vec<u8> {
+    encode(value).expect("vector values encode")
+}
+
+fn with(mut base: Vec<u8>, at: usize, byte: u8) -> Vec<u8> {
+    base[at] = byte;
+    base
+}
+
+/// Every invalid payload, in file order.
+fn invalid_vectors() -> Vec<Invalid> {
+    // `DeleteReply { existed: true }` is the single byte 01.
+    let delete_reply = enc(&DeleteReply { existed: true });
+    // `DeleteItem` in a DeleteRequest: "" store, key "k", etag None.
+    let delete_req = enc(&DeleteRequest {
+        store: String::new(),
+        item: DeleteItem {
+            key: "k".to_string(),
+            etag: None,
+        },
+    });
+    let get_req = enc(&GetRequest {
+        store: String::new(),
+        key: "k".to_string(),
+    });
+    let tx_req = enc(&TransactRequest {
+        store: String::new(),
+        ops: vec![TxOp::Delete(DeleteItem {
+            key: "k".to_string(),
+            etag: None,
+        })],
+    });
+    let mut trailing = get_req.clone();
+    trailing.push(0);
+    let mut huge = (1u64 << 62).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"abc");
+    vec![
+        Invalid {
+            name: "bool_not_0_or_1",
+            meaning: "DeleteReply whose bool byte is 2",
+            ty: "DeleteReply",
+            payload: with(delete_reply, 0, 2),
+            decode: reject::<DeleteReply>,
+        },
+        Invalid {
+            name: "option_tag_2",
+            meaning: "DeleteRequest (store \"\", key \"k\") whose Option tag for etag is 2",
+            ty: "DeleteRequest",
+            payload: with(delete_req.clone(), delete_req.len() - 1, 2),
+            decode: reject::<DeleteRequest>,
+        },
+        Invalid {
+            name: "enum_variant_2",
+            meaning: "TransactRequest with one op whose TxOp variant index is 2 (only 0 and 1 exist)",
+            ty: "TransactRequest",
+            payload: with(tx_req, 16, 2),
+            decode: reject::<TransactRequest>,
+        },
+        Invalid {
+            name: "invalid_utf8",
+            meaning: "GetRequest whose key is the single byte ff, which is not UTF-8",
+            ty: "GetRequest",
+            payload: with(get_req.clone(), get_req.len() - 1, 0xff),
+            decode: reject::<GetRequest>,
+        },
+        Invalid {
+            name: "trailing_byte",
+            meaning: "a valid GetRequest followed by one extra 00 byte",
+            ty: "GetRequest",
+            payload: trailing,
+            decode: reject::<GetRequest>,
+        },
+        Invalid {
+            name: "truncated",
+            meaning: "GetRequest missing the last byte of its key",
+            ty: "GetRequest",
+            payload: get_req[..get_req.len() - 1].to_vec(),
+            decode: reject::<GetRequest>,
+        },
+        Invalid {
+            name: "length_prefix_beyond_payload",
+            meaning: "GetRequest whose store length prefix claims 2^62 bytes but 3 follow; must fail without allocating",
+            ty: "GetRequest",
+            payload: huge,
+            decode: reject::<GetRequest>,
+        },
+        Invalid {
+            name: "empty_payload_for_struct",
+            meaning: "an empty payload where a GetRequest is required",
+            ty: "GetRequest",
+            payload: Vec::new(),
+            decode: reject::<GetRequest>,
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// File format (abi/vectors/README.md).
+
+fn abi_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    // Only lowercase hex is accepted, so that the files have one spelling.
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(format!("{:?} is not a lowercase hex digit", char::from(c))),
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Ok(digit(*hi)? << 4 | digit(*lo)?),
+            _ => Err("odd number of hex digits".to_string()),
+        })
+        .collect()
+}
+
+/// One parsed block: its `key: value` lines in order.
+type Block = Vec<(String, String)>;
+
+fn parse_blocks(text: &str, keys: &[&str]) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut cur: Block = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                blocks.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        let (k, v) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("line {}: expected `key: value`: {line:?}", n + 1));
+        assert!(keys.contains(&k), "line {}: unknown key {k:?}", n + 1);
+        cur.push((k.to_string(), v.trim_start_matches(' ').to_string()));
+    }
+    if !cur.is_empty() {
+        blocks.push(cur);
+    }
+    for b in &blocks {
+        let got: Vec<&str> = b.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(got, keys, "every block has exactly these keys, in order");
+    }
+    blocks
+}
+
+fn field<'a>(block: &'a Block, key: &str) -> &'a str {
+    &block
+        .iter()
+        .find(|(k, _)| k == key)
+        .expect("parse_blocks checked the keys")
+        .1
+}
+
+const V1_HEADER: &str = "\
+# mecha ABI v1 golden vectors: valid frames (header + payload). Format: abi/vectors/README.md.
+# Generated from abi/tests/vectors.rs with `MECHA_BLESS=1 cargo test -p mecha-abi --test vectors`.
+# Normative: a change here is a change to the ABI.
+";
+
+const INVALID_HEADER: &str = "\
+# mecha ABI v1 golden vectors: payloads (no header) that a decoder of `type` must reject.
+# Format: abi/vectors/README.md. Generated from abi/tests/vectors.rs with `MECHA_BLESS=1`.
+";
+
+fn render_valid(vs: &[Vector]) -> String {
+    let mut out = String::from(V1_HEADER);
+    for v in vs {
+        let frame = encode_frame(v.header, &v.payload).expect("vector frames encode");
+        out.push_str(&format!(
+            "\nname: {}\nmeaning: {}\ntype: {}\nframe: {}\n",
+            v.name,
+            v.meaning,
+            v.ty,
+            hex(&frame)
+        ));
+    }
+    out
+}
+
+fn render_invalid(vs: &[Invalid]) -> String {
+    let mut out = String::from(INVALID_HEADER);
+    for v in vs {
+        out.push_str(&format!(
+            "\nname: {}\nmeaning: {}\ntype: {}\npayload: {}\n",
+            v.name,
+            v.meaning,
+            v.ty,
+            hex(&v.payload)
+        ));
+        // An empty value is written as `payload:` so that no line ends in a space.
+        if v.payload.is_empty() {
+            out.truncate(out.len() - 2);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn blessing() -> bool {
+    std::env::var("MECHA_BLESS").is_ok_and(|v| v == "1")
+}
+
+/// Reads a vector file, first rewriting it from `rendered` when blessing.
+fn load(file: &str, rendered: &str) -> String {
+    let path = abi_dir().join("vectors").join(file);
+    if blessing() {
+        std::fs::write(&path, rendered).expect("write vector file");
+    }
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn check_names(kind: &str, built: &[&str], in_file: &[&str]) {
+    let b: BTreeSet<&str> = built.iter().copied().collect();
+    let f: BTreeSet<&str> = in_file.iter().copied().collect();
+    assert_eq!(b.len(), built.len(), "{kind}: duplicate name in the test");
+    assert_eq!(f.len(), in_file.len(), "{kind}: duplicate name in the file");
+    let missing: Vec<_> = b.difference(&f).collect();
+    let uncovered: Vec<_> = f.difference(&b).collect();
+    assert!(
+        missing.is_empty(),
+        "{kind}: built but not in the file: {missing:?}"
+    );
+    assert!(
+        uncovered.is_empty(),
+        "{kind}: in the file but not covered by the test: {uncovered:?}"
+    );
+    assert_eq!(built, in_file, "{kind}: order differs");
+    for n in built {
+        assert!(
+            !n.is_empty()
+                && n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'),
+            "{kind}: name {n:?} is not snake_case"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn valid_vectors_match_the_file() {
+    let vs = vectors();
+    let text = load("v1.txt", &render_valid(&vs));
+    let blocks = parse_blocks(&text, &["name", "meaning", "type", "frame"]);
+    let built: Vec<&str> = vs.iter().map(|v| v.name).collect();
+    let in_file: Vec<&str> = blocks.iter().map(|b| field(b, "name")).collect();
+    check_names("v1.txt", &built, &in_file);
+
+    for (v, b) in vs.iter().zip(&blocks) {
+        let name = v.name;
+        assert_eq!(field(b, "meaning"), v.meaning, "{name}: meaning");
+        assert_eq!(field(b, "type"), v.ty, "{name}: type");
+        let bytes = unhex(field(b, "frame")).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        // Encode direction: the typed value gives exactly the file's bytes.
+        let built = encode_frame(v.header, &v.payload).expect("vector frames encode");
+        assert_eq!(hex(&bytes), hex(&built), "{name}: encoded bytes differ");
+
+        // Decode direction: the file's bytes give back the typed value.
+        let head: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().expect("24 bytes");
+        let header = Header::decode(&head, MAX_FRAME_CAP).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let payload = &bytes[HEADER_LEN..];
+        let expected = Header {
+            payload_len: u32::try_from(v.payload.len()).expect("small payload"),
+            ..v.header
+        };
+        assert_eq!(header, expected, "{name}: header");
+        assert_eq!(header.payload_len as usize, payload.len(), "{name}: length");
+        (v.check)(payload).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn invalid_vectors_match_the_file_and_are_rejected() {
+    let vs = invalid_vectors();
+    let text = load("v1-invalid.txt", &render_invalid(&vs));
+    let blocks = parse_blocks(&text, &["name", "meaning", "type", "payload"]);
+    let built: Vec<&str> = vs.iter().map(|v| v.name).collect();
+    let in_file: Vec<&str> = blocks.iter().map(|b| field(b, "name")).collect();
+    check_names("v1-invalid.txt", &built, &in_file);
+
+    for (v, b) in vs.iter().zip(&blocks) {
+        let name = v.name;
+        assert_eq!(field(b, "meaning"), v.meaning, "{name}: meaning");
+        assert_eq!(field(b, "type"), v.ty, "{name}: type");
+        let bytes = unhex(field(b, "payload")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(hex(&bytes), hex(&v.payload), "{name}: bytes differ");
+        (v.decode)(&bytes).unwrap_or_else(|e| panic!("{name}: decoder accepted it: {e}"));
+    }
+}
+
+/// Every defined opcode appears in at least one request and one response vector,
+/// and every non-OK status in at least one error vector.
+#[test]
+fn vectors_cover_every_opcode_and_status() {
+    let vs = vectors();
+    let opcodes = [
+        Opcode::HELLO,
+        Opcode::PING,
+        Opcode::STATUS,
+        Opcode::STATE_GET,
+        Opcode::STATE_SET,
+        Opcode::STATE_DELETE,
+        Opcode::STATE_BULK_GET,
+        Opcode::STATE_BULK_SET,
+        Opcode::STATE_TRANSACT,
+        Opcode::LINK_HELLO,
+        Opcode::LINK_PING,
+        Opcode::LINK_DRAIN,
+    ];
+    for op in opcodes {
+        let is = |resp: bool| {
+            vs.iter().any(|v| {
+                v.header.opcode == op
+                    && v.header.flags.is_response() == resp
+                    && v.header.status == 0
+            })
+        };
+        assert!(is(false), "no request vector for {op}");
+        assert!(is(true), "no OK response vector for {op}");
+    }
+    for status in Status::ALL.iter().skip(1) {
+        assert!(
+            vs.iter().any(|v| v.header.status == status.code()
+                && v.header.flags == Flags(Flags::RESPONSE)
+                && v.ty == "ErrorBody"),
+            "no error vector for {status}"
+        );
+    }
+}
+
+/// The annotated hex dumps in SPEC.md §10 are the same bytes as the vectors they name.
+///
+/// In SPEC.md a dump starts with a line `vector: <name>` inside a fenced block;
+/// each following line holds hex bytes before a `|` and an annotation after it.
+#[test]
+fn spec_examples_match_the_vectors() {
+    let spec = std::fs::read_to_string(abi_dir().join("SPEC.md")).expect("read SPEC.md");
+    let frames: Vec<(&str, Vec<u8>)> = vectors()
+        .iter()
+        .map(|v| {
+            (
+                v.name,
+                encode_frame(v.header, &v.payload).expect("vector frames encode"),
+            )
+        })
+        .collect();
+
+    let mut examples: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut current: Option<(String, Vec<u8>)> = None;
+    for line in spec.lines() {
+        if let Some(name) = line.strip_prefix("vector: ") {
+            assert!(current.is_none(), "nested `vector:` line in SPEC.md");
+            current = Some((name.trim().to_string(), Vec::new()));
+            continue;
+        }
+        let Some((_, bytes)) = current.as_mut() else {
+            continue;
+        };
+        if line.starts_with("```") {
+            examples.extend(current.take());
+            continue;
+        }
+        let hexpart = line.split('|').next().unwrap_or("");
+        for tok in hexpart.split_whitespace() {
+            assert!(
+                tok.len() == 2,
+                "SPEC.md: {tok:?} is not a hex byte in {line:?}"
+            );
+            bytes.push(u8::from_str_radix(tok, 16).expect("hex byte in SPEC.md"));
+        }
+    }
+    assert!(current.is_none(), "unterminated example in SPEC.md");
+
+    let required = [
+        "hello_request",
+        "hello_reply",
+        "state_set_request_etag_ttl",
+        "state_get_reply",
+        "error_not_found",
+        "state_transact_request",
+    ];
+    for r in required {
+        assert!(
+            examples.iter().any(|(n, _)| n == r),
+            "SPEC.md lacks the worked example {r}"
+        );
+    }
+    for (name, bytes) in &examples {
+        let (_, frame) = frames
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("SPEC.md example names unknown vector {name}"));
+        assert_eq!(hex(bytes), hex(frame), "SPEC.md example {name} differs");
+    }
+}

@@ -1,0 +1,191 @@
+//! Tokio framing shared by `mechad`, the module SDK and the Rust client.
+//!
+//! [`FrameReader`] owns its read buffer and yields whole frames, checking the
+//! length against the limit before buffering a payload. [`write_loop`] drains a
+//! bounded channel of encoded frames onto a socket, coalescing every frame that
+//! is already queued into one flush, so pipelined traffic costs few syscalls.
+#![forbid(unsafe_code)]
+
+use bytes::{Bytes, BytesMut};
+use mecha_abi::{parse_frame, Header, HeaderError, HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+/// Why no further frame can be read from a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The header is invalid; the stream cannot be resynchronised.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// The peer closed the stream in the middle of a frame.
+    #[error("connection closed mid-frame with {buffered} bytes of a partial frame buffered")]
+    Truncated {
+        /// How many bytes of the partial frame had arrived.
+        buffered: usize,
+    },
+}
+
+/// Reads whole frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_payload: u32,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps `inner`, accepting payloads of at most `max_payload` bytes.
+    pub fn new(inner: R, max_payload: u32) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_payload,
+        }
+    }
+
+    /// Returns the next frame, or `Ok(None)` on a clean EOF at a frame boundary.
+    pub async fn next(&mut self) -> Result<Option<(Header, Bytes)>, ReadError> {
+        loop {
+            if let Some(header) = parse_frame(&self.buf, self.max_payload)? {
+                let mut frame = self.buf.split_to(HEADER_LEN + header.payload_len as usize);
+                let payload = frame.split_off(HEADER_LEN).freeze();
+                return Ok(Some((header, payload)));
+            }
+            // The header (if present) passed the length check, so reserving room
+            // for the rest of this frame is bounded by the configured maximum.
+            if self.buf.len() >= HEADER_LEN {
+                let want = HEADER_LEN + u32::from_le_bytes([
+                    self.buf[20],
+                    self.buf[21],
+                    self.buf[22],
+                    self.buf[23],
+                ]) as usize;
+                self.buf.reserve(want.saturating_sub(self.buf.len()));
+            } else {
+                self.buf.reserve(4096);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated {
+                        buffered: self.buf.len(),
+                    })
+                };
+            }
+        }
+    }
+
+    /// Gives the underlying reader back.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// One frame queued for a writer: header, an optional prefix (the tenant on
+/// module links), the payload, and a guard dropped once the frame is written.
+///
+/// Keeping the parts separate lets the router forward payload bytes without
+/// copying them into a new buffer; the guard lets a connection count a response
+/// as outstanding until it has really left for the socket.
+#[derive(Debug)]
+pub struct OutFrame<G = ()> {
+    /// The encoded header; its `payload_len` covers prefix and payload.
+    pub header: [u8; HEADER_LEN],
+    /// Bytes sent between header and payload (empty on application sockets).
+    pub prefix: Bytes,
+    /// The payload bytes.
+    pub payload: Bytes,
+    /// Dropped after the frame has been handed to the socket.
+    pub guard: G,
+}
+
+impl OutFrame<()> {
+    /// A frame with `header` (whose length is set from `payload`) and no guard.
+    pub fn new(header: Header, payload: impl Into<Bytes>) -> Self {
+        OutFrame::guarded(header, Bytes::new(), payload.into(), ())
+    }
+}
+
+impl<G> OutFrame<G> {
+    /// A frame with a prefix and a guard; the header's length is set from both.
+    ///
+    /// Lengths are bounded by the frame limits checked on the way in, so the
+    /// saturating conversion only matters for a caller bug, which the peer then
+    /// sees as a length mismatch rather than this process panicking.
+    pub fn guarded(mut header: Header, prefix: Bytes, payload: Bytes, guard: G) -> Self {
+        header.payload_len = u32::try_from(prefix.len() + payload.len()).unwrap_or(u32::MAX);
+        Self {
+            header: header.encode(),
+            prefix,
+            payload,
+            guard,
+        }
+    }
+}
+
+/// Writes every frame received on `rx` to `w` until the channel closes or the
+/// socket fails. Frames already queued are written before one flush, so many
+/// pipelined responses leave in one system call.
+pub async fn write_loop<W: AsyncWrite + Unpin, G>(
+    w: W,
+    mut rx: mpsc::Receiver<OutFrame<G>>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(64 * 1024, w);
+    while let Some(frame) = rx.recv().await {
+        write_one(&mut w, frame).await?;
+        while let Ok(more) = rx.try_recv() {
+            write_one(&mut w, more).await?;
+        }
+        w.flush().await?;
+    }
+    w.flush().await?;
+    w.shutdown().await
+}
+
+async fn write_one<W: AsyncWrite + Unpin, G>(w: &mut W, frame: OutFrame<G>) -> std::io::Result<()> {
+    w.write_all(&frame.header).await?;
+    w.write_all(&frame.prefix).await?;
+    w.write_all(&frame.payload).await?;
+    drop(frame.guard);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mecha_abi::{encode_frame, Opcode};
+
+    #[tokio::test]
+    async fn frames_split_across_reads_reassemble() {
+        let a = encode_frame(Header::request(Opcode::PING, 1), b"").unwrap();
+        let b = encode_frame(Header::request(Opcode::STATUS, 2), b"hello").unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        let (mut tx, rx) = tokio::io::duplex(7);
+        let writer = tokio::spawn(async move {
+            tx.write_all(&all).await.unwrap();
+        });
+        let mut r = FrameReader::new(rx, 1024);
+        let (h1, p1) = r.next().await.unwrap().unwrap();
+        assert_eq!((h1.opcode, p1.len()), (Opcode::PING, 0));
+        let (h2, p2) = r.next().await.unwrap().unwrap();
+        assert_eq!((h2.opcode, &p2[..]), (Opcode::STATUS, &b"hello"[..]));
+        writer.await.unwrap();
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_truncated_and_oversize_is_rejected_early() {
+        let f = encode_frame(Header::request(Opcode::PING, 1), b"abc").unwrap();
+        let mut r = FrameReader::new(&f[..f.len() - 1], 1024);
+        assert!(matches!(r.next().await, Err(ReadError::Truncated { .. })));
+        let mut r = FrameReader::new(&f[..HEADER_LEN], 2);
+        assert!(matches!(
+            r.next().await,
+            Err(ReadError::Header(HeaderError::TooLarge { len: 3, .. }))
+        ));
+    }
+}

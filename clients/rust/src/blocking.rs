@@ -1,0 +1,67 @@
+//! A blocking facade over the async client, for programs without a runtime.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mecha_abi::msg::{BulkGetItem, SetItem, StateEntry, StatusReply, TxOp};
+
+use crate::{Error, SetOptions};
+
+/// A blocking connection to mechad. Each call runs the async client on a
+/// private single-threaded runtime until its answer arrives.
+pub struct Client {
+    rt: tokio::runtime::Runtime,
+    inner: crate::Client,
+}
+
+macro_rules! blocking_calls {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident : $ty:ty),*) -> $ret:ty; )*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self, $($arg: $ty),*) -> Result<$ret, Error> {
+                self.rt.block_on(self.inner.$name($($arg),*))
+            }
+        )*
+    };
+}
+
+impl Client {
+    /// Connects to the daemon at `path` and negotiates the ABI version.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Closed(format!("cannot start a runtime: {e}")))?;
+        let inner = rt.block_on(crate::Client::connect(path))?;
+        Ok(Self { rt, inner })
+    }
+
+    /// Uses `timeout` as the deadline of every later call.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.inner = self.inner.with_timeout(timeout);
+    }
+
+    /// The tenant the daemon assigned to this connection.
+    pub fn tenant(&self) -> &str {
+        self.inner.tenant()
+    }
+
+    blocking_calls! {
+        /// Checks that the daemon answers.
+        fn ping() -> ();
+        /// Daemon version, uptime and module states.
+        fn status() -> StatusReply;
+        /// Reads `key` from `store` ("" = default); `None` when missing.
+        fn get(store: &str, key: &str) -> Option<StateEntry>;
+        /// Writes `key`; returns the new ETag.
+        fn set(store: &str, key: &str, value: Vec<u8>, options: SetOptions) -> String;
+        /// Deletes `key`; returns whether it existed.
+        fn delete(store: &str, key: &str, etag: Option<String>) -> bool;
+        /// Reads many keys; one item per key, in order.
+        fn bulk_get(store: &str, keys: Vec<String>) -> Vec<BulkGetItem>;
+        /// Writes many keys atomically; returns their new ETags.
+        fn bulk_set(store: &str, items: Vec<SetItem>) -> Vec<String>;
+        /// Applies set/delete operations atomically.
+        fn transact(store: &str, ops: Vec<TxOp>) -> Vec<Option<String>>;
+    }
+}

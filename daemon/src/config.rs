@@ -1,0 +1,332 @@
+//! Loading the daemon's YAML configuration: Dapr-shaped `Component` documents
+//! and one optional `Configuration` document, from a file or a directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mecha_abi::msg::ComponentSpec;
+use serde::Deserialize;
+
+/// API versions accepted on documents: Dapr's, so Dapr files load unchanged,
+/// and mecha's own.
+const API_VERSIONS: [&str; 2] = ["dapr.io/v1alpha1", "mecha.io/v1alpha1"];
+
+/// Why the configuration could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or directory could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// What was being read.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML or does not match its schema.
+    #[error("{path}: document {doc}{name}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document index within the file.
+        doc: usize,
+        /// ` (name "x")` when the document's metadata.name is known.
+        name: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// Two components share a name.
+    #[error("{path}: component {name:?} is defined twice")]
+    Duplicate {
+        /// The file of the second definition.
+        path: PathBuf,
+        /// The repeated name.
+        name: String,
+    },
+    /// Two `Configuration` documents were given.
+    #[error("{path}: a second Configuration document; only one is allowed")]
+    SecondConfiguration {
+        /// The file of the second document.
+        path: PathBuf,
+    },
+}
+
+/// Daemon-wide settings from the `Configuration` document (`spec`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    /// Socket path; `--socket` and `MECHA_SOCKET` take precedence.
+    pub socket_path: Option<PathBuf>,
+    /// Socket file mode as an octal string such as "0660"; default "0666".
+    pub socket_mode: Option<String>,
+    /// Data directory; `--data-dir` takes precedence.
+    pub data_dir: Option<PathBuf>,
+    /// Directory holding the `mecha-mod-*` binaries; default: beside `mechad`.
+    pub module_dir: Option<PathBuf>,
+    /// Largest accepted payload in bytes; default 4 MiB, at most 64 MiB.
+    pub max_frame_bytes: Option<u32>,
+    /// Deadline for requests that carry none; default 5000 ms.
+    pub default_timeout_ms: Option<u32>,
+    /// Requests one connection may have in flight; default 256.
+    pub max_in_flight_per_connection: Option<u32>,
+    /// Restart intensity: more than `max_restarts` within `restart_window_secs`
+    /// marks a module failed. Defaults 5 and 30.
+    pub max_restarts: Option<u32>,
+    /// See `max_restarts`.
+    pub restart_window_secs: Option<u64>,
+    /// Tenant rules, first match wins; unmatched peers are `uid:<uid>`.
+    #[serde(default)]
+    pub tenants: Vec<TenantRule>,
+}
+
+/// Maps kernel-verified peer credentials to a named tenant.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRule {
+    /// The tenant name.
+    pub name: String,
+    /// Peer uids that belong to the tenant.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Peer gids (primary group) that belong to the tenant.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+}
+
+/// The loaded configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Components in load order.
+    pub components: Vec<ComponentSpec>,
+    /// Daemon-wide settings.
+    pub settings: Settings,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: serde_norway::Value,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ComponentBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    metadata: Vec<MetadataItem>,
+}
+
+#[derive(Deserialize)]
+struct MetadataItem {
+    name: String,
+    #[serde(default)]
+    value: serde_norway::Value,
+}
+
+impl Config {
+    /// The built-in configuration used when no `--config` is given: a durable
+    /// `state.redb` store named `statestore`.
+    pub fn embedded_default() -> Self {
+        Self {
+            components: vec![ComponentSpec {
+                name: "statestore".into(),
+                kind: "state.redb".into(),
+                metadata: Vec::new(),
+            }],
+            settings: Settings::default(),
+        }
+    }
+
+    /// Loads a YAML file, or every `.yaml`/`.yml` file of a directory in name order.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(read_err)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut config = Config::default();
+        let mut have_settings = false;
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            config.add_file(&file, &text, &mut have_settings)?;
+        }
+        Ok(config)
+    }
+
+    fn add_file(
+        &mut self,
+        file: &Path,
+        text: &str,
+        have_settings: &mut bool,
+    ) -> Result<(), ConfigError> {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let invalid = |name: &str, message: String| ConfigError::Invalid {
+                path: file.to_path_buf(),
+                doc: i + 1,
+                name: if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (name {name:?})")
+                },
+                message,
+            };
+            let value = serde_norway::Value::deserialize(doc).map_err(|e| invalid("", e.to_string()))?;
+            if value.is_null() {
+                continue; // An empty document, e.g. after a trailing `---`.
+            }
+            let env: Envelope =
+                serde_norway::from_value(value).map_err(|e| invalid("", e.to_string()))?;
+            let name = env.metadata.name.as_str();
+            if !API_VERSIONS.contains(&env.api_version.as_str()) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "apiVersion: {:?} is not supported (use one of {API_VERSIONS:?})",
+                        env.api_version
+                    ),
+                ));
+            }
+            match env.kind.as_str() {
+                "Component" => {
+                    let body: ComponentBody = serde_norway::from_value(env.spec)
+                        .map_err(|e| invalid(name, format!("spec: {e}")))?;
+                    let component = component_spec(name, body).map_err(|m| invalid(name, m))?;
+                    if self.components.iter().any(|c| c.name == component.name) {
+                        return Err(ConfigError::Duplicate {
+                            path: file.to_path_buf(),
+                            name: component.name,
+                        });
+                    }
+                    self.components.push(component);
+                }
+                "Configuration" => {
+                    if *have_settings {
+                        return Err(ConfigError::SecondConfiguration {
+                            path: file.to_path_buf(),
+                        });
+                    }
+                    *have_settings = true;
+                    self.settings = serde_norway::from_value(env.spec)
+                        .map_err(|e| invalid(name, format!("spec: {e}")))?;
+                }
+                other => {
+                    return Err(invalid(
+                        name,
+                        format!("kind: {other:?} is not supported (use Component or Configuration)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Components grouped by capability family (`state`, ...), in first-seen order.
+    pub fn families(&self) -> Vec<(String, Vec<ComponentSpec>)> {
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: BTreeMap<String, Vec<ComponentSpec>> = BTreeMap::new();
+        for c in &self.components {
+            let family = c.kind.split('.').next().unwrap_or_default().to_string();
+            if !groups.contains_key(&family) {
+                order.push(family.clone());
+            }
+            groups.entry(family).or_default().push(c.clone());
+        }
+        order
+            .into_iter()
+            .map(|f| {
+                let group = groups.remove(&f).unwrap_or_default();
+                (f, group)
+            })
+            .collect()
+    }
+}
+
+fn component_spec(name: &str, body: ComponentBody) -> Result<ComponentSpec, String> {
+    if name.is_empty() {
+        return Err("metadata.name: must not be empty".into());
+    }
+    if !body.kind.contains('.') {
+        return Err(format!(
+            "spec.type: {:?} must look like <family>.<driver>, e.g. state.redb",
+            body.kind
+        ));
+    }
+    let mut metadata = Vec::with_capacity(body.metadata.len());
+    for item in body.metadata {
+        let value = match item.value {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Null => String::new(),
+            _ => {
+                return Err(format!(
+                    "spec.metadata {:?}: value must be a string, number or boolean",
+                    item.name
+                ))
+            }
+        };
+        metadata.push((item.name, value));
+    }
+    Ok(ComponentSpec {
+        name: name.to_string(),
+        kind: body.kind,
+        metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let mut have = false;
+        c.add_file(Path::new("test.yaml"), text, &mut have).map(|()| c)
+    }
+
+    #[test]
+    fn dapr_component_and_configuration_load() {
+        let c = load_str(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: state.memory\n  version: v1\n  metadata:\n  - name: ttl\n    value: 10\n---\napiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: mecha\nspec:\n  maxFrameBytes: 1024\n  tenants:\n  - name: web\n    uids: [1000]\n",
+        )
+        .unwrap();
+        assert_eq!(c.components[0].kind, "state.memory");
+        assert_eq!(c.components[0].metadata, vec![("ttl".into(), "10".into())]);
+        assert_eq!(c.settings.max_frame_bytes, Some(1024));
+        assert_eq!(c.settings.tenants[0].uids, vec![1000]);
+    }
+
+    #[test]
+    fn errors_name_file_document_and_field() {
+        let e = load_str("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: a\nspec:\n  type: state.memory\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: b\nspec:\n  metadata: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.yaml") && e.contains("document 2") && e.contains("\"b\"") && e.contains("type"), "{e}");
+        let e = load_str("apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: x\nspec:\n  maxFrameBytez: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maxFrameBytez"), "{e}");
+    }
+}

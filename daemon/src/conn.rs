@@ -1,0 +1,294 @@
+//! One application connection: HELLO negotiation, header validation, control
+//! opcodes answered in place, everything else forwarded to its module.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mecha_abi::msg::{ErrorBody, Hello, HelloReply};
+use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, VERSION};
+use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::daemon::Daemon;
+use crate::peer::Peer;
+
+/// Every frame queued for a connection carries one in-flight permit, released
+/// when the frame has been written. A connection's queue is sized to hold all
+/// its permits, so the router can always enqueue an answer without waiting.
+pub type ConnOut = OwnedSemaphorePermit;
+/// The sending side of a connection's write queue.
+pub type ConnTx = mpsc::Sender<OutFrame<ConnOut>>;
+
+/// How long a closing connection waits for its in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds an error response to `request` carrying an `ErrorBody`.
+pub fn error_frame(
+    request: &Header,
+    status: Status,
+    message: &str,
+    guard: ConnOut,
+) -> OutFrame<ConnOut> {
+    let body = mecha_abi::encode(&ErrorBody {
+        message: message.to_string(),
+    })
+    .unwrap_or_default();
+    OutFrame::guarded(request.response(status), Bytes::new(), body.into(), guard)
+}
+
+/// What the read loop does after a frame.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Per-connection state.
+struct Conn {
+    daemon: Arc<Daemon>,
+    peer: Peer,
+    tenant: Bytes,
+    tx: ConnTx,
+    permits: Arc<Semaphore>,
+    version: Option<u8>,
+}
+
+/// Serves one accepted connection until EOF, a fatal protocol error, or shutdown.
+pub async fn serve(
+    stream: UnixStream,
+    peer: Peer,
+    daemon: Arc<Daemon>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tenant = daemon.tenants.resolve(&peer);
+    tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
+    let max_in_flight = daemon.max_in_flight as usize;
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(max_in_flight + 1);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let mut conn = Conn {
+        peer,
+        tenant: Bytes::from(tenant),
+        tx,
+        permits: Arc::new(Semaphore::new(max_in_flight)),
+        version: None,
+        daemon,
+    };
+    let mut reader = FrameReader::new(rd, conn.daemon.max_frame);
+    loop {
+        let next = tokio::select! {
+            next = reader.next() => next,
+            _ = shutdown.changed() => break,
+        };
+        // Waiting for a permit before acting on a frame bounds the requests one
+        // connection can have in flight; reading pauses while it is at the limit.
+        let Ok(permit) = Arc::clone(&conn.permits).acquire_owned().await else {
+            break;
+        };
+        let flow = match next {
+            Ok(Some((header, payload))) => conn.on_frame(header, payload, permit).await,
+            Ok(None) => break,
+            Err(e) => {
+                conn.on_read_error(e, permit).await;
+                Flow::Close
+            }
+        };
+        if let Flow::Close = flow {
+            break;
+        }
+    }
+    // Finish what is in flight: every permit comes back once its answer is written.
+    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, conn.permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(pid = conn.peer.pid, "closing a connection with requests still in flight");
+        writer.abort();
+        return;
+    }
+    drop(conn);
+    let _ = writer.await;
+}
+
+impl Conn {
+    async fn reply(&self, frame: OutFrame<ConnOut>) {
+        let _ = self.tx.send(frame).await;
+    }
+
+    async fn error(&self, request: &Header, status: Status, message: &str, permit: ConnOut) {
+        self.reply(error_frame(request, status, message, permit)).await;
+    }
+
+    async fn on_read_error(&self, e: ReadError, permit: ConnOut) {
+        match e {
+            ReadError::Header(HeaderError::BadMagic { .. }) => {
+                tracing::info!(pid = self.peer.pid, "closing connection: {e}");
+                let header = Header::request(Opcode(0), 0);
+                self.error(&header, Status::InvalidArgument, &e.to_string(), permit)
+                    .await;
+            }
+            ReadError::Header(HeaderError::TooLarge { request_id, .. }) => {
+                tracing::info!(pid = self.peer.pid, "closing connection: {e}");
+                let header = Header::request(Opcode(0), request_id);
+                self.error(&header, Status::ResourceExhausted, &e.to_string(), permit)
+                    .await;
+            }
+            ReadError::Io(_) | ReadError::Truncated { .. } => {
+                tracing::debug!(pid = self.peer.pid, "connection dropped: {e}");
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, header: Header, payload: Bytes, permit: ConnOut) -> Flow {
+        if let Some(problem) = request_problem(&header) {
+            self.error(&header, Status::InvalidArgument, &problem, permit)
+                .await;
+            return Flow::Continue;
+        }
+        let Some(version) = self.version else {
+            return self.hello(&header, &payload, permit).await;
+        };
+        if header.version != version {
+            let msg = format!(
+                "frame version {} differs from the negotiated version {version}",
+                header.version
+            );
+            self.error(&header, Status::UnsupportedVersion, &msg, permit)
+                .await;
+            return Flow::Continue;
+        }
+        match header.opcode.family() {
+            Family::Control => self.control(&header, &payload, permit).await,
+            family => self.route(family, header, payload, permit).await,
+        }
+        Flow::Continue
+    }
+
+    async fn hello(&mut self, header: &Header, payload: &[u8], permit: ConnOut) -> Flow {
+        if header.opcode != Opcode::HELLO {
+            let msg = format!("expected HELLO as the first frame, got {}", header.opcode);
+            self.error(header, Status::InvalidArgument, &msg, permit).await;
+            return Flow::Close;
+        }
+        let hello: Hello = match mecha_abi::decode(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(header, Status::InvalidArgument, &e.to_string(), permit)
+                    .await;
+                return Flow::Close;
+            }
+        };
+        if hello.min_version > VERSION || hello.max_version < VERSION {
+            let msg = format!(
+                "client speaks ABI versions {}..={}, this daemon speaks {VERSION}..={VERSION}",
+                hello.min_version, hello.max_version
+            );
+            self.error(header, Status::UnsupportedVersion, &msg, permit)
+                .await;
+            return Flow::Close;
+        }
+        tracing::debug!(client = %hello.client, pid = self.peer.pid, "hello");
+        self.version = Some(VERSION);
+        let reply = HelloReply {
+            version: VERSION,
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            tenant: String::from_utf8_lossy(&self.tenant).into_owned(),
+            max_frame: self.daemon.max_frame,
+        };
+        self.ok(header, &reply, permit).await;
+        Flow::Continue
+    }
+
+    async fn ok<T: serde::Serialize>(&self, header: &Header, value: &T, permit: ConnOut) {
+        match mecha_abi::encode(value) {
+            Ok(body) => {
+                let frame = OutFrame::guarded(
+                    header.response(Status::Ok),
+                    Bytes::new(),
+                    body.into(),
+                    permit,
+                );
+                self.reply(frame).await;
+            }
+            Err(e) => {
+                self.error(header, Status::Internal, &e.to_string(), permit)
+                    .await
+            }
+        }
+    }
+
+    async fn control(&self, header: &Header, payload: &[u8], permit: ConnOut) {
+        match header.opcode {
+            Opcode::HELLO => {
+                let msg = "HELLO was already negotiated on this connection";
+                self.error(header, Status::InvalidArgument, msg, permit).await;
+            }
+            Opcode::PING | Opcode::STATUS if !payload.is_empty() => {
+                let msg = format!("{} takes an empty payload", header.opcode);
+                self.error(header, Status::InvalidArgument, &msg, permit).await;
+            }
+            Opcode::PING => {
+                let frame = OutFrame::guarded(
+                    header.response(Status::Ok),
+                    Bytes::new(),
+                    Bytes::new(),
+                    permit,
+                );
+                self.reply(frame).await;
+            }
+            Opcode::STATUS => self.ok(header, &self.daemon.status(), permit).await,
+            other => {
+                let msg = format!("unknown control opcode {other}");
+                self.error(header, Status::UnknownOpcode, &msg, permit).await;
+            }
+        }
+    }
+
+    async fn route(&self, family: Family, header: Header, payload: Bytes, permit: ConnOut) {
+        let Some(module) = self.daemon.module_for(family) else {
+            let msg = match family {
+                Family::Link | Family::Unknown(_) => format!("unknown opcode {}", header.opcode),
+                f => format!(
+                    "opcode {} belongs to the {} family, which has no configured component",
+                    header.opcode,
+                    f.name()
+                ),
+            };
+            self.error(&header, Status::UnknownOpcode, &msg, permit).await;
+            return;
+        };
+        let Some(link) = module.current() else {
+            let msg = format!("module {} is {}; retry", module.name, module.state_name());
+            self.error(&header, Status::Unavailable, &msg, permit).await;
+            return;
+        };
+        let timeout = match header.deadline_ms {
+            0 => self.daemon.default_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        link.forward(&self.tx, permit, header, &self.tenant, payload, timeout)
+            .await;
+    }
+}
+
+/// Header bits a request must not carry, described for the error message.
+fn request_problem(h: &Header) -> Option<String> {
+    if h.flags.0 & !Flags::KNOWN != 0 {
+        return Some(format!("undefined flag bits 0x{:02x} set", h.flags.0 & !Flags::KNOWN));
+    }
+    if h.flags.0 != 0 {
+        return Some(format!(
+            "a request must not set the RESPONSE or STREAM flags (flags 0x{:02x})",
+            h.flags.0
+        ));
+    }
+    if h.ext != 0 {
+        return Some(format!("header field ext must be 0 on application connections, got {}", h.ext));
+    }
+    if h.status != 0 {
+        return Some(format!("a request must carry status 0, got {}", h.status));
+    }
+    None
+}

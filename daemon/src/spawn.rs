@@ -1,0 +1,60 @@
+//! Starting a module process: a socketpair link on fd 3, a parent-death signal,
+//! and nothing else inherited.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+
+use tokio::process::{Child, Command};
+
+/// The descriptor number on which a module finds its link.
+pub const LINK_FD: i32 = 3;
+
+/// Spawns `binary` with one end of a fresh socketpair as fd 3 and returns the
+/// child and the daemon's end of the link.
+///
+/// Must be called from a runtime worker thread, never from a blocking-pool
+/// thread: Linux delivers the parent-death signal when the *thread* that forked
+/// the child exits, and pool threads exit when idle, which would kill modules.
+pub fn spawn_module(binary: &Path, module: &str) -> std::io::Result<(Child, StdUnixStream)> {
+    // std creates both ends with SOCK_CLOEXEC, so neither leaks into other
+    // children; the child's end is dup2'ed to fd 3 below, which clears the flag
+    // on the copy only.
+    let (ours, theirs) = StdUnixStream::pair()?;
+    let child_fd = theirs.as_raw_fd();
+    let parent_pid = std::process::id();
+    let mut cmd = Command::new(binary);
+    cmd.env("MECHA_LINK_FD", LINK_FD.to_string())
+        .env("MECHA_MODULE", module)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe functions may be called. It calls only dup2, fcntl,
+    // prctl and getppid (all async-signal-safe system calls), allocates nothing
+    // and touches no locks; it reads two integers captured by value.
+    unsafe {
+        cmd.pre_exec(move || {
+            if child_fd == LINK_FD {
+                let flags = libc::fcntl(LINK_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(LINK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, LINK_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Modules must never outlive the daemon, even when it is SIGKILLed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl; then the signal
+            // will never come, so leave now instead of running as an orphan.
+            if libc::getppid() as u32 != parent_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok((child, ours))
+}

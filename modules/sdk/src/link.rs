@@ -1,0 +1,191 @@
+//! The module side of the link: fd inheritance, handshake, request loop, drain.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use mecha_abi::msg::{LinkHello, LinkReady};
+use mecha_abi::{Header, Opcode, Status, MAX_FRAME_CAP};
+use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::{Ctx, InitError, Module, Reply};
+
+/// Requests a module serves concurrently before it stops reading the link;
+/// the daemon's own bounded queue then applies backpressure to applications.
+const MAX_CONCURRENT: u32 = 1024;
+/// Capacity of the queue of encoded responses waiting for the link writer.
+const WRITE_QUEUE: usize = 1024;
+/// The environment variable naming the inherited link descriptor.
+pub const LINK_FD_ENV: &str = "MECHA_LINK_FD";
+
+/// Why a module's link loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{LINK_FD_ENV} is not set or not a descriptor number; modules are started by mechad")]
+    NoLinkFd,
+    #[error("cannot use the link socket: {0}")]
+    Socket(std::io::Error),
+    #[error("link read failed: {0}")]
+    Read(#[from] ReadError),
+    #[error("unexpected message: expected {expected}, received {received}")]
+    UnexpectedMessage { expected: Opcode, received: Opcode },
+    #[error("initialisation failed: {0}")]
+    Init(#[from] InitError),
+}
+
+/// Runs module `M` until the daemon drains it or goes away. Call from `main`.
+pub fn run<M: Module>() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .init();
+    // A current-thread runtime keeps an idle module small; drivers that block
+    // (embedded databases) move their work to the blocking pool themselves.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(module = M::NAME, "cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::<M>()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(module = M::NAME, "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
+    let fd: i32 = std::env::var(LINK_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or(LinkError::NoLinkFd)?;
+    // SAFETY: mechad passes this descriptor to the module for the link and
+    // nothing else in this process opens, uses or closes it, so taking sole
+    // ownership of it here is sound. If it is not a socket, the calls below fail
+    // with an error instead of misbehaving.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let std_stream = std::os::unix::net::UnixStream::from(owned);
+    std_stream.set_nonblocking(true).map_err(LinkError::Socket)?;
+    tokio::net::UnixStream::from_std(std_stream).map_err(LinkError::Socket)
+}
+
+/// Encodes and queues one response; a closed queue means the link is gone,
+/// which the read loop notices on its own.
+async fn respond(tx: &mpsc::Sender<OutFrame>, request: &Header, reply: Reply) {
+    let frame = OutFrame::new(request.response(reply.status), reply.payload);
+    let _ = tx.send(frame).await;
+}
+
+async fn serve<M: Module>() -> Result<(), LinkError> {
+    let (rd, wr) = link_stream()?.into_split();
+    let mut reader = FrameReader::new(rd, MAX_FRAME_CAP + u32::from(u16::MAX));
+    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, rx));
+
+    let Some((hello_header, hello_payload)) = reader.next().await? else {
+        return Ok(());
+    };
+    if hello_header.opcode != Opcode::LINK_HELLO {
+        return Err(LinkError::UnexpectedMessage {
+            expected: Opcode::LINK_HELLO,
+            received: hello_header.opcode,
+        });
+    }
+    let init = match Reply::decode::<LinkHello>(&hello_payload) {
+        Ok(hello) => M::init(hello).await,
+        Err(_) => Err(InitError("LINK_HELLO payload is undecodable".into())),
+    };
+    let module = match init {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            respond(&tx, &hello_header, Reply::error(Status::Internal, e.0.clone())).await;
+            drop(tx);
+            let _ = writer.await;
+            return Err(e.into());
+        }
+    };
+    let ready = LinkReady {
+        module: M::NAME.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    respond(&tx, &hello_header, Reply::ok(&ready)).await;
+    tracing::info!(module = M::NAME, pid = std::process::id(), "module ready");
+
+    if let Some(period) = M::TICK {
+        let m = Arc::clone(&module);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                interval.tick().await;
+                m.tick().await;
+            }
+        });
+    }
+
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
+    loop {
+        // EOF means the daemon is gone: stop at once, as no one can read answers.
+        let Some((header, payload)) = reader.next().await? else {
+            return Ok(());
+        };
+        match header.opcode {
+            Opcode::LINK_PING => respond(&tx, &header, Reply::empty()).await,
+            Opcode::LINK_DRAIN => {
+                // Taking every permit waits until all in-flight requests answered.
+                let _all = permits.acquire_many(MAX_CONCURRENT).await;
+                respond(&tx, &header, Reply::empty()).await;
+                drop(tx);
+                let _ = writer.await;
+                tracing::info!(module = M::NAME, "drained");
+                return Ok(());
+            }
+            opcode => {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return Ok(());
+                };
+                let m = Arc::clone(&module);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = match split_tenant(&header, &payload) {
+                        Ok((tenant, body)) => {
+                            let ctx = Ctx {
+                                tenant: tenant.to_string(),
+                                opcode,
+                            };
+                            m.handle(ctx, body).await
+                        }
+                        Err(reply) => reply,
+                    };
+                    respond(&tx, &header, reply).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Splits a forwarded request's payload into the tenant prefix (`ext` bytes of
+/// UTF-8) and the application's payload.
+fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a [u8]), Reply> {
+    let n = usize::from(header.ext);
+    let (tenant, body) = payload.split_at_checked(n).ok_or_else(|| {
+        Reply::error(Status::Internal, "link frame shorter than its tenant prefix")
+    })?;
+    let tenant = std::str::from_utf8(tenant)
+        .map_err(|_| Reply::error(Status::Internal, "link tenant prefix is not UTF-8"))?;
+    if tenant.is_empty() {
+        return Err(Reply::error(Status::Internal, "link frame carries no tenant"));
+    }
+    Ok((tenant, body))
+}

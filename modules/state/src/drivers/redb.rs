@@ -1,0 +1,592 @@
+//! The `state.redb` driver: an embedded, crash-safe key/value file, the durable
+//! default that needs no external service.
+
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+
+use super::{check_etag, expiry, is_live, next_revision, now_ms};
+use super::{BoxFuture, OpOutcome, StateStore, StoreError};
+
+/// The key of the `kv` table: (tenant, key).
+type KvKey = (&'static str, &'static str);
+
+/// The value of the `kv` table: (value, revision, expires_at_ms), where an
+/// expiry of 0 means "never", because redb tuples cannot hold an `Option`.
+type KvValue = (&'static [u8], u64, u64);
+
+/// The entries.
+const KV: TableDefinition<KvKey, KvValue> = TableDefinition::new("kv");
+
+/// The key of the `expiry` table: (expires_at_ms, tenant, key).
+type ExpiryKey = (u64, &'static str, &'static str);
+
+/// The expiry index: one row per `kv` entry that has an expiry, ordered by
+/// expiry time, so a sweep reads only the rows that have expired. Every write
+/// transaction that changes an entry's expiry updates its row too.
+const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("expiry");
+
+/// Store-wide counters and markers; see [`REVISION`] and [`EXPIRY_INDEXED`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The `meta` row holding the last revision handed out. It is persisted in the
+/// same transaction as the writes that used it, so ETags never repeat, even
+/// after a crash and restart.
+const REVISION: &str = "revision";
+
+/// The `meta` row saying the `expiry` index covers every `kv` entry. A file
+/// written before the index existed lacks it, and gets its index built once
+/// when opened.
+const EXPIRY_INDEXED: &str = "expiry_indexed";
+
+/// The metadata fields this driver understands, matched ignoring ASCII case
+/// as Dapr does.
+const KNOWN_FIELDS: &str = "path";
+
+/// A state store kept in one redb file.
+pub struct RedbStore {
+    /// The open database. It is shared with the blocking tasks that do the
+    /// actual I/O, which may outlive a dropped future.
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store file named by `spec`.
+    ///
+    /// The file is the metadata field `path` (absolute, or relative to
+    /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
+    /// blocks on file I/O; it runs once, when the module starts.
+    pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, StoreError> {
+        let path = file_path(spec, data_dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Internal(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = Database::create(&path).map_err(|e| {
+            StoreError::Internal(format!("opening redb file {}: {e}", path.display()))
+        })?;
+        prepare(&db)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+}
+
+/// Creates the tables and, for a file from before the expiry index, builds
+/// the index.
+///
+/// The tables are created up front because a read transaction cannot create
+/// a table, and `get` and `sweep` should not have to treat "no table yet" as
+/// a special case.
+fn prepare(db: &Database) -> Result<(), StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin the table-creating transaction"))?;
+    {
+        let kv = txn
+            .open_table(KV)
+            .map_err(redb_error("create the kv table"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("create the expiry table"))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(redb_error("create the meta table"))?;
+        let indexed = meta
+            .get(EXPIRY_INDEXED)
+            .map_err(redb_error("read the expiry index marker"))?
+            .is_some();
+        if !indexed {
+            for row in kv.iter().map_err(redb_error("scan the kv table"))? {
+                let (key, value) = row.map_err(redb_error("read a key while indexing"))?;
+                let (tenant, key) = key.value();
+                let (_, _, expires) = value.value();
+                if expires != 0 {
+                    index
+                        .insert((expires, tenant, key), ())
+                        .map_err(redb_error("write an expiry index row"))?;
+                }
+            }
+            meta.insert(EXPIRY_INDEXED, 1)
+                .map_err(redb_error("write the expiry index marker"))?;
+        }
+    }
+    txn.commit()
+        .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// Works out which file a component lives in, rejecting unknown metadata.
+fn file_path(spec: &ComponentSpec, data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let config = |reason: String| StoreError::Config {
+        component: spec.name.clone(),
+        reason,
+    };
+    let mut path: Option<&str> = None;
+    for (name, value) in &spec.metadata {
+        // Dapr matches metadata names ignoring case, so `Path` is `path`.
+        match name.to_ascii_lowercase().as_str() {
+            "path" => {
+                // A second `path` is almost certainly a copy-paste slip, and
+                // silently picking one of them would hide it.
+                if path.is_some() {
+                    return Err(config(
+                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(config("metadata field \"path\" is empty".to_owned()));
+                }
+                path = Some(value);
+            }
+            _ => {
+                return Err(config(format!(
+                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
+                )))
+            }
+        }
+    }
+    match path {
+        // `join` keeps an absolute path as it is, which is what we want.
+        Some(path) => Ok(data_dir.join(path)),
+        None => {
+            // The name becomes a file name, so it must not be able to climb
+            // out of the data directory or name a subdirectory.
+            let name = spec.name.as_str();
+            let usable = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '\0']);
+            if usable {
+                Ok(data_dir.join(format!("{name}.redb")))
+            } else {
+                Err(config(format!(
+                    "the component name {name:?} cannot be used as a file name; \
+                     set the metadata field \"path\""
+                )))
+            }
+        }
+    }
+}
+
+/// Maps a redb error to `Internal`, saying which operation failed.
+fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Internal(format!("redb: cannot {operation}: {e}"))
+}
+
+/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
+/// stalls the runtime's worker threads.
+async fn blocking<T, F>(work: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Internal(format!("redb worker task failed: {e}")))?
+}
+
+/// Encodes an optional expiry for the `kv` table.
+fn encode_expiry(expires_at_ms: Option<u64>) -> u64 {
+    // 0 is reserved for "never"; an expiry of 0 could only come from a clock
+    // before the epoch plus a zero TTL, and 1 is just as much in the past.
+    expires_at_ms.map_or(0, |at| at.max(1))
+}
+
+/// Decodes an expiry read from the `kv` table.
+fn decode_expiry(stored: u64) -> Option<u64> {
+    (stored != 0).then_some(stored)
+}
+
+/// Reads `keys` as of `now`.
+fn read(
+    db: &Database,
+    tenant: &str,
+    keys: &[String],
+    now: u64,
+) -> Result<Vec<Option<StateEntry>>, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a read transaction"))?;
+    let kv = txn
+        .open_table(KV)
+        .map_err(redb_error("open the kv table for reading"))?;
+    keys.iter()
+        .map(|key| {
+            let found = kv
+                .get((tenant, key.as_str()))
+                .map_err(redb_error("read a key"))?;
+            Ok(found.and_then(|guard| {
+                let (value, revision, expires) = guard.value();
+                is_live(decode_expiry(expires), now).then(|| StateEntry {
+                    value: value.to_vec(),
+                    etag: revision.to_string(),
+                })
+            }))
+        })
+        .collect()
+}
+
+/// The stored revision and encoded expiry of `key`, live or not, as seen by
+/// the write transaction `kv` belongs to (so including its earlier writes).
+fn stored(
+    kv: &Table<'_, KvKey, KvValue>,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let found = kv
+        .get((tenant, key))
+        .map_err(redb_error("read a key in a write transaction"))?;
+    Ok(found.map(|guard| {
+        let (_, revision, expires) = guard.value();
+        (revision, expires)
+    }))
+}
+
+/// The revision of a stored entry if it is live at `now`.
+fn live_revision(stored: Option<(u64, u64)>, now: u64) -> Option<u64> {
+    stored
+        .filter(|&(_, expires)| is_live(decode_expiry(expires), now))
+        .map(|(revision, _)| revision)
+}
+
+/// Removes the expiry index row of an entry whose stored expiry is `expires`.
+fn unindex(
+    index: &mut Table<'_, ExpiryKey, ()>,
+    tenant: &str,
+    key: &str,
+    expires: u64,
+) -> Result<(), StoreError> {
+    if expires != 0 {
+        index
+            .remove((expires, tenant, key))
+            .map_err(redb_error("remove an expiry index row"))?;
+    }
+    Ok(())
+}
+
+/// Applies `ops` as of `now` in one durable write transaction.
+fn write(
+    db: &Database,
+    tenant: &str,
+    ops: &[TxOp],
+    now: u64,
+) -> Result<Vec<OpOutcome>, StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    // Any early return below drops `txn` uncommitted, which makes redb abort
+    // it: that is what gives a failed transaction its all-or-nothing effect.
+    let outcomes = {
+        let mut kv = txn
+            .open_table(KV)
+            .map_err(redb_error("open the kv table for writing"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for writing"))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(redb_error("open the meta table"))?;
+        let mut revision = meta
+            .get(REVISION)
+            .map_err(redb_error("read the revision counter"))?
+            .map_or(0, |guard| guard.value());
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                TxOp::Set(item) => {
+                    let key = item.key.as_str();
+                    let old = stored(&kv, tenant, key)?;
+                    check_etag(key, item.etag.as_deref(), live_revision(old, now))?;
+                    revision = next_revision(revision)?;
+                    // The old row goes before the new one is added, so an
+                    // unchanged expiry keeps its row.
+                    if let Some((_, old_expires)) = old {
+                        unindex(&mut index, tenant, key, old_expires)?;
+                    }
+                    let expires = encode_expiry(expiry(item.ttl_ms, now));
+                    if expires != 0 {
+                        index
+                            .insert((expires, tenant, key), ())
+                            .map_err(redb_error("write an expiry index row"))?;
+                    }
+                    kv.insert((tenant, key), (item.value.as_slice(), revision, expires))
+                        .map_err(redb_error("write a key"))?;
+                    outcomes.push(OpOutcome::Set {
+                        etag: revision.to_string(),
+                    });
+                }
+                TxOp::Delete(item) => {
+                    let key = item.key.as_str();
+                    let old = stored(&kv, tenant, key)?;
+                    let live = live_revision(old, now);
+                    check_etag(key, item.etag.as_deref(), live)?;
+                    // An expired leftover is removed as well: it is invisible
+                    // anyway and would otherwise wait for the next sweep.
+                    if let Some((_, old_expires)) = old {
+                        unindex(&mut index, tenant, key, old_expires)?;
+                        kv.remove((tenant, key))
+                            .map_err(redb_error("delete a key"))?;
+                    }
+                    outcomes.push(OpOutcome::Deleted {
+                        existed: live.is_some(),
+                    });
+                }
+            }
+        }
+        meta.insert(REVISION, revision)
+            .map_err(redb_error("write the revision counter"))?;
+        outcomes
+    };
+    // The default durability is `Immediate`: once `commit` returns the data is
+    // on disk, so an acknowledged write survives a crash.
+    txn.commit()
+        .map_err(redb_error("commit a write transaction"))?;
+    Ok(outcomes)
+}
+
+/// The index keys expired at `now`: those before `(now + 1, "", "")`, since
+/// an entry is gone from its expiry millisecond on.
+fn expired_range(now: u64) -> (Bound<ExpiryKey>, Bound<ExpiryKey>) {
+    let end = match now.checked_add(1) {
+        Some(end) => Bound::Excluded((end, "", "")),
+        None => Bound::Unbounded,
+    };
+    (Bound::Unbounded, end)
+}
+
+/// Whether anything has expired at `now`, judged from the index alone.
+///
+/// This runs in a read transaction, which neither waits for nor blocks
+/// writers, so the periodic sweep of a store with nothing to do costs one
+/// index lookup and takes no write lock.
+fn anything_expired(db: &Database, now: u64) -> Result<bool, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a sweep-probing read transaction"))?;
+    let index = txn
+        .open_table(EXPIRY)
+        .map_err(redb_error("open the expiry table for reading"))?;
+    let first = index
+        .first()
+        .map_err(redb_error("read the earliest expiry"))?;
+    Ok(first.is_some_and(|(key, _)| !is_live(Some(key.value().0), now)))
+}
+
+/// Removes the entries expired at `now` and counts them.
+///
+/// Only the expired front of the index is read, so a sweep costs about the
+/// number of expired keys, not the size of the store.
+fn sweep(db: &Database, now: u64) -> Result<usize, StoreError> {
+    if !anything_expired(db, now)? {
+        return Ok(0);
+    }
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a sweep transaction"))?;
+    let removed = {
+        let mut kv = txn
+            .open_table(KV)
+            .map_err(redb_error("open the kv table for sweeping"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for sweeping"))?;
+        let mut removed = 0;
+        let expired = index
+            .extract_from_if(expired_range(now), |_, ()| true)
+            .map_err(redb_error("scan the expiry index"))?;
+        for row in expired {
+            let (row, _) = row.map_err(redb_error("remove an expiry index row"))?;
+            let (expires, tenant, key) = row.value();
+            // Every write keeps the index in step with `kv`, so the row names
+            // an entry with exactly this expiry; checking keeps a stale row
+            // from removing a live entry all the same.
+            let current = stored(&kv, tenant, key)?;
+            if current.is_some_and(|(_, stored_expires)| stored_expires == expires) {
+                kv.remove((tenant, key))
+                    .map_err(redb_error("remove an expired key"))?;
+                removed += 1;
+            }
+        }
+        removed
+    };
+    // A sweep that removed nothing (a write got there first) is aborted
+    // rather than committed, which spares it a disk sync.
+    if removed == 0 {
+        txn.abort()
+            .map_err(redb_error("abort an empty sweep transaction"))?;
+    } else {
+        txn.commit()
+            .map_err(redb_error("commit a sweep transaction"))?;
+    }
+    Ok(removed)
+}
+
+// The blocking tasks must own what they use (`'static`): the keys and ops are
+// moved in as they came, only the short tenant name is copied. The clock is
+// read inside the task so that time spent waiting for the pool does not make
+// a just-expired key look live.
+impl StateStore for RedbStore {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<StateEntry>>, StoreError>> {
+        let db = Arc::clone(&self.db);
+        let tenant = tenant.to_owned();
+        Box::pin(blocking(move || read(&db, &tenant, &keys, now_ms())))
+    }
+
+    fn transact<'a>(
+        &'a self,
+        tenant: &'a str,
+        ops: Vec<TxOp>,
+    ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
+        let db = Arc::clone(&self.db);
+        let tenant = tenant.to_owned();
+        Box::pin(async move {
+            // An empty transaction changes nothing, so it need not pay for a
+            // write transaction and a disk sync.
+            if ops.is_empty() {
+                return Ok(Vec::new());
+            }
+            blocking(move || write(&db, &tenant, &ops, now_ms())).await
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let db = Arc::clone(&self.db);
+        Box::pin(blocking(move || sweep(&db, now_ms())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written before the expiry index existed gets its index built
+    /// when opened, so its TTL keys are still swept.
+    #[test]
+    fn opening_an_unindexed_file_builds_the_index() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).expect("create the file");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut kv = txn.open_table(KV).expect("kv table");
+                kv.insert(("t", "expired"), (b"v".as_slice(), 1, 10))
+                    .expect("insert");
+                kv.insert(("t", "later"), (b"v".as_slice(), 2, 1_000))
+                    .expect("insert");
+                kv.insert(("t", "forever"), (b"v".as_slice(), 3, 0))
+                    .expect("insert");
+                let mut meta = txn.open_table(META).expect("meta table");
+                meta.insert(REVISION, 3).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let spec = ComponentSpec {
+            name: "old".to_owned(),
+            kind: "state.redb".to_owned(),
+            metadata: Vec::new(),
+        };
+        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        assert_eq!(sweep(&store.db, 100), Ok(1));
+        assert_eq!(sweep(&store.db, 100), Ok(0));
+        assert_eq!(sweep(&store.db, 1_000), Ok(1));
+        let keys = ["expired", "later", "forever"].map(str::to_owned);
+        let found = read(&store.db, "t", &keys, 1_000).expect("read");
+        assert!(found[0].is_none() && found[1].is_none() && found[2].is_some());
+
+        // Reopening does not index twice (the marker is set).
+        drop(store);
+        let store = RedbStore::open(&spec, dir.path()).expect("reopen");
+        assert_eq!(sweep(&store.db, u64::MAX), Ok(0));
+    }
+
+    fn set(key: &str, ttl_ms: Option<u64>) -> TxOp {
+        TxOp::Set(mecha_abi::msg::SetItem {
+            key: key.to_owned(),
+            value: b"v".to_vec(),
+            etag: None,
+            ttl_ms,
+        })
+    }
+
+    fn delete(key: &str) -> TxOp {
+        TxOp::Delete(mecha_abi::msg::DeleteItem {
+            key: key.to_owned(),
+            etag: None,
+        })
+    }
+
+    /// The index holds exactly one row per `kv` entry that has an expiry.
+    fn assert_index_consistent(db: &Database) {
+        let txn = db.begin_read().expect("begin");
+        let kv = txn.open_table(KV).expect("kv table");
+        let index = txn.open_table(EXPIRY).expect("expiry table");
+        let mut expected = Vec::new();
+        for row in kv.iter().expect("iter") {
+            let (key, value) = row.expect("row");
+            let (tenant, key) = key.value();
+            let (_, _, expires) = value.value();
+            if expires != 0 {
+                expected.push((expires, tenant.to_owned(), key.to_owned()));
+            }
+        }
+        expected.sort();
+        let mut actual = Vec::new();
+        for row in index.iter().expect("iter") {
+            let (key, _) = row.expect("row");
+            let (expires, tenant, key) = key.value();
+            actual.push((expires, tenant.to_owned(), key.to_owned()));
+        }
+        assert_eq!(actual, expected);
+    }
+
+    /// Overwrites (with the same, another or no expiry), deletes and sweeps
+    /// keep the index in step with `kv`, with the clock held still so equal
+    /// expiries really collide.
+    #[test]
+    fn writes_and_sweeps_keep_the_index_in_step() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let spec = ComponentSpec {
+            name: "s".to_owned(),
+            kind: "state.redb".to_owned(),
+            metadata: Vec::new(),
+        };
+        let store = RedbStore::open(&spec, dir.path()).expect("open");
+        let db = &store.db;
+        let ok = |ops: Vec<TxOp>, now: u64| {
+            write(db, "t", &ops, now).expect("transaction");
+            assert_index_consistent(db);
+        };
+        ok(vec![set("same", Some(10)), set("same", Some(10))], 100);
+        ok(vec![set("other", Some(10)), set("other", Some(20))], 100);
+        ok(vec![set("cleared", Some(10)), set("cleared", None)], 100);
+        ok(vec![set("deleted", Some(10)), delete("deleted")], 100);
+        ok(vec![set("later", Some(10))], 100);
+        ok(vec![set("later", Some(10))], 105);
+        ok(vec![set("forever", None)], 100);
+
+        assert_eq!(sweep(db, 109), Ok(0));
+        assert_eq!(sweep(db, 110), Ok(1));
+        assert_index_consistent(db);
+        assert_eq!(sweep(db, 115), Ok(1));
+        assert_eq!(sweep(db, 120), Ok(1));
+        assert_eq!(sweep(db, u64::MAX), Ok(0));
+        assert_index_consistent(db);
+        let keys = ["cleared", "forever"].map(str::to_owned);
+        let found = read(db, "t", &keys, u64::MAX).expect("read");
+        assert!(found.iter().all(Option::is_some));
+    }
+}

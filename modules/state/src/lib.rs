@@ -1,0 +1,239 @@
+//! The state module: key/value state with ETags, TTLs and transactions, served
+//! from the configured stores (`state.memory`, `state.redb`).
+
+pub mod drivers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use mecha_abi::msg::{
+    BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, DeleteReply, DeleteRequest,
+    GetRequest, SetItem, SetReply, SetRequest, TransactReply, TransactRequest, TxOp,
+};
+use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+
+use drivers::{OpOutcome, StateStore, StoreError};
+
+/// The state module: one or more named stores, the first being the default.
+pub struct StateModule {
+    stores: Vec<(String, Box<dyn StateStore>)>,
+}
+
+impl Module for StateModule {
+    const NAME: &'static str = "state";
+    const TICK: Option<Duration> = Some(Duration::from_secs(1));
+
+    async fn init(hello: LinkHello) -> Result<Self, InitError> {
+        if hello.components.is_empty() {
+            return Err(InitError("no state component configured".into()));
+        }
+        let data_dir = Path::new(&hello.data_dir);
+        let mut stores = Vec::with_capacity(hello.components.len());
+        for spec in &hello.components {
+            let store = drivers::open(spec, data_dir)
+                .map_err(|e| InitError(format!("cannot open state store {:?}: {e}", spec.name)))?;
+            stores.push((spec.name.clone(), store));
+        }
+        Ok(Self { stores })
+    }
+
+    async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
+        let result = match ctx.opcode {
+            Opcode::STATE_GET => self.get(&ctx.tenant, payload).await,
+            Opcode::STATE_SET => self.set(&ctx.tenant, payload).await,
+            Opcode::STATE_DELETE => self.delete(&ctx.tenant, payload).await,
+            Opcode::STATE_BULK_GET => self.bulk_get(&ctx.tenant, payload).await,
+            Opcode::STATE_BULK_SET => self.bulk_set(&ctx.tenant, payload).await,
+            Opcode::STATE_TRANSACT => self.transact(&ctx.tenant, payload).await,
+            other => Err(Reply::error(
+                Status::UnknownOpcode,
+                format!("the state module does not serve opcode {other}"),
+            )),
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+
+    async fn tick(&self) {
+        for (name, store) in &self.stores {
+            match store.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(store = %name, expired = n, "swept expired keys"),
+                Err(e) => tracing::warn!(store = %name, "sweeping expired keys failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Every handler yields the reply to send, success or failure.
+type Handled = Result<Reply, Reply>;
+
+impl StateModule {
+    fn store(&self, name: &str) -> Result<&dyn StateStore, Reply> {
+        let found = if name.is_empty() {
+            self.stores.first()
+        } else {
+            self.stores.iter().find(|(n, _)| n == name)
+        };
+        found.map(|(_, s)| s.as_ref()).ok_or_else(|| {
+            Reply::error(
+                Status::InvalidArgument,
+                format!("no state store named {name:?} is configured"),
+            )
+        })
+    }
+
+    async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: GetRequest = Reply::decode(payload)?;
+        check_key(&req.key)?;
+        let store = self.store(&req.store)?;
+        // The key goes to the driver by value; the copy is for the error.
+        let mut found = store
+            .get(tenant, vec![req.key.clone()])
+            .await
+            .map_err(store_error)?;
+        if found.len() != 1 {
+            return Err(answer_count_error(1, found.len()));
+        }
+        match found.pop().flatten() {
+            Some(entry) => Ok(Reply::ok(&entry)),
+            None => Err(Reply::error(
+                Status::NotFound,
+                format!("key {:?} not found", req.key),
+            )),
+        }
+    }
+
+    async fn set(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: SetRequest = Reply::decode(payload)?;
+        let outcomes = self
+            .apply(tenant, &req.store, vec![TxOp::Set(req.item)])
+            .await?;
+        match outcomes.into_iter().next() {
+            Some(OpOutcome::Set { etag }) => Ok(Reply::ok(&SetReply { etag })),
+            _ => Err(Reply::error(
+                Status::Internal,
+                "store returned no set outcome",
+            )),
+        }
+    }
+
+    async fn delete(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: DeleteRequest = Reply::decode(payload)?;
+        let outcomes = self
+            .apply(tenant, &req.store, vec![TxOp::Delete(req.item)])
+            .await?;
+        match outcomes.into_iter().next() {
+            Some(OpOutcome::Deleted { existed }) => Ok(Reply::ok(&DeleteReply { existed })),
+            _ => Err(Reply::error(
+                Status::Internal,
+                "store returned no delete outcome",
+            )),
+        }
+    }
+
+    async fn bulk_get(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: BulkGetRequest = Reply::decode(payload)?;
+        for key in &req.keys {
+            check_key(key)?;
+        }
+        let store = self.store(&req.store)?;
+        // The driver takes the keys by value and answers in request order;
+        // the copy pairs each answer with its key again.
+        let entries = store
+            .get(tenant, req.keys.clone())
+            .await
+            .map_err(store_error)?;
+        // `zip` would silently drop keys if a driver broke the one-answer-
+        // per-key rule; a short answer is a driver bug, reported as such.
+        if entries.len() != req.keys.len() {
+            return Err(answer_count_error(req.keys.len(), entries.len()));
+        }
+        let items = req
+            .keys
+            .into_iter()
+            .zip(entries)
+            .map(|(key, entry)| BulkGetItem { key, entry })
+            .collect();
+        Ok(Reply::ok(&BulkGetReply { items }))
+    }
+
+    async fn bulk_set(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: BulkSetRequest = Reply::decode(payload)?;
+        let ops = req.items.into_iter().map(TxOp::Set).collect();
+        let outcomes = self.apply(tenant, &req.store, ops).await?;
+        Ok(Reply::ok(&transact_reply(outcomes)))
+    }
+
+    async fn transact(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: TransactRequest = Reply::decode(payload)?;
+        let outcomes = self.apply(tenant, &req.store, req.ops).await?;
+        Ok(Reply::ok(&transact_reply(outcomes)))
+    }
+
+    /// Validates and applies write operations atomically.
+    async fn apply(
+        &self,
+        tenant: &str,
+        store: &str,
+        ops: Vec<TxOp>,
+    ) -> Result<Vec<OpOutcome>, Reply> {
+        for op in &ops {
+            match op {
+                TxOp::Set(SetItem { key, ttl_ms, .. }) => {
+                    check_key(key)?;
+                    // The drivers rely on this: `StateStore` documents that a
+                    // zero TTL never reaches them.
+                    if *ttl_ms == Some(0) {
+                        return Err(Reply::error(
+                            Status::InvalidArgument,
+                            format!("ttl_ms of key {key:?} must be greater than 0"),
+                        ));
+                    }
+                }
+                TxOp::Delete(item) => check_key(&item.key)?,
+            }
+        }
+        self.store(store)?
+            .transact(tenant, ops)
+            .await
+            .map_err(store_error)
+    }
+}
+
+fn transact_reply(outcomes: Vec<OpOutcome>) -> TransactReply {
+    let etags = outcomes
+        .into_iter()
+        .map(|o| match o {
+            OpOutcome::Set { etag } => Some(etag),
+            OpOutcome::Deleted { .. } => None,
+        })
+        .collect();
+    TransactReply { etags }
+}
+
+/// The reply for a driver that did not answer once per requested key.
+fn answer_count_error(asked: usize, answered: usize) -> Reply {
+    Reply::error(
+        Status::Internal,
+        format!("store answered {answered} entries for {asked} keys"),
+    )
+}
+
+fn check_key(key: &str) -> Result<(), Reply> {
+    if key.is_empty() {
+        return Err(Reply::error(
+            Status::InvalidArgument,
+            "key must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+fn store_error(e: StoreError) -> Reply {
+    let status = match e {
+        StoreError::EtagMismatch { .. } => Status::EtagMismatch,
+        StoreError::Unavailable(_) => Status::Unavailable,
+        StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
+    };
+    Reply::error(status, e.to_string())
+}
