@@ -1,0 +1,261 @@
+//! Test harness: builds the workspace binaries, starts the real `mechad` on a
+//! temporary socket, and offers raw-frame helpers for protocol tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::{ErrorBody, Hello, HelloReply};
+use mecha_abi::{Header, Opcode, Status, HEADER_LEN};
+
+/// The directory holding mechad, mechactl and the module binaries, built once
+/// per test process. Cargo only builds the binaries of the package under test,
+/// so the module and CLI binaries are built here with the same profile.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let mechad = PathBuf::from(env!("CARGO_BIN_EXE_mechad"));
+        let dir = mechad.parent().expect("mechad has a parent directory").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bins", "-p", "mecha-mod-state", "-p", "mechactl"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the module binaries");
+        assert!(status.success(), "building module binaries failed");
+        dir
+    })
+}
+
+/// Waits for `cond` to hold, polling, or panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running mechad on a temporary socket and data directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    config: Option<PathBuf>,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts mechad on the embedded default configuration.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts mechad with `config` written to a YAML file, if given.
+    pub fn start_with(config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("mecha.sock");
+        let data_dir = dir.path().join("data");
+        let config = config.map(|text| {
+            let path = dir.path().join("config.yaml");
+            std::fs::write(&path, text).expect("writing config");
+            path
+        });
+        let mut d = Self {
+            dir,
+            socket,
+            data_dir,
+            config,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// The mechad command line this daemon runs with.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("mechad"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--module-dir")
+            .arg(bin_dir())
+            .env("MECHA_LOG", "warn")
+            .env_remove("MECHA_SOCKET")
+            .env_remove("MECHA_CONFIG")
+            .stdin(Stdio::null());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let mut child = self.command().spawn().expect("spawning mechad");
+        let socket = self.socket.clone();
+        wait_until(Duration::from_secs(20), "mechad to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mechad exited during start-up: {status}");
+            }
+            UnixStream::connect(&socket).is_ok()
+        });
+        self.child = Some(child);
+    }
+
+    /// mechad's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for mechad") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "mechad did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon cleanly and starts it again on the same data.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "mechad exited with {status}");
+        self.spawn();
+    }
+
+    /// A blocking client connected to this daemon.
+    pub fn client(&self) -> mecha_client::blocking::Client {
+        mecha_client::blocking::Client::connect(&self.socket).expect("client connects")
+    }
+
+    /// Runs mechactl against this daemon.
+    pub fn mechactl(&self, args: &[&str]) -> std::process::Output {
+        self.mechactl_cmd(args).output().expect("running mechactl")
+    }
+
+    /// A mechactl command against this daemon, to adjust before running.
+    pub fn mechactl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin_dir().join("mechactl"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+
+    /// The pid of the running module `name`, from STATUS.
+    pub fn module_pid(&self, name: &str) -> u32 {
+        let status = self.client().status().expect("status");
+        status
+            .modules
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.pid)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// The parent pid of `pid`, from /proc.
+pub fn parent_pid(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    // The command name may contain spaces, so parse after its closing paren.
+    let rest = &stat[stat.rfind(')').expect("stat has a comm field") + 2..];
+    rest.split_whitespace().nth(1).expect("ppid field").parse().expect("numeric ppid")
+}
+
+/// A raw connection that speaks frames by hand, as a foreign client would.
+pub struct Raw {
+    pub stream: UnixStream,
+}
+
+impl Raw {
+    /// Connects without sending anything.
+    pub fn connect(socket: &Path) -> Self {
+        let stream = UnixStream::connect(socket).expect("raw connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        Self { stream }
+    }
+
+    /// Connects and completes HELLO.
+    pub fn hello(socket: &Path) -> (Self, HelloReply) {
+        let mut raw = Self::connect(socket);
+        let body = mecha_abi::encode(&Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "raw-test".into(),
+        })
+        .expect("encode hello");
+        raw.send(Header::request(Opcode::HELLO, 1), &body);
+        let (h, p) = raw.recv().expect("hello answer");
+        assert_eq!(Status::from_code(h.status), Status::Ok, "hello failed: {}", error_message(&p));
+        (raw, mecha_abi::decode(&p).expect("hello reply decodes"))
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, header: Header, payload: &[u8]) {
+        let frame = mecha_abi::encode_frame(header, payload).expect("encode frame");
+        self.stream.write_all(&frame).expect("write frame");
+    }
+
+    /// Writes raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write bytes");
+    }
+
+    /// Reads one frame; `None` on EOF.
+    pub fn recv(&mut self) -> Option<(Header, Vec<u8>)> {
+        let mut head = [0u8; HEADER_LEN];
+        match self.stream.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading a frame header: {e}"),
+        }
+        let header = Header::decode(&head, u32::MAX).expect("daemon sends valid headers");
+        let mut payload = vec![0u8; header.payload_len as usize];
+        self.stream.read_exact(&mut payload).expect("reading a payload");
+        Some((header, payload))
+    }
+
+    /// Sends a request and returns its status and payload, asserting the id.
+    pub fn call(&mut self, header: Header, payload: &[u8]) -> (Status, Vec<u8>) {
+        self.send(header, payload);
+        let (h, p) = self.recv().expect("an answer");
+        assert_eq!(h.request_id, header.request_id, "answer to another request");
+        assert!(h.flags.is_response());
+        (Status::from_code(h.status), p)
+    }
+}
+
+/// The message of an error payload, or a note that it is not one.
+pub fn error_message(payload: &[u8]) -> String {
+    mecha_abi::decode::<ErrorBody>(payload)
+        .map(|b| b.message)
+        .unwrap_or_else(|e| format!("(not an ErrorBody: {e})"))
+}
