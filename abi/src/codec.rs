@@ -27,7 +27,9 @@ fn config<const LIMIT: usize>() -> impl bincode::config::Config {
 /// it, charging the claim against the configured limit. A limit tied to the
 /// payload's real size (within a factor of four, plus 1 KiB) keeps an 11-byte
 /// payload that claims a 60 MiB string from allocating 60 MiB.
-fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+fn decode_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
     macro_rules! buckets {
         ($($limit:expr),*) => {
             $(if bytes.len() <= $limit / 4 {
@@ -35,7 +37,15 @@ fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), binco
             })*
         };
     }
-    buckets!(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24);
+    buckets!(
+        1 << 12,
+        1 << 14,
+        1 << 16,
+        1 << 18,
+        1 << 20,
+        1 << 22,
+        1 << 24
+    );
     bincode::serde::decode_from_slice(bytes, config::<MAX_DECODE_BYTES>())
 }
 
@@ -64,8 +74,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PayloadError> {
 
 /// Decodes a payload value, rejecting trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
-    let (value, used) =
-        decode_bounded(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
+    let (value, used) = decode_bounded(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(PayloadError::Trailing {
             extra: bytes.len() - used,

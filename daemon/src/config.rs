@@ -154,9 +154,7 @@ impl Config {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(read_err)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                })
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
                 .collect();
             files.sort();
             files
@@ -192,7 +190,8 @@ impl Config {
                 },
                 message,
             };
-            let value = serde_norway::Value::deserialize(doc).map_err(|e| invalid("", e.to_string()))?;
+            let value =
+                serde_norway::Value::deserialize(doc).map_err(|e| invalid("", e.to_string()))?;
             if value.is_null() {
                 continue; // An empty document, e.g. after a trailing `---`.
             }
@@ -234,7 +233,9 @@ impl Config {
                 other => {
                     return Err(invalid(
                         name,
-                        format!("kind: {other:?} is not supported (use Component or Configuration)"),
+                        format!(
+                            "kind: {other:?} is not supported (use Component or Configuration)"
+                        ),
                     ))
                 }
             }
@@ -303,7 +304,8 @@ mod tests {
     fn load_str(text: &str) -> Result<Config, ConfigError> {
         let mut c = Config::default();
         let mut have = false;
-        c.add_file(Path::new("test.yaml"), text, &mut have).map(|()| c)
+        c.add_file(Path::new("test.yaml"), text, &mut have)
+            .map(|()| c)
     }
 
     #[test]
@@ -319,11 +321,27 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/mecha.yaml");
+        let c = Config::load(&path).unwrap();
+        let kinds: Vec<&str> = c.components.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["state.redb", "state.memory"]);
+        assert_eq!(c.settings.tenants.len(), 2);
+        assert_eq!(c.families().len(), 1);
+    }
+
+    #[test]
     fn errors_name_file_document_and_field() {
         let e = load_str("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: a\nspec:\n  type: state.memory\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: b\nspec:\n  metadata: []\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("test.yaml") && e.contains("document 2") && e.contains("\"b\"") && e.contains("type"), "{e}");
+        assert!(
+            e.contains("test.yaml")
+                && e.contains("document 2")
+                && e.contains("\"b\"")
+                && e.contains("type"),
+            "{e}"
+        );
         let e = load_str("apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: x\nspec:\n  maxFrameBytez: 1\n")
             .unwrap_err()
             .to_string();

@@ -104,7 +104,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(pid = conn.peer.pid, "closing a connection with requests still in flight");
+        tracing::warn!(
+            pid = conn.peer.pid,
+            "closing a connection with requests still in flight"
+        );
         writer.abort();
         return;
     }
@@ -118,7 +121,8 @@ impl Conn {
     }
 
     async fn error(&self, request: &Header, status: Status, message: &str, permit: ConnOut) {
-        self.reply(error_frame(request, status, message, permit)).await;
+        self.reply(error_frame(request, status, message, permit))
+            .await;
     }
 
     async fn on_read_error(&self, e: ReadError, permit: ConnOut) {
@@ -169,7 +173,8 @@ impl Conn {
     async fn hello(&mut self, header: &Header, payload: &[u8], permit: ConnOut) -> Flow {
         if header.opcode != Opcode::HELLO {
             let msg = format!("expected HELLO as the first frame, got {}", header.opcode);
-            self.error(header, Status::InvalidArgument, &msg, permit).await;
+            self.error(header, Status::InvalidArgument, &msg, permit)
+                .await;
             return Flow::Close;
         }
         let hello: Hello = match mecha_abi::decode(payload) {
@@ -223,11 +228,13 @@ impl Conn {
         match header.opcode {
             Opcode::HELLO => {
                 let msg = "HELLO was already negotiated on this connection";
-                self.error(header, Status::InvalidArgument, msg, permit).await;
+                self.error(header, Status::InvalidArgument, msg, permit)
+                    .await;
             }
             Opcode::PING | Opcode::STATUS if !payload.is_empty() => {
                 let msg = format!("{} takes an empty payload", header.opcode);
-                self.error(header, Status::InvalidArgument, &msg, permit).await;
+                self.error(header, Status::InvalidArgument, &msg, permit)
+                    .await;
             }
             Opcode::PING => {
                 let frame = OutFrame::guarded(
@@ -241,7 +248,8 @@ impl Conn {
             Opcode::STATUS => self.ok(header, &self.daemon.status(), permit).await,
             other => {
                 let msg = format!("unknown control opcode {other}");
-                self.error(header, Status::UnknownOpcode, &msg, permit).await;
+                self.error(header, Status::UnknownOpcode, &msg, permit)
+                    .await;
             }
         }
     }
@@ -256,7 +264,8 @@ impl Conn {
                     f.name()
                 ),
             };
-            self.error(&header, Status::UnknownOpcode, &msg, permit).await;
+            self.error(&header, Status::UnknownOpcode, &msg, permit)
+                .await;
             return;
         };
         let Some(link) = module.current() else {
@@ -276,7 +285,10 @@ impl Conn {
 /// Header bits a request must not carry, described for the error message.
 fn request_problem(h: &Header) -> Option<String> {
     if h.flags.0 & !Flags::KNOWN != 0 {
-        return Some(format!("undefined flag bits 0x{:02x} set", h.flags.0 & !Flags::KNOWN));
+        return Some(format!(
+            "undefined flag bits 0x{:02x} set",
+            h.flags.0 & !Flags::KNOWN
+        ));
     }
     if h.flags.0 != 0 {
         return Some(format!(
@@ -285,7 +297,10 @@ fn request_problem(h: &Header) -> Option<String> {
         ));
     }
     if h.ext != 0 {
-        return Some(format!("header field ext must be 0 on application connections, got {}", h.ext));
+        return Some(format!(
+            "header field ext must be 0 on application connections, got {}",
+            h.ext
+        ));
     }
     if h.status != 0 {
         return Some(format!("a request must carry status 0, got {}", h.status));

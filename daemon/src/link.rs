@@ -206,7 +206,9 @@ impl Link {
                     .filter(|(_, p)| p.deadline <= now)
                     .map(|(id, _)| *id)
                     .collect();
-                ids.iter().filter_map(|id| table.pending.remove(id)).collect()
+                ids.iter()
+                    .filter_map(|id| table.pending.remove(id))
+                    .collect()
             };
             for p in expired {
                 let msg = format!("module {} did not answer before the deadline", self.module);

@@ -124,12 +124,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .with_context(|| format!("Configuration spec.socketMode: {m:?} is not an octal file mode"))?,
+            .with_context(|| {
+                format!("Configuration spec.socketMode: {m:?} is not an octal file mode")
+            })?,
         None => 0o666,
     };
     let max_frame = settings.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME);
     if max_frame == 0 || max_frame > MAX_FRAME_CAP {
-        bail!("Configuration spec.maxFrameBytes: {max_frame} must be between 1 and {MAX_FRAME_CAP}");
+        bail!(
+            "Configuration spec.maxFrameBytes: {max_frame} must be between 1 and {MAX_FRAME_CAP}"
+        );
     }
     let policy = RestartPolicy {
         max_restarts: settings.max_restarts.unwrap_or(5),
@@ -140,20 +144,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (family_name, components) in config.families() {
         let Some(family) = family_of(&family_name) else {
             let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
-            bail!("components {names:?}: no module serves the {family_name:?} family (known: state)");
+            bail!(
+                "components {names:?}: no module serves the {family_name:?} family (known: state)"
+            );
         };
         let module_data = data_dir.join(&family_name);
         std::fs::create_dir_all(&module_data)
             .with_context(|| format!("creating data directory {}", module_data.display()))?;
         let binary = module_dir.join(format!("mecha-mod-{family_name}"));
-        modules.push(ModuleSlot::new(family_name, family, binary, module_data, components));
+        modules.push(ModuleSlot::new(
+            family_name,
+            family,
+            binary,
+            module_data,
+            components,
+        ));
     }
 
     // Start modules in order before accepting, so the first request finds them.
     // A module that cannot start at boot is a configuration error: fail loudly.
     let mut supervisors = Vec::new();
     for slot in &modules {
-        let child = slot.start().await.with_context(|| format!("starting module {}", slot.name))?;
+        let child = slot
+            .start()
+            .await
+            .with_context(|| format!("starting module {}", slot.name))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(Arc::clone(slot).supervise(child, policy, stop_rx));
         supervisors.push((stop_tx, task));
@@ -162,7 +177,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = listener::bind(&socket, mode)?;
     let daemon = Arc::new(Daemon {
         max_frame,
-        default_timeout: Duration::from_millis(u64::from(settings.default_timeout_ms.unwrap_or(5000))),
+        default_timeout: Duration::from_millis(u64::from(
+            settings.default_timeout_ms.unwrap_or(5000),
+        )),
         max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
         tenants: peer::Tenants::new(settings.tenants.clone()),
         modules,
@@ -171,7 +188,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let accept = tokio::spawn(listener::accept_loop(listener, Arc::clone(&daemon), shutdown_rx));
+    let accept = tokio::spawn(listener::accept_loop(
+        listener,
+        Arc::clone(&daemon),
+        shutdown_rx,
+    ));
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);

@@ -58,8 +58,16 @@ mod tests {
     #[test]
     fn rules_match_by_uid_then_gid_else_uid_tenant() {
         let t = Tenants::new(vec![
-            TenantRule { name: "web".into(), uids: vec![1000], gids: vec![] },
-            TenantRule { name: "ops".into(), uids: vec![], gids: vec![50] },
+            TenantRule {
+                name: "web".into(),
+                uids: vec![1000],
+                gids: vec![],
+            },
+            TenantRule {
+                name: "ops".into(),
+                uids: vec![],
+                gids: vec![50],
+            },
         ]);
         let p = |uid, gid| Peer { pid: 1, uid, gid };
         assert_eq!(t.resolve(&p(1000, 50)), "web");

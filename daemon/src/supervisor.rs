@@ -167,7 +167,9 @@ impl ModuleSlot {
             module: self.name.clone(),
             reason,
         };
-        link_end.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        link_end
+            .set_nonblocking(true)
+            .map_err(|e| fail(e.to_string()))?;
         let stream = tokio::net::UnixStream::from_std(link_end).map_err(|e| fail(e.to_string()))?;
         let (rd, mut wr) = stream.into_split();
         let hello = LinkHello {
@@ -249,7 +251,10 @@ impl ModuleSlot {
             // the fault is not transient, so stop flapping and report it.
             let now = Instant::now();
             recent.push_back(now);
-            while recent.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > policy.window)
+            {
                 recent.pop_front();
             }
             if recent.len() > policy.max_restarts as usize {
@@ -288,7 +293,10 @@ impl ModuleSlot {
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, link.closed()).await;
             }
         }
-        if tokio::time::timeout(DRAIN_TIMEOUT, child.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(module = %self.name, "module did not exit after draining; killing it");
             let _ = child.kill().await;
         }

@@ -19,7 +19,10 @@ fn state_set_get_delete_through_mechactl() {
     let etag = stdout(&set).trim().to_string();
     let stale = d.mechactl(&["state", "set", "greeting", "hi", "--etag", "0"]);
     assert_eq!(stale.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&stale.stderr).contains("ETAG_MISMATCH"), "{stale:?}");
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("ETAG_MISMATCH"),
+        "{stale:?}"
+    );
     let ok = d.mechactl(&["state", "set", "greeting", "hi", "--etag", &etag]);
     assert!(ok.status.success(), "{ok:?}");
     let del = d.mechactl(&["state", "delete", "greeting"]);

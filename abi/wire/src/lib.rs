@@ -56,12 +56,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // The header (if present) passed the length check, so reserving room
             // for the rest of this frame is bounded by the configured maximum.
             if self.buf.len() >= HEADER_LEN {
-                let want = HEADER_LEN + u32::from_le_bytes([
-                    self.buf[20],
-                    self.buf[21],
-                    self.buf[22],
-                    self.buf[23],
-                ]) as usize;
+                let want = HEADER_LEN
+                    + u32::from_le_bytes([self.buf[20], self.buf[21], self.buf[22], self.buf[23]])
+                        as usize;
                 self.buf.reserve(want.saturating_sub(self.buf.len()));
             } else {
                 self.buf.reserve(4096);

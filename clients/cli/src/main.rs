@@ -101,7 +101,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::State { op } => match op {
-            StateOp::Set { key, value, etag, ttl, store } => {
+            StateOp::Set {
+                key,
+                value,
+                etag,
+                ttl,
+                store,
+            } => {
                 let options = SetOptions {
                     etag,
                     ttl: ttl.map(Duration::from_secs),
@@ -163,7 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     status.uptime_ms as f64 / 1000.0,
                     client.tenant()
                 )?;
-                writeln!(out, "{:<12} {:>8} {:<11} {:>8}  COMPONENTS", "MODULE", "PID", "STATE", "RESTARTS")?;
+                writeln!(
+                    out,
+                    "{:<12} {:>8} {:<11} {:>8}  COMPONENTS",
+                    "MODULE", "PID", "STATE", "RESTARTS"
+                )?;
                 for m in &status.modules {
                     writeln!(
                         out,

@@ -127,7 +127,11 @@ impl Client {
 
     /// Sends one request with raw payload bytes and returns the raw answer.
     /// Typed calls are built on this; it is public for tools and tests.
-    pub async fn call_raw(&self, opcode: Opcode, payload: Vec<u8>) -> Result<(Status, Bytes), Error> {
+    pub async fn call_raw(
+        &self,
+        opcode: Opcode,
+        payload: Vec<u8>,
+    ) -> Result<(Status, Bytes), Error> {
         let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if id == 0 {
             // 0 is what the daemon uses for connection-level errors; skip it.
@@ -234,7 +238,12 @@ impl Client {
     }
 
     /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&self, store: &str, key: &str, etag: Option<String>) -> Result<bool, Error> {
+    pub async fn delete(
+        &self,
+        store: &str,
+        key: &str,
+        etag: Option<String>,
+    ) -> Result<bool, Error> {
         let req = DeleteRequest {
             store: store.into(),
             item: DeleteItem {
@@ -247,7 +256,11 @@ impl Client {
     }
 
     /// Reads many keys; one item per key, in order.
-    pub async fn bulk_get(&self, store: &str, keys: Vec<String>) -> Result<Vec<BulkGetItem>, Error> {
+    pub async fn bulk_get(
+        &self,
+        store: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<BulkGetItem>, Error> {
         let req = BulkGetRequest {
             store: store.into(),
             keys,
@@ -263,11 +276,19 @@ impl Client {
             items,
         };
         let reply: TransactReply = self.call(Opcode::STATE_BULK_SET, &req).await?;
-        Ok(reply.etags.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(reply
+            .etags
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
     }
 
     /// Applies set/delete operations atomically; per op, the new ETag of a set.
-    pub async fn transact(&self, store: &str, ops: Vec<TxOp>) -> Result<Vec<Option<String>>, Error> {
+    pub async fn transact(
+        &self,
+        store: &str,
+        ops: Vec<TxOp>,
+    ) -> Result<Vec<Option<String>>, Error> {
         let req = TransactRequest {
             store: store.into(),
             ops,

@@ -3,6 +3,21 @@
 //! [`Client`] is async (tokio) and pipelines: any number of calls may be in
 //! flight on its one connection, each matched to its answer by request id.
 //! [`blocking::Client`] offers the same calls for code without a runtime.
+//!
+//! ```no_run
+//! use mecha_client::{blocking::Client, SetOptions};
+//!
+//! fn main() -> Result<(), mecha_client::Error> {
+//!     let client = Client::connect("/tmp/mecha.sock")?;
+//!     let etag = client.set("", "cart:42", b"3 apples".to_vec(), SetOptions::default())?;
+//!     let entry = client.get("", "cart:42")?.expect("just written");
+//!     assert_eq!(entry.etag, etag);
+//!     // Conditional write: succeeds only if nobody changed the key since we read it.
+//!     let only_if_unchanged = SetOptions { etag: Some(etag), ttl: None };
+//!     client.set("", "cart:42", b"4 apples".to_vec(), only_if_unchanged)?;
+//!     Ok(())
+//! }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod blocking;

@@ -19,14 +19,19 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let mechad = PathBuf::from(env!("CARGO_BIN_EXE_mechad"));
-        let dir = mechad.parent().expect("mechad has a parent directory").to_path_buf();
+        let dir = mechad
+            .parent()
+            .expect("mechad has a parent directory")
+            .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--bins", "-p", "mecha-mod-state", "-p", "mechactl"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the module binaries");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the module binaries");
         assert!(status.success(), "building module binaries failed");
         dir
     })
@@ -122,7 +127,10 @@ impl Daemon {
             if let Some(status) = child.try_wait().expect("waiting for mechad") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "mechad did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "mechad did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -184,7 +192,11 @@ pub fn parent_pid(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
     // The command name may contain spaces, so parse after its closing paren.
     let rest = &stat[stat.rfind(')').expect("stat has a comm field") + 2..];
-    rest.split_whitespace().nth(1).expect("ppid field").parse().expect("numeric ppid")
+    rest.split_whitespace()
+        .nth(1)
+        .expect("ppid field")
+        .parse()
+        .expect("numeric ppid")
 }
 
 /// A raw connection that speaks frames by hand, as a foreign client would.
@@ -213,7 +225,12 @@ impl Raw {
         .expect("encode hello");
         raw.send(Header::request(Opcode::HELLO, 1), &body);
         let (h, p) = raw.recv().expect("hello answer");
-        assert_eq!(Status::from_code(h.status), Status::Ok, "hello failed: {}", error_message(&p));
+        assert_eq!(
+            Status::from_code(h.status),
+            Status::Ok,
+            "hello failed: {}",
+            error_message(&p)
+        );
         (raw, mecha_abi::decode(&p).expect("hello reply decodes"))
     }
 
@@ -239,7 +256,9 @@ impl Raw {
         }
         let header = Header::decode(&head, u32::MAX).expect("daemon sends valid headers");
         let mut payload = vec![0u8; header.payload_len as usize];
-        self.stream.read_exact(&mut payload).expect("reading a payload");
+        self.stream
+            .read_exact(&mut payload)
+            .expect("reading a payload");
         Some((header, payload))
     }
 

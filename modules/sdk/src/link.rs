@@ -76,7 +76,9 @@ fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
     // with an error instead of misbehaving.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let std_stream = std::os::unix::net::UnixStream::from(owned);
-    std_stream.set_nonblocking(true).map_err(LinkError::Socket)?;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(LinkError::Socket)?;
     tokio::net::UnixStream::from_std(std_stream).map_err(LinkError::Socket)
 }
 
@@ -109,7 +111,12 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     let module = match init {
         Ok(m) => Arc::new(m),
         Err(e) => {
-            respond(&tx, &hello_header, Reply::error(Status::Internal, e.0.clone())).await;
+            respond(
+                &tx,
+                &hello_header,
+                Reply::error(Status::Internal, e.0.clone()),
+            )
+            .await;
             drop(tx);
             let _ = writer.await;
             return Err(e.into());
@@ -180,12 +187,18 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
 fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a [u8]), Reply> {
     let n = usize::from(header.ext);
     let (tenant, body) = payload.split_at_checked(n).ok_or_else(|| {
-        Reply::error(Status::Internal, "link frame shorter than its tenant prefix")
+        Reply::error(
+            Status::Internal,
+            "link frame shorter than its tenant prefix",
+        )
     })?;
     let tenant = std::str::from_utf8(tenant)
         .map_err(|_| Reply::error(Status::Internal, "link tenant prefix is not UTF-8"))?;
     if tenant.is_empty() {
-        return Err(Reply::error(Status::Internal, "link frame carries no tenant"));
+        return Err(Reply::error(
+            Status::Internal,
+            "link frame carries no tenant",
+        ));
     }
     Ok((tenant, body))
 }

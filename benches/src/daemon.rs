@@ -1,0 +1,136 @@
+//! Starts the real `mechad` on a temporary socket and data directory, and stops
+//! it with SIGTERM (or, if the bench fails first, kills it on drop).
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Two state stores in one module: the in-memory one and the durable redb one.
+const CONFIG: &str = "\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: mem}
+spec: {type: state.memory, version: v1, metadata: []}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: disk}
+spec: {type: state.redb, version: v1, metadata: []}
+";
+
+/// How long mechad may take to start its modules and listen.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long mechad may take to drain and exit after SIGTERM.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
+/// A running mechad. Dropping it kills the process so none is left behind.
+pub struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin_dir/mechad` with its modules from `bin_dir`, keeping its
+    /// socket, config and data under `dir`, and waits until it accepts.
+    pub fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mechad = bin_dir.join("mechad");
+        for binary in [&mechad, &bin_dir.join("mecha-mod-state")] {
+            if !binary.is_file() {
+                bail!(
+                    "{} not found; build it with `cargo build --release -p mechad -p mecha-mod-state` \
+                     or pass --bin-dir",
+                    binary.display()
+                );
+            }
+        }
+        let config = dir.join("mecha.yaml");
+        std::fs::write(&config, CONFIG)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let socket = dir.join("mecha.sock");
+        let child = Command::new(&mechad)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--module-dir")
+            .arg(bin_dir)
+            .arg("--config")
+            .arg(&config)
+            // Per-request logging would be measured along with the router.
+            .env("MECHA_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {}", mechad.display()))?;
+        let mut daemon = Self {
+            child: Some(child),
+            socket,
+        };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    /// The application socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Polls until the socket accepts: mechad binds it only after its modules
+    /// are up, so a connection means the stores are ready.
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("checking on mechad")? {
+                    self.child = None;
+                    bail!("mechad exited during start-up: {status}");
+                }
+            }
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("mechad did not listen on {} within {START_LIMIT:?}", self.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; kills it if it does not come.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id()).context("mechad pid out of range")?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).context("sending SIGTERM to mechad")?;
+        let deadline = Instant::now() + STOP_LIMIT;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for mechad")? {
+                if !status.success() {
+                    bail!("mechad exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("mechad did not exit within {STOP_LIMIT:?} of SIGTERM; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Best effort on an error path: the bench is failing already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Scenario results: latency histograms turned into percentiles, printed as a
+//! Markdown table and optionally written as JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+/// Name of the scenario every p50 is compared with.
+pub const BASELINE: &str = "floor2";
+
+/// A latency histogram in nanoseconds: fine enough for the ~10 µs floors,
+/// wide enough (up to 60 s) that no sample is ever clamped in practice.
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).context("creating a latency histogram")
+}
+
+/// Records one round trip.
+pub fn record(hist: &mut Histogram<u64>, took: Duration) {
+    // Saturating: a sample beyond the bounds is clamped rather than lost.
+    hist.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// The measured outcome of one scenario.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub ops_per_sec: f64,
+}
+
+impl Outcome {
+    /// Summarises `hist` (ns) for `ops` operations that took `elapsed` in all.
+    pub fn new(name: &str, hist: &Histogram<u64>, ops: u64, elapsed: Duration) -> Self {
+        let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            name: name.to_string(),
+            p50_us: us(0.50),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            ops_per_sec: ops as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// The Markdown table of all outcomes, with each p50 relative to floor2's.
+pub fn markdown(outcomes: &[Outcome]) -> String {
+    let baseline = outcomes
+        .iter()
+        .find(|o| o.name == BASELINE)
+        .map(|o| o.p50_us);
+    let mut out = String::from(
+        "| scenario | p50_us | p99_us | p999_us | ops_per_sec | p50 / floor2 p50 |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for o in outcomes {
+        let ratio = match baseline {
+            Some(b) if b > 0.0 => format!("{:.2}x", o.p50_us / b),
+            _ => "n/a".to_string(),
+        };
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
+            o.name, o.p50_us, o.p99_us, o.p999_us, o.ops_per_sec, ratio
+        ));
+    }
+    out
+}
+
+/// Writes `{"scenarios": [...]}` to `path`.
+pub fn write_json(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let scenarios: Vec<_> = outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "name": o.name,
+                "p50_us": o.p50_us,
+                "p99_us": o.p99_us,
+                "p999_us": o.p999_us,
+                "ops_per_sec": o.ops_per_sec,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "scenarios": scenarios }))
+        .context("serialising the results")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
