@@ -1,0 +1,292 @@
+//! Tenant isolation by kernel-verified uid (SPEC.md §6.10), tenant rules from
+//! the Configuration document, and the socket file mode. These tests switch
+//! uid to `nobody` (65534) for mechactl, so they must run as root.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{bin_dir, Daemon, Raw};
+
+const NOBODY: u32 = 65534;
+
+const TEAM_CONFIG: &str = "\
+apiVersion: mecha.io/v1alpha1
+kind: Configuration
+metadata: {name: mecha}
+spec:
+  tenants:
+  - name: team-a
+    uids: [0, 65534]
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: statestore}
+spec: {type: state.memory, version: v1, metadata: []}
+";
+
+const MODE_0600_CONFIG: &str = "\
+apiVersion: mecha.io/v1alpha1
+kind: Configuration
+metadata: {name: mecha}
+spec:
+  socketMode: \"0600\"
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: statestore}
+spec: {type: state.memory, version: v1, metadata: []}
+";
+
+/// Fails (never skips) when not root: switching to uid 65534 needs it.
+fn require_root() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root: it runs mechactl as uid {NOBODY} (nobody) to check tenant \
+         isolation; run `cargo test -p mechad --test tenants` as root (CI does)"
+    );
+}
+
+/// True when "other" may search every directory above `path` and read and
+/// execute `path` itself.
+fn usable_by_others(path: &Path) -> bool {
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0)
+    };
+    path.ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .all(|dir| mode(dir) & 0o001 != 0)
+        && mode(path) & 0o005 == 0o005
+}
+
+/// Makes the daemon's temporary directory (which holds the socket) searchable
+/// by nobody; tempdirs are created 0700.
+fn open_to_nobody(d: &Daemon) {
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the daemon's temp dir");
+    assert!(
+        usable_by_others(d.dir.path()),
+        "{} must be reachable by nobody",
+        d.dir.path().display()
+    );
+}
+
+/// A mechactl binary that nobody can execute: the built one if its path is
+/// traversable, else a 0755 copy inside the daemon's (opened) temp dir.
+fn nobody_mechactl_binary(d: &Daemon) -> Option<PathBuf> {
+    let built = bin_dir().join("mechactl");
+    if usable_by_others(&built) {
+        return None;
+    }
+    let dir = d.dir.path().join("bin");
+    std::fs::create_dir_all(&dir).expect("creating the bin copy dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("mechactl");
+    if !copy.exists() {
+        std::fs::copy(&built, &copy).expect("copying mechactl");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(
+        usable_by_others(&copy),
+        "{} must be executable by nobody",
+        copy.display()
+    );
+    Some(copy)
+}
+
+/// mechactl `args` against `d`, run as uid/gid 65534.
+fn mechactl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
+    let mut cmd = match nobody_mechactl_binary(d) {
+        None => d.mechactl_cmd(args),
+        Some(copy) => {
+            let mut cmd = Command::new(copy);
+            cmd.arg("--socket").arg(&d.socket).args(args);
+            cmd
+        }
+    };
+    cmd.uid(NOBODY).gid(NOBODY).env_remove("MECHA_SOCKET");
+    cmd.output().expect("running mechactl as nobody")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// The tenant nobody's `status --json` reports.
+fn nobody_tenant(d: &Daemon) -> String {
+    let out = mechactl_as_nobody(d, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status --json as nobody: {}",
+        describe(&out)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    doc["tenant"].as_str().expect("a tenant string").to_string()
+}
+
+#[test]
+fn different_uids_cannot_see_each_others_keys() {
+    require_root();
+    let d = Daemon::start();
+    open_to_nobody(&d);
+    let root = d.client();
+    assert_eq!(root.tenant(), "uid:0");
+    let root_etag = root
+        .set(
+            "",
+            "shared-name",
+            b"root-value".to_vec(),
+            Default::default(),
+        )
+        .expect("root sets shared-name");
+
+    // nobody does not see root's key.
+    let out = mechactl_as_nobody(&d, &["state", "get", "shared-name"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nobody's get must be not-found: {}",
+        describe(&out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing of root's value leaks: {}",
+        describe(&out)
+    );
+
+    // nobody writes the same name into its own tenant.
+    let out = mechactl_as_nobody(&d, &["state", "set", "shared-name", "nobody-value"]);
+    assert!(out.status.success(), "nobody's set: {}", describe(&out));
+    let out = mechactl_as_nobody(&d, &["state", "get", "shared-name"]);
+    assert!(out.status.success(), "nobody's get: {}", describe(&out));
+    assert_eq!(text(&out.stdout), "nobody-value\n");
+
+    // root's entry is untouched: same value, same ETag.
+    let entry = root
+        .get("", "shared-name")
+        .unwrap()
+        .expect("root's key is still there");
+    assert_eq!(entry.value, b"root-value");
+    assert_eq!(
+        entry.etag, root_etag,
+        "nobody's write did not touch root's entry"
+    );
+
+    // nobody deleting the name removes only its own entry.
+    let out = mechactl_as_nobody(&d, &["state", "delete", "shared-name"]);
+    assert!(out.status.success(), "nobody's delete: {}", describe(&out));
+    let out = mechactl_as_nobody(&d, &["state", "get", "shared-name"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let entry = root
+        .get("", "shared-name")
+        .unwrap()
+        .expect("root's key survives");
+    assert_eq!(entry.value, b"root-value");
+
+    // The tenant comes from the kernel's peer credentials.
+    assert_eq!(nobody_tenant(&d), format!("uid:{NOBODY}"));
+    let (_, hello) = Raw::hello(&d.socket);
+    assert_eq!(hello.tenant, "uid:0");
+}
+
+#[test]
+fn configured_tenant_rule_maps_uids_to_one_tenant() {
+    require_root();
+    let d = Daemon::start_with(Some(TEAM_CONFIG));
+    open_to_nobody(&d);
+    let (_, hello) = Raw::hello(&d.socket);
+    assert_eq!(hello.tenant, "team-a", "uid 0 maps to team-a");
+    let root = d.client();
+    assert_eq!(root.tenant(), "team-a");
+    root.set(
+        "",
+        "team-key",
+        b"written-by-root".to_vec(),
+        Default::default(),
+    )
+    .unwrap();
+
+    // nobody is in the same tenant: it reads what root wrote ...
+    let out = mechactl_as_nobody(&d, &["state", "get", "team-key"]);
+    assert!(
+        out.status.success(),
+        "nobody reads team-key: {}",
+        describe(&out)
+    );
+    assert_eq!(text(&out.stdout), "written-by-root\n");
+    // ... and root reads what nobody writes.
+    let out = mechactl_as_nobody(&d, &["state", "set", "from-nobody", "hi-root"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let entry = root
+        .get("", "from-nobody")
+        .unwrap()
+        .expect("root sees nobody's key");
+    assert_eq!(entry.value, b"hi-root");
+
+    assert_eq!(nobody_tenant(&d), "team-a");
+}
+
+#[test]
+fn socket_mode_defaults_to_0666() {
+    let d = Daemon::start();
+    let mode = std::fs::metadata(&d.socket)
+        .expect("socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o666,
+        "default socket mode is 0666, got {:o}",
+        mode & 0o777
+    );
+}
+
+#[test]
+fn configured_socket_mode_0600_keeps_other_uids_out() {
+    require_root();
+    let d = Daemon::start_with(Some(MODE_0600_CONFIG));
+    let mode = std::fs::metadata(&d.socket)
+        .expect("socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "socketMode \"0600\" applies, got {:o}",
+        mode & 0o777
+    );
+
+    // The directory is open, so only the socket's own mode keeps nobody out.
+    open_to_nobody(&d);
+    let out = mechactl_as_nobody(&d, &["status"]);
+    assert!(
+        !out.status.success(),
+        "nobody must not connect: {}",
+        describe(&out)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&d.socket.display().to_string()) && stderr.contains("connect"),
+        "the error names the socket: {stderr}"
+    );
+    // The owner still connects.
+    d.client().ping().expect("root connects to its 0600 socket");
+}
