@@ -59,6 +59,10 @@ impl Opcode {
     pub const PING: Opcode = Opcode(0x0002);
     /// Daemon version, uptime and per-module state.
     pub const STATUS: Opcode = Opcode(0x0003);
+    /// Admin: hot-restart a module, optionally from a new binary (upgrade).
+    pub const MODULE_RESTART: Opcode = Opcode(0x0004);
+    /// Admin: re-read the configuration and apply the differences.
+    pub const RELOAD: Opcode = Opcode(0x0005);
 
     /// Read one key.
     pub const STATE_GET: Opcode = Opcode(0x0101);
@@ -91,6 +95,8 @@ impl Opcode {
             Opcode::HELLO => "HELLO",
             Opcode::PING => "PING",
             Opcode::STATUS => "STATUS",
+            Opcode::MODULE_RESTART => "MODULE_RESTART",
+            Opcode::RELOAD => "RELOAD",
             Opcode::STATE_GET => "STATE_GET",
             Opcode::STATE_SET => "STATE_SET",
             Opcode::STATE_DELETE => "STATE_DELETE",

@@ -76,6 +76,31 @@ pub struct Settings {
     /// Tenant rules, first match wins; unmatched peers are `uid:<uid>`.
     #[serde(default)]
     pub tenants: Vec<TenantRule>,
+    /// Peer uids allowed to restart, upgrade and reload (root and the daemon's
+    /// own uid always are).
+    #[serde(default)]
+    pub admin_uids: Vec<u32>,
+    /// How often modules are health-pinged; default 1000 ms.
+    pub health_interval_ms: Option<u64>,
+    /// A module silent for this long is killed and restarted; default 3000 ms.
+    pub health_timeout_ms: Option<u64>,
+    /// Per-module child-spec settings, keyed by module name (`state`, ...).
+    #[serde(default)]
+    pub modules: BTreeMap<String, ModuleSettings>,
+}
+
+/// One module's child-spec settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ModuleSettings {
+    /// `permanent` (default), `transient` or `temporary`.
+    pub restart: Option<crate::supervisor::Restart>,
+    /// How long a draining instance may take; default 5000 ms.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Address-space limit in MiB (RLIMIT_AS); none by default.
+    pub memory_limit_mb: Option<u64>,
+    /// The executable; default `<moduleDir>/mecha-mod-<name>`.
+    pub binary: Option<PathBuf>,
 }
 
 /// Maps kernel-verified peer credentials to a named tenant.

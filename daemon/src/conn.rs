@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mecha_abi::msg::{ErrorBody, Hello, HelloReply};
+use mecha_abi::msg::{ErrorBody, Hello, HelloReply, ModuleRestartReply, ModuleRestartRequest};
 use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, VERSION};
 use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
 use tokio::net::UnixStream;
@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::daemon::Daemon;
 use crate::peer::Peer;
+use crate::supervisor::{ModuleSlot, Route};
 
 /// Every frame queued for a connection carries one in-flight permit, released
 /// when the frame has been written. A connection's queue is sized to hold all
@@ -61,7 +62,7 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let tenant = daemon.tenants.resolve(&peer);
+    let tenant = daemon.tenants.read().resolve(&peer);
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let max_in_flight = daemon.max_in_flight as usize;
     let (rd, wr) = stream.into_split();
@@ -246,6 +247,18 @@ impl Conn {
                 self.reply(frame).await;
             }
             Opcode::STATUS => self.ok(header, &self.daemon.status(), permit).await,
+            Opcode::MODULE_RESTART | Opcode::RELOAD => {
+                if let Some((header, permit)) =
+                    self.admin(*header, Bytes::copy_from_slice(payload), permit)
+                {
+                    let msg = format!(
+                        "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
+                        header.opcode, self.peer.uid
+                    );
+                    self.error(&header, Status::PermissionDenied, &msg, permit)
+                        .await;
+                }
+            }
             other => {
                 let msg = format!("unknown control opcode {other}");
                 self.error(header, Status::UnknownOpcode, &msg, permit)
@@ -268,16 +281,139 @@ impl Conn {
                 .await;
             return;
         };
-        let Some(link) = module.current() else {
-            let msg = format!("module {} is {}; retry", module.name, module.state_name());
-            self.error(&header, Status::Unavailable, &msg, permit).await;
-            return;
-        };
         let timeout = match header.deadline_ms {
             0 => self.daemon.default_timeout,
             ms => Duration::from_millis(u64::from(ms)),
         };
-        link.forward(&self.tx, permit, header, &self.tenant, payload, timeout)
+        let request = Routed {
+            tx: self.tx.clone(),
+            tenant: self.tenant.clone(),
+            deadline: tokio::time::Instant::now() + timeout,
+            permit,
+            header,
+            payload,
+        };
+        // The common case forwards inline. A module that is restarting makes the
+        // request wait for the new instance in its own task, so one waiting
+        // request does not stall the rest of this connection's pipeline.
+        if let Route::Up(_) = module.route() {
+            request.dispatch(&module).await;
+        } else {
+            tokio::spawn(async move { request.dispatch(&module).await });
+        }
+    }
+
+    /// Admin operations take seconds (a module start), so they run in their
+    /// own task and answer when done.
+    fn admin(&self, header: Header, payload: Bytes, permit: ConnOut) -> Option<(Header, ConnOut)> {
+        if !self.daemon.is_admin(&self.peer) {
+            return Some((header, permit));
+        }
+        let daemon = Arc::clone(&self.daemon);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match header.opcode {
+                Opcode::MODULE_RESTART => match mecha_abi::decode::<ModuleRestartRequest>(&payload)
+                {
+                    Ok(req) => daemon
+                        .restart_module(&req.module, req.binary.map(Into::into))
+                        .await
+                        .map(|pid| mecha_abi::encode(&ModuleRestartReply { pid }))
+                        .map_err(|e| {
+                            let status = if daemon.module_named(&req.module).is_none() {
+                                Status::NotFound
+                            } else {
+                                Status::Unavailable
+                            };
+                            (status, e)
+                        }),
+                    Err(e) => Err((Status::InvalidArgument, e.to_string())),
+                },
+                _ => daemon
+                    .reload()
+                    .await
+                    .map(|r| mecha_abi::encode(&r))
+                    .map_err(|e| (Status::InvalidArgument, e)),
+            };
+            let frame = match result {
+                Ok(Ok(body)) => OutFrame::guarded(
+                    header.response(Status::Ok),
+                    Bytes::new(),
+                    body.into(),
+                    permit,
+                ),
+                Ok(Err(e)) => error_frame(&header, Status::Internal, &e.to_string(), permit),
+                Err((status, msg)) => error_frame(&header, status, &msg, permit),
+            };
+            let _ = tx.send(frame).await;
+        });
+        None
+    }
+}
+
+/// A request on its way to a module, carrying everything needed to answer it.
+struct Routed {
+    tx: ConnTx,
+    tenant: Bytes,
+    deadline: tokio::time::Instant,
+    permit: ConnOut,
+    header: Header,
+    payload: Bytes,
+}
+
+impl Routed {
+    /// Forwards to the module's running instance. A request that finds the
+    /// module restarting waits for the new instance until its deadline; one
+    /// refused by a draining instance was never sent and is routed again.
+    async fn dispatch(self, module: &ModuleSlot) {
+        let Routed {
+            tx,
+            tenant,
+            deadline,
+            mut permit,
+            mut header,
+            mut payload,
+        } = self;
+        // Each pass either forwards, answers, or observes a route change, so a
+        // few passes suffice; the bound only guards against a flapping module.
+        for _ in 0..8 {
+            match module.route() {
+                Route::Up(link) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match link
+                        .forward(&tx, permit, header, &tenant, payload, remaining)
+                        .await
+                    {
+                        Ok(()) => return,
+                        Err(back) => {
+                            (permit, header, payload) = (back.guard, back.header, back.payload);
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                Route::Starting => {
+                    if let Route::Starting = module.settled_route(deadline).await {
+                        let msg = format!(
+                            "module {} did not come back before the deadline",
+                            module.name
+                        );
+                        let _ = tx
+                            .send(error_frame(&header, Status::DeadlineExceeded, &msg, permit))
+                            .await;
+                        return;
+                    }
+                }
+                Route::Down(why) => {
+                    let _ = tx
+                        .send(error_frame(&header, Status::Unavailable, &why, permit))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let msg = format!("module {} is restarting repeatedly; retry", module.name);
+        let _ = tx
+            .send(error_frame(&header, Status::Unavailable, &msg, permit))
             .await;
     }
 }

@@ -33,9 +33,23 @@ struct Pending {
 }
 
 struct Table {
-    /// False once the module is gone; nothing may be added then.
+    /// False once the link stops taking new requests: it is draining for a
+    /// hot restart, or the module is gone.
+    accepting: bool,
+    /// False once the module is gone.
     open: bool,
     pending: HashMap<u32, Pending>,
+}
+
+/// A request the link refused because it no longer accepts work. Nothing was
+/// sent, so the caller may route it to the module's next instance.
+pub struct Rejected {
+    /// The connection's permit, handed back.
+    pub guard: ConnOut,
+    /// The request header, unchanged.
+    pub header: Header,
+    /// The payload, unchanged.
+    pub payload: Bytes,
 }
 
 /// One running module instance as seen by the router.
@@ -48,6 +62,8 @@ pub struct Link {
     next_id: AtomicU32,
     table: Mutex<Table>,
     closed: Notify,
+    idle: Notify,
+    last_pong: Mutex<Instant>,
 }
 
 impl Link {
@@ -59,10 +75,13 @@ impl Link {
             tx,
             next_id: AtomicU32::new(1),
             table: Mutex::new(Table {
+                accepting: true,
                 open: true,
                 pending: HashMap::new(),
             }),
             closed: Notify::new(),
+            idle: Notify::new(),
+            last_pong: Mutex::new(Instant::now()),
         })
     }
 
@@ -75,6 +94,7 @@ impl Link {
 
     /// Forwards an application request. The payload is passed on untouched,
     /// behind the tenant prefix; the answer (or an error) reaches `conn` later.
+    /// A link that no longer accepts work hands the request back unsent.
     pub async fn forward(
         &self,
         conn: &ConnTx,
@@ -83,15 +103,16 @@ impl Link {
         tenant: &Bytes,
         payload: Bytes,
         timeout: Duration,
-    ) {
+    ) -> Result<(), Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut table = self.table.lock();
-            if !table.open {
-                drop(table);
-                let msg = format!("module {} is not running", self.module);
-                let _ = conn.try_send(error_frame(&header, Status::Unavailable, &msg, guard));
-                return;
+            if !table.accepting {
+                return Err(Rejected {
+                    guard,
+                    header,
+                    payload,
+                });
             }
             table.pending.insert(
                 id,
@@ -118,10 +139,42 @@ impl Link {
         {
             self.fail_one(id, "its link closed before the request was sent");
         }
+        Ok(())
+    }
+
+    /// Stops taking new requests; those already forwarded still get answers.
+    pub fn stop_accepting(&self) {
+        self.table.lock().accepting = false;
+    }
+
+    /// Resolves once no forwarded request awaits an answer.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.table.lock().pending.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// When the module last answered a health ping (or the link's creation).
+    pub fn last_pong(&self) -> Instant {
+        *self.last_pong.lock()
+    }
+
+    /// Removes a pending entry, waking `idle` waiters when it was the last.
+    fn take(&self, id: u32) -> Option<Pending> {
+        let mut table = self.table.lock();
+        let entry = table.pending.remove(&id);
+        if entry.is_some() && table.pending.is_empty() {
+            self.idle.notify_waiters();
+        }
+        entry
     }
 
     fn fail_one(&self, id: u32, why: &str) {
-        let entry = self.table.lock().pending.remove(&id);
+        let entry = self.take(id);
         if let Some(p) = entry {
             let msg = format!("module {} is unavailable: {why}", self.module);
             p.answer_error(Status::Unavailable, &msg);
@@ -146,9 +199,12 @@ impl Link {
             tracing::warn!(module = %self.module, opcode = %header.opcode, "module sent a non-response frame; ignored");
             return;
         }
-        let Some(p) = self.table.lock().pending.remove(&header.request_id) else {
+        let Some(p) = self.take(header.request_id) else {
             // Control answers (pings, drain) and answers that arrive after their
             // deadline expired have no waiting request.
+            if header.opcode == Opcode::LINK_PING {
+                *self.last_pong.lock() = Instant::now();
+            }
             return;
         };
         let mut out = header;
@@ -166,8 +222,10 @@ impl Link {
         let drained: Vec<Pending> = {
             let mut table = self.table.lock();
             table.open = false;
+            table.accepting = false;
             table.pending.drain().map(|(_, p)| p).collect()
         };
+        self.idle.notify_waiters();
         if !drained.is_empty() {
             tracing::warn!(module = %self.module, pid = self.pid, in_flight = drained.len(), "{reason}; answering in-flight requests with UNAVAILABLE");
         }
@@ -176,15 +234,19 @@ impl Link {
             p.answer_error(Status::Unavailable, &msg);
         }
         self.closed.notify_waiters();
-        self.closed.notify_one();
     }
 
     /// Resolves once the link has closed.
     pub async fn closed(&self) {
-        if !self.table.lock().open {
-            return;
+        loop {
+            // A `Notified` registers for `notify_waiters` when created, so
+            // creating it before checking cannot miss a close in between.
+            let notified = self.closed.notified();
+            if !self.table.lock().open {
+                return;
+            }
+            notified.await;
         }
-        self.closed.notified().await;
     }
 
     /// Answers requests whose deadline has passed with DEADLINE_EXCEEDED, until

@@ -6,6 +6,7 @@ mod daemon;
 mod link;
 mod listener;
 mod peer;
+mod plan;
 mod spawn;
 mod supervisor;
 
@@ -15,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mecha_abi::{Family, DEFAULT_MAX_FRAME, MAX_FRAME_CAP};
+use mecha_abi::{DEFAULT_MAX_FRAME, MAX_FRAME_CAP};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use config::Config;
 use daemon::Daemon;
-use supervisor::{ModuleSlot, RestartPolicy};
+use plan::Paths;
+use supervisor::{ModuleSlot, Supervision};
 
 /// The mecha node daemon.
 #[derive(Parser, Debug)]
@@ -90,13 +92,6 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn family_of(name: &str) -> Option<Family> {
-    match name {
-        "state" => Some(Family::State),
-        _ => None,
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = match &args.config {
@@ -135,43 +130,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "Configuration spec.maxFrameBytes: {max_frame} must be between 1 and {MAX_FRAME_CAP}"
         );
     }
-    let policy = RestartPolicy {
+    let supervision = Supervision {
         max_restarts: settings.max_restarts.unwrap_or(5),
         window: Duration::from_secs(settings.restart_window_secs.unwrap_or(30)),
+        health_interval: Duration::from_millis(settings.health_interval_ms.unwrap_or(1000).max(10)),
+        health_timeout: Duration::from_millis(settings.health_timeout_ms.unwrap_or(3000).max(10)),
     };
-
-    let mut modules = Vec::new();
-    for (family_name, components) in config.families() {
-        let Some(family) = family_of(&family_name) else {
-            let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
-            bail!(
-                "components {names:?}: no module serves the {family_name:?} family (known: state)"
-            );
-        };
-        let module_data = data_dir.join(&family_name);
-        std::fs::create_dir_all(&module_data)
-            .with_context(|| format!("creating data directory {}", module_data.display()))?;
-        let binary = module_dir.join(format!("mecha-mod-{family_name}"));
-        modules.push(ModuleSlot::new(
-            family_name,
-            family,
-            binary,
-            module_data,
-            components,
-        ));
-    }
+    let paths = Paths {
+        data_dir: data_dir.clone(),
+        module_dir,
+    };
 
     // Start modules in order before accepting, so the first request finds them.
     // A module that cannot start at boot is a configuration error: fail loudly.
-    let mut supervisors = Vec::new();
-    for slot in &modules {
-        let child = slot
-            .start()
+    let specs = plan::child_specs(&config, &paths).map_err(anyhow::Error::msg)?;
+    let mut modules = Vec::with_capacity(specs.len());
+    for (family, spec) in specs {
+        let name = spec.name.clone();
+        let slot = ModuleSlot::launch(spec, family, supervision)
             .await
-            .with_context(|| format!("starting module {}", slot.name))?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(Arc::clone(slot).supervise(child, policy, stop_rx));
-        supervisors.push((stop_tx, task));
+            .with_context(|| format!("starting module {name}"))?;
+        modules.push(slot);
     }
 
     let listener = listener::bind(&socket, mode)?;
@@ -181,9 +160,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             settings.default_timeout_ms.unwrap_or(5000),
         )),
         max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
-        tenants: peer::Tenants::new(settings.tenants.clone()),
-        modules,
+        tenants: parking_lot::RwLock::new(peer::Tenants::new(settings.tenants.clone())),
+        admin_uids: parking_lot::RwLock::new(settings.admin_uids.clone()),
+        modules: parking_lot::RwLock::new(modules),
         started,
+        config_path: args.config.clone(),
+        paths,
+        supervision,
+        admin_lock: tokio::sync::Mutex::new(()),
     });
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
 
@@ -193,15 +177,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&daemon),
         shutdown_rx,
     ));
-    wait_for_signal().await?;
+    wait_for_shutdown(&daemon).await?;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     let _ = accept.await;
-    // Stop modules in reverse start order, each drained before the next.
-    for (stop, task) in supervisors.into_iter().rev() {
-        let _ = stop.send(true);
-        let _ = task.await;
-    }
+    daemon.stop_modules().await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), "cannot remove socket: {e}");
     }
@@ -209,12 +189,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serves SIGHUP (reload) until SIGTERM or SIGINT asks for shutdown.
+async fn wait_for_shutdown(daemon: &Daemon) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(_) => {}
+                Err(e) => tracing::error!("reload rejected, nothing changed: {e}"),
+            },
+        }
     }
-    Ok(())
 }

@@ -11,12 +11,19 @@ use tokio::process::{Child, Command};
 pub const LINK_FD: i32 = 3;
 
 /// Spawns `binary` with one end of a fresh socketpair as fd 3 and returns the
-/// child and the daemon's end of the link.
+/// child and the daemon's end of the link. `memory_limit_mb` caps the child's
+/// address space (RLIMIT_AS): a module that exceeds it fails to allocate, dies,
+/// and is restarted by its supervisor instead of starving the node.
 ///
 /// Must be called from a runtime worker thread, never from a blocking-pool
 /// thread: Linux delivers the parent-death signal when the *thread* that forked
 /// the child exits, and pool threads exit when idle, which would kill modules.
-pub fn spawn_module(binary: &Path, module: &str) -> std::io::Result<(Child, StdUnixStream)> {
+pub fn spawn_module(
+    binary: &Path,
+    module: &str,
+    memory_limit_mb: Option<u64>,
+) -> std::io::Result<(Child, StdUnixStream)> {
+    let memory_limit = memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
     // std creates both ends with SOCK_CLOEXEC, so neither leaks into other
     // children; the child's end is dup2'ed to fd 3 below, which clears the flag
     // on the copy only.
@@ -30,8 +37,8 @@ pub fn spawn_module(binary: &Path, module: &str) -> std::io::Result<(Child, StdU
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe functions may be called. It calls only dup2, fcntl,
-    // prctl and getppid (all async-signal-safe system calls), allocates nothing
-    // and touches no locks; it reads two integers captured by value.
+    // prctl, setrlimit and getppid (all async-signal-safe system calls),
+    // allocates nothing and touches no locks; it reads integers captured by value.
     unsafe {
         cmd.pre_exec(move || {
             if child_fd == LINK_FD {
@@ -41,6 +48,15 @@ pub fn spawn_module(binary: &Path, module: &str) -> std::io::Result<(Child, StdU
                 }
             } else if libc::dup2(child_fd, LINK_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(bytes) = memory_limit {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // Modules must never outlive the daemon, even when it is SIGKILLed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {

@@ -60,3 +60,32 @@ pub struct ModuleStatus {
     /// Names of the components this module serves.
     pub components: Vec<String>,
 }
+
+/// MODULE_RESTART request (admin only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRestartRequest {
+    /// The module to restart, e.g. `state`.
+    pub module: String,
+    /// A new executable to run (an upgrade); none restarts the current one.
+    pub binary: Option<String>,
+}
+
+/// MODULE_RESTART response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRestartReply {
+    /// Process id of the new instance, which now serves every new request.
+    pub pid: u32,
+}
+
+/// RELOAD response: what changed, by module name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// Modules that did not run before and were started.
+    pub started: Vec<String>,
+    /// Modules whose components or settings changed, hot-restarted.
+    pub restarted: Vec<String>,
+    /// Modules no longer configured, drained and stopped.
+    pub stopped: Vec<String>,
+    /// Modules left untouched.
+    pub unchanged: Vec<String>,
+}
