@@ -49,8 +49,7 @@ impl Daemon {
             }
         }
         let config = dir.join("mecha.yaml");
-        std::fs::write(&config, CONFIG)
-            .with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, CONFIG).with_context(|| format!("writing {}", config.display()))?;
         let socket = dir.join("mecha.sock");
         let child = Command::new(&mechad)
             .arg("--socket")
@@ -94,7 +93,10 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("mechad did not listen on {} within {START_LIMIT:?}", self.socket.display());
+                bail!(
+                    "mechad did not listen on {} within {START_LIMIT:?}",
+                    self.socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

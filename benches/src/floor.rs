@@ -2,7 +2,7 @@
 //! over two hops through a relay (floor2), with blocking I/O and no framework,
 //! so anything mecha adds on top of them is its own cost.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -85,24 +85,27 @@ fn bind(dir: &Path, name: &str) -> anyhow::Result<(UnixListener, std::path::Path
 /// Sends frames of `plan.payload` bytes one at a time to `socket`, timing each
 /// round trip after the warm-up.
 fn drive(name: &str, socket: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
-    let mut stream =
-        UnixStream::connect(socket).with_context(|| format!("{name}: connecting"))?;
+    let mut stream = UnixStream::connect(socket).with_context(|| format!("{name}: connecting"))?;
     let mut rd = reader(&stream)?;
     let mut frame = vec![0u8; HEADER_LEN + plan.payload];
     let mut answer = Vec::new();
     let mut hist = new_histogram()?;
     let mut started = Instant::now();
+    let mut id = 0u32;
     for i in 0..plan.warmup + plan.ops {
         if i == plan.warmup {
             started = Instant::now();
         }
-        // Request ids wrap harmlessly; they only pair a request with its answer.
-        let id = u32::try_from(i % u64::from(u32::MAX)).unwrap_or(0) + 1;
+        // Request ids wrap harmlessly (skipping 0, as a real client does);
+        // they only pair a request with its answer.
+        id = id.wrapping_add(1).max(1);
         let mut header = Header::request(Opcode::STATE_GET, id);
         header.payload_len = u32::try_from(plan.payload).context("payload too large")?;
         frame[..HEADER_LEN].copy_from_slice(&header.encode());
         let t = Instant::now();
-        stream.write_all(&frame).with_context(|| format!("{name}: writing"))?;
+        stream
+            .write_all(&frame)
+            .with_context(|| format!("{name}: writing"))?;
         if !read_frame(&mut rd, &mut answer)? {
             bail!("{name}: the server closed the connection");
         }

@@ -34,7 +34,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// Summarises `hist` (ns) for `ops` operations that took `elapsed` in all.
-    pub fn new(name: &str, hist: &Histogram<u64>, ops: u64, elapsed: Duration) -> Self {
+    pub fn new(name: &str, hist: &Histogram<u64>, ops: usize, elapsed: Duration) -> Self {
         let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         Self {
             name: name.to_string(),
@@ -86,4 +86,20 @@ pub fn write_json(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&serde_json::json!({ "scenarios": scenarios }))
         .context("serialising the results")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// A progress line on stderr before a scenario runs.
+pub fn started(name: &str, plan: &crate::Plan) {
+    eprintln!(
+        "[mecha-bench] {name}: {} ops after {} warm-up, {}-byte payload ...",
+        plan.ops, plan.warmup, plan.payload
+    );
+}
+
+/// A progress line on stderr after a scenario ran.
+pub fn finished(o: &Outcome) {
+    eprintln!(
+        "[mecha-bench] {}: p50 {:.1} us, p99 {:.1} us, {:.0} ops/s",
+        o.name, o.p50_us, o.p99_us, o.ops_per_sec
+    );
 }

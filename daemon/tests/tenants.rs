@@ -5,13 +5,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{bin_dir, Daemon, Raw};
-
-const NOBODY: u32 = 65534;
+use common::{mechactl_as_nobody, open_to_nobody, require_root, Daemon, Raw, NOBODY};
 
 const TEAM_CONFIG: &str = "\
 apiVersion: mecha.io/v1alpha1
@@ -40,81 +36,6 @@ kind: Component
 metadata: {name: statestore}
 spec: {type: state.memory, version: v1, metadata: []}
 ";
-
-/// Fails (never skips) when not root: switching to uid 65534 needs it.
-fn require_root() {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root: it runs mechactl as uid {NOBODY} (nobody) to check tenant \
-         isolation; run `cargo test -p mechad --test tenants` as root (CI does)"
-    );
-}
-
-/// True when "other" may search every directory above `path` and read and
-/// execute `path` itself.
-fn usable_by_others(path: &Path) -> bool {
-    let mode = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0)
-    };
-    path.ancestors()
-        .skip(1)
-        .filter(|p| !p.as_os_str().is_empty())
-        .all(|dir| mode(dir) & 0o001 != 0)
-        && mode(path) & 0o005 == 0o005
-}
-
-/// Makes the daemon's temporary directory (which holds the socket) searchable
-/// by nobody; tempdirs are created 0700.
-fn open_to_nobody(d: &Daemon) {
-    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod the daemon's temp dir");
-    assert!(
-        usable_by_others(d.dir.path()),
-        "{} must be reachable by nobody",
-        d.dir.path().display()
-    );
-}
-
-/// A mechactl binary that nobody can execute: the built one if its path is
-/// traversable, else a 0755 copy inside the daemon's (opened) temp dir.
-fn nobody_mechactl_binary(d: &Daemon) -> Option<PathBuf> {
-    let built = bin_dir().join("mechactl");
-    if usable_by_others(&built) {
-        return None;
-    }
-    let dir = d.dir.path().join("bin");
-    std::fs::create_dir_all(&dir).expect("creating the bin copy dir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("mechactl");
-    if !copy.exists() {
-        std::fs::copy(&built, &copy).expect("copying mechactl");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    assert!(
-        usable_by_others(&copy),
-        "{} must be executable by nobody",
-        copy.display()
-    );
-    Some(copy)
-}
-
-/// mechactl `args` against `d`, run as uid/gid 65534.
-fn mechactl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
-    let mut cmd = match nobody_mechactl_binary(d) {
-        None => d.mechactl_cmd(args),
-        Some(copy) => {
-            let mut cmd = Command::new(copy);
-            cmd.arg("--socket").arg(&d.socket).args(args);
-            cmd
-        }
-    };
-    cmd.uid(NOBODY).gid(NOBODY).env_remove("MECHA_SOCKET");
-    cmd.output().expect("running mechactl as nobody")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

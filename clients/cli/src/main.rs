@@ -34,11 +34,32 @@ enum Command {
         #[command(subcommand)]
         op: StateOp,
     },
+    /// Module administration (root, the daemon's uid, or adminUids).
+    Module {
+        #[command(subcommand)]
+        op: ModuleOp,
+    },
+    /// Re-read the daemon's configuration and apply the differences (admin).
+    Reload,
     /// Daemon version, uptime and modules.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModuleOp {
+    /// Hot-restart a module: start a fresh instance, switch to it, drain the old one.
+    Restart { name: String },
+    /// Replace a module's executable without failing requests; a binary that
+    /// does not start leaves the old instance serving.
+    Upgrade {
+        name: String,
+        /// The new executable.
+        #[arg(long)]
+        binary: PathBuf,
     },
 }
 
@@ -139,6 +160,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Module { op } => {
+            let (name, binary) = match op {
+                ModuleOp::Restart { name } => (name, None),
+                ModuleOp::Upgrade { name, binary } => {
+                    // The daemon resolves paths itself, so send an absolute one.
+                    let binary = std::path::absolute(&binary)
+                        .with_context(|| format!("resolving {}", binary.display()))?;
+                    (name, Some(binary.to_string_lossy().into_owned()))
+                }
+            };
+            // A module start can take longer than a data request.
+            client.set_timeout(Duration::from_millis(cli.timeout_ms.max(30_000)));
+            let pid = client.module_restart(&name, binary)?;
+            writeln!(out, "module {name} now runs as pid {pid}")?;
+        }
+        Command::Reload => {
+            client.set_timeout(Duration::from_millis(cli.timeout_ms.max(60_000)));
+            let r = client.reload()?;
+            for (what, names) in [
+                ("started", &r.started),
+                ("restarted", &r.restarted),
+                ("stopped", &r.stopped),
+                ("unchanged", &r.unchanged),
+            ] {
+                if !names.is_empty() {
+                    writeln!(out, "{what}: {}", names.join(", "))?;
+                }
+            }
+        }
         Command::Status { json } => {
             let status = client.status().context("asking for status")?;
             if json {

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mecha_abi::msg::{BulkGetItem, SetItem, StateEntry, StatusReply, TxOp};
+use mecha_abi::msg::{BulkGetItem, ReloadReply, SetItem, StateEntry, StatusReply, TxOp};
 
-use crate::{Error, SetOptions};
+use crate::{Error, RetryPolicy, SetOptions};
 
 /// A blocking connection to mechad. Each call runs the async client on a
 /// private single-threaded runtime until its answer arrives.
@@ -41,6 +41,16 @@ impl Client {
         self.inner = self.inner.with_timeout(timeout);
     }
 
+    /// Retries later typed calls according to `policy` (see [`RetryPolicy`]).
+    pub fn set_retries(&mut self, policy: RetryPolicy) {
+        self.inner = self.inner.with_retries(policy);
+    }
+
+    /// The retry policy of later typed calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry_policy()
+    }
+
     /// The tenant the daemon assigned to this connection.
     pub fn tenant(&self) -> &str {
         self.inner.tenant()
@@ -51,6 +61,10 @@ impl Client {
         fn ping() -> ();
         /// Daemon version, uptime and module states.
         fn status() -> StatusReply;
+        /// Admin: hot-restarts a module, from `binary` when given; the new pid.
+        fn module_restart(module: &str, binary: Option<String>) -> u32;
+        /// Admin: re-reads the configuration and applies the differences.
+        fn reload() -> ReloadReply;
         /// Reads `key` from `store` ("" = default); `None` when missing.
         fn get(store: &str, key: &str) -> Option<StateEntry>;
         /// Writes `key`; returns the new ETag.

@@ -1,5 +1,6 @@
 //! The async, pipelining client: one connection, a reader task that matches
-//! answers to callers by request id, and typed calls for every opcode.
+//! answers to callers by request id, and typed calls for every opcode. Typed
+//! calls retry retryable answers within their deadline ([`RetryPolicy`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,19 +10,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mecha_abi::msg::{
-    BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, DeleteItem, DeleteReply,
-    DeleteRequest, ErrorBody, GetRequest, Hello, HelloReply, SetItem, SetReply, SetRequest,
-    StateEntry, StatusReply, TransactReply, TransactRequest, TxOp,
+    BulkGetItem, BulkGetRequest, BulkSetRequest, DeleteItem, DeleteRequest, ErrorBody, GetRequest,
+    Hello, HelloReply, ModuleRestartRequest, ReloadReply, SetItem, SetRequest, StateEntry,
+    StatusReply, TransactRequest, TxOp,
 };
 use mecha_abi::{Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
 use mecha_wire::{write_loop, FrameReader, OutFrame};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
+use crate::request::{PingRequest, ReloadRequest, Request, StatusRequest};
+use crate::retry::{is_retryable, Backoff, JitterSeed, RetryPolicy};
 use crate::Error;
 
 /// Deadline of a call that sets none, matching the daemon's default.
@@ -31,6 +34,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(1);
 /// Frames queued for the writer before callers wait.
 const WRITE_QUEUE: usize = 1024;
+/// A retry is not sent when less than this is left of the deadline: the
+/// header carries whole milliseconds, and 0 would mean the daemon's default.
+const MIN_ATTEMPT_BUDGET: Duration = Duration::from_millis(1);
 
 type Answer = Result<(Status, Bytes), Error>;
 
@@ -60,6 +66,8 @@ pub struct Client {
     next_id: Arc<AtomicU32>,
     hello: Arc<HelloReply>,
     timeout: Duration,
+    retry: RetryPolicy,
+    jitter: Arc<JitterSeed>,
 }
 
 impl Client {
@@ -96,23 +104,43 @@ impl Client {
                 max_frame: 0,
             }),
             timeout: DEFAULT_TIMEOUT,
+            retry: RetryPolicy::default(),
+            jitter: Arc::new(JitterSeed::from_clock()),
         };
         let hello = Hello {
             min_version: VERSION,
             max_version: VERSION,
             client: concat!("mecha-client-rust/", env!("CARGO_PKG_VERSION")).to_string(),
         };
-        let reply: HelloReply = client.call(Opcode::HELLO, &hello).await?;
-        client.hello = Arc::new(reply);
+        // HELLO is never retried: the daemon answers it itself (never
+        // UNAVAILABLE), and a second HELLO after a lost success is an error.
+        let payload = mecha_abi::encode(&hello).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (status, body) = client.call_raw(Opcode::HELLO, payload).await?;
+        client.hello = Arc::new(decode_answer(status, &body)?);
         Ok(client)
     }
 
-    /// A handle whose calls use `timeout` as their deadline.
+    /// A handle whose calls use `timeout` as their deadline: the whole call,
+    /// retries and pauses included, fits in it.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
             timeout,
             ..self.clone()
         }
+    }
+
+    /// A handle whose typed calls retry according to `policy`; see
+    /// [`RetryPolicy`] for what is retried by default.
+    pub fn with_retries(&self, policy: RetryPolicy) -> Self {
+        Self {
+            retry: policy,
+            ..self.clone()
+        }
+    }
+
+    /// The retry policy of this handle's typed calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// The tenant the daemon assigned to this connection.
@@ -126,11 +154,24 @@ impl Client {
     }
 
     /// Sends one request with raw payload bytes and returns the raw answer.
-    /// Typed calls are built on this; it is public for tools and tests.
+    /// It makes exactly one attempt, never retries, and does not interpret
+    /// the status; it is public for tools and tests. Typed calls retry.
     pub async fn call_raw(
         &self,
         opcode: Opcode,
         payload: Vec<u8>,
+    ) -> Result<(Status, Bytes), Error> {
+        self.attempt(opcode, Bytes::from(payload), self.timeout)
+            .await
+    }
+
+    /// Sends one request whose deadline is `budget` from now and waits for
+    /// its answer.
+    async fn attempt(
+        &self,
+        opcode: Opcode,
+        payload: Bytes,
+        budget: Duration,
     ) -> Result<(Status, Bytes), Error> {
         let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if id == 0 {
@@ -146,12 +187,15 @@ impl Client {
             pending.waiting.insert(id, answer_tx);
         }
         let mut header = Header::request(opcode, id);
-        header.deadline_ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
+        header.deadline_ms = deadline_ms(budget);
         if self.tx.send(OutFrame::new(header, payload)).await.is_err() {
             self.shared.pending.lock().waiting.remove(&id);
             return Err(Error::Closed("the writer stopped".into()));
         }
-        match tokio::time::timeout(self.timeout + GRACE, answer_rx).await {
+        // The daemon enforces the deadline itself and answers
+        // DEADLINE_EXCEEDED; waiting GRACE longer prefers its answer and only
+        // gives up locally when the daemon is stuck.
+        match tokio::time::timeout(budget + GRACE, answer_rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(Error::Closed("the reader stopped".into())),
             Err(_) => {
@@ -161,44 +205,69 @@ impl Client {
         }
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        opcode: Opcode,
-        request: &Req,
-    ) -> Result<Resp, Error> {
-        let payload = mecha_abi::encode(request).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (status, body) = self.call_raw(opcode, payload).await?;
-        if status != Status::Ok {
-            let message = mecha_abi::decode::<ErrorBody>(&body)
-                .map(|b| b.message)
-                .unwrap_or_else(|e| format!("(undecodable error body: {e})"));
-            return Err(Error::Status { status, message });
+    /// The one retry loop behind every typed call.
+    ///
+    /// The request is encoded once and resent unchanged. A retryable answer
+    /// (see [`RetryPolicy`]) to a request that may be retried leads to a
+    /// jittered pause and another attempt, each attempt's header carrying the
+    /// time left. Nothing is sent or slept past the deadline; when it runs
+    /// out, the last retryable error is returned, so the caller learns why
+    /// (e.g. which module is down) rather than a bare timeout.
+    async fn call<R: Request>(&self, request: &R) -> Result<R::Reply, Error> {
+        let payload =
+            Bytes::from(mecha_abi::encode(request).map_err(|e| Error::Protocol(e.to_string()))?);
+        let may_retry = request.is_idempotent() || self.retry.retry_non_idempotent;
+        let deadline = Instant::now() + self.timeout;
+        // The schedule (and its seed) is only needed once a retry happens.
+        let mut backoff: Option<Backoff> = None;
+        let mut attempts = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            attempts += 1;
+            let err = match self.attempt(R::OPCODE, payload.clone(), remaining).await {
+                Ok((status, body)) => match decode_answer(status, &body) {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if !may_retry || !is_retryable(&err) || !self.retry.allows_another(attempts) {
+                return Err(err);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let pause = backoff
+                .get_or_insert_with(|| Backoff::new(&self.retry, self.jitter.next()))
+                .next_pause(remaining);
+            if remaining.saturating_sub(pause) < MIN_ATTEMPT_BUDGET {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
         }
-        mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// Checks that the daemon answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        let (status, _) = self.call_raw(Opcode::PING, Vec::new()).await?;
-        match status {
-            Status::Ok => Ok(()),
-            s => Err(Error::Status {
-                status: s,
-                message: "ping failed".into(),
-            }),
-        }
+        self.call(&PingRequest).await.map(|_| ())
     }
 
     /// Daemon version, uptime and module states.
     pub async fn status(&self) -> Result<StatusReply, Error> {
-        let (status, body) = self.call_raw(Opcode::STATUS, Vec::new()).await?;
-        if status != Status::Ok {
-            return Err(Error::Status {
-                status,
-                message: "status failed".into(),
-            });
-        }
-        mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))
+        self.call(&StatusRequest).await
+    }
+
+    /// Admin: hot-restarts module `module` (start new, switch, drain old),
+    /// from `binary` when given (an upgrade). Returns the new instance's pid.
+    pub async fn module_restart(&self, module: &str, binary: Option<String>) -> Result<u32, Error> {
+        let req = ModuleRestartRequest {
+            module: module.into(),
+            binary,
+        };
+        Ok(self.call(&req).await?.pid)
+    }
+
+    /// Admin: re-reads the daemon's configuration and applies the differences.
+    pub async fn reload(&self) -> Result<ReloadReply, Error> {
+        self.call(&ReloadRequest).await
     }
 
     /// Reads `key` from `store` ("" = the default store); `None` when missing.
@@ -207,7 +276,7 @@ impl Client {
             store: store.into(),
             key: key.into(),
         };
-        match self.call::<_, StateEntry>(Opcode::STATE_GET, &req).await {
+        match self.call(&req).await {
             Ok(entry) => Ok(Some(entry)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -233,7 +302,7 @@ impl Client {
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             },
         };
-        let reply: SetReply = self.call(Opcode::STATE_SET, &req).await?;
+        let reply = self.call(&req).await?;
         Ok(reply.etag)
     }
 
@@ -251,7 +320,7 @@ impl Client {
                 etag,
             },
         };
-        let reply: DeleteReply = self.call(Opcode::STATE_DELETE, &req).await?;
+        let reply = self.call(&req).await?;
         Ok(reply.existed)
     }
 
@@ -265,7 +334,7 @@ impl Client {
             store: store.into(),
             keys,
         };
-        let reply: BulkGetReply = self.call(Opcode::STATE_BULK_GET, &req).await?;
+        let reply = self.call(&req).await?;
         Ok(reply.items)
     }
 
@@ -275,7 +344,7 @@ impl Client {
             store: store.into(),
             items,
         };
-        let reply: TransactReply = self.call(Opcode::STATE_BULK_SET, &req).await?;
+        let reply = self.call(&req).await?;
         Ok(reply
             .etags
             .into_iter()
@@ -293,9 +362,28 @@ impl Client {
             store: store.into(),
             ops,
         };
-        let reply: TransactReply = self.call(Opcode::STATE_TRANSACT, &req).await?;
+        let reply = self.call(&req).await?;
         Ok(reply.etags)
     }
+}
+
+/// Turns a raw answer into the typed reply, or into the daemon's error. Every
+/// non-OK answer carries an `ErrorBody` (SPEC §5).
+fn decode_answer<T: DeserializeOwned>(status: Status, body: &[u8]) -> Result<T, Error> {
+    if status != Status::Ok {
+        let message = mecha_abi::decode::<ErrorBody>(body)
+            .map(|b| b.message)
+            .unwrap_or_else(|e| format!("(undecodable error body: {e})"));
+        return Err(Error::Status { status, message });
+    }
+    mecha_abi::decode(body).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// The header's relative deadline for `budget`: whole milliseconds rounded
+/// up, and at least 1, because 0 would mean "the daemon's default" (5 s).
+fn deadline_ms(budget: Duration) -> u32 {
+    let ms = budget.as_nanos().div_ceil(1_000_000).max(1);
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 /// Matches answers to waiting callers until the connection ends, then fails

@@ -3,6 +3,8 @@
 //! [`Client`] is async (tokio) and pipelines: any number of calls may be in
 //! flight on its one connection, each matched to its answer by request id.
 //! [`blocking::Client`] offers the same calls for code without a runtime.
+//! Typed calls retry an UNAVAILABLE answer within their deadline when that is
+//! safe (reads, and writes carrying ETags); see [`RetryPolicy`].
 //!
 //! ```no_run
 //! use mecha_client::{blocking::Client, SetOptions};
@@ -23,13 +25,19 @@
 pub mod blocking;
 mod client;
 mod error;
+mod request;
+mod retry;
+#[cfg(test)]
+mod retry_loop_tests;
 
 pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use mecha_abi::msg::{
-    BulkGetItem, DeleteItem, HelloReply, ModuleStatus, SetItem, StateEntry, StatusReply, TxOp,
+    BulkGetItem, DeleteItem, HelloReply, ModuleStatus, ReloadReply, SetItem, StateEntry,
+    StatusReply, TxOp,
 };
 pub use mecha_abi::Status;
+pub use retry::RetryPolicy;
 
 /// The socket path clients use when none is given: `$MECHA_SOCKET`, else
 /// `/run/mecha/mecha.sock` for root, else `$XDG_RUNTIME_DIR/mecha/mecha.sock`

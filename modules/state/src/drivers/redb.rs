@@ -49,10 +49,18 @@ const KNOWN_FIELDS: &str = "path";
 
 /// A state store kept in one redb file.
 pub struct RedbStore {
-    /// The open database. It is shared with the blocking tasks that do the
-    /// actual I/O, which may outlive a dropped future.
-    db: Arc<Database>,
+    /// The store file.
+    path: PathBuf,
+    /// The open database, shared with the blocking tasks that do the actual
+    /// I/O (which may outlive a dropped future). It is empty only while the
+    /// previous instance of this module still holds the file during a hot
+    /// restart; the first request then opens it.
+    db: tokio::sync::OnceCell<Arc<Database>>,
 }
+
+/// How long a request waits for the previous module instance to release the
+/// file during a hot restart. Draining takes milliseconds; this is a bound.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,11 +81,58 @@ impl RedbStore {
                 StoreError::Internal(format!("creating directory {}: {e}", parent.display()))
             })?;
         }
-        let db = Database::create(&path).map_err(|e| {
-            StoreError::Internal(format!("opening redb file {}: {e}", path.display()))
-        })?;
-        prepare(&db)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = tokio::sync::OnceCell::new();
+        match open_file(&path)? {
+            Some(opened) => {
+                let _ = db.set(Arc::new(opened));
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "store file is held by the previous instance; opening it once released"
+            ),
+        }
+        Ok(Self { path, db })
+    }
+
+    /// The database, opened on first use if the previous instance held it
+    /// when this one started (a hot restart: redb allows one process per file).
+    async fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .get_or_try_init(|| async {
+                let deadline = std::time::Instant::now() + RELEASE_WAIT;
+                let mut pause = std::time::Duration::from_millis(2);
+                loop {
+                    let path = self.path.clone();
+                    if let Some(db) = blocking(move || open_file(&path)).await? {
+                        return Ok(Arc::new(db));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Unavailable(format!(
+                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
+                            self.path.display()
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Opens and prepares the file; `None` when another process holds it.
+fn open_file(path: &Path) -> Result<Option<Database>, StoreError> {
+    match Database::create(path) {
+        Ok(db) => {
+            prepare(&db)?;
+            Ok(Some(db))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+        Err(e) => Err(StoreError::Internal(format!(
+            "opening redb file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -440,9 +495,11 @@ impl StateStore for RedbStore {
         tenant: &'a str,
         keys: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<Option<StateEntry>>, StoreError>> {
-        let db = Arc::clone(&self.db);
         let tenant = tenant.to_owned();
-        Box::pin(blocking(move || read(&db, &tenant, &keys, now_ms())))
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || read(&db, &tenant, &keys, now_ms())).await
+        })
     }
 
     fn transact<'a>(
@@ -450,9 +507,9 @@ impl StateStore for RedbStore {
         tenant: &'a str,
         ops: Vec<TxOp>,
     ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
-        let db = Arc::clone(&self.db);
         let tenant = tenant.to_owned();
         Box::pin(async move {
+            let db = self.db().await?;
             // An empty transaction changes nothing, so it need not pay for a
             // write transaction and a disk sync.
             if ops.is_empty() {
@@ -463,14 +520,61 @@ impl StateStore for RedbStore {
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
-        let db = Arc::clone(&self.db);
-        Box::pin(blocking(move || sweep(&db, now_ms())))
+        Box::pin(async move {
+            // Until the file is ours there is nothing to sweep; do not wait.
+            let Some(db) = self.db.get().cloned() else {
+                return Ok(0);
+            };
+            blocking(move || sweep(&db, now_ms())).await
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_held_by_a_previous_instance_is_opened_once_released() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let spec = ComponentSpec {
+            name: "handoff".to_owned(),
+            kind: "state.redb".to_owned(),
+            metadata: Vec::new(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let old = RedbStore::open(&spec, dir.path()).expect("first open");
+        rt.block_on(old.transact(
+            "t",
+            vec![TxOp::Set(mecha_abi::msg::SetItem {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                etag: None,
+                ttl_ms: None,
+            })],
+        ))
+        .expect("write");
+        // As in a hot restart: the new instance starts while the old holds the file.
+        let new = RedbStore::open(&spec, dir.path()).expect("deferred open");
+        assert!(new.db.get().is_none(), "the file is still held");
+        let got = rt.block_on(async {
+            let release = async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                drop(old);
+            };
+            let (_, got) = tokio::join!(release, new.get("t", vec!["k".into()]));
+            got
+        });
+        assert_eq!(
+            got.expect("read after release")[0]
+                .as_ref()
+                .map(|e| e.value.clone()),
+            Some(b"v".to_vec())
+        );
+    }
 
     /// A file written before the expiry index existed gets its index built
     /// when opened, so its TTL keys are still swept.
@@ -500,17 +604,20 @@ mod tests {
             metadata: Vec::new(),
         };
         let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
-        assert_eq!(sweep(&store.db, 100), Ok(1));
-        assert_eq!(sweep(&store.db, 100), Ok(0));
-        assert_eq!(sweep(&store.db, 1_000), Ok(1));
+        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 100), Ok(1));
+        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 100), Ok(0));
+        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 1_000), Ok(1));
         let keys = ["expired", "later", "forever"].map(str::to_owned);
-        let found = read(&store.db, "t", &keys, 1_000).expect("read");
+        let found = read(store.db.get().expect("opened eagerly"), "t", &keys, 1_000).expect("read");
         assert!(found[0].is_none() && found[1].is_none() && found[2].is_some());
 
         // Reopening does not index twice (the marker is set).
         drop(store);
         let store = RedbStore::open(&spec, dir.path()).expect("reopen");
-        assert_eq!(sweep(&store.db, u64::MAX), Ok(0));
+        assert_eq!(
+            sweep(store.db.get().expect("opened eagerly"), u64::MAX),
+            Ok(0)
+        );
     }
 
     fn set(key: &str, ttl_ms: Option<u64>) -> TxOp {
@@ -565,7 +672,7 @@ mod tests {
             metadata: Vec::new(),
         };
         let store = RedbStore::open(&spec, dir.path()).expect("open");
-        let db = &store.db;
+        let db = store.db.get().expect("opened eagerly");
         let ok = |ops: Vec<TxOp>, now: u64| {
             write(db, "t", &ops, now).expect("transaction");
             assert_index_consistent(db);
