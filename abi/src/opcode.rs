@@ -14,6 +14,16 @@ pub enum Family {
     Control,
     /// Key/value state with ETags, TTLs and transactions (`mecha-mod-state`).
     State,
+    /// Publish/subscribe messaging (`mecha-mod-pubsub`).
+    PubSub,
+    /// Distributed locks with fencing tokens (`mecha-mod-lock`).
+    Lock,
+    /// Strictly increasing id sequences (`mecha-mod-sequencer`).
+    Sequencer,
+    /// Configuration items with change watches (`mecha-mod-config`).
+    Configuration,
+    /// Secrets from files and the environment (`mecha-mod-secrets`).
+    Secrets,
     /// Internal frames between the daemon and a module; never valid from an app.
     Link,
     /// A family byte that this version does not define.
@@ -26,16 +36,27 @@ impl Family {
         match self {
             Family::Control => 0x00,
             Family::State => 0x01,
+            Family::PubSub => 0x02,
+            Family::Lock => 0x03,
+            Family::Sequencer => 0x04,
+            Family::Configuration => 0x05,
+            Family::Secrets => 0x06,
             Family::Link => 0xF0,
             Family::Unknown(b) => b,
         }
     }
 
-    /// The lower-case name used in configuration and in `mechactl status`.
+    /// The module name serving the family, as in `mechactl status` and in the
+    /// module binary `mecha-mod-<name>`.
     pub fn name(self) -> &'static str {
         match self {
             Family::Control => "control",
             Family::State => "state",
+            Family::PubSub => "pubsub",
+            Family::Lock => "lock",
+            Family::Sequencer => "sequencer",
+            Family::Configuration => "config",
+            Family::Secrets => "secrets",
             Family::Link => "link",
             Family::Unknown(_) => "unknown",
         }
@@ -46,6 +67,11 @@ impl Family {
         match b {
             0x00 => Family::Control,
             0x01 => Family::State,
+            0x02 => Family::PubSub,
+            0x03 => Family::Lock,
+            0x04 => Family::Sequencer,
+            0x05 => Family::Configuration,
+            0x06 => Family::Secrets,
             0xF0 => Family::Link,
             other => Family::Unknown(other),
         }
@@ -77,6 +103,21 @@ impl Opcode {
     /// Apply several set/delete operations atomically.
     pub const STATE_TRANSACT: Opcode = Opcode(0x0106);
 
+    /// Acquire a lock (optionally waiting), returning a fencing token.
+    pub const LOCK_TRY_LOCK: Opcode = Opcode(0x0301);
+    /// Release a lock held by an owner.
+    pub const LOCK_UNLOCK: Opcode = Opcode(0x0302);
+    /// Extend the lease of a held lock.
+    pub const LOCK_EXTEND: Opcode = Opcode(0x0303);
+
+    /// Allocate the next id(s) of a sequence.
+    pub const SEQ_NEXT: Opcode = Opcode(0x0401);
+
+    /// Read one secret.
+    pub const SECRET_GET: Opcode = Opcode(0x0601);
+    /// Read every secret the tenant may see in a store.
+    pub const SECRET_BULK_GET: Opcode = Opcode(0x0602);
+
     /// Daemon → module: configuration handshake.
     pub const LINK_HELLO: Opcode = Opcode(0xF001);
     /// Daemon → module: health ping.
@@ -103,6 +144,12 @@ impl Opcode {
             Opcode::STATE_BULK_GET => "STATE_BULK_GET",
             Opcode::STATE_BULK_SET => "STATE_BULK_SET",
             Opcode::STATE_TRANSACT => "STATE_TRANSACT",
+            Opcode::LOCK_TRY_LOCK => "LOCK_TRY_LOCK",
+            Opcode::LOCK_UNLOCK => "LOCK_UNLOCK",
+            Opcode::LOCK_EXTEND => "LOCK_EXTEND",
+            Opcode::SEQ_NEXT => "SEQ_NEXT",
+            Opcode::SECRET_GET => "SECRET_GET",
+            Opcode::SECRET_BULK_GET => "SECRET_BULK_GET",
             Opcode::LINK_HELLO => "LINK_HELLO",
             Opcode::LINK_PING => "LINK_PING",
             Opcode::LINK_DRAIN => "LINK_DRAIN",

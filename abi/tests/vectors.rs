@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use mecha_abi::msg::{
     BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, ComponentSpec, DeleteItem,
     DeleteReply, DeleteRequest, ErrorBody, GetRequest, Hello, HelloReply, LinkHello, LinkReady,
-    ModuleStatus, SetItem, SetReply, SetRequest, StateEntry, StatusReply, TransactReply,
-    TransactRequest, TxOp,
+    ModuleRestartReply, ModuleRestartRequest, ModuleStatus, ReloadReply, SetItem, SetReply,
+    SetRequest, StateEntry, StatusReply, TransactReply, TransactRequest, TxOp,
 };
 use mecha_abi::{
     decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,
@@ -251,6 +251,55 @@ fn vectors() -> Vec<Vector> {
                         components: strings(&["events"]),
                     },
                 ],
+            },
+        ),
+        // --- control: admin operations ------------------------------------------
+        typed(
+            "module_restart_request",
+            "MODULE_RESTART (admin) of module \"state\" from its current binary (binary None), with a 30000 ms deadline",
+            req(O::MODULE_RESTART, 4, 30_000),
+            ModuleRestartRequest {
+                module: "state".to_string(),
+                binary: None,
+            },
+        ),
+        error(
+            "module_restart_permission_denied",
+            "PERMISSION_DENIED (6) answering a MODULE_RESTART from uid 1000, which is not root, not the daemon's uid and not in adminUids",
+            O::MODULE_RESTART,
+            4,
+            Status::PermissionDenied,
+            "MODULE_RESTART (0x0004) is an admin operation; uid 1000 is not root, the daemon's uid, or in adminUids",
+        ),
+        typed(
+            "module_restart_request_upgrade",
+            "MODULE_RESTART (admin) of module \"state\" from the new binary /opt/mecha/bin/mecha-mod-state-0.2.0 (an upgrade), with a 30000 ms deadline",
+            req(O::MODULE_RESTART, 5, 30_000),
+            ModuleRestartRequest {
+                module: "state".to_string(),
+                binary: Some("/opt/mecha/bin/mecha-mod-state-0.2.0".to_string()),
+            },
+        ),
+        typed(
+            "module_restart_reply",
+            "OK answer to MODULE_RESTART: the new instance, pid 2417, serves every new request; the old one drains",
+            resp(O::MODULE_RESTART, 5, Status::Ok),
+            ModuleRestartReply { pid: 2417 },
+        ),
+        empty(
+            "reload_request",
+            "RELOAD (admin) with a 60000 ms deadline; empty payload",
+            req(O::RELOAD, 6, 60_000),
+        ),
+        typed(
+            "reload_reply",
+            "OK answer to RELOAD: module \"pubsub\" started, \"state\" hot-restarted (its components changed), none stopped, \"bindings\" unchanged",
+            resp(O::RELOAD, 6, Status::Ok),
+            ReloadReply {
+                started: strings(&["pubsub"]),
+                restarted: strings(&["state"]),
+                stopped: Vec::new(),
+                unchanged: strings(&["bindings"]),
             },
         ),
         // --- state -----------------------------------------------------------
@@ -882,26 +931,30 @@ fn invalid_vectors_match_the_file_and_are_rejected() {
     }
 }
 
+/// The opcodes SPEC.md §3 defines, in table order.
+const DEFINED_OPCODES: [Opcode; 14] = [
+    Opcode::HELLO,
+    Opcode::PING,
+    Opcode::STATUS,
+    Opcode::MODULE_RESTART,
+    Opcode::RELOAD,
+    Opcode::STATE_GET,
+    Opcode::STATE_SET,
+    Opcode::STATE_DELETE,
+    Opcode::STATE_BULK_GET,
+    Opcode::STATE_BULK_SET,
+    Opcode::STATE_TRANSACT,
+    Opcode::LINK_HELLO,
+    Opcode::LINK_PING,
+    Opcode::LINK_DRAIN,
+];
+
 /// Every defined opcode appears in at least one request and one response vector,
 /// and every non-OK status in at least one error vector.
 #[test]
 fn vectors_cover_every_opcode_and_status() {
     let vs = vectors();
-    let opcodes = [
-        Opcode::HELLO,
-        Opcode::PING,
-        Opcode::STATUS,
-        Opcode::STATE_GET,
-        Opcode::STATE_SET,
-        Opcode::STATE_DELETE,
-        Opcode::STATE_BULK_GET,
-        Opcode::STATE_BULK_SET,
-        Opcode::STATE_TRANSACT,
-        Opcode::LINK_HELLO,
-        Opcode::LINK_PING,
-        Opcode::LINK_DRAIN,
-    ];
-    for op in opcodes {
+    for op in DEFINED_OPCODES {
         let is = |resp: bool| {
             vs.iter().any(|v| {
                 v.header.opcode == op
@@ -918,6 +971,22 @@ fn vectors_cover_every_opcode_and_status() {
                 && v.header.flags == Flags(Flags::RESPONSE)
                 && v.ty == "ErrorBody"),
             "no error vector for {status}"
+        );
+    }
+}
+
+/// SPEC.md §3 lists every defined opcode with the code's number and name.
+#[test]
+fn spec_opcode_table_lists_every_defined_opcode() {
+    let spec = std::fs::read_to_string(abi_dir().join("SPEC.md")).expect("read SPEC.md");
+    for op in DEFINED_OPCODES {
+        let name = op.name().unwrap_or_else(|| panic!("{op} has no name"));
+        // SPEC.md spells hex digits in either case (`0x0101`, `0xF001`).
+        let row = format!("| `0x{:04x}` | {} ", op.0, name.to_ascii_lowercase());
+        assert!(
+            spec.lines()
+                .any(|l| l.to_ascii_lowercase().starts_with(&row)),
+            "SPEC.md §3 lacks the row for {op}"
         );
     }
 }

@@ -18,25 +18,41 @@ pub struct Paths {
     pub module_dir: PathBuf,
 }
 
-/// The capability family a module name serves.
-pub fn family_of(module: &str) -> Option<Family> {
-    match module {
-        "state" => Some(Family::State),
+/// Module names that have a module binary today, for error messages.
+const KNOWN: &str = "state, lock, sequencer, secretstores";
+
+/// The module serving components whose `spec.type` starts with `prefix`
+/// (Dapr's component families), and its capability family.
+pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
+    match prefix {
+        "state" => Some(("state", Family::State)),
+        "lock" => Some(("lock", Family::Lock)),
+        "sequencer" => Some(("sequencer", Family::Sequencer)),
+        "secretstores" => Some(("secrets", Family::Secrets)),
         _ => None,
     }
+}
+
+/// Whether `module` names a module (for `spec.modules` keys).
+fn is_module(module: &str) -> bool {
+    ["state", "lock", "sequencer", "secretstores"]
+        .iter()
+        .filter_map(|p| module_for_prefix(p))
+        .any(|(name, _)| name == module)
 }
 
 /// One child spec per capability family that has components, in first-seen
 /// order. Creates each module's data directory.
 pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildSpec)>, String> {
     let mut specs = Vec::new();
-    for (name, components) in config.families() {
-        let Some(family) = family_of(&name) else {
+    for (prefix, components) in config.families() {
+        let Some((name, family)) = module_for_prefix(&prefix) else {
             let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
             return Err(format!(
-                "components {names:?}: no module serves the {name:?} family (known: state)"
+                "components {names:?}: no module serves the {prefix:?} component family (known: {KNOWN})"
             ));
         };
+        let name = name.to_string();
         let settings = config
             .settings
             .modules
@@ -68,10 +84,10 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         .settings
         .modules
         .keys()
-        .find(|m| family_of(m).is_none())
+        .find(|m| !is_module(m))
     {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, lock, sequencer, secrets)"
         ));
     }
     Ok(specs)

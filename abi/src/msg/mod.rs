@@ -2,8 +2,14 @@
 
 mod control;
 mod link;
+mod lock;
+mod secrets;
+mod sequencer;
 mod state;
 
 pub use control::*;
 pub use link::*;
+pub use lock::*;
+pub use secrets::*;
+pub use sequencer::*;
 pub use state::*;

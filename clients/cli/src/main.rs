@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod lock;
+mod secret;
+mod seq;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mecha_client::blocking::Client;
@@ -33,6 +37,21 @@ enum Command {
     State {
         #[command(subcommand)]
         op: StateOp,
+    },
+    /// Distributed locks with fencing tokens.
+    Lock {
+        #[command(subcommand)]
+        op: lock::LockOp,
+    },
+    /// Strictly increasing id sequences.
+    Seq {
+        #[command(subcommand)]
+        op: seq::SeqOp,
+    },
+    /// Secrets.
+    Secret {
+        #[command(subcommand)]
+        op: secret::SecretOp,
     },
     /// Module administration (root, the daemon's uid, or adminUids).
     Module {
@@ -160,6 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Lock { op } => return lock::run(&client, op, &mut out),
+        Command::Seq { op } => return seq::run(&client, op, &mut out),
+        Command::Secret { op } => return secret::run(&client, op, &mut out),
         Command::Module { op } => {
             let (name, binary) = match op {
                 ModuleOp::Restart { name } => (name, None),

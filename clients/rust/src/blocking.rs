@@ -10,19 +10,8 @@ use crate::{Error, RetryPolicy, SetOptions};
 /// A blocking connection to mechad. Each call runs the async client on a
 /// private single-threaded runtime until its answer arrives.
 pub struct Client {
-    rt: tokio::runtime::Runtime,
-    inner: crate::Client,
-}
-
-macro_rules! blocking_calls {
-    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident : $ty:ty),*) -> $ret:ty; )*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(&self, $($arg: $ty),*) -> Result<$ret, Error> {
-                self.rt.block_on(self.inner.$name($($arg),*))
-            }
-        )*
-    };
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) inner: crate::Client,
 }
 
 impl Client {

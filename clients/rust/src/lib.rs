@@ -22,9 +22,26 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// Generates blocking wrappers that run the async method of the same name on
+/// the blocking client's private runtime. Used by every capability file so
+/// that each call is written once, in async form.
+macro_rules! blocking_calls {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident : $ty:ty),*) -> $ret:ty; )*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self, $($arg: $ty),*) -> Result<$ret, $crate::Error> {
+                self.rt.block_on(self.inner.$name($($arg),*))
+            }
+        )*
+    };
+}
+
 pub mod blocking;
 mod client;
 mod error;
+mod lock;
+mod secrets;
+mod sequencer;
 mod request;
 mod retry;
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mecha_abi::msg::{ErrorBody, Hello, HelloReply};
 use mecha_abi::{Header, Opcode, Status, HEADER_LEN};
 
-/// The directory holding mechad, mechactl and the module binaries, built once
+/// The directory holding mechad, mechactl and every module binary, built once
 /// per test process. Cargo only builds the binaries of the package under test,
 /// so the module and CLI binaries are built here with the same profile.
 pub fn bin_dir() -> &'static Path {
@@ -27,7 +27,7 @@ pub fn bin_dir() -> &'static Path {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "mecha-mod-state", "-p", "mechactl"]);
+        cmd.args(["build", "--workspace", "--bins", "--exclude", "mecha-bench"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }

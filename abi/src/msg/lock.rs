@@ -1,0 +1,1 @@
+//! Payloads of the lock family (`0x03`).

@@ -1,0 +1,1 @@
+//! Payloads of the secrets family (`0x06`).

@@ -1,0 +1,1 @@
+//! Payloads of the sequencer family (`0x04`).

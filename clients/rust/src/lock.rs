@@ -1,0 +1,1 @@
+//! lock calls of the Rust client (async and blocking).

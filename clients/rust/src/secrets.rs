@@ -1,0 +1,1 @@
+//! secrets calls of the Rust client (async and blocking).

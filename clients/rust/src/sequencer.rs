@@ -1,0 +1,1 @@
+//! sequencer calls of the Rust client (async and blocking).
