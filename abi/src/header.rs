@@ -22,14 +22,33 @@ pub struct Flags(pub u8);
 impl Flags {
     /// Set on every frame that answers a request.
     pub const RESPONSE: u8 = 0x01;
-    /// Set on server-push frames that belong to a stream (reserved in v1).
+    /// On a response (with RESPONSE): the request opened a stream, whose id is
+    /// the request id. Without RESPONSE: a server push on that stream.
     pub const STREAM: u8 = 0x02;
+    /// With STREAM: the last frame of the stream; its status says why it ended
+    /// (OK: finished or cancelled; UNAVAILABLE: reset, resubscribe).
+    pub const END: u8 = 0x04;
     /// Every bit that v1 defines; any other bit set is invalid.
-    pub const KNOWN: u8 = Self::RESPONSE | Self::STREAM;
+    pub const KNOWN: u8 = Self::RESPONSE | Self::STREAM | Self::END;
 
     /// True when the RESPONSE bit is set.
     pub fn is_response(self) -> bool {
         self.0 & Self::RESPONSE != 0
+    }
+
+    /// True when the STREAM bit is set.
+    pub fn is_stream(self) -> bool {
+        self.0 & Self::STREAM != 0
+    }
+
+    /// True for a server push (STREAM without RESPONSE), including the END frame.
+    pub fn is_push(self) -> bool {
+        self.is_stream() && !self.is_response()
+    }
+
+    /// True when the END bit is set.
+    pub fn is_end(self) -> bool {
+        self.0 & Self::END != 0
     }
 }
 
@@ -103,6 +122,21 @@ impl Header {
             deadline_ms: 0,
             payload_len: 0,
         }
+    }
+
+    /// A push frame on stream `stream_id` (opened by a request with `opcode`).
+    pub fn push(opcode: Opcode, stream_id: u32) -> Self {
+        let mut h = Self::request(opcode, stream_id);
+        h.flags = Flags(Flags::STREAM);
+        h
+    }
+
+    /// The frame that ends stream `stream_id` with `status`.
+    pub fn end(opcode: Opcode, stream_id: u32, status: Status) -> Self {
+        let mut h = Self::request(opcode, stream_id);
+        h.flags = Flags(Flags::STREAM | Flags::END);
+        h.status = status.code();
+        h
     }
 
     /// Serialises the header into its 24 wire bytes.

@@ -89,6 +89,8 @@ impl Opcode {
     pub const MODULE_RESTART: Opcode = Opcode(0x0004);
     /// Admin: re-read the configuration and apply the differences.
     pub const RELOAD: Opcode = Opcode(0x0005);
+    /// Cancel a stream this connection opened.
+    pub const STREAM_CANCEL: Opcode = Opcode(0x0006);
 
     /// Read one key.
     pub const STATE_GET: Opcode = Opcode(0x0101);
@@ -113,6 +115,13 @@ impl Opcode {
     /// Allocate the next id(s) of a sequence.
     pub const SEQ_NEXT: Opcode = Opcode(0x0401);
 
+    /// Read configuration items.
+    pub const CONFIG_GET: Opcode = Opcode(0x0501);
+    /// Open a stream of configuration changes.
+    pub const CONFIG_SUBSCRIBE: Opcode = Opcode(0x0502);
+    /// Admin: write configuration items to a writable store.
+    pub const CONFIG_SET: Opcode = Opcode(0x0503);
+
     /// Read one secret.
     pub const SECRET_GET: Opcode = Opcode(0x0601);
     /// Read every secret the tenant may see in a store.
@@ -124,10 +133,17 @@ impl Opcode {
     pub const LINK_PING: Opcode = Opcode(0xF002);
     /// Daemon → module: stop taking work, finish in-flight requests.
     pub const LINK_DRAIN: Opcode = Opcode(0xF003);
+    /// Daemon → module (no answer): end the stream whose id is the request id.
+    pub const LINK_CANCEL: Opcode = Opcode(0xF004);
 
     /// The capability family (high byte).
     pub fn family(self) -> Family {
         Family::from_byte((self.0 >> 8) as u8)
+    }
+
+    /// True for opcodes only admins may use (the daemon checks before routing).
+    pub fn is_admin(self) -> bool {
+        matches!(self, Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::CONFIG_SET)
     }
 
     /// The symbolic name of a defined opcode, for logs and errors.
@@ -138,6 +154,7 @@ impl Opcode {
             Opcode::STATUS => "STATUS",
             Opcode::MODULE_RESTART => "MODULE_RESTART",
             Opcode::RELOAD => "RELOAD",
+            Opcode::STREAM_CANCEL => "STREAM_CANCEL",
             Opcode::STATE_GET => "STATE_GET",
             Opcode::STATE_SET => "STATE_SET",
             Opcode::STATE_DELETE => "STATE_DELETE",
@@ -148,11 +165,15 @@ impl Opcode {
             Opcode::LOCK_UNLOCK => "LOCK_UNLOCK",
             Opcode::LOCK_EXTEND => "LOCK_EXTEND",
             Opcode::SEQ_NEXT => "SEQ_NEXT",
+            Opcode::CONFIG_GET => "CONFIG_GET",
+            Opcode::CONFIG_SUBSCRIBE => "CONFIG_SUBSCRIBE",
+            Opcode::CONFIG_SET => "CONFIG_SET",
             Opcode::SECRET_GET => "SECRET_GET",
             Opcode::SECRET_BULK_GET => "SECRET_BULK_GET",
             Opcode::LINK_HELLO => "LINK_HELLO",
             Opcode::LINK_PING => "LINK_PING",
             Opcode::LINK_DRAIN => "LINK_DRAIN",
+            Opcode::LINK_CANCEL => "LINK_CANCEL",
             _ => return None,
         })
     }

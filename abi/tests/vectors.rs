@@ -293,13 +293,13 @@ fn vectors() -> Vec<Vector> {
         ),
         typed(
             "reload_reply",
-            "OK answer to RELOAD: module \"pubsub\" started, \"state\" hot-restarted (its components changed), none stopped, \"bindings\" unchanged",
+            "OK answer to RELOAD: module \"lock\" started (newly configured), \"state\" hot-restarted (its components changed), none stopped, \"sequencer\" and \"secrets\" unchanged",
             resp(O::RELOAD, 6, Status::Ok),
             ReloadReply {
-                started: strings(&["pubsub"]),
+                started: strings(&["lock"]),
                 restarted: strings(&["state"]),
                 stopped: Vec::new(),
-                unchanged: strings(&["bindings"]),
+                unchanged: strings(&["sequencer", "secrets"]),
             },
         ),
         // --- state -----------------------------------------------------------
@@ -530,11 +530,11 @@ fn vectors() -> Vec<Vector> {
         ),
         error(
             "error_unavailable",
-            "UNAVAILABLE (8, retryable) answering a STATE_GET while module \"state\" restarts",
+            "UNAVAILABLE (8, retryable) answering a STATE_GET that was in flight when module \"state\" crashed; answered at once, not at the deadline",
             O::STATE_GET,
             26,
             Status::Unavailable,
-            "module state is restarting; retry",
+            "module state is unavailable: the module exited; retry",
         ),
         error(
             "error_deadline_exceeded",

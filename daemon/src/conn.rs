@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mecha_abi::msg::{ErrorBody, Hello, HelloReply, ModuleRestartReply, ModuleRestartRequest};
+use mecha_abi::msg::{
+    ErrorBody, Hello, HelloReply, ModuleRestartReply, ModuleRestartRequest, StreamCancel,
+};
 use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, VERSION};
 use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
 use tokio::net::UnixStream;
@@ -13,6 +15,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::daemon::Daemon;
 use crate::peer::Peer;
+use crate::link::ConnRef;
 use crate::supervisor::{ModuleSlot, Route};
 
 /// Every frame queued for a connection carries one in-flight permit, released
@@ -24,6 +27,13 @@ pub type ConnTx = mpsc::Sender<OutFrame<ConnOut>>;
 
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stream pushes one connection may have queued for writing. Beyond it pushes
+/// are dropped (a client that does not read cannot grow the daemon's memory);
+/// each capability's protocol covers the loss (pubsub redelivers).
+pub const PUSH_BUDGET: usize = 1024;
+
+/// Source of connection ids, used to find a connection's streams.
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Builds an error response to `request` carrying an `ErrorBody`.
 pub fn error_frame(
@@ -51,6 +61,7 @@ struct Conn {
     peer: Peer,
     tenant: Bytes,
     tx: ConnTx,
+    link_ref: ConnRef,
     permits: Arc<Semaphore>,
     version: Option<u8>,
 }
@@ -66,12 +77,18 @@ pub async fn serve(
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let max_in_flight = daemon.max_in_flight as usize;
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(max_in_flight + 1);
+    let (tx, rx) = mpsc::channel(max_in_flight + PUSH_BUDGET + 1);
     let writer = tokio::spawn(write_loop(wr, rx));
+    let link_ref = ConnRef {
+        tx: tx.clone(),
+        pushes: Arc::new(Semaphore::new(PUSH_BUDGET)),
+        id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    };
     let mut conn = Conn {
         peer,
         tenant: Bytes::from(tenant),
         tx,
+        link_ref,
         permits: Arc::new(Semaphore::new(max_in_flight)),
         version: None,
         daemon,
@@ -97,6 +114,13 @@ pub async fn serve(
         };
         if let Flow::Close = flow {
             break;
+        }
+    }
+    // Streams die with their connection; tell their modules to stop pushing.
+    let conn_id = conn.link_ref.id;
+    for module in conn.daemon.modules.read().iter() {
+        if let Route::Up(link) = module.route() {
+            link.cancel_conn_streams(conn_id);
         }
     }
     // Finish what is in flight: every permit comes back once its answer is written.
@@ -232,7 +256,7 @@ impl Conn {
                 self.error(header, Status::InvalidArgument, msg, permit)
                     .await;
             }
-            Opcode::PING | Opcode::STATUS if !payload.is_empty() => {
+            Opcode::PING | Opcode::STATUS | Opcode::RELOAD if !payload.is_empty() => {
                 let msg = format!("{} takes an empty payload", header.opcode);
                 self.error(header, Status::InvalidArgument, &msg, permit)
                     .await;
@@ -247,6 +271,7 @@ impl Conn {
                 self.reply(frame).await;
             }
             Opcode::STATUS => self.ok(header, &self.daemon.status(), permit).await,
+            Opcode::STREAM_CANCEL => self.cancel_stream(header, payload, permit).await,
             Opcode::MODULE_RESTART | Opcode::RELOAD => {
                 if let Some((header, permit)) =
                     self.admin(*header, Bytes::copy_from_slice(payload), permit)
@@ -267,7 +292,33 @@ impl Conn {
         }
     }
 
+    async fn cancel_stream(&self, header: &Header, payload: &[u8], permit: ConnOut) {
+        let req: StreamCancel = match mecha_abi::decode(payload) {
+            Ok(r) => r,
+            Err(e) => return self.error(header, Status::InvalidArgument, &e.to_string(), permit).await,
+        };
+        let modules: Vec<Arc<ModuleSlot>> = self.daemon.modules.read().clone();
+        let found = modules.iter().any(|m| match m.route() {
+            Route::Up(link) => link.cancel_stream(self.link_ref.id, req.stream_id),
+            _ => false,
+        });
+        if found {
+            let frame = OutFrame::guarded(header.response(Status::Ok), Bytes::new(), Bytes::new(), permit);
+            self.reply(frame).await;
+        } else {
+            let msg = format!("no open stream {} on this connection", req.stream_id);
+            self.error(header, Status::NotFound, &msg, permit).await;
+        }
+    }
+
     async fn route(&self, family: Family, header: Header, payload: Bytes, permit: ConnOut) {
+        if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
+            let msg = format!(
+                "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
+                header.opcode, self.peer.uid
+            );
+            return self.error(&header, Status::PermissionDenied, &msg, permit).await;
+        }
         let Some(module) = self.daemon.module_for(family) else {
             let msg = match family {
                 Family::Link | Family::Unknown(_) => format!("unknown opcode {}", header.opcode),
@@ -286,7 +337,7 @@ impl Conn {
             ms => Duration::from_millis(u64::from(ms)),
         };
         let request = Routed {
-            tx: self.tx.clone(),
+            conn: self.link_ref.clone(),
             tenant: self.tenant.clone(),
             deadline: tokio::time::Instant::now() + timeout,
             permit,
@@ -353,7 +404,7 @@ impl Conn {
 
 /// A request on its way to a module, carrying everything needed to answer it.
 struct Routed {
-    tx: ConnTx,
+    conn: ConnRef,
     tenant: Bytes,
     deadline: tokio::time::Instant,
     permit: ConnOut,
@@ -367,13 +418,14 @@ impl Routed {
     /// refused by a draining instance was never sent and is routed again.
     async fn dispatch(self, module: &ModuleSlot) {
         let Routed {
-            tx,
+            conn,
             tenant,
             deadline,
             mut permit,
             mut header,
             mut payload,
         } = self;
+        let tx = &conn.tx;
         // Each pass either forwards, answers, or observes a route change, so a
         // few passes suffice; the bound only guards against a flapping module.
         for _ in 0..8 {
@@ -381,7 +433,7 @@ impl Routed {
                 Route::Up(link) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     match link
-                        .forward(&tx, permit, header, &tenant, payload, remaining)
+                        .forward(&conn, permit, header, &tenant, payload, remaining)
                         .await
                     {
                         Ok(()) => return,

@@ -12,7 +12,7 @@ use mecha_abi::{Header, Opcode, Status};
 use mecha_wire::{FrameReader, OutFrame};
 use parking_lot::Mutex;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::conn::{error_frame, ConnOut, ConnTx};
 
@@ -26,10 +26,24 @@ const DEADLINE_TICK: Duration = Duration::from_millis(50);
 /// A request waiting for its module's answer.
 struct Pending {
     conn: ConnTx,
+    pushes: Arc<Semaphore>,
+    conn_id: u64,
     guard: ConnOut,
     request_id: u32,
     opcode: Opcode,
     deadline: Instant,
+}
+
+/// An open stream: where its pushes go.
+struct StreamRoute {
+    conn: ConnTx,
+    /// The connection's budget for queued pushes (see `conn::PUSH_BUDGET`).
+    pushes: Arc<Semaphore>,
+    /// Identifies the connection, so its streams can be cancelled when it closes.
+    conn_id: u64,
+    /// The stream id the application knows: its request id.
+    stream_id: u32,
+    opcode: Opcode,
 }
 
 struct Table {
@@ -39,6 +53,20 @@ struct Table {
     /// False once the module is gone.
     open: bool,
     pending: HashMap<u32, Pending>,
+    /// Open streams by link id.
+    streams: HashMap<u32, StreamRoute>,
+}
+
+/// What a connection tells the link about itself when forwarding, so that an
+/// answer that opens a stream can be turned into a stream route.
+#[derive(Clone)]
+pub struct ConnRef {
+    /// The connection's write queue.
+    pub tx: ConnTx,
+    /// Its push budget.
+    pub pushes: Arc<Semaphore>,
+    /// Its id, unique within the daemon.
+    pub id: u64,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -78,6 +106,7 @@ impl Link {
                 accepting: true,
                 open: true,
                 pending: HashMap::new(),
+                streams: HashMap::new(),
             }),
             closed: Notify::new(),
             idle: Notify::new(),
@@ -97,7 +126,7 @@ impl Link {
     /// A link that no longer accepts work hands the request back unsent.
     pub async fn forward(
         &self,
-        conn: &ConnTx,
+        conn: &ConnRef,
         guard: ConnOut,
         header: Header,
         tenant: &Bytes,
@@ -117,7 +146,9 @@ impl Link {
             table.pending.insert(
                 id,
                 Pending {
-                    conn: conn.clone(),
+                    conn: conn.tx.clone(),
+                    pushes: Arc::clone(&conn.pushes),
+                    conn_id: conn.id,
                     guard,
                     request_id: header.request_id,
                     opcode: header.opcode,
@@ -195,8 +226,12 @@ impl Link {
     }
 
     fn deliver(&self, header: Header, payload: Bytes) {
+        if header.flags.is_push() {
+            self.push(header, payload);
+            return;
+        }
         if !header.flags.is_response() {
-            tracing::warn!(module = %self.module, opcode = %header.opcode, "module sent a non-response frame; ignored");
+            tracing::warn!(module = %self.module, opcode = %header.opcode, "module sent a request frame; ignored");
             return;
         }
         let Some(p) = self.take(header.request_id) else {
@@ -207,6 +242,19 @@ impl Link {
             }
             return;
         };
+        if header.flags.is_stream() && Status::from_code(header.status) == Status::Ok {
+            // The request opened a stream: its pushes follow under the same id.
+            self.table.lock().streams.insert(
+                header.request_id,
+                StreamRoute {
+                    conn: p.conn.clone(),
+                    pushes: Arc::clone(&p.pushes),
+                    conn_id: p.conn_id,
+                    stream_id: p.request_id,
+                    opcode: p.opcode,
+                },
+            );
+        }
         let mut out = header;
         out.request_id = p.request_id;
         out.opcode = p.opcode;
@@ -217,6 +265,146 @@ impl Link {
         let _ = p.conn.try_send(frame);
     }
 
+    /// Routes a push to its stream's connection. A push that finds the
+    /// connection's push budget spent is dropped rather than queued: memory
+    /// stays bounded, and the capability's own delivery guarantee (pubsub
+    /// redelivers unacknowledged messages) covers the loss. The END frame is
+    /// always delivered, because it is what tells the client to resubscribe.
+    fn push(&self, header: Header, payload: Bytes) {
+        let end = header.flags.is_end();
+        let route = {
+            let mut table = self.table.lock();
+            if end {
+                table.streams.remove(&header.request_id)
+            } else {
+                table.streams.get(&header.request_id).map(|r| StreamRoute {
+                    conn: r.conn.clone(),
+                    pushes: Arc::clone(&r.pushes),
+                    conn_id: r.conn_id,
+                    stream_id: r.stream_id,
+                    opcode: r.opcode,
+                })
+            }
+        };
+        let Some(route) = route else {
+            return;
+        };
+        let permit = if end {
+            // An END may wait for room: it is one frame per stream.
+            Arc::clone(&route.pushes).try_acquire_owned().ok()
+        } else {
+            match Arc::clone(&route.pushes).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading");
+                    return;
+                }
+            }
+        };
+        let mut out = header;
+        out.request_id = route.stream_id;
+        out.opcode = route.opcode;
+        out.ext = 0;
+        let delivered = match permit {
+            Some(permit) => route
+                .conn
+                .try_send(OutFrame::guarded(out, Bytes::new(), payload, permit))
+                .is_ok(),
+            None => {
+                let conn = route.conn.clone();
+                let pushes = Arc::clone(&route.pushes);
+                tokio::spawn(async move {
+                    if let Ok(permit) = pushes.acquire_owned().await {
+                        let _ = conn
+                            .send(OutFrame::guarded(out, Bytes::new(), payload, permit))
+                            .await;
+                    }
+                });
+                true
+            }
+        };
+        if !delivered && !end && route.conn.is_closed() {
+            // The application is gone; stop the stream at its source.
+            self.table.lock().streams.remove(&header.request_id);
+            self.cancel_link_stream(header.request_id);
+        }
+    }
+
+    /// Asks the module to end stream `link_id` (one-way; the END follows).
+    fn cancel_link_stream(&self, link_id: u32) {
+        let frame = OutFrame::new(Header::request(Opcode::LINK_CANCEL, link_id), Bytes::new());
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(frame) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(frame).await;
+            });
+        }
+    }
+
+    /// Cancels the stream `stream_id` of connection `conn_id`; false if this
+    /// link has no such stream.
+    pub fn cancel_stream(&self, conn_id: u64, stream_id: u32) -> bool {
+        let link_id = self
+            .table
+            .lock()
+            .streams
+            .iter()
+            .find(|(_, r)| r.conn_id == conn_id && r.stream_id == stream_id)
+            .map(|(id, _)| *id);
+        match link_id {
+            Some(id) => {
+                self.cancel_link_stream(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every stream of a connection that closed.
+    pub fn cancel_conn_streams(&self, conn_id: u64) {
+        let ids: Vec<u32> = {
+            let mut table = self.table.lock();
+            let ids: Vec<u32> = table
+                .streams
+                .iter()
+                .filter(|(_, r)| r.conn_id == conn_id)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &ids {
+                table.streams.remove(id);
+            }
+            ids
+        };
+        for id in ids {
+            self.cancel_link_stream(id);
+        }
+    }
+
+    /// Ends every open stream with UNAVAILABLE, telling clients to
+    /// resubscribe (to the next instance, after a crash or a hot restart).
+    pub fn reset_streams(&self, reason: &str) {
+        let routes: Vec<StreamRoute> = {
+            let mut table = self.table.lock();
+            table.streams.drain().map(|(_, r)| r).collect()
+        };
+        let body = mecha_abi::encode(&mecha_abi::msg::ErrorBody {
+            message: format!("stream reset: module {}: {reason}; resubscribe", self.module),
+        })
+        .unwrap_or_default();
+        for r in routes {
+            let header = Header::end(r.opcode, r.stream_id, Status::Unavailable);
+            let frame_body = Bytes::from(body.clone());
+            tokio::spawn(async move {
+                if let Ok(permit) = r.pushes.acquire_owned().await {
+                    let _ = r
+                        .conn
+                        .send(OutFrame::guarded(header, Bytes::new(), frame_body, permit))
+                        .await;
+                }
+            });
+        }
+    }
+
     /// Marks the link closed and answers every request in flight.
     pub fn close(&self, reason: &str) {
         let drained: Vec<Pending> = {
@@ -225,6 +413,7 @@ impl Link {
             table.accepting = false;
             table.pending.drain().map(|(_, p)| p).collect()
         };
+        self.reset_streams(reason);
         self.idle.notify_waiters();
         if !drained.is_empty() {
             tracing::warn!(module = %self.module, pid = self.pid, in_flight = drained.len(), "{reason}; answering in-flight requests with UNAVAILABLE");

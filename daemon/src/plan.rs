@@ -19,7 +19,7 @@ pub struct Paths {
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str = "state, lock, sequencer, secretstores";
+const KNOWN: &str = "state, lock, sequencer, secretstores, configuration";
 
 /// The module serving components whose `spec.type` starts with `prefix`
 /// (Dapr's component families), and its capability family.
@@ -29,13 +29,14 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
         "lock" => Some(("lock", Family::Lock)),
         "sequencer" => Some(("sequencer", Family::Sequencer)),
         "secretstores" => Some(("secrets", Family::Secrets)),
+        "configuration" => Some(("config", Family::Configuration)),
         _ => None,
     }
 }
 
 /// Whether `module` names a module (for `spec.modules` keys).
 fn is_module(module: &str) -> bool {
-    ["state", "lock", "sequencer", "secretstores"]
+    ["state", "lock", "sequencer", "secretstores", "configuration"]
         .iter()
         .filter_map(|p| module_for_prefix(p))
         .any(|(name, _)| name == module)
@@ -87,7 +88,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         .find(|m| !is_module(m))
     {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state, lock, sequencer, secrets)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, lock, sequencer, secrets, config)"
         ));
     }
     Ok(specs)

@@ -444,6 +444,9 @@ async fn drain(mut old: Instance, timeout: Duration) {
     {
         tracing::warn!(module = %old.link.module, pid = old.link.pid, "in-flight requests did not finish while draining");
     }
+    // Streams live on the instance that opened them; their clients resubscribe
+    // and land on the new instance.
+    old.link.reset_streams("was restarted");
     old.link.send_control(Opcode::LINK_DRAIN).await;
     if tokio::time::timeout(timeout, old.child.wait())
         .await

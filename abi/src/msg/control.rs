@@ -89,3 +89,11 @@ pub struct ReloadReply {
     /// Modules left untouched.
     pub unchanged: Vec<String>,
 }
+
+/// STREAM_CANCEL request: end a stream this connection opened. The daemon
+/// answers OK at once; the stream's END frame follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCancel {
+    /// The stream id: the request id of the request that opened it.
+    pub stream_id: u32,
+}

@@ -1,5 +1,6 @@
 //! Payload types of every opcode, grouped by family. Field order is wire order.
 
+mod config;
 mod control;
 mod link;
 mod lock;
@@ -7,6 +8,7 @@ mod secrets;
 mod sequencer;
 mod state;
 
+pub use config::*;
 pub use control::*;
 pub use link::*;
 pub use lock::*;

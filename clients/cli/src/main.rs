@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod config;
 mod lock;
 mod secret;
 mod seq;
@@ -37,6 +38,11 @@ enum Command {
     State {
         #[command(subcommand)]
         op: StateOp,
+    },
+    /// Configuration items: get, set (admin), watch.
+    Config {
+        #[command(subcommand)]
+        op: config::ConfigOp,
     },
     /// Distributed locks with fencing tokens.
     Lock {
@@ -179,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Config { op } => return config::run(&client, op, &mut out),
         Command::Lock { op } => return lock::run(&client, op, &mut out),
         Command::Seq { op } => return seq::run(&client, op, &mut out),
         Command::Secret { op } => return secret::run(&client, op, &mut out),

@@ -40,13 +40,15 @@ const MIN_ATTEMPT_BUDGET: Duration = Duration::from_millis(1);
 
 type Answer = Result<(Status, Bytes), Error>;
 
-struct Shared {
-    pending: Mutex<Pending>,
+pub(crate) struct Shared {
+    pub(crate) pending: Mutex<Pending>,
 }
 
-struct Pending {
+pub(crate) struct Pending {
     open: Option<String>,
     waiting: HashMap<u32, oneshot::Sender<Answer>>,
+    /// Open streams by stream id (the id of the request that opened them).
+    pub(crate) streams: HashMap<u32, mpsc::Sender<crate::stream::Item>>,
 }
 
 /// Options of a state write.
@@ -62,7 +64,7 @@ pub struct SetOptions {
 #[derive(Clone)]
 pub struct Client {
     tx: mpsc::Sender<OutFrame>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     next_id: Arc<AtomicU32>,
     hello: Arc<HelloReply>,
     timeout: Duration,
@@ -87,6 +89,7 @@ impl Client {
             pending: Mutex::new(Pending {
                 open: None,
                 waiting: HashMap::new(),
+                streams: HashMap::new(),
             }),
         });
         tokio::spawn(read_answers(
@@ -143,6 +146,11 @@ impl Client {
         self.retry
     }
 
+    /// The deadline of each call made through this handle.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The tenant the daemon assigned to this connection.
     pub fn tenant(&self) -> &str {
         &self.hello.tenant
@@ -173,11 +181,42 @@ impl Client {
         payload: Bytes,
         budget: Duration,
     ) -> Result<(Status, Bytes), Error> {
+        self.attempt_with(opcode, payload, budget, |_| {}).await
+    }
+
+    /// A fresh request id; 0 is skipped because the daemon uses it for
+    /// connection-level errors.
+    pub(crate) fn next_request_id(&self) -> u32 {
         let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if id == 0 {
-            // 0 is what the daemon uses for connection-level errors; skip it.
             id = self.next_id.fetch_add(1, Ordering::Relaxed);
         }
+        id
+    }
+
+    /// One attempt; `register` runs under the pending lock with the request
+    /// id before the request is sent (streams register their channel there, so
+    /// no push can arrive before its stream is known).
+    pub(crate) async fn attempt_with(
+        &self,
+        opcode: Opcode,
+        payload: Bytes,
+        budget: Duration,
+        register: impl FnOnce(&mut Pending),
+    ) -> Result<(Status, Bytes), Error> {
+        self.attempt_id(self.next_request_id(), opcode, payload, budget, register)
+            .await
+    }
+
+    /// One attempt with a chosen request id.
+    pub(crate) async fn attempt_id(
+        &self,
+        id: u32,
+        opcode: Opcode,
+        payload: Bytes,
+        budget: Duration,
+        register: impl FnOnce(&mut Pending),
+    ) -> Result<(Status, Bytes), Error> {
         let (answer_tx, answer_rx) = oneshot::channel();
         {
             let mut pending = self.shared.pending.lock();
@@ -185,6 +224,7 @@ impl Client {
                 return Err(Error::Closed(why.clone()));
             }
             pending.waiting.insert(id, answer_tx);
+            register(&mut pending);
         }
         let mut header = Header::request(opcode, id);
         header.deadline_ms = deadline_ms(budget);
@@ -391,6 +431,9 @@ fn deadline_ms(budget: Duration) -> u32 {
 async fn read_answers(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>) {
     let why = loop {
         match reader.next().await {
+            Ok(Some((header, payload))) if header.flags.is_push() => {
+                crate::stream::route_push(&shared, header, payload);
+            }
             Ok(Some((header, payload))) => {
                 let waiter = shared.pending.lock().waiting.remove(&header.request_id);
                 match waiter {
@@ -413,6 +456,9 @@ async fn read_answers(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared
     let waiting: Vec<_> = {
         let mut pending = shared.pending.lock();
         pending.open = Some(why.clone());
+        for (_, s) in pending.streams.drain() {
+            let _ = s.try_send(crate::stream::Item::End(Error::Closed(why.clone())));
+        }
         pending.waiting.drain().map(|(_, w)| w).collect()
     };
     for w in waiting {

@@ -38,10 +38,12 @@ macro_rules! blocking_calls {
 
 pub mod blocking;
 mod client;
+mod config;
 mod error;
 mod lock;
 mod secrets;
 mod sequencer;
+mod stream;
 mod request;
 mod retry;
 #[cfg(test)]
@@ -49,6 +51,7 @@ mod retry_loop_tests;
 
 pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
 pub use error::Error;
+pub use stream::{Subscription, STREAM_BUFFER};
 pub use mecha_abi::msg::{
     BulkGetItem, DeleteItem, HelloReply, ModuleStatus, ReloadReply, SetItem, StateEntry,
     StatusReply, TxOp,

@@ -9,6 +9,7 @@
 
 mod link;
 mod reply;
+mod stream;
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 pub use reply::Reply;
+pub use stream::{Stream, StreamClosed};
 
 /// Who is asking: the tenant stamped on the request by the daemon.
 #[derive(Clone, Debug)]
@@ -26,6 +28,32 @@ pub struct Ctx {
     pub tenant: String,
     /// The opcode being served.
     pub opcode: Opcode,
+    pub(crate) stream: stream::Opener,
+}
+
+impl Ctx {
+    /// A context that belongs to no link, for calling a module's `handle` in
+    /// unit tests. Streams opened from it are cancelled from the start.
+    pub fn detached(tenant: impl Into<String>, opcode: Opcode) -> Self {
+        Self {
+            tenant: tenant.into(),
+            opcode,
+            stream: stream::Opener {
+                tx: None,
+                registry: Default::default(),
+                link_id: 0,
+                opcode,
+            },
+        }
+    }
+
+    /// Opens a server-push stream for this request. The handler must then
+    /// answer with [`Reply::stream_ok`]; pushes made meanwhile (typically from
+    /// a task the handler spawns) wait until that answer is queued. If the
+    /// handler answers with an error instead, the stream never opens.
+    pub fn open_stream(&self) -> Stream {
+        self.stream.open()
+    }
 }
 
 /// Why a module could not initialise from its handshake.

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use mecha_abi::msg::{LinkHello, LinkReady};
-use mecha_abi::{Header, Opcode, Status, MAX_FRAME_CAP};
+use mecha_abi::{Flags, Header, Opcode, Status, MAX_FRAME_CAP};
 use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::stream::{Opener, Registry};
 use crate::{Ctx, InitError, Module, Reply};
 
 /// Requests a module serves concurrently before it stops reading the link;
@@ -16,6 +17,8 @@ use crate::{Ctx, InitError, Module, Reply};
 const MAX_CONCURRENT: u32 = 1024;
 /// Capacity of the queue of encoded responses waiting for the link writer.
 const WRITE_QUEUE: usize = 1024;
+/// How long a drained module waits for stream tasks to let go of the link.
+const DRAIN_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The environment variable naming the inherited link descriptor.
 pub const LINK_FD_ENV: &str = "MECHA_LINK_FD";
 
@@ -85,7 +88,11 @@ fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
 /// Encodes and queues one response; a closed queue means the link is gone,
 /// which the read loop notices on its own.
 async fn respond(tx: &mpsc::Sender<OutFrame>, request: &Header, reply: Reply) {
-    let frame = OutFrame::new(request.response(reply.status), reply.payload);
+    let mut header = request.response(reply.status);
+    if reply.opens_stream {
+        header.flags.0 |= Flags::STREAM;
+    }
+    let frame = OutFrame::new(header, reply.payload);
     let _ = tx.send(frame).await;
 }
 
@@ -141,19 +148,25 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     }
 
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
+    let registry = Arc::new(Registry::default());
     loop {
         // EOF means the daemon is gone: stop at once, as no one can read answers.
         let Some((header, payload)) = reader.next().await? else {
+            registry.cancel_all();
             return Ok(());
         };
         match header.opcode {
             Opcode::LINK_PING => respond(&tx, &header, Reply::empty()).await,
+            Opcode::LINK_CANCEL => registry.cancel(header.request_id),
             Opcode::LINK_DRAIN => {
                 // Taking every permit waits until all in-flight requests answered.
                 let _all = permits.acquire_many(MAX_CONCURRENT).await;
+                registry.cancel_all();
                 respond(&tx, &header, Reply::empty()).await;
                 drop(tx);
-                let _ = writer.await;
+                // Stream tasks hold writer handles until they notice the
+                // cancellation; do not let a slow one keep the process alive.
+                let _ = tokio::time::timeout(DRAIN_WRITER_WAIT, writer).await;
                 tracing::info!(module = M::NAME, "drained");
                 return Ok(());
             }
@@ -163,18 +176,27 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 };
                 let m = Arc::clone(&module);
                 let tx = tx.clone();
+                let registry = Arc::clone(&registry);
                 tokio::spawn(async move {
                     let reply = match split_tenant(&header, &payload) {
                         Ok((tenant, body)) => {
                             let ctx = Ctx {
                                 tenant: tenant.to_string(),
                                 opcode,
+                                stream: Opener {
+                                    tx: Some(tx.clone()),
+                                    registry: Arc::clone(&registry),
+                                    link_id: header.request_id,
+                                    opcode,
+                                },
                             };
                             m.handle(ctx, body).await
                         }
                         Err(reply) => reply,
                     };
+                    let opened = reply.opens_stream;
                     respond(&tx, &header, reply).await;
+                    registry.answered(header.request_id, opened);
                     drop(permit);
                 });
             }

@@ -11,6 +11,8 @@ pub struct Reply {
     pub status: Status,
     /// The encoded response payload (an `ErrorBody` unless the status is OK).
     pub payload: Vec<u8>,
+    /// True when this OK answer opens a stream (see `Ctx::open_stream`).
+    pub opens_stream: bool,
 }
 
 impl Reply {
@@ -21,6 +23,7 @@ impl Reply {
             Ok(payload) => Self {
                 status: Status::Ok,
                 payload,
+                opens_stream: false,
             },
             Err(e) => Self::error(Status::Internal, format!("encoding the reply failed: {e}")),
         }
@@ -31,7 +34,16 @@ impl Reply {
         Self {
             status: Status::Ok,
             payload: Vec::new(),
+            opens_stream: false,
         }
+    }
+
+    /// An OK answer carrying `value` that opens the stream the handler got
+    /// from `Ctx::open_stream`.
+    pub fn stream_ok<T: Serialize>(value: &T) -> Self {
+        let mut reply = Self::ok(value);
+        reply.opens_stream = reply.status == Status::Ok;
+        reply
     }
 
     /// A non-OK reply with a human-readable message.
@@ -44,6 +56,7 @@ impl Reply {
         Self {
             status,
             payload: mecha_abi::encode(&body).unwrap_or_default(),
+            opens_stream: false,
         }
     }
 

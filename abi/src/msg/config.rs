@@ -1,0 +1,1 @@
+//! Payloads of the configuration family (`0x05`).

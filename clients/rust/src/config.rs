@@ -1,0 +1,1 @@
+//! configuration calls of the Rust client (async and blocking), including watches.

@@ -1,0 +1,288 @@
+//! The lock driver trait, its error type, the waiting loop every driver shares
+//! for blocking acquires, and the factory that opens a driver from a
+//! component spec (`spec.type` → implementation).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub mod memory;
+pub mod redb;
+
+/// A boxed future, so drivers can be chosen at run time behind `dyn LockStore`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The outcome of one attempt to take a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The lock was granted with this fencing token.
+    Acquired {
+        /// The grant's fencing token.
+        fencing_token: u64,
+    },
+    /// Somebody (possibly the same owner) holds the lock.
+    Held {
+        /// When the holder's lease passes, in milliseconds since the epoch,
+        /// unless it is extended; a waiter tries again then.
+        expires_at_ms: u64,
+    },
+}
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LockError {
+    /// The component's metadata is unusable.
+    #[error("component {component:?}: {reason}")]
+    Config {
+        /// The component name.
+        component: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backing store cannot be reached right now.
+    #[error("lock store unavailable: {0}")]
+    Unavailable(String),
+    /// The backing store failed in a way that is not the caller's fault.
+    #[error("lock store failure: {0}")]
+    Internal(String),
+}
+
+/// A lock store. Locks are always scoped by tenant: the same resource name
+/// under two tenants names two unrelated locks.
+///
+/// Semantics every driver must honour (the conformance tests check them):
+/// - A lock is a lease: it is held by one owner from its grant until
+///   `expires_at_ms = now + ttl_ms` (wall clock, saturating; see [`now_ms`]),
+///   and is free from that millisecond on (see `is_live`). Unlocking or
+///   extending a lock whose lease has passed finds no lock.
+/// - `try_lock` of a held lock is not a grant, also when the caller is the
+///   holder (as in Dapr and Redis `SET NX`); the holder renews with `extend`.
+/// - Every grant takes a fencing token greater than every token granted
+///   before for that tenant and resource, and a token is never granted
+///   twice. A durable driver persists what it needs for that in the same
+///   transaction as the grant, so it also holds across restarts.
+/// - `extend` keeps the fencing token and sets the lease to end `ttl_ms` from
+///   now.
+/// - A successful `unlock` calls [`Releases::released`] on the driver's
+///   [`LockStore::releases`], so that acquirers waiting in this process try
+///   again at once instead of at their next timer.
+/// - `ttl_ms == 0` and empty resources or owners never reach a driver: the
+///   module rejects them as invalid arguments first.
+pub trait LockStore: Send + Sync + 'static {
+    /// Tries once to grant `resource` to `owner` for `ttl_ms`; never waits.
+    fn try_lock<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Attempt, LockError>>;
+
+    /// Releases `resource` if `owner` holds it.
+    fn unlock<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<UnlockStatus, LockError>>;
+
+    /// Sets the lease of a lock `owner` holds to end `ttl_ms` from now,
+    /// keeping its fencing token (which the reply carries on success).
+    fn extend<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<ExtendLockReply, LockError>>;
+
+    /// Removes locks whose lease has passed; returns how many. Called
+    /// periodically, so its cost should follow the number of expired locks,
+    /// and a sweep that finds nothing should not write anything. Expired
+    /// locks behave as free whether or not they have been swept; sweeping
+    /// only reclaims their space.
+    fn sweep(&self) -> BoxFuture<'_, Result<usize, LockError>>;
+
+    /// The waiters of this store, woken by successful unlocks.
+    fn releases(&self) -> &Releases;
+}
+
+/// Opens the driver named by `spec.kind`.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn LockStore>, LockError> {
+    match spec.kind.as_str() {
+        "lock.memory" => Ok(Box::new(memory::MemoryLocks::new())),
+        "lock.redb" => Ok(Box::new(redb::RedbLocks::open(spec, data_dir)?)),
+        other => Err(LockError::Config {
+            component: spec.name.clone(),
+            reason: format!("unknown lock store type {other:?} (known: lock.memory, lock.redb)"),
+        }),
+    }
+}
+
+/// The longest a blocking acquire waits: the longest deadline a request can
+/// carry (`deadline_ms` is a u32), since waiting past it helps nobody.
+pub const MAX_WAIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// The shortest pause between two attempts that a timer (rather than a
+/// release) triggers, so that clock edges cannot turn waiting into spinning.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
+
+/// The longest pause between two attempts. Releases in this process wake
+/// waiters at once and expiries are timed exactly, so this is only a safety
+/// net for changes nobody announced (a wall-clock step, another process).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Tries to take `resource` for `owner`, waiting up to `wait` while it is
+/// held; returns the fencing token, or `None` if the lock stayed held.
+///
+/// A waiter tries again when an unlock in this process releases the lock
+/// (see [`Releases`]) and when the holder's lease passes, never more often
+/// than every [`MIN_PAUSE`]. It makes one last attempt at the end of `wait`,
+/// so a lease that passes exactly then is still granted. Waiters are not
+/// queued: after a release, whichever waiter's attempt comes first wins.
+pub async fn acquire(
+    store: &dyn LockStore,
+    tenant: &str,
+    resource: &str,
+    owner: &str,
+    ttl_ms: u64,
+    wait: Duration,
+) -> Result<Option<u64>, LockError> {
+    let granted = |attempt| match attempt {
+        Attempt::Acquired { fencing_token } => Some(fencing_token),
+        Attempt::Held { .. } => None,
+    };
+    if wait.is_zero() {
+        return Ok(granted(store.try_lock(tenant, resource, owner, ttl_ms).await?));
+    }
+    let deadline = Instant::now() + wait.min(MAX_WAIT);
+    let subscription = store.releases().subscribe(tenant, resource);
+    loop {
+        // The waiter registers before it looks, so a release that happens
+        // between a failed attempt and the wait below still wakes it.
+        let released = subscription.notify.notified();
+        let mut released = std::pin::pin!(released);
+        released.as_mut().enable();
+        let expires_at_ms = match store.try_lock(tenant, resource, owner, ttl_ms).await? {
+            Attempt::Acquired { fencing_token } => return Ok(Some(fencing_token)),
+            Attempt::Held { expires_at_ms } => expires_at_ms,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let until_expiry = Duration::from_millis(expires_at_ms.saturating_sub(now_ms()));
+        let wake = (now + until_expiry.clamp(MIN_PAUSE, MAX_PAUSE)).min(deadline);
+        // Either way the next attempt decides; a timeout is not an error here.
+        let _ = tokio::time::timeout_at(wake, released).await;
+    }
+}
+
+/// The acquirers waiting in this process, by (tenant, resource), so that an
+/// unlock wakes exactly the waiters of the lock it released.
+#[derive(Debug, Default)]
+pub struct Releases {
+    /// One notifier per lock somebody waits for; an entry lives as long as
+    /// a [`Subscription`] holds it.
+    waiting: Mutex<HashMap<(String, String), Arc<Notify>>>,
+}
+
+impl Releases {
+    /// Wakes every waiter of `resource`. Drivers call this after a
+    /// successful unlock.
+    pub fn released(&self, tenant: &str, resource: &str) {
+        let waiting = self.waiting.lock();
+        // Most unlocks have no waiters; the emptiness check spares them
+        // building an owned key for the lookup.
+        if waiting.is_empty() {
+            return;
+        }
+        if let Some(notify) = waiting.get(&(tenant.to_owned(), resource.to_owned())) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Registers interest in releases of `resource` until the subscription
+    /// is dropped.
+    fn subscribe(&self, tenant: &str, resource: &str) -> Subscription<'_> {
+        let key = (tenant.to_owned(), resource.to_owned());
+        let notify = Arc::clone(self.waiting.lock().entry(key.clone()).or_default());
+        Subscription {
+            releases: self,
+            key,
+            notify,
+        }
+    }
+}
+
+/// One waiter's registration with [`Releases`].
+struct Subscription<'a> {
+    releases: &'a Releases,
+    key: (String, String),
+    notify: Arc<Notify>,
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.releases.waiting.lock();
+        // Clones are made and dropped only under this lock, so the count is
+        // exact: two means the map's and this one, the last waiter leaving.
+        if Arc::strong_count(&self.notify) == 2 {
+            waiting.remove(&self.key);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock leases are measured against.
+///
+/// Leases are wall-clock based so that a durable store's leases mean the same
+/// after a restart; a clock that jumps forward ends leases early, which is
+/// what fencing tokens protect against.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whether a lease ending at `expires_at_ms` is still held at `now`.
+///
+/// A lease ends at the start of its expiry millisecond; both drivers use this
+/// one definition so they agree on the boundary.
+pub(crate) fn is_live(expires_at_ms: u64, now: u64) -> bool {
+    expires_at_ms > now
+}
+
+/// When a lease of `ttl_ms` granted or extended at `now` ends.
+///
+/// The sum saturates because a caller-chosen TTL near `u64::MAX` must mean
+/// "practically never", not wrap around into the past.
+pub(crate) fn lease_end(ttl_ms: u64, now: u64) -> u64 {
+    now.saturating_add(ttl_ms)
+}
+
+/// The reply of an extend that did not apply.
+pub(crate) fn not_extended(status: UnlockStatus) -> ExtendLockReply {
+    ExtendLockReply {
+        status,
+        fencing_token: 0,
+    }
+}
+
+/// The fencing token after `token`.
+///
+/// Overflow is reported rather than wrapped, since wrapping would reuse
+/// tokens and let a stale holder's writes through.
+pub(crate) fn next_token(token: u64) -> Result<u64, LockError> {
+    token
+        .checked_add(1)
+        .ok_or_else(|| LockError::Internal("the fencing token counter is exhausted".to_owned()))
+}

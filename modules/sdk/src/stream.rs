@@ -1,0 +1,197 @@
+//! Server-push streams from a module: a request opens one, the module pushes
+//! frames on it until it ends it or the daemon cancels it (SPEC.md §6, §8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mecha_abi::msg::ErrorBody;
+use mecha_abi::{Header, Opcode, Status};
+use mecha_wire::OutFrame;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+/// Why a push could not be sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StreamClosed {
+    /// The application cancelled the stream or went away.
+    #[error("the stream was cancelled")]
+    Cancelled,
+    /// The request that opened the stream was answered with an error, so the
+    /// stream never opened.
+    #[error("the stream was never opened")]
+    NotOpened,
+    /// The daemon is gone.
+    #[error("the link to the daemon closed")]
+    LinkClosed,
+}
+
+struct Entry {
+    /// Becomes `Some(true)` once the opening answer is queued, `Some(false)` if
+    /// the request was answered with an error instead.
+    opened: watch::Sender<Option<bool>>,
+    cancelled: watch::Sender<bool>,
+}
+
+/// The streams a module has open, by link id.
+#[derive(Default)]
+pub(crate) struct Registry {
+    streams: Mutex<HashMap<u32, Entry>>,
+}
+
+impl Registry {
+    /// Called after the answer to request `link_id` was queued.
+    pub(crate) fn answered(&self, link_id: u32, opened: bool) {
+        let mut streams = self.streams.lock();
+        if let Some(e) = streams.get(&link_id) {
+            let _ = e.opened.send(Some(opened));
+        }
+        if !opened {
+            streams.remove(&link_id);
+        }
+    }
+
+    /// LINK_CANCEL from the daemon.
+    pub(crate) fn cancel(&self, link_id: u32) {
+        if let Some(e) = self.streams.lock().get(&link_id) {
+            let _ = e.cancelled.send(true);
+        }
+    }
+
+    /// The daemon is gone: every stream is over.
+    pub(crate) fn cancel_all(&self) {
+        for e in self.streams.lock().values() {
+            let _ = e.cancelled.send(true);
+        }
+    }
+}
+
+/// What a request needs to open a stream; held in its `Ctx`.
+#[derive(Clone)]
+pub(crate) struct Opener {
+    pub(crate) tx: Option<mpsc::Sender<OutFrame>>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) link_id: u32,
+    pub(crate) opcode: Opcode,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener").field("link_id", &self.link_id).finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    pub(crate) fn open(&self) -> Stream {
+        let (opened_tx, opened) = watch::channel(None);
+        let (cancelled_tx, cancelled) = watch::channel(self.tx.is_none());
+        self.registry.streams.lock().insert(
+            self.link_id,
+            Entry {
+                opened: opened_tx,
+                cancelled: cancelled_tx,
+            },
+        );
+        Stream {
+            tx: self.tx.clone(),
+            registry: Arc::clone(&self.registry),
+            link_id: self.link_id,
+            opcode: self.opcode,
+            opened,
+            cancelled,
+            ended: false,
+        }
+    }
+}
+
+/// An open stream. Pushes wait until the answer that opened the stream has
+/// been queued, so the application always sees the opening answer first.
+/// Dropping a stream without [`Stream::end`] ends it with OK.
+pub struct Stream {
+    tx: Option<mpsc::Sender<OutFrame>>,
+    registry: Arc<Registry>,
+    link_id: u32,
+    opcode: Opcode,
+    opened: watch::Receiver<Option<bool>>,
+    cancelled: watch::Receiver<bool>,
+    ended: bool,
+}
+
+impl Stream {
+    async fn ready(&mut self) -> Result<&mpsc::Sender<OutFrame>, StreamClosed> {
+        if *self.cancelled.borrow() {
+            return Err(StreamClosed::Cancelled);
+        }
+        let opened = self
+            .opened
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .map_err(|_| StreamClosed::NotOpened)?;
+        if !opened {
+            return Err(StreamClosed::NotOpened);
+        }
+        self.tx.as_ref().ok_or(StreamClosed::LinkClosed)
+    }
+
+    /// Sends one push. Waits while the link's queue is full, which is how a
+    /// slow link slows the module down instead of growing a buffer.
+    pub async fn push(&mut self, payload: Vec<u8>) -> Result<(), StreamClosed> {
+        let header = Header::push(self.opcode, self.link_id);
+        let tx = self.ready().await?;
+        tx.send(OutFrame::new(header, Bytes::from(payload)))
+            .await
+            .map_err(|_| StreamClosed::LinkClosed)
+    }
+
+    /// Resolves when the application cancelled the stream or went away.
+    pub async fn cancelled(&mut self) {
+        let _ = self.cancelled.wait_for(|c| *c).await;
+    }
+
+    /// True once the stream was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Ends the stream with `status` (OK: finished; UNAVAILABLE: reset, the
+    /// client should resubscribe) and a message.
+    pub async fn end(mut self, status: Status, message: &str) {
+        self.ended = true;
+        let frame = end_frame(self.opcode, self.link_id, status, message);
+        if let Ok(tx) = self.ready().await {
+            let _ = tx.send(frame).await;
+        }
+    }
+}
+
+fn end_frame(opcode: Opcode, link_id: u32, status: Status, message: &str) -> OutFrame {
+    let body = if status == Status::Ok {
+        Vec::new()
+    } else {
+        mecha_abi::encode(&ErrorBody {
+            message: message.to_string(),
+        })
+        .unwrap_or_default()
+    };
+    OutFrame::new(Header::end(opcode, link_id, status), body)
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.registry.streams.lock().remove(&self.link_id);
+        if self.ended || *self.opened.borrow() != Some(true) {
+            return;
+        }
+        // Drop cannot wait; an END that finds the queue full is sent by a task.
+        if let Some(tx) = &self.tx {
+            let frame = end_frame(self.opcode, self.link_id, Status::Ok, "");
+            if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
+            }
+        }
+    }
+}

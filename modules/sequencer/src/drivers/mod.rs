@@ -1,0 +1,103 @@
+//! The sequencer driver trait, its error type, and the factory that opens a
+//! driver from a component spec (`spec.type` → implementation).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use mecha_abi::msg::ComponentSpec;
+
+pub mod memory;
+pub mod redb;
+
+/// A boxed future, so drivers can be chosen at run time behind `dyn Sequencer`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The largest id a sequence ever hands out.
+///
+/// It is one below `u64::MAX` so that the exclusive end of every allocation,
+/// `first + count`, still fits in a `u64`; clients can then represent any
+/// answer as a `Range<u64>` without overflow checks of their own.
+pub const MAX_ID: u64 = u64::MAX - 1;
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SeqError {
+    /// The sequence cannot hand out `count` more ids without passing
+    /// [`MAX_ID`]. Nothing was allocated.
+    #[error("sequence {key:?} is exhausted: {count} more ids would pass the largest id {MAX_ID}")]
+    Exhausted {
+        /// The sequence's key.
+        key: String,
+        /// How many ids were asked for.
+        count: u32,
+    },
+    /// The component's metadata is unusable.
+    #[error("component {component:?}: {reason}")]
+    Config {
+        /// The component name.
+        component: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backing store cannot be reached right now.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backing store failed in a way that is not the caller's fault.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// A source of per-key sequences. Keys are always scoped by tenant: the same
+/// key under two tenants names two unrelated sequences.
+///
+/// Semantics every driver must honour (the conformance tests check them):
+/// - The first id of a new sequence is 1.
+/// - An allocation of `count` ids returns `first` and owns exactly
+///   `first .. first + count`: the ids of one allocation are consecutive.
+/// - Every allocation of a key starts above every id the key handed out
+///   before, also across restarts of durable drivers, so ids never repeat and
+///   never go backwards. Ids may be skipped (gaps), for example after a
+///   restart of a driver that reserves ids ahead.
+/// - Concurrent allocations never share an id.
+pub trait Sequencer: Send + Sync + 'static {
+    /// Allocates `count` consecutive ids of `key` and returns the first.
+    ///
+    /// The module guarantees `key` is non-empty and `1 <= count <=
+    /// SEQ_MAX_COUNT` before calling, so drivers need not check either.
+    fn next_ids<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<u64, SeqError>>;
+}
+
+/// Opens the driver named by `spec.kind`.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn Sequencer>, SeqError> {
+    match spec.kind.as_str() {
+        "sequencer.memory" => Ok(Box::new(memory::MemorySequencer::open(spec)?)),
+        "sequencer.redb" => Ok(Box::new(redb::RedbSequencer::open(spec, data_dir)?)),
+        other => Err(SeqError::Config {
+            component: spec.name.clone(),
+            reason: format!(
+                "unknown sequencer type {other:?} (known: sequencer.memory, sequencer.redb)"
+            ),
+        }),
+    }
+}
+
+/// The last id of an allocation of `count` ids starting at `first`, or
+/// `Exhausted` when it would pass [`MAX_ID`].
+///
+/// Every driver computes its allocations through this one function, so they
+/// agree on where a sequence ends. `count` is at least 1 (the module checks).
+pub(crate) fn last_id(key: &str, first: u64, count: u32) -> Result<u64, SeqError> {
+    first
+        .checked_add(u64::from(count.saturating_sub(1)))
+        .filter(|&last| last <= MAX_ID)
+        .ok_or_else(|| SeqError::Exhausted {
+            key: key.to_owned(),
+            count,
+        })
+}

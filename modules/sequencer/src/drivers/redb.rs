@@ -1,0 +1,555 @@
+//! The `sequencer.redb` driver: durable sequences in an embedded redb file,
+//! handed out from segments reserved ahead so most ids cost no disk write.
+//!
+//! # Segments
+//!
+//! The file stores, per (tenant, key), a *reserved bound*: every id the key
+//! has handed out, or may yet hand out from memory, is at most the bound.
+//! Allocating from a key whose in-memory segment is used up persists a new
+//! bound `segmentSize` (metadata, default 1000) higher in one durable write
+//! transaction, and later allocations are served from memory until the
+//! segment runs out. A process that starts — after a clean exit, a crash or a
+//! `kill -9` alike — has no segment yet, so its first allocation of a key
+//! starts at the persisted bound + 1, above everything handed out before.
+//! The ids a dying process had reserved but not handed out are skipped: gaps
+//! of up to `segmentSize - 1` ids per key and restart are expected, and the
+//! price of writing to disk once per segment instead of once per id.
+//! `segmentSize: 1` persists every allocation and leaves no gaps.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::ComponentSpec;
+use redb::{Database, TableDefinition};
+
+use super::{last_id, BoxFuture, SeqError, Sequencer, MAX_ID};
+
+/// The key of the `reserved` table: (tenant, key).
+type SeqKey = (&'static str, &'static str);
+
+/// The reserved bound of every sequence; see the module documentation. A
+/// missing row means bound 0: nothing handed out yet.
+const RESERVED: TableDefinition<SeqKey, u64> = TableDefinition::new("reserved");
+
+/// The segment size without the `segmentSize` metadata field.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 1000;
+
+/// The largest accepted `segmentSize`. A crash skips at most one segment per
+/// key, so even this wastes a negligible part of the 2^64 id space; a larger
+/// value is far more likely a typo than a need.
+const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
+
+/// The metadata fields this driver understands, matched ignoring ASCII case
+/// as Dapr does.
+const KNOWN_FIELDS: &str = "path, segmentSize";
+
+/// How long a request waits for the previous module instance to release the
+/// file during a hot restart. Draining takes milliseconds; this is a bound.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// The ids of one key that this process reserved and has not handed out yet.
+#[derive(Debug)]
+struct Segment {
+    /// The next id to hand out from memory.
+    next: u64,
+    /// The last id of the segment: the bound this process last persisted for
+    /// the key, or 0 before its first reservation. The segment is empty when
+    /// `next > end`.
+    end: u64,
+}
+
+impl Segment {
+    /// How many ids are left. `end` is at most `MAX_ID`, so `end + 1` fits.
+    fn remaining(&self) -> u64 {
+        (self.end + 1).saturating_sub(self.next)
+    }
+}
+
+impl Default for Segment {
+    /// An empty segment that, while the stored bound is still 0, continues
+    /// seamlessly at id 1 (see [`reserve`]).
+    fn default() -> Self {
+        Self { next: 1, end: 0 }
+    }
+}
+
+/// One key's segment behind an async mutex. The mutex is held across the
+/// durable reservation (an `.await`), so concurrent allocations of a key wait
+/// for it instead of racing to reserve twice; other keys are not held up.
+type SegmentSlot = Arc<tokio::sync::Mutex<Segment>>;
+
+/// A sequencer kept in one redb file.
+pub struct RedbSequencer {
+    /// The store file.
+    path: PathBuf,
+    /// How many ids one reservation covers at least.
+    segment_size: u64,
+    /// The open database, shared with the blocking tasks that do the actual
+    /// I/O (which may outlive a dropped future). It is empty only while the
+    /// previous instance of this module still holds the file during a hot
+    /// restart; the first request then opens it.
+    db: tokio::sync::OnceCell<Arc<Database>>,
+    /// The segments by tenant, then key. An entry is created on a key's first
+    /// use and kept for the life of the process (a few dozen bytes per key),
+    /// since dropping it would throw away the rest of the segment.
+    segments: parking_lot::Mutex<HashMap<String, HashMap<String, SegmentSlot>>>,
+}
+
+impl std::fmt::Debug for RedbSequencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbSequencer")
+            .field("path", &self.path)
+            .field("segment_size", &self.segment_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbSequencer {
+    /// Opens (creating if needed) the store file named by `spec`.
+    ///
+    /// The file is the metadata field `path` (absolute, or relative to
+    /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
+    /// blocks on file I/O; it runs once, when the module starts.
+    pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, SeqError> {
+        let Settings { path, segment_size } = settings(spec, data_dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                SeqError::Internal(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = tokio::sync::OnceCell::new();
+        match open_file(&path)? {
+            Some(opened) => {
+                let _ = db.set(Arc::new(opened));
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "sequencer file is held by the previous instance; opening it once released"
+            ),
+        }
+        Ok(Self {
+            path,
+            segment_size,
+            db,
+            segments: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The database, opened on first use if the previous instance held it
+    /// when this one started (a hot restart: redb allows one process per file).
+    ///
+    /// Why segments survive this handoff: the daemon sends every new request
+    /// to the new instance while the old one finishes the requests it already
+    /// has, still handing out ids from its in-memory segments. The new
+    /// instance cannot allocate anything before it opens the file, and it can
+    /// open the file only once the old process has exited and released it;
+    /// by then every bound the old instance reserved is on disk (reservations
+    /// commit durably before their ids are handed out). The new instance
+    /// starts with no segments, so its first allocation of each key starts
+    /// above the old instance's persisted bound — above every id the old one
+    /// handed out, whether from a fresh or a partly used segment.
+    async fn db(&self) -> Result<Arc<Database>, SeqError> {
+        self.db
+            .get_or_try_init(|| async {
+                let deadline = Instant::now() + RELEASE_WAIT;
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let path = self.path.clone();
+                    if let Some(db) = blocking(move || open_file(&path)).await? {
+                        return Ok(Arc::new(db));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(SeqError::Unavailable(format!(
+                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
+                            self.path.display()
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// The segment slot of `key`, created empty on first use.
+    fn slot(&self, tenant: &str, key: &str) -> SegmentSlot {
+        let mut segments = self.segments.lock();
+        if let Some(slot) = segments.get(tenant).and_then(|keys| keys.get(key)) {
+            return Arc::clone(slot);
+        }
+        Arc::clone(
+            segments
+                .entry(tenant.to_owned())
+                .or_default()
+                .entry(key.to_owned())
+                .or_default(),
+        )
+    }
+
+    /// Allocates `count` ids of `key`: from the segment when it has enough
+    /// left, otherwise after durably reserving a new bound.
+    async fn allocate(&self, tenant: &str, key: &str, count: u32) -> Result<u64, SeqError> {
+        let slot = self.slot(tenant, key);
+        let mut segment = slot.lock().await;
+        let wanted = u64::from(count);
+        if segment.remaining() >= wanted {
+            let first = segment.next;
+            // `next + wanted <= end + 1 <= MAX_ID + 1`: no overflow.
+            segment.next += wanted;
+            return Ok(first);
+        }
+        let db = self.db().await?;
+        let (tenant, key) = (tenant.to_owned(), key.to_owned());
+        let (next, end, segment_size) = (segment.next, segment.end, self.segment_size);
+        // If this future is dropped while the reservation runs, the bound may
+        // be persisted without the segment learning of it. That is safe: the
+        // next reservation sees a stored bound other than `end` and starts
+        // above it (see `reserve`), skipping the orphaned ids.
+        let reserved =
+            blocking(move || reserve(&db, &tenant, &key, next, end, count, segment_size)).await?;
+        segment.next = reserved.first + wanted;
+        segment.end = reserved.bound;
+        Ok(reserved.first)
+    }
+}
+
+/// What one durable reservation decided.
+#[derive(Debug, PartialEq, Eq)]
+struct Reservation {
+    /// The first id of the allocation that triggered it.
+    first: u64,
+    /// The new persisted bound; the segment now ends there.
+    bound: u64,
+}
+
+/// Reserves ids for an allocation of `count` ids of `key` that the segment
+/// `next ..= end` cannot serve, in one durable write transaction, and returns
+/// where the allocation starts and the new bound.
+///
+/// The allocation continues the segment when the stored bound is still the
+/// segment's end, so a request larger than what is left uses the rest of the
+/// segment and reserves only what it lacks, and no ids are skipped. Any other
+/// stored bound (a reservation whose caller gave up, or a freshly started
+/// process whose segment is empty) means the segment is stale: the
+/// allocation starts above the larger of the two bounds instead. The new
+/// bound covers the allocation and, when the id space allows, reaches a full
+/// `segment_size` beyond the old bound, leaving the rest for later requests.
+fn reserve(
+    db: &Database,
+    tenant: &str,
+    key: &str,
+    next: u64,
+    end: u64,
+    count: u32,
+    segment_size: u64,
+) -> Result<Reservation, SeqError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a reservation transaction"))?;
+    // Any early return below drops `txn` uncommitted, which makes redb abort
+    // it, so a failed or refused reservation changes nothing on disk.
+    let reservation = {
+        let mut table = txn
+            .open_table(RESERVED)
+            .map_err(redb_error("open the reserved table"))?;
+        let stored = table
+            .get((tenant, key))
+            .map_err(redb_error("read a reserved bound"))?
+            .map_or(0, |guard| guard.value());
+        let first = if stored == end {
+            next
+        } else {
+            // Both bounds are at most MAX_ID, so adding 1 cannot overflow.
+            stored.max(end) + 1
+        };
+        let last = last_id(key, first, count)?;
+        let bound = last.max(stored.saturating_add(segment_size).min(MAX_ID));
+        table
+            .insert((tenant, key), bound)
+            .map_err(redb_error("write a reserved bound"))?;
+        Reservation { first, bound }
+    };
+    // The default durability is `Immediate`: once `commit` returns the bound
+    // is on disk, so no id of the segment is handed out before a crash could
+    // no longer forget the reservation.
+    txn.commit()
+        .map_err(redb_error("commit a reservation transaction"))?;
+    Ok(reservation)
+}
+
+/// Opens and prepares the file; `None` when another process holds it.
+fn open_file(path: &Path) -> Result<Option<Database>, SeqError> {
+    match Database::create(path) {
+        Ok(db) => {
+            prepare(&db)?;
+            Ok(Some(db))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+        Err(e) => Err(SeqError::Internal(format!(
+            "opening redb file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Creates the table up front, so that the file's layout is complete from the
+/// first open and a reservation never has to treat "no table yet" specially.
+fn prepare(db: &Database) -> Result<(), SeqError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin the table-creating transaction"))?;
+    txn.open_table(RESERVED)
+        .map_err(redb_error("create the reserved table"))?;
+    txn.commit()
+        .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// The driver's settings, read from the component's metadata.
+#[derive(Debug)]
+struct Settings {
+    /// The store file.
+    path: PathBuf,
+    /// Ids per reservation.
+    segment_size: u64,
+}
+
+/// Reads the metadata, rejecting unknown, repeated or unusable fields.
+fn settings(spec: &ComponentSpec, data_dir: &Path) -> Result<Settings, SeqError> {
+    let config = |reason: String| SeqError::Config {
+        component: spec.name.clone(),
+        reason,
+    };
+    let mut path: Option<&str> = None;
+    let mut segment_size: Option<u64> = None;
+    for (name, value) in &spec.metadata {
+        // Dapr matches metadata names ignoring case, so `SegmentSize` and
+        // `segmentsize` are `segmentSize`. A field given twice is almost
+        // certainly a copy-paste slip, and silently picking one would hide it.
+        let twice = |field: &str| {
+            config(format!(
+                "metadata field {field:?} is given twice (names ignore case)"
+            ))
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "path" => {
+                if path.is_some() {
+                    return Err(twice("path"));
+                }
+                if value.is_empty() {
+                    return Err(config("metadata field \"path\" is empty".to_owned()));
+                }
+                path = Some(value);
+            }
+            "segmentsize" => {
+                if segment_size.is_some() {
+                    return Err(twice("segmentSize"));
+                }
+                let size = value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|size| (1..=MAX_SEGMENT_SIZE).contains(size))
+                    .ok_or_else(|| {
+                        config(format!(
+                            "metadata field \"segmentSize\" must be a whole number from 1 to \
+                             {MAX_SEGMENT_SIZE}, not {value:?}"
+                        ))
+                    })?;
+                segment_size = Some(size);
+            }
+            _ => {
+                return Err(config(format!(
+                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
+                )))
+            }
+        }
+    }
+    let path = match path {
+        // `join` keeps an absolute path as it is, which is what we want.
+        Some(path) => data_dir.join(path),
+        None => {
+            // The name becomes a file name, so it must not be able to climb
+            // out of the data directory or name a subdirectory.
+            let name = spec.name.as_str();
+            let usable = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '\0']);
+            if !usable {
+                return Err(config(format!(
+                    "the component name {name:?} cannot be used as a file name; \
+                     set the metadata field \"path\""
+                )));
+            }
+            data_dir.join(format!("{name}.redb"))
+        }
+    };
+    Ok(Settings {
+        path,
+        segment_size: segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE),
+    })
+}
+
+/// Maps a redb error to `Internal`, saying which operation failed.
+fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> SeqError {
+    move |e| SeqError::Internal(format!("redb: cannot {operation}: {e}"))
+}
+
+/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
+/// stalls the runtime's worker thread.
+async fn blocking<T, F>(work: F) -> Result<T, SeqError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, SeqError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SeqError::Internal(format!("redb worker task failed: {e}")))?
+}
+
+impl Sequencer for RedbSequencer {
+    fn next_ids<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<u64, SeqError>> {
+        Box::pin(self.allocate(tenant, key, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(metadata: &[(&str, &str)]) -> ComponentSpec {
+        ComponentSpec {
+            name: "ids".to_owned(),
+            kind: "sequencer.redb".to_owned(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Stores `bound` as the reserved bound of ("t", "k").
+    fn store_bound(db: &Database, bound: u64) {
+        let txn = db.begin_write().expect("begin");
+        txn.open_table(RESERVED)
+            .expect("table")
+            .insert(("t", "k"), bound)
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_file_held_by_a_previous_instance_is_opened_once_released() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let spec = spec(&[("segmentSize", "10")]);
+        let rt = runtime();
+        let old = RedbSequencer::open(&spec, dir.path()).expect("first open");
+        let before = rt.block_on(old.next_ids("t", "k", 3)).expect("allocate");
+        assert_eq!(before, 1);
+        // As in a hot restart: the new instance starts while the old holds the
+        // file, and the old still has ids 4..=10 of its segment in memory.
+        let new = RedbSequencer::open(&spec, dir.path()).expect("deferred open");
+        assert!(new.db.get().is_none(), "the file is still held");
+        let (from_old, from_new) = rt.block_on(async {
+            let old_then_release = async {
+                let id = old.next_ids("t", "k", 1).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(old);
+                id
+            };
+            tokio::join!(old_then_release, new.next_ids("t", "k", 1))
+        });
+        assert_eq!(from_old, Ok(4), "the old instance served from its segment");
+        assert_eq!(from_new, Ok(11), "the new instance starts above the bound");
+    }
+
+    /// A reservation whose caller gave up after the bound was persisted leaves
+    /// the segment behind the stored bound; the next reservation notices and
+    /// starts above the stored bound instead of reusing its ids.
+    #[test]
+    fn a_stored_bound_ahead_of_the_segment_is_respected() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let seq = RedbSequencer::open(&spec(&[("segmentSize", "5")]), dir.path()).expect("open");
+        let db = seq.db.get().expect("opened eagerly");
+        let rt = runtime();
+        assert_eq!(rt.block_on(seq.next_ids("t", "k", 5)), Ok(1));
+        // Another reservation landed on disk without reaching the segment.
+        store_bound(db, 20);
+        assert_eq!(rt.block_on(seq.next_ids("t", "k", 1)), Ok(21));
+        assert_eq!(rt.block_on(seq.next_ids("t", "k", 1)), Ok(22));
+    }
+
+    /// Near the end of the id space the bound is clamped to MAX_ID, an
+    /// allocation that would pass it is refused without writing anything, and
+    /// what still fits is handed out.
+    #[test]
+    fn a_sequence_ends_at_max_id_without_wrapping() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let seq = RedbSequencer::open(&spec(&[]), dir.path()).expect("open");
+        let db = seq.db.get().expect("opened eagerly");
+        store_bound(db, MAX_ID - 3);
+        let rt = runtime();
+        assert_eq!(
+            rt.block_on(seq.next_ids("t", "k", 4)),
+            Err(SeqError::Exhausted {
+                key: "k".to_owned(),
+                count: 4
+            })
+        );
+        assert_eq!(rt.block_on(seq.next_ids("t", "k", 2)), Ok(MAX_ID - 2));
+        assert_eq!(rt.block_on(seq.next_ids("t", "k", 1)), Ok(MAX_ID));
+        assert!(matches!(
+            rt.block_on(seq.next_ids("t", "k", 1)),
+            Err(SeqError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn reserve_continues_the_segment_and_covers_large_requests() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let seq = RedbSequencer::open(&spec(&[]), dir.path()).expect("open");
+        let db = seq.db.get().expect("opened eagerly");
+        // A fresh key continues the empty default segment at 1.
+        assert_eq!(
+            reserve(db, "t", "k", 1, 0, 3, 10),
+            Ok(Reservation { first: 1, bound: 10 })
+        );
+        // Ids 9 and 10 are left; 5 more use them and reserve a new segment.
+        assert_eq!(
+            reserve(db, "t", "k", 9, 10, 5, 10),
+            Ok(Reservation { first: 9, bound: 20 })
+        );
+        // A request larger than a segment reserves exactly what it needs.
+        assert_eq!(
+            reserve(db, "t", "k", 21, 20, 100, 10),
+            Ok(Reservation {
+                first: 21,
+                bound: 120
+            })
+        );
+        // A new process (empty segment) starts above the stored bound.
+        assert_eq!(
+            reserve(db, "t", "k", 1, 0, 1, 10),
+            Ok(Reservation {
+                first: 121,
+                bound: 130
+            })
+        );
+    }
+}
