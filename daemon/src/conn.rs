@@ -13,7 +13,7 @@ use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, ReloadError};
 use crate::peer::Peer;
 use crate::link::ConnRef;
 use crate::supervisor::{ModuleSlot, Route};
@@ -384,7 +384,10 @@ impl Conn {
                     .reload()
                     .await
                     .map(|r| mecha_abi::encode(&r))
-                    .map_err(|e| (Status::InvalidArgument, e)),
+                    .map_err(|e| match e {
+                        ReloadError::Config(m) => (Status::InvalidArgument, m),
+                        ReloadError::Apply(m) => (Status::Unavailable, m),
+                    }),
             };
             let frame = match result {
                 Ok(Ok(body)) => OutFrame::guarded(

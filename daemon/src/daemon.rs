@@ -14,6 +14,17 @@ use crate::peer::{Peer, Tenants};
 use crate::plan::{child_specs, Paths};
 use crate::supervisor::{ModuleSlot, Supervision};
 
+/// Why a reload did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration is invalid; nothing changed.
+    #[error("{0}")]
+    Config(String),
+    /// A module could not be started or restarted; the reload stopped there.
+    #[error("{0}")]
+    Apply(String),
+}
+
 /// Everything a connection needs to serve requests.
 pub struct Daemon {
     /// Largest payload accepted from applications.
@@ -82,44 +93,66 @@ impl Daemon {
 
     /// Re-reads the configuration and applies the differences: new modules
     /// start, changed ones are hot-restarted, removed ones drain and stop,
-    /// unchanged ones are untouched. A configuration with errors changes nothing.
-    pub async fn reload(&self) -> Result<ReloadReply, String> {
+    /// unchanged ones are untouched. A configuration with errors changes
+    /// nothing (`ReloadError::Config`). A module that fails to start stops the
+    /// reload where it is (`ReloadError::Apply`): what was already applied
+    /// stays, every module keeps being supervised, and removals are skipped.
+    pub async fn reload(&self) -> Result<ReloadReply, ReloadError> {
         let _one_at_a_time = self.admin_lock.lock().await;
-        let config = self.load_config()?;
-        let specs = child_specs(&config, &self.paths)?;
+        let config = self.load_config().map_err(ReloadError::Config)?;
+        let specs = child_specs(&config, &self.paths).map_err(ReloadError::Config)?;
         let mut reply = ReloadReply::default();
         let running: Vec<Arc<ModuleSlot>> = self.modules.read().clone();
-        let mut next = Vec::with_capacity(specs.len());
+        let mut next: Vec<Arc<ModuleSlot>> = Vec::with_capacity(specs.len());
+        let mut failure = None;
         for (family, spec) in specs {
             let name = spec.name.clone();
-            match running.iter().find(|m| m.name == name) {
+            let existing = running.iter().find(|m| m.name == name);
+            if failure.is_some() {
+                // Past a failure nothing more changes; keep what runs.
+                next.extend(existing.cloned());
+                continue;
+            }
+            match existing {
                 Some(slot) if slot.spec() == spec => {
                     reply.unchanged.push(name);
                     next.push(Arc::clone(slot));
                 }
                 Some(slot) => {
-                    slot.restart(Some(spec))
-                        .await
-                        .map_err(|e| format!("restarting module {name}: {e}"))?;
-                    reply.restarted.push(name);
                     next.push(Arc::clone(slot));
+                    match slot.restart(Some(spec)).await {
+                        Ok(_) => reply.restarted.push(name),
+                        Err(e) => failure = Some(format!("restarting module {name}: {e}")),
+                    }
                 }
-                None => {
-                    let slot = ModuleSlot::launch(spec, family, self.supervision)
-                        .await
-                        .map_err(|e| format!("starting module {name}: {e}"))?;
-                    reply.started.push(name);
-                    next.push(slot);
-                }
+                None => match ModuleSlot::launch(spec, family, self.supervision).await {
+                    Ok(slot) => {
+                        reply.started.push(name);
+                        next.push(slot);
+                    }
+                    Err(e) => failure = Some(format!("starting module {name}: {e}")),
+                },
             }
         }
         for slot in &running {
-            if !next.iter().any(|m| Arc::ptr_eq(m, slot)) {
+            if next.iter().any(|m| Arc::ptr_eq(m, slot)) {
+                continue;
+            }
+            if failure.is_some() {
+                next.push(Arc::clone(slot));
+            } else {
                 slot.stop().await;
                 reply.stopped.push(slot.name.clone());
             }
         }
         *self.modules.write() = next;
+        if let Some(why) = failure {
+            tracing::error!(?reply, "reload stopped part-way: {why}");
+            return Err(ReloadError::Apply(format!(
+                "{why} (applied before the failure: started {:?}, restarted {:?})",
+                reply.started, reply.restarted
+            )));
+        }
         *self.tenants.write() = Tenants::new(config.settings.tenants.clone());
         *self.admin_uids.write() = config.settings.admin_uids.clone();
         tracing::info!(?reply, "configuration reloaded");

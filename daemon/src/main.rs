@@ -200,7 +200,7 @@ async fn wait_for_shutdown(daemon: &Daemon) -> anyhow::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => match daemon.reload().await {
                 Ok(_) => {}
-                Err(e) => tracing::error!("reload rejected, nothing changed: {e}"),
+                Err(e) => tracing::error!("reload failed: {e}"),
             },
         }
     }
