@@ -38,6 +38,12 @@ impl Daemon {
     /// Starts `bin_dir/mechad` with its modules from `bin_dir`, keeping its
     /// socket, config and data under `dir`, and waits until it accepts.
     pub fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, dir, "")
+    }
+
+    /// Like [`Daemon::start`], with `settings` (YAML documents ending in
+    /// `---`, e.g. a `kind: Configuration`) placed before the two stores.
+    pub fn start_with(bin_dir: &Path, dir: &Path, settings: &str) -> anyhow::Result<Self> {
         let mechad = bin_dir.join("mechad");
         for binary in [&mechad, &bin_dir.join("mecha-mod-state")] {
             if !binary.is_file() {
@@ -49,7 +55,8 @@ impl Daemon {
             }
         }
         let config = dir.join("mecha.yaml");
-        std::fs::write(&config, CONFIG).with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, format!("{settings}{CONFIG}"))
+            .with_context(|| format!("writing {}", config.display()))?;
         let socket = dir.join("mecha.sock");
         let child = Command::new(&mechad)
             .arg("--socket")

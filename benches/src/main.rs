@@ -1,9 +1,11 @@
 //! `mecha-bench`: measures mecha's round trips against the physical floor of
-//! one and two Unix-socket hops, side by side in one run.
+//! one and two Unix-socket hops, side by side in one run, and how fast a
+//! module serves again after a crash or a hot restart.
 
 mod daemon;
 mod floor;
 mod mecha;
+mod recovery;
 mod report;
 
 use std::path::PathBuf;
@@ -23,6 +25,9 @@ struct Cli {
 enum Cmd {
     /// Latency and throughput of the floors and of mecha get/set, in one run.
     Compare(CompareArgs),
+    /// Time from kill -9 of a module to the first good answer, and errors seen
+    /// by a running load during hot restarts and upgrades.
+    Recovery(RecoveryArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +49,26 @@ struct CompareArgs {
     bin_dir: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct RecoveryArgs {
+    /// Kills per kill series (default 50, or 10 with --quick).
+    #[arg(long, value_name = "N")]
+    kills: Option<usize>,
+    /// Hot restarts under load, alternating plain restarts and upgrades
+    /// (default 10, or 3 with --quick).
+    #[arg(long, value_name = "N")]
+    upgrades: Option<usize>,
+    /// Fewer kills and restarts: a smoke run of about 20 s.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
 /// How much work each scenario does.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -59,7 +84,45 @@ pub struct Plan {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare(args),
+        Cmd::Recovery(args) => recovery(args),
     }
+}
+
+/// The directory holding mechad and the module binaries.
+fn bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir),
+        None => Ok(std::env::current_exe()
+            .context("locating mecha-bench to find mechad beside it")?
+            .parent()
+            .context("mecha-bench has no parent directory")?
+            .to_path_buf()),
+    }
+}
+
+fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
+    let plan = recovery::Plan {
+        kills: args
+            .kills
+            .unwrap_or(if args.quick { 10 } else { 50 })
+            .max(1),
+        upgrades: args
+            .upgrades
+            .unwrap_or(if args.quick { 3 } else { 10 })
+            .max(1),
+    };
+    let bin_dir = bin_dir(args.bin_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let results = runtime.block_on(recovery::run(&bin_dir, &plan))?;
+    print!("{}", recovery::markdown(&results));
+    if let Some(path) = &args.json {
+        recovery::write_json(path, &results)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<()> {
@@ -72,14 +135,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         warmup: (ops / 10).max(1),
         payload: args.payload,
     };
-    let bin_dir = match args.bin_dir {
-        Some(dir) => dir,
-        None => std::env::current_exe()
-            .context("locating mecha-bench to find mechad beside it")?
-            .parent()
-            .context("mecha-bench has no parent directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = bin_dir(args.bin_dir)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
 
     let mut outcomes = Vec::new();

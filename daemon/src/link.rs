@@ -226,6 +226,9 @@ impl Link {
     }
 
     fn deliver(&self, header: Header, payload: Bytes) {
+        // Any frame is a sign of life: a module busy at its concurrency limit
+        // may read pings late, but it is not hung while it answers.
+        *self.last_pong.lock() = Instant::now();
         if header.flags.is_push() {
             self.push(header, payload);
             return;
@@ -237,9 +240,6 @@ impl Link {
         let Some(p) = self.take(header.request_id) else {
             // Control answers (pings, drain) and answers that arrive after their
             // deadline expired have no waiting request.
-            if header.opcode == Opcode::LINK_PING {
-                *self.last_pong.lock() = Instant::now();
-            }
             return;
         };
         if header.flags.is_stream() && Status::from_code(header.status) == Status::Ok {

@@ -127,7 +127,10 @@ mod tests {
             name: "n".into(),
         };
         let bytes = crate::encode(&request).expect("encodes");
-        assert_eq!(bytes, [1, 0, 0, 0, 0, 0, 0, 0, b's', 1, 0, 0, 0, 0, 0, 0, 0, b'n']);
+        assert_eq!(
+            bytes,
+            [1, 0, 0, 0, 0, 0, 0, 0, b's', 1, 0, 0, 0, 0, 0, 0, 0, b'n']
+        );
 
         let reply = SecretReply {
             data: vec![("k".into(), "v".into())],
@@ -138,5 +141,38 @@ mod tests {
         expected.extend([1, 0, 0, 0, 0, 0, 0, 0, b'v']);
         assert_eq!(bytes, expected);
         assert_eq!(crate::decode::<SecretReply>(&bytes).ok(), Some(reply));
+    }
+
+    /// The payloads of the worked examples in `abi/spec-drafts/secrets.md`.
+    #[test]
+    fn spec_draft_examples_encode_as_written() {
+        let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let request = SecretGetRequest {
+            store: "vault".into(),
+            name: "db-password".into(),
+        };
+        assert_eq!(
+            hex(crate::encode(&request).expect("encodes")),
+            "05000000000000007661756c740b0000000000000064622d70617373776f7264"
+        );
+        let bulk = SecretBulkReply {
+            secrets: vec![
+                (
+                    "db".into(),
+                    vec![
+                        ("password".into(), "pw".into()),
+                        ("user".into(), "app".into()),
+                    ],
+                ),
+                ("token".into(), vec![("token".into(), "t0k".into())]),
+            ],
+        };
+        assert_eq!(
+            hex(crate::encode(&bulk).expect("encodes")),
+            "0200000000000000020000000000000064620200000000000000080000000000000070617373\
+             776f72640200000000000000707704000000000000007573657203000000000000006170700500\
+             000000000000746f6b656e01000000000000000500000000000000746f6b656e03000000000000\
+             0074306b"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `mechactl`: the command-line client for mechad.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found.
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 not found (key, secret,
+//! or lock that does not exist), 4 lock not acquired, 5 lock held by another owner.
 
 use std::io::Write;
 use std::path::PathBuf;

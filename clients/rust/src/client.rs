@@ -253,7 +253,7 @@ impl Client {
     /// time left. Nothing is sent or slept past the deadline; when it runs
     /// out, the last retryable error is returned, so the caller learns why
     /// (e.g. which module is down) rather than a bare timeout.
-    async fn call<R: Request>(&self, request: &R) -> Result<R::Reply, Error> {
+    pub(crate) async fn call<R: Request>(&self, request: &R) -> Result<R::Reply, Error> {
         let payload =
             Bytes::from(mecha_abi::encode(request).map_err(|e| Error::Protocol(e.to_string()))?);
         let may_retry = request.is_idempotent() || self.retry.retry_non_idempotent;

@@ -53,6 +53,7 @@ pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use stream::{Subscription, STREAM_BUFFER};
 pub use mecha_abi::msg::{
+    ExtendLockReply, TryLockReply, UnlockStatus,
     BulkGetItem, DeleteItem, HelloReply, ModuleStatus, ReloadReply, SetItem, StateEntry,
     StatusReply, TxOp,
 };

@@ -28,7 +28,12 @@ pub struct Ctx {
     pub tenant: String,
     /// The opcode being served.
     pub opcode: Opcode,
+    /// When the daemon stops waiting for the answer (from the request's
+    /// deadline). Work past it is wasted: the application already got
+    /// DEADLINE_EXCEEDED.
+    pub deadline: Option<std::time::Instant>,
     pub(crate) stream: stream::Opener,
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -38,6 +43,8 @@ impl Ctx {
         Self {
             tenant: tenant.into(),
             opcode,
+            deadline: None,
+            draining: tokio::sync::watch::channel(false).1,
             stream: stream::Opener {
                 tx: None,
                 registry: Default::default(),
@@ -45,6 +52,14 @@ impl Ctx {
                 opcode,
             },
         }
+    }
+
+    /// Resolves when the daemon starts draining this instance (a hot restart
+    /// or shutdown). Long waits (a blocking lock acquire) should give up then,
+    /// so the new instance can take over promptly.
+    pub async fn draining(&self) {
+        let mut rx = self.draining.clone();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Opens a server-push stream for this request. The handler must then

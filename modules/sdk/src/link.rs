@@ -149,6 +149,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
 
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
     let registry = Arc::new(Registry::default());
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
     loop {
         // EOF means the daemon is gone: stop at once, as no one can read answers.
         let Some((header, payload)) = reader.next().await? else {
@@ -159,6 +160,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
             Opcode::LINK_PING => respond(&tx, &header, Reply::empty()).await,
             Opcode::LINK_CANCEL => registry.cancel(header.request_id),
             Opcode::LINK_DRAIN => {
+                let _ = draining_tx.send(true);
                 // Taking every permit waits until all in-flight requests answered.
                 let _all = permits.acquire_many(MAX_CONCURRENT).await;
                 registry.cancel_all();
@@ -177,12 +179,19 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 let m = Arc::clone(&module);
                 let tx = tx.clone();
                 let registry = Arc::clone(&registry);
+                let draining = draining.clone();
+                let deadline = (header.deadline_ms > 0).then(|| {
+                    std::time::Instant::now()
+                        + std::time::Duration::from_millis(u64::from(header.deadline_ms))
+                });
                 tokio::spawn(async move {
                     let reply = match split_tenant(&header, &payload) {
                         Ok((tenant, body)) => {
                             let ctx = Ctx {
                                 tenant: tenant.to_string(),
                                 opcode,
+                                deadline,
+                                draining,
                                 stream: Opener {
                                     tx: Some(tx.clone()),
                                     registry: Arc::clone(&registry),

@@ -133,11 +133,7 @@ mod tests {
     }
 
     fn call(m: &SequencerModule, tenant: &str, opcode: Opcode, payload: &[u8]) -> Reply {
-        let ctx = Ctx {
-            tenant: tenant.to_owned(),
-            opcode,
-        };
-        block(m.handle(ctx, payload))
+        block(m.handle(Ctx::detached(tenant, opcode), payload))
     }
 
     fn next(m: &SequencerModule, store: &str, key: &str, count: u32) -> Reply {
@@ -164,15 +160,24 @@ mod tests {
     fn invalid(reply: Reply, mentions: &str) {
         assert_eq!(reply.status, Status::InvalidArgument);
         let message = message(&reply);
-        assert!(message.contains(mentions), "{message:?} mentions {mentions:?}");
+        assert!(
+            message.contains(mentions),
+            "{message:?} mentions {mentions:?}"
+        );
     }
 
     #[test]
     fn the_empty_store_name_is_the_first_component() {
         let m = module();
         assert_eq!(ok(next(&m, "", "k", 2)), NextIdReply { first: 1, count: 2 });
-        assert_eq!(ok(next(&m, "first", "k", 1)), NextIdReply { first: 3, count: 1 });
-        assert_eq!(ok(next(&m, "second", "k", 1)), NextIdReply { first: 1, count: 1 });
+        assert_eq!(
+            ok(next(&m, "first", "k", 1)),
+            NextIdReply { first: 3, count: 1 }
+        );
+        assert_eq!(
+            ok(next(&m, "second", "k", 1)),
+            NextIdReply { first: 1, count: 1 }
+        );
     }
 
     #[test]

@@ -287,7 +287,10 @@ mod tests {
         let locks = MemoryLocks::new();
         let granted = |r: &str, ttl: u64, now: u64| {
             let attempt = locks.try_lock_now("t", r, "o", ttl, now).expect("attempt");
-            assert!(matches!(attempt, Attempt::Acquired { .. }), "{r}: {attempt:?}");
+            assert!(
+                matches!(attempt, Attempt::Acquired { .. }),
+                "{r}: {attempt:?}"
+            );
             assert_index_consistent(&locks);
         };
         granted("a", 10, 100);

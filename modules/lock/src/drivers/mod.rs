@@ -143,11 +143,12 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Tries to take `resource` for `owner`, waiting up to `wait` while it is
 /// held; returns the fencing token, or `None` if the lock stayed held.
 ///
-/// A waiter tries again when an unlock in this process releases the lock
-/// (see [`Releases`]) and when the holder's lease passes, never more often
-/// than every [`MIN_PAUSE`]. It makes one last attempt at the end of `wait`,
-/// so a lease that passes exactly then is still granted. Waiters are not
-/// queued: after a release, whichever waiter's attempt comes first wins.
+/// A waiter tries again at once when an unlock in this process releases the
+/// lock (see [`Releases`]), and otherwise when the holder's lease passes; it
+/// never polls on a timer shorter than 5 ms. It makes one last attempt at
+/// the end of `wait`, so a lease that passes exactly then is still granted.
+/// Waiters are not queued: after a release, whichever waiter's attempt comes
+/// first wins.
 pub async fn acquire(
     store: &dyn LockStore,
     tenant: &str,
@@ -161,7 +162,9 @@ pub async fn acquire(
         Attempt::Held { .. } => None,
     };
     if wait.is_zero() {
-        return Ok(granted(store.try_lock(tenant, resource, owner, ttl_ms).await?));
+        return Ok(granted(
+            store.try_lock(tenant, resource, owner, ttl_ms).await?,
+        ));
     }
     let deadline = Instant::now() + wait.min(MAX_WAIT);
     let subscription = store.releases().subscribe(tenant, resource);
@@ -208,6 +211,12 @@ impl Releases {
         if let Some(notify) = waiting.get(&(tenant.to_owned(), resource.to_owned())) {
             notify.notify_waiters();
         }
+    }
+
+    /// How many locks acquirers of this process are waiting for, for
+    /// diagnostics and tests.
+    pub fn waited_for(&self) -> usize {
+        self.waiting.lock().len()
     }
 
     /// Registers interest in releases of `resource` until the subscription

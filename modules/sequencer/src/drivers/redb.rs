@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::ComponentSpec;
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{last_id, BoxFuture, SeqError, Sequencer, MAX_ID};
 
@@ -528,12 +528,18 @@ mod tests {
         // A fresh key continues the empty default segment at 1.
         assert_eq!(
             reserve(db, "t", "k", 1, 0, 3, 10),
-            Ok(Reservation { first: 1, bound: 10 })
+            Ok(Reservation {
+                first: 1,
+                bound: 10
+            })
         );
         // Ids 9 and 10 are left; 5 more use them and reserve a new segment.
         assert_eq!(
             reserve(db, "t", "k", 9, 10, 5, 10),
-            Ok(Reservation { first: 9, bound: 20 })
+            Ok(Reservation {
+                first: 9,
+                bound: 20
+            })
         );
         // A request larger than a segment reserves exactly what it needs.
         assert_eq!(

@@ -1,0 +1,695 @@
+//! The `lock.redb` driver: leases and fencing-token counters in an embedded,
+//! crash-safe file, so tokens keep increasing across restarts.
+
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+
+use super::{is_live, lease_end, next_token, not_extended, now_ms};
+use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
+
+/// The key of the `leases` table: (tenant, resource).
+type LeaseKey = (&'static str, &'static str);
+
+/// The value of the `leases` table: (owner, fencing token, expires_at_ms).
+type LeaseValue = (&'static str, u64, u64);
+
+/// The granted locks. A released lock's row is deleted; an expired one stays
+/// until it is granted again or swept.
+const LEASES: TableDefinition<LeaseKey, LeaseValue> = TableDefinition::new("leases");
+
+/// The key of the `expiry` table: (expires_at_ms, tenant, resource).
+type ExpiryKey = (u64, &'static str, &'static str);
+
+/// The expiry index: one row per `leases` row, ordered by expiry time, so a
+/// sweep reads only the rows that have expired. Every write transaction that
+/// changes a lease's expiry updates its row too.
+const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("expiry");
+
+/// The last fencing token granted, per tenant. It is written in the same
+/// transaction as the grant that took it, so a token is never granted twice,
+/// even after a crash. One counter per tenant (rather than per resource)
+/// keeps every resource's tokens increasing while a released lock's row can
+/// be deleted, and keeps one tenant's activity invisible in another's tokens.
+const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("tokens");
+
+/// The metadata fields this driver understands, matched ignoring ASCII case
+/// as Dapr does.
+const KNOWN_FIELDS: &str = "path";
+
+/// How long a request waits for the previous module instance to release the
+/// file during a hot restart. Draining takes milliseconds; this is a bound.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// A lock store kept in one redb file.
+pub struct RedbLocks {
+    /// The store file.
+    path: PathBuf,
+    /// The open database, shared with the blocking tasks that do the actual
+    /// I/O (which may outlive a dropped future). It is empty only while the
+    /// previous instance of this module still holds the file during a hot
+    /// restart; the first request then opens it.
+    db: tokio::sync::OnceCell<Arc<Database>>,
+    /// Acquirers waiting for a release.
+    releases: Releases,
+}
+
+impl std::fmt::Debug for RedbLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLocks")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbLocks {
+    /// Opens (creating if needed) the store file named by `spec`.
+    ///
+    /// The file is the metadata field `path` (absolute, or relative to
+    /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
+    /// blocks on file I/O; it runs once, when the module starts.
+    pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, LockError> {
+        let path = file_path(spec, data_dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                LockError::Internal(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = tokio::sync::OnceCell::new();
+        match open_file(&path)? {
+            Some(opened) => {
+                let _ = db.set(Arc::new(opened));
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "lock file is held by the previous instance; opening it once released"
+            ),
+        }
+        Ok(Self {
+            path,
+            db,
+            releases: Releases::default(),
+        })
+    }
+
+    /// The database, opened on first use if the previous instance held it
+    /// when this one started (a hot restart: redb allows one process per file).
+    async fn db(&self) -> Result<Arc<Database>, LockError> {
+        self.db
+            .get_or_try_init(|| async {
+                let deadline = Instant::now() + RELEASE_WAIT;
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let path = self.path.clone();
+                    if let Some(db) = blocking(move || open_file(&path)).await? {
+                        return Ok(Arc::new(db));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(LockError::Unavailable(format!(
+                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
+                            self.path.display()
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Opens and prepares the file; `None` when another process holds it.
+fn open_file(path: &Path) -> Result<Option<Database>, LockError> {
+    match Database::create(path) {
+        Ok(db) => {
+            prepare(&db)?;
+            Ok(Some(db))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+        Err(e) => Err(LockError::Internal(format!(
+            "opening redb file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Creates the tables up front, because a read transaction cannot create a
+/// table and reads should not have to treat "no table yet" as a special case.
+fn prepare(db: &Database) -> Result<(), LockError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin the table-creating transaction"))?;
+    txn.open_table(LEASES)
+        .map_err(redb_error("create the leases table"))?;
+    txn.open_table(EXPIRY)
+        .map_err(redb_error("create the expiry table"))?;
+    txn.open_table(TOKENS)
+        .map_err(redb_error("create the tokens table"))?;
+    txn.commit()
+        .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// Works out which file a component lives in, rejecting unknown metadata.
+fn file_path(spec: &ComponentSpec, data_dir: &Path) -> Result<PathBuf, LockError> {
+    let config = |reason: String| LockError::Config {
+        component: spec.name.clone(),
+        reason,
+    };
+    let mut path: Option<&str> = None;
+    for (name, value) in &spec.metadata {
+        // Dapr matches metadata names ignoring case, so `Path` is `path`.
+        match name.to_ascii_lowercase().as_str() {
+            "path" => {
+                // A second `path` is almost certainly a copy-paste slip, and
+                // silently picking one of them would hide it.
+                if path.is_some() {
+                    return Err(config(
+                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(config("metadata field \"path\" is empty".to_owned()));
+                }
+                path = Some(value);
+            }
+            _ => {
+                return Err(config(format!(
+                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
+                )))
+            }
+        }
+    }
+    match path {
+        // `join` keeps an absolute path as it is, which is what we want.
+        Some(path) => Ok(data_dir.join(path)),
+        None => {
+            // The name becomes a file name, so it must not be able to climb
+            // out of the data directory or name a subdirectory.
+            let name = spec.name.as_str();
+            let usable = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '\0']);
+            if usable {
+                Ok(data_dir.join(format!("{name}.redb")))
+            } else {
+                Err(config(format!(
+                    "the component name {name:?} cannot be used as a file name; \
+                     set the metadata field \"path\""
+                )))
+            }
+        }
+    }
+}
+
+/// Maps a redb error to `Internal`, saying which operation failed.
+fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> LockError {
+    move |e| LockError::Internal(format!("redb: cannot {operation}: {e}"))
+}
+
+/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
+/// stalls the runtime's worker threads.
+async fn blocking<T, F>(work: F) -> Result<T, LockError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, LockError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LockError::Internal(format!("redb worker task failed: {e}")))?
+}
+
+/// A lease as stored: owner, fencing token, expiry.
+#[derive(Debug)]
+struct Stored {
+    owner: String,
+    fencing_token: u64,
+    expires_at_ms: u64,
+}
+
+/// The stored lease of `resource`, live or not, as seen by the transaction
+/// `leases` belongs to.
+fn stored(
+    leases: &impl ReadableTable<LeaseKey, LeaseValue>,
+    tenant: &str,
+    resource: &str,
+) -> Result<Option<Stored>, LockError> {
+    let found = leases
+        .get((tenant, resource))
+        .map_err(redb_error("read a lease"))?;
+    Ok(found.map(|guard| {
+        let (owner, fencing_token, expires_at_ms) = guard.value();
+        Stored {
+            owner: owner.to_owned(),
+            fencing_token,
+            expires_at_ms,
+        }
+    }))
+}
+
+/// Writes a lease and its index row, replacing the `old` lease's row.
+fn put(
+    leases: &mut Table<'_, LeaseKey, LeaseValue>,
+    index: &mut Table<'_, ExpiryKey, ()>,
+    tenant: &str,
+    resource: &str,
+    old: Option<&Stored>,
+    new: (&str, u64, u64),
+) -> Result<(), LockError> {
+    // The old row goes before the new one is added, so an unchanged expiry
+    // keeps its row.
+    if let Some(old) = old {
+        index
+            .remove((old.expires_at_ms, tenant, resource))
+            .map_err(redb_error("remove an expiry index row"))?;
+    }
+    index
+        .insert((new.2, tenant, resource), ())
+        .map_err(redb_error("write an expiry index row"))?;
+    leases
+        .insert((tenant, resource), new)
+        .map_err(redb_error("write a lease"))?;
+    Ok(())
+}
+
+/// Deletes the lease `old` of `resource` and its index row.
+fn remove(
+    leases: &mut Table<'_, LeaseKey, LeaseValue>,
+    index: &mut Table<'_, ExpiryKey, ()>,
+    tenant: &str,
+    resource: &str,
+    old: &Stored,
+) -> Result<(), LockError> {
+    index
+        .remove((old.expires_at_ms, tenant, resource))
+        .map_err(redb_error("remove an expiry index row"))?;
+    leases
+        .remove((tenant, resource))
+        .map_err(redb_error("delete a lease"))?;
+    Ok(())
+}
+
+/// The live lease of `resource` at `now`, read without a write transaction.
+fn read_live(
+    db: &Database,
+    tenant: &str,
+    resource: &str,
+    now: u64,
+) -> Result<Option<Stored>, LockError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a read transaction"))?;
+    let leases = txn
+        .open_table(LEASES)
+        .map_err(redb_error("open the leases table for reading"))?;
+    Ok(stored(&leases, tenant, resource)?.filter(|l| is_live(l.expires_at_ms, now)))
+}
+
+/// One attempt to grant `resource` to `owner` as of `now`.
+fn try_lock(
+    db: &Database,
+    tenant: &str,
+    resource: &str,
+    owner: &str,
+    ttl_ms: u64,
+    now: u64,
+) -> Result<Attempt, LockError> {
+    // A held lock is answered from a read transaction, which neither waits
+    // for nor blocks writers: waiters retrying a busy lock cost no disk sync
+    // and do not queue behind each other for the single writer.
+    if let Some(held) = read_live(db, tenant, resource, now)? {
+        return Ok(Attempt::Held {
+            expires_at_ms: held.expires_at_ms,
+        });
+    }
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    // Any early return below drops `txn` uncommitted, which makes redb abort
+    // it, so a failed or lost grant leaves no trace, not even a used token.
+    let fencing_token = {
+        let mut leases = txn
+            .open_table(LEASES)
+            .map_err(redb_error("open the leases table for writing"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for writing"))?;
+        let mut tokens = txn
+            .open_table(TOKENS)
+            .map_err(redb_error("open the tokens table for writing"))?;
+        // Another attempt may have taken the lock since the read above.
+        let old = stored(&leases, tenant, resource)?;
+        if let Some(held) = old.as_ref().filter(|l| is_live(l.expires_at_ms, now)) {
+            return Ok(Attempt::Held {
+                expires_at_ms: held.expires_at_ms,
+            });
+        }
+        let last = tokens
+            .get(tenant)
+            .map_err(redb_error("read the fencing token counter"))?
+            .map_or(0, |guard| guard.value());
+        let fencing_token = next_token(last)?;
+        tokens
+            .insert(tenant, fencing_token)
+            .map_err(redb_error("write the fencing token counter"))?;
+        let expires_at_ms = lease_end(ttl_ms, now);
+        put(
+            &mut leases,
+            &mut index,
+            tenant,
+            resource,
+            old.as_ref(),
+            (owner, fencing_token, expires_at_ms),
+        )?;
+        fencing_token
+    };
+    // The default durability is `Immediate`: once `commit` returns the grant
+    // and its token are on disk, so the token is never granted again.
+    txn.commit().map_err(redb_error("commit a grant"))?;
+    Ok(Attempt::Acquired { fencing_token })
+}
+
+/// Releases `resource` as of `now` if `owner` holds it.
+fn unlock(
+    db: &Database,
+    tenant: &str,
+    resource: &str,
+    owner: &str,
+    now: u64,
+) -> Result<UnlockStatus, LockError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    let status = {
+        let mut leases = txn
+            .open_table(LEASES)
+            .map_err(redb_error("open the leases table for writing"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for writing"))?;
+        match stored(&leases, tenant, resource)? {
+            Some(lease) if !is_live(lease.expires_at_ms, now) => UnlockStatus::LockDoesNotExist,
+            None => UnlockStatus::LockDoesNotExist,
+            Some(lease) if lease.owner != owner => UnlockStatus::LockBelongsToOthers,
+            Some(lease) => {
+                remove(&mut leases, &mut index, tenant, resource, &lease)?;
+                UnlockStatus::Success
+            }
+        }
+    };
+    // Only a release changes anything; the other answers abort, which spares
+    // them a disk sync (an expired leftover is left to the sweep).
+    if status == UnlockStatus::Success {
+        txn.commit().map_err(redb_error("commit a release"))?;
+    } else {
+        txn.abort()
+            .map_err(redb_error("abort an unchanged transaction"))?;
+    }
+    Ok(status)
+}
+
+/// Renews the lease of `resource` as of `now` if `owner` holds it.
+fn extend(
+    db: &Database,
+    tenant: &str,
+    resource: &str,
+    owner: &str,
+    ttl_ms: u64,
+    now: u64,
+) -> Result<ExtendLockReply, LockError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    let reply = {
+        let mut leases = txn
+            .open_table(LEASES)
+            .map_err(redb_error("open the leases table for writing"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for writing"))?;
+        match stored(&leases, tenant, resource)?.filter(|l| is_live(l.expires_at_ms, now)) {
+            None => not_extended(UnlockStatus::LockDoesNotExist),
+            Some(lease) if lease.owner != owner => not_extended(UnlockStatus::LockBelongsToOthers),
+            Some(lease) => {
+                let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
+                put(
+                    &mut leases,
+                    &mut index,
+                    tenant,
+                    resource,
+                    Some(&lease),
+                    renewed,
+                )?;
+                ExtendLockReply {
+                    status: UnlockStatus::Success,
+                    fencing_token: lease.fencing_token,
+                }
+            }
+        }
+    };
+    if reply.status == UnlockStatus::Success {
+        txn.commit().map_err(redb_error("commit an extension"))?;
+    } else {
+        txn.abort()
+            .map_err(redb_error("abort an unchanged transaction"))?;
+    }
+    Ok(reply)
+}
+
+/// The index keys expired at `now`: those before `(now + 1, "", "")`, since
+/// a lease ends at the start of its expiry millisecond.
+fn expired_range(now: u64) -> (Bound<ExpiryKey>, Bound<ExpiryKey>) {
+    let end = match now.checked_add(1) {
+        Some(end) => Bound::Excluded((end, "", "")),
+        None => Bound::Unbounded,
+    };
+    (Bound::Unbounded, end)
+}
+
+/// Whether anything has expired at `now`, judged from the index alone in a
+/// read transaction, so an idle sweep takes no write lock.
+fn anything_expired(db: &Database, now: u64) -> Result<bool, LockError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a sweep-probing read transaction"))?;
+    let index = txn
+        .open_table(EXPIRY)
+        .map_err(redb_error("open the expiry table for reading"))?;
+    let first = index
+        .first()
+        .map_err(redb_error("read the earliest expiry"))?;
+    Ok(first.is_some_and(|(key, _)| !is_live(key.value().0, now)))
+}
+
+/// Removes the leases expired at `now` and counts them. Only the expired
+/// front of the index is read.
+fn sweep(db: &Database, now: u64) -> Result<usize, LockError> {
+    if !anything_expired(db, now)? {
+        return Ok(0);
+    }
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a sweep transaction"))?;
+    let removed = {
+        let mut leases = txn
+            .open_table(LEASES)
+            .map_err(redb_error("open the leases table for sweeping"))?;
+        let mut index = txn
+            .open_table(EXPIRY)
+            .map_err(redb_error("open the expiry table for sweeping"))?;
+        let mut removed = 0;
+        let expired = index
+            .extract_from_if(expired_range(now), |_, ()| true)
+            .map_err(redb_error("scan the expiry index"))?;
+        for row in expired {
+            let (row, _) = row.map_err(redb_error("remove an expiry index row"))?;
+            let (expires_at_ms, tenant, resource) = row.value();
+            // Every write keeps the index in step with `leases`; checking
+            // keeps a stale row from removing a live lease all the same.
+            let current = stored(&leases, tenant, resource)?;
+            if current.is_some_and(|l| l.expires_at_ms == expires_at_ms) {
+                leases
+                    .remove((tenant, resource))
+                    .map_err(redb_error("remove an expired lease"))?;
+                removed += 1;
+            }
+        }
+        removed
+    };
+    // A sweep that removed nothing (a grant got there first) is aborted
+    // rather than committed, which spares it a disk sync.
+    if removed == 0 {
+        txn.abort()
+            .map_err(redb_error("abort an empty sweep transaction"))?;
+    } else {
+        txn.commit()
+            .map_err(redb_error("commit a sweep transaction"))?;
+    }
+    Ok(removed)
+}
+
+// The blocking tasks must own what they use (`'static`), so the short names
+// are copied. The clock is read inside the task so that time spent waiting
+// for the pool does not make a just-expired lease look live.
+impl LockStore for RedbLocks {
+    fn try_lock<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Attempt, LockError>> {
+        let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || try_lock(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
+        })
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<UnlockStatus, LockError>> {
+        Box::pin(async move {
+            let db = self.db().await?;
+            let (t, r, o) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
+            let status = blocking(move || unlock(&db, &t, &r, &o, now_ms())).await?;
+            if status == UnlockStatus::Success {
+                self.releases.released(tenant, resource);
+            }
+            Ok(status)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource: &'a str,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<ExtendLockReply, LockError>> {
+        let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || extend(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<usize, LockError>> {
+        Box::pin(async move {
+            // Until the file is ours there is nothing to sweep; do not wait.
+            let Some(db) = self.db.get().cloned() else {
+                return Ok(0);
+            };
+            blocking(move || sweep(&db, now_ms())).await
+        })
+    }
+
+    fn releases(&self) -> &Releases {
+        &self.releases
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> ComponentSpec {
+        ComponentSpec {
+            name: name.to_owned(),
+            kind: "lock.redb".to_owned(),
+            metadata: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_held_by_a_previous_instance_is_opened_once_released() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let old = RedbLocks::open(&spec("handoff"), dir.path()).expect("first open");
+        let first = rt
+            .block_on(old.try_lock("t", "r", "o", 3_600_000))
+            .expect("grant");
+        // As in a hot restart: the new instance starts while the old holds the file.
+        let new = RedbLocks::open(&spec("handoff"), dir.path()).expect("deferred open");
+        assert!(new.db.get().is_none(), "the file is still held");
+        let second = rt.block_on(async {
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(old);
+            };
+            let (_, second) = tokio::join!(release, new.try_lock("t", "r", "other", 1_000));
+            second
+        });
+        assert!(matches!(first, Attempt::Acquired { .. }), "{first:?}");
+        // The lease granted by the old instance is still held, by its owner.
+        assert!(matches!(second, Ok(Attempt::Held { .. })), "{second:?}");
+        let released = rt.block_on(new.unlock("t", "r", "o"));
+        assert_eq!(released, Ok(UnlockStatus::Success));
+    }
+
+    /// The index holds exactly one row per lease.
+    fn assert_index_consistent(db: &Database) {
+        let txn = db.begin_read().expect("begin");
+        let leases = txn.open_table(LEASES).expect("leases table");
+        let index = txn.open_table(EXPIRY).expect("expiry table");
+        let mut expected = Vec::new();
+        for row in leases.iter().expect("iter") {
+            let (key, value) = row.expect("row");
+            let (tenant, resource) = key.value();
+            expected.push((value.value().2, tenant.to_owned(), resource.to_owned()));
+        }
+        expected.sort();
+        let mut actual = Vec::new();
+        for row in index.iter().expect("iter") {
+            let (key, _) = row.expect("row");
+            let (at, tenant, resource) = key.value();
+            actual.push((at, tenant.to_owned(), resource.to_owned()));
+        }
+        assert_eq!(actual, expected);
+    }
+
+    /// Grants over expired leases, extensions, unlocks and sweeps keep the
+    /// index in step with the leases, with the clock held still.
+    #[test]
+    fn writes_and_sweeps_keep_the_index_in_step() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let store = RedbLocks::open(&spec("s"), dir.path()).expect("open");
+        let db = store.db.get().expect("opened eagerly");
+        let granted = |r: &str, ttl: u64, now: u64| {
+            let attempt = try_lock(db, "t", r, "o", ttl, now).expect("attempt");
+            assert!(
+                matches!(attempt, Attempt::Acquired { .. }),
+                "{r}: {attempt:?}"
+            );
+            assert_index_consistent(db);
+        };
+        granted("a", 10, 100);
+        granted("b", 10, 100);
+        granted("c", 10, 100);
+        granted("a", 10, 110);
+        let extended = extend(db, "t", "b", "o", 50, 105).expect("extend");
+        assert_eq!(extended.status, UnlockStatus::Success);
+        assert_index_consistent(db);
+        assert_eq!(unlock(db, "t", "c", "o", 105), Ok(UnlockStatus::Success));
+        assert_index_consistent(db);
+
+        assert_eq!(sweep(db, 119), Ok(0));
+        assert_eq!(sweep(db, 120), Ok(1));
+        assert_index_consistent(db);
+        assert_eq!(sweep(db, 155), Ok(1));
+        assert_eq!(sweep(db, u64::MAX), Ok(0));
+        assert_index_consistent(db);
+    }
+}

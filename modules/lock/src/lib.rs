@@ -1,0 +1,337 @@
+//! The lock module: lease-based locks with fencing tokens, served from the
+//! configured stores (`lock.memory`, `lock.redb`).
+
+pub mod drivers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use mecha_abi::msg::{ExtendLockRequest, TryLockReply, TryLockRequest, UnlockReply, UnlockRequest};
+use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+
+use drivers::{LockError, LockStore};
+
+/// How many requests may wait for a lock at once in one module instance.
+///
+/// The SDK serves at most 1024 requests at a time and stops reading the link
+/// at that limit. Waiting requests occupy those slots, so without a bound of
+/// their own they could fill all of them, and the unlocks that would end the
+/// waits (and the daemon's health pings) would never be read. Half the slots
+/// stay free for everything else.
+pub const MAX_WAITING: usize = 512;
+
+/// The lock module: one or more named stores, the first being the default.
+pub struct LockModule {
+    stores: Vec<(String, Box<dyn LockStore>)>,
+    /// One permit per request allowed to wait; see [`MAX_WAITING`].
+    waiting: tokio::sync::Semaphore,
+}
+
+impl Module for LockModule {
+    const NAME: &'static str = "lock";
+    const TICK: Option<Duration> = Some(Duration::from_secs(1));
+
+    async fn init(hello: LinkHello) -> Result<Self, InitError> {
+        if hello.components.is_empty() {
+            return Err(InitError("no lock component configured".into()));
+        }
+        let data_dir = Path::new(&hello.data_dir);
+        let mut stores = Vec::with_capacity(hello.components.len());
+        for spec in &hello.components {
+            let store = drivers::open(spec, data_dir)
+                .map_err(|e| InitError(format!("cannot open lock store {:?}: {e}", spec.name)))?;
+            stores.push((spec.name.clone(), store));
+        }
+        Ok(Self {
+            stores,
+            waiting: tokio::sync::Semaphore::new(MAX_WAITING),
+        })
+    }
+
+    async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
+        let result = match ctx.opcode {
+            Opcode::LOCK_TRY_LOCK => self.try_lock(&ctx.tenant, payload).await,
+            Opcode::LOCK_UNLOCK => self.unlock(&ctx.tenant, payload).await,
+            Opcode::LOCK_EXTEND => self.extend(&ctx.tenant, payload).await,
+            other => Err(Reply::error(
+                Status::UnknownOpcode,
+                format!("the lock module does not serve opcode {other}"),
+            )),
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+
+    async fn tick(&self) {
+        for (name, store) in &self.stores {
+            match store.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(store = %name, expired = n, "swept expired locks"),
+                Err(e) => tracing::warn!(store = %name, "sweeping expired locks failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Every handler yields the reply to send, success or failure.
+type Handled = Result<Reply, Reply>;
+
+impl LockModule {
+    fn store(&self, name: &str) -> Result<&dyn LockStore, Reply> {
+        let found = if name.is_empty() {
+            self.stores.first()
+        } else {
+            self.stores.iter().find(|(n, _)| n == name)
+        };
+        found.map(|(_, s)| s.as_ref()).ok_or_else(|| {
+            Reply::error(
+                Status::InvalidArgument,
+                format!("no lock store named {name:?} is configured"),
+            )
+        })
+    }
+
+    async fn try_lock(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: TryLockRequest = Reply::decode(payload)?;
+        check_names(&req.resource, &req.owner)?;
+        check_ttl(req.ttl_ms)?;
+        let store = self.store(&req.store)?;
+        // The wait is bounded by `wait_ms` alone: the SDK does not pass the
+        // request's deadline on. A client that waits must therefore send a
+        // deadline longer than its wait (the Rust client does), or the
+        // daemon answers DEADLINE_EXCEEDED while the module still waits.
+        let wanted = Duration::from_millis(req.wait_ms);
+        // Without a permit the request may still get a free lock; only
+        // having to wait for it is refused, below.
+        let permit = if wanted.is_zero() {
+            None
+        } else {
+            self.waiting.try_acquire().ok()
+        };
+        let wait = if permit.is_some() {
+            wanted
+        } else {
+            Duration::ZERO
+        };
+        let (resource, owner) = (&req.resource, &req.owner);
+        let token = drivers::acquire(store, tenant, resource, owner, req.ttl_ms, wait)
+            .await
+            .map_err(store_error)?;
+        drop(permit);
+        if token.is_none() && wait < wanted {
+            return Err(Reply::error(
+                Status::ResourceExhausted,
+                format!(
+                    "lock {resource:?} is held and {MAX_WAITING} requests already wait for \
+                     locks in this module instance; try again later"
+                ),
+            ));
+        }
+        Ok(Reply::ok(&TryLockReply {
+            acquired: token.is_some(),
+            fencing_token: token.unwrap_or(0),
+        }))
+    }
+
+    async fn unlock(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: UnlockRequest = Reply::decode(payload)?;
+        check_names(&req.resource, &req.owner)?;
+        let status = self
+            .store(&req.store)?
+            .unlock(tenant, &req.resource, &req.owner)
+            .await
+            .map_err(store_error)?;
+        Ok(Reply::ok(&UnlockReply { status }))
+    }
+
+    async fn extend(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: ExtendLockRequest = Reply::decode(payload)?;
+        check_names(&req.resource, &req.owner)?;
+        check_ttl(req.ttl_ms)?;
+        let reply = self
+            .store(&req.store)?
+            .extend(tenant, &req.resource, &req.owner, req.ttl_ms)
+            .await
+            .map_err(store_error)?;
+        Ok(Reply::ok(&reply))
+    }
+}
+
+/// Rejects an empty resource or owner: an empty owner would let every
+/// caller that forgot to set one unlock every other such caller's locks.
+fn check_names(resource: &str, owner: &str) -> Result<(), Reply> {
+    if resource.is_empty() {
+        return Err(Reply::error(
+            Status::InvalidArgument,
+            "resource must not be empty",
+        ));
+    }
+    if owner.is_empty() {
+        return Err(Reply::error(
+            Status::InvalidArgument,
+            format!("owner of lock {resource:?} must not be empty"),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects a zero lease, which would grant a lock that is already free. The
+/// drivers rely on this (see `LockStore`).
+fn check_ttl(ttl_ms: u64) -> Result<(), Reply> {
+    if ttl_ms == 0 {
+        return Err(Reply::error(
+            Status::InvalidArgument,
+            "ttl_ms must be greater than 0",
+        ));
+    }
+    Ok(())
+}
+
+fn store_error(e: LockError) -> Reply {
+    let status = match e {
+        LockError::Unavailable(_) => Status::Unavailable,
+        LockError::Config { .. } | LockError::Internal(_) => Status::Internal,
+    };
+    Reply::error(status, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use mecha_abi::msg::{ComponentSpec, ErrorBody, UnlockStatus};
+
+    use super::*;
+
+    fn module(rt: &tokio::runtime::Runtime) -> LockModule {
+        let hello = LinkHello {
+            version: 1,
+            module: "lock".into(),
+            data_dir: std::env::temp_dir().to_string_lossy().into_owned(),
+            components: vec![ComponentSpec {
+                name: "locks".into(),
+                kind: "lock.memory".into(),
+                metadata: Vec::new(),
+            }],
+        };
+        rt.block_on(LockModule::init(hello)).expect("init")
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn try_lock(store: &str, resource: &str, owner: &str, ttl_ms: u64, wait_ms: u64) -> Vec<u8> {
+        mecha_abi::encode(&TryLockRequest {
+            store: store.into(),
+            resource: resource.into(),
+            owner: owner.into(),
+            ttl_ms,
+            wait_ms,
+        })
+        .expect("encode")
+    }
+
+    fn call(rt: &tokio::runtime::Runtime, m: &LockModule, opcode: Opcode, payload: &[u8]) -> Reply {
+        rt.block_on(m.handle(Ctx::detached("t", opcode), payload))
+    }
+
+    fn error_of(reply: &Reply) -> (Status, String) {
+        let body: ErrorBody = mecha_abi::decode(&reply.payload).expect("an error body");
+        (reply.status, body.message)
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments() {
+        let rt = runtime();
+        let m = module(&rt);
+        for (payload, needle) in [
+            (try_lock("", "", "o", 10, 0), "resource"),
+            (try_lock("", "r", "", 10, 0), "owner"),
+            (try_lock("", "r", "o", 0, 0), "ttl_ms"),
+            (try_lock("nope", "r", "o", 10, 0), "\"nope\""),
+            (vec![1, 2, 3], "undecodable"),
+        ] {
+            let (status, message) = error_of(&call(&rt, &m, Opcode::LOCK_TRY_LOCK, &payload));
+            assert_eq!(status, Status::InvalidArgument, "{message}");
+            assert!(message.contains(needle), "{message:?} names {needle}");
+        }
+        let extend = mecha_abi::encode(&ExtendLockRequest {
+            store: String::new(),
+            resource: "r".into(),
+            owner: "o".into(),
+            ttl_ms: 0,
+        })
+        .expect("encode");
+        let reply = call(&rt, &m, Opcode::LOCK_EXTEND, &extend);
+        assert_eq!(reply.status, Status::InvalidArgument);
+        let reply = call(&rt, &m, Opcode::STATE_GET, &[]);
+        assert_eq!(reply.status, Status::UnknownOpcode);
+    }
+
+    #[test]
+    fn the_named_and_the_default_store_are_the_same() {
+        let rt = runtime();
+        let m = module(&rt);
+        let reply = call(
+            &rt,
+            &m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("locks", "r", "o", 60_000, 0),
+        );
+        let granted: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert!(granted.acquired);
+        let unlock = mecha_abi::encode(&UnlockRequest {
+            store: String::new(),
+            resource: "r".into(),
+            owner: "o".into(),
+        })
+        .expect("encode");
+        let reply = call(&rt, &m, Opcode::LOCK_UNLOCK, &unlock);
+        let reply: UnlockReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert_eq!(reply.status, UnlockStatus::Success);
+    }
+
+    #[test]
+    fn waiting_beyond_the_limit_is_refused_but_free_locks_are_granted() {
+        let rt = runtime();
+        let m = module(&rt);
+        let held = call(
+            &rt,
+            &m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("", "busy", "a", 60_000, 0),
+        );
+        assert_eq!(held.status, Status::Ok);
+        // As if MAX_WAITING requests were waiting already.
+        let _all = m
+            .waiting
+            .try_acquire_many(MAX_WAITING as u32)
+            .expect("all permits");
+        let refused = call(
+            &rt,
+            &m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("", "busy", "b", 10, 5_000),
+        );
+        let (status, message) = error_of(&refused);
+        assert_eq!(status, Status::ResourceExhausted, "{message}");
+        // Not waiting, or not having to, is unaffected by the limit.
+        let reply = call(
+            &rt,
+            &m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("", "busy", "b", 10, 0),
+        );
+        let reply: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert!(!reply.acquired);
+        let reply = call(
+            &rt,
+            &m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("", "free", "b", 10, 5_000),
+        );
+        let reply: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert!(reply.acquired);
+    }
+}

@@ -1,0 +1,521 @@
+//! Conformance tests: one set of behaviour tests, run against every lock
+//! driver, in the manner of Dapr's components-contrib conformance suite.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
+use mecha_mod_lock::drivers::{self, Attempt, LockError, LockStore};
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+
+/// How long a test waits for a lease to pass or a waiter to appear before
+/// giving up. Generous, since it only bounds a failure.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A lease long enough to stay held for the whole test.
+const LONG_TTL_MS: u64 = 3_600_000;
+
+/// A lease short enough for a test to wait out.
+const SHORT_TTL_MS: u64 = 100;
+
+/// One driver under test, with the runtime that drives it and the directory it
+/// keeps its files in (kept alive for as long as the store is).
+struct Harness {
+    rt: Runtime,
+    spec: ComponentSpec,
+    dir: TempDir,
+    store: Option<Box<dyn LockStore>>,
+}
+
+impl Harness {
+    /// Opens a store of `kind` through the factory, so the factory is tested too.
+    fn new(kind: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build a tokio runtime");
+        let spec = ComponentSpec {
+            name: "lockstore".to_owned(),
+            kind: kind.to_owned(),
+            metadata: Vec::new(),
+        };
+        let dir = TempDir::new().expect("create a temporary directory");
+        let store = drivers::open(&spec, dir.path()).expect("open the store");
+        Self {
+            rt,
+            spec,
+            dir,
+            store: Some(store),
+        }
+    }
+
+    fn memory() -> Self {
+        Self::new("lock.memory")
+    }
+
+    fn redb() -> Self {
+        Self::new("lock.redb")
+    }
+
+    fn store(&self) -> &dyn LockStore {
+        self.store.as_deref().expect("the store is open")
+    }
+
+    /// Closes the store and opens it again from the same directory, as a
+    /// module restart would.
+    fn reopen(&mut self) {
+        drop(self.store.take());
+        let store = drivers::open(&self.spec, self.dir.path()).expect("reopen the store");
+        self.store = Some(store);
+    }
+
+    fn block<F: Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    /// One attempt, which must not fail.
+    fn attempt(&self, tenant: &str, resource: &str, owner: &str, ttl_ms: u64) -> Attempt {
+        self.block(self.store().try_lock(tenant, resource, owner, ttl_ms))
+            .expect("try_lock succeeds")
+    }
+
+    /// One attempt that must be granted; returns the fencing token.
+    fn grant(&self, tenant: &str, resource: &str, owner: &str, ttl_ms: u64) -> u64 {
+        match self.attempt(tenant, resource, owner, ttl_ms) {
+            Attempt::Acquired { fencing_token } => fencing_token,
+            held => panic!("{resource:?} was not granted to {owner:?}: {held:?}"),
+        }
+    }
+
+    /// One attempt that must find the lock held; returns the holder's expiry.
+    fn deny(&self, tenant: &str, resource: &str, owner: &str) -> u64 {
+        match self.attempt(tenant, resource, owner, LONG_TTL_MS) {
+            Attempt::Held { expires_at_ms } => expires_at_ms,
+            granted => panic!("{resource:?} was granted to {owner:?} while held: {granted:?}"),
+        }
+    }
+
+    fn unlock(&self, tenant: &str, resource: &str, owner: &str) -> UnlockStatus {
+        self.block(self.store().unlock(tenant, resource, owner))
+            .expect("unlock succeeds")
+    }
+
+    fn extend(&self, tenant: &str, resource: &str, owner: &str, ttl_ms: u64) -> ExtendLockReply {
+        self.block(self.store().extend(tenant, resource, owner, ttl_ms))
+            .expect("extend succeeds")
+    }
+
+    /// A blocking acquire of up to `wait`.
+    fn acquire(&self, tenant: &str, resource: &str, owner: &str, wait: Duration) -> Option<u64> {
+        self.block(drivers::acquire(
+            self.store(),
+            tenant,
+            resource,
+            owner,
+            LONG_TTL_MS,
+            wait,
+        ))
+        .expect("acquire succeeds")
+    }
+
+    fn sweep(&self) -> usize {
+        self.block(self.store().sweep()).expect("sweep succeeds")
+    }
+
+    /// Tries to take `resource` for `owner` until its current lease passes,
+    /// failing the test after `DEADLINE`; returns the new token.
+    fn grant_once_expired(&self, tenant: &str, resource: &str, owner: &str) -> u64 {
+        let start = Instant::now();
+        loop {
+            if let Attempt::Acquired { fencing_token } =
+                self.attempt(tenant, resource, owner, LONG_TTL_MS)
+            {
+                return fencing_token;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{resource:?} was still held {DEADLINE:?} after being granted with a short lease"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn not_extended(status: UnlockStatus) -> ExtendLockReply {
+    ExtendLockReply {
+        status,
+        fencing_token: 0,
+    }
+}
+
+// ---- The behaviours every driver must show. ----
+
+fn grant_then_deny(h: &Harness) {
+    let token = h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert!(token > 0, "fencing tokens start above 0");
+    let expires = h.deny("t", "r", "bob");
+    assert!(
+        expires > drivers::now_ms(),
+        "the holder's lease is reported"
+    );
+    // Like Dapr and Redis `SET NX`, the holder itself is not granted again.
+    h.deny("t", "r", "alice");
+    // Other resources are independent.
+    h.grant("t", "other", "bob", LONG_TTL_MS);
+}
+
+fn tokens_strictly_increase_across_grants(h: &Harness) {
+    let mut last = 0;
+    for i in 0..20 {
+        let owner = format!("owner-{i}");
+        let token = h.grant("t", "r", &owner, LONG_TTL_MS);
+        assert!(token > last, "grant {i}: token {token} <= previous {last}");
+        last = token;
+        // Grants of other resources and other tenants in between must not
+        // disturb the order.
+        h.grant("t", &format!("side-{i}"), "x", LONG_TTL_MS);
+        h.grant("u", "r", &owner, LONG_TTL_MS);
+        assert_eq!(h.unlock("u", "r", &owner), UnlockStatus::Success);
+        assert_eq!(h.unlock("t", "r", &owner), UnlockStatus::Success);
+    }
+}
+
+fn wrong_owner_cannot_unlock_or_extend(h: &Harness) {
+    let token = h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::LockBelongsToOthers);
+    assert_eq!(
+        h.extend("t", "r", "bob", LONG_TTL_MS),
+        not_extended(UnlockStatus::LockBelongsToOthers)
+    );
+    // Nothing changed: the lock is still alice's.
+    h.deny("t", "r", "bob");
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS),
+        ExtendLockReply {
+            status: UnlockStatus::Success,
+            fencing_token: token
+        }
+    );
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
+}
+
+fn unlock_of_missing_lock_does_not_exist(h: &Harness) {
+    assert_eq!(
+        h.unlock("t", "never", "alice"),
+        UnlockStatus::LockDoesNotExist
+    );
+    assert_eq!(
+        h.extend("t", "never", "alice", LONG_TTL_MS),
+        not_extended(UnlockStatus::LockDoesNotExist)
+    );
+    h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
+    // A released lock is gone, for its former owner too.
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::LockDoesNotExist);
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS),
+        not_extended(UnlockStatus::LockDoesNotExist)
+    );
+}
+
+fn released_lock_is_granted_again_with_a_higher_token(h: &Harness) {
+    let first = h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
+    let second = h.grant("t", "r", "bob", LONG_TTL_MS);
+    assert!(second > first);
+}
+
+fn expired_lock_is_free_and_granted_with_a_higher_token(h: &Harness) {
+    let first = h.grant("t", "r", "alice", SHORT_TTL_MS);
+    let second = h.grant_once_expired("t", "r", "bob");
+    assert!(second > first, "token {second} after expiry <= {first}");
+    // The former holder's lease is over: it can neither unlock nor extend.
+    assert_eq!(
+        h.unlock("t", "r", "alice"),
+        UnlockStatus::LockBelongsToOthers
+    );
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS),
+        not_extended(UnlockStatus::LockBelongsToOthers)
+    );
+    assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::Success);
+}
+
+fn expired_lock_cannot_be_unlocked_or_extended(h: &Harness) {
+    h.grant("t", "r", "alice", SHORT_TTL_MS);
+    // A witness granted afterwards with the same lease passes no earlier.
+    h.grant("t", "witness", "w", SHORT_TTL_MS);
+    h.grant_once_expired("t", "witness", "w2");
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS),
+        not_extended(UnlockStatus::LockDoesNotExist)
+    );
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::LockDoesNotExist);
+}
+
+fn extend_keeps_the_token_and_pushes_the_expiry(h: &Harness) {
+    let token = h.grant("t", "r", "alice", SHORT_TTL_MS);
+    let before = h.deny("t", "r", "bob");
+    let reply = h.extend("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(
+        reply,
+        ExtendLockReply {
+            status: UnlockStatus::Success,
+            fencing_token: token
+        }
+    );
+    let after = h.deny("t", "r", "bob");
+    assert!(after > before, "the lease moved from {before} to {after}");
+    // A witness with the original short lease, granted after it, has passed:
+    // so has the original lease, and the lock is still alice's.
+    h.grant("t", "witness", "w", SHORT_TTL_MS);
+    h.grant_once_expired("t", "witness", "w2");
+    h.deny("t", "r", "bob");
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
+    assert!(h.grant("t", "r", "bob", LONG_TTL_MS) > token);
+}
+
+fn tenants_are_isolated(h: &Harness) {
+    let a = h.grant("tenant-a", "r", "alice", LONG_TTL_MS);
+    // The same resource name under another tenant is another lock.
+    let b = h.grant("tenant-b", "r", "bob", LONG_TTL_MS);
+    assert!(a > 0 && b > 0);
+    assert_eq!(
+        h.unlock("tenant-b", "r", "alice"),
+        UnlockStatus::LockBelongsToOthers
+    );
+    assert_eq!(
+        h.unlock("tenant-c", "r", "alice"),
+        UnlockStatus::LockDoesNotExist
+    );
+    assert_eq!(h.unlock("tenant-a", "r", "alice"), UnlockStatus::Success);
+    h.deny("tenant-b", "r", "carol");
+    assert_eq!(h.unlock("tenant-b", "r", "bob"), UnlockStatus::Success);
+}
+
+fn blocking_acquire_gets_the_lock_when_released(h: &Harness) {
+    let first = h.grant("t", "r", "alice", LONG_TTL_MS);
+    let store = h.store();
+    let (acquired, released) = h.block(async {
+        tokio::join!(
+            drivers::acquire(store, "t", "r", "bob", LONG_TTL_MS, DEADLINE),
+            async {
+                // Release only once bob waits, so the wake-up path is what
+                // gets tested, not a lucky first attempt.
+                let start = Instant::now();
+                while store.releases().waited_for() == 0 {
+                    assert!(start.elapsed() < DEADLINE, "bob never started waiting");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                store.unlock("t", "r", "alice").await
+            }
+        )
+    });
+    assert_eq!(released, Ok(UnlockStatus::Success));
+    let second = acquired
+        .expect("acquire succeeds")
+        .expect("bob got the lock once alice released it");
+    assert!(second > first);
+    assert_eq!(store.releases().waited_for(), 0, "the waiter unsubscribed");
+    assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::Success);
+}
+
+fn blocking_acquire_gets_the_lock_when_it_expires(h: &Harness) {
+    let first = h.grant("t", "r", "alice", SHORT_TTL_MS);
+    let second = h
+        .acquire("t", "r", "bob", DEADLINE)
+        .expect("bob got the lock once alice's lease passed");
+    assert!(second > first);
+}
+
+fn blocking_acquire_times_out_when_not_released(h: &Harness) {
+    let token = h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(h.acquire("t", "r", "bob", Duration::from_millis(50)), None);
+    assert_eq!(
+        h.store().releases().waited_for(),
+        0,
+        "the waiter unsubscribed"
+    );
+    // The lock is untouched.
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS).fencing_token,
+        token
+    );
+    // A zero wait is a single attempt.
+    assert_eq!(h.acquire("t", "r", "bob", Duration::ZERO), None);
+    assert!(h.acquire("t", "free", "bob", Duration::ZERO).is_some());
+}
+
+fn sweep_removes_exactly_the_expired_locks(h: &Harness) {
+    for i in 0..50 {
+        h.grant("t", &format!("live-{i}"), "o", LONG_TTL_MS);
+    }
+    h.grant("u", "short", "o", SHORT_TTL_MS);
+    // Extended and released short leases must not be counted.
+    h.grant("t", "extended", "o", SHORT_TTL_MS);
+    h.extend("t", "extended", "o", LONG_TTL_MS);
+    h.grant("t", "released", "o", SHORT_TTL_MS);
+    assert_eq!(h.unlock("t", "released", "o"), UnlockStatus::Success);
+    h.grant("t", "witness", "w", SHORT_TTL_MS);
+    h.grant_once_expired("t", "witness", "w2");
+
+    assert_eq!(h.sweep(), 1, "exactly the one expired lock is swept");
+    assert_eq!(h.sweep(), 0, "nothing is left to sweep");
+    for i in 0..50 {
+        h.deny("t", &format!("live-{i}"), "x");
+    }
+    h.deny("t", "extended", "x");
+    // The swept lock is free, and its token sequence goes on upwards.
+    h.grant("u", "short", "x", LONG_TTL_MS);
+}
+
+/// Generates one `#[test]` per behaviour per driver, so a failure names both.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::Harness::memory());
+                }
+            )*
+        }
+        mod redb {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::Harness::redb());
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    grant_then_deny,
+    tokens_strictly_increase_across_grants,
+    wrong_owner_cannot_unlock_or_extend,
+    unlock_of_missing_lock_does_not_exist,
+    released_lock_is_granted_again_with_a_higher_token,
+    expired_lock_is_free_and_granted_with_a_higher_token,
+    expired_lock_cannot_be_unlocked_or_extended,
+    extend_keeps_the_token_and_pushes_the_expiry,
+    tenants_are_isolated,
+    blocking_acquire_gets_the_lock_when_released,
+    blocking_acquire_gets_the_lock_when_it_expires,
+    blocking_acquire_times_out_when_not_released,
+    sweep_removes_exactly_the_expired_locks,
+);
+
+// ---- Driver-specific behaviour. ----
+
+#[test]
+fn redb_tokens_and_leases_survive_reopen() {
+    let mut h = Harness::redb();
+    let held = h.grant("t", "held", "alice", LONG_TTL_MS);
+    // The lock holding the highest token is released before the restart, so
+    // only the persisted counter, not a surviving lease, can prevent reuse.
+    let highest = h.grant("t", "r", "alice", LONG_TTL_MS);
+    assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
+
+    h.reopen();
+    let after = h.grant("t", "r", "bob", LONG_TTL_MS);
+    assert!(
+        after > highest,
+        "token {after} after reopening does not exceed {highest} from before"
+    );
+    // A lease granted before the restart is still held, with its token.
+    h.deny("t", "held", "bob");
+    assert_eq!(
+        h.extend("t", "held", "alice", LONG_TTL_MS),
+        ExtendLockReply {
+            status: UnlockStatus::Success,
+            fencing_token: held
+        }
+    );
+}
+
+#[test]
+fn redb_expiry_index_survives_reopen() {
+    let mut h = Harness::redb();
+    h.grant("t", "short", "o", SHORT_TTL_MS);
+    h.grant("t", "long", "o", LONG_TTL_MS);
+    h.reopen();
+    h.grant("t", "witness", "w", SHORT_TTL_MS);
+    h.grant_once_expired("t", "witness", "w2");
+    assert_eq!(h.sweep(), 1, "the persisted index still names the lock");
+    h.reopen();
+    assert_eq!(h.sweep(), 0, "the sweep was committed");
+    h.deny("t", "long", "x");
+}
+
+fn redb_spec(metadata: &[(&str, &str)]) -> ComponentSpec {
+    ComponentSpec {
+        name: "locks".to_owned(),
+        kind: "lock.redb".to_owned(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn open_error(spec: &ComponentSpec, dir: &Path) -> LockError {
+    match drivers::open(spec, dir) {
+        Ok(_) => panic!("opening {spec:?} should fail"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn redb_file_location_follows_the_spec() {
+    let dir = TempDir::new().expect("create a temporary directory");
+    drop(drivers::open(&redb_spec(&[]), dir.path()).expect("open the store"));
+    assert!(dir.path().join("locks.redb").is_file());
+    drop(
+        drivers::open(&redb_spec(&[("Path", "nested/l.redb")]), dir.path())
+            .expect("open the store"),
+    );
+    assert!(dir.path().join("nested/l.redb").is_file());
+}
+
+#[test]
+fn redb_rejects_bad_metadata_and_names() {
+    let dir = TempDir::new().expect("create a temporary directory");
+    for spec in [
+        redb_spec(&[("path", "a.redb"), ("cacheSize", "10")]),
+        redb_spec(&[("path", "a.redb"), ("PATH", "b.redb")]),
+        redb_spec(&[("path", "")]),
+        ComponentSpec {
+            name: "../escape".to_owned(),
+            ..redb_spec(&[])
+        },
+    ] {
+        match open_error(&spec, dir.path()) {
+            LockError::Config { .. } => {}
+            other => panic!("{spec:?}: expected a config error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn factory_rejects_unknown_type() {
+    let dir = TempDir::new().expect("create a temporary directory");
+    let spec = ComponentSpec {
+        name: "locks".to_owned(),
+        kind: "lock.nope".to_owned(),
+        metadata: Vec::new(),
+    };
+    match open_error(&spec, dir.path()) {
+        LockError::Config { component, reason } => {
+            assert_eq!(component, "locks");
+            assert!(
+                reason.contains("lock.nope"),
+                "reason {reason:?} names the type"
+            );
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}

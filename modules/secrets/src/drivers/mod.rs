@@ -1,0 +1,254 @@
+//! The secret store driver trait, the secret type, the driver error, the
+//! metadata reader every driver shares, and the factory that opens a driver
+//! from a component spec (`spec.type` → implementation).
+
+use std::fmt;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use mecha_abi::msg::ComponentSpec;
+
+pub mod dir;
+pub mod env;
+pub mod file;
+
+/// A boxed future, so drivers can be chosen at run time behind `dyn SecretStore`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The driver types this module serves, for error messages.
+const KNOWN_TYPES: &str = "secretstores.local.file, secretstores.local.env, secretstores.local.dir";
+
+/// One secret: a map from keys to values, as in Dapr.
+///
+/// The pairs are kept sorted by key so every driver answers in the same,
+/// documented order. `Debug` prints the keys only: a secret that reaches a log
+/// line or a failed assertion must not leak its values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The (key, value) pairs, sorted by key, keys unique.
+    pairs: Vec<(String, String)>,
+}
+
+impl Secret {
+    /// A single-value secret: one pair whose key is the secret's name.
+    pub fn single(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            pairs: vec![(name.into(), value.into())],
+        }
+    }
+
+    /// A secret of several pairs. Callers pass unique keys (they come from
+    /// one map); the pairs are sorted here.
+    pub fn from_pairs(mut pairs: Vec<(String, String)>) -> Self {
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self { pairs }
+    }
+
+    /// The pairs, sorted by key.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// The pairs, sorted by key, by value.
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.pairs
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.pairs.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Secret")
+            .field("keys", &keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a driver could not be opened or could not answer.
+///
+/// No variant ever carries a secret value: messages name files, fields,
+/// variables and line numbers, never content, because they travel to the
+/// caller and into logs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The component's metadata is unusable, or its source cannot be opened
+    /// when the module starts.
+    #[error("component {component:?}: {reason}")]
+    Config {
+        /// The component name.
+        component: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source cannot be read or parsed right now (a file being replaced,
+    /// a permission problem). Answered UNAVAILABLE, which clients retry.
+    #[error("secret source unavailable: {0}")]
+    Unavailable(String),
+    /// The source holds something this module cannot serve, such as a value
+    /// that is not UTF-8.
+    #[error("secret store failure: {0}")]
+    Internal(String),
+}
+
+/// A source of secrets. Secrets are not scoped by tenant: a store holds the
+/// operator's secrets, and who may read which is decided by the component's
+/// allow lists (`crate::policy`) before a driver is asked.
+///
+/// Semantics every driver must honour (the conformance tests check them):
+/// - `get` answers `Ok(None)` for a name the store does not hold, including
+///   names the store cannot hold at all (for a secret directory, a name with
+///   a `/`); never an error.
+/// - Answers reflect the source as it is at the time of the call: a changed
+///   file or directory is seen by the next call, without a restart.
+/// - `bulk_get` lists every secret `get` would find, sorted by name, each
+///   exactly as `get` returns it.
+pub trait SecretStore: fmt::Debug + Send + Sync + 'static {
+    /// Reads one secret; `None` when the store does not hold it.
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Secret>, StoreError>>;
+
+    /// Reads every secret of the store, sorted by name.
+    fn bulk_get(&self) -> BoxFuture<'_, Result<Vec<(String, Secret)>, StoreError>>;
+}
+
+/// Opens the driver named by `spec.kind`. Relative paths in the metadata are
+/// resolved against `data_dir`, the module's own directory.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn SecretStore>, StoreError> {
+    let metadata = Metadata::new(spec)?;
+    match spec.kind.as_str() {
+        "secretstores.local.file" => Ok(Box::new(file::FileStore::open(&metadata, data_dir)?)),
+        "secretstores.local.env" => Ok(Box::new(env::EnvStore::open(&metadata)?)),
+        "secretstores.local.dir" => Ok(Box::new(dir::DirStore::open(&metadata, data_dir)?)),
+        other => Err(metadata.error(format!(
+            "unknown secret store type {other:?} (known: {KNOWN_TYPES})"
+        ))),
+    }
+}
+
+/// A component's metadata fields, looked up by name ignoring ASCII case as
+/// Dapr does, with each name allowed once.
+pub struct Metadata<'a> {
+    /// The component name, for error messages.
+    component: &'a str,
+    /// (name as written, value), in file order.
+    fields: &'a [(String, String)],
+}
+
+impl<'a> Metadata<'a> {
+    /// Reads `spec`'s metadata, rejecting a field given twice: silently
+    /// picking one of two values would hide a copy-paste slip, and for an
+    /// allow list could widen access.
+    pub fn new(spec: &'a ComponentSpec) -> Result<Self, StoreError> {
+        let metadata = Self {
+            component: &spec.name,
+            fields: &spec.metadata,
+        };
+        for (i, (name, _)) in spec.metadata.iter().enumerate() {
+            if spec.metadata[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
+            {
+                return Err(metadata.error(format!(
+                    "metadata field {name:?} is given twice (names ignore case)"
+                )));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// The component name.
+    pub fn component(&self) -> &'a str {
+        self.component
+    }
+
+    /// The value of field `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The value of field `name`, which must be given and not empty.
+    pub fn required(&self, name: &str) -> Result<&'a str, StoreError> {
+        match self.get(name) {
+            Some(value) if !value.is_empty() => Ok(value),
+            Some(_) => Err(self.error(format!("metadata field {name:?} is empty"))),
+            None => Err(self.error(format!("metadata field {name:?} is required"))),
+        }
+    }
+
+    /// The boolean field `name` (`true`/`false`, any case), or `default`.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, StoreError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(self.error(format!(
+                "metadata field {name:?} must be true or false, not {v:?}"
+            ))),
+        }
+    }
+
+    /// Fails on any field that is neither one of the driver's `driver_fields`
+    /// nor an allow-list field every store accepts, so that a misspelt
+    /// field (`allowedTenant`) is an error rather than an open door.
+    pub fn check_known(&self, driver_fields: &[&str]) -> Result<(), StoreError> {
+        let known = || driver_fields.iter().chain(crate::policy::FIELDS.iter());
+        for (name, _) in self.fields {
+            if !known().any(|k| k.eq_ignore_ascii_case(name)) {
+                let list: Vec<&str> = known().copied().collect();
+                return Err(self.error(format!(
+                    "unknown metadata field {name:?} (known: {})",
+                    list.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A configuration error of this component.
+    pub fn error(&self, reason: String) -> StoreError {
+        StoreError::Config {
+            component: self.component.to_owned(),
+            reason,
+        }
+    }
+
+    /// The path in field `name` (required): taken as it is when absolute,
+    /// else relative to `data_dir`. The daemon's working directory is never
+    /// used, because it is an accident of how the daemon was started.
+    pub fn path(&self, name: &str, data_dir: &Path) -> Result<PathBuf, StoreError> {
+        // `join` keeps an absolute path as it is.
+        Ok(data_dir.join(self.required(name)?))
+    }
+}
+
+/// Reads all of `file` if it holds at most `limit` bytes; `None` when it holds
+/// more. The limit bounds what a misconfigured path (a log file, a device)
+/// can make the module allocate.
+pub(crate) fn read_limited(
+    file: &mut std::fs::File,
+    limit: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok(None);
+    }
+    Ok(Some(bytes))
+}
+
+/// Runs blocking file work on tokio's blocking pool, so a slow disk never
+/// stalls the module's single runtime thread, which also answers the
+/// daemon's health pings.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Internal(format!("a file-reading task failed: {e}")))?
+}
