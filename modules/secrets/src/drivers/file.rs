@@ -248,7 +248,7 @@ impl Source {
                 if value.is_null() {
                     return Ok(Secrets::new());
                 }
-                Node::from_yaml(value, "the top level")?
+                Node::from_yaml(value, "")?
             }
         };
         let Node::Map(entries) = root else {
@@ -311,9 +311,23 @@ impl Node {
         }
     }
 
-    /// Converts a YAML value found at `at` (a description for errors: a
-    /// path of keys, never a value).
+    /// Converts a YAML value found at `at`, the path of keys leading to it
+    /// ("" at the top), which errors name; they never name a value.
     fn from_yaml(value: serde_norway::Value, at: &str) -> Result<Self, String> {
+        let here = || {
+            if at.is_empty() {
+                "the top level".to_owned()
+            } else {
+                format!("key {at:?}")
+            }
+        };
+        let below = |key: &str| {
+            if at.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{at}.{key}")
+            }
+        };
         use serde_norway::Value;
         Ok(match value {
             Value::Null => Node::Leaf(String::new()),
@@ -324,7 +338,7 @@ impl Node {
                 items
                     .into_iter()
                     .enumerate()
-                    .map(|(i, child)| Node::from_yaml(child, &format!("{at}[{i}]")))
+                    .map(|(i, child)| Node::from_yaml(child, &below(&i.to_string())))
                     .collect::<Result<_, _>>()?,
             ),
             Value::Mapping(map) => {
@@ -334,14 +348,16 @@ impl Node {
                         Value::String(s) => s,
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
-                        _ => return Err(format!("a key under {at} is not a string")),
+                        _ => return Err(format!("a key under {} is not a string", here())),
                     };
-                    let child = Node::from_yaml(child, &format!("key {key:?}"))?;
+                    let child = Node::from_yaml(child, &below(&key))?;
                     entries.push((key, child));
                 }
                 Node::Map(entries)
             }
-            Value::Tagged(_) => return Err(format!("{at} has a YAML tag, which is not supported")),
+            Value::Tagged(_) => {
+                return Err(format!("{} has a YAML tag, which is not supported", here()))
+            }
         })
     }
 
@@ -414,6 +430,6 @@ fn yaml_error(e: serde_norway::Error) -> String {
             at.line(),
             at.column()
         ),
-        None => "not valid YAML (more than one document, or nesting too deep)".into(),
+        None => "not valid YAML (no position known)".into(),
     }
 }

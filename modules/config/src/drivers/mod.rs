@@ -1,0 +1,377 @@
+//! The configuration driver trait, its error type, the change fan-out shared
+//! by the drivers ([`Hub`], [`Subscriber`]), and the factory that opens a
+//! driver from a component spec (`spec.type` → implementation).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+pub mod file;
+pub mod memory;
+
+/// A boxed future, so drivers can be chosen at run time behind `dyn ConfigStore`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The metadata field every driver accepts: a comma-separated list of the
+/// tenants that may use the store. It is handled by the module, not by the
+/// drivers, which only have to tolerate it.
+pub const ALLOWED_TENANTS: &str = "allowedtenants";
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The store cannot be written through the ABI (its source is a file).
+    #[error("store {store:?} is read-only")]
+    ReadOnly {
+        /// The component name.
+        store: String,
+    },
+    /// The component's metadata or source is unusable.
+    #[error("component {component:?}: {reason}")]
+    Config {
+        /// The component name.
+        component: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backing store cannot be reached right now.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backing store failed in a way that is not the caller's fault.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// A configuration store.
+///
+/// Semantics every driver must honour (the conformance tests check them):
+/// - Versions are decimal strings of a per-store revision counter that only
+///   grows, so a version is never reused by a store, and every change of an
+///   item gives it a new version.
+/// - `get` with keys answers in request order, each key at most once, and
+///   leaves out missing keys; `get` without keys answers every item sorted by
+///   key.
+/// - `subscribe` takes the snapshot and registers the subscriber atomically:
+///   every change after the snapshot reaches the subscriber, none before it.
+/// - A subscriber is told about changes of the keys it watches only, and of
+///   the tenants it may see only.
+pub trait ConfigStore: Send + Sync + 'static {
+    /// Reads the items of `keys` (every item when empty) that `tenant` sees.
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<ConfigItem>, ConfigError>>;
+
+    /// Writes `items` and deletes `delete` atomically in `tenant`'s scope and
+    /// answers one new version per item, in order. Read-only stores answer
+    /// [`ConfigError::ReadOnly`]. The module has checked that keys are
+    /// non-empty and appear once across both lists.
+    fn set<'a>(
+        &'a self,
+        tenant: &'a str,
+        items: Vec<ConfigSetItem>,
+        delete: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, ConfigError>>;
+
+    /// Answers the current items of `keys` (every item when empty) as `get`
+    /// does, together with a subscriber that receives every later change of
+    /// those keys.
+    fn subscribe<'a>(
+        &'a self,
+        tenant: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<(Vec<ConfigItem>, Subscriber), ConfigError>>;
+}
+
+/// Opens the driver named by `spec.kind`.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore>, ConfigError> {
+    match spec.kind.as_str() {
+        "configuration.memory" => {
+            metadata_fields(spec, &[])?;
+            Ok(Box::new(memory::MemoryStore::new()))
+        }
+        "configuration.file" => Ok(Box::new(file::FileStore::open(spec, data_dir)?)),
+        other => Err(ConfigError::Config {
+            component: spec.name.clone(),
+            reason: format!(
+                "unknown configuration store type {other:?} (known: configuration.memory, configuration.file)"
+            ),
+        }),
+    }
+}
+
+/// The tenants allowed to use the store described by `spec`: `None` when
+/// its metadata has no `allowedTenants` field (everyone may).
+pub fn allowed_tenants(spec: &ComponentSpec) -> Result<Option<Vec<String>>, ConfigError> {
+    let fields = metadata_fields(spec, &[])?;
+    let Some(list) = fields.get(ALLOWED_TENANTS) else {
+        return Ok(None);
+    };
+    let tenants: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    // An empty list would lock everyone out, which is never what a field
+    // meant to grant access wants; it is far more likely a templating slip.
+    if tenants.is_empty() {
+        return Err(ConfigError::Config {
+            component: spec.name.clone(),
+            reason: "metadata field \"allowedTenants\" lists no tenant".to_owned(),
+        });
+    }
+    Ok(Some(tenants))
+}
+
+/// The component's metadata by lower-case name, checked: only `known` names
+/// (lower case) and `allowedTenants` are accepted, each at most once. Names
+/// are matched ignoring ASCII case, as Dapr does.
+pub(crate) fn metadata_fields(
+    spec: &ComponentSpec,
+    known: &[&str],
+) -> Result<HashMap<String, String>, ConfigError> {
+    let config = |reason: String| ConfigError::Config {
+        component: spec.name.clone(),
+        reason,
+    };
+    let mut fields = HashMap::new();
+    for (name, value) in &spec.metadata {
+        let lower = name.to_ascii_lowercase();
+        if lower != ALLOWED_TENANTS && !known.contains(&lower.as_str()) {
+            let mut names: Vec<&str> = known.to_vec();
+            names.push("allowedTenants");
+            return Err(config(format!(
+                "unknown metadata field {name:?} (known: {})",
+                names.join(", ")
+            )));
+        }
+        // A field given twice is almost certainly a copy-paste slip, and
+        // silently picking one of the values would hide it.
+        if fields.insert(lower, value.clone()).is_some() {
+            return Err(config(format!(
+                "metadata field {name:?} is given twice (names ignore case)"
+            )));
+        }
+    }
+    Ok(fields)
+}
+
+/// The first revision of a store opened now: microseconds since the Unix
+/// epoch. Seeding from the clock makes versions keep growing across module
+/// restarts (as long as the clock does), so a client comparing a version from
+/// before a restart with one from after it is not fooled by a reused number.
+pub(crate) fn initial_revision() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1)
+}
+
+/// The revision after `revision`. Overflow is reported rather than wrapped,
+/// since wrapping would reuse versions.
+pub(crate) fn next_revision(revision: u64) -> Result<u64, ConfigError> {
+    revision
+        .checked_add(1)
+        .ok_or_else(|| ConfigError::Internal("the revision counter is exhausted".to_owned()))
+}
+
+/// Picks the answer to a get out of a store's items: `keys` in request
+/// order, each once, missing ones left out; every item (sorted) when `keys`
+/// is empty.
+pub(crate) fn select(items: Option<&BTreeMap<String, ConfigItem>>, keys: &[String]) -> Vec<ConfigItem> {
+    let Some(items) = items else {
+        return Vec::new();
+    };
+    if keys.is_empty() {
+        return items.values().cloned().collect();
+    }
+    let mut seen = HashSet::with_capacity(keys.len());
+    keys.iter()
+        .filter(|key| seen.insert(key.as_str()))
+        .filter_map(|key| items.get(key).cloned())
+        .collect()
+}
+
+/// Which subscribers a change concerns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope<'a> {
+    /// Subscribers of one tenant (stores that scope items by tenant).
+    Tenant(&'a str),
+    /// Every subscriber (node-wide stores, such as a file).
+    All,
+}
+
+/// The pending changes of one subscriber, coalesced by key.
+struct Mailbox {
+    /// The subscriber's tenant.
+    tenant: String,
+    /// The keys it watches; `None` for every key.
+    keys: Option<HashSet<String>>,
+    /// Changes not yet taken: the latest item per key, `None` for a delete.
+    /// Keyed by item key, so its size is bounded by the number of keys the
+    /// subscriber watches, however far behind it falls.
+    pending: Mutex<BTreeMap<String, Option<ConfigItem>>>,
+    /// Wakes the subscriber when `pending` becomes non-empty.
+    notify: Notify,
+}
+
+impl Mailbox {
+    fn watches(&self, key: &str) -> bool {
+        self.keys.as_ref().is_none_or(|keys| keys.contains(key))
+    }
+}
+
+/// Registered subscribers of one store.
+#[derive(Default)]
+struct Subscribers {
+    next_id: u64,
+    by_id: HashMap<u64, Arc<Mailbox>>,
+}
+
+/// The change fan-out of one store: drivers publish every change here and it
+/// lands, coalesced, in the mailbox of every subscriber that watches it.
+///
+/// Drivers must call [`Hub::subscribe`] and [`Hub::publish`] while holding
+/// the lock that guards their items, so that a snapshot and the changes that
+/// follow it are ordered.
+#[derive(Default)]
+pub struct Hub {
+    subscribers: Mutex<Subscribers>,
+}
+
+impl Hub {
+    /// Registers a subscriber of `keys` (every key when empty) in `tenant`.
+    pub(crate) fn subscribe(self: &Arc<Self>, tenant: &str, keys: Vec<String>) -> Subscriber {
+        let mailbox = Arc::new(Mailbox {
+            tenant: tenant.to_owned(),
+            keys: (!keys.is_empty()).then(|| keys.into_iter().collect()),
+            pending: Mutex::new(BTreeMap::new()),
+            notify: Notify::new(),
+        });
+        let mut subscribers = self.subscribers.lock();
+        let id = subscribers.next_id;
+        subscribers.next_id += 1;
+        subscribers.by_id.insert(id, Arc::clone(&mailbox));
+        Subscriber {
+            hub: Arc::clone(self),
+            id,
+            mailbox,
+        }
+    }
+
+    /// Hands a change to every subscriber in `scope` that watches one of its
+    /// keys. A key already pending for a subscriber is overwritten: a slow
+    /// subscriber gets the latest value, not every value in between.
+    pub(crate) fn publish(&self, scope: Scope<'_>, items: &[ConfigItem], deleted: &[String]) {
+        let subscribers = self.subscribers.lock();
+        for mailbox in subscribers.by_id.values() {
+            if let Scope::Tenant(tenant) = scope {
+                if mailbox.tenant != tenant {
+                    continue;
+                }
+            }
+            let mut pending = mailbox.pending.lock();
+            let before = pending.len();
+            let mut touched = false;
+            for item in items.iter().filter(|item| mailbox.watches(&item.key)) {
+                pending.insert(item.key.clone(), Some(item.clone()));
+                touched = true;
+            }
+            for key in deleted.iter().filter(|key| mailbox.watches(key)) {
+                pending.insert(key.clone(), None);
+                touched = true;
+            }
+            drop(pending);
+            if touched {
+                // `notify_one` stores a permit when nobody waits, so a change
+                // published between the subscriber's check and its wait is
+                // not missed. `before` only saves needless wake-ups.
+                if before == 0 {
+                    mailbox.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    /// How many subscribers are registered.
+    pub fn len(&self) -> usize {
+        self.subscribers.lock().by_id.len()
+    }
+
+    /// True when no subscriber is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What changed for a subscriber since it last took its changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Items created or changed, with their latest values, sorted by key.
+    pub items: Vec<ConfigItem>,
+    /// Keys deleted, sorted.
+    pub deleted: Vec<String>,
+}
+
+/// One subscription to a store's changes. Dropping it unsubscribes.
+pub struct Subscriber {
+    hub: Arc<Hub>,
+    id: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Subscriber {
+    /// Resolves once changes are pending.
+    pub async fn changed(&self) {
+        loop {
+            if !self.mailbox.pending.lock().is_empty() {
+                return;
+            }
+            self.mailbox.notify.notified().await;
+        }
+    }
+
+    /// Takes every pending change, coalesced; `None` when there is none.
+    pub fn take(&self) -> Option<Changes> {
+        let pending = std::mem::take(&mut *self.mailbox.pending.lock());
+        if pending.is_empty() {
+            return None;
+        }
+        let mut changes = Changes::default();
+        for (key, item) in pending {
+            match item {
+                Some(item) => changes.items.push(item),
+                None => changes.deleted.push(key),
+            }
+        }
+        Some(changes)
+    }
+
+    /// How many keys have changes pending (for tests and diagnostics).
+    pub fn pending_keys(&self) -> usize {
+        self.mailbox.pending.lock().len()
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .field("tenant", &self.mailbox.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.subscribers.lock().by_id.remove(&self.id);
+    }
+}
