@@ -105,6 +105,13 @@ impl Opcode {
     /// Apply several set/delete operations atomically.
     pub const STATE_TRANSACT: Opcode = Opcode(0x0106);
 
+    /// Publish a message to a topic.
+    pub const PUBSUB_PUBLISH: Opcode = Opcode(0x0201);
+    /// Open a stream of deliveries from a topic for a consumer group.
+    pub const PUBSUB_SUBSCRIBE: Opcode = Opcode(0x0202);
+    /// Acknowledge (or negatively acknowledge) deliveries.
+    pub const PUBSUB_ACK: Opcode = Opcode(0x0203);
+
     /// Acquire a lock (optionally waiting), returning a fencing token.
     pub const LOCK_TRY_LOCK: Opcode = Opcode(0x0301);
     /// Release a lock held by an owner.
@@ -161,6 +168,9 @@ impl Opcode {
             Opcode::STATE_BULK_GET => "STATE_BULK_GET",
             Opcode::STATE_BULK_SET => "STATE_BULK_SET",
             Opcode::STATE_TRANSACT => "STATE_TRANSACT",
+            Opcode::PUBSUB_PUBLISH => "PUBSUB_PUBLISH",
+            Opcode::PUBSUB_SUBSCRIBE => "PUBSUB_SUBSCRIBE",
+            Opcode::PUBSUB_ACK => "PUBSUB_ACK",
             Opcode::LOCK_TRY_LOCK => "LOCK_TRY_LOCK",
             Opcode::LOCK_UNLOCK => "LOCK_UNLOCK",
             Opcode::LOCK_EXTEND => "LOCK_EXTEND",

@@ -19,7 +19,7 @@ pub struct Paths {
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str = "state, lock, sequencer, secretstores, configuration";
+const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration";
 
 /// The module serving components whose `spec.type` starts with `prefix`
 /// (Dapr's component families), and its capability family.
@@ -27,6 +27,7 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
     match prefix {
         "state" => Some(("state", Family::State)),
         "lock" => Some(("lock", Family::Lock)),
+        "pubsub" => Some(("pubsub", Family::PubSub)),
         "sequencer" => Some(("sequencer", Family::Sequencer)),
         "secretstores" => Some(("secrets", Family::Secrets)),
         "configuration" => Some(("config", Family::Configuration)),
@@ -36,7 +37,7 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
 
 /// Whether `module` names a module (for `spec.modules` keys).
 fn is_module(module: &str) -> bool {
-    ["state", "lock", "sequencer", "secretstores", "configuration"]
+    ["state", "pubsub", "lock", "sequencer", "secretstores", "configuration"]
         .iter()
         .filter_map(|p| module_for_prefix(p))
         .any(|(name, _)| name == module)
@@ -88,7 +89,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         .find(|m| !is_module(m))
     {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state, lock, sequencer, secrets, config)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config)"
         ));
     }
     Ok(specs)

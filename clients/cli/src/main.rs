@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod config;
 mod lock;
+mod pubsub;
 mod secret;
 mod seq;
 
@@ -44,6 +45,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         op: config::ConfigOp,
+    },
+    /// Publish/subscribe messaging.
+    Pubsub {
+        #[command(subcommand)]
+        op: pubsub::PubsubOp,
     },
     /// Distributed locks with fencing tokens.
     Lock {
@@ -187,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Config { op } => return config::run(&client, op, &mut out),
+        Command::Pubsub { op } => return pubsub::run(&client, op, &mut out),
         Command::Lock { op } => return lock::run(&client, op, &mut out),
         Command::Seq { op } => return seq::run(&client, op, &mut out),
         Command::Secret { op } => return secret::run(&client, op, &mut out),

@@ -41,6 +41,7 @@ mod client;
 mod config;
 mod error;
 mod lock;
+mod pubsub;
 mod secrets;
 mod sequencer;
 mod stream;

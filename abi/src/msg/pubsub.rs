@@ -1,0 +1,1 @@
+//! Payloads of the pubsub family (`0x02`).

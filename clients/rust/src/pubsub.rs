@@ -1,0 +1,1 @@
+//! pubsub calls of the Rust client (async and blocking), including subscriptions.
