@@ -118,17 +118,17 @@ pub async fn serve(
     }
     // Streams die with their connection; tell their modules to stop pushing.
     let conn_id = conn.link_ref.id;
-    for module in conn.daemon.modules.read().iter() {
-        if let Route::Up(link) = module.route() {
-            link.cancel_conn_streams(conn_id);
-        }
-    }
+    cancel_streams(&conn.daemon, conn_id);
     // Finish what is in flight: every permit comes back once its answer is written.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, conn.permits.acquire_many(all))
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, conn.permits.acquire_many(all))
         .await
-        .is_err()
-    {
+        .is_ok();
+    // A request still in flight above may have opened a stream since; its
+    // route holds a sender of this connection's queue, which would keep the
+    // writer (and the module's stream) alive for nothing. Cancel those too.
+    cancel_streams(&conn.daemon, conn_id);
+    if !drained {
         tracing::warn!(
             pid = conn.peer.pid,
             "closing a connection with requests still in flight"
@@ -138,6 +138,15 @@ pub async fn serve(
     }
     drop(conn);
     let _ = writer.await;
+}
+
+/// Cancels every stream connection `conn_id` has open in a running module.
+fn cancel_streams(daemon: &Daemon, conn_id: u64) {
+    for module in daemon.modules.read().iter() {
+        if let Route::Up(link) = module.route() {
+            link.cancel_conn_streams(conn_id);
+        }
+    }
 }
 
 impl Conn {

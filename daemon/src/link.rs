@@ -237,12 +237,21 @@ impl Link {
             tracing::warn!(module = %self.module, opcode = %header.opcode, "module sent a request frame; ignored");
             return;
         }
+        let opens_stream =
+            header.flags.is_stream() && Status::from_code(header.status) == Status::Ok;
         let Some(p) = self.take(header.request_id) else {
             // Control answers (pings, drain) and answers that arrive after their
             // deadline expired have no waiting request.
+            if opens_stream {
+                // The request was already answered DEADLINE_EXCEEDED, so the
+                // application knows nothing of this stream: stop it at its
+                // source, or the module would push into the void for as long
+                // as it lives.
+                self.cancel_link_stream(header.request_id);
+            }
             return;
         };
-        if header.flags.is_stream() && Status::from_code(header.status) == Status::Ok {
+        if opens_stream {
             // The request opened a stream: its pushes follow under the same id.
             self.table.lock().streams.insert(
                 header.request_id,
@@ -261,15 +270,26 @@ impl Link {
         out.ext = 0;
         let frame = OutFrame::guarded(out, Bytes::new(), payload, p.guard);
         // The connection's queue has room for every request it may have in
-        // flight, so this only fails when the connection is gone.
-        let _ = p.conn.try_send(frame);
+        // flight, so this only fails when the connection is gone. A stream it
+        // opened then has nobody to push to: stop it at its source.
+        if p.conn.try_send(frame).is_err() && opens_stream {
+            self.table.lock().streams.remove(&header.request_id);
+            self.cancel_link_stream(header.request_id);
+        }
     }
 
-    /// Routes a push to its stream's connection. A push that finds the
-    /// connection's push budget spent is dropped rather than queued: memory
-    /// stays bounded, and the capability's own delivery guarantee (pubsub
-    /// redelivers unacknowledged messages) covers the loss. The END frame is
-    /// always delivered, because it is what tells the client to resubscribe.
+    /// Routes a push to its stream's connection.
+    ///
+    /// Slow consumers: a push that finds the connection's push budget spent
+    /// (`conn::PUSH_BUDGET` pushes queued and not yet written, because the
+    /// application does not read) is dropped rather than queued, so memory
+    /// stays bounded; and since the stream has then lost data, it is ended at
+    /// once with RESOURCE_EXHAUSTED (and cancelled in the module), telling the
+    /// client to subscribe again rather than silently missing pushes — a
+    /// stream carrying state (configuration) would otherwise keep a stale
+    /// value forever when the last pushes are the ones dropped. The END frame
+    /// is always delivered, waiting for room if need be, because it is what
+    /// tells the client why its stream stopped.
     fn push(&self, header: Header, payload: Bytes) {
         let end = header.flags.is_end();
         let route = {
@@ -289,41 +309,33 @@ impl Link {
         let Some(route) = route else {
             return;
         };
-        let permit = if end {
-            // An END may wait for room: it is one frame per stream.
-            Arc::clone(&route.pushes).try_acquire_owned().ok()
-        } else {
-            match Arc::clone(&route.pushes).try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading");
-                    return;
-                }
-            }
-        };
         let mut out = header;
         out.request_id = route.stream_id;
         out.opcode = route.opcode;
         out.ext = 0;
-        let delivered = match permit {
-            Some(permit) => route
-                .conn
-                .try_send(OutFrame::guarded(out, Bytes::new(), payload, permit))
-                .is_ok(),
-            None => {
-                let conn = route.conn.clone();
-                let pushes = Arc::clone(&route.pushes);
-                tokio::spawn(async move {
-                    if let Ok(permit) = pushes.acquire_owned().await {
-                        let _ = conn
-                            .send(OutFrame::guarded(out, Bytes::new(), payload, permit))
-                            .await;
-                    }
-                });
-                true
+        if end {
+            send_end(route, out, payload);
+            return;
+        }
+        let Ok(permit) = Arc::clone(&route.pushes).try_acquire_owned() else {
+            tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading; ending the stream");
+            if self.table.lock().streams.remove(&header.request_id).is_some() {
+                self.cancel_link_stream(header.request_id);
+                let message = format!(
+                    "stream {} ended: the application did not read its pushes ({} queued on the connection); resubscribe",
+                    route.stream_id,
+                    crate::conn::PUSH_BUDGET
+                );
+                let header = Header::end(route.opcode, route.stream_id, Status::ResourceExhausted);
+                send_end(route, header, error_body(&message));
             }
+            return;
         };
-        if !delivered && !end && route.conn.is_closed() {
+        let delivered = route
+            .conn
+            .try_send(OutFrame::guarded(out, Bytes::new(), payload, permit))
+            .is_ok();
+        if !delivered && route.conn.is_closed() {
             // The application is gone; stop the stream at its source.
             self.table.lock().streams.remove(&header.request_id);
             self.cancel_link_stream(header.request_id);
@@ -387,21 +399,13 @@ impl Link {
             let mut table = self.table.lock();
             table.streams.drain().map(|(_, r)| r).collect()
         };
-        let body = mecha_abi::encode(&mecha_abi::msg::ErrorBody {
-            message: format!("stream reset: module {}: {reason}; resubscribe", self.module),
-        })
-        .unwrap_or_default();
+        let body = error_body(&format!(
+            "stream reset: module {}: {reason}; resubscribe",
+            self.module
+        ));
         for r in routes {
             let header = Header::end(r.opcode, r.stream_id, Status::Unavailable);
-            let frame_body = Bytes::from(body.clone());
-            tokio::spawn(async move {
-                if let Ok(permit) = r.pushes.acquire_owned().await {
-                    let _ = r
-                        .conn
-                        .send(OutFrame::guarded(header, Bytes::new(), frame_body, permit))
-                        .await;
-                }
-            });
+            send_end(r, header, body.clone());
         }
     }
 
@@ -465,6 +469,38 @@ impl Link {
                 let msg = format!("module {} did not answer before the deadline", self.module);
                 p.answer_error(Status::DeadlineExceeded, &msg);
             }
+        }
+    }
+}
+
+/// An encoded `ErrorBody` carrying `message`.
+fn error_body(message: &str) -> Bytes {
+    mecha_abi::encode(&mecha_abi::msg::ErrorBody {
+        message: message.to_string(),
+    })
+    .map(Bytes::from)
+    .unwrap_or_default()
+}
+
+/// Queues the END frame of `route`'s stream. It takes a push permit like any
+/// push, but waits for one (in a task) instead of being dropped when the
+/// budget is spent: the END is what tells the client why its stream stopped.
+fn send_end(route: StreamRoute, header: Header, body: Bytes) {
+    match Arc::clone(&route.pushes).try_acquire_owned() {
+        Ok(permit) => {
+            let _ = route
+                .conn
+                .try_send(OutFrame::guarded(header, Bytes::new(), body, permit));
+        }
+        Err(_) => {
+            tokio::spawn(async move {
+                if let Ok(permit) = route.pushes.acquire_owned().await {
+                    let _ = route
+                        .conn
+                        .send(OutFrame::guarded(header, Bytes::new(), body, permit))
+                        .await;
+                }
+            });
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use mecha_client::blocking::Client;
+use mecha_client::UnlockStatus;
 
 /// Exit code for a lock that does not exist.
 const EXIT_DOES_NOT_EXIST: u8 = 3;
@@ -114,26 +115,16 @@ pub fn run(client: &Client, op: LockOp, out: &mut impl Write) -> anyhow::Result<
 
 /// The exit code, with its message on stderr, of an unlock or extend that
 /// did not apply; `None` for success.
-///
-/// TEMPORARY: `mecha-client` does not re-export `UnlockStatus` yet and
-/// `mechactl` does not depend on `mecha-abi`, so the type cannot be named
-/// here; its variants are told apart by their (derived) `Debug` names. Once
-/// the client re-exports it, this takes a `mecha_client::UnlockStatus` and
-/// matches on its variants.
-fn refused(resource: &str, owner: &str, status: impl std::fmt::Debug) -> Option<ExitCode> {
-    match format!("{status:?}").as_str() {
-        "Success" => None,
-        "LockDoesNotExist" => {
+fn refused(resource: &str, owner: &str, status: UnlockStatus) -> Option<ExitCode> {
+    match status {
+        UnlockStatus::Success => None,
+        UnlockStatus::LockDoesNotExist => {
             eprintln!("mechactl: lock {resource:?} does not exist (released, or its lease passed)");
             Some(ExitCode::from(EXIT_DOES_NOT_EXIST))
         }
-        "LockBelongsToOthers" => {
+        UnlockStatus::LockBelongsToOthers => {
             eprintln!("mechactl: lock {resource:?} is not held by {owner:?}");
             Some(ExitCode::from(EXIT_BELONGS_TO_OTHERS))
-        }
-        other => {
-            eprintln!("mechactl: lock {resource:?}: unexpected answer {other}");
-            Some(ExitCode::FAILURE)
         }
     }
 }

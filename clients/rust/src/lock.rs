@@ -61,13 +61,6 @@ impl Request for ExtendLockRequest {
     }
 }
 
-/// The extra time a waiting try_lock's deadline allows beyond its wait, for
-/// the attempt itself and the trip through the daemon.
-///
-/// TEMPORARY: this should be the handle's own timeout, which `client.rs`
-/// keeps private; see `call_lock`.
-const WAIT_MARGIN: Duration = crate::DEFAULT_TIMEOUT;
-
 impl crate::Client {
     /// Tries to take the lock `resource` in `store` ("" = the default lock
     /// store) for `owner`, with a lease of `ttl`. Returns the grant's fencing
@@ -101,10 +94,10 @@ impl crate::Client {
         // shorter than that would give up while the module still waits and
         // may then grant the lock to nobody (until the lease passes).
         let reply = if wait.is_zero() {
-            self.call_lock(&req).await?
+            self.call(&req).await?
         } else {
-            self.with_timeout(wait.saturating_add(WAIT_MARGIN))
-                .call_lock(&req)
+            self.with_timeout(wait.saturating_add(self.timeout()))
+                .call(&req)
                 .await?
         };
         Ok(reply.acquired.then_some(reply.fencing_token))
@@ -124,7 +117,7 @@ impl crate::Client {
             resource: resource.into(),
             owner: owner.into(),
         };
-        Ok(self.call_lock(&req).await?.status)
+        Ok(self.call(&req).await?.status)
     }
 
     /// Renews the lease of the lock `resource` in `store` that `owner`
@@ -144,27 +137,7 @@ impl crate::Client {
             owner: owner.into(),
             ttl_ms: millis(ttl),
         };
-        self.call_lock(&req).await
-    }
-
-    /// One attempt of a lock request, answered or failed.
-    ///
-    /// TEMPORARY: the typed retry loop `Client::call` is private to
-    /// `client.rs`, so this makes a single attempt through `call_raw`. The
-    /// lock requests are not idempotent, so the default policy would not
-    /// retry them anyway; what is lost is only a caller's opt-in
-    /// (`RetryPolicy::retry_non_idempotent`). Once `call` is `pub(crate)`,
-    /// the calls above use `self.call(&req)` and this function goes away.
-    async fn call_lock<R: Request>(&self, req: &R) -> Result<R::Reply, Error> {
-        let payload = mecha_abi::encode(req).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (status, body) = self.call_raw(R::OPCODE, payload).await?;
-        if status != mecha_abi::Status::Ok {
-            let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&body)
-                .map(|b| b.message)
-                .unwrap_or_else(|e| format!("(undecodable error body: {e})"));
-            return Err(Error::Status { status, message });
-        }
-        mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))
+        self.call(&req).await
     }
 }
 

@@ -40,7 +40,7 @@ impl crate::Client {
             store: store.into(),
             name: name.into(),
         };
-        Ok(self.call_once(&req).await?.data)
+        Ok(self.call(&req).await?.data)
     }
 
     /// Reads every secret of `store` ("" = the first secret store) that the
@@ -52,26 +52,7 @@ impl crate::Client {
         let req = SecretBulkGetRequest {
             store: store.into(),
         };
-        Ok(self.call_once(&req).await?.secrets)
-    }
-
-    /// One attempt of a typed secrets request.
-    ///
-    /// TEMPORARY: the typed retry loop `Client::call` is private to
-    /// `client.rs`, so this makes a single attempt through `call_raw`, and an
-    /// UNAVAILABLE answer (a restarting module, a secrets file being
-    /// replaced) is not retried yet. Once `call` is `pub(crate)`, both calls
-    /// above use `self.call(&req)` and this function goes away.
-    async fn call_once<R: Request>(&self, req: &R) -> Result<R::Reply, Error> {
-        let payload = mecha_abi::encode(req).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (status, body) = self.call_raw(R::OPCODE, payload).await?;
-        if status != mecha_abi::Status::Ok {
-            let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&body)
-                .map(|b| b.message)
-                .unwrap_or_else(|e| format!("(undecodable error body: {e})"));
-            return Err(Error::Status { status, message });
-        }
-        mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))
+        Ok(self.call(&req).await?.secrets)
     }
 }
 

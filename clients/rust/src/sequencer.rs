@@ -44,26 +44,8 @@ impl crate::Client {
             key: key.into(),
             count,
         };
-        let reply = self.call_seq(&req).await?;
+        let reply = self.call(&req).await?;
         id_range(&reply, count)
-    }
-
-    /// One SEQ_NEXT attempt.
-    ///
-    /// TEMPORARY: the typed retry loop `Client::call` is private to
-    /// `client.rs`, so this makes a single attempt through `call_raw`; once
-    /// `call` is `pub(crate)`, `next_ids` calls `self.call(&req)` and this
-    /// function goes away.
-    async fn call_seq(&self, req: &NextIdRequest) -> Result<NextIdReply, Error> {
-        let payload = mecha_abi::encode(req).map_err(|e| Error::Protocol(e.to_string()))?;
-        let (status, body) = self.call_raw(NextIdRequest::OPCODE, payload).await?;
-        if status != mecha_abi::Status::Ok {
-            let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&body)
-                .map(|b| b.message)
-                .unwrap_or_else(|e| format!("(undecodable error body: {e})"));
-            return Err(Error::Status { status, message });
-        }
-        mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))
     }
 }
 

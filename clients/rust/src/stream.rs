@@ -9,9 +9,11 @@ use tokio::sync::mpsc;
 use crate::client::Shared;
 use crate::{Client, Error};
 
-/// Pushes buffered per stream in the client. When the application does not
-/// keep up, further pushes are dropped rather than buffered without bound;
-/// capabilities that must not lose data redeliver (pubsub) or resend.
+/// Pushes buffered per stream in the client. When the application falls this
+/// far behind, the next push is dropped rather than buffered without bound,
+/// and since the stream has then lost data, it ends: `next` yields
+/// RESOURCE_EXHAUSTED after the buffered pushes, and the caller subscribes
+/// again (capabilities that must not lose data redeliver or resend).
 pub const STREAM_BUFFER: usize = 256;
 
 /// What the reader hands a stream.
@@ -20,6 +22,9 @@ pub(crate) enum Item {
     Push(Bytes),
     End(Error),
     Finished,
+    /// The application fell [`STREAM_BUFFER`] pushes behind and a push was
+    /// dropped; the stream is over on the client's side.
+    Overflow,
 }
 
 /// Routes a push (or the END frame) from the reader to its stream.
@@ -39,7 +44,16 @@ pub(crate) fn route_push(shared: &Shared, header: Header, payload: Bytes) {
             let _ = tx.try_send(item);
         }
     } else if let Some(tx) = pending.streams.get(&header.request_id) {
-        let _ = tx.try_send(Item::Push(payload));
+        // The channel holds one slot more than STREAM_BUFFER, kept for the
+        // item that ends the stream: were it lost to a full buffer, a reset
+        // (resubscribe!) would look like a normal end. This reader is the
+        // only sender and holds the lock, so the capacity cannot change
+        // between the check and the send.
+        if tx.capacity() > 1 {
+            let _ = tx.try_send(Item::Push(payload));
+        } else if let Some(tx) = pending.streams.remove(&header.request_id) {
+            let _ = tx.try_send(Item::Overflow);
+        }
     }
 }
 
@@ -59,7 +73,9 @@ impl Subscription {
 
     /// The next push; `None` once the stream finished (cancelled or ended by
     /// the module with OK). An error ends the stream too: UNAVAILABLE means it
-    /// was reset (a module restart) and the caller should subscribe again.
+    /// was reset (a module restart), RESOURCE_EXHAUSTED that the application
+    /// fell behind and pushes were dropped; either way the caller should
+    /// subscribe again.
     pub async fn next(&mut self) -> Option<Result<Bytes, Error>> {
         if self.done {
             return None;
@@ -70,10 +86,36 @@ impl Subscription {
                 self.done = true;
                 Some(Err(e))
             }
+            Some(Item::Overflow) => {
+                self.done = true;
+                // The daemon still routes the stream; nothing reads it now.
+                self.cancel_in_background();
+                Some(Err(Error::Status {
+                    status: Status::ResourceExhausted,
+                    message: format!(
+                        "stream {} ended: the application fell {STREAM_BUFFER} pushes behind; subscribe again",
+                        self.id
+                    ),
+                }))
+            }
             Some(Item::Finished) | None => {
                 self.done = true;
                 None
             }
+        }
+    }
+
+    /// Sends STREAM_CANCEL from a task, when a runtime is available, for a
+    /// stream that is over locally but may still run in the module.
+    fn cancel_in_background(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let id = self.id;
+            handle.spawn(async move {
+                if let Ok(body) = mecha_abi::encode(&StreamCancel { stream_id: id }) {
+                    let _ = client.call_raw(Opcode::STREAM_CANCEL, body).await;
+                }
+            });
         }
     }
 
@@ -100,15 +142,7 @@ impl Drop for Subscription {
         // in the background when a runtime is available.
         self.client.shared.pending.lock().streams.remove(&self.id);
         if !self.done {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let client = self.client.clone();
-                let id = self.id;
-                handle.spawn(async move {
-                    if let Ok(body) = mecha_abi::encode(&StreamCancel { stream_id: id }) {
-                        let _ = client.call_raw(Opcode::STREAM_CANCEL, body).await;
-                    }
-                });
-            }
+            self.cancel_in_background();
         }
     }
 }
@@ -122,12 +156,22 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<(Bytes, Subscription), Error> {
         let id = self.next_request_id();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let (status, body) = self
+        // One slot more than the buffer: see `route_push`.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER + 1);
+        let answer = self
             .attempt_id(id, opcode, Bytes::from(payload), self.timeout(), |p| {
                 p.streams.insert(id, tx);
             })
-            .await?;
+            .await;
+        let (status, body) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // No answer (a timeout, a closed connection): the stream is
+                // unknown to the caller, so its registration must go too.
+                self.shared.pending.lock().streams.remove(&id);
+                return Err(e);
+            }
+        };
         if status != Status::Ok {
             self.shared.pending.lock().streams.remove(&id);
             let message = mecha_abi::decode::<ErrorBody>(&body)

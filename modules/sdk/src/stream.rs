@@ -122,6 +122,17 @@ impl Stream {
         if *self.cancelled.borrow() {
             return Err(StreamClosed::Cancelled);
         }
+        self.opened().await
+    }
+
+    /// Waits until the opening answer is queued, whether or not the stream
+    /// was cancelled since.
+    async fn opened(&mut self) -> Result<&mpsc::Sender<OutFrame>, StreamClosed> {
+        // A stream without a link (a detached context) is never answered, so
+        // waiting for its opening answer would never end.
+        if self.tx.is_none() {
+            return Err(StreamClosed::LinkClosed);
+        }
         let opened = self
             .opened
             .wait_for(Option::is_some)
@@ -159,7 +170,11 @@ impl Stream {
     pub async fn end(mut self, status: Status, message: &str) {
         self.ended = true;
         let frame = end_frame(self.opcode, self.link_id, status, message);
-        if let Ok(tx) = self.ready().await {
+        // Unlike a push, the END goes out after a cancellation too: the
+        // daemon keeps routing a stream the application cancelled until its
+        // END arrives, and that END is what finishes the application's
+        // subscription. Skipping it would leave both waiting forever.
+        if let Ok(tx) = self.opened().await {
             let _ = tx.send(frame).await;
         }
     }

@@ -1,0 +1,258 @@
+//! The configuration module: get, subscribe (a server-push stream of changes)
+//! and admin writes of configuration items, served from the configured stores
+//! (`configuration.memory`, `configuration.file`).
+
+pub mod drivers;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mecha_abi::msg::{
+    ConfigGetReply, ConfigGetRequest, ConfigSetReply, ConfigSetRequest, ConfigSubscribeRequest,
+    ConfigUpdate,
+};
+use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+
+use drivers::{ConfigError, ConfigStore, Subscriber};
+
+/// The most streams the module keeps open at once, over all stores and
+/// tenants. Each costs a task and a mailbox; the cap keeps a client that
+/// opens streams in a loop from exhausting the module's memory.
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+
+/// One configured store.
+struct Slot {
+    name: String,
+    store: Box<dyn ConfigStore>,
+    /// The tenants allowed to use the store; `None` for everyone.
+    allowed: Option<Vec<String>>,
+}
+
+/// The configuration module: one or more named stores, the first being the
+/// default.
+pub struct ConfigModule {
+    slots: Vec<Slot>,
+    /// Streams currently open, bounded by [`MAX_SUBSCRIPTIONS`].
+    subscriptions: Arc<AtomicUsize>,
+}
+
+impl Module for ConfigModule {
+    const NAME: &'static str = "config";
+
+    async fn init(hello: LinkHello) -> Result<Self, InitError> {
+        if hello.components.is_empty() {
+            return Err(InitError("no configuration component configured".into()));
+        }
+        let data_dir = Path::new(&hello.data_dir);
+        let mut slots = Vec::with_capacity(hello.components.len());
+        for spec in &hello.components {
+            let fail = |e: ConfigError| {
+                InitError(format!(
+                    "cannot open configuration store {:?}: {e}",
+                    spec.name
+                ))
+            };
+            let allowed = drivers::allowed_tenants(spec).map_err(fail)?;
+            let store = drivers::open(spec, data_dir).map_err(fail)?;
+            slots.push(Slot {
+                name: spec.name.clone(),
+                store,
+                allowed,
+            });
+        }
+        Ok(Self {
+            slots,
+            subscriptions: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
+        let result = match ctx.opcode {
+            Opcode::CONFIG_GET => self.get(&ctx.tenant, payload).await,
+            Opcode::CONFIG_SUBSCRIBE => self.subscribe(&ctx, payload).await,
+            Opcode::CONFIG_SET => self.set(&ctx.tenant, payload).await,
+            other => Err(Reply::error(
+                Status::UnknownOpcode,
+                format!("the config module does not serve opcode {other}"),
+            )),
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
+/// Every handler yields the reply to send, success or failure.
+type Handled = Result<Reply, Reply>;
+
+impl ConfigModule {
+    /// The store named `name` ("" = the first), if `tenant` may use it.
+    fn store(&self, name: &str, tenant: &str) -> Result<&Slot, Reply> {
+        let found = if name.is_empty() {
+            self.slots.first()
+        } else {
+            self.slots.iter().find(|slot| slot.name == name)
+        };
+        let slot = found.ok_or_else(|| {
+            Reply::error(
+                Status::InvalidArgument,
+                format!("no configuration store named {name:?} is configured"),
+            )
+        })?;
+        if let Some(allowed) = &slot.allowed {
+            if !allowed.iter().any(|t| t == tenant) {
+                return Err(Reply::error(
+                    Status::PermissionDenied,
+                    format!(
+                        "tenant {tenant:?} may not use configuration store {:?}",
+                        slot.name
+                    ),
+                ));
+            }
+        }
+        Ok(slot)
+    }
+
+    async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: ConfigGetRequest = Reply::decode(payload)?;
+        check_keys(&req.keys)?;
+        let slot = self.store(&req.store, tenant)?;
+        let items = slot
+            .store
+            .get(tenant, &req.keys)
+            .await
+            .map_err(store_error)?;
+        Ok(Reply::ok(&ConfigGetReply { items }))
+    }
+
+    async fn set(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: ConfigSetRequest = Reply::decode(payload)?;
+        // A key written twice, or written and deleted, has no obvious meaning;
+        // refusing it is clearer than picking one.
+        let mut seen = HashSet::with_capacity(req.items.len() + req.delete.len());
+        for key in req.items.iter().map(|i| &i.key).chain(&req.delete) {
+            check_key(key)?;
+            if !seen.insert(key.as_str()) {
+                return Err(Reply::error(
+                    Status::InvalidArgument,
+                    format!("key {key:?} appears more than once in the request"),
+                ));
+            }
+        }
+        let slot = self.store(&req.store, tenant)?;
+        let versions = slot
+            .store
+            .set(tenant, req.items, req.delete)
+            .await
+            .map_err(store_error)?;
+        Ok(Reply::ok(&ConfigSetReply { versions }))
+    }
+
+    async fn subscribe(&self, ctx: &Ctx, payload: &[u8]) -> Handled {
+        let req: ConfigSubscribeRequest = Reply::decode(payload)?;
+        check_keys(&req.keys)?;
+        let slot = self.store(&req.store, &ctx.tenant)?;
+        let Some(guard) = SubscriptionGuard::acquire(&self.subscriptions) else {
+            return Err(Reply::error(
+                Status::ResourceExhausted,
+                format!("the config module already serves {MAX_SUBSCRIPTIONS} subscriptions"),
+            ));
+        };
+        let (items, subscriber) = slot
+            .store
+            .subscribe(&ctx.tenant, req.keys)
+            .await
+            .map_err(store_error)?;
+        // The stream opens only now, after everything that can fail, so an
+        // error answer never leaves a stream behind.
+        let stream = ctx.open_stream();
+        tokio::spawn(forward_changes(stream, subscriber, guard));
+        Ok(Reply::stream_ok(&ConfigGetReply { items }))
+    }
+}
+
+/// Counts one open subscription against [`MAX_SUBSCRIPTIONS`] while alive.
+struct SubscriptionGuard(Arc<AtomicUsize>);
+
+impl SubscriptionGuard {
+    fn acquire(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SUBSCRIPTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Pushes a subscriber's changes on its stream until the stream is cancelled
+/// or the link closes.
+///
+/// This is the config stream's slow-consumer policy: changes wait in the
+/// subscriber's mailbox, which keeps only the latest value per key, while a
+/// push is blocked on a full link. Whatever piled up meanwhile then goes out
+/// as one push, so a subscriber that falls behind gets the latest values
+/// without the module buffering every intermediate one.
+async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: SubscriptionGuard) {
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = stream.cancelled() => break,
+            _ = subscriber.changed() => {}
+        }
+        let Some(changes) = subscriber.take() else {
+            continue;
+        };
+        seq += 1;
+        let update = ConfigUpdate {
+            seq,
+            items: changes.items,
+            deleted: changes.deleted,
+        };
+        let payload = match mecha_abi::encode(&update) {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Ending with UNAVAILABLE makes the client subscribe again and
+                // read a fresh snapshot, rather than miss this change silently.
+                tracing::error!("cannot encode a configuration update: {e}");
+                stream
+                    .end(Status::Unavailable, "the config module failed to encode an update")
+                    .await;
+                return;
+            }
+        };
+        if stream.push(payload).await.is_err() {
+            break;
+        }
+    }
+    // Dropping the stream ends it (with OK) if it is still open.
+}
+
+fn check_keys(keys: &[String]) -> Result<(), Reply> {
+    keys.iter().try_for_each(|key| check_key(key))
+}
+
+fn check_key(key: &str) -> Result<(), Reply> {
+    if key.is_empty() {
+        return Err(Reply::error(
+            Status::InvalidArgument,
+            "key must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+fn store_error(e: ConfigError) -> Reply {
+    let status = match e {
+        ConfigError::ReadOnly { .. } => Status::InvalidArgument,
+        ConfigError::Unavailable(_) => Status::Unavailable,
+        ConfigError::Config { .. } | ConfigError::Internal(_) => Status::Internal,
+    };
+    Reply::error(status, e.to_string())
+}
