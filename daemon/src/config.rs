@@ -156,15 +156,27 @@ struct MetadataItem {
 }
 
 impl Config {
-    /// The built-in configuration used when no `--config` is given: a durable
-    /// `state.redb` store named `statestore`.
+    /// The built-in configuration used when no `--config` is given: every
+    /// capability on its embedded driver, durable where the capability keeps
+    /// data, so a newcomer gets all of them with zero setup.
     pub fn embedded_default() -> Self {
+        let component = |name: &str, kind: &str, metadata: &[(&str, &str)]| ComponentSpec {
+            name: name.into(),
+            kind: kind.into(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
         Self {
-            components: vec![ComponentSpec {
-                name: "statestore".into(),
-                kind: "state.redb".into(),
-                metadata: Vec::new(),
-            }],
+            components: vec![
+                component("statestore", "state.redb", &[]),
+                component("lockstore", "lock.redb", &[]),
+                component("sequencer", "sequencer.redb", &[]),
+                // Only variables with this prefix are visible, never the
+                // daemon's whole environment.
+                component("secretstore", "secretstores.local.env", &[("prefix", "MECHA_SECRET_")]),
+            ],
             settings: Settings::default(),
         }
     }
