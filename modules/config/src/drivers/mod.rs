@@ -225,7 +225,12 @@ struct Mailbox {
 
 impl Mailbox {
     fn watches(&self, key: &str) -> bool {
-        self.keys.as_ref().is_none_or(|keys| keys.contains(key))
+        // A match rather than `Option::is_none_or`, which is newer than the
+        // workspace's rust-version (1.80).
+        match &self.keys {
+            None => true,
+            Some(keys) => keys.contains(key),
+        }
     }
 }
 
