@@ -363,3 +363,37 @@ fn reload_adds_changes_and_removes_components() {
     c.set("", "k", b"back".to_vec(), SetOptions::default())
         .unwrap();
 }
+
+#[test]
+fn a_request_past_its_deadline_gets_deadline_exceeded() {
+    let d = Daemon::start();
+    let holder = d.client();
+    let token = holder
+        .try_lock("", "busy", "holder", Duration::from_secs(30), None)
+        .unwrap();
+    assert!(token.is_some());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = mecha_client::Client::connect(&d.socket)
+            .await
+            .unwrap()
+            .with_timeout(Duration::from_millis(300));
+        // A blocking acquire that would wait 20 s, sent with a 300 ms deadline:
+        // the daemon answers for the module when the deadline passes.
+        let req = mecha_abi::msg::TryLockRequest {
+            store: String::new(),
+            resource: "busy".into(),
+            owner: "waiter".into(),
+            ttl_ms: 1000,
+            wait_ms: 20_000,
+        };
+        let (status, body) = c
+            .call_raw(mecha_abi::Opcode::LOCK_TRY_LOCK, mecha_abi::encode(&req).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(status, Status::DeadlineExceeded, "{}", common::error_message(&body));
+        assert!(common::error_message(&body).contains("lock"));
+        // The connection is still usable afterwards.
+        c.with_timeout(Duration::from_secs(5)).ping().await.unwrap();
+    });
+}
