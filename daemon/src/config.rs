@@ -84,6 +84,9 @@ pub struct Settings {
     pub health_interval_ms: Option<u64>,
     /// A module silent for this long is killed and restarted; default 3000 ms.
     pub health_timeout_ms: Option<u64>,
+    /// Per-tenant quotas (connections, in-flight, rate, payload size).
+    #[serde(default)]
+    pub quotas: crate::quota::Quotas,
     /// Per-module child-spec settings, keyed by module name (`state`, ...).
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleSettings>,

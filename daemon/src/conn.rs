@@ -11,7 +11,7 @@ use mecha_abi::msg::{
 use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, VERSION};
 use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::daemon::{Daemon, ReloadError};
 use crate::peer::Peer;
@@ -21,7 +21,7 @@ use crate::supervisor::{ModuleSlot, Route};
 /// Every frame queued for a connection carries one in-flight permit, released
 /// when the frame has been written. A connection's queue is sized to hold all
 /// its permits, so the router can always enqueue an answer without waiting.
-pub type ConnOut = OwnedSemaphorePermit;
+pub type ConnOut = crate::quota::Guard;
 /// The sending side of a connection's write queue.
 pub type ConnTx = mpsc::Sender<OutFrame<ConnOut>>;
 
@@ -49,6 +49,21 @@ pub fn error_frame(
     OutFrame::guarded(request.response(status), Bytes::new(), body.into(), guard)
 }
 
+/// Answers a connection that is refused before HELLO with one error frame
+/// (request id 0, like other connection-level errors) and closes it.
+async fn refuse(mut stream: UnixStream, status: Status, message: &str) {
+    use tokio::io::AsyncWriteExt;
+    tracing::info!("refusing a connection: {message}");
+    let body = mecha_abi::encode(&ErrorBody {
+        message: message.to_string(),
+    })
+    .unwrap_or_default();
+    if let Ok(frame) = mecha_abi::encode_frame(Header::request(Opcode(0), 0).response(status), &body) {
+        let _ = stream.write_all(&frame).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
 /// What the read loop does after a frame.
 enum Flow {
     Continue,
@@ -57,6 +72,7 @@ enum Flow {
 
 /// Per-connection state.
 struct Conn {
+    quota: Arc<crate::quota::TenantState>,
     daemon: Arc<Daemon>,
     peer: Peer,
     tenant: Bytes,
@@ -75,6 +91,14 @@ pub async fn serve(
 ) {
     let tenant = daemon.tenants.read().resolve(&peer);
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
+    let quota = daemon.quotas.read().tenant(&tenant);
+    let _slot = match quota.connect() {
+        Ok(slot) => slot,
+        Err(msg) => {
+            refuse(stream, Status::ResourceExhausted, &msg).await;
+            return;
+        }
+    };
     let max_in_flight = daemon.max_in_flight as usize;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(max_in_flight + PUSH_BUDGET + 1);
@@ -85,6 +109,7 @@ pub async fn serve(
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
     let mut conn = Conn {
+        quota,
         peer,
         tenant: Bytes::from(tenant),
         tx,
@@ -104,6 +129,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&conn.permits).acquire_owned().await else {
             break;
         };
+        let permit = ConnOut::new(permit);
         let flow = match next {
             Ok(Some((header, payload))) => conn.on_frame(header, payload, permit).await,
             Ok(None) => break,
@@ -320,7 +346,10 @@ impl Conn {
         }
     }
 
-    async fn route(&self, family: Family, header: Header, payload: Bytes, permit: ConnOut) {
+    async fn route(&self, family: Family, header: Header, payload: Bytes, mut permit: ConnOut) {
+        if let Err(msg) = self.quota.admit(header.payload_len, &mut permit) {
+            return self.error(&header, Status::ResourceExhausted, &msg, permit).await;
+        }
         if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
             let msg = format!(
                 "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",

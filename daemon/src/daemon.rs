@@ -35,6 +35,8 @@ pub struct Daemon {
     pub max_in_flight: u32,
     /// Peer → tenant mapping (replaced on reload).
     pub tenants: RwLock<Tenants>,
+    /// Quota state by tenant (replaced on reload; open connections keep theirs).
+    pub quotas: RwLock<Arc<crate::quota::Registry>>,
     /// Uids allowed to run admin operations, besides root and our own uid.
     pub admin_uids: RwLock<Vec<u32>>,
     /// Modules in start order (changed on reload).
@@ -155,6 +157,7 @@ impl Daemon {
         }
         *self.tenants.write() = Tenants::new(config.settings.tenants.clone());
         *self.admin_uids.write() = config.settings.admin_uids.clone();
+        *self.quotas.write() = Arc::new(crate::quota::Registry::new(config.settings.quotas.clone()));
         tracing::info!(?reply, "configuration reloaded");
         Ok(reply)
     }

@@ -333,7 +333,7 @@ impl Link {
         };
         let delivered = route
             .conn
-            .try_send(OutFrame::guarded(out, Bytes::new(), payload, permit))
+            .try_send(OutFrame::guarded(out, Bytes::new(), payload, ConnOut::new(permit)))
             .is_ok();
         if !delivered && route.conn.is_closed() {
             // The application is gone; stop the stream at its source.
@@ -490,14 +490,14 @@ fn send_end(route: StreamRoute, header: Header, body: Bytes) {
         Ok(permit) => {
             let _ = route
                 .conn
-                .try_send(OutFrame::guarded(header, Bytes::new(), body, permit));
+                .try_send(OutFrame::guarded(header, Bytes::new(), body, ConnOut::new(permit)));
         }
         Err(_) => {
             tokio::spawn(async move {
                 if let Ok(permit) = route.pushes.acquire_owned().await {
                     let _ = route
                         .conn
-                        .send(OutFrame::guarded(header, Bytes::new(), body, permit))
+                        .send(OutFrame::guarded(header, Bytes::new(), body, ConnOut::new(permit)))
                         .await;
                 }
             });

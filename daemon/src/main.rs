@@ -7,6 +7,7 @@ mod link;
 mod listener;
 mod peer;
 mod plan;
+mod quota;
 mod spawn;
 mod supervisor;
 
@@ -162,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
         tenants: parking_lot::RwLock::new(peer::Tenants::new(settings.tenants.clone())),
         admin_uids: parking_lot::RwLock::new(settings.admin_uids.clone()),
+        quotas: parking_lot::RwLock::new(Arc::new(quota::Registry::new(settings.quotas.clone()))),
         modules: parking_lot::RwLock::new(modules),
         started,
         config_path: args.config.clone(),
