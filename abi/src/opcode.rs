@@ -150,7 +150,10 @@ impl Opcode {
 
     /// True for opcodes only admins may use (the daemon checks before routing).
     pub fn is_admin(self) -> bool {
-        matches!(self, Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::CONFIG_SET)
+        matches!(
+            self,
+            Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::CONFIG_SET
+        )
     }
 
     /// The symbolic name of a defined opcode, for logs and errors.

@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(crate::decode::<SecretReply>(&bytes).ok(), Some(reply));
     }
 
-    /// The payloads of the worked examples in `abi/spec-drafts/secrets.md`.
+    /// The payloads of the worked examples in `SPEC.md §7.7 and §10`.
     #[test]
     fn spec_draft_examples_encode_as_written() {
         let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
