@@ -178,7 +178,11 @@ impl Config {
                 component("sequencer", "sequencer.redb", &[]),
                 // Only variables with this prefix are visible, never the
                 // daemon's whole environment.
-                component("secretstore", "secretstores.local.env", &[("prefix", "MECHA_SECRET_")]),
+                component(
+                    "secretstore",
+                    "secretstores.local.env",
+                    &[("prefix", "MECHA_SECRET_")],
+                ),
             ],
             settings: Settings::default(),
         }
@@ -365,9 +369,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/mecha.yaml");
         let c = Config::load(&path).unwrap();
         let kinds: Vec<&str> = c.components.iter().map(|c| c.kind.as_str()).collect();
-        assert_eq!(kinds, ["state.redb", "state.memory"]);
+        for kind in ["state.redb", "state.memory", "lock.redb", "sequencer.redb", "secretstores.local.env"] {
+            assert!(kinds.contains(&kind), "{kind} missing from the example");
+        }
         assert_eq!(c.settings.tenants.len(), 2);
-        assert_eq!(c.families().len(), 1);
+        assert_eq!(c.families()[0].0, "state");
     }
 
     #[test]
