@@ -14,14 +14,15 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::daemon::{Daemon, ReloadError};
-use crate::peer::Peer;
 use crate::link::ConnRef;
+use crate::peer::Peer;
 use crate::supervisor::{ModuleSlot, Route};
 
 /// Every frame queued for a connection carries one in-flight permit, released
 /// when the frame has been written. A connection's queue is sized to hold all
 /// its permits, so the router can always enqueue an answer without waiting.
-pub type ConnOut = crate::quota::Guard;
+/// The guard of a request's answer also times it for the metrics.
+pub type ConnOut = crate::metrics::Answer;
 /// The sending side of a connection's write queue.
 pub type ConnTx = mpsc::Sender<OutFrame<ConnOut>>;
 
@@ -46,6 +47,7 @@ pub fn error_frame(
         message: message.to_string(),
     })
     .unwrap_or_default();
+    let guard = guard.answered(status.code());
     OutFrame::guarded(request.response(status), Bytes::new(), body.into(), guard)
 }
 
@@ -58,7 +60,9 @@ async fn refuse(mut stream: UnixStream, status: Status, message: &str) {
         message: message.to_string(),
     })
     .unwrap_or_default();
-    if let Ok(frame) = mecha_abi::encode_frame(Header::request(Opcode(0), 0).response(status), &body) {
+    if let Ok(frame) =
+        mecha_abi::encode_frame(Header::request(Opcode(0), 0).response(status), &body)
+    {
         let _ = stream.write_all(&frame).await;
     }
     let _ = stream.shutdown().await;
@@ -92,6 +96,7 @@ pub async fn serve(
     let tenant = daemon.tenants.read().resolve(&peer);
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let quota = daemon.quotas.read().tenant(&tenant);
+    let (_counted, observe) = (daemon.metrics.connection(), daemon.metrics.tenant(&tenant));
     let _slot = match quota.connect() {
         Ok(slot) => slot,
         Err(msg) => {
@@ -131,7 +136,10 @@ pub async fn serve(
         };
         let permit = ConnOut::new(permit);
         let flow = match next {
-            Ok(Some((header, payload))) => conn.on_frame(header, payload, permit).await,
+            Ok(Some((header, payload))) => {
+                let permit = permit.observed(&observe, header.opcode);
+                conn.on_frame(header, payload, permit).await
+            }
             Ok(None) => break,
             Err(e) => {
                 conn.on_read_error(e, permit).await;
@@ -330,7 +338,11 @@ impl Conn {
     async fn cancel_stream(&self, header: &Header, payload: &[u8], permit: ConnOut) {
         let req: StreamCancel = match mecha_abi::decode(payload) {
             Ok(r) => r,
-            Err(e) => return self.error(header, Status::InvalidArgument, &e.to_string(), permit).await,
+            Err(e) => {
+                return self
+                    .error(header, Status::InvalidArgument, &e.to_string(), permit)
+                    .await
+            }
         };
         let modules: Vec<Arc<ModuleSlot>> = self.daemon.modules.read().clone();
         let found = modules.iter().any(|m| match m.route() {
@@ -338,7 +350,12 @@ impl Conn {
             _ => false,
         });
         if found {
-            let frame = OutFrame::guarded(header.response(Status::Ok), Bytes::new(), Bytes::new(), permit);
+            let frame = OutFrame::guarded(
+                header.response(Status::Ok),
+                Bytes::new(),
+                Bytes::new(),
+                permit,
+            );
             self.reply(frame).await;
         } else {
             let msg = format!("no open stream {} on this connection", req.stream_id);
@@ -347,15 +364,19 @@ impl Conn {
     }
 
     async fn route(&self, family: Family, header: Header, payload: Bytes, mut permit: ConnOut) {
-        if let Err(msg) = self.quota.admit(header.payload_len, &mut permit) {
-            return self.error(&header, Status::ResourceExhausted, &msg, permit).await;
+        if let Err(msg) = self.quota.admit(header.payload_len, permit.quota_mut()) {
+            return self
+                .error(&header, Status::ResourceExhausted, &msg, permit)
+                .await;
         }
         if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
             let msg = format!(
                 "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
                 header.opcode, self.peer.uid
             );
-            return self.error(&header, Status::PermissionDenied, &msg, permit).await;
+            return self
+                .error(&header, Status::PermissionDenied, &msg, permit)
+                .await;
         }
         let Some(module) = self.daemon.module_for(family) else {
             let msg = match family {
@@ -479,8 +500,10 @@ impl Routed {
                     {
                         Ok(()) => return,
                         Err(back) => {
+                            // The instance is draining or dead; its successor
+                            // (or a Starting/Down route) is about to replace it.
                             (permit, header, payload) = (back.guard, back.header, back.payload);
-                            tokio::task::yield_now().await;
+                            module.route_moved_from(&link, deadline).await;
                         }
                     }
                 }

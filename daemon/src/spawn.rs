@@ -22,6 +22,7 @@ pub fn spawn_module(
     binary: &Path,
     module: &str,
     memory_limit_mb: Option<u64>,
+    handoff: bool,
 ) -> std::io::Result<(Child, StdUnixStream)> {
     let memory_limit = memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
     // std creates both ends with SOCK_CLOEXEC, so neither leaks into other
@@ -35,6 +36,10 @@ pub fn spawn_module(
         .env("MECHA_MODULE", module)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    if handoff {
+        // Tells the module an older instance may still hold its resources.
+        cmd.env("MECHA_HANDOFF", "1");
+    }
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe functions may be called. It calls only dup2, fcntl,
     // prctl, setrlimit and getppid (all async-signal-safe system calls),

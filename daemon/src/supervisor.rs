@@ -21,7 +21,8 @@ use crate::spawn::spawn_module;
 
 /// How long a module may take to answer LINK_HELLO.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// First restart delay; doubled per consecutive crash up to `MAX_BACKOFF`.
+/// Delay before the second restart in a row; the first restart after a
+/// healthy run is immediate, as in OTP. Doubled per crash up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -130,6 +131,7 @@ struct SlotStatus {
 struct Instance {
     child: Child,
     link: Arc<Link>,
+    started: Instant,
 }
 
 /// A supervised capability module; stable across restarts of its process.
@@ -166,7 +168,7 @@ impl ModuleSlot {
             }),
             commands,
         });
-        let first = slot.start_instance(&spec).await?;
+        let first = slot.start_instance(&spec, false).await?;
         slot.install(&first);
         tokio::spawn(Arc::clone(&slot).supervise(first, command_rx, supervision));
         Ok(slot)
@@ -191,6 +193,16 @@ impl ModuleSlot {
             Ok(Err(_)) => Route::Down(format!("module {} is gone", self.name)),
             Err(_) => Route::Starting,
         }
+    }
+
+    /// Waits until the route no longer points at `link` (or `deadline`).
+    pub async fn route_moved_from(&self, link: &Arc<Link>, deadline: tokio::time::Instant) {
+        let mut rx = self.route.subscribe();
+        let _ = tokio::time::timeout_at(
+            deadline,
+            rx.wait_for(|r| !matches!(r, Route::Up(l) if Arc::ptr_eq(l, link))),
+        )
+        .await;
     }
 
     /// The current child spec.
@@ -254,15 +266,19 @@ impl ModuleSlot {
         tracing::info!(module = %self.name, pid = instance.link.pid, "module running");
     }
 
-    async fn start_instance(&self, spec: &ChildSpec) -> Result<Instance, StartError> {
-        let (mut child, link_end) = spawn_module(&spec.binary, &spec.name, spec.memory_limit_mb)
-            .map_err(|source| StartError::Spawn {
+    async fn start_instance(&self, spec: &ChildSpec, handoff: bool) -> Result<Instance, StartError> {
+        let (mut child, link_end) =
+            spawn_module(&spec.binary, &spec.name, spec.memory_limit_mb, handoff).map_err(|source| StartError::Spawn {
                 binary: spec.binary.clone(),
                 source,
             })?;
         let pid = child.id().unwrap_or(0);
         match handshake(spec, link_end, pid).await {
-            Ok(link) => Ok(Instance { child, link }),
+            Ok(link) => Ok(Instance {
+                child,
+                link,
+                started: Instant::now(),
+            }),
             Err(e) => {
                 let _ = child.kill().await;
                 Err(e)
@@ -280,30 +296,39 @@ impl ModuleSlot {
     ) {
         let mut current = Some(first);
         let mut crashes: VecDeque<Instant> = VecDeque::new();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Duration::ZERO;
         let mut health = tokio::time::interval(sup.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 reason = instance_ended(&mut current) => {
                     let Some(dead) = current.take() else { continue };
-                    dead.link.close(&reason.message);
                     tracing::warn!(module = %self.name, pid = dead.link.pid, "{}", reason.message);
+                    // A module that ran longer than the intensity window had a
+                    // healthy run: restart it at once rather than after the
+                    // backoff its earlier crashes built up.
+                    if dead.started.elapsed() > sup.window {
+                        backoff = Duration::ZERO;
+                    }
                     let spec = self.spec();
                     let restart = match spec.restart {
                         Restart::Permanent => true,
                         Restart::Transient => !reason.clean,
                         Restart::Temporary => false,
                     };
+                    // The route changes before the link closes, so a request
+                    // that the dead link refuses finds it already rerouted.
                     if !restart {
                         self.set_state("stopped", 0);
                         self.route.send_replace(Route::Down(format!(
                             "module {} exited and its restart policy ({:?}) does not restart it",
                             self.name, spec.restart
                         )));
+                        dead.link.close(&reason.message);
                         continue;
                     }
                     self.route.send_replace(Route::Starting);
+                    dead.link.close(&reason.message);
                     current = self.restart_after_crash(&spec, &mut crashes, &mut backoff, &sup).await;
                 }
                 _ = health.tick() => {
@@ -322,7 +347,7 @@ impl ModuleSlot {
                         let result = self.hot_restart(&mut current, spec).await;
                         if result.is_ok() {
                             crashes.clear();
-                            backoff = MIN_BACKOFF;
+                            backoff = Duration::ZERO;
                         }
                         let _ = reply.send(result);
                     }
@@ -374,8 +399,8 @@ impl ModuleSlot {
             self.set_state("restarting", 0);
             self.status.lock().restarts += 1;
             tokio::time::sleep(jitter(*backoff)).await;
-            *backoff = (*backoff * 2).min(MAX_BACKOFF);
-            match self.start_instance(spec).await {
+            *backoff = (*backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+            match self.start_instance(spec, false).await {
                 Ok(inst) => {
                     self.install(&inst);
                     return Some(inst);
@@ -385,25 +410,26 @@ impl ModuleSlot {
         }
     }
 
-    /// Starts a new instance and only then retires the old one, so requests
-    /// always have somewhere to go.
-    async fn hot_restart(
-        &self,
-        current: &mut Option<Instance>,
-        spec: ChildSpec,
-    ) -> Result<u32, String> {
-        let fresh = self.start_instance(&spec).await.map_err(|e| {
+    /// Starts and handshakes a new instance before touching the old one, so a
+    /// binary that does not start leaves the old instance serving. Then new
+    /// requests wait (within their deadlines) while the old instance drains
+    /// and exits, and only then flow to the new one: two instances never serve
+    /// at once, so modules with exclusive resources (a database file lock) hand
+    /// them over cleanly. The pause is the old instance's drain time.
+    async fn hot_restart(&self, current: &mut Option<Instance>, spec: ChildSpec) -> Result<u32, String> {
+        let fresh = self.start_instance(&spec, current.is_some()).await.map_err(|e| {
             tracing::warn!(module = %self.name, "hot restart aborted, the running instance keeps serving: {e}");
             e.to_string()
         })?;
         let pid = fresh.link.pid;
+        if let Some(old) = current.take() {
+            self.route.send_replace(Route::Starting);
+            drain(old, self.spec().shutdown_timeout).await;
+        }
         *self.spec.write() = spec;
         self.install(&fresh);
         self.status.lock().restarts += 1;
-        if let Some(old) = current.replace(fresh) {
-            let timeout = self.spec().shutdown_timeout;
-            tokio::spawn(drain(old, timeout));
-        }
+        *current = Some(fresh);
         Ok(pid)
     }
 }

@@ -20,6 +20,19 @@ pub use mecha_abi::{Opcode, Status};
 pub use reply::Reply;
 pub use stream::{Stream, StreamClosed};
 
+/// The environment variable mechad sets on an instance started to replace a
+/// running one (a hot restart or upgrade).
+pub const HANDOFF_ENV: &str = "MECHA_HANDOFF";
+
+/// True when this instance replaces one that may still be running. Such an
+/// instance must not take exclusive resources (an embedded database's file
+/// lock) during `init`: the daemon drains the old instance only after the new
+/// one has handshaken, and sends it requests only after the old one exited.
+/// Open such resources on first use instead.
+pub fn is_handoff() -> bool {
+    std::env::var_os(HANDOFF_ENV).is_some()
+}
+
 /// Who is asking: the tenant stamped on the request by the daemon.
 #[derive(Clone, Debug)]
 pub struct Ctx {

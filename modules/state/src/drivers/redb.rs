@@ -82,7 +82,14 @@ impl RedbStore {
             })?;
         }
         let db = tokio::sync::OnceCell::new();
-        match open_file(&path)? {
+        // A hot-restart successor must not touch the file before the old
+        // instance has exited; its first request opens it.
+        let eager = if mecha_module::is_handoff() {
+            None
+        } else {
+            open_file(&path)?
+        };
+        match eager {
             Some(opened) => {
                 let _ = db.set(Arc::new(opened));
             }
