@@ -90,6 +90,17 @@ pub struct Settings {
     /// Per-module child-spec settings, keyed by module name (`state`, ...).
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleSettings>,
+    /// The local HTTP endpoint for probes and metrics (`--http` wins).
+    pub http: Option<HttpSettings>,
+}
+
+/// The `http` section: where `/healthz`, `/readyz` and `/metrics` are served.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSettings {
+    /// `host:port` such as `127.0.0.1:9464`, or `off`. Default: off, except
+    /// `0.0.0.0:9464` inside a Kubernetes pod.
+    pub address: Option<String>,
 }
 
 /// One module's child-spec settings.
@@ -176,6 +187,8 @@ impl Config {
                 component("statestore", "state.redb", &[]),
                 component("lockstore", "lock.redb", &[]),
                 component("sequencer", "sequencer.redb", &[]),
+                // Writable by admins (`mechactl config set`), watched by apps.
+                component("configstore", "configuration.memory", &[]),
                 // Only variables with this prefix are visible, never the
                 // daemon's whole environment.
                 component(
@@ -369,7 +382,13 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/mecha.yaml");
         let c = Config::load(&path).unwrap();
         let kinds: Vec<&str> = c.components.iter().map(|c| c.kind.as_str()).collect();
-        for kind in ["state.redb", "state.memory", "lock.redb", "sequencer.redb", "secretstores.local.env"] {
+        for kind in [
+            "state.redb",
+            "state.memory",
+            "lock.redb",
+            "sequencer.redb",
+            "secretstores.local.env",
+        ] {
             assert!(kinds.contains(&kind), "{kind} missing from the example");
         }
         assert_eq!(c.settings.tenants.len(), 2);

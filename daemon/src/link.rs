@@ -268,7 +268,7 @@ impl Link {
         out.request_id = p.request_id;
         out.opcode = p.opcode;
         out.ext = 0;
-        let frame = OutFrame::guarded(out, Bytes::new(), payload, p.guard);
+        let frame = OutFrame::guarded(out, Bytes::new(), payload, p.guard.answered(out.status));
         // The connection's queue has room for every request it may have in
         // flight, so this only fails when the connection is gone. A stream it
         // opened then has nobody to push to: stop it at its source.
@@ -319,7 +319,13 @@ impl Link {
         }
         let Ok(permit) = Arc::clone(&route.pushes).try_acquire_owned() else {
             tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading; ending the stream");
-            if self.table.lock().streams.remove(&header.request_id).is_some() {
+            if self
+                .table
+                .lock()
+                .streams
+                .remove(&header.request_id)
+                .is_some()
+            {
                 self.cancel_link_stream(header.request_id);
                 let message = format!(
                     "stream {} ended: the application did not read its pushes ({} queued on the connection); resubscribe",
@@ -333,7 +339,12 @@ impl Link {
         };
         let delivered = route
             .conn
-            .try_send(OutFrame::guarded(out, Bytes::new(), payload, ConnOut::new(permit)))
+            .try_send(OutFrame::guarded(
+                out,
+                Bytes::new(),
+                payload,
+                ConnOut::new(permit),
+            ))
             .is_ok();
         if !delivered && route.conn.is_closed() {
             // The application is gone; stop the stream at its source.
@@ -488,16 +499,24 @@ fn error_body(message: &str) -> Bytes {
 fn send_end(route: StreamRoute, header: Header, body: Bytes) {
     match Arc::clone(&route.pushes).try_acquire_owned() {
         Ok(permit) => {
-            let _ = route
-                .conn
-                .try_send(OutFrame::guarded(header, Bytes::new(), body, ConnOut::new(permit)));
+            let _ = route.conn.try_send(OutFrame::guarded(
+                header,
+                Bytes::new(),
+                body,
+                ConnOut::new(permit),
+            ));
         }
         Err(_) => {
             tokio::spawn(async move {
                 if let Ok(permit) = route.pushes.acquire_owned().await {
                     let _ = route
                         .conn
-                        .send(OutFrame::guarded(header, Bytes::new(), body, ConnOut::new(permit)))
+                        .send(OutFrame::guarded(
+                            header,
+                            Bytes::new(),
+                            body,
+                            ConnOut::new(permit),
+                        ))
                         .await;
                 }
             });

@@ -42,24 +42,24 @@ mod config;
 mod error;
 mod lock;
 mod pubsub;
-mod secrets;
-mod sequencer;
-mod stream;
 mod request;
 mod retry;
 #[cfg(test)]
 mod retry_loop_tests;
+mod secrets;
+mod sequencer;
+mod stream;
 
 pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
+pub use config::{BlockingConfigWatch, ConfigWatch, RESUBSCRIBE_WINDOW};
 pub use error::Error;
-pub use stream::{Subscription, STREAM_BUFFER};
 pub use mecha_abi::msg::{
-    ExtendLockReply, TryLockReply, UnlockStatus,
-    BulkGetItem, DeleteItem, HelloReply, ModuleStatus, ReloadReply, SetItem, StateEntry,
-    StatusReply, TxOp,
+    BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, ModuleStatus, ReloadReply, SetItem,
+    StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
 pub use mecha_abi::Status;
 pub use retry::RetryPolicy;
+pub use stream::{Subscription, STREAM_BUFFER};
 
 /// The socket path clients use when none is given: `$MECHA_SOCKET`, else
 /// `/run/mecha/mecha.sock` for root, else `$XDG_RUNTIME_DIR/mecha/mecha.sock`

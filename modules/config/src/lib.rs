@@ -222,7 +222,10 @@ async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: Sub
                 // read a fresh snapshot, rather than miss this change silently.
                 tracing::error!("cannot encode a configuration update: {e}");
                 stream
-                    .end(Status::Unavailable, "the config module failed to encode an update")
+                    .end(
+                        Status::Unavailable,
+                        "the config module failed to encode an update",
+                    )
                     .await;
                 return;
             }

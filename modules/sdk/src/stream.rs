@@ -77,7 +77,9 @@ pub(crate) struct Opener {
 
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener").field("link_id", &self.link_id).finish_non_exhaustive()
+        f.debug_struct("Opener")
+            .field("link_id", &self.link_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ use super::{BoxFuture, ConfigError, ConfigStore, Hub, Scope, Subscriber};
 const QUIET: Duration = Duration::from_millis(100);
 /// The polling period used when inotify cannot be set up.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Stack size of the reload thread: parsing a YAML file of nested maps needs
+/// little, and the default 8 MiB would count against a module memory limit.
+const RELOAD_STACK: usize = 1024 * 1024;
 /// The largest file accepted. A configuration file is small; a huge one is a
 /// mistake, and reading it whole would cost the module its memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -98,7 +102,9 @@ struct Parsed {
 /// values may be sensitive.
 #[derive(Debug, thiserror::Error)]
 enum ParseError {
-    #[error("it is not valid {format} at line {line}, column {column}, or not a map of key to value")]
+    #[error(
+        "it is not valid {format} at line {line}, column {column}, or not a map of key to value"
+    )]
     Syntax {
         format: &'static str,
         line: usize,
@@ -190,6 +196,8 @@ struct Shared {
     path: PathBuf,
     state: Mutex<State>,
     hub: Arc<Hub>,
+    /// Changes ignored because the file could not be read or parsed.
+    rejected: AtomicU64,
 }
 
 impl Shared {
@@ -201,6 +209,7 @@ impl Shared {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::warn!(component = %self.component, path = %self.path.display(), "cannot read the configuration file; keeping the previous content: {e}");
+                self.rejected.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -212,6 +221,7 @@ impl Shared {
             Ok(parsed) => parsed,
             Err(e) => {
                 tracing::warn!(component = %self.component, path = %self.path.display(), "ignoring a malformed edit of the configuration file, keeping the previous content: {e}");
+                self.rejected.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -264,12 +274,9 @@ impl Shared {
     }
 }
 
-/// The watcher in use; kept only to be dropped with the store, which stops
-/// it and, through the closed channel, the reload thread.
-enum AnyWatcher {
-    Inotify(#[allow(dead_code)] notify::RecommendedWatcher),
-    Poll(#[allow(dead_code)] notify::PollWatcher),
-}
+/// The watcher in use (inotify or polling); kept only to be dropped with the
+/// store, which stops it and, through the closed channel, the reload thread.
+type AnyWatcher = Box<dyn Watcher + Send + Sync>;
 
 /// A configuration store backed by a file. Its items are node-wide: every
 /// tenant reads the same items (an operator's file configures the node, not
@@ -297,9 +304,15 @@ impl FileStore {
         };
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => return Err(config(format!("{} has no parent directory", path.display()))),
+            _ => {
+                return Err(config(format!(
+                    "{} has no parent directory",
+                    path.display()
+                )))
+            }
         };
-        let raw = read_file(&path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))?;
+        let raw =
+            read_file(&path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))?;
         let parsed = parse(&path, &raw)
             .map_err(|e| config(format!("cannot use {}: {e}", path.display())))?;
         let revision = initial_revision();
@@ -325,6 +338,7 @@ impl FileStore {
                 raw,
             }),
             hub: Arc::new(Hub::default()),
+            rejected: AtomicU64::new(0),
         });
         // A one-slot channel coalesces a burst of events into one pending
         // signal; the reload thread reads the whole file anyway.
@@ -334,6 +348,9 @@ impl FileStore {
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("config-watch".to_owned())
+            // The thread only reads and parses one file; a small stack keeps
+            // it cheap under a module memory limit (RLIMIT_AS counts stacks).
+            .stack_size(RELOAD_STACK)
             .spawn(move || reload_loop(&thread_shared, &rx))
             .map_err(|e| ConfigError::Internal(format!("cannot start the watch thread: {e}")))?;
         // An edit made between the first read and the start of the watch
@@ -348,6 +365,12 @@ impl FileStore {
     /// The store's subscribers (for tests and diagnostics).
     pub fn hub(&self) -> &Hub {
         &self.shared.hub
+    }
+
+    /// How many changes of the file were ignored because it could not be
+    /// read or parsed (for tests and diagnostics).
+    pub fn rejected_edits(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
     }
 }
 
@@ -390,13 +413,13 @@ fn start_watcher(
         Ok(w)
     });
     match inotify {
-        Ok(w) => Ok(AnyWatcher::Inotify(w)),
+        Ok(w) => Ok(Box::new(w)),
         Err(e) => {
             tracing::warn!(component = %component, dir = %dir.display(), "inotify is unavailable ({e}); polling the configuration file every {POLL_INTERVAL:?} instead");
             let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
             let mut w = notify::PollWatcher::new(handler(tx), config)?;
             w.watch(dir, RecursiveMode::NonRecursive)?;
-            Ok(AnyWatcher::Poll(w))
+            Ok(Box::new(w))
         }
     }
 }

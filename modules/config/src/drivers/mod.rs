@@ -110,8 +110,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore
 /// The tenants allowed to use the store described by `spec`: `None` when
 /// its metadata has no `allowedTenants` field (everyone may).
 pub fn allowed_tenants(spec: &ComponentSpec) -> Result<Option<Vec<String>>, ConfigError> {
-    let fields = metadata_fields(spec, &[])?;
-    let Some(list) = fields.get(ALLOWED_TENANTS) else {
+    // The driver validates the metadata as a whole (unknown or repeated
+    // fields) when it opens; only the one field matters here.
+    let Some((_, list)) = spec
+        .metadata
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(ALLOWED_TENANTS))
+    else {
         return Ok(None);
     };
     let tenants: Vec<String> = list
@@ -186,7 +191,10 @@ pub(crate) fn next_revision(revision: u64) -> Result<u64, ConfigError> {
 /// Picks the answer to a get out of a store's items: `keys` in request
 /// order, each once, missing ones left out; every item (sorted) when `keys`
 /// is empty.
-pub(crate) fn select(items: Option<&BTreeMap<String, ConfigItem>>, keys: &[String]) -> Vec<ConfigItem> {
+pub(crate) fn select(
+    items: Option<&BTreeMap<String, ConfigItem>>,
+    keys: &[String],
+) -> Vec<ConfigItem> {
     let Some(items) = items else {
         return Vec::new();
     };
