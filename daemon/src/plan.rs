@@ -37,10 +37,17 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
 
 /// Whether `module` names a module (for `spec.modules` keys).
 fn is_module(module: &str) -> bool {
-    ["state", "pubsub", "lock", "sequencer", "secretstores", "configuration"]
-        .iter()
-        .filter_map(|p| module_for_prefix(p))
-        .any(|(name, _)| name == module)
+    [
+        "state",
+        "pubsub",
+        "lock",
+        "sequencer",
+        "secretstores",
+        "configuration",
+    ]
+    .iter()
+    .filter_map(|p| module_for_prefix(p))
+    .any(|(name, _)| name == module)
 }
 
 /// One child spec per capability family that has components, in first-seen
@@ -82,12 +89,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             },
         ));
     }
-    if let Some(unknown) = config
-        .settings
-        .modules
-        .keys()
-        .find(|m| !is_module(m))
-    {
+    if let Some(unknown) = config.settings.modules.keys().find(|m| !is_module(m)) {
         return Err(format!(
             "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config)"
         ));

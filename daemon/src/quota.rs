@@ -190,7 +190,14 @@ mod tests {
 
     #[test]
     fn token_bucket_allows_a_burst_then_refuses() {
-        let t = TenantState::new("t", Limits { requests_per_second: Some(1.0), burst: Some(3.0), ..Limits::default() });
+        let t = TenantState::new(
+            "t",
+            Limits {
+                requests_per_second: Some(1.0),
+                burst: Some(3.0),
+                ..Limits::default()
+            },
+        );
         for _ in 0..3 {
             t.admit(0, &mut guard()).unwrap();
         }
@@ -200,17 +207,32 @@ mod tests {
 
     #[test]
     fn in_flight_permits_return_with_the_guard() {
-        let t = TenantState::new("t", Limits { max_in_flight: Some(1), ..Limits::default() });
+        let t = TenantState::new(
+            "t",
+            Limits {
+                max_in_flight: Some(1),
+                ..Limits::default()
+            },
+        );
         let mut first = guard();
         t.admit(0, &mut first).unwrap();
-        assert!(t.admit(0, &mut guard()).unwrap_err().contains("maxInFlight"));
+        assert!(t
+            .admit(0, &mut guard())
+            .unwrap_err()
+            .contains("maxInFlight"));
         drop(first);
         t.admit(0, &mut guard()).unwrap();
     }
 
     #[test]
     fn connections_are_counted_and_released() {
-        let t = Arc::new(TenantState::new("t", Limits { max_connections: Some(1), ..Limits::default() }));
+        let t = Arc::new(TenantState::new(
+            "t",
+            Limits {
+                max_connections: Some(1),
+                ..Limits::default()
+            },
+        ));
         let slot = t.connect().unwrap();
         assert!(t.connect().is_err());
         drop(slot);
@@ -219,8 +241,17 @@ mod tests {
 
     #[test]
     fn payload_cap_names_the_quota() {
-        let t = TenantState::new("t", Limits { max_payload_bytes: Some(10), ..Limits::default() });
-        assert!(t.admit(11, &mut guard()).unwrap_err().contains("maxPayloadBytes"));
+        let t = TenantState::new(
+            "t",
+            Limits {
+                max_payload_bytes: Some(10),
+                ..Limits::default()
+            },
+        );
+        assert!(t
+            .admit(11, &mut guard())
+            .unwrap_err()
+            .contains("maxPayloadBytes"));
         t.admit(10, &mut guard()).unwrap();
     }
 }

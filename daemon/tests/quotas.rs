@@ -20,9 +20,17 @@ fn config(quota: &str) -> String {
 fn set_frame(id: u32, key: &str, value: &[u8]) -> (Header, Vec<u8>) {
     let req = SetRequest {
         store: String::new(),
-        item: SetItem { key: key.into(), value: value.to_vec(), etag: None, ttl_ms: None },
+        item: SetItem {
+            key: key.into(),
+            value: value.to_vec(),
+            etag: None,
+            ttl_ms: None,
+        },
     };
-    (Header::request(Opcode::STATE_SET, id), mecha_abi::encode(&req).unwrap())
+    (
+        Header::request(Opcode::STATE_SET, id),
+        mecha_abi::encode(&req).unwrap(),
+    )
 }
 
 #[test]
@@ -34,13 +42,22 @@ fn max_connections_refuses_the_extra_connection_naming_the_quota() {
     let (h, p) = c.recv().expect("an error frame before the close");
     assert_eq!(Status::from_code(h.status), Status::ResourceExhausted);
     assert_eq!(h.request_id, 0);
-    assert!(error_message(&p).contains("maxConnections"), "{}", error_message(&p));
+    assert!(
+        error_message(&p).contains("maxConnections"),
+        "{}",
+        error_message(&p)
+    );
     assert!(c.recv().is_none(), "then the connection closes");
     // Closing one connection frees its slot.
     drop(_a);
     common::wait_until(Duration::from_secs(5), "the slot to be released", || {
         let mut raw = Raw::connect(&d.socket);
-        let hello = mecha_abi::encode(&mecha_abi::msg::Hello { min_version: 1, max_version: 1, client: "t".into() }).unwrap();
+        let hello = mecha_abi::encode(&mecha_abi::msg::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "t".into(),
+        })
+        .unwrap();
         raw.send(Header::request(Opcode::HELLO, 1), &hello);
         matches!(raw.recv(), Some((h, _)) if h.status == 0)
     });
@@ -63,7 +80,10 @@ fn request_rate_is_limited_by_a_token_bucket() {
             other => panic!("unexpected {other}: {}", error_message(&body)),
         }
     }
-    assert!(refused >= 10, "a 5-request burst at 1/s must refuse most of 20 quick requests, refused {refused}");
+    assert!(
+        refused >= 10,
+        "a 5-request burst at 1/s must refuse most of 20 quick requests, refused {refused}"
+    );
     // Control requests are not rate limited: the connection stays usable.
     let (status, _) = raw.call(Header::request(Opcode::PING, 99), b"");
     assert_eq!(status, Status::Ok);
@@ -73,22 +93,41 @@ fn request_rate_is_limited_by_a_token_bucket() {
 fn payload_size_quota_refuses_big_values_and_keeps_the_connection() {
     let d = Daemon::start_with(Some(&config("maxPayloadBytes: 100")));
     let c = d.client();
-    let err = c.set("", "big", vec![0u8; 200], SetOptions::default()).unwrap_err();
+    let err = c
+        .set("", "big", vec![0u8; 200], SetOptions::default())
+        .unwrap_err();
     assert_eq!(err.status(), Some(Status::ResourceExhausted));
     assert!(err.to_string().contains("maxPayloadBytes"), "{err}");
-    c.set("", "small", b"ok".to_vec(), SetOptions::default()).unwrap();
-    assert_eq!(c.get("", "big").unwrap(), None, "the refused write did not land");
+    c.set("", "small", b"ok".to_vec(), SetOptions::default())
+        .unwrap();
+    assert_eq!(
+        c.get("", "big").unwrap(),
+        None,
+        "the refused write did not land"
+    );
 }
 
 #[test]
 fn in_flight_quota_refuses_beyond_the_cap() {
     let d = Daemon::start_with(Some(&config("maxInFlight: 1")));
     let holder = d.client();
-    holder.try_lock("", "r", "holder", Duration::from_secs(30), None).unwrap().unwrap();
+    holder
+        .try_lock("", "r", "holder", Duration::from_secs(30), None)
+        .unwrap()
+        .unwrap();
     let (mut raw, _) = Raw::hello(&d.socket);
     // One request waits on the held lock, so the tenant's only slot is taken.
-    let wait = TryLockRequest { store: String::new(), resource: "r".into(), owner: "w".into(), ttl_ms: 1000, wait_ms: 3000 };
-    raw.send(Header::request(Opcode::LOCK_TRY_LOCK, 1), &mecha_abi::encode(&wait).unwrap());
+    let wait = TryLockRequest {
+        store: String::new(),
+        resource: "r".into(),
+        owner: "w".into(),
+        ttl_ms: 1000,
+        wait_ms: 3000,
+    };
+    raw.send(
+        Header::request(Opcode::LOCK_TRY_LOCK, 1),
+        &mecha_abi::encode(&wait).unwrap(),
+    );
     let (h, p) = set_frame(2, "k", b"v");
     let mut saw_refusal = false;
     let mut saw_wait_answer = false;
@@ -97,7 +136,12 @@ fn in_flight_quota_refuses_beyond_the_cap() {
         let (h, body) = raw.recv().expect("answers");
         match h.request_id {
             2 => {
-                assert_eq!(Status::from_code(h.status), Status::ResourceExhausted, "{}", error_message(&body));
+                assert_eq!(
+                    Status::from_code(h.status),
+                    Status::ResourceExhausted,
+                    "{}",
+                    error_message(&body)
+                );
                 assert!(error_message(&body).contains("maxInFlight"));
                 saw_refusal = true;
             }
@@ -144,7 +188,11 @@ fn a_flooding_tenant_does_not_starve_another() {
     for i in 0..20 {
         let key = format!("victim-{i}");
         let out = common::mechactl_as_nobody(&d, &["state", "set", &key, "v"]);
-        assert!(out.status.success(), "victim write {i} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "victim write {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for f in flooders {

@@ -372,7 +372,10 @@ fn a_request_past_its_deadline_gets_deadline_exceeded() {
         .try_lock("", "busy", "holder", Duration::from_secs(30), None)
         .unwrap();
     assert!(token.is_some());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let c = mecha_client::Client::connect(&d.socket)
             .await
@@ -388,10 +391,18 @@ fn a_request_past_its_deadline_gets_deadline_exceeded() {
             wait_ms: 20_000,
         };
         let (status, body) = c
-            .call_raw(mecha_abi::Opcode::LOCK_TRY_LOCK, mecha_abi::encode(&req).unwrap())
+            .call_raw(
+                mecha_abi::Opcode::LOCK_TRY_LOCK,
+                mecha_abi::encode(&req).unwrap(),
+            )
             .await
             .unwrap();
-        assert_eq!(status, Status::DeadlineExceeded, "{}", common::error_message(&body));
+        assert_eq!(
+            status,
+            Status::DeadlineExceeded,
+            "{}",
+            common::error_message(&body)
+        );
         assert!(common::error_message(&body).contains("lock"));
         // The connection is still usable afterwards.
         c.with_timeout(Duration::from_secs(5)).ping().await.unwrap();
