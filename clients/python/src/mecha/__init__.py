@@ -1,0 +1,24 @@
+"""mecha: a tiny client for the mecha node daemon (``mechad``), standard library only.
+
+``mecha.Client`` is the blocking client, ``mecha.aio.Client`` the asyncio one. Both
+speak ABI v1 as ``abi/SPEC.md`` defines it; payload types live in ``mecha.payloads``,
+the encoding in ``mecha.codec``.
+"""
+
+from .client import Client
+from .errors import (DeadlineExceeded, EtagMismatch, Internal, InvalidArgument,
+                     MechaConnectionError, MechaError, NotFound, PermissionDenied, ProtocolError,
+                     ResourceExhausted, StatusError, Unavailable, UnknownOpcode, UnsupportedVersion)
+from .payloads import (BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, ModuleStatus,
+                       ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, UnlockStatus)
+from .protocol import default_socket_path
+
+__version__ = "0.1.0"
+__all__ = [
+    "Client", "default_socket_path",
+    "MechaError", "MechaConnectionError", "ProtocolError", "StatusError", "NotFound",
+    "EtagMismatch", "InvalidArgument", "UnknownOpcode", "UnsupportedVersion",
+    "PermissionDenied", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Internal",
+    "BulkGetItem", "DeleteItem", "ExtendLockReply", "HelloReply", "ModuleStatus",
+    "ReloadReply", "SetItem", "StateEntry", "StatusReply", "TryLockReply", "UnlockStatus",
+]

@@ -1,0 +1,318 @@
+"""The asyncio client: many requests in flight on one connection.
+
+A single reader task reads every frame the daemon sends and hands each response to the
+future of the request with that id (SPEC §1: answers may come in any order). Because
+the reader never stops, the daemon's backpressure (§6.4) cannot deadlock a caller that
+pipelines. Frames of a stream (§6.11, to be specified) are routed to a per-stream
+queue, so pubsub and configuration watches can be added without touching the reader.
+
+Methods and semantics are those of ``mecha.Client`` (see its docstrings); here they are
+coroutines. Connect with ``await Client.connect(...)`` or ``async with Client(...)``;
+otherwise the first call connects. A lost connection fails the calls in flight with
+``MechaConnectionError`` and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from . import errors
+from . import payloads as t
+from . import protocol as p
+
+__all__ = ["Client", "Stream"]
+T = TypeVar("T")
+Frame = tuple[p.Header, bytes]
+
+
+class _Conn:
+    """One socket, its reader task, and the requests and streams waiting on it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> None:
+        self.reader, self.writer, self.path = reader, writer, path
+        self.pending: dict[int, asyncio.Future[Frame]] = {}
+        self.streams: dict[int, asyncio.Queue[Frame | None]] = {}
+        self.opened: dict[int, asyncio.Queue[Frame | None]] = {}  # until _open_stream takes it
+        self.version = p.VERSION
+        self.error: Exception | None = None
+        self._next = 0
+        self.task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def new_id(self) -> int:
+        """The next id after the last one, skipping 0 and ids still in flight."""
+        while True:
+            self._next = self._next % 0xFFFFFFFF + 1
+            if self._next not in self.pending and self._next not in self.streams:
+                return self._next
+
+    async def _read_loop(self) -> None:
+        err: Exception
+        try:
+            while True:
+                h = p.Header.unpack(await self.reader.readexactly(p.HEADER.size))
+                payload = await self.reader.readexactly(h.payload_len) if h.payload_len else b""
+                if not h.flags & p.F_RESPONSE:  # a push on a stream
+                    q = self.streams.get(h.request_id)
+                    if q is not None:
+                        q.put_nowait((h, payload))
+                        if h.flags & p.F_END:
+                            del self.streams[h.request_id]
+                    continue
+                if h.opcode == 0 and h.request_id == 0:  # §6.3: bad magic, connection-fatal
+                    err = p.status_error(h, payload)
+                    break
+                if h.flags & p.F_STREAM:  # register before any push of it is read
+                    self.streams[h.request_id] = self.opened[h.request_id] = asyncio.Queue()
+                fut = self.pending.pop(h.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((h, payload))
+        except errors.ProtocolError as e:
+            err = e
+        except (asyncio.IncompleteReadError, OSError) as e:
+            err = errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e!r}")
+        self.fail(err)
+
+    def fail(self, err: Exception) -> None:
+        """Ends the connection: every waiting request and stream gets ``err``."""
+        if self.error is None:
+            self.error = err
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(self.error)
+        self.pending.clear()
+        for q in self.streams.values():
+            q.put_nowait(None)
+        self.streams.clear()
+        self.writer.close()
+        if self.task is not asyncio.current_task():
+            self.task.cancel()
+
+
+class Stream:
+    """The frames the daemon pushes on a stream the connection opened, as raw
+    ``(Header, payload)`` pairs; iteration ends after the END frame. Payload types come
+    with SPEC §6.11."""
+
+    def __init__(self, client: Client, conn: _Conn, stream_id: int) -> None:
+        self.client, self.stream_id, self._done = client, stream_id, False
+        self._queue = conn.opened.pop(stream_id)
+        self._conn = conn
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self._done:
+            raise StopAsyncIteration
+        frame = await self._queue.get()
+        if frame is None:
+            self._done = True
+            raise self._conn.error or errors.MechaConnectionError("stream ended")
+        self._done = bool(frame[0].flags & p.F_END)
+        return frame
+
+    async def cancel(self, *, timeout: float | None = None) -> None:
+        """STREAM_CANCEL; the END frame follows on the iterator."""
+        await self.client._call(p.stream_cancel(self.stream_id), timeout, None)
+
+
+class Client:
+    """An asyncio connection to mechad; see ``mecha.Client`` for every method."""
+
+    def __init__(self, socket_path: p.SocketPath = None, *,
+                 timeout: float = p.DEFAULT_TIMEOUT) -> None:
+        self.path = os.fspath(socket_path) if socket_path is not None else p.default_socket_path()
+        self.timeout = timeout
+        self.hello: t.HelloReply | None = None
+        self._conn: _Conn | None = None
+        self._connecting = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, socket_path: p.SocketPath = None, *,
+                      timeout: float = p.DEFAULT_TIMEOUT) -> Client:
+        client = cls(socket_path, timeout=timeout)
+        await client._ensure(timeout)
+        return client
+
+    async def __aenter__(self) -> Client:
+        await self._ensure(self.timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail(errors.MechaConnectionError("client closed"))
+            try:
+                await conn.writer.wait_closed()
+            except OSError:
+                pass  # already broken: nothing left to flush
+
+    # -- operations (semantics: mecha.Client) ---------------------------------------------
+
+    async def ping(self, *, timeout: float | None = None) -> None:
+        return await self._call(p.ping(), timeout, None)
+
+    async def status(self, *, timeout: float | None = None) -> t.StatusReply:
+        return await self._call(p.status(), timeout, None)
+
+    async def module_restart(self, module: str, *, binary: str | None = None,
+                             timeout: float | None = None) -> int:
+        return await self._call(p.module_restart(module, binary), timeout, False)
+
+    async def reload(self, *, timeout: float | None = None) -> t.ReloadReply:
+        return await self._call(p.reload(), timeout, False)
+
+    async def get(self, key: str, *, store: str = "",
+                  timeout: float | None = None) -> t.StateEntry | None:
+        return await self._call(p.state_get(key, store), timeout, None)
+
+    async def set(self, key: str, value: bytes | str, *, etag: str | None = None,
+                  ttl_ms: int | None = None, store: str = "", timeout: float | None = None,
+                  retry: bool | None = None) -> str:
+        return await self._call(p.state_set(key, value, etag, ttl_ms, store), timeout, retry)
+
+    async def delete(self, key: str, *, etag: str | None = None, store: str = "",
+                     timeout: float | None = None, retry: bool | None = None) -> bool:
+        return await self._call(p.state_delete(key, etag, store), timeout, retry)
+
+    async def bulk_get(self, keys: Sequence[str], *, store: str = "",
+                       timeout: float | None = None) -> list[t.BulkGetItem]:
+        return await self._call(p.state_bulk_get(keys, store), timeout, None)
+
+    async def bulk_set(self, items: Sequence[t.SetItem], *, store: str = "",
+                       timeout: float | None = None, retry: bool | None = None) -> list[str]:
+        return await self._call(p.state_bulk_set(items, store), timeout, retry)
+
+    async def transact(self, ops: Sequence[t.SetItem | t.DeleteItem], *, store: str = "",
+                       timeout: float | None = None,
+                       retry: bool | None = None) -> list[str | None]:
+        return await self._call(p.state_transact(ops, store), timeout, retry)
+
+    async def try_lock(self, resource: str, owner: str, ttl_ms: int, *, wait_ms: int = 0,
+                       store: str = "", timeout: float | None = None,
+                       retry: bool | None = None) -> t.TryLockReply:
+        return await self._call(p.lock_try_lock(resource, owner, ttl_ms, wait_ms, store),
+                                timeout, retry)
+
+    async def unlock(self, resource: str, owner: str, *, store: str = "",
+                     timeout: float | None = None, retry: bool | None = None) -> t.UnlockStatus:
+        return await self._call(p.lock_unlock(resource, owner, store), timeout, retry)
+
+    async def extend_lock(self, resource: str, owner: str, ttl_ms: int, *, store: str = "",
+                          timeout: float | None = None,
+                          retry: bool | None = None) -> t.ExtendLockReply:
+        return await self._call(p.lock_extend(resource, owner, ttl_ms, store), timeout, retry)
+
+    async def next_id(self, key: str, *, store: str = "", timeout: float | None = None) -> int:
+        return (await self._call(p.seq_next(key, 1, store), timeout, None))[0]
+
+    async def next_ids(self, key: str, count: int, *, store: str = "",
+                       timeout: float | None = None) -> range:
+        return await self._call(p.seq_next(key, count, store), timeout, None)
+
+    async def get_secret(self, name: str, *, store: str = "",
+                         timeout: float | None = None) -> dict[str, str] | None:
+        return await self._call(p.secret_get(name, store), timeout, None)
+
+    async def bulk_get_secrets(self, *, store: str = "",
+                               timeout: float | None = None) -> dict[str, dict[str, str]]:
+        return await self._call(p.secret_bulk_get(store), timeout, None)
+
+    # -- machinery ------------------------------------------------------------------------
+
+    async def _call(self, op: p.Op[T], timeout: float | None, retry: bool | None) -> T:
+        """Runs ``op`` within its deadline, retrying UNAVAILABLE with backoff if allowed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else op.timeout or self.timeout) + op.extra
+        attempt = 0
+        while True:
+            try:
+                conn = await self._ensure(deadline - loop.time())
+                return op.result(*await self._exchange(conn, op, deadline - loop.time()))
+            except errors.Unavailable:
+                allowed = op.idempotent if retry is None else retry
+                delay = p.backoff(attempt, deadline - loop.time()) if allowed else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _open_stream(self, op: p.Op[T], timeout: float | None = None) -> tuple[T, Stream]:
+        """Sends a request that opens a stream (§6.11); for the pubsub and config
+        families once their payloads are specified."""
+        conn = await self._ensure(timeout or self.timeout)
+        h, payload = await self._exchange(conn, op, timeout or self.timeout)
+        result = op.result(h, payload)
+        if not h.flags & p.F_STREAM:
+            raise errors.ProtocolError(f"opcode {op.opcode:#06x} did not open a stream")
+        return result, Stream(self, conn, h.request_id)
+
+    async def _ensure(self, remaining: float) -> _Conn:
+        """The open connection, connecting and negotiating HELLO if there is none.
+        Other callers wait on the lock, so nothing is sent before HELLO is answered."""
+        conn = self._conn
+        if conn is not None and conn.error is None:
+            return conn
+        async with self._connecting:
+            if self._conn is not None and self._conn.error is None:
+                return self._conn
+            if remaining <= 0:
+                raise errors.DeadlineExceeded("deadline passed before connecting")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path), remaining)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise errors.daemon_absent(self.path) from e
+            except TimeoutError as e:
+                raise errors.DeadlineExceeded(f"connecting to {self.path} timed out") from e
+            except OSError as e:
+                raise errors.MechaConnectionError(f"cannot connect to mechad at {self.path}: {e}") from e
+            conn = _Conn(reader, writer, self.path)
+            op = p.hello()
+            try:
+                self.hello = op.result(*await self._exchange(conn, op, remaining))
+            except Exception as e:
+                conn.fail(e)
+                raise
+            conn.version = self.hello.version
+            self._conn = conn
+            return conn
+
+    async def _exchange(self, conn: _Conn, op: p.Op[Any], remaining: float) -> Frame:
+        """Sends one request on ``conn`` and waits for the frame answering it."""
+        if remaining <= 0:
+            raise errors.DeadlineExceeded("deadline passed before the request was sent")
+        if self.hello is not None and len(op.payload) > self.hello.max_frame:
+            raise errors.ResourceExhausted(
+                f"payload of {len(op.payload)} bytes exceeds max_frame {self.hello.max_frame}")
+        if conn.error is not None:
+            raise conn.error
+        rid = conn.new_id()
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        conn.pending[rid] = fut
+        try:
+            conn.writer.write(p.request_frame(op.opcode, rid, op.payload,
+                                              p.deadline_ms(remaining), conn.version))
+            async with asyncio.timeout(remaining + p.GRACE):  # no extra task per request
+                await conn.writer.drain()  # waits only while the daemon applies backpressure
+                h, payload = await fut
+        except errors.MechaError:
+            raise  # set by the reader (connection lost); some are OSErrors, keep them as they are
+        except TimeoutError as e:
+            raise errors.DeadlineExceeded(f"no answer from mechad within {remaining + p.GRACE:.3f} s") from e
+        except OSError as e:
+            err = errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}")
+            conn.fail(err)
+            raise err from e
+        finally:
+            conn.pending.pop(rid, None)
+        if h.opcode not in (op.opcode, 0):
+            bad = errors.ProtocolError(f"frame {h} answers request {rid} of opcode {op.opcode:#06x}")
+            conn.fail(bad)
+            raise bad
+        return h, payload

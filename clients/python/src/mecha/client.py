@@ -1,0 +1,249 @@
+"""The blocking client.
+
+One connection, one request at a time: a lock serialises calls, so a ``Client`` may be
+shared between threads, but calls from different threads queue behind each other. (The
+asyncio client, ``mecha.aio.Client``, pipelines instead.) Keeping one request in flight
+means a response always answers the request just sent, so no reader thread is needed.
+
+The connection is opened (and HELLO negotiated) by the constructor, so a missing daemon
+is reported at once; after a connection is lost or a call times out locally, the next
+call reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+from . import errors
+from . import payloads as t
+from . import protocol as p
+
+T = TypeVar("T")
+
+
+class Client:
+    """A connection to mechad. Every method takes ``timeout`` (seconds, default the
+    client's ``timeout``, 5 s) which is sent as the request's deadline; idempotent
+    operations (reads, ETag-conditional writes, SEQ_NEXT) are retried on UNAVAILABLE
+    within it, others only with ``retry=True``. Values are bytes; a ``str`` value is
+    stored as UTF-8. ``store=""`` selects the default store of the family."""
+
+    def __init__(self, socket_path: p.SocketPath = None, *, timeout: float = p.DEFAULT_TIMEOUT) -> None:
+        self.path = os.fspath(socket_path) if socket_path is not None else p.default_socket_path()
+        self.timeout = timeout
+        self.hello: t.HelloReply | None = None
+        """The daemon's HELLO reply (``tenant``, ``daemon_version``, ``max_frame``)."""
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._next_id = 0
+        self._version = p.VERSION
+        with self._lock:
+            self._ensure(timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- control -----------------------------------------------------------------------
+
+    def ping(self, *, timeout: float | None = None) -> None:
+        """Liveness check answered by the daemon itself, without any module."""
+        return self._call(p.ping(), timeout, None)
+
+    def status(self, *, timeout: float | None = None) -> t.StatusReply:
+        return self._call(p.status(), timeout, None)
+
+    def module_restart(self, module: str, *, binary: str | None = None,
+                       timeout: float | None = None) -> int:
+        """Admin: hot-restart ``module`` (from the absolute path ``binary``, an upgrade);
+        returns the new pid. Default timeout 30 s: the daemon answers when done."""
+        return self._call(p.module_restart(module, binary), timeout, False)
+
+    def reload(self, *, timeout: float | None = None) -> t.ReloadReply:
+        """Admin: re-read the daemon's configuration. Default timeout 60 s."""
+        return self._call(p.reload(), timeout, False)
+
+    # -- state -------------------------------------------------------------------------
+
+    def get(self, key: str, *, store: str = "", timeout: float | None = None) -> t.StateEntry | None:
+        """The live value and ETag of ``key``, or None if it is missing or expired."""
+        return self._call(p.state_get(key, store), timeout, None)
+
+    def set(self, key: str, value: bytes | str, *, etag: str | None = None,
+            ttl_ms: int | None = None, store: str = "", timeout: float | None = None,
+            retry: bool | None = None) -> str:
+        """Write ``key``; returns its new ETag. With ``etag``, only if the stored ETag
+        equals it (else ``EtagMismatch``); with ``ttl_ms``, the key expires then."""
+        return self._call(p.state_set(key, value, etag, ttl_ms, store), timeout, retry)
+
+    def delete(self, key: str, *, etag: str | None = None, store: str = "",
+               timeout: float | None = None, retry: bool | None = None) -> bool:
+        """Remove ``key``; returns whether a live key was removed."""
+        return self._call(p.state_delete(key, etag, store), timeout, retry)
+
+    def bulk_get(self, keys: Sequence[str], *, store: str = "",
+                 timeout: float | None = None) -> list[t.BulkGetItem]:
+        """One item per key, in request order; ``entry`` is None for a missing key."""
+        return self._call(p.state_bulk_get(keys, store), timeout, None)
+
+    def bulk_set(self, items: Sequence[t.SetItem], *, store: str = "",
+                 timeout: float | None = None, retry: bool | None = None) -> list[str]:
+        """Atomically write every item (or none); returns the new ETags in order."""
+        return self._call(p.state_bulk_set(items, store), timeout, retry)
+
+    def transact(self, ops: Sequence[t.SetItem | t.DeleteItem], *, store: str = "",
+                 timeout: float | None = None,
+                 retry: bool | None = None) -> list[str | None]:
+        """Atomically apply sets and deletes in order; returns the new ETag per set and
+        None per delete. An ETag mismatch anywhere changes nothing."""
+        return self._call(p.state_transact(ops, store), timeout, retry)
+
+    # -- lock --------------------------------------------------------------------------
+
+    def try_lock(self, resource: str, owner: str, ttl_ms: int, *, wait_ms: int = 0,
+                 store: str = "", timeout: float | None = None,
+                 retry: bool | None = None) -> t.TryLockReply:
+        """Take a lease of ``ttl_ms``, waiting up to ``wait_ms`` for a held lock (the
+        deadline is ``timeout`` plus the wait). Not getting it is ``acquired=False``."""
+        return self._call(p.lock_try_lock(resource, owner, ttl_ms, wait_ms, store), timeout, retry)
+
+    def unlock(self, resource: str, owner: str, *, store: str = "",
+               timeout: float | None = None, retry: bool | None = None) -> t.UnlockStatus:
+        return self._call(p.lock_unlock(resource, owner, store), timeout, retry)
+
+    def extend_lock(self, resource: str, owner: str, ttl_ms: int, *, store: str = "",
+                    timeout: float | None = None,
+                    retry: bool | None = None) -> t.ExtendLockReply:
+        """Set the lease to end ``ttl_ms`` from now; the fencing token is unchanged."""
+        return self._call(p.lock_extend(resource, owner, ttl_ms, store), timeout, retry)
+
+    # -- sequencer ---------------------------------------------------------------------
+
+    def next_id(self, key: str, *, store: str = "", timeout: float | None = None) -> int:
+        """The next id of sequence ``key``: greater than every earlier one, not dense."""
+        return self._call(p.seq_next(key, 1, store), timeout, None)[0]
+
+    def next_ids(self, key: str, count: int, *, store: str = "",
+                 timeout: float | None = None) -> range:
+        """``count`` consecutive ids (1 to 1000000) of sequence ``key``."""
+        return self._call(p.seq_next(key, count, store), timeout, None)
+
+    # -- secrets -----------------------------------------------------------------------
+
+    def get_secret(self, name: str, *, store: str = "",
+                   timeout: float | None = None) -> dict[str, str] | None:
+        """The secret's key → value pairs (one pair named ``name`` for a single-value
+        secret), or None if the store has no such secret."""
+        return self._call(p.secret_get(name, store), timeout, None)
+
+    def bulk_get_secrets(self, *, store: str = "",
+                         timeout: float | None = None) -> dict[str, dict[str, str]]:
+        """Every secret of the store the caller may read, by name."""
+        return self._call(p.secret_bulk_get(store), timeout, None)
+
+    # -- machinery ---------------------------------------------------------------------
+
+    def _call(self, op: p.Op[T], timeout: float | None, retry: bool | None) -> T:
+        """Runs ``op`` within its deadline, retrying UNAVAILABLE with backoff if allowed."""
+        total = (timeout if timeout is not None else op.timeout or self.timeout) + op.extra
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            try:
+                with self._lock:
+                    h, payload = self._exchange(op, deadline - time.monotonic())
+                return op.result(h, payload)
+            except errors.Unavailable:
+                allowed = op.idempotent if retry is None else retry
+                delay = p.backoff(attempt, deadline - time.monotonic()) if allowed else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                attempt += 1
+
+    def _ensure(self, remaining: float) -> socket.socket:
+        """The open connection, connecting and negotiating HELLO if there is none."""
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(remaining, 0.001))
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            raise errors.daemon_absent(self.path) from e
+        except OSError as e:
+            sock.close()
+            raise errors.MechaConnectionError(f"cannot connect to mechad at {self.path}: {e}") from e
+        self._sock, self._buf, self._next_id, self._version = sock, bytearray(), 0, p.VERSION
+        op = p.hello()
+        try:
+            self.hello = op.result(*self._exchange(op, remaining, sock))
+        except Exception:
+            self._drop()
+            raise
+        self._version = self.hello.version
+        return sock
+
+    def _exchange(self, op: p.Op[T], remaining: float,
+                  sock: socket.socket | None = None) -> tuple[p.Header, bytes]:
+        """Sends one request and reads its answer. Must hold ``_lock``."""
+        if remaining <= 0:
+            raise errors.DeadlineExceeded("deadline passed before the request was sent")
+        sock = sock or self._ensure(remaining)
+        if self.hello is not None and len(op.payload) > self.hello.max_frame:
+            raise errors.ResourceExhausted(
+                f"payload of {len(op.payload)} bytes exceeds max_frame {self.hello.max_frame}")
+        self._next_id = self._next_id % 0xFFFFFFFF + 1  # 1..2^32-1, never 0
+        rid = self._next_id
+        deadline = time.monotonic() + remaining + p.GRACE
+        try:
+            sock.settimeout(remaining + p.GRACE)
+            sock.sendall(p.request_frame(op.opcode, rid, op.payload, p.deadline_ms(remaining),
+                                         self._version))
+            h = p.Header.unpack(self._recv(sock, p.HEADER.size, deadline))
+            payload = self._recv(sock, h.payload_len, deadline)
+        except TimeoutError as e:
+            self._drop()  # the answer may still come: this connection is out of step
+            raise errors.DeadlineExceeded(f"no answer from mechad within {remaining + p.GRACE:.3f} s") from e
+        except errors.ProtocolError:
+            self._drop()
+            raise
+        except OSError as e:
+            self._drop()
+            raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}") from e
+        if h.opcode == 0:  # §6.3/§6.4: connection-fatal; the daemon closes it
+            self._drop()
+        elif h.request_id != rid or h.opcode != op.opcode or not h.flags & p.F_RESPONSE:
+            self._drop()
+            raise errors.ProtocolError(f"unexpected frame {h} answering request {rid}")
+        return h, payload
+
+    def _recv(self, sock: socket.socket, n: int, deadline: float) -> bytes:
+        buf = self._buf
+        while len(buf) < n:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(max(n - len(buf), 65536))
+            if not chunk:
+                raise ConnectionResetError("mechad closed the connection")
+            buf += chunk
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None

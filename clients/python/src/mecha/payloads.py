@@ -1,0 +1,288 @@
+"""The payload types of SPEC §4.1, one frozen dataclass per type, fields in wire order.
+
+Class names are the SPEC's type names, so ``PAYLOAD_TYPES`` (name → type) can resolve
+the ``type:`` line of a golden vector, and field order *is* the wire order: do not
+reorder fields. The pubsub and configuration payloads are not here because SPEC has
+not specified them yet (``PENDING_OPCODES`` in ``mecha.protocol``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from .codec import U8, U32, U64, Variants
+
+# -- control family ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    min_version: U8
+    max_version: U8
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    version: U8
+    daemon_version: str
+    tenant: str
+    max_frame: U32
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleStatus:
+    name: str
+    pid: U32
+    state: str
+    restarts: U32
+    components: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    daemon_version: str
+    pid: U32
+    uptime_ms: U64
+    modules: list[ModuleStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRestartRequest:
+    module: str
+    binary: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRestartReply:
+    pid: U32
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReply:
+    started: list[str]
+    restarted: list[str]
+    stopped: list[str]
+    unchanged: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCancel:
+    stream_id: U32
+
+# -- state family --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    value: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetItem:
+    """One write. ``etag`` makes it conditional (first-write-wins); ``ttl_ms`` > 0
+    makes the key expire that long after the write."""
+    key: str
+    value: bytes
+    etag: str | None = None
+    ttl_ms: U64 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteItem:
+    key: str
+    etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequest:
+    store: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetRequest:
+    store: str
+    item: SetItem
+
+
+@dataclass(frozen=True, slots=True)
+class SetReply:
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    store: str
+    item: DeleteItem
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReply:
+    existed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BulkGetRequest:
+    store: str
+    keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkGetItem:
+    key: str
+    entry: StateEntry | None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkGetReply:
+    items: list[BulkGetItem]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkSetRequest:
+    store: str
+    items: list[SetItem]
+
+
+# SPEC's enum TxOp: variant 0 Set(SetItem), variant 1 Delete(DeleteItem). In Python an
+# operation is just a SetItem or a DeleteItem.
+TxOp = Annotated[SetItem | DeleteItem, Variants]
+
+
+@dataclass(frozen=True, slots=True)
+class TransactRequest:
+    store: str
+    ops: list[TxOp]
+
+
+@dataclass(frozen=True, slots=True)
+class TransactReply:
+    etags: list[str | None]
+
+# -- lock family ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TryLockRequest:
+    store: str
+    resource: str
+    owner: str
+    ttl_ms: U64
+    wait_ms: U64
+
+
+@dataclass(frozen=True, slots=True)
+class TryLockReply:
+    acquired: bool
+    fencing_token: U64
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockRequest:
+    store: str
+    resource: str
+    owner: str
+
+
+class UnlockStatus(enum.IntEnum):
+    """Outcome of an unlock or extend; all three are OK answers, not errors."""
+    SUCCESS = 0
+    LOCK_DOES_NOT_EXIST = 1
+    LOCK_BELONGS_TO_OTHERS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockReply:
+    status: UnlockStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendLockRequest:
+    store: str
+    resource: str
+    owner: str
+    ttl_ms: U64
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendLockReply:
+    status: UnlockStatus
+    fencing_token: U64
+
+# -- sequencer family ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NextIdRequest:
+    store: str
+    key: str
+    count: U32
+
+
+@dataclass(frozen=True, slots=True)
+class NextIdReply:
+    first: U64
+    count: U32
+
+# -- secrets family ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecretGetRequest:
+    store: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SecretReply:
+    data: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretBulkGetRequest:
+    store: str
+
+
+@dataclass(frozen=True, slots=True)
+class SecretBulkReply:
+    secrets: list[tuple[str, list[tuple[str, str]]]]
+
+# -- module link (§8): not used by applications, kept so every vector can be replayed
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSpec:
+    name: str
+    kind: str
+    metadata: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHello:
+    version: U8
+    module: str
+    data_dir: str
+    components: list[ComponentSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReady:
+    module: str
+    version: str
+
+
+PAYLOAD_TYPES: dict[str, Any] = {
+    name: obj for name, obj in list(globals().items())
+    if isinstance(obj, type) and obj.__module__ == __name__
+}
+PAYLOAD_TYPES["TxOp"] = TxOp
+"""Every SPEC §4.1 type this client implements, by its SPEC name."""

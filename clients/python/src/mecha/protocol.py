@@ -1,0 +1,266 @@
+"""Everything the sync and asyncio clients share: the frame header (SPEC §2), the
+opcode table (§3), socket selection, the retry policy, and one ``Op`` per operation.
+
+An ``Op`` is a request already built plus the knowledge of how to read its answer, so
+each public method is written once here and the two clients only differ in how they
+move bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from . import errors
+from . import payloads as t
+from .codec import DecodeError, decode, encode
+
+VERSION = 1
+CLIENT_NAME = "mecha-python/0.1.0"
+MAGIC = b"MCHA"
+HEADER = struct.Struct("<4sBBHIHHII")  # magic version flags opcode id status ext deadline len
+F_RESPONSE, F_STREAM, F_END = 0x01, 0x02, 0x04
+MAX_INCOMING = 64 << 20  # §7.7.2: a client SHOULD accept answers up to 64 MiB
+DEFAULT_TIMEOUT = 5.0
+GRACE = 1.0  # the daemon answers DEADLINE_EXCEEDED itself; we wait this much longer
+
+# opcode -> (name, request type, OK reply type); None = empty payload (SPEC §3).
+OPCODES: dict[int, tuple[str, Any, Any]] = {
+    0x0001: ("HELLO", t.Hello, t.HelloReply),
+    0x0002: ("PING", None, None),
+    0x0003: ("STATUS", None, t.StatusReply),
+    0x0004: ("MODULE_RESTART", t.ModuleRestartRequest, t.ModuleRestartReply),
+    0x0005: ("RELOAD", None, t.ReloadReply),
+    0x0006: ("STREAM_CANCEL", t.StreamCancel, None),
+    0x0101: ("STATE_GET", t.GetRequest, t.StateEntry),
+    0x0102: ("STATE_SET", t.SetRequest, t.SetReply),
+    0x0103: ("STATE_DELETE", t.DeleteRequest, t.DeleteReply),
+    0x0104: ("STATE_BULK_GET", t.BulkGetRequest, t.BulkGetReply),
+    0x0105: ("STATE_BULK_SET", t.BulkSetRequest, t.TransactReply),
+    0x0106: ("STATE_TRANSACT", t.TransactRequest, t.TransactReply),
+    0x0301: ("LOCK_TRY_LOCK", t.TryLockRequest, t.TryLockReply),
+    0x0302: ("LOCK_UNLOCK", t.UnlockRequest, t.UnlockReply),
+    0x0303: ("LOCK_EXTEND", t.ExtendLockRequest, t.ExtendLockReply),
+    0x0401: ("SEQ_NEXT", t.NextIdRequest, t.NextIdReply),
+    0x0601: ("SECRET_GET", t.SecretGetRequest, t.SecretReply),
+    0x0602: ("SECRET_BULK_GET", t.SecretBulkGetRequest, t.SecretBulkReply),
+    0xF001: ("LINK_HELLO", t.LinkHello, t.LinkReady),
+    0xF002: ("LINK_PING", None, None),
+    0xF003: ("LINK_DRAIN", None, None),
+    0xF004: ("LINK_CANCEL", None, None),
+}
+# Defined in SPEC §3 with payloads "to be specified": pubsub and configuration.
+PENDING_OPCODES = frozenset({0x0201, 0x0202, 0x0203, 0x0501, 0x0502, 0x0503})
+
+
+class Header(NamedTuple):
+    """The 24-byte frame header without its constant magic (a tuple: cheap to build)."""
+    version: int
+    flags: int
+    opcode: int
+    request_id: int
+    status: int = 0
+    ext: int = 0
+    deadline_ms: int = 0
+    payload_len: int = 0
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, self.version, self.flags, self.opcode, self.request_id,
+                           self.status, self.ext, self.deadline_ms, self.payload_len)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Header:
+        """Parses a header; bad magic or a hostile length is a ``ProtocolError``,
+        since the byte stream cannot be trusted past it."""
+        fields = HEADER.unpack(raw)
+        if fields[0] != MAGIC:
+            raise errors.ProtocolError(f"bad magic {fields[0]!r} from mechad")
+        h = cls._make(fields[1:])
+        if h.payload_len > MAX_INCOMING:
+            raise errors.ProtocolError(f"frame of {h.payload_len} bytes from mechad is too large")
+        return h
+
+
+def request_frame(opcode: int, request_id: int, payload: bytes, deadline_ms: int,
+                  version: int = VERSION) -> bytes:
+    return HEADER.pack(MAGIC, version, 0, opcode, request_id, 0, 0, deadline_ms, len(payload)) + payload
+
+
+def deadline_ms(seconds: float) -> int:
+    """Seconds left → the header's deadline_ms: at least 1 (0 would mean "daemon
+    default"), at most u32::MAX."""
+    return min(max(1, math.ceil(seconds * 1000)), 0xFFFFFFFF)
+
+
+def default_socket_path() -> str:
+    """Same rule as mechactl and mechad: ``$MECHA_SOCKET``; else as root
+    ``/run/mecha/mecha.sock``; else ``$XDG_RUNTIME_DIR/mecha/mecha.sock``; else
+    ``$TMPDIR`` (or /tmp) ``/mecha-<uid>/mecha.sock``."""
+    if env := os.environ.get("MECHA_SOCKET"):
+        return env
+    uid = os.geteuid()
+    if uid == 0:
+        return "/run/mecha/mecha.sock"
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(xdg, "mecha", "mecha.sock")
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"mecha-{uid}", "mecha.sock")
+
+
+def backoff(attempt: int, remaining: float) -> float | None:
+    """Sleep before retry ``attempt`` (0-based): 10 ms doubling to 500 ms, jittered to
+    50–100% so clients that failed together do not retry together. None when the sleep
+    would not leave time for another try within the deadline."""
+    delay = min(0.5, 0.01 * (2 ** min(attempt, 6))) * random.uniform(0.5, 1.0)
+    return delay if delay < remaining else None
+
+
+T = TypeVar("T")
+SocketPath = str | os.PathLike[str] | None
+
+
+@dataclass(slots=True)
+class Op(Generic[T]):
+    """One operation: request bytes, how to read the answer, and how to retry it.
+
+    ``idempotent`` operations are retried on UNAVAILABLE within the call's deadline;
+    ``missing`` means NOT_FOUND is an answer (``post(None)``), not an error."""
+    opcode: int
+    payload: bytes
+    reply: Any
+    post: Callable[[Any], T]
+    idempotent: bool
+    missing: bool = False
+    timeout: float | None = None  # None: the client's default timeout
+    extra: float = 0.0  # added to the timeout, e.g. a lock's wait
+
+    def result(self, h: Header, payload: bytes) -> T:
+        """Turns an answer into the method's return value or raises its error."""
+        if h.status != 0:
+            if h.status == 1 and self.missing:
+                return self.post(None)
+            raise status_error(h, payload)
+        if self.reply is None:
+            if payload:
+                raise errors.ProtocolError(f"{len(payload)} bytes where an empty payload is required")
+            return self.post(None)
+        try:
+            return self.post(decode(self.reply, payload))
+        except DecodeError as e:
+            raise errors.ProtocolError(f"undecodable answer to opcode {self.opcode:#06x}: {e}") from e
+
+
+def status_error(h: Header, payload: bytes) -> errors.StatusError:
+    """The exception for a non-OK answer. Its payload is always an ErrorBody (§5)."""
+    try:
+        message = decode(t.ErrorBody, payload).message
+    except DecodeError as e:
+        message = f"(undecodable t.ErrorBody: {e})"
+    return errors.error_for(h.status, message, h.opcode)
+
+
+def _op(opcode: int, req: Any, post: Callable[[Any], T], idempotent: bool, **kw: Any) -> Op[T]:
+    return Op(opcode, b"" if req is None else encode(req), OPCODES[opcode][2], post,
+              idempotent, **kw)
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def _b(value: bytes | bytearray | memoryview | str) -> bytes:
+    """Values are bytes on the wire; a str is stored as its UTF-8 for convenience."""
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def hello() -> Op[t.HelloReply]:
+    return _op(0x0001, t.Hello(VERSION, VERSION, CLIENT_NAME), _same, False)
+
+
+def ping() -> Op[None]:
+    return _op(0x0002, None, _none, True)
+
+
+def status() -> Op[t.StatusReply]:
+    return _op(0x0003, None, _same, True)
+
+
+def module_restart(module: str, binary: str | None) -> Op[int]:
+    return _op(0x0004, t.ModuleRestartRequest(module, binary), lambda r: r.pid, False, timeout=30.0)
+
+
+def reload() -> Op[t.ReloadReply]:
+    return _op(0x0005, None, _same, False, timeout=60.0)
+
+
+def stream_cancel(stream_id: int) -> Op[None]:
+    return _op(0x0006, t.StreamCancel(stream_id), _none, True)
+
+
+def state_get(key: str, store: str) -> Op[t.StateEntry | None]:
+    return _op(0x0101, t.GetRequest(store, key), _same, True, missing=True)
+
+
+def state_set(key: str, value: bytes | str, etag: str | None, ttl_ms: int | None,
+        store: str) -> Op[str]:
+    item = t.SetItem(key, _b(value), etag, ttl_ms)
+    return _op(0x0102, t.SetRequest(store, item), lambda r: r.etag, etag is not None)
+
+
+def state_delete(key: str, etag: str | None, store: str) -> Op[bool]:
+    return _op(0x0103, t.DeleteRequest(store, t.DeleteItem(key, etag)), lambda r: r.existed,
+               etag is not None)
+
+
+def state_bulk_get(keys: Sequence[str], store: str) -> Op[list[t.BulkGetItem]]:
+    return _op(0x0104, t.BulkGetRequest(store, list(keys)), lambda r: r.items, True)
+
+
+def state_bulk_set(items: Sequence[t.SetItem], store: str) -> Op[list[str]]:
+    items = list(items)
+    return _op(0x0105, t.BulkSetRequest(store, items), lambda r: list(r.etags),
+               all(i.etag is not None for i in items))
+
+
+def state_transact(ops: Sequence[t.SetItem | t.DeleteItem], store: str) -> Op[list[str | None]]:
+    ops = list(ops)
+    return _op(0x0106, t.TransactRequest(store, ops), lambda r: list(r.etags),
+               all(o.etag is not None for o in ops))
+
+
+def lock_try_lock(resource: str, owner: str, ttl_ms: int, wait_ms: int, store: str) -> Op[t.TryLockReply]:
+    # §7.4.1: the wait counts against the deadline, so the deadline covers both.
+    return _op(0x0301, t.TryLockRequest(store, resource, owner, ttl_ms, wait_ms), _same, False,
+               extra=wait_ms / 1000)
+
+
+def lock_unlock(resource: str, owner: str, store: str) -> Op[t.UnlockStatus]:
+    return _op(0x0302, t.UnlockRequest(store, resource, owner), lambda r: r.status, False)
+
+
+def lock_extend(resource: str, owner: str, ttl_ms: int, store: str) -> Op[t.ExtendLockReply]:
+    return _op(0x0303, t.ExtendLockRequest(store, resource, owner, ttl_ms), _same, False)
+
+
+def seq_next(key: str, count: int, store: str) -> Op[range]:
+    # §7.5 "Retrying": a resent SEQ_NEXT at worst skips ids, which gaps allow.
+    return _op(0x0401, t.NextIdRequest(store, key, count),
+               lambda r: range(r.first, r.first + r.count), True)
+
+
+def secret_get(name: str, store: str) -> Op[dict[str, str] | None]:
+    return _op(0x0601, t.SecretGetRequest(store, name),
+               lambda r: None if r is None else dict(r.data), True, missing=True)
+
+
+def secret_bulk_get(store: str) -> Op[dict[str, dict[str, str]]]:
+    return _op(0x0602, t.SecretBulkGetRequest(store),
+               lambda r: {name: dict(pairs) for name, pairs in r.secrets}, True)
