@@ -185,6 +185,7 @@ impl Config {
         Self {
             components: vec![
                 component("statestore", "state.redb", &[]),
+                component("pubsub", "pubsub.redb", &[]),
                 component("lockstore", "lock.redb", &[]),
                 component("sequencer", "sequencer.redb", &[]),
                 // Writable by admins (`mechactl config set`), watched by apps.

@@ -13,6 +13,8 @@ mod lock;
 mod pubsub;
 mod secret;
 mod seq;
+mod top;
+mod wait;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -73,6 +75,10 @@ enum Command {
     },
     /// Re-read the daemon's configuration and apply the differences (admin).
     Reload,
+    /// Wait until the daemon is ready: every module running (exit 1 on timeout).
+    Wait(wait::WaitArgs),
+    /// Live view of modules and per-tenant rates, errors and latencies.
+    Top(top::TopArgs),
     /// Daemon version, uptime and modules.
     Status {
         /// Print JSON instead of a table.
@@ -149,6 +155,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket.unwrap_or_else(mecha_client::default_socket);
+    // These connect (and reconnect) by themselves: the daemon may not be up yet.
+    match cli.command {
+        Command::Wait(args) => return wait::run(&socket, args, &mut std::io::stdout().lock()),
+        Command::Top(args) => return top::run(&socket, args, &mut std::io::stdout().lock()),
+        _ => {}
+    }
     let mut client = Client::connect(&socket)?;
     client.set_timeout(Duration::from_millis(cli.timeout_ms));
     let mut out = std::io::stdout().lock();
@@ -226,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Wait(_) | Command::Top(_) => unreachable!("handled before connecting"),
         Command::Status { json } => {
             let status = client.status().context("asking for status")?;
             if json {

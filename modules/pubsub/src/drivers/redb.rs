@@ -1,0 +1,668 @@
+//! The `pubsub.redb` driver: topic logs and consumer-group progress in an
+//! embedded, crash-safe file, so acknowledged publishes and acknowledged
+//! deliveries survive module and daemon restarts.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{BoxFuture, GroupChange, GroupRecord, Message, PubsubError, PubsubLog, TopicRecord};
+
+/// The key of the `messages` table: (tenant, topic, offset).
+type MessageKey = (&'static str, &'static str, u64);
+
+/// The messages of every topic, by offset. The value is [`FORMAT`] followed
+/// by the message in the ABI's pinned encoding.
+const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messages");
+
+/// Per (tenant, topic): the offset the next message takes. It is written in
+/// the same transaction as every append and never decreases, so offsets are
+/// never reused, even once every message of a topic has been deleted (a
+/// reused offset could be mistaken for one a group already acknowledged).
+const TOPICS: TableDefinition<(&str, &str), u64> = TableDefinition::new("topics");
+
+/// The key of the `groups` table: (tenant, topic, group).
+type GroupKey = (&'static str, &'static str, &'static str);
+
+/// Per consumer group: its committed position (every offset below it is
+/// acknowledged by the group).
+const GROUPS: TableDefinition<GroupKey, u64> = TableDefinition::new("groups");
+
+/// The key of the `acks` and `failures` tables: (tenant, topic, group, offset).
+type OffsetKey = (&'static str, &'static str, &'static str, u64);
+
+/// Offsets a group acknowledged out of order, at or above its committed
+/// position. Rows below it are deleted whenever the position moves.
+const ACKS: TableDefinition<OffsetKey, ()> = TableDefinition::new("acks");
+
+/// Failed deliveries so far of a group's unacknowledged offsets, so that
+/// dead-lettering counts them across restarts.
+const FAILURES: TableDefinition<OffsetKey, u32> = TableDefinition::new("failures");
+
+/// The storage format of a `messages` value; a different first byte is
+/// refused rather than misread.
+const FORMAT: u8 = 1;
+
+/// The metadata fields this driver understands beyond the broker's, matched
+/// ignoring ASCII case as Dapr does.
+const KNOWN_FIELDS: &str = "path";
+
+/// How long a request waits for the previous module instance to release the
+/// file during a hot restart. Draining takes milliseconds; this is a bound.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// The page cache redb may use. Its default (1 GiB) would let a busy log
+/// grow the module far beyond what a node daemon's module should take; the
+/// log is read mostly at its recent end, which a small cache holds.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A pubsub log kept in one redb file.
+pub struct RedbLog {
+    /// The store file.
+    path: PathBuf,
+    /// The open database, shared with the blocking tasks that do the I/O
+    /// (which may outlive a dropped future). It is empty only while the
+    /// previous instance of this module still holds the file during a hot
+    /// restart; the first request then opens it.
+    db: tokio::sync::OnceCell<Arc<Database>>,
+}
+
+impl std::fmt::Debug for RedbLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbLog {
+    /// Opens (creating if needed) the store file of component `name`.
+    ///
+    /// `metadata` holds the fields the broker did not claim. The file is the
+    /// field `path` (absolute, or relative to `data_dir`), or
+    /// `<data_dir>/<name>.redb` without it. This blocks on file I/O; it runs
+    /// once, when the module starts.
+    pub fn open(
+        name: &str,
+        metadata: &[(String, String)],
+        data_dir: &Path,
+    ) -> Result<Self, PubsubError> {
+        let path = file_path(name, metadata, data_dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                PubsubError::Internal(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = tokio::sync::OnceCell::new();
+        // A hot-restart successor must not touch the file before the old
+        // instance has exited; its first request opens it.
+        let eager = if mecha_module::is_handoff() {
+            None
+        } else {
+            open_file(&path)?
+        };
+        match eager {
+            Some(opened) => {
+                let _ = db.set(Arc::new(opened));
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "pubsub file is held by the previous instance; opening it once released"
+            ),
+        }
+        Ok(Self { path, db })
+    }
+
+    /// The database, opened on first use if the previous instance held it
+    /// when this one started (a hot restart: redb allows one process per file).
+    async fn db(&self) -> Result<Arc<Database>, PubsubError> {
+        self.db
+            .get_or_try_init(|| async {
+                let deadline = Instant::now() + RELEASE_WAIT;
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let path = self.path.clone();
+                    if let Some(db) = blocking(move || open_file(&path)).await? {
+                        return Ok(Arc::new(db));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(PubsubError::Unavailable(format!(
+                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
+                            self.path.display()
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Opens and prepares the file; `None` when another process holds it.
+fn open_file(path: &Path) -> Result<Option<Database>, PubsubError> {
+    match redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+    {
+        Ok(db) => {
+            prepare(&db)?;
+            Ok(Some(db))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+        Err(e) => Err(PubsubError::Internal(format!(
+            "opening redb file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Creates the tables up front, because a read transaction cannot create a
+/// table and reads should not have to treat "no table yet" as a special case.
+fn prepare(db: &Database) -> Result<(), PubsubError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin the table-creating transaction"))?;
+    txn.open_table(MESSAGES)
+        .map_err(redb_error("create the messages table"))?;
+    txn.open_table(TOPICS)
+        .map_err(redb_error("create the topics table"))?;
+    txn.open_table(GROUPS)
+        .map_err(redb_error("create the groups table"))?;
+    txn.open_table(ACKS)
+        .map_err(redb_error("create the acks table"))?;
+    txn.open_table(FAILURES)
+        .map_err(redb_error("create the failures table"))?;
+    txn.commit()
+        .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// Works out which file a component lives in, rejecting unknown metadata.
+fn file_path(
+    name: &str,
+    metadata: &[(String, String)],
+    data_dir: &Path,
+) -> Result<PathBuf, PubsubError> {
+    let config = |reason: String| PubsubError::Config {
+        component: name.to_owned(),
+        reason,
+    };
+    let mut path: Option<&str> = None;
+    for (field, value) in metadata {
+        // Dapr matches metadata names ignoring case, so `Path` is `path`.
+        match field.to_ascii_lowercase().as_str() {
+            "path" => {
+                // A second `path` is almost certainly a copy-paste slip, and
+                // silently picking one of them would hide it.
+                if path.is_some() {
+                    return Err(config(
+                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(config("metadata field \"path\" is empty".to_owned()));
+                }
+                path = Some(value);
+            }
+            _ => {
+                return Err(config(format!(
+                    "unknown metadata field {field:?} (known: {}, {KNOWN_FIELDS})",
+                    crate::broker::Settings::KNOWN_FIELDS
+                )))
+            }
+        }
+    }
+    match path {
+        // `join` keeps an absolute path as it is, which is what we want.
+        Some(path) => Ok(data_dir.join(path)),
+        None => {
+            // The name becomes a file name, so it must not be able to climb
+            // out of the data directory or name a subdirectory.
+            let usable = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '\0']);
+            if usable {
+                Ok(data_dir.join(format!("{name}.redb")))
+            } else {
+                Err(config(format!(
+                    "the component name {name:?} cannot be used as a file name; \
+                     set the metadata field \"path\""
+                )))
+            }
+        }
+    }
+}
+
+/// Maps a redb error to `Internal`, saying which operation failed.
+fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> PubsubError {
+    move |e| PubsubError::Internal(format!("redb: cannot {operation}: {e}"))
+}
+
+/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
+/// stalls the runtime's worker threads.
+async fn blocking<T, F>(work: F) -> Result<T, PubsubError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, PubsubError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PubsubError::Internal(format!("redb worker task failed: {e}")))?
+}
+
+/// Encodes a message for the `messages` table.
+fn encode(message: &Message) -> Result<Vec<u8>, PubsubError> {
+    let body = mecha_abi::encode(message)
+        .map_err(|e| PubsubError::Internal(format!("encoding a message for storage: {e}")))?;
+    let mut stored = Vec::with_capacity(body.len() + 1);
+    stored.push(FORMAT);
+    stored.extend_from_slice(&body);
+    Ok(stored)
+}
+
+/// Decodes a `messages` value.
+fn decode(stored: &[u8]) -> Result<Message, PubsubError> {
+    match stored.split_first() {
+        Some((&FORMAT, body)) => mecha_abi::decode(body)
+            .map_err(|e| PubsubError::Internal(format!("a stored message is corrupt: {e}"))),
+        Some((other, _)) => Err(PubsubError::Internal(format!(
+            "a stored message has format {other}, this module reads format {FORMAT}"
+        ))),
+        None => Err(PubsubError::Internal(
+            "a stored message is empty".to_owned(),
+        )),
+    }
+}
+
+/// Reads what is stored of a topic.
+fn load_topic(db: &Database, tenant: &str, topic: &str) -> Result<TopicRecord, PubsubError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a read transaction"))?;
+    let topics = txn
+        .open_table(TOPICS)
+        .map_err(redb_error("open the topics table"))?;
+    let next = topics
+        .get((tenant, topic))
+        .map_err(redb_error("read a topic's next offset"))?
+        .map_or(1, |guard| guard.value());
+    let messages = txn
+        .open_table(MESSAGES)
+        .map_err(redb_error("open the messages table"))?;
+    let first = messages
+        .range((tenant, topic, 0)..=(tenant, topic, u64::MAX))
+        .map_err(redb_error("scan a topic's messages"))?
+        .next()
+        .transpose()
+        .map_err(redb_error("read a topic's first message"))?
+        .map_or(next, |(key, _)| key.value().2);
+    let groups_table = txn
+        .open_table(GROUPS)
+        .map_err(redb_error("open the groups table"))?;
+    let acks = txn
+        .open_table(ACKS)
+        .map_err(redb_error("open the acks table"))?;
+    let failures = txn
+        .open_table(FAILURES)
+        .map_err(redb_error("open the failures table"))?;
+    let mut groups = Vec::new();
+    // Group names sort after "" in the key order, so this range starts at
+    // the topic's first group; it ends where another topic's keys begin.
+    for row in groups_table
+        .range((tenant, topic, "")..)
+        .map_err(redb_error("scan a topic's groups"))?
+    {
+        let (key, value) = row.map_err(redb_error("read a group"))?;
+        let (row_tenant, row_topic, name) = key.value();
+        if row_tenant != tenant || row_topic != topic {
+            break;
+        }
+        let mut record = GroupRecord {
+            name: name.to_owned(),
+            committed: value.value(),
+            acked: Vec::new(),
+            failures: Vec::new(),
+        };
+        for row in acks
+            .range((tenant, topic, name, 0)..=(tenant, topic, name, u64::MAX))
+            .map_err(redb_error("scan a group's acks"))?
+        {
+            let (key, _) = row.map_err(redb_error("read an ack"))?;
+            record.acked.push(key.value().3);
+        }
+        for row in failures
+            .range((tenant, topic, name, 0)..=(tenant, topic, name, u64::MAX))
+            .map_err(redb_error("scan a group's failures"))?
+        {
+            let (key, value) = row.map_err(redb_error("read a failure count"))?;
+            record.failures.push((key.value().3, value.value()));
+        }
+        groups.push(record);
+    }
+    Ok(TopicRecord {
+        first,
+        next,
+        groups,
+    })
+}
+
+/// Deletes a topic's messages below `below`.
+fn trim(
+    messages: &mut redb::Table<'_, MessageKey, &[u8]>,
+    tenant: &str,
+    topic: &str,
+    below: u64,
+) -> Result<(), PubsubError> {
+    if below > 0 {
+        messages
+            .retain_in((tenant, topic, 0)..(tenant, topic, below), |_, _| false)
+            .map_err(redb_error("delete acknowledged messages"))?;
+    }
+    Ok(())
+}
+
+/// Appends one message (and trims), committed durably.
+fn append(
+    db: &Database,
+    tenant: &str,
+    topic: &str,
+    offset: u64,
+    stored: &[u8],
+    trim_below: u64,
+) -> Result<(), PubsubError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    {
+        let mut messages = txn
+            .open_table(MESSAGES)
+            .map_err(redb_error("open the messages table for writing"))?;
+        let mut topics = txn
+            .open_table(TOPICS)
+            .map_err(redb_error("open the topics table for writing"))?;
+        messages
+            .insert((tenant, topic, offset), stored)
+            .map_err(redb_error("write a message"))?;
+        let next = topics
+            .get((tenant, topic))
+            .map_err(redb_error("read a topic's next offset"))?
+            .map_or(1, |guard| guard.value());
+        topics
+            .insert((tenant, topic), next.max(offset.saturating_add(1)))
+            .map_err(redb_error("write a topic's next offset"))?;
+        trim(&mut messages, tenant, topic, trim_below)?;
+    }
+    // The default durability is `Immediate`: once `commit` returns, the
+    // message is on disk, so the publish may be acknowledged.
+    txn.commit().map_err(redb_error("commit a publish"))
+}
+
+/// Reads one message.
+fn read(
+    db: &Database,
+    tenant: &str,
+    topic: &str,
+    offset: u64,
+) -> Result<Option<Message>, PubsubError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a read transaction"))?;
+    let messages = txn
+        .open_table(MESSAGES)
+        .map_err(redb_error("open the messages table"))?;
+    let found = messages
+        .get((tenant, topic, offset))
+        .map_err(redb_error("read a message"))?;
+    found.map(|guard| decode(guard.value())).transpose()
+}
+
+/// Merges a group change (see [`GroupChange`]), committed durably.
+fn save_group(
+    db: &Database,
+    tenant: &str,
+    topic: &str,
+    group: &str,
+    change: &GroupChange,
+) -> Result<(), PubsubError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    {
+        let mut groups = txn
+            .open_table(GROUPS)
+            .map_err(redb_error("open the groups table for writing"))?;
+        let mut acks = txn
+            .open_table(ACKS)
+            .map_err(redb_error("open the acks table for writing"))?;
+        let mut failures = txn
+            .open_table(FAILURES)
+            .map_err(redb_error("open the failures table for writing"))?;
+        let mut messages = txn
+            .open_table(MESSAGES)
+            .map_err(redb_error("open the messages table for writing"))?;
+        let stored = groups
+            .get((tenant, topic, group))
+            .map_err(redb_error("read a group's position"))?
+            .map_or(0, |guard| guard.value());
+        let committed = stored.max(change.committed);
+        groups
+            .insert((tenant, topic, group), committed)
+            .map_err(redb_error("write a group's position"))?;
+        let below = (tenant, topic, group, 0)..(tenant, topic, group, committed);
+        acks.retain_in(below.clone(), |_, ()| false)
+            .map_err(redb_error("delete acks below the position"))?;
+        failures
+            .retain_in(below, |_, _| false)
+            .map_err(redb_error("delete failure counts below the position"))?;
+        for &offset in change.acked.iter().filter(|&&o| o >= committed) {
+            acks.insert((tenant, topic, group, offset), ())
+                .map_err(redb_error("write an ack"))?;
+            failures
+                .remove((tenant, topic, group, offset))
+                .map_err(redb_error("delete an acknowledged offset's failure count"))?;
+        }
+        for &(offset, count) in change.failures.iter().filter(|(o, _)| *o >= committed) {
+            let key = (tenant, topic, group, offset);
+            let old = failures
+                .get(key)
+                .map_err(redb_error("read a failure count"))?
+                .map_or(0, |guard| guard.value());
+            failures
+                .insert(key, old.max(count))
+                .map_err(redb_error("write a failure count"))?;
+        }
+        trim(&mut messages, tenant, topic, change.trim_below)?;
+    }
+    txn.commit()
+        .map_err(redb_error("commit a group's progress"))
+}
+
+// The blocking tasks must own what they use (`'static`), so the names are
+// copied.
+impl PubsubLog for RedbLog {
+    fn load_topic<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<TopicRecord, PubsubError>> {
+        let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || load_topic(&db, &tenant, &topic)).await
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+        message: Arc<Message>,
+        trim_below: u64,
+    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+        let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || {
+                let stored = encode(&message)?;
+                append(&db, &tenant, &topic, offset, &stored, trim_below)
+            })
+            .await
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<Option<Arc<Message>>, PubsubError>> {
+        let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
+        Box::pin(async move {
+            let db = self.db().await?;
+            let found = blocking(move || read(&db, &tenant, &topic, offset)).await?;
+            Ok(found.map(Arc::new))
+        })
+    }
+
+    fn save_group<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        group: &'a str,
+        change: &'a GroupChange,
+    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+        let (tenant, topic, group) = (tenant.to_owned(), topic.to_owned(), group.to_owned());
+        let change = change.clone();
+        Box::pin(async move {
+            let db = self.db().await?;
+            blocking(move || save_group(&db, &tenant, &topic, &group, &change)).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8]) -> Arc<Message> {
+        Arc::new(Message {
+            id: "id".into(),
+            source: String::new(),
+            event_type: String::new(),
+            spec_version: String::new(),
+            data_content_type: "text/plain".into(),
+            time: String::new(),
+            trace_parent: String::new(),
+            data: data.to_vec(),
+            metadata: Vec::new(),
+            raw: true,
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_file_held_by_a_previous_instance_is_opened_once_released() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let rt = runtime();
+        let old = RedbLog::open("handoff", &[], dir.path()).expect("first open");
+        rt.block_on(old.append("t", "orders", 1, message(b"one"), 0))
+            .expect("append");
+        // As in a hot restart: the new instance starts while the old holds the file.
+        let new = RedbLog::open("handoff", &[], dir.path()).expect("deferred open");
+        assert!(new.db.get().is_none(), "the file is still held");
+        let record = rt.block_on(async {
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(old);
+            };
+            let (_, record) = tokio::join!(release, new.load_topic("t", "orders"));
+            record
+        });
+        let record = record.expect("load after the handoff");
+        assert_eq!((record.first, record.next), (1, 2));
+    }
+
+    #[test]
+    fn group_changes_merge_monotonically() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let rt = runtime();
+        let log = RedbLog::open("merge", &[], dir.path()).expect("open");
+        for offset in 1..=6 {
+            rt.block_on(log.append("t", "x", offset, message(b"m"), 0))
+                .expect("append");
+        }
+        let later = GroupChange {
+            committed: 4,
+            acked: vec![5],
+            failures: vec![(6, 2)],
+            trim_below: 4,
+        };
+        // Computed earlier, written later: it must not move anything back.
+        let earlier = GroupChange {
+            committed: 2,
+            acked: vec![3],
+            failures: vec![(3, 1), (6, 1)],
+            trim_below: 2,
+        };
+        rt.block_on(log.save_group("t", "x", "g", &later))
+            .expect("save");
+        rt.block_on(log.save_group("t", "x", "g", &earlier))
+            .expect("save");
+        let record = rt.block_on(log.load_topic("t", "x")).expect("load");
+        assert_eq!((record.first, record.next), (4, 7));
+        assert_eq!(
+            record.groups,
+            vec![GroupRecord {
+                name: "g".into(),
+                committed: 4,
+                acked: vec![5],
+                failures: vec![(6, 2)],
+            }]
+        );
+    }
+
+    #[test]
+    fn offsets_are_not_reused_once_every_message_is_trimmed() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let rt = runtime();
+        let log = RedbLog::open("next", &[], dir.path()).expect("open");
+        rt.block_on(log.append("t", "x", 1, message(b"a"), 0))
+            .expect("append");
+        rt.block_on(log.append("t", "x", 2, message(b"b"), 0))
+            .expect("append");
+        let change = GroupChange {
+            committed: 3,
+            trim_below: 3,
+            ..GroupChange::default()
+        };
+        rt.block_on(log.save_group("t", "x", "g", &change))
+            .expect("save");
+        drop(log);
+        let log = RedbLog::open("next", &[], dir.path()).expect("reopen");
+        let record = rt.block_on(log.load_topic("t", "x")).expect("load");
+        assert_eq!((record.first, record.next), (3, 3));
+        // Other topics and tenants sharing a prefix are unaffected.
+        let other = rt.block_on(log.load_topic("t", "x2")).expect("load");
+        assert_eq!((other.first, other.next, other.groups.len()), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_stored_message_in_an_unknown_format_is_refused() {
+        assert!(matches!(decode(&[9, 1, 2]), Err(PubsubError::Internal(_))));
+        assert!(matches!(decode(&[]), Err(PubsubError::Internal(_))));
+        let stored = encode(&message(b"x")).expect("encode");
+        assert_eq!(decode(&stored).expect("decode"), *message(b"x"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The pubsub module: CloudEvents publish/subscribe with consumer groups,
+//! at-least-once delivery with acks, redelivery and dead letters, served from
+//! the configured stores (`pubsub.memory`, `pubsub.redb`).
+//!
+//! Each subscription is a server-push stream owned by one task: it takes the
+//! next delivery from the broker and pushes it, until the application
+//! cancels the stream or goes away (its unacknowledged deliveries then go
+//! back to its group) or this instance is retired (the stream ends with
+//! UNAVAILABLE so the client resubscribes to the next instance).
+
+pub mod broker;
+pub mod drivers;
+pub mod envelope;
+
+use std::path::Path;
+
+use mecha_abi::msg::{AckRequest, PublishRequest, SubscribeReply, SubscribeRequest};
+use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+
+use broker::{Broker, Subscriber};
+use drivers::PubsubError;
+
+/// The pubsub module: one or more named stores, the first being the default.
+pub struct PubsubModule {
+    stores: Vec<(String, Broker)>,
+}
+
+impl Module for PubsubModule {
+    const NAME: &'static str = "pubsub";
+
+    async fn init(hello: LinkHello) -> Result<Self, InitError> {
+        if hello.components.is_empty() {
+            return Err(InitError("no pubsub component configured".into()));
+        }
+        let data_dir = Path::new(&hello.data_dir);
+        let mut stores = Vec::with_capacity(hello.components.len());
+        for spec in &hello.components {
+            let store = drivers::open(spec, data_dir)
+                .map_err(|e| InitError(format!("cannot open pubsub store {:?}: {e}", spec.name)))?;
+            stores.push((spec.name.clone(), store));
+        }
+        Ok(Self { stores })
+    }
+
+    async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
+        let result = match ctx.opcode {
+            Opcode::PUBSUB_PUBLISH => self.publish(&ctx.tenant, payload).await,
+            Opcode::PUBSUB_SUBSCRIBE => self.subscribe(ctx, payload).await,
+            Opcode::PUBSUB_ACK => self.ack(&ctx.tenant, payload).await,
+            other => Err(Reply::error(
+                Status::UnknownOpcode,
+                format!("the pubsub module does not serve opcode {other}"),
+            )),
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
+/// Every handler yields the reply to send, success or failure.
+type Handled = Result<Reply, Reply>;
+
+impl PubsubModule {
+    fn store(&self, name: &str) -> Result<&Broker, Reply> {
+        let found = if name.is_empty() {
+            self.stores.first()
+        } else {
+            self.stores.iter().find(|(n, _)| n == name)
+        };
+        found.map(|(_, s)| s).ok_or_else(|| {
+            Reply::error(
+                Status::InvalidArgument,
+                format!("no pubsub store named {name:?} is configured"),
+            )
+        })
+    }
+
+    async fn publish(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: PublishRequest = Reply::decode(payload)?;
+        let reply = self
+            .store(&req.store)?
+            .publish(tenant, &req)
+            .await
+            .map_err(error_reply)?;
+        Ok(Reply::ok(&reply))
+    }
+
+    async fn subscribe(&self, ctx: Ctx, payload: &[u8]) -> Handled {
+        let req: SubscribeRequest = Reply::decode(payload)?;
+        let store = self.store(&req.store)?;
+        let subscriber = store
+            .subscribe(&ctx.tenant, &req)
+            .await
+            .map_err(error_reply)?;
+        // The daemon answers DEADLINE_EXCEEDED at the deadline and then
+        // drops a late answer, so a stream opened now would reach nobody
+        // while its subscriber took deliveries from the group; refuse
+        // instead (dropping the subscriber, which holds nothing yet).
+        if ctx
+            .deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+        {
+            return Err(Reply::error(
+                Status::DeadlineExceeded,
+                format!(
+                    "subscribing to {:?} took longer than the request's deadline",
+                    req.topic
+                ),
+            ));
+        }
+        let reply = SubscribeReply {
+            subscription_id: subscriber.id(),
+            store: store.settings().store.clone(),
+            group: subscriber.group().to_owned(),
+        };
+        // The stream opens only once the subscriber exists, so an error
+        // above is a plain error answer and no stream is left half-open.
+        let stream = ctx.open_stream();
+        tokio::spawn(serve_stream(ctx, stream, subscriber));
+        Ok(Reply::stream_ok(&reply))
+    }
+
+    async fn ack(&self, tenant: &str, payload: &[u8]) -> Handled {
+        let req: AckRequest = Reply::decode(payload)?;
+        let reply = self
+            .store(&req.store)?
+            .ack(tenant, &req)
+            .await
+            .map_err(error_reply)?;
+        Ok(Reply::ok(&reply))
+    }
+}
+
+/// Pushes deliveries to one subscription's stream until it ends.
+///
+/// Backpressure: `Subscriber::next` hands out nothing while the subscriber
+/// holds its `max_in_flight` unacknowledged deliveries, and `Stream::push`
+/// waits while the link to the daemon is full, so a slow consumer pauses
+/// this task instead of growing a buffer. A push the daemon or the client
+/// drops for lack of room is delivered again when its ack deadline passes.
+async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscriber) {
+    loop {
+        let next = tokio::select! {
+            // Draining is checked first: a retired instance also cancels its
+            // streams, and its members did nothing wrong, so their
+            // deliveries must not count as failed.
+            biased;
+            () = ctx.draining() => {
+                subscriber.retire();
+                stream
+                    .end(
+                        Status::Unavailable,
+                        "the pubsub module instance is being replaced; subscribe again",
+                    )
+                    .await;
+                return;
+            }
+            () = stream.cancelled() => {
+                // Dropping the subscriber gives its deliveries back, counted
+                // as failed.
+                return;
+            }
+            next = subscriber.next() => next,
+        };
+        let delivery = match next {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                let reply = error_reply(e);
+                let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
+                    .map(|b| b.message)
+                    .unwrap_or_default();
+                stream.end(reply.status, &message).await;
+                return;
+            }
+        };
+        let bytes = match mecha_abi::encode(&delivery) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The delivery stays in flight and is delivered again at its
+                // deadline; the stream ends so the failure is visible.
+                let message = format!("encoding a delivery failed: {e}");
+                stream.end(Status::Internal, &message).await;
+                return;
+            }
+        };
+        if stream.push(bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The reply for a broker error.
+fn error_reply(e: PubsubError) -> Reply {
+    let status = match e {
+        PubsubError::Invalid(_) => Status::InvalidArgument,
+        PubsubError::Full { .. } => Status::ResourceExhausted,
+        PubsubError::Unavailable(_) => Status::Unavailable,
+        PubsubError::Config { .. } | PubsubError::Internal(_) => Status::Internal,
+    };
+    Reply::error(status, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use mecha_abi::msg::{ComponentSpec, ErrorBody, PublishReply, SubscribeReply};
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn module(rt: &tokio::runtime::Runtime) -> PubsubModule {
+        let hello = LinkHello {
+            version: 1,
+            module: "pubsub".into(),
+            data_dir: std::env::temp_dir().to_string_lossy().into_owned(),
+            components: vec![ComponentSpec {
+                name: "events".into(),
+                kind: "pubsub.memory".into(),
+                metadata: Vec::new(),
+            }],
+        };
+        rt.block_on(PubsubModule::init(hello)).expect("init")
+    }
+
+    fn call(
+        rt: &tokio::runtime::Runtime,
+        m: &PubsubModule,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Reply {
+        rt.block_on(m.handle(Ctx::detached("t", opcode), payload))
+    }
+
+    fn error_of(reply: &Reply) -> (Status, String) {
+        let body: ErrorBody = mecha_abi::decode(&reply.payload).expect("an error body");
+        (reply.status, body.message)
+    }
+
+    fn publish(store: &str, topic: &str) -> Vec<u8> {
+        mecha_abi::encode(&PublishRequest {
+            store: store.into(),
+            topic: topic.into(),
+            data: b"x".to_vec(),
+            content_type: String::new(),
+            metadata: Vec::new(),
+            raw: false,
+        })
+        .expect("encode")
+    }
+
+    fn subscribe(topic: &str, max_in_flight: u32) -> Vec<u8> {
+        mecha_abi::encode(&SubscribeRequest {
+            store: String::new(),
+            topic: topic.into(),
+            group: String::new(),
+            max_in_flight,
+            ack_deadline_ms: 0,
+        })
+        .expect("encode")
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments() {
+        let rt = runtime();
+        let m = module(&rt);
+        for (opcode, payload, needle) in [
+            (Opcode::PUBSUB_PUBLISH, publish("", ""), "topic"),
+            (Opcode::PUBSUB_PUBLISH, publish("nope", "t"), "\"nope\""),
+            (Opcode::PUBSUB_PUBLISH, vec![1, 2, 3], ""),
+            (Opcode::PUBSUB_SUBSCRIBE, subscribe("", 0), "topic"),
+            (
+                Opcode::PUBSUB_SUBSCRIBE,
+                subscribe("t", 5000),
+                "max_in_flight",
+            ),
+        ] {
+            let (status, message) = error_of(&call(&rt, &m, opcode, &payload));
+            assert_eq!(status, Status::InvalidArgument, "{message}");
+            assert!(message.contains(needle), "{message:?} names {needle}");
+        }
+        let reply = call(&rt, &m, Opcode::STATE_GET, &[]);
+        assert_eq!(reply.status, Status::UnknownOpcode);
+    }
+
+    #[test]
+    fn publish_answers_the_id_and_offset_and_subscribe_opens_a_stream() {
+        let rt = runtime();
+        let m = module(&rt);
+        let reply = call(&rt, &m, Opcode::PUBSUB_PUBLISH, &publish("events", "t"));
+        let published: PublishReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert_eq!(published.offset, 1);
+        assert!(!published.id.is_empty());
+        let reply = call(&rt, &m, Opcode::PUBSUB_SUBSCRIBE, &subscribe("t", 0));
+        assert!(reply.opens_stream);
+        let opened: SubscribeReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert_eq!(opened.store, "events");
+        assert_eq!(opened.group, "default");
+    }
+}
