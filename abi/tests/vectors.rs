@@ -9,13 +9,15 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 
 use mecha_abi::msg::{
-    BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, ComponentSpec, DeleteItem,
-    DeleteReply, DeleteRequest, ErrorBody, ExtendLockReply, ExtendLockRequest, GetRequest, Hello,
-    HelloReply, LinkHello, LinkReady, ModuleRestartReply, ModuleRestartRequest, ModuleStatus,
-    NextIdReply, NextIdRequest, ReloadReply, SecretBulkGetRequest, SecretBulkReply,
-    SecretGetRequest, SecretReply, SetItem, SetReply, SetRequest, StateEntry, StatusReply,
-    StreamCancel, TransactReply, TransactRequest, TryLockReply, TryLockRequest, TxOp, UnlockReply,
-    UnlockRequest, UnlockStatus,
+    AckItem, AckReply, AckRequest, BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest,
+    ComponentSpec, ConfigGetReply, ConfigGetRequest, ConfigItem, ConfigSetItem, ConfigSetReply,
+    ConfigSetRequest, ConfigSubscribeRequest, ConfigUpdate, DeleteItem, DeleteReply, DeleteRequest,
+    Delivery, ErrorBody, ExtendLockReply, ExtendLockRequest, GetRequest, Hello, HelloReply,
+    LinkHello, LinkReady, ModuleRestartReply, ModuleRestartRequest, ModuleStatus, NextIdReply,
+    NextIdRequest, PublishReply, PublishRequest, ReloadReply, SecretBulkGetRequest,
+    SecretBulkReply, SecretGetRequest, SecretReply, SetItem, SetReply, SetRequest, StateEntry,
+    StatusReply, StreamCancel, SubscribeReply, SubscribeRequest, TransactReply, TransactRequest,
+    TryLockReply, TryLockRequest, TxOp, UnlockReply, UnlockRequest, UnlockStatus,
 };
 use mecha_abi::{
     decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,
@@ -129,6 +131,33 @@ fn resp(opcode: Opcode, request_id: u32, status: Status) -> Header {
     req(opcode, request_id, 0).response(status)
 }
 
+/// The answer that opens a stream: RESPONSE | STREAM, status OK (SPEC.md §6.11).
+fn opening(opcode: Opcode, request_id: u32) -> Header {
+    Header {
+        flags: Flags(Flags::RESPONSE | Flags::STREAM),
+        ..resp(opcode, request_id, Status::Ok)
+    }
+}
+
+/// The END frame of stream `stream_id` carrying `ErrorBody { message }`.
+fn end_error(
+    name: &'static str,
+    meaning: &'static str,
+    opcode: Opcode,
+    stream_id: u32,
+    status: Status,
+    message: &str,
+) -> Vector {
+    typed(
+        name,
+        meaning,
+        Header::end(opcode, stream_id, status),
+        ErrorBody {
+            message: message.to_string(),
+        },
+    )
+}
+
 fn item(key: &str, value: &[u8], etag: Option<&str>, ttl_ms: Option<u64>) -> SetItem {
     SetItem {
         key: key.to_string(),
@@ -147,6 +176,39 @@ fn entry(value: &[u8], etag: &str) -> StateEntry {
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+fn config_item(key: &str, value: &str, version: &str, metadata: &[(&str, &str)]) -> ConfigItem {
+    ConfigItem {
+        key: key.to_string(),
+        value: value.to_string(),
+        version: version.to_string(),
+        metadata: pairs(metadata),
+    }
+}
+
+/// The message id of the pubsub examples.
+const MESSAGE_ID: &str = "3f2a9c4b1d0e8f71-1a";
+
+/// The first delivery of the message published by `pubsub_publish_request`.
+fn delivery() -> Delivery {
+    Delivery {
+        store: "events".to_string(),
+        topic: "orders".to_string(),
+        group: "billing".to_string(),
+        offset: 12,
+        attempt: 1,
+        id: MESSAGE_ID.to_string(),
+        source: "mecha://uid:1000".to_string(),
+        event_type: "com.mecha.pubsub.message".to_string(),
+        spec_version: "1.0".to_string(),
+        data_content_type: "application/json".to_string(),
+        time: "2026-11-27T11:25:39.123Z".to_string(),
+        trace_parent: String::new(),
+        data: b"{\"id\":7}".to_vec(),
+        metadata: pairs(&[("partitionKey", "cust-42")]),
+        raw: false,
+    }
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -492,6 +554,86 @@ fn vectors() -> Vec<Vector> {
                 etags: vec![Some("45".to_string()), None],
             },
         ),
+        // --- pubsub ------------------------------------------------------------
+        typed(
+            "pubsub_publish_request",
+            "PUBSUB_PUBLISH to topic \"orders\" of the default store: data {\"id\":7} (8 bytes) as application/json, metadata partitionKey = \"cust-42\", in a CloudEvents envelope (raw false)",
+            req(O::PUBSUB_PUBLISH, 60, 0),
+            PublishRequest {
+                store: String::new(),
+                topic: "orders".to_string(),
+                data: b"{\"id\":7}".to_vec(),
+                content_type: "application/json".to_string(),
+                metadata: pairs(&[("partitionKey", "cust-42")]),
+                raw: false,
+            },
+        ),
+        typed(
+            "pubsub_publish_reply",
+            "OK answer to PUBSUB_PUBLISH: message id \"3f2a9c4b1d0e8f71-1a\", stored at offset 12 of the tenant's topic",
+            resp(O::PUBSUB_PUBLISH, 60, Status::Ok),
+            PublishReply {
+                id: MESSAGE_ID.to_string(),
+                offset: 12,
+            },
+        ),
+        error(
+            "pubsub_publish_topic_full",
+            "RESOURCE_EXHAUSTED (7) answering a PUBSUB_PUBLISH to a topic whose groups still need maxMessages (10000) retained messages; nothing was stored",
+            O::PUBSUB_PUBLISH,
+            63,
+            Status::ResourceExhausted,
+            "topic \"orders\" is full: it retains 10000 messages (maxMessages) and consumer group \"billing\" has not acknowledged the oldest; publish again once it catches up",
+        ),
+        typed(
+            "pubsub_subscribe_request",
+            "PUBSUB_SUBSCRIBE to topic \"orders\" of the default store as a member of group \"billing\", at most 16 unacknowledged deliveries, ack deadline 10000 ms",
+            req(O::PUBSUB_SUBSCRIBE, 61, 0),
+            SubscribeRequest {
+                store: String::new(),
+                topic: "orders".to_string(),
+                group: "billing".to_string(),
+                max_in_flight: 16,
+                ack_deadline_ms: 10_000,
+            },
+        ),
+        typed(
+            "pubsub_subscribe_reply",
+            "OK answer to PUBSUB_SUBSCRIBE with flags RESPONSE | STREAM (0x03): stream 61 is open; subscription 5 in store \"events\" (the default store), group \"billing\"",
+            opening(O::PUBSUB_SUBSCRIBE, 61),
+            SubscribeReply {
+                subscription_id: 5,
+                store: "events".to_string(),
+                group: "billing".to_string(),
+            },
+        ),
+        typed(
+            "pubsub_delivery_push",
+            "push (flags STREAM 0x02, status 0) on stream 61: the first delivery (attempt 1) of offset 12 of \"orders\" to group \"billing\" of store \"events\", CloudEvents envelope from tenant \"uid:1000\", no traceparent",
+            Header::push(O::PUBSUB_SUBSCRIBE, 61),
+            delivery(),
+        ),
+        typed(
+            "pubsub_ack_request",
+            "PUBSUB_ACK (an ack, nack false) in store \"events\" of topic \"orders\", group \"billing\": the delivery of offset 12, attempt 1",
+            req(O::PUBSUB_ACK, 62, 0),
+            AckRequest {
+                store: "events".to_string(),
+                topic: "orders".to_string(),
+                group: "billing".to_string(),
+                items: vec![AckItem {
+                    offset: 12,
+                    attempt: 1,
+                }],
+                nack: false,
+            },
+        ),
+        typed(
+            "pubsub_ack_reply",
+            "OK answer to PUBSUB_ACK: 1 item took effect",
+            resp(O::PUBSUB_ACK, 62, Status::Ok),
+            AckReply { applied: 1 },
+        ),
         // --- lock --------------------------------------------------------------
         typed(
             "lock_try_lock_request_wait",
@@ -580,6 +722,114 @@ fn vectors() -> Vec<Vector> {
                 first: 1001,
                 count: 3,
             },
+        ),
+        // --- configuration -----------------------------------------------------
+        typed(
+            "config_get_request",
+            "CONFIG_GET of keys \"log-level\", \"feature-x\" and \"timeout\" in the default configuration store",
+            req(O::CONFIG_GET, 70, 0),
+            ConfigGetRequest {
+                store: String::new(),
+                keys: strings(&["log-level", "feature-x", "timeout"]),
+            },
+        ),
+        typed(
+            "config_get_reply",
+            "OK answer to CONFIG_GET in request order: \"log-level\" = \"debug\" and \"feature-x\" = \"on\" with metadata owner = \"team-a\", both version \"1764242739123456\"; the missing \"timeout\" is simply absent",
+            resp(O::CONFIG_GET, 70, Status::Ok),
+            ConfigGetReply {
+                items: vec![
+                    config_item("log-level", "debug", "1764242739123456", &[]),
+                    config_item("feature-x", "on", "1764242739123456", &[("owner", "team-a")]),
+                ],
+            },
+        ),
+        typed(
+            "config_subscribe_request",
+            "CONFIG_SUBSCRIBE to keys \"log-level\" and \"feature-x\" of store \"appconfig\"",
+            req(O::CONFIG_SUBSCRIBE, 71, 0),
+            ConfigSubscribeRequest {
+                store: "appconfig".to_string(),
+                keys: strings(&["log-level", "feature-x"]),
+            },
+        ),
+        typed(
+            "config_subscribe_reply",
+            "OK answer to CONFIG_SUBSCRIBE with flags RESPONSE | STREAM (0x03): stream 71 is open; the snapshot of the watched keys, \"log-level\" = \"debug\" and \"feature-x\" = \"on\" (owner = \"team-a\")",
+            opening(O::CONFIG_SUBSCRIBE, 71),
+            ConfigGetReply {
+                items: vec![
+                    config_item("log-level", "debug", "1764242739123456", &[]),
+                    config_item("feature-x", "on", "1764242739123456", &[("owner", "team-a")]),
+                ],
+            },
+        ),
+        typed(
+            "config_update_push",
+            "push (flags STREAM 0x02, status 0) on stream 71: ConfigUpdate seq 1, \"feature-x\" changed to \"off\" (version \"1764242801000042\", owner = \"team-a\"), \"log-level\" deleted",
+            Header::push(O::CONFIG_SUBSCRIBE, 71),
+            ConfigUpdate {
+                seq: 1,
+                items: vec![config_item(
+                    "feature-x",
+                    "off",
+                    "1764242801000042",
+                    &[("owner", "team-a")],
+                )],
+                deleted: strings(&["log-level"]),
+            },
+        ),
+        typed(
+            "config_set_request",
+            "CONFIG_SET (admin) in store \"appconfig\": write \"feature-x\" = \"off\" with metadata owner = \"team-a\" and delete \"log-level\", atomically",
+            req(O::CONFIG_SET, 72, 0),
+            ConfigSetRequest {
+                store: "appconfig".to_string(),
+                items: vec![ConfigSetItem {
+                    key: "feature-x".to_string(),
+                    value: "off".to_string(),
+                    metadata: pairs(&[("owner", "team-a")]),
+                }],
+                delete: strings(&["log-level"]),
+            },
+        ),
+        typed(
+            "config_set_reply",
+            "OK answer to CONFIG_SET: the new version of the one written item, \"1764242801000042\"",
+            resp(O::CONFIG_SET, 72, Status::Ok),
+            ConfigSetReply {
+                versions: strings(&["1764242801000042"]),
+            },
+        ),
+        error(
+            "config_set_read_only",
+            "INVALID_ARGUMENT (3) answering a CONFIG_SET to \"nodeconfig\", a configuration.file store, which is read-only through the ABI",
+            O::CONFIG_SET,
+            73,
+            Status::InvalidArgument,
+            "store \"nodeconfig\" is read-only",
+        ),
+        // --- stream ends -------------------------------------------------------
+        empty(
+            "stream_end_ok",
+            "END (flags STREAM | END 0x06) of stream 61 with status OK after STREAM_CANCEL: the stream finished; empty payload",
+            Header::end(O::PUBSUB_SUBSCRIBE, 61, Status::Ok),
+        ),
+        end_error(
+            "stream_end_unavailable",
+            "END (0x06) of stream 61 with UNAVAILABLE (8): reset because the pubsub module exited; the client subscribes again",
+            O::PUBSUB_SUBSCRIBE,
+            61,
+            Status::Unavailable,
+            "stream reset: module pubsub: the module exited; resubscribe",
+        ),
+        end_error(
+            "stream_end_resource_exhausted",
+            "END (0x06) of stream 71 with RESOURCE_EXHAUSTED (7): the application left 1024 pushes unread, a push was dropped; the client subscribes again",
+            O::CONFIG_SUBSCRIBE,
+            71,
+            Status::ResourceExhausted,
+            "stream 71 ended: the application did not read its pushes (1024 queued on the connection); resubscribe",
         ),
         // --- secrets -----------------------------------------------------------
         typed(
@@ -775,6 +1025,11 @@ fn vectors() -> Vec<Vector> {
             "daemon -> module LINK_CANCEL: end the stream whose link id is 4098 (the request id); empty payload, never answered",
             req(O::LINK_CANCEL, 4098, 0),
         ),
+        empty(
+            "link_stream_end_ok",
+            "module -> daemon END (0x06) with status OK of the stream whose link id is 4098, after LINK_CANCEL; empty payload",
+            Header::end(O::PUBSUB_SUBSCRIBE, 4098, Status::Ok),
+        ),
         forwarded_get(),
         typed(
             "link_forwarded_state_get_reply",
@@ -835,6 +1090,24 @@ fn invalid_vectors() -> Vec<Invalid> {
     });
     let mut next_id_trailing = next_id.clone();
     next_id_trailing.push(0);
+    let ack_req = enc(&AckRequest {
+        store: String::new(),
+        topic: "t".to_string(),
+        group: String::new(),
+        items: Vec::new(),
+        nack: false,
+    });
+    let subscribe_req = enc(&SubscribeRequest {
+        store: String::new(),
+        topic: "t".to_string(),
+        group: String::new(),
+        max_in_flight: 16,
+        ack_deadline_ms: 0,
+    });
+    // ConfigGetRequest: store "", then a keys count of 2^62 followed by 3 bytes.
+    let mut config_huge = enc(&String::new());
+    config_huge.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    config_huge.extend_from_slice(b"abc");
     vec![
         Invalid {
             name: "bool_not_0_or_1",
@@ -912,6 +1185,27 @@ fn invalid_vectors() -> Vec<Invalid> {
             ty: "NextIdRequest",
             payload: next_id_trailing,
             decode: reject::<NextIdRequest>,
+        },
+        Invalid {
+            name: "ack_request_nack_not_bool",
+            meaning: "AckRequest (store \"\", topic \"t\", group \"\", no items) whose nack bool byte is 2",
+            ty: "AckRequest",
+            payload: with(ack_req.clone(), ack_req.len() - 1, 2),
+            decode: reject::<AckRequest>,
+        },
+        Invalid {
+            name: "subscribe_request_truncated",
+            meaning: "SubscribeRequest (store \"\", topic \"t\", group \"\", max_in_flight 16) with none of the 4 bytes of ack_deadline_ms",
+            ty: "SubscribeRequest",
+            payload: subscribe_req[..subscribe_req.len() - 4].to_vec(),
+            decode: reject::<SubscribeRequest>,
+        },
+        Invalid {
+            name: "config_get_request_count_beyond_payload",
+            meaning: "ConfigGetRequest (store \"\") whose keys count claims 2^62 strings but 3 bytes follow; must fail without allocating",
+            ty: "ConfigGetRequest",
+            payload: config_huge,
+            decode: reject::<ConfigGetRequest>,
         },
     ]
 }
@@ -1155,16 +1449,12 @@ const DEFINED_OPCODES: [Opcode; 28] = [
 ];
 
 /// Defined opcodes whose payloads are not final: SPEC.md §3 lists them as "to be
-/// specified" (§7.3, §7.6) and no vector pins them yet. Payloads pending; vectors
-/// added with the module.
-const PAYLOADS_PENDING: [Opcode; 6] = [
-    Opcode::PUBSUB_PUBLISH,
-    Opcode::PUBSUB_SUBSCRIBE,
-    Opcode::PUBSUB_ACK,
-    Opcode::CONFIG_GET,
-    Opcode::CONFIG_SUBSCRIBE,
-    Opcode::CONFIG_SET,
-];
+/// specified" and no vector pins them yet. Payloads pending; vectors added with
+/// the module. Empty: every defined opcode is specified.
+const PAYLOADS_PENDING: [Opcode; 0] = [];
+
+/// Defined opcodes whose OK answer opens a stream (SPEC.md §6.11).
+const OPENS_STREAM: [Opcode; 2] = [Opcode::PUBSUB_SUBSCRIBE, Opcode::CONFIG_SUBSCRIBE];
 
 /// Defined opcodes that are never answered (SPEC.md §8), so they have a request
 /// vector but no response vector.
@@ -1181,23 +1471,31 @@ fn defined_opcodes_are_every_named_opcode() {
     let mut listed = DEFINED_OPCODES.to_vec();
     listed.sort();
     assert_eq!(listed, named, "DEFINED_OPCODES differs from Opcode::name");
-    for op in PAYLOADS_PENDING.iter().chain(&NEVER_ANSWERED) {
+    for op in PAYLOADS_PENDING
+        .iter()
+        .chain(&NEVER_ANSWERED)
+        .chain(&OPENS_STREAM)
+    {
         assert!(DEFINED_OPCODES.contains(op), "{op} is not defined");
     }
 }
 
 /// Every defined opcode appears in at least one request and one OK response vector
 /// (except as `PAYLOADS_PENDING` and `NEVER_ANSWERED` say), and every non-OK status
-/// in at least one error vector.
+/// in at least one error vector. Stream frames count as neither: a push is not a
+/// request, an END is not an answer.
 #[test]
 fn vectors_cover_every_opcode_and_status() {
     let vs = vectors();
     for op in DEFINED_OPCODES {
         let is = |resp: bool| {
             vs.iter().any(|v| {
-                v.header.opcode == op
-                    && v.header.flags.is_response() == resp
-                    && v.header.status == 0
+                let kind = if resp {
+                    v.header.flags.is_response()
+                } else {
+                    v.header.flags == Flags(0)
+                };
+                v.header.opcode == op && kind && v.header.status == 0
             })
         };
         if PAYLOADS_PENDING.contains(&op) {
@@ -1224,6 +1522,56 @@ fn vectors_cover_every_opcode_and_status() {
                 && v.header.flags == Flags(Flags::RESPONSE)
                 && v.ty == "ErrorBody"),
             "no error vector for {status}"
+        );
+    }
+}
+
+/// Stream frames (SPEC.md §6.11) are well formed, and every stream-opening opcode
+/// has its opening answer and a push pinned, and END frames of the three statuses
+/// a client must tell apart (OK, UNAVAILABLE, RESOURCE_EXHAUSTED) are pinned.
+#[test]
+fn stream_vectors_are_well_formed_and_cover_every_stream() {
+    const OPENING: Flags = Flags(Flags::RESPONSE | Flags::STREAM);
+    const PUSH: Flags = Flags(Flags::STREAM);
+    const END: Flags = Flags(Flags::STREAM | Flags::END);
+    let vs = vectors();
+    for v in &vs {
+        let (h, name) = (v.header, v.name);
+        if !h.flags.is_stream() && !h.flags.is_end() {
+            continue;
+        }
+        assert!(
+            OPENS_STREAM.contains(&h.opcode),
+            "{name}: stream flags on {}, which opens no stream",
+            h.opcode
+        );
+        assert_eq!((h.ext, h.deadline_ms), (0, 0), "{name}: ext and deadline");
+        match h.flags {
+            OPENING | PUSH => assert_eq!(h.status, 0, "{name}: status"),
+            END if h.status == 0 => assert_eq!(v.ty, "empty", "{name}: END OK is empty"),
+            END => assert_eq!(v.ty, "ErrorBody", "{name}: END with an error"),
+            other => panic!("{name}: flags {other:?} are not a stream frame's"),
+        }
+    }
+    for op in OPENS_STREAM {
+        let has = |flags: Flags| {
+            vs.iter()
+                .any(|v| v.header.opcode == op && v.header.flags == flags)
+        };
+        assert!(has(OPENING), "no opening answer vector for {op}");
+        assert!(has(PUSH), "no push vector for {op}");
+        assert!(
+            !vs.iter().any(|v| v.header.opcode == op
+                && v.header.flags == Flags(Flags::RESPONSE)
+                && v.header.status == 0),
+            "{op}: an OK answer without STREAM"
+        );
+    }
+    for status in [Status::Ok, Status::Unavailable, Status::ResourceExhausted] {
+        assert!(
+            vs.iter()
+                .any(|v| v.header.flags == END && v.header.status == status.code()),
+            "no END vector with {status}"
         );
     }
 }
@@ -1301,6 +1649,11 @@ fn spec_examples_match_the_vectors() {
         "lock_try_lock_request_wait",
         "seq_next_request",
         "error_secret_permission_denied",
+        "pubsub_subscribe_reply",
+        "pubsub_delivery_push",
+        "config_update_push",
+        "stream_end_ok",
+        "stream_end_unavailable",
     ];
     for r in required {
         assert!(

@@ -59,7 +59,7 @@ from mecha.payloads import (
     UnlockRequest,
     UnlockStatus,
 )
-from mecha.protocol import F_RESPONSE, OPCODES, PENDING_OPCODES, Header
+from mecha.protocol import F_END, F_RESPONSE, F_STREAM, OPCODES, PENDING_OPCODES, PUSH_TYPES, Header
 
 EMPTY = object()
 
@@ -197,7 +197,10 @@ def test_vector(v: dict[str, str]) -> None:
         assert tname == "ErrorBody"
     elif h.opcode in OPCODES:
         _, req_t, rep_t = OPCODES[h.opcode]
-        want = rep_t if h.flags & F_RESPONSE else req_t
+        if h.flags & F_STREAM and not h.flags & F_RESPONSE:  # §6.11: a push, or END OK
+            want = None if h.flags & F_END else PUSH_TYPES[h.opcode]
+        else:
+            want = rep_t if h.flags & F_RESPONSE else req_t
         assert tname == ("empty" if want is None else want.__name__)
     else:
         pytest.fail(f"opcode {h.opcode:#06x} of vector {v['name']} is not in the client's table")

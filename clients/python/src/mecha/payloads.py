@@ -2,14 +2,14 @@
 
 Class names are the SPEC's type names, so ``PAYLOAD_TYPES`` (name → type) can resolve
 the ``type:`` line of a golden vector, and field order *is* the wire order: do not
-reorder fields. The pubsub and configuration payloads are not here because SPEC has
-not specified them yet (``PENDING_OPCODES`` in ``mecha.protocol``).
+reorder fields. ``Delivery`` and ``ConfigUpdate`` are the push payloads of the
+PUBSUB_SUBSCRIBE and CONFIG_SUBSCRIBE streams (SPEC §6.11).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from .codec import U8, U32, U64, Variants
@@ -168,6 +168,81 @@ class TransactRequest:
 class TransactReply:
     etags: list[str | None]
 
+# -- pubsub family -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    store: str
+    topic: str
+    data: bytes
+    content_type: str = ""
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+    raw: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReply:
+    id: str
+    offset: U64
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    store: str
+    topic: str
+    group: str = ""
+    max_in_flight: U32 = 0
+    ack_deadline_ms: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeReply:
+    subscription_id: U64
+    store: str
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The push of a PUBSUB_SUBSCRIBE stream; ``offset`` and ``attempt`` identify it in
+    PUBSUB_ACK."""
+    store: str
+    topic: str
+    group: str
+    offset: U64
+    attempt: U32
+    id: str
+    source: str
+    event_type: str
+    spec_version: str
+    data_content_type: str
+    time: str
+    trace_parent: str
+    data: bytes
+    metadata: list[tuple[str, str]]
+    raw: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AckItem:
+    offset: U64
+    attempt: U32
+
+
+@dataclass(frozen=True, slots=True)
+class AckRequest:
+    store: str
+    topic: str
+    group: str
+    items: list[AckItem]
+    nack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AckReply:
+    applied: U32
+
 # -- lock family ---------------------------------------------------------------------
 
 
@@ -232,6 +307,61 @@ class NextIdRequest:
 class NextIdReply:
     first: U64
     count: U32
+
+# -- configuration family ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigItem:
+    key: str
+    value: str
+    version: str
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigGetRequest:
+    store: str
+    keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigGetReply:
+    """CONFIG_GET's answer, and the snapshot that opens a CONFIG_SUBSCRIBE stream."""
+    items: list[ConfigItem]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSubscribeRequest:
+    store: str
+    keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUpdate:
+    """The push of a CONFIG_SUBSCRIBE stream; a gap in ``seq`` means pushes were lost."""
+    seq: U64
+    items: list[ConfigItem]
+    deleted: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSetItem:
+    key: str
+    value: str
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSetRequest:
+    store: str
+    items: list[ConfigSetItem]
+    delete: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSetReply:
+    versions: list[str]
 
 # -- secrets family ------------------------------------------------------------------
 

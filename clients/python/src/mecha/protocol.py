@@ -43,10 +43,16 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0x0104: ("STATE_BULK_GET", t.BulkGetRequest, t.BulkGetReply),
     0x0105: ("STATE_BULK_SET", t.BulkSetRequest, t.TransactReply),
     0x0106: ("STATE_TRANSACT", t.TransactRequest, t.TransactReply),
+    0x0201: ("PUBSUB_PUBLISH", t.PublishRequest, t.PublishReply),
+    0x0202: ("PUBSUB_SUBSCRIBE", t.SubscribeRequest, t.SubscribeReply),
+    0x0203: ("PUBSUB_ACK", t.AckRequest, t.AckReply),
     0x0301: ("LOCK_TRY_LOCK", t.TryLockRequest, t.TryLockReply),
     0x0302: ("LOCK_UNLOCK", t.UnlockRequest, t.UnlockReply),
     0x0303: ("LOCK_EXTEND", t.ExtendLockRequest, t.ExtendLockReply),
     0x0401: ("SEQ_NEXT", t.NextIdRequest, t.NextIdReply),
+    0x0501: ("CONFIG_GET", t.ConfigGetRequest, t.ConfigGetReply),
+    0x0502: ("CONFIG_SUBSCRIBE", t.ConfigSubscribeRequest, t.ConfigGetReply),
+    0x0503: ("CONFIG_SET", t.ConfigSetRequest, t.ConfigSetReply),
     0x0601: ("SECRET_GET", t.SecretGetRequest, t.SecretReply),
     0x0602: ("SECRET_BULK_GET", t.SecretBulkGetRequest, t.SecretBulkReply),
     0xF001: ("LINK_HELLO", t.LinkHello, t.LinkReady),
@@ -54,8 +60,10 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0xF003: ("LINK_DRAIN", None, None),
     0xF004: ("LINK_CANCEL", None, None),
 }
-# Defined in SPEC §3 with payloads "to be specified": pubsub and configuration.
-PENDING_OPCODES = frozenset({0x0201, 0x0202, 0x0203, 0x0501, 0x0502, 0x0503})
+# Defined in SPEC §3 with payloads "to be specified": none any more.
+PENDING_OPCODES: frozenset[int] = frozenset()
+# opcode -> push payload type of the stream its OK answer opens (SPEC §3, §6.11).
+PUSH_TYPES: dict[int, Any] = {0x0202: t.Delivery, 0x0502: t.ConfigUpdate}
 
 
 class Header(NamedTuple):
