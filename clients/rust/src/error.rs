@@ -6,7 +6,7 @@ use mecha_abi::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket could not be connected.
-    #[error("cannot connect to mechad at {path}: {source}")]
+    #[error("is mechad running? socket: {path}: {source}")]
     Connect {
         /// The socket path.
         path: std::path::PathBuf,
