@@ -1,0 +1,3 @@
+module mecha.dev/client
+
+go 1.19
