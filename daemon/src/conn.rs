@@ -96,7 +96,8 @@ pub async fn serve(
     let tenant = daemon.tenants.read().resolve(&peer);
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let quota = daemon.quotas.read().tenant(&tenant);
-    let (_counted, observe) = (daemon.metrics.connection(), daemon.metrics.tenant(&tenant));
+    // Counted as open until this function returns; requests timed per tenant.
+    let (_open, tenant_metrics) = (daemon.metrics.connection(), daemon.metrics.tenant(&tenant));
     let _slot = match quota.connect() {
         Ok(slot) => slot,
         Err(msg) => {
@@ -137,7 +138,7 @@ pub async fn serve(
         let permit = ConnOut::new(permit);
         let flow = match next {
             Ok(Some((header, payload))) => {
-                let permit = permit.observed(&observe, header.opcode);
+                let permit = permit.observed(&tenant_metrics, header.opcode);
                 conn.on_frame(header, payload, permit).await
             }
             Ok(None) => break,

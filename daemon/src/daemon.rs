@@ -51,6 +51,8 @@ pub struct Daemon {
     pub supervision: Supervision,
     /// Serialises reloads and restarts so two never interleave.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Request, connection and module metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Daemon {
@@ -157,7 +159,8 @@ impl Daemon {
         }
         *self.tenants.write() = Tenants::new(config.settings.tenants.clone());
         *self.admin_uids.write() = config.settings.admin_uids.clone();
-        *self.quotas.write() = Arc::new(crate::quota::Registry::new(config.settings.quotas.clone()));
+        *self.quotas.write() =
+            Arc::new(crate::quota::Registry::new(config.settings.quotas.clone()));
         tracing::info!(?reply, "configuration reloaded");
         Ok(reply)
     }

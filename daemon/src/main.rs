@@ -3,8 +3,10 @@
 mod config;
 mod conn;
 mod daemon;
+mod http;
 mod link;
 mod listener;
+mod metrics;
 mod peer;
 mod plan;
 mod quota;
@@ -45,6 +47,11 @@ struct Args {
     /// Where the mecha-mod-* binaries are. Default: beside mechad.
     #[arg(long, env = "MECHA_MODULE_DIR")]
     module_dir: Option<PathBuf>,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g.
+    /// 127.0.0.1:9464), or `off`. Default: spec.http.address; else on at
+    /// 0.0.0.0:9464 inside Kubernetes and off elsewhere.
+    #[arg(long, env = "MECHA_HTTP")]
+    http: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -142,6 +149,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         module_dir,
     };
 
+    // The HTTP endpoint comes up first: liveness answers while modules start.
+    let metrics = Arc::new(metrics::Metrics::default());
+    let http = http::start(
+        args.http.as_deref(),
+        settings.http.as_ref(),
+        Arc::clone(&metrics),
+    )
+    .await?;
+
     // Start modules in order before accepting, so the first request finds them.
     // A module that cannot start at boot is a configuration error: fail loudly.
     let specs = plan::child_specs(&config, &paths).map_err(anyhow::Error::msg)?;
@@ -170,7 +186,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         paths,
         supervision,
         admin_lock: tokio::sync::Mutex::new(()),
+        metrics,
     });
+    http.set_daemon(&daemon);
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -180,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_rx,
     ));
     wait_for_shutdown(&daemon).await?;
+    http.set_stopping();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     let _ = accept.await;

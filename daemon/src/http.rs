@@ -1,0 +1,373 @@
+//! The small local HTTP endpoint for kubelet probes and Prometheus:
+//! `GET /healthz` (liveness), `GET /readyz` (readiness), `GET /metrics`.
+//!
+//! It is written by hand on a `TcpListener` rather than with an HTTP library:
+//! three fixed GET routes need a request line and nothing else, and the daemon
+//! stays small and quick to build. Every connection gets one answer and is
+//! closed (`Connection: close`); the request head is read with a size cap and a
+//! deadline, and at most `MAX_CONNECTIONS` are served at once, so a local port
+//! scanner or a stuck client cannot grow the daemon's memory or tasks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::HttpSettings;
+use crate::daemon::Daemon;
+use crate::metrics::Metrics;
+
+/// The port used when the daemon turns the endpoint on by itself in Kubernetes.
+pub const DEFAULT_PORT: u16 = 9464;
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send its request head, and to take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 32;
+
+/// What the endpoint reports on; shared with `main`, which fills in the daemon
+/// once its modules are up and flags shutdown.
+pub struct HttpState {
+    metrics: Arc<Metrics>,
+    daemon: OnceLock<Arc<Daemon>>,
+    stopping: AtomicBool,
+}
+
+impl HttpState {
+    /// Readiness and metrics are served from `daemon` from now on.
+    pub fn set_daemon(&self, daemon: &Arc<Daemon>) {
+        let _ = self.daemon.set(Arc::clone(daemon));
+    }
+
+    /// The daemon is shutting down: readiness drops so no new work is sent here.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where the endpoint listens: `--http` (or `MECHA_HTTP`) wins over
+/// `spec.http.address`; `off` (or an empty string) disables it. With neither,
+/// it is on at `0.0.0.0:9464` inside a Kubernetes pod (kubelet probes reach the
+/// pod's address) and off elsewhere. The `bool` says whether the address was
+/// chosen automatically, in which case failing to bind is only a warning.
+fn address(
+    flag: Option<&str>,
+    settings: Option<&HttpSettings>,
+) -> anyhow::Result<Option<(SocketAddr, bool)>> {
+    let (text, source) = match (flag, settings.and_then(|s| s.address.as_deref())) {
+        (Some(f), _) => (f, "--http"),
+        (None, Some(c)) => (c, "Configuration spec.http.address"),
+        (None, None) => {
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                return Ok(Some((SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)), true)));
+            }
+            return Ok(None);
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr = text.parse::<SocketAddr>().with_context(|| {
+        format!("{source}: {text:?} is not an address such as 127.0.0.1:9464 or off")
+    })?;
+    Ok(Some((addr, false)))
+}
+
+/// Binds the endpoint (if configured) and serves it in a task. Binding happens
+/// before modules start, so liveness answers (and readiness says "starting")
+/// while a slow module boots.
+pub async fn start(
+    flag: Option<&str>,
+    settings: Option<&HttpSettings>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<HttpState>> {
+    let state = Arc::new(HttpState {
+        metrics,
+        daemon: OnceLock::new(),
+        stopping: AtomicBool::new(false),
+    });
+    let Some((addr, automatic)) = address(flag, settings)? else {
+        return Ok(state);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(address = %bound, "http endpoint listening (/healthz, /readyz, /metrics)");
+            tokio::spawn(serve(listener, Arc::clone(&state)));
+        }
+        Err(e) if automatic => {
+            tracing::warn!(address = %addr, "not serving the http endpoint: cannot bind: {e}")
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("binding the http endpoint on {addr}"));
+        }
+    }
+    Ok(state)
+}
+
+/// Accepts connections until the process exits. The endpoint keeps answering
+/// during shutdown, so liveness holds while connections drain.
+async fn serve(listener: TcpListener, state: Arc<HttpState>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    // Busy: closing at once is cheaper than queueing; probes retry.
+                    continue;
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    handle(stream, &state).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors, most likely; back off instead of spinning.
+                tracing::warn!("http accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One answer: status, content type and body.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    allow: bool,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            allow: false,
+        }
+    }
+}
+
+/// Why a request head could not be read.
+enum HeadError {
+    /// The client closed or the socket failed; nothing to answer.
+    Gone,
+    /// The head exceeded `MAX_HEAD`.
+    TooLarge,
+    /// The client closed mid-head.
+    Truncated,
+}
+
+async fn handle(mut stream: TcpStream, state: &HttpState) {
+    state.metrics.http_request();
+    let mut head = Vec::with_capacity(1024);
+    let response = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream, &mut head)).await {
+        Err(_) => Response::text(408, "request head not received in time\n"),
+        Ok(Err(HeadError::Gone)) => return,
+        Ok(Err(HeadError::TooLarge)) => Response::text(431, "request head too large\n"),
+        Ok(Err(HeadError::Truncated)) => Response::text(400, "incomplete request\n"),
+        Ok(Ok(())) => respond(&head, state),
+    };
+    let head_only = head.starts_with(b"HEAD ");
+    let _ = tokio::time::timeout(IO_TIMEOUT, write(&mut stream, &response, head_only)).await;
+}
+
+/// Reads until the blank line that ends the head, at most `MAX_HEAD` bytes.
+async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> Result<(), HeadError> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
+        if n == 0 {
+            return Err(if head.is_empty() {
+                HeadError::Gone
+            } else {
+                HeadError::Truncated
+            });
+        }
+        let searched = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        let end = head_end(&head[searched..]).map(|end| searched + end);
+        if end.unwrap_or(head.len()) > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        if let Some(end) = end {
+            head.truncate(end);
+            return Ok(());
+        }
+    }
+}
+
+/// Where the head ends in `bytes`: after CRLF CRLF, or after LF LF, which
+/// lenient HTTP/1 parsers accept too.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses the head and routes the request.
+fn respond(head: &[u8], state: &HttpState) -> Response {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Response::text(400, "request head is not UTF-8\n");
+    };
+    let mut lines = text.lines();
+    let request_line = lines.next().unwrap_or_default();
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        return Response::text(400, "malformed request line\n");
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+        return Response::text(400, "malformed request line\n");
+    }
+    // Header lines are not used, but must look like headers: this rejects
+    // garbage that happens to start with a valid request line.
+    if lines
+        .take_while(|l| !l.is_empty())
+        .any(|l| !l.contains(':') || l.starts_with(' '))
+    {
+        return Response::text(400, "malformed header line\n");
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
+    if !known {
+        return Response::text(404, "not found; try /healthz, /readyz or /metrics\n");
+    }
+    if *method != "GET" && *method != "HEAD" {
+        let mut r = Response::text(405, "only GET and HEAD are allowed\n");
+        r.allow = true;
+        return r;
+    }
+    match path {
+        // Answering at all proves the runtime schedules tasks and accepts
+        // connections, which is what a liveness probe should restart us for.
+        "/healthz" | "/livez" => Response::text(200, "ok\n"),
+        "/readyz" => readiness(state),
+        _ => {
+            let daemon = state.daemon.get().map(Arc::as_ref);
+            Response {
+                status: 200,
+                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body: state.metrics.render(daemon),
+                allow: false,
+            }
+        }
+    }
+}
+
+/// Ready when every configured module is `running`; otherwise 503 naming the
+/// modules that are not, with their state.
+fn readiness(state: &HttpState) -> Response {
+    if state.stopping.load(Ordering::Relaxed) {
+        return Response::text(503, "not ready: shutting down\n");
+    }
+    let Some(daemon) = state.daemon.get() else {
+        return Response::text(503, "not ready: modules are starting\n");
+    };
+    let waiting = crate::metrics::not_running(daemon);
+    if waiting.is_empty() {
+        let n = daemon.modules.read().len();
+        return Response::text(200, format!("ready: {n} modules running\n"));
+    }
+    let names: Vec<String> = waiting
+        .iter()
+        .map(|(name, state)| format!("{name} ({state})"))
+        .collect();
+    Response::text(
+        503,
+        format!("not ready: modules not running: {}\n", names.join(", ")),
+    )
+}
+
+async fn write(stream: &mut TcpStream, r: &Response, head_only: bool) -> std::io::Result<()> {
+    let reason = match r.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    };
+    let allow = if r.allow { "Allow: GET, HEAD\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        r.status,
+        r.content_type,
+        r.body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(r.body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> HttpState {
+        HttpState {
+            metrics: Arc::new(Metrics::default()),
+            daemon: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn routes_and_errors() {
+        let s = state();
+        let status = |head: &str| respond(head.as_bytes(), &s).status;
+        assert_eq!(status("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status("GET /healthz?verbose HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status("HEAD /metrics HTTP/1.1\r\n\r\n"), 200);
+        // Modules are still starting: not ready.
+        assert_eq!(status("GET /readyz HTTP/1.1\r\n\r\n"), 503);
+        assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
+        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("GET /metrics\r\n\r\n"), 400);
+        assert_eq!(status("GET /metrics HTTP/2.0\r\n\r\n"), 400);
+        assert_eq!(status("GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"), 400);
+        assert_eq!(status("\u{1}\u{2}garbage\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn head_end_finds_either_terminator() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn addresses() {
+        let cfg = HttpSettings {
+            address: Some("127.0.0.1:1".into()),
+        };
+        assert_eq!(
+            address(Some("127.0.0.1:2"), Some(&cfg)).unwrap(),
+            Some(("127.0.0.1:2".parse().unwrap(), false))
+        );
+        assert_eq!(
+            address(None, Some(&cfg)).unwrap(),
+            Some(("127.0.0.1:1".parse().unwrap(), false))
+        );
+        assert_eq!(address(Some("off"), Some(&cfg)).unwrap(), None);
+        assert!(address(Some("nine"), None).is_err());
+    }
+}

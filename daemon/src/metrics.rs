@@ -1,0 +1,654 @@
+//! Request, connection and module metrics, kept in atomics on the hot path and
+//! rendered as Prometheus text (via `prometheus-client`) at scrape time.
+//!
+//! Every frame an application sends is *observed* from the moment the daemon
+//! admits it until its answer has been handed to the connection's socket: the
+//! observation rides inside the frame's answer guard (`Answer`, the
+//! connection's `ConnOut`), so whichever path answers the request (a module,
+//! the daemon itself, a deadline, a dying module) records it exactly once, when
+//! the guard is dropped by the connection's writer. That keeps the router's
+//! code untouched except for the two places that know an answer's status.
+//!
+//! Label cardinality is bounded: opcodes are labelled by name (every opcode the
+//! ABI does not define shares `unknown`), statuses by name, and at most
+//! `MAX_TENANTS` tenants get their own series; the rest share `(other)`.
+//!
+//! Module-side metrics (a driver's own counters) are not exported yet: that
+//! needs a link message for modules to report them, which is out of scope here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mecha_abi::{Family, Opcode, Status};
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::daemon::Daemon;
+
+/// Tenants that get series of their own; later ones are counted as `(other)`.
+pub const MAX_TENANTS: usize = 1000;
+/// The tenant label of tenants past `MAX_TENANTS`. The parentheses keep it from
+/// colliding with a configured tenant name or a `uid:<n>` tenant.
+pub const OTHER_TENANT: &str = "(other)";
+/// Upper bounds (seconds) of the latency histogram buckets: from the tens of
+/// microseconds a Unix-socket round trip takes to the seconds a blocking lock
+/// acquire or an admin operation may take.
+pub const BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Module states a slot can be in (`supervisor.rs`); each gets a 0/1 series.
+const MODULE_STATES: [&str; 5] = ["starting", "running", "restarting", "failed", "stopped"];
+/// In-flight gauges, indexed by family byte; families above are not modules.
+const FAMILY_SLOTS: usize = 8;
+
+/// Counters of one (tenant, opcode) pair.
+#[derive(Debug)]
+pub struct OpStats {
+    label: &'static str,
+    requests: AtomicU64,
+    /// Answers by status code; index 0 (OK) stays unused.
+    errors: [AtomicU64; Status::ALL.len()],
+    /// Non-cumulative bucket counts; the last one is +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    /// The daemon-wide in-flight gauges, one per family.
+    in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>,
+}
+
+impl OpStats {
+    fn new(label: &'static str, in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>) -> Self {
+        Self {
+            label,
+            requests: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+            in_flight,
+        }
+    }
+
+    fn record(&self, status: u16, elapsed: Duration) {
+        // Relaxed ordering suffices: each counter is read on its own at scrape
+        // time, and a scrape racing an answer may see either value.
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status != Status::Ok.code() {
+            let index = Status::from_code(status).code() as usize;
+            if let Some(counter) = self.errors.get(index) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The series of one tenant.
+#[derive(Debug)]
+pub struct TenantMetrics {
+    name: String,
+    /// Opcodes this tenant has used; a handful, so a scan beats hashing.
+    ops: RwLock<Vec<Arc<OpStats>>>,
+    in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>,
+}
+
+impl TenantMetrics {
+    fn new(name: String, in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>) -> Self {
+        Self {
+            name,
+            ops: RwLock::new(Vec::new()),
+            in_flight,
+        }
+    }
+
+    fn op(&self, opcode: Opcode) -> Arc<OpStats> {
+        // Every opcode the ABI does not define shares one series, so a client
+        // sending random opcodes cannot grow the label set.
+        let label = opcode.name().unwrap_or("unknown");
+        if let Some(op) = self.ops.read().iter().find(|o| o.label == label) {
+            return Arc::clone(op);
+        }
+        let mut ops = self.ops.write();
+        if let Some(op) = ops.iter().find(|o| o.label == label) {
+            return Arc::clone(op);
+        }
+        let op = Arc::new(OpStats::new(label, Arc::clone(&self.in_flight)));
+        ops.push(Arc::clone(&op));
+        op
+    }
+}
+
+/// A request being timed; recorded when its `Answer` is dropped.
+#[derive(Debug)]
+struct Observation {
+    op: Arc<OpStats>,
+    started: Instant,
+    status: u16,
+    /// The in-flight gauge this request holds up, for module families.
+    family: Option<usize>,
+}
+
+/// What every frame queued for an application connection carries until it is
+/// written: the quota permits (`quota::Guard`) and, for the answer to a
+/// request, the observation that records its count, status and latency.
+#[derive(Debug)]
+pub struct Answer {
+    quota: crate::quota::Guard,
+    observation: Option<Observation>,
+}
+
+impl Answer {
+    /// A guard holding only a connection (or push) permit; nothing is recorded.
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self {
+            quota: crate::quota::Guard::new(permit),
+            observation: None,
+        }
+    }
+
+    /// The quota part, to which tenant permits are added on admission.
+    pub fn quota_mut(&mut self) -> &mut crate::quota::Guard {
+        &mut self.quota
+    }
+
+    /// Starts timing the request with `opcode` of `tenant`; its answer is
+    /// counted as OK unless `answered` says otherwise.
+    pub fn observed(mut self, tenant: &TenantMetrics, opcode: Opcode) -> Self {
+        let op = tenant.op(opcode);
+        let family = match opcode.family() {
+            Family::Control | Family::Link | Family::Unknown(_) => None,
+            f => Some(usize::from(f.byte())).filter(|slot| *slot < FAMILY_SLOTS),
+        };
+        if let Some(slot) = family {
+            op.in_flight[slot].fetch_add(1, Ordering::Relaxed);
+        }
+        self.observation = Some(Observation {
+            op,
+            started: Instant::now(),
+            status: Status::Ok.code(),
+            family,
+        });
+        self
+    }
+
+    /// Notes the status of the answer this guard travels with.
+    pub fn answered(mut self, status: u16) -> Self {
+        if let Some(obs) = &mut self.observation {
+            obs.status = status;
+        }
+        self
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(obs) = self.observation.take() {
+            obs.op.record(obs.status, obs.started.elapsed());
+            if let Some(slot) = obs.family {
+                obs.op.in_flight[slot].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Counts an open connection until dropped.
+pub struct ConnectionCount(Arc<Metrics>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The daemon's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    tenants: RwLock<HashMap<String, Arc<TenantMetrics>>>,
+    other: Arc<TenantMetrics>,
+    in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>,
+    connections_open: AtomicI64,
+    connections_accepted: AtomicU64,
+    http_requests: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let in_flight: Arc<[AtomicI64; FAMILY_SLOTS]> =
+            Arc::new(std::array::from_fn(|_| AtomicI64::new(0)));
+        Self {
+            tenants: RwLock::new(HashMap::new()),
+            other: Arc::new(TenantMetrics::new(
+                OTHER_TENANT.to_string(),
+                Arc::clone(&in_flight),
+            )),
+            in_flight,
+            connections_open: AtomicI64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The series of tenant `name`, shared by all its connections; past
+    /// `MAX_TENANTS` distinct tenants, the shared `(other)` series.
+    pub fn tenant(&self, name: &str) -> Arc<TenantMetrics> {
+        if let Some(t) = self.tenants.read().get(name) {
+            return Arc::clone(t);
+        }
+        let mut tenants = self.tenants.write();
+        if let Some(t) = tenants.get(name) {
+            return Arc::clone(t);
+        }
+        if tenants.len() >= MAX_TENANTS {
+            return Arc::clone(&self.other);
+        }
+        let t = Arc::new(TenantMetrics::new(
+            name.to_string(),
+            Arc::clone(&self.in_flight),
+        ));
+        tenants.insert(name.to_string(), Arc::clone(&t));
+        t
+    }
+
+    /// Counts an accepted connection, open until the result is dropped.
+    pub fn connection(self: &Arc<Self>) -> ConnectionCount {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        ConnectionCount(Arc::clone(self))
+    }
+
+    /// Counts one request to the HTTP endpoint.
+    pub fn http_request(&self) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition (format 0.0.4) of everything, reading module
+    /// state and memory now. `daemon` is `None` while modules are starting.
+    pub fn render(&self, daemon: Option<&Daemon>) -> String {
+        let snapshot = self.snapshot(daemon);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail, and the collector only fails when
+        // its writer does; an error would leave a truncated page, not a panic.
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+            tracing::warn!("encoding metrics failed: {e}");
+        }
+        text
+    }
+
+    fn snapshot(&self, daemon: Option<&Daemon>) -> Snapshot {
+        let mut tenants: Vec<Arc<TenantMetrics>> = self.tenants.read().values().cloned().collect();
+        tenants.push(Arc::clone(&self.other));
+        let mut ops = Vec::new();
+        for t in &tenants {
+            for op in t.ops.read().iter() {
+                let buckets: Vec<u64> = op
+                    .buckets
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
+                ops.push(OpSnapshot {
+                    tenant: t.name.clone(),
+                    opcode: op.label,
+                    requests: op.requests.load(Ordering::Relaxed),
+                    errors: Status::ALL
+                        .iter()
+                        .filter_map(|s| {
+                            let n = op.errors[s.code() as usize].load(Ordering::Relaxed);
+                            (n > 0).then_some((s.name(), n))
+                        })
+                        .collect(),
+                    count: buckets.iter().sum(),
+                    buckets,
+                    sum_secs: op.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                });
+            }
+        }
+        ops.sort_by(|a, b| (&a.tenant, a.opcode).cmp(&(&b.tenant, b.opcode)));
+        let modules = daemon
+            .map(|d| {
+                d.modules
+                    .read()
+                    .iter()
+                    .map(|slot| {
+                        let status = slot.status();
+                        let in_flight = usize::from(slot.family.byte());
+                        ModuleSnapshot {
+                            rss_bytes: (status.pid != 0)
+                                .then(|| resident_bytes(status.pid))
+                                .flatten(),
+                            in_flight: self
+                                .in_flight
+                                .get(in_flight)
+                                .map(|g| g.load(Ordering::Relaxed))
+                                .unwrap_or(0),
+                            name: status.name,
+                            state: status.state,
+                            restarts: status.restarts,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Snapshot {
+            ready: daemon.is_some_and(|d| not_running(d).is_empty()),
+            ops,
+            modules,
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            http_requests: self.http_requests.load(Ordering::Relaxed),
+            daemon_rss_bytes: resident_bytes(std::process::id()),
+            uptime_secs: daemon.map(|d| d.started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+/// Modules that are not `running`, with their state: empty means ready.
+pub fn not_running(daemon: &Daemon) -> Vec<(String, String)> {
+    daemon
+        .modules
+        .read()
+        .iter()
+        .map(|slot| slot.status())
+        .filter(|s| s.state != "running")
+        .map(|s| (s.name, s.state))
+        .collect()
+}
+
+/// Resident memory of process `pid` (VmRSS in /proc/<pid>/status), if it can
+/// be read; a process that just exited simply has no value.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[derive(Debug)]
+struct OpSnapshot {
+    tenant: String,
+    opcode: &'static str,
+    requests: u64,
+    errors: Vec<(&'static str, u64)>,
+    buckets: Vec<u64>,
+    count: u64,
+    sum_secs: f64,
+}
+
+#[derive(Debug)]
+struct ModuleSnapshot {
+    name: String,
+    state: String,
+    restarts: u32,
+    rss_bytes: Option<u64>,
+    in_flight: i64,
+}
+
+/// Values read at one scrape, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Snapshot {
+    ready: bool,
+    ops: Vec<OpSnapshot>,
+    modules: Vec<ModuleSnapshot>,
+    connections_open: i64,
+    connections_accepted: u64,
+    http_requests: u64,
+    daemon_rss_bytes: Option<u64>,
+    uptime_secs: Option<f64>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        let mut m = encoder.encode_descriptor(
+            "mecha_build_info",
+            "The daemon's version; always 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_family(&version)?.encode_gauge(&1u64)?;
+
+        let mut m = encoder.encode_descriptor(
+            "mecha_ready",
+            "1 when every configured module is running (what /readyz reports).",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&u64::from(self.ready))?;
+
+        if let Some(uptime) = self.uptime_secs {
+            let mut m = encoder.encode_descriptor(
+                "mecha_uptime_seconds",
+                "Seconds since the daemon started.",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&uptime)?;
+        }
+        if let Some(rss) = self.daemon_rss_bytes {
+            let mut m = encoder.encode_descriptor(
+                "mecha_daemon_resident_memory_bytes",
+                "Resident memory of mechad itself (VmRSS).",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&rss)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "mecha_connections_open",
+            "Application connections open now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&self.connections_open)?;
+        let mut m = encoder.encode_descriptor(
+            "mecha_connections_accepted",
+            "Application connections accepted since start.",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&self.connections_accepted, None)?;
+        let mut m = encoder.encode_descriptor(
+            "mecha_http_requests",
+            "Requests to this HTTP endpoint (probes and scrapes).",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&self.http_requests, None)?;
+
+        let mut m = encoder.encode_descriptor(
+            "mecha_requests",
+            "Requests answered, by tenant and opcode (every status).",
+            None,
+            MetricType::Counter,
+        )?;
+        for op in &self.ops {
+            let labels = [("tenant", op.tenant.as_str()), ("opcode", op.opcode)];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&op.requests, None)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "mecha_request_errors",
+            "Requests answered with a status other than OK, by tenant, opcode and status.",
+            None,
+            MetricType::Counter,
+        )?;
+        for op in &self.ops {
+            for (status, n) in &op.errors {
+                let labels = [
+                    ("tenant", op.tenant.as_str()),
+                    ("opcode", op.opcode),
+                    ("status", status),
+                ];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "mecha_request_duration_seconds",
+            "Time from the daemon admitting a request frame to its answer being written to the application's socket.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for op in &self.ops {
+            let labels = [("tenant", op.tenant.as_str()), ("opcode", op.opcode)];
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(op.buckets.iter().copied())
+                .collect();
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                op.sum_secs,
+                op.count,
+                &buckets,
+                None,
+            )?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "mecha_module_state",
+            "1 for the state each module is in, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for module in &self.modules {
+            // A state this list does not know yet still gets its series, so
+            // every module always has exactly one state at 1.
+            let extra =
+                (!MODULE_STATES.contains(&module.state.as_str())).then_some(module.state.as_str());
+            for state in MODULE_STATES.into_iter().chain(extra) {
+                let labels = [("module", module.name.as_str()), ("state", state)];
+                m.encode_family(&labels)?
+                    .encode_gauge(&u64::from(module.state == state))?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "mecha_module_restarts",
+            "Restarts of each module (crash restarts and hot restarts).",
+            None,
+            MetricType::Counter,
+        )?;
+        for module in &self.modules {
+            let labels = [("module", module.name.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&u64::from(module.restarts), None)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "mecha_module_resident_memory_bytes",
+            "Resident memory of each running module process (VmRSS).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for module in &self.modules {
+            if let Some(rss) = module.rss_bytes {
+                let labels = [("module", module.name.as_str())];
+                m.encode_family(&labels)?.encode_gauge(&rss)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "mecha_module_in_flight_requests",
+            "Requests for each module that the daemon has admitted and not yet answered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for module in &self.modules {
+            let labels = [("module", module.name.as_str())];
+            m.encode_family(&labels)?.encode_gauge(&module.in_flight)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit() -> tokio::sync::OwnedSemaphorePermit {
+        Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap()
+    }
+
+    #[test]
+    fn answers_are_counted_by_status_and_bucket() {
+        let metrics = Metrics::default();
+        let tenant = metrics.tenant("t");
+        drop(Answer::new(permit()).observed(&tenant, Opcode::STATE_SET));
+        drop(
+            Answer::new(permit())
+                .observed(&tenant, Opcode::STATE_SET)
+                .answered(Status::EtagMismatch.code()),
+        );
+        // A push carries no observation and is not a request.
+        drop(Answer::new(permit()));
+        let text = metrics.render(None);
+        assert!(
+            text.contains("mecha_requests_total{tenant=\"t\",opcode=\"STATE_SET\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mecha_request_errors_total{tenant=\"t\",opcode=\"STATE_SET\",status=\"ETAG_MISMATCH\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mecha_request_duration_seconds_count{tenant=\"t\",opcode=\"STATE_SET\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("le=\"+Inf\""), "{text}");
+    }
+
+    #[test]
+    fn in_flight_follows_the_guard() {
+        let metrics = Metrics::default();
+        let tenant = metrics.tenant("t");
+        let answer = Answer::new(permit()).observed(&tenant, Opcode::LOCK_TRY_LOCK);
+        let slot = usize::from(Family::Lock.byte());
+        assert_eq!(metrics.in_flight[slot].load(Ordering::Relaxed), 1);
+        drop(answer);
+        assert_eq!(metrics.in_flight[slot].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn tenants_and_opcodes_are_bounded() {
+        let metrics = Metrics::default();
+        for i in 0..MAX_TENANTS + 5 {
+            metrics.tenant(&format!("uid:{i}"));
+        }
+        assert_eq!(metrics.tenant("late").name, OTHER_TENANT);
+        assert_eq!(metrics.tenant("uid:3").name, "uid:3");
+        let t = metrics.tenant("uid:3");
+        assert!(Arc::ptr_eq(&t.op(Opcode(0x7777)), &t.op(Opcode(0x7778))));
+        assert_eq!(t.op(Opcode(0x7777)).label, "unknown");
+    }
+
+    #[test]
+    fn tenant_label_values_are_escaped() {
+        let metrics = Metrics::default();
+        let tenant = metrics.tenant("we\"ird\\name");
+        drop(Answer::new(permit()).observed(&tenant, Opcode::PING));
+        let text = metrics.render(None);
+        assert!(text.contains(r#"tenant="we\"ird\\name""#), "{text}");
+    }
+}
