@@ -266,12 +266,18 @@ impl ModuleSlot {
         tracing::info!(module = %self.name, pid = instance.link.pid, "module running");
     }
 
-    async fn start_instance(&self, spec: &ChildSpec, handoff: bool) -> Result<Instance, StartError> {
+    async fn start_instance(
+        &self,
+        spec: &ChildSpec,
+        handoff: bool,
+    ) -> Result<Instance, StartError> {
         let (mut child, link_end) =
-            spawn_module(&spec.binary, &spec.name, spec.memory_limit_mb, handoff).map_err(|source| StartError::Spawn {
-                binary: spec.binary.clone(),
-                source,
-            })?;
+            spawn_module(&spec.binary, &spec.name, spec.memory_limit_mb, handoff).map_err(
+                |source| StartError::Spawn {
+                    binary: spec.binary.clone(),
+                    source,
+                },
+            )?;
         let pid = child.id().unwrap_or(0);
         match handshake(spec, link_end, pid).await {
             Ok(link) => Ok(Instance {
@@ -416,7 +422,11 @@ impl ModuleSlot {
     /// and exits, and only then flow to the new one: two instances never serve
     /// at once, so modules with exclusive resources (a database file lock) hand
     /// them over cleanly. The pause is the old instance's drain time.
-    async fn hot_restart(&self, current: &mut Option<Instance>, spec: ChildSpec) -> Result<u32, String> {
+    async fn hot_restart(
+        &self,
+        current: &mut Option<Instance>,
+        spec: ChildSpec,
+    ) -> Result<u32, String> {
         let fresh = self.start_instance(&spec, current.is_some()).await.map_err(|e| {
             tracing::warn!(module = %self.name, "hot restart aborted, the running instance keeps serving: {e}");
             e.to_string()

@@ -53,12 +53,14 @@ mod stream;
 pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
 pub use config::{BlockingConfigWatch, ConfigWatch, RESUBSCRIBE_WINDOW};
 pub use error::Error;
-pub use pubsub::{BlockingPubsubSubscription, PublishOptions, PubsubSubscription, SubscribeOptions};
 pub use mecha_abi::msg::{
     BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, ModuleStatus, ReloadReply, SetItem,
     StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
 pub use mecha_abi::Status;
+pub use pubsub::{
+    BlockingPubsubSubscription, PublishOptions, PubsubSubscription, SubscribeOptions,
+};
 pub use retry::RetryPolicy;
 pub use stream::{Subscription, STREAM_BUFFER};
 
