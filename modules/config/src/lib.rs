@@ -13,7 +13,7 @@ use mecha_abi::msg::{
     ConfigGetReply, ConfigGetRequest, ConfigSetReply, ConfigSetRequest, ConfigSubscribeRequest,
     ConfigUpdate,
 };
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
 
 use drivers::{ConfigError, ConfigStore, Subscriber};
 
@@ -24,7 +24,6 @@ pub const MAX_SUBSCRIPTIONS: usize = 10_000;
 
 /// One configured store.
 struct Slot {
-    name: String,
     store: Box<dyn ConfigStore>,
     /// The tenants allowed to use the store; `None` for everyone.
     allowed: Option<Vec<String>>,
@@ -33,7 +32,7 @@ struct Slot {
 /// The configuration module: one or more named stores, the first being the
 /// default.
 pub struct ConfigModule {
-    slots: Vec<Slot>,
+    slots: Components<Slot>,
     /// Streams currently open, bounded by [`MAX_SUBSCRIPTIONS`].
     subscriptions: Arc<AtomicUsize>,
 }
@@ -42,26 +41,13 @@ impl Module for ConfigModule {
     const NAME: &'static str = "config";
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no configuration component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut slots = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let fail = |e: ConfigError| {
-                InitError(format!(
-                    "cannot open configuration store {:?}: {e}",
-                    spec.name
-                ))
-            };
-            let allowed = drivers::allowed_tenants(spec).map_err(fail)?;
-            let store = drivers::open(spec, data_dir).map_err(fail)?;
-            slots.push(Slot {
-                name: spec.name.clone(),
-                store,
-                allowed,
-            });
-        }
+        let slots = Components::open(&hello.components, "configuration store", |spec| {
+            Ok::<_, ConfigError>(Slot {
+                allowed: drivers::allowed_tenants(spec)?,
+                store: drivers::open(spec, data_dir)?,
+            })
+        })?;
         Ok(Self {
             slots,
             subscriptions: Arc::new(AtomicUsize::new(0)),
@@ -88,25 +74,12 @@ type Handled = Result<Reply, Reply>;
 impl ConfigModule {
     /// The store named `name` ("" = the first), if `tenant` may use it.
     fn store(&self, name: &str, tenant: &str) -> Result<&Slot, Reply> {
-        let found = if name.is_empty() {
-            self.slots.first()
-        } else {
-            self.slots.iter().find(|slot| slot.name == name)
-        };
-        let slot = found.ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no configuration store named {name:?} is configured"),
-            )
-        })?;
+        let (name, slot) = self.slots.entry(name)?;
         if let Some(allowed) = &slot.allowed {
             if !allowed.iter().any(|t| t == tenant) {
                 return Err(Reply::error(
                     Status::PermissionDenied,
-                    format!(
-                        "tenant {tenant:?} may not use configuration store {:?}",
-                        slot.name
-                    ),
+                    format!("tenant {tenant:?} may not use configuration store {name:?}"),
                 ));
             }
         }
@@ -131,7 +104,7 @@ impl ConfigModule {
         // refusing it is clearer than picking one.
         let mut seen = HashSet::with_capacity(req.items.len() + req.delete.len());
         for key in req.items.iter().map(|i| &i.key).chain(&req.delete) {
-            check_key(key)?;
+            Reply::non_empty("key", key)?;
             if !seen.insert(key.as_str()) {
                 return Err(Reply::error(
                     Status::InvalidArgument,
@@ -238,17 +211,7 @@ async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: Sub
 }
 
 fn check_keys(keys: &[String]) -> Result<(), Reply> {
-    keys.iter().try_for_each(|key| check_key(key))
-}
-
-fn check_key(key: &str) -> Result<(), Reply> {
-    if key.is_empty() {
-        return Err(Reply::error(
-            Status::InvalidArgument,
-            "key must not be empty",
-        ));
-    }
-    Ok(())
+    keys.iter().try_for_each(|key| Reply::non_empty("key", key))
 }
 
 fn store_error(e: ConfigError) -> Reply {

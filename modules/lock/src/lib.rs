@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use mecha_abi::msg::{ExtendLockRequest, TryLockReply, TryLockRequest, UnlockReply, UnlockRequest};
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
-use drivers::{LockError, LockStore};
+use drivers::{Acquired, LockError, LockStore, Stop};
 
 /// How many requests may wait for a lock at once in one module instance.
 ///
@@ -22,7 +22,7 @@ pub const MAX_WAITING: usize = 512;
 
 /// The lock module: one or more named stores, the first being the default.
 pub struct LockModule {
-    stores: Vec<(String, Box<dyn LockStore>)>,
+    stores: Components<Box<dyn LockStore>>,
     /// One permit per request allowed to wait; see [`MAX_WAITING`].
     waiting: tokio::sync::Semaphore,
 }
@@ -32,16 +32,10 @@ impl Module for LockModule {
     const TICK: Option<Duration> = Some(Duration::from_secs(1));
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no lock component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut stores = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let store = drivers::open(spec, data_dir)
-                .map_err(|e| InitError(format!("cannot open lock store {:?}: {e}", spec.name)))?;
-            stores.push((spec.name.clone(), store));
-        }
+        let stores = Components::open(&hello.components, "lock store", |spec| {
+            drivers::open(spec, data_dir)
+        })?;
         Ok(Self {
             stores,
             waiting: tokio::sync::Semaphore::new(MAX_WAITING),
@@ -50,7 +44,7 @@ impl Module for LockModule {
 
     async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
         let result = match ctx.opcode {
-            Opcode::LOCK_TRY_LOCK => self.try_lock(&ctx.tenant, payload).await,
+            Opcode::LOCK_TRY_LOCK => self.try_lock(&ctx, payload).await,
             Opcode::LOCK_UNLOCK => self.unlock(&ctx.tenant, payload).await,
             Opcode::LOCK_EXTEND => self.extend(&ctx.tenant, payload).await,
             other => Err(Reply::error(
@@ -62,7 +56,7 @@ impl Module for LockModule {
     }
 
     async fn tick(&self) {
-        for (name, store) in &self.stores {
+        for (name, store) in self.stores.iter() {
             match store.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(store = %name, expired = n, "swept expired locks"),
@@ -77,28 +71,18 @@ type Handled = Result<Reply, Reply>;
 
 impl LockModule {
     fn store(&self, name: &str) -> Result<&dyn LockStore, Reply> {
-        let found = if name.is_empty() {
-            self.stores.first()
-        } else {
-            self.stores.iter().find(|(n, _)| n == name)
-        };
-        found.map(|(_, s)| s.as_ref()).ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no lock store named {name:?} is configured"),
-            )
-        })
+        self.stores.by_name(name).map(|store| store.as_ref())
     }
 
-    async fn try_lock(&self, tenant: &str, payload: &[u8]) -> Handled {
+    async fn try_lock(&self, ctx: &Ctx, payload: &[u8]) -> Handled {
         let req: TryLockRequest = Reply::decode(payload)?;
         check_names(&req.resource, &req.owner)?;
         check_ttl(req.ttl_ms)?;
         let store = self.store(&req.store)?;
-        // The wait is bounded by `wait_ms` alone: the SDK does not pass the
-        // request's deadline on. A client that waits must therefore send a
-        // deadline longer than its wait (the Rust client does), or the
-        // daemon answers DEADLINE_EXCEEDED while the module still waits.
+        // A wait ends after `wait_ms`, at the request's deadline, or when this
+        // instance drains, whichever comes first (see `stop`). A client that
+        // waits should send a deadline longer than its wait (the Rust client
+        // does), or the deadline cuts the wait short.
         let wanted = Duration::from_millis(req.wait_ms);
         // Without a permit the request may still get a free lock; only
         // having to wait for it is refused, below.
@@ -112,20 +96,50 @@ impl LockModule {
         } else {
             Duration::ZERO
         };
-        let (resource, owner) = (&req.resource, &req.owner);
-        let token = drivers::acquire(store, tenant, resource, owner, req.ttl_ms, wait)
-            .await
-            .map_err(store_error)?;
+        let (tenant, resource, owner) = (ctx.tenant.as_str(), &req.resource, &req.owner);
+        let acquired =
+            drivers::acquire_or_stop(store, tenant, resource, owner, req.ttl_ms, wait, stop(ctx))
+                .await
+                .map_err(store_error)?;
         drop(permit);
-        if token.is_none() && wait < wanted {
-            return Err(Reply::error(
-                Status::ResourceExhausted,
-                format!(
-                    "lock {resource:?} is held and {MAX_WAITING} requests already wait for \
-                     locks in this module instance; try again later"
-                ),
-            ));
-        }
+        let token = match acquired {
+            Acquired::Granted(token) => Some(token),
+            Acquired::Held if wait < wanted => {
+                return Err(Reply::error(
+                    Status::ResourceExhausted,
+                    format!(
+                        "lock {resource:?} is held and {MAX_WAITING} requests already wait for \
+                         locks in this module instance; try again later"
+                    ),
+                ))
+            }
+            Acquired::Held => None,
+            // Nobody reads this answer: the daemon answered DEADLINE_EXCEEDED
+            // when the deadline passed (and drops a late answer). What
+            // matters is to stop waiting, and to make no attempt that could
+            // grant the lock to a caller who has gone.
+            Acquired::Stopped(Stop::Deadline) => {
+                return Err(Reply::error(
+                    Status::DeadlineExceeded,
+                    format!("lock {resource:?} was still held at the request's deadline"),
+                ))
+            }
+            // UNAVAILABLE rather than "not acquired": the lock did not stay
+            // held for the whole wait, the wait was cut short, and nothing
+            // was granted, so trying again (which reaches the instance that
+            // replaces this one) is safe. Answering at once lets the drain,
+            // and so the hot restart or shutdown, finish without waiting out
+            // `wait_ms` (the pubsub module retires its streams likewise).
+            Acquired::Stopped(Stop::Draining) => {
+                return Err(Reply::error(
+                    Status::Unavailable,
+                    format!(
+                        "the lock module instance is being replaced while waiting for lock \
+                         {resource:?}; nothing was acquired, try again"
+                    ),
+                ))
+            }
+        };
         Ok(Reply::ok(&TryLockReply {
             acquired: token.is_some(),
             fencing_token: token.unwrap_or(0),
@@ -156,15 +170,26 @@ impl LockModule {
     }
 }
 
+/// Resolves when a blocking acquire for `ctx` must give up early: at the
+/// request's deadline, or when this instance starts draining.
+async fn stop(ctx: &Ctx) -> Stop {
+    let deadline = async {
+        match ctx.deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = ctx.draining() => Stop::Draining,
+        () = deadline => Stop::Deadline,
+    }
+}
+
 /// Rejects an empty resource or owner: an empty owner would let every
 /// caller that forgot to set one unlock every other such caller's locks.
 fn check_names(resource: &str, owner: &str) -> Result<(), Reply> {
-    if resource.is_empty() {
-        return Err(Reply::error(
-            Status::InvalidArgument,
-            "resource must not be empty",
-        ));
-    }
+    Reply::non_empty("resource", resource)?;
     if owner.is_empty() {
         return Err(Reply::error(
             Status::InvalidArgument,
@@ -236,6 +261,17 @@ mod tests {
         rt.block_on(m.handle(Ctx::detached("t", opcode), payload))
     }
 
+    /// Has owner "a" take `resource` for a minute.
+    fn hold(rt: &tokio::runtime::Runtime, m: &LockModule, resource: &str) {
+        let held = call(
+            rt,
+            m,
+            Opcode::LOCK_TRY_LOCK,
+            &try_lock("", resource, "a", 60_000, 0),
+        );
+        assert_eq!(held.status, Status::Ok);
+    }
+
     fn error_of(reply: &Reply) -> (Status, String) {
         let body: ErrorBody = mecha_abi::decode(&reply.payload).expect("an error body");
         (reply.status, body.message)
@@ -296,13 +332,7 @@ mod tests {
     fn waiting_beyond_the_limit_is_refused_but_free_locks_are_granted() {
         let rt = runtime();
         let m = module(&rt);
-        let held = call(
-            &rt,
-            &m,
-            Opcode::LOCK_TRY_LOCK,
-            &try_lock("", "busy", "a", 60_000, 0),
-        );
-        assert_eq!(held.status, Status::Ok);
+        hold(&rt, &m, "busy");
         // As if MAX_WAITING requests were waiting already.
         let _all = m
             .waiting
@@ -333,5 +363,45 @@ mod tests {
         );
         let reply: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
         assert!(reply.acquired);
+    }
+
+    /// A waiter gives up at the request's deadline, without waiting out its
+    /// `wait_ms`, and gives its waiting permit back.
+    #[test]
+    fn a_wait_ends_at_the_request_deadline() {
+        let rt = runtime();
+        let m = module(&rt);
+        hold(&rt, &m, "busy");
+        let ctx =
+            Ctx::detached_with_deadline("t", Opcode::LOCK_TRY_LOCK, Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let reply = rt.block_on(m.handle(ctx, &try_lock("", "busy", "b", 10, 60_000)));
+        let (status, message) = error_of(&reply);
+        assert_eq!(status, Status::DeadlineExceeded, "{message}");
+        assert!(message.contains("\"busy\""), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10), "stopped early");
+        assert_eq!(
+            m.waiting.available_permits(),
+            MAX_WAITING,
+            "permit returned"
+        );
+    }
+
+    /// A waiter gives up when the instance drains, so a hot restart is not
+    /// held up, and says so with UNAVAILABLE; a free lock is still granted.
+    #[test]
+    fn a_wait_ends_when_the_instance_drains() {
+        let rt = runtime();
+        let m = module(&rt);
+        hold(&rt, &m, "busy");
+        let draining = || Ctx::detached_draining("t", Opcode::LOCK_TRY_LOCK);
+        let started = std::time::Instant::now();
+        let reply = rt.block_on(m.handle(draining(), &try_lock("", "busy", "b", 10, 60_000)));
+        let (status, message) = error_of(&reply);
+        assert_eq!(status, Status::Unavailable, "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10), "stopped early");
+        let reply = rt.block_on(m.handle(draining(), &try_lock("", "free", "b", 10, 60_000)));
+        let reply: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
+        assert!(reply.acquired, "the first attempt is still made");
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
-use mecha_mod_lock::drivers::{self, Attempt, LockError, LockStore};
+use mecha_mod_lock::drivers::{self, Acquired, Attempt, LockError, LockStore, Stop};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
@@ -348,6 +348,41 @@ fn blocking_acquire_times_out_when_not_released(h: &Harness) {
     assert!(h.acquire("t", "free", "bob", Duration::ZERO).is_some());
 }
 
+fn blocking_acquire_stops_when_told_and_grants_nothing(h: &Harness) {
+    let token = h.grant("t", "r", "alice", LONG_TTL_MS);
+    let started = Instant::now();
+    let stopped = h.block(async {
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Stop::Draining
+        };
+        drivers::acquire_or_stop(h.store(), "t", "r", "bob", LONG_TTL_MS, DEADLINE, stop).await
+    });
+    assert_eq!(stopped, Ok(Acquired::Stopped(Stop::Draining)));
+    assert!(started.elapsed() < DEADLINE, "the wait was cut short");
+    assert_eq!(
+        h.store().releases().waited_for(),
+        0,
+        "the waiter unsubscribed"
+    );
+    assert_eq!(
+        h.extend("t", "r", "alice", LONG_TTL_MS).fencing_token,
+        token,
+        "the lock is untouched"
+    );
+    // A stop that is due at once still lets the first attempt take a free lock.
+    let free = h.block(drivers::acquire_or_stop(
+        h.store(),
+        "t",
+        "free",
+        "bob",
+        LONG_TTL_MS,
+        DEADLINE,
+        std::future::ready(Stop::Deadline),
+    ));
+    assert!(matches!(free, Ok(Acquired::Granted(_))), "{free:?}");
+}
+
 fn sweep_removes_exactly_the_expired_locks(h: &Harness) {
     for i in 0..50 {
         h.grant("t", &format!("live-{i}"), "o", LONG_TTL_MS);
@@ -406,6 +441,7 @@ conformance!(
     blocking_acquire_gets_the_lock_when_released,
     blocking_acquire_gets_the_lock_when_it_expires,
     blocking_acquire_times_out_when_not_released,
+    blocking_acquire_stops_when_told_and_grants_nothing,
     sweep_removes_exactly_the_expired_locks,
 );
 

@@ -13,9 +13,10 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use mecha_abi::msg::{
-    AckItem, AckReply, AckRequest, ComponentSpec, Delivery, PublishReply, PublishRequest,
-    SubscribeRequest, PUBSUB_MAX_IN_FLIGHT,
+    AckItem, AckReply, AckRequest, Delivery, PublishReply, PublishRequest, SubscribeRequest,
+    PUBSUB_MAX_IN_FLIGHT,
 };
+use mecha_module::metadata::Metadata;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -70,80 +71,42 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The metadata fields the broker understands, for error messages.
-    pub const KNOWN_FIELDS: &'static str =
-        "maxDeliveries, deadLetterTopic, maxMessages, ackDeadlineMs";
+    /// The metadata fields the broker understands, whatever the driver.
+    pub const KNOWN_FIELDS: [&'static str; 4] = [
+        "maxDeliveries",
+        "deadLetterTopic",
+        "maxMessages",
+        "ackDeadlineMs",
+    ];
 
-    /// Reads the broker's fields from `spec.metadata` (names ignore ASCII
-    /// case, as in Dapr) and returns the fields it does not know, for the
-    /// driver to judge. `max_messages` is the driver's default retention.
-    pub fn parse(
-        spec: &ComponentSpec,
-        max_messages: u64,
-    ) -> Result<(Settings, Vec<(String, String)>), PubsubError> {
-        let config = |reason: String| PubsubError::Config {
-            component: spec.name.clone(),
-            reason,
-        };
-        let number = |name: &str, value: &str| {
-            value.trim().parse::<u64>().map_err(|_| {
-                config(format!(
-                    "metadata field {name:?} must be a whole number, not {value:?}"
-                ))
-            })
-        };
-        let mut settings = Settings {
-            store: spec.name.clone(),
-            max_deliveries: 5,
-            dead_letter_topic: None,
-            max_messages,
-            ack_deadline: Duration::from_secs(30),
-        };
-        let mut seen = BTreeSet::new();
-        let mut rest = Vec::new();
-        for (name, value) in &spec.metadata {
-            let lower = name.to_ascii_lowercase();
-            let known = matches!(
-                lower.as_str(),
-                "maxdeliveries" | "deadlettertopic" | "maxmessages" | "ackdeadlinems"
-            );
-            if !known {
-                rest.push((name.clone(), value.clone()));
-                continue;
+    /// Reads the broker's fields from a component's metadata (which the
+    /// driver has checked for unknown fields). `max_messages` is the
+    /// driver's default retention.
+    pub fn parse(metadata: &Metadata<'_>, max_messages: u64) -> Result<Settings, PubsubError> {
+        let dead_letter_topic = match metadata.get("deadLetterTopic") {
+            Some(topic) => {
+                check_name("deadLetterTopic", topic).map_err(|e| metadata.error(e.to_string()))?;
+                Some(topic.to_owned())
             }
-            if !seen.insert(lower.clone()) {
-                return Err(config(format!(
-                    "metadata field {name:?} is given twice (names ignore case)"
-                )));
-            }
-            match lower.as_str() {
-                "maxdeliveries" => {
-                    settings.max_deliveries = u32::try_from(number(name, value)?)
-                        .map_err(|_| config(format!("{name:?} is too large")))?;
-                }
-                "deadlettertopic" => {
-                    check_name("deadLetterTopic", value).map_err(|e| config(e.to_string()))?;
-                    settings.dead_letter_topic = Some(value.clone());
-                }
-                "maxmessages" => {
-                    settings.max_messages = number(name, value)?;
-                    if settings.max_messages == 0 {
-                        return Err(config(format!("{name:?} must be at least 1")));
-                    }
-                }
-                _ => {
-                    let ms = number(name, value)?;
-                    if ms == 0 || ms > u64::from(u32::MAX) {
-                        return Err(config(format!(
-                            "{name:?} must be from 1 to {} milliseconds",
-                            u32::MAX
-                        )));
-                    }
-                    settings.ack_deadline = Duration::from_millis(ms);
-                }
-            }
-        }
-        Ok((settings, rest))
+            None => None,
+        };
+        let max_ack_deadline = u64::from(u32::MAX);
+        Ok(Settings {
+            store: metadata.component().to_owned(),
+            max_deliveries: metadata
+                .parsed(
+                    "maxDeliveries",
+                    &format!("a whole number from 0 to {}", u32::MAX),
+                )?
+                .unwrap_or(5),
+            dead_letter_topic,
+            max_messages: metadata
+                .whole("maxMessages", 1..=u64::MAX)?
+                .unwrap_or(max_messages),
+            ack_deadline: metadata
+                .whole("ackDeadlineMs", 1..=max_ack_deadline)?
+                .map_or(Duration::from_secs(30), Duration::from_millis),
+        })
     }
 
     /// Where failed messages of `topic` go, or `None` for the dead-letter

@@ -15,30 +15,24 @@ pub mod envelope;
 use std::path::Path;
 
 use mecha_abi::msg::{AckRequest, PublishRequest, SubscribeReply, SubscribeRequest};
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
 
 use broker::{Broker, Subscriber};
 use drivers::PubsubError;
 
 /// The pubsub module: one or more named stores, the first being the default.
 pub struct PubsubModule {
-    stores: Vec<(String, Broker)>,
+    stores: Components<Broker>,
 }
 
 impl Module for PubsubModule {
     const NAME: &'static str = "pubsub";
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no pubsub component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut stores = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let store = drivers::open(spec, data_dir)
-                .map_err(|e| InitError(format!("cannot open pubsub store {:?}: {e}", spec.name)))?;
-            stores.push((spec.name.clone(), store));
-        }
+        let stores = Components::open(&hello.components, "pubsub store", |spec| {
+            drivers::open(spec, data_dir)
+        })?;
         Ok(Self { stores })
     }
 
@@ -60,24 +54,11 @@ impl Module for PubsubModule {
 type Handled = Result<Reply, Reply>;
 
 impl PubsubModule {
-    fn store(&self, name: &str) -> Result<&Broker, Reply> {
-        let found = if name.is_empty() {
-            self.stores.first()
-        } else {
-            self.stores.iter().find(|(n, _)| n == name)
-        };
-        found.map(|(_, s)| s).ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no pubsub store named {name:?} is configured"),
-            )
-        })
-    }
-
     async fn publish(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: PublishRequest = Reply::decode(payload)?;
         let reply = self
-            .store(&req.store)?
+            .stores
+            .by_name(&req.store)?
             .publish(tenant, &req)
             .await
             .map_err(error_reply)?;
@@ -86,7 +67,7 @@ impl PubsubModule {
 
     async fn subscribe(&self, ctx: Ctx, payload: &[u8]) -> Handled {
         let req: SubscribeRequest = Reply::decode(payload)?;
-        let store = self.store(&req.store)?;
+        let store = self.stores.by_name(&req.store)?;
         let subscriber = store
             .subscribe(&ctx.tenant, &req)
             .await
@@ -122,7 +103,8 @@ impl PubsubModule {
     async fn ack(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: AckRequest = Reply::decode(payload)?;
         let reply = self
-            .store(&req.store)?
+            .stores
+            .by_name(&req.store)?
             .ack(tenant, &req)
             .await
             .map_err(error_reply)?;

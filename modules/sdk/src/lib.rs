@@ -6,14 +6,24 @@
 //! [`Module`] with its tenant, answers health pings, drains on LINK_DRAIN, and
 //! exits when the daemon goes away. Writing a module means implementing
 //! [`Module`] and calling [`run`] from `main`.
+//!
+//! What every module's drivers share lives here too: [`Components`] (the
+//! configured stores by name), [`metadata`] (component metadata read the way
+//! Dapr does) and, with the `redb` feature, `embedded` (an embedded
+//! database that survives a hot restart).
 
+mod components;
+#[cfg(feature = "redb")]
+pub mod embedded;
 mod link;
+pub mod metadata;
 mod reply;
 mod stream;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use components::Components;
 pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
@@ -51,19 +61,49 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context that belongs to no link, for calling a module's `handle` in
-    /// unit tests. Streams opened from it are cancelled from the start.
+    /// unit tests. Streams opened from it are cancelled from the start; it
+    /// has no deadline and never drains.
     pub fn detached(tenant: impl Into<String>, opcode: Opcode) -> Self {
+        // One sender for every detached context, never dropped: a closed
+        // channel would make `draining` resolve at once.
+        static NEVER_DRAINS: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
+            std::sync::OnceLock::new();
+        let draining = NEVER_DRAINS
+            .get_or_init(|| tokio::sync::watch::channel(false).0)
+            .subscribe();
         Self {
             tenant: tenant.into(),
             opcode,
             deadline: None,
-            draining: tokio::sync::watch::channel(false).1,
+            draining,
             stream: stream::Opener {
                 tx: None,
                 registry: Default::default(),
                 link_id: 0,
                 opcode,
             },
+        }
+    }
+
+    /// Like [`Ctx::detached`], but the instance is draining already (as
+    /// after LINK_DRAIN), for testing handlers that must give up then.
+    pub fn detached_draining(tenant: impl Into<String>, opcode: Opcode) -> Self {
+        Self {
+            draining: tokio::sync::watch::channel(true).1,
+            ..Self::detached(tenant, opcode)
+        }
+    }
+
+    /// Like [`Ctx::detached`], with the request's deadline `after` from now,
+    /// for testing handlers that must give up at the deadline.
+    pub fn detached_with_deadline(
+        tenant: impl Into<String>,
+        opcode: Opcode,
+        after: Duration,
+    ) -> Self {
+        Self {
+            deadline: Some(std::time::Instant::now() + after),
+            ..Self::detached(tenant, opcode)
         }
     }
 
@@ -107,5 +147,32 @@ pub trait Module: Send + Sync + Sized + 'static {
     /// module's to log; the default does nothing.
     fn tick(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_contexts_drain_and_expire_only_when_asked_to() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let plain = Ctx::detached("t", Opcode::PING);
+        assert!(plain.deadline.is_none());
+        let waited = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(20), plain.draining()).await
+        });
+        assert!(waited.is_err(), "a detached context never drains");
+        let draining = Ctx::detached_draining("t", Opcode::PING);
+        rt.block_on(draining.draining());
+        let timed = Ctx::detached_with_deadline("t", Opcode::PING, Duration::from_secs(5));
+        let left = timed
+            .deadline
+            .expect("a deadline")
+            .saturating_duration_since(std::time::Instant::now());
+        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
     }
 }

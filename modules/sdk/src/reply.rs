@@ -60,6 +60,18 @@ impl Reply {
         }
     }
 
+    /// Refuses an empty request field: the INVALID_ARGUMENT reply "`what`
+    /// must not be empty" when `value` is empty.
+    pub fn non_empty(what: &str, value: &str) -> Result<(), Reply> {
+        if value.is_empty() {
+            return Err(Reply::error(
+                Status::InvalidArgument,
+                format!("{what} must not be empty"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Decodes a request payload, or yields the INVALID_ARGUMENT reply to send.
     pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Reply> {
         mecha_abi::decode(payload).map_err(|e| Reply::error(Status::InvalidArgument, e.to_string()))

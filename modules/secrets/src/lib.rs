@@ -16,20 +16,18 @@ pub mod policy;
 use std::path::Path;
 
 use mecha_abi::msg::{SecretBulkGetRequest, SecretBulkReply, SecretGetRequest, SecretReply};
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use drivers::{Metadata, SecretStore, StoreError};
 use policy::{Policy, Rule};
 
 /// The secrets module: one or more named stores, the first being the default.
 pub struct SecretsModule {
-    stores: Vec<Store>,
+    stores: Components<Store>,
 }
 
 /// One configured secret store component.
 struct Store {
-    /// The component name applications pass as `store`.
-    name: String,
     /// Who may read what.
     policy: Policy,
     /// Where the secrets come from.
@@ -40,23 +38,13 @@ impl Module for SecretsModule {
     const NAME: &'static str = "secrets";
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no secret store component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut stores = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let opened = Metadata::new(spec)
-                .and_then(|metadata| Policy::from_metadata(&metadata))
-                .and_then(|policy| Ok((policy, drivers::open(spec, data_dir)?)));
-            let (policy, driver) = opened
-                .map_err(|e| InitError(format!("cannot open secret store {:?}: {e}", spec.name)))?;
-            stores.push(Store {
-                name: spec.name.clone(),
-                policy,
-                driver,
-            });
-        }
+        let stores = Components::open(&hello.components, "secret store", |spec| {
+            Ok::<_, StoreError>(Store {
+                policy: Policy::from_metadata(&Metadata::lenient(spec)?)?,
+                driver: drivers::open(spec, data_dir)?,
+            })
+        })?;
         Ok(Self { stores })
     }
 
@@ -77,57 +65,42 @@ impl Module for SecretsModule {
 type Handled = Result<Reply, Reply>;
 
 impl SecretsModule {
-    /// The store named `name` ("" = the first), if `tenant` may use it.
-    fn store(&self, name: &str, tenant: &str) -> Result<&Store, Reply> {
-        let found = if name.is_empty() {
-            self.stores.first()
-        } else {
-            self.stores.iter().find(|s| s.name == name)
-        };
-        let store = found.ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no secret store named {name:?} is configured"),
-            )
-        })?;
+    /// The store named `name` ("" = the first) with its name, if `tenant`
+    /// may use it.
+    fn store(&self, name: &str, tenant: &str) -> Result<(&str, &Store), Reply> {
+        let (name, store) = self.stores.entry(name)?;
         store.policy.check_tenant(tenant).map_err(|rule| {
             denied(format!(
-                "tenant {tenant:?} may not use secret store {:?}: {rule}",
-                store.name
+                "tenant {tenant:?} may not use secret store {name:?}: {rule}"
             ))
         })?;
-        Ok(store)
+        Ok((name, store))
     }
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: SecretGetRequest = Reply::decode(payload)?;
-        if req.name.is_empty() {
-            return Err(Reply::error(
-                Status::InvalidArgument,
-                "secret name must not be empty",
-            ));
-        }
-        let store = self.store(&req.store, tenant)?;
+        Reply::non_empty("secret name", &req.name)?;
+        let (store_name, store) = self.store(&req.store, tenant)?;
         // The rules are checked before the store is asked, so a refused
         // tenant learns nothing about which secrets exist.
         store
             .policy
             .check_secret(&req.name)
-            .map_err(|rule| secret_denied(store, &req.name, rule))?;
+            .map_err(|rule| secret_denied(store_name, &req.name, rule))?;
         match store.driver.get(&req.name).await.map_err(store_error)? {
             Some(secret) => fit(Reply::ok(&SecretReply {
                 data: secret.into_pairs(),
             })),
             None => Err(Reply::error(
                 Status::NotFound,
-                format!("secret {:?} not found in store {:?}", req.name, store.name),
+                format!("secret {:?} not found in store {store_name:?}", req.name),
             )),
         }
     }
 
     async fn bulk_get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: SecretBulkGetRequest = Reply::decode(payload)?;
-        let store = self.store(&req.store, tenant)?;
+        let (_, store) = self.store(&req.store, tenant)?;
         let secrets = store
             .driver
             .bulk_get()
@@ -166,10 +139,9 @@ fn denied(message: String) -> Reply {
     Reply::error(Status::PermissionDenied, message)
 }
 
-fn secret_denied(store: &Store, name: &str, rule: Rule) -> Reply {
+fn secret_denied(store: &str, name: &str, rule: Rule) -> Reply {
     denied(format!(
-        "secret {name:?} of store {:?} may not be read: {rule}",
-        store.name
+        "secret {name:?} of store {store:?} may not be read: {rule}"
     ))
 }
 

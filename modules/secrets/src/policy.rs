@@ -72,39 +72,29 @@ impl Policy {
     /// are the driver's to check.
     pub fn from_metadata(metadata: &Metadata<'_>) -> Result<Self, StoreError> {
         let list = |field: &str| -> Result<Option<BTreeSet<String>>, StoreError> {
-            let Some(text) = metadata.get(field) else {
-                return Ok(None);
-            };
-            let items: BTreeSet<String> = text
-                .split(',')
-                .map(str::trim)
-                .filter(|item| !item.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if items.is_empty() {
-                return Err(metadata.error(format!(
-                    "metadata field {field:?} is empty; remove it to lift the restriction, or \
-                     list at least one name"
-                )));
-            }
-            Ok(Some(items))
+            let items = metadata.list(field)?;
+            Ok(items.map(|items| items.into_iter().map(str::to_owned).collect()))
         };
         let default_deny = match metadata.get("defaultAccess") {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("allow") => false,
             Some(v) if v.eq_ignore_ascii_case("deny") => true,
             Some(v) => {
-                return Err(metadata.error(format!(
-                    "metadata field \"defaultAccess\" must be allow or deny, not {v:?}"
-                )))
+                return Err(metadata
+                    .error(format!(
+                        "metadata field \"defaultAccess\" must be allow or deny, not {v:?}"
+                    ))
+                    .into())
             }
         };
         let allowed = list("allowedSecrets")?.unwrap_or_default();
         let denied = list("deniedSecrets")?.unwrap_or_default();
         if let Some(both) = allowed.intersection(&denied).next() {
-            return Err(metadata.error(format!(
-                "secret {both:?} is listed in both allowedSecrets and deniedSecrets"
-            )));
+            return Err(metadata
+                .error(format!(
+                    "secret {both:?} is listed in both allowedSecrets and deniedSecrets"
+                ))
+                .into());
         }
         Ok(Self {
             tenants: list("allowedTenants")?,

@@ -7,30 +7,24 @@ pub mod drivers;
 use std::path::Path;
 
 use mecha_abi::msg::{NextIdReply, NextIdRequest, SEQ_MAX_COUNT};
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use drivers::{SeqError, Sequencer};
 
 /// The sequencer module: one or more named sequencers, the first being the
 /// default.
 pub struct SequencerModule {
-    stores: Vec<(String, Box<dyn Sequencer>)>,
+    stores: Components<Box<dyn Sequencer>>,
 }
 
 impl Module for SequencerModule {
     const NAME: &'static str = "sequencer";
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no sequencer component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut stores = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let store = drivers::open(spec, data_dir)
-                .map_err(|e| InitError(format!("cannot open sequencer {:?}: {e}", spec.name)))?;
-            stores.push((spec.name.clone(), store));
-        }
+        let stores = Components::open(&hello.components, "sequencer", |spec| {
+            drivers::open(spec, data_dir)
+        })?;
         Ok(Self { stores })
     }
 
@@ -50,28 +44,9 @@ impl Module for SequencerModule {
 type Handled = Result<Reply, Reply>;
 
 impl SequencerModule {
-    fn store(&self, name: &str) -> Result<&dyn Sequencer, Reply> {
-        let found = if name.is_empty() {
-            self.stores.first()
-        } else {
-            self.stores.iter().find(|(n, _)| n == name)
-        };
-        found.map(|(_, s)| s.as_ref()).ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no sequencer named {name:?} is configured"),
-            )
-        })
-    }
-
     async fn next(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: NextIdRequest = Reply::decode(payload)?;
-        if req.key.is_empty() {
-            return Err(Reply::error(
-                Status::InvalidArgument,
-                "key must not be empty",
-            ));
-        }
+        Reply::non_empty("key", &req.key)?;
         // The drivers rely on this range: `Sequencer::next_ids` documents that
         // they never see a count of 0 or above the cap.
         if req.count == 0 || req.count > SEQ_MAX_COUNT {
@@ -84,7 +59,8 @@ impl SequencerModule {
             ));
         }
         let first = self
-            .store(&req.store)?
+            .stores
+            .by_name(&req.store)?
             .next_ids(tenant, &req.key, req.count)
             .await
             .map_err(seq_error)?;

@@ -10,13 +10,13 @@ use mecha_abi::msg::{
     BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest, DeleteReply, DeleteRequest,
     GetRequest, SetItem, SetReply, SetRequest, TransactReply, TransactRequest, TxOp,
 };
-use mecha_module::{Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use drivers::{OpOutcome, StateStore, StoreError};
 
 /// The state module: one or more named stores, the first being the default.
 pub struct StateModule {
-    stores: Vec<(String, Box<dyn StateStore>)>,
+    stores: Components<Box<dyn StateStore>>,
 }
 
 impl Module for StateModule {
@@ -24,16 +24,10 @@ impl Module for StateModule {
     const TICK: Option<Duration> = Some(Duration::from_secs(1));
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
-        if hello.components.is_empty() {
-            return Err(InitError("no state component configured".into()));
-        }
         let data_dir = Path::new(&hello.data_dir);
-        let mut stores = Vec::with_capacity(hello.components.len());
-        for spec in &hello.components {
-            let store = drivers::open(spec, data_dir)
-                .map_err(|e| InitError(format!("cannot open state store {:?}: {e}", spec.name)))?;
-            stores.push((spec.name.clone(), store));
-        }
+        let stores = Components::open(&hello.components, "state store", |spec| {
+            drivers::open(spec, data_dir)
+        })?;
         Ok(Self { stores })
     }
 
@@ -54,7 +48,7 @@ impl Module for StateModule {
     }
 
     async fn tick(&self) {
-        for (name, store) in &self.stores {
+        for (name, store) in self.stores.iter() {
             match store.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(store = %name, expired = n, "swept expired keys"),
@@ -69,22 +63,12 @@ type Handled = Result<Reply, Reply>;
 
 impl StateModule {
     fn store(&self, name: &str) -> Result<&dyn StateStore, Reply> {
-        let found = if name.is_empty() {
-            self.stores.first()
-        } else {
-            self.stores.iter().find(|(n, _)| n == name)
-        };
-        found.map(|(_, s)| s.as_ref()).ok_or_else(|| {
-            Reply::error(
-                Status::InvalidArgument,
-                format!("no state store named {name:?} is configured"),
-            )
-        })
+        self.stores.by_name(name).map(|store| store.as_ref())
     }
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: GetRequest = Reply::decode(payload)?;
-        check_key(&req.key)?;
+        Reply::non_empty("key", &req.key)?;
         let store = self.store(&req.store)?;
         // The key goes to the driver by value; the copy is for the error.
         let mut found = store
@@ -134,7 +118,7 @@ impl StateModule {
     async fn bulk_get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: BulkGetRequest = Reply::decode(payload)?;
         for key in &req.keys {
-            check_key(key)?;
+            Reply::non_empty("key", key)?;
         }
         let store = self.store(&req.store)?;
         // The driver takes the keys by value and answers in request order;
@@ -180,7 +164,7 @@ impl StateModule {
         for op in &ops {
             match op {
                 TxOp::Set(SetItem { key, ttl_ms, .. }) => {
-                    check_key(key)?;
+                    Reply::non_empty("key", key)?;
                     // The drivers rely on this: `StateStore` documents that a
                     // zero TTL never reaches them.
                     if *ttl_ms == Some(0) {
@@ -190,7 +174,7 @@ impl StateModule {
                         ));
                     }
                 }
-                TxOp::Delete(item) => check_key(&item.key)?,
+                TxOp::Delete(item) => Reply::non_empty("key", &item.key)?,
             }
         }
         self.store(store)?
@@ -217,16 +201,6 @@ fn answer_count_error(asked: usize, answered: usize) -> Reply {
         Status::Internal,
         format!("store answered {answered} entries for {asked} keys"),
     )
-}
-
-fn check_key(key: &str) -> Result<(), Reply> {
-    if key.is_empty() {
-        return Err(Reply::error(
-            Status::InvalidArgument,
-            "key must not be empty",
-        ));
-    }
-    Ok(())
 }
 
 fn store_error(e: StoreError) -> Reply {

@@ -28,12 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
+use mecha_module::metadata::Metadata;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use super::{initial_revision, metadata_fields, next_revision, select};
+use super::{initial_revision, next_revision, select, ALLOWED_TENANTS};
 use super::{BoxFuture, ConfigError, ConfigStore, Hub, Scope, Subscriber};
 
 /// How long the file must stay quiet after a change before it is read. A tool
@@ -292,16 +293,9 @@ impl FileStore {
     /// or malformed at start is a configuration error, so that a mistake is
     /// loud rather than an empty store.
     pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, ConfigError> {
-        let config = |reason: String| ConfigError::Config {
-            component: spec.name.clone(),
-            reason,
-        };
-        let fields = metadata_fields(spec, &["path"])?;
-        let path = match fields.get("path") {
-            Some(path) if !path.is_empty() => data_dir.join(path),
-            Some(_) => return Err(config("metadata field \"path\" is empty".to_owned())),
-            None => return Err(config("metadata field \"path\" is required".to_owned())),
-        };
+        let metadata = Metadata::parse(spec, &["path", ALLOWED_TENANTS])?;
+        let config = |reason: String| ConfigError::from(metadata.error(reason));
+        let path = data_dir.join(metadata.required("path")?);
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => {

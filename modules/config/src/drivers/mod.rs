@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
+use mecha_module::metadata::{Metadata, MetadataError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -21,7 +22,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The metadata field every driver accepts: a comma-separated list of the
 /// tenants that may use the store. It is handled by the module, not by the
 /// drivers, which only have to tolerate it.
-pub const ALLOWED_TENANTS: &str = "allowedtenants";
+pub const ALLOWED_TENANTS: &str = "allowedTenants";
 
 /// Why a driver operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub trait ConfigStore: Send + Sync + 'static {
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore>, ConfigError> {
     match spec.kind.as_str() {
         "configuration.memory" => {
-            metadata_fields(spec, &[])?;
+            Metadata::parse(spec, &[ALLOWED_TENANTS])?;
             Ok(Box::new(memory::MemoryStore::new()))
         }
         "configuration.file" => Ok(Box::new(file::FileStore::open(spec, data_dir)?)),
@@ -108,65 +109,23 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore
 }
 
 /// The tenants allowed to use the store described by `spec`: `None` when
-/// its metadata has no `allowedTenants` field (everyone may).
+/// its metadata has no `allowedTenants` field (everyone may). An empty list
+/// is refused: it would lock everyone out, which is never what a field meant
+/// to grant access wants; it is far more likely a templating slip.
 pub fn allowed_tenants(spec: &ComponentSpec) -> Result<Option<Vec<String>>, ConfigError> {
-    // The driver validates the metadata as a whole (unknown or repeated
-    // fields) when it opens; only the one field matters here.
-    let Some((_, list)) = spec
-        .metadata
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(ALLOWED_TENANTS))
-    else {
-        return Ok(None);
-    };
-    let tenants: Vec<String> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-    // An empty list would lock everyone out, which is never what a field
-    // meant to grant access wants; it is far more likely a templating slip.
-    if tenants.is_empty() {
-        return Err(ConfigError::Config {
-            component: spec.name.clone(),
-            reason: "metadata field \"allowedTenants\" lists no tenant".to_owned(),
-        });
-    }
-    Ok(Some(tenants))
+    // The driver checks the metadata as a whole (unknown fields) when it
+    // opens; only the one field matters here.
+    let tenants = Metadata::lenient(spec)?.list(ALLOWED_TENANTS)?;
+    Ok(tenants.map(|tenants| tenants.into_iter().map(str::to_owned).collect()))
 }
 
-/// The component's metadata by lower-case name, checked: only `known` names
-/// (lower case) and `allowedTenants` are accepted, each at most once. Names
-/// are matched ignoring ASCII case, as Dapr does.
-pub(crate) fn metadata_fields(
-    spec: &ComponentSpec,
-    known: &[&str],
-) -> Result<HashMap<String, String>, ConfigError> {
-    let config = |reason: String| ConfigError::Config {
-        component: spec.name.clone(),
-        reason,
-    };
-    let mut fields = HashMap::new();
-    for (name, value) in &spec.metadata {
-        let lower = name.to_ascii_lowercase();
-        if lower != ALLOWED_TENANTS && !known.contains(&lower.as_str()) {
-            let mut names: Vec<&str> = known.to_vec();
-            names.push("allowedTenants");
-            return Err(config(format!(
-                "unknown metadata field {name:?} (known: {})",
-                names.join(", ")
-            )));
-        }
-        // A field given twice is almost certainly a copy-paste slip, and
-        // silently picking one of the values would hide it.
-        if fields.insert(lower, value.clone()).is_some() {
-            return Err(config(format!(
-                "metadata field {name:?} is given twice (names ignore case)"
-            )));
+impl From<MetadataError> for ConfigError {
+    fn from(e: MetadataError) -> Self {
+        Self::Config {
+            component: e.component,
+            reason: e.reason,
         }
     }
-    Ok(fields)
 }
 
 /// The first revision of a store opened now: microseconds since the Unix

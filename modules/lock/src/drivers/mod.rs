@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
+use mecha_module::embedded;
+use mecha_module::metadata::MetadataError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -53,6 +55,24 @@ pub enum LockError {
     /// The backing store failed in a way that is not the caller's fault.
     #[error("lock store failure: {0}")]
     Internal(String),
+}
+
+impl From<MetadataError> for LockError {
+    fn from(e: MetadataError) -> Self {
+        Self::Config {
+            component: e.component,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<embedded::Error> for LockError {
+    fn from(e: embedded::Error) -> Self {
+        match e {
+            embedded::Error::Held(message) => Self::Unavailable(message),
+            embedded::Error::Failed(message) => Self::Internal(message),
+        }
+    }
 }
 
 /// A lock store. Locks are always scoped by tenant: the same resource name
@@ -141,14 +161,8 @@ const MIN_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Tries to take `resource` for `owner`, waiting up to `wait` while it is
-/// held; returns the fencing token, or `None` if the lock stayed held.
-///
-/// A waiter tries again at once when an unlock in this process releases the
-/// lock (see [`Releases`]), and otherwise when the holder's lease passes; it
-/// never polls on a timer shorter than 5 ms. It makes one last attempt at
-/// the end of `wait`, so a lease that passes exactly then is still granted.
-/// Waiters are not queued: after a release, whichever waiter's attempt comes
-/// first wins.
+/// held; returns the fencing token, or `None` if the lock stayed held. This
+/// is [`acquire_or_stop`] with nothing to stop it early.
 pub async fn acquire(
     store: &dyn LockStore,
     tenant: &str,
@@ -157,9 +171,59 @@ pub async fn acquire(
     ttl_ms: u64,
     wait: Duration,
 ) -> Result<Option<u64>, LockError> {
+    let never = std::future::pending();
+    match acquire_or_stop(store, tenant, resource, owner, ttl_ms, wait, never).await? {
+        Acquired::Granted(fencing_token) => Ok(Some(fencing_token)),
+        Acquired::Held | Acquired::Stopped(_) => Ok(None),
+    }
+}
+
+/// How a blocking acquire ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lock was granted with this fencing token.
+    Granted(u64),
+    /// The lock stayed held for the whole wait.
+    Held,
+    /// The wait was given up early, for this reason; nothing was granted.
+    Stopped(Stop),
+}
+
+/// Why a blocking acquire gave up before its wait was over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The request's deadline passed: the daemon has answered the caller
+    /// already, so a grant now would go to nobody.
+    Deadline,
+    /// The module instance is draining (a hot restart or shutdown).
+    Draining,
+}
+
+/// Tries to take `resource` for `owner`, waiting up to `wait` while it is
+/// held, unless `stop` resolves first.
+///
+/// A waiter tries again at once when an unlock in this process releases the
+/// lock (see [`Releases`]), and otherwise when the holder's lease passes; it
+/// never polls on a timer shorter than 5 ms. It makes one last attempt at
+/// the end of `wait`, so a lease that passes exactly then is still granted.
+/// Waiters are not queued: after a release, whichever waiter's attempt comes
+/// first wins.
+///
+/// `stop` is watched only between attempts, and when it resolves no further
+/// attempt is made: an attempt already running may still grant the lock,
+/// and then the grant is answered.
+pub async fn acquire_or_stop(
+    store: &dyn LockStore,
+    tenant: &str,
+    resource: &str,
+    owner: &str,
+    ttl_ms: u64,
+    wait: Duration,
+    stop: impl Future<Output = Stop>,
+) -> Result<Acquired, LockError> {
     let granted = |attempt| match attempt {
-        Attempt::Acquired { fencing_token } => Some(fencing_token),
-        Attempt::Held { .. } => None,
+        Attempt::Acquired { fencing_token } => Acquired::Granted(fencing_token),
+        Attempt::Held { .. } => Acquired::Held,
     };
     if wait.is_zero() {
         return Ok(granted(
@@ -168,6 +232,7 @@ pub async fn acquire(
     }
     let deadline = Instant::now() + wait.min(MAX_WAIT);
     let subscription = store.releases().subscribe(tenant, resource);
+    let mut stop = std::pin::pin!(stop);
     loop {
         // The waiter registers before it looks, so a release that happens
         // between a failed attempt and the wait below still wakes it.
@@ -175,17 +240,21 @@ pub async fn acquire(
         let mut released = std::pin::pin!(released);
         released.as_mut().enable();
         let expires_at_ms = match store.try_lock(tenant, resource, owner, ttl_ms).await? {
-            Attempt::Acquired { fencing_token } => return Ok(Some(fencing_token)),
+            Attempt::Acquired { fencing_token } => return Ok(Acquired::Granted(fencing_token)),
             Attempt::Held { expires_at_ms } => expires_at_ms,
         };
         let now = Instant::now();
         if now >= deadline {
-            return Ok(None);
+            return Ok(Acquired::Held);
         }
         let until_expiry = Duration::from_millis(expires_at_ms.saturating_sub(now_ms()));
         let wake = (now + until_expiry.clamp(MIN_PAUSE, MAX_PAUSE)).min(deadline);
         // Either way the next attempt decides; a timeout is not an error here.
-        let _ = tokio::time::timeout_at(wake, released).await;
+        tokio::select! {
+            biased;
+            why = stop.as_mut() => return Ok(Acquired::Stopped(why)),
+            _ = tokio::time::timeout_at(wake, released) => {}
+        }
     }
 }
 

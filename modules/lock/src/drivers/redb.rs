@@ -2,12 +2,11 @@
 //! crash-safe file, so tokens keep increasing across restarts.
 
 use std::fmt::Display;
-use std::ops::Bound;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
+use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb};
+use mecha_module::metadata::Metadata;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use super::{is_live, lease_end, next_token, not_extended, now_ms};
@@ -23,13 +22,17 @@ type LeaseValue = (&'static str, u64, u64);
 /// until it is granted again or swept.
 const LEASES: TableDefinition<LeaseKey, LeaseValue> = TableDefinition::new("leases");
 
-/// The key of the `expiry` table: (expires_at_ms, tenant, resource).
-type ExpiryKey = (u64, &'static str, &'static str);
-
 /// The expiry index: one row per `leases` row, ordered by expiry time, so a
 /// sweep reads only the rows that have expired. Every write transaction that
 /// changes a lease's expiry updates its row too.
 const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("expiry");
+
+/// The leases, swept through [`EXPIRY`].
+const EXPIRING: ExpiryIndex<LeaseValue> = ExpiryIndex {
+    index: EXPIRY,
+    table: LEASES,
+    expiry: |(_, _, expires_at_ms)| expires_at_ms,
+};
 
 /// The last fencing token granted, per tenant. It is written in the same
 /// transaction as the grant that took it, so a token is never granted twice,
@@ -38,33 +41,17 @@ const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("expiry");
 /// be deleted, and keeps one tenant's activity invisible in another's tokens.
 const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("tokens");
 
-/// The metadata fields this driver understands, matched ignoring ASCII case
-/// as Dapr does.
-const KNOWN_FIELDS: &str = "path";
-
-/// How long a request waits for the previous module instance to release the
-/// file during a hot restart. Draining takes milliseconds; this is a bound.
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// The metadata fields this driver understands.
+const KNOWN_FIELDS: [&str; 1] = ["path"];
 
 /// A lock store kept in one redb file.
+#[derive(Debug)]
 pub struct RedbLocks {
-    /// The store file.
-    path: PathBuf,
-    /// The open database, shared with the blocking tasks that do the actual
-    /// I/O (which may outlive a dropped future). It is empty only while the
-    /// previous instance of this module still holds the file during a hot
-    /// restart; the first request then opens it.
-    db: tokio::sync::OnceCell<Arc<Database>>,
+    /// The store file, opened at start or, during a hot restart, once the
+    /// previous instance of this module released it.
+    db: SharedDb<LockError>,
     /// Acquirers waiting for a release.
     releases: Releases,
-}
-
-impl std::fmt::Debug for RedbLocks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbLocks")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedbLocks {
@@ -74,75 +61,13 @@ impl RedbLocks {
     /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
     /// blocks on file I/O; it runs once, when the module starts.
     pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, LockError> {
-        let path = file_path(spec, data_dir)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                LockError::Internal(format!("creating directory {}: {e}", parent.display()))
-            })?;
-        }
-        let db = tokio::sync::OnceCell::new();
-        // A hot-restart successor must not touch the file before the old
-        // instance has exited; its first request opens it.
-        let eager = if mecha_module::is_handoff() {
-            None
-        } else {
-            open_file(&path)?
-        };
-        match eager {
-            Some(opened) => {
-                let _ = db.set(Arc::new(opened));
-            }
-            None => tracing::info!(
-                path = %path.display(),
-                "lock file is held by the previous instance; opening it once released"
-            ),
-        }
+        let metadata = Metadata::parse(spec, &KNOWN_FIELDS)?;
+        let path = redb_file(&spec.name, metadata.str("path")?, data_dir)
+            .map_err(|reason| metadata.error(reason))?;
         Ok(Self {
-            path,
-            db,
+            db: SharedDb::open(path, prepare)?,
             releases: Releases::default(),
         })
-    }
-
-    /// The database, opened on first use if the previous instance held it
-    /// when this one started (a hot restart: redb allows one process per file).
-    async fn db(&self) -> Result<Arc<Database>, LockError> {
-        self.db
-            .get_or_try_init(|| async {
-                let deadline = Instant::now() + RELEASE_WAIT;
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    let path = self.path.clone();
-                    if let Some(db) = blocking(move || open_file(&path)).await? {
-                        return Ok(Arc::new(db));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(LockError::Unavailable(format!(
-                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
-                            self.path.display()
-                        )));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-            })
-            .await
-            .cloned()
-    }
-}
-
-/// Opens and prepares the file; `None` when another process holds it.
-fn open_file(path: &Path) -> Result<Option<Database>, LockError> {
-    match Database::create(path) {
-        Ok(db) => {
-            prepare(&db)?;
-            Ok(Some(db))
-        }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
-        Err(e) => Err(LockError::Internal(format!(
-            "opening redb file {}: {e}",
-            path.display()
-        ))),
     }
 }
 
@@ -162,74 +87,9 @@ fn prepare(db: &Database) -> Result<(), LockError> {
         .map_err(redb_error("commit the table-creating transaction"))
 }
 
-/// Works out which file a component lives in, rejecting unknown metadata.
-fn file_path(spec: &ComponentSpec, data_dir: &Path) -> Result<PathBuf, LockError> {
-    let config = |reason: String| LockError::Config {
-        component: spec.name.clone(),
-        reason,
-    };
-    let mut path: Option<&str> = None;
-    for (name, value) in &spec.metadata {
-        // Dapr matches metadata names ignoring case, so `Path` is `path`.
-        match name.to_ascii_lowercase().as_str() {
-            "path" => {
-                // A second `path` is almost certainly a copy-paste slip, and
-                // silently picking one of them would hide it.
-                if path.is_some() {
-                    return Err(config(
-                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
-                    ));
-                }
-                if value.is_empty() {
-                    return Err(config("metadata field \"path\" is empty".to_owned()));
-                }
-                path = Some(value);
-            }
-            _ => {
-                return Err(config(format!(
-                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
-                )))
-            }
-        }
-    }
-    match path {
-        // `join` keeps an absolute path as it is, which is what we want.
-        Some(path) => Ok(data_dir.join(path)),
-        None => {
-            // The name becomes a file name, so it must not be able to climb
-            // out of the data directory or name a subdirectory.
-            let name = spec.name.as_str();
-            let usable = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\', '\0']);
-            if usable {
-                Ok(data_dir.join(format!("{name}.redb")))
-            } else {
-                Err(config(format!(
-                    "the component name {name:?} cannot be used as a file name; \
-                     set the metadata field \"path\""
-                )))
-            }
-        }
-    }
-}
-
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> LockError {
     move |e| LockError::Internal(format!("redb: cannot {operation}: {e}"))
-}
-
-/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
-/// stalls the runtime's worker threads.
-async fn blocking<T, F>(work: F) -> Result<T, LockError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, LockError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LockError::Internal(format!("redb worker task failed: {e}")))?
 }
 
 /// A lease as stored: owner, fencing token, expiry.
@@ -469,78 +329,6 @@ fn extend(
     Ok(reply)
 }
 
-/// The index keys expired at `now`: those before `(now + 1, "", "")`, since
-/// a lease ends at the start of its expiry millisecond.
-fn expired_range(now: u64) -> (Bound<ExpiryKey>, Bound<ExpiryKey>) {
-    let end = match now.checked_add(1) {
-        Some(end) => Bound::Excluded((end, "", "")),
-        None => Bound::Unbounded,
-    };
-    (Bound::Unbounded, end)
-}
-
-/// Whether anything has expired at `now`, judged from the index alone in a
-/// read transaction, so an idle sweep takes no write lock.
-fn anything_expired(db: &Database, now: u64) -> Result<bool, LockError> {
-    let txn = db
-        .begin_read()
-        .map_err(redb_error("begin a sweep-probing read transaction"))?;
-    let index = txn
-        .open_table(EXPIRY)
-        .map_err(redb_error("open the expiry table for reading"))?;
-    let first = index
-        .first()
-        .map_err(redb_error("read the earliest expiry"))?;
-    Ok(first.is_some_and(|(key, _)| !is_live(key.value().0, now)))
-}
-
-/// Removes the leases expired at `now` and counts them. Only the expired
-/// front of the index is read.
-fn sweep(db: &Database, now: u64) -> Result<usize, LockError> {
-    if !anything_expired(db, now)? {
-        return Ok(0);
-    }
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a sweep transaction"))?;
-    let removed = {
-        let mut leases = txn
-            .open_table(LEASES)
-            .map_err(redb_error("open the leases table for sweeping"))?;
-        let mut index = txn
-            .open_table(EXPIRY)
-            .map_err(redb_error("open the expiry table for sweeping"))?;
-        let mut removed = 0;
-        let expired = index
-            .extract_from_if(expired_range(now), |_, ()| true)
-            .map_err(redb_error("scan the expiry index"))?;
-        for row in expired {
-            let (row, _) = row.map_err(redb_error("remove an expiry index row"))?;
-            let (expires_at_ms, tenant, resource) = row.value();
-            // Every write keeps the index in step with `leases`; checking
-            // keeps a stale row from removing a live lease all the same.
-            let current = stored(&leases, tenant, resource)?;
-            if current.is_some_and(|l| l.expires_at_ms == expires_at_ms) {
-                leases
-                    .remove((tenant, resource))
-                    .map_err(redb_error("remove an expired lease"))?;
-                removed += 1;
-            }
-        }
-        removed
-    };
-    // A sweep that removed nothing (a grant got there first) is aborted
-    // rather than committed, which spares it a disk sync.
-    if removed == 0 {
-        txn.abort()
-            .map_err(redb_error("abort an empty sweep transaction"))?;
-    } else {
-        txn.commit()
-            .map_err(redb_error("commit a sweep transaction"))?;
-    }
-    Ok(removed)
-}
-
 // The blocking tasks must own what they use (`'static`), so the short names
 // are copied. The clock is read inside the task so that time spent waiting
 // for the pool does not make a just-expired lease look live.
@@ -554,7 +342,7 @@ impl LockStore for RedbLocks {
     ) -> BoxFuture<'a, Result<Attempt, LockError>> {
         let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || try_lock(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
         })
     }
@@ -566,7 +354,7 @@ impl LockStore for RedbLocks {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<UnlockStatus, LockError>> {
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             let (t, r, o) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
             let status = blocking(move || unlock(&db, &t, &r, &o, now_ms())).await?;
             if status == UnlockStatus::Success {
@@ -585,7 +373,7 @@ impl LockStore for RedbLocks {
     ) -> BoxFuture<'a, Result<ExtendLockReply, LockError>> {
         let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || extend(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
         })
     }
@@ -593,10 +381,10 @@ impl LockStore for RedbLocks {
     fn sweep(&self) -> BoxFuture<'_, Result<usize, LockError>> {
         Box::pin(async move {
             // Until the file is ours there is nothing to sweep; do not wait.
-            let Some(db) = self.db.get().cloned() else {
+            let Some(db) = self.db.opened().cloned() else {
                 return Ok(0);
             };
-            blocking(move || sweep(&db, now_ms())).await
+            blocking(move || Ok(EXPIRING.sweep(&db, now_ms())?)).await
         })
     }
 
@@ -607,6 +395,8 @@ impl LockStore for RedbLocks {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn spec(name: &str) -> ComponentSpec {
@@ -630,7 +420,7 @@ mod tests {
             .expect("grant");
         // As in a hot restart: the new instance starts while the old holds the file.
         let new = RedbLocks::open(&spec("handoff"), dir.path()).expect("deferred open");
-        assert!(new.db.get().is_none(), "the file is still held");
+        assert!(new.db.opened().is_none(), "the file is still held");
         let second = rt.block_on(async {
             let release = async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -673,7 +463,7 @@ mod tests {
     fn writes_and_sweeps_keep_the_index_in_step() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let store = RedbLocks::open(&spec("s"), dir.path()).expect("open");
-        let db = store.db.get().expect("opened eagerly");
+        let db = store.db.opened().expect("opened eagerly");
         let granted = |r: &str, ttl: u64, now: u64| {
             let attempt = try_lock(db, "t", r, "o", ttl, now).expect("attempt");
             assert!(
@@ -692,11 +482,11 @@ mod tests {
         assert_eq!(unlock(db, "t", "c", "o", 105), Ok(UnlockStatus::Success));
         assert_index_consistent(db);
 
-        assert_eq!(sweep(db, 119), Ok(0));
-        assert_eq!(sweep(db, 120), Ok(1));
+        assert_eq!(EXPIRING.sweep(db, 119), Ok(0));
+        assert_eq!(EXPIRING.sweep(db, 120), Ok(1));
         assert_index_consistent(db);
-        assert_eq!(sweep(db, 155), Ok(1));
-        assert_eq!(sweep(db, u64::MAX), Ok(0));
+        assert_eq!(EXPIRING.sweep(db, 155), Ok(1));
+        assert_eq!(EXPIRING.sweep(db, u64::MAX), Ok(0));
         assert_index_consistent(db);
     }
 }

@@ -13,6 +13,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mecha_abi::msg::ComponentSpec;
+use mecha_module::embedded;
+use mecha_module::metadata::{Metadata, MetadataError};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, Settings};
@@ -58,6 +60,24 @@ pub enum PubsubError {
     /// The backing store failed in a way that is not the caller's fault.
     #[error("pubsub store failure: {0}")]
     Internal(String),
+}
+
+impl From<MetadataError> for PubsubError {
+    fn from(e: MetadataError) -> Self {
+        Self::Config {
+            component: e.component,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<embedded::Error> for PubsubError {
+    fn from(e: embedded::Error) -> Self {
+        match e {
+            embedded::Error::Held(message) => Self::Unavailable(message),
+            embedded::Error::Failed(message) => Self::Internal(message),
+        }
+    }
 }
 
 /// A message as stored in a topic's log: the CloudEvents envelope the module
@@ -211,28 +231,26 @@ pub const REDB_MAX_MESSAGES: u64 = 1_000_000;
 /// Opens the store named by `spec.kind`: its driver, with a [`Broker`] on
 /// top configured from the metadata both share.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
-    let config = |reason: String| PubsubError::Config {
-        component: spec.name.clone(),
-        reason,
-    };
     match spec.kind.as_str() {
         "pubsub.memory" => {
-            let (settings, rest) = Settings::parse(spec, MEMORY_MAX_MESSAGES)?;
-            if let Some((name, _)) = rest.first() {
-                return Err(config(format!(
-                    "unknown metadata field {name:?} (known: {})",
-                    Settings::KNOWN_FIELDS
-                )));
-            }
+            let metadata = Metadata::parse(spec, &Settings::KNOWN_FIELDS)?;
+            let settings = Settings::parse(&metadata, MEMORY_MAX_MESSAGES)?;
             Ok(Broker::new(settings, Box::new(memory::MemoryLog::new())))
         }
         "pubsub.redb" => {
-            let (settings, rest) = Settings::parse(spec, REDB_MAX_MESSAGES)?;
-            let log = redb::RedbLog::open(&spec.name, &rest, data_dir)?;
-            Ok(Broker::new(settings, Box::new(log)))
+            let known = [&Settings::KNOWN_FIELDS[..], &redb::KNOWN_FIELDS].concat();
+            let metadata = Metadata::parse(spec, &known)?;
+            let settings = Settings::parse(&metadata, REDB_MAX_MESSAGES)?;
+            let path =
+                mecha_module::embedded::redb_file(&spec.name, metadata.str("path")?, data_dir)
+                    .map_err(|reason| metadata.error(reason))?;
+            Ok(Broker::new(settings, Box::new(redb::RedbLog::open(path)?)))
         }
-        other => Err(config(format!(
-            "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb)"
-        ))),
+        other => Err(PubsubError::Config {
+            component: spec.name.clone(),
+            reason: format!(
+                "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb)"
+            ),
+        }),
     }
 }

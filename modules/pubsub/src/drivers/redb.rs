@@ -3,10 +3,10 @@
 //! deliveries survive module and daemon restarts.
 
 use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use mecha_module::embedded::{blocking, SharedDb};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{BoxFuture, GroupChange, GroupRecord, Message, PubsubError, PubsubLog, TopicRecord};
@@ -46,13 +46,8 @@ const FAILURES: TableDefinition<OffsetKey, u32> = TableDefinition::new("failures
 /// refused rather than misread.
 const FORMAT: u8 = 1;
 
-/// The metadata fields this driver understands beyond the broker's, matched
-/// ignoring ASCII case as Dapr does.
-const KNOWN_FIELDS: &str = "path";
-
-/// How long a request waits for the previous module instance to release the
-/// file during a hot restart. Draining takes milliseconds; this is a bound.
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// The metadata fields this driver understands beyond the broker's.
+pub const KNOWN_FIELDS: [&str; 1] = ["path"];
 
 /// The page cache redb may use. Its default (1 GiB) would let a busy log
 /// grow the module far beyond what a node daemon's module should take; the
@@ -60,104 +55,26 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A pubsub log kept in one redb file.
+#[derive(Debug)]
 pub struct RedbLog {
-    /// The store file.
-    path: PathBuf,
-    /// The open database, shared with the blocking tasks that do the I/O
-    /// (which may outlive a dropped future). It is empty only while the
-    /// previous instance of this module still holds the file during a hot
-    /// restart; the first request then opens it.
-    db: tokio::sync::OnceCell<Arc<Database>>,
-}
-
-impl std::fmt::Debug for RedbLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbLog")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    /// The store file, opened at start or, during a hot restart, once the
+    /// previous instance of this module released it.
+    db: SharedDb<PubsubError>,
 }
 
 impl RedbLog {
-    /// Opens (creating if needed) the store file of component `name`.
-    ///
-    /// `metadata` holds the fields the broker did not claim. The file is the
-    /// field `path` (absolute, or relative to `data_dir`), or
-    /// `<data_dir>/<name>.redb` without it. This blocks on file I/O; it runs
-    /// once, when the module starts.
-    pub fn open(
-        name: &str,
-        metadata: &[(String, String)],
-        data_dir: &Path,
-    ) -> Result<Self, PubsubError> {
-        let path = file_path(name, metadata, data_dir)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                PubsubError::Internal(format!("creating directory {}: {e}", parent.display()))
-            })?;
-        }
-        let db = tokio::sync::OnceCell::new();
-        // A hot-restart successor must not touch the file before the old
-        // instance has exited; its first request opens it.
-        let eager = if mecha_module::is_handoff() {
-            None
-        } else {
-            open_file(&path)?
-        };
-        match eager {
-            Some(opened) => {
-                let _ = db.set(Arc::new(opened));
-            }
-            None => tracing::info!(
-                path = %path.display(),
-                "pubsub file is held by the previous instance; opening it once released"
-            ),
-        }
-        Ok(Self { path, db })
-    }
-
-    /// The database, opened on first use if the previous instance held it
-    /// when this one started (a hot restart: redb allows one process per file).
-    async fn db(&self) -> Result<Arc<Database>, PubsubError> {
-        self.db
-            .get_or_try_init(|| async {
-                let deadline = Instant::now() + RELEASE_WAIT;
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    let path = self.path.clone();
-                    if let Some(db) = blocking(move || open_file(&path)).await? {
-                        return Ok(Arc::new(db));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(PubsubError::Unavailable(format!(
-                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
-                            self.path.display()
-                        )));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-            })
-            .await
-            .cloned()
-    }
-}
-
-/// Opens and prepares the file; `None` when another process holds it.
-fn open_file(path: &Path) -> Result<Option<Database>, PubsubError> {
-    match redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
-    {
-        Ok(db) => {
-            prepare(&db)?;
-            Ok(Some(db))
-        }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
-        Err(e) => Err(PubsubError::Internal(format!(
-            "opening redb file {}: {e}",
-            path.display()
-        ))),
+    /// Opens (creating if needed) the store file at `path` (see
+    /// `mecha_module::embedded::redb_file`). This blocks on file I/O; it
+    /// runs once, when the module starts.
+    pub fn open(path: PathBuf) -> Result<Self, PubsubError> {
+        let db = SharedDb::open_with(
+            path,
+            |builder| {
+                builder.set_cache_size(CACHE_BYTES);
+            },
+            prepare,
+        )?;
+        Ok(Self { db })
     }
 }
 
@@ -181,78 +98,9 @@ fn prepare(db: &Database) -> Result<(), PubsubError> {
         .map_err(redb_error("commit the table-creating transaction"))
 }
 
-/// Works out which file a component lives in, rejecting unknown metadata.
-fn file_path(
-    name: &str,
-    metadata: &[(String, String)],
-    data_dir: &Path,
-) -> Result<PathBuf, PubsubError> {
-    let config = |reason: String| PubsubError::Config {
-        component: name.to_owned(),
-        reason,
-    };
-    let mut path: Option<&str> = None;
-    for (field, value) in metadata {
-        // Dapr matches metadata names ignoring case, so `Path` is `path`.
-        match field.to_ascii_lowercase().as_str() {
-            "path" => {
-                // A second `path` is almost certainly a copy-paste slip, and
-                // silently picking one of them would hide it.
-                if path.is_some() {
-                    return Err(config(
-                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
-                    ));
-                }
-                if value.is_empty() {
-                    return Err(config("metadata field \"path\" is empty".to_owned()));
-                }
-                path = Some(value);
-            }
-            _ => {
-                return Err(config(format!(
-                    "unknown metadata field {field:?} (known: {}, {KNOWN_FIELDS})",
-                    crate::broker::Settings::KNOWN_FIELDS
-                )))
-            }
-        }
-    }
-    match path {
-        // `join` keeps an absolute path as it is, which is what we want.
-        Some(path) => Ok(data_dir.join(path)),
-        None => {
-            // The name becomes a file name, so it must not be able to climb
-            // out of the data directory or name a subdirectory.
-            let usable = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\', '\0']);
-            if usable {
-                Ok(data_dir.join(format!("{name}.redb")))
-            } else {
-                Err(config(format!(
-                    "the component name {name:?} cannot be used as a file name; \
-                     set the metadata field \"path\""
-                )))
-            }
-        }
-    }
-}
-
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> PubsubError {
     move |e| PubsubError::Internal(format!("redb: cannot {operation}: {e}"))
-}
-
-/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
-/// stalls the runtime's worker threads.
-async fn blocking<T, F>(work: F) -> Result<T, PubsubError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, PubsubError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| PubsubError::Internal(format!("redb worker task failed: {e}")))?
 }
 
 /// Encodes a message for the `messages` table.
@@ -492,7 +340,7 @@ impl PubsubLog for RedbLog {
     ) -> BoxFuture<'a, Result<TopicRecord, PubsubError>> {
         let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || load_topic(&db, &tenant, &topic)).await
         })
     }
@@ -507,7 +355,7 @@ impl PubsubLog for RedbLog {
     ) -> BoxFuture<'a, Result<(), PubsubError>> {
         let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || {
                 let stored = encode(&message)?;
                 append(&db, &tenant, &topic, offset, &stored, trim_below)
@@ -524,7 +372,7 @@ impl PubsubLog for RedbLog {
     ) -> BoxFuture<'a, Result<Option<Arc<Message>>, PubsubError>> {
         let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             let found = blocking(move || read(&db, &tenant, &topic, offset)).await?;
             Ok(found.map(Arc::new))
         })
@@ -540,7 +388,7 @@ impl PubsubLog for RedbLog {
         let (tenant, topic, group) = (tenant.to_owned(), topic.to_owned(), group.to_owned());
         let change = change.clone();
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || save_group(&db, &tenant, &topic, &group, &change)).await
         })
     }
@@ -548,6 +396,8 @@ impl PubsubLog for RedbLog {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn message(data: &[u8]) -> Arc<Message> {
@@ -576,12 +426,12 @@ mod tests {
     fn a_file_held_by_a_previous_instance_is_opened_once_released() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let rt = runtime();
-        let old = RedbLog::open("handoff", &[], dir.path()).expect("first open");
+        let old = RedbLog::open(dir.path().join("handoff.redb")).expect("first open");
         rt.block_on(old.append("t", "orders", 1, message(b"one"), 0))
             .expect("append");
         // As in a hot restart: the new instance starts while the old holds the file.
-        let new = RedbLog::open("handoff", &[], dir.path()).expect("deferred open");
-        assert!(new.db.get().is_none(), "the file is still held");
+        let new = RedbLog::open(dir.path().join("handoff.redb")).expect("deferred open");
+        assert!(new.db.opened().is_none(), "the file is still held");
         let record = rt.block_on(async {
             let release = async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -598,7 +448,7 @@ mod tests {
     fn group_changes_merge_monotonically() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let rt = runtime();
-        let log = RedbLog::open("merge", &[], dir.path()).expect("open");
+        let log = RedbLog::open(dir.path().join("merge.redb")).expect("open");
         for offset in 1..=6 {
             rt.block_on(log.append("t", "x", offset, message(b"m"), 0))
                 .expect("append");
@@ -637,7 +487,7 @@ mod tests {
     fn offsets_are_not_reused_once_every_message_is_trimmed() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let rt = runtime();
-        let log = RedbLog::open("next", &[], dir.path()).expect("open");
+        let log = RedbLog::open(dir.path().join("next.redb")).expect("open");
         rt.block_on(log.append("t", "x", 1, message(b"a"), 0))
             .expect("append");
         rt.block_on(log.append("t", "x", 2, message(b"b"), 0))
@@ -650,7 +500,7 @@ mod tests {
         rt.block_on(log.save_group("t", "x", "g", &change))
             .expect("save");
         drop(log);
-        let log = RedbLog::open("next", &[], dir.path()).expect("reopen");
+        let log = RedbLog::open(dir.path().join("next.redb")).expect("reopen");
         let record = rt.block_on(log.load_topic("t", "x")).expect("load");
         assert_eq!((record.first, record.next), (3, 3));
         // Other topics and tenants sharing a prefix are unaffected.

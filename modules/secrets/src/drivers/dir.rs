@@ -24,7 +24,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{blocking, read_limited, BoxFuture, Metadata, Secret, SecretStore, StoreError};
+use super::StoreError;
+use super::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["secretsDir"];
@@ -52,13 +53,15 @@ enum Entry {
 impl DirStore {
     /// Reads the metadata and checks that the directory exists.
     pub fn open(metadata: &Metadata<'_>, data_dir: &Path) -> Result<Self, StoreError> {
-        metadata.check_known(&FIELDS)?;
-        let dir = metadata.path("secretsDir", data_dir)?;
-        match std::fs::metadata(&dir) {
-            Ok(meta) if meta.is_dir() => Ok(Self { dir: Arc::new(dir) }),
-            Ok(_) => Err(metadata.error(format!("{} is not a directory", dir.display()))),
-            Err(e) => Err(metadata.error(format!("cannot use {}: {e}", dir.display()))),
-        }
+        check_fields(metadata, &FIELDS)?;
+        // `join` keeps an absolute path as it is.
+        let dir = data_dir.join(metadata.required("secretsDir")?);
+        let reason = match std::fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => return Ok(Self { dir: Arc::new(dir) }),
+            Ok(_) => format!("{} is not a directory", dir.display()),
+            Err(e) => format!("cannot use {}: {e}", dir.display()),
+        };
+        Err(metadata.error(reason).into())
     }
 }
 

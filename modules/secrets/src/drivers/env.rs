@@ -22,7 +22,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{BoxFuture, Metadata, Secret, SecretStore, StoreError};
+use super::{check_fields, BoxFuture, Metadata, Secret, SecretStore, StoreError};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["prefix"];
@@ -38,20 +38,20 @@ pub struct EnvStore {
 impl EnvStore {
     /// Reads the metadata.
     pub fn open(metadata: &Metadata<'_>) -> Result<Self, StoreError> {
-        metadata.check_known(&FIELDS)?;
+        check_fields(metadata, &FIELDS)?;
         let prefix = metadata.get("prefix").unwrap_or_default();
         if prefix.is_empty() {
             return Err(metadata.error(
                 "metadata field \"prefix\" is required and must not be empty: without it every \
                  variable of the daemon's environment would be a secret"
-                    .into(),
-            ));
+            )
+            .into());
         }
         if prefix.contains(['=', '\0']) {
             return Err(metadata.error(
                 "metadata field \"prefix\" must not contain '=' or NUL, which no variable name holds"
-                    .into(),
-            ));
+            )
+            .into());
         }
         Ok(Self {
             prefix: prefix.to_owned(),

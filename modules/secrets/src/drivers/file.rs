@@ -38,7 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::{blocking, read_limited, BoxFuture, Metadata, Secret, SecretStore, StoreError};
+use super::StoreError;
+use super::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 3] = ["secretsFile", "nestedSeparator", "multiValued"];
@@ -142,13 +143,12 @@ impl FileStore {
     /// Reads the metadata and parses the file once, so that a missing or
     /// broken file fails the module's start instead of its first request.
     pub fn open(metadata: &Metadata<'_>, data_dir: &Path) -> Result<Self, StoreError> {
-        metadata.check_known(&FIELDS)?;
-        let path = metadata.path("secretsFile", data_dir)?;
-        let separator = metadata.get("nestedSeparator").unwrap_or(":");
-        if separator.is_empty() {
-            // Joining keys with nothing would make `a.bc` and `ab.c` collide.
-            return Err(metadata.error("metadata field \"nestedSeparator\" is empty".into()));
-        }
+        check_fields(metadata, &FIELDS)?;
+        // `join` keeps an absolute path as it is.
+        let path = data_dir.join(metadata.required("secretsFile")?);
+        // An empty separator is refused: joining keys with nothing would make
+        // `a.bc` and `ab.c` collide.
+        let separator = metadata.str("nestedSeparator")?.unwrap_or(":");
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some(ext) if ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml") => {
                 Format::Yaml
@@ -159,10 +159,12 @@ impl FileStore {
             path,
             format,
             separator: separator.to_owned(),
-            multi_valued: metadata.flag("multiValued", false)?,
+            multi_valued: metadata.bool("multiValued")?.unwrap_or(false),
             cache: Mutex::new(None),
         };
-        source.load().map_err(|reason| metadata.error(reason))?;
+        source
+            .load()
+            .map_err(|reason| StoreError::from(metadata.error(reason)))?;
         Ok(Self {
             source: Arc::new(source),
         })

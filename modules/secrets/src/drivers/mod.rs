@@ -1,14 +1,16 @@
-//! The secret store driver trait, the secret type, the driver error, the
-//! metadata reader every driver shares, and the factory that opens a driver
+//! The secret store driver trait, the secret type, the driver error, and the
+//! factory that opens a driver
 //! from a component spec (`spec.type` → implementation).
 
 use std::fmt;
 use std::future::Future;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 
 use mecha_abi::msg::ComponentSpec;
+pub use mecha_module::metadata::Metadata;
+use mecha_module::metadata::MetadataError;
 
 pub mod dir;
 pub mod env;
@@ -115,113 +117,35 @@ pub trait SecretStore: fmt::Debug + Send + Sync + 'static {
 /// Opens the driver named by `spec.kind`. Relative paths in the metadata are
 /// resolved against `data_dir`, the module's own directory.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn SecretStore>, StoreError> {
-    let metadata = Metadata::new(spec)?;
+    let metadata = Metadata::lenient(spec)?;
     match spec.kind.as_str() {
         "secretstores.local.file" => Ok(Box::new(file::FileStore::open(&metadata, data_dir)?)),
         "secretstores.local.env" => Ok(Box::new(env::EnvStore::open(&metadata)?)),
         "secretstores.local.dir" => Ok(Box::new(dir::DirStore::open(&metadata, data_dir)?)),
-        other => Err(metadata.error(format!(
-            "unknown secret store type {other:?} (known: {KNOWN_TYPES})"
-        ))),
+        other => Err(metadata
+            .error(format!(
+                "unknown secret store type {other:?} (known: {KNOWN_TYPES})"
+            ))
+            .into()),
     }
 }
 
-/// A component's metadata fields, looked up by name ignoring ASCII case as
-/// Dapr does, with each name allowed once.
-pub struct Metadata<'a> {
-    /// The component name, for error messages.
-    component: &'a str,
-    /// (name as written, value), in file order.
-    fields: &'a [(String, String)],
+/// Fails on any field that is neither one of the driver's `driver_fields`
+/// nor an allow-list field every store accepts, so that a misspelt field
+/// (`allowedTenant`) is an error rather than an open door.
+pub(crate) fn check_fields(
+    metadata: &Metadata<'_>,
+    driver_fields: &[&str],
+) -> Result<(), StoreError> {
+    Ok(metadata.check_known(&[driver_fields, &crate::policy::FIELDS[..]].concat())?)
 }
 
-impl<'a> Metadata<'a> {
-    /// Reads `spec`'s metadata, rejecting a field given twice: silently
-    /// picking one of two values would hide a copy-paste slip, and for an
-    /// allow list could widen access.
-    pub fn new(spec: &'a ComponentSpec) -> Result<Self, StoreError> {
-        let metadata = Self {
-            component: &spec.name,
-            fields: &spec.metadata,
-        };
-        for (i, (name, _)) in spec.metadata.iter().enumerate() {
-            if spec.metadata[..i]
-                .iter()
-                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
-            {
-                return Err(metadata.error(format!(
-                    "metadata field {name:?} is given twice (names ignore case)"
-                )));
-            }
+impl From<MetadataError> for StoreError {
+    fn from(e: MetadataError) -> Self {
+        Self::Config {
+            component: e.component,
+            reason: e.reason,
         }
-        Ok(metadata)
-    }
-
-    /// The component name.
-    pub fn component(&self) -> &'a str {
-        self.component
-    }
-
-    /// The value of field `name`, if given.
-    pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.fields
-            .iter()
-            .find(|(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    /// The value of field `name`, which must be given and not empty.
-    pub fn required(&self, name: &str) -> Result<&'a str, StoreError> {
-        match self.get(name) {
-            Some(value) if !value.is_empty() => Ok(value),
-            Some(_) => Err(self.error(format!("metadata field {name:?} is empty"))),
-            None => Err(self.error(format!("metadata field {name:?} is required"))),
-        }
-    }
-
-    /// The boolean field `name` (`true`/`false`, any case), or `default`.
-    pub fn flag(&self, name: &str, default: bool) -> Result<bool, StoreError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-            Some(v) => Err(self.error(format!(
-                "metadata field {name:?} must be true or false, not {v:?}"
-            ))),
-        }
-    }
-
-    /// Fails on any field that is neither one of the driver's `driver_fields`
-    /// nor an allow-list field every store accepts, so that a misspelt
-    /// field (`allowedTenant`) is an error rather than an open door.
-    pub fn check_known(&self, driver_fields: &[&str]) -> Result<(), StoreError> {
-        let known = || driver_fields.iter().chain(crate::policy::FIELDS.iter());
-        for (name, _) in self.fields {
-            if !known().any(|k| k.eq_ignore_ascii_case(name)) {
-                let list: Vec<&str> = known().copied().collect();
-                return Err(self.error(format!(
-                    "unknown metadata field {name:?} (known: {})",
-                    list.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A configuration error of this component.
-    pub fn error(&self, reason: String) -> StoreError {
-        StoreError::Config {
-            component: self.component.to_owned(),
-            reason,
-        }
-    }
-
-    /// The path in field `name` (required): taken as it is when absolute,
-    /// else relative to `data_dir`. The daemon's working directory is never
-    /// used, because it is an accident of how the daemon was started.
-    pub fn path(&self, name: &str, data_dir: &Path) -> Result<PathBuf, StoreError> {
-        // `join` keeps an absolute path as it is.
-        Ok(data_dir.join(self.required(name)?))
     }
 }
 

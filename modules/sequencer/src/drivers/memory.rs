@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use mecha_abi::msg::ComponentSpec;
+use mecha_module::metadata::Metadata;
 use parking_lot::Mutex;
 
 use super::{last_id, BoxFuture, SeqError, Sequencer};
@@ -24,14 +25,7 @@ impl MemorySequencer {
     /// this driver has no settings, and silently ignoring a field (say a
     /// `segmentSize` copied from a redb component) would hide a mistake.
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        if let Some((name, _)) = spec.metadata.first() {
-            return Err(SeqError::Config {
-                component: spec.name.clone(),
-                reason: format!(
-                    "unknown metadata field {name:?} (sequencer.memory has no metadata fields)"
-                ),
-            });
-        }
+        Metadata::parse(spec, &[])?;
         Ok(Self::default())
     }
 

@@ -18,11 +18,12 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use mecha_abi::msg::ComponentSpec;
+use mecha_module::embedded::{blocking, redb_file, SharedDb};
+use mecha_module::metadata::Metadata;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{last_id, BoxFuture, SeqError, Sequencer, MAX_ID};
@@ -42,13 +43,8 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 1000;
 /// value is far more likely a typo than a need.
 const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
 
-/// The metadata fields this driver understands, matched ignoring ASCII case
-/// as Dapr does.
-const KNOWN_FIELDS: &str = "path, segmentSize";
-
-/// How long a request waits for the previous module instance to release the
-/// file during a hot restart. Draining takes milliseconds; this is a bound.
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// The metadata fields this driver understands.
+const KNOWN_FIELDS: [&str; 2] = ["path", "segmentSize"];
 
 /// The ids of one key that this process reserved and has not handed out yet.
 #[derive(Debug)]
@@ -83,15 +79,12 @@ type SegmentSlot = Arc<tokio::sync::Mutex<Segment>>;
 
 /// A sequencer kept in one redb file.
 pub struct RedbSequencer {
-    /// The store file.
-    path: PathBuf,
     /// How many ids one reservation covers at least.
     segment_size: u64,
-    /// The open database, shared with the blocking tasks that do the actual
-    /// I/O (which may outlive a dropped future). It is empty only while the
-    /// previous instance of this module still holds the file during a hot
-    /// restart; the first request then opens it.
-    db: tokio::sync::OnceCell<Arc<Database>>,
+    /// The store file, opened at start or, during a hot restart, once the
+    /// previous instance of this module released it (see `allocate` for why
+    /// segments survive that handoff).
+    db: SharedDb<SeqError>,
     /// The segments by tenant, then key. An entry is created on a key's first
     /// use and kept for the life of the process (a few dozen bytes per key),
     /// since dropping it would throw away the rest of the segment.
@@ -101,7 +94,7 @@ pub struct RedbSequencer {
 impl std::fmt::Debug for RedbSequencer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbSequencer")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .field("segment_size", &self.segment_size)
             .finish_non_exhaustive()
     }
@@ -114,72 +107,17 @@ impl RedbSequencer {
     /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
     /// blocks on file I/O; it runs once, when the module starts.
     pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, SeqError> {
-        let Settings { path, segment_size } = settings(spec, data_dir)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                SeqError::Internal(format!("creating directory {}: {e}", parent.display()))
-            })?;
-        }
-        let db = tokio::sync::OnceCell::new();
-        // A hot-restart successor must not touch the file before the old
-        // instance has exited; its first request opens it.
-        let eager = if mecha_module::is_handoff() {
-            None
-        } else {
-            open_file(&path)?
-        };
-        match eager {
-            Some(opened) => {
-                let _ = db.set(Arc::new(opened));
-            }
-            None => tracing::info!(
-                path = %path.display(),
-                "sequencer file is held by the previous instance; opening it once released"
-            ),
-        }
+        let metadata = Metadata::parse(spec, &KNOWN_FIELDS)?;
+        let path = redb_file(&spec.name, metadata.str("path")?, data_dir)
+            .map_err(|reason| metadata.error(reason))?;
+        let segment_size = metadata
+            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
+            .unwrap_or(DEFAULT_SEGMENT_SIZE);
         Ok(Self {
-            path,
             segment_size,
-            db,
+            db: SharedDb::open(path, prepare)?,
             segments: parking_lot::Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The database, opened on first use if the previous instance held it
-    /// when this one started (a hot restart: redb allows one process per file).
-    ///
-    /// Why segments survive this handoff: the daemon sends every new request
-    /// to the new instance while the old one finishes the requests it already
-    /// has, still handing out ids from its in-memory segments. The new
-    /// instance cannot allocate anything before it opens the file, and it can
-    /// open the file only once the old process has exited and released it;
-    /// by then every bound the old instance reserved is on disk (reservations
-    /// commit durably before their ids are handed out). The new instance
-    /// starts with no segments, so its first allocation of each key starts
-    /// above the old instance's persisted bound — above every id the old one
-    /// handed out, whether from a fresh or a partly used segment.
-    async fn db(&self) -> Result<Arc<Database>, SeqError> {
-        self.db
-            .get_or_try_init(|| async {
-                let deadline = Instant::now() + RELEASE_WAIT;
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    let path = self.path.clone();
-                    if let Some(db) = blocking(move || open_file(&path)).await? {
-                        return Ok(Arc::new(db));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(SeqError::Unavailable(format!(
-                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
-                            self.path.display()
-                        )));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-            })
-            .await
-            .cloned()
     }
 
     /// The segment slot of `key`, created empty on first use.
@@ -199,6 +137,19 @@ impl RedbSequencer {
 
     /// Allocates `count` ids of `key`: from the segment when it has enough
     /// left, otherwise after durably reserving a new bound.
+    ///
+    /// Why segments survive a hot restart, where the database is opened on
+    /// first use once the previous instance released it: the daemon sends
+    /// every new request to the new instance while the old one finishes the
+    /// requests it already has, still handing out ids from its in-memory
+    /// segments. The new instance cannot allocate anything before it opens
+    /// the file, and it can open the file only once the old process has
+    /// exited and released it; by then every bound the old instance reserved
+    /// is on disk (reservations commit durably before their ids are handed
+    /// out). The new instance starts with no segments, so its first
+    /// allocation of each key starts above the old instance's persisted
+    /// bound — above every id the old one handed out, whether from a fresh or
+    /// a partly used segment.
     async fn allocate(&self, tenant: &str, key: &str, count: u32) -> Result<u64, SeqError> {
         let slot = self.slot(tenant, key);
         let mut segment = slot.lock().await;
@@ -209,7 +160,7 @@ impl RedbSequencer {
             segment.next += wanted;
             return Ok(first);
         }
-        let db = self.db().await?;
+        let db = self.db.db().await?;
         let (tenant, key) = (tenant.to_owned(), key.to_owned());
         let (next, end, segment_size) = (segment.next, segment.end, self.segment_size);
         // If this future is dropped while the reservation runs, the bound may
@@ -288,21 +239,6 @@ fn reserve(
     Ok(reservation)
 }
 
-/// Opens and prepares the file; `None` when another process holds it.
-fn open_file(path: &Path) -> Result<Option<Database>, SeqError> {
-    match Database::create(path) {
-        Ok(db) => {
-            prepare(&db)?;
-            Ok(Some(db))
-        }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
-        Err(e) => Err(SeqError::Internal(format!(
-            "opening redb file {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
 /// Creates the table up front, so that the file's layout is complete from the
 /// first open and a reservation never has to treat "no table yet" specially.
 fn prepare(db: &Database) -> Result<(), SeqError> {
@@ -315,107 +251,9 @@ fn prepare(db: &Database) -> Result<(), SeqError> {
         .map_err(redb_error("commit the table-creating transaction"))
 }
 
-/// The driver's settings, read from the component's metadata.
-#[derive(Debug)]
-struct Settings {
-    /// The store file.
-    path: PathBuf,
-    /// Ids per reservation.
-    segment_size: u64,
-}
-
-/// Reads the metadata, rejecting unknown, repeated or unusable fields.
-fn settings(spec: &ComponentSpec, data_dir: &Path) -> Result<Settings, SeqError> {
-    let config = |reason: String| SeqError::Config {
-        component: spec.name.clone(),
-        reason,
-    };
-    let mut path: Option<&str> = None;
-    let mut segment_size: Option<u64> = None;
-    for (name, value) in &spec.metadata {
-        // Dapr matches metadata names ignoring case, so `SegmentSize` and
-        // `segmentsize` are `segmentSize`. A field given twice is almost
-        // certainly a copy-paste slip, and silently picking one would hide it.
-        let twice = |field: &str| {
-            config(format!(
-                "metadata field {field:?} is given twice (names ignore case)"
-            ))
-        };
-        match name.to_ascii_lowercase().as_str() {
-            "path" => {
-                if path.is_some() {
-                    return Err(twice("path"));
-                }
-                if value.is_empty() {
-                    return Err(config("metadata field \"path\" is empty".to_owned()));
-                }
-                path = Some(value);
-            }
-            "segmentsize" => {
-                if segment_size.is_some() {
-                    return Err(twice("segmentSize"));
-                }
-                let size = value
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|size| (1..=MAX_SEGMENT_SIZE).contains(size))
-                    .ok_or_else(|| {
-                        config(format!(
-                            "metadata field \"segmentSize\" must be a whole number from 1 to \
-                             {MAX_SEGMENT_SIZE}, not {value:?}"
-                        ))
-                    })?;
-                segment_size = Some(size);
-            }
-            _ => {
-                return Err(config(format!(
-                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
-                )))
-            }
-        }
-    }
-    let path = match path {
-        // `join` keeps an absolute path as it is, which is what we want.
-        Some(path) => data_dir.join(path),
-        None => {
-            // The name becomes a file name, so it must not be able to climb
-            // out of the data directory or name a subdirectory.
-            let name = spec.name.as_str();
-            let usable = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\', '\0']);
-            if !usable {
-                return Err(config(format!(
-                    "the component name {name:?} cannot be used as a file name; \
-                     set the metadata field \"path\""
-                )));
-            }
-            data_dir.join(format!("{name}.redb"))
-        }
-    };
-    Ok(Settings {
-        path,
-        segment_size: segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE),
-    })
-}
-
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> SeqError {
     move |e| SeqError::Internal(format!("redb: cannot {operation}: {e}"))
-}
-
-/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
-/// stalls the runtime's worker thread.
-async fn blocking<T, F>(work: F) -> Result<T, SeqError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, SeqError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| SeqError::Internal(format!("redb worker task failed: {e}")))?
 }
 
 impl Sequencer for RedbSequencer {
@@ -431,6 +269,8 @@ impl Sequencer for RedbSequencer {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn spec(metadata: &[(&str, &str)]) -> ComponentSpec {
@@ -472,7 +312,7 @@ mod tests {
         // As in a hot restart: the new instance starts while the old holds the
         // file, and the old still has ids 4..=10 of its segment in memory.
         let new = RedbSequencer::open(&spec, dir.path()).expect("deferred open");
-        assert!(new.db.get().is_none(), "the file is still held");
+        assert!(new.db.opened().is_none(), "the file is still held");
         let (from_old, from_new) = rt.block_on(async {
             let old_then_release = async {
                 let id = old.next_ids("t", "k", 1).await;
@@ -493,7 +333,7 @@ mod tests {
     fn a_stored_bound_ahead_of_the_segment_is_respected() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let seq = RedbSequencer::open(&spec(&[("segmentSize", "5")]), dir.path()).expect("open");
-        let db = seq.db.get().expect("opened eagerly");
+        let db = seq.db.opened().expect("opened eagerly");
         let rt = runtime();
         assert_eq!(rt.block_on(seq.next_ids("t", "k", 5)), Ok(1));
         // Another reservation landed on disk without reaching the segment.
@@ -509,7 +349,7 @@ mod tests {
     fn a_sequence_ends_at_max_id_without_wrapping() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let seq = RedbSequencer::open(&spec(&[]), dir.path()).expect("open");
-        let db = seq.db.get().expect("opened eagerly");
+        let db = seq.db.opened().expect("opened eagerly");
         store_bound(db, MAX_ID - 3);
         let rt = runtime();
         assert_eq!(
@@ -531,7 +371,7 @@ mod tests {
     fn reserve_continues_the_segment_and_covers_large_requests() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
         let seq = RedbSequencer::open(&spec(&[]), dir.path()).expect("open");
-        let db = seq.db.get().expect("opened eagerly");
+        let db = seq.db.opened().expect("opened eagerly");
         // A fresh key continues the empty default segment at 1.
         assert_eq!(
             reserve(db, "t", "k", 1, 0, 3, 10),

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::pin::Pin;
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use mecha_module::embedded;
+use mecha_module::metadata::MetadataError;
 
 pub mod memory;
 pub mod redb;
@@ -51,6 +53,24 @@ pub enum StoreError {
     /// The backing store failed in a way that is not the caller's fault.
     #[error("store failure: {0}")]
     Internal(String),
+}
+
+impl From<MetadataError> for StoreError {
+    fn from(e: MetadataError) -> Self {
+        Self::Config {
+            component: e.component,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<embedded::Error> for StoreError {
+    fn from(e: embedded::Error) -> Self {
+        match e {
+            embedded::Error::Held(message) => Self::Unavailable(message),
+            embedded::Error::Failed(message) => Self::Internal(message),
+        }
+    }
 }
 
 /// A state store. Keys are always scoped by tenant: the same key under two

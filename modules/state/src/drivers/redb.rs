@@ -2,11 +2,11 @@
 //! default that needs no external service.
 
 use std::fmt::Display;
-use std::ops::Bound;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb};
+use mecha_module::metadata::Metadata;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use super::{check_etag, expiry, is_live, next_revision, now_ms};
@@ -22,13 +22,17 @@ type KvValue = (&'static [u8], u64, u64);
 /// The entries.
 const KV: TableDefinition<KvKey, KvValue> = TableDefinition::new("kv");
 
-/// The key of the `expiry` table: (expires_at_ms, tenant, key).
-type ExpiryKey = (u64, &'static str, &'static str);
-
 /// The expiry index: one row per `kv` entry that has an expiry, ordered by
 /// expiry time, so a sweep reads only the rows that have expired. Every write
 /// transaction that changes an entry's expiry updates its row too.
 const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("expiry");
+
+/// The `kv` entries with an expiry, swept through [`EXPIRY`].
+const EXPIRING: ExpiryIndex<KvValue> = ExpiryIndex {
+    index: EXPIRY,
+    table: KV,
+    expiry: |(_, _, expires)| expires,
+};
 
 /// Store-wide counters and markers; see [`REVISION`] and [`EXPIRY_INDEXED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -43,29 +47,15 @@ const REVISION: &str = "revision";
 /// when opened.
 const EXPIRY_INDEXED: &str = "expiry_indexed";
 
-/// The metadata fields this driver understands, matched ignoring ASCII case
-/// as Dapr does.
-const KNOWN_FIELDS: &str = "path";
+/// The metadata fields this driver understands.
+const KNOWN_FIELDS: [&str; 1] = ["path"];
 
 /// A state store kept in one redb file.
+#[derive(Debug)]
 pub struct RedbStore {
-    /// The store file.
-    path: PathBuf,
-    /// The open database, shared with the blocking tasks that do the actual
-    /// I/O (which may outlive a dropped future). It is empty only while the
-    /// previous instance of this module still holds the file during a hot
-    /// restart; the first request then opens it.
-    db: tokio::sync::OnceCell<Arc<Database>>,
-}
-
-/// How long a request waits for the previous module instance to release the
-/// file during a hot restart. Draining takes milliseconds; this is a bound.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl std::fmt::Debug for RedbStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").finish_non_exhaustive()
-    }
+    /// The store file, opened at start or, during a hot restart, once the
+    /// previous instance of this module released it.
+    db: SharedDb<StoreError>,
 }
 
 impl RedbStore {
@@ -75,71 +65,12 @@ impl RedbStore {
     /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
     /// blocks on file I/O; it runs once, when the module starts.
     pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, StoreError> {
-        let path = file_path(spec, data_dir)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Internal(format!("creating directory {}: {e}", parent.display()))
-            })?;
-        }
-        let db = tokio::sync::OnceCell::new();
-        // A hot-restart successor must not touch the file before the old
-        // instance has exited; its first request opens it.
-        let eager = if mecha_module::is_handoff() {
-            None
-        } else {
-            open_file(&path)?
-        };
-        match eager {
-            Some(opened) => {
-                let _ = db.set(Arc::new(opened));
-            }
-            None => tracing::info!(
-                path = %path.display(),
-                "store file is held by the previous instance; opening it once released"
-            ),
-        }
-        Ok(Self { path, db })
-    }
-
-    /// The database, opened on first use if the previous instance held it
-    /// when this one started (a hot restart: redb allows one process per file).
-    async fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.db
-            .get_or_try_init(|| async {
-                let deadline = std::time::Instant::now() + RELEASE_WAIT;
-                let mut pause = std::time::Duration::from_millis(2);
-                loop {
-                    let path = self.path.clone();
-                    if let Some(db) = blocking(move || open_file(&path)).await? {
-                        return Ok(Arc::new(db));
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::Unavailable(format!(
-                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
-                            self.path.display()
-                        )));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
-                }
-            })
-            .await
-            .cloned()
-    }
-}
-
-/// Opens and prepares the file; `None` when another process holds it.
-fn open_file(path: &Path) -> Result<Option<Database>, StoreError> {
-    match Database::create(path) {
-        Ok(db) => {
-            prepare(&db)?;
-            Ok(Some(db))
-        }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
-        Err(e) => Err(StoreError::Internal(format!(
-            "opening redb file {}: {e}",
-            path.display()
-        ))),
+        let metadata = Metadata::parse(spec, &KNOWN_FIELDS)?;
+        let path = redb_file(&spec.name, metadata.str("path")?, data_dir)
+            .map_err(|reason| metadata.error(reason))?;
+        Ok(Self {
+            db: SharedDb::open(path, prepare)?,
+        })
     }
 }
 
@@ -186,74 +117,9 @@ fn prepare(db: &Database) -> Result<(), StoreError> {
         .map_err(redb_error("commit the table-creating transaction"))
 }
 
-/// Works out which file a component lives in, rejecting unknown metadata.
-fn file_path(spec: &ComponentSpec, data_dir: &Path) -> Result<PathBuf, StoreError> {
-    let config = |reason: String| StoreError::Config {
-        component: spec.name.clone(),
-        reason,
-    };
-    let mut path: Option<&str> = None;
-    for (name, value) in &spec.metadata {
-        // Dapr matches metadata names ignoring case, so `Path` is `path`.
-        match name.to_ascii_lowercase().as_str() {
-            "path" => {
-                // A second `path` is almost certainly a copy-paste slip, and
-                // silently picking one of them would hide it.
-                if path.is_some() {
-                    return Err(config(
-                        "metadata field \"path\" is given twice (names ignore case)".to_owned(),
-                    ));
-                }
-                if value.is_empty() {
-                    return Err(config("metadata field \"path\" is empty".to_owned()));
-                }
-                path = Some(value);
-            }
-            _ => {
-                return Err(config(format!(
-                    "unknown metadata field {name:?} (known: {KNOWN_FIELDS})"
-                )))
-            }
-        }
-    }
-    match path {
-        // `join` keeps an absolute path as it is, which is what we want.
-        Some(path) => Ok(data_dir.join(path)),
-        None => {
-            // The name becomes a file name, so it must not be able to climb
-            // out of the data directory or name a subdirectory.
-            let name = spec.name.as_str();
-            let usable = !name.is_empty()
-                && name != "."
-                && name != ".."
-                && !name.contains(['/', '\\', '\0']);
-            if usable {
-                Ok(data_dir.join(format!("{name}.redb")))
-            } else {
-                Err(config(format!(
-                    "the component name {name:?} cannot be used as a file name; \
-                     set the metadata field \"path\""
-                )))
-            }
-        }
-    }
-}
-
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Internal(format!("redb: cannot {operation}: {e}"))
-}
-
-/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
-/// stalls the runtime's worker threads.
-async fn blocking<T, F>(work: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Internal(format!("redb worker task failed: {e}")))?
 }
 
 /// Encodes an optional expiry for the `kv` table.
@@ -415,83 +281,6 @@ fn write(
     Ok(outcomes)
 }
 
-/// The index keys expired at `now`: those before `(now + 1, "", "")`, since
-/// an entry is gone from its expiry millisecond on.
-fn expired_range(now: u64) -> (Bound<ExpiryKey>, Bound<ExpiryKey>) {
-    let end = match now.checked_add(1) {
-        Some(end) => Bound::Excluded((end, "", "")),
-        None => Bound::Unbounded,
-    };
-    (Bound::Unbounded, end)
-}
-
-/// Whether anything has expired at `now`, judged from the index alone.
-///
-/// This runs in a read transaction, which neither waits for nor blocks
-/// writers, so the periodic sweep of a store with nothing to do costs one
-/// index lookup and takes no write lock.
-fn anything_expired(db: &Database, now: u64) -> Result<bool, StoreError> {
-    let txn = db
-        .begin_read()
-        .map_err(redb_error("begin a sweep-probing read transaction"))?;
-    let index = txn
-        .open_table(EXPIRY)
-        .map_err(redb_error("open the expiry table for reading"))?;
-    let first = index
-        .first()
-        .map_err(redb_error("read the earliest expiry"))?;
-    Ok(first.is_some_and(|(key, _)| !is_live(Some(key.value().0), now)))
-}
-
-/// Removes the entries expired at `now` and counts them.
-///
-/// Only the expired front of the index is read, so a sweep costs about the
-/// number of expired keys, not the size of the store.
-fn sweep(db: &Database, now: u64) -> Result<usize, StoreError> {
-    if !anything_expired(db, now)? {
-        return Ok(0);
-    }
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a sweep transaction"))?;
-    let removed = {
-        let mut kv = txn
-            .open_table(KV)
-            .map_err(redb_error("open the kv table for sweeping"))?;
-        let mut index = txn
-            .open_table(EXPIRY)
-            .map_err(redb_error("open the expiry table for sweeping"))?;
-        let mut removed = 0;
-        let expired = index
-            .extract_from_if(expired_range(now), |_, ()| true)
-            .map_err(redb_error("scan the expiry index"))?;
-        for row in expired {
-            let (row, _) = row.map_err(redb_error("remove an expiry index row"))?;
-            let (expires, tenant, key) = row.value();
-            // Every write keeps the index in step with `kv`, so the row names
-            // an entry with exactly this expiry; checking keeps a stale row
-            // from removing a live entry all the same.
-            let current = stored(&kv, tenant, key)?;
-            if current.is_some_and(|(_, stored_expires)| stored_expires == expires) {
-                kv.remove((tenant, key))
-                    .map_err(redb_error("remove an expired key"))?;
-                removed += 1;
-            }
-        }
-        removed
-    };
-    // A sweep that removed nothing (a write got there first) is aborted
-    // rather than committed, which spares it a disk sync.
-    if removed == 0 {
-        txn.abort()
-            .map_err(redb_error("abort an empty sweep transaction"))?;
-    } else {
-        txn.commit()
-            .map_err(redb_error("commit a sweep transaction"))?;
-    }
-    Ok(removed)
-}
-
 // The blocking tasks must own what they use (`'static`): the keys and ops are
 // moved in as they came, only the short tenant name is copied. The clock is
 // read inside the task so that time spent waiting for the pool does not make
@@ -504,7 +293,7 @@ impl StateStore for RedbStore {
     ) -> BoxFuture<'a, Result<Vec<Option<StateEntry>>, StoreError>> {
         let tenant = tenant.to_owned();
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             blocking(move || read(&db, &tenant, &keys, now_ms())).await
         })
     }
@@ -516,7 +305,7 @@ impl StateStore for RedbStore {
     ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
         let tenant = tenant.to_owned();
         Box::pin(async move {
-            let db = self.db().await?;
+            let db = self.db.db().await?;
             // An empty transaction changes nothing, so it need not pay for a
             // write transaction and a disk sync.
             if ops.is_empty() {
@@ -529,10 +318,10 @@ impl StateStore for RedbStore {
     fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
             // Until the file is ours there is nothing to sweep; do not wait.
-            let Some(db) = self.db.get().cloned() else {
+            let Some(db) = self.db.opened().cloned() else {
                 return Ok(0);
             };
-            blocking(move || sweep(&db, now_ms())).await
+            blocking(move || Ok(EXPIRING.sweep(&db, now_ms())?)).await
         })
     }
 }
@@ -566,7 +355,7 @@ mod tests {
         .expect("write");
         // As in a hot restart: the new instance starts while the old holds the file.
         let new = RedbStore::open(&spec, dir.path()).expect("deferred open");
-        assert!(new.db.get().is_none(), "the file is still held");
+        assert!(new.db.opened().is_none(), "the file is still held");
         let got = rt.block_on(async {
             let release = async {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -611,18 +400,33 @@ mod tests {
             metadata: Vec::new(),
         };
         let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
-        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 100), Ok(1));
-        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 100), Ok(0));
-        assert_eq!(sweep(store.db.get().expect("opened eagerly"), 1_000), Ok(1));
+        assert_eq!(
+            EXPIRING.sweep(store.db.opened().expect("opened eagerly"), 100),
+            Ok(1)
+        );
+        assert_eq!(
+            EXPIRING.sweep(store.db.opened().expect("opened eagerly"), 100),
+            Ok(0)
+        );
+        assert_eq!(
+            EXPIRING.sweep(store.db.opened().expect("opened eagerly"), 1_000),
+            Ok(1)
+        );
         let keys = ["expired", "later", "forever"].map(str::to_owned);
-        let found = read(store.db.get().expect("opened eagerly"), "t", &keys, 1_000).expect("read");
+        let found = read(
+            store.db.opened().expect("opened eagerly"),
+            "t",
+            &keys,
+            1_000,
+        )
+        .expect("read");
         assert!(found[0].is_none() && found[1].is_none() && found[2].is_some());
 
         // Reopening does not index twice (the marker is set).
         drop(store);
         let store = RedbStore::open(&spec, dir.path()).expect("reopen");
         assert_eq!(
-            sweep(store.db.get().expect("opened eagerly"), u64::MAX),
+            EXPIRING.sweep(store.db.opened().expect("opened eagerly"), u64::MAX),
             Ok(0)
         );
     }
@@ -679,7 +483,7 @@ mod tests {
             metadata: Vec::new(),
         };
         let store = RedbStore::open(&spec, dir.path()).expect("open");
-        let db = store.db.get().expect("opened eagerly");
+        let db = store.db.opened().expect("opened eagerly");
         let ok = |ops: Vec<TxOp>, now: u64| {
             write(db, "t", &ops, now).expect("transaction");
             assert_index_consistent(db);
@@ -692,12 +496,12 @@ mod tests {
         ok(vec![set("later", Some(10))], 105);
         ok(vec![set("forever", None)], 100);
 
-        assert_eq!(sweep(db, 109), Ok(0));
-        assert_eq!(sweep(db, 110), Ok(1));
+        assert_eq!(EXPIRING.sweep(db, 109), Ok(0));
+        assert_eq!(EXPIRING.sweep(db, 110), Ok(1));
         assert_index_consistent(db);
-        assert_eq!(sweep(db, 115), Ok(1));
-        assert_eq!(sweep(db, 120), Ok(1));
-        assert_eq!(sweep(db, u64::MAX), Ok(0));
+        assert_eq!(EXPIRING.sweep(db, 115), Ok(1));
+        assert_eq!(EXPIRING.sweep(db, 120), Ok(1));
+        assert_eq!(EXPIRING.sweep(db, u64::MAX), Ok(0));
         assert_index_consistent(db);
         let keys = ["cleared", "forever"].map(str::to_owned);
         let found = read(db, "t", &keys, u64::MAX).expect("read");

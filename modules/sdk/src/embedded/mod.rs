@@ -1,0 +1,283 @@
+//! An embedded redb database that survives a hot restart (feature `redb`).
+//!
+//! redb lets one process at a time open a file. During a hot restart the
+//! daemon starts the new instance while the old one still serves, so the new
+//! one must not insist on the file at start: [`SharedDb`] opens it eagerly
+//! when it can (a first start, or the old instance is gone), and otherwise on
+//! first use, retrying until the old instance has exited and released it,
+//! for at most [`RELEASE_WAIT`]. Everything else a driver needs around that
+//! lives here too: [`blocking`] for redb's blocking calls, [`redb_file`]
+//! for the file a component names, and [`ExpiryIndex`] for tables whose
+//! rows expire.
+
+mod expiry;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Builder, Database, DatabaseError};
+
+pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey};
+
+/// How long a request waits for the previous module instance to release the
+/// file during a hot restart. Draining takes milliseconds; this is a bound.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the database could not be had. Drivers map it to their own error
+/// (`From<Error>`): [`Error::Held`] to "unavailable", [`Error::Failed`] to
+/// "internal".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Another process (the previous instance) still holds the file after
+    /// [`RELEASE_WAIT`]; a later request may succeed.
+    #[error("{0}")]
+    Held(String),
+    /// The file or its directory cannot be created or opened, or a blocking
+    /// task failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Creates a driver's tables (and migrates old files) on the freshly opened
+/// database, before anyone else uses it.
+pub type Prepare<E> = fn(&Database) -> Result<(), E>;
+
+/// One redb file, opened now or, while another process holds it, on first
+/// use; shared with the blocking tasks that do the I/O (which may outlive a
+/// dropped future).
+pub struct SharedDb<E> {
+    /// The file.
+    path: PathBuf,
+    /// Adjusts redb's settings (cache size) before each open.
+    configure: fn(&mut Builder),
+    /// Runs once on the opened database.
+    prepare: Prepare<E>,
+    /// The open database; empty only while another process holds the file.
+    db: tokio::sync::OnceCell<Arc<Database>>,
+}
+
+impl<E> std::fmt::Debug for SharedDb<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDb")
+            .field("path", &self.path)
+            .field("opened", &self.db.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: From<Error> + Send + 'static> SharedDb<E> {
+    /// Opens (creating it and its directory if needed) and prepares the file
+    /// at `path` with redb's default settings. See [`Self::open_with`].
+    pub fn open(path: PathBuf, prepare: Prepare<E>) -> Result<Self, E> {
+        Self::open_with(path, |_| {}, prepare)
+    }
+
+    /// Opens (creating it and its directory if needed) and prepares the file
+    /// at `path`, with `configure` adjusting redb's settings.
+    ///
+    /// A hot-restart successor (see [`crate::is_handoff`]) does not touch the
+    /// file here, and neither does anyone while another process holds it:
+    /// the first [`Self::db`] opens it then. This blocks on file I/O; it runs
+    /// once, when the module starts.
+    pub fn open_with(
+        path: PathBuf,
+        configure: fn(&mut Builder),
+        prepare: Prepare<E>,
+    ) -> Result<Self, E> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::Failed(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = tokio::sync::OnceCell::new();
+        let eager = if crate::is_handoff() {
+            None
+        } else {
+            open_file(&path, configure, prepare)?
+        };
+        match eager {
+            Some(opened) => {
+                let _ = db.set(Arc::new(opened));
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "redb file is held by the previous instance; opening it once released"
+            ),
+        }
+        Ok(Self {
+            path,
+            configure,
+            prepare,
+            db,
+        })
+    }
+
+    /// The database, opened on first use if another process held it when
+    /// this one started (a hot restart: redb allows one process per file).
+    /// Concurrent callers share one opening; a failed one is retried by the
+    /// next caller.
+    pub async fn db(&self) -> Result<Arc<Database>, E> {
+        self.db
+            .get_or_try_init(|| async {
+                let deadline = Instant::now() + RELEASE_WAIT;
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    let (path, configure, prepare) =
+                        (self.path.clone(), self.configure, self.prepare);
+                    if let Some(db) = blocking(move || open_file(&path, configure, prepare)).await?
+                    {
+                        return Ok(Arc::new(db));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Held(format!(
+                            "redb file {} is still held by another process after {RELEASE_WAIT:?}",
+                            self.path.display()
+                        ))
+                        .into());
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+impl<E> SharedDb<E> {
+    /// The database if it is open already; never waits. Periodic work (a
+    /// sweep) uses this: until the file is ours there is nothing to do.
+    pub fn opened(&self) -> Option<&Arc<Database>> {
+        self.db.get()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Opens and prepares the file; `None` when another process holds it.
+fn open_file<E: From<Error>>(
+    path: &Path,
+    configure: fn(&mut Builder),
+    prepare: Prepare<E>,
+) -> Result<Option<Database>, E> {
+    let mut builder = Builder::new();
+    configure(&mut builder);
+    match builder.create(path) {
+        Ok(db) => {
+            prepare(&db)?;
+            Ok(Some(db))
+        }
+        Err(DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+        Err(e) => Err(Error::Failed(format!("opening redb file {}: {e}", path.display())).into()),
+    }
+}
+
+/// Maps a redb error to [`Error::Failed`], saying which operation failed.
+fn failed<E: std::fmt::Display>(operation: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Failed(format!("redb: cannot {operation}: {e}"))
+}
+
+/// Runs blocking redb work on tokio's blocking pool, so a slow disk never
+/// stalls the module's runtime thread, which also answers health pings.
+pub async fn blocking<T, E, F>(work: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| E::from(Error::Failed(format!("redb worker task failed: {e}"))))?
+}
+
+/// The file a component keeps its data in: `path` (the value of its `path`
+/// metadata field: absolute, or relative to `data_dir`), or
+/// `<data_dir>/<component>.redb` without it. The error (for the driver's
+/// configuration error) says why the component name cannot be a file name.
+pub fn redb_file(component: &str, path: Option<&str>, data_dir: &Path) -> Result<PathBuf, String> {
+    if let Some(path) = path {
+        // `join` keeps an absolute path as it is, which is what we want.
+        return Ok(data_dir.join(path));
+    }
+    // The name becomes a file name, so it must not be able to climb out of
+    // the data directory or name a subdirectory.
+    let usable = !component.is_empty()
+        && component != "."
+        && component != ".."
+        && !component.contains(['/', '\\', '\0']);
+    if usable {
+        Ok(data_dir.join(format!("{component}.redb")))
+    } else {
+        Err(format!(
+            "the component name {component:?} cannot be used as a file name; \
+             set the metadata field \"path\""
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(_: &Database) -> Result<(), Error> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_held_file_is_opened_once_released() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("nested/x.redb");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let old = SharedDb::open(path.clone(), prepare).expect("first open");
+        assert!(old.opened().is_some(), "opened eagerly");
+        let new = SharedDb::<Error>::open_with(
+            path,
+            |b| {
+                b.set_cache_size(1 << 20);
+            },
+            prepare,
+        )
+        .expect("deferred open");
+        assert!(new.opened().is_none(), "the file is still held");
+        let got = rt.block_on(async {
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(old);
+            };
+            let (_, got) = tokio::join!(release, new.db());
+            got
+        });
+        assert!(got.is_ok(), "{got:?}");
+        assert!(new.opened().is_some());
+    }
+
+    #[test]
+    fn a_failing_prepare_fails_the_open() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let failing: Prepare<Error> = |_| Err(Error::Failed("no tables".into()));
+        let e = SharedDb::open(dir.path().join("x.redb"), failing).expect_err("refused");
+        assert_eq!(e, Error::Failed("no tables".into()));
+    }
+
+    #[test]
+    fn the_file_follows_the_path_or_the_component_name() {
+        let data = Path::new("/data");
+        assert_eq!(redb_file("s", None, data), Ok(data.join("s.redb")));
+        assert_eq!(
+            redb_file("s", Some("a/b.db"), data),
+            Ok(data.join("a/b.db"))
+        );
+        assert_eq!(redb_file("s", Some("/abs.db"), data), Ok("/abs.db".into()));
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b"] {
+            let e = redb_file(bad, None, data).expect_err("not a file name");
+            assert!(e.contains("\"path\""), "{e}");
+        }
+    }
+}

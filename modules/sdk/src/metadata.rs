@@ -1,0 +1,271 @@
+//! Reading a component's metadata the way Dapr does: names match ignoring
+//! ASCII case, a name given twice is an error (silently picking one value
+//! would hide a copy-paste slip, and for an allow list could widen access),
+//! and so is a name the driver does not know (a misspelt field must not be
+//! ignored). Every error names the field as written and, through
+//! [`MetadataError`], the component.
+
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use mecha_abi::msg::ComponentSpec;
+
+/// A component's metadata is unusable. Drivers turn it into their own
+/// configuration error (`From<MetadataError>`), which keeps both parts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("component {component:?}: {reason}")]
+pub struct MetadataError {
+    /// The component name.
+    pub component: String,
+    /// What is wrong, naming the field.
+    pub reason: String,
+}
+
+/// A component's metadata fields, checked once and then read by name.
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata<'a> {
+    /// The component name, for error messages.
+    component: &'a str,
+    /// (name as written, value), in spec order, names unique ignoring case.
+    fields: &'a [(String, String)],
+}
+
+impl<'a> Metadata<'a> {
+    /// Reads `spec`'s metadata, refusing a field given twice and any field
+    /// not in `known` (the names as the driver spells them, compared
+    /// ignoring case).
+    pub fn parse(spec: &'a ComponentSpec, known: &[&str]) -> Result<Self, MetadataError> {
+        let metadata = Self::lenient(spec)?;
+        metadata.check_known(known)?;
+        Ok(metadata)
+    }
+
+    /// Reads `spec`'s metadata, refusing a field given twice but accepting
+    /// any name: for a reader of a few shared fields (an allow list) that
+    /// runs before the driver checks the whole set with [`Self::parse`] or
+    /// [`Self::check_known`].
+    pub fn lenient(spec: &'a ComponentSpec) -> Result<Self, MetadataError> {
+        let metadata = Self {
+            component: &spec.name,
+            fields: &spec.metadata,
+        };
+        for (i, (name, _)) in spec.metadata.iter().enumerate() {
+            if spec.metadata[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
+            {
+                return Err(metadata.error(format!(
+                    "metadata field {name:?} is given twice (names ignore case)"
+                )));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// Fails on the first field whose name is not in `known`, listing the
+    /// known names.
+    pub fn check_known(&self, known: &[&str]) -> Result<(), MetadataError> {
+        for (name, _) in self.fields {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+                let list = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return Err(self.error(format!("unknown metadata field {name:?} (known: {list})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The component name.
+    pub fn component(&self) -> &'a str {
+        self.component
+    }
+
+    /// A configuration error of this component.
+    pub fn error(&self, reason: impl Into<String>) -> MetadataError {
+        MetadataError {
+            component: self.component.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The field `name` as (name as written, value), if given.
+    fn field(&self, name: &str) -> Option<(&'a str, &'a str)> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(field, value)| (field.as_str(), value.as_str()))
+    }
+
+    /// The raw value of field `name`, if given, empty or not.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.field(name).map(|(_, value)| value)
+    }
+
+    /// The value of field `name`, if given; given but empty is an error.
+    pub fn str(&self, name: &str) -> Result<Option<&'a str>, MetadataError> {
+        match self.field(name) {
+            Some((written, "")) => Err(self.error(format!("metadata field {written:?} is empty"))),
+            Some((_, value)) => Ok(Some(value)),
+            None => Ok(None),
+        }
+    }
+
+    /// The value of field `name`, which must be given and not empty.
+    pub fn required(&self, name: &str) -> Result<&'a str, MetadataError> {
+        self.str(name)?
+            .ok_or_else(|| self.error(format!("metadata field {name:?} is required")))
+    }
+
+    /// Field `name` parsed as a `T` (surrounding white space ignored), if
+    /// given. `expected` says what a valid value is, for the error: "a whole
+    /// number".
+    pub fn parsed<T: FromStr>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<Option<T>, MetadataError> {
+        let Some((written, value)) = self.field(name) else {
+            return Ok(None);
+        };
+        value.trim().parse().map(Some).map_err(|_| {
+            self.error(format!(
+                "metadata field {written:?} must be {expected}, not {value:?}"
+            ))
+        })
+    }
+
+    /// Field `name` as a whole number within `range`, if given.
+    pub fn whole(
+        &self,
+        name: &str,
+        range: RangeInclusive<u64>,
+    ) -> Result<Option<u64>, MetadataError> {
+        let expected = if *range.end() == u64::MAX {
+            format!("a whole number of at least {}", range.start())
+        } else {
+            format!("a whole number from {} to {}", range.start(), range.end())
+        };
+        match self.parsed::<u64>(name, &expected)? {
+            Some(n) if !range.contains(&n) => {
+                let written = self.field(name).map_or(name, |(written, _)| written);
+                Err(self.error(format!(
+                    "metadata field {written:?} must be {expected}, not {n}"
+                )))
+            }
+            n => Ok(n),
+        }
+    }
+
+    /// The boolean field `name` (`true` or `false`, any case), if given.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, MetadataError> {
+        let Some((written, value)) = self.field(name) else {
+            return Ok(None);
+        };
+        if value.eq_ignore_ascii_case("true") {
+            Ok(Some(true))
+        } else if value.eq_ignore_ascii_case("false") {
+            Ok(Some(false))
+        } else {
+            Err(self.error(format!(
+                "metadata field {written:?} must be true or false, not {value:?}"
+            )))
+        }
+    }
+
+    /// The comma-separated list in field `name`, items trimmed and empty
+    /// items dropped, if given. A list given but empty is an error: reading
+    /// it as "no restriction" or as "nothing" could each be the opposite of
+    /// what was meant.
+    pub fn list(&self, name: &str) -> Result<Option<Vec<&'a str>>, MetadataError> {
+        let Some((written, value)) = self.field(name) else {
+            return Ok(None);
+        };
+        let items: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Err(self.error(format!(
+                "metadata field {written:?} lists nothing; remove it to lift the restriction, \
+                 or list at least one name"
+            )));
+        }
+        Ok(Some(items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(metadata: &[(&str, &str)]) -> ComponentSpec {
+        ComponentSpec {
+            name: "comp".to_owned(),
+            kind: "x.y".to_owned(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn reason(e: MetadataError) -> String {
+        assert_eq!(e.component, "comp");
+        e.reason
+    }
+
+    #[test]
+    fn names_ignore_case_and_are_checked() {
+        let s = spec(&[("Path", "a"), ("SEGMENTSIZE", "7")]);
+        let m = Metadata::parse(&s, &["path", "segmentSize"]).expect("known fields");
+        assert_eq!(m.str("path"), Ok(Some("a")));
+        assert_eq!(m.whole("segmentSize", 1..=10), Ok(Some(7)));
+        assert_eq!(m.str("other"), Ok(None));
+
+        let e = reason(Metadata::parse(&s, &["path"]).unwrap_err());
+        assert!(
+            e.contains("\"SEGMENTSIZE\"") && e.contains("known: path"),
+            "{e}"
+        );
+        let e = reason(Metadata::parse(&s, &[]).unwrap_err());
+        assert!(e.contains("known: none"), "{e}");
+
+        let s = spec(&[("path", "a"), ("PATH", "b")]);
+        let e = reason(Metadata::lenient(&s).unwrap_err());
+        assert!(e.contains("\"PATH\" is given twice"), "{e}");
+    }
+
+    #[test]
+    fn typed_getters_name_the_field() {
+        let s = spec(&[
+            ("path", ""),
+            ("n", " 12 "),
+            ("big", "99"),
+            ("word", "x"),
+            ("flag", "TRUE"),
+            ("bad", "yes"),
+            ("list", " a, b ,,"),
+            ("none", " , "),
+        ]);
+        let m = Metadata::lenient(&s).expect("no duplicates");
+        assert!(reason(m.str("path").unwrap_err()).contains("\"path\" is empty"));
+        assert!(reason(m.required("absent").unwrap_err()).contains("\"absent\" is required"));
+        assert_eq!(m.whole("n", 1..=u64::MAX), Ok(Some(12)));
+        let e = reason(m.whole("big", 1..=10).unwrap_err());
+        assert!(e.contains("from 1 to 10, not 99"), "{e}");
+        let e = reason(m.whole("word", 1..=u64::MAX).unwrap_err());
+        assert!(
+            e.contains("\"word\" must be a whole number of at least 1"),
+            "{e}"
+        );
+        assert_eq!(m.bool("flag"), Ok(Some(true)));
+        assert!(reason(m.bool("bad").unwrap_err()).contains("true or false"));
+        assert_eq!(m.list("list"), Ok(Some(vec!["a", "b"])));
+        assert!(reason(m.list("none").unwrap_err()).contains("\"none\" lists nothing"));
+        assert_eq!(m.parsed::<i8>("n", "a small number"), Ok(Some(12)));
+    }
+}
