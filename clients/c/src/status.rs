@@ -183,8 +183,8 @@ impl From<Error> for Failure {
         let message = match &err {
             // The hint every mecha client gives when the daemon is absent
             // (issue 9), with the OS's reason after it.
-            Error::Connect { path, source } => {
-                format!("is mechad running? socket: {} ({source})", path.display())
+            Error::Connect { path, error } => {
+                format!("is mechad running? socket: {} ({error})", path.display())
             }
             other => other.to_string(),
         };
@@ -225,7 +225,7 @@ mod tests {
     fn client_errors_map_to_codes_and_messages() {
         let connect = Failure::from(Error::Connect {
             path: "/tmp/x.sock".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
         assert_eq!(connect.code, Code::ErrConnect);
         assert!(connect

@@ -78,9 +78,9 @@ impl Client {
         let path = path.as_ref();
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| Error::Connect {
+            .map_err(|error| Error::Connect {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);

@@ -6,12 +6,14 @@ use mecha_abi::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket could not be connected.
-    #[error("is mechad running? socket: {path}: {source}")]
+    // The OS error is part of the message rather than a `source`, so that
+    // printing the error chain does not repeat it.
+    #[error("cannot connect: is mechad running? socket: {path}: {error}")]
     Connect {
         /// The socket path.
         path: std::path::PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The connection closed before the answer arrived.
     #[error("connection to mechad closed: {0}")]
