@@ -76,6 +76,9 @@ pub struct Settings {
     /// Tenant rules, first match wins; unmatched peers are `uid:<uid>`.
     #[serde(default)]
     pub tenants: Vec<TenantRule>,
+    /// `allow` (default): a peer no rule matches is its own tenant
+    /// `uid:<uid>`; `deny`: it is refused with PERMISSION_DENIED.
+    pub default_tenant: Option<DefaultTenant>,
     /// Peer uids allowed to restart, upgrade and reload (root and the daemon's
     /// own uid always are).
     #[serde(default)]
@@ -113,8 +116,34 @@ pub struct ModuleSettings {
     pub shutdown_timeout_ms: Option<u64>,
     /// Address-space limit in MiB (RLIMIT_AS); none by default.
     pub memory_limit_mb: Option<u64>,
+    /// Open-file limit (RLIMIT_NOFILE); inherited by default.
+    pub open_files: Option<u64>,
+    /// Run the module as this user (numeric uid and gid); the daemon must be
+    /// root. Its data directory is handed to that user.
+    pub user: Option<RunAs>,
     /// The executable; default `<moduleDir>/mecha-mod-<name>`.
     pub binary: Option<PathBuf>,
+}
+
+/// What happens to a peer that no tenant rule matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultTenant {
+    /// It becomes tenant `uid:<uid>`.
+    #[default]
+    Allow,
+    /// It is refused.
+    Deny,
+}
+
+/// A numeric uid and gid to run a module as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// Maps kernel-verified peer credentials to a named tenant.
@@ -129,6 +158,11 @@ pub struct TenantRule {
     /// Peer gids (primary group) that belong to the tenant.
     #[serde(default)]
     pub gids: Vec<u32>,
+    /// Operations the tenant may use: family names (`state`, `pubsub`, ...,
+    /// also written `state.*`) or opcode names (`STATE_GET`, any case).
+    /// Absent: everything. Control operations (HELLO, PING, STATUS) are always
+    /// allowed; admin ones follow `adminUids`.
+    pub allow: Option<Vec<String>>,
 }
 
 /// The loaded configuration.

@@ -76,6 +76,7 @@ enum Flow {
 
 /// Per-connection state.
 struct Conn {
+    allow: Option<Arc<crate::peer::Allow>>,
     quota: Arc<crate::quota::TenantState>,
     daemon: Arc<Daemon>,
     peer: Peer,
@@ -93,7 +94,14 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let tenant = daemon.tenants.read().resolve(&peer);
+    let resolved = daemon.tenants.read().resolve(&peer);
+    let (tenant, allow) = match resolved {
+        Ok(t) => (t.name, t.allow),
+        Err(msg) => {
+            refuse(stream, Status::PermissionDenied, &msg).await;
+            return;
+        }
+    };
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let quota = daemon.quotas.read().tenant(&tenant);
     // Counted as open until this function returns; requests timed per tenant.
@@ -115,6 +123,7 @@ pub async fn serve(
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
     let mut conn = Conn {
+        allow,
         quota,
         peer,
         tenant: Bytes::from(tenant),
@@ -369,6 +378,18 @@ impl Conn {
             return self
                 .error(&header, Status::ResourceExhausted, &msg, permit)
                 .await;
+        }
+        if let Some(allow) = &self.allow {
+            if !allow.permits(header.opcode) {
+                let msg = format!(
+                    "tenant {} may not use {}: it is not in the tenant's allow list",
+                    String::from_utf8_lossy(&self.tenant),
+                    header.opcode
+                );
+                return self
+                    .error(&header, Status::PermissionDenied, &msg, permit)
+                    .await;
+            }
         }
         if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
             let msg = format!(

@@ -105,6 +105,11 @@ impl Daemon {
         let _one_at_a_time = self.admin_lock.lock().await;
         let config = self.load_config().map_err(ReloadError::Config)?;
         let specs = child_specs(&config, &self.paths).map_err(ReloadError::Config)?;
+        let tenants = Tenants::new(
+            config.settings.tenants.clone(),
+            config.settings.default_tenant.unwrap_or_default(),
+        )
+        .map_err(ReloadError::Config)?;
         let mut reply = ReloadReply::default();
         let running: Vec<Arc<ModuleSlot>> = self.modules.read().clone();
         let mut next: Vec<Arc<ModuleSlot>> = Vec::with_capacity(specs.len());
@@ -157,7 +162,7 @@ impl Daemon {
                 reply.started, reply.restarted
             )));
         }
-        *self.tenants.write() = Tenants::new(config.settings.tenants.clone());
+        *self.tenants.write() = tenants;
         *self.admin_uids.write() = config.settings.admin_uids.clone();
         *self.quotas.write() =
             Arc::new(crate::quota::Registry::new(config.settings.quotas.clone()));

@@ -177,7 +177,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             settings.default_timeout_ms.unwrap_or(5000),
         )),
         max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
-        tenants: parking_lot::RwLock::new(peer::Tenants::new(settings.tenants.clone())),
+        tenants: parking_lot::RwLock::new(
+            peer::Tenants::new(
+                settings.tenants.clone(),
+                settings.default_tenant.unwrap_or_default(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
         admin_uids: parking_lot::RwLock::new(settings.admin_uids.clone()),
         quotas: parking_lot::RwLock::new(Arc::new(quota::Registry::new(settings.quotas.clone()))),
         modules: parking_lot::RwLock::new(modules),

@@ -69,8 +69,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             .cloned()
             .unwrap_or_default();
         let data_dir = paths.data_dir.join(&name);
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+        private_dir(&data_dir, settings.user.map(|u| (u.uid, u.gid)))?;
         let binary = settings
             .binary
             .unwrap_or_else(|| paths.module_dir.join(format!("mecha-mod-{name}")));
@@ -85,7 +84,11 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
                 shutdown_timeout: Duration::from_millis(
                     settings.shutdown_timeout_ms.unwrap_or(5000),
                 ),
-                memory_limit_mb: settings.memory_limit_mb,
+                confine: crate::spawn::Confinement {
+                    memory_limit_mb: settings.memory_limit_mb,
+                    open_files: settings.open_files,
+                    user: settings.user.map(|u| (u.uid, u.gid)),
+                },
             },
         ));
     }
@@ -95,4 +98,20 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         ));
     }
     Ok(specs)
+}
+
+/// Creates a module's data directory readable only by its owner (0700), and
+/// hands it to the module's user when it runs as one, so modules cannot read
+/// each other's data.
+fn private_dir(dir: &std::path::Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("creating data directory {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("restricting data directory {}: {e}", dir.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| format!("handing data directory {} to uid {uid}: {e}", dir.display()))?;
+    }
+    Ok(())
 }

@@ -10,10 +10,23 @@ use tokio::process::{Child, Command};
 /// The descriptor number on which a module finds its link.
 pub const LINK_FD: i32 = 3;
 
+/// What a module process may do: least privilege, applied in the child
+/// before exec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// Address-space cap (RLIMIT_AS) in MiB: a module that exceeds it fails to
+    /// allocate, dies, and is restarted instead of starving the node.
+    pub memory_limit_mb: Option<u64>,
+    /// Open-file cap (RLIMIT_NOFILE).
+    pub open_files: Option<u64>,
+    /// Run as this uid and gid (supplementary groups dropped); needs root.
+    pub user: Option<(u32, u32)>,
+}
+
 /// Spawns `binary` with one end of a fresh socketpair as fd 3 and returns the
-/// child and the daemon's end of the link. `memory_limit_mb` caps the child's
-/// address space (RLIMIT_AS): a module that exceeds it fails to allocate, dies,
-/// and is restarted by its supervisor instead of starving the node.
+/// child and the daemon's end of the link. The child always gets
+/// `no_new_privs`, so neither it nor anything it executes can gain privileges
+/// (setuid binaries, file capabilities); `confine` adds limits and a uid.
 ///
 /// Must be called from a runtime worker thread, never from a blocking-pool
 /// thread: Linux delivers the parent-death signal when the *thread* that forked
@@ -21,10 +34,14 @@ pub const LINK_FD: i32 = 3;
 pub fn spawn_module(
     binary: &Path,
     module: &str,
-    memory_limit_mb: Option<u64>,
+    confine: Confinement,
     handoff: bool,
 ) -> std::io::Result<(Child, StdUnixStream)> {
-    let memory_limit = memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
+    let memory_limit = confine
+        .memory_limit_mb
+        .map(|mb| mb.saturating_mul(1024 * 1024));
+    let open_files = confine.open_files;
+    let user = confine.user;
     // std creates both ends with SOCK_CLOEXEC, so neither leaks into other
     // children; the child's end is dup2'ed to fd 3 below, which clears the flag
     // on the copy only.
@@ -42,7 +59,8 @@ pub fn spawn_module(
     }
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe functions may be called. It calls only dup2, fcntl,
-    // prctl, setrlimit and getppid (all async-signal-safe system calls),
+    // prctl, setrlimit, setgroups, setgid, setuid and getppid (all
+    // async-signal-safe system calls),
     // allocates nothing and touches no locks; it reads integers captured by value.
     unsafe {
         cmd.pre_exec(move || {
@@ -54,14 +72,31 @@ pub fn spawn_module(
             } else if libc::dup2(child_fd, LINK_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(bytes) = memory_limit {
-                let limit = libc::rlimit {
-                    rlim_cur: bytes,
-                    rlim_max: bytes,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) < 0 {
+            for (resource, value) in [
+                (libc::RLIMIT_AS, memory_limit),
+                (libc::RLIMIT_NOFILE, open_files),
+            ] {
+                if let Some(v) = value {
+                    let limit = libc::rlimit {
+                        rlim_cur: v,
+                        rlim_max: v,
+                    };
+                    if libc::setrlimit(resource, &limit) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            if let Some((uid, gid)) = user {
+                // Groups first: after setuid the process may no longer change them.
+                if libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setgid(gid) < 0
+                    || libc::setuid(uid) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
             }
             // Modules must never outlive the daemon, even when it is SIGKILLed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {

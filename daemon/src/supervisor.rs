@@ -83,8 +83,8 @@ pub struct ChildSpec {
     pub restart: Restart,
     /// How long a draining instance may take before it is killed.
     pub shutdown_timeout: Duration,
-    /// Address-space limit (RLIMIT_AS) in MiB; none when absent.
-    pub memory_limit_mb: Option<u64>,
+    /// Limits and identity of the module process.
+    pub confine: crate::spawn::Confinement,
 }
 
 /// Daemon-wide supervision numbers.
@@ -271,13 +271,11 @@ impl ModuleSlot {
         spec: &ChildSpec,
         handoff: bool,
     ) -> Result<Instance, StartError> {
-        let (mut child, link_end) =
-            spawn_module(&spec.binary, &spec.name, spec.memory_limit_mb, handoff).map_err(
-                |source| StartError::Spawn {
-                    binary: spec.binary.clone(),
-                    source,
-                },
-            )?;
+        let (mut child, link_end) = spawn_module(&spec.binary, &spec.name, spec.confine, handoff)
+            .map_err(|source| StartError::Spawn {
+            binary: spec.binary.clone(),
+            source,
+        })?;
         let pid = child.id().unwrap_or(0);
         match handshake(spec, link_end, pid).await {
             Ok(link) => Ok(Instance {

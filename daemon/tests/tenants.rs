@@ -211,3 +211,92 @@ fn configured_socket_mode_0600_keeps_other_uids_out() {
     // The owner still connects.
     d.client().ping().expect("root connects to its 0600 socket");
 }
+
+const DENY_BY_DEFAULT: &str = "\
+apiVersion: mecha.io/v1alpha1
+kind: Configuration
+metadata: {name: mecha}
+spec:
+  defaultTenant: deny
+  tenants:
+  - name: ops
+    uids: [0]
+  - name: readers
+    uids: [65534]
+    allow: [STATE_GET, state_bulk_get]
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: statestore}
+spec: {type: state.memory, version: v1, metadata: []}
+";
+
+#[test]
+fn allow_lists_and_a_deny_default_are_enforced() {
+    require_root();
+    let d = Daemon::start_with(Some(DENY_BY_DEFAULT));
+    open_to_nobody(&d);
+    d.client()
+        .set("", "k", b"v".to_vec(), mecha_client::SetOptions::default())
+        .unwrap();
+    // nobody's tenant may read but not write.
+    let read = mechactl_as_nobody(&d, &["state", "get", "k"]);
+    assert_eq!(read.status.code(), Some(3), "{}", describe(&read));
+    let write = mechactl_as_nobody(&d, &["state", "set", "k", "x"]);
+    assert!(!write.status.success());
+    let stderr = text(&write.stderr);
+    assert!(
+        stderr.contains("PERMISSION_DENIED") && stderr.contains("readers"),
+        "{stderr}"
+    );
+    // A peer that no rule matches is refused at connect.
+    let mut cmd = d.mechactl_cmd(&["status"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 4242);
+    let out = cmd.output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("deny"), "{stderr}");
+}
+
+#[test]
+fn modules_run_confined() {
+    require_root();
+    let d = Daemon::start_with(Some(
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {name: m}\nspec:\n  modules:\n    state:\n      user: {uid: 65534, gid: 65534}\n      openFiles: 256\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: statestore}\nspec: {type: state.redb, version: v1, metadata: []}\n",
+    ));
+    let c = d.client();
+    c.set("", "k", b"v".to_vec(), mecha_client::SetOptions::default())
+        .unwrap();
+    assert_eq!(c.get("", "k").unwrap().unwrap().value, b"v");
+    let pid = d.module_pid("state");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert!(field("Uid:").starts_with("65534"), "{}", field("Uid:"));
+    assert!(field("Gid:").starts_with("65534"), "{}", field("Gid:"));
+    assert_eq!(field("Groups:"), "");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(nofile.contains("256"), "{nofile}");
+    let dir = d.data_dir.join("state");
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "data dirs are private"
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+    // Modules that keep no user setting still get no_new_privs.
+    let d2 = Daemon::start();
+    let pid = d2.module_pid("state");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"));
+}
