@@ -140,18 +140,20 @@ mod tests {
 
     #[test]
     fn rules_match_by_uid_then_gid_else_uid_tenant() {
-        let t = Tenants::new(vec![
-            TenantRule {
-                name: "web".into(),
-                uids: vec![1000],
-                gids: vec![],
-            },
-            TenantRule {
-                name: "ops".into(),
-                uids: vec![],
-                gids: vec![50],
-            },
-        ]);
+        let rule = |name: &str, uids: Vec<u32>, gids: Vec<u32>| TenantRule {
+            name: name.into(),
+            uids,
+            gids,
+            allow: None,
+        };
+        let t = Tenants::new(
+            vec![
+                rule("web", vec![1000], vec![]),
+                rule("ops", vec![], vec![50]),
+            ],
+            DefaultTenant::Allow,
+        )
+        .unwrap();
         let p = |uid, gid| Peer { pid: 1, uid, gid };
         assert_eq!(t.resolve(&p(1000, 50)).unwrap().name, "web");
         assert_eq!(t.resolve(&p(1001, 50)).unwrap().name, "ops");
