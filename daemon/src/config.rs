@@ -76,6 +76,13 @@ pub struct Settings {
     /// Tenant rules, first match wins; unmatched peers are `uid:<uid>`.
     #[serde(default)]
     pub tenants: Vec<TenantRule>,
+    /// Additional listening sockets, each with its own path, mode and owner;
+    /// tenant rules can match the socket a peer connected to.
+    #[serde(default)]
+    pub sockets: Vec<ExtraSocket>,
+    /// A YAML list of `{uid, namespace, name}` pods, so tenant rules can name
+    /// pods as `namespace/name` (the pod UID comes from the peer's cgroup).
+    pub pods_file: Option<PathBuf>,
     /// `allow` (default): a peer no rule matches is its own tenant
     /// `uid:<uid>`; `deny`: it is refused with PERMISSION_DENIED.
     pub default_tenant: Option<DefaultTenant>,
@@ -125,6 +132,18 @@ pub struct ModuleSettings {
     pub binary: Option<PathBuf>,
 }
 
+/// A listening socket besides the main one.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraSocket {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its file mode as an octal string; default "0666".
+    pub mode: Option<String>,
+    /// Its owner; default the daemon's user.
+    pub owner: Option<RunAs>,
+}
+
 /// What happens to a peer that no tenant rule matches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +177,13 @@ pub struct TenantRule {
     /// Peer gids (primary group) that belong to the tenant.
     #[serde(default)]
     pub gids: Vec<u32>,
+    /// Peers that connected through one of these sockets belong to the tenant.
+    #[serde(default)]
+    pub sockets: Vec<PathBuf>,
+    /// Kubernetes pods (by the pod UID in the peer's cgroup): a pod UID, or
+    /// `namespace/name` looked up in `podsFile`.
+    #[serde(default)]
+    pub pods: Vec<String>,
     /// Operations the tenant may use: family names (`state`, `pubsub`, ...,
     /// also written `state.*`) or opcode names (`STATE_GET`, any case).
     /// Absent: everything. Control operations (HELLO, PING, STATUS) are always

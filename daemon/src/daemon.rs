@@ -105,9 +105,14 @@ impl Daemon {
         let _one_at_a_time = self.admin_lock.lock().await;
         let config = self.load_config().map_err(ReloadError::Config)?;
         let specs = child_specs(&config, &self.paths).map_err(ReloadError::Config)?;
+        let pods = match &config.settings.pods_file {
+            Some(path) => crate::peer::load_pods(path).map_err(ReloadError::Config)?,
+            None => Default::default(),
+        };
         let tenants = Tenants::new(
             config.settings.tenants.clone(),
             config.settings.default_tenant.unwrap_or_default(),
+            pods,
         )
         .map_err(ReloadError::Config)?;
         let mut reply = ReloadReply::default();

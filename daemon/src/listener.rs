@@ -32,7 +32,11 @@ pub enum ListenError {
 /// Creates the parent directory, removes a stale socket file left by a dead
 /// daemon, binds, and applies `mode` (0666 by default: identity comes from
 /// peer credentials, not from file permissions).
-pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<UnixListener, ListenError> {
     let io = |source| ListenError::Io {
         path: path.to_path_buf(),
         source,
@@ -48,6 +52,9 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io)?;
+    }
     Ok(listener)
 }
 
@@ -55,6 +62,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
 /// finish their in-flight requests.
 pub async fn accept_loop(
     listener: UnixListener,
+    path: Arc<Path>,
     daemon: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -62,7 +70,7 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match peer::credentials(&stream) {
+                Ok((stream, _)) => match peer::identify(&stream, &path) {
                     Ok(p) => {
                         conns.spawn(conn::serve(stream, p, Arc::clone(&daemon), shutdown.clone()));
                     }

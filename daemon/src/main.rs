@@ -124,12 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default(),
     };
     let mode = match &settings.socket_mode {
-        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .with_context(|| {
-                format!("Configuration spec.socketMode: {m:?} is not an octal file mode")
-            })?,
+        Some(m) => parse_mode(m)?,
         None => 0o666,
     };
     let max_frame = settings.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME);
@@ -170,7 +165,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         modules.push(slot);
     }
 
-    let listener = listener::bind(&socket, mode)?;
+    // The main socket first, then any extra ones; tenant rules can tell them apart.
+    let mut listeners = vec![(
+        listener::bind(&socket, mode, None)?,
+        Arc::<Path>::from(socket.as_path()),
+    )];
+    for extra in &settings.sockets {
+        let mode = match &extra.mode {
+            Some(m) => parse_mode(m)?,
+            None => 0o666,
+        };
+        let owner = extra.owner.map(|o| (o.uid, o.gid));
+        listeners.push((
+            listener::bind(&extra.path, mode, owner)?,
+            Arc::from(extra.path.as_path()),
+        ));
+    }
+    let pods = match &settings.pods_file {
+        Some(path) => peer::load_pods(path).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
+    };
     let daemon = Arc::new(Daemon {
         max_frame,
         default_timeout: Duration::from_millis(u64::from(
@@ -181,6 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             peer::Tenants::new(
                 settings.tenants.clone(),
                 settings.default_tenant.unwrap_or_default(),
+                pods,
             )
             .map_err(anyhow::Error::msg)?,
         ),
@@ -198,22 +213,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let accept = tokio::spawn(listener::accept_loop(
-        listener,
-        Arc::clone(&daemon),
-        shutdown_rx,
-    ));
+    let sockets: Vec<Arc<Path>> = listeners.iter().map(|(_, p)| Arc::clone(p)).collect();
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, p)| {
+            tokio::spawn(listener::accept_loop(
+                l,
+                p,
+                Arc::clone(&daemon),
+                shutdown_rx.clone(),
+            ))
+        })
+        .collect();
     wait_for_shutdown(&daemon).await?;
     http.set_stopping();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);
-    let _ = accept.await;
+    for accept in accepts {
+        let _ = accept.await;
+    }
     daemon.stop_modules().await;
-    if let Err(e) = std::fs::remove_file(&socket) {
-        tracing::warn!(socket = %socket.display(), "cannot remove socket: {e}");
+    for path in sockets {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
+        }
     }
     tracing::info!("mechad stopped");
     Ok(())
+}
+
+/// Parses an octal file mode such as "0660".
+fn parse_mode(text: &str) -> anyhow::Result<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .with_context(|| format!("Configuration socket mode {text:?} is not an octal file mode"))
 }
 
 /// Serves SIGHUP (reload) until SIGTERM or SIGINT asks for shutdown.

@@ -1,6 +1,8 @@
 //! Kernel-verified peer identity (SO_PEERCRED) and its mapping to a tenant.
 
+use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
@@ -10,8 +12,9 @@ use mecha_abi::{Family, Opcode};
 
 use crate::config::{DefaultTenant, TenantRule};
 
-/// The credentials the kernel recorded for the peer when it connected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the kernel tells about a peer: its credentials (SO_PEERCRED) when it
+/// connected, the socket it connected through, and its Kubernetes pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// Process id of the connecting process.
     pub pid: i32,
@@ -19,16 +22,69 @@ pub struct Peer {
     pub uid: u32,
     /// Its effective group id.
     pub gid: u32,
+    /// The listening socket it connected to.
+    pub socket: Arc<Path>,
+    /// The pod UID from its cgroup, when it runs in a Kubernetes pod.
+    pub pod: Option<String>,
 }
 
-/// Reads SO_PEERCRED from a connected Unix socket.
-pub fn credentials(socket: &impl AsFd) -> nix::Result<Peer> {
+impl Default for Peer {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+            socket: Arc::from(Path::new("")),
+            pod: None,
+        }
+    }
+}
+
+/// Where /proc is; tests point it at a fabricated tree (`MECHA_PROC_ROOT`,
+/// test-only) to exercise pod identity without Kubernetes.
+fn proc_root() -> PathBuf {
+    std::env::var_os("MECHA_PROC_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc"))
+}
+
+/// Reads SO_PEERCRED from a connected Unix socket, and the peer's pod UID.
+pub fn identify(socket: &impl AsFd, listening: &Arc<Path>) -> nix::Result<Peer> {
     let cred = getsockopt(socket, PeerCredentials)?;
+    let cgroup = proc_root().join(cred.pid().to_string()).join("cgroup");
+    let pod = std::fs::read_to_string(cgroup)
+        .ok()
+        .and_then(|text| pod_uid(&text));
     Ok(Peer {
         pid: cred.pid(),
         uid: cred.uid(),
         gid: cred.gid(),
+        socket: Arc::clone(listening),
+        pod,
     })
+}
+
+/// Finds the pod UID in a `/proc/<pid>/cgroup` text. Kubelet names pod
+/// cgroups `pod<uid>` (cgroupfs driver, dashes) or `…-pod<uid>.slice`
+/// (systemd driver, underscores instead of dashes) under a `kubepods` tree.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter(|l| l.contains("kubepods"))
+        .flat_map(|l| l.split('/'))
+        .find_map(|segment| {
+            // "pod<uid>" (cgroupfs) or "kubepods-<qos>-pod<uid>.slice" (systemd).
+            let start = if segment.starts_with("pod") {
+                3
+            } else {
+                segment.find("-pod")? + 4
+            };
+            let uid = segment[start..]
+                .trim_end_matches(".slice")
+                .replace('_', "-");
+            let valid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            valid.then_some(uid)
+        })
 }
 
 /// The operations one tenant may use, from its rule's `allow` list.
@@ -88,12 +144,38 @@ pub struct Tenant {
 pub struct Tenants {
     rules: Vec<(TenantRule, Option<Arc<Allow>>)>,
     default: DefaultTenant,
+    /// Pod UID → `namespace/name`, from the pods file.
+    pods: HashMap<String, String>,
+}
+
+/// One entry of the pods file.
+#[derive(serde::Deserialize)]
+struct PodEntry {
+    uid: String,
+    namespace: String,
+    name: String,
+}
+
+/// Loads a pods file: a YAML list of `{uid, namespace, name}`.
+pub fn load_pods(path: &Path) -> Result<HashMap<String, String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("podsFile {}: {e}", path.display()))?;
+    let pods: Vec<PodEntry> =
+        serde_norway::from_str(&text).map_err(|e| format!("podsFile {}: {e}", path.display()))?;
+    Ok(pods
+        .into_iter()
+        .map(|p| (p.uid, format!("{}/{}", p.namespace, p.name)))
+        .collect())
 }
 
 impl Tenants {
     /// Builds the mapping from configured rules (first match wins); fails on
     /// an `allow` entry that names nothing.
-    pub fn new(rules: Vec<TenantRule>, default: DefaultTenant) -> Result<Self, String> {
+    pub fn new(
+        rules: Vec<TenantRule>,
+        default: DefaultTenant,
+        pods: HashMap<String, String>,
+    ) -> Result<Self, String> {
         let rules = rules
             .into_iter()
             .map(|r| {
@@ -104,18 +186,32 @@ impl Tenants {
                 Ok((r, allow))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { rules, default })
+        Ok(Self {
+            rules,
+            default,
+            pods,
+        })
     }
 
-    /// The tenant of `peer`: the first rule naming its uid or gid; otherwise,
+    /// Whether `rule` names `peer` by uid, gid, socket or pod.
+    fn matches(&self, rule: &TenantRule, peer: &Peer) -> bool {
+        let pod_match = peer.pod.as_ref().is_some_and(|uid| {
+            let named = self.pods.get(uid);
+            rule.pods
+                .iter()
+                .any(|p| p == uid || named.is_some_and(|n| n == p))
+        });
+        rule.uids.contains(&peer.uid)
+            || rule.gids.contains(&peer.gid)
+            || rule.sockets.iter().any(|s| s.as_path() == &*peer.socket)
+            || pod_match
+    }
+
+    /// The tenant of `peer`: the first rule naming its uid, gid, socket or pod; otherwise,
     /// unless the default policy denies, `uid:<uid>`, so that every local user
     /// is its own tenant. The error is the refusal message.
     pub fn resolve(&self, peer: &Peer) -> Result<Tenant, String> {
-        if let Some((rule, allow)) = self
-            .rules
-            .iter()
-            .find(|(r, _)| r.uids.contains(&peer.uid) || r.gids.contains(&peer.gid))
-        {
+        if let Some((rule, allow)) = self.rules.iter().find(|(r, _)| self.matches(r, peer)) {
             return Ok(Tenant {
                 name: rule.name.clone(),
                 allow: allow.clone(),
@@ -144,6 +240,8 @@ mod tests {
             name: name.into(),
             uids,
             gids,
+            sockets: vec![],
+            pods: vec![],
             allow: None,
         };
         let t = Tenants::new(
@@ -152,9 +250,15 @@ mod tests {
                 rule("ops", vec![], vec![50]),
             ],
             DefaultTenant::Allow,
+            HashMap::new(),
         )
         .unwrap();
-        let p = |uid, gid| Peer { pid: 1, uid, gid };
+        let p = |uid, gid| Peer {
+            pid: 1,
+            uid,
+            gid,
+            ..Peer::default()
+        };
         assert_eq!(t.resolve(&p(1000, 50)).unwrap().name, "web");
         assert_eq!(t.resolve(&p(1001, 50)).unwrap().name, "ops");
         assert_eq!(t.resolve(&p(1002, 7)).unwrap().name, "uid:1002");
@@ -172,21 +276,35 @@ mod tests {
 
     #[test]
     fn default_deny_refuses_unmatched_peers() {
-        let t = Tenants::new(vec![], DefaultTenant::Deny).unwrap();
+        let t = Tenants::new(vec![], DefaultTenant::Deny, HashMap::new()).unwrap();
         let err = t
             .resolve(&Peer {
                 pid: 1,
                 uid: 5,
                 gid: 5,
+                ..Peer::default()
             })
             .unwrap_err();
         assert!(err.contains("deny"), "{err}");
     }
 
     #[test]
+    fn pod_uids_are_found_in_both_cgroup_drivers() {
+        let uid = "0f7e3a52-4b1c-4d2e-9a8b-123456789abc";
+        let cgroupfs = format!("0::/kubepods/burstable/pod{uid}/abcdef\n");
+        assert_eq!(pod_uid(&cgroupfs).as_deref(), Some(uid));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-1.scope\n",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_uid(&systemd).as_deref(), Some(uid));
+        assert_eq!(pod_uid("0::/user.slice/user-1000.slice\n"), None);
+    }
+
+    #[test]
     fn credentials_of_a_socketpair_are_our_own() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let peer = credentials(&a).unwrap();
+        let peer = identify(&a, &Arc::from(Path::new("/x"))).unwrap();
         assert_eq!(peer.pid as u32, std::process::id());
         assert_eq!(peer.uid, nix::unistd::getuid().as_raw());
     }

@@ -300,3 +300,51 @@ fn modules_run_confined() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"));
 }
+
+#[test]
+fn tenants_by_socket_and_by_pod() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("payments.sock");
+    // A fabricated /proc: this test process looks like a container in pod P.
+    let pod = "0f7e3a52-4b1c-4d2e-9a8b-123456789abc";
+    let proc_root = dir.path().join("proc");
+    let me = proc_root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&me).unwrap();
+    std::fs::write(
+        me.join("cgroup"),
+        format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-1.scope\n", pod.replace('-', "_")),
+    )
+    .unwrap();
+    let pods = dir.path().join("pods.yaml");
+    std::fs::write(
+        &pods,
+        format!("- {{uid: {pod}, namespace: shop, name: web-0}}\n"),
+    )
+    .unwrap();
+    let config = format!(
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: m}}\nspec:\n  podsFile: {}\n  sockets:\n  - path: {}\n    mode: \"0600\"\n  tenants:\n  - name: payments\n    sockets: [{}]\n  - name: shop-web\n    pods: [shop/web-0]\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: statestore}}\nspec: {{type: state.memory, version: v1, metadata: []}}\n",
+        pods.display(),
+        extra.display(),
+        extra.display()
+    );
+    let d = Daemon::start_in(
+        dir,
+        Some(&config),
+        vec![("MECHA_PROC_ROOT".into(), proc_root.display().to_string())],
+    );
+    // The same process is tenant "payments" through the extra socket...
+    let (_, hello) = Raw::hello(&extra);
+    assert_eq!(hello.tenant, "payments");
+    assert_eq!(
+        std::fs::metadata(&extra).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // ...and, through the main socket, the tenant its pod maps to.
+    let (_, hello) = Raw::hello(&d.socket);
+    assert_eq!(hello.tenant, "shop-web");
+    // Shutdown removes every socket.
+    let mut d = d;
+    assert!(d.stop().success());
+    assert!(!extra.exists() && !d.socket.exists());
+}

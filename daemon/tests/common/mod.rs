@@ -54,6 +54,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     config: Option<PathBuf>,
+    env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -65,7 +66,16 @@ impl Daemon {
 
     /// Starts mechad with `config` written to a YAML file, if given.
     pub fn start_with(config: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, Vec::new())
+    }
+
+    /// Starts mechad in `dir` (which the config may refer to) with extra
+    /// environment variables.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        config: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let socket = dir.path().join("mecha.sock");
         let data_dir = dir.path().join("data");
         let config = config.map(|text| {
@@ -78,6 +88,7 @@ impl Daemon {
             socket,
             data_dir,
             config,
+            env,
             child: None,
         };
         d.spawn();
@@ -100,6 +111,7 @@ impl Daemon {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
