@@ -1,5 +1,7 @@
-//! Starts the real `mechad` on a temporary socket and data directory, and stops
-//! it with SIGTERM (or, if the bench fails first, kills it on drop).
+//! Starts the real `mechad` on a temporary socket and data directory (with the
+//! bench's two-store configuration, another one, or none: the embedded
+//! default), and stops it with SIGTERM (or, if the bench fails first, kills it
+//! on drop).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,16 @@ metadata: {name: disk}
 spec: {type: state.redb, version: v1, metadata: []}
 ";
 
+/// The module binaries of the embedded default configuration.
+pub const ALL_MODULES: [&str; 6] = [
+    "mecha-mod-state",
+    "mecha-mod-pubsub",
+    "mecha-mod-lock",
+    "mecha-mod-sequencer",
+    "mecha-mod-config",
+    "mecha-mod-secrets",
+];
+
 /// How long mechad may take to start its modules and listen.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// How long mechad may take to drain and exit after SIGTERM.
@@ -44,32 +56,79 @@ impl Daemon {
     /// Like [`Daemon::start`], with `settings` (YAML documents ending in
     /// `---`, e.g. a `kind: Configuration`) placed before the two stores.
     pub fn start_with(bin_dir: &Path, dir: &Path, settings: &str) -> anyhow::Result<Self> {
+        Self::spawn(
+            bin_dir,
+            dir,
+            Some(&format!("{settings}{CONFIG}")),
+            &["mecha-mod-state"],
+        )
+    }
+
+    /// Starts mechad without `--config`, so it runs its embedded default:
+    /// state, pubsub, lock, sequencer, config and secrets on their embedded
+    /// drivers (redb for the first four). Needs every module binary.
+    pub fn start_default(bin_dir: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn(bin_dir, dir, None, &ALL_MODULES)
+    }
+
+    /// Starts mechad with `config` (YAML documents) as its only
+    /// configuration; `modules` are the module binaries it needs.
+    pub fn start_config(
+        bin_dir: &Path,
+        dir: &Path,
+        config: &str,
+        modules: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(bin_dir, dir, Some(config), modules)
+    }
+
+    fn spawn(
+        bin_dir: &Path,
+        dir: &Path,
+        config: Option<&str>,
+        modules: &[&str],
+    ) -> anyhow::Result<Self> {
         let mechad = bin_dir.join("mechad");
-        for binary in [&mechad, &bin_dir.join("mecha-mod-state")] {
+        let needed = std::iter::once(mechad.clone()).chain(modules.iter().map(|m| bin_dir.join(m)));
+        for binary in needed {
             if !binary.is_file() {
                 bail!(
-                    "{} not found; build it with `cargo build --release -p mechad -p mecha-mod-state` \
+                    "{} not found; build it with `cargo build --release -p mechad {}` \
                      or pass --bin-dir",
-                    binary.display()
+                    binary.display(),
+                    modules
+                        .iter()
+                        .map(|m| format!("-p {m}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 );
             }
         }
-        let config = dir.join("mecha.yaml");
-        std::fs::write(&config, format!("{settings}{CONFIG}"))
-            .with_context(|| format!("writing {}", config.display()))?;
         let socket = dir.join("mecha.sock");
-        let child = Command::new(&mechad)
+        let mut command = Command::new(&mechad);
+        command
             .arg("--socket")
             .arg(&socket)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--module-dir")
             .arg(bin_dir)
-            .arg("--config")
-            .arg(&config)
+            // No HTTP endpoint: nothing here reads it, and a fixed port could
+            // clash with another daemon on the machine.
+            .arg("--http")
+            .arg("off")
+            // A MECHA_CONFIG in the caller's environment would replace the
+            // configuration chosen here (or the embedded default).
+            .env_remove("MECHA_CONFIG")
             // Per-request logging would be measured along with the router.
             .env("MECHA_LOG", "warn")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(text) = config {
+            let path = dir.join("mecha.yaml");
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            command.arg("--config").arg(&path);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("spawning {}", mechad.display()))?;
         let mut daemon = Self {

@@ -1,14 +1,17 @@
 //! `mecha-bench`: measures mecha's round trips against the physical floor of
-//! one and two Unix-socket hops, side by side in one run, and how fast a
-//! module serves again after a crash or a hot restart.
+//! one and two Unix-socket hops, side by side in one run; how fast a module
+//! serves again after a crash or a hot restart; pub/sub, lock and sequencer
+//! on the default stores; and state.get from every client library.
 
+mod capabilities;
+mod clients;
 mod daemon;
 mod floor;
 mod mecha;
 mod recovery;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +31,60 @@ enum Cmd {
     /// Time from kill -9 of a module to the first good answer, and errors seen
     /// by a running load during hot restarts and upgrades.
     Recovery(RecoveryArgs),
+    /// Pub/sub, lock and sequencer latency and throughput on the embedded
+    /// default config's stores (plus pubsub.memory and segmentSize 1).
+    Capabilities(CapabilitiesArgs),
+    /// state.get from the Rust, C, Go and Python clients against one daemon,
+    /// and the size of each client library. Needs cc, go and python3; a
+    /// client whose toolchain is missing is skipped.
+    Clients(ClientsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CapabilitiesArgs {
+    /// Few operations per scenario: a smoke run of seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed operations per scenario (default 5000, or 500 with --quick).
+    #[arg(long, value_name = "N")]
+    ops: Option<usize>,
+    /// Size of each published message.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad and the module binaries are. Default: beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientsArgs {
+    /// Fewer gets per client: a smoke run of seconds (plus the builds).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed gets per client and round (default 10000, or 2000 with --quick).
+    #[arg(long, value_name = "N")]
+    ops: Option<usize>,
+    /// Rounds; each runs every client once, in turn (default 3, or 1 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Size of the value read.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad, the module binaries and libmecha.{a,so} are. Default:
+    /// beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// The mecha source tree (for clients/ and abi/). Default: the one
+    /// mecha-bench was built from.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,7 +115,7 @@ struct RecoveryArgs {
     /// (default 10, or 3 with --quick).
     #[arg(long, value_name = "N")]
     upgrades: Option<usize>,
-    /// Fewer kills and restarts: a smoke run of about 20 s.
+    /// Fewer kills and restarts: a smoke run of about 30 s.
     #[arg(long)]
     quick: bool,
     /// Also write the results as JSON to this file.
@@ -85,6 +142,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare(args),
         Cmd::Recovery(args) => recovery(args),
+        Cmd::Capabilities(args) => capabilities(args),
+        Cmd::Clients(args) => clients(args),
     }
 }
 
@@ -98,6 +157,63 @@ fn bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .context("mecha-bench has no parent directory")?
             .to_path_buf()),
     }
+}
+
+/// `ops` timed operations (default `full`, or `quick` with --quick) and a
+/// tenth of them as warm-up.
+fn plan(ops: Option<usize>, quick: bool, full: usize, small: usize, payload: usize) -> Plan {
+    let ops = ops.unwrap_or(if quick { small } else { full }).max(1);
+    Plan {
+        ops,
+        warmup: (ops / 10).max(1),
+        payload,
+    }
+}
+
+fn capabilities(args: CapabilitiesArgs) -> anyhow::Result<()> {
+    let plan = plan(args.ops, args.quick, 5_000, 500, args.payload);
+    let bin_dir = bin_dir(args.bin_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let rows = runtime.block_on(capabilities::run(&bin_dir, &plan))?;
+    print!("{}", capabilities::markdown(&rows));
+    println!(
+        "\nOne operation at a time except the \"{} in flight\" rows, whose latencies include \
+         queueing: compare their ops_per_sec.",
+        capabilities::IN_FLIGHT
+    );
+    if let Some(path) = &args.json {
+        capabilities::write_json(path, &rows)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn clients(args: ClientsArgs) -> anyhow::Result<()> {
+    let plan = plan(args.ops, args.quick, 10_000, 2_000, args.payload);
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let bin_dir = bin_dir(args.bin_dir)?
+        .canonicalize()
+        .context("resolving the binary directory")?;
+    let repo = match args.repo {
+        Some(dir) => dir,
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("benches/ has no parent directory")?
+            .to_path_buf(),
+    };
+    let repo = repo
+        .canonicalize()
+        .with_context(|| format!("resolving {}", repo.display()))?;
+    let results = clients::run(&bin_dir, &repo, &plan, rounds)?;
+    print!("{}", clients::markdown(&results));
+    if let Some(path) = &args.json {
+        clients::write_json(path, &results)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {

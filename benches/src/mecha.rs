@@ -116,7 +116,12 @@ async fn prefill(
 }
 
 /// One get that must return a value of the expected size.
-async fn get_checked(client: &Client, store: &str, key: &str, size: usize) -> anyhow::Result<()> {
+pub async fn get_checked(
+    client: &Client,
+    store: &str,
+    key: &str,
+    size: usize,
+) -> anyhow::Result<()> {
     match client.get(store, key).await {
         Ok(Some(entry)) if entry.value.len() == size => Ok(()),
         Ok(Some(entry)) => bail!(
@@ -129,7 +134,7 @@ async fn get_checked(client: &Client, store: &str, key: &str, size: usize) -> an
 }
 
 /// Runs `op(i)` one at a time: the warm-up unmeasured, then `plan.ops` timed.
-async fn sequential<F, Fut>(name: &str, plan: &Plan, mut op: F) -> anyhow::Result<Outcome>
+pub async fn sequential<F, Fut>(name: &str, plan: &Plan, mut op: F) -> anyhow::Result<Outcome>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,

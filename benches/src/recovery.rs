@@ -150,34 +150,52 @@ async fn measure(
         .with_retries(RetryPolicy::disabled())
         .with_timeout(PROBE_TIMEOUT);
 
-    let fresh = kill_series(&admin, &probe, plan.kills, true).await?;
-    let consecutive = kill_series(&admin, &probe, plan.kills, false).await?;
+    let fresh = kill_series(&admin, &probe, plan.kills, Before::HotRestart).await?;
+    let consecutive = kill_series(&admin, &probe, plan.kills, Before::Nothing).await?;
+    // Right after the consecutive kills, so the backoff starts at its cap:
+    // only the healthy run can make these restarts immediate.
+    let healthy = kill_series(&admin, &probe, plan.kills, Before::HealthyRun).await?;
     let hot = hot_restarts(socket, &admin, plan.upgrades, original, copy).await?;
     Ok(Results {
-        kill_series: vec![fresh, consecutive],
+        kill_series: vec![fresh, consecutive, healthy],
         hot,
     })
 }
 
+/// What comes before each kill of a series.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Before {
+    /// A hot restart, which resets the daemon's restart backoff: every kill
+    /// is a first crash.
+    HotRestart,
+    /// Nothing: the kills follow one another as in a crash loop, and the
+    /// daemon's backoff doubles with every crash (up to 5 s).
+    Nothing,
+    /// A wait until the instance has run longer than the restart window:
+    /// the daemon counts that as a healthy run and restarts at once, however
+    /// long its backoff had grown.
+    HealthyRun,
+}
+
+/// How long the instance runs before a `Before::HealthyRun` kill: longer
+/// than `restartWindowSecs` (1 s in `SETTINGS`), counted from when STATUS
+/// first shows it, which is after it started.
+const HEALTHY_RUN: Duration = Duration::from_millis(1250);
+
 /// `kills` times: kill -9 the module and time the first good get after it.
-///
-/// With `reset`, every kill follows a hot restart, which resets the daemon's
-/// restart backoff to its first step (20 ms): each kill is then a first
-/// crash. Without it the kills follow one another, as in a crash loop, and
-/// the daemon's backoff doubles with every crash (up to 5 s).
 async fn kill_series(
     admin: &Client,
     probe: &Client,
     kills: usize,
-    reset: bool,
+    before: Before,
 ) -> anyhow::Result<KillSeries> {
-    let name = if reset {
-        "kill -9, backoff reset before each kill"
-    } else {
-        "kill -9, consecutive kills"
+    let name = match before {
+        Before::HotRestart => "kill -9, backoff reset before each kill",
+        Before::Nothing => "kill -9, consecutive kills",
+        Before::HealthyRun => "kill -9 after a 1.25 s run (> restartWindowSecs)",
     };
     eprintln!("[mecha-bench] {name}: {kills} kills ...");
-    if !reset {
+    if before == Before::Nothing {
         // Starts the escalation at its first step, whatever ran before.
         admin
             .module_restart(MODULE, None)
@@ -187,13 +205,16 @@ async fn kill_series(
     let mut samples = Vec::with_capacity(kills);
     let mut failed_probes = BTreeMap::new();
     for i in 1..=kills {
-        if reset {
+        if before == Before::HotRestart {
             admin
                 .module_restart(MODULE, None)
                 .await
                 .context("hot restart to reset the restart backoff")?;
         }
         let pid = running_pid(admin, None).await?;
+        if before == Before::HealthyRun {
+            tokio::time::sleep(HEALTHY_RUN).await;
+        }
         // The victim must have its store open, as a serving module would: on
         // a hot restart the new instance opens the redb file on first use.
         check_probe(admin.get(STORE, PROBE_KEY).await).context("probe before the kill")?;
