@@ -1,6 +1,11 @@
 //! Hostile and malformed input against the real mechad (SPEC.md §4, §6): every
 //! case checks the exact answer, whether the connection stays open, and that
 //! the daemon keeps serving other connections afterwards.
+//!
+//! Each case is a function over a running daemon. It runs as its own test on
+//! a fresh daemon, and all of them run again in sequence on one daemon in
+//! `memory_stays_bounded_through_the_whole_hostile_run`, which checks that
+//! the daemon's RSS stays bounded through the whole hostile run.
 
 mod common;
 
@@ -8,11 +13,14 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use common::{error_message, Daemon, Raw};
+use common::{error_message, wait_until, Daemon, Raw};
 use mecha_abi::msg::{
-    BulkSetRequest, ErrorBody, GetRequest, Hello, SetItem, SetReply, SetRequest, StateEntry,
+    BulkGetReply, BulkGetRequest, BulkSetRequest, DeleteItem, DeleteReply, DeleteRequest,
+    ErrorBody, GetRequest, Hello, NextIdRequest, SetItem, SetReply, SetRequest, StateEntry,
+    TransactRequest, TryLockReply, TryLockRequest, TxOp, UnlockReply, UnlockRequest, UnlockStatus,
 };
 use mecha_abi::{Flags, Header, Opcode, Status, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC};
 
@@ -152,7 +160,10 @@ fn assert_daemon_alive(d: &Daemon) {
 
 #[test]
 fn bad_magic_is_answered_once_with_id_zero_then_closed() {
-    let d = Daemon::start();
+    bad_magic(&Daemon::start());
+}
+
+fn bad_magic(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let mut frame = req(0x0002, 9).encode().to_vec();
     frame[..4].copy_from_slice(b"MCHX");
@@ -204,14 +215,17 @@ fn bad_magic_is_answered_once_with_id_zero_then_closed() {
     assert!(error_message(&p).contains("magic"));
     assert_closed(&mut raw);
 
-    assert_serves_others(&d, "bad-magic");
+    assert_serves_others(d, "bad-magic");
 }
 
 // ---------------------------------------------------------------- §6.1 / §6.5 versions
 
 #[test]
 fn frame_with_another_version_is_unsupported_and_connection_stays_open() {
-    let d = Daemon::start();
+    frame_version(&Daemon::start());
+}
+
+fn frame_version(d: &Daemon) {
     let (mut raw, reply) = Raw::hello(&d.socket);
     assert_eq!(reply.version, 1);
     raw_set(&mut raw, 2, "versioned", b"v1");
@@ -235,12 +249,15 @@ fn frame_with_another_version_is_unsupported_and_connection_stays_open() {
     // The payload was read and discarded: the stream is still in sync.
     assert_still_open(&mut raw, 4);
     assert_eq!(raw_get(&mut raw, 5, "versioned").unwrap().value, b"v1");
-    assert_serves_others(&d, "frame-version");
+    assert_serves_others(d, "frame-version");
 }
 
 #[test]
 fn hello_without_a_common_version_is_unsupported_then_closed() {
-    let d = Daemon::start();
+    hello_version(&Daemon::start());
+}
+
+fn hello_version(d: &Daemon) {
     let mut raw = Raw::connect(&d.socket);
     let message = expect_error(
         &mut raw,
@@ -273,14 +290,17 @@ fn hello_without_a_common_version_is_unsupported_then_closed() {
     assert_eq!(reply.max_frame, DEFAULT_MAX_FRAME);
     assert_still_open(&mut raw, 2);
 
-    assert_serves_others(&d, "hello-version");
+    assert_serves_others(d, "hello-version");
 }
 
 // ---------------------------------------------------------------- §6.6 opcodes
 
 #[test]
 fn unknown_and_link_opcodes_are_unknown_opcode_and_connection_stays_open() {
-    let d = Daemon::start();
+    unknown_opcodes(&Daemon::start());
+}
+
+fn unknown_opcodes(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let opcodes = [
         0x7701u16, 0xF001, 0xF002, 0xF003, 0x0000, 0x0007, 0x0107, 0xFFFF,
@@ -301,14 +321,17 @@ fn unknown_and_link_opcodes_are_unknown_opcode_and_connection_stays_open() {
         );
         assert_still_open(&mut raw, 100 + id);
     }
-    assert_serves_others(&d, "opcodes");
+    assert_serves_others(d, "opcodes");
 }
 
 // ---------------------------------------------------------------- §6.4 frame too large
 
 #[test]
 fn oversized_payload_len_is_resource_exhausted_then_closed() {
-    let d = Daemon::start();
+    oversized_length(&Daemon::start());
+}
+
+fn oversized_length(d: &Daemon) {
     let (mut raw, reply) = Raw::hello(&d.socket);
     assert_eq!(reply.max_frame, DEFAULT_MAX_FRAME);
     let mut h = req(0x0102, 77);
@@ -356,14 +379,17 @@ fn oversized_payload_len_is_resource_exhausted_then_closed() {
     let (status, body) = raw.call(req(0x0102, 4), &payload);
     assert_eq!(status, Status::Ok, "{}", error_message(&body));
 
-    assert_serves_others(&d, "oversized");
+    assert_serves_others(d, "oversized");
 }
 
 // ---------------------------------------------------------------- §6.7 undecodable payloads
 
 #[test]
 fn undecodable_state_payloads_are_invalid_argument_and_nothing_is_lost() {
-    let d = Daemon::start();
+    undecodable_payloads(&Daemon::start());
+}
+
+fn undecodable_payloads(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let etag = raw_set(&mut raw, 1, "keep", b"original");
 
@@ -426,25 +452,31 @@ fn undecodable_state_payloads_are_invalid_argument_and_nothing_is_lost() {
     let entry = raw_get(&mut raw, 15, "keep").expect("keep survives");
     assert_eq!(entry.value, b"original");
     assert_eq!(entry.etag, etag, "no write happened: the ETag is unchanged");
-    assert_serves_others(&d, "undecodable");
+    assert_serves_others(d, "undecodable");
 }
 
 #[test]
 fn undecodable_hello_is_invalid_argument_then_closed() {
-    let d = Daemon::start();
+    undecodable_hello(&Daemon::start());
+}
+
+fn undecodable_hello(d: &Daemon) {
     let mut raw = Raw::connect(&d.socket);
     let mut payload = hello_payload(1, 1);
     payload.push(0);
     expect_error(&mut raw, req(0x0001, 1), &payload, Status::InvalidArgument);
     assert_closed(&mut raw);
-    assert_serves_others(&d, "bad-hello");
+    assert_serves_others(d, "bad-hello");
 }
 
 // ---------------------------------------------------------------- §6.1 handshake order
 
 #[test]
 fn first_frame_not_hello_is_invalid_argument_then_closed() {
-    let d = Daemon::start();
+    first_frame_not_hello(&Daemon::start());
+}
+
+fn first_frame_not_hello(d: &Daemon) {
     let mut raw = Raw::connect(&d.socket);
     // Two frames in one write: the second is discarded unanswered.
     let mut burst = mecha_abi::encode_frame(req(0x0002, 5), &[]).unwrap();
@@ -483,14 +515,17 @@ fn first_frame_not_hello_is_invalid_argument_then_closed() {
     );
     assert_still_open(&mut raw, 3);
 
-    assert_serves_others(&d, "not-hello");
+    assert_serves_others(d, "not-hello");
 }
 
 // ---------------------------------------------------------------- §6.5 header bits
 
 #[test]
 fn bad_header_bits_are_invalid_argument_and_connection_stays_open() {
-    let d = Daemon::start();
+    bad_header_bits(&Daemon::start());
+}
+
+fn bad_header_bits(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let etag = raw_set(&mut raw, 1, "keep", b"original");
 
@@ -538,14 +573,17 @@ fn bad_header_bits_are_invalid_argument_and_connection_stays_open() {
     );
     assert_still_open(&mut raw, 3);
 
-    assert_serves_others(&d, "header-bits");
+    assert_serves_others(d, "header-bits");
 }
 
 // ---------------------------------------------------------------- §6.9 truncated frames
 
 #[test]
 fn truncated_frames_and_abandoned_connections_do_not_hurt_the_daemon() {
-    let d = Daemon::start();
+    truncated_frames(&Daemon::start());
+}
+
+fn truncated_frames(d: &Daemon) {
     // EOF inside a payload.
     {
         let (mut raw, _) = Raw::hello(&d.socket);
@@ -598,14 +636,17 @@ fn truncated_frames_and_abandoned_connections_do_not_hurt_the_daemon() {
             "every PING is answered after half-close"
         );
     }
-    assert_serves_others(&d, "truncated");
+    assert_serves_others(d, "truncated");
 }
 
 // ---------------------------------------------------------------- pipelining
 
 #[test]
 fn pipelined_burst_with_bad_frames_is_answered_by_id() {
-    let d = Daemon::start();
+    pipelined_burst(&Daemon::start());
+}
+
+fn pipelined_burst(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     const ROUNDS: u32 = 60;
     let mut burst = Vec::new();
@@ -664,7 +705,7 @@ fn pipelined_burst_with_bad_frames_is_answered_by_id() {
             .unwrap_or_else(|| panic!("{key} was written"));
         assert_eq!(entry.value, key.as_bytes());
     }
-    assert_serves_others(&d, "burst");
+    assert_serves_others(d, "burst");
 }
 
 // ---------------------------------------------------------------- fuzz
@@ -787,7 +828,10 @@ fn check_responses(i: usize, mut bytes: &[u8]) -> Vec<Status> {
 
 #[test]
 fn random_byte_blobs_do_not_break_the_daemon() {
-    let mut d = Daemon::start();
+    random_blobs(&Daemon::start());
+}
+
+fn random_blobs(d: &Daemon) {
     let client = d.client();
     client
         .set("", "fuzz-canary", b"alive".to_vec(), Default::default())
@@ -834,15 +878,7 @@ fn random_byte_blobs_do_not_break_the_daemon() {
         );
     }
 
-    assert!(
-        d.child
-            .as_mut()
-            .unwrap()
-            .try_wait()
-            .expect("try_wait")
-            .is_none(),
-        "mechad exited during the fuzz loop"
-    );
+    assert_daemon_alive(d);
     let client = d.client();
     client.ping().unwrap();
     let entry = client
@@ -862,14 +898,17 @@ fn random_byte_blobs_do_not_break_the_daemon() {
         "the state module was not restarted by fuzzed payloads"
     );
     assert_eq!(state.restarts, 0);
-    assert_serves_others(&d, "fuzz");
+    assert_serves_others(d, "fuzz");
 }
 
 // ---------------------------------------------------------------- §7.2 field rules
 
 #[test]
 fn empty_key_and_zero_ttl_are_invalid_argument() {
-    let d = Daemon::start();
+    empty_key_and_zero_ttl(&Daemon::start());
+}
+
+fn empty_key_and_zero_ttl(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
 
     expect_error(
@@ -911,14 +950,17 @@ fn empty_key_and_zero_ttl_are_invalid_argument() {
         "the bulk write is atomic"
     );
     assert_still_open(&mut raw, 7);
-    assert_serves_others(&d, "field-rules");
+    assert_serves_others(d, "field-rules");
 }
 
 /// SPEC.md §7.2: "a name that is not a configured state component is answered
 /// NOT_FOUND with a message naming the store" (for every state operation).
 #[test]
 fn unknown_store_is_invalid_argument_naming_the_store() {
-    let d = Daemon::start();
+    unknown_store(&Daemon::start());
+}
+
+fn unknown_store(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let msg = expect_error(
         &mut raw,
@@ -944,5 +986,1026 @@ fn unknown_store_is_invalid_argument_naming_the_store() {
     let (status, body) = raw.call(req(0x0102, 3), &set_payload("statestore", "k", b"v"));
     assert_eq!(status, Status::Ok, "{}", error_message(&body));
     assert_still_open(&mut raw, 4);
-    assert_serves_others(&d, "unknown-store");
+    assert_serves_others(d, "unknown-store");
+}
+
+// ---------------------------------------------------------------- process helpers
+
+/// Serialises the cases that open thousands of descriptors in this test
+/// process, so two of them running in parallel cannot exhaust its limit.
+static FD_HEAVY: Mutex<()> = Mutex::new(());
+
+fn fd_heavy() -> MutexGuard<'static, ()> {
+    // A failed heavy case must not fail the others with a poisoned lock.
+    FD_HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Descriptors kept free for the rest of this test process: other tests'
+/// daemons, pipes and connections, and the harness.
+const FD_RESERVE: usize = 1_000;
+
+/// Raises this process's RLIMIT_NOFILE soft limit to `want` (and the hard
+/// limit too when allowed, as root), or as far as the hard limit allows.
+/// Daemons started afterwards inherit it. Returns the soft limit now in force.
+fn raise_fd_limit(want: u64) -> u64 {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut now), 0);
+        if now.rlim_cur >= want {
+            return now.rlim_cur;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: now.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        let to_hard = libc::rlimit {
+            rlim_cur: now.rlim_max,
+            rlim_max: now.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &to_hard), 0);
+        now.rlim_max
+    }
+}
+
+/// A line of `/proc/<pid>/status` such as `VmRSS:   12345 kB`, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn rss_kib(d: &Daemon) -> u64 {
+    proc_status_kib(d.pid(), "VmRSS")
+}
+
+/// Descriptors the daemon has open: a leaked connection keeps its socket.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc fd dir")
+        .count()
+}
+
+/// The soft RLIMIT_NOFILE of another process, from /proc.
+fn fd_limit_of(pid: u32) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|soft| soft.parse().ok())
+        .expect("a numeric soft limit")
+}
+
+/// Waits until the daemon has closed every connection a case opened: its
+/// descriptor count is back to `baseline` (give or take `slack`).
+fn wait_for_fds(d: &Daemon, baseline: usize, slack: usize, what: &str) {
+    wait_until(Duration::from_secs(30), what, || {
+        open_fds(d.pid()) <= baseline + slack
+    });
+}
+
+/// Like `Raw::recv`, but `None` when nothing arrives within `limit`.
+fn recv_within(raw: &mut Raw, limit: Duration) -> Option<(Header, Vec<u8>)> {
+    raw.stream.set_read_timeout(Some(limit)).unwrap();
+    let mut head = [0u8; HEADER_LEN];
+    let got = match raw.stream.read_exact(&mut head) {
+        Ok(()) => {
+            let h = Header::decode(&head, u32::MAX).expect("valid header");
+            let mut payload = vec![0u8; h.payload_len as usize];
+            raw.stream.read_exact(&mut payload).expect("payload");
+            Some((h, payload))
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("reading a frame: {e}"),
+    };
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    got
+}
+
+fn frame(opcode: u16, id: u32, payload: &[u8]) -> Vec<u8> {
+    mecha_abi::encode_frame(req(opcode, id), payload).expect("encode frame")
+}
+
+fn try_lock_payload(resource: &str, owner: &str, wait_ms: u64) -> Vec<u8> {
+    mecha_abi::encode(&TryLockRequest {
+        store: String::new(),
+        resource: resource.into(),
+        owner: owner.into(),
+        ttl_ms: 60_000,
+        wait_ms,
+    })
+    .expect("encode TryLockRequest")
+}
+
+// ---------------------------------------------------------------- zero-length frames
+
+#[test]
+fn zero_length_frames_are_invalid_argument_where_a_payload_is_needed() {
+    zero_length_frames(&Daemon::start());
+}
+
+/// payload_len 0 for every opcode whose request type is not empty: an empty
+/// payload is undecodable (§6.7), so INVALID_ARGUMENT and the connection stays
+/// open — whether the daemon (STREAM_CANCEL, MODULE_RESTART) or a module
+/// decodes it. Opcodes with an empty request (PING) answer OK, also in a
+/// pipelined burst; a zero-length HELLO is undecodable, so INVALID_ARGUMENT
+/// and the connection is closed (§6.1).
+fn zero_length_frames(d: &Daemon) {
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let needs_payload = [
+        Opcode::MODULE_RESTART,
+        Opcode::STREAM_CANCEL,
+        Opcode::STATE_GET,
+        Opcode::STATE_SET,
+        Opcode::STATE_DELETE,
+        Opcode::STATE_BULK_GET,
+        Opcode::STATE_BULK_SET,
+        Opcode::STATE_TRANSACT,
+        Opcode::PUBSUB_PUBLISH,
+        Opcode::PUBSUB_SUBSCRIBE,
+        Opcode::PUBSUB_ACK,
+        Opcode::LOCK_TRY_LOCK,
+        Opcode::LOCK_UNLOCK,
+        Opcode::LOCK_EXTEND,
+        Opcode::SEQ_NEXT,
+        Opcode::CONFIG_GET,
+        Opcode::CONFIG_SUBSCRIBE,
+        Opcode::CONFIG_SET,
+        Opcode::SECRET_GET,
+        Opcode::SECRET_BULK_GET,
+    ];
+    for (i, opcode) in needs_payload.into_iter().enumerate() {
+        let id = 10 + i as u32;
+        let msg = expect_error(
+            &mut raw,
+            Header::request(opcode, id),
+            &[],
+            Status::InvalidArgument,
+        );
+        assert!(!msg.is_empty(), "{opcode}: the message explains");
+        assert_still_open(&mut raw, 100 + id);
+    }
+
+    // Many empty frames in one write are each answered, by id.
+    let burst: Vec<u8> = (1000..1200).flat_map(|id| frame(0x0002, id, &[])).collect();
+    raw.send_bytes(&burst);
+    let mut ids: Vec<u32> = (0..200)
+        .map(|_| {
+            let (h, body) = raw.recv().expect("a PING answer");
+            assert_eq!(Status::from_code(h.status), Status::Ok);
+            assert!(body.is_empty());
+            h.request_id
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1000..1200).collect::<Vec<_>>());
+
+    let mut raw = Raw::connect(&d.socket);
+    expect_error(&mut raw, req(0x0001, 1), &[], Status::InvalidArgument);
+    assert_closed(&mut raw);
+    assert_serves_others(d, "zero-length");
+}
+
+// ---------------------------------------------------------------- reused request ids
+
+#[test]
+fn a_request_id_reused_while_in_flight_is_answered_twice_in_completion_order() {
+    reused_request_id(&Daemon::start());
+}
+
+/// Two LOCK_TRY_LOCK requests with the same id, both waiting in the lock
+/// module at once. The daemon gives every forwarded request its own link id,
+/// so the two never mix: each is answered once, with the reused id, in the
+/// order they complete (here the second first). The id only lets a client
+/// match answers; reusing one in flight makes its answers ambiguous to the
+/// client, not to the daemon.
+fn reused_request_id(d: &Daemon) {
+    let holder = d.client();
+    let lease = Duration::from_secs(60);
+    for resource in ["reuse-a", "reuse-b"] {
+        assert!(
+            holder
+                .try_lock("", resource, "holder", lease, None)
+                .unwrap()
+                .is_some(),
+            "{resource} is free"
+        );
+    }
+    let (mut raw, _) = Raw::hello(&d.socket);
+    const ID: u32 = 7;
+    // reuse-a is never released: answered `acquired = false` after its wait.
+    raw.send(
+        req(0x0301, ID),
+        &try_lock_payload("reuse-a", "reuser", 3_000),
+    );
+    // reuse-b is released below: granted long before reuse-a gives up.
+    raw.send(
+        req(0x0301, ID),
+        &try_lock_payload("reuse-b", "reuser", 4_000),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        holder.unlock("", "reuse-b", "holder").unwrap(),
+        UnlockStatus::Success
+    );
+    let answers: Vec<TryLockReply> = (0..2)
+        .map(|_| {
+            let (h, body) = raw.recv().expect("both requests are answered");
+            assert_eq!((h.request_id, h.opcode), (ID, Opcode::LOCK_TRY_LOCK));
+            let status = Status::from_code(h.status);
+            assert_eq!(status, Status::Ok, "{}", error_message(&body));
+            mecha_abi::decode(&body).expect("TryLockReply")
+        })
+        .collect();
+    assert!(answers[0].acquired, "first answer: reuse-b was granted");
+    assert!(
+        !answers[1].acquired,
+        "second answer: reuse-a's wait ran out"
+    );
+    assert_eq!(answers[1].fencing_token, 0);
+    // Nothing else arrives for the id.
+    assert!(recv_within(&mut raw, Duration::from_millis(200)).is_none());
+
+    assert_eq!(
+        holder.unlock("", "reuse-a", "holder").unwrap(),
+        UnlockStatus::Success
+    );
+    let unlock = mecha_abi::encode(&UnlockRequest {
+        store: String::new(),
+        resource: "reuse-b".into(),
+        owner: "reuser".into(),
+    })
+    .unwrap();
+    let (status, body) = raw.call(req(0x0302, 8), &unlock);
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+    let reply: UnlockReply = mecha_abi::decode(&body).unwrap();
+    assert_eq!(reply.status, UnlockStatus::Success, "reuser held reuse-b");
+    assert_still_open(&mut raw, 9);
+    assert_serves_others(d, "reused-id");
+}
+
+// ---------------------------------------------------------------- idle connections
+
+/// How many idle connections the case opens when the limits allow.
+const IDLE_WANTED: usize = 10_000;
+/// The least the case accepts to be meaningful.
+const IDLE_MINIMUM: usize = 5_000;
+
+#[test]
+fn ten_thousand_idle_connections_do_not_stop_a_normal_client() {
+    let _heavy = fd_heavy();
+    raise_fd_limit((IDLE_WANTED + FD_RESERVE) as u64);
+    idle_connections(&Daemon::start());
+}
+
+/// Up to 10,000 connections held open and idle — half after HELLO (a
+/// long-lived client between requests), half before sending a byte. The
+/// daemon keeps them all (idle connections are never timed out), a normal
+/// client is still served, idle ones at both ends still answer, and closing
+/// them all gives every descriptor back.
+///
+/// Must run with [`FD_HEAVY`] held, on a daemon started after
+/// [`raise_fd_limit`].
+fn idle_connections(d: &Daemon) {
+    let pid = d.pid();
+    let baseline_fds = open_fds(pid);
+    let ours = raise_fd_limit((IDLE_WANTED + FD_RESERVE) as u64) as usize;
+    let n = IDLE_WANTED
+        .min(ours.saturating_sub(FD_RESERVE + open_fds(std::process::id())))
+        .min(fd_limit_of(pid).saturating_sub(baseline_fds + 100));
+    assert!(
+        n >= IDLE_MINIMUM,
+        "RLIMIT_NOFILE allows only {n} idle connections (this process: {ours}, mechad: {}); \
+         the case needs {IDLE_MINIMUM}: raise the hard limit (ulimit -Hn) or run as root",
+        fd_limit_of(pid)
+    );
+    let rss_before = rss_kib(d);
+
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut raw = Raw::connect(&d.socket);
+        if i % 2 == 0 {
+            raw.send(req(0x0001, 1), &hello_payload(1, 1));
+        }
+        idle.push(raw);
+    }
+    // The answers are read only now, so the daemon holds every connection
+    // (and every queued HELLO) at once.
+    for raw in idle.iter_mut().step_by(2) {
+        let (h, body) = raw.recv().expect("a HELLO answer");
+        assert_eq!(
+            Status::from_code(h.status),
+            Status::Ok,
+            "{}",
+            error_message(&body)
+        );
+    }
+    // Slack: connections of an earlier case may still have been closing when
+    // the baseline was taken.
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon to accept every connection",
+        || open_fds(pid) + 16 >= baseline_fds + n,
+    );
+    let rss_idle = rss_kib(d);
+    let per_connection = rss_idle.saturating_sub(rss_before) as f64 / n as f64;
+    eprintln!(
+        "{n} idle connections: mechad VmRSS {rss_before} KiB -> {rss_idle} KiB \
+         ({per_connection:.1} KiB per connection)"
+    );
+    assert!(
+        per_connection <= IDLE_CONNECTION_BOUND_KIB as f64,
+        "an idle connection costs mechad {per_connection:.1} KiB \
+         (bound: {IDLE_CONNECTION_BOUND_KIB} KiB)"
+    );
+
+    assert_serves_others(d, "idle");
+    assert_still_open(&mut idle[0], 2);
+    let last_hello = (n - 1) & !1;
+    assert_still_open(&mut idle[last_hello], 2);
+    // One that never sent a byte can still start.
+    let (status, body) = idle[1].call(req(0x0001, 1), &hello_payload(1, 1));
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+
+    drop(idle);
+    wait_for_fds(
+        d,
+        baseline_fds,
+        2,
+        "the daemon to close the idle connections",
+    );
+    assert_serves_others(d, "idle-after");
+}
+
+// ---------------------------------------------------------------- descriptor exhaustion
+
+/// Restores a process's RLIMIT_NOFILE when dropped, also when a check fails.
+struct FdLimitGuard {
+    pid: libc::pid_t,
+    old: libc::rlimit,
+}
+
+impl FdLimitGuard {
+    /// Lowers `pid`'s soft limit to `soft`, keeping its hard limit.
+    fn lower(pid: u32, soft: u64) -> Self {
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit reads `new` and writes `old`, both valid structs.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+        assert_eq!(rc, 0, "reading mechad's RLIMIT_NOFILE");
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: as above.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+        assert_eq!(
+            rc,
+            0,
+            "lowering mechad's RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+        Self { pid, old }
+    }
+}
+
+impl Drop for FdLimitGuard {
+    fn drop(&mut self) {
+        // SAFETY: prlimit reads `old`, a valid struct.
+        unsafe {
+            libc::prlimit(
+                self.pid,
+                libc::RLIMIT_NOFILE,
+                &self.old,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
+#[test]
+fn out_of_descriptors_new_connections_wait_and_established_ones_are_served() {
+    out_of_descriptors(&Daemon::start());
+}
+
+/// The daemon's descriptor limit is lowered (prlimit) to what it has open
+/// plus 32. Connections beyond it are not accepted: the accept loop logs
+/// EMFILE and retries every 50 ms, so a new connection waits in the listen
+/// backlog unanswered — it is not refused with a status. The daemon does not
+/// crash, every established connection (and the module links) keeps working,
+/// and as soon as descriptors are freed the waiting connection is accepted
+/// and its HELLO answered.
+fn out_of_descriptors(d: &Daemon) {
+    let pid = d.pid();
+    let (mut first, _) = Raw::hello(&d.socket);
+    let tight = FdLimitGuard::lower(pid, open_fds(pid) as u64 + 32);
+
+    let mut served = Vec::new();
+    let mut waiting = None;
+    for _ in 0..200 {
+        // connect() succeeds while the listen backlog has room.
+        let mut raw = Raw::connect(&d.socket);
+        raw.send(req(0x0001, 1), &hello_payload(1, 1));
+        match recv_within(&mut raw, Duration::from_millis(500)) {
+            Some((h, _)) => {
+                assert_eq!(Status::from_code(h.status), Status::Ok);
+                served.push(raw);
+            }
+            None => {
+                waiting = Some(raw);
+                break;
+            }
+        }
+    }
+    let mut waiting = waiting.expect("a connection beyond the descriptor limit is not served");
+    assert!(
+        !served.is_empty(),
+        "connections up to the limit were served"
+    );
+    assert_daemon_alive(d);
+
+    // Established connections, and the link to the state module, still work.
+    assert_still_open(&mut first, 2);
+    let etag = raw_set(&mut first, 3, "fd-limit", b"still served");
+    assert_eq!(raw_get(&mut first, 4, "fd-limit").unwrap().etag, etag);
+    for raw in served.iter_mut().take(3) {
+        assert_still_open(raw, 2);
+    }
+
+    // Closing a few connections frees descriptors: the waiting one gets in.
+    served.truncate(served.len().saturating_sub(8));
+    let (h, body) = recv_within(&mut waiting, Duration::from_secs(10))
+        .expect("the waiting connection is served once descriptors are free");
+    assert_eq!(
+        Status::from_code(h.status),
+        Status::Ok,
+        "{}",
+        error_message(&body)
+    );
+    assert_still_open(&mut waiting, 2);
+
+    drop(tight);
+    drop((served, waiting, first));
+    assert_serves_others(d, "fd-limit");
+}
+
+// ---------------------------------------------------------------- half a frame, then silence
+
+/// The partial-frame timeout the tests run the daemon with (the real one is
+/// `PARTIAL_FRAME_TIMEOUT`, 10 s).
+const SHORT_PARTIAL_MS: u64 = 600;
+
+/// A daemon whose partial-frame timeout is [`SHORT_PARTIAL_MS`]: started
+/// normally, then restarted on the same paths with the test-only variable
+/// `MECHA_PARTIAL_FRAME_TIMEOUT_MS` (the harness offers no other way to add
+/// an environment variable).
+fn start_with_short_partial_timeout() -> Daemon {
+    let mut d = Daemon::start();
+    let status = d.stop();
+    assert!(status.success(), "mechad exited with {status}");
+    let mut cmd = d.command();
+    cmd.env(
+        "MECHA_PARTIAL_FRAME_TIMEOUT_MS",
+        SHORT_PARTIAL_MS.to_string(),
+    );
+    d.child = Some(cmd.spawn().expect("respawning mechad"));
+    let socket = d.socket.clone();
+    wait_until(Duration::from_secs(20), "mechad to listen again", || {
+        UnixStream::connect(&socket).is_ok()
+    });
+    d
+}
+
+#[test]
+fn half_a_frame_then_silence_is_disconnected_after_the_timeout() {
+    half_frame_then_silence(&start_with_short_partial_timeout());
+}
+
+/// A frame must be complete within the partial-frame timeout of its first
+/// byte (SPEC §6.9): half a header, or a header and part of its payload, then
+/// silence, is closed without an answer once the timeout passes — after the
+/// answers to earlier requests have been written. A trickle of bytes does not
+/// extend it (the limit is per frame, not per read). Idle connections, before
+/// or after HELLO, are never timed out, and a frame arriving in pieces within
+/// the limit is served. Needs a daemon from [`start_with_short_partial_timeout`].
+fn half_frame_then_silence(d: &Daemon) {
+    let limit = Duration::from_millis(SHORT_PARTIAL_MS);
+    // Idle from the start; checked at the end, several timeouts later.
+    let (mut idle_after_hello, _) = Raw::hello(&d.socket);
+    let mut idle_before_hello = Raw::connect(&d.socket);
+    let idle_since = Instant::now();
+
+    // A PING, then half of the next header.
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let mut bytes = frame(0x0002, 2, &[]);
+    bytes.extend_from_slice(&req(0x0002, 3).encode()[..10]);
+    let start = Instant::now();
+    raw.send_bytes(&bytes);
+    let (h, _) = raw.recv().expect("the PING before the partial frame");
+    assert_eq!((h.request_id, h.opcode), (2, Opcode::PING));
+    assert_closed(&mut raw);
+    let waited = start.elapsed();
+    assert!(
+        waited >= limit && waited < Duration::from_secs(5),
+        "closed after {waited:?}; the timeout is {limit:?}"
+    );
+
+    // A whole header and half its payload.
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let payload = set_payload("", "half-frame", b"never written");
+    let full = frame(0x0102, 2, &payload);
+    raw.send_bytes(&full[..HEADER_LEN + payload.len() / 2]);
+    assert_closed(&mut raw);
+
+    // One byte every quarter of the limit: closed all the same.
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let start = Instant::now();
+    let mut sent = 0;
+    for byte in &full {
+        if raw.stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(limit / 4);
+    }
+    assert!(
+        sent < full.len(),
+        "the trickle was cut off ({sent} of {} bytes sent in {:?})",
+        full.len(),
+        start.elapsed()
+    );
+    assert_closed(&mut raw);
+
+    // A frame in two pieces, well within the limit, is served.
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let split = frame(0x0102, 2, &set_payload("", "split-frame", b"written"));
+    raw.send_bytes(&split[..HEADER_LEN + 3]);
+    std::thread::sleep(limit / 3);
+    raw.send_bytes(&split[HEADER_LEN + 3..]);
+    let (h, body) = raw.recv().expect("the answer to the split frame");
+    assert_eq!(h.request_id, 2);
+    assert_eq!(
+        Status::from_code(h.status),
+        Status::Ok,
+        "{}",
+        error_message(&body)
+    );
+    assert_still_open(&mut raw, 3);
+
+    // Idle connections outlived several timeouts.
+    if let Some(rest) = (limit * 3).checked_sub(idle_since.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    assert_still_open(&mut idle_after_hello, 2);
+    let (status, body) = idle_before_hello.call(req(0x0001, 1), &hello_payload(1, 1));
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+
+    assert!(
+        raw_get(&mut idle_after_hello, 3, "half-frame").is_none(),
+        "no partial frame was acted on"
+    );
+    let split = raw_get(&mut idle_after_hello, 4, "split-frame").expect("the split frame");
+    assert_eq!(split.value, b"written");
+    assert_serves_others(d, "half-frame");
+}
+
+// ---------------------------------------------------------------- disconnect in flight
+
+/// Clients in the measured part of the case.
+const IN_FLIGHT_CLIENTS: usize = 200;
+
+#[test]
+fn clients_disconnecting_with_requests_in_flight_leak_nothing() {
+    disconnect_in_flight(&Daemon::start());
+}
+
+/// One connection's worth of pipelined work, written at once and then
+/// abandoned: HELLO, writes, reads, a sequence id, and a lock wait that is
+/// certainly still in the lock module when the client is gone.
+fn abandoned_burst(i: usize) -> Vec<u8> {
+    let mut b = frame(0x0001, 1, &hello_payload(1, 1));
+    for j in 0..8u32 {
+        let key = format!("abandoned-{}", (i + j as usize) % 32);
+        b.extend(frame(
+            0x0102,
+            10 + j,
+            &set_payload("", &key, &[j as u8; 64]),
+        ));
+        b.extend(frame(0x0101, 20 + j, &get_payload("", &key)));
+    }
+    let next = mecha_abi::encode(&NextIdRequest {
+        store: String::new(),
+        key: "abandoned".into(),
+        count: 1,
+    })
+    .unwrap();
+    b.extend(frame(0x0401, 30, &next));
+    b.extend(frame(
+        0x0301,
+        31,
+        &try_lock_payload("abandoned-held", "ghost", 500),
+    ));
+    b
+}
+
+fn abandon(d: &Daemon, clients: std::ops::Range<usize>) {
+    for i in clients {
+        let mut s = UnixStream::connect(&d.socket).expect("connect");
+        s.write_all(&abandoned_burst(i)).expect("write the burst");
+        drop(s);
+    }
+}
+
+/// 200 clients each pipeline ~20 requests (one a lock wait the module holds
+/// for 500 ms) and disconnect without reading. The daemon discards their
+/// answers: every connection's descriptor is closed, the modules keep
+/// running (same pids, no restarts) and serve others — lock waits included —
+/// and the daemon's RSS does not grow with the number of such clients.
+fn disconnect_in_flight(d: &Daemon) {
+    let holder = d.client();
+    let lease = Duration::from_secs(60);
+    assert!(holder
+        .try_lock("", "abandoned-held", "holder", lease, None)
+        .unwrap()
+        .is_some());
+    let pids: Vec<(String, u32)> = holder
+        .status()
+        .unwrap()
+        .modules
+        .into_iter()
+        .map(|m| (m.name, m.pid))
+        .collect();
+    let baseline_fds = open_fds(d.pid());
+
+    // A first round takes the allocator to its high-water mark for this many
+    // connections at once (freed memory stays with the process); the growth
+    // that matters is across a second round of the same size. Measured: the
+    // first round adds ~3 MiB, later rounds ~0.5 MiB, then nothing.
+    abandon(d, 0..IN_FLIGHT_CLIENTS);
+    wait_for_fds(d, baseline_fds, 0, "the warm-up connections to close");
+    std::thread::sleep(Duration::from_millis(700));
+    let rss_before = rss_kib(d);
+    abandon(d, 0..IN_FLIGHT_CLIENTS);
+    wait_for_fds(d, baseline_fds, 0, "the abandoned connections to close");
+    // Let every lock wait end, so its answer has come back and been dropped.
+    std::thread::sleep(Duration::from_millis(700));
+    let rss_after = rss_kib(d);
+    eprintln!(
+        "{IN_FLIGHT_CLIENTS} clients abandoned requests in flight: mechad VmRSS \
+         {rss_before} KiB -> {rss_after} KiB"
+    );
+    assert!(
+        rss_after <= rss_before + 8 * 1024,
+        "mechad grew from {rss_before} KiB to {rss_after} KiB across \
+         {IN_FLIGHT_CLIENTS} abandoning clients"
+    );
+
+    let status = holder.status().unwrap();
+    for (name, pid) in &pids {
+        let m = status.modules.iter().find(|m| &m.name == name).unwrap();
+        assert_eq!(
+            (m.pid, m.restarts, m.state.as_str()),
+            (*pid, 0, "running"),
+            "module {name} was not disturbed"
+        );
+    }
+    // The lock module still grants waits: release and wait for the resource.
+    let other = d.client();
+    let waiter = std::thread::spawn(move || {
+        other.try_lock(
+            "",
+            "abandoned-held",
+            "after",
+            lease,
+            Some(Duration::from_secs(5)),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        holder.unlock("", "abandoned-held", "holder").unwrap(),
+        UnlockStatus::Success
+    );
+    assert!(
+        waiter.join().unwrap().unwrap().is_some(),
+        "the wait succeeds"
+    );
+    assert_eq!(
+        holder.unlock("", "abandoned-held", "after").unwrap(),
+        UnlockStatus::Success
+    );
+    assert_serves_others(d, "in-flight");
+}
+
+// ---------------------------------------------------------------- invalid keys
+
+#[test]
+fn invalid_keys_empty_long_and_nul_get_their_documented_answers() {
+    invalid_keys(&Daemon::start());
+}
+
+/// Keys per SPEC §7.2 ("arbitrary non-empty UTF-8 strings, compared byte for
+/// byte", sized only by `max_frame`):
+/// - empty: INVALID_ARGUMENT for every state operation, and likewise an empty
+///   lock resource (§7.4) or sequence key (§7.5);
+/// - NUL bytes: accepted, and `a\0b`, `a\0` and `a` are three distinct keys
+///   (no C-string truncation anywhere between client and store);
+/// - 1 MiB long: accepted — written, read back, found by BULK_GET, deleted.
+fn invalid_keys(d: &Daemon) {
+    let (mut raw, _) = Raw::hello(&d.socket);
+
+    let delete = |key: &str| {
+        mecha_abi::encode(&DeleteRequest {
+            store: String::new(),
+            item: DeleteItem {
+                key: key.into(),
+                etag: None,
+            },
+        })
+        .unwrap()
+    };
+    let bulk_get = |keys: &[&str]| {
+        mecha_abi::encode(&BulkGetRequest {
+            store: String::new(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        })
+        .unwrap()
+    };
+    let transact = mecha_abi::encode(&TransactRequest {
+        store: String::new(),
+        ops: vec![
+            TxOp::Set(set_item("tx-ok", b"v")),
+            TxOp::Set(set_item("", b"v")),
+        ],
+    })
+    .unwrap();
+    expect_error(
+        &mut raw,
+        req(0x0103, 1),
+        &delete(""),
+        Status::InvalidArgument,
+    );
+    expect_error(
+        &mut raw,
+        req(0x0104, 2),
+        &bulk_get(&["fine", ""]),
+        Status::InvalidArgument,
+    );
+    expect_error(&mut raw, req(0x0106, 3), &transact, Status::InvalidArgument);
+    assert!(
+        raw_get(&mut raw, 4, "tx-ok").is_none(),
+        "transactions are atomic"
+    );
+    expect_error(
+        &mut raw,
+        req(0x0301, 5),
+        &try_lock_payload("", "owner", 0),
+        Status::InvalidArgument,
+    );
+    let empty_sequence = mecha_abi::encode(&NextIdRequest {
+        store: String::new(),
+        key: String::new(),
+        count: 1,
+    })
+    .unwrap();
+    expect_error(
+        &mut raw,
+        req(0x0401, 6),
+        &empty_sequence,
+        Status::InvalidArgument,
+    );
+
+    // NUL bytes are ordinary key bytes.
+    let nul_keys = ["nul\0key", "nul\0", "nul"];
+    for (i, key) in nul_keys.iter().enumerate() {
+        raw_set(&mut raw, 10 + i as u32, key, key.as_bytes());
+    }
+    for (i, key) in nul_keys.iter().enumerate() {
+        let entry = raw_get(&mut raw, 20 + i as u32, key).expect("the NUL key exists");
+        assert_eq!(entry.value, key.as_bytes(), "{key:?} is its own key");
+    }
+    assert!(raw_get(&mut raw, 23, "nul\0other").is_none());
+
+    // A 1 MiB key.
+    let long_key = "k".repeat(1 << 20);
+    let etag = raw_set(&mut raw, 30, &long_key, b"long");
+    let entry = raw_get(&mut raw, 31, &long_key).expect("the long key exists");
+    assert_eq!((entry.value.as_slice(), &entry.etag), (&b"long"[..], &etag));
+    let (status, body) = raw.call(req(0x0104, 32), &bulk_get(&[&long_key, "nul"]));
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+    let reply: BulkGetReply = mecha_abi::decode(&body).unwrap();
+    assert_eq!(reply.items.len(), 2);
+    assert_eq!(reply.items[0].key, long_key);
+    assert!(reply.items[0].entry.is_some() && reply.items[1].entry.is_some());
+    assert!(
+        raw_get(&mut raw, 33, &long_key[1..]).is_none(),
+        "a key one byte shorter is another key"
+    );
+    let (status, body) = raw.call(req(0x0103, 34), &delete(&long_key));
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+    let reply: DeleteReply = mecha_abi::decode(&body).unwrap();
+    assert!(reply.existed);
+    assert_still_open(&mut raw, 35);
+    assert_serves_others(d, "keys");
+}
+
+// ---------------------------------------------------------------- values over the limit
+
+#[test]
+fn values_over_the_frame_limit_are_resource_exhausted_then_closed() {
+    values_over_the_limit(&Daemon::start());
+}
+
+/// A value that makes the payload exceed `max_frame` (4 MiB):
+/// - Rust client: it does not check `max_frame` itself; it sends the frame,
+///   the daemon answers RESOURCE_EXHAUSTED for the request's id (opcode 0,
+///   §6.4) and closes, so the call returns RESOURCE_EXHAUSTED and the client's
+///   connection is closed (later calls fail with `Closed`);
+/// - raw: the answer comes as soon as the header is read, without the daemon
+///   reading (or buffering) the payload, even while the client is still
+///   writing it; then the connection closes.
+///
+/// Nothing is written either way.
+fn values_over_the_limit(d: &Daemon) {
+    let max = DEFAULT_MAX_FRAME as usize;
+    let client = d.client();
+    let err = client
+        .set("", "too-big", vec![1u8; max], Default::default())
+        .expect_err("a payload over max_frame is refused");
+    assert_eq!(
+        err.status(),
+        Some(Status::ResourceExhausted),
+        "the call reports the daemon's answer: {err}"
+    );
+    let later = client.ping().expect_err("the daemon closed the connection");
+    assert!(
+        matches!(later, mecha_client::Error::Closed(_)),
+        "later calls fail as closed: {later}"
+    );
+
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let payload = set_payload("", "too-big", &vec![2u8; max]);
+    assert!(payload.len() > max);
+    // The write fails part-way once the daemon closes; only the answer matters.
+    let mut writer = raw.stream.try_clone().unwrap();
+    let frame = frame(0x0102, 9, &payload);
+    let write = std::thread::spawn(move || writer.write_all(&frame).is_ok());
+    let (h, body) = raw.recv().expect("an answer before the payload is read");
+    assert_eq!((h.request_id, h.opcode), (9, Opcode(0)));
+    assert_eq!(Status::from_code(h.status), Status::ResourceExhausted);
+    assert!(error_message(&body).contains(&(payload.len()).to_string()));
+    assert_closed(&mut raw);
+    assert!(
+        !write.join().unwrap(),
+        "the daemon did not read the payload"
+    );
+
+    assert!(d.client().get("", "too-big").unwrap().is_none());
+    assert_serves_others(d, "over-limit");
+}
+
+// ---------------------------------------------------------------- connect/disconnect flood
+
+const FLOOD_CYCLES: usize = 2_000;
+
+#[test]
+fn a_flood_of_connect_disconnect_cycles_leaves_nothing_behind() {
+    flood(&Daemon::start());
+}
+
+/// 2,000 connect/disconnect cycles, rotating through: close at once; HELLO,
+/// read the answer, close; a few header bytes, close; HELLO and pipelined
+/// requests, close without reading. Afterwards every descriptor is back and
+/// the daemon serves others.
+fn flood(d: &Daemon) {
+    let baseline_fds = open_fds(d.pid());
+    let hello = frame(0x0001, 1, &hello_payload(1, 1));
+    let mut pipelined = hello.clone();
+    for id in 2..6 {
+        pipelined.extend(frame(0x0101, id, &get_payload("", "flood")));
+    }
+    for i in 0..FLOOD_CYCLES {
+        let mut s = UnixStream::connect(&d.socket).expect("connect");
+        match i % 4 {
+            0 => {}
+            1 => {
+                s.write_all(&hello).unwrap();
+                let mut raw = Raw { stream: s };
+                let (h, _) = raw.recv().expect("HELLO answer");
+                assert_eq!(Status::from_code(h.status), Status::Ok);
+                continue;
+            }
+            2 => s.write_all(&MAGIC[..3]).unwrap(),
+            _ => s.write_all(&pipelined).unwrap(),
+        }
+    }
+    wait_for_fds(d, baseline_fds, 0, "the flood's connections to close");
+    assert_serves_others(d, "flood");
+}
+
+// ---------------------------------------------------------------- memory through the whole run
+
+/// A hostile case: a check over a running daemon.
+type Case = fn(&Daemon);
+
+/// Every case above, in order; the memory test runs them all on one daemon.
+const ALL_CASES: &[(&str, Case)] = &[
+    ("bad_magic", bad_magic),
+    ("frame_version", frame_version),
+    ("hello_version", hello_version),
+    ("unknown_opcodes", unknown_opcodes),
+    ("oversized_length", oversized_length),
+    ("undecodable_payloads", undecodable_payloads),
+    ("undecodable_hello", undecodable_hello),
+    ("first_frame_not_hello", first_frame_not_hello),
+    ("bad_header_bits", bad_header_bits),
+    ("truncated_frames", truncated_frames),
+    ("pipelined_burst", pipelined_burst),
+    ("random_blobs", random_blobs),
+    ("empty_key_and_zero_ttl", empty_key_and_zero_ttl),
+    ("unknown_store", unknown_store),
+    ("zero_length_frames", zero_length_frames),
+    ("reused_request_id", reused_request_id),
+    ("idle_connections", idle_connections),
+    ("out_of_descriptors", out_of_descriptors),
+    ("half_frame_then_silence", half_frame_then_silence),
+    ("disconnect_in_flight", disconnect_in_flight),
+    ("invalid_keys", invalid_keys),
+    ("values_over_the_limit", values_over_the_limit),
+    ("flood", flood),
+];
+
+/// How much the daemon's RSS may grow beyond what the idle connections
+/// explain. Generous: the point is that nothing grows with the amount of
+/// hostile traffic.
+const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
+
+/// The most RSS one idle connection may cost the daemon (measured: 17 KiB in
+/// a debug build — its tasks, the first pages of its read and write buffers,
+/// and its write queue's first block).
+const IDLE_CONNECTION_BOUND_KIB: u64 = 32;
+
+/// The whole hostile run on one daemon, measuring its RSS before and after.
+///
+/// glibc keeps memory the daemon has freed instead of returning it to the
+/// system, so RSS after the run reflects the run's peak — dominated by the
+/// 10,000 idle connections held at once — rather than what is still in use.
+/// Measured in a debug build: 9.6 MiB before, ~179 MiB with the idle
+/// connections open, ~160-185 MiB after the run; `malloc_stats` shows under
+/// 1 MiB in use after they close, and `malloc_trim(0)` brings RSS back to
+/// 10 MiB, so this is retention, not a leak. The bound is therefore the idle
+/// connections at [`IDLE_CONNECTION_BOUND_KIB`] each plus
+/// [`RSS_GROWTH_BOUND_KIB`] for everything else; the cases check leaks of
+/// connections (descriptor counts) and requests (`disconnect_in_flight`)
+/// more sharply.
+#[test]
+fn memory_stays_bounded_through_the_whole_hostile_run() {
+    let _heavy = fd_heavy();
+    raise_fd_limit((IDLE_WANTED + FD_RESERVE) as u64);
+    let d = start_with_short_partial_timeout();
+    // Warm up: a handshake and a state round trip on both kinds of client.
+    assert_serves_others(&d, "warm-up");
+    let baseline_fds = open_fds(d.pid());
+    let before = rss_kib(&d);
+
+    for (name, case) in ALL_CASES {
+        let start = Instant::now();
+        case(&d);
+        eprintln!(
+            "case {name}: {:?}, mechad VmRSS {} KiB",
+            start.elapsed(),
+            rss_kib(&d)
+        );
+    }
+    wait_for_fds(&d, baseline_fds, 2, "every case's connections to close");
+    let after = rss_kib(&d);
+    let peak = proc_status_kib(d.pid(), "VmHWM");
+    eprintln!("mechad VmRSS: before {before} KiB, after {after} KiB, peak {peak} KiB");
+
+    let bound = before + RSS_GROWTH_BOUND_KIB + IDLE_WANTED as u64 * IDLE_CONNECTION_BOUND_KIB;
+    assert!(
+        after <= bound,
+        "mechad's RSS grew from {before} KiB to {after} KiB over the hostile run \
+         (bound: {bound} KiB)"
+    );
+    assert_serves_others(&d, "after-everything");
 }

@@ -75,6 +75,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// How many bytes have been read from the stream but not yet returned as
+    /// part of a frame. 0 means the reader is at a frame boundary with nothing
+    /// read ahead; anything else means a frame has begun to arrive (or, after
+    /// a pipelined read, that whole frames are waiting to be returned).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The underlying reader, mutably (reading from it directly would lose
+    /// the stream's framing; this is for adjusting a wrapper's state).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Gives the underlying reader back.
     pub fn into_inner(self) -> R {
         self.inner
@@ -184,5 +198,29 @@ mod tests {
             r.next().await,
             Err(ReadError::Header(HeaderError::TooLarge { len: 3, .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn buffered_counts_a_partial_frame_and_survives_cancellation() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let f = encode_frame(Header::request(Opcode::STATUS, 3), b"hello").unwrap();
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(rx, 1024);
+        assert_eq!(r.buffered(), 0);
+        tx.write_all(&f[..10]).await.unwrap();
+        {
+            // One poll reads what has arrived, then waits for the rest; the
+            // future is then dropped, as a timeout would drop it.
+            let mut next = std::pin::pin!(r.next());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(next.as_mut().poll(&mut cx), Poll::Pending));
+        }
+        assert_eq!(r.buffered(), 10, "the partial frame is kept");
+        tx.write_all(&f[10..]).await.unwrap();
+        let (h, p) = r.next().await.unwrap().unwrap();
+        assert_eq!((h.request_id, &p[..]), (3, &b"hello"[..]));
+        assert_eq!(r.buffered(), 0, "back at a frame boundary");
     }
 }
