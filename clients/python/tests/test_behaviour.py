@@ -144,3 +144,126 @@ def test_asyncio_connection_lost_fails_in_flight(fake) -> None:
             await task
         await c.close()
     asyncio.run(main())
+
+
+# -- streams: resubscription and interleaving ----------------------------------------------
+
+def _delivery(offset: int, attempt: int) -> bytes:
+    from mecha.payloads import Delivery
+    return encode(Delivery("ps", "t", "g", offset, attempt, f"id-{offset}", "", "", "", "", "",
+                           "", b"data", [], True))
+
+
+def pubsub_script(state: list, h: tuple, payload: bytes) -> list[bytes]:
+    """Subscribe #1 opens, pushes offset 1 and is reset (END UNAVAILABLE); #2 is answered
+    UNAVAILABLE; #3 opens and pushes offset 1 again. An ack is answered after a push of
+    offset 2; STREAM_CANCEL is answered, then the stream's END OK."""
+    from mecha.payloads import AckReply, SubscribeReply
+    if h[2] == 0x0202:
+        state.append(h)
+        opened = response(h, 0, encode(SubscribeReply(len(state), "ps", "g")), flags=0x03)
+        if len(state) == 1:
+            return [opened, response(h, 0, _delivery(1, 1), flags=0x02),
+                    response(h, 8, error_body("module pubsub restarted"), flags=0x06)]
+        if len(state) == 2:
+            return [response(h, 8, error_body("module pubsub is starting"))]
+        return [opened, response(h, 0, _delivery(1, 2), flags=0x02)]
+    if h[2] == 0x0203:
+        return [response(state[-1], 0, _delivery(2, 1), flags=0x02),
+                response(h, 0, encode(AckReply(1)))]
+    if h[2] == 0x0006:
+        return [response(h), response(state[-1], 0, b"", flags=0x06)]
+    return [response(h)]
+
+
+def test_subscription_resubscribes_after_reset(fake) -> None:
+    d = fake(pubsub_script)
+    with mecha.Client(d.path) as c:
+        sub = c.subscribe("t", group="g")
+        got = [sub.next(timeout=2) for _ in range(2)]
+        assert [(x.offset, x.attempt) for x in got] == [(1, 1), (1, 2)]  # type: ignore[union-attr]
+        assert sub.reply.subscription_id == 3
+        assert sub.ack(got[1])  # type: ignore[arg-type]  # a push arrives before the answer
+        assert sub.next(timeout=2).offset == 2  # type: ignore[union-attr]
+        sub.cancel()
+        assert sub.next() is None
+    assert [h[2] for h in d.requests].count(0x0202) == 3
+
+
+def test_asyncio_subscription_resubscribes_after_reset(fake) -> None:
+    d = fake(pubsub_script)
+
+    async def main() -> None:
+        async with mecha.aio.Client(d.path) as c:
+            sub = await c.subscribe("t", group="g")
+            got = [await sub.next(timeout=2) for _ in range(2)]
+            assert [(x.offset, x.attempt) for x in got] == [(1, 1), (1, 2)]  # type: ignore[union-attr]
+            assert await sub.ack(got[1])  # type: ignore[arg-type]
+            assert (await sub.next(timeout=2)).offset == 2  # type: ignore[union-attr]
+            await sub.cancel()
+            assert await sub.next() is None
+    asyncio.run(main())
+
+
+def test_subscription_error_end_is_raised(fake) -> None:
+    from mecha.payloads import SubscribeReply
+
+    def handler(state: list, h: tuple, payload: bytes) -> list[bytes]:
+        if h[2] == 0x0202:
+            return [response(h, 0, encode(SubscribeReply(1, "ps", "g")), flags=0x03),
+                    response(h, 10, error_body("log unreadable"), flags=0x06)]
+        return [response(h)]
+    d = fake(handler)
+    with mecha.Client(d.path) as c, c.subscribe("t") as sub:
+        with pytest.raises(mecha.Internal, match="log unreadable"):
+            sub.next(timeout=2)
+        assert sub.next() is None
+
+
+def config_script(state: list, h: tuple, payload: bytes) -> list[bytes]:
+    """Watch #1: snapshot {a=1, b=2}, push seq 1 (a=10), then seq 3 (a gap). Watch #2:
+    snapshot {a=10, c=3}, then END INTERNAL."""
+    from mecha.payloads import ConfigGetReply, ConfigItem, ConfigUpdate
+
+    def snap(**kv: str) -> bytes:
+        return encode(ConfigGetReply([ConfigItem(k, v, "7") for k, v in kv.items()]))
+    if h[2] == 0x0502:
+        state.append(h)
+        if len(state) == 1:
+            return [response(h, 0, snap(a="1", b="2"), flags=0x03),
+                    response(h, 0, encode(ConfigUpdate(1, [ConfigItem("a", "10", "8")], [])), flags=0x02),
+                    response(h, 0, encode(ConfigUpdate(3, [], ["zz"])), flags=0x02)]
+        return [response(h, 0, snap(a="10", c="3"), flags=0x03),
+                response(h, 10, error_body("watch failed"), flags=0x06)]
+    if h[2] == 0x0006:
+        return [response(h), response(state[0], 0, b"", flags=0x06)]
+    return [response(h)]
+
+
+def test_config_watch_resyncs_on_seq_gap(fake) -> None:
+    d = fake(config_script)
+    with mecha.Client(d.path) as c, c.watch_config() as w:
+        assert [i.key for i in w.snapshot] == ["a", "b"]
+        u1 = w.next(timeout=2)
+        assert u1 is not None and u1.seq == 1 and u1.items[0].value == "10"
+        u2 = w.next(timeout=2)  # the diff of the new snapshot, renumbered
+        assert u2 is not None and u2.seq == 2
+        assert [i.key for i in u2.items] == ["c"] and u2.deleted == ["b"]
+        assert sorted(w.items) == ["a", "c"]
+        with pytest.raises(mecha.Internal):
+            w.next(timeout=2)
+    assert [h[2] for h in d.requests].count(0x0006) == 1
+
+
+def test_asyncio_config_watch_resyncs_on_seq_gap(fake) -> None:
+    d = fake(config_script)
+
+    async def main() -> None:
+        async with mecha.aio.Client(d.path) as c:
+            w = await c.watch_config()
+            u1, u2 = await w.next(timeout=2), await w.next(timeout=2)
+            assert (u1.seq, u2.seq) == (1, 2)  # type: ignore[union-attr]
+            assert [i.key for i in u2.items] == ["c"] and u2.deleted == ["b"]  # type: ignore[union-attr]
+            with pytest.raises(mecha.Internal):
+                await w.next(timeout=2)
+    asyncio.run(main())

@@ -5,20 +5,23 @@ speak ABI v1 as ``abi/SPEC.md`` defines it; payload types live in ``mecha.payloa
 the encoding in ``mecha.codec``.
 """
 
-from .client import Client
+from .client import Client, ConfigWatch, Subscription
 from .errors import (DeadlineExceeded, EtagMismatch, Internal, InvalidArgument,
                      MechaConnectionError, MechaError, NotFound, PermissionDenied, ProtocolError,
                      ResourceExhausted, StatusError, Unavailable, UnknownOpcode, UnsupportedVersion)
-from .payloads import (BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, ModuleStatus,
-                       ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, UnlockStatus)
+from .payloads import (BulkGetItem, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
+                       ExtendLockReply, HelloReply, ModuleStatus, PublishReply, ReloadReply,
+                       SetItem, StateEntry, StatusReply, SubscribeReply, TryLockReply,
+                       UnlockStatus)
 from .protocol import default_socket_path
 
 __version__ = "0.1.0"
 __all__ = [
-    "Client", "default_socket_path",
+    "Client", "Subscription", "ConfigWatch", "default_socket_path",
     "MechaError", "MechaConnectionError", "ProtocolError", "StatusError", "NotFound",
     "EtagMismatch", "InvalidArgument", "UnknownOpcode", "UnsupportedVersion",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Internal",
     "BulkGetItem", "DeleteItem", "ExtendLockReply", "HelloReply", "ModuleStatus",
     "ReloadReply", "SetItem", "StateEntry", "StatusReply", "TryLockReply", "UnlockStatus",
+    "ConfigItem", "ConfigSetItem", "ConfigUpdate", "Delivery", "PublishReply", "SubscribeReply",
 ]

@@ -3,8 +3,8 @@
 A single reader task reads every frame the daemon sends and hands each response to the
 future of the request with that id (SPEC §1: answers may come in any order). Because
 the reader never stops, the daemon's backpressure (§6.4) cannot deadlock a caller that
-pipelines. Frames of a stream (§6.11, to be specified) are routed to a per-stream
-queue, so pubsub and configuration watches can be added without touching the reader.
+pipelines. Frames of a stream (§6.11) are routed to a per-stream
+queue, read by ``Subscription`` and ``ConfigWatch``, which share the client's connection.
 
 Methods and semantics are those of ``mecha.Client`` (see its docstrings); here they are
 coroutines. Connect with ``await Client.connect(...)`` or ``async with Client(...)``;
@@ -23,7 +23,7 @@ from . import errors
 from . import payloads as t
 from . import protocol as p
 
-__all__ = ["Client", "Stream"]
+__all__ = ["Client", "Stream", "Subscription", "ConfigWatch"]
 T = TypeVar("T")
 Frame = tuple[p.Header, bytes]
 
@@ -93,8 +93,8 @@ class _Conn:
 
 class Stream:
     """The frames the daemon pushes on a stream the connection opened, as raw
-    ``(Header, payload)`` pairs; iteration ends after the END frame. Payload types come
-    with SPEC §6.11."""
+    ``(Header, payload)`` pairs; iteration ends after the END frame. ``Subscription``
+    and ``ConfigWatch`` decode them."""
 
     def __init__(self, client: Client, conn: _Conn, stream_id: int) -> None:
         self.client, self.stream_id, self._done = client, stream_id, False
@@ -224,6 +224,41 @@ class Client:
                                timeout: float | None = None) -> dict[str, dict[str, str]]:
         return await self._call(p.secret_bulk_get(store), timeout, None)
 
+    async def publish(self, topic: str, data: bytes | str, *, content_type: str = "",
+                      metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                      raw: bool = False, store: str = "", timeout: float | None = None,
+                      retry: bool | None = None) -> t.PublishReply:
+        return await self._call(p.pubsub_publish(topic, data, content_type, metadata, raw, store),
+                                timeout, retry)
+
+    async def subscribe(self, topic: str, *, group: str = "", max_in_flight: int = 0,
+                        ack_deadline_ms: int = 0, store: str = "",
+                        timeout: float | None = None) -> Subscription:
+        """Like ``mecha.Client.subscribe``, but the stream shares this connection."""
+        op = p.pubsub_subscribe(topic, group, max_in_flight, ack_deadline_ms, store)
+        sub = Subscription(self, op)
+        await sub._open(timeout)
+        return sub
+
+    async def ack(self, *deliveries: t.Delivery, nack: bool = False,
+                  timeout: float | None = None) -> int:
+        return await self._call(p.pubsub_ack(deliveries, nack), timeout, None)
+
+    async def config_get(self, keys: Sequence[str] = (), *, store: str = "",
+                         timeout: float | None = None) -> list[t.ConfigItem]:
+        return await self._call(p.config_get(keys, store), timeout, None)
+
+    async def config_set(self, items: dict[str, str] | Sequence[t.ConfigSetItem],
+                         delete: Sequence[str] = (), *, store: str = "",
+                         timeout: float | None = None, retry: bool | None = None) -> list[str]:
+        return await self._call(p.config_set(items, delete, store), timeout, retry)
+
+    async def watch_config(self, keys: Sequence[str] = (), *, store: str = "",
+                           timeout: float | None = None) -> ConfigWatch:
+        watch = ConfigWatch(self, p.config_subscribe(keys, store))
+        await watch._open(timeout)
+        return watch
+
     # -- machinery ------------------------------------------------------------------------
 
     async def _call(self, op: p.Op[T], timeout: float | None, retry: bool | None) -> T:
@@ -244,8 +279,7 @@ class Client:
                 attempt += 1
 
     async def _open_stream(self, op: p.Op[T], timeout: float | None = None) -> tuple[T, Stream]:
-        """Sends a request that opens a stream (§6.11); for the pubsub and config
-        families once their payloads are specified."""
+        """Sends a request that opens a stream (§6.11): PUBSUB_SUBSCRIBE, CONFIG_SUBSCRIBE."""
         conn = await self._ensure(timeout or self.timeout)
         h, payload = await self._exchange(conn, op, timeout or self.timeout)
         result = op.result(h, payload)
@@ -316,3 +350,158 @@ class Client:
             conn.fail(bad)
             raise bad
         return h, payload
+
+
+class _AioStream:
+    """A stream on the client's connection, re-opened transparently after END
+    UNAVAILABLE or RESOURCE_EXHAUSTED for up to 30 s (SPEC §6.11)."""
+
+    def __init__(self, client: Client, op: p.Op[Any]) -> None:
+        self.client, self._op = client, op
+        self._stream: Stream | None = None
+        self._done = False
+
+    async def _open(self, timeout: float | None, window: float | None = None) -> Any:
+        """Opens (again); with ``window``, retries UNAVAILABLE for that long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (window if window is not None else timeout or self.client.timeout)
+        attempt = 0
+        while True:
+            try:
+                result, self._stream = await self.client._open_stream(self._op, deadline - loop.time())
+                return result
+            except errors.Unavailable:
+                delay = p.backoff(attempt, deadline - loop.time()) if window is not None else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _reopen(self, cause: errors.StatusError | None) -> Any:
+        try:
+            return await self._open(None, p.RESUBSCRIBE_WINDOW)
+        except errors.MechaError as e:
+            self._done = True
+            raise e from cause
+
+    async def _frame(self, timeout: float | None) -> Any:
+        assert self._stream is not None
+        try:
+            async with asyncio.timeout(timeout):
+                h, payload = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            return p.End(None)
+        except errors.MechaError:
+            self._done = True
+            raise
+        except TimeoutError:
+            raise TimeoutError(f"nothing on the stream within {timeout} s") from None
+        item = p.stream_frame(h, payload)
+        if isinstance(item, p.End) and not item.resumable:
+            self._done = True
+            if item.error is not None:
+                raise item.error
+        return item
+
+    async def _cancel_stream(self, timeout: float | None = None) -> None:
+        if self._stream is not None:
+            try:
+                await self._stream.cancel(timeout=timeout)
+            except errors.NotFound:
+                pass
+
+    async def cancel(self, *, timeout: float | None = None) -> None:
+        """STREAM_CANCEL and wait for the END. Deliveries not yet read are delivered again."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._cancel_stream(timeout)
+            assert self._stream is not None
+            async with asyncio.timeout(timeout or self.client.timeout):
+                async for _ in self._stream:
+                    pass
+        except (TimeoutError, errors.MechaConnectionError):
+            pass
+
+    async def __aenter__(self: Any) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cancel()
+
+
+class Subscription(_AioStream):
+    """``mecha.client.Subscription`` for asyncio: ``await next()``, ``async for``."""
+
+    reply: t.SubscribeReply
+
+    async def _open(self, timeout: float | None, window: float | None = None) -> Any:
+        self.reply = await super()._open(timeout, window)
+        return self.reply
+
+    async def next(self, timeout: float | None = None) -> t.Delivery | None:
+        while not self._done:
+            item = await self._frame(timeout)
+            if not isinstance(item, p.End):
+                return item
+            if item.error is None:
+                return None
+            await self._reopen(item.error)
+        return None
+
+    async def ack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
+        return await self.client._call(p.pubsub_ack([delivery], False), timeout, None) > 0
+
+    async def nack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
+        return await self.client._call(p.pubsub_ack([delivery], True), timeout, None) > 0
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> t.Delivery:
+        d = await self.next()
+        if d is None:
+            raise StopAsyncIteration
+        return d
+
+
+class ConfigWatch(_AioStream):
+    """``mecha.client.ConfigWatch`` for asyncio."""
+
+    snapshot: list[t.ConfigItem]
+
+    async def _open(self, timeout: float | None, window: float | None = None) -> Any:
+        items = await super()._open(timeout, window)
+        if not hasattr(self, "_view"):
+            self.snapshot = items
+            self._view = p.ConfigView(items)
+        return items
+
+    @property
+    def items(self) -> dict[str, t.ConfigItem]:
+        return dict(self._view.items)
+
+    async def next(self, timeout: float | None = None) -> t.ConfigUpdate | None:
+        while not self._done:
+            item = await self._frame(timeout)
+            if isinstance(item, p.End):
+                if item.error is None:
+                    return None
+                upd = self._view.resync(await self._reopen(item.error))
+            elif (upd := self._view.push(item)) is None:  # a gap: resubscribe
+                await self._cancel_stream()
+                upd = self._view.resync(await self._reopen(None))
+            if upd is not None:
+                return upd
+        return None
+
+    def __aiter__(self) -> ConfigWatch:
+        return self
+
+    async def __anext__(self) -> t.ConfigUpdate:
+        u = await self.next()
+        if u is None:
+            raise StopAsyncIteration
+        return u

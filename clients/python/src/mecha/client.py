@@ -16,8 +16,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from typing import TypeVar
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from . import errors
 from . import payloads as t
@@ -153,6 +154,53 @@ class Client:
         """Every secret of the store the caller may read, by name."""
         return self._call(p.secret_bulk_get(store), timeout, None)
 
+    # -- pubsub ------------------------------------------------------------------------
+
+    def publish(self, topic: str, data: bytes | str, *, content_type: str = "",
+                metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                raw: bool = False, store: str = "", timeout: float | None = None,
+                retry: bool | None = None) -> t.PublishReply:
+        """Append a message to ``topic`` (in a CloudEvents envelope unless ``raw``);
+        returns its ``id`` and ``offset``. Not retried unless ``retry=True`` (a resend may
+        store it twice)."""
+        return self._call(p.pubsub_publish(topic, data, content_type, metadata, raw, store),
+                          timeout, retry)
+
+    def subscribe(self, topic: str, *, group: str = "", max_in_flight: int = 0,
+                  ack_deadline_ms: int = 0, store: str = "",
+                  timeout: float | None = None) -> Subscription:
+        """Join ``group`` (default ``default``) of ``topic``; returns a ``Subscription``
+        whose ``next()`` yields ``Delivery``s. It owns a connection of its own (so it can
+        receive while this client serves other calls); close or cancel it when done."""
+        return Subscription(self, p.pubsub_subscribe(topic, group, max_in_flight,
+                                                     ack_deadline_ms, store), timeout)
+
+    def ack(self, *deliveries: t.Delivery, nack: bool = False,
+            timeout: float | None = None) -> int:
+        """Acknowledge (or ``nack``) deliveries of one topic and group from any
+        connection (SPEC §7.3.3); returns how many took effect."""
+        return self._call(p.pubsub_ack(deliveries, nack), timeout, None)
+
+    # -- configuration -----------------------------------------------------------------
+
+    def config_get(self, keys: Sequence[str] = (), *, store: str = "",
+                   timeout: float | None = None) -> list[t.ConfigItem]:
+        """The items of ``keys`` that exist, in order; no keys: every item, by key."""
+        return self._call(p.config_get(keys, store), timeout, None)
+
+    def config_set(self, items: dict[str, str] | Sequence[t.ConfigSetItem],
+                   delete: Sequence[str] = (), *, store: str = "",
+                   timeout: float | None = None, retry: bool | None = None) -> list[str]:
+        """Admin: atomically write ``items`` (key → value, or ``ConfigSetItem``s with
+        metadata) and delete ``delete``; returns the new version of each written item."""
+        return self._call(p.config_set(items, delete, store), timeout, retry)
+
+    def watch_config(self, keys: Sequence[str] = (), *, store: str = "",
+                     timeout: float | None = None) -> ConfigWatch:
+        """Watch ``keys`` (none: every key); returns a ``ConfigWatch`` (own connection,
+        like ``subscribe``) with the initial ``snapshot`` and ``next()`` → ``ConfigUpdate``."""
+        return ConfigWatch(self, p.config_subscribe(keys, store), timeout)
+
     # -- machinery ---------------------------------------------------------------------
 
     def _call(self, op: p.Op[T], timeout: float | None, retry: bool | None) -> T:
@@ -247,3 +295,259 @@ class Client:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
+
+
+# -- streams (SPEC §6.11) ----------------------------------------------------------------
+
+
+class _StreamConnection(Client):
+    """The private connection of one subscription or watch. Requests on it (acks,
+    STREAM_CANCEL, a new subscribe) may be answered after pushes of the stream: those
+    are kept, in order, for ``read``. Frames of a stream it no longer follows (a
+    cancelled one) are ignored (§6.11)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.stream_id = 0
+        self.frames: deque[tuple[p.Header, bytes]] = deque()
+        super().__init__(path, timeout=timeout)
+
+    def _exchange(self, op: p.Op[T], remaining: float,
+                  sock: socket.socket | None = None) -> tuple[p.Header, bytes]:
+        if remaining <= 0:
+            raise errors.DeadlineExceeded("deadline passed before the request was sent")
+        sock = sock or self._ensure(remaining)
+        if self.hello is not None and len(op.payload) > self.hello.max_frame:
+            raise errors.ResourceExhausted(
+                f"payload of {len(op.payload)} bytes exceeds max_frame {self.hello.max_frame}")
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        rid = self._next_id
+        deadline = time.monotonic() + remaining + p.GRACE
+        try:
+            sock.settimeout(remaining + p.GRACE)
+            sock.sendall(p.request_frame(op.opcode, rid, op.payload, p.deadline_ms(remaining),
+                                         self._version))
+            while True:
+                h, payload = self._read_frame(sock, deadline)
+                if h.opcode == 0 or (h.flags & p.F_RESPONSE and h.request_id == rid):
+                    break
+                if not h.flags & p.F_RESPONSE and h.request_id == self.stream_id:
+                    self.frames.append((h, payload))
+        except TimeoutError as e:
+            self._drop()
+            raise errors.DeadlineExceeded(f"no answer from mechad within {remaining + p.GRACE:.3f} s") from e
+        except errors.ProtocolError:
+            self._drop()
+            raise
+        except OSError as e:
+            self._drop()
+            raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}") from e
+        if h.opcode == 0:
+            self._drop()
+        elif h.opcode != op.opcode:
+            self._drop()
+            raise errors.ProtocolError(f"unexpected frame {h} answering request {rid}")
+        elif h.flags & p.F_STREAM:  # a new stream: follow it instead of any earlier one
+            self.stream_id = rid
+            self.frames.clear()
+        elif h.status == 0 and op.opcode in p.PUSH_TYPES:
+            self._drop()
+            raise errors.ProtocolError(f"opcode {op.opcode:#06x} did not open a stream")
+        return h, payload
+
+    def read(self, timeout: float | None) -> tuple[p.Header, bytes]:
+        """The next frame of the followed stream; ``TimeoutError`` after ``timeout``
+        seconds (None: wait) leaves the connection usable."""
+        with self._lock:
+            if self.frames:
+                return self.frames.popleft()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                if self._sock is None:
+                    raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost")
+                try:
+                    h, payload = self._read_frame(self._sock, deadline)
+                except errors.ProtocolError:
+                    self._drop()
+                    raise
+                except TimeoutError:
+                    raise
+                except OSError as e:
+                    self._drop()
+                    raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}") from e
+                if not h.flags & p.F_RESPONSE and h.request_id == self.stream_id:
+                    return h, payload
+
+    def _read_frame(self, sock: socket.socket, deadline: float | None) -> tuple[p.Header, bytes]:
+        """One whole frame; a timeout consumes nothing, so reading can resume later."""
+        buf = self._buf
+        while True:
+            if len(buf) >= p.HEADER.size:
+                h = p.Header.unpack(bytes(buf[:p.HEADER.size]))
+                end = p.HEADER.size + h.payload_len
+                if len(buf) >= end:
+                    payload = bytes(buf[p.HEADER.size:end])
+                    del buf[:end]
+                    return h, payload
+            if deadline is None:
+                sock.settimeout(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("mechad closed the connection")
+            buf += chunk
+
+
+class _SyncStream:
+    """A stream on a connection of its own, re-opened transparently after END
+    UNAVAILABLE or RESOURCE_EXHAUSTED for up to 30 s (SPEC §6.11). Use it from one
+    thread at a time; ``close()`` (or leaving ``with``) closes its connection, which
+    ends the stream."""
+
+    def __init__(self, client: Client, op: p.Op[Any], timeout: float | None) -> None:
+        self._conn = _StreamConnection(client.path, client.timeout)
+        self._op = op
+        self._done = False
+        try:
+            self._opened = self._conn._call(op, timeout, None)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _reopen(self, cause: errors.StatusError | None) -> Any:
+        """Opens the stream again, retrying UNAVAILABLE within the resubscribe window."""
+        try:
+            return self._conn._call(self._op, p.RESUBSCRIBE_WINDOW, True)
+        except errors.MechaError as e:
+            self.close()
+            raise e from cause
+
+    def _frame(self, timeout: float | None) -> Any:
+        """The next push, or an ``End`` (after which the stream is done unless resumable)."""
+        try:
+            item = p.stream_frame(*self._conn.read(timeout))
+        except TimeoutError:
+            raise TimeoutError(f"nothing on the stream within {timeout} s") from None
+        except errors.MechaError:
+            self.close()
+            raise
+        if isinstance(item, p.End) and not item.resumable:
+            self.close()
+            if item.error is not None:
+                raise item.error
+        return item
+
+    def cancel(self, *, timeout: float | None = None) -> None:
+        """STREAM_CANCEL, wait for the END, close. Deliveries not yet read are not
+        acknowledged, so the group delivers them again."""
+        if self._done:
+            return
+        try:
+            self._conn._call(p.stream_cancel(self._conn.stream_id), timeout, None)
+            deadline = time.monotonic() + (timeout or self._conn.timeout)
+            while not self._conn.read(max(deadline - time.monotonic(), 0.001))[0].flags & p.F_END:
+                pass
+        except (errors.NotFound, TimeoutError, errors.MechaConnectionError):
+            pass  # already ended, or gone with the connection closed below
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._done = True
+        self._conn.close()
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscription(_SyncStream):
+    """A member of a consumer group (``Client.subscribe``). ``next()`` returns the next
+    ``Delivery``; ``for d in sub`` iterates until the subscription ends. Acks and nacks
+    travel on the subscription's own connection."""
+
+    reply: t.SubscribeReply
+    """The SubscribeReply of the latest (re)subscription: store and group resolved."""
+
+    def __init__(self, client: Client, op: p.Op[t.SubscribeReply], timeout: float | None) -> None:
+        super().__init__(client, op, timeout)
+        self.reply = self._opened
+
+    def next(self, timeout: float | None = None) -> t.Delivery | None:
+        """The next delivery, waiting up to ``timeout`` seconds (None: for ever;
+        ``TimeoutError`` then). None once the subscription was cancelled; a non-OK END
+        that cannot be resumed raises its ``StatusError``."""
+        while not self._done:
+            item = self._frame(timeout)
+            if not isinstance(item, p.End):
+                return item
+            if item.error is None:
+                return None
+            self.reply = self._reopen(item.error)
+        return None
+
+    def ack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
+        """Acknowledge: the group never delivers it again. False if it had no effect."""
+        return self._conn._call(p.pubsub_ack([delivery], False), timeout, None) > 0
+
+    def nack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
+        """Fail the delivery: delivered again at once (attempt + 1), or dead-lettered."""
+        return self._conn._call(p.pubsub_ack([delivery], True), timeout, None) > 0
+
+    def __iter__(self) -> Iterator[t.Delivery]:
+        return self
+
+    def __next__(self) -> t.Delivery:
+        d = self.next()
+        if d is None:
+            raise StopIteration
+        return d
+
+
+class ConfigWatch(_SyncStream):
+    """A configuration watch (``Client.watch_config``): ``snapshot`` is the items when
+    it opened, ``items`` what is known now, ``next()`` the next ``ConfigUpdate``. After a
+    reset, a fall-behind or a gap in ``seq`` it subscribes again and reports what changed
+    meanwhile as one update, so ``seq`` runs 1, 2, 3, ... without gaps (SPEC §7.6.2)."""
+
+    def __init__(self, client: Client, op: p.Op[list[t.ConfigItem]], timeout: float | None) -> None:
+        super().__init__(client, op, timeout)
+        self.snapshot: list[t.ConfigItem] = self._opened
+        self._view = p.ConfigView(self.snapshot)
+
+    @property
+    def items(self) -> dict[str, t.ConfigItem]:
+        return dict(self._view.items)
+
+    def next(self, timeout: float | None = None) -> t.ConfigUpdate | None:
+        """The next change, waiting up to ``timeout`` (None: for ever; ``TimeoutError``
+        then); None once cancelled."""
+        while not self._done:
+            item = self._frame(timeout)
+            if isinstance(item, p.End):
+                if item.error is None:
+                    return None
+                upd = self._view.resync(self._reopen(item.error))
+            elif (upd := self._view.push(item)) is None:  # a gap: resubscribe
+                try:
+                    self._conn._call(p.stream_cancel(self._conn.stream_id), None, None)
+                except errors.NotFound:
+                    pass
+                upd = self._view.resync(self._reopen(None))
+            if upd is not None:
+                return upd
+        return None
+
+    def __iter__(self) -> Iterator[t.ConfigUpdate]:
+        return self
+
+    def __next__(self) -> t.ConfigUpdate:
+        u = self.next()
+        if u is None:
+            raise StopIteration
+        return u

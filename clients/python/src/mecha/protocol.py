@@ -272,3 +272,126 @@ def secret_get(name: str, store: str) -> Op[dict[str, str] | None]:
 def secret_bulk_get(store: str) -> Op[dict[str, dict[str, str]]]:
     return _op(0x0602, t.SecretBulkGetRequest(store),
                lambda r: {name: dict(pairs) for name, pairs in r.secrets}, True)
+
+
+# -- pubsub (§7.3) -----------------------------------------------------------------------
+
+
+def pubsub_publish(topic: str, data: bytes | str, content_type: str,
+                   metadata: dict[str, str] | Sequence[tuple[str, str]] | None, raw: bool,
+                   store: str) -> Op[t.PublishReply]:
+    # §7.3.1: not idempotent (a resend may store the message twice); retry=True opts in.
+    if metadata is None or isinstance(metadata, dict):
+        pairs = list((metadata or {}).items())
+    else:
+        pairs = [(k, v) for k, v in metadata]
+    return _op(0x0201, t.PublishRequest(store, topic, _b(data), content_type, pairs, raw),
+               _same, False)
+
+
+def pubsub_subscribe(topic: str, group: str, max_in_flight: int, ack_deadline_ms: int,
+                     store: str) -> Op[t.SubscribeReply]:
+    # Retrying is harmless: an error answer opens no stream (§6.11).
+    return _op(0x0202, t.SubscribeRequest(store, topic, group, max_in_flight, ack_deadline_ms),
+               _same, True)
+
+
+def pubsub_ack(deliveries: Sequence[t.Delivery], nack: bool) -> Op[int]:
+    """One PUBSUB_ACK for deliveries of one (store, topic, group); returns how many
+    items took effect. Acks are idempotent, and a repeated nack names a delivery that
+    is no longer outstanding, so it does not take effect twice (§7.3.3)."""
+    if not deliveries:
+        raise ValueError("nothing to acknowledge")
+    first = deliveries[0]
+    if any((d.store, d.topic, d.group) != (first.store, first.topic, first.group) for d in deliveries):
+        raise ValueError("one ack names deliveries of one store, topic and group")
+    items = [t.AckItem(d.offset, d.attempt) for d in deliveries]
+    return _op(0x0203, t.AckRequest(first.store, first.topic, first.group, items, nack),
+               lambda r: r.applied, True)
+
+
+# -- configuration (§7.6) ------------------------------------------------------------------
+
+
+def config_get(keys: Sequence[str], store: str) -> Op[list[t.ConfigItem]]:
+    return _op(0x0501, t.ConfigGetRequest(store, list(keys)), lambda r: list(r.items), True)
+
+
+def config_subscribe(keys: Sequence[str], store: str) -> Op[list[t.ConfigItem]]:
+    return _op(0x0502, t.ConfigSubscribeRequest(store, list(keys)), lambda r: list(r.items), True)
+
+
+def config_set(items: dict[str, str] | Sequence[t.ConfigSetItem], delete: Sequence[str],
+               store: str) -> Op[list[str]]:
+    # §7.6.3: not idempotent (a resend is a new version watchers see again).
+    sets = [t.ConfigSetItem(k, v) for k, v in items.items()] if isinstance(items, dict) else list(items)
+    return _op(0x0503, t.ConfigSetRequest(store, sets, list(delete)), lambda r: list(r.versions), False)
+
+
+# -- streams (§6.11) -----------------------------------------------------------------------
+
+RESUBSCRIBE_STATUSES = frozenset({7, 8})  # END RESOURCE_EXHAUSTED / UNAVAILABLE: open again
+RESUBSCRIBE_WINDOW = 30.0  # seconds a stream is re-opened for before the error is raised
+
+
+@dataclass(slots=True)
+class End:
+    """The END frame of a stream: ``error`` None for OK (finished, e.g. cancelled)."""
+    error: errors.StatusError | None
+
+    @property
+    def resumable(self) -> bool:
+        """A reset or a fall-behind (§6.11): the client SHOULD open the stream again."""
+        return self.error is not None and self.error.status in RESUBSCRIBE_STATUSES
+
+
+def stream_frame(h: Header, payload: bytes) -> Any:
+    """A frame of an open stream → its decoded push, or an ``End``."""
+    if h.flags & F_END:
+        if h.status == 0:
+            if payload:
+                raise errors.ProtocolError(f"{len(payload)} bytes in an END OK frame")
+            return End(None)
+        return End(status_error(h, payload))
+    try:
+        return decode(PUSH_TYPES[h.opcode], payload)
+    except (KeyError, DecodeError) as e:
+        raise errors.ProtocolError(f"undecodable push on stream {h.request_id}: {e!r}") from e
+
+
+class ConfigView:
+    """What a configuration watch knows (§7.6.2): the items by key, and the ``seq`` of
+    the stream's last push. Pushes are renumbered for the caller, so resubscriptions do
+    not show: the caller sees seq 1, 2, 3, ... across them."""
+
+    def __init__(self, snapshot: Sequence[t.ConfigItem]) -> None:
+        self.items: dict[str, t.ConfigItem] = {i.key: i for i in snapshot}
+        self.stream_seq = 0
+        self.seq = 0
+
+    def push(self, upd: t.ConfigUpdate) -> t.ConfigUpdate | None:
+        """Applies a push; None means a gap in ``seq`` (pushes were lost): resubscribe."""
+        if upd.seq != self.stream_seq + 1:
+            return None
+        self.stream_seq = upd.seq
+        for item in upd.items:
+            self.items[item.key] = item
+        for key in upd.deleted:
+            self.items.pop(key, None)
+        self.seq += 1
+        return t.ConfigUpdate(self.seq, list(upd.items), list(upd.deleted))
+
+    def resync(self, snapshot: Sequence[t.ConfigItem]) -> t.ConfigUpdate | None:
+        """Takes a new stream's snapshot; returns the differences as one update (None
+        when nothing changed). Versions are not compared: they may change across module
+        restarts without the item changing (§7.6)."""
+        new = {i.key: i for i in snapshot}
+        changed = [i for k, i in new.items()
+                   if (old := self.items.get(k)) is None
+                   or (old.value, old.metadata) != (i.value, i.metadata)]
+        deleted = [k for k in self.items if k not in new]
+        self.items, self.stream_seq = new, 0
+        if not changed and not deleted:
+            return None
+        self.seq += 1
+        return t.ConfigUpdate(self.seq, changed, deleted)
