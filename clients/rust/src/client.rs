@@ -217,6 +217,19 @@ impl Client {
         budget: Duration,
         register: impl FnOnce(&mut Pending),
     ) -> Result<(Status, Bytes), Error> {
+        // A frame over the daemon's limit would make it close the whole
+        // connection (SPEC §6.4), failing every other call in flight; refuse it
+        // here instead. `max_frame` is 0 only during HELLO itself.
+        let max = self.hello.max_frame as usize;
+        if max > 0 && payload.len() > max {
+            return Err(Error::Status {
+                status: Status::ResourceExhausted,
+                message: format!(
+                    "payload of {} bytes exceeds the daemon's max_frame of {max} bytes; not sent",
+                    payload.len()
+                ),
+            });
+        }
         let (answer_tx, answer_rx) = oneshot::channel();
         {
             let mut pending = self.shared.pending.lock();
