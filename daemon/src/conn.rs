@@ -362,6 +362,15 @@ impl Conn {
                 .await;
             return Flow::Continue;
         }
+        if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
+            let msg = format!(
+                "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
+                header.opcode, self.peer.uid
+            );
+            self.error(&header, Status::PermissionDenied, &msg, permit)
+                .await;
+            return Flow::Continue;
+        }
         match header.opcode.family() {
             Family::Control => self.control(&header, &payload, permit).await,
             family => self.route(family, header, payload, permit).await,
@@ -423,7 +432,7 @@ impl Conn {
         }
     }
 
-    async fn control(&self, header: &Header, payload: &[u8], permit: ConnOut) {
+    async fn control(&self, header: &Header, payload: &Bytes, permit: ConnOut) {
         match header.opcode {
             Opcode::HELLO => {
                 let msg = "HELLO was already negotiated on this connection";
@@ -447,16 +456,7 @@ impl Conn {
             Opcode::STATUS => self.ok(header, &self.daemon.status(), permit).await,
             Opcode::STREAM_CANCEL => self.cancel_stream(header, payload, permit).await,
             Opcode::MODULE_RESTART | Opcode::RELOAD => {
-                if let Some((header, permit)) =
-                    self.admin(*header, Bytes::copy_from_slice(payload), permit)
-                {
-                    let msg = format!(
-                        "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
-                        header.opcode, self.peer.uid
-                    );
-                    self.error(&header, Status::PermissionDenied, &msg, permit)
-                        .await;
-                }
+                self.admin(*header, payload.clone(), permit);
             }
             other => {
                 let msg = format!("unknown control opcode {other}");
@@ -512,15 +512,7 @@ impl Conn {
                     .await;
             }
         }
-        if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
-            let msg = format!(
-                "{} is an admin operation; uid {} is not root, the daemon's uid, or in adminUids",
-                header.opcode, self.peer.uid
-            );
-            return self
-                .error(&header, Status::PermissionDenied, &msg, permit)
-                .await;
-        }
+
         let Some(module) = self.daemon.module_for(family) else {
             let msg = match family {
                 Family::Link | Family::Unknown(_) => format!("unknown opcode {}", header.opcode),
@@ -558,10 +550,8 @@ impl Conn {
 
     /// Admin operations take seconds (a module start), so they run in their
     /// own task and answer when done.
-    fn admin(&self, header: Header, payload: Bytes, permit: ConnOut) -> Option<(Header, ConnOut)> {
-        if !self.daemon.is_admin(&self.peer) {
-            return Some((header, permit));
-        }
+    /// Runs an admin operation; the caller has checked the peer may.
+    fn admin(&self, header: Header, payload: Bytes, permit: ConnOut) {
         let daemon = Arc::clone(&self.daemon);
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -603,7 +593,6 @@ impl Conn {
             };
             let _ = tx.send(frame).await;
         });
-        None
     }
 }
 
