@@ -27,11 +27,14 @@ pub enum Status {
     DeadlineExceeded = 9,
     /// A bug or an unexpected failure inside mecha.
     Internal = 10,
+    /// The component's driver does not support this operation or option
+    /// (for example a TTL on a store without expiry).
+    Unsupported = 11,
 }
 
 impl Status {
     /// Every defined status, in code order.
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::NotFound,
         Status::EtagMismatch,
@@ -43,6 +46,7 @@ impl Status {
         Status::Unavailable,
         Status::DeadlineExceeded,
         Status::Internal,
+        Status::Unsupported,
     ];
 
     /// The wire code.
@@ -73,6 +77,7 @@ impl Status {
             Status::Unavailable => "UNAVAILABLE",
             Status::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Status::Internal => "INTERNAL",
+            Status::Unsupported => "UNSUPPORTED",
         }
     }
 

@@ -961,6 +961,14 @@ fn vectors() -> Vec<Vector> {
             "store failure: I/O error reading /var/lib/mecha/state/statestore.redb",
         ),
         error(
+            "error_unsupported",
+            "UNSUPPORTED (11) answering a STATE_SET with a TTL on a store whose driver has no expiry",
+            O::STATE_SET,
+            29,
+            Status::Unsupported,
+            "component cache (state.example) does not support ttl",
+        ),
+        error(
             "error_bad_magic",
             "INVALID_ARGUMENT sent once after a frame with bad magic (here \"GET \"): opcode 0, request id 0; the daemon then stops reading and closes",
             Opcode(0),

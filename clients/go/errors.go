@@ -25,6 +25,7 @@ const (
 	StatusUnavailable        Status = 8
 	StatusDeadlineExceeded   Status = 9
 	StatusInternal           Status = 10
+	StatusUnsupported        Status = 11
 )
 
 // Sentinels for errors.Is, one per non-OK status. Every *StatusError matches
@@ -40,12 +41,13 @@ var (
 	ErrUnavailable        error = StatusUnavailable
 	ErrDeadlineExceeded   error = StatusDeadlineExceeded
 	ErrInternal           error = StatusInternal
+	ErrUnsupported        error = StatusUnsupported
 )
 
 var statusNames = [...]string{
 	"OK", "NOT_FOUND", "ETAG_MISMATCH", "INVALID_ARGUMENT", "UNKNOWN_OPCODE",
 	"UNSUPPORTED_VERSION", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
-	"DEADLINE_EXCEEDED", "INTERNAL",
+	"DEADLINE_EXCEEDED", "INTERNAL", "UNSUPPORTED",
 }
 
 // String returns the SPEC name, e.g. "NOT_FOUND".

@@ -94,7 +94,7 @@ extern "C" {
 #define MECHA_VERSION_MINOR 1
 #define MECHA_VERSION_PATCH 0
 
-/* Outcome of a call. 0..10: the ABI status codes (abi/SPEC.md section 5).
+/* Outcome of a call. 0..11: the ABI status codes (abi/SPEC.md section 5).
  * Negative: the library's own failures. */
 typedef enum mecha_status {
     MECHA_OK = 0,                   /* success */
@@ -108,6 +108,7 @@ typedef enum mecha_status {
     MECHA_UNAVAILABLE = 8,          /* the serving module is down or restarting; retry later */
     MECHA_DEADLINE_EXCEEDED = 9,    /* no answer within the call's deadline */
     MECHA_INTERNAL = 10,            /* a failure inside mecha or its backing store */
+    MECHA_UNSUPPORTED = 11,         /* the component's driver does not implement this operation or option */
 
     MECHA_ERR_CONNECT = -1,         /* the socket could not be connected (is mechad running?) */
     MECHA_ERR_IO = -2,              /* the connection was lost; close the client and reconnect */

@@ -35,6 +35,8 @@ pub enum Code {
     DeadlineExceeded = 9,
     /// MECHA_INTERNAL
     Internal = 10,
+    /// MECHA_UNSUPPORTED
+    Unsupported = 11,
     /// MECHA_ERR_CONNECT: the socket could not be connected.
     ErrConnect = -1,
     /// MECHA_ERR_IO: the connection was lost.
@@ -52,7 +54,7 @@ pub enum Code {
 impl Code {
     /// Every code, in header order; the header drift test compares the
     /// header's enum with this list.
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 18] = [
         Code::Ok,
         Code::NotFound,
         Code::EtagMismatch,
@@ -64,6 +66,7 @@ impl Code {
         Code::Unavailable,
         Code::DeadlineExceeded,
         Code::Internal,
+        Code::Unsupported,
         Code::ErrConnect,
         Code::ErrIo,
         Code::ErrInvalid,
@@ -88,6 +91,7 @@ impl Code {
             Status::Unavailable => Code::Unavailable,
             Status::DeadlineExceeded => Code::DeadlineExceeded,
             Status::Internal => Code::Internal,
+            Status::Unsupported => Code::Unsupported,
         }
     }
 
@@ -106,6 +110,7 @@ impl Code {
             Code::Unavailable => Status::Unavailable.name(),
             Code::DeadlineExceeded => Status::DeadlineExceeded.name(),
             Code::Internal => Status::Internal.name(),
+            Code::Unsupported => Status::Unsupported.name(),
             Code::ErrConnect => "ERR_CONNECT",
             Code::ErrIo => "ERR_IO",
             Code::ErrInvalid => "ERR_INVALID",
@@ -129,6 +134,7 @@ impl Code {
             Code::Unavailable => c"UNAVAILABLE",
             Code::DeadlineExceeded => c"DEADLINE_EXCEEDED",
             Code::Internal => c"INTERNAL",
+            Code::Unsupported => c"UNSUPPORTED",
             Code::ErrConnect => c"ERR_CONNECT",
             Code::ErrIo => c"ERR_IO",
             Code::ErrInvalid => c"ERR_INVALID",

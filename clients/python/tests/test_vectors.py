@@ -139,6 +139,7 @@ EXPECTED: dict[str, Any] = {
     "error_unavailable": err(8, "module state is unavailable: the module exited; retry"),
     "error_deadline_exceeded": err(9, "module state did not answer before the deadline"),
     "error_internal": err(10, "store failure: I/O error reading /var/lib/mecha/state/statestore.redb"),
+    "error_unsupported": err(11, "component cache (state.example) does not support ttl"),
     "error_bad_magic": err(3, 'bad magic [47, 45, 54, 20]: expected "MCHA"'),
     "link_hello_request": LinkHello(1, "state", "/var/lib/mecha/state", [
         ComponentSpec("statestore", "state.redb", [("path", "statestore.redb")]),

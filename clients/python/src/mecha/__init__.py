@@ -8,7 +8,7 @@ the encoding in ``mecha.codec``.
 from .client import Client, ConfigWatch, Subscription
 from .errors import (DeadlineExceeded, EtagMismatch, Internal, InvalidArgument,
                      MechaConnectionError, MechaError, NotFound, PermissionDenied, ProtocolError,
-                     ResourceExhausted, StatusError, Unavailable, UnknownOpcode, UnsupportedVersion)
+                     ResourceExhausted, StatusError, Unavailable, UnknownOpcode, Unsupported, UnsupportedVersion)
 from .payloads import (BulkGetItem, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
                        ExtendLockReply, HelloReply, ModuleStatus, PublishReply, ReloadReply,
                        SetItem, StateEntry, StatusReply, SubscribeReply, TryLockReply,
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "Subscription", "ConfigWatch", "default_socket_path",
     "MechaError", "MechaConnectionError", "ProtocolError", "StatusError", "NotFound",
-    "EtagMismatch", "InvalidArgument", "UnknownOpcode", "UnsupportedVersion",
+    "EtagMismatch", "InvalidArgument", "UnknownOpcode", "Unsupported", "UnsupportedVersion",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Internal",
     "BulkGetItem", "DeleteItem", "ExtendLockReply", "HelloReply", "ModuleStatus",
     "ReloadReply", "SetItem", "StateEntry", "StatusReply", "TryLockReply", "UnlockStatus",

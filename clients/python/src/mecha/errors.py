@@ -87,15 +87,21 @@ class Internal(StatusError):
     status = 10
 
 
+class Unsupported(StatusError):
+    """The component's driver does not implement this operation or option."""
+    status = 11
+
+
 _BY_STATUS: dict[int, type[StatusError]] = {
     c.status: c for c in (NotFound, EtagMismatch, InvalidArgument, UnknownOpcode,
                           UnsupportedVersion, PermissionDenied, ResourceExhausted,
-                          Unavailable, DeadlineExceeded, Internal)
+                          Unavailable, DeadlineExceeded, Internal, Unsupported)
 }
 STATUS_NAMES = {
     1: "NOT_FOUND", 2: "ETAG_MISMATCH", 3: "INVALID_ARGUMENT", 4: "UNKNOWN_OPCODE",
     5: "UNSUPPORTED_VERSION", 6: "PERMISSION_DENIED", 7: "RESOURCE_EXHAUSTED",
     8: "UNAVAILABLE", 9: "DEADLINE_EXCEEDED", 10: "INTERNAL",
+    11: "UNSUPPORTED",
 }
 
 

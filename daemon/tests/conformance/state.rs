@@ -1,0 +1,443 @@
+//! State store conformance: CRUD, ETags (first-write-wins), TTL, bulk
+//! operations, transactions and durability across a module restart, for every
+//! state driver, through mechad and the state module.
+
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::{DeleteItem, SetItem, TxOp};
+use mecha_abi::Status;
+use mecha_client::{Error, SetOptions};
+
+use crate::common::{wait_until, Daemon};
+use crate::servers;
+
+/// The component name every state conformance test uses.
+const STORE: &str = "conf";
+
+/// What a driver claims to support.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// Keys can carry a TTL and disappear after it.
+    pub ttl: bool,
+    /// TRANSACT applies several operations atomically.
+    pub transactions: bool,
+    /// Data survives a restart of the state module.
+    pub durable: bool,
+}
+
+/// A driver under test: the component document that selects it, and what it
+/// claims.
+pub struct Driver {
+    pub name: &'static str,
+    pub component: String,
+    pub features: Features,
+}
+
+impl Driver {
+    fn new(
+        name: &'static str,
+        kind: &str,
+        metadata: &[(&str, String)],
+        features: Features,
+    ) -> Self {
+        Self {
+            name,
+            component: component(STORE, kind, metadata),
+            features,
+        }
+    }
+
+    /// Starts mechad with this driver's component and returns it with a client.
+    fn start(&self) -> (Daemon, mecha_client::blocking::Client) {
+        let d = Daemon::start_with(Some(&self.component));
+        let c = d.client();
+        (d, c)
+    }
+}
+
+/// A Dapr `Component` document, the form a user would write.
+pub fn component(name: &str, kind: &str, metadata: &[(&str, String)]) -> String {
+    let mut doc = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  version: v1\n  metadata:"
+    );
+    if metadata.is_empty() {
+        doc.push_str(" []\n");
+    } else {
+        doc.push('\n');
+    }
+    for (k, v) in metadata {
+        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
+    }
+    doc
+}
+
+/// The drivers this suite runs against. Each function returns `None` only
+/// when the server its driver needs is missing (see `servers`).
+pub mod drivers {
+    use super::*;
+
+    pub fn memory() -> Option<Driver> {
+        Some(Driver::new(
+            "state.memory",
+            "state.memory",
+            &[],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: false,
+            },
+        ))
+    }
+
+    pub fn redb() -> Option<Driver> {
+        Some(Driver::new(
+            "state.redb",
+            "state.redb",
+            &[],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: true,
+            },
+        ))
+    }
+}
+
+conformance! {
+    drivers: [memory, redb],
+    tests: [
+        set_get_delete_round_trip,
+        get_missing_is_none,
+        last_write_wins_without_etag,
+        etag_first_write_wins,
+        etag_on_missing_key_mismatches,
+        delete_with_etag,
+        bulk_get_keeps_order_and_reports_missing,
+        bulk_set_returns_etags,
+        large_value_round_trips,
+        ttl_expires_or_is_unsupported,
+        transaction_is_atomic_or_unsupported,
+        data_survives_module_restart_when_durable,
+    ]
+}
+
+fn opts(etag: Option<&str>, ttl: Option<Duration>) -> SetOptions {
+    SetOptions {
+        etag: etag.map(str::to_owned),
+        ttl,
+    }
+}
+
+fn status(e: Error) -> Option<Status> {
+    e.status()
+}
+
+fn set_get_delete_round_trip(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("k");
+    let etag = c
+        .set(STORE, &key, b"hello".to_vec(), opts(None, None))
+        .unwrap();
+    assert!(!etag.is_empty(), "{}: a write returns an ETag", driver.name);
+    let got = c.get(STORE, &key).unwrap().expect("the key exists");
+    assert_eq!(got.value, b"hello");
+    assert_eq!(
+        got.etag, etag,
+        "{}: get returns the write's ETag",
+        driver.name
+    );
+    assert!(c.delete(STORE, &key, None).unwrap(), "delete finds the key");
+    assert_eq!(c.get(STORE, &key).unwrap(), None);
+    assert!(
+        !c.delete(STORE, &key, None).unwrap(),
+        "a second delete finds nothing"
+    );
+}
+
+fn get_missing_is_none(driver: &Driver) {
+    let (_d, c) = driver.start();
+    assert_eq!(c.get(STORE, &servers::unique("missing")).unwrap(), None);
+}
+
+fn last_write_wins_without_etag(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("lww");
+    let e1 = c
+        .set(STORE, &key, b"one".to_vec(), opts(None, None))
+        .unwrap();
+    let e2 = c
+        .set(STORE, &key, b"two".to_vec(), opts(None, None))
+        .unwrap();
+    assert_ne!(e1, e2, "{}: every write gets a new ETag", driver.name);
+    assert_eq!(c.get(STORE, &key).unwrap().unwrap().value, b"two");
+}
+
+fn etag_first_write_wins(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("etag");
+    let e1 = c
+        .set(STORE, &key, b"v1".to_vec(), opts(None, None))
+        .unwrap();
+    let e2 = c
+        .set(STORE, &key, b"v2".to_vec(), opts(Some(&e1), None))
+        .unwrap();
+    // The first writer's ETag is now stale: its write must be refused and
+    // must change nothing.
+    let err = c
+        .set(STORE, &key, b"stale".to_vec(), opts(Some(&e1), None))
+        .unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "{}", driver.name);
+    let got = c.get(STORE, &key).unwrap().unwrap();
+    assert_eq!(
+        (got.value.as_slice(), got.etag.as_str()),
+        (&b"v2"[..], e2.as_str())
+    );
+}
+
+fn etag_on_missing_key_mismatches(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("ghost");
+    let err = c
+        .set(STORE, &key, b"v".to_vec(), opts(Some("1"), None))
+        .unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "{}", driver.name);
+    assert_eq!(c.get(STORE, &key).unwrap(), None, "nothing was written");
+}
+
+fn delete_with_etag(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("del");
+    let e1 = c
+        .set(STORE, &key, b"v1".to_vec(), opts(None, None))
+        .unwrap();
+    let e2 = c
+        .set(STORE, &key, b"v2".to_vec(), opts(None, None))
+        .unwrap();
+    let err = c.delete(STORE, &key, Some(e1)).unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "{}", driver.name);
+    assert!(
+        c.get(STORE, &key).unwrap().is_some(),
+        "a refused delete keeps the key"
+    );
+    assert!(c.delete(STORE, &key, Some(e2)).unwrap());
+    assert_eq!(c.get(STORE, &key).unwrap(), None);
+}
+
+fn bulk_get_keeps_order_and_reports_missing(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let a = servers::unique("a");
+    let b = servers::unique("b");
+    let missing = servers::unique("none");
+    c.set(STORE, &a, b"A".to_vec(), opts(None, None)).unwrap();
+    c.set(STORE, &b, b"B".to_vec(), opts(None, None)).unwrap();
+    let items = c
+        .bulk_get(STORE, vec![b.clone(), missing.clone(), a.clone()])
+        .unwrap();
+    let got: Vec<(String, Option<Vec<u8>>)> = items
+        .into_iter()
+        .map(|i| (i.key, i.entry.map(|e| e.value)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (b, Some(b"B".to_vec())),
+            (missing, None),
+            (a, Some(b"A".to_vec())),
+        ],
+        "{}",
+        driver.name
+    );
+}
+
+fn bulk_set_returns_etags(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let keys: Vec<String> = (0..5)
+        .map(|i| servers::unique(&format!("bulk{i}")))
+        .collect();
+    let items = keys
+        .iter()
+        .map(|k| SetItem {
+            key: k.clone(),
+            value: k.as_bytes().to_vec(),
+            etag: None,
+            ttl_ms: None,
+        })
+        .collect();
+    let etags = c.bulk_set(STORE, items).unwrap();
+    assert_eq!(etags.len(), keys.len());
+    for (k, etag) in keys.iter().zip(etags) {
+        let got = c
+            .get(STORE, k)
+            .unwrap()
+            .expect("every bulk item was written");
+        assert_eq!((got.value, got.etag), (k.as_bytes().to_vec(), etag));
+    }
+}
+
+fn large_value_round_trips(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("big");
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    c.set(STORE, &key, value.clone(), opts(None, None)).unwrap();
+    assert_eq!(
+        c.get(STORE, &key).unwrap().unwrap().value,
+        value,
+        "{}",
+        driver.name
+    );
+}
+
+fn ttl_expires_or_is_unsupported(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let key = servers::unique("ttl");
+    let long = servers::unique("long");
+    let result = c.set(
+        STORE,
+        &key,
+        b"brief".to_vec(),
+        opts(None, Some(Duration::from_millis(300))),
+    );
+    if !driver.features.ttl {
+        assert_eq!(
+            status(result.unwrap_err()),
+            Some(Status::Unsupported),
+            "{}",
+            driver.name
+        );
+        assert_eq!(
+            c.get(STORE, &key).unwrap(),
+            None,
+            "an unsupported write changes nothing"
+        );
+        return;
+    }
+    result.unwrap();
+    c.set(
+        STORE,
+        &long,
+        b"stays".to_vec(),
+        opts(None, Some(Duration::from_secs(3600))),
+    )
+    .unwrap();
+    assert!(c.get(STORE, &key).unwrap().is_some(), "live before its TTL");
+    let start = Instant::now();
+    wait_until(Duration::from_secs(10), "the TTL to expire the key", || {
+        c.get(STORE, &key).unwrap().is_none()
+    });
+    assert!(start.elapsed() > Duration::ZERO);
+    assert!(
+        c.get(STORE, &long).unwrap().is_some(),
+        "{}: a long TTL keeps its key",
+        driver.name
+    );
+}
+
+fn transaction_is_atomic_or_unsupported(driver: &Driver) {
+    let (_d, c) = driver.start();
+    let a = servers::unique("txa");
+    let b = servers::unique("txb");
+    let ea = c.set(STORE, &a, b"a0".to_vec(), opts(None, None)).unwrap();
+    let ops = |etag: &str| {
+        vec![
+            TxOp::Set(SetItem {
+                key: a.clone(),
+                value: b"a1".to_vec(),
+                etag: Some(etag.to_owned()),
+                ttl_ms: None,
+            }),
+            TxOp::Set(SetItem {
+                key: b.clone(),
+                value: b"b1".to_vec(),
+                etag: None,
+                ttl_ms: None,
+            }),
+        ]
+    };
+    let good = c.transact(STORE, ops(&ea));
+    if !driver.features.transactions {
+        assert_eq!(
+            status(good.unwrap_err()),
+            Some(Status::Unsupported),
+            "{}",
+            driver.name
+        );
+        assert_eq!(
+            c.get(STORE, &b).unwrap(),
+            None,
+            "an unsupported transaction changes nothing"
+        );
+        return;
+    }
+    let etags = good.unwrap();
+    assert_eq!(etags.len(), 2);
+    assert_eq!(c.get(STORE, &b).unwrap().unwrap().value, b"b1");
+    // Now with a stale ETag on the first op: neither op may be applied.
+    c.delete(STORE, &b, None).unwrap();
+    let err = c.transact(STORE, ops(&ea)).unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "{}", driver.name);
+    assert_eq!(c.get(STORE, &a).unwrap().unwrap().value, b"a1");
+    assert_eq!(
+        c.get(STORE, &b).unwrap(),
+        None,
+        "{}: a failed transaction is all-or-nothing",
+        driver.name
+    );
+    // A delete inside a transaction.
+    let ea1 = c.get(STORE, &a).unwrap().unwrap().etag;
+    c.transact(
+        STORE,
+        vec![TxOp::Delete(DeleteItem {
+            key: a.clone(),
+            etag: Some(ea1),
+        })],
+    )
+    .unwrap();
+    assert_eq!(c.get(STORE, &a).unwrap(), None);
+}
+
+fn data_survives_module_restart_when_durable(driver: &Driver) {
+    let (d, c) = driver.start();
+    let key = servers::unique("durable");
+    let etag = c
+        .set(STORE, &key, b"kept".to_vec(), opts(None, None))
+        .unwrap();
+    let before = d.module_pid("state");
+    let out = d.mechactl(&["module", "restart", "state"]);
+    assert!(
+        out.status.success(),
+        "restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the state module to restart",
+        || d.module_pid("state") != before,
+    );
+    let got = retry_unavailable(|| c.get(STORE, &key));
+    if driver.features.durable {
+        let got = got.expect("a durable store keeps the key");
+        assert_eq!(
+            (got.value.as_slice(), got.etag.as_str()),
+            (&b"kept"[..], etag.as_str())
+        );
+    } else {
+        assert_eq!(
+            got, None,
+            "{}: claims no durability, so should lose the key",
+            driver.name
+        );
+    }
+}
+
+/// Retries a call while the module is coming back (UNAVAILABLE).
+fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, Error>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call() {
+            Err(e) if e.status() == Some(Status::Unavailable) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
