@@ -224,7 +224,7 @@ mod tests {
                 assert_ne!(a.name(), b.name());
             }
         }
-        assert_eq!(Code::from_value(11), None);
+        assert_eq!(Code::from_value(12), None);
     }
 
     #[test]

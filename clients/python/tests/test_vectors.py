@@ -273,7 +273,7 @@ def test_status_maps_to_exception(name: str) -> None:
                           4: errors.UnknownOpcode, 5: errors.UnsupportedVersion,
                           6: errors.PermissionDenied, 7: errors.ResourceExhausted,
                           8: errors.Unavailable, 9: errors.DeadlineExceeded,
-                          10: errors.Internal}[status])
+                          10: errors.Internal, 11: errors.Unsupported}[status])
 
 
 def test_unknown_status_is_internal() -> None:
