@@ -198,6 +198,30 @@ pub struct Config {
     pub components: Vec<ComponentSpec>,
     /// Daemon-wide settings.
     pub settings: Settings,
+    /// Metadata values to fetch from a secret store before the components
+    /// are handed to their modules (Dapr's `secretKeyRef`), see
+    /// `crate::secret_ref`. Their placeholders in `components` are empty.
+    pub secret_refs: Vec<SecretRef>,
+}
+
+/// A metadata value that names a secret instead of holding a value:
+/// `secretKeyRef: {name, key}`, read from the component's `auth.secretStore`
+/// (or, without one, from the first secret store component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Where the reference was written, for error messages.
+    pub file: PathBuf,
+    /// The component whose metadata holds the reference.
+    pub component: String,
+    /// The metadata field to fill.
+    pub field: String,
+    /// The secret store component to read from, when the component names one.
+    pub store: Option<String>,
+    /// The secret's name in that store.
+    pub name: String,
+    /// The key within the secret; without one, the secret must hold exactly
+    /// one pair.
+    pub key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +231,15 @@ struct Envelope {
     kind: String,
     metadata: Metadata,
     spec: serde_norway::Value,
+    /// Dapr's `auth.secretStore`: where `secretKeyRef`s are read from.
+    #[serde(default)]
+    auth: Option<Auth>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Auth {
+    secret_store: String,
 }
 
 #[derive(Deserialize)]
@@ -223,10 +256,22 @@ struct ComponentBody {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct MetadataItem {
     name: String,
     #[serde(default)]
     value: serde_norway::Value,
+    /// Dapr's reference to a secret, instead of a literal value.
+    #[serde(default)]
+    secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretKeyRef {
+    name: String,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 impl Config {
@@ -259,6 +304,7 @@ impl Config {
                 ),
             ],
             settings: Settings::default(),
+            secret_refs: Vec::new(),
         }
     }
 
@@ -329,13 +375,24 @@ impl Config {
                 "Component" => {
                     let body: ComponentBody = serde_norway::from_value(env.spec)
                         .map_err(|e| invalid(name, format!("spec: {e}")))?;
-                    let component = component_spec(name, body).map_err(|m| invalid(name, m))?;
+                    let store = env.auth.map(|a| a.secret_store);
+                    let (component, refs) =
+                        component_spec(name, body).map_err(|m| invalid(name, m))?;
                     if self.components.iter().any(|c| c.name == component.name) {
                         return Err(ConfigError::Duplicate {
                             path: file.to_path_buf(),
                             name: component.name,
                         });
                     }
+                    self.secret_refs
+                        .extend(refs.into_iter().map(|(field, r)| SecretRef {
+                            file: file.to_path_buf(),
+                            component: component.name.clone(),
+                            field,
+                            store: store.clone(),
+                            name: r.name,
+                            key: r.key,
+                        }));
                     self.components.push(component);
                 }
                 "Configuration" => {
@@ -382,7 +439,11 @@ impl Config {
     }
 }
 
-fn component_spec(name: &str, body: ComponentBody) -> Result<ComponentSpec, String> {
+/// The component, and its metadata fields that are secret references (left
+/// empty in the component until they are resolved).
+type Parsed = (ComponentSpec, Vec<(String, SecretKeyRef)>);
+
+fn component_spec(name: &str, body: ComponentBody) -> Result<Parsed, String> {
     if name.is_empty() {
         return Err("metadata.name: must not be empty".into());
     }
@@ -393,7 +454,25 @@ fn component_spec(name: &str, body: ComponentBody) -> Result<ComponentSpec, Stri
         ));
     }
     let mut metadata = Vec::with_capacity(body.metadata.len());
+    let mut refs = Vec::new();
     for item in body.metadata {
+        if let Some(r) = item.secret_key_ref {
+            if !item.value.is_null() {
+                return Err(format!(
+                    "spec.metadata {:?}: give either value or secretKeyRef, not both",
+                    item.name
+                ));
+            }
+            if r.name.is_empty() {
+                return Err(format!(
+                    "spec.metadata {:?}: secretKeyRef.name must not be empty",
+                    item.name
+                ));
+            }
+            metadata.push((item.name.clone(), String::new()));
+            refs.push((item.name, r));
+            continue;
+        }
         let value = match item.value {
             serde_norway::Value::String(s) => s,
             serde_norway::Value::Number(n) => n.to_string(),
@@ -408,11 +487,14 @@ fn component_spec(name: &str, body: ComponentBody) -> Result<ComponentSpec, Stri
         };
         metadata.push((item.name, value));
     }
-    Ok(ComponentSpec {
-        name: name.to_string(),
-        kind: body.kind,
-        metadata,
-    })
+    Ok((
+        ComponentSpec {
+            name: name.to_string(),
+            kind: body.kind,
+            metadata,
+        },
+        refs,
+    ))
 }
 
 #[cfg(test)]

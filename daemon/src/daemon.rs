@@ -87,12 +87,16 @@ impl Daemon {
             || self.admin_uids.read().contains(&peer.uid)
     }
 
-    /// Loads the configuration the daemon was started with.
-    pub fn load_config(&self) -> Result<Config, String> {
-        match &self.config_path {
-            Some(path) => Config::load(path).map_err(|e| e.to_string()),
-            None => Ok(Config::embedded_default()),
-        }
+    /// Loads the configuration the daemon was started with, secret
+    /// references resolved.
+    pub async fn load_config(&self) -> Result<Config, String> {
+        let mut config = match &self.config_path {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => Config::embedded_default(),
+        };
+        let secrets_dir = crate::plan::secrets_data_dir(&self.paths.data_dir);
+        crate::secret_ref::resolve(&mut config, &secrets_dir).await?;
+        Ok(config)
     }
 
     /// Re-reads the configuration and applies the differences: new modules
@@ -103,7 +107,7 @@ impl Daemon {
     /// stays, every module keeps being supervised, and removals are skipped.
     pub async fn reload(&self) -> Result<ReloadReply, ReloadError> {
         let _one_at_a_time = self.admin_lock.lock().await;
-        let config = self.load_config().map_err(ReloadError::Config)?;
+        let config = self.load_config().await.map_err(ReloadError::Config)?;
         let specs = child_specs(&config, &self.paths).map_err(ReloadError::Config)?;
         let pods = match &config.settings.pods_file {
             Some(path) => crate::peer::load_pods(path).map_err(ReloadError::Config)?,

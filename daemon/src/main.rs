@@ -10,6 +10,7 @@ mod metrics;
 mod peer;
 mod plan;
 mod quota;
+mod secret_ref;
 mod spawn;
 mod supervisor;
 
@@ -102,7 +103,7 @@ fn default_data_dir() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
     };
@@ -115,6 +116,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .data_dir
         .or_else(|| settings.data_dir.clone())
         .unwrap_or_else(default_data_dir);
+    secret_ref::resolve(&mut config, &plan::secrets_data_dir(&data_dir))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let settings = &config.settings;
     let module_dir = match args.module_dir.or_else(|| settings.module_dir.clone()) {
         Some(dir) => dir,
         None => std::env::current_exe()

@@ -1,7 +1,7 @@
 //! Turning a loaded configuration into child specs: which modules run, with
 //! which components, binaries, directories and limits. Used at boot and reload.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mecha_abi::Family;
@@ -33,6 +33,13 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
         "configuration" => Some(("config", Family::Configuration)),
         _ => None,
     }
+}
+
+/// The secrets module's data directory under `data_dir`, against which secret
+/// stores resolve relative paths (also when the daemon reads a secret for a
+/// `secretKeyRef`).
+pub fn secrets_data_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("secrets")
 }
 
 /// Whether `module` names a module (for `spec.modules` keys).
@@ -68,7 +75,11 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             .get(&name)
             .cloned()
             .unwrap_or_default();
-        let data_dir = paths.data_dir.join(&name);
+        let data_dir = if name == "secrets" {
+            secrets_data_dir(&paths.data_dir)
+        } else {
+            paths.data_dir.join(&name)
+        };
         private_dir(&data_dir, settings.user.map(|u| (u.uid, u.gid)))?;
         let binary = settings
             .binary

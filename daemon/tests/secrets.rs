@@ -368,3 +368,66 @@ fn mechactl_secret_get_prints_values_and_exits_3_when_missing() {
 
     d.stop_and_check_logs();
 }
+
+/// A component field written as Dapr's `secretKeyRef` is filled from a secret
+/// store of the same configuration before the component's module starts: here
+/// the state store's file path comes from a secret directory, so the file
+/// appearing at that path proves the module received the secret's value.
+#[test]
+fn secret_key_refs_fill_component_fields_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secrets = dir.path().join("mounted");
+    std::fs::create_dir(&secrets).expect("secret dir");
+    let wanted = dir.path().join("from-secret.redb");
+    std::fs::write(
+        secrets.join("state-path"),
+        wanted.to_string_lossy().as_bytes(),
+    )
+    .expect("write secret");
+    let store = component(
+        "mounted",
+        "secretstores.local.dir",
+        &[("secretsDir", &secrets.to_string_lossy())],
+    );
+    let state = "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redb\n  metadata:\n  - name: path\n    secretKeyRef:\n      name: state-path\nauth:\n  secretStore: mounted\n";
+    let d = Daemon::start_in(dir, Some(&format!("{store}{state}")), Vec::new());
+    let c = d.client();
+    c.set("statestore", "k", b"v".to_vec(), Default::default())
+        .expect("set");
+    assert!(wanted.exists(), "the redb file is where the secret said");
+}
+
+/// A reference to a secret that does not exist stops mechad at start with a
+/// message naming the file, component, field and secret.
+#[test]
+fn a_missing_secret_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secrets = dir.path().join("mounted");
+    std::fs::create_dir(&secrets).expect("secret dir");
+    let store = component(
+        "mounted",
+        "secretstores.local.dir",
+        &[("secretsDir", &secrets.to_string_lossy())],
+    );
+    let state = "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.memory\n  metadata:\n  - name: redisPassword\n    secretKeyRef:\n      name: absent\n      key: password\n";
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("{store}{state}")).expect("write config");
+    let out = std::process::Command::new(common::bin_dir().join("mechad"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--module-dir")
+        .arg(common::bin_dir())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run mechad");
+    assert!(!out.status.success(), "mechad must refuse to start");
+    let err = stderr(&out);
+    assert!(
+        err.contains("component \"statestore\", spec.metadata \"redisPassword\": secretKeyRef (secret \"absent\", key \"password\")")
+            && err.contains("has no such secret"),
+        "{err}"
+    );
+}
