@@ -294,11 +294,18 @@ fn modules_run_confined() {
         "data dirs are private"
     );
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
-    // Modules that keep no user setting still get no_new_privs.
+    // Modules that keep no user setting still get no_new_privs, and every
+    // module of the embedded default runs under its seccomp filter (mode 2).
     let d2 = Daemon::start();
-    let pid = d2.module_pid("state");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.contains("NoNewPrivs:\t1"));
+    for module in ["state", "pubsub", "lock", "sequencer", "config", "secrets"] {
+        let pid = d2.module_pid(module);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("NoNewPrivs:\t1"), "{module}");
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "{module} is filtered: {status}"
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub mod embedded;
 mod link;
 pub mod metadata;
 mod reply;
+mod sandbox;
 mod stream;
 
 use std::future::Future;

@@ -46,6 +46,17 @@ pub fn run<M: Module>() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .init();
+    // Before the runtime starts its threads, so that they inherit the filter.
+    if crate::sandbox::disabled() {
+        tracing::warn!(
+            module = M::NAME,
+            "MECHA_SECCOMP=off: running without the seccomp filter"
+        );
+    } else if let Err(e) = crate::sandbox::install() {
+        // A kernel without seccomp still runs the module, with the other
+        // confinement (no_new_privs, rlimits, a dropped uid) in place.
+        tracing::warn!(module = M::NAME, "{e}; running without the seccomp filter");
+    }
     // A current-thread runtime keeps an idle module small; drivers that block
     // (embedded databases) move their work to the blocking pool themselves.
     let runtime = match tokio::runtime::Builder::new_current_thread()
