@@ -101,7 +101,12 @@ pub fn install() -> Result<(), SandboxError> {
         seccompiler::TargetArch::try_from(arch).map_err(|_| SandboxError::Arch(arch.to_owned()))?;
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied()
         .into_iter()
-        .map(|call| (i64::from(call), Vec::new()))
+        // `c_long` is already i64 on 64-bit targets, but not on 32-bit ones.
+        .map(|call| {
+            #[allow(clippy::useless_conversion)]
+            let call = i64::from(call);
+            (call, Vec::new())
+        })
         .collect();
     let filter = seccompiler::SeccompFilter::new(
         rules,
