@@ -67,7 +67,7 @@ pub fn error_frame(
 
 /// Answers a connection that is refused before HELLO with one error frame
 /// (request id 0, like other connection-level errors) and closes it.
-async fn refuse(mut stream: UnixStream, status: Status, message: &str) {
+pub(crate) async fn refuse(mut stream: UnixStream, status: Status, message: &str) {
     use tokio::io::AsyncWriteExt;
     tracing::info!("refusing a connection: {message}");
     let body = mecha_abi::encode(&ErrorBody {
