@@ -53,17 +53,35 @@ struct Args {
     /// 0.0.0.0:9464 inside Kubernetes and off elsewhere.
     #[arg(long, env = "MECHA_HTTP")]
     http: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log collectors). Modules inherit the choice.
+    #[arg(long, env = "MECHA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// The `--log-format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .init();
-    let args = Args::parse();
+        .with_env_filter(filter);
+    if args.log_format == LogFormat::Json {
+        // Modules read the same variable, so one flag sets the format of the
+        // whole node's logs.
+        std::env::set_var("MECHA_LOG_FORMAT", "json");
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     // Two workers match the small nodes this runs on; the router does little
     // work per frame, and modules do theirs in their own processes.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -505,3 +505,63 @@ fn boots_all_modules(config: &str) {
         assert!(names.contains(&module), "{module} not in {names:?}");
     }
 }
+
+/// `--log-format json` makes every log line of mechad and of its modules one
+/// JSON object, so a log collector can parse the node's logs.
+#[test]
+fn json_logs_cover_the_daemon_and_its_modules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("m.sock");
+    let mut child = std::process::Command::new(bin_dir().join("mechad"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--module-dir")
+        .arg(bin_dir())
+        .args(["--log-format", "json"])
+        .env("MECHA_LOG", "info")
+        .env_remove("MECHA_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mechad");
+    wait_until(Duration::from_secs(20), "mechad to listen", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let c = mecha_client::blocking::Client::connect(&socket).expect("connect");
+    c.set("", "k", b"v".to_vec(), Default::default())
+        .expect("set");
+    drop(c);
+    signal(child.id(), libc::SIGTERM);
+    let mut text = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut text)
+        .expect("read logs");
+    assert!(child.wait().expect("mechad exits").success());
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "mechad logged at info level");
+    for line in &lines {
+        assert!(
+            line["level"].is_string() && line["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let targets: Vec<&str> = lines.iter().filter_map(|l| l["target"].as_str()).collect();
+    assert!(
+        targets.iter().any(|t| t.starts_with("mechad")),
+        "{targets:?}"
+    );
+    assert!(
+        targets
+            .iter()
+            .any(|t| t.starts_with("mecha_mod") || t.starts_with("mecha_module")),
+        "a module logged too: {targets:?}"
+    );
+}
