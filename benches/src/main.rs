@@ -8,6 +8,7 @@ mod clients;
 mod daemon;
 mod floor;
 mod mecha;
+mod noisy;
 mod recovery;
 mod report;
 
@@ -38,6 +39,34 @@ enum Cmd {
     /// and the size of each client library. Needs cc, go and python3; a
     /// client whose toolchain is missing is skipped.
     Clients(ClientsArgs),
+    /// One tenant floods the daemon from many connections while another does
+    /// one get at a time: the victim's latency under flood over alone.
+    Noisy(NoisyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NoisyArgs {
+    /// Fewer victim operations: a smoke run of seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed victim gets per phase (default 20000, or 2000 with --quick).
+    #[arg(long, value_name = "N")]
+    ops: Option<usize>,
+    /// The flooder's connections.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    connections: usize,
+    /// Requests the flooder keeps in flight on each connection.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    depth: usize,
+    /// Size of the value read.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Recovery(args) => recovery(args),
         Cmd::Capabilities(args) => capabilities(args),
         Cmd::Clients(args) => clients(args),
+        Cmd::Noisy(args) => noisy(args),
     }
 }
 
@@ -211,6 +241,29 @@ fn clients(args: ClientsArgs) -> anyhow::Result<()> {
     print!("{}", clients::markdown(&results));
     if let Some(path) = &args.json {
         clients::write_json(path, &results)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn noisy(args: NoisyArgs) -> anyhow::Result<()> {
+    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
+    let flood = noisy::Flood {
+        connections: args.connections.max(1),
+        depth: args.depth.max(1),
+    };
+    let bin_dir = bin_dir(args.bin_dir)?;
+    // The flooder needs both runtime threads to load the daemon the way two
+    // busy client processes would; the victim is one task among them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let results = runtime.block_on(noisy::run(&bin_dir, &plan, flood))?;
+    print!("{}", noisy::markdown(&results));
+    if let Some(path) = &args.json {
+        noisy::write_json(path, &results)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())
