@@ -10,17 +10,21 @@
  *   connection     mecha_connect, mecha_close, mecha_set_timeout
  *   state          mecha_state_get, mecha_state_set, mecha_state_delete
  *   lock           mecha_lock_try, mecha_lock_unlock
+ *   pub/sub        mecha_publish, mecha_subscribe, mecha_subscription_next,
+ *                  mecha_message_ack, mecha_message_nack, mecha_message_data,
+ *                  mecha_message_topic, mecha_message_id,
+ *                  mecha_message_content_type, mecha_message_attempt,
+ *                  mecha_message_free, mecha_subscription_close
  *   sequencer      mecha_next_id
  *   secrets        mecha_secret_get, mecha_secret_get_all
  *   configuration  mecha_config_get
  *   errors         mecha_last_error, mecha_status_name
  *   memory         mecha_free
- * Planned (not in this version; do not look for the symbols): publish,
- * subscribe (pubsub) and invoke.
+ * Planned (not in this version; do not look for the symbols): invoke.
  *
  * Status codes
  *   Every call that can fail returns a mecha_status. MECHA_OK (0) is success.
- *   Codes 1..10 are the daemon's answer, exactly the status codes of
+ *   Codes 1..11 are the daemon's answer, exactly the status codes of
  *   abi/SPEC.md section 5 (MECHA_NOT_FOUND = NOT_FOUND, ...). Negative codes
  *   are failures inside this library (no daemon answer). A code this header
  *   does not list (a newer daemon) is to be treated like MECHA_INTERNAL.
@@ -197,6 +201,62 @@ mecha_status mecha_lock_try(mecha_client *client, const char *store, const char 
  *   the lock was released (MECHA_OK is returned in all three cases). */
 mecha_status mecha_lock_unlock(mecha_client *client, const char *store, const char *resource,
                                const char *owner, int *result);
+
+/* ---- pub/sub ----------------------------------------------------------- */
+
+/* A membership of a consumer group (mecha_subscribe). Opaque. Use it from one
+ * thread at a time; close every subscription before closing its client. */
+typedef struct mecha_subscription mecha_subscription;
+
+/* One delivered message (mecha_subscription_next). Opaque: read it with the
+ * mecha_message_* accessors, whose pointers stay valid until
+ * mecha_message_free(). */
+typedef struct mecha_message mecha_message;
+
+/* Publishes data_len bytes of `data` to `topic` of the pub/sub store `store`
+ * (NULL/"" = default) as a CloudEvent. content_type: NULL for the daemon's
+ * default. A publish is not retried by the library (it could be stored twice). */
+mecha_status mecha_publish(mecha_client *client, const char *store, const char *topic,
+                           const uint8_t *data, size_t data_len, const char *content_type);
+
+/* Joins the consumer group `group` of `topic`: each message goes to one member
+ * of each group (at least once). subscription: receives the new subscription;
+ * close it with mecha_subscription_close(). The subscription subscribes again
+ * by itself when the pub/sub module restarts. */
+mecha_status mecha_subscribe(mecha_client *client, const char *store, const char *topic,
+                             const char *group, mecha_subscription **subscription);
+
+/* Waits up to timeout_ms (0 = only what has already arrived) for the next
+ * message. message: receives the message, or NULL (with MECHA_OK) when none
+ * came in time; free it with mecha_message_free(). Returns MECHA_UNAVAILABLE
+ * once the subscription has ended for good. */
+mecha_status mecha_subscription_next(mecha_subscription *subscription, uint32_t timeout_ms,
+                                     mecha_message **message);
+
+/* Acknowledges a message: it is not delivered to the group again. A message
+ * neither acknowledged nor rejected is delivered again after its ack deadline. */
+mecha_status mecha_message_ack(mecha_subscription *subscription, const mecha_message *message);
+
+/* Rejects a message: it is delivered again soon, to this or another member. */
+mecha_status mecha_message_nack(mecha_subscription *subscription, const mecha_message *message);
+
+/* The message's data; data_len (may be NULL) receives its length. Not NUL-terminated. */
+const uint8_t *mecha_message_data(const mecha_message *message, size_t *data_len);
+
+/* The topic, CloudEvents id and content type of a message ("" for none). */
+const char *mecha_message_topic(const mecha_message *message);
+const char *mecha_message_id(const mecha_message *message);
+const char *mecha_message_content_type(const mecha_message *message);
+
+/* 1 for the message's first delivery to this group, then one more per redelivery. */
+uint32_t mecha_message_attempt(const mecha_message *message);
+
+/* Frees a message. NULL is ignored. */
+void mecha_message_free(mecha_message *message);
+
+/* Leaves the group and frees the subscription; its unacknowledged messages go
+ * to the other members at once. NULL is ignored. */
+void mecha_subscription_close(mecha_subscription *subscription);
 
 /* ---- sequencer --------------------------------------------------------- */
 

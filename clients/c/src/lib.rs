@@ -18,6 +18,7 @@
 mod config;
 mod ffi;
 mod lock;
+mod pubsub;
 mod secrets;
 mod sequencer;
 mod state;
@@ -31,6 +32,11 @@ use status::{Code, Failure};
 
 pub use config::mecha_config_get;
 pub use lock::{mecha_lock_try, mecha_lock_unlock, unlock_code};
+pub use pubsub::{
+    mecha_message_ack, mecha_message_attempt, mecha_message_content_type, mecha_message_data,
+    mecha_message_free, mecha_message_id, mecha_message_nack, mecha_message_topic, mecha_publish,
+    mecha_subscribe, mecha_subscription_close, mecha_subscription_next,
+};
 pub use secrets::{mecha_secret_get, mecha_secret_get_all};
 pub use sequencer::mecha_next_id;
 pub use state::{mecha_state_delete, mecha_state_get, mecha_state_set};

@@ -240,6 +240,65 @@ static void test_threads(mecha_client *c) {
     CHECK(ok && distinct, "no id was handed out twice across threads");
 }
 
+/* ---- pub/sub -------------------------------------------------------------- */
+
+static void test_pubsub(mecha_client *c) {
+    mecha_subscription *billing = NULL, *audit = NULL;
+    mecha_status st = mecha_subscribe(c, NULL, "orders", "billing", &billing);
+    CHECK(st == MECHA_OK && billing != NULL, "subscribe to orders as billing");
+    st = mecha_subscribe(c, NULL, "orders", "audit", &audit);
+    CHECK(st == MECHA_OK && audit != NULL, "subscribe to orders as audit");
+
+    mecha_message *m = NULL;
+    st = mecha_subscription_next(billing, 0, &m);
+    CHECK(st == MECHA_OK && m == NULL, "nothing published yet: NULL message, MECHA_OK");
+
+    const uint8_t order[] = "{\"id\":7}";
+    st = mecha_publish(c, NULL, "orders", order, sizeof order - 1, "application/json");
+    CHECK(st == MECHA_OK, "publish");
+
+    st = mecha_subscription_next(billing, 5000, &m);
+    CHECK(st == MECHA_OK && m != NULL, "billing receives the message");
+    if (m) {
+        size_t len = 0;
+        const uint8_t *data = mecha_message_data(m, &len);
+        CHECK(len == sizeof order - 1 && memcmp(data, order, len) == 0, "the data round-trips");
+        CHECK(strcmp(mecha_message_topic(m), "orders") == 0, "the topic");
+        CHECK(strcmp(mecha_message_content_type(m), "application/json") == 0, "the content type");
+        CHECK(*mecha_message_id(m) != '\0', "a CloudEvents id");
+        CHECK(mecha_message_attempt(m) == 1, "first attempt");
+        /* Rejected: it comes again, as attempt 2. */
+        CHECK(mecha_message_nack(billing, m) == MECHA_OK, "nack");
+        mecha_message_free(m);
+        m = NULL;
+    }
+    st = mecha_subscription_next(billing, 5000, &m);
+    CHECK(st == MECHA_OK && m && mecha_message_attempt(m) == 2, "a nacked message is redelivered");
+    if (m) {
+        CHECK(mecha_message_ack(billing, m) == MECHA_OK, "ack");
+        mecha_message_free(m);
+        m = NULL;
+    }
+
+    /* Fan-out: the other group gets its own copy. */
+    st = mecha_subscription_next(audit, 5000, &m);
+    CHECK(st == MECHA_OK && m && mecha_message_attempt(m) == 1, "audit gets its own copy");
+    if (m) {
+        CHECK(mecha_message_ack(audit, m) == MECHA_OK, "audit acks");
+        mecha_message_free(m);
+        m = NULL;
+    }
+    st = mecha_subscription_next(billing, 200, &m);
+    CHECK(st == MECHA_OK && m == NULL, "an acked message is not delivered again");
+
+    st = mecha_subscription_next(NULL, 0, &m);
+    CHECK(st == MECHA_ERR_INVALID, "NULL subscription: MECHA_ERR_INVALID");
+    mecha_subscription_close(audit);
+    mecha_subscription_close(billing);
+    mecha_subscription_close(NULL);
+    mecha_message_free(NULL);
+}
+
 /* ---- secrets and configuration ------------------------------------------ */
 
 static void test_secrets(mecha_client *c) {
@@ -342,6 +401,7 @@ int main(int argc, char **argv) {
     test_state(c);
     test_lock(c);
     test_sequencer(c);
+    test_pubsub(c);
     test_threads(c);
     test_secrets(c);
     test_config(c);

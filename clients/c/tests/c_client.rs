@@ -119,6 +119,7 @@ fn config_yaml(secrets_file: &Path) -> String {
         component("statestore", "state.redb", ""),
         component("lockstore", "lock.redb", ""),
         component("sequencer", "sequencer.redb", ""),
+        component("pubsub", "pubsub.memory", ""),
         component("configstore", "configuration.memory", ""),
         component(
             "secretstore",

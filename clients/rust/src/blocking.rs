@@ -45,6 +45,20 @@ impl Client {
         self.inner.tenant()
     }
 
+    /// The async client underneath, sharing this connection. Its futures
+    /// make progress only while driven by [`Client::block_on`], since the
+    /// connection's I/O runs on this client's runtime.
+    pub fn as_async(&self) -> &crate::Client {
+        &self.inner
+    }
+
+    /// Runs `future` to completion on this client's runtime, for wrappers
+    /// (the C library) that keep async objects, such as an owned
+    /// subscription, beyond one call. Several threads may do so at once.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
     blocking_calls! {
         /// Checks that the daemon answers.
         fn ping() -> ();

@@ -345,6 +345,8 @@ pub fn c_type(rust: &str, func: &str) -> Vec<String> {
         "u64" => "uint64_t",
         "usize" => "size_t",
         "MechaClient" => "mecha_client",
+        "MechaSubscription" => "mecha_subscription",
+        "MechaMessage" => "mecha_message",
         "Code" => "mecha_status",
         other => panic!("{func}: no C spelling for the Rust type {other:?}; add it to c_type"),
     };
