@@ -280,8 +280,8 @@ pub unsafe extern "C" fn mecha_message_content_type(message: *const MechaMessage
 /// `message` is NULL or a live message.
 #[no_mangle]
 pub unsafe extern "C" fn mecha_message_attempt(message: *const MechaMessage) -> u32 {
-    // SAFETY: NULL or live, per the contract.
     quiet(0, || {
+        // SAFETY: NULL or live, per the contract.
         unsafe { message.as_ref() }.map_or(0, |m| m.delivery.attempt)
     })
 }
