@@ -1,5 +1,6 @@
 //! The state module: key/value state with ETags, TTLs and transactions, served
-//! from the configured stores (`state.memory`, `state.redb`).
+//! from the configured stores (`state.memory`, `state.redb`, `state.redis`,
+//! `state.postgresql`).
 
 pub mod drivers;
 
@@ -207,6 +208,7 @@ fn store_error(e: StoreError) -> Reply {
     let status = match e {
         StoreError::EtagMismatch { .. } => Status::EtagMismatch,
         StoreError::Unavailable(_) => Status::Unavailable,
+        StoreError::Unsupported { .. } => Status::Unsupported,
         StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
     };
     Reply::error(status, e.to_string())
