@@ -101,10 +101,52 @@ pub mod drivers {
             },
         ))
     }
+
+    /// The shared Redis, with a key prefix of this test's own, so tests
+    /// running at once never see each other's keys or revision counter.
+    pub fn redis() -> Option<Driver> {
+        let server = servers::redis()?;
+        Some(Driver::new(
+            "state.redis",
+            "state.redis",
+            &[
+                ("redisHost", server.host_port()),
+                ("keyPrefix", servers::unique("conf")),
+            ],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: true,
+            },
+        ))
+    }
+
+    /// The shared PostgreSQL, with a table of this test's own.
+    pub fn postgresql() -> Option<Driver> {
+        let server = servers::postgres()?;
+        Some(Driver::new(
+            "state.postgresql",
+            "state.postgresql",
+            &[
+                ("connectionString", postgres_url(server.port())),
+                ("tableName", servers::unique("state")),
+            ],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: true,
+            },
+        ))
+    }
+}
+
+/// A connection string for the test PostgreSQL on `port`.
+pub fn postgres_url(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
 }
 
 conformance! {
-    drivers: [memory, redb],
+    drivers: [memory, redb, redis, postgresql],
     tests: [
         set_get_delete_round_trip,
         get_missing_is_none,
@@ -440,4 +482,58 @@ fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, Error>) -> T {
             other => return other.unwrap(),
         }
     }
+}
+
+/// A store on `server` (a private one this test may stop): requests answer
+/// UNAVAILABLE naming the component and the server while it is down — also
+/// when it is down from the start, since the module starts without it — and
+/// succeed again once it returns, with neither mechad nor the module
+/// restarted.
+fn survives_an_outage(mut server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
+    server.stop();
+    let d = Daemon::start_with(Some(&component(STORE, kind, metadata)));
+    let mut c = d.client();
+    c.set_retries(mecha_client::RetryPolicy::disabled());
+    let (daemon, module) = (d.pid(), d.module_pid("state"));
+    let key = servers::unique("outage");
+    for round in ["at start", "after a restart of the server"] {
+        let err = c.get(STORE, &key).unwrap_err();
+        assert_eq!(err.status(), Some(Status::Unavailable), "{round}: {err}");
+        let message = err.to_string();
+        let addr = format!("127.0.0.1:{}", server.port);
+        assert!(
+            message.contains(&format!("{STORE:?}")) && message.contains(&addr),
+            "{round}: the message names the component and {addr}: {message}"
+        );
+        server.start();
+        wait_until(Duration::from_secs(30), "the store to recover", || {
+            c.set(STORE, &key, round.as_bytes().to_vec(), opts(None, None))
+                .is_ok()
+        });
+        assert_eq!(c.get(STORE, &key).unwrap().unwrap().value, round.as_bytes());
+        server.stop();
+    }
+    assert_eq!(
+        (d.pid(), d.module_pid("state")),
+        (daemon, module),
+        "{kind} recovered without restarting mechad or the module"
+    );
+}
+
+#[test]
+fn redis_outage_is_unavailable_then_recovers() {
+    let Some(server) = servers::Restartable::redis() else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    survives_an_outage(server, "state.redis", &[("redisHost", host)]);
+}
+
+#[test]
+fn postgresql_outage_is_unavailable_then_recovers() {
+    let Some(server) = servers::Restartable::postgres() else {
+        return;
+    };
+    let url = postgres_url(server.port);
+    survives_an_outage(server, "state.postgresql", &[("connectionString", url)]);
 }

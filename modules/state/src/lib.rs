@@ -213,3 +213,25 @@ fn store_error(e: StoreError) -> Reply {
     };
     Reply::error(status, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_features_answer_unsupported() {
+        let reply = store_error(StoreError::Unsupported {
+            component: "cache".to_owned(),
+            kind: "state.example".to_owned(),
+            feature: "transactions".to_owned(),
+        });
+        assert_eq!(reply.status, Status::Unsupported);
+        let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
+            .expect("an error body")
+            .message;
+        assert_eq!(
+            message,
+            "component \"cache\" of type state.example does not support transactions"
+        );
+    }
+}

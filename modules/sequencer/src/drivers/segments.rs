@@ -104,6 +104,16 @@ impl Segments {
                     "the backend returned counter {bound} for a reservation of {n} ids of {key:?}"
                 ))
             })?;
+        // A counter below what this process handed out means the backend
+        // lost data (a server restarted without persistence); handing out
+        // its ids again would break every promise, so refuse loudly.
+        if first < segment.next {
+            return Err(SeqError::Internal(format!(
+                "the backend's counter of {key:?} went backwards (to {bound}, below {} already \
+                 handed out): has the server lost its data?",
+                segment.next
+            )));
+        }
         last_id(key, first, count)?;
         segment.next = first + wanted;
         segment.end = bound.min(MAX_ID);
