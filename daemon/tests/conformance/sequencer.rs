@@ -254,3 +254,55 @@ fn postgresql_outage_is_unavailable_then_recovers() {
     let url = postgres_url(server.port);
     survives_an_outage(server, "sequencer.postgresql", &[("connectionString", url)]);
 }
+
+/// Unusable metadata of a networked driver is refused when the module loads
+/// it (no server is needed to find out), and mechad reports the rejection
+/// naming the component and the field.
+#[test]
+fn bad_metadata_is_rejected_at_load() {
+    let cases = [
+        ("state.redis", vec![("keyPrefix", "p")], "\"redisHost\" is required"),
+        (
+            "state.postgresql",
+            vec![("connectionString", "host=h"), ("tableName", "a-b")],
+            "\"tableName\"",
+        ),
+        (
+            "sequencer.redis",
+            vec![("redisHost", "h:1"), ("enableTLS", "true")],
+            "\"enableTLS\"",
+        ),
+        (
+            "sequencer.postgresql",
+            vec![("connectionString", "host=h"), ("segmentSize", "0")],
+            "\"segmentSize\"",
+        ),
+    ];
+    for (kind, metadata, field) in cases {
+        let metadata: Vec<(&str, String)> =
+            metadata.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, component("broken", kind, &metadata)).expect("config");
+        let out = std::process::Command::new(crate::common::bin_dir().join("mechad"))
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--module-dir")
+            .arg(crate::common::bin_dir())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running mechad");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{kind}: mechad must refuse to start");
+        assert!(
+            stderr.contains("rejected its configuration")
+                && stderr.contains("\"broken\"")
+                && stderr.contains(field),
+            "{kind}: the error names the component and {field}: {stderr}"
+        );
+    }
+}
