@@ -114,7 +114,11 @@ fn batches_are_consecutive(driver: &Driver) {
     // Larger than a segment, so it needs a reservation of its own.
     let second = c.next_ids(SEQ, &key, 37).unwrap();
     assert_eq!(second.end - second.start, 37, "{}", driver.name);
-    assert!(second.start >= first.end, "{}: {first:?} {second:?}", driver.name);
+    assert!(
+        second.start >= first.end,
+        "{}: {first:?} {second:?}",
+        driver.name
+    );
     let third = c.next_id(SEQ, &key).unwrap();
     assert!(third >= second.end, "{}", driver.name);
 }
@@ -176,10 +180,18 @@ fn concurrent_clients_get_disjoint_ids(driver: &Driver) {
     let mut seen = HashSet::new();
     for ids in &all {
         for pair in ids.windows(2) {
-            assert!(pair[0] < pair[1], "{}: one client's ids increase", driver.name);
+            assert!(
+                pair[0] < pair[1],
+                "{}: one client's ids increase",
+                driver.name
+            );
         }
         for id in ids {
-            assert!(seen.insert(*id), "{}: id {id} handed out twice", driver.name);
+            assert!(
+                seen.insert(*id),
+                "{}: id {id} handed out twice",
+                driver.name
+            );
         }
     }
 }
@@ -261,7 +273,11 @@ fn postgresql_outage_is_unavailable_then_recovers() {
 #[test]
 fn bad_metadata_is_rejected_at_load() {
     let cases = [
-        ("state.redis", vec![("keyPrefix", "p")], "\"redisHost\" is required"),
+        (
+            "state.redis",
+            vec![("keyPrefix", "p")],
+            "\"redisHost\" is required",
+        ),
         (
             "state.postgresql",
             vec![("connectionString", "host=h"), ("tableName", "a-b")],
@@ -279,8 +295,10 @@ fn bad_metadata_is_rejected_at_load() {
         ),
     ];
     for (kind, metadata, field) in cases {
-        let metadata: Vec<(&str, String)> =
-            metadata.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let metadata: Vec<(&str, String)> = metadata
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned()))
+            .collect();
         let dir = tempfile::tempdir().expect("a temp dir");
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, component("broken", kind, &metadata)).expect("config");

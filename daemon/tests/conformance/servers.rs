@@ -425,7 +425,14 @@ fn wait_ready(name: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
                 .join(format!("mecha-conformance-{name}-{}", std::process::id()))
                 .join("server.log");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             panic!("{name} did not become ready within {limit:?}; its log ends:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -475,7 +482,14 @@ impl Restartable {
         let command = Box::new(move || {
             let mut cmd = Command::new(find(&["redis-server"]).expect("redis-server exists"));
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
                 .arg("--dir")
                 .arg(&path);
             cmd

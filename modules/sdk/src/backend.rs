@@ -57,10 +57,16 @@ mod tests {
         let spec = ComponentSpec {
             name: "c".into(),
             kind: "x.y".into(),
-            metadata: [("a", "5"), ("b", "250ms"), ("c", "2m"), ("d", "5 s"), ("e", "-1")]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            metadata: [
+                ("a", "5"),
+                ("b", "250ms"),
+                ("c", "2m"),
+                ("d", "5 s"),
+                ("e", "-1"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         };
         let m = Metadata::lenient(&spec).expect("metadata");
         assert_eq!(duration(&m, "a"), Ok(Some(Duration::from_secs(5))));
@@ -69,7 +75,10 @@ mod tests {
         assert_eq!(duration(&m, "none"), Ok(None));
         for bad in ["d", "e"] {
             let e = duration(&m, bad).expect_err("a bad duration");
-            assert!(e.reason.contains(&format!("{bad:?} must be a duration")), "{e}");
+            assert!(
+                e.reason.contains(&format!("{bad:?} must be a duration")),
+                "{e}"
+            );
         }
     }
 }

@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -18,7 +20,12 @@ use crate::metadata::{Metadata, MetadataError};
 /// The connection fields every PostgreSQL-backed driver accepts, named as
 /// Dapr names them (`timeout` and `timeoutInSeconds` are the newer and older
 /// spelling of one setting). Drivers add their own fields to this list.
-pub const FIELDS: [&str; 4] = ["connectionString", "timeout", "timeoutInSeconds", "maxConns"];
+pub const FIELDS: [&str; 4] = [
+    "connectionString",
+    "timeout",
+    "timeoutInSeconds",
+    "maxConns",
+];
 
 /// Dapr's default operation timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,7 +54,9 @@ pub struct Postgres {
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Postgres").field("what", &self.what).finish()
+        f.debug_struct("Postgres")
+            .field("what", &self.what)
+            .finish()
     }
 }
 
@@ -73,18 +82,17 @@ impl Postgres {
         if config.get_hosts().is_empty() {
             return Err(metadata.error("metadata field \"connectionString\" names no host"));
         }
-        let timeout = match (
-            duration(metadata, "timeout")?,
-            duration(metadata, "timeoutInSeconds")?,
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(metadata.error(
+        let timeout =
+            match (
+                duration(metadata, "timeout")?,
+                duration(metadata, "timeoutInSeconds")?,
+            ) {
+                (Some(_), Some(_)) => return Err(metadata.error(
                     "metadata fields \"timeout\" and \"timeoutInSeconds\" are one setting; give \
                      only one",
-                ))
-            }
-            (a, b) => a.or(b).unwrap_or(DEFAULT_TIMEOUT),
-        };
+                )),
+                (a, b) => a.or(b).unwrap_or(DEFAULT_TIMEOUT),
+            };
         if timeout.is_zero() {
             return Err(metadata.error("the operation timeout must be more than 0 seconds"));
         }

@@ -30,7 +30,10 @@ fn refused(spec: &ComponentSpec, mentions: &str) {
     match try_open(spec) {
         Err(StoreError::Config { component, reason }) => {
             assert_eq!(component, "conf");
-            assert!(reason.contains(mentions), "{reason:?} mentions {mentions:?}");
+            assert!(
+                reason.contains(mentions),
+                "{reason:?} mentions {mentions:?}"
+            );
         }
         Err(other) => panic!("{spec:?}: expected a configuration error, got {other}"),
         Ok(()) => panic!("{spec:?} was accepted"),
@@ -42,21 +45,36 @@ fn redis_metadata_is_checked_at_load() {
     // Nothing listens on port 1: opening must not try to connect.
     try_open(&spec("state.redis", &[("redisHost", "127.0.0.1:1")])).expect("opens lazily");
     refused(&spec("state.redis", &[]), "\"redisHost\" is required");
-    refused(&spec("state.redis", &[("redisHost", "localhost")]), "host:port");
     refused(
-        &spec("state.redis", &[("redisHost", "h:1"), ("enableTLS", "true")]),
+        &spec("state.redis", &[("redisHost", "localhost")]),
+        "host:port",
+    );
+    refused(
+        &spec(
+            "state.redis",
+            &[("redisHost", "h:1"), ("enableTLS", "true")],
+        ),
         "enableTLS",
     );
     refused(
-        &spec("state.redis", &[("redisHost", "h:1"), ("redisType", "cluster")]),
+        &spec(
+            "state.redis",
+            &[("redisHost", "h:1"), ("redisType", "cluster")],
+        ),
         "unknown metadata field \"redisType\"",
     );
     refused(
-        &spec("state.redis", &[("redisHost", "h:1"), ("dialTimeout", "soon")]),
+        &spec(
+            "state.redis",
+            &[("redisHost", "h:1"), ("dialTimeout", "soon")],
+        ),
         "\"dialTimeout\" must be a duration",
     );
     refused(
-        &spec("state.redis", &[("redisHost", "h:1"), ("ttlInSeconds", "0")]),
+        &spec(
+            "state.redis",
+            &[("redisHost", "h:1"), ("ttlInSeconds", "0")],
+        ),
         "\"ttlInSeconds\"",
     );
 }
@@ -65,9 +83,15 @@ fn redis_metadata_is_checked_at_load() {
 fn postgresql_metadata_is_checked_at_load() {
     let good = "host=127.0.0.1 port=1 user=postgres";
     try_open(&spec("state.postgresql", &[("connectionString", good)])).expect("opens lazily");
-    refused(&spec("state.postgresql", &[]), "\"connectionString\" is required");
     refused(
-        &spec("state.postgresql", &[("connectionString", "host=x sslmode=require")]),
+        &spec("state.postgresql", &[]),
+        "\"connectionString\" is required",
+    );
+    refused(
+        &spec(
+            "state.postgresql",
+            &[("connectionString", "host=x sslmode=require")],
+        ),
         "sslmode=require",
     );
     refused(
@@ -80,12 +104,19 @@ fn postgresql_metadata_is_checked_at_load() {
     refused(
         &spec(
             "state.postgresql",
-            &[("connectionString", good), ("timeout", "5"), ("timeoutInSeconds", "5")],
+            &[
+                ("connectionString", good),
+                ("timeout", "5"),
+                ("timeoutInSeconds", "5"),
+            ],
         ),
         "give only one",
     );
     refused(
-        &spec("state.postgresql", &[("connectionString", "port=notanumber")]),
+        &spec(
+            "state.postgresql",
+            &[("connectionString", "port=notanumber")],
+        ),
         "not a valid PostgreSQL connection string",
     );
 }

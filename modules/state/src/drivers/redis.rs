@@ -168,7 +168,10 @@ impl RedisStore {
         for op in ops {
             let (kind, key, etag, value, ttl) = match op {
                 TxOp::Set(item) => {
-                    let ttl = item.ttl_ms.or(self.default_ttl_ms).map(|t| t.min(MAX_TTL_MS));
+                    let ttl = item
+                        .ttl_ms
+                        .or(self.default_ttl_ms)
+                        .map(|t| t.min(MAX_TTL_MS));
                     ("s", item.key, item.etag, item.value, ttl)
                 }
                 TxOp::Delete(item) => ("d", item.key, item.etag, Vec::new(), None),
