@@ -88,8 +88,13 @@ impl PostgresSequencer {
             })
             .await?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // Cached per connection: parsed once, not once per reservation.
+        let reserve = client
+            .prepare_cached(&self.reserve)
+            .await
+            .map_err(|e| self.pg.error("prepare a reservation", &e))?;
         let row = client
-            .query_one(&self.reserve, &[&tenant, &key, &n])
+            .query_one(&reserve, &[&tenant, &key, &n])
             .await
             .map_err(|e| {
                 if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {

@@ -164,8 +164,14 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
+        // Cached per connection, so a statement is parsed once per
+        // connection rather than once per request.
+        let get = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(|e| self.pg.error("prepare a read", &e))?;
         let rows = client
-            .query(&self.sql.get, &[&tenant, &keys])
+            .query(&get, &[&tenant, &keys])
             .await
             .map_err(|e| self.pg.error("read keys", &e))?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
@@ -197,6 +203,13 @@ impl PostgresStore {
             .transaction()
             .await
             .map_err(|e| error("begin a transaction", e))?;
+        let (live_version, set, delete) = (
+            tx.prepare_cached(&self.sql.live_version).await,
+            tx.prepare_cached(&self.sql.set).await,
+            tx.prepare_cached(&self.sql.delete).await,
+        );
+        let prepare = |r: Result<_, _>| r.map_err(|e| error("prepare a write", e));
+        let (live_version, set, delete) = (prepare(live_version)?, prepare(set)?, prepare(delete)?);
         let mut outcomes = Vec::with_capacity(ops.len());
         // Every early return drops `tx` uncommitted, which rolls it back: a
         // failed check undoes the earlier ops of the transaction.
@@ -208,7 +221,7 @@ impl PostgresStore {
             // FOR UPDATE locks a live row until commit, so the check below
             // still holds when this transaction writes.
             let live: Option<i64> = tx
-                .query_opt(&self.sql.live_version, &[&tenant, &key])
+                .query_opt(&live_version, &[&tenant, &key])
                 .await
                 .map_err(|e| error("read a key's version", e))?
                 .map(|row| row.get(0));
@@ -220,7 +233,7 @@ impl PostgresStore {
                         .ttl_ms
                         .map(|t| i64::try_from(t).unwrap_or(i64::MAX).min(MAX_TTL_MS));
                     let row = tx
-                        .query_one(&self.sql.set, &[&tenant, &item.key, &item.value, &ttl])
+                        .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
                         .await
                         .map_err(|e| error("write a key", e))?;
                     let version: i64 = row.get(0);
@@ -231,7 +244,7 @@ impl PostgresStore {
                 TxOp::Delete(item) => {
                     // Expired leftovers go too: invisible anyway, and this
                     // saves the sweeper the work.
-                    tx.execute(&self.sql.delete, &[&tenant, &item.key])
+                    tx.execute(&delete, &[&tenant, &item.key])
                         .await
                         .map_err(|e| error("delete a key", e))?;
                     outcomes.push(OpOutcome::Deleted {
