@@ -582,3 +582,21 @@ impl Drop for Restartable {
         self.stop();
     }
 }
+
+/// Runs one SQL statement with `psql` against the PostgreSQL on `port` and
+/// returns its unaligned output, for tests that look at what a driver
+/// stored.
+pub fn psql(port: u16, sql: &str) -> String {
+    let bindir = postgres_bindir().expect("PostgreSQL is installed");
+    let out = Command::new(bindir.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-XAtq", "-c", sql])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -537,3 +537,72 @@ fn postgresql_outage_is_unavailable_then_recovers() {
     let url = postgres_url(server.port);
     survives_an_outage(server, "state.postgresql", &[("connectionString", url)]);
 }
+
+/// `ttlInSeconds` gives sets without a TTL of their own one.
+#[test]
+fn redis_default_ttl_applies_to_sets_without_one() {
+    let Some(server) = servers::redis() else {
+        return;
+    };
+    let doc = component(
+        STORE,
+        "state.redis",
+        &[
+            ("redisHost", server.host_port()),
+            ("keyPrefix", servers::unique("ttl")),
+            ("ttlInSeconds", "1".to_owned()),
+        ],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    let c = d.client();
+    let key = servers::unique("default_ttl");
+    c.set(STORE, &key, b"brief".to_vec(), opts(None, None))
+        .unwrap();
+    assert!(c.get(STORE, &key).unwrap().is_some(), "live at first");
+    wait_until(Duration::from_secs(10), "the default TTL to expire", || {
+        c.get(STORE, &key).unwrap().is_none()
+    });
+}
+
+/// The sweeper deletes expired rows every `cleanupIntervalInSeconds`; reads
+/// ignore them before that.
+#[test]
+fn postgresql_sweeper_deletes_expired_rows() {
+    let Some(server) = servers::postgres() else {
+        return;
+    };
+    let table = servers::unique("swept");
+    let doc = component(
+        STORE,
+        "state.postgresql",
+        &[
+            ("connectionString", postgres_url(server.port())),
+            ("tableName", table.clone()),
+            ("cleanupIntervalInSeconds", "1".to_owned()),
+        ],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    let c = d.client();
+    let (brief, kept) = (servers::unique("brief"), servers::unique("kept"));
+    c.set(
+        STORE,
+        &brief,
+        b"x".to_vec(),
+        opts(None, Some(Duration::from_millis(100))),
+    )
+    .unwrap();
+    c.set(STORE, &kept, b"y".to_vec(), opts(None, None))
+        .unwrap();
+    let rows = || {
+        servers::psql(
+            server.port(),
+            &format!("SELECT key FROM {table} ORDER BY key"),
+        )
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the sweeper to delete the row",
+        || rows() == kept,
+    );
+    assert_eq!(c.get(STORE, &brief).unwrap(), None);
+}

@@ -83,11 +83,18 @@ impl Redis {
         if let Some(username) = metadata.str("redisUsername")? {
             settings = settings.set_username(username);
         }
-        let dial = duration(metadata, "dialTimeout")?.unwrap_or(DEFAULT_DIAL);
-        let read = duration(metadata, "readTimeout")?.unwrap_or(DEFAULT_READ);
+        // A zero timeout would fail every request at once, so it is refused.
+        let timeout = |name: &str| match duration(metadata, name)? {
+            Some(d) if d.is_zero() => {
+                Err(metadata.error(format!("metadata field {name:?} must be more than 0")))
+            }
+            d => Ok(d),
+        };
+        let dial = timeout("dialTimeout")?.unwrap_or(DEFAULT_DIAL);
+        let read = timeout("readTimeout")?.unwrap_or(DEFAULT_READ);
         // Dapr's write timeout defaults to the read timeout; a multiplexed
         // connection has one response timeout covering both, so the longer wins.
-        let write = duration(metadata, "writeTimeout")?.unwrap_or(read);
+        let write = timeout("writeTimeout")?.unwrap_or(read);
         let retries = metadata
             .whole("maxRetries", 0..=100)?
             .unwrap_or(DEFAULT_RETRIES);
