@@ -163,6 +163,22 @@ impl Postgres {
         }
     }
 
+    /// Column `index` of `row` as a `T`. A mismatch means the table is not
+    /// laid out as the driver expects (say one another program created under
+    /// the same name): a failure, not a panic and not an outage.
+    pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        &self,
+        row: &'a tokio_postgres::Row,
+        index: usize,
+    ) -> Result<T, BackendError> {
+        row.try_get(index).map_err(|e| {
+            BackendError::Failed(format!(
+                "{}: the table has an unexpected layout (column {index}): {e}",
+                self.what
+            ))
+        })
+    }
+
     /// Classifies a failed statement: a connection that failed or closed, or
     /// a server shutting down or refusing connections, is `Unavailable`;
     /// anything else is `Failed`. `doing` says what was attempted.

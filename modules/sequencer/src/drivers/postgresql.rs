@@ -103,7 +103,7 @@ impl PostgresSequencer {
                     self.pg.error("reserve ids", &e)
                 }
             })?;
-        let bound: i64 = row.get(0);
+        let bound: i64 = self.pg.column(&row, 0)?;
         u64::try_from(bound)
             .map_err(|_| BackendError::Failed(format!("{}: a negative bound", self.pg.what())))
     }

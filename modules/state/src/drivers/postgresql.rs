@@ -175,10 +175,10 @@ impl PostgresStore {
             .await
             .map_err(|e| self.pg.error("read keys", &e))?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.get(0);
-            let value: Vec<u8> = row.get(1);
-            let version: i64 = row.get(2);
+        for row in &rows {
+            let key: String = self.pg.column(row, 0)?;
+            let value: Vec<u8> = self.pg.column(row, 1)?;
+            let version: i64 = self.pg.column(row, 2)?;
             found.insert(key, (value, version));
         }
         // Answers follow the request, so a key asked twice is answered twice.
@@ -220,11 +220,14 @@ impl PostgresStore {
             };
             // FOR UPDATE locks a live row until commit, so the check below
             // still holds when this transaction writes.
-            let live: Option<i64> = tx
+            let live: Option<i64> = match tx
                 .query_opt(&live_version, &[&tenant, &key])
                 .await
                 .map_err(|e| error("read a key's version", e))?
-                .map(|row| row.get(0));
+            {
+                Some(row) => Some(self.pg.column(&row, 0).map_err(backend)?),
+                None => None,
+            };
             let live = live.and_then(|v| u64::try_from(v).ok());
             check_etag(key, etag, live)?;
             match op {
@@ -236,7 +239,7 @@ impl PostgresStore {
                         .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
                         .await
                         .map_err(|e| error("write a key", e))?;
-                    let version: i64 = row.get(0);
+                    let version: i64 = self.pg.column(&row, 0).map_err(backend)?;
                     outcomes.push(OpOutcome::Set {
                         etag: version.to_string(),
                     });
