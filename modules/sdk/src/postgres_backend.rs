@@ -5,10 +5,10 @@
 //! refused the request.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
 };
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -38,16 +38,46 @@ const DEFAULT_MAX_CONNS: u64 = 8;
 /// A connection borrowed from the pool; it goes back when dropped.
 pub type Client = Object;
 
+/// The first pause after a failed connection attempt; it doubles with every
+/// further failure up to [`MAX_BACKOFF`] and resets on success.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Reconnect pacing. After a failed connection attempt, requests fail fast
+/// with UNAVAILABLE until the pause is over, instead of each one dialling a
+/// server that is down (which, for a server that drops packets rather than
+/// refusing, would hold every request for the whole connect timeout).
+#[derive(Debug)]
+struct Backoff {
+    /// No attempt before this instant; `None` when the last attempt worked.
+    until: Option<Instant>,
+    /// The pause after the next failure.
+    next: Duration,
+    /// Why the last attempt failed, repeated while failing fast.
+    reason: String,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            until: None,
+            next: MIN_BACKOFF,
+            reason: String::new(),
+        }
+    }
+}
+
 /// One component's PostgreSQL connections.
 ///
 /// A deadpool pool: bounded (`maxConns`), opening connections only when a
 /// request needs one (so the module starts while the server is down), and
 /// dropping a connection found closed, so the next request opens a fresh
 /// one: the component recovers on its own when the server returns.
-#[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
     timeout: Duration,
+    /// Paces connection attempts after a failure; see [`Backoff`].
+    backoff: parking_lot::Mutex<Backoff>,
     /// "component \"x\" (state.postgresql, postgresql at host:port)".
     what: String,
 }
@@ -125,6 +155,7 @@ impl Postgres {
         Ok(Self {
             pool,
             timeout,
+            backoff: parking_lot::Mutex::new(Backoff::default()),
             what,
         })
     }
@@ -140,11 +171,49 @@ impl Postgres {
     }
 
     /// A pooled connection, opened now if none is idle.
+    ///
+    /// While a pause after a failed attempt lasts, this fails at once with
+    /// the failure that started it; see [`Backoff`].
     pub async fn client(&self) -> Result<Object, BackendError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => self.error("connect", &e),
-            other => BackendError::Unavailable(format!("{}: cannot connect: {other}", self.what)),
-        })
+        {
+            let backoff = self.backoff.lock();
+            if let Some(until) = backoff.until {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    return Err(BackendError::Unavailable(format!(
+                        "{} (retrying in {left:?})",
+                        backoff.reason
+                    )));
+                }
+            }
+        }
+        match self.pool.get().await {
+            Ok(client) => {
+                *self.backoff.lock() = Backoff::default();
+                Ok(client)
+            }
+            Err(e) => {
+                // Only a failed or timed-out connection attempt says the
+                // server is away; a wait for a busy pool says nothing of it.
+                let dialled = matches!(
+                    e,
+                    PoolError::Backend(_) | PoolError::Timeout(TimeoutType::Create)
+                );
+                let error = match e {
+                    PoolError::Backend(e) => self.error("connect", &e),
+                    other => {
+                        BackendError::Unavailable(format!("{}: cannot connect: {other}", self.what))
+                    }
+                };
+                if let (true, BackendError::Unavailable(reason)) = (dialled, &error) {
+                    let mut backoff = self.backoff.lock();
+                    backoff.until = Some(Instant::now() + backoff.next);
+                    backoff.next = (backoff.next * 2).min(MAX_BACKOFF);
+                    backoff.reason.clone_from(reason);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Runs `work` with the operation timeout; running out of time is
