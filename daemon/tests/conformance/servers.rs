@@ -450,3 +450,153 @@ fn tcp_exchange(addr: SocketAddr, request: &[u8]) -> Option<String> {
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// A private server that a test can stop and start again on the same port
+/// and data, to check how a driver behaves while its server is down and
+/// after it returns.
+pub struct Restartable {
+    pub name: &'static str,
+    pub port: u16,
+    command: Box<dyn Fn() -> Command>,
+    /// How the server is asked to stop: SIGINT is PostgreSQL's fast
+    /// shutdown, which (unlike SIGTERM) does not wait for clients to leave.
+    stop_signal: i32,
+    server: Option<PrivateServer>,
+    /// Dropped last, after the server is gone.
+    _dir: tempfile::TempDir,
+}
+
+impl Restartable {
+    /// A private Redis, started; `None` when Redis is not installed.
+    pub fn redis() -> Option<Self> {
+        if find(&["redis-server"]).is_none() {
+            missing("redis-server");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let port = free_port();
+        let path = dir.path().to_path_buf();
+        // Unlike the shared server this one keeps its data (an fsync'd
+        // append-only file), so a sequence survives the server's restart as
+        // it would in production.
+        let command = Box::new(move || {
+            let mut cmd = Command::new(find(&["redis-server"]).expect("redis-server exists"));
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(&path);
+            cmd
+        });
+        Some(Self::started("redis", port, command, libc::SIGTERM, dir))
+    }
+
+    /// A private PostgreSQL on a fresh data directory, started; `None` when
+    /// PostgreSQL is not installed.
+    pub fn postgres() -> Option<Self> {
+        let Some(bindir) = postgres_bindir() else {
+            missing("postgres (the postgresql package)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let user = run_as_postgres(dir.path());
+        let data = dir.path().join("data");
+        let mut init = Command::new(bindir.join("initdb"));
+        init.arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = user {
+            init.uid(uid).gid(gid);
+        }
+        assert!(init.status().expect("running initdb").success(), "initdb");
+        let port = free_port();
+        let sockets = dir.path().to_path_buf();
+        let command = Box::new(move || {
+            let mut cmd = Command::new(bindir.join("postgres"));
+            cmd.arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", sockets.display()))
+                .args(["-c", "fsync=off"]);
+            if let Some((uid, gid)) = user {
+                cmd.uid(uid).gid(gid);
+            }
+            cmd
+        });
+        Some(Self::started("postgres", port, command, libc::SIGINT, dir))
+    }
+
+    fn started(
+        name: &'static str,
+        port: u16,
+        command: Box<dyn Fn() -> Command>,
+        stop_signal: i32,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let mut s = Self {
+            name,
+            port,
+            command,
+            stop_signal,
+            server: None,
+            _dir: dir,
+        };
+        s.start();
+        s
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.server.is_none(), "{} is already running", self.name);
+        let server = private(self.name, (self.command)(), self.port);
+        wait_port(server.addr, Duration::from_secs(30));
+        self.server = Some(server);
+    }
+
+    /// Stops the server and waits until it has exited.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            if let Ok(pid) = i32::try_from(server.child.id()) {
+                // SAFETY: signalling a child this process started and has
+                // not reaped yet, so the pid still names it.
+                unsafe {
+                    libc::kill(pid, self.stop_signal);
+                }
+            }
+            let _ = server.child.wait();
+        }
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs one SQL statement with `psql` against the PostgreSQL on `port` and
+/// returns its unaligned output, for tests that look at what a driver
+/// stored.
+pub fn psql(port: u16, sql: &str) -> String {
+    let bindir = postgres_bindir().expect("PostgreSQL is installed");
+    let out = Command::new(bindir.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-XAtq", "-c", sql])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -101,10 +101,52 @@ pub mod drivers {
             },
         ))
     }
+
+    /// The shared Redis, with a key prefix of this test's own, so tests
+    /// running at once never see each other's keys or revision counter.
+    pub fn redis() -> Option<Driver> {
+        let server = servers::redis()?;
+        Some(Driver::new(
+            "state.redis",
+            "state.redis",
+            &[
+                ("redisHost", server.host_port()),
+                ("keyPrefix", servers::unique("conf")),
+            ],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: true,
+            },
+        ))
+    }
+
+    /// The shared PostgreSQL, with a table of this test's own.
+    pub fn postgresql() -> Option<Driver> {
+        let server = servers::postgres()?;
+        Some(Driver::new(
+            "state.postgresql",
+            "state.postgresql",
+            &[
+                ("connectionString", postgres_url(server.port())),
+                ("tableName", servers::unique("state")),
+            ],
+            Features {
+                ttl: true,
+                transactions: true,
+                durable: true,
+            },
+        ))
+    }
+}
+
+/// A connection string for the test PostgreSQL on `port`.
+pub fn postgres_url(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
 }
 
 conformance! {
-    drivers: [memory, redb],
+    drivers: [memory, redb, redis, postgresql],
     tests: [
         set_get_delete_round_trip,
         get_missing_is_none,
@@ -440,4 +482,127 @@ fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, Error>) -> T {
             other => return other.unwrap(),
         }
     }
+}
+
+/// A store on `server` (a private one this test may stop): requests answer
+/// UNAVAILABLE naming the component and the server while it is down — also
+/// when it is down from the start, since the module starts without it — and
+/// succeed again once it returns, with neither mechad nor the module
+/// restarted.
+fn survives_an_outage(mut server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
+    server.stop();
+    let d = Daemon::start_with(Some(&component(STORE, kind, metadata)));
+    let mut c = d.client();
+    c.set_retries(mecha_client::RetryPolicy::disabled());
+    let (daemon, module) = (d.pid(), d.module_pid("state"));
+    let key = servers::unique("outage");
+    for round in ["at start", "after a restart of the server"] {
+        let err = c.get(STORE, &key).unwrap_err();
+        assert_eq!(err.status(), Some(Status::Unavailable), "{round}: {err}");
+        let message = err.to_string();
+        let addr = format!("127.0.0.1:{}", server.port);
+        assert!(
+            message.contains(&format!("{STORE:?}")) && message.contains(&addr),
+            "{round}: the message names the component and {addr}: {message}"
+        );
+        server.start();
+        wait_until(Duration::from_secs(30), "the store to recover", || {
+            c.set(STORE, &key, round.as_bytes().to_vec(), opts(None, None))
+                .is_ok()
+        });
+        assert_eq!(c.get(STORE, &key).unwrap().unwrap().value, round.as_bytes());
+        server.stop();
+    }
+    assert_eq!(
+        (d.pid(), d.module_pid("state")),
+        (daemon, module),
+        "{kind} recovered without restarting mechad or the module"
+    );
+}
+
+#[test]
+fn redis_outage_is_unavailable_then_recovers() {
+    let Some(server) = servers::Restartable::redis() else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    survives_an_outage(server, "state.redis", &[("redisHost", host)]);
+}
+
+#[test]
+fn postgresql_outage_is_unavailable_then_recovers() {
+    let Some(server) = servers::Restartable::postgres() else {
+        return;
+    };
+    let url = postgres_url(server.port);
+    survives_an_outage(server, "state.postgresql", &[("connectionString", url)]);
+}
+
+/// `ttlInSeconds` gives sets without a TTL of their own one.
+#[test]
+fn redis_default_ttl_applies_to_sets_without_one() {
+    let Some(server) = servers::redis() else {
+        return;
+    };
+    let doc = component(
+        STORE,
+        "state.redis",
+        &[
+            ("redisHost", server.host_port()),
+            ("keyPrefix", servers::unique("ttl")),
+            ("ttlInSeconds", "1".to_owned()),
+        ],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    let c = d.client();
+    let key = servers::unique("default_ttl");
+    c.set(STORE, &key, b"brief".to_vec(), opts(None, None))
+        .unwrap();
+    assert!(c.get(STORE, &key).unwrap().is_some(), "live at first");
+    wait_until(Duration::from_secs(10), "the default TTL to expire", || {
+        c.get(STORE, &key).unwrap().is_none()
+    });
+}
+
+/// The sweeper deletes expired rows every `cleanupIntervalInSeconds`; reads
+/// ignore them before that.
+#[test]
+fn postgresql_sweeper_deletes_expired_rows() {
+    let Some(server) = servers::postgres() else {
+        return;
+    };
+    let table = servers::unique("swept");
+    let doc = component(
+        STORE,
+        "state.postgresql",
+        &[
+            ("connectionString", postgres_url(server.port())),
+            ("tableName", table.clone()),
+            ("cleanupIntervalInSeconds", "1".to_owned()),
+        ],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    let c = d.client();
+    let (brief, kept) = (servers::unique("brief"), servers::unique("kept"));
+    c.set(
+        STORE,
+        &brief,
+        b"x".to_vec(),
+        opts(None, Some(Duration::from_millis(100))),
+    )
+    .unwrap();
+    c.set(STORE, &kept, b"y".to_vec(), opts(None, None))
+        .unwrap();
+    let rows = || {
+        servers::psql(
+            server.port(),
+            &format!("SELECT key FROM {table} ORDER BY key"),
+        )
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the sweeper to delete the row",
+        || rows() == kept,
+    );
+    assert_eq!(c.get(STORE, &brief).unwrap(), None);
 }

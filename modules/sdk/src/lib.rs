@@ -10,13 +10,22 @@
 //! What every module's drivers share lives here too: [`Components`] (the
 //! configured stores by name), [`metadata`] (component metadata read the way
 //! Dapr does) and, with the `redb` feature, `embedded` (an embedded
-//! database that survives a hot restart).
+//! database that survives a hot restart). With the `redis` and `postgres`
+//! features, `redis_backend` and `postgres_backend` connect the networked
+//! drivers: Dapr's connection metadata, lazy self-healing connections, and
+//! UNAVAILABLE-or-not error classification.
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod backend;
 mod components;
 #[cfg(feature = "redb")]
 pub mod embedded;
 mod link;
 pub mod metadata;
+#[cfg(feature = "postgres")]
+pub mod postgres_backend;
+#[cfg(feature = "redis")]
+pub mod redis_backend;
 mod reply;
 mod sandbox;
 mod stream;

@@ -1,6 +1,6 @@
 //! The sequencer module: per-key strictly increasing ids that never go
 //! backwards, served from the configured sequencers (`sequencer.memory`,
-//! `sequencer.redb`).
+//! `sequencer.redb`, `sequencer.redis`, `sequencer.postgresql`).
 
 pub mod drivers;
 

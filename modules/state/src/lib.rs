@@ -1,5 +1,6 @@
 //! The state module: key/value state with ETags, TTLs and transactions, served
-//! from the configured stores (`state.memory`, `state.redb`).
+//! from the configured stores (`state.memory`, `state.redb`, `state.redis`,
+//! `state.postgresql`).
 
 pub mod drivers;
 
@@ -207,7 +208,30 @@ fn store_error(e: StoreError) -> Reply {
     let status = match e {
         StoreError::EtagMismatch { .. } => Status::EtagMismatch,
         StoreError::Unavailable(_) => Status::Unavailable,
+        StoreError::Unsupported { .. } => Status::Unsupported,
         StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
     };
     Reply::error(status, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_features_answer_unsupported() {
+        let reply = store_error(StoreError::Unsupported {
+            component: "cache".to_owned(),
+            kind: "state.example".to_owned(),
+            feature: "transactions".to_owned(),
+        });
+        assert_eq!(reply.status, Status::Unsupported);
+        let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
+            .expect("an error body")
+            .message;
+        assert_eq!(
+            message,
+            "component \"cache\" of type state.example does not support transactions"
+        );
+    }
 }

@@ -10,7 +10,10 @@ use mecha_module::embedded;
 use mecha_module::metadata::MetadataError;
 
 pub mod memory;
+pub mod postgresql;
 pub mod redb;
+pub mod redis;
+mod segments;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn Sequencer`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -93,15 +96,19 @@ pub trait Sequencer: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<u64, SeqError>>;
 }
 
-/// Opens the driver named by `spec.kind`.
+/// Opens the driver named by `spec.kind`. The networked drivers connect
+/// lazily, so this needs a Tokio runtime but no reachable server.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn Sequencer>, SeqError> {
     match spec.kind.as_str() {
         "sequencer.memory" => Ok(Box::new(memory::MemorySequencer::open(spec)?)),
         "sequencer.redb" => Ok(Box::new(redb::RedbSequencer::open(spec, data_dir)?)),
+        "sequencer.redis" => Ok(Box::new(redis::RedisSequencer::open(spec)?)),
+        "sequencer.postgresql" => Ok(Box::new(postgresql::PostgresSequencer::open(spec)?)),
         other => Err(SeqError::Config {
             component: spec.name.clone(),
             reason: format!(
-                "unknown sequencer type {other:?} (known: sequencer.memory, sequencer.redb)"
+                "unknown sequencer type {other:?} (known: sequencer.memory, sequencer.redb, \
+                 sequencer.redis, sequencer.postgresql)"
             ),
         }),
     }

@@ -10,7 +10,9 @@ use mecha_module::embedded;
 use mecha_module::metadata::MetadataError;
 
 pub mod memory;
+pub mod postgresql;
 pub mod redb;
+pub mod redis;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn StateStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,6 +48,17 @@ pub enum StoreError {
         component: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The driver does not implement a feature the request needs. Nothing
+    /// was changed.
+    #[error("component {component:?} of type {kind} does not support {feature}")]
+    Unsupported {
+        /// The component name.
+        component: String,
+        /// The component's type, e.g. `state.redis`.
+        kind: String,
+        /// The missing feature, e.g. "transactions".
+        feature: String,
     },
     /// The backing store cannot be reached right now.
     #[error("store unavailable: {0}")]
@@ -132,14 +145,20 @@ pub trait StateStore: Send + Sync + 'static {
     fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
 }
 
-/// Opens the driver named by `spec.kind`.
+/// Opens the driver named by `spec.kind`. The networked drivers connect
+/// lazily, so this needs a Tokio runtime but no reachable server.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn StateStore>, StoreError> {
     match spec.kind.as_str() {
         "state.memory" => Ok(Box::new(memory::MemoryStore::new())),
         "state.redb" => Ok(Box::new(redb::RedbStore::open(spec, data_dir)?)),
+        "state.redis" => Ok(Box::new(redis::RedisStore::open(spec)?)),
+        "state.postgresql" => Ok(Box::new(postgresql::PostgresStore::open(spec)?)),
         other => Err(StoreError::Config {
             component: spec.name.clone(),
-            reason: format!("unknown state store type {other:?} (known: state.memory, state.redb)"),
+            reason: format!(
+                "unknown state store type {other:?} (known: state.memory, state.redb, \
+                 state.redis, state.postgresql)"
+            ),
         }),
     }
 }

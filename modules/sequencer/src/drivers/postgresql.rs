@@ -1,0 +1,144 @@
+//! The `sequencer.postgresql` driver: one row per sequence holding the
+//! highest id ever reserved, advanced by an upsert with RETURNING one
+//! segment at a time. The table (`tableName`, default `mecha_sequences`) is
+//! created on first use if missing:
+//!
+//! ```sql
+//! CREATE TABLE mecha_sequences (tenant TEXT, key TEXT, bound BIGINT NOT NULL,
+//!   PRIMARY KEY (tenant, key));
+//! ```
+//!
+//! The upsert is one atomic statement, so concurrent reservations (from this
+//! module or other daemons) never overlap, and a committed bound is durable,
+//! so a restarted module reserves above everything handed out before.
+
+use mecha_abi::msg::ComponentSpec;
+use mecha_module::backend::BackendError;
+use mecha_module::metadata::Metadata;
+use mecha_module::postgres_backend::{self, table_name, Postgres};
+use tokio::sync::OnceCell;
+use tokio_postgres::error::SqlState;
+
+use super::segments::Segments;
+use super::{BoxFuture, SeqError, Sequencer};
+
+/// The fields this driver understands besides the connection's.
+const OWN_FIELDS: [&str; 2] = ["tableName", "segmentSize"];
+
+/// The largest `segmentSize`, as for `sequencer.redb`.
+const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
+
+/// The advisory lock taken while creating the table (see `state.postgresql`).
+const SCHEMA_LOCK: i64 = 0x6d65_6368_615f_7371;
+
+/// A sequencer in a PostgreSQL table.
+#[derive(Debug)]
+pub struct PostgresSequencer {
+    pg: Postgres,
+    create: String,
+    reserve: String,
+    /// Set once the table exists.
+    ready: OnceCell<()>,
+    segments: Segments,
+}
+
+impl PostgresSequencer {
+    /// Validates `spec` and prepares the pool; nothing is sent to the server
+    /// until the first request, so the module starts while it is down.
+    ///
+    /// `segmentSize` defaults to 1, for the reason given at
+    /// `RedisSequencer::open`.
+    pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
+        let known: Vec<&str> = postgres_backend::FIELDS
+            .iter()
+            .chain(OWN_FIELDS.iter())
+            .copied()
+            .collect();
+        let metadata = Metadata::parse(spec, &known)?;
+        let table = table_name(&metadata, "tableName", "mecha_sequences")?;
+        let size = metadata
+            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
+            .unwrap_or(1);
+        Ok(Self {
+            pg: Postgres::open(&metadata, &spec.kind)?,
+            create: format!(
+                "SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); \
+                 CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, key TEXT NOT NULL, \
+                 bound BIGINT NOT NULL, PRIMARY KEY (tenant, key));"
+            ),
+            reserve: format!(
+                "INSERT INTO {table} AS s (tenant, key, bound) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, key) DO UPDATE SET bound = s.bound + EXCLUDED.bound \
+                 RETURNING bound"
+            ),
+            ready: OnceCell::new(),
+            segments: Segments::new(size),
+        })
+    }
+
+    /// Reserves `n` ids of `key` and returns the new bound.
+    async fn reserve(&self, tenant: &str, key: &str, n: u64) -> Result<u64, BackendError> {
+        let mut client = self.pg.client().await?;
+        self.ready
+            .get_or_try_init(|| async {
+                let error = |e: tokio_postgres::Error| self.pg.error("create the table", &e);
+                let tx = client.transaction().await.map_err(error)?;
+                tx.batch_execute(&self.create).await.map_err(error)?;
+                tx.commit().await.map_err(error)
+            })
+            .await?;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // Cached per connection: parsed once, not once per reservation.
+        let reserve = client
+            .prepare_cached(&self.reserve)
+            .await
+            .map_err(|e| self.pg.error("prepare a reservation", &e))?;
+        let row = client
+            .query_one(&reserve, &[&tenant, &key, &n])
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
+                    BackendError::Failed(EXHAUSTED.to_owned())
+                } else {
+                    self.pg.error("reserve ids", &e)
+                }
+            })?;
+        let bound: i64 = self.pg.column(&row, 0)?;
+        u64::try_from(bound)
+            .map_err(|_| BackendError::Failed(format!("{}: a negative bound", self.pg.what())))
+    }
+}
+
+/// The marker of a bound that would pass PostgreSQL's largest BIGINT.
+const EXHAUSTED: &str = "exhausted";
+
+impl Sequencer for PostgresSequencer {
+    fn next_ids<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        count: u32,
+    ) -> BoxFuture<'a, Result<u64, SeqError>> {
+        Box::pin(async move {
+            self.segments
+                .allocate(tenant, key, count, |n| async move {
+                    let reserved = self
+                        .pg
+                        .deadline("reserve ids", self.reserve(tenant, key, n))
+                        .await;
+                    match reserved {
+                        Ok(bound) => Ok(bound),
+                        Err(BackendError::Failed(m)) if m == EXHAUSTED => {
+                            Err(SeqError::Exhausted {
+                                key: key.to_owned(),
+                                count,
+                            })
+                        }
+                        Err(BackendError::Unavailable(m)) => Err(SeqError::Unavailable(m)),
+                        Err(BackendError::Failed(m)) => Err(SeqError::Internal(m)),
+                    }
+                })
+                .await
+        })
+    }
+}

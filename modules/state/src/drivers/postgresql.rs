@@ -1,0 +1,336 @@
+//! The `state.postgresql` driver: state in one PostgreSQL table, with ETags
+//! from a sequence, expiry times checked on every read and swept
+//! periodically, and transactions as native SQL transactions.
+//!
+//! The table (`tableName`, default `state`) and its sequence and index are
+//! created on first use if missing, so the module starts while the server is
+//! down and a fresh database needs no migration step:
+//!
+//! ```sql
+//! CREATE TABLE state (tenant TEXT, key TEXT, value BYTEA NOT NULL,
+//!   version BIGINT NOT NULL, expires_at TIMESTAMPTZ, PRIMARY KEY (tenant, key));
+//! CREATE SEQUENCE state_revision;
+//! ```
+//!
+//! Every set takes `nextval` of the sequence as the key's `version` (its
+//! ETag), so ETags only grow and are never reused. Expiry times use the
+//! database's clock, which every node shares, rather than each node's own.
+
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use mecha_module::backend::{duration, BackendError};
+use mecha_module::metadata::Metadata;
+use mecha_module::postgres_backend::{self, table_name, Client, Postgres};
+use tokio::sync::OnceCell;
+
+use super::{check_etag, BoxFuture, OpOutcome, StateStore, StoreError};
+
+/// The fields this driver understands besides the connection's
+/// (`cleanupInterval` and `cleanupIntervalInSeconds` are Dapr's newer and
+/// older spelling of one setting).
+const OWN_FIELDS: [&str; 3] = ["tableName", "cleanupInterval", "cleanupIntervalInSeconds"];
+
+/// Dapr's default: expired rows are deleted hourly (reads skip them anyway).
+const DEFAULT_CLEANUP: Duration = Duration::from_secs(3600);
+
+/// The longest TTL stored, about 100 years; see `state.redis` for why.
+const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// The advisory lock taken while creating tables, so that modules on several
+/// nodes starting at once do not race on `CREATE ... IF NOT EXISTS` (which
+/// is not safe against concurrent creation of the same name).
+const SCHEMA_LOCK: i64 = 0x6d65_6368_615f_7374;
+
+/// A state store in a PostgreSQL table.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pg: Postgres,
+    /// The statements, with the table name spliced in once.
+    sql: Statements,
+    /// Set once the table exists; until then every request tries to create
+    /// it, so a server that was down at start is set up when it returns.
+    ready: OnceCell<()>,
+    /// How often expired rows are deleted; `None` = never.
+    cleanup: Option<Duration>,
+    /// When the last sweep ran (or the store opened).
+    last_sweep: parking_lot::Mutex<Instant>,
+}
+
+/// The SQL this driver runs, built once from the table name.
+#[derive(Debug)]
+struct Statements {
+    create: String,
+    get: String,
+    live_version: String,
+    set: String,
+    delete: String,
+    sweep: String,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        // An index name cannot be schema-qualified; it lives in the table's schema.
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        let live = "(expires_at IS NULL OR expires_at > now())";
+        Self {
+            create: format!(
+                "SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); \
+                 CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, key TEXT NOT NULL, \
+                 value BYTEA NOT NULL, version BIGINT NOT NULL, expires_at TIMESTAMPTZ, \
+                 PRIMARY KEY (tenant, key)); \
+                 CREATE SEQUENCE IF NOT EXISTS {table}_revision; \
+                 CREATE INDEX IF NOT EXISTS {bare}_expires ON {table} (expires_at) \
+                 WHERE expires_at IS NOT NULL;"
+            ),
+            get: format!(
+                "SELECT key, value, version FROM {table} \
+                 WHERE tenant = $1 AND key = ANY($2) AND {live}"
+            ),
+            live_version: format!(
+                "SELECT version FROM {table} WHERE tenant = $1 AND key = $2 AND {live} FOR UPDATE"
+            ),
+            set: format!(
+                "INSERT INTO {table} (tenant, key, value, version, expires_at) \
+                 VALUES ($1, $2, $3, nextval('{table}_revision'), \
+                 now() + $4::bigint * interval '1 millisecond') \
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value, \
+                 version = EXCLUDED.version, expires_at = EXCLUDED.expires_at RETURNING version"
+            ),
+            delete: format!("DELETE FROM {table} WHERE tenant = $1 AND key = $2"),
+            sweep: format!("DELETE FROM {table} WHERE expires_at <= now()"),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Validates `spec` and prepares the pool; nothing is sent to the server
+    /// until the first request, so the module starts while it is down.
+    pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
+        let known: Vec<&str> = postgres_backend::FIELDS
+            .iter()
+            .chain(OWN_FIELDS.iter())
+            .copied()
+            .collect();
+        let metadata = Metadata::parse(spec, &known)?;
+        let table = table_name(&metadata, "tableName", "state")?;
+        let cleanup = match (
+            duration(&metadata, "cleanupInterval")?,
+            duration(&metadata, "cleanupIntervalInSeconds")?,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(metadata
+                    .error(
+                        "metadata fields \"cleanupInterval\" and \"cleanupIntervalInSeconds\" \
+                         are one setting; give only one",
+                    )
+                    .into())
+            }
+            (a, b) => a.or(b).unwrap_or(DEFAULT_CLEANUP),
+        };
+        Ok(Self {
+            pg: Postgres::open(&metadata, &spec.kind)?,
+            sql: Statements::new(&table),
+            ready: OnceCell::new(),
+            // Dapr's convention: an interval of 0 turns the sweeper off.
+            cleanup: (!cleanup.is_zero()).then_some(cleanup),
+            last_sweep: parking_lot::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A pooled connection, with the table created if this is the first use.
+    async fn client(&self) -> Result<Client, BackendError> {
+        let mut client = self.pg.client().await?;
+        self.ready
+            .get_or_try_init(|| async {
+                let error = |e: tokio_postgres::Error| self.pg.error("create the state table", &e);
+                // A transaction, not BEGIN/COMMIT in the batch: dropping it on
+                // failure rolls back, so the connection returns to the pool
+                // clean instead of stuck in an aborted transaction.
+                let tx = client.transaction().await.map_err(error)?;
+                tx.batch_execute(&self.sql.create).await.map_err(error)?;
+                tx.commit().await.map_err(error)
+            })
+            .await?;
+        Ok(client)
+    }
+
+    async fn get_keys(
+        &self,
+        tenant: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<StateEntry>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        // Cached per connection, so a statement is parsed once per
+        // connection rather than once per request.
+        let get = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(|e| self.pg.error("prepare a read", &e))?;
+        let rows = client
+            .query(&get, &[&tenant, &keys])
+            .await
+            .map_err(|e| self.pg.error("read keys", &e))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = self.pg.column(row, 0)?;
+            let value: Vec<u8> = self.pg.column(row, 1)?;
+            let version: i64 = self.pg.column(row, 2)?;
+            found.insert(key, (value, version));
+        }
+        // Answers follow the request, so a key asked twice is answered twice.
+        Ok(keys
+            .iter()
+            .map(|key| {
+                found.get(key).map(|(value, version)| StateEntry {
+                    value: value.clone(),
+                    etag: version.to_string(),
+                })
+            })
+            .collect())
+    }
+
+    async fn apply(&self, tenant: &str, ops: Vec<TxOp>) -> Result<Vec<OpOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await.map_err(backend)?;
+        let error = |doing: &str, e: tokio_postgres::Error| backend(self.pg.error(doing, &e));
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| error("begin a transaction", e))?;
+        let (live_version, set, delete) = (
+            tx.prepare_cached(&self.sql.live_version).await,
+            tx.prepare_cached(&self.sql.set).await,
+            tx.prepare_cached(&self.sql.delete).await,
+        );
+        let prepare = |r: Result<_, _>| r.map_err(|e| error("prepare a write", e));
+        let (live_version, set, delete) = (prepare(live_version)?, prepare(set)?, prepare(delete)?);
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // Every early return drops `tx` uncommitted, which rolls it back: a
+        // failed check undoes the earlier ops of the transaction.
+        for op in ops {
+            let (key, etag) = match &op {
+                TxOp::Set(item) => (item.key.as_str(), item.etag.as_deref()),
+                TxOp::Delete(item) => (item.key.as_str(), item.etag.as_deref()),
+            };
+            // FOR UPDATE locks a live row until commit, so the check below
+            // still holds when this transaction writes.
+            let live: Option<i64> = match tx
+                .query_opt(&live_version, &[&tenant, &key])
+                .await
+                .map_err(|e| error("read a key's version", e))?
+            {
+                Some(row) => Some(self.pg.column(&row, 0).map_err(backend)?),
+                None => None,
+            };
+            let live = live.and_then(|v| u64::try_from(v).ok());
+            check_etag(key, etag, live)?;
+            match op {
+                TxOp::Set(item) => {
+                    let ttl = item
+                        .ttl_ms
+                        .map(|t| i64::try_from(t).unwrap_or(i64::MAX).min(MAX_TTL_MS));
+                    let row = tx
+                        .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
+                        .await
+                        .map_err(|e| error("write a key", e))?;
+                    let version: i64 = self.pg.column(&row, 0).map_err(backend)?;
+                    outcomes.push(OpOutcome::Set {
+                        etag: version.to_string(),
+                    });
+                }
+                TxOp::Delete(item) => {
+                    // Expired leftovers go too: invisible anyway, and this
+                    // saves the sweeper the work.
+                    tx.execute(&delete, &[&tenant, &item.key])
+                        .await
+                        .map_err(|e| error("delete a key", e))?;
+                    outcomes.push(OpOutcome::Deleted {
+                        existed: live.is_some(),
+                    });
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| error("commit a transaction", e))?;
+        Ok(outcomes)
+    }
+
+    async fn sweep_due(&self) -> Result<usize, BackendError> {
+        let Some(every) = self.cleanup else {
+            return Ok(0);
+        };
+        {
+            let mut last = self.last_sweep.lock();
+            if last.elapsed() < every {
+                return Ok(0);
+            }
+            // Counted from the attempt, so an unreachable server is retried
+            // at the same pace rather than on every tick.
+            *last = Instant::now();
+        }
+        let client = self.client().await?;
+        let removed = client
+            .execute(&self.sql.sweep, &[])
+            .await
+            .map_err(|e| self.pg.error("delete expired keys", &e))?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+}
+
+/// Maps a backend failure to the store's error.
+fn backend(e: BackendError) -> StoreError {
+    match e {
+        BackendError::Unavailable(m) => StoreError::Unavailable(m),
+        BackendError::Failed(m) => StoreError::Internal(m),
+    }
+}
+
+impl StateStore for PostgresStore {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<StateEntry>>, StoreError>> {
+        Box::pin(async move {
+            self.pg
+                .deadline("read keys", self.get_keys(tenant, keys))
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn transact<'a>(
+        &'a self,
+        tenant: &'a str,
+        ops: Vec<TxOp>,
+    ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
+        Box::pin(async move {
+            // The deadline's error is an unavailable server; the work's own
+            // errors (an ETag mismatch) pass through unchanged.
+            match tokio::time::timeout(self.pg.timeout(), self.apply(tenant, ops)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "{}: cannot apply a transaction: no answer within {:?}",
+                    self.pg.what(),
+                    self.pg.timeout()
+                ))),
+            }
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            self.pg
+                .deadline("delete expired keys", self.sweep_due())
+                .await
+                .map_err(backend)
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! The `state.redis` driver: state in a Redis server, one hash `{data,
+//! version}` per key (the layout Dapr's Redis store uses), with ETags from a
+//! store-wide revision counter, native expiry, and every write applied by
+//! one Lua script so that checks and writes are atomic.
+//!
+//! # Keys
+//!
+//! A key is stored as `<prefix><tenant>||<key>`. The tenant is always part of
+//! it (with `|` and `%` percent-encoded, so a tenant can never end early and
+//! reach into another tenant's keys). `<prefix>` follows Dapr's `keyPrefix`:
+//! `appid` (the default: in mecha the tenant plays the app id's part) and
+//! `none` add nothing, `name` adds `<component name>||`, any other value adds
+//! `<value>||`, so several stores can share one Redis database.
+//!
+//! # ETags
+//!
+//! The key `<prefix>|mecha-revision` counts every set. A set takes the next
+//! value as the key's `version`, its ETag. Since the counter only grows, an
+//! ETag is never handed out twice — not even after the key was deleted and
+//! written again, where Dapr's per-key versions would start over.
+
+use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use mecha_module::backend::BackendError;
+use mecha_module::metadata::Metadata;
+use mecha_module::redis_backend::{self, Redis};
+
+use super::{BoxFuture, OpOutcome, StateStore, StoreError};
+
+/// The fields this driver understands besides the connection's.
+const OWN_FIELDS: [&str; 2] = ["keyPrefix", "ttlInSeconds"];
+
+/// The longest TTL passed to Redis, about 100 years. Redis refuses an expiry
+/// that overflows its clock arithmetic, and a caller asking for more means
+/// "practically never" anyway.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// Applies a transaction: `KEYS[1]` is the revision counter, `KEYS[i + 1]`
+/// the key of op `i`; op `i`'s arguments are `ARGV[4i-3 .. 4i]`: kind (`s`et
+/// or `d`elete), ETag (`n` for none, else `e` followed by the ETag), value,
+/// TTL in ms (empty for none). Every check runs before the first write, and
+/// the checks read every key with HGET, which fails on a key of another type
+/// before anything is written: the script is all or nothing. Revisions are
+/// formatted with `%d` because Lua's `tostring` switches to exponent notation
+/// for large numbers.
+const TRANSACT: &str = r"
+local n = #KEYS - 1
+local base = tonumber(redis.call('GET', KEYS[1]) or '0')
+local rev = base
+local staged = {}
+local out = {}
+for i = 1, n do
+  local key = KEYS[i + 1]
+  local etag = ARGV[4 * i - 2]
+  local current = staged[key]
+  if current == nil then
+    current = redis.call('HGET', key, 'version')
+  end
+  if string.sub(etag, 1, 1) == 'e' and current ~= string.sub(etag, 2) then
+    return {'mismatch', tostring(i)}
+  end
+  if ARGV[4 * i - 3] == 's' then
+    rev = rev + 1
+    out[i] = string.format('%d', rev)
+    staged[key] = out[i]
+  else
+    if current then out[i] = '1' else out[i] = '0' end
+    staged[key] = false
+  end
+end
+for i = 1, n do
+  local key = KEYS[i + 1]
+  if ARGV[4 * i - 3] == 's' then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'data', ARGV[4 * i - 1], 'version', out[i])
+    local ttl = ARGV[4 * i]
+    if ttl ~= '' then redis.call('PEXPIRE', key, ttl) end
+  else
+    redis.call('DEL', key)
+  end
+end
+if rev > base then redis.call('SET', KEYS[1], string.format('%d', rev)) end
+local reply = {'ok'}
+for i = 1, n do reply[i + 1] = out[i] end
+return reply
+";
+
+/// A state store in Redis.
+#[derive(Debug)]
+pub struct RedisStore {
+    redis: Redis,
+    /// Prepended to every key; see the module documentation.
+    prefix: String,
+    /// The TTL of sets that give none (`ttlInSeconds`), in milliseconds.
+    default_ttl_ms: Option<u64>,
+    script: redis::Script,
+}
+
+impl RedisStore {
+    /// Validates `spec` and prepares the connection; nothing is sent to Redis
+    /// until the first request, so the module starts while Redis is down.
+    pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
+        let known: Vec<&str> = redis_backend::FIELDS
+            .iter()
+            .chain(OWN_FIELDS.iter())
+            .copied()
+            .collect();
+        let metadata = Metadata::parse(spec, &known)?;
+        let prefix = match metadata.str("keyPrefix")? {
+            None => String::new(),
+            Some(p) if p.eq_ignore_ascii_case("appid") || p.eq_ignore_ascii_case("none") => {
+                String::new()
+            }
+            Some(p) if p.eq_ignore_ascii_case("name") => format!("{}||", spec.name),
+            Some(p) => format!("{p}||"),
+        };
+        let default_ttl_ms = metadata
+            .whole("ttlInSeconds", 1..=MAX_TTL_MS / 1000)?
+            .map(|s| s * 1000);
+        Ok(Self {
+            redis: Redis::open(&metadata, &spec.kind)?,
+            prefix,
+            default_ttl_ms,
+            script: redis::Script::new(TRANSACT),
+        })
+    }
+
+    /// The Redis key of `key` under `tenant`.
+    fn key(&self, tenant: &str, key: &str) -> String {
+        let tenant = tenant.replace('%', "%25").replace('|', "%7C");
+        format!("{}{tenant}||{key}", self.prefix)
+    }
+
+    async fn get_keys(
+        &self,
+        tenant: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<StateEntry>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("HMGET")
+                .arg(self.key(tenant, key))
+                .arg("data")
+                .arg("version");
+        }
+        let rows: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| backend(self.redis.error("read keys", &e)))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                (Some(value), Some(etag)) => Some(StateEntry { value, etag }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn apply(&self, tenant: &str, ops: Vec<TxOp>) -> Result<Vec<OpOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.script.prepare_invoke();
+        invocation.key(format!("{}|mecha-revision", self.prefix));
+        let mut kinds = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (kind, key, etag, value, ttl) = match op {
+                TxOp::Set(item) => {
+                    let ttl = item
+                        .ttl_ms
+                        .or(self.default_ttl_ms)
+                        .map(|t| t.min(MAX_TTL_MS));
+                    ("s", item.key, item.etag, item.value, ttl)
+                }
+                TxOp::Delete(item) => ("d", item.key, item.etag, Vec::new(), None),
+            };
+            invocation.key(self.key(tenant, &key));
+            invocation
+                .arg(kind)
+                .arg(etag.map_or_else(|| "n".to_owned(), |e| format!("e{e}")))
+                .arg(value)
+                .arg(ttl.map_or_else(String::new, |t| t.to_string()));
+            kinds.push((key, kind == "s"));
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| backend(self.redis.error("apply a transaction", &e)))?;
+        outcomes(kinds, reply)
+    }
+}
+
+/// Turns the script's reply into outcomes, or the ETag mismatch it reports.
+/// `ops` holds each op's key and whether it is a set, in op order: the reply
+/// marks deletes with `1`/`0`, which are also valid revisions of sets.
+fn outcomes(ops: Vec<(String, bool)>, reply: Vec<String>) -> Result<Vec<OpOutcome>, StoreError> {
+    let malformed = || StoreError::Internal(format!("redis: unexpected script reply {reply:?}"));
+    match reply.first().map(String::as_str) {
+        Some("mismatch") => {
+            let index: usize = reply
+                .get(1)
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(malformed)?;
+            let (key, _) = ops.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
+            Err(StoreError::EtagMismatch { key: key.clone() })
+        }
+        Some("ok") if reply.len() == ops.len() + 1 => Ok(ops
+            .iter()
+            .zip(&reply[1..])
+            .map(|((_, is_set), out)| {
+                if *is_set {
+                    OpOutcome::Set { etag: out.clone() }
+                } else {
+                    OpOutcome::Deleted {
+                        existed: out == "1",
+                    }
+                }
+            })
+            .collect()),
+        _ => Err(malformed()),
+    }
+}
+
+/// Maps a backend failure to the store's error.
+fn backend(e: BackendError) -> StoreError {
+    match e {
+        BackendError::Unavailable(m) => StoreError::Unavailable(m),
+        BackendError::Failed(m) => StoreError::Internal(m),
+    }
+}
+
+impl StateStore for RedisStore {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        keys: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Option<StateEntry>>, StoreError>> {
+        Box::pin(self.get_keys(tenant, keys))
+    }
+
+    fn transact<'a>(
+        &'a self,
+        tenant: &'a str,
+        ops: Vec<TxOp>,
+    ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
+        Box::pin(self.apply(tenant, ops))
+    }
+
+    /// Redis expires keys itself, so there is nothing to sweep.
+    fn sweep(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
+}
