@@ -18,9 +18,14 @@ use mecha_module::metadata::{Metadata, MetadataError};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, Settings};
+use crate::store::Store;
 
+pub mod duration;
+pub mod jetstream;
 pub mod memory;
 pub mod redb;
+pub mod redis;
+pub mod remote;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn PubsubLog`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,6 +59,10 @@ pub enum PubsubError {
         /// The group furthest behind.
         group: String,
     },
+    /// The component's driver cannot honour an option of the request; the
+    /// message names the component, its type and the feature.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backing store cannot be reached right now.
     #[error("pubsub store unavailable: {0}")]
     Unavailable(String),
@@ -228,9 +237,20 @@ pub const MEMORY_MAX_MESSAGES: u64 = 10_000;
 /// The default `maxMessages` of `pubsub.redb`, whose log lives on disk.
 pub const REDB_MAX_MESSAGES: u64 = 1_000_000;
 
-/// Opens the store named by `spec.kind`: its driver, with a [`Broker`] on
-/// top configured from the metadata both share.
-pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
+/// Opens the store named by `spec.kind`: an embedded driver with a
+/// [`Broker`] on top, or a server that delivers messages itself.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Store, PubsubError> {
+    match spec.kind.as_str() {
+        "pubsub.redis" => Ok(Store::Redis(redis::open(spec)?)),
+        // Dapr's type is `pubsub.jetstream`; `pubsub.nats` names the same.
+        "pubsub.jetstream" | "pubsub.nats" => Ok(Store::Jetstream(jetstream::open(spec)?)),
+        _ => open_embedded(spec, data_dir).map(Store::Embedded),
+    }
+}
+
+/// Opens an embedded store: its log driver with a [`Broker`] on top
+/// configured from the metadata both share.
+fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
     match spec.kind.as_str() {
         "pubsub.memory" => {
             let metadata = Metadata::parse(spec, &Settings::KNOWN_FIELDS)?;
@@ -249,7 +269,8 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError
         other => Err(PubsubError::Config {
             component: spec.name.clone(),
             reason: format!(
-                "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb)"
+                "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb, \
+                 pubsub.redis, pubsub.jetstream, pubsub.nats)"
             ),
         }),
     }
