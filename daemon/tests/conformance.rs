@@ -75,3 +75,6 @@ mod harness {
         reachable(servers::nats());
     }
 }
+
+#[path = "conformance/pubsub.rs"]
+mod pubsub;
