@@ -139,30 +139,60 @@ pub mod drivers {
     }
 
     pub fn memory() -> Option<Driver> {
-        Some(driver("pubsub.memory", "pubsub.memory", &[], EMBEDDED, Backend::Embedded))
+        Some(driver(
+            "pubsub.memory",
+            "pubsub.memory",
+            &[],
+            EMBEDDED,
+            Backend::Embedded,
+        ))
     }
 
     pub fn redb() -> Option<Driver> {
-        Some(driver("pubsub.redb", "pubsub.redb", &[], EMBEDDED, Backend::Embedded))
+        Some(driver(
+            "pubsub.redb",
+            "pubsub.redb",
+            &[],
+            EMBEDDED,
+            Backend::Embedded,
+        ))
     }
 
     pub fn redis() -> Option<Driver> {
         let s = servers::redis()?;
         let md = redis_metadata(s.host_port());
-        Some(driver("pubsub.redis", "pubsub.redis", &md, SERVER, Backend::Redis))
+        Some(driver(
+            "pubsub.redis",
+            "pubsub.redis",
+            &md,
+            SERVER,
+            Backend::Redis,
+        ))
     }
 
     pub fn jetstream() -> Option<Driver> {
         let s = servers::nats()?;
         let md = nats_metadata(s.host_port());
-        Some(driver("pubsub.jetstream", "pubsub.jetstream", &md, SERVER, Backend::Nats))
+        Some(driver(
+            "pubsub.jetstream",
+            "pubsub.jetstream",
+            &md,
+            SERVER,
+            Backend::Nats,
+        ))
     }
 
     /// The same driver under its alias.
     pub fn nats() -> Option<Driver> {
         let s = servers::nats()?;
         let md = nats_metadata(s.host_port());
-        Some(driver("pubsub.nats", "pubsub.nats", &md, SERVER, Backend::Nats))
+        Some(driver(
+            "pubsub.nats",
+            "pubsub.nats",
+            &md,
+            SERVER,
+            Backend::Nats,
+        ))
     }
 }
 
@@ -221,12 +251,19 @@ fn published_messages_are_delivered(driver: &Driver) {
     let mut sub = c.subscribe(STORE, &topic, "g", Default::default()).unwrap();
     let offset = publish(&c, &topic, "hello");
     let got = next!(sub);
-    assert_eq!((text(&got), got.offset, got.attempt), ("hello".into(), offset, 1));
+    assert_eq!(
+        (text(&got), got.offset, got.attempt),
+        ("hello".into(), offset, 1)
+    );
     assert_eq!(got.spec_version, "1.0", "{}", driver.name);
     assert_eq!(got.data_content_type, "text/plain");
     assert_eq!(got.source, format!("mecha://{}", c.tenant()));
     assert_eq!((got.store.as_str(), got.group.as_str()), (STORE, "g"));
-    assert!(sub.ack(&got).unwrap(), "{}: the ack takes effect", driver.name);
+    assert!(
+        sub.ack(&got).unwrap(),
+        "{}: the ack takes effect",
+        driver.name
+    );
     if driver.features.consecutive_offsets {
         assert_eq!(offset, 1);
     }
@@ -236,7 +273,9 @@ fn one_member_receives_in_publish_order(driver: &Driver) {
     let (_d, c) = driver.start();
     let topic = servers::unique("order");
     let mut sub = c.subscribe(STORE, &topic, "g", Default::default()).unwrap();
-    let offsets: Vec<u64> = (0..20).map(|i| publish(&c, &topic, &format!("m{i}"))).collect();
+    let offsets: Vec<u64> = (0..20)
+        .map(|i| publish(&c, &topic, &format!("m{i}")))
+        .collect();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets increase");
     let got: Vec<String> = (0..20)
         .map(|_| {
@@ -258,8 +297,12 @@ fn every_group_gets_every_message(driver: &Driver) {
     let (d, c) = driver.start();
     let topic = servers::unique("fan");
     let (ca, cb) = (d.client(), d.client());
-    let mut a = ca.subscribe(STORE, &topic, "a", Default::default()).unwrap();
-    let mut b = cb.subscribe(STORE, &topic, "b", Default::default()).unwrap();
+    let mut a = ca
+        .subscribe(STORE, &topic, "a", Default::default())
+        .unwrap();
+    let mut b = cb
+        .subscribe(STORE, &topic, "b", Default::default())
+        .unwrap();
     for i in 0..10 {
         publish(&c, &topic, &format!("n{i}"));
     }
@@ -317,7 +360,12 @@ fn members_of_a_group_share_its_messages(driver: &Driver) {
         m.join().expect("a member thread");
     }
     let received = received.lock().unwrap().clone();
-    assert_eq!(received.len(), MESSAGES, "{}: one delivery each", driver.name);
+    assert_eq!(
+        received.len(),
+        MESSAGES,
+        "{}: one delivery each",
+        driver.name
+    );
     assert_eq!(received.into_iter().collect::<BTreeSet<_>>(), published);
 }
 
@@ -330,9 +378,16 @@ fn a_nack_redelivers(driver: &Driver) {
     let mut sub = c.subscribe(STORE, &topic, "g", Default::default()).unwrap();
     publish(&c, &topic, "again");
     let first = next!(sub);
-    assert!(sub.nack(&first).unwrap(), "{}: the nack takes effect", driver.name);
+    assert!(
+        sub.nack(&first).unwrap(),
+        "{}: the nack takes effect",
+        driver.name
+    );
     let second = next!(sub);
-    assert_eq!((second.offset, second.id.as_str()), (first.offset, first.id.as_str()));
+    assert_eq!(
+        (second.offset, second.id.as_str()),
+        (first.offset, first.id.as_str())
+    );
     assert!(second.attempt > first.attempt, "{}", driver.name);
     assert!(sub.ack(&second).unwrap());
 }
@@ -377,7 +432,9 @@ fn a_new_group_gets_earlier_messages(driver: &Driver) {
     let (_d, c) = driver.start();
     let topic = servers::unique("early");
     publish(&c, &topic, "before");
-    let mut sub = c.subscribe(STORE, &topic, "late", Default::default()).unwrap();
+    let mut sub = c
+        .subscribe(STORE, &topic, "late", Default::default())
+        .unwrap();
     let got = next!(sub);
     assert_eq!(text(&got), "before", "{}", driver.name);
     assert!(sub.ack(&got).unwrap());
@@ -400,9 +457,7 @@ fn raw_messages_have_no_envelope(driver: &Driver) {
     let (_d, c) = driver.start();
     let topic = servers::unique("raw");
     let mut sub = c.subscribe(STORE, &topic, "g", Default::default()).unwrap();
-    let options = AsyncClient::publish_options()
-        .raw(true)
-        .metadata("k", "v");
+    let options = AsyncClient::publish_options().raw(true).metadata("k", "v");
     c.publish(STORE, &topic, b"bare".to_vec(), options).unwrap();
     let got = next!(sub);
     assert!(got.raw, "{}", driver.name);
@@ -418,10 +473,17 @@ fn partition_keys_order_or_are_unsupported(driver: &Driver) {
     let first = c.publish(STORE, &topic, b"k1".to_vec(), keyed());
     if !driver.features.partition_key {
         let e = first.expect_err("a keyed publish is refused");
-        assert_eq!(e.status(), Some(Status::Unsupported), "{}: {e}", driver.name);
+        assert_eq!(
+            e.status(),
+            Some(Status::Unsupported),
+            "{}: {e}",
+            driver.name
+        );
         let message = e.to_string();
         assert!(
-            message.contains(STORE) && message.contains(driver.kind) && message.contains("partitionKey"),
+            message.contains(STORE)
+                && message.contains(driver.kind)
+                && message.contains("partitionKey"),
             "the message names the component, type and feature: {message}"
         );
         return;
@@ -446,8 +508,14 @@ fn publish_recovers_after_the_server_returns(driver: &Driver) {
     let dir = tempfile::tempdir().expect("a server directory");
     let (cmd, metadata): (fn(u16, &std::path::Path) -> Option<Command>, _) = match driver.backend {
         Backend::Embedded => return,
-        Backend::Redis => (servers::redis_command, redis_metadata(format!("127.0.0.1:{port}"))),
-        Backend::Nats => (servers::nats_command, nats_metadata(format!("127.0.0.1:{port}"))),
+        Backend::Redis => (
+            servers::redis_command,
+            redis_metadata(format!("127.0.0.1:{port}")),
+        ),
+        Backend::Nats => (
+            servers::nats_command,
+            nats_metadata(format!("127.0.0.1:{port}")),
+        ),
     };
     let server_cmd = || cmd(port, dir.path()).expect("the server is installed");
     let mut server = Some(servers::private(driver.name, server_cmd(), port));
@@ -464,15 +532,28 @@ fn publish_recovers_after_the_server_returns(driver: &Driver) {
     drop(server.take());
     let deadline = Instant::now() + PATIENCE;
     let error = loop {
-        match c.publish(STORE, &topic, b"down".to_vec(), AsyncClient::publish_options()) {
+        match c.publish(
+            STORE,
+            &topic,
+            b"down".to_vec(),
+            AsyncClient::publish_options(),
+        ) {
             Err(e) => break e,
             Ok(_) => {
-                assert!(Instant::now() < deadline, "publish keeps succeeding with the server down");
+                assert!(
+                    Instant::now() < deadline,
+                    "publish keeps succeeding with the server down"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     };
-    assert_eq!(error.status(), Some(Status::Unavailable), "{}: {error}", driver.name);
+    assert_eq!(
+        error.status(),
+        Some(Status::Unavailable),
+        "{}: {error}",
+        driver.name
+    );
     let message = error.to_string();
     assert!(
         message.contains(STORE) && message.contains(&port.to_string()),
@@ -483,7 +564,12 @@ fn publish_recovers_after_the_server_returns(driver: &Driver) {
     servers::wait_port(SocketAddr::from(([127, 0, 0, 1], port)), PATIENCE);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match c.publish(STORE, &topic, b"after".to_vec(), AsyncClient::publish_options()) {
+        match c.publish(
+            STORE,
+            &topic,
+            b"after".to_vec(),
+            AsyncClient::publish_options(),
+        ) {
             Ok(_) => break,
             Err(e) => {
                 assert_eq!(e.status(), Some(Status::Unavailable), "{e}");
@@ -503,6 +589,10 @@ fn publish_recovers_after_the_server_returns(driver: &Driver) {
         }
         assert!(Instant::now() < deadline, "the subscription recovers");
     }
-    assert_eq!(d.module_pid("pubsub"), module, "the module was not restarted");
+    assert_eq!(
+        d.module_pid("pubsub"),
+        module,
+        "the module was not restarted"
+    );
     drop(server);
 }

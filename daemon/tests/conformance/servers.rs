@@ -437,7 +437,14 @@ fn wait_ready(name: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
                 .join(format!("mecha-conformance-{name}-{}", std::process::id()))
                 .join("server.log");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             panic!("{name} did not become ready within {limit:?}; its log ends:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(50));

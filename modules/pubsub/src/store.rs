@@ -3,7 +3,9 @@
 //! server that delivers messages itself (`pubsub.redis`, `pubsub.jetstream`),
 //! and one member of a consumer group of either kind.
 
-use mecha_abi::msg::{AckReply, AckRequest, Delivery, PublishReply, PublishRequest, SubscribeRequest};
+use mecha_abi::msg::{
+    AckReply, AckRequest, Delivery, PublishReply, PublishRequest, SubscribeRequest,
+};
 
 use crate::broker::{Broker, Subscriber};
 use crate::drivers::jetstream::JetstreamBackend;

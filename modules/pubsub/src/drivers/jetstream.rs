@@ -22,8 +22,8 @@ use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
 
 use crate::drivers::remote::{
-    decode_message, encode_message, Backend, Fetched, Fetcher, RemoteSettings, RemoteStore,
-    DEFAULT_GROUP_NAME,
+    decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
+    RemoteStore, DEFAULT_GROUP_NAME,
 };
 use crate::drivers::{duration, BoxFuture, Message, PubsubError};
 
@@ -55,12 +55,15 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
     let md = Metadata::parse(spec, &KNOWN_FIELDS)?;
     let url = md.required("natsURL")?;
     for server in url.split(',') {
-        server.trim().parse::<async_nats::ServerAddr>().map_err(|e| {
-            md.error(format!(
-                "metadata field \"natsURL\" must be a NATS URL such as nats://host:4222, \
+        server
+            .trim()
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| {
+                md.error(format!(
+                    "metadata field \"natsURL\" must be a NATS URL such as nats://host:4222, \
                  not {url:?}: {e}"
-            ))
-        })?;
+                ))
+            })?;
     }
     let stream_name = md.str("streamName")?.unwrap_or("mecha");
     let durable = md.str("durableName")?.unwrap_or("mecha");
@@ -79,9 +82,13 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
     }
     let ack_wait = duration::field(&md, "ackWait")?.unwrap_or(Duration::from_secs(30));
     if ack_wait.is_zero() {
-        return Err(md.error("metadata field \"ackWait\" must be above zero").into());
+        return Err(md
+            .error("metadata field \"ackWait\" must be above zero")
+            .into());
     }
-    let max_deliver = md.whole("maxDeliver", 1..=i64::MAX as u64)?.map_or(-1, |n| n as i64);
+    let max_deliver = md
+        .whole("maxDeliver", 1..=i64::MAX as u64)?
+        .map_or(-1, |n| n as i64);
     let deliver_policy = match md.str("deliverPolicy")? {
         None | Some("all") => consumer::DeliverPolicy::All,
         Some("new") => consumer::DeliverPolicy::New,
@@ -189,16 +196,12 @@ impl JetstreamBackend {
     }
 
     fn subject(&self, tenant: &str, topic: &str) -> String {
-        format!(
-            "mecha.{}.{}.{}",
-            self.stream,
-            token(tenant),
-            token(topic)
-        )
+        format!("mecha.{}.{}.{}", self.stream, token(tenant), token(topic))
     }
 
     async fn ensure_stream(&self) -> Result<stream::Stream, PubsubError> {
-        self.connected("creating the stream").await?
+        self.connected("creating the stream")
+            .await?
             .get_or_create_stream(stream::Config {
                 name: self.stream.clone(),
                 subjects: vec![format!("mecha.{}.>", self.stream)],
@@ -215,11 +218,7 @@ impl JetstreamBackend {
         group: &str,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, PubsubError> {
         let stream = self.ensure_stream().await?;
-        let name = format!(
-            "{}-{:032x}",
-            self.durable,
-            fnv128(&[tenant, topic, group])
-        );
+        let name = format!("{}-{:032x}", self.durable, fnv128(&[tenant, topic, group]));
         stream
             .get_or_create_consumer(
                 &name,
@@ -310,7 +309,7 @@ impl Backend for JetstreamBackend {
         tenant: &'a str,
         topic: &'a str,
         group: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn Fetcher<Self::Handle>>, PubsubError>> {
+    ) -> BoxFuture<'a, Result<BoxFetcher<Self::Handle>, PubsubError>> {
         Box::pin(async move {
             self.connected("subscribing").await?;
             let consumer = self.consumer(tenant, topic, group).await?;

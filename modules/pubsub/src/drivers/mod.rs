@@ -250,7 +250,7 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Store, PubsubError>
 
 /// Opens an embedded store: its log driver with a [`Broker`] on top
 /// configured from the metadata both share.
-fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
+pub fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
     match spec.kind.as_str() {
         "pubsub.memory" => {
             let metadata = Metadata::parse(spec, &Settings::KNOWN_FIELDS)?;
@@ -273,5 +273,99 @@ fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, Pubsub
                  pubsub.redis, pubsub.jetstream, pubsub.nats)"
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
+        ComponentSpec {
+            name: "bus".into(),
+            kind: kind.into(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn error(kind: &str, metadata: &[(&str, &str)]) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        match open(&spec(kind, metadata), Path::new("/nonexistent")) {
+            Ok(_) => panic!("{kind} {metadata:?} opens"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn server_stores_check_their_metadata_at_start() {
+        for (kind, metadata, field) in [
+            ("pubsub.redis", &[][..], "redisHost"),
+            ("pubsub.redis", &[("redisHost", "h:x")][..], "redisHost"),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("processingTimeout", "soon")][..],
+                "processingTimeout",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("queueDepth", "0")][..],
+                "queueDepth",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("enableTLS", "true")][..],
+                "enableTLS",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("maxDeliveries", "3")][..],
+                "maxDeliveries",
+            ),
+            ("pubsub.jetstream", &[][..], "natsURL"),
+            (
+                "pubsub.nats",
+                &[("natsURL", "nats://h:1"), ("ackWait", "0")][..],
+                "ackWait",
+            ),
+            (
+                "pubsub.jetstream",
+                &[("natsURL", "nats://h:1"), ("deliverPolicy", "sometimes")][..],
+                "deliverPolicy",
+            ),
+            (
+                "pubsub.jetstream",
+                &[("natsURL", "nats://h:1"), ("streamName", "a.b")][..],
+                "streamName",
+            ),
+        ] {
+            let message = error(kind, metadata);
+            assert!(
+                message.contains("\"bus\"") && message.contains(field),
+                "{kind} {metadata:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_stores_start_while_their_server_is_down() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        // Port 1 on loopback has no server; opening must not try to connect.
+        for (kind, field, value) in [
+            ("pubsub.redis", "redisHost", "127.0.0.1:1"),
+            ("pubsub.jetstream", "natsURL", "nats://127.0.0.1:1"),
+        ] {
+            assert!(open(&spec(kind, &[(field, value)]), Path::new("/nonexistent")).is_ok());
+        }
     }
 }

@@ -27,8 +27,8 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, R
 use tokio::time::Instant;
 
 use crate::drivers::remote::{
-    decode_message, encode_message, Backend, Fetched, Fetcher, RemoteSettings, RemoteStore,
-    DEFAULT_GROUP_NAME,
+    decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
+    RemoteStore, DEFAULT_GROUP_NAME,
 };
 use crate::drivers::{duration, BoxFuture, Message, PubsubError};
 
@@ -97,8 +97,8 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         .into_connection_info()
         .map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?
         .set_redis_settings(redis);
-    let client = Client::open(info)
-        .map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?;
+    let client =
+        Client::open(info).map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?;
     let processing = duration::field(&md, "processingTimeout")?.unwrap_or(Duration::from_secs(60));
     let redeliver = duration::field(&md, "redeliverInterval")?.unwrap_or(Duration::from_secs(15));
     let queue_depth = md.whole("queueDepth", 1..=100_000)?.unwrap_or(100) as usize;
@@ -108,7 +108,8 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
     let max_len = md.whole("maxLenApprox", 1..=u64::MAX)?;
     // Redelivery of what a dead member left pending is off when either
     // timeout is 0, as in Dapr.
-    let reclaim = (!processing.is_zero() && !redeliver.is_zero()).then_some((processing, redeliver));
+    let reclaim =
+        (!processing.is_zero() && !redeliver.is_zero()).then_some((processing, redeliver));
     let default_deadline = Duration::from_millis(
         md.whole("ackDeadlineMs", 1..=u64::from(u32::MAX))?
             .unwrap_or(30_000),
@@ -180,7 +181,10 @@ impl Shared {
             "component {:?} (pubsub.redis): {what} at Redis {} failed: {e}",
             self.component, self.host
         );
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
         {
             PubsubError::Unavailable(message)
         } else {
@@ -215,7 +219,10 @@ fn key(tenant: &str, topic: &str) -> String {
 fn offset_of(id: &str) -> Result<u64, PubsubError> {
     let bad = || PubsubError::Internal(format!("Redis answered an unexpected entry id {id:?}"));
     let (ms, seq) = id.split_once('-').ok_or_else(bad)?;
-    let (ms, seq): (u64, u64) = (ms.parse().map_err(|_| bad())?, seq.parse().map_err(|_| bad())?);
+    let (ms, seq): (u64, u64) = (
+        ms.parse().map_err(|_| bad())?,
+        seq.parse().map_err(|_| bad())?,
+    );
     if seq >= 1 << SEQ_BITS || ms >= 1 << (64 - SEQ_BITS) {
         return Err(bad());
     }
@@ -258,7 +265,7 @@ impl Backend for RedisBackend {
         tenant: &'a str,
         topic: &'a str,
         group: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn Fetcher<()>>, PubsubError>> {
+    ) -> BoxFuture<'a, Result<BoxFetcher<()>, PubsubError>> {
         Box::pin(async move {
             let key = key(tenant, topic);
             self.shared.create_group(&key, group).await?;
@@ -445,7 +452,9 @@ impl RedisFetcher {
                 .map
                 .remove(FIELD)
                 .and_then(|v| redis::from_redis_value(v).ok())
-                .ok_or_else(|| PubsubError::Internal(format!("entry {} has no message", entry.id)))?;
+                .ok_or_else(|| {
+                    PubsubError::Internal(format!("entry {} has no message", entry.id))
+                })?;
             Ok((offset, decode_message(&bytes)?))
         });
         match decoded {

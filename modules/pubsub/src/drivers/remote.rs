@@ -49,6 +49,9 @@ pub trait Fetcher<H>: Send {
     fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Fetched<H>>, PubsubError>>;
 }
 
+/// A member's reader, boxed so drivers choose their own type.
+pub type BoxFetcher<H> = Box<dyn Fetcher<H>>;
+
 /// What a server-delivered driver provides.
 pub trait Backend: Send + Sync + 'static {
     /// What acks or nacks one delivery.
@@ -69,7 +72,7 @@ pub trait Backend: Send + Sync + 'static {
         tenant: &'a str,
         topic: &'a str,
         group: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn Fetcher<Self::Handle>>, PubsubError>>;
+    ) -> BoxFuture<'a, Result<BoxFetcher<Self::Handle>, PubsubError>>;
 
     /// Acknowledges a delivery; `handle` is `None` when this module instance
     /// did not hand it out (another instance did, or this one restarted).
@@ -224,12 +227,18 @@ impl<B: Backend> RemoteStore<B> {
         }
         let fetcher = self.inner.backend.join(tenant, &req.topic, &group).await?;
         let key = (tenant.to_owned(), req.topic.clone(), group.clone());
-        let hub = Arc::clone(self.inner.groups.lock().entry(key.clone()).or_insert_with(|| {
-            Arc::new(Hub {
-                outstanding: Mutex::new(HashMap::new()),
-                freed: Notify::new(),
-            })
-        }));
+        let hub = Arc::clone(
+            self.inner
+                .groups
+                .lock()
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(Hub {
+                        outstanding: Mutex::new(HashMap::new()),
+                        freed: Notify::new(),
+                    })
+                }),
+        );
         let max_in_flight = match req.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,
             n => n,
@@ -303,7 +312,9 @@ impl<B: Backend> RemoteStore<B> {
 
 fn check_name(what: &str, name: &str) -> Result<(), PubsubError> {
     if name.is_empty() {
-        return Err(PubsubError::Invalid(format!("the {what} must not be empty")));
+        return Err(PubsubError::Invalid(format!(
+            "the {what} must not be empty"
+        )));
     }
     if name.len() > MAX_NAME {
         return Err(PubsubError::Invalid(format!(
@@ -330,7 +341,7 @@ pub struct Member<B: Backend> {
     key: GroupKey,
     store: Arc<Inner<B>>,
     hub: Arc<Hub<B::Handle>>,
-    fetcher: tokio::sync::Mutex<Box<dyn Fetcher<B::Handle>>>,
+    fetcher: tokio::sync::Mutex<BoxFetcher<B::Handle>>,
     /// Fetched deliveries not pushed yet, oldest last (they are already
     /// outstanding, so they count against the window).
     ready: Mutex<Vec<Delivery>>,
