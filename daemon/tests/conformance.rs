@@ -78,3 +78,6 @@ mod harness {
 
 #[path = "conformance/sequencer.rs"]
 mod sequencer;
+
+#[path = "conformance/pubsub.rs"]
+mod pubsub;

@@ -221,6 +221,18 @@ pub fn redis_command(port: u16, dir: &Path) -> Option<Command> {
     Some(cmd)
 }
 
+/// The command that starts a private NATS with JetStream on `port`, keeping
+/// its streams in `dir` (so they survive a restart of the server), or `None`
+/// when NATS is not installed.
+pub fn nats_command(port: u16, dir: &Path) -> Option<Command> {
+    let bin = find(&["nats-server"])?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-sd")
+        .arg(dir.join("jetstream"));
+    Some(cmd)
+}
+
 /// Waits for a TCP port on loopback to accept connections.
 pub fn wait_port(addr: SocketAddr, limit: Duration) {
     wait_ready("a private server", limit, || {

@@ -1,6 +1,8 @@
 //! The pubsub module: CloudEvents publish/subscribe with consumer groups,
 //! at-least-once delivery with acks, redelivery and dead letters, served from
-//! the configured stores (`pubsub.memory`, `pubsub.redb`).
+//! the configured stores: embedded (`pubsub.memory`, `pubsub.redb`) under the
+//! module's own broker, or servers that deliver messages themselves
+//! (`pubsub.redis`: Redis Streams; `pubsub.jetstream`: NATS JetStream).
 //!
 //! Each subscription is a server-push stream owned by one task: it takes the
 //! next delivery from the broker and pushes it, until the application
@@ -11,18 +13,19 @@
 pub mod broker;
 pub mod drivers;
 pub mod envelope;
+pub mod store;
 
 use std::path::Path;
 
 use mecha_abi::msg::{AckRequest, PublishRequest, SubscribeReply, SubscribeRequest};
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
 
-use broker::{Broker, Subscriber};
 use drivers::PubsubError;
+use store::{Store, Subscription};
 
 /// The pubsub module: one or more named stores, the first being the default.
 pub struct PubsubModule {
-    stores: Components<Broker>,
+    stores: Components<Store>,
 }
 
 impl Module for PubsubModule {
@@ -90,7 +93,7 @@ impl PubsubModule {
         }
         let reply = SubscribeReply {
             subscription_id: subscriber.id(),
-            store: store.settings().store.clone(),
+            store: store.name().to_owned(),
             group: subscriber.group().to_owned(),
         };
         // The stream opens only once the subscriber exists, so an error
@@ -119,7 +122,7 @@ impl PubsubModule {
 /// waits while the link to the daemon is full, so a slow consumer pauses
 /// this task instead of growing a buffer. A push the daemon or the client
 /// drops for lack of room is delivered again when its ack deadline passes.
-async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscriber) {
+async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscription) {
     loop {
         let next = tokio::select! {
             // Draining is checked first: a retired instance also cancels its
@@ -176,6 +179,7 @@ fn error_reply(e: PubsubError) -> Reply {
         PubsubError::Invalid(_) => Status::InvalidArgument,
         PubsubError::Full { .. } => Status::ResourceExhausted,
         PubsubError::Unavailable(_) => Status::Unavailable,
+        PubsubError::Unsupported(_) => Status::Unsupported,
         PubsubError::Config { .. } | PubsubError::Internal(_) => Status::Internal,
     };
     Reply::error(status, e.to_string())

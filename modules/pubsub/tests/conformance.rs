@@ -52,7 +52,7 @@ impl Harness {
                 .collect(),
         };
         let dir = TempDir::new().expect("create a temporary directory");
-        let broker = drivers::open(&spec, dir.path()).expect("open the store");
+        let broker = drivers::open_embedded(&spec, dir.path()).expect("open the store");
         Self {
             rt,
             spec,
@@ -69,7 +69,7 @@ impl Harness {
     /// module restart would.
     fn reopen(&mut self) {
         drop(self.broker.take());
-        let broker = drivers::open(&self.spec, self.dir.path()).expect("reopen the store");
+        let broker = drivers::open_embedded(&self.spec, self.dir.path()).expect("reopen the store");
         self.broker = Some(broker);
     }
 

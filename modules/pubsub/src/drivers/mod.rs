@@ -18,9 +18,14 @@ use mecha_module::metadata::{Metadata, MetadataError};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, Settings};
+use crate::store::Store;
 
+pub mod duration;
+pub mod jetstream;
 pub mod memory;
 pub mod redb;
+pub mod redis;
+pub mod remote;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn PubsubLog`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,6 +59,10 @@ pub enum PubsubError {
         /// The group furthest behind.
         group: String,
     },
+    /// The component's driver cannot honour an option of the request; the
+    /// message names the component, its type and the feature.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backing store cannot be reached right now.
     #[error("pubsub store unavailable: {0}")]
     Unavailable(String),
@@ -228,9 +237,20 @@ pub const MEMORY_MAX_MESSAGES: u64 = 10_000;
 /// The default `maxMessages` of `pubsub.redb`, whose log lives on disk.
 pub const REDB_MAX_MESSAGES: u64 = 1_000_000;
 
-/// Opens the store named by `spec.kind`: its driver, with a [`Broker`] on
-/// top configured from the metadata both share.
-pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
+/// Opens the store named by `spec.kind`: an embedded driver with a
+/// [`Broker`] on top, or a server that delivers messages itself.
+pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Store, PubsubError> {
+    match spec.kind.as_str() {
+        "pubsub.redis" => Ok(Store::Redis(redis::open(spec)?)),
+        // Dapr's type is `pubsub.jetstream`; `pubsub.nats` names the same.
+        "pubsub.jetstream" | "pubsub.nats" => Ok(Store::Jetstream(jetstream::open(spec)?)),
+        _ => open_embedded(spec, data_dir).map(Store::Embedded),
+    }
+}
+
+/// Opens an embedded store: its log driver with a [`Broker`] on top
+/// configured from the metadata both share.
+pub fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError> {
     match spec.kind.as_str() {
         "pubsub.memory" => {
             let metadata = Metadata::parse(spec, &Settings::KNOWN_FIELDS)?;
@@ -249,8 +269,103 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, PubsubError
         other => Err(PubsubError::Config {
             component: spec.name.clone(),
             reason: format!(
-                "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb)"
+                "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb, \
+                 pubsub.redis, pubsub.jetstream, pubsub.nats)"
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
+        ComponentSpec {
+            name: "bus".into(),
+            kind: kind.into(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn error(kind: &str, metadata: &[(&str, &str)]) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        match open(&spec(kind, metadata), Path::new("/nonexistent")) {
+            Ok(_) => panic!("{kind} {metadata:?} opens"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn server_stores_check_their_metadata_at_start() {
+        for (kind, metadata, field) in [
+            ("pubsub.redis", &[][..], "redisHost"),
+            ("pubsub.redis", &[("redisHost", "h:x")][..], "redisHost"),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("processingTimeout", "soon")][..],
+                "processingTimeout",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("queueDepth", "0")][..],
+                "queueDepth",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("enableTLS", "true")][..],
+                "enableTLS",
+            ),
+            (
+                "pubsub.redis",
+                &[("redisHost", "h:1"), ("maxDeliveries", "3")][..],
+                "maxDeliveries",
+            ),
+            ("pubsub.jetstream", &[][..], "natsURL"),
+            (
+                "pubsub.nats",
+                &[("natsURL", "nats://h:1"), ("ackWait", "0")][..],
+                "ackWait",
+            ),
+            (
+                "pubsub.jetstream",
+                &[("natsURL", "nats://h:1"), ("deliverPolicy", "sometimes")][..],
+                "deliverPolicy",
+            ),
+            (
+                "pubsub.jetstream",
+                &[("natsURL", "nats://h:1"), ("streamName", "a.b")][..],
+                "streamName",
+            ),
+        ] {
+            let message = error(kind, metadata);
+            assert!(
+                message.contains("\"bus\"") && message.contains(field),
+                "{kind} {metadata:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_stores_start_while_their_server_is_down() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        // Port 1 on loopback has no server; opening must not try to connect.
+        for (kind, field, value) in [
+            ("pubsub.redis", "redisHost", "127.0.0.1:1"),
+            ("pubsub.jetstream", "natsURL", "nats://127.0.0.1:1"),
+        ] {
+            assert!(open(&spec(kind, &[(field, value)]), Path::new("/nonexistent")).is_ok());
+        }
     }
 }
