@@ -949,7 +949,40 @@ fn empty_key_and_zero_ttl(d: &Daemon) {
         raw_get(&mut raw, 6, "bulk-ok").is_none(),
         "the bulk write is atomic"
     );
-    assert_still_open(&mut raw, 7);
+
+    // SPEC §7 "Names": at most 4096 bytes and no NUL byte. The longest
+    // allowed key works; one byte more, or a NUL anywhere, is refused with a
+    // message naming the rule, and nothing is written.
+    let longest = "k".repeat(4096);
+    raw_set(&mut raw, 8, &longest, b"fits");
+    assert_eq!(raw_get(&mut raw, 9, &longest).unwrap().value, b"fits");
+    let too_long = "k".repeat(4097);
+    let msg = expect_error(
+        &mut raw,
+        req(0x0102, 10),
+        &set_payload("", &too_long, b"v"),
+        Status::InvalidArgument,
+    );
+    assert!(msg.contains("4097 bytes") && msg.contains("4096"), "{msg}");
+    let msg = expect_error(
+        &mut raw,
+        req(0x0102, 11),
+        &set_payload("", "nul\0key", b"v"),
+        Status::InvalidArgument,
+    );
+    assert!(msg.contains("NUL"), "{msg}");
+    let msg = expect_error(
+        &mut raw,
+        req(0x0101, 12),
+        &get_payload("", "nul\0key"),
+        Status::InvalidArgument,
+    );
+    assert!(msg.contains("NUL"), "{msg}");
+    assert!(
+        raw_get(&mut raw, 13, "nul").is_none(),
+        "no truncated key was written"
+    );
+    assert_still_open(&mut raw, 14);
     assert_serves_others(d, "field-rules");
 }
 

@@ -37,7 +37,7 @@ pub use components::Components;
 pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
-pub use reply::Reply;
+pub use reply::{Reply, MAX_NAME_BYTES};
 pub use stream::{Stream, StreamClosed};
 
 /// The environment variable mechad sets on an instance started to replace a

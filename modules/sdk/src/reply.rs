@@ -4,6 +4,11 @@ use mecha_abi::msg::ErrorBody;
 use mecha_abi::Status;
 use serde::Serialize;
 
+/// The longest key, resource or name a request may carry (SPEC §3): long
+/// enough for any real key, short enough that a key is never a way to store
+/// data or to make a backend build huge index entries.
+pub const MAX_NAME_BYTES: usize = 4096;
+
 /// A response to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -60,16 +65,26 @@ impl Reply {
         }
     }
 
-    /// Refuses an empty request field: the INVALID_ARGUMENT reply "`what`
-    /// must not be empty" when `value` is empty.
+    /// Checks a key-like request field (a state key, a lock resource, a
+    /// sequence key, a secret or item name) by SPEC §3's rule for names: it
+    /// must not be empty, must be at most [`MAX_NAME_BYTES`] bytes, and must
+    /// not hold a NUL byte (which C clients and several backends cannot carry
+    /// or would cut short). Otherwise INVALID_ARGUMENT naming the field and
+    /// the rule.
     pub fn non_empty(what: &str, value: &str) -> Result<(), Reply> {
-        if value.is_empty() {
-            return Err(Reply::error(
-                Status::InvalidArgument,
-                format!("{what} must not be empty"),
-            ));
-        }
-        Ok(())
+        let problem = if value.is_empty() {
+            format!("{what} must not be empty")
+        } else if value.len() > MAX_NAME_BYTES {
+            format!(
+                "{what} is {} bytes, more than the limit of {MAX_NAME_BYTES}",
+                value.len()
+            )
+        } else if value.contains('\0') {
+            format!("{what} must not contain a NUL byte")
+        } else {
+            return Ok(());
+        };
+        Err(Reply::error(Status::InvalidArgument, problem))
     }
 
     /// Decodes a request payload, or yields the INVALID_ARGUMENT reply to send.
