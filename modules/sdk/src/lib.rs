@@ -10,13 +10,17 @@
 //! What every module's drivers share lives here too: [`Components`] (the
 //! configured stores by name), [`metadata`] (component metadata read the way
 //! Dapr does) and, with the `redb` feature, `embedded` (an embedded
-//! database that survives a hot restart).
+//! database that survives a hot restart); with the `redis` and `etcd`
+//! features, `remote` (connections to backing servers that start lazily,
+//! reconnect by themselves and report outages as `Unavailable`).
 
 mod components;
 #[cfg(feature = "redb")]
 pub mod embedded;
 mod link;
 pub mod metadata;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub mod remote;
 mod reply;
 mod stream;
 
