@@ -75,3 +75,9 @@ mod harness {
         reachable(servers::nats());
     }
 }
+
+#[path = "conformance/lock.rs"]
+mod lock;
+
+#[path = "conformance/config.rs"]
+mod config;
