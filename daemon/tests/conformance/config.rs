@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mecha_abi::msg::{ConfigItem, ConfigSetItem};
 use mecha_abi::Status;
 use mecha_client::blocking::Client;
-use mecha_client::{BlockingConfigWatch, ConfigSetItem, RetryPolicy};
+use mecha_client::{BlockingConfigWatch, RetryPolicy};
 
 use crate::common::Daemon;
 use crate::servers;
@@ -69,19 +70,22 @@ fn write(writer: &Writer, c: &Client, key: &str, value: Option<&str>) {
         }
         (Writer::Mecha, None) => c.delete_config(STORE, vec![key.to_owned()]).unwrap(),
         (Writer::Redis(addr, prefix), value) => {
-            let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
+            let client = ::redis::Client::open(format!("redis://{addr}/")).expect("redis url");
             let mut con = client.get_connection().expect("connect to redis");
             let full = format!("{prefix}{key}");
             match value {
                 Some(v) => {
                     let n = VERSION.fetch_add(1, Ordering::Relaxed);
-                    redis::cmd("SET")
+                    ::redis::cmd("SET")
                         .arg(full)
                         .arg(format!("{v}||{n}"))
                         .query::<()>(&mut con)
                         .expect("SET");
                 }
-                None => redis::cmd("DEL").arg(full).query::<()>(&mut con).expect("DEL"),
+                None => ::redis::cmd("DEL")
+                    .arg(full)
+                    .query::<()>(&mut con)
+                    .expect("DEL"),
             }
         }
         (Writer::Etcd(addr, prefix), value) => {
@@ -140,7 +144,10 @@ pub mod drivers {
             component: component(
                 STORE,
                 "configuration.etcd",
-                &[("endpoints", s.host_port()), ("keyPrefixPath", prefix.clone())],
+                &[
+                    ("endpoints", s.host_port()),
+                    ("keyPrefixPath", prefix.clone()),
+                ],
             ),
             writer: Writer::Etcd(s.addr, prefix),
             features: Features { metadata: false },
@@ -163,7 +170,7 @@ fn keys(keys: &[&str]) -> Vec<String> {
     keys.iter().map(|k| (*k).to_owned()).collect()
 }
 
-fn values(items: &[mecha_client::ConfigItem]) -> Vec<(&str, &str)> {
+fn values(items: &[ConfigItem]) -> Vec<(&str, &str)> {
     items
         .iter()
         .map(|i| (i.key.as_str(), i.value.as_str()))
@@ -198,9 +205,16 @@ fn get_all_some_and_missing(driver: &Driver) {
     driver.write(&c, "a", Some("1"));
     driver.write(&c, "b", Some("2"));
     let all = c.get_config(STORE, Vec::new()).unwrap();
-    assert_eq!(values(&all), vec![("a", "1"), ("b", "2")], "{}", driver.name);
+    assert_eq!(
+        values(&all),
+        vec![("a", "1"), ("b", "2")],
+        "{}",
+        driver.name
+    );
     assert!(all.iter().all(|i| !i.version.is_empty()), "{all:?}");
-    let some = c.get_config(STORE, keys(&["b", "missing", "a", "b"])).unwrap();
+    let some = c
+        .get_config(STORE, keys(&["b", "missing", "a", "b"]))
+        .unwrap();
     assert_eq!(
         values(&some),
         vec![("b", "2"), ("a", "1")],
@@ -215,7 +229,12 @@ fn watch_sees_a_backend_write_and_delete(driver: &Driver) {
     driver.write(&c, "k", Some("before"));
     let watcher = Client::connect(&_d.socket).expect("connect");
     let mut watch = watcher.watch_config(STORE, keys(&["k"])).expect("watch");
-    assert_eq!(values(watch.snapshot()), vec![("k", "before")], "{}", driver.name);
+    assert_eq!(
+        values(watch.snapshot()),
+        vec![("k", "before")],
+        "{}",
+        driver.name
+    );
     driver.write(&c, "k", Some("after"));
     wait_for(&mut watch, "k", Some("after"));
     driver.write(&c, "k", None);
@@ -225,7 +244,9 @@ fn watch_sees_a_backend_write_and_delete(driver: &Driver) {
 fn watch_of_several_keys(driver: &Driver) {
     let (d, c) = driver.start();
     let watcher = Client::connect(&d.socket).expect("connect");
-    let mut watch = watcher.watch_config(STORE, keys(&["x", "y"])).expect("watch");
+    let mut watch = watcher
+        .watch_config(STORE, keys(&["x", "y"]))
+        .expect("watch");
     assert!(watch.snapshot().is_empty());
     driver.write(&c, "unwatched", Some("0"));
     driver.write(&c, "y", Some("1"));
@@ -272,10 +293,18 @@ fn config_set_round_trips_or_metadata_is_unsupported(driver: &Driver) {
     if driver.features.metadata {
         result.unwrap();
         let got = c.get_config(STORE, keys(&["meta"])).unwrap();
-        assert_eq!(got[0].metadata, vec![("owner".to_owned(), "ops".to_owned())]);
+        assert_eq!(
+            got[0].metadata,
+            vec![("owner".to_owned(), "ops".to_owned())]
+        );
     } else {
         let e = result.unwrap_err();
-        assert_eq!(e.status(), Some(Status::Unsupported), "{}: {e}", driver.name);
+        assert_eq!(
+            e.status(),
+            Some(Status::Unsupported),
+            "{}: {e}",
+            driver.name
+        );
         let text = e.to_string();
         assert!(
             text.contains(STORE) && text.contains(driver.name) && text.contains("metadata"),

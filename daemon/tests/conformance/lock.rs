@@ -118,7 +118,9 @@ fn unlock_by_owner_only(driver: &Driver) {
         c.unlock(STORE, &r, "a").unwrap(),
         UnlockStatus::LockDoesNotExist
     );
-    c.try_lock(STORE, &r, "a", LONG, None).unwrap().expect("granted");
+    c.try_lock(STORE, &r, "a", LONG, None)
+        .unwrap()
+        .expect("granted");
     assert_eq!(
         c.unlock(STORE, &r, "b").unwrap(),
         UnlockStatus::LockBelongsToOthers,
@@ -145,7 +147,11 @@ fn lease_expiry_frees_the_lock(driver: &Driver) {
         second = c.try_lock(STORE, &r, "b", LONG, None).unwrap();
         second.is_some()
     });
-    assert!(second > Some(first), "{}: a new grant, a greater token", driver.name);
+    assert!(
+        second > Some(first),
+        "{}: a new grant, a greater token",
+        driver.name
+    );
     assert_eq!(
         c.unlock(STORE, &r, "a").unwrap(),
         UnlockStatus::LockBelongsToOthers
@@ -202,14 +208,23 @@ fn fencing_tokens_increase_across_owners_and_restarts(driver: &Driver) {
         assert_eq!(c.unlock(STORE, &r, owner).unwrap(), UnlockStatus::Success);
     }
     let held = servers::unique("held");
-    let held_token = c.try_lock(STORE, &held, "h", LONG, None).unwrap().expect("granted");
+    let held_token = c
+        .try_lock(STORE, &held, "h", LONG, None)
+        .unwrap()
+        .expect("granted");
     last = last.max(held_token);
     let before = d.module_pid("lock");
     let out = d.mechactl(&["module", "restart", "lock"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until(Duration::from_secs(10), "the lock module to restart", || {
-        d.module_pid("lock") != before
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the lock module to restart",
+        || d.module_pid("lock") != before,
+    );
     let token = retry_unavailable(|| c.try_lock(STORE, &r, "z", LONG, None)).expect("granted");
     assert!(
         token > last,
@@ -236,7 +251,10 @@ fn only_one_concurrent_contender_wins(driver: &Driver) {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("contender")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("contender"))
+            .collect()
     });
     assert_eq!(
         winners.iter().filter(|w| w.is_some()).count(),

@@ -425,7 +425,14 @@ fn wait_ready(name: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
                 .join(format!("mecha-conformance-{name}-{}", std::process::id()))
                 .join("server.log");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             panic!("{name} did not become ready within {limit:?}; its log ends:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -469,7 +476,8 @@ pub fn etcd_command(port: u16, peer: u16, dir: &Path) -> Option<Command> {
 /// answer's body, for tests that write to etcd as another application would.
 pub fn etcd_post(addr: SocketAddr, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to etcd");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -487,7 +495,11 @@ pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

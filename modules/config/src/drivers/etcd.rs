@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
-use mecha_module::remote::etcd::{base64, bytes, int, prefix_end, Etcd, FIELDS};
+use mecha_module::remote::etcd::{base64, bytes, int, prefix_range, Etcd, FIELDS};
 use mecha_module::remote::Backoff;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -133,9 +133,8 @@ impl Shared {
     /// answers with the items.
     async fn read(&self, keys: &[String]) -> Result<(Vec<ConfigItem>, u64), ConfigError> {
         if keys.is_empty() {
-            let start = self.prefix.as_bytes();
-            let end = prefix_end(start);
-            let body = json!({ "key": base64(start), "range_end": base64(&end) });
+            let (start, end) = prefix_range(self.prefix.as_bytes());
+            let body = json!({ "key": base64(&start), "range_end": base64(&end) });
             let answer = self.etcd.call("/v3/kv/range", &body).await?;
             let items = kvs(&answer).filter_map(|kv| self.item(kv)).collect();
             return Ok((select_sorted(items, keys), header_revision(&answer)));
@@ -207,8 +206,8 @@ async fn watch_once(
     link: &watch::Sender<Link>,
     backoff: &mut Backoff,
 ) -> Result<(), ConfigError> {
-    let start = shared.prefix.as_bytes();
-    let create = json!({ "key": base64(start), "range_end": base64(&prefix_end(start)) });
+    let (start, end) = prefix_range(shared.prefix.as_bytes());
+    let create = json!({ "key": base64(&start), "range_end": base64(&end) });
     let mut watch = shared.etcd.watch(create).await?;
     link.send_replace(Link::Up);
     backoff.reset();
@@ -220,12 +219,19 @@ async fn watch_once(
         };
         let Some(result) = message.get("result") else {
             if let Some(error) = message.get("error") {
-                return Err(shared.etcd.origin().failed(format!("watch: {error}")).into());
+                return Err(shared
+                    .etcd
+                    .origin()
+                    .failed(format!("watch: {error}"))
+                    .into());
             }
             continue;
         };
         if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-            let reason = result.get("cancel_reason").and_then(Value::as_str).unwrap_or("");
+            let reason = result
+                .get("cancel_reason")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             return Err(shared
                 .etcd
                 .origin()
@@ -242,8 +248,11 @@ async fn watch_once(
                     publish(shared, r, &items, &deleted);
                 }
             }
-            let (_, items, deleted) = batch.get_or_insert_with(|| (revision, Vec::new(), Vec::new()));
-            let Some(item) = shared.item(kv) else { continue };
+            let (_, items, deleted) =
+                batch.get_or_insert_with(|| (revision, Vec::new(), Vec::new()));
+            let Some(item) = shared.item(kv) else {
+                continue;
+            };
             if event.get("type").and_then(Value::as_str) == Some("DELETE") {
                 deleted.push(item.key);
             } else {
@@ -299,9 +308,9 @@ impl ConfigStore for EtcdStore {
                     }})
                 })
                 .collect();
-            ops.extend(delete.iter().map(|key| {
-                json!({ "request_delete_range": { "key": self.shared.full_key(key) } })
-            }));
+            ops.extend(delete.iter().map(
+                |key| json!({ "request_delete_range": { "key": self.shared.full_key(key) } }),
+            ));
             let answer = self
                 .shared
                 .etcd

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::client::{self as redis, AsyncCommands, Script};
 use mecha_module::remote::redis::{Redis, FIELDS};
 use mecha_module::remote::Backoff;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
@@ -147,7 +147,10 @@ impl Shared {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let full: Vec<String> = names.iter().map(|k| format!("{}{k}", self.prefix)).collect();
+        let full: Vec<String> = names
+            .iter()
+            .map(|k| format!("{}{k}", self.prefix))
+            .collect();
         let mut items = Vec::with_capacity(names.len());
         // MGET in slices, so one answer stays a reasonable size.
         for (names, full) in names.chunks(512).zip(full.chunks(512)) {

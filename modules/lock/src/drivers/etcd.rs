@@ -65,7 +65,9 @@ impl EtcdLocks {
     /// expired key is treated as free — but never the other way round.
     async fn grant(&self, ttl_ms: u64) -> Result<i64, LockError> {
         let secs = (ttl_ms.div_ceil(1000) + 1).min(MAX_LEASE_SECS);
-        let answer = self.call("/v3/lease/grant", json!({ "TTL": secs.to_string() })).await?;
+        let answer = self
+            .call("/v3/lease/grant", json!({ "TTL": secs.to_string() }))
+            .await?;
         match int(&answer, "ID") {
             0 => Err(LockError::Internal(format!(
                 "lock.etcd: lease grant answered no id: {answer}"
@@ -93,7 +95,12 @@ impl EtcdLocks {
     }
 
     /// Applies `ops` if the key's mod revision is still `mod_revision`.
-    async fn if_unchanged(&self, key: &str, mod_revision: i64, op: Value) -> Result<bool, LockError> {
+    async fn if_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        op: Value,
+    ) -> Result<bool, LockError> {
         let body = json!({
             "compare": [{
                 "key": key, "result": "EQUAL", "target": "MOD",
@@ -127,12 +134,13 @@ impl EtcdLocks {
                 // The put is the transaction's only write, so the key's
                 // create revision is the revision the transaction made.
                 let revision = answer.get("header").map_or(0, |h| int(h, "revision"));
-                let fencing_token = u64::try_from(revision)
-                    .ok()
-                    .filter(|t| *t > 0)
-                    .ok_or_else(|| {
-                        LockError::Internal(format!("lock.etcd: no revision in {answer}"))
-                    })?;
+                let fencing_token =
+                    u64::try_from(revision)
+                        .ok()
+                        .filter(|t| *t > 0)
+                        .ok_or_else(|| {
+                            LockError::Internal(format!("lock.etcd: no revision in {answer}"))
+                        })?;
                 return Ok(Attempt::Acquired { fencing_token });
             }
             let current = answer
@@ -165,7 +173,10 @@ impl EtcdLocks {
 
 /// The first key of a range answer.
 fn first_kv(range: &Value) -> Option<&Value> {
-    range.get("kvs").and_then(Value::as_array).and_then(|kvs| kvs.first())
+    range
+        .get("kvs")
+        .and_then(Value::as_array)
+        .and_then(|kvs| kvs.first())
 }
 
 /// Reads a lock key: its value is `<expires_at_ms>:<owner>`. A value in

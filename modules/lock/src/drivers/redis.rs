@@ -84,7 +84,10 @@ impl RedisLocks {
         let mut known = FIELDS.to_vec();
         known.push("keyPrefix");
         let metadata = Metadata::parse(spec, &known)?;
-        let prefix = metadata.str("keyPrefix")?.unwrap_or("mecha-lock:").to_owned();
+        let prefix = metadata
+            .str("keyPrefix")?
+            .unwrap_or("mecha-lock:")
+            .to_owned();
         Ok(Self {
             redis: Redis::from_metadata("lock.redis", &metadata)?,
             prefix,

@@ -100,9 +100,9 @@ impl Etcd {
         let credentials = match (metadata.str("username")?, metadata.get("password")) {
             (Some(user), password) => Some((user.to_owned(), password.unwrap_or("").to_owned())),
             (None, Some(_)) => {
-                return Err(metadata.error(
-                    "metadata field \"password\" is given without \"username\"",
-                ))
+                return Err(
+                    metadata.error("metadata field \"password\" is given without \"username\"")
+                )
             }
             (None, None) => None,
         };
@@ -211,7 +211,9 @@ impl Etcd {
                 self.recycle(conn, keep);
                 value
             }
-            Err(Stale) => Err(Failure::Io("the connection closed without an answer".into())),
+            Err(Stale) => Err(Failure::Io(
+                "the connection closed without an answer".into(),
+            )),
         }
     }
 
@@ -236,7 +238,9 @@ impl Etcd {
                     return Ok(BufReader::new(stream));
                 }
                 Ok(Err(e)) => last = format!("{endpoint}: {e}"),
-                Err(_) => last = format!("{endpoint}: no connection within {:?}", self.dial_timeout),
+                Err(_) => {
+                    last = format!("{endpoint}: no connection within {:?}", self.dial_timeout)
+                }
             }
         }
         Err(Failure::Io(last))
@@ -416,8 +420,8 @@ async fn exchange(
     if head.status != 200 {
         return Ok((Err(answer_failure(head.status, &body)), keep));
     }
-    let value = serde_json::from_slice(&body)
-        .map_err(|e| Failure::Io(format!("undecodable answer: {e}")));
+    let value =
+        serde_json::from_slice(&body).map_err(|e| Failure::Io(format!("undecodable answer: {e}")));
     Ok((value, keep))
 }
 
@@ -507,7 +511,9 @@ async fn read_body(conn: &mut BufReader<TcpStream>, head: &Head) -> Result<Vec<u
             }
             let start = body.len();
             body.resize(start + size, 0);
-            conn.read_exact(&mut body[start..]).await.map_err(io_failure)?;
+            conn.read_exact(&mut body[start..])
+                .await
+                .map_err(io_failure)?;
             let mut crlf = [0u8; 2];
             conn.read_exact(&mut crlf).await.map_err(io_failure)?;
         }
@@ -610,6 +616,16 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// The `(key, range_end)` of every key starting with `prefix`. An empty
+/// prefix is every key, which etcd spells `("\0", "\0")`: an empty `key` is
+/// refused ("key is not provided").
+pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        return (vec![0], vec![0]);
+    }
+    (prefix.to_vec(), prefix_end(prefix))
 }
 
 #[cfg(test)]

@@ -90,7 +90,9 @@ impl Redis {
                  support for Redis; use a TLS-terminating proxy on loopback or leave it false",
             ));
         }
-        let db = metadata.whole("redisDB", 0..=(i64::MAX as u64))?.unwrap_or(0);
+        let db = metadata
+            .whole("redisDB", 0..=(i64::MAX as u64))?
+            .unwrap_or(0);
         let db = i64::try_from(db).unwrap_or(0);
         let dial_timeout = duration(metadata, "dialTimeout")?.unwrap_or(DIAL_TIMEOUT);
         let read = duration(metadata, "readTimeout")?;
@@ -99,7 +101,11 @@ impl Redis {
             (None, None) => IO_TIMEOUT,
             (r, w) => r.unwrap_or(Duration::ZERO).max(w.unwrap_or(Duration::ZERO)),
         };
-        let timeout = if timeout.is_zero() { IO_TIMEOUT } else { timeout };
+        let timeout = if timeout.is_zero() {
+            IO_TIMEOUT
+        } else {
+            timeout
+        };
         // Dapr has two spellings for the retry settings (the older
         // `maxRetries`/`maxRetryBackoff` and the `redis…` ones); either works.
         let retries = match metadata.whole("redisMaxRetries", 0..=100)? {
@@ -190,10 +196,9 @@ impl Redis {
         match tokio::time::timeout(self.dial_timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => Ok(pubsub),
             Ok(Err(e)) => Err(self.error(&e)),
-            Err(_) => Err(self.origin.unavailable(format!(
-                "no connection within {:?}",
-                self.dial_timeout
-            ))),
+            Err(_) => Err(self
+                .origin
+                .unavailable(format!("no connection within {:?}", self.dial_timeout))),
         }
     }
 
