@@ -197,12 +197,9 @@ impl Etcd {
         let request = encode_request(path, body, token, &self.origin.server);
         let pooled = self.idle.lock().pop();
         if let Some(mut conn) = pooled {
-            match exchange(&mut conn, &request).await {
-                Ok((value, keep)) => {
-                    self.recycle(conn, keep);
-                    return value;
-                }
-                Err(Stale) => {}
+            if let Ok((value, keep)) = exchange(&mut conn, &request).await {
+                self.recycle(conn, keep);
+                return value;
             }
         }
         let mut conn = self.connect().await?;
@@ -283,17 +280,16 @@ impl Etcd {
                 conn,
                 buffer: Vec::new(),
             };
-            let created = watch.next_raw().await?;
-            Ok(watch).and_then(|w| match created {
+            match watch.next_raw().await? {
                 Some(v) if v.pointer("/result/created").and_then(Value::as_bool) == Some(true) => {
-                    Ok(w)
+                    Ok(watch)
                 }
                 Some(v) => Err(Failure::Answer {
                     code: 0,
                     message: format!("the watch was not created: {v}"),
                 }),
                 None => Err(Failure::Io("the watch stream ended at once".into())),
-            })
+            }
         };
         match tokio::time::timeout(CALL_TIMEOUT + self.dial_timeout, opened).await {
             Ok(result) => result.map_err(|f| self.failure(path, f)),
