@@ -32,11 +32,17 @@ pub enum Writer {
     Redis(SocketAddr, String),
     /// Directly to etcd, under a prefix.
     Etcd(SocketAddr, String),
+    /// By replacing the watched YAML file (one `key: "value"` line per
+    /// item), renaming the new file over the old one as careful tools do.
+    File(std::path::PathBuf),
 }
 
 /// What a driver claims.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {
+    /// CONFIG_SET writes the store (otherwise it is read-only through the
+    /// ABI and CONFIG_SET is INVALID_ARGUMENT, SPEC §7.6.3).
+    pub writable: bool,
     /// Items carry metadata written with CONFIG_SET.
     pub metadata: bool,
 }
@@ -47,6 +53,8 @@ pub struct Driver {
     pub component: String,
     pub writer: Writer,
     pub features: Features,
+    /// Keeps a file store's directory alive as long as the driver.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Driver {
@@ -88,6 +96,28 @@ fn write(writer: &Writer, c: &Client, key: &str, value: Option<&str>) {
                     .expect("DEL"),
             }
         }
+        (Writer::File(path), value) => {
+            let old = std::fs::read_to_string(path).expect("read the config file");
+            let prefix = format!("{key}: ");
+            let mut lines: Vec<String> = old
+                .lines()
+                .filter(|line| !line.starts_with(&prefix))
+                .map(str::to_owned)
+                .collect();
+            if let Some(v) = value {
+                lines.push(format!("{key}: {v:?}"));
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, lines.join("\n") + "\n").expect("write the new file");
+            std::fs::rename(&tmp, path).expect("rename it over the old one");
+            // The store re-reads the file once it has been quiet for a
+            // moment; until then reads still answer the old items, unlike
+            // the other writers, whose writes are visible at once.
+            crate::common::wait_until(PATIENCE, "the file store to re-read", || {
+                let got = c.get_config(STORE, vec![key.to_owned()]).unwrap();
+                got.first().map(|i| i.value.as_str()) == value
+            });
+        }
         (Writer::Etcd(addr, prefix), value) => {
             let key = servers::base64(format!("{prefix}{key}").as_bytes());
             match value {
@@ -117,7 +147,28 @@ pub mod drivers {
             name: "configuration.memory",
             component: component(STORE, "configuration.memory", &[]),
             writer: Writer::Mecha,
-            features: Features { metadata: true },
+            features: Features {
+                writable: true,
+                metadata: true,
+            },
+            dir: None,
+        })
+    }
+
+    pub fn file() -> Option<Driver> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("items.yaml");
+        std::fs::write(&path, "# conformance items\n").expect("create the file");
+        let path_text = path.to_str().expect("temporary paths are UTF-8").to_owned();
+        Some(Driver {
+            name: "configuration.file",
+            component: component(STORE, "configuration.file", &[("path", path_text)]),
+            writer: Writer::File(path),
+            features: Features {
+                writable: false,
+                metadata: false,
+            },
+            dir: Some(dir),
         })
     }
 
@@ -132,7 +183,11 @@ pub mod drivers {
                 &[("redisHost", s.host_port()), ("keyPrefix", prefix.clone())],
             ),
             writer: Writer::Redis(s.addr, prefix),
-            features: Features { metadata: false },
+            features: Features {
+                writable: true,
+                metadata: false,
+            },
+            dir: None,
         })
     }
 
@@ -150,13 +205,17 @@ pub mod drivers {
                 ],
             ),
             writer: Writer::Etcd(s.addr, prefix),
-            features: Features { metadata: false },
+            features: Features {
+                writable: true,
+                metadata: false,
+            },
+            dir: None,
         })
     }
 }
 
 conformance! {
-    drivers: [memory, redis, etcd],
+    drivers: [memory, file, redis, etcd],
     tests: [
         get_all_some_and_missing,
         watch_sees_a_backend_write_and_delete,
@@ -278,7 +337,19 @@ fn cancel_ends_the_watch(driver: &Driver) {
 
 fn config_set_round_trips_or_metadata_is_unsupported(driver: &Driver) {
     let (_d, c) = driver.start();
-    let plain = c.set_config_value(STORE, "set", "v1").unwrap();
+    let first = c.set_config_value(STORE, "set", "v1");
+    if !driver.features.writable {
+        let e = first.unwrap_err();
+        assert_eq!(
+            e.status(),
+            Some(Status::InvalidArgument),
+            "{}: {e}",
+            driver.name
+        );
+        assert!(e.to_string().contains("read-only"), "{e}");
+        return;
+    }
+    let plain = first.unwrap();
     let got = c.get_config(STORE, keys(&["set"])).unwrap();
     assert_eq!(values(&got), vec![("set", "v1")], "{}", driver.name);
     assert_eq!(got[0].version, plain, "the version CONFIG_SET answered");
