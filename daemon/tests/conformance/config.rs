@@ -54,7 +54,7 @@ pub struct Driver {
     pub writer: Writer,
     pub features: Features,
     /// Keeps a file store's directory alive as long as the driver.
-    pub dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Driver {
@@ -151,7 +151,7 @@ pub mod drivers {
                 writable: true,
                 metadata: true,
             },
-            dir: None,
+            _dir: None,
         })
     }
 
@@ -168,7 +168,7 @@ pub mod drivers {
                 writable: false,
                 metadata: false,
             },
-            dir: Some(dir),
+            _dir: Some(dir),
         })
     }
 
@@ -187,7 +187,7 @@ pub mod drivers {
                 writable: true,
                 metadata: false,
             },
-            dir: None,
+            _dir: None,
         })
     }
 
@@ -209,7 +209,7 @@ pub mod drivers {
                 writable: true,
                 metadata: false,
             },
-            dir: None,
+            _dir: None,
         })
     }
 }
