@@ -81,3 +81,9 @@ mod sequencer;
 
 #[path = "conformance/pubsub.rs"]
 mod pubsub;
+
+#[path = "conformance/lock.rs"]
+mod lock;
+
+#[path = "conformance/config.rs"]
+mod config;

@@ -612,3 +612,64 @@ pub fn psql(port: u16, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// The command that starts a private single-member etcd with its client
+/// port `port` and peer port `peer`, keeping its data in `dir` (so a restart
+/// on the same directory keeps the keys), or `None` when etcd is not
+/// installed.
+pub fn etcd_command(port: u16, peer: u16, dir: &Path) -> Option<Command> {
+    let bin = find(&["etcd"])?;
+    let client_url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = Command::new(bin);
+    cmd.args(["--name", "private", "--log-level", "error"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .arg("--initial-cluster")
+        .arg(format!("private={peer_url}"));
+    Some(cmd)
+}
+
+/// Sends one JSON request to etcd's gateway (`POST path`) and returns the
+/// answer's body, for tests that write to etcd as another application would.
+pub fn etcd_post(addr: SocketAddr, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to etcd");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).expect("write to etcd");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read from etcd");
+    assert!(answer.starts_with("HTTP/1.1 200"), "etcd answered {answer}");
+    answer
+}
+
+/// Standard base64, the encoding etcd's JSON gateway uses for bytes.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -1,6 +1,7 @@
 //! The configuration module: get, subscribe (a server-push stream of changes)
 //! and admin writes of configuration items, served from the configured stores
-//! (`configuration.memory`, `configuration.file`).
+//! (`configuration.memory`, `configuration.file`, `configuration.redis`,
+//! `configuration.etcd`).
 
 pub mod drivers;
 
@@ -180,6 +181,12 @@ async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: Sub
             _ = subscriber.changed() => {}
         }
         let Some(changes) = subscriber.take() else {
+            if let Some(reason) = subscriber.ended() {
+                // Whatever was pending went out first; the client
+                // resubscribes on UNAVAILABLE and gets a fresh snapshot.
+                stream.end(Status::Unavailable, &reason).await;
+                return;
+            }
             continue;
         };
         seq += 1;
@@ -218,6 +225,7 @@ fn store_error(e: ConfigError) -> Reply {
     let status = match e {
         ConfigError::ReadOnly { .. } => Status::InvalidArgument,
         ConfigError::Unavailable(_) => Status::Unavailable,
+        ConfigError::Unsupported(_) => Status::Unsupported,
         ConfigError::Config { .. } | ConfigError::Internal(_) => Status::Internal,
     };
     Reply::error(status, e.to_string())

@@ -277,6 +277,128 @@ mod tests {
         (reply.status, body.message)
     }
 
+    /// Opens one component of `kind` with `metadata`; the error's text.
+    fn init_error(kind: &str, metadata: &[(&str, &str)]) -> String {
+        let rt = runtime();
+        let hello = LinkHello {
+            version: 1,
+            module: "lock".into(),
+            data_dir: std::env::temp_dir().to_string_lossy().into_owned(),
+            components: vec![ComponentSpec {
+                name: "remote".into(),
+                kind: kind.into(),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }],
+        };
+        match rt.block_on(LockModule::init(hello)) {
+            Ok(_) => String::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    /// Server-backed stores check their metadata at load, naming the
+    /// component and the field, but never connect then: a valid component
+    /// loads with nothing listening.
+    #[test]
+    fn remote_metadata_is_checked_at_load_without_connecting() {
+        for (kind, metadata, field) in [
+            ("lock.redis", vec![], "redisHost"),
+            ("lock.redis", vec![("redisHost", "nohost")], "redisHost"),
+            (
+                "lock.redis",
+                vec![("redisHost", "h:1"), ("redisDB", "x")],
+                "redisDB",
+            ),
+            (
+                "lock.redis",
+                vec![("redisHost", "h:1"), ("enableTLS", "true")],
+                "enableTLS",
+            ),
+            (
+                "lock.redis",
+                vec![("redisHost", "h:1"), ("dialTimeout", "5")],
+                "dialTimeout",
+            ),
+            (
+                "lock.redis",
+                vec![("redisHost", "h:1"), ("redisType", "cluster")],
+                "redisType",
+            ),
+            (
+                "lock.redis",
+                vec![("redisHost", "h:1"), ("bogus", "1")],
+                "bogus",
+            ),
+            ("lock.etcd", vec![], "endpoints"),
+            ("lock.etcd", vec![("endpoints", "a:1,b")], "endpoints"),
+            ("lock.etcd", vec![("endpoints", "https://a:1")], "endpoints"),
+            (
+                "lock.etcd",
+                vec![("endpoints", "a:1"), ("password", "p")],
+                "password",
+            ),
+        ] {
+            let message = init_error(kind, &metadata);
+            assert!(
+                message.contains("\"remote\"") && message.contains(field),
+                "{kind} {metadata:?}: {message:?} names the component and {field}"
+            );
+        }
+        // Port 1 on loopback has no server; loading must not care.
+        assert_eq!(
+            init_error("lock.redis", &[("redisHost", "127.0.0.1:1")]),
+            ""
+        );
+        assert_eq!(
+            init_error(
+                "lock.etcd",
+                &[
+                    ("endpoints", "http://127.0.0.1:1"),
+                    ("dialTimeout", "500ms")
+                ]
+            ),
+            ""
+        );
+    }
+
+    /// With the server down, an operation is UNAVAILABLE and says which
+    /// component and server.
+    #[test]
+    fn a_missing_server_is_unavailable() {
+        let rt = runtime();
+        for (kind, field, value) in [
+            ("lock.redis", "redisHost", "127.0.0.1:1"),
+            ("lock.etcd", "endpoints", "127.0.0.1:1"),
+        ] {
+            let hello = LinkHello {
+                version: 1,
+                module: "lock".into(),
+                data_dir: std::env::temp_dir().to_string_lossy().into_owned(),
+                components: vec![ComponentSpec {
+                    name: "remote".into(),
+                    kind: kind.into(),
+                    metadata: vec![(field.into(), value.into())],
+                }],
+            };
+            let m = rt.block_on(LockModule::init(hello)).expect("loads");
+            let reply = call(
+                &rt,
+                &m,
+                Opcode::LOCK_TRY_LOCK,
+                &try_lock("", "r", "o", 10, 0),
+            );
+            let (status, message) = error_of(&reply);
+            assert_eq!(status, Status::Unavailable, "{message}");
+            assert!(
+                message.contains("\"remote\"") && message.contains(kind) && message.contains(value),
+                "{message}"
+            );
+        }
+    }
+
     #[test]
     fn bad_requests_are_invalid_arguments() {
         let rt = runtime();

@@ -11,9 +11,10 @@
 //! configured stores by name), [`metadata`] (component metadata read the way
 //! Dapr does) and, with the `redb` feature, `embedded` (an embedded
 //! database that survives a hot restart). With the `redis` and `postgres`
-//! features, `redis_backend` and `postgres_backend` connect the networked
-//! drivers: Dapr's connection metadata, lazy self-healing connections, and
-//! UNAVAILABLE-or-not error classification.
+//! features, `redis_backend` and `postgres_backend` connect the state and
+//! sequencer drivers; with the `redis` and `etcd` features, `remote` connects
+//! the lock and configuration drivers (connections to backing servers that
+//! start lazily, reconnect by themselves and report outages as UNAVAILABLE).
 
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub mod backend;
@@ -26,6 +27,8 @@ pub mod metadata;
 pub mod postgres_backend;
 #[cfg(feature = "redis")]
 pub mod redis_backend;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub mod remote;
 mod reply;
 mod sandbox;
 mod stream;

@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::{Metadata, MetadataError};
+use mecha_module::remote::RemoteError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+pub mod etcd;
 pub mod file;
 pub mod memory;
+pub mod redis;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn ConfigStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -41,6 +44,10 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The driver does not implement the operation or option; the message
+    /// names the component, its type and the feature.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backing store cannot be reached right now.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -99,10 +106,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore
             Ok(Box::new(memory::MemoryStore::new()))
         }
         "configuration.file" => Ok(Box::new(file::FileStore::open(spec, data_dir)?)),
+        "configuration.redis" => Ok(Box::new(redis::RedisStore::open(spec)?)),
+        "configuration.etcd" => Ok(Box::new(etcd::EtcdStore::open(spec)?)),
         other => Err(ConfigError::Config {
             component: spec.name.clone(),
             reason: format!(
-                "unknown configuration store type {other:?} (known: configuration.memory, configuration.file)"
+                "unknown configuration store type {other:?} (known: configuration.memory, \
+                 configuration.file, configuration.redis, configuration.etcd)"
             ),
         }),
     }
@@ -117,6 +127,31 @@ pub fn allowed_tenants(spec: &ComponentSpec) -> Result<Option<Vec<String>>, Conf
     // opens; only the one field matters here.
     let tenants = Metadata::lenient(spec)?.list(ALLOWED_TENANTS)?;
     Ok(tenants.map(|tenants| tenants.into_iter().map(str::to_owned).collect()))
+}
+
+impl From<RemoteError> for ConfigError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unavailable(message) => Self::Unavailable(message),
+            RemoteError::Failed(message) => Self::Internal(message),
+        }
+    }
+}
+
+/// Refuses item metadata on a store whose backend has nowhere to keep it.
+pub(crate) fn refuse_metadata(
+    component: &str,
+    kind: &str,
+    items: &[ConfigSetItem],
+) -> Result<(), ConfigError> {
+    match items.iter().find(|item| !item.metadata.is_empty()) {
+        Some(item) => Err(ConfigError::Unsupported(format!(
+            "component {component:?} ({kind}) does not support item metadata (item {:?} has \
+             some); write the item without metadata",
+            item.key
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl From<MetadataError> for ConfigError {
@@ -167,6 +202,13 @@ pub(crate) fn select(
         .collect()
 }
 
+/// [`select`] over items read from a backend (any order, each key once).
+pub(crate) fn select_sorted(items: Vec<ConfigItem>, keys: &[String]) -> Vec<ConfigItem> {
+    let items: BTreeMap<String, ConfigItem> =
+        items.into_iter().map(|i| (i.key.clone(), i)).collect();
+    select(Some(&items), keys)
+}
+
 /// Which subscribers a change concerns.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Scope<'a> {
@@ -186,8 +228,17 @@ struct Mailbox {
     /// Keyed by item key, so its size is bounded by the number of keys the
     /// subscriber watches, however far behind it falls.
     pending: Mutex<BTreeMap<String, Option<ConfigItem>>>,
-    /// Wakes the subscriber when `pending` becomes non-empty.
+    /// Wakes the subscriber when `pending` becomes non-empty or the
+    /// subscription ends.
     notify: Notify,
+    /// Why the store ended the subscription (its backend connection was
+    /// lost, so changes may have been missed); the stream then ends with
+    /// UNAVAILABLE after the pending changes, and the client resubscribes.
+    ended: Mutex<Option<String>>,
+    /// Changes at or below this store revision are already in the
+    /// subscriber's snapshot and are not delivered (see
+    /// [`Hub::publish_at`]); 0 for stores without revisions.
+    floor: u64,
 }
 
 impl Mailbox {
@@ -222,11 +273,25 @@ pub struct Hub {
 impl Hub {
     /// Registers a subscriber of `keys` (every key when empty) in `tenant`.
     pub(crate) fn subscribe(self: &Arc<Self>, tenant: &str, keys: Vec<String>) -> Subscriber {
+        self.subscribe_after(tenant, keys, 0)
+    }
+
+    /// Registers a subscriber whose snapshot was taken at store revision
+    /// `floor`: changes published with [`Hub::publish_at`] at or below it
+    /// are skipped, since the snapshot has them.
+    pub(crate) fn subscribe_after(
+        self: &Arc<Self>,
+        tenant: &str,
+        keys: Vec<String>,
+        floor: u64,
+    ) -> Subscriber {
         let mailbox = Arc::new(Mailbox {
             tenant: tenant.to_owned(),
             keys: (!keys.is_empty()).then(|| keys.into_iter().collect()),
             pending: Mutex::new(BTreeMap::new()),
             notify: Notify::new(),
+            ended: Mutex::new(None),
+            floor,
         });
         let mut subscribers = self.subscribers.lock();
         let id = subscribers.next_id;
@@ -243,8 +308,23 @@ impl Hub {
     /// keys. A key already pending for a subscriber is overwritten: a slow
     /// subscriber gets the latest value, not every value in between.
     pub(crate) fn publish(&self, scope: Scope<'_>, items: &[ConfigItem], deleted: &[String]) {
+        self.publish_at(scope, items, deleted, u64::MAX);
+    }
+
+    /// [`Hub::publish`] of a change made at store revision `revision`,
+    /// skipping subscribers whose snapshot already has it.
+    pub(crate) fn publish_at(
+        &self,
+        scope: Scope<'_>,
+        items: &[ConfigItem],
+        deleted: &[String],
+        revision: u64,
+    ) {
         let subscribers = self.subscribers.lock();
         for mailbox in subscribers.by_id.values() {
+            if revision <= mailbox.floor {
+                continue;
+            }
             if let Scope::Tenant(tenant) = scope {
                 if mailbox.tenant != tenant {
                     continue;
@@ -270,6 +350,17 @@ impl Hub {
                     mailbox.notify.notify_one();
                 }
             }
+        }
+    }
+
+    /// Ends every subscription with `reason`: the store lost the connection
+    /// its changes arrive on, so subscribers may have missed changes and
+    /// must subscribe again for a fresh snapshot.
+    pub(crate) fn end_all(&self, reason: &str) {
+        let subscribers = self.subscribers.lock();
+        for mailbox in subscribers.by_id.values() {
+            *mailbox.ended.lock() = Some(reason.to_owned());
+            mailbox.notify.notify_one();
         }
     }
 
@@ -301,14 +392,20 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Resolves once changes are pending.
+    /// Resolves once changes are pending or the subscription has ended.
     pub async fn changed(&self) {
         loop {
-            if !self.mailbox.pending.lock().is_empty() {
+            if !self.mailbox.pending.lock().is_empty() || self.mailbox.ended.lock().is_some() {
                 return;
             }
             self.mailbox.notify.notified().await;
         }
+    }
+
+    /// Why the store ended this subscription, if it did (see
+    /// [`Hub::end_all`]).
+    pub fn ended(&self) -> Option<String> {
+        self.mailbox.ended.lock().clone()
     }
 
     /// Takes every pending change, coalesced; `None` when there is none.

@@ -12,12 +12,15 @@ use std::time::Duration;
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_module::embedded;
 use mecha_module::metadata::MetadataError;
+use mecha_module::remote::RemoteError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub mod etcd;
 pub mod memory;
 pub mod redb;
+pub mod redis;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn LockStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -140,9 +143,14 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn LockStore>,
     match spec.kind.as_str() {
         "lock.memory" => Ok(Box::new(memory::MemoryLocks::new())),
         "lock.redb" => Ok(Box::new(redb::RedbLocks::open(spec, data_dir)?)),
+        "lock.redis" => Ok(Box::new(redis::RedisLocks::open(spec)?)),
+        "lock.etcd" => Ok(Box::new(etcd::EtcdLocks::open(spec)?)),
         other => Err(LockError::Config {
             component: spec.name.clone(),
-            reason: format!("unknown lock store type {other:?} (known: lock.memory, lock.redb)"),
+            reason: format!(
+                "unknown lock store type {other:?} (known: lock.memory, lock.redb, lock.redis, \
+                 lock.etcd)"
+            ),
         }),
     }
 }
@@ -363,4 +371,20 @@ pub(crate) fn next_token(token: u64) -> Result<u64, LockError> {
     token
         .checked_add(1)
         .ok_or_else(|| LockError::Internal("the fencing token counter is exhausted".to_owned()))
+}
+
+/// Maps a backing server's error: an outage is UNAVAILABLE, anything else
+/// INTERNAL. The message already names the component, type and server.
+pub(crate) fn remote_error(e: RemoteError) -> LockError {
+    match e {
+        RemoteError::Unavailable(message) => LockError::Unavailable(message),
+        RemoteError::Failed(message) => LockError::Internal(message),
+    }
+}
+
+/// The part of a remote store's key that names one lock: the tenant's length
+/// first, so that no tenant and resource pair can spell another's key
+/// whatever characters either contains.
+pub(crate) fn tenant_key(tenant: &str, resource: &str) -> String {
+    format!("{}:{tenant}:{resource}", tenant.len())
 }
