@@ -950,20 +950,20 @@ fn empty_key_and_zero_ttl(d: &Daemon) {
         "the bulk write is atomic"
     );
 
-    // SPEC §7 "Names": at most 4096 bytes and no NUL byte. The longest
+    // SPEC §7 "Names": at most 1024 bytes and no NUL byte. The longest
     // allowed key works; one byte more, or a NUL anywhere, is refused with a
     // message naming the rule, and nothing is written.
-    let longest = "k".repeat(4096);
+    let longest = "k".repeat(1024);
     raw_set(&mut raw, 8, &longest, b"fits");
     assert_eq!(raw_get(&mut raw, 9, &longest).unwrap().value, b"fits");
-    let too_long = "k".repeat(4097);
+    let too_long = "k".repeat(1025);
     let msg = expect_error(
         &mut raw,
         req(0x0102, 10),
         &set_payload("", &too_long, b"v"),
         Status::InvalidArgument,
     );
-    assert!(msg.contains("4097 bytes") && msg.contains("4096"), "{msg}");
+    assert!(msg.contains("1025 bytes") && msg.contains("1024"), "{msg}");
     let msg = expect_error(
         &mut raw,
         req(0x0102, 11),
@@ -1783,13 +1783,14 @@ fn invalid_keys_empty_long_and_nul_get_their_documented_answers() {
     invalid_keys(&Daemon::start());
 }
 
-/// Keys per SPEC §7.2 ("arbitrary non-empty UTF-8 strings, compared byte for
-/// byte", sized only by `max_frame`):
+/// Keys per SPEC §7.2 (non-empty UTF-8 strings of at most 1024 bytes without
+/// NUL, compared byte for byte):
 /// - empty: INVALID_ARGUMENT for every state operation, and likewise an empty
 ///   lock resource (§7.4) or sequence key (§7.5);
-/// - NUL bytes: accepted, and `a\0b`, `a\0` and `a` are three distinct keys
-///   (no C-string truncation anywhere between client and store);
-/// - 1 MiB long: accepted — written, read back, found by BULK_GET, deleted.
+/// - NUL bytes (SPEC §7 "Names"): INVALID_ARGUMENT in a get, a set, a bulk
+///   and a transaction, and nothing is written under a key cut at the NUL;
+/// - longer than 1024 bytes: INVALID_ARGUMENT, also inside a bulk get; a key
+///   of exactly 1024 bytes is written, read back, found by BULK_GET, deleted.
 fn invalid_keys(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
 
@@ -1854,19 +1855,57 @@ fn invalid_keys(d: &Daemon) {
         Status::InvalidArgument,
     );
 
-    // NUL bytes are ordinary key bytes.
-    let nul_keys = ["nul\0key", "nul\0", "nul"];
-    for (i, key) in nul_keys.iter().enumerate() {
-        raw_set(&mut raw, 10 + i as u32, key, key.as_bytes());
+    // NUL bytes are refused everywhere, and no key cut at the NUL appears.
+    for (i, key) in ["nul\0key", "nul\0"].iter().enumerate() {
+        let id = 10 + 4 * i as u32;
+        expect_error(
+            &mut raw,
+            req(0x0102, id),
+            &set_payload("", key, b"v"),
+            Status::InvalidArgument,
+        );
+        expect_error(
+            &mut raw,
+            req(0x0101, id + 1),
+            &get_payload("", key),
+            Status::InvalidArgument,
+        );
+        expect_error(
+            &mut raw,
+            req(0x0104, id + 2),
+            &bulk_get(&["fine", key]),
+            Status::InvalidArgument,
+        );
     }
-    for (i, key) in nul_keys.iter().enumerate() {
-        let entry = raw_get(&mut raw, 20 + i as u32, key).expect("the NUL key exists");
-        assert_eq!(entry.value, key.as_bytes(), "{key:?} is its own key");
-    }
-    assert!(raw_get(&mut raw, 23, "nul\0other").is_none());
+    let nul_tx = mecha_abi::encode(&TransactRequest {
+        store: String::new(),
+        ops: vec![
+            TxOp::Set(set_item("tx-nul-ok", b"v")),
+            TxOp::Set(set_item("a\0b", b"v")),
+        ],
+    })
+    .unwrap();
+    expect_error(&mut raw, req(0x0106, 18), &nul_tx, Status::InvalidArgument);
+    assert!(
+        raw_get(&mut raw, 19, "nul").is_none(),
+        "nothing was written under a cut key"
+    );
+    assert!(
+        raw_get(&mut raw, 20, "tx-nul-ok").is_none(),
+        "the transaction is atomic"
+    );
+    // A key one byte over the limit, also inside a bulk get.
+    let over = "k".repeat(1025);
+    expect_error(
+        &mut raw,
+        req(0x0104, 21),
+        &bulk_get(&["fine", &over]),
+        Status::InvalidArgument,
+    );
 
-    // A 1 MiB key.
-    let long_key = "k".repeat(1 << 20);
+    // A key of exactly the limit.
+    raw_set(&mut raw, 22, "nul", b"plain");
+    let long_key = "k".repeat(1024);
     let etag = raw_set(&mut raw, 30, &long_key, b"long");
     let entry = raw_get(&mut raw, 31, &long_key).expect("the long key exists");
     assert_eq!((entry.value.as_slice(), &entry.etag), (&b"long"[..], &etag));

@@ -4,10 +4,11 @@ use mecha_abi::msg::ErrorBody;
 use mecha_abi::Status;
 use serde::Serialize;
 
-/// The longest key, resource or name a request may carry (SPEC §3): long
-/// enough for any real key, short enough that a key is never a way to store
-/// data or to make a backend build huge index entries.
-pub const MAX_NAME_BYTES: usize = 4096;
+/// The longest key, resource or name a request may carry (SPEC §7, "Names"):
+/// long enough for any real key, and short enough, with the tenant prefix
+/// added, for every backend's key index (PostgreSQL's B-tree entries stop at
+/// about 2.7 KB) — and so that a key is never a way to store data.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// A response to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
