@@ -179,6 +179,14 @@ impl Tenants {
         let rules = rules
             .into_iter()
             .map(|r| {
+                // '@' starts the names of shared namespaces (a component's
+                // `sharedTenants`), which must never equal a tenant's.
+                if r.name.is_empty() || r.name.starts_with('@') || r.name.contains('\0') {
+                    return Err(format!(
+                        "tenant name {:?}: must be non-empty, not start with '@' and hold no NUL",
+                        r.name
+                    ));
+                }
                 let allow = match &r.allow {
                     Some(entries) => Some(Arc::new(Allow::parse(&r.name, entries)?)),
                     None => None,

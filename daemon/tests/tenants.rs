@@ -355,3 +355,63 @@ fn tenants_by_socket_and_by_pod() {
     assert!(d.stop().success());
     assert!(!extra.exists() && !d.socket.exists());
 }
+
+/// A component shared by named tenants (`sharedTenants`): its members see
+/// one namespace — what one writes, the other reads — while a tenant outside
+/// the list is refused PERMISSION_DENIED naming the rule, and components that
+/// are not shared keep every tenant apart as before.
+#[test]
+fn a_shared_component_is_one_namespace_for_its_members_only() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let outsider_socket = dir.path().join("outsider.sock");
+    let config = format!(
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: m}}\nspec:\n  sockets:\n  - path: {outsider}\n  tenants:\n  - name: outsider\n    sockets: [{outsider}]\n  - name: shop\n    uids: [0]\n  - name: billing\n    uids: [{NOBODY}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: private}}\nspec: {{type: state.memory, version: v1, metadata: []}}\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: orders}}\nspec:\n  type: state.memory\n  version: v1\n  metadata:\n  - name: sharedTenants\n    value: shop, billing\n",
+        outsider = outsider_socket.display()
+    );
+    let d = Daemon::start_in(dir, Some(&config), Vec::new());
+    open_to_nobody(&d);
+    let shop = d.client();
+    assert_eq!(shop.tenant(), "shop");
+    shop.set("orders", "o-1", b"paid".to_vec(), Default::default())
+        .expect("a member writes");
+    shop.set("private", "o-1", b"mine".to_vec(), Default::default())
+        .expect("a private write");
+
+    // billing (nobody) reads shop's write in the shared component...
+    let out = mechactl_as_nobody(&d, &["state", "get", "o-1", "--store", "orders"]);
+    assert!(
+        out.status.success(),
+        "billing reads the shared key: {}",
+        describe(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "paid");
+    // ...and writes there for shop to read.
+    let out = mechactl_as_nobody(
+        &d,
+        &["state", "set", "o-2", "from billing", "--store", "orders"],
+    );
+    assert!(out.status.success(), "billing writes: {}", describe(&out));
+    assert_eq!(
+        shop.get("orders", "o-2").unwrap().unwrap().value,
+        b"from billing"
+    );
+    // The private component stays per tenant.
+    let out = mechactl_as_nobody(&d, &["state", "get", "o-1", "--store", "private"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    // A tenant outside the list is refused, with the rule named.
+    let outsider = mecha_client::blocking::Client::connect(&outsider_socket).unwrap();
+    assert_eq!(outsider.tenant(), "outsider");
+    let err = outsider.get("orders", "o-1").unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(mecha_client::Status::PermissionDenied),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sharedTenants"), "{err}");
+    assert!(
+        outsider.get("private", "o-1").unwrap().is_none(),
+        "its own private scope"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod drivers;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ impl Module for LockModule {
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
-        let stores = Components::open(&hello.components, "lock store", |spec| {
+        let stores = Components::open_scoped(&hello.components, "lock store", |spec| {
             drivers::open(spec, data_dir)
         })?;
         Ok(Self {
@@ -70,15 +71,23 @@ impl Module for LockModule {
 type Handled = Result<Reply, Reply>;
 
 impl LockModule {
-    fn store(&self, name: &str) -> Result<&dyn LockStore, Reply> {
-        self.stores.by_name(name).map(|store| store.as_ref())
+    /// The store a request names and the tenant scope it works in there
+    /// (the caller's own, or a shared component's namespace).
+    fn store<'t>(
+        &self,
+        name: &str,
+        tenant: &'t str,
+    ) -> Result<(&dyn LockStore, Cow<'t, str>), Reply> {
+        self.stores
+            .scoped(name, tenant)
+            .map(|(store, scope)| (store.as_ref(), scope))
     }
 
     async fn try_lock(&self, ctx: &Ctx, payload: &[u8]) -> Handled {
         let req: TryLockRequest = Reply::decode(payload)?;
         check_names(&req.resource, &req.owner)?;
         check_ttl(req.ttl_ms)?;
-        let store = self.store(&req.store)?;
+        let (store, tenant) = self.store(&req.store, &ctx.tenant)?;
         // A wait ends after `wait_ms`, at the request's deadline, or when this
         // instance drains, whichever comes first (see `stop`). A client that
         // waits should send a deadline longer than its wait (the Rust client
@@ -96,7 +105,7 @@ impl LockModule {
         } else {
             Duration::ZERO
         };
-        let (tenant, resource, owner) = (ctx.tenant.as_str(), &req.resource, &req.owner);
+        let (tenant, resource, owner) = (tenant.as_ref(), &req.resource, &req.owner);
         let acquired =
             drivers::acquire_or_stop(store, tenant, resource, owner, req.ttl_ms, wait, stop(ctx))
                 .await
@@ -149,9 +158,9 @@ impl LockModule {
     async fn unlock(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: UnlockRequest = Reply::decode(payload)?;
         check_names(&req.resource, &req.owner)?;
-        let status = self
-            .store(&req.store)?
-            .unlock(tenant, &req.resource, &req.owner)
+        let (store, tenant) = self.store(&req.store, tenant)?;
+        let status = store
+            .unlock(&tenant, &req.resource, &req.owner)
             .await
             .map_err(store_error)?;
         Ok(Reply::ok(&UnlockReply { status }))
@@ -161,9 +170,9 @@ impl LockModule {
         let req: ExtendLockRequest = Reply::decode(payload)?;
         check_names(&req.resource, &req.owner)?;
         check_ttl(req.ttl_ms)?;
-        let reply = self
-            .store(&req.store)?
-            .extend(tenant, &req.resource, &req.owner, req.ttl_ms)
+        let (store, tenant) = self.store(&req.store, tenant)?;
+        let reply = store
+            .extend(&tenant, &req.resource, &req.owner, req.ttl_ms)
             .await
             .map_err(store_error)?;
         Ok(Reply::ok(&reply))

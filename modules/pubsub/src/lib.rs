@@ -33,7 +33,7 @@ impl Module for PubsubModule {
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
-        let stores = Components::open(&hello.components, "pubsub store", |spec| {
+        let stores = Components::open_scoped(&hello.components, "pubsub store", |spec| {
             drivers::open(spec, data_dir)
         })?;
         Ok(Self { stores })
@@ -59,22 +59,15 @@ type Handled = Result<Reply, Reply>;
 impl PubsubModule {
     async fn publish(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: PublishRequest = Reply::decode(payload)?;
-        let reply = self
-            .stores
-            .by_name(&req.store)?
-            .publish(tenant, &req)
-            .await
-            .map_err(error_reply)?;
+        let (store, tenant) = self.stores.scoped(&req.store, tenant)?;
+        let reply = store.publish(&tenant, &req).await.map_err(error_reply)?;
         Ok(Reply::ok(&reply))
     }
 
     async fn subscribe(&self, ctx: Ctx, payload: &[u8]) -> Handled {
         let req: SubscribeRequest = Reply::decode(payload)?;
-        let store = self.stores.by_name(&req.store)?;
-        let subscriber = store
-            .subscribe(&ctx.tenant, &req)
-            .await
-            .map_err(error_reply)?;
+        let (store, tenant) = self.stores.scoped(&req.store, &ctx.tenant)?;
+        let subscriber = store.subscribe(&tenant, &req).await.map_err(error_reply)?;
         // The daemon answers DEADLINE_EXCEEDED at the deadline and then
         // drops a late answer, so a stream opened now would reach nobody
         // while its subscriber took deliveries from the group; refuse
@@ -105,12 +98,8 @@ impl PubsubModule {
 
     async fn ack(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: AckRequest = Reply::decode(payload)?;
-        let reply = self
-            .stores
-            .by_name(&req.store)?
-            .ack(tenant, &req)
-            .await
-            .map_err(error_reply)?;
+        let (store, tenant) = self.stores.scoped(&req.store, tenant)?;
+        let reply = store.ack(&tenant, &req).await.map_err(error_reply)?;
         Ok(Reply::ok(&reply))
     }
 }

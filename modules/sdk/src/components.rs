@@ -1,6 +1,9 @@
 //! A module's configured components (stores), by name, the first being the
-//! default that requests naming no store use.
+//! default that requests naming no store use, and the tenant scope each
+//! request works in: the caller's own tenant, or the one namespace of a
+//! component shared by named tenants (`sharedTenants`).
 
+use std::borrow::Cow;
 use std::fmt::Display;
 
 use mecha_abi::msg::ComponentSpec;
@@ -8,50 +11,124 @@ use mecha_abi::Status;
 
 use crate::{InitError, Reply};
 
+/// The metadata field that shares a component: a comma-separated list of
+/// tenant names. Those tenants then all work in one namespace of that
+/// component (their keys, topics, locks and sequences are the same ones), and
+/// every other tenant is refused PERMISSION_DENIED. Without it, every tenant
+/// has its own namespace, as always. The field is the SDK's: it is taken out
+/// of the metadata before a driver sees it.
+pub const SHARED_TENANTS: &str = "sharedTenants";
+
 /// The components of one module, in configuration order.
 pub struct Components<T> {
     /// What one component is, for messages: "state store", "sequencer".
     noun: &'static str,
     /// (component name, what was opened from its spec).
     entries: Vec<(String, T)>,
+    /// Per entry, the member tenants when the component is shared.
+    shared: Vec<Option<Vec<String>>>,
 }
 
 impl<T> Components<T> {
     /// Opens every component of a handshake with `open`. No component at
     /// all, or one that fails to open, fails the module's start, with a
     /// message naming the component. `noun` says what a component is, for
-    /// this and later messages ("state store").
+    /// this and later messages ("state store"). Components opened this way
+    /// cannot be shared: a `sharedTenants` field reaches the driver, which
+    /// refuses it as unknown. Modules whose data is scoped by tenant use
+    /// [`Self::open_scoped`] instead.
     pub fn open<E: Display>(
         specs: &[ComponentSpec],
         noun: &'static str,
+        open: impl FnMut(&ComponentSpec) -> Result<T, E>,
+    ) -> Result<Self, InitError> {
+        Self::open_with(specs, noun, false, open)
+    }
+
+    /// Like [`Self::open`], and a component may be shared by the tenants its
+    /// `sharedTenants` field names (see [`SHARED_TENANTS`]); requests then
+    /// find their scope with [`Self::scoped`].
+    pub fn open_scoped<E: Display>(
+        specs: &[ComponentSpec],
+        noun: &'static str,
+        open: impl FnMut(&ComponentSpec) -> Result<T, E>,
+    ) -> Result<Self, InitError> {
+        Self::open_with(specs, noun, true, open)
+    }
+
+    fn open_with<E: Display>(
+        specs: &[ComponentSpec],
+        noun: &'static str,
+        sharing: bool,
         mut open: impl FnMut(&ComponentSpec) -> Result<T, E>,
     ) -> Result<Self, InitError> {
         if specs.is_empty() {
             return Err(InitError(format!("no {noun} is configured")));
         }
         let mut entries = Vec::with_capacity(specs.len());
+        let mut shared = Vec::with_capacity(specs.len());
         for spec in specs {
-            let opened = open(spec)
+            let (spec, members) = if sharing {
+                split_sharing(spec)
+                    .map_err(|e| InitError(format!("cannot open {noun} {:?}: {e}", spec.name)))?
+            } else {
+                (spec.clone(), None)
+            };
+            let opened = open(&spec)
                 .map_err(|e| InitError(format!("cannot open {noun} {:?}: {e}", spec.name)))?;
             entries.push((spec.name.clone(), opened));
+            shared.push(members);
         }
-        Ok(Self { noun, entries })
+        Ok(Self {
+            noun,
+            entries,
+            shared,
+        })
     }
 
-    /// The component a request names, with its name: the first one for
-    /// `""`, else the one called `name`, else the INVALID_ARGUMENT reply.
-    pub fn entry(&self, name: &str) -> Result<(&str, &T), Reply> {
+    /// The component a request names, and the tenant scope the request
+    /// works in there: `tenant` itself, or `@shared/<component>` when the
+    /// component is shared and `tenant` is a member. A tenant that is not a
+    /// member of a shared component is refused PERMISSION_DENIED, naming the
+    /// rule.
+    pub fn scoped<'t>(&self, name: &str, tenant: &'t str) -> Result<(&T, Cow<'t, str>), Reply> {
+        let index = self.index(name)?;
+        let (component, value) = &self.entries[index];
+        match &self.shared[index] {
+            None => Ok((value, Cow::Borrowed(tenant))),
+            Some(members) if members.iter().any(|m| m == tenant) => {
+                Ok((value, Cow::Owned(format!("@shared/{component}"))))
+            }
+            Some(members) => Err(Reply::error(
+                Status::PermissionDenied,
+                format!(
+                    "{} {component:?} is shared by tenants {members:?} ({SHARED_TENANTS}); \
+                     tenant {tenant:?} is not one of them",
+                    self.noun
+                ),
+            )),
+        }
+    }
+
+    fn index(&self, name: &str) -> Result<usize, Reply> {
         let found = if name.is_empty() {
-            self.entries.first()
+            (!self.entries.is_empty()).then_some(0)
         } else {
-            self.entries.iter().find(|(n, _)| n == name)
+            self.entries.iter().position(|(n, _)| n == name)
         };
-        found.map(|(n, t)| (n.as_str(), t)).ok_or_else(|| {
+        found.ok_or_else(|| {
             Reply::error(
                 Status::InvalidArgument,
                 format!("no {} named {name:?} is configured", self.noun),
             )
         })
+    }
+
+    /// The component a request names, with its name: the first one for
+    /// `""`, else the one called `name`, else the INVALID_ARGUMENT reply.
+    pub fn entry(&self, name: &str) -> Result<(&str, &T), Reply> {
+        let (n, t) = &self.entries[self.index(name)?];
+        Ok((n.as_str(), t))
     }
 
     /// The component a request names; see [`Self::entry`].
@@ -63,6 +140,37 @@ impl<T> Components<T> {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))
     }
+}
+
+/// Takes `sharedTenants` out of a spec: the spec a driver opens, and the
+/// member tenants if the field is there.
+fn split_sharing(spec: &ComponentSpec) -> Result<(ComponentSpec, Option<Vec<String>>), String> {
+    let mut rest = spec.clone();
+    let mut members = None;
+    let mut kept = Vec::with_capacity(spec.metadata.len());
+    for (field, value) in &spec.metadata {
+        if !field.eq_ignore_ascii_case(SHARED_TENANTS) {
+            kept.push((field.clone(), value.clone()));
+            continue;
+        }
+        if members.is_some() {
+            return Err(format!("metadata field {SHARED_TENANTS:?} is given twice"));
+        }
+        let names: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            return Err(format!(
+                "metadata field {SHARED_TENANTS:?} names no tenant (remove it to keep tenants apart)"
+            ));
+        }
+        members = Some(names);
+    }
+    rest.metadata = kept;
+    Ok((rest, members))
 }
 
 impl<T> std::fmt::Debug for Components<T> {
@@ -89,6 +197,48 @@ mod tests {
         mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
             .expect("an error body")
             .message
+    }
+
+    #[test]
+    fn a_shared_component_scopes_members_together_and_refuses_others() {
+        let mut shared = spec("orders");
+        shared.metadata = vec![
+            ("SharedTenants".to_owned(), "shop, billing".to_owned()),
+            ("path".to_owned(), "x".to_owned()),
+        ];
+        let c = Components::open_scoped(&[spec("private"), shared], "thing store", |s| {
+            // The driver never sees the SDK's field.
+            assert!(s.metadata.iter().all(|(k, _)| k != "SharedTenants"));
+            Ok::<_, String>(s.metadata.len())
+        })
+        .expect("open");
+        let (opened, scope) = c.scoped("orders", "shop").expect("a member");
+        assert_eq!((*opened, scope.as_ref()), (1, "@shared/orders"));
+        assert_eq!(
+            c.scoped("orders", "billing").expect("a member").1,
+            "@shared/orders"
+        );
+        let refused = c.scoped("orders", "uid:1000").expect_err("not a member");
+        assert_eq!(refused.status, Status::PermissionDenied);
+        let text = message(&refused);
+        assert!(
+            text.contains("sharedTenants") && text.contains("uid:1000"),
+            "{text}"
+        );
+        assert_eq!(
+            c.scoped("private", "uid:1000").expect("own scope").1,
+            "uid:1000"
+        );
+        assert_eq!(c.scoped("", "shop").expect("default").1, "shop");
+    }
+
+    #[test]
+    fn an_empty_member_list_fails_the_start() {
+        let mut shared = spec("orders");
+        shared.metadata = vec![("sharedTenants".to_owned(), " , ".to_owned())];
+        let e = Components::open_scoped(&[shared], "thing store", |_| Ok::<_, String>(()))
+            .expect_err("refused");
+        assert!(e.0.contains("names no tenant"), "{}", e.0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ impl Module for SequencerModule {
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
-        let stores = Components::open(&hello.components, "sequencer", |spec| {
+        let stores = Components::open_scoped(&hello.components, "sequencer", |spec| {
             drivers::open(spec, data_dir)
         })?;
         Ok(Self { stores })
@@ -58,10 +58,9 @@ impl SequencerModule {
                 ),
             ));
         }
-        let first = self
-            .stores
-            .by_name(&req.store)?
-            .next_ids(tenant, &req.key, req.count)
+        let (store, tenant) = self.stores.scoped(&req.store, tenant)?;
+        let first = store
+            .next_ids(&tenant, &req.key, req.count)
             .await
             .map_err(seq_error)?;
         Ok(Reply::ok(&NextIdReply {

@@ -4,6 +4,7 @@
 
 pub mod drivers;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ impl Module for StateModule {
 
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
-        let stores = Components::open(&hello.components, "state store", |spec| {
+        let stores = Components::open_scoped(&hello.components, "state store", |spec| {
             drivers::open(spec, data_dir)
         })?;
         Ok(Self { stores })
@@ -63,17 +64,25 @@ impl Module for StateModule {
 type Handled = Result<Reply, Reply>;
 
 impl StateModule {
-    fn store(&self, name: &str) -> Result<&dyn StateStore, Reply> {
-        self.stores.by_name(name).map(|store| store.as_ref())
+    /// The store a request names and the tenant scope it works in there
+    /// (the caller's own, or a shared component's namespace).
+    fn store<'t>(
+        &self,
+        name: &str,
+        tenant: &'t str,
+    ) -> Result<(&dyn StateStore, Cow<'t, str>), Reply> {
+        self.stores
+            .scoped(name, tenant)
+            .map(|(store, scope)| (store.as_ref(), scope))
     }
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: GetRequest = Reply::decode(payload)?;
         Reply::non_empty("key", &req.key)?;
-        let store = self.store(&req.store)?;
+        let (store, tenant) = self.store(&req.store, tenant)?;
         // The key goes to the driver by value; the copy is for the error.
         let mut found = store
-            .get(tenant, vec![req.key.clone()])
+            .get(&tenant, vec![req.key.clone()])
             .await
             .map_err(store_error)?;
         if found.len() != 1 {
@@ -121,11 +130,11 @@ impl StateModule {
         for key in &req.keys {
             Reply::non_empty("key", key)?;
         }
-        let store = self.store(&req.store)?;
+        let (store, tenant) = self.store(&req.store, tenant)?;
         // The driver takes the keys by value and answers in request order;
         // the copy pairs each answer with its key again.
         let entries = store
-            .get(tenant, req.keys.clone())
+            .get(&tenant, req.keys.clone())
             .await
             .map_err(store_error)?;
         // `zip` would silently drop keys if a driver broke the one-answer-
@@ -178,10 +187,8 @@ impl StateModule {
                 TxOp::Delete(item) => Reply::non_empty("key", &item.key)?,
             }
         }
-        self.store(store)?
-            .transact(tenant, ops)
-            .await
-            .map_err(store_error)
+        let (store, tenant) = self.store(store, tenant)?;
+        store.transact(&tenant, ops).await.map_err(store_error)
     }
 }
 
