@@ -1,5 +1,6 @@
 //! `mechad`: the mecha node daemon — listener, router and module supervisor.
 
+mod calls;
 mod config;
 mod conn;
 mod daemon;

@@ -17,6 +17,7 @@ mod components;
 pub mod embedded;
 mod link;
 pub mod metadata;
+mod outbound;
 mod reply;
 mod stream;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use components::Components;
 pub use link::run;
+pub use outbound::DaemonLink;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 pub use reply::Reply;
@@ -142,6 +144,10 @@ pub trait Module: Send + Sync + Sized + 'static {
 
     /// Serves one request. `payload` is the application's payload, untouched.
     fn handle(&self, ctx: Ctx, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+
+    /// Called once after the handshake, before any request, with a handle
+    /// for requests to the daemon (LINK_DELIVER). The default ignores it.
+    fn attach(&self, _daemon: DaemonLink) {}
 
     /// Periodic maintenance (for example expiring keys). Errors are the
     /// module's to log; the default does nothing.
