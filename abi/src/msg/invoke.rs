@@ -58,10 +58,7 @@ pub struct InvokeReply {
 /// PEER_INVOKE request between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvokeCall {
-    /// The registration the call is for: the stream id of the app's
-    /// INVOKE_REGISTER. 0 in PEER_INVOKE.
-    pub registration: u32,
-    /// The callee's app id.
+    /// The callee's app id (one the connection registered).
     pub app_id: String,
     /// The method.
     pub method: String,

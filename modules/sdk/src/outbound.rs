@@ -111,6 +111,11 @@ impl DaemonLink {
         }
     }
 
+    /// An `ErrorBody` answer carrying `message`, for callers building answers.
+    pub fn error_answer(status: Status, message: &str) -> Answer {
+        error(status, message)
+    }
+
     /// Routes the daemon's answer to a request of ours.
     pub(crate) fn answer(&self, header: &Header, payload: Bytes) {
         let waiter = self.inner.table.lock().waiting.remove(&header.request_id);
