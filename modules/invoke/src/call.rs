@@ -69,7 +69,7 @@ pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> A
 /// One attempt: a local instance first, else a peer node.
 async fn attempt(core: &Arc<Core>, call: &InvokeCall, payload: &[u8], budget: Duration) -> Answer {
     match core.registry.pick(&call.app_id, &call.method) {
-        Ok(Target::Local(_)) => serve_local(core, call, payload, budget).await,
+        Ok(Target::Local(stream)) => serve_local(core, call, payload, budget, Some(stream)).await,
         Ok(Target::Remote(node)) => match core.mesh.get() {
             Some(mesh) => mesh.invoke(&node, payload.to_vec(), budget).await,
             None => error(Status::Unavailable, "peer links are not configured"),
@@ -78,13 +78,15 @@ async fn attempt(core: &Arc<Core>, call: &InvokeCall, payload: &[u8], budget: Du
     }
 }
 
-/// Serves a call with a local instance: access control, then delivery by the
-/// daemon on the instance's connection. Calls from peers enter here too.
+/// Serves a call with a local instance (`picked`, or the next one round
+/// robin): access control, then delivery by the daemon on the instance's
+/// connection. Calls from peers enter here too.
 pub async fn serve_local(
     core: &Arc<Core>,
     call: &InvokeCall,
     payload: &[u8],
     budget: Duration,
+    picked: Option<u32>,
 ) -> Answer {
     let caller = Caller {
         app_id: &call.caller_app_id,
@@ -98,7 +100,7 @@ pub async fn serve_local(
     {
         return error(Status::PermissionDenied, &why);
     }
-    let stream = match core.registry.pick_local(&call.app_id, &call.method) {
+    let stream = match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
         Ok(s) => s,
         Err(miss) => return not_found(call, miss),
     };

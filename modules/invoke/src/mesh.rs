@@ -421,5 +421,5 @@ async fn serve_peer_call(core: &Arc<Core>, node: &str, h: &Header, p: &Bytes) ->
         Ok(p) => p,
         Err(e) => return error(Status::Internal, &e.to_string()),
     };
-    serve_local(core, &call, &payload, budget).await
+    serve_local(core, &call, &payload, budget, None).await
 }
