@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::call::{error, serve_local, Answer};
 use crate::settings::Discovery;
@@ -50,6 +50,11 @@ pub struct Mesh {
     /// Outbound links by the node name their peer proved.
     clients: Mutex<HashMap<String, Arc<Client>>>,
     next_link: AtomicU64,
+    /// Signalled when an outbound link comes up (calls waiting for one).
+    link_up: Notify,
+    /// Signalled when a peer dials us: our diallers retry at once rather
+    /// than after their backoff, since the peer is evidently up.
+    kick: Notify,
 }
 
 /// One outbound link: calls in flight on it.
@@ -72,6 +77,8 @@ pub fn start(core: &Arc<Core>) -> Result<(), String> {
         tls,
         clients: Mutex::default(),
         next_link: AtomicU64::new(1),
+        link_up: Notify::new(),
+        kick: Notify::new(),
     });
     let _ = core.mesh.set(Arc::clone(&mesh));
     if let Some(addr) = s.listen.clone() {
@@ -83,13 +90,23 @@ pub fn start(core: &Arc<Core>) -> Result<(), String> {
 
 impl Mesh {
     /// Sends one call to `node` and waits for its answer.
+    /// A node that announced itself (over its link to us) but whose link
+    /// from us is still being dialled is waited for, within the budget.
     pub async fn invoke(&self, node: &str, payload: Vec<u8>, budget: Duration) -> Answer {
-        let Some(client) = self.clients.lock().get(node).cloned() else {
-            return error(
-                Status::Unavailable,
-                &format!("no link to node {node:?} is up"),
-            );
+        let until = tokio::time::Instant::now() + budget;
+        let client = loop {
+            let up = self.link_up.notified();
+            if let Some(c) = self.clients.lock().get(node).cloned() {
+                break c;
+            }
+            if tokio::time::timeout_at(until, up).await.is_err() {
+                return error(
+                    Status::Unavailable,
+                    &format!("no link to node {node:?} is up"),
+                );
+            }
         };
+        let budget = until.saturating_duration_since(tokio::time::Instant::now());
         let id = client.next.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = oneshot::channel();
         client.waiting.lock().insert(id, tx);
@@ -191,6 +208,7 @@ impl Mesh {
         let _ = tx.send(OutFrame::new(h.response(Status::Ok), body)).await;
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%node, "peer link accepted");
+        self.kick.notify_waiters();
         let served = Arc::new(Semaphore::new(MAX_SERVED));
         let result = loop {
             let (h, p) = match reader.next().await {
@@ -274,7 +292,10 @@ impl Mesh {
                 Ok(Dialled::Closed) => pause = REDIAL.0,
                 Err(e) => tracing::debug!(%addr, "peer link failed: {e}"),
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.kick.notified() => {}
+            }
             pause = (pause * 2).min(REDIAL.1);
         }
     }
@@ -339,6 +360,7 @@ impl Mesh {
             .lock()
             .insert(node.clone(), Arc::clone(&client));
         tracing::info!(%node, %addr, "peer link up");
+        self.link_up.notify_waiters();
         let reading = async {
             loop {
                 match reader.next().await {
