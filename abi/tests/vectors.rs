@@ -9,10 +9,6 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 
 use mecha_abi::msg::{
-    AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
-    PeerHello, RegisterReply, RegisterRequest,
-};
-use mecha_abi::msg::{
     AckItem, AckReply, AckRequest, BulkGetItem, BulkGetReply, BulkGetRequest, BulkSetRequest,
     ComponentSpec, ConfigGetReply, ConfigGetRequest, ConfigItem, ConfigSetItem, ConfigSetReply,
     ConfigSetRequest, ConfigSubscribeRequest, ConfigUpdate, DeleteItem, DeleteReply, DeleteRequest,
@@ -22,6 +18,10 @@ use mecha_abi::msg::{
     SecretBulkReply, SecretGetRequest, SecretReply, SetItem, SetReply, SetRequest, StateEntry,
     StatusReply, StreamCancel, SubscribeReply, SubscribeRequest, TransactReply, TransactRequest,
     TryLockReply, TryLockRequest, TxOp, UnlockReply, UnlockRequest, UnlockStatus,
+};
+use mecha_abi::msg::{
+    AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
+    PeerHello, RegisterReply, RegisterRequest,
 };
 use mecha_abi::{
     decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,

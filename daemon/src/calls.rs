@@ -68,7 +68,9 @@ impl Calls {
             );
         };
         let mut header = Header::request(opcode, id);
-        header.deadline_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        header.deadline_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
         let frame = OutFrame::guarded(header, Bytes::new(), payload, ConnOut::new(permit));
         if conn.try_send(frame).is_err() {
             self.table.lock().waiting.remove(&id);

@@ -531,7 +531,9 @@ impl Conn {
 
         let Some(module) = self.daemon.module_for(family) else {
             let msg = match family {
-                Family::Link | Family::Peer | Family::Unknown(_) => format!("unknown opcode {}", header.opcode),
+                Family::Link | Family::Peer | Family::Unknown(_) => {
+                    format!("unknown opcode {}", header.opcode)
+                }
                 f => format!(
                     "opcode {} belongs to the {} family, which has no configured component",
                     header.opcode,

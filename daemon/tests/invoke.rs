@@ -112,7 +112,10 @@ async fn a_call_reaches_the_registered_app_and_its_answer_comes_back() {
     assert_eq!(reply.data, b"echo:hi");
     assert_eq!(reply.content_type, "text/plain");
     let call = seen.lock().clone().expect("the handler ran");
-    assert_eq!((call.method.as_str(), call.caller_app_id.as_str()), ("say", "web"));
+    assert_eq!(
+        (call.method.as_str(), call.caller_app_id.as_str()),
+        ("say", "web")
+    );
     assert_eq!(call.caller_tenant, "me");
     assert_eq!(call.metadata, vec![("k".to_string(), "v".to_string())]);
     assert!(call.trace_parent.starts_with("00-") && call.trace_parent.len() == 55);
@@ -128,14 +131,20 @@ async fn a_call_reaches_the_registered_app_and_its_answer_comes_back() {
     let out = d.mechactl(&["apps"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("echo"));
     let out = d.mechactl(&["invoke", "echo", "m", "from-cli"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo:from-cli");
     // Once the registration is cancelled the app id is gone.
     reg.cancel().await.unwrap();
     wait_until(Duration::from_secs(10), "echo to be unregistered", || {
         !String::from_utf8_lossy(&d.mechactl(&["apps"]).stdout).contains("echo")
     });
-    let r = caller.invoke("echo", "say", vec![], Default::default()).await;
+    let r = caller
+        .invoke("echo", "say", vec![], Default::default())
+        .await;
     assert_eq!(status_of(r), Status::NotFound);
 }
 
@@ -161,7 +170,9 @@ async fn calls_take_turns_across_instances_and_unknown_apps_are_not_found() {
     assert_ne!(answers[0], answers[1], "instances alternate: {answers:?}");
     assert_eq!(answers[0], answers[2]);
     assert_eq!(answers[1], answers[3]);
-    let r = caller.invoke("nobody", "m", vec![], Default::default()).await;
+    let r = caller
+        .invoke("nobody", "m", vec![], Default::default())
+        .await;
     assert_eq!(status_of(r), Status::NotFound);
 }
 
@@ -177,10 +188,19 @@ async fn a_callee_that_disconnects_mid_call_gives_unavailable() {
     .unwrap();
     raw.send(Header::request(Opcode::INVOKE_REGISTER, 7), &body);
     let (h, p) = raw.recv().expect("register answer");
-    assert_eq!(Status::from_code(h.status), Status::Ok, "{}", error_message(&p));
+    assert_eq!(
+        Status::from_code(h.status),
+        Status::Ok,
+        "{}",
+        error_message(&p)
+    );
     assert_eq!(h.flags.0, 0x03, "the registration is a stream");
     let caller = connect(&d).await;
-    let call = tokio::spawn(async move { caller.invoke("crash", "m", vec![], Default::default()).await });
+    let call = tokio::spawn(async move {
+        caller
+            .invoke("crash", "m", vec![], Default::default())
+            .await
+    });
     let (h, p) = tokio::task::spawn_blocking(move || {
         let frame = raw.recv().expect("the call is delivered");
         drop(raw);
@@ -188,7 +208,11 @@ async fn a_callee_that_disconnects_mid_call_gives_unavailable() {
     })
     .await
     .unwrap();
-    assert_eq!((h.opcode, h.flags.0), (Opcode::INVOKE_CALL, 0), "a daemon request");
+    assert_eq!(
+        (h.opcode, h.flags.0),
+        (Opcode::INVOKE_CALL, 0),
+        "a daemon request"
+    );
     assert!(h.deadline_ms > 0);
     let delivered: InvokeCall = mecha_abi::decode(&p).unwrap();
     assert_eq!(delivered.app_id, "crash");
@@ -221,7 +245,11 @@ async fn access_control_and_the_tenant_app_id_list_are_enforced() {
     let d = Daemon::start_with(Some(&config()));
     let callee = connect(&d).await;
     let _reg = callee
-        .register("billing", vec![], handler(|_| async { ok(b"paid".to_vec()) }))
+        .register(
+            "billing",
+            vec![],
+            handler(|_| async { ok(b"paid".to_vec()) }),
+        )
         .await
         .unwrap();
     let caller = connect(&d).await;
@@ -244,13 +272,18 @@ async fn access_control_and_the_tenant_app_id_list_are_enforced() {
         }
         other => panic!("expected PERMISSION_DENIED, got {other:?}"),
     }
-    let anonymous = caller.invoke("billing", "charge", vec![], Default::default()).await;
+    let anonymous = caller
+        .invoke("billing", "charge", vec![], Default::default())
+        .await;
     assert_eq!(status_of(anonymous), Status::PermissionDenied);
     // Tenant `me` may neither register nor call as an app id outside appIds.
     let r = callee
         .register("stranger", vec![], handler(|_| async { ok(vec![]) }))
         .await;
-    assert_eq!(r.err().and_then(|e| e.status()), Some(Status::PermissionDenied));
+    assert_eq!(
+        r.err().and_then(|e| e.status()),
+        Some(Status::PermissionDenied)
+    );
     let o = InvokeOptions {
         caller_app_id: "stranger".into(),
         ..Default::default()
@@ -284,9 +317,15 @@ async fn retries_absorb_transient_failures_and_the_breaker_opens_and_probes() {
         .await
         .unwrap();
     let caller = connect(&d).await;
-    let r = caller.invoke("flaky", "m", vec![], Default::default()).await;
+    let r = caller
+        .invoke("flaky", "m", vec![], Default::default())
+        .await;
     assert_eq!(r.unwrap().data, b"finally");
-    assert_eq!(flaky_calls.load(Ordering::SeqCst), 3, "two retries were needed");
+    assert_eq!(
+        flaky_calls.load(Ordering::SeqCst),
+        3,
+        "two retries were needed"
+    );
 
     // `broken` fails until told otherwise; its breaker opens after 2 failures.
     let broken_calls = Arc::new(AtomicU32::new(0));
@@ -311,34 +350,57 @@ async fn retries_absorb_transient_failures_and_the_breaker_opens_and_probes() {
         .await
         .unwrap();
     for _ in 0..2 {
-        let r = caller.invoke("broken", "m", vec![], Default::default()).await;
+        let r = caller
+            .invoke("broken", "m", vec![], Default::default())
+            .await;
         assert_eq!(status_of(r), Status::Internal);
     }
-    match caller.invoke("broken", "m", vec![], Default::default()).await {
+    match caller
+        .invoke("broken", "m", vec![], Default::default())
+        .await
+    {
         Err(Error::Status { status, message }) => {
             assert_eq!(status, Status::Unavailable);
             assert!(message.contains("circuit breaker"), "{message}");
         }
         other => panic!("expected the open breaker, got {other:?}"),
     }
-    assert_eq!(broken_calls.load(Ordering::SeqCst), 2, "an open breaker sends nothing");
+    assert_eq!(
+        broken_calls.load(Ordering::SeqCst),
+        2,
+        "an open breaker sends nothing"
+    );
     // After the cool-down one probe reaches the callee; it fails, so the
     // breaker opens again. Then the callee heals and a later probe closes it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while broken_calls.load(Ordering::SeqCst) < 3 {
         assert!(std::time::Instant::now() < deadline, "no probe came");
-        let _ = caller.invoke("broken", "m", vec![], Default::default()).await;
+        let _ = caller
+            .invoke("broken", "m", vec![], Default::default())
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     healthy.store(true, Ordering::SeqCst);
     loop {
-        assert!(std::time::Instant::now() < deadline, "the breaker never closed");
-        if let Ok(r) = caller.invoke("broken", "m", vec![], Default::default()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        if let Ok(r) = caller
+            .invoke("broken", "m", vec![], Default::default())
+            .await
+        {
             assert_eq!(r.data, b"healed");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = caller.invoke("broken", "m", vec![], Default::default()).await;
-    assert_eq!(status_of(r), Status::Ok, "a closed breaker lets calls through");
+    let r = caller
+        .invoke("broken", "m", vec![], Default::default())
+        .await;
+    assert_eq!(
+        status_of(r),
+        Status::Ok,
+        "a closed breaker lets calls through"
+    );
 }

@@ -31,7 +31,10 @@ impl Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name.push(DnType::CommonName, name);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().unwrap();
         let cert = p.self_signed(&key).unwrap();
         Self { cert, key }
@@ -146,7 +149,10 @@ async fn a_call_from_node_a_reaches_an_app_on_node_b_over_mutual_tls() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "node-a never learned of inventory: {apps:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node-a never learned of inventory: {apps:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -160,12 +166,18 @@ async fn a_call_from_node_a_reaches_an_app_on_node_b_over_mutual_tls() {
         .expect("the remote call succeeds");
     assert_eq!(reply.data, b"from-b:apples");
     let call = seen.lock().clone().expect("node b's app was called");
-    assert_eq!(call.caller_node, "node-a", "the caller's node is the TLS-verified one");
+    assert_eq!(
+        call.caller_node, "node-a",
+        "the caller's node is the TLS-verified one"
+    );
     assert_eq!(call.trace_parent, tp, "trace context crosses the hop");
     // mechactl on node A lists the remote app.
     let out = a.mechactl(&["apps"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("inventory") && text.contains("node-b"), "{text}");
+    assert!(
+        text.contains("inventory") && text.contains("node-b"),
+        "{text}"
+    );
 }
 
 /// Connects to `port` with TLS, presenting `node`'s certificate from `dir`
@@ -220,7 +232,9 @@ async fn tls_hello(
         .map_err(|e| format!("read: {e}"))?;
     let h = Header::decode(&head, u32::MAX).map_err(|e| e.to_string())?;
     let mut payload = vec![0u8; h.payload_len as usize];
-    s.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+    s.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
     let hello: PeerHello = mecha_abi::decode(&payload).map_err(|e| e.to_string())?;
     Ok(hello.node)
 }
@@ -251,7 +265,10 @@ async fn peers_with_a_foreign_certificate_or_without_tls_are_refused() {
     // certificate can fail the connection.
     std::fs::copy(good.path().join("ca.crt"), rogue.path().join("ca.crt")).unwrap();
     let r = tls_hello(port_b, rogue.path(), "node-c", "node-c", "node-b").await;
-    assert!(r.is_err(), "a certificate from another CA was accepted: {r:?}");
+    assert!(
+        r.is_err(),
+        "a certificate from another CA was accepted: {r:?}"
+    );
     // A properly certified peer claiming another node's name: refused.
     let r = tls_hello(port_b, good.path(), "node-c", "node-a", "node-b").await;
     assert!(r.is_err(), "node-c's certificate passed as node-a: {r:?}");

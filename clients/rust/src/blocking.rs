@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mecha_abi::msg::{AppEntry, BulkGetItem, InvokeCall, InvokeReply, ReloadReply, SetItem, StateEntry, StatusReply, TxOp};
+use mecha_abi::msg::{
+    AppEntry, BulkGetItem, InvokeCall, InvokeReply, ReloadReply, SetItem, StateEntry, StatusReply,
+    TxOp,
+};
 
 use crate::{Error, Handler, HandlerResult, InvokeOptions, RetryPolicy, SetOptions};
 

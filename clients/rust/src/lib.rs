@@ -58,8 +58,8 @@ pub use invoke::{
     echo_handler, handler, Handler, HandlerFuture, HandlerResult, InvokeOptions, Registration,
 };
 pub use mecha_abi::msg::{
-    AppEntry, BulkGetItem, DeleteItem, InvokeCall, InvokeReply, ExtendLockReply, HelloReply, ModuleStatus, ReloadReply, SetItem,
-    StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
+    AppEntry, BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, InvokeCall, InvokeReply,
+    ModuleStatus, ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
 pub use mecha_abi::Status;
 pub use pubsub::{

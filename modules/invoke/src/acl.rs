@@ -112,8 +112,16 @@ mod tests {
                           {"tenant":"ops","action":"allow"}]}]}"#,
         )
         .unwrap();
-        let web = Caller { app_id: "web", tenant: "t", node: "n" };
-        let ops = Caller { app_id: "", tenant: "ops", node: "n" };
+        let web = Caller {
+            app_id: "web",
+            tenant: "t",
+            node: "n",
+        };
+        let ops = Caller {
+            app_id: "",
+            tenant: "ops",
+            node: "n",
+        };
         assert!(acl.check("billing", "charge", &web).is_ok());
         assert!(acl.check("billing", "refund", &web).is_err());
         assert!(acl.check("billing", "refund", &ops).is_ok());

@@ -100,12 +100,16 @@ pub async fn serve_local(
     {
         return error(Status::PermissionDenied, &why);
     }
-    let stream = match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
-        Ok(s) => s,
-        Err(miss) => return not_found(call, miss),
-    };
+    let stream =
+        match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
+            Ok(s) => s,
+            Err(miss) => return not_found(call, miss),
+        };
     let Some(daemon) = core.daemon.get() else {
-        return error(Status::Unavailable, "the module is not attached to the daemon yet");
+        return error(
+            Status::Unavailable,
+            "the module is not attached to the daemon yet",
+        );
     };
     daemon
         .deliver(stream, Opcode::INVOKE_CALL, payload.to_vec(), budget)
@@ -118,10 +122,7 @@ fn not_found(call: &InvokeCall, miss: Miss) -> Answer {
             "no app is registered as {:?} on this node or any known peer",
             call.app_id
         ),
-        Miss::NoMethod => format!(
-            "app {:?} serves no method {:?}",
-            call.app_id, call.method
-        ),
+        Miss::NoMethod => format!("app {:?} serves no method {:?}", call.app_id, call.method),
     };
     error(Status::NotFound, &msg)
 }

@@ -119,7 +119,10 @@ impl Mesh {
             .is_err()
         {
             client.waiting.lock().remove(&id);
-            return error(Status::Unavailable, &format!("the link to node {node:?} closed"));
+            return error(
+                Status::Unavailable,
+                &format!("the link to node {node:?} closed"),
+            );
         }
         match tokio::time::timeout(budget, rx).await {
             Ok(Ok(answer)) => answer,
@@ -404,7 +407,10 @@ impl Mesh {
                 return;
             };
             if tx
-                .send(OutFrame::new(Header::request(Opcode::PEER_ANNOUNCE, 0), body))
+                .send(OutFrame::new(
+                    Header::request(Opcode::PEER_ANNOUNCE, 0),
+                    body,
+                ))
                 .await
                 .is_err()
             {

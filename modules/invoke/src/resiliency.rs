@@ -86,7 +86,8 @@ impl Retry {
             Backoff::Constant => base,
             Backoff::Exponential => {
                 let max = Duration::from_millis(self.max_interval_ms.unwrap_or(5000));
-                base.saturating_mul(1u32 << n.saturating_sub(1).min(20)).min(max)
+                base.saturating_mul(1u32 << n.saturating_sub(1).min(20))
+                    .min(max)
             }
         }
     }
@@ -109,8 +110,12 @@ pub struct Breakers {
 
 #[derive(Clone, Copy, Debug)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is in flight; others are refused until it reports.
     HalfOpen,
 }

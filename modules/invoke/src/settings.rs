@@ -90,7 +90,11 @@ pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "local".into()),
     };
-    let tls = match (field("tlsCertFile"), field("tlsKeyFile"), field("tlsCaFile")) {
+    let tls = match (
+        field("tlsCertFile"),
+        field("tlsKeyFile"),
+        field("tlsCaFile"),
+    ) {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
             cert: cert.into(),
@@ -208,7 +212,11 @@ mod tests {
 
     #[test]
     fn peers_parse_in_both_forms_and_errors_name_the_field() {
-        let s = parse(&spec(&[("nodeName", "a"), ("peers", "b=127.0.0.1:1, c=h:2")])).unwrap();
+        let s = parse(&spec(&[
+            ("nodeName", "a"),
+            ("peers", "b=127.0.0.1:1, c=h:2"),
+        ]))
+        .unwrap();
         assert_eq!(
             s.discovery,
             Discovery::Static(vec![
@@ -217,7 +225,10 @@ mod tests {
             ])
         );
         let s = parse(&spec(&[("peers", r#"[{"name":"b","address":"h:1"}]"#)])).unwrap();
-        assert_eq!(s.discovery, Discovery::Static(vec![("b".into(), "h:1".into())]));
+        assert_eq!(
+            s.discovery,
+            Discovery::Static(vec![("b".into(), "h:1".into())])
+        );
         let e = parse(&spec(&[("peers", "nonsense")])).unwrap_err();
         assert!(e.contains("metadata peers"), "{e}");
         let e = parse(&spec(&[("requireTls", "true")])).unwrap_err();

@@ -25,7 +25,10 @@ pub fn load(files: &TlsFiles) -> Result<Tls, String> {
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("tlsCertFile {}: {e}", files.cert.display()))?;
     if certs.is_empty() {
-        return Err(format!("tlsCertFile {}: no certificate", files.cert.display()));
+        return Err(format!(
+            "tlsCertFile {}: no certificate",
+            files.cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("tlsKeyFile {}: {e}", files.key.display()))?;

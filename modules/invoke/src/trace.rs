@@ -17,7 +17,9 @@ pub fn ensure(traceparent: &str) -> String {
 pub fn is_valid(tp: &str) -> bool {
     let parts: Vec<&str> = tp.split('-').collect();
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     parts.len() == 4
         && parts[0] == "00"
@@ -55,6 +57,8 @@ mod tests {
         let fresh = ensure("");
         assert!(is_valid(&fresh), "{fresh}");
         assert_ne!(fresh, ensure(""));
-        assert!(!is_valid("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!is_valid(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
     }
 }

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 pub use components::Components;
 pub use link::run;
-pub use outbound::DaemonLink;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
+pub use outbound::DaemonLink;
 pub use reply::Reply;
 pub use stream::{Stream, StreamClosed};
 

@@ -74,7 +74,10 @@ impl DaemonLink {
         let deadline = tokio::time::Instant::now() + timeout;
         let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.inner.slots.acquire()).await
         else {
-            return error(Status::DeadlineExceeded, "no delivery slot before the deadline");
+            return error(
+                Status::DeadlineExceeded,
+                "no delivery slot before the deadline",
+            );
         };
         let (tx, rx) = oneshot::channel();
         let id = {
@@ -88,7 +91,9 @@ impl DaemonLink {
             id
         };
         let mut header = Header::request(Opcode::LINK_DELIVER, id);
-        header.deadline_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        header.deadline_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
         if self
             .inner
             .tx
@@ -106,7 +111,10 @@ impl DaemonLink {
             Ok(Err(_)) => error(Status::Unavailable, "the daemon link closed"),
             Err(_) => {
                 self.inner.table.lock().waiting.remove(&id);
-                error(Status::DeadlineExceeded, "the daemon did not answer in time")
+                error(
+                    Status::DeadlineExceeded,
+                    "the daemon did not answer in time",
+                )
             }
         }
     }
