@@ -26,14 +26,13 @@ spec: {type: state.redb, version: v1, metadata: []}
 ";
 
 /// The module binaries of the embedded default configuration.
-pub const ALL_MODULES: [&str; 7] = [
+pub const ALL_MODULES: [&str; 6] = [
     "mecha-mod-state",
     "mecha-mod-pubsub",
     "mecha-mod-lock",
     "mecha-mod-sequencer",
     "mecha-mod-config",
     "mecha-mod-secrets",
-    "mecha-mod-invoke",
 ];
 
 /// How long mechad may take to start its modules and listen.

@@ -261,9 +261,6 @@ impl Config {
                     "secretstores.local.env",
                     &[("prefix", "MECHA_SECRET_")],
                 ),
-                // Service invocation on this node; peer links need a
-                // listen address and peers, so none by default.
-                component("invoke", "invoke.mesh", &[]),
             ],
             settings: Settings::default(),
         }
