@@ -469,8 +469,17 @@ mod tests {
         assert_eq!(c.settings.tenants.len(), 2);
         assert_eq!(c.families()[0].0, "state");
         // Structured metadata (the invoke component's) travels as JSON text.
-        let invoke = c.components.iter().find(|c| c.kind == "invoke.mesh").unwrap();
-        let acl = &invoke.metadata.iter().find(|(k, _)| k == "accessControl").unwrap().1;
+        let invoke = c
+            .components
+            .iter()
+            .find(|c| c.kind == "invoke.mesh")
+            .unwrap();
+        let acl = &invoke
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "accessControl")
+            .unwrap()
+            .1;
         let acl: serde_json::Value = serde_json::from_str(acl).unwrap();
         assert_eq!(acl["policies"][0]["appId"], "billing");
         assert_eq!(
