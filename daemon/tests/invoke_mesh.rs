@@ -43,7 +43,16 @@ impl Ca {
     /// Writes `<node>.crt`, `<node>.key` and `ca.crt` into `dir`: a node
     /// certificate whose SAN is the node name, for server and client use.
     fn issue(&self, node: &str, dir: &Path) {
-        let mut p = CertificateParams::new(vec![node.to_string()]).unwrap();
+        self.issue_with(node, &[], dir);
+    }
+
+    /// Like [`Ca::issue`], with `extra` SANs (the DNS name peers dial).
+    fn issue_with(&self, node: &str, extra: &[&str], dir: &Path) {
+        let sans: Vec<String> = std::iter::once(node)
+            .chain(extra.iter().copied())
+            .map(str::to_string)
+            .collect();
+        let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, node);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -67,6 +76,12 @@ fn free_port() -> u16 {
 }
 
 fn config(node: &str, port: u16, peer: &str, peer_port: u16, dir: &Path) -> String {
+    let peers = format!("  - name: peers\n    value: {peer}=127.0.0.1:{peer_port}\n");
+    config_with(node, port, &peers, dir)
+}
+
+/// A node's invoke component; `discovery` holds its peers/dnsName items.
+fn config_with(node: &str, port: u16, discovery: &str, dir: &Path) -> String {
     let f = |name: &str| dir.join(name).display().to_string();
     format!(
         r#"apiVersion: mecha.io/v1alpha1
@@ -80,9 +95,7 @@ spec:
     value: {node}
   - name: listenAddress
     value: 127.0.0.1:{port}
-  - name: peers
-    value: {peer}=127.0.0.1:{peer_port}
-  - name: announceIntervalMs
+{discovery}  - name: announceIntervalMs
     value: 200
   - name: requireTls
     value: true
@@ -292,4 +305,61 @@ async fn peers_with_a_foreign_certificate_or_without_tls_are_refused() {
     // node-b still serves its real peer afterwards.
     let c = Client::connect(&b.socket).await.unwrap();
     c.apps().await.unwrap();
+}
+
+/// Registers an echo-like app on `d` answering `tag:` + data.
+async fn serve_tagged(
+    d: &Daemon,
+    app: &str,
+    tag: &'static str,
+) -> (Client, mecha_client::Registration) {
+    let c = Client::connect(&d.socket).await.unwrap();
+    let reg = c
+        .register(
+            app,
+            vec![],
+            handler(move |call: InvokeCall| async move {
+                Ok(InvokeReply {
+                    data: [tag.as_bytes(), &call.data].concat(),
+                    content_type: String::new(),
+                    metadata: vec![],
+                })
+            }),
+        )
+        .await
+        .unwrap();
+    (c, reg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_finds_peers_by_name() {
+    // Node A resolves its peers from the name `localhost` (standing in for a
+    // headless service); node B has A in a static table. B's certificate
+    // carries `localhost` too, since that is the name A dials and verifies.
+    let ca = Ca::new("mecha test CA");
+    let (pa, pb) = (free_port(), free_port());
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    ca.issue("node-a", da.path());
+    ca.issue_with("node-b", &["localhost"], db.path());
+    let dns =
+        format!("  - name: dnsName\n    value: localhost\n  - name: dnsPort\n    value: {pb}\n");
+    let a_cfg = config_with("node-a", pa, &dns, da.path());
+    let b_cfg = config("node-b", pb, "node-a", pa, db.path());
+    let a = Daemon::start_in(da, Some(&a_cfg), Vec::new());
+    let b = Daemon::start_in(db, Some(&b_cfg), Vec::new());
+    let _served = serve_tagged(&b, "catalog", "b:").await;
+    let caller = Client::connect(&a.socket).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match caller
+            .invoke("catalog", "list", b"x".to_vec(), InvokeOptions::default())
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "never reached node-b: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply.data, b"b:x");
 }
