@@ -404,3 +404,32 @@ async fn retries_absorb_transient_failures_and_the_breaker_opens_and_probes() {
         "a closed breaker lets calls through"
     );
 }
+
+#[test]
+fn mechactl_serves_an_echo_app_and_invokes_it() {
+    let d = Daemon::start_with(Some(&config()));
+    let mut server = d
+        .mechactl_cmd(&["serve", "echo", "--echo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mechactl serve starts");
+    wait_until(
+        Duration::from_secs(20),
+        "mechactl serve to register",
+        || String::from_utf8_lossy(&d.mechactl(&["apps"]).stdout).contains("echo"),
+    );
+    let out = d.mechactl(&["invoke", "echo", "anything", "ping-pong"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping-pong");
+    // The server is gone, so is the app id: NOT_FOUND is exit code 3.
+    wait_until(Duration::from_secs(20), "echo to disappear", || {
+        d.mechactl(&["invoke", "echo", "m"]).status.code() == Some(3)
+    });
+}
