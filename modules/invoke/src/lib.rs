@@ -10,6 +10,7 @@ mod call;
 mod mesh;
 pub mod registry;
 pub mod resiliency;
+pub mod resolve;
 pub mod settings;
 mod tls;
 pub mod trace;

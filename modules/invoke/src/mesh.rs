@@ -250,38 +250,26 @@ impl Mesh {
         result
     }
 
-    /// Finds peers and keeps one dialler per address. A static table is
-    /// read once; a DNS name is resolved again every announce interval, so
+    /// Finds peers and keeps one dialler per address. A resolver whose
+    /// answer can change (DNS) is asked again every announce interval, so
     /// nodes that join later are found.
     async fn discover(self: Arc<Self>) {
+        let settings = &self.core.settings;
+        let Some(resolver) = crate::resolve::from_settings(&settings.discovery, &settings.node)
+        else {
+            return;
+        };
         let mut dialled: HashSet<String> = HashSet::new();
         loop {
-            let targets: Vec<(String, String)> = match &self.core.settings.discovery {
-                Discovery::None => return,
-                Discovery::Static(table) => table
-                    .iter()
-                    .filter(|(name, _)| *name != self.core.settings.node)
-                    .map(|(name, addr)| (addr.clone(), name.clone()))
-                    .collect(),
-                Discovery::Dns { name, port } => {
-                    match tokio::net::lookup_host((name.as_str(), *port)).await {
-                        Ok(addrs) => addrs.map(|a| (a.to_string(), name.clone())).collect(),
-                        Err(e) => {
-                            tracing::warn!(%name, "resolving peers failed: {e}");
-                            Vec::new()
-                        }
-                    }
-                }
-            };
-            for (addr, server_name) in targets {
-                if dialled.insert(addr.clone()) {
-                    tokio::spawn(Arc::clone(&self).dial_loop(addr, server_name));
+            for t in resolver.resolve().await {
+                if dialled.insert(t.addr.clone()) {
+                    tokio::spawn(Arc::clone(&self).dial_loop(t.addr, t.server_name));
                 }
             }
-            if let Discovery::Static(_) = self.core.settings.discovery {
+            if !resolver.changes() {
                 return;
             }
-            tokio::time::sleep(self.core.settings.announce_interval).await;
+            tokio::time::sleep(settings.announce_interval).await;
         }
     }
 
