@@ -433,3 +433,52 @@ fn mechactl_serves_an_echo_app_and_invokes_it() {
         d.mechactl(&["invoke", "echo", "m"]).status.code() == Some(3)
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_come_back_after_the_invoke_module_restarts() {
+    let d = Daemon::start_with(Some(&config()));
+    let callee = connect(&d).await;
+    // `serve` registers again whenever the registration is reset.
+    let serving = tokio::spawn(async move {
+        callee
+            .serve(
+                "echo",
+                vec![],
+                handler(|c: InvokeCall| async move { ok(c.data) }),
+            )
+            .await
+    });
+    let caller = connect(&d).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let call_until_ok = |what: &'static str| {
+        let caller = caller.clone();
+        async move {
+            loop {
+                match caller
+                    .invoke("echo", "m", b"x".to_vec(), Default::default())
+                    .await
+                {
+                    Ok(r) => return r,
+                    Err(e) => assert!(std::time::Instant::now() < deadline, "{what}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(call_until_ok("first registration").await.data, b"x");
+    let pid =
+        |s: mecha_client::StatusReply| s.modules.iter().find(|m| m.name == "invoke").map(|m| m.pid);
+    let old = pid(caller.status().await.unwrap());
+    let new = caller
+        .with_timeout(Duration::from_secs(30))
+        .module_restart("invoke", None)
+        .await
+        .expect("hot restart of the invoke module");
+    assert_ne!(old, Some(new));
+    assert_eq!(call_until_ok("after the restart").await.data, b"x");
+    assert!(
+        !serving.is_finished(),
+        "serve keeps serving across the restart"
+    );
+    serving.abort();
+}

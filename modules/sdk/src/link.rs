@@ -173,6 +173,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 let _all = permits.acquire_many(MAX_CONCURRENT).await;
                 registry.cancel_all();
                 respond(&tx, &header, Reply::empty()).await;
+                daemon_link.close();
                 drop(tx);
                 // Stream tasks hold writer handles until they notice the
                 // cancellation; do not let a slow one keep the process alive.

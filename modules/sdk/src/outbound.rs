@@ -29,7 +29,9 @@ pub struct DaemonLink {
 }
 
 struct Inner {
-    tx: mpsc::Sender<OutFrame>,
+    /// Taken on close, so a drained module's writer is not kept alive by
+    /// this handle (which modules hold for their whole life).
+    tx: Mutex<Option<mpsc::Sender<OutFrame>>>,
     slots: Semaphore,
     table: Mutex<Table>,
 }
@@ -45,7 +47,7 @@ impl DaemonLink {
     pub(crate) fn new(tx: mpsc::Sender<OutFrame>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                tx,
+                tx: Mutex::new(Some(tx)),
                 slots: Semaphore::new(MAX_OUTBOUND),
                 table: Mutex::default(),
             }),
@@ -94,13 +96,15 @@ impl DaemonLink {
         header.deadline_ms = u32::try_from(timeout.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
-        if self
-            .inner
-            .tx
-            .send(OutFrame::new(header, Bytes::from(body)))
-            .await
-            .is_err()
-        {
+        let tx = self.inner.tx.lock().clone();
+        let sent = match tx {
+            Some(tx) => tx
+                .send(OutFrame::new(header, Bytes::from(body)))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !sent {
             self.inner.table.lock().waiting.remove(&id);
             return error(Status::Unavailable, "the daemon link closed");
         }
@@ -132,8 +136,10 @@ impl DaemonLink {
         }
     }
 
-    /// The link ended: every waiting request ends with UNAVAILABLE.
+    /// The link ended or is draining: every waiting request ends with
+    /// UNAVAILABLE, and no new one is sent.
     pub(crate) fn close(&self) {
+        self.inner.tx.lock().take();
         let mut t = self.inner.table.lock();
         t.closed = true;
         t.waiting.clear();
