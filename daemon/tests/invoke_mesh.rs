@@ -97,6 +97,14 @@ spec:
     value: 127.0.0.1:{port}
 {discovery}  - name: announceIntervalMs
     value: 200
+  - name: accessControl
+    value:
+      policies:
+      - appId: vault
+        defaultAction: deny
+        callers:
+        - node: {node}
+          action: allow
   - name: requireTls
     value: true
   - name: tlsCertFile
@@ -184,6 +192,34 @@ async fn a_call_from_node_a_reaches_an_app_on_node_b_over_mutual_tls() {
         "the caller's node is the TLS-verified one"
     );
     assert_eq!(call.trace_parent, tp, "trace context crosses the hop");
+    // Node B's access control admits only callers on node B to `vault`: the
+    // caller's node is the one node B authenticated, so node A is refused.
+    let _vault = serve_tagged(&b, "vault", "v:").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match caller
+            .invoke("vault", "open", vec![], InvokeOptions::default())
+            .await
+        {
+            Err(e) if e.status() == Some(mecha_client::Status::NotFound) => {
+                assert!(Instant::now() < deadline, "node-a never learned of vault");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    match refused {
+        Err(mecha_client::Error::Status { status, message }) => {
+            assert_eq!(status, mecha_client::Status::PermissionDenied);
+            assert!(message.contains("node-a"), "{message}");
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    let local = Client::connect(&b.socket).await.unwrap();
+    let r = local
+        .invoke("vault", "open", b"1".to_vec(), InvokeOptions::default())
+        .await;
+    assert_eq!(r.unwrap().data, b"v:1", "callers on node-b are allowed");
     // mechactl on node A lists the remote app.
     let out = a.mechactl(&["apps"]);
     let text = String::from_utf8_lossy(&out.stdout);
