@@ -399,3 +399,57 @@ async fn dns_discovery_finds_peers_by_name() {
     };
     assert_eq!(reply.data, b"b:x");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_to_a_node_that_dies_is_unavailable() {
+    let ca = Ca::new("mecha test CA");
+    let (a, b, _) = pair(&ca);
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let r2 = Arc::clone(&reached);
+    let callee = Client::connect(&b.socket).await.unwrap();
+    let _reg = callee
+        .register(
+            "stuck",
+            vec![],
+            handler(move |_: InvokeCall| {
+                r2.notify_one();
+                async {
+                    std::future::pending::<()>().await;
+                    Ok(InvokeReply {
+                        data: vec![],
+                        content_type: String::new(),
+                        metadata: vec![],
+                    })
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let caller = Client::connect(&a.socket)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !caller
+        .apps()
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.app_id == "stuck")
+    {
+        assert!(Instant::now() < deadline, "node-a never learned of stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = tokio::spawn(async move {
+        caller
+            .invoke("stuck", "m", vec![], InvokeOptions::default())
+            .await
+    });
+    reached.notified().await;
+    // Node B dies with the call in flight; its invoke module dies with it.
+    common::signal(b.pid(), libc::SIGKILL);
+    match call.await.unwrap() {
+        Err(e) => assert_eq!(e.status(), Some(mecha_client::Status::Unavailable), "{e}"),
+        Ok(r) => panic!("answered by a dead node: {r:?}"),
+    }
+}
