@@ -24,8 +24,13 @@ pub enum Family {
     Configuration,
     /// Secrets from files and the environment (`mecha-mod-secrets`).
     Secrets,
+    /// App-to-app service invocation (`mecha-mod-invoke`).
+    Invoke,
     /// Internal frames between the daemon and a module; never valid from an app.
     Link,
+    /// Mecha-to-mecha frames between the invoke modules of two nodes (TCP);
+    /// never valid from an app.
+    Peer,
     /// A family byte that this version does not define.
     Unknown(u8),
 }
@@ -41,7 +46,9 @@ impl Family {
             Family::Sequencer => 0x04,
             Family::Configuration => 0x05,
             Family::Secrets => 0x06,
+            Family::Invoke => 0x07,
             Family::Link => 0xF0,
+            Family::Peer => 0xF1,
             Family::Unknown(b) => b,
         }
     }
@@ -57,7 +64,9 @@ impl Family {
             Family::Sequencer => "sequencer",
             Family::Configuration => "config",
             Family::Secrets => "secrets",
+            Family::Invoke => "invoke",
             Family::Link => "link",
+            Family::Peer => "peer",
             Family::Unknown(_) => "unknown",
         }
     }
@@ -72,7 +81,9 @@ impl Family {
             0x04 => Family::Sequencer,
             0x05 => Family::Configuration,
             0x06 => Family::Secrets,
+            0x07 => Family::Invoke,
             0xF0 => Family::Link,
+            0xF1 => Family::Peer,
             other => Family::Unknown(other),
         }
     }
@@ -134,6 +145,15 @@ impl Opcode {
     /// Read every secret the tenant may see in a store.
     pub const SECRET_BULK_GET: Opcode = Opcode(0x0602);
 
+    /// Serve an app id: opens the registration stream.
+    pub const INVOKE_REGISTER: Opcode = Opcode(0x0701);
+    /// Call a method of an app by app id.
+    pub const INVOKE: Opcode = Opcode(0x0702);
+    /// List the app ids reachable from this node.
+    pub const INVOKE_APPS: Opcode = Opcode(0x0703);
+    /// Daemon → app (a request the app answers): one call for a registration.
+    pub const INVOKE_CALL: Opcode = Opcode(0x0704);
+
     /// Daemon → module: configuration handshake.
     pub const LINK_HELLO: Opcode = Opcode(0xF001);
     /// Daemon → module: health ping.
@@ -142,6 +162,15 @@ impl Opcode {
     pub const LINK_DRAIN: Opcode = Opcode(0xF003);
     /// Daemon → module (no answer): end the stream whose id is the request id.
     pub const LINK_CANCEL: Opcode = Opcode(0xF004);
+    /// Module → daemon: deliver a request to the connection owning a stream.
+    pub const LINK_DELIVER: Opcode = Opcode(0xF005);
+
+    /// Peer ↔ peer: first frame of a peer link, each way.
+    pub const PEER_HELLO: Opcode = Opcode(0xF101);
+    /// Peer → peer (never answered): the app ids the sender serves.
+    pub const PEER_ANNOUNCE: Opcode = Opcode(0xF102);
+    /// Peer → peer: one call for an app the receiver serves.
+    pub const PEER_INVOKE: Opcode = Opcode(0xF103);
 
     /// The capability family (high byte).
     pub fn family(self) -> Family {
@@ -183,10 +212,18 @@ impl Opcode {
             Opcode::CONFIG_SET => "CONFIG_SET",
             Opcode::SECRET_GET => "SECRET_GET",
             Opcode::SECRET_BULK_GET => "SECRET_BULK_GET",
+            Opcode::INVOKE_REGISTER => "INVOKE_REGISTER",
+            Opcode::INVOKE => "INVOKE",
+            Opcode::INVOKE_APPS => "INVOKE_APPS",
+            Opcode::INVOKE_CALL => "INVOKE_CALL",
             Opcode::LINK_HELLO => "LINK_HELLO",
             Opcode::LINK_PING => "LINK_PING",
             Opcode::LINK_DRAIN => "LINK_DRAIN",
             Opcode::LINK_CANCEL => "LINK_CANCEL",
+            Opcode::LINK_DELIVER => "LINK_DELIVER",
+            Opcode::PEER_HELLO => "PEER_HELLO",
+            Opcode::PEER_ANNOUNCE => "PEER_ANNOUNCE",
+            Opcode::PEER_INVOKE => "PEER_INVOKE",
             _ => return None,
         })
     }

@@ -19,6 +19,10 @@ use mecha_abi::msg::{
     StatusReply, StreamCancel, SubscribeReply, SubscribeRequest, TransactReply, TransactRequest,
     TryLockReply, TryLockRequest, TxOp, UnlockReply, UnlockRequest, UnlockStatus,
 };
+use mecha_abi::msg::{
+    AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
+    PeerHello, RegisterReply, RegisterRequest,
+};
 use mecha_abi::{
     decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,
 };
@@ -222,6 +226,24 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 const TENANT: &str = "uid:1000";
 
 /// The link-forwarded STATE_GET: `ext` tenant bytes, then the application payload.
+/// The W3C traceparent used by the invoke vectors.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The call of vector `invoke_request` as the callee receives it.
+fn invoke_call() -> InvokeCall {
+    InvokeCall {
+        app_id: "checkout".to_string(),
+        method: "pay".to_string(),
+        data: b"{\"eur\":5}".to_vec(),
+        content_type: "application/json".to_string(),
+        metadata: pairs(&[("tenant-ref", "42")]),
+        caller_app_id: "web".to_string(),
+        caller_tenant: "uid:1000".to_string(),
+        caller_node: "node-a".to_string(),
+        trace_parent: TRACEPARENT.to_string(),
+    }
+}
+
 fn forwarded_get() -> Vector {
     let app = GetRequest {
         store: String::new(),
@@ -879,6 +901,162 @@ fn vectors() -> Vec<Vector> {
             Status::PermissionDenied,
             "tenant \"uid:1000\" may not use secret store \"vault\": it is not listed in allowedTenants",
         ),
+        // --- invoke ------------------------------------------------------------
+        typed(
+            "invoke_register_request",
+            "INVOKE_REGISTER: serve app id \"checkout\", methods \"pay\" and \"refund\"; opens the registration stream 80",
+            req(O::INVOKE_REGISTER, 80, 0),
+            RegisterRequest {
+                app_id: "checkout".to_string(),
+                methods: strings(&["pay", "refund"]),
+            },
+        ),
+        typed(
+            "invoke_register_reply",
+            "The answer opening registration stream 80 (flags 0x03): app id \"checkout\" is served on node \"node-a\"",
+            opening(O::INVOKE_REGISTER, 80),
+            RegisterReply {
+                app_id: "checkout".to_string(),
+                node: "node-a".to_string(),
+            },
+        ),
+        end_error(
+            "invoke_register_end_unavailable",
+            "END (0x06) of registration stream 80 with UNAVAILABLE: the invoke module restarted; the app registers again",
+            O::INVOKE_REGISTER,
+            80,
+            Status::Unavailable,
+            "stream reset: module invoke: the module exited; resubscribe",
+        ),
+        typed(
+            "invoke_request",
+            "INVOKE of method \"pay\" of app \"checkout\" with 9 bytes of JSON, one metadata pair, calling as app \"web\", with a traceparent, 2000 ms deadline",
+            req(O::INVOKE, 81, 2000),
+            InvokeRequest {
+                app_id: "checkout".to_string(),
+                method: "pay".to_string(),
+                data: b"{\"eur\":5}".to_vec(),
+                content_type: "application/json".to_string(),
+                metadata: pairs(&[("tenant-ref", "42")]),
+                caller_app_id: "web".to_string(),
+                trace_parent: TRACEPARENT.to_string(),
+            },
+        ),
+        typed(
+            "invoke_reply",
+            "OK answer to INVOKE: the callee's data \"paid\", its content type and no metadata",
+            resp(O::INVOKE, 81, Status::Ok),
+            InvokeReply {
+                data: b"paid".to_vec(),
+                content_type: "text/plain".to_string(),
+                metadata: Vec::new(),
+            },
+        ),
+        empty(
+            "invoke_apps_request",
+            "INVOKE_APPS: list the app ids reachable from this node (empty payload)",
+            req(O::INVOKE_APPS, 82, 0),
+        ),
+        typed(
+            "invoke_apps_reply",
+            "OK answer to INVOKE_APPS: \"checkout\" with 2 local instances on node-a, \"stock\" announced by node-b",
+            resp(O::INVOKE_APPS, 82, Status::Ok),
+            AppsReply {
+                apps: vec![
+                    AppEntry {
+                        app_id: "checkout".to_string(),
+                        node: "node-a".to_string(),
+                        local: true,
+                        instances: 2,
+                    },
+                    AppEntry {
+                        app_id: "stock".to_string(),
+                        node: "node-b".to_string(),
+                        local: false,
+                        instances: 1,
+                    },
+                ],
+            },
+        ),
+        typed(
+            "invoke_call_request",
+            "daemon -> app: INVOKE_CALL with daemon request id 1 on the callee's connection, the call of vector invoke_request from tenant \"uid:1000\" on node-a, 1998 ms left",
+            req(O::INVOKE_CALL, 1, 1998),
+            invoke_call(),
+        ),
+        typed(
+            "invoke_call_reply",
+            "app -> daemon: the callee's OK response (flags 0x01) to INVOKE_CALL 1",
+            resp(O::INVOKE_CALL, 1, Status::Ok),
+            InvokeReply {
+                data: b"paid".to_vec(),
+                content_type: "text/plain".to_string(),
+                metadata: Vec::new(),
+            },
+        ),
+        typed(
+            "link_deliver_request",
+            "module -> daemon: LINK_DELIVER (module request id 3) of an INVOKE_CALL to the connection owning link stream 4100, 1999 ms left",
+            req(O::LINK_DELIVER, 3, 1999),
+            LinkDeliver {
+                stream: 4100,
+                opcode: O::INVOKE_CALL.0,
+                payload: encode(&invoke_call()).expect("vector values encode"),
+            },
+        ),
+        typed(
+            "link_deliver_reply",
+            "daemon -> module: the app's answer to the delivered call, status and payload unchanged",
+            resp(O::LINK_DELIVER, 3, Status::Ok),
+            InvokeReply {
+                data: b"paid".to_vec(),
+                content_type: "text/plain".to_string(),
+                metadata: Vec::new(),
+            },
+        ),
+        typed(
+            "peer_hello_request",
+            "peer link, dialler -> listener: PEER_HELLO from node-a, peer protocol 1",
+            req(O::PEER_HELLO, 0, 0),
+            PeerHello {
+                version: 1,
+                node: "node-a".to_string(),
+            },
+        ),
+        typed(
+            "peer_hello_reply",
+            "peer link, listener -> dialler: PEER_HELLO answer from node-b",
+            resp(O::PEER_HELLO, 0, Status::Ok),
+            PeerHello {
+                version: 1,
+                node: "node-b".to_string(),
+            },
+        ),
+        typed(
+            "peer_announce_request",
+            "peer link: PEER_ANNOUNCE (never answered) — node-a serves \"checkout\" and \"web\"",
+            req(O::PEER_ANNOUNCE, 0, 0),
+            PeerAnnounce {
+                node: "node-a".to_string(),
+                apps: strings(&["checkout", "web"]),
+            },
+        ),
+        typed(
+            "peer_invoke_request",
+            "peer link: PEER_INVOKE id 9 carrying the call of vector invoke_call_request, 1997 ms left",
+            req(O::PEER_INVOKE, 9, 1997),
+            invoke_call(),
+        ),
+        typed(
+            "peer_invoke_reply",
+            "peer link: OK answer to PEER_INVOKE 9, the callee's reply",
+            resp(O::PEER_INVOKE, 9, Status::Ok),
+            InvokeReply {
+                data: b"paid".to_vec(),
+                content_type: "text/plain".to_string(),
+                metadata: Vec::new(),
+            },
+        ),
         // --- one error response per non-OK status ------------------------------
         error(
             "error_not_found",
@@ -1425,7 +1603,7 @@ fn invalid_vectors_match_the_file_and_are_rejected() {
 }
 
 /// The opcodes SPEC.md §3 defines, in table order.
-const DEFINED_OPCODES: [Opcode; 28] = [
+const DEFINED_OPCODES: [Opcode; 36] = [
     Opcode::HELLO,
     Opcode::PING,
     Opcode::STATUS,
@@ -1450,10 +1628,18 @@ const DEFINED_OPCODES: [Opcode; 28] = [
     Opcode::CONFIG_SET,
     Opcode::SECRET_GET,
     Opcode::SECRET_BULK_GET,
+    Opcode::INVOKE_REGISTER,
+    Opcode::INVOKE,
+    Opcode::INVOKE_APPS,
+    Opcode::INVOKE_CALL,
     Opcode::LINK_HELLO,
     Opcode::LINK_PING,
     Opcode::LINK_DRAIN,
     Opcode::LINK_CANCEL,
+    Opcode::LINK_DELIVER,
+    Opcode::PEER_HELLO,
+    Opcode::PEER_ANNOUNCE,
+    Opcode::PEER_INVOKE,
 ];
 
 /// Defined opcodes whose payloads are not final: SPEC.md §3 lists them as "to be
@@ -1462,11 +1648,20 @@ const DEFINED_OPCODES: [Opcode; 28] = [
 const PAYLOADS_PENDING: [Opcode; 0] = [];
 
 /// Defined opcodes whose OK answer opens a stream (SPEC.md §6.11).
-const OPENS_STREAM: [Opcode; 2] = [Opcode::PUBSUB_SUBSCRIBE, Opcode::CONFIG_SUBSCRIBE];
+const OPENS_STREAM: [Opcode; 3] = [
+    Opcode::PUBSUB_SUBSCRIBE,
+    Opcode::CONFIG_SUBSCRIBE,
+    Opcode::INVOKE_REGISTER,
+];
+
+/// Stream-opening opcodes whose streams carry no pushes, only their END: an
+/// invoke registration lives as a stream so that it ends with its connection
+/// or its module instance (SPEC.md §7.8.1).
+const STREAM_WITHOUT_PUSHES: [Opcode; 1] = [Opcode::INVOKE_REGISTER];
 
 /// Defined opcodes that are never answered (SPEC.md §8), so they have a request
 /// vector but no response vector.
-const NEVER_ANSWERED: [Opcode; 1] = [Opcode::LINK_CANCEL];
+const NEVER_ANSWERED: [Opcode; 2] = [Opcode::LINK_CANCEL, Opcode::PEER_ANNOUNCE];
 
 /// `DEFINED_OPCODES` is exactly the set of opcodes `mecha_abi::Opcode` names, so a
 /// new opcode cannot be added to the crate without reaching SPEC.md and the vectors.
@@ -1567,7 +1762,11 @@ fn stream_vectors_are_well_formed_and_cover_every_stream() {
                 .any(|v| v.header.opcode == op && v.header.flags == flags)
         };
         assert!(has(OPENING), "no opening answer vector for {op}");
-        assert!(has(PUSH), "no push vector for {op}");
+        assert_eq!(
+            has(PUSH),
+            !STREAM_WITHOUT_PUSHES.contains(&op),
+            "push vectors for {op}"
+        );
         assert!(
             !vs.iter().any(|v| v.header.opcode == op
                 && v.header.flags == Flags(Flags::RESPONSE)

@@ -7,6 +7,7 @@ mod capabilities;
 mod clients;
 mod daemon;
 mod floor;
+mod invoke;
 mod mecha;
 mod noisy;
 mod recovery;
@@ -42,6 +43,28 @@ enum Cmd {
     /// One tenant floods the daemon from many connections while another does
     /// one get at a time: the victim's latency under flood over alone.
     Noisy(NoisyArgs),
+    /// Local service invocation round trip (an echo app on a second
+    /// connection) against state.get on state.memory, in one run.
+    Invoke(InvokeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InvokeArgs {
+    /// Few operations: a smoke run of seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed operations per scenario (default 20000, or 2000 with --quick).
+    #[arg(long, value_name = "N")]
+    ops: Option<usize>,
+    /// Size of the stored value and of the invoked data.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad and the module binaries are. Default: beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,6 +197,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Capabilities(args) => capabilities(args),
         Cmd::Clients(args) => clients(args),
         Cmd::Noisy(args) => noisy(args),
+        Cmd::Invoke(args) => invoke_bench(args),
     }
 }
 
@@ -241,6 +265,23 @@ fn clients(args: ClientsArgs) -> anyhow::Result<()> {
     print!("{}", clients::markdown(&results));
     if let Some(path) = &args.json {
         clients::write_json(path, &results)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn invoke_bench(args: InvokeArgs) -> anyhow::Result<()> {
+    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
+    let bin_dir = bin_dir(args.bin_dir)?;
+    // One client thread, as in `compare`: the callee's handler runs on it too.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcomes = runtime.block_on(invoke::run(&bin_dir, &plan))?;
+    print!("{}", invoke::markdown(&outcomes));
+    if let Some(path) = &args.json {
+        report::write_json(path, &outcomes)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())

@@ -189,6 +189,10 @@ pub struct TenantRule {
     /// Absent: everything. Control operations (HELLO, PING, STATUS) are always
     /// allowed; admin ones follow `adminUids`.
     pub allow: Option<Vec<String>>,
+    /// App ids the tenant may register as, and call as (INVOKE's
+    /// `caller_app_id`). Absent: any app id not held by another tenant.
+    #[serde(rename = "appIds")]
+    pub app_ids: Option<Vec<String>>,
 }
 
 /// The loaded configuration.
@@ -478,9 +482,19 @@ fn component_spec(name: &str, body: ComponentBody) -> Result<Parsed, String> {
             serde_norway::Value::Number(n) => n.to_string(),
             serde_norway::Value::Bool(b) => b.to_string(),
             serde_norway::Value::Null => String::new(),
-            _ => {
+            // Structured settings (an invoke component's accessControl and
+            // resiliency) travel to the module as JSON text, which it parses.
+            nested @ (serde_norway::Value::Mapping(_) | serde_norway::Value::Sequence(_)) => {
+                serde_json::to_string(&nested).map_err(|e| {
+                    format!(
+                        "spec.metadata {:?}: value cannot be passed on: {e}",
+                        item.name
+                    )
+                })?
+            }
+            serde_norway::Value::Tagged(_) => {
                 return Err(format!(
-                    "spec.metadata {:?}: value must be a string, number or boolean",
+                    "spec.metadata {:?}: tagged values are not supported",
                     item.name
                 ))
             }
@@ -536,6 +550,24 @@ mod tests {
         }
         assert_eq!(c.settings.tenants.len(), 2);
         assert_eq!(c.families()[0].0, "state");
+        // Structured metadata (the invoke component's) travels as JSON text.
+        let invoke = c
+            .components
+            .iter()
+            .find(|c| c.kind == "invoke.mesh")
+            .unwrap();
+        let acl = &invoke
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "accessControl")
+            .unwrap()
+            .1;
+        let acl: serde_json::Value = serde_json::from_str(acl).unwrap();
+        assert_eq!(acl["policies"][0]["appId"], "billing");
+        assert_eq!(
+            c.settings.tenants[0].app_ids.as_deref(),
+            Some(&["billing".to_string(), "checkout".to_string()][..])
+        );
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub async fn serve(
         tx: tx.clone(),
         pushes: Arc::new(Semaphore::new(PUSH_BUDGET)),
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        calls: Arc::new(crate::calls::Calls::default()),
     };
     let mut conn = Conn {
         allow,
@@ -161,6 +162,19 @@ pub async fn serve(
             next = reader.next() => next,
             _ = shutdown.changed() => break,
         };
+        // A response frame answers a request the daemon delivered to this app
+        // (INVOKE_CALL, SPEC §7.8). It takes no permit: an app whose own
+        // requests fill its in-flight limit must still be able to answer the
+        // calls those requests may be waiting on.
+        if let Ok(Some((h, p))) = &next {
+            if h.flags.0 == Flags::RESPONSE
+                && h.opcode == Opcode::INVOKE_CALL
+                && conn.version.is_some()
+            {
+                conn.link_ref.calls.answer(h, p.clone());
+                continue;
+            }
+        }
         // Waiting for a permit before acting on a frame bounds the requests one
         // connection can have in flight; reading pauses while it is at the limit.
         let Ok(permit) = Arc::clone(&conn.permits).acquire_owned().await else {
@@ -182,6 +196,8 @@ pub async fn serve(
             break;
         }
     }
+    // Calls delivered to this app can no longer be answered.
+    conn.link_ref.calls.close();
     // Streams die with their connection; tell their modules to stop pushing.
     let conn_id = conn.link_ref.id;
     cancel_streams(&conn.daemon, conn_id);
@@ -515,7 +531,9 @@ impl Conn {
 
         let Some(module) = self.daemon.module_for(family) else {
             let msg = match family {
-                Family::Link | Family::Unknown(_) => format!("unknown opcode {}", header.opcode),
+                Family::Link | Family::Peer | Family::Unknown(_) => {
+                    format!("unknown opcode {}", header.opcode)
+                }
                 f => format!(
                     "opcode {} belongs to the {} family, which has no configured component",
                     header.opcode,

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mecha_abi::{Header, Opcode, Status};
+use mecha_abi::msg::LinkDeliver;
+use mecha_abi::{Family, Header, Opcode, Status};
 use mecha_wire::{FrameReader, OutFrame};
 use parking_lot::Mutex;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+use crate::calls::{CallAnswer, Calls};
 use crate::conn::{error_frame, ConnOut, ConnTx};
 
 /// Capacity of the queue of frames waiting to be written to one module. When
@@ -26,6 +28,7 @@ const DEADLINE_TICK: Duration = Duration::from_millis(50);
 /// A request waiting for its module's answer.
 struct Pending {
     conn: ConnTx,
+    calls: Arc<Calls>,
     pushes: Arc<Semaphore>,
     conn_id: u64,
     guard: ConnOut,
@@ -37,6 +40,8 @@ struct Pending {
 /// An open stream: where its pushes go.
 struct StreamRoute {
     conn: ConnTx,
+    /// The connection's daemon-originated requests (LINK_DELIVER).
+    calls: Arc<Calls>,
     /// The connection's budget for queued pushes (see `conn::PUSH_BUDGET`).
     pushes: Arc<Semaphore>,
     /// Identifies the connection, so its streams can be cancelled when it closes.
@@ -67,6 +72,8 @@ pub struct ConnRef {
     pub pushes: Arc<Semaphore>,
     /// Its id, unique within the daemon.
     pub id: u64,
+    /// Requests the daemon delivers to it (LINK_DELIVER) awaiting answers.
+    pub calls: Arc<Calls>,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -147,6 +154,7 @@ impl Link {
                 id,
                 Pending {
                     conn: conn.tx.clone(),
+                    calls: Arc::clone(&conn.calls),
                     pushes: Arc::clone(&conn.pushes),
                     conn_id: conn.id,
                     guard,
@@ -234,7 +242,7 @@ impl Link {
             return;
         }
         if !header.flags.is_response() {
-            tracing::warn!(module = %self.module, opcode = %header.opcode, "module sent a request frame; ignored");
+            self.module_request(header, payload);
             return;
         }
         let opens_stream =
@@ -257,6 +265,7 @@ impl Link {
                 header.request_id,
                 StreamRoute {
                     conn: p.conn.clone(),
+                    calls: Arc::clone(&p.calls),
                     pushes: Arc::clone(&p.pushes),
                     conn_id: p.conn_id,
                     stream_id: p.request_id,
@@ -276,6 +285,68 @@ impl Link {
             self.table.lock().streams.remove(&header.request_id);
             self.cancel_link_stream(header.request_id);
         }
+    }
+
+    /// Serves a request the module sends the daemon. LINK_DELIVER is the only
+    /// one: deliver a request to the connection owning one of the module's
+    /// streams and answer with that connection's response (SPEC §8). The
+    /// wait runs in its own task so the link keeps being read.
+    fn module_request(&self, header: Header, payload: Bytes) {
+        let reply = self.tx.clone();
+        let answer = move |(status, body): CallAnswer| {
+            let mut out = header.response(status);
+            out.deadline_ms = 0;
+            OutFrame::new(out, body)
+        };
+        let refuse = |status, msg: String| {
+            let frame = answer(crate::calls::error(status, &msg));
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(frame).await;
+            });
+        };
+        if header.opcode != Opcode::LINK_DELIVER {
+            return refuse(
+                Status::UnknownOpcode,
+                format!("the daemon serves no module request {}", header.opcode),
+            );
+        }
+        let req: LinkDeliver = match mecha_abi::decode(&payload) {
+            Ok(r) => r,
+            Err(e) => return refuse(Status::InvalidArgument, e.to_string()),
+        };
+        let opcode = Opcode(req.opcode);
+        if matches!(
+            opcode.family(),
+            Family::Control | Family::Link | Family::Peer | Family::Unknown(_)
+        ) {
+            return refuse(
+                Status::InvalidArgument,
+                format!("LINK_DELIVER may not deliver {opcode}"),
+            );
+        }
+        let target = self
+            .table
+            .lock()
+            .streams
+            .get(&req.stream)
+            .map(|r| (r.conn.clone(), Arc::clone(&r.calls), Arc::clone(&r.pushes)));
+        let Some((conn, calls, budget)) = target else {
+            return refuse(
+                Status::Unavailable,
+                format!("stream {} is not open: its connection closed", req.stream),
+            );
+        };
+        let timeout = match header.deadline_ms {
+            0 => Duration::from_secs(5),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        tokio::spawn(async move {
+            let result = calls
+                .call(&conn, &budget, opcode, Bytes::from(req.payload), timeout)
+                .await;
+            let _ = reply.send(answer(result)).await;
+        });
     }
 
     /// Routes a push to its stream's connection.
@@ -299,6 +370,7 @@ impl Link {
             } else {
                 table.streams.get(&header.request_id).map(|r| StreamRoute {
                     conn: r.conn.clone(),
+                    calls: Arc::clone(&r.calls),
                     pushes: Arc::clone(&r.pushes),
                     conn_id: r.conn_id,
                     stream_id: r.stream_id,

@@ -1,5 +1,6 @@
 //! `mechad`: the mecha node daemon — listener, router and module supervisor.
 
+mod calls;
 mod config;
 mod conn;
 mod daemon;
@@ -184,7 +185,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let name = spec.name.clone();
         let slot = ModuleSlot::launch(spec, family, supervision)
             .await
-            .with_context(|| format!("starting module {name}"))?;
+            .with_context(|| match &args.config {
+                // A module refusing its components is a configuration error:
+                // name the file the components came from.
+                Some(path) => format!("starting module {name} (configured in {})", path.display()),
+                None => format!("starting module {name}"),
+            })?;
         modules.push(slot);
     }
 

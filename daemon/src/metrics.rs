@@ -166,7 +166,7 @@ impl Answer {
     pub fn observed(mut self, tenant: &TenantMetrics, opcode: Opcode) -> Self {
         let op = tenant.op(opcode);
         let family = match opcode.family() {
-            Family::Control | Family::Link | Family::Unknown(_) => None,
+            Family::Control | Family::Link | Family::Peer | Family::Unknown(_) => None,
             f => Some(usize::from(f.byte())).filter(|slot| *slot < FAMILY_SLOTS),
         };
         if let Some(slot) = family {

@@ -104,10 +104,9 @@ impl Allow {
         };
         for entry in entries {
             let family = entry.trim_end_matches(".*");
-            if let Some(f) = (0..=u8::MAX)
-                .map(Family::from_byte)
-                .find(|f| !matches!(f, Family::Unknown(_) | Family::Link) && f.name() == family)
-            {
+            if let Some(f) = (0..=u8::MAX).map(Family::from_byte).find(|f| {
+                !matches!(f, Family::Unknown(_) | Family::Link | Family::Peer) && f.name() == family
+            }) {
                 allow.families.push(f);
             } else if let Some(op) = (0..=u16::MAX)
                 .map(Opcode)
@@ -251,6 +250,7 @@ mod tests {
             sockets: vec![],
             pods: vec![],
             allow: None,
+            app_ids: None,
         };
         let t = Tenants::new(
             vec![

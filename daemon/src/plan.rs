@@ -19,7 +19,7 @@ pub struct Paths {
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration";
+const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration, invoke";
 
 /// The module serving components whose `spec.type` starts with `prefix`
 /// (Dapr's component families), and its capability family.
@@ -31,6 +31,7 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
         "sequencer" => Some(("sequencer", Family::Sequencer)),
         "secretstores" => Some(("secrets", Family::Secrets)),
         "configuration" => Some(("config", Family::Configuration)),
+        "invoke" => Some(("invoke", Family::Invoke)),
         _ => None,
     }
 }
@@ -51,6 +52,7 @@ fn is_module(module: &str) -> bool {
         "sequencer",
         "secretstores",
         "configuration",
+        "invoke",
     ]
     .iter()
     .filter_map(|p| module_for_prefix(p))
@@ -69,6 +71,10 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             ));
         };
         let name = name.to_string();
+        let components = match family {
+            Family::Invoke => with_tenant_app_ids(components, config),
+            _ => components,
+        };
         let settings = config
             .settings
             .modules
@@ -105,10 +111,31 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
     }
     if let Some(unknown) = config.settings.modules.keys().find(|m| !is_module(m)) {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config, invoke)"
         ));
     }
     Ok(specs)
+}
+
+/// Hands the tenants' `appIds` allow lists to the invoke module, which
+/// enforces them, as the metadata item `tenantAppIds` of its first component:
+/// a JSON object from tenant name to app ids. Tenants without a list are
+/// absent (they may claim any app id another tenant does not hold).
+fn with_tenant_app_ids(
+    mut components: Vec<mecha_abi::msg::ComponentSpec>,
+    config: &Config,
+) -> Vec<mecha_abi::msg::ComponentSpec> {
+    let lists: std::collections::BTreeMap<&str, &Vec<String>> = config
+        .settings
+        .tenants
+        .iter()
+        .filter_map(|t| t.app_ids.as_ref().map(|ids| (t.name.as_str(), ids)))
+        .collect();
+    if let (Some(first), false) = (components.first_mut(), lists.is_empty()) {
+        let json = serde_json::to_string(&lists).unwrap_or_default();
+        first.metadata.push(("tenantAppIds".into(), json));
+    }
+    components
 }
 
 /// Creates a module's data directory readable only by its owner (0700), and

@@ -2,6 +2,7 @@
 
 mod config;
 mod control;
+mod invoke;
 mod link;
 mod lock;
 mod pubsub;
@@ -11,6 +12,7 @@ mod state;
 
 pub use config::*;
 pub use control::*;
+pub use invoke::*;
 pub use link::*;
 pub use lock::*;
 pub use pubsub::*;

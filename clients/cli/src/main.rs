@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod config;
+mod invoke;
 mod lock;
 mod pubsub;
 mod secret;
@@ -68,6 +69,12 @@ enum Command {
         #[command(subcommand)]
         op: secret::SecretOp,
     },
+    /// Call a method of an app by app id; prints the answer's data.
+    Invoke(invoke::InvokeArgs),
+    /// App ids reachable from this daemon (local and on peer nodes).
+    Apps,
+    /// Serve an app id on this connection until interrupted.
+    Serve(invoke::ServeArgs),
     /// Module administration (root, the daemon's uid, or adminUids).
     Module {
         #[command(subcommand)]
@@ -209,6 +216,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock { op } => return lock::run(&client, op, &mut out),
         Command::Seq { op } => return seq::run(&client, op, &mut out),
         Command::Secret { op } => return secret::run(&client, op, &mut out),
+        Command::Invoke(args) => return invoke::invoke(&client, args, &mut out),
+        Command::Apps => return invoke::apps(&client, &mut out),
+        Command::Serve(args) => {
+            drop(out);
+            return invoke::serve(&client, args);
+        }
         Command::Module { op } => {
             let (name, binary) = match op {
                 ModuleOp::Restart { name } => (name, None),

@@ -3,9 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mecha_abi::msg::{BulkGetItem, ReloadReply, SetItem, StateEntry, StatusReply, TxOp};
+use mecha_abi::msg::{
+    AppEntry, BulkGetItem, InvokeCall, InvokeReply, ReloadReply, SetItem, StateEntry, StatusReply,
+    TxOp,
+};
 
-use crate::{Error, RetryPolicy, SetOptions};
+use crate::{Error, Handler, HandlerResult, InvokeOptions, RetryPolicy, SetOptions};
 
 /// A blocking connection to mechad. Each call runs the async client on a
 /// private single-threaded runtime until its answer arrives.
@@ -80,5 +83,26 @@ impl Client {
         fn bulk_set(store: &str, items: Vec<SetItem>) -> Vec<String>;
         /// Applies set/delete operations atomically.
         fn transact(store: &str, ops: Vec<TxOp>) -> Vec<Option<String>>;
+        /// Calls `method` of app `app_id`; the callee's reply.
+        fn invoke(app_id: &str, method: &str, data: Vec<u8>, options: InvokeOptions) -> InvokeReply;
+        /// Every app id reachable from the daemon, local and remote.
+        fn apps() -> Vec<AppEntry>;
+        /// Serves `app_id` with an async handler until cancelled, registering
+        /// again after a reset; calls are served while this blocks.
+        fn serve(app_id: &str, methods: Vec<String>, handler: Handler) -> ();
+    }
+
+    /// Serves `app_id` with a plain function, blocking until the registration
+    /// is cancelled or fails.
+    pub fn serve_fn<F>(&self, app_id: &str, methods: Vec<String>, f: F) -> Result<(), Error>
+    where
+        F: Fn(InvokeCall) -> HandlerResult + Send + Sync + 'static,
+    {
+        let f = std::sync::Arc::new(f);
+        let handler = crate::handler(move |call| {
+            let f = std::sync::Arc::clone(&f);
+            async move { f(call) }
+        });
+        self.serve(app_id, methods, handler)
     }
 }

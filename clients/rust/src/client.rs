@@ -49,6 +49,8 @@ pub(crate) struct Pending {
     waiting: HashMap<u32, oneshot::Sender<Answer>>,
     /// Open streams by stream id (the id of the request that opened them).
     pub(crate) streams: HashMap<u32, mpsc::Sender<crate::stream::Item>>,
+    /// Handlers of the app ids this connection serves (INVOKE_CALL).
+    pub(crate) handlers: HashMap<String, crate::invoke::Handler>,
 }
 
 /// Options of a state write.
@@ -90,11 +92,13 @@ impl Client {
                 open: None,
                 waiting: HashMap::new(),
                 streams: HashMap::new(),
+                handlers: HashMap::new(),
             }),
         });
         tokio::spawn(read_answers(
             FrameReader::new(rd, MAX_FRAME_CAP),
             Arc::clone(&shared),
+            tx.downgrade(),
         ));
         let mut client = Self {
             tx,
@@ -441,9 +445,21 @@ fn deadline_ms(budget: Duration) -> u32 {
 
 /// Matches answers to waiting callers until the connection ends, then fails
 /// every call still waiting so none hangs.
-async fn read_answers(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>) {
+async fn read_answers(
+    mut reader: FrameReader<OwnedReadHalf>,
+    shared: Arc<Shared>,
+    // Weak, so the reader does not keep the connection's writer alive after
+    // every handle of the client is gone.
+    tx: mpsc::WeakSender<OutFrame>,
+) {
     let why = loop {
         match reader.next().await {
+            // A request from the daemon: a call for an app id served here.
+            Ok(Some((header, payload)))
+                if header.flags.0 == 0 && header.opcode == Opcode::INVOKE_CALL =>
+            {
+                crate::invoke::serve_call(&shared, &tx, header, payload);
+            }
             Ok(Some((header, payload))) if header.flags.is_push() => {
                 crate::stream::route_push(&shared, header, payload);
             }

@@ -40,6 +40,7 @@ pub mod blocking;
 mod client;
 mod config;
 mod error;
+mod invoke;
 mod lock;
 mod pubsub;
 mod request;
@@ -53,9 +54,12 @@ mod stream;
 pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
 pub use config::{BlockingConfigWatch, ConfigWatch, RESUBSCRIBE_WINDOW};
 pub use error::Error;
+pub use invoke::{
+    echo_handler, handler, Handler, HandlerFuture, HandlerResult, InvokeOptions, Registration,
+};
 pub use mecha_abi::msg::{
-    BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, ModuleStatus, ReloadReply, SetItem,
-    StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
+    AppEntry, BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, InvokeCall, InvokeReply,
+    ModuleStatus, ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
 pub use mecha_abi::Status;
 pub use pubsub::{

@@ -23,6 +23,7 @@ mod components;
 pub mod embedded;
 mod link;
 pub mod metadata;
+mod outbound;
 #[cfg(feature = "postgres")]
 pub mod postgres_backend;
 #[cfg(feature = "redis")]
@@ -40,6 +41,7 @@ pub use components::Components;
 pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
+pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
 pub use stream::{Stream, StreamClosed};
 
@@ -155,6 +157,10 @@ pub trait Module: Send + Sync + Sized + 'static {
 
     /// Serves one request. `payload` is the application's payload, untouched.
     fn handle(&self, ctx: Ctx, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+
+    /// Called once after the handshake, before any request, with a handle
+    /// for requests to the daemon (LINK_DELIVER). The default ignores it.
+    fn attach(&self, _daemon: DaemonLink) {}
 
     /// Periodic maintenance (for example expiring keys). Errors are the
     /// module's to log; the default does nothing.

@@ -163,6 +163,8 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         });
     }
 
+    let daemon_link = crate::DaemonLink::new(tx.clone());
+    module.attach(daemon_link.clone());
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
     let registry = Arc::new(Registry::default());
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
@@ -170,8 +172,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         // EOF means the daemon is gone: stop at once, as no one can read answers.
         let Some((header, payload)) = reader.next().await? else {
             registry.cancel_all();
+            daemon_link.close();
             return Ok(());
         };
+        if header.flags.is_response() {
+            // The daemon's answer to a request of ours (LINK_DELIVER).
+            daemon_link.answer(&header, payload);
+            continue;
+        }
         match header.opcode {
             Opcode::LINK_PING => respond(&tx, &header, Reply::empty()).await,
             Opcode::LINK_CANCEL => registry.cancel(header.request_id),
@@ -181,6 +189,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 let _all = permits.acquire_many(MAX_CONCURRENT).await;
                 registry.cancel_all();
                 respond(&tx, &header, Reply::empty()).await;
+                daemon_link.close();
                 drop(tx);
                 // Stream tasks hold writer handles until they notice the
                 // cancellation; do not let a slow one keep the process alive.

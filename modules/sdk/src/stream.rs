@@ -157,6 +157,12 @@ impl Stream {
             .map_err(|_| StreamClosed::LinkClosed)
     }
 
+    /// The stream's link id: the id under which the daemon routes it, and the
+    /// address of its connection for `DaemonLink::deliver`.
+    pub fn id(&self) -> u32 {
+        self.link_id
+    }
+
     /// Resolves when the application cancelled the stream or went away.
     pub async fn cancelled(&mut self) {
         let _ = self.cancelled.wait_for(|c| *c).await;

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from .codec import U8, U32, U64, Variants
+from .codec import U8, U16, U32, U64, Variants
 
 # -- control family ------------------------------------------------------------------
 
@@ -386,6 +386,76 @@ class SecretBulkGetRequest:
 class SecretBulkReply:
     secrets: list[tuple[str, list[tuple[str, str]]]]
 
+# -- invoke family (SPEC §7.8) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    app_id: str
+    methods: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterReply:
+    app_id: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeRequest:
+    app_id: str
+    method: str
+    data: bytes
+    content_type: str = ""
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+    caller_app_id: str = ""
+    trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeReply:
+    data: bytes
+    content_type: str
+    metadata: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeCall:
+    app_id: str
+    method: str
+    data: bytes
+    content_type: str
+    metadata: list[tuple[str, str]]
+    caller_app_id: str
+    caller_tenant: str
+    caller_node: str
+    trace_parent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppEntry:
+    app_id: str
+    node: str
+    local: bool
+    instances: U32
+
+
+@dataclass(frozen=True, slots=True)
+class AppsReply:
+    apps: list[AppEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHello:
+    version: U8
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnnounce:
+    node: str
+    apps: list[str]
+
 # -- module link (§8): not used by applications, kept so every vector can be replayed
 
 
@@ -408,6 +478,13 @@ class LinkHello:
 class LinkReady:
     module: str
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDeliver:
+    stream: U32
+    opcode: U16
+    payload: bytes
 
 
 PAYLOAD_TYPES: dict[str, Any] = {

@@ -55,10 +55,18 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0x0503: ("CONFIG_SET", t.ConfigSetRequest, t.ConfigSetReply),
     0x0601: ("SECRET_GET", t.SecretGetRequest, t.SecretReply),
     0x0602: ("SECRET_BULK_GET", t.SecretBulkGetRequest, t.SecretBulkReply),
+    0x0701: ("INVOKE_REGISTER", t.RegisterRequest, t.RegisterReply),
+    0x0702: ("INVOKE", t.InvokeRequest, t.InvokeReply),
+    0x0703: ("INVOKE_APPS", None, t.AppsReply),
+    0x0704: ("INVOKE_CALL", t.InvokeCall, t.InvokeReply),  # daemon -> app (SPEC §7.8.3)
     0xF001: ("LINK_HELLO", t.LinkHello, t.LinkReady),
     0xF002: ("LINK_PING", None, None),
     0xF003: ("LINK_DRAIN", None, None),
     0xF004: ("LINK_CANCEL", None, None),
+    0xF005: ("LINK_DELIVER", t.LinkDeliver, t.InvokeReply),  # the delivered call's answer
+    0xF101: ("PEER_HELLO", t.PeerHello, t.PeerHello),
+    0xF102: ("PEER_ANNOUNCE", t.PeerAnnounce, None),
+    0xF103: ("PEER_INVOKE", t.InvokeCall, t.InvokeReply),
 }
 # Defined in SPEC §3 with payloads "to be specified": none any more.
 PENDING_OPCODES: frozenset[int] = frozenset()

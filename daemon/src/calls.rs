@@ -1,0 +1,123 @@
+//! Daemon → application requests: a module asks (LINK_DELIVER) that a request
+//! be delivered on the connection owning one of its streams, and the
+//! application's response frame is handed back. Used by the invoke family,
+//! whose callees are served on their own connections (SPEC §7.8, §8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mecha_abi::{Header, Opcode, Status};
+use mecha_wire::OutFrame;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::conn::{ConnOut, ConnTx};
+
+/// The answer to a delivered request: status and payload, passed on untouched.
+pub type CallAnswer = (Status, Bytes);
+
+/// One connection's daemon-originated requests awaiting the app's response.
+/// Ids are the daemon's own, a separate id space from the app's requests:
+/// the RESPONSE flag tells which side asked.
+#[derive(Default)]
+pub struct Calls {
+    table: Mutex<CallTable>,
+}
+
+#[derive(Default)]
+struct CallTable {
+    next: u32,
+    /// True once the connection closed: new calls fail at once.
+    closed: bool,
+    waiting: HashMap<u32, oneshot::Sender<CallAnswer>>,
+}
+
+impl Calls {
+    /// Delivers request `opcode`/`payload` through the connection's queue
+    /// (`conn`), taking one unit of its push budget so a callee that does not
+    /// read cannot grow the daemon's memory, and waits up to `timeout`.
+    pub async fn call(
+        &self,
+        conn: &ConnTx,
+        budget: &Arc<Semaphore>,
+        opcode: Opcode,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> CallAnswer {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut t = self.table.lock();
+            if t.closed {
+                return unavailable("the callee's connection closed");
+            }
+            t.next = t.next.wrapping_add(1).max(1);
+            let id = t.next;
+            t.waiting.insert(id, tx);
+            id
+        };
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline, Arc::clone(budget).acquire_owned()).await
+        else {
+            self.table.lock().waiting.remove(&id);
+            return error(
+                Status::DeadlineExceeded,
+                "the callee did not read its connection before the deadline",
+            );
+        };
+        let mut header = Header::request(opcode, id);
+        header.deadline_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let frame = OutFrame::guarded(header, Bytes::new(), payload, ConnOut::new(permit));
+        if conn.try_send(frame).is_err() {
+            self.table.lock().waiting.remove(&id);
+            return unavailable("the callee's connection closed");
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => unavailable("the callee's connection closed during the call"),
+            Err(_) => {
+                self.table.lock().waiting.remove(&id);
+                error(
+                    Status::DeadlineExceeded,
+                    "the callee did not answer before the deadline",
+                )
+            }
+        }
+    }
+
+    /// Hands an application's response frame to the call waiting for it. A
+    /// response nobody waits for (late, after the deadline) is dropped.
+    pub fn answer(&self, header: &Header, payload: Bytes) {
+        let waiter = self.table.lock().waiting.remove(&header.request_id);
+        match waiter {
+            Some(w) => {
+                let _ = w.send((Status::from_code(header.status), payload));
+            }
+            None => tracing::debug!(id = header.request_id, "unexpected response frame dropped"),
+        }
+    }
+
+    /// The connection closed: every waiting call ends with UNAVAILABLE.
+    pub fn close(&self) {
+        let mut t = self.table.lock();
+        t.closed = true;
+        t.waiting.clear();
+    }
+}
+
+/// An `ErrorBody` answer.
+pub fn error(status: Status, message: &str) -> CallAnswer {
+    let body = mecha_abi::encode(&mecha_abi::msg::ErrorBody {
+        message: message.to_string(),
+    })
+    .unwrap_or_default();
+    (status, Bytes::from(body))
+}
+
+fn unavailable(message: &str) -> CallAnswer {
+    error(Status::Unavailable, message)
+}

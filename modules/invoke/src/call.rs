@@ -1,0 +1,133 @@
+//! One call's path: resiliency (breaker, attempts, retries) around routing to
+//! a local instance (delivered by the daemon on the callee's connection) or to
+//! the peer node that announced the app id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mecha_abi::msg::InvokeCall;
+use mecha_module::{Opcode, Status};
+
+use crate::acl::Caller;
+use crate::registry::{Miss, Target};
+use crate::resiliency::is_failure;
+use crate::Core;
+
+/// A status and its payload (the reply type, or an `ErrorBody`).
+pub type Answer = (Status, Vec<u8>);
+
+/// Calls `call` under the callee's resiliency policy, within `deadline`.
+pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> Answer {
+    let policy = core.settings.resiliency.policy(&call.app_id).clone();
+    let payload = match mecha_abi::encode(call) {
+        Ok(p) => p,
+        Err(e) => return error(Status::Internal, &e.to_string()),
+    };
+    let mut retries = 0u32;
+    loop {
+        if let Some(b) = &policy.circuit_breaker {
+            if !core.breakers.allow(&call.app_id, b) {
+                return error(
+                    Status::Unavailable,
+                    &format!(
+                        "circuit breaker for app {:?} is open after repeated failures; retry later",
+                        call.app_id
+                    ),
+                );
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return error(Status::DeadlineExceeded, "the call's deadline passed");
+        }
+        let budget = policy
+            .timeout_ms
+            .map_or(left, |t| Duration::from_millis(t).min(left));
+        let (status, body) = attempt(core, call, &payload, budget).await;
+        let failed = is_failure(status);
+        if let Some(b) = &policy.circuit_breaker {
+            core.breakers.record(&call.app_id, b, failed);
+        }
+        if !failed {
+            return (status, body);
+        }
+        match &policy.retry {
+            Some(r) if retries < r.max_retries => {
+                retries += 1;
+                let pause = r.pause(retries);
+                if Instant::now() + pause >= deadline {
+                    return (status, body);
+                }
+                tracing::debug!(app_id = %call.app_id, retries, ?status, "retrying");
+                tokio::time::sleep(pause).await;
+            }
+            _ => return (status, body),
+        }
+    }
+}
+
+/// One attempt: a local instance first, else a peer node.
+async fn attempt(core: &Arc<Core>, call: &InvokeCall, payload: &[u8], budget: Duration) -> Answer {
+    match core.registry.pick(&call.app_id, &call.method) {
+        Ok(Target::Local(stream)) => serve_local(core, call, payload, budget, Some(stream)).await,
+        Ok(Target::Remote(node)) => match core.mesh.get() {
+            Some(mesh) => mesh.invoke(&node, payload.to_vec(), budget).await,
+            None => error(Status::Unavailable, "peer links are not configured"),
+        },
+        Err(miss) => not_found(call, miss),
+    }
+}
+
+/// Serves a call with a local instance (`picked`, or the next one round
+/// robin): access control, then delivery by the daemon on the instance's
+/// connection. Calls from peers enter here too.
+pub async fn serve_local(
+    core: &Arc<Core>,
+    call: &InvokeCall,
+    payload: &[u8],
+    budget: Duration,
+    picked: Option<u32>,
+) -> Answer {
+    let caller = Caller {
+        app_id: &call.caller_app_id,
+        tenant: &call.caller_tenant,
+        node: &call.caller_node,
+    };
+    if let Err(why) = core
+        .settings
+        .access
+        .check(&call.app_id, &call.method, &caller)
+    {
+        return error(Status::PermissionDenied, &why);
+    }
+    let stream =
+        match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
+            Ok(s) => s,
+            Err(miss) => return not_found(call, miss),
+        };
+    let Some(daemon) = core.daemon.get() else {
+        return error(
+            Status::Unavailable,
+            "the module is not attached to the daemon yet",
+        );
+    };
+    daemon
+        .deliver(stream, Opcode::INVOKE_CALL, payload.to_vec(), budget)
+        .await
+}
+
+fn not_found(call: &InvokeCall, miss: Miss) -> Answer {
+    let msg = match miss {
+        Miss::NoApp => format!(
+            "no app is registered as {:?} on this node or any known peer",
+            call.app_id
+        ),
+        Miss::NoMethod => format!("app {:?} serves no method {:?}", call.app_id, call.method),
+    };
+    error(Status::NotFound, &msg)
+}
+
+/// An `ErrorBody` answer.
+pub fn error(status: Status, message: &str) -> Answer {
+    mecha_module::DaemonLink::error_answer(status, message)
+}
