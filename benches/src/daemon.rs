@@ -164,7 +164,9 @@ impl Daemon {
                     self.socket.display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine-grained: `compare` reports start-up time, which is only
+            // as precise as this poll.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -1,14 +1,10 @@
-//! Scenario results: latency histograms turned into percentiles, printed as a
-//! Markdown table and optionally written as JSON.
+//! Scenario results: latency histograms turned into percentiles, and the
+//! progress lines printed around a scenario.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-
-/// Name of the scenario every p50 is compared with.
-pub const BASELINE: &str = "floor2";
 
 /// A latency histogram in nanoseconds: fine enough for the ~10 µs floors,
 /// wide enough (up to 60 s) that no sample is ever clamped in practice.
@@ -44,48 +40,6 @@ impl Outcome {
             ops_per_sec: ops as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
         }
     }
-}
-
-/// The Markdown table of all outcomes, with each p50 relative to floor2's.
-pub fn markdown(outcomes: &[Outcome]) -> String {
-    let baseline = outcomes
-        .iter()
-        .find(|o| o.name == BASELINE)
-        .map(|o| o.p50_us);
-    let mut out = String::from(
-        "| scenario | p50_us | p99_us | p999_us | ops_per_sec | p50 / floor2 p50 |\n\
-         |---|---:|---:|---:|---:|---:|\n",
-    );
-    for o in outcomes {
-        let ratio = match baseline {
-            Some(b) if b > 0.0 => format!("{:.2}x", o.p50_us / b),
-            _ => "n/a".to_string(),
-        };
-        out.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
-            o.name, o.p50_us, o.p99_us, o.p999_us, o.ops_per_sec, ratio
-        ));
-    }
-    out
-}
-
-/// Writes `{"scenarios": [...]}` to `path`.
-pub fn write_json(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let scenarios: Vec<_> = outcomes
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "name": o.name,
-                "p50_us": o.p50_us,
-                "p99_us": o.p99_us,
-                "p999_us": o.p999_us,
-                "ops_per_sec": o.ops_per_sec,
-            })
-        })
-        .collect();
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "scenarios": scenarios }))
-        .context("serialising the results")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 /// A progress line on stderr before a scenario runs.
