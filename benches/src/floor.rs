@@ -184,11 +184,14 @@ fn client(
 /// Drives `load` against `socket`: one thread per connection, each warming up
 /// first; the clock runs from when all are warm to when the last is done.
 fn drive(name: &str, socket: &Path, load: Load, plan: &Plan) -> anyhow::Result<Outcome> {
+    // Every connection first: a failure here returns before any thread waits
+    // at the barrier for clients that will never come.
+    let streams = (0..load.connections)
+        .map(|_| UnixStream::connect(socket).with_context(|| format!("{name}: connecting")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let start = Arc::new(Barrier::new(load.connections + 1));
     let mut threads = Vec::with_capacity(load.connections);
-    for c in 0..load.connections {
-        let mut stream =
-            UnixStream::connect(socket).with_context(|| format!("{name}: connecting"))?;
+    for (c, mut stream) in streams.into_iter().enumerate() {
         let (start, plan) = (Arc::clone(&start), *plan);
         let ops = share(plan.ops, load.connections, c);
         let warmup = share(plan.warmup, load.connections, c).max(1);

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use crate::report::Outcome;
+use crate::report::Metric;
 use crate::sweep::{Sweep, BENCH_GET, FLOOR2, LOADS, MECHA_GET_MEM, REDIS_GET};
 
 /// The lines drawn, with their colours.
@@ -17,6 +17,9 @@ const SERIES: [(&str, RGBColor); 4] = [
     (BENCH_GET, RGBColor(30, 150, 60)),
 ];
 
+/// A named, coloured line through (connections, value) points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 /// Writes three side-by-side panels to `path`. Both axes are logarithmic:
 /// connections double-and-more per point, and the scenarios differ by
 /// orders of magnitude.
@@ -26,7 +29,7 @@ pub fn write(path: &Path, sweep: &Sweep) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let panels = root.split_evenly((1, 3));
-    let metrics: [(&str, fn(&Outcome) -> f64); 3] = [
+    let metrics: [(&str, Metric); 3] = [
         ("p50 latency (µs)", |o| o.p50_us),
         ("p99 latency (µs)", |o| o.p99_us),
         ("throughput (ops/s)", |o| o.ops_per_sec),
@@ -34,7 +37,7 @@ pub fn write(path: &Path, sweep: &Sweep) -> anyhow::Result<()> {
     let loads: Vec<_> = LOADS.iter().filter(|l| l.depth == 1).copied().collect();
     let max_x = loads.iter().map(|l| l.connections).max().unwrap_or(1) as f64;
     for (panel, (title, metric)) in panels.iter().zip(metrics) {
-        let lines: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = SERIES
+        let lines: Vec<Line> = SERIES
             .iter()
             .map(|&(name, colour)| {
                 let points = loads
@@ -67,6 +70,9 @@ pub fn write(path: &Path, sweep: &Sweep) -> anyhow::Result<()> {
         chart
             .configure_mesh()
             .x_desc("connections (1 request in flight each)")
+            // Whole numbers: connections, µs and ops/s need no decimals here.
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| fail(&e))?;
         for (name, colour, points) in lines {

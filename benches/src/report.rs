@@ -18,6 +18,9 @@ pub fn record(hist: &mut Histogram<u64>, took: Duration) {
     hist.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
 }
 
+/// One number taken from an outcome, e.g. its p50, for tables and plots.
+pub type Metric = fn(&Outcome) -> f64;
+
 /// The measured outcome of one scenario.
 #[derive(Clone, Debug)]
 pub struct Outcome {

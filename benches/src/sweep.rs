@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 use crate::floor::{self, share};
 use crate::mecha::{self, get_checked};
 use crate::redis;
-use crate::report::{self, new_histogram, Outcome};
+use crate::report::{self, new_histogram, Metric, Outcome};
 use crate::Plan;
 
 /// Connections, and requests kept in flight on each.
@@ -366,7 +366,7 @@ impl Ratios {
             (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
             _ => None,
         };
-        let at = |s: &str, l: Load, f: fn(&Outcome) -> f64| sweep.find(s, l).map(f);
+        let at = |s: &str, l: Load, f: Metric| sweep.find(s, l).map(f);
         let (p50, p99, ops) = (
             |o: &Outcome| o.p50_us,
             |o: &Outcome| o.p99_us,
@@ -416,7 +416,7 @@ pub fn markdown(sweep: &Sweep) -> String {
             scenarios.push(&row.scenario);
         }
     }
-    let metrics: [(&str, fn(&Outcome) -> f64, usize); 3] = [
+    let metrics: [(&str, Metric, usize); 3] = [
         ("p50 µs", |o| o.p50_us, 1),
         ("p99 µs", |o| o.p99_us, 1),
         ("ops/s", |o| o.ops_per_sec, 0),
