@@ -225,6 +225,18 @@ fn drive(name: &str, socket: &Path, load: Load, plan: &Plan) -> anyhow::Result<O
     Ok(Outcome::new(name, &hist, plan.ops, elapsed))
 }
 
+/// Bytes the blocking client may have in flight on one connection: it
+/// writes all `depth` requests before reading, so they must fit in the
+/// sockets' buffers (about 200 KiB each on Linux) or client and server
+/// would both block writing. A quarter of that leaves a wide margin.
+const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024;
+
+/// Whether the floors can run `load` with `payload`-byte frames; see
+/// [`MAX_IN_FLIGHT_BYTES`].
+pub fn fits(load: Load, payload: usize) -> bool {
+    load.depth.saturating_mul(HEADER_LEN + payload) <= MAX_IN_FLIGHT_BYTES
+}
+
 /// Worker `i`'s share of `total` operations split over `n` workers.
 pub fn share(total: usize, n: usize, i: usize) -> usize {
     total / n + usize::from(i < total % n)

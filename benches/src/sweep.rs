@@ -150,6 +150,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    raise_open_files();
     let mut sweep = Sweep {
         rows: Vec::new(),
         notes: Vec::new(),
@@ -177,6 +178,16 @@ pub fn run(
             (FLOOR2, floor::two_hops),
         ] {
             progress.step(&format!("{name} {}", load.label()));
+            if !floor::fits(load, plan.payload) {
+                sweep.notes.push(format!(
+                    "{name} was skipped at {}: {} requests of {} bytes in flight do not fit \
+                     in the socket buffers of its blocking client (lower --payload).",
+                    load.label(),
+                    load.depth,
+                    plan.payload
+                ));
+                continue;
+            }
             let outcome = floor(dir, load, plan).with_context(|| format!("scenario {name}"))?;
             sweep.push(name, load, outcome);
         }
@@ -191,6 +202,19 @@ pub fn run(
         }
     }
     Ok(sweep)
+}
+
+/// Raises the soft open-file limit to the hard one: floor2 at 256
+/// connections holds about 2,000 descriptors in this process (each socket
+/// plus the clone its reader uses), over the common soft limit of 1024.
+/// Best effort: if it fails, a floor that runs out says so in its error.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// The mecha scenarios at `load`, on connections of their own.
