@@ -51,8 +51,8 @@ fn reader(stream: &UnixStream) -> anyhow::Result<BufReader<UnixStream>> {
 
 /// Copies frames from `from` to `to` one at a time until `from` ends, then
 /// shuts down `to`'s write side so the end propagates down the chain.
-fn forward(from: &UnixStream, mut to: UnixStream, what: &str) -> anyhow::Result<()> {
-    let mut rd = reader(from)?;
+fn forward(from: UnixStream, mut to: UnixStream, what: &str) -> anyhow::Result<()> {
+    let mut rd = BufReader::with_capacity(64 * 1024, from);
     let mut buf = Vec::new();
     while read_frame(&mut rd, &mut buf)? {
         to.write_all(&buf)
@@ -116,7 +116,7 @@ impl Server {
 /// Every frame is written back as is.
 fn echo(stream: UnixStream) -> anyhow::Result<()> {
     let back = stream.try_clone().context("echo: cloning")?;
-    forward(&stream, back, "echo")
+    forward(stream, back, "echo")
 }
 
 /// Every frame is forwarded to the echo server at `upstream`, and every answer
@@ -128,8 +128,8 @@ fn relay(down: UnixStream, upstream: &Path) -> anyhow::Result<()> {
         up_rd.context("relay: cloning")?,
         down_wr.context("relay: cloning")?,
     );
-    let answers = std::thread::spawn(move || forward(&up_rd, down_wr, "relay answers"));
-    forward(&down, up, "relay requests")?;
+    let answers = std::thread::spawn(move || forward(up_rd, down_wr, "relay answers"));
+    forward(down, up, "relay requests")?;
     join(answers, "relay answers")
 }
 

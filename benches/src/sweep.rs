@@ -205,8 +205,9 @@ pub fn run(
 }
 
 /// Raises the soft open-file limit to the hard one: floor2 at 256
-/// connections holds about 2,000 descriptors in this process (each socket
-/// plus the clone its reader uses), over the common soft limit of 1024.
+/// connections holds about 2,000 descriptors in this process (8 per
+/// connection: each socket and a clone for its other direction), over the
+/// common soft limit of 1024.
 /// Best effort: if it fails, a floor that runs out says so in its error.
 fn raise_open_files() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
