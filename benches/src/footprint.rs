@@ -67,6 +67,9 @@ pub fn run(
         let t = Instant::now();
         let daemon = Daemon::start_default(bin_dir, dir.path())?;
         startup_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        // mechad listens only once its modules are up; STATUS confirms that
+        // every one is running, so the time above is exec to all ready.
+        runtime.block_on(rss_of_all(daemon.socket(), true))?;
         if i + 1 == starts {
             std::thread::sleep(SETTLE);
             idle = runtime.block_on(rss_of_all(daemon.socket(), true))?;
