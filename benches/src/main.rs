@@ -9,6 +9,7 @@ mod capabilities;
 mod clients;
 mod daemon;
 mod floor;
+mod floor_loop;
 mod footprint;
 mod mecha;
 mod noisy;

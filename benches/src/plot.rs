@@ -1,5 +1,6 @@
 //! The SVG plot of `compare`: p50, p99 and throughput against the number of
-//! connections (one request in flight on each) for floor2, mecha and Redis.
+//! connections (one request in flight on each) for the floor2s, mecha and
+//! Redis.
 
 use std::path::Path;
 
@@ -7,11 +8,12 @@ use anyhow::anyhow;
 use plotters::prelude::*;
 
 use crate::report::Metric;
-use crate::sweep::{Sweep, BENCH_GET, FLOOR2, LOADS, MECHA_GET_MEM, REDIS_GET};
+use crate::sweep::{Sweep, BENCH_GET, FLOOR2, FLOOR2_LOOP, LOADS, MECHA_GET_MEM, REDIS_GET};
 
 /// The lines drawn, with their colours.
-const SERIES: [(&str, RGBColor); 4] = [
+const SERIES: [(&str, RGBColor); 5] = [
     (FLOOR2, RGBColor(120, 120, 120)),
+    (FLOOR2_LOOP, RGBColor(0, 0, 0)),
     (MECHA_GET_MEM, RGBColor(200, 30, 30)),
     (REDIS_GET, RGBColor(30, 90, 200)),
     (BENCH_GET, RGBColor(30, 150, 60)),

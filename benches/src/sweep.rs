@@ -14,6 +14,7 @@ use mecha_client::{Client, SetOptions};
 use tokio::runtime::Runtime;
 
 use crate::floor::{self, share};
+use crate::floor_loop;
 use crate::mecha::{self, get_checked};
 use crate::redis;
 use crate::report::{self, new_histogram, Metric, Outcome};
@@ -57,6 +58,8 @@ pub const BUSY: Load = Load::new(64, 1);
 /// Scenario names, in table order.
 pub const FLOOR1: &str = "floor1";
 pub const FLOOR2: &str = "floor2";
+pub const FLOOR1_LOOP: &str = "floor1 epoll";
+pub const FLOOR2_LOOP: &str = "floor2 epoll";
 pub const PING: &str = "mecha.ping (daemon only)";
 pub const MECHA_GET_MEM: &str = "mecha.get state.memory";
 pub const REDIS_GET: &str = "redis crate GET";
@@ -123,9 +126,9 @@ impl Progress {
 
 /// The number of progress steps of a sweep (the caller adds its own).
 pub fn steps(with_redis: bool) -> usize {
-    // Per load: two floors, the mecha scenarios, and Redis through the crate
+    // Per load: four floors, the mecha scenarios, and Redis through the crate
     // (GET and SET) and through redis-benchmark (both at once).
-    let per_load = 2 + MECHA.len() + if with_redis { 2 } else { 0 };
+    let per_load = 4 + MECHA.len() + if with_redis { 2 } else { 0 };
     LOADS.len() * per_load + 1
 }
 
@@ -173,12 +176,14 @@ pub fn run(
         } else {
             &multi
         };
-        for (name, floor) in [
-            (FLOOR1, floor::one_hop as fn(_, _, _) -> _),
-            (FLOOR2, floor::two_hops),
+        for (name, floor, blocking) in [
+            (FLOOR1, floor::one_hop as fn(_, _, _) -> _, true),
+            (FLOOR2, floor::two_hops, true),
+            (FLOOR1_LOOP, floor_loop::one_hop, false),
+            (FLOOR2_LOOP, floor_loop::two_hops, false),
         ] {
             progress.step(&format!("{name} {}", load.label()));
-            if !floor::fits(load, plan.payload) {
+            if blocking && !floor::fits(load, plan.payload) {
                 sweep.notes.push(format!(
                     "{name} was skipped at {}: {} requests of {} bytes in flight do not fit \
                      in the socket buffers of its blocking client (lower --payload).",
