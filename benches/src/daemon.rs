@@ -88,22 +88,8 @@ impl Daemon {
         config: Option<&str>,
         modules: &[&str],
     ) -> anyhow::Result<Self> {
+        require(bin_dir, modules)?;
         let mechad = bin_dir.join("mechad");
-        let needed = std::iter::once(mechad.clone()).chain(modules.iter().map(|m| bin_dir.join(m)));
-        for binary in needed {
-            if !binary.is_file() {
-                bail!(
-                    "{} not found; build it with `cargo build --release -p mechad {}` \
-                     or pass --bin-dir",
-                    binary.display(),
-                    modules
-                        .iter()
-                        .map(|m| format!("-p {m}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-        }
         let socket = dir.join("mecha.sock");
         let mut command = Command::new(&mechad);
         command
@@ -193,6 +179,27 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Fails with the build command unless `mechad` and `modules` are all in
+/// `bin_dir`.
+pub fn require(bin_dir: &Path, modules: &[&str]) -> anyhow::Result<()> {
+    let needed = std::iter::once("mechad").chain(modules.iter().copied());
+    for binary in needed.map(|b| bin_dir.join(b)) {
+        if !binary.is_file() {
+            bail!(
+                "{} not found; build it with `cargo build --release -p mechad {}` \
+                 or pass --bin-dir",
+                binary.display(),
+                modules
+                    .iter()
+                    .map(|m| format!("-p {m}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Daemon {

@@ -318,6 +318,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
     let starts = args.starts.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
     let bin_dir = bin_dir(args.bin_dir)?;
+    // The start-up and memory part at the end needs every default module:
+    // better to say so now than after minutes of sweeps.
+    daemon::require(&bin_dir, &daemon::ALL_MODULES)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
 
     let redis = redis::Server::start(dir.path())?;
