@@ -26,13 +26,14 @@ spec: {type: state.redb, version: v1, metadata: []}
 ";
 
 /// The module binaries of the embedded default configuration.
-pub const ALL_MODULES: [&str; 6] = [
+pub const ALL_MODULES: [&str; 7] = [
     "mecha-mod-state",
     "mecha-mod-pubsub",
     "mecha-mod-lock",
     "mecha-mod-sequencer",
     "mecha-mod-config",
     "mecha-mod-secrets",
+    "mecha-mod-invoke",
 ];
 
 /// How long mechad may take to start its modules and listen.
@@ -88,22 +89,8 @@ impl Daemon {
         config: Option<&str>,
         modules: &[&str],
     ) -> anyhow::Result<Self> {
+        require(bin_dir, modules)?;
         let mechad = bin_dir.join("mechad");
-        let needed = std::iter::once(mechad.clone()).chain(modules.iter().map(|m| bin_dir.join(m)));
-        for binary in needed {
-            if !binary.is_file() {
-                bail!(
-                    "{} not found; build it with `cargo build --release -p mechad {}` \
-                     or pass --bin-dir",
-                    binary.display(),
-                    modules
-                        .iter()
-                        .map(|m| format!("-p {m}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-        }
         let socket = dir.join("mecha.sock");
         let mut command = Command::new(&mechad);
         command
@@ -164,7 +151,9 @@ impl Daemon {
                     self.socket.display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine-grained: `compare` reports start-up time, which is only
+            // as precise as this poll.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -191,6 +180,27 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Fails with the build command unless `mechad` and `modules` are all in
+/// `bin_dir`.
+pub fn require(bin_dir: &Path, modules: &[&str]) -> anyhow::Result<()> {
+    let needed = std::iter::once("mechad").chain(modules.iter().copied());
+    for binary in needed.map(|b| bin_dir.join(b)) {
+        if !binary.is_file() {
+            bail!(
+                "{} not found; build it with `cargo build --release -p mechad {}` \
+                 or pass --bin-dir",
+                binary.display(),
+                modules
+                    .iter()
+                    .map(|m| format!("-p {m}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Daemon {

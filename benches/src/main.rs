@@ -1,5 +1,7 @@
 //! `mecha-bench`: measures mecha's round trips against the physical floor of
-//! one and two Unix-socket hops, side by side in one run; how fast a module
+//! one and two Unix-socket hops and against Redis, side by side in one run
+//! over sweeps of connections and pipelining depth, plus start-up time and
+//! memory; how fast a module
 //! serves again after a crash or a hot restart; pub/sub, lock and sequencer
 //! on the default stores; and state.get from every client library.
 
@@ -7,11 +9,16 @@ mod capabilities;
 mod clients;
 mod daemon;
 mod floor;
+mod floor_loop;
+mod footprint;
 mod invoke;
 mod mecha;
 mod noisy;
+mod plot;
 mod recovery;
+mod redis;
 mod report;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +35,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Latency and throughput of the floors and of mecha get/set, in one run.
+    /// Latency and throughput of the floors, mecha get/set and Redis over
+    /// sweeps of connections and pipelining depth, in one run; then start-up
+    /// time and memory. Redis scenarios are skipped if redis-server is not
+    /// installed.
     Compare(CompareArgs),
     /// Time from kill -9 of a module to the first good answer, and errors seen
     /// by a running load during hot restarts and upgrades.
@@ -147,13 +157,23 @@ struct CompareArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Timed operations per scenario (default 20000, or 2000 with --quick).
+    /// Also draw latency and throughput against connections as SVG to this
+    /// file. Default: beside the --json file (same name, .svg), or
+    /// mecha-bench-compare.svg in the current directory.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Timed operations per scenario and load (default 20000, or 2000 with
+    /// --quick).
     #[arg(long, value_name = "N")]
     ops: Option<usize>,
+    /// Daemon starts whose start-up time is averaged (default 5, or 2 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    starts: Option<usize>,
     /// Value size of get/set, and payload size of the floor frames.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     payload: usize,
-    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
+    /// Where mechad and the module binaries are. Default: beside mecha-bench.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 }
@@ -336,50 +356,77 @@ fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    let ops = args
-        .ops
-        .unwrap_or(if args.quick { 2_000 } else { 20_000 })
-        .max(1);
-    let plan = Plan {
-        ops,
-        warmup: (ops / 10).max(1),
-        payload: args.payload,
-    };
+    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
+    let starts = args.starts.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
     let bin_dir = bin_dir(args.bin_dir)?;
+    // The start-up and memory part at the end needs every default module:
+    // better to say so now than after minutes of sweeps.
+    daemon::require(&bin_dir, &daemon::ALL_MODULES)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
 
-    let mut outcomes = Vec::new();
-    for (name, run) in [
-        ("floor1", floor::one_hop as fn(_, _) -> _),
-        (report::BASELINE, floor::two_hops),
-    ] {
-        report::started(name, &plan);
-        let outcome = run(dir.path(), &plan).with_context(|| format!("scenario {name}"))?;
-        report::finished(&outcome);
-        outcomes.push(outcome);
-    }
-
-    eprintln!("[mecha-bench] starting mechad from {}", bin_dir.display());
-    let daemon = daemon::Daemon::start(&bin_dir, dir.path())?;
-    // One thread for the client, like the floors' blocking client: no
-    // cross-thread wake-ups on the client side blur the comparison.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // On error, `daemon` is dropped on the way out, which kills mechad.
-    runtime.block_on(mecha::run(daemon.socket(), &plan, &mut outcomes))?;
-    daemon.stop()?;
-
-    print!("{}", report::markdown(&outcomes));
-    println!(
-        "\nConcurrency 1 except the pipelined row, whose latencies include queueing \
-         behind the other {} requests in flight: compare its ops_per_sec.",
-        mecha::DEPTH - 1
+    let redis = redis::Server::start(dir.path())?;
+    // The sweep's steps, then start-up and the tenants' RSS.
+    let mut progress = sweep::Progress::new(sweep::steps(redis.is_some()) + 2);
+    eprintln!(
+        "[mecha-bench] {} ops after {} warm-up per scenario and load, {}-byte payload; \
+         mechad from {}",
+        plan.ops,
+        plan.warmup,
+        plan.payload,
+        bin_dir.display()
     );
+    // On error, `daemon` and `redis` are dropped on the way out, which kills them.
+    let daemon = daemon::Daemon::start(&bin_dir, dir.path())?;
+    let mut results = sweep::run(
+        dir.path(),
+        daemon.socket(),
+        redis.as_ref(),
+        &plan,
+        &mut progress,
+    )?;
+    daemon.stop()?;
+    if redis.is_none() {
+        results.notes.push(
+            "redis-server is not installed, so the Redis scenarios were skipped \
+             (install the redis-server package, which also has redis-benchmark)."
+                .to_string(),
+        );
+    }
+    // Stopped before the footprint, so it does not compete with the daemons.
+    drop(redis);
+    let footprint = footprint::run(&bin_dir, starts, plan.payload, &mut |what| {
+        progress.step(what)
+    })?;
+    let ratios = sweep::Ratios::of(&results);
+
+    println!(
+        "{} timed ops per scenario and load, {}-byte payload. c = connections, d = requests \
+         in flight on each; latencies at d > 1 include queueing.\n",
+        plan.ops, plan.payload
+    );
+    print!("{}", sweep::markdown(&results));
+    println!("\n{}", ratios.markdown());
+    print!("{}", footprint::markdown(&footprint));
+
     if let Some(path) = &args.json {
-        report::write_json(path, &outcomes)?;
+        let doc = serde_json::json!({
+            "ops": plan.ops,
+            "payload": plan.payload,
+            "scenarios": sweep::json_rows(&results),
+            "ratios": ratios.json(),
+            "footprint": footprint::json(&footprint),
+            "notes": results.notes,
+        });
+        let text = serde_json::to_string_pretty(&doc).context("encoding JSON")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
+    let plot_path = match (&args.plot, &args.json) {
+        (Some(path), _) => path.clone(),
+        (None, Some(json)) => json.with_extension("svg"),
+        (None, None) => PathBuf::from("mecha-bench-compare.svg"),
+    };
+    plot::write(&plot_path, &results)?;
+    eprintln!("[mecha-bench] wrote {}", plot_path.display());
     Ok(())
 }

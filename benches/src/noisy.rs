@@ -170,14 +170,8 @@ pub fn markdown(r: &Results) -> String {
 /// Writes the results as JSON: each victim scenario with `p50_us`, `p99_us`,
 /// `ops_per_sec`, plus the flood and the ratios.
 pub fn write_json(path: &Path, r: &Results) -> anyhow::Result<()> {
-    let scenario = |o: &Outcome| {
-        serde_json::json!({
-            "name": o.name, "p50_us": o.p50_us, "p99_us": o.p99_us,
-            "p999_us": o.p999_us, "ops_per_sec": o.ops_per_sec,
-        })
-    };
     let doc = serde_json::json!({
-        "scenarios": [scenario(&r.alone), scenario(&r.flooded)],
+        "scenarios": [r.alone.json(), r.flooded.json()],
         "flood": {
             "connections": r.flood_connections, "depth": r.flood_depth,
             "ops_per_sec": r.flood_ops_per_sec,
@@ -185,6 +179,5 @@ pub fn write_json(path: &Path, r: &Results) -> anyhow::Result<()> {
         "p50_ratio": r.p50_ratio,
         "p99_ratio": r.p99_ratio,
     });
-    let text = serde_json::to_string_pretty(&doc).context("encoding JSON")?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    crate::report::write_json_value(path, &doc)
 }

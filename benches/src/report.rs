@@ -1,14 +1,10 @@
-//! Scenario results: latency histograms turned into percentiles, printed as a
-//! Markdown table and optionally written as JSON.
+//! Scenario results: latency histograms turned into percentiles, and the
+//! progress lines printed around a scenario.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-
-/// Name of the scenario every p50 is compared with.
-pub const BASELINE: &str = "floor2";
 
 /// A latency histogram in nanoseconds: fine enough for the ~10 µs floors,
 /// wide enough (up to 60 s) that no sample is ever clamped in practice.
@@ -21,6 +17,9 @@ pub fn record(hist: &mut Histogram<u64>, took: Duration) {
     // Saturating: a sample beyond the bounds is clamped rather than lost.
     hist.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
 }
+
+/// One number taken from an outcome, e.g. its p50, for tables and plots.
+pub type Metric = fn(&Outcome) -> f64;
 
 /// The measured outcome of one scenario.
 #[derive(Clone, Debug)]
@@ -44,48 +43,30 @@ impl Outcome {
             ops_per_sec: ops as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
         }
     }
-}
 
-/// The Markdown table of all outcomes, with each p50 relative to floor2's.
-pub fn markdown(outcomes: &[Outcome]) -> String {
-    let baseline = outcomes
-        .iter()
-        .find(|o| o.name == BASELINE)
-        .map(|o| o.p50_us);
-    let mut out = String::from(
-        "| scenario | p50_us | p99_us | p999_us | ops_per_sec | p50 / floor2 p50 |\n\
-         |---|---:|---:|---:|---:|---:|\n",
-    );
-    for o in outcomes {
-        let ratio = match baseline {
-            Some(b) if b > 0.0 => format!("{:.2}x", o.p50_us / b),
-            _ => "n/a".to_string(),
-        };
-        out.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
-            o.name, o.p50_us, o.p99_us, o.p999_us, o.ops_per_sec, ratio
-        ));
-    }
-    out
-}
-
-/// Writes `{"scenarios": [...]}` to `path`.
-pub fn write_json(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let scenarios: Vec<_> = outcomes
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "name": o.name,
-                "p50_us": o.p50_us,
-                "p99_us": o.p99_us,
-                "p999_us": o.p999_us,
-                "ops_per_sec": o.ops_per_sec,
-            })
+    /// The outcome as the JSON object every scenario list uses.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "p999_us": self.p999_us,
+            "ops_per_sec": self.ops_per_sec,
         })
-        .collect();
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "scenarios": scenarios }))
-        .context("serialising the results")?;
+    }
+}
+
+/// Writes `doc` as pretty JSON to `path`.
+pub fn write_json_value(path: &std::path::Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = serde_json::to_string_pretty(doc).context("serialising the results")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `{"scenarios": [...]}` for a list of outcomes.
+pub fn write_json(path: &std::path::Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let scenarios: Vec<_> = outcomes.iter().map(Outcome::json).collect();
+    write_json_value(path, &serde_json::json!({ "scenarios": scenarios }))
 }
 
 /// A progress line on stderr before a scenario runs.

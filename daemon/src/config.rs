@@ -306,6 +306,9 @@ impl Config {
                     "secretstores.local.env",
                     &[("prefix", "MECHA_SECRET_")],
                 ),
+                // Local service invocation; no peers, so nothing listens on
+                // the network until a configuration adds them.
+                component("invoke", "invoke.mesh", &[]),
             ],
             settings: Settings::default(),
             secret_refs: Vec::new(),

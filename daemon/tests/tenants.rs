@@ -297,7 +297,15 @@ fn modules_run_confined() {
     // Modules that keep no user setting still get no_new_privs, and every
     // module of the embedded default runs under its seccomp filter (mode 2).
     let d2 = Daemon::start();
-    for module in ["state", "pubsub", "lock", "sequencer", "config", "secrets"] {
+    for module in [
+        "state",
+        "pubsub",
+        "lock",
+        "sequencer",
+        "config",
+        "secrets",
+        "invoke",
+    ] {
         let pid = d2.module_pid(module);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("NoNewPrivs:\t1"), "{module}");
