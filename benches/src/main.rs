@@ -5,6 +5,7 @@
 //! serves again after a crash or a hot restart; pub/sub, lock and sequencer
 //! on the default stores; and state.get from every client library.
 
+mod backends;
 mod capabilities;
 mod clients;
 mod daemon;
@@ -56,6 +57,28 @@ enum Cmd {
     /// Local service invocation round trip (an echo app on a second
     /// connection) against state.get on state.memory, in one run.
     Invoke(InvokeArgs),
+    /// mecha on state.redis and state.postgresql against the redis crate and
+    /// tokio-postgres on the same servers, in one run.
+    Backends(BackendsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BackendsArgs {
+    /// Few operations: a smoke run of seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed operations per scenario (default 10000, or 1000 with --quick).
+    #[arg(long, value_name = "N")]
+    ops: Option<usize>,
+    /// Size of the stored value.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,6 +241,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Clients(args) => clients(args),
         Cmd::Noisy(args) => noisy(args),
         Cmd::Invoke(args) => invoke_bench(args),
+        Cmd::Backends(args) => backends(args),
     }
 }
 
@@ -302,6 +326,23 @@ fn invoke_bench(args: InvokeArgs) -> anyhow::Result<()> {
     print!("{}", invoke::markdown(&outcomes));
     if let Some(path) = &args.json {
         report::write_json(path, &outcomes)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn backends(args: BackendsArgs) -> anyhow::Result<()> {
+    let plan = plan(args.ops, args.quick, 10_000, 1_000, args.payload);
+    let bin_dir = bin_dir(args.bin_dir)?;
+    // One client thread for mecha and the direct clients alike.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (rows, notes) = runtime.block_on(backends::run(&bin_dir, &plan))?;
+    print!("{}", backends::markdown(&rows, &notes));
+    if let Some(path) = &args.json {
+        report::write_json(path, &rows)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())

@@ -37,12 +37,24 @@ impl Server {
     /// Starts `redis-server` with its socket and files in `dir`; `None` when
     /// it is not installed, so the caller can skip the Redis scenarios.
     pub fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
+        Self::start_with(dir, None)
+    }
+
+    /// Like [`Server::start`], listening also on loopback TCP `port`, for
+    /// mecha's `state.redis` driver, which reaches Redis by host:port.
+    pub fn start_tcp(dir: &Path, port: u16) -> anyhow::Result<Option<Self>> {
+        Self::start_with(dir, Some(port))
+    }
+
+    fn start_with(dir: &Path, port: Option<u16>) -> anyhow::Result<Option<Self>> {
         let socket = dir.join("redis.sock");
+        let port = port.map_or_else(|| "0".to_owned(), |p| p.to_string());
         let spawned = Command::new("redis-server")
-            // No TCP port: nothing else on the machine can reach or clash
-            // with it. No snapshots and no AOF: an in-memory store, like
-            // mecha's state.memory.
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            // Port 0 (no TCP) unless asked: nothing else on the machine can
+            // reach or clash with it. No snapshots and no AOF: an in-memory
+            // store, like mecha's state.memory.
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700", "--daemonize", "no"])
