@@ -61,7 +61,7 @@ fn redis_metadata_is_checked_at_load() {
             "state.redis",
             &[("redisHost", "h:1"), ("redisType", "cluster")],
         ),
-        "unknown metadata field \"redisType\"",
+        "\"redisType\" is \"cluster\"; only \"node\" is supported",
     );
     refused(
         &spec(

@@ -13,9 +13,9 @@
 //! so a restarted module reserves above everything handed out before.
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::backend::BackendError;
 use mecha_module::metadata::Metadata;
-use mecha_module::postgres_backend::{self, table_name, Postgres};
+use mecha_module::remote::postgres::{self, table_name, Postgres};
+use mecha_module::remote::RemoteError;
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 
@@ -49,7 +49,7 @@ impl PostgresSequencer {
     /// `segmentSize` defaults to 1, for the reason given at
     /// `RedisSequencer::open`.
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        let known: Vec<&str> = postgres_backend::FIELDS
+        let known: Vec<&str> = postgres::FIELDS
             .iter()
             .chain(OWN_FIELDS.iter())
             .copied()
@@ -60,7 +60,7 @@ impl PostgresSequencer {
             .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
             .unwrap_or(1);
         Ok(Self {
-            pg: Postgres::open(&metadata, &spec.kind)?,
+            pg: Postgres::from_metadata(&spec.kind, &metadata)?,
             create: format!(
                 "SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); \
                  CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, key TEXT NOT NULL, \
@@ -77,7 +77,7 @@ impl PostgresSequencer {
     }
 
     /// Reserves `n` ids of `key` and returns the new bound.
-    async fn reserve(&self, tenant: &str, key: &str, n: u64) -> Result<u64, BackendError> {
+    async fn reserve(&self, tenant: &str, key: &str, n: u64) -> Result<u64, RemoteError> {
         let mut client = self.pg.client().await?;
         self.ready
             .get_or_try_init(|| async {
@@ -98,14 +98,13 @@ impl PostgresSequencer {
             .await
             .map_err(|e| {
                 if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
-                    BackendError::Failed(EXHAUSTED.to_owned())
+                    RemoteError::Failed(EXHAUSTED.to_owned())
                 } else {
                     self.pg.error("reserve ids", &e)
                 }
             })?;
         let bound: i64 = self.pg.column(&row, 0)?;
-        u64::try_from(bound)
-            .map_err(|_| BackendError::Failed(format!("{}: a negative bound", self.pg.what())))
+        u64::try_from(bound).map_err(|_| self.pg.origin().failed("a negative bound"))
     }
 }
 
@@ -128,14 +127,12 @@ impl Sequencer for PostgresSequencer {
                         .await;
                     match reserved {
                         Ok(bound) => Ok(bound),
-                        Err(BackendError::Failed(m)) if m == EXHAUSTED => {
-                            Err(SeqError::Exhausted {
-                                key: key.to_owned(),
-                                count,
-                            })
-                        }
-                        Err(BackendError::Unavailable(m)) => Err(SeqError::Unavailable(m)),
-                        Err(BackendError::Failed(m)) => Err(SeqError::Internal(m)),
+                        Err(RemoteError::Failed(m)) if m == EXHAUSTED => Err(SeqError::Exhausted {
+                            key: key.to_owned(),
+                            count,
+                        }),
+                        Err(RemoteError::Unavailable(m)) => Err(SeqError::Unavailable(m)),
+                        Err(RemoteError::Failed(m)) => Err(SeqError::Internal(m)),
                     }
                 })
                 .await

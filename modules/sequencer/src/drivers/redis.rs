@@ -13,9 +13,9 @@
 //! Redis persists its data (AOF with `appendfsync always` for no loss).
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::backend::BackendError;
 use mecha_module::metadata::Metadata;
-use mecha_module::redis_backend::{self, Redis};
+use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::remote::RemoteError;
 
 use super::segments::Segments;
 use super::{BoxFuture, SeqError, Sequencer};
@@ -42,11 +42,7 @@ impl RedisSequencer {
     /// are ordered also across several daemons sharing the server. A larger
     /// segment saves round trips but orders ids only within one daemon.
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        let known: Vec<&str> = redis_backend::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
+        let known: Vec<&str> = FIELDS.iter().chain(OWN_FIELDS.iter()).copied().collect();
         let metadata = Metadata::parse(spec, &known)?;
         let prefix = match metadata.str("keyPrefix")? {
             None => "seq||".to_owned(),
@@ -58,7 +54,7 @@ impl RedisSequencer {
             .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
             .unwrap_or(1);
         Ok(Self {
-            redis: Redis::open(&metadata, &spec.kind)?,
+            redis: Redis::from_metadata(&spec.kind, &metadata)?,
             prefix,
             segments: Segments::new(size),
         })
@@ -69,7 +65,7 @@ impl RedisSequencer {
         let result: Result<i64, _> = redis::cmd("INCRBY")
             .arg(&name)
             .arg(n)
-            .query_async(&mut self.redis.conn())
+            .query_async(&mut self.redis.connection())
             .await;
         match result {
             Ok(bound) => u64::try_from(bound)
@@ -79,9 +75,9 @@ impl RedisSequencer {
                 key: key.to_owned(),
                 count: u32::try_from(n).unwrap_or(u32::MAX),
             }),
-            Err(e) => Err(match self.redis.error("reserve ids", &e) {
-                BackendError::Unavailable(m) => SeqError::Unavailable(m),
-                BackendError::Failed(m) => SeqError::Internal(m),
+            Err(e) => Err(match self.redis.error(&e) {
+                RemoteError::Unavailable(m) => SeqError::Unavailable(m),
+                RemoteError::Failed(m) => SeqError::Internal(m),
             }),
         }
     }

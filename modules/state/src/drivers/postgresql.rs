@@ -19,9 +19,9 @@
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
-use mecha_module::backend::{duration, BackendError};
 use mecha_module::metadata::Metadata;
-use mecha_module::postgres_backend::{self, table_name, Client, Postgres};
+use mecha_module::remote::postgres::{self, table_name, Client, Postgres};
+use mecha_module::remote::{duration, RemoteError};
 use tokio::sync::OnceCell;
 
 use super::{check_etag, BoxFuture, OpOutcome, StateStore, StoreError};
@@ -107,7 +107,7 @@ impl PostgresStore {
     /// Validates `spec` and prepares the pool; nothing is sent to the server
     /// until the first request, so the module starts while it is down.
     pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
-        let known: Vec<&str> = postgres_backend::FIELDS
+        let known: Vec<&str> = postgres::FIELDS
             .iter()
             .chain(OWN_FIELDS.iter())
             .copied()
@@ -129,7 +129,7 @@ impl PostgresStore {
             (a, b) => a.or(b).unwrap_or(DEFAULT_CLEANUP),
         };
         Ok(Self {
-            pg: Postgres::open(&metadata, &spec.kind)?,
+            pg: Postgres::from_metadata(&spec.kind, &metadata)?,
             sql: Statements::new(&table),
             ready: OnceCell::new(),
             // Dapr's convention: an interval of 0 turns the sweeper off.
@@ -139,7 +139,7 @@ impl PostgresStore {
     }
 
     /// A pooled connection, with the table created if this is the first use.
-    async fn client(&self) -> Result<Client, BackendError> {
+    async fn client(&self) -> Result<Client, RemoteError> {
         let mut client = self.pg.client().await?;
         self.ready
             .get_or_try_init(|| async {
@@ -159,7 +159,7 @@ impl PostgresStore {
         &self,
         tenant: &str,
         keys: Vec<String>,
-    ) -> Result<Vec<Option<StateEntry>>, BackendError> {
+    ) -> Result<Vec<Option<StateEntry>>, RemoteError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -262,7 +262,7 @@ impl PostgresStore {
         Ok(outcomes)
     }
 
-    async fn sweep_due(&self) -> Result<usize, BackendError> {
+    async fn sweep_due(&self) -> Result<usize, RemoteError> {
         let Some(every) = self.cleanup else {
             return Ok(0);
         };
@@ -285,10 +285,10 @@ impl PostgresStore {
 }
 
 /// Maps a backend failure to the store's error.
-fn backend(e: BackendError) -> StoreError {
+fn backend(e: RemoteError) -> StoreError {
     match e {
-        BackendError::Unavailable(m) => StoreError::Unavailable(m),
-        BackendError::Failed(m) => StoreError::Internal(m),
+        RemoteError::Unavailable(m) => StoreError::Unavailable(m),
+        RemoteError::Failed(m) => StoreError::Internal(m),
     }
 }
 
@@ -316,11 +316,10 @@ impl StateStore for PostgresStore {
             // errors (an ETag mismatch) pass through unchanged.
             match tokio::time::timeout(self.pg.timeout(), self.apply(tenant, ops)).await {
                 Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "{}: cannot apply a transaction: no answer within {:?}",
-                    self.pg.what(),
+                Err(_) => Err(backend(self.pg.origin().unavailable(format!(
+                    "cannot apply a transaction: no answer within {:?}",
                     self.pg.timeout()
-                ))),
+                )))),
             }
         })
     }
