@@ -25,9 +25,6 @@ use super::{BoxFuture, SeqError, Sequencer};
 /// The fields this driver understands besides the connection's.
 const OWN_FIELDS: [&str; 2] = ["tableName", "segmentSize"];
 
-/// The largest `segmentSize`, as for `sequencer.redb`.
-const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
-
 /// The advisory lock taken while creating the table (see `state.postgresql`).
 const SCHEMA_LOCK: i64 = 0x6d65_6368_615f_7371;
 
@@ -45,20 +42,10 @@ pub struct PostgresSequencer {
 impl PostgresSequencer {
     /// Validates `spec` and prepares the pool; nothing is sent to the server
     /// until the first request, so the module starts while it is down.
-    ///
-    /// `segmentSize` defaults to 1, for the reason given at
-    /// `RedisSequencer::open`.
+    /// `segmentSize`: see [`Segments::from_metadata`].
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        let known: Vec<&str> = postgres::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&postgres::FIELDS[..], &OWN_FIELDS].concat())?;
         let table = table_name(&metadata, "tableName", "mecha_sequences")?;
-        let size = metadata
-            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
-            .unwrap_or(1);
         Ok(Self {
             pg: Postgres::from_metadata(&spec.kind, &metadata)?,
             create: format!(
@@ -72,7 +59,7 @@ impl PostgresSequencer {
                  RETURNING bound"
             ),
             ready: OnceCell::new(),
-            segments: Segments::new(size),
+            segments: Segments::from_metadata(&metadata)?,
         })
     }
 
@@ -131,8 +118,7 @@ impl Sequencer for PostgresSequencer {
                             key: key.to_owned(),
                             count,
                         }),
-                        Err(RemoteError::Unavailable(m)) => Err(SeqError::Unavailable(m)),
-                        Err(RemoteError::Failed(m)) => Err(SeqError::Internal(m)),
+                        Err(other) => Err(other.into()),
                     }
                 })
                 .await

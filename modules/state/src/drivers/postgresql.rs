@@ -107,12 +107,7 @@ impl PostgresStore {
     /// Validates `spec` and prepares the pool; nothing is sent to the server
     /// until the first request, so the module starts while it is down.
     pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
-        let known: Vec<&str> = postgres::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&postgres::FIELDS[..], &OWN_FIELDS].concat())?;
         let table = table_name(&metadata, "tableName", "state")?;
         let cleanup = match (
             duration(&metadata, "cleanupInterval")?,
@@ -197,8 +192,9 @@ impl PostgresStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await.map_err(backend)?;
-        let error = |doing: &str, e: tokio_postgres::Error| backend(self.pg.error(doing, &e));
+        let mut client = self.client().await.map_err(StoreError::from)?;
+        let error =
+            |doing: &str, e: tokio_postgres::Error| StoreError::from(self.pg.error(doing, &e));
         let tx = client
             .transaction()
             .await
@@ -225,7 +221,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| error("read a key's version", e))?
             {
-                Some(row) => Some(self.pg.column(&row, 0).map_err(backend)?),
+                Some(row) => Some(self.pg.column(&row, 0).map_err(StoreError::from)?),
                 None => None,
             };
             let live = live.and_then(|v| u64::try_from(v).ok());
@@ -239,7 +235,7 @@ impl PostgresStore {
                         .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
                         .await
                         .map_err(|e| error("write a key", e))?;
-                    let version: i64 = self.pg.column(&row, 0).map_err(backend)?;
+                    let version: i64 = self.pg.column(&row, 0).map_err(StoreError::from)?;
                     outcomes.push(OpOutcome::Set {
                         etag: version.to_string(),
                     });
@@ -284,14 +280,6 @@ impl PostgresStore {
     }
 }
 
-/// Maps a backend failure to the store's error.
-fn backend(e: RemoteError) -> StoreError {
-    match e {
-        RemoteError::Unavailable(m) => StoreError::Unavailable(m),
-        RemoteError::Failed(m) => StoreError::Internal(m),
-    }
-}
-
 impl StateStore for PostgresStore {
     fn get<'a>(
         &'a self,
@@ -302,7 +290,7 @@ impl StateStore for PostgresStore {
             self.pg
                 .deadline("read keys", self.get_keys(tenant, keys))
                 .await
-                .map_err(backend)
+                .map_err(StoreError::from)
         })
     }
 
@@ -316,7 +304,7 @@ impl StateStore for PostgresStore {
             // errors (an ETag mismatch) pass through unchanged.
             match tokio::time::timeout(self.pg.timeout(), self.apply(tenant, ops)).await {
                 Ok(result) => result,
-                Err(_) => Err(backend(self.pg.origin().unavailable(format!(
+                Err(_) => Err(StoreError::from(self.pg.origin().unavailable(format!(
                     "cannot apply a transaction: no answer within {:?}",
                     self.pg.timeout()
                 )))),
@@ -329,7 +317,7 @@ impl StateStore for PostgresStore {
             self.pg
                 .deadline("delete expired keys", self.sweep_due())
                 .await
-                .map_err(backend)
+                .map_err(StoreError::from)
         })
     }
 }

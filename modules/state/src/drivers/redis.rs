@@ -22,7 +22,6 @@
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::{Redis, FIELDS};
-use mecha_module::remote::RemoteError;
 
 use super::{BoxFuture, OpOutcome, StateStore, StoreError};
 
@@ -99,8 +98,7 @@ impl RedisStore {
     /// Validates `spec` and prepares the connection; nothing is sent to Redis
     /// until the first request, so the module starts while Redis is down.
     pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
-        let known: Vec<&str> = FIELDS.iter().chain(OWN_FIELDS.iter()).copied().collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&FIELDS[..], &OWN_FIELDS].concat())?;
         let prefix = match metadata.str("keyPrefix")? {
             None => String::new(),
             Some(p) if p.eq_ignore_ascii_case("appid") || p.eq_ignore_ascii_case("none") => {
@@ -144,7 +142,7 @@ impl RedisStore {
         let rows: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
             .query_async(&mut self.redis.connection())
             .await
-            .map_err(|e| backend(self.redis.error(&e)))?;
+            .map_err(|e| StoreError::from(self.redis.error(&e)))?;
         Ok(rows
             .into_iter()
             .map(|row| match row {
@@ -183,7 +181,7 @@ impl RedisStore {
         let reply: Vec<String> = invocation
             .invoke_async(&mut self.redis.connection())
             .await
-            .map_err(|e| backend(self.redis.error(&e)))?;
+            .map_err(|e| StoreError::from(self.redis.error(&e)))?;
         outcomes(kinds, reply)
     }
 }
@@ -216,14 +214,6 @@ fn outcomes(ops: Vec<(String, bool)>, reply: Vec<String>) -> Result<Vec<OpOutcom
             })
             .collect()),
         _ => Err(malformed()),
-    }
-}
-
-/// Maps a backend failure to the store's error.
-fn backend(e: RemoteError) -> StoreError {
-    match e {
-        RemoteError::Unavailable(m) => StoreError::Unavailable(m),
-        RemoteError::Failed(m) => StoreError::Internal(m),
     }
 }
 
