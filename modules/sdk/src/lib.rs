@@ -25,6 +25,7 @@ pub mod remote;
 mod reply;
 mod sandbox;
 mod stream;
+pub mod testing;
 
 use std::future::Future;
 use std::time::Duration;
