@@ -403,7 +403,6 @@ mod outage {
         mut server: servers::Restartable,
         field: &str,
     ) {
-        server.stop();
         let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
         let writer = writer(addr);
         let metadata = [(field, addr.to_string())];

@@ -266,7 +266,6 @@ mod outage {
     }
 
     fn run(kind: &str, mut server: servers::Restartable, metadata: Vec<(&str, String)>) {
-        server.stop();
         let d = Daemon::start_with(Some(&component(STORE, kind, &metadata)));
         let mut c = d.client();
         c.set_retries(RetryPolicy::disabled());

@@ -437,9 +437,11 @@ fn tcp_exchange(addr: SocketAddr, request: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// A private server that a test can stop and start again on the same port
-/// and data, to check how a driver behaves while its server is down and
-/// after it returns.
+/// A private server that a test can start, stop and start again on the same
+/// port and data, to check how a driver behaves while its server is down and
+/// after it returns. It is created stopped: outage tests begin with the
+/// server down, and a server killed while it first initialises its data (as
+/// etcd can be, right after its port opens) may not come back.
 pub struct Restartable {
     pub name: &'static str,
     pub port: u16,
@@ -453,7 +455,7 @@ pub struct Restartable {
 }
 
 impl Restartable {
-    /// A private Redis, started; `None` when Redis is not installed.
+    /// A private Redis, not started; `None` when Redis is not installed.
     pub fn redis() -> Option<Self> {
         if find(&["redis-server"]).is_none() {
             missing("redis-server");
@@ -471,10 +473,10 @@ impl Restartable {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
             cmd
         });
-        Some(Self::started("redis", port, command, libc::SIGTERM, dir))
+        Some(Self::stopped("redis", port, command, libc::SIGTERM, dir))
     }
 
-    /// A private PostgreSQL on a fresh data directory, started; `None` when
+    /// A private PostgreSQL on a fresh data directory, not started; `None` when
     /// PostgreSQL is not installed.
     pub fn postgres() -> Option<Self> {
         let Some(bindir) = postgres_bindir() else {
@@ -509,10 +511,10 @@ impl Restartable {
             }
             cmd
         });
-        Some(Self::started("postgres", port, command, libc::SIGINT, dir))
+        Some(Self::stopped("postgres", port, command, libc::SIGINT, dir))
     }
 
-    /// A private single-member etcd, started; `None` when etcd is not
+    /// A private single-member etcd, not started; `None` when etcd is not
     /// installed. Its data stays on disk across restarts.
     pub fn etcd() -> Option<Self> {
         if find(&["etcd"]).is_none() {
@@ -523,26 +525,24 @@ impl Restartable {
         let (port, peer) = (free_port(), free_port());
         let path = dir.path().to_path_buf();
         let command = Box::new(move || etcd_command(port, peer, &path).expect("etcd exists"));
-        Some(Self::started("etcd", port, command, libc::SIGTERM, dir))
+        Some(Self::stopped("etcd", port, command, libc::SIGTERM, dir))
     }
 
-    fn started(
+    fn stopped(
         name: &'static str,
         port: u16,
         command: Box<dyn Fn() -> Command>,
         stop_signal: i32,
         dir: tempfile::TempDir,
     ) -> Self {
-        let mut s = Self {
+        Self {
             name,
             port,
             command,
             stop_signal,
             server: None,
             _dir: dir,
-        };
-        s.start();
-        s
+        }
     }
 
     /// Starts the server and waits until it accepts connections.

@@ -98,7 +98,7 @@ pub fn unavailable_soon<T: std::fmt::Debug>(
     panic!("expected UNAVAILABLE, got {last:?}");
 }
 
-/// A store of `kind` on `server` (a private one this test may stop), in
+/// A store of `kind` on `server` (a private one, not started yet), in
 /// module `module`: with the server down — also from the start, since the
 /// module starts without it — `probe` answers UNAVAILABLE naming the
 /// component and the server; after the server is started, `recovered` (given
@@ -111,7 +111,6 @@ pub fn survives_an_outage(
     mut probe: impl FnMut(&Client) -> Result<(), Error>,
     mut recovered: impl FnMut(&Client, &str),
 ) {
-    server.stop();
     let d = Daemon::start_with(Some(&component(store, kind, metadata)));
     let mut c = d.client();
     c.set_retries(RetryPolicy::disabled());
