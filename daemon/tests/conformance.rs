@@ -13,6 +13,9 @@ mod common;
 #[path = "conformance/servers.rs"]
 mod servers;
 
+#[path = "conformance/support.rs"]
+mod support;
+
 /// Expands to one module per driver, holding one `#[test]` per suite test.
 /// Each test asks the driver's constructor for a component; a constructor
 /// returns `None` (and the test skips with a message) only when the server it

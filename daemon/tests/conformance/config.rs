@@ -15,7 +15,7 @@ use mecha_client::{BlockingConfigWatch, RetryPolicy};
 
 use crate::common::Daemon;
 use crate::servers;
-use crate::state::component;
+use crate::support::{self, component, unavailable_soon};
 
 /// The component name every configuration conformance test uses.
 const STORE: &str = "conf";
@@ -59,9 +59,7 @@ pub struct Driver {
 
 impl Driver {
     fn start(&self) -> (Daemon, Client) {
-        let d = Daemon::start_with(Some(&self.component));
-        let c = d.client();
-        (d, c)
+        support::start(&self.component)
     }
 
     /// Writes `key` (or deletes it, for `None`) through the backend.
@@ -396,32 +394,23 @@ mod outage {
     use super::*;
 
     fn assert_unavailable(c: &Client) {
-        let mut last = None;
-        for _ in 0..30 {
-            match c.get_config(STORE, Vec::new()) {
-                Err(e) if e.status() == Some(Status::Unavailable) => {
-                    let text = e.to_string();
-                    assert!(text.contains(STORE), "names the component: {text}");
-                    return;
-                }
-                other => last = Some(format!("{other:?}")),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("expected UNAVAILABLE, got {last:?}");
+        unavailable_soon(STORE, || c.get_config(STORE, Vec::new()));
     }
 
     fn run(
         kind: &str,
-        writer: Writer,
-        start: impl Fn() -> servers::PrivateServer,
-        metadata: Vec<(&str, String)>,
+        writer: impl Fn(SocketAddr) -> Writer,
+        mut server: servers::Restartable,
+        field: &str,
     ) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let writer = writer(addr);
+        let metadata = [(field, addr.to_string())];
         let d = Daemon::start_with(Some(&component(STORE, kind, &metadata)));
         let mut c = d.client();
         c.set_retries(RetryPolicy::disabled());
         assert_unavailable(&c);
-        let server = start();
+        server.start();
         crate::common::wait_until(PATIENCE, "the server to be used", || {
             c.get_config(STORE, Vec::new()).is_ok()
         });
@@ -429,9 +418,9 @@ mod outage {
         let watcher = Client::connect(&d.socket).expect("connect");
         let mut watch = watcher.watch_config(STORE, keys(&["k"])).expect("watch");
         wait_for(&mut watch, "k", Some("1"));
-        drop(server);
+        server.stop();
         assert_unavailable(&c);
-        let _server = start();
+        server.start();
         crate::common::wait_until(PATIENCE, "the driver to reconnect", || {
             c.get_config(STORE, Vec::new()).is_ok()
         });
@@ -441,43 +430,19 @@ mod outage {
 
     #[test]
     fn redis_outage_is_unavailable_then_recovers() {
-        let Some(dir) = servers::redis().map(|_| tempfile::tempdir().expect("dir")) else {
+        let Some(server) = servers::Restartable::redis() else {
             return;
         };
-        let port = servers::free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let start = || {
-            let cmd = servers::redis_command(port, dir.path()).expect("redis installed");
-            let s = servers::private("redis", cmd, port);
-            servers::wait_port(s.addr, PATIENCE);
-            s
-        };
-        run(
-            "configuration.redis",
-            Writer::Redis(addr, String::new()),
-            start,
-            vec![("redisHost", addr.to_string())],
-        );
+        let writer = |addr| Writer::Redis(addr, String::new());
+        run("configuration.redis", writer, server, "redisHost");
     }
 
     #[test]
     fn etcd_outage_is_unavailable_then_recovers() {
-        let Some(dir) = servers::etcd().map(|_| tempfile::tempdir().expect("dir")) else {
+        let Some(server) = servers::Restartable::etcd() else {
             return;
         };
-        let (port, peer) = (servers::free_port(), servers::free_port());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let start = || {
-            let cmd = servers::etcd_command(port, peer, dir.path()).expect("etcd installed");
-            let s = servers::private("etcd", cmd, port);
-            servers::wait_port(s.addr, PATIENCE);
-            s
-        };
-        run(
-            "configuration.etcd",
-            Writer::Etcd(addr, String::new()),
-            start,
-            vec![("endpoints", addr.to_string())],
-        );
+        let writer = |addr| Writer::Etcd(addr, String::new());
+        run("configuration.etcd", writer, server, "endpoints");
     }
 }

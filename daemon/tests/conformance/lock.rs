@@ -6,13 +6,12 @@
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::UnlockStatus;
-use mecha_abi::Status;
 use mecha_client::blocking::Client;
 use mecha_client::RetryPolicy;
 
 use crate::common::{wait_until, Daemon};
 use crate::servers;
-use crate::state::component;
+use crate::support::{self, component, retry_unavailable, unavailable_soon};
 
 /// The component name every lock conformance test uses.
 const STORE: &str = "locks";
@@ -27,43 +26,34 @@ pub struct Features {
 }
 
 /// A lock driver under test.
-pub struct Driver {
-    pub name: &'static str,
-    pub component: String,
-    pub features: Features,
-}
-
-impl Driver {
-    fn new(name: &'static str, metadata: &[(&str, String)], features: Features) -> Self {
-        Self {
-            name,
-            component: component(STORE, name, metadata),
-            features,
-        }
-    }
-
-    fn start(&self) -> (Daemon, Client) {
-        let d = Daemon::start_with(Some(&self.component));
-        let c = d.client();
-        (d, c)
-    }
-}
+pub type Driver = support::Driver<Features>;
 
 pub mod drivers {
     use super::*;
 
     pub fn memory() -> Option<Driver> {
-        Some(Driver::new("lock.memory", &[], Features { durable: false }))
+        Some(Driver::new(
+            "lock.memory",
+            STORE,
+            &[],
+            Features { durable: false },
+        ))
     }
 
     pub fn redb() -> Option<Driver> {
-        Some(Driver::new("lock.redb", &[], Features { durable: true }))
+        Some(Driver::new(
+            "lock.redb",
+            STORE,
+            &[],
+            Features { durable: true },
+        ))
     }
 
     pub fn redis() -> Option<Driver> {
         let s = servers::redis()?;
         Some(Driver::new(
             "lock.redis",
+            STORE,
             &[
                 ("redisHost", s.host_port()),
                 ("keyPrefix", format!("{}:", servers::unique("lock"))),
@@ -76,6 +66,7 @@ pub mod drivers {
         let s = servers::etcd()?;
         Some(Driver::new(
             "lock.etcd",
+            STORE,
             &[
                 ("endpoints", s.host_port()),
                 ("keyPrefixPath", format!("{}/", servers::unique("lock"))),
@@ -264,60 +255,32 @@ fn only_one_concurrent_contender_wins(driver: &Driver) {
     );
 }
 
-/// Retries a call while the module is coming back (UNAVAILABLE).
-fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, mecha_client::Error>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match call() {
-            Err(e) if e.status() == Some(Status::Unavailable) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
 /// Server-backed drivers: the module starts while the server is down,
 /// answers UNAVAILABLE naming the component and server while it is down,
 /// and serves again once it returns, without restarting mecha.
 mod outage {
     use super::*;
 
-    /// Asserts the next call is UNAVAILABLE (within a few attempts: the
-    /// first after a loss may still find the old connection) and names the
-    /// component.
     fn assert_unavailable(c: &Client, r: &str) {
-        let mut last = None;
-        for _ in 0..20 {
-            match c.try_lock(STORE, r, "x", LONG, None) {
-                Err(e) if e.status() == Some(Status::Unavailable) => {
-                    let text = e.to_string();
-                    assert!(text.contains(STORE), "names the component: {text}");
-                    return;
-                }
-                other => last = Some(format!("{other:?}")),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("expected UNAVAILABLE, got {last:?}");
+        unavailable_soon(STORE, || c.try_lock(STORE, r, "x", LONG, None));
     }
 
-    fn run(kind: &str, start: impl Fn() -> servers::PrivateServer, metadata: Vec<(&str, String)>) {
+    fn run(kind: &str, mut server: servers::Restartable, metadata: Vec<(&str, String)>) {
         let d = Daemon::start_with(Some(&component(STORE, kind, &metadata)));
         let mut c = d.client();
         c.set_retries(RetryPolicy::disabled());
         let r = servers::unique("r");
         // Down from the start: the module is up and says why it cannot serve.
         assert_unavailable(&c, &r);
-        let server = start();
+        server.start();
         let mut token = None;
         wait_until(Duration::from_secs(30), "the server to be used", || {
             token = c.try_lock(STORE, &r, "a", LONG, None).ok().flatten();
             token.is_some()
         });
-        drop(server);
+        server.stop();
         assert_unavailable(&c, &r);
-        let _server = start();
+        server.start();
         let r2 = servers::unique("r");
         wait_until(Duration::from_secs(30), "the driver to reconnect", || {
             matches!(c.try_lock(STORE, &r2, "b", LONG, None), Ok(Some(_)))
@@ -326,39 +289,19 @@ mod outage {
 
     #[test]
     fn redis_outage_is_unavailable_then_recovers() {
-        let Some(dir) = servers::redis().map(|_| tempfile::tempdir().expect("dir")) else {
+        let Some(server) = servers::Restartable::redis() else {
             return;
         };
-        let port = servers::free_port();
-        let start = || {
-            let cmd = servers::redis_command(port, dir.path()).expect("redis installed");
-            let s = servers::private("redis", cmd, port);
-            servers::wait_port(s.addr, Duration::from_secs(20));
-            s
-        };
-        run(
-            "lock.redis",
-            start,
-            vec![("redisHost", format!("127.0.0.1:{port}"))],
-        );
+        let host = format!("127.0.0.1:{}", server.port);
+        run("lock.redis", server, vec![("redisHost", host)]);
     }
 
     #[test]
     fn etcd_outage_is_unavailable_then_recovers() {
-        let Some(dir) = servers::etcd().map(|_| tempfile::tempdir().expect("dir")) else {
+        let Some(server) = servers::Restartable::etcd() else {
             return;
         };
-        let (port, peer) = (servers::free_port(), servers::free_port());
-        let start = || {
-            let cmd = servers::etcd_command(port, peer, dir.path()).expect("etcd installed");
-            let s = servers::private("etcd", cmd, port);
-            servers::wait_port(s.addr, Duration::from_secs(30));
-            s
-        };
-        run(
-            "lock.etcd",
-            start,
-            vec![("endpoints", format!("127.0.0.1:{port}"))],
-        );
+        let endpoint = format!("127.0.0.1:{}", server.port);
+        run("lock.etcd", server, vec![("endpoints", endpoint)]);
     }
 }

@@ -18,7 +18,7 @@ use mecha_client::Client as AsyncClient;
 
 use crate::common::{wait_until, Daemon};
 use crate::servers;
-use crate::state::component;
+use crate::support::{self, component};
 
 /// The component name every pubsub conformance test uses.
 const STORE: &str = "conf";
@@ -74,9 +74,7 @@ pub struct Driver {
 
 impl Driver {
     fn start(&self) -> (Daemon, Client) {
-        let d = Daemon::start_with(Some(&self.component));
-        let c = d.client();
-        (d, c)
+        support::start(&self.component)
     }
 }
 

@@ -6,38 +6,22 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mecha_abi::Status;
-
-use crate::common::{wait_until, Daemon};
+use crate::common::wait_until;
 use crate::servers;
-use crate::state::{component, postgres_url};
+use crate::support::{self, component, postgres_url, retry_unavailable};
 
 /// The component name every sequencer conformance test uses.
 const SEQ: &str = "ids";
 
-/// A sequencer driver under test.
-pub struct Driver {
-    pub name: &'static str,
-    pub component: String,
+/// What a sequencer driver claims.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
     /// Sequences survive a restart of the module.
     pub durable: bool,
 }
 
-impl Driver {
-    fn new(name: &'static str, metadata: &[(&str, String)], durable: bool) -> Self {
-        Self {
-            name,
-            component: component(SEQ, name, metadata),
-            durable,
-        }
-    }
-
-    fn start(&self) -> (Daemon, mecha_client::blocking::Client) {
-        let d = Daemon::start_with(Some(&self.component));
-        let c = d.client();
-        (d, c)
-    }
-}
+/// A sequencer driver under test.
+pub type Driver = support::Driver<Features>;
 
 /// The drivers this suite runs against; `None` only when a server is
 /// missing (see `servers`). The networked ones run with small segments, so
@@ -47,14 +31,20 @@ pub mod drivers {
     use super::*;
 
     pub fn memory() -> Option<Driver> {
-        Some(Driver::new("sequencer.memory", &[], false))
+        Some(Driver::new(
+            "sequencer.memory",
+            SEQ,
+            &[],
+            Features { durable: false },
+        ))
     }
 
     pub fn redb() -> Option<Driver> {
         Some(Driver::new(
             "sequencer.redb",
+            SEQ,
             &[("segmentSize", "10".to_owned())],
-            true,
+            Features { durable: true },
         ))
     }
 
@@ -62,12 +52,13 @@ pub mod drivers {
         let server = servers::redis()?;
         Some(Driver::new(
             "sequencer.redis",
+            SEQ,
             &[
                 ("redisHost", server.host_port()),
                 ("keyPrefix", servers::unique("seq")),
                 ("segmentSize", "10".to_owned()),
             ],
-            true,
+            Features { durable: true },
         ))
     }
 
@@ -75,12 +66,13 @@ pub mod drivers {
         let server = servers::postgres()?;
         Some(Driver::new(
             "sequencer.postgresql",
+            SEQ,
             &[
                 ("connectionString", postgres_url(server.port())),
                 ("tableName", servers::unique("seq")),
                 ("segmentSize", "10".to_owned()),
             ],
-            true,
+            Features { durable: true },
         ))
     }
 }
@@ -147,7 +139,7 @@ fn no_id_is_reused_across_a_module_restart(driver: &Driver) {
         d.module_pid("sequencer") != pid
     });
     let after = retry_unavailable(|| c.next_id(SEQ, &key));
-    if driver.durable {
+    if driver.features.durable {
         assert!(
             after >= before.end,
             "{}: {after} repeats an id of {before:?}",
@@ -196,56 +188,26 @@ fn concurrent_clients_get_disjoint_ids(driver: &Driver) {
     }
 }
 
-/// Retries a call while the module is coming back (UNAVAILABLE).
-fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, mecha_client::Error>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match call() {
-            Err(e)
-                if e.status() == Some(Status::Unavailable)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
 /// A sequencer on `server` answers UNAVAILABLE naming the component and the
 /// server while it is down (also from the start), and hands out ids above
 /// every earlier one once it returns, with neither mechad nor the module
 /// restarted.
-fn survives_an_outage(mut server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
-    server.stop();
-    let d = Daemon::start_with(Some(&component(SEQ, kind, metadata)));
-    let mut c = d.client();
-    c.set_retries(mecha_client::RetryPolicy::disabled());
-    let (daemon, module) = (d.pid(), d.module_pid("sequencer"));
+fn survives_an_outage(server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
     let key = servers::unique("outage");
     let mut last = 0;
-    for round in ["at start", "after a restart of the server"] {
-        let err = c.next_id(SEQ, &key).unwrap_err();
-        assert_eq!(err.status(), Some(Status::Unavailable), "{round}: {err}");
-        let message = err.to_string();
-        let addr = format!("127.0.0.1:{}", server.port);
-        assert!(
-            message.contains(&format!("{SEQ:?}")) && message.contains(&addr),
-            "{round}: the message names the component and {addr}: {message}"
-        );
-        server.start();
-        let mut id = 0;
-        wait_until(Duration::from_secs(30), "the sequencer to recover", || {
-            c.next_id(SEQ, &key).map(|got| id = got).is_ok()
-        });
-        assert!(id > last, "{round}: {id} follows {last}");
-        last = id;
-        server.stop();
-    }
-    assert_eq!(
-        (d.pid(), d.module_pid("sequencer")),
-        (daemon, module),
-        "{kind} recovered without restarting mechad or the module"
+    support::survives_an_outage(
+        server,
+        ("sequencer", SEQ, kind),
+        metadata,
+        |c| c.next_id(SEQ, &key).map(drop),
+        |c, round| {
+            let mut id = 0;
+            wait_until(Duration::from_secs(30), "the sequencer to recover", || {
+                c.next_id(SEQ, &key).map(|got| id = got).is_ok()
+            });
+            assert!(id > last, "{round}: {id} follows {last}");
+            last = id;
+        },
     );
 }
 

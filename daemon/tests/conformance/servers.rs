@@ -40,16 +40,9 @@ impl Server {
 pub fn redis() -> Option<&'static Server> {
     static S: OnceLock<Option<Server>> = OnceLock::new();
     S.get_or_init(|| {
-        let bin = find(&["redis-server"])?;
         let port = free_port();
         let dir = server_dir("redis");
-        let mut cmd = Command::new(bin);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--notify-keyspace-events", "KEA"])
-            .arg("--dir")
-            .arg(&dir);
-        let addr = start("redis", cmd, port, None);
+        let addr = start("redis", redis_command(port, &dir)?, port, None);
         wait_ready("redis", Duration::from_secs(20), || {
             tcp_exchange(addr, b"PING\r\n").is_some_and(|r| r.starts_with("+PONG"))
         });
@@ -119,23 +112,9 @@ pub fn postgres() -> Option<&'static Server> {
 pub fn etcd() -> Option<&'static Server> {
     static S: OnceLock<Option<Server>> = OnceLock::new();
     S.get_or_init(|| {
-        let bin = find(&["etcd"])?;
-        let port = free_port();
-        let peer = free_port();
+        let (port, peer) = (free_port(), free_port());
         let dir = server_dir("etcd");
-        let client_url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new(bin);
-        cmd.args(["--name", "conformance", "--log-level", "error"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .arg("--initial-cluster")
-            .arg(format!("conformance={peer_url}"));
-        let addr = start("etcd", cmd, port, None);
+        let addr = start("etcd", etcd_command(port, peer, &dir)?, port, None);
         wait_ready("etcd", Duration::from_secs(30), || {
             tcp_exchange(
                 addr,
@@ -157,14 +136,9 @@ pub fn etcd() -> Option<&'static Server> {
 pub fn nats() -> Option<&'static Server> {
     static S: OnceLock<Option<Server>> = OnceLock::new();
     S.get_or_init(|| {
-        let bin = find(&["nats-server"])?;
         let port = free_port();
         let dir = server_dir("nats");
-        let mut cmd = Command::new(bin);
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-sd")
-            .arg(dir.join("jetstream"));
-        let addr = start("nats", cmd, port, None);
+        let addr = start("nats", nats_command(port, &dir)?, port, None);
         wait_ready("nats", Duration::from_secs(20), || {
             tcp_exchange(addr, b"").is_some_and(|r| r.starts_with("INFO"))
         });
@@ -208,8 +182,8 @@ impl Drop for PrivateServer {
     }
 }
 
-/// The command that starts a private Redis on `port` (for tests that stop and
-/// restart their server), or `None` when Redis is not installed.
+/// The command that starts a Redis on `port` keeping nothing on disk, with
+/// keyspace notifications on, or `None` when Redis is not installed.
 pub fn redis_command(port: u16, dir: &Path) -> Option<Command> {
     let bin = find(&["redis-server"])?;
     let mut cmd = Command::new(bin);
@@ -221,9 +195,9 @@ pub fn redis_command(port: u16, dir: &Path) -> Option<Command> {
     Some(cmd)
 }
 
-/// The command that starts a private NATS with JetStream on `port`, keeping
-/// its streams in `dir` (so they survive a restart of the server), or `None`
-/// when NATS is not installed.
+/// The command that starts a NATS with JetStream on `port`, keeping its
+/// streams in `dir` (so they survive a restart of the server), or `None` when
+/// NATS is not installed.
 pub fn nats_command(port: u16, dir: &Path) -> Option<Command> {
     let bin = find(&["nats-server"])?;
     let mut cmd = Command::new(bin);
@@ -463,9 +437,11 @@ fn tcp_exchange(addr: SocketAddr, request: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// A private server that a test can stop and start again on the same port
-/// and data, to check how a driver behaves while its server is down and
-/// after it returns.
+/// A private server that a test can start, stop and start again on the same
+/// port and data, to check how a driver behaves while its server is down and
+/// after it returns. It is created stopped: outage tests begin with the
+/// server down, and a server killed while it first initialises its data (as
+/// etcd can be, right after its port opens) may not come back.
 pub struct Restartable {
     pub name: &'static str,
     pub port: u16,
@@ -479,7 +455,7 @@ pub struct Restartable {
 }
 
 impl Restartable {
-    /// A private Redis, started; `None` when Redis is not installed.
+    /// A private Redis, not started; `None` when Redis is not installed.
     pub fn redis() -> Option<Self> {
         if find(&["redis-server"]).is_none() {
             missing("redis-server");
@@ -491,25 +467,16 @@ impl Restartable {
         // Unlike the shared server this one keeps its data (an fsync'd
         // append-only file), so a sequence survives the server's restart as
         // it would in production.
+        // (Later arguments override earlier ones.)
         let command = Box::new(move || {
-            let mut cmd = Command::new(find(&["redis-server"]).expect("redis-server exists"));
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
-                .arg("--dir")
-                .arg(&path);
+            let mut cmd = redis_command(port, &path).expect("redis-server exists");
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
             cmd
         });
-        Some(Self::started("redis", port, command, libc::SIGTERM, dir))
+        Some(Self::stopped("redis", port, command, libc::SIGTERM, dir))
     }
 
-    /// A private PostgreSQL on a fresh data directory, started; `None` when
+    /// A private PostgreSQL on a fresh data directory, not started; `None` when
     /// PostgreSQL is not installed.
     pub fn postgres() -> Option<Self> {
         let Some(bindir) = postgres_bindir() else {
@@ -544,26 +511,38 @@ impl Restartable {
             }
             cmd
         });
-        Some(Self::started("postgres", port, command, libc::SIGINT, dir))
+        Some(Self::stopped("postgres", port, command, libc::SIGINT, dir))
     }
 
-    fn started(
+    /// A private single-member etcd, not started; `None` when etcd is not
+    /// installed. Its data stays on disk across restarts.
+    pub fn etcd() -> Option<Self> {
+        if find(&["etcd"]).is_none() {
+            missing("etcd (the etcd-server package)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (port, peer) = (free_port(), free_port());
+        let path = dir.path().to_path_buf();
+        let command = Box::new(move || etcd_command(port, peer, &path).expect("etcd exists"));
+        Some(Self::stopped("etcd", port, command, libc::SIGTERM, dir))
+    }
+
+    fn stopped(
         name: &'static str,
         port: u16,
         command: Box<dyn Fn() -> Command>,
         stop_signal: i32,
         dir: tempfile::TempDir,
     ) -> Self {
-        let mut s = Self {
+        Self {
             name,
             port,
             command,
             stop_signal,
             server: None,
             _dir: dir,
-        };
-        s.start();
-        s
+        }
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -613,16 +592,15 @@ pub fn psql(port: u16, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The command that starts a private single-member etcd with its client
-/// port `port` and peer port `peer`, keeping its data in `dir` (so a restart
-/// on the same directory keeps the keys), or `None` when etcd is not
-/// installed.
+/// The command that starts a single-member etcd with its client port
+/// `port` and peer port `peer`, keeping its data in `dir` (so a restart on
+/// the same directory keeps the keys), or `None` when etcd is not installed.
 pub fn etcd_command(port: u16, peer: u16, dir: &Path) -> Option<Command> {
     let bin = find(&["etcd"])?;
     let client_url = format!("http://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut cmd = Command::new(bin);
-    cmd.args(["--name", "private", "--log-level", "error"])
+    cmd.args(["--name", "mecha", "--log-level", "error"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--listen-client-urls", &client_url])
@@ -630,7 +608,7 @@ pub fn etcd_command(port: u16, peer: u16, dir: &Path) -> Option<Command> {
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .arg("--initial-cluster")
-        .arg(format!("private={peer_url}"));
+        .arg(format!("mecha={peer_url}"));
     Some(cmd)
 }
 

@@ -10,6 +10,7 @@ use mecha_client::{Error, SetOptions};
 
 use crate::common::{wait_until, Daemon};
 use crate::servers;
+use crate::support::{self, component, postgres_url, retry_unavailable};
 
 /// The component name every state conformance test uses.
 const STORE: &str = "conf";
@@ -25,51 +26,8 @@ pub struct Features {
     pub durable: bool,
 }
 
-/// A driver under test: the component document that selects it, and what it
-/// claims.
-pub struct Driver {
-    pub name: &'static str,
-    pub component: String,
-    pub features: Features,
-}
-
-impl Driver {
-    fn new(
-        name: &'static str,
-        kind: &str,
-        metadata: &[(&str, String)],
-        features: Features,
-    ) -> Self {
-        Self {
-            name,
-            component: component(STORE, kind, metadata),
-            features,
-        }
-    }
-
-    /// Starts mechad with this driver's component and returns it with a client.
-    fn start(&self) -> (Daemon, mecha_client::blocking::Client) {
-        let d = Daemon::start_with(Some(&self.component));
-        let c = d.client();
-        (d, c)
-    }
-}
-
-/// A Dapr `Component` document, the form a user would write.
-pub fn component(name: &str, kind: &str, metadata: &[(&str, String)]) -> String {
-    let mut doc = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  version: v1\n  metadata:"
-    );
-    if metadata.is_empty() {
-        doc.push_str(" []\n");
-    } else {
-        doc.push('\n');
-    }
-    for (k, v) in metadata {
-        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
-    }
-    doc
-}
+/// A state driver under test.
+pub type Driver = support::Driver<Features>;
 
 /// The drivers this suite runs against. Each function returns `None` only
 /// when the server its driver needs is missing (see `servers`).
@@ -79,7 +37,7 @@ pub mod drivers {
     pub fn memory() -> Option<Driver> {
         Some(Driver::new(
             "state.memory",
-            "state.memory",
+            STORE,
             &[],
             Features {
                 ttl: true,
@@ -92,7 +50,7 @@ pub mod drivers {
     pub fn redb() -> Option<Driver> {
         Some(Driver::new(
             "state.redb",
-            "state.redb",
+            STORE,
             &[],
             Features {
                 ttl: true,
@@ -108,7 +66,7 @@ pub mod drivers {
         let server = servers::redis()?;
         Some(Driver::new(
             "state.redis",
-            "state.redis",
+            STORE,
             &[
                 ("redisHost", server.host_port()),
                 ("keyPrefix", servers::unique("conf")),
@@ -126,7 +84,7 @@ pub mod drivers {
         let server = servers::postgres()?;
         Some(Driver::new(
             "state.postgresql",
-            "state.postgresql",
+            STORE,
             &[
                 ("connectionString", postgres_url(server.port())),
                 ("tableName", servers::unique("state")),
@@ -138,11 +96,6 @@ pub mod drivers {
             },
         ))
     }
-}
-
-/// A connection string for the test PostgreSQL on `port`.
-pub fn postgres_url(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
 }
 
 conformance! {
@@ -471,52 +424,23 @@ fn data_survives_module_restart_when_durable(driver: &Driver) {
     }
 }
 
-/// Retries a call while the module is coming back (UNAVAILABLE).
-fn retry_unavailable<T>(mut call: impl FnMut() -> Result<T, Error>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match call() {
-            Err(e) if e.status() == Some(Status::Unavailable) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
-/// A store on `server` (a private one this test may stop): requests answer
-/// UNAVAILABLE naming the component and the server while it is down — also
-/// when it is down from the start, since the module starts without it — and
-/// succeed again once it returns, with neither mechad nor the module
-/// restarted.
-fn survives_an_outage(mut server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
-    server.stop();
-    let d = Daemon::start_with(Some(&component(STORE, kind, metadata)));
-    let mut c = d.client();
-    c.set_retries(mecha_client::RetryPolicy::disabled());
-    let (daemon, module) = (d.pid(), d.module_pid("state"));
+/// A store on `server` survives its outage (see
+/// [`support::survives_an_outage`]): once the server is back, writes and
+/// reads work again.
+fn survives_an_outage(server: servers::Restartable, kind: &str, metadata: &[(&str, String)]) {
     let key = servers::unique("outage");
-    for round in ["at start", "after a restart of the server"] {
-        let err = c.get(STORE, &key).unwrap_err();
-        assert_eq!(err.status(), Some(Status::Unavailable), "{round}: {err}");
-        let message = err.to_string();
-        let addr = format!("127.0.0.1:{}", server.port);
-        assert!(
-            message.contains(&format!("{STORE:?}")) && message.contains(&addr),
-            "{round}: the message names the component and {addr}: {message}"
-        );
-        server.start();
-        wait_until(Duration::from_secs(30), "the store to recover", || {
-            c.set(STORE, &key, round.as_bytes().to_vec(), opts(None, None))
-                .is_ok()
-        });
-        assert_eq!(c.get(STORE, &key).unwrap().unwrap().value, round.as_bytes());
-        server.stop();
-    }
-    assert_eq!(
-        (d.pid(), d.module_pid("state")),
-        (daemon, module),
-        "{kind} recovered without restarting mechad or the module"
+    support::survives_an_outage(
+        server,
+        ("state", STORE, kind),
+        metadata,
+        |c| c.get(STORE, &key).map(drop),
+        |c, round| {
+            wait_until(Duration::from_secs(30), "the store to recover", || {
+                c.set(STORE, &key, round.as_bytes().to_vec(), opts(None, None))
+                    .is_ok()
+            });
+            assert_eq!(c.get(STORE, &key).unwrap().unwrap().value, round.as_bytes());
+        },
     );
 }
 

@@ -328,7 +328,7 @@ mod tests {
             ),
             (
                 "lock.redis",
-                vec![("redisHost", "h:1"), ("dialTimeout", "5")],
+                vec![("redisHost", "h:1"), ("dialTimeout", "soon")],
                 "dialTimeout",
             ),
             (

@@ -10,29 +10,23 @@
 //! What every module's drivers share lives here too: [`Components`] (the
 //! configured stores by name), [`metadata`] (component metadata read the way
 //! Dapr does) and, with the `redb` feature, `embedded` (an embedded
-//! database that survives a hot restart). With the `redis` and `postgres`
-//! features, `redis_backend` and `postgres_backend` connect the state and
-//! sequencer drivers; with the `redis` and `etcd` features, `remote` connects
-//! the lock and configuration drivers (connections to backing servers that
-//! start lazily, reconnect by themselves and report outages as UNAVAILABLE).
+//! database that survives a hot restart). With the `redis`, `postgres` and
+//! `etcd` features, `remote` connects every networked driver (connections to
+//! backing servers that start lazily, reconnect by themselves and report
+//! outages as UNAVAILABLE).
 
-#[cfg(any(feature = "redis", feature = "postgres"))]
-pub mod backend;
 mod components;
 #[cfg(feature = "redb")]
 pub mod embedded;
 mod link;
 pub mod metadata;
 mod outbound;
-#[cfg(feature = "postgres")]
-pub mod postgres_backend;
-#[cfg(feature = "redis")]
-pub mod redis_backend;
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "etcd"))]
 pub mod remote;
 mod reply;
 mod sandbox;
 mod stream;
+pub mod testing;
 
 use std::future::Future;
 use std::time::Duration;

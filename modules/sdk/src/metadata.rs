@@ -7,6 +7,7 @@
 
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::time::Duration;
 
 use mecha_abi::msg::ComponentSpec;
 
@@ -175,6 +176,33 @@ impl<'a> Metadata<'a> {
         }
     }
 
+    /// The duration field `name`, if given: a Go duration string as Dapr
+    /// writes them (`500ms`, `1.5s`, `1m30s`; see [`parse_duration`]) or a
+    /// bare whole number counted in units of `bare`. Dapr reads a bare number
+    /// as seconds in some components' fields and as milliseconds in others,
+    /// so each caller says which.
+    pub fn duration(&self, name: &str, bare: Duration) -> Result<Option<Duration>, MetadataError> {
+        let Some((written, value)) = self.field(name) else {
+            return Ok(None);
+        };
+        let text = value.trim();
+        let parsed = match text.parse::<u64>() {
+            Ok(n) => Some(saturating_times(bare, n)),
+            Err(_) => parse_duration(text),
+        };
+        parsed.map(Some).ok_or_else(|| {
+            let unit = if bare >= Duration::from_secs(1) {
+                "seconds"
+            } else {
+                "milliseconds"
+            };
+            self.error(format!(
+                "metadata field {written:?} must be a duration such as \"500ms\", \"15s\" or \
+                 \"1m\", or a whole number of {unit}, not {value:?}"
+            ))
+        })
+    }
+
     /// The comma-separated list in field `name`, items trimmed and empty
     /// items dropped, if given. A list given but empty is an error: reading
     /// it as "no restriction" or as "nothing" could each be the opposite of
@@ -196,6 +224,60 @@ impl<'a> Metadata<'a> {
         }
         Ok(Some(items))
     }
+}
+
+/// `unit` times `n`, or the longest duration if that overflows.
+fn saturating_times(unit: Duration, n: u64) -> Duration {
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| unit.checked_mul(n))
+        .unwrap_or(Duration::MAX)
+}
+
+/// Parses a Go duration string: one or more numbers (decimals allowed), each
+/// followed by a unit (`ns`, `us` or `µs`, `ms`, `s`, `m`, `h`), as in
+/// `1m30s`; a bare `0` is zero. Signs and unitless numbers are refused.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        let nanos = number * nanos_per;
+        if !nanos.is_finite() || nanos > 1e18 {
+            return None;
+        }
+        // The range is checked above, so the cast neither wraps nor saturates.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let nanos = nanos as u64;
+        total = total.checked_add(Duration::from_nanos(nanos))?;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -267,5 +349,36 @@ mod tests {
         assert_eq!(m.list("list"), Ok(Some(vec!["a", "b"])));
         assert!(reason(m.list("none").unwrap_err()).contains("\"none\" lists nothing"));
         assert_eq!(m.parsed::<i8>("n", "a small number"), Ok(Some(12)));
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        for bad in ["", "5", "s", "10x", "-1s", "1s2", "5 s", "5 parsecs"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bare_durations_take_the_callers_unit() {
+        let s = spec(&[("a", "5"), ("b", "250ms"), ("c", "soon"), ("d", "-1")]);
+        let m = Metadata::lenient(&s).expect("metadata");
+        let secs = Duration::from_secs(1);
+        let ms = Duration::from_millis(1);
+        assert_eq!(m.duration("a", secs), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(m.duration("a", ms), Ok(Some(Duration::from_millis(5))));
+        assert_eq!(m.duration("b", secs), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(m.duration("none", secs), Ok(None));
+        for bad in ["c", "d"] {
+            let e = reason(m.duration(bad, secs).unwrap_err());
+            assert!(e.contains(&format!("{bad:?} must be a duration")), "{e}");
+            assert!(e.contains("whole number of seconds"), "{e}");
+        }
+        let e = reason(m.duration("c", ms).unwrap_err());
+        assert!(e.contains("whole number of milliseconds"), "{e}");
     }
 }

@@ -6,40 +6,25 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::etcd::{base64, bytes, int, prefix_range, Etcd, FIELDS};
-use mecha_module::remote::Backoff;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
+use super::watcher::{Connected, Watcher};
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
 use super::{Hub, Scope, Subscriber, ALLOWED_TENANTS};
 
-/// How long a subscribe waits for the store's watch to be up before
-/// answering UNAVAILABLE.
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
-
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
-
-/// Whether the store's etcd watch is up (see the Redis driver's `Link`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Link {
-    Starting,
-    Up,
-    Down(String),
-}
 
 /// A configuration store in etcd, node-wide (every tenant reads the same
 /// items; `allowedTenants` restricts it).
 pub struct EtcdStore {
     shared: Arc<Shared>,
-    link: watch::Receiver<Link>,
-    watcher: tokio::task::JoinHandle<()>,
+    watcher: Watcher,
 }
 
 struct Shared {
@@ -51,12 +36,6 @@ struct Shared {
     applied: AtomicU64,
     /// Held while publishing and while registering, so the two are ordered.
     publishing: Mutex<()>,
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        self.watcher.abort();
-    }
 }
 
 impl EtcdStore {
@@ -75,39 +54,20 @@ impl EtcdStore {
             applied: AtomicU64::new(0),
             publishing: Mutex::new(()),
         });
-        let (tx, link) = watch::channel(Link::Starting);
-        let watcher = tokio::spawn(watch_changes(Arc::clone(&shared), tx));
-        Ok(Self {
-            shared,
-            link,
-            watcher,
-        })
+        let watcher = Watcher::spawn(
+            Arc::clone(&shared),
+            shared.etcd.origin(),
+            Arc::clone(&shared.hub),
+            "the watch is not established yet",
+            "the watch was closed by the server",
+            |shared, connected| Box::pin(watch_once(shared, connected)),
+        );
+        Ok(Self { shared, watcher })
     }
 
     /// The store's subscribers (for tests and diagnostics).
     pub fn hub(&self) -> &Hub {
         &self.shared.hub
-    }
-
-    async fn wait_up(&self) -> Result<(), ConfigError> {
-        let mut link = self.link.clone();
-        let up = tokio::time::timeout(SUBSCRIBE_WAIT, link.wait_for(|l| *l == Link::Up)).await;
-        if matches!(up, Ok(Ok(_))) {
-            return Ok(());
-        }
-        Err(ConfigError::Unavailable(self.down_reason()))
-    }
-
-    fn down_reason(&self) -> String {
-        match &*self.link.borrow() {
-            Link::Down(why) => why.clone(),
-            _ => self
-                .shared
-                .etcd
-                .origin()
-                .unavailable("the watch is not established yet")
-                .to_string(),
-        }
     }
 }
 
@@ -179,38 +139,14 @@ fn header_revision(answer: &Value) -> u64 {
         .map_or(0, |h| u64::try_from(int(h, "revision")).unwrap_or(0))
 }
 
-/// Keeps one etcd watch on the store's prefix and publishes its events,
-/// grouped by revision (one transaction, one push). When the watch is lost,
-/// every stream of the store ends with UNAVAILABLE (the client resubscribes
-/// and gets a fresh snapshot), and the watcher reconnects with backoff.
-async fn watch_changes(shared: Arc<Shared>, link: watch::Sender<Link>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let why = match watch_once(&shared, &link, &mut backoff).await {
-            Ok(()) => shared
-                .etcd
-                .origin()
-                .unavailable("the watch was closed by the server")
-                .to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!("{why}; configuration streams are reset and the watcher reconnects");
-        link.send_replace(Link::Down(why.clone()));
-        shared.hub.end_all(&format!("{why}; subscribe again"));
-        tokio::time::sleep(backoff.next_pause()).await;
-    }
-}
-
-async fn watch_once(
-    shared: &Shared,
-    link: &watch::Sender<Link>,
-    backoff: &mut Backoff,
-) -> Result<(), ConfigError> {
+/// One life of the store's etcd watch on its prefix: publishes its events,
+/// grouped by revision (one transaction, one push), until the watch is lost
+/// (see [`Watcher`]).
+async fn watch_once(shared: &Shared, mut connected: Connected<'_>) -> Result<(), ConfigError> {
     let (start, end) = prefix_range(shared.prefix.as_bytes());
     let create = json!({ "key": base64(&start), "range_end": base64(&end) });
     let mut watch = shared.etcd.watch(create).await?;
-    link.send_replace(Link::Up);
-    backoff.reset();
+    connected.up();
     loop {
         let message = match watch.next().await {
             Ok(Some(message)) => message,
@@ -328,7 +264,7 @@ impl ConfigStore for EtcdStore {
         keys: Vec<String>,
     ) -> BoxFuture<'a, Result<(Vec<ConfigItem>, Subscriber), ConfigError>> {
         Box::pin(async move {
-            self.wait_up().await?;
+            self.watcher.wait_up().await?;
             // The snapshot is taken at revision S. Registering with floor S
             // skips changes the snapshot has; registering only while the
             // watcher has published nothing after S means no later change
@@ -338,8 +274,8 @@ impl ConfigStore for EtcdStore {
                 let (snapshot, revision) = self.shared.read(&keys).await?;
                 let _ordered = self.shared.publishing.lock();
                 if self.shared.applied.load(Ordering::Acquire) <= revision {
-                    if *self.link.borrow() != Link::Up {
-                        return Err(ConfigError::Unavailable(self.down_reason()));
+                    if !self.watcher.is_up() {
+                        return Err(ConfigError::Unavailable(self.watcher.down_reason()));
                     }
                     let subscriber = self.shared.hub.subscribe_after(tenant, keys, revision);
                     return Ok((snapshot, subscriber));

@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 pub mod redis;
+mod watcher;
 
 /// A boxed future, so drivers can be chosen at run time behind `dyn ConfigStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

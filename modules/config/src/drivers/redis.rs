@@ -3,26 +3,20 @@
 //! through keyspace notifications on one background subscription per store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::client::{self as redis, AsyncCommands, Script};
 use mecha_module::remote::redis::{Redis, FIELDS};
-use mecha_module::remote::Backoff;
-use tokio::sync::watch;
 
+use super::watcher::{Connected, Watcher};
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
 use super::{Hub, Scope, Subscriber, ALLOWED_TENANTS};
 
 /// The key (after the prefix) of the counter CONFIG_SET takes versions
 /// from. It is not an item: reads and notifications skip it.
 const COUNTER: &str = "__mecha_config_version__";
-
-/// How long a subscribe waits for the notification subscription to be up
-/// (at module start, or while it reconnects) before answering UNAVAILABLE.
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Writes and deletes items atomically. KEYS: the counter, then the keys to
 /// write, then the keys to delete. ARGV: the clock in microseconds, the
@@ -48,23 +42,11 @@ end
 return version
 ";
 
-/// Whether the notification subscription is up.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Link {
-    /// Not yet connected since start.
-    Starting,
-    /// Subscribed: changes are being delivered.
-    Up,
-    /// Lost or refused, with the reason; the watcher retries with backoff.
-    Down(String),
-}
-
 /// A configuration store in Redis, node-wide (every tenant reads the same
 /// items; `allowedTenants` restricts it).
 pub struct RedisStore {
     shared: Arc<Shared>,
-    link: watch::Receiver<Link>,
-    watcher: tokio::task::JoinHandle<()>,
+    watcher: Watcher,
 }
 
 /// What the store and its watcher task share.
@@ -73,12 +55,6 @@ struct Shared {
     /// Prepended to item keys (`keyPrefix`, default none).
     prefix: String,
     hub: Arc<Hub>,
-}
-
-impl Drop for RedisStore {
-    fn drop(&mut self) {
-        self.watcher.abort();
-    }
 }
 
 impl RedisStore {
@@ -94,38 +70,20 @@ impl RedisStore {
             prefix: metadata.str("keyPrefix")?.unwrap_or("").to_owned(),
             hub: Arc::new(Hub::default()),
         });
-        let (tx, link) = watch::channel(Link::Starting);
-        let watcher = tokio::spawn(watch_notifications(Arc::clone(&shared), tx));
-        Ok(Self {
-            shared,
-            link,
-            watcher,
-        })
+        let watcher = Watcher::spawn(
+            Arc::clone(&shared),
+            shared.redis.origin(),
+            Arc::clone(&shared.hub),
+            "not subscribed to keyspace notifications yet",
+            "the keyspace notification subscription was closed",
+            |shared, connected| Box::pin(subscribe_once(shared, connected)),
+        );
+        Ok(Self { shared, watcher })
     }
 
     /// The store's subscribers (for tests and diagnostics).
     pub fn hub(&self) -> &Hub {
         &self.shared.hub
-    }
-
-    /// Waits a little for the notification subscription, answering why it
-    /// is not up if it does not come.
-    async fn wait_up(&self) -> Result<(), ConfigError> {
-        let mut link = self.link.clone();
-        let up = tokio::time::timeout(SUBSCRIBE_WAIT, link.wait_for(|l| *l == Link::Up)).await;
-        if matches!(up, Ok(Ok(_))) {
-            return Ok(());
-        }
-        let why = match &*self.link.borrow() {
-            Link::Down(why) => why.clone(),
-            _ => self
-                .shared
-                .redis
-                .origin()
-                .unavailable("not subscribed to keyspace notifications yet")
-                .to_string(),
-        };
-        Err(ConfigError::Unavailable(why))
     }
 }
 
@@ -230,37 +188,11 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// Keeps a keyspace-notification subscription for the store's prefix, and
-/// publishes every change it reports to the hub (reading the key's new
-/// value). When the subscription is lost, every stream of the store is ended
-/// with UNAVAILABLE — changes may have been missed, and the client's
-/// resubscription gets a fresh snapshot — and the watcher reconnects with
-/// backoff.
-async fn watch_notifications(shared: Arc<Shared>, link: watch::Sender<Link>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let why = match subscribe_once(&shared, &link, &mut backoff).await {
-            Ok(()) => shared
-                .redis
-                .origin()
-                .unavailable("the keyspace notification subscription was closed")
-                .to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!("{why}; configuration streams are reset and the watcher reconnects");
-        link.send_replace(Link::Down(why.clone()));
-        shared.hub.end_all(&format!("{why}; subscribe again"));
-        tokio::time::sleep(backoff.next_pause()).await;
-    }
-}
-
-/// One subscription's life: connect, make sure notifications are on,
-/// subscribe, then deliver until the connection ends.
-async fn subscribe_once(
-    shared: &Shared,
-    link: &watch::Sender<Link>,
-    backoff: &mut Backoff,
-) -> Result<(), ConfigError> {
+/// One life of the store's keyspace-notification subscription (see
+/// [`Watcher`]): connect, make sure notifications are on, subscribe, then
+/// publish every change reported for the prefix (reading the key's new
+/// value) until the connection ends.
+async fn subscribe_once(shared: &Shared, mut connected: Connected<'_>) -> Result<(), ConfigError> {
     let redis = &shared.redis;
     ensure_notifications(redis).await?;
     let mut pubsub = redis.pubsub().await?;
@@ -270,8 +202,7 @@ async fn subscribe_once(
         .psubscribe(&pattern)
         .await
         .map_err(|e| ConfigError::from(redis.error(&e)))?;
-    link.send_replace(Link::Up);
-    backoff.reset();
+    connected.up();
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
         let Some(key) = message
@@ -408,12 +339,12 @@ impl ConfigStore for RedisStore {
         keys: Vec<String>,
     ) -> BoxFuture<'a, Result<(Vec<ConfigItem>, Subscriber), ConfigError>> {
         Box::pin(async move {
-            self.wait_up().await?;
+            self.watcher.wait_up().await?;
             // Registered before the snapshot is read, so no change after the
             // snapshot is missed; a change just before it may be pushed
             // once more (with the version the snapshot already has).
             let subscriber = self.shared.hub.subscribe(tenant, keys.clone());
-            if *self.link.borrow() != Link::Up {
+            if !self.watcher.is_up() {
                 return Err(ConfigError::Unavailable(
                     self.shared
                         .redis

@@ -8,7 +8,7 @@ use mecha_module::metadata::Metadata;
 use mecha_module::remote::etcd::{base64, bytes, int, Etcd, FIELDS};
 use serde_json::{json, Value};
 
-use super::{is_live, lease_end, not_extended, now_ms, remote_error, tenant_key};
+use super::{held_by, is_live, lease_end, not_extended, now_ms, tenant_key};
 use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
 
 /// How often an operation starts over when another writer changed the key
@@ -37,6 +37,15 @@ struct Held {
     lease: i64,
 }
 
+impl super::FoundLease for Held {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+}
+
 impl EtcdLocks {
     /// Reads the component's metadata; connects on first use, so the module
     /// starts while etcd is down.
@@ -56,7 +65,7 @@ impl EtcdLocks {
     }
 
     async fn call(&self, path: &str, body: Value) -> Result<Value, LockError> {
-        self.etcd.call(path, &body).await.map_err(remote_error)
+        self.etcd.call(path, &body).await.map_err(LockError::from)
     }
 
     /// Grants an etcd lease that outlives a lock lease of `ttl_ms`: leases
@@ -226,13 +235,10 @@ impl LockStore for EtcdLocks {
         Box::pin(async move {
             let key = self.key(tenant, resource);
             for _ in 0..ATTEMPTS {
-                let held = match self.read(&key).await? {
-                    Some(held) if is_live(held.expires_at_ms, now_ms()) => held,
-                    _ => return Ok(UnlockStatus::LockDoesNotExist),
+                let held = match held_by(self.read(&key).await?, owner, now_ms()) {
+                    Ok(held) => held,
+                    Err(status) => return Ok(status),
                 };
-                if held.owner != owner {
-                    return Ok(UnlockStatus::LockBelongsToOthers);
-                }
                 let delete = json!({ "request_delete_range": { "key": key } });
                 if self.if_unchanged(&key, held.mod_revision, delete).await? {
                     self.revoke(held.lease).await;
@@ -256,13 +262,10 @@ impl LockStore for EtcdLocks {
         Box::pin(async move {
             let key = self.key(tenant, resource);
             for _ in 0..ATTEMPTS {
-                let held = match self.read(&key).await? {
-                    Some(held) if is_live(held.expires_at_ms, now_ms()) => held,
-                    _ => return Ok(not_extended(UnlockStatus::LockDoesNotExist)),
+                let held = match held_by(self.read(&key).await?, owner, now_ms()) {
+                    Ok(held) => held,
+                    Err(status) => return Ok(not_extended(status)),
                 };
-                if held.owner != owner {
-                    return Ok(not_extended(UnlockStatus::LockBelongsToOthers));
-                }
                 // A new etcd lease of the new length replaces the old one:
                 // keep-alive would only renew the old lease to its original
                 // length, and an extend may also shorten the lease. A put on

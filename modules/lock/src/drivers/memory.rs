@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use mecha_abi::msg::{ExtendLockReply, UnlockStatus};
 use parking_lot::Mutex;
 
-use super::{is_live, lease_end, next_token, not_extended, now_ms};
+use super::{held_by, is_live, lease_end, next_token, not_extended, now_ms};
 use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
 
 /// One granted lock.
@@ -18,6 +18,15 @@ struct Lease {
     fencing_token: u64,
     /// When the lease passes, in milliseconds since the epoch.
     expires_at_ms: u64,
+}
+
+impl super::FoundLease for Lease {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
 }
 
 /// Everything the mutex protects, under one lock so that a grant's check and
@@ -142,16 +151,17 @@ impl MemoryLocks {
     fn unlock_now(&self, tenant: &str, resource: &str, owner: &str, now: u64) -> UnlockStatus {
         let status = {
             let mut inner = self.inner.lock();
-            match inner.lease(tenant, resource) {
-                Some(lease) if !is_live(lease.expires_at_ms, now) => {
-                    // An expired leftover is free anyway; removing it now
-                    // spares the sweep the work.
+            let found = inner.lease(tenant, resource);
+            let expired = found.is_some_and(|lease| !is_live(lease.expires_at_ms, now));
+            match held_by(found, owner, now) {
+                // An expired leftover is free anyway; removing it now
+                // spares the sweep the work.
+                Err(status) if expired => {
                     inner.remove(tenant, resource);
-                    UnlockStatus::LockDoesNotExist
+                    status
                 }
-                None => UnlockStatus::LockDoesNotExist,
-                Some(lease) if lease.owner != owner => UnlockStatus::LockBelongsToOthers,
-                Some(_) => {
+                Err(status) => status,
+                Ok(_) => {
                     inner.remove(tenant, resource);
                     UnlockStatus::Success
                 }
@@ -175,12 +185,9 @@ impl MemoryLocks {
         now: u64,
     ) -> ExtendLockReply {
         let mut inner = self.inner.lock();
-        let fencing_token = match inner.live(tenant, resource, now) {
-            None => return not_extended(UnlockStatus::LockDoesNotExist),
-            Some(lease) if lease.owner != owner => {
-                return not_extended(UnlockStatus::LockBelongsToOthers)
-            }
-            Some(lease) => lease.fencing_token,
+        let fencing_token = match held_by(inner.live(tenant, resource, now), owner, now) {
+            Err(status) => return not_extended(status),
+            Ok(lease) => lease.fencing_token,
         };
         let lease = Lease {
             owner: owner.to_owned(),

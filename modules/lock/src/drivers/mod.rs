@@ -341,7 +341,7 @@ pub fn now_ms() -> u64 {
 
 /// Whether a lease ending at `expires_at_ms` is still held at `now`.
 ///
-/// A lease ends at the start of its expiry millisecond; both drivers use this
+/// A lease ends at the start of its expiry millisecond; every driver uses this
 /// one definition so they agree on the boundary.
 pub(crate) fn is_live(expires_at_ms: u64, now: u64) -> bool {
     expires_at_ms > now
@@ -373,12 +373,47 @@ pub(crate) fn next_token(token: u64) -> Result<u64, LockError> {
         .ok_or_else(|| LockError::Internal("the fencing token counter is exhausted".to_owned()))
 }
 
-/// Maps a backing server's error: an outage is UNAVAILABLE, anything else
+/// A backing server's error: an outage is UNAVAILABLE, anything else
 /// INTERNAL. The message already names the component, type and server.
-pub(crate) fn remote_error(e: RemoteError) -> LockError {
-    match e {
-        RemoteError::Unavailable(message) => LockError::Unavailable(message),
-        RemoteError::Failed(message) => LockError::Internal(message),
+impl From<RemoteError> for LockError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unavailable(message) => Self::Unavailable(message),
+            RemoteError::Failed(message) => Self::Internal(message),
+        }
+    }
+}
+
+/// A lease as a driver reads it back, for [`held_by`].
+pub(crate) trait FoundLease {
+    /// Who holds it.
+    fn owner(&self) -> &str;
+    /// When it passes, in milliseconds since the epoch.
+    fn expires_at_ms(&self) -> u64;
+}
+
+impl<T: FoundLease> FoundLease for &T {
+    fn owner(&self) -> &str {
+        (**self).owner()
+    }
+    fn expires_at_ms(&self) -> u64 {
+        (**self).expires_at_ms()
+    }
+}
+
+/// The lease `found` at `now` if it is live and `owner` holds it; otherwise
+/// the status that says why `owner` may not release or extend it. One rule,
+/// so that every driver answers an unlock or extend alike.
+pub(crate) fn held_by<L: FoundLease>(
+    found: Option<L>,
+    owner: &str,
+    now: u64,
+) -> Result<L, UnlockStatus> {
+    match found {
+        Some(lease) if !is_live(lease.expires_at_ms(), now) => Err(UnlockStatus::LockDoesNotExist),
+        None => Err(UnlockStatus::LockDoesNotExist),
+        Some(lease) if lease.owner() != owner => Err(UnlockStatus::LockBelongsToOthers),
+        Some(lease) => Ok(lease),
     }
 }
 

@@ -9,7 +9,7 @@ use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, Shared
 use mecha_module::metadata::Metadata;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
-use super::{is_live, lease_end, next_token, not_extended, now_ms};
+use super::{held_by, is_live, lease_end, next_token, not_extended, now_ms};
 use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
 
 /// The key of the `leases` table: (tenant, resource).
@@ -98,6 +98,15 @@ struct Stored {
     owner: String,
     fencing_token: u64,
     expires_at_ms: u64,
+}
+
+impl super::FoundLease for Stored {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
 }
 
 /// The stored lease of `resource`, live or not, as seen by the transaction
@@ -260,11 +269,9 @@ fn unlock(
         let mut index = txn
             .open_table(EXPIRY)
             .map_err(redb_error("open the expiry table for writing"))?;
-        match stored(&leases, tenant, resource)? {
-            Some(lease) if !is_live(lease.expires_at_ms, now) => UnlockStatus::LockDoesNotExist,
-            None => UnlockStatus::LockDoesNotExist,
-            Some(lease) if lease.owner != owner => UnlockStatus::LockBelongsToOthers,
-            Some(lease) => {
+        match held_by(stored(&leases, tenant, resource)?, owner, now) {
+            Err(status) => status,
+            Ok(lease) => {
                 remove(&mut leases, &mut index, tenant, resource, &lease)?;
                 UnlockStatus::Success
             }
@@ -300,10 +307,9 @@ fn extend(
         let mut index = txn
             .open_table(EXPIRY)
             .map_err(redb_error("open the expiry table for writing"))?;
-        match stored(&leases, tenant, resource)?.filter(|l| is_live(l.expires_at_ms, now)) {
-            None => not_extended(UnlockStatus::LockDoesNotExist),
-            Some(lease) if lease.owner != owner => not_extended(UnlockStatus::LockBelongsToOthers),
-            Some(lease) => {
+        match held_by(stored(&leases, tenant, resource)?, owner, now) {
+            Err(status) => not_extended(status),
+            Ok(lease) => {
                 let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
                 put(
                     &mut leases,

@@ -9,7 +9,7 @@ use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::client::Script;
 use mecha_module::remote::redis::{Redis, FIELDS};
 
-use super::{not_extended, now_ms, remote_error, tenant_key};
+use super::{not_extended, now_ms, tenant_key};
 use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
 
 /// The longest lease Redis is asked for: about 100 years. Redis refuses an
@@ -131,7 +131,7 @@ impl LockStore for RedisLocks {
                         .await
                 })
                 .await
-                .map_err(remote_error)?;
+                .map_err(LockError::from)?;
             let n: i64 = n
                 .parse()
                 .map_err(|_| LockError::Internal(format!("lock.redis: bad script answer {n:?}")))?;
@@ -168,7 +168,7 @@ impl LockStore for RedisLocks {
                         .await
                 })
                 .await
-                .map_err(remote_error)?;
+                .map_err(LockError::from)?;
             let status = status_of(code)?;
             if status == UnlockStatus::Success {
                 self.releases.released(tenant, resource);
@@ -197,7 +197,7 @@ impl LockStore for RedisLocks {
                         .await
                 })
                 .await
-                .map_err(remote_error)?;
+                .map_err(LockError::from)?;
             let status = status_of(code)?;
             if status != UnlockStatus::Success {
                 return Ok(not_extended(status));

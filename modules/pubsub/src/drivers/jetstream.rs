@@ -20,12 +20,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
+use mecha_module::remote::Origin;
 
 use crate::drivers::remote::{
     decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
     RemoteStore, DEFAULT_GROUP_NAME,
 };
-use crate::drivers::{duration, BoxFuture, Message, PubsubError};
+use crate::drivers::{BoxFuture, Message, PubsubError};
 
 /// The metadata fields `pubsub.jetstream` understands (Dapr's names, plus
 /// mecha's `ackDeadlineMs`).
@@ -80,7 +81,9 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
                 .into());
         }
     }
-    let ack_wait = duration::field(&md, "ackWait")?.unwrap_or(Duration::from_secs(30));
+    let ack_wait = md
+        .duration("ackWait", Duration::from_millis(1))?
+        .unwrap_or(Duration::from_secs(30));
     if ack_wait.is_zero() {
         return Err(md
             .error("metadata field \"ackWait\" must be above zero")
@@ -101,11 +104,6 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
                 .into())
         }
     };
-    let ack_deadline = Duration::from_millis(
-        md.whole("ackDeadlineMs", 1..=u64::from(u32::MAX))?
-            .unwrap_or(30_000),
-    )
-    .min(ack_wait);
     let default_group = md
         .str("queueGroupName")?
         .unwrap_or(DEFAULT_GROUP_NAME)
@@ -130,16 +128,13 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
             Err(e) => tracing::error!(store = %component, error = %e, "setting up NATS failed"),
         }
     });
-    let settings = RemoteSettings {
-        store: spec.name.clone(),
-        kind: spec.kind.clone(),
-        ack_deadline,
-        max_ack_deadline: Some(ack_wait),
-        default_group,
-    };
+    let settings = RemoteSettings::from_metadata(spec, &md, Some(ack_wait), default_group)?;
     let backend = JetstreamBackend {
-        component: spec.name.clone(),
-        url: url.to_owned(),
+        origin: Origin {
+            component: spec.name.clone(),
+            kind: spec.kind.clone(),
+            server: url.to_owned(),
+        },
         conn,
         stream: stream_name.to_owned(),
         durable: durable.to_owned(),
@@ -158,8 +153,7 @@ struct Conn {
 
 /// The NATS side of a `pubsub.jetstream` store.
 pub struct JetstreamBackend {
-    component: String,
-    url: String,
+    origin: Origin,
     conn: Arc<OnceLock<Conn>>,
     stream: String,
     durable: String,
@@ -170,11 +164,7 @@ pub struct JetstreamBackend {
 
 impl JetstreamBackend {
     fn error(&self, what: &str, e: impl std::fmt::Display) -> PubsubError {
-        let message = format!(
-            "component {:?} (pubsub.jetstream): {what} at NATS {} failed: {e}",
-            self.component, self.url
-        );
-        PubsubError::Unavailable(message)
+        self.origin.unavailable(format_args!("{what}: {e}")).into()
     }
 
     /// The JetStream context once connected. While disconnected it waits a
@@ -367,8 +357,7 @@ impl JetstreamBackend {
     /// settings, cheaply cloned.
     fn clone_parts(&self) -> JetstreamBackend {
         JetstreamBackend {
-            component: self.component.clone(),
-            url: self.url.clone(),
+            origin: self.origin.clone(),
             conn: Arc::clone(&self.conn),
             stream: self.stream.clone(),
             durable: self.durable.clone(),
@@ -422,7 +411,7 @@ impl Fetcher<Handle> for JetstreamFetcher {
                     Err(e) => {
                         // An entry this module cannot read is ended for
                         // good rather than redelivered forever.
-                        tracing::error!(store = %b.component, error = %e,
+                        tracing::error!(store = %b.origin.component, error = %e,
                             "dropping an unreadable message");
                         let _ = acker.ack_with(AckKind::Term).await;
                     }

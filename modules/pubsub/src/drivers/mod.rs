@@ -15,12 +15,12 @@ use std::sync::Arc;
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::embedded;
 use mecha_module::metadata::{Metadata, MetadataError};
+use mecha_module::remote::RemoteError;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, Settings};
 use crate::store::Store;
 
-pub mod duration;
 pub mod jetstream;
 pub mod memory;
 pub mod redb;
@@ -76,6 +76,15 @@ impl From<MetadataError> for PubsubError {
         Self::Config {
             component: e.component,
             reason: e.reason,
+        }
+    }
+}
+
+impl From<RemoteError> for PubsubError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unavailable(message) => Self::Unavailable(message),
+            RemoteError::Failed(message) => Self::Internal(message),
         }
     }
 }

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
+use mecha_module::remote::redis::is_outage;
+use mecha_module::remote::Origin;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
@@ -30,7 +32,7 @@ use crate::drivers::remote::{
     decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
     RemoteStore, DEFAULT_GROUP_NAME,
 };
-use crate::drivers::{duration, BoxFuture, Message, PubsubError};
+use crate::drivers::{BoxFuture, Message, PubsubError};
 
 /// The metadata fields `pubsub.redis` understands (Dapr's names, plus
 /// mecha's `ackDeadlineMs`).
@@ -99,8 +101,12 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         .set_redis_settings(redis);
     let client =
         Client::open(info).map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?;
-    let processing = duration::field(&md, "processingTimeout")?.unwrap_or(Duration::from_secs(60));
-    let redeliver = duration::field(&md, "redeliverInterval")?.unwrap_or(Duration::from_secs(15));
+    let processing = md
+        .duration("processingTimeout", Duration::from_millis(1))?
+        .unwrap_or(Duration::from_secs(60));
+    let redeliver = md
+        .duration("redeliverInterval", Duration::from_millis(1))?
+        .unwrap_or(Duration::from_secs(15));
     let queue_depth = md.whole("queueDepth", 1..=100_000)?.unwrap_or(100) as usize;
     // Dapr's `concurrency` bounds its own handler pool; here each
     // subscriber's `max_in_flight` does that, so the value is checked only.
@@ -110,14 +116,6 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
     // timeout is 0, as in Dapr.
     let reclaim =
         (!processing.is_zero() && !redeliver.is_zero()).then_some((processing, redeliver));
-    let default_deadline = Duration::from_millis(
-        md.whole("ackDeadlineMs", 1..=u64::from(u32::MAX))?
-            .unwrap_or(30_000),
-    );
-    let ack_deadline = match reclaim {
-        Some((processing, _)) => default_deadline.min(processing),
-        None => default_deadline,
-    };
     let consumer = match md.str("consumerID")? {
         Some(id) => id.to_owned(),
         None => format!("mecha-{}", crate::envelope::IdSource::new().next_id()),
@@ -129,17 +127,19 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         .set_max_delay(Duration::from_secs(2));
     let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
         .map_err(|e| md.error(format!("setting up the Redis connection failed: {e}")))?;
-    let settings = RemoteSettings {
-        store: spec.name.clone(),
-        kind: spec.kind.clone(),
-        ack_deadline,
-        max_ack_deadline: reclaim.map(|(processing, _)| processing),
-        default_group: DEFAULT_GROUP_NAME.to_owned(),
-    };
+    let settings = RemoteSettings::from_metadata(
+        spec,
+        &md,
+        reclaim.map(|(processing, _)| processing),
+        DEFAULT_GROUP_NAME.to_owned(),
+    )?;
     let backend = RedisBackend {
         shared: Arc::new(Shared {
-            component: spec.name.clone(),
-            host: host.to_owned(),
+            origin: Origin {
+                component: spec.name.clone(),
+                kind: spec.kind.clone(),
+                server: host.to_owned(),
+            },
             client,
             manager,
             consumer,
@@ -158,8 +158,7 @@ pub struct RedisBackend {
 }
 
 struct Shared {
-    component: String,
-    host: String,
+    origin: Origin,
     client: Client,
     /// The shared, reconnecting connection for everything but blocking reads.
     manager: ConnectionManager,
@@ -177,18 +176,11 @@ impl Shared {
     /// The error for a failed Redis command: UNAVAILABLE when Redis cannot be
     /// reached, else INTERNAL.
     fn error(&self, what: &str, e: &RedisError) -> PubsubError {
-        let message = format!(
-            "component {:?} (pubsub.redis): {what} at Redis {} failed: {e}",
-            self.component, self.host
-        );
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-        {
-            PubsubError::Unavailable(message)
+        let message = format_args!("{what}: {e}");
+        if is_outage(e) {
+            self.origin.unavailable(message).into()
         } else {
-            PubsubError::Internal(message)
+            self.origin.failed(message).into()
         }
     }
 
@@ -465,7 +457,7 @@ impl RedisFetcher {
                 handle: (),
             }),
             Err(e) => {
-                tracing::error!(store = %self.shared.component, stream = %self.key, error = %e,
+                tracing::error!(store = %self.shared.origin.component, stream = %self.key, error = %e,
                     "skipping an unreadable stream entry");
                 let (shared, key, group, id) = (
                     Arc::clone(&self.shared),

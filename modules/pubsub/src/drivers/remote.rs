@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_abi::msg::{
-    AckReply, AckRequest, Delivery, PublishReply, PublishRequest, SubscribeRequest,
+    AckReply, AckRequest, ComponentSpec, Delivery, PublishReply, PublishRequest, SubscribeRequest,
     PUBSUB_MAX_IN_FLIGHT,
 };
+use mecha_module::metadata::{Metadata, MetadataError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -112,6 +113,30 @@ pub struct RemoteSettings {
     pub max_ack_deadline: Option<Duration>,
     /// The group of members that name none.
     pub default_group: String,
+}
+
+impl RemoteSettings {
+    /// The settings every server-delivered store reads the same way: the
+    /// component's name and type, and mecha's `ackDeadlineMs` (30 s by
+    /// default), cut to `max_ack_deadline` where the server has one.
+    pub fn from_metadata(
+        spec: &ComponentSpec,
+        md: &Metadata<'_>,
+        max_ack_deadline: Option<Duration>,
+        default_group: String,
+    ) -> Result<Self, MetadataError> {
+        let asked = Duration::from_millis(
+            md.whole("ackDeadlineMs", 1..=u64::from(u32::MAX))?
+                .unwrap_or(30_000),
+        );
+        Ok(Self {
+            store: spec.name.clone(),
+            kind: spec.kind.clone(),
+            ack_deadline: max_ack_deadline.map_or(asked, |max| asked.min(max)),
+            max_ack_deadline,
+            default_group,
+        })
+    }
 }
 
 /// A pubsub store served by a server that delivers messages itself.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{duration, Origin, RemoteError};
+use super::{duration, split_host_port, Origin, RemoteError};
 use crate::metadata::{Metadata, MetadataError};
 
 /// The metadata fields of etcd components; drivers may add their own.
@@ -87,10 +87,7 @@ impl Etcd {
                 )));
             }
             let bare = endpoint.trim_start_matches("http://").trim_end_matches('/');
-            let valid = bare
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid {
+            if split_host_port(bare).is_none() {
                 return Err(metadata.error(format!(
                     "metadata field \"endpoints\" must list host:port entries, not {endpoint:?}"
                 )));

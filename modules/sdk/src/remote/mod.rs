@@ -1,11 +1,13 @@
-//! Connections to backing servers (Redis, etcd) shared by every driver that
-//! uses one: metadata read the way Dapr spells it, connections that are made
-//! lazily (a module starts while its server is down) and re-made with backoff
-//! after the server goes away, and one error type that tells an outage
-//! (UNAVAILABLE, retryable) from any other failure.
+//! Connections to backing servers (Redis, PostgreSQL, etcd) shared by every
+//! driver that uses one: metadata read the way Dapr spells it, connections
+//! that are made lazily (a module starts while its server is down) and re-made
+//! with backoff after the server goes away, and one error type that tells an
+//! outage (UNAVAILABLE, retryable) from any other failure.
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -56,38 +58,24 @@ impl Origin {
     }
 }
 
-/// Reads the duration field `name` (Go's notation, as Dapr uses: `500ms`,
-/// `5s`, `1m`; a bare `0` is zero), if given.
+/// The duration field `name`, if given. Dapr's networked components read a
+/// bare number as seconds (`timeoutInSeconds`), so this one does too; see
+/// [`Metadata::duration`] for the rest of the notation.
 pub fn duration(metadata: &Metadata<'_>, name: &str) -> Result<Option<Duration>, MetadataError> {
-    let Some(value) = metadata.get(name) else {
-        return Ok(None);
-    };
-    parse_duration(value.trim()).map(Some).ok_or_else(|| {
-        metadata.error(format!(
-            "metadata field {name:?} must be a duration such as 500ms, 5s or 1m, not {value:?}"
-        ))
-    })
+    metadata.duration(name, Duration::from_secs(1))
 }
 
-/// Parses one number followed by one unit (`ns`, `us`, `ms`, `s`, `m`, `h`).
-/// Compound forms (`1m30s`) are not needed by any field here and are refused.
-fn parse_duration(text: &str) -> Option<Duration> {
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ns" => number / 1e9,
-        "us" | "µs" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds).ok()
+/// Splits `host:port` (`[v6]:port` for IPv6 literals), refusing a missing
+/// host or a missing, bad or zero port.
+#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+pub(crate) fn split_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok().filter(|&p| p != 0)?;
+    (!host.is_empty()).then_some((host, port))
 }
 
 /// Exponential backoff with jitter between reconnect attempts of a
@@ -135,15 +123,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
+    fn host_ports_are_checked() {
+        assert_eq!(split_host_port("localhost:6379"), Some(("localhost", 6379)));
+        assert_eq!(split_host_port("[::1]:7000"), Some(("::1", 7000)));
+        assert_eq!(split_host_port("localhost"), None);
+        assert_eq!(split_host_port(":6379"), None);
+        assert_eq!(split_host_port("h:0"), None);
+        assert_eq!(split_host_port("h:x"), None);
     }
 
     #[test]

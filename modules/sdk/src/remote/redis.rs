@@ -9,7 +9,7 @@ pub use ::redis as client;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use ::redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError};
 
-use super::{duration, Origin, RemoteError};
+use super::{duration, split_host_port, Origin, RemoteError};
 use crate::metadata::{Metadata, MetadataError};
 
 /// The metadata fields of Dapr's Redis components that mecha understands.
@@ -214,35 +214,18 @@ impl Redis {
 }
 
 /// Whether `e` means the server could not be reached or the connection was
-/// lost, as opposed to an answer from the server.
+/// lost, or the server says it cannot serve yet (still loading its data, a
+/// replica without its master), as opposed to any other answer.
 pub fn is_outage(e: &RedisError) -> bool {
+    use ::redis::ServerErrorKind as S;
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
-}
-
-/// Splits `host:port` (with `[v6]:port` for IPv6 literals).
-fn split_host_port(text: &str) -> Option<(&str, u16)> {
-    let (host, port) = text.trim().rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some((host, port.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_splits() {
-        assert_eq!(split_host_port("localhost:6379"), Some(("localhost", 6379)));
-        assert_eq!(split_host_port("[::1]:7000"), Some(("::1", 7000)));
-        assert_eq!(split_host_port("localhost"), None);
-        assert_eq!(split_host_port(":6379"), None);
-        assert_eq!(split_host_port("h:port"), None);
-    }
+        || matches!(
+            e.kind(),
+            ::redis::ErrorKind::Io
+                | ::redis::ErrorKind::Server(S::BusyLoading | S::TryAgain | S::MasterDown)
+        )
 }

@@ -13,9 +13,9 @@
 //! so a restarted module reserves above everything handed out before.
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::backend::BackendError;
 use mecha_module::metadata::Metadata;
-use mecha_module::postgres_backend::{self, table_name, Postgres};
+use mecha_module::remote::postgres::{self, table_name, Postgres};
+use mecha_module::remote::RemoteError;
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 
@@ -24,9 +24,6 @@ use super::{BoxFuture, SeqError, Sequencer};
 
 /// The fields this driver understands besides the connection's.
 const OWN_FIELDS: [&str; 2] = ["tableName", "segmentSize"];
-
-/// The largest `segmentSize`, as for `sequencer.redb`.
-const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
 
 /// The advisory lock taken while creating the table (see `state.postgresql`).
 const SCHEMA_LOCK: i64 = 0x6d65_6368_615f_7371;
@@ -45,22 +42,12 @@ pub struct PostgresSequencer {
 impl PostgresSequencer {
     /// Validates `spec` and prepares the pool; nothing is sent to the server
     /// until the first request, so the module starts while it is down.
-    ///
-    /// `segmentSize` defaults to 1, for the reason given at
-    /// `RedisSequencer::open`.
+    /// `segmentSize`: see [`Segments::from_metadata`].
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        let known: Vec<&str> = postgres_backend::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&postgres::FIELDS[..], &OWN_FIELDS].concat())?;
         let table = table_name(&metadata, "tableName", "mecha_sequences")?;
-        let size = metadata
-            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
-            .unwrap_or(1);
         Ok(Self {
-            pg: Postgres::open(&metadata, &spec.kind)?,
+            pg: Postgres::from_metadata(&spec.kind, &metadata)?,
             create: format!(
                 "SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); \
                  CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, key TEXT NOT NULL, \
@@ -72,12 +59,12 @@ impl PostgresSequencer {
                  RETURNING bound"
             ),
             ready: OnceCell::new(),
-            segments: Segments::new(size),
+            segments: Segments::from_metadata(&metadata)?,
         })
     }
 
     /// Reserves `n` ids of `key` and returns the new bound.
-    async fn reserve(&self, tenant: &str, key: &str, n: u64) -> Result<u64, BackendError> {
+    async fn reserve(&self, tenant: &str, key: &str, n: u64) -> Result<u64, RemoteError> {
         let mut client = self.pg.client().await?;
         self.ready
             .get_or_try_init(|| async {
@@ -98,14 +85,13 @@ impl PostgresSequencer {
             .await
             .map_err(|e| {
                 if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
-                    BackendError::Failed(EXHAUSTED.to_owned())
+                    RemoteError::Failed(EXHAUSTED.to_owned())
                 } else {
                     self.pg.error("reserve ids", &e)
                 }
             })?;
         let bound: i64 = self.pg.column(&row, 0)?;
-        u64::try_from(bound)
-            .map_err(|_| BackendError::Failed(format!("{}: a negative bound", self.pg.what())))
+        u64::try_from(bound).map_err(|_| self.pg.origin().failed("a negative bound"))
     }
 }
 
@@ -128,14 +114,11 @@ impl Sequencer for PostgresSequencer {
                         .await;
                     match reserved {
                         Ok(bound) => Ok(bound),
-                        Err(BackendError::Failed(m)) if m == EXHAUSTED => {
-                            Err(SeqError::Exhausted {
-                                key: key.to_owned(),
-                                count,
-                            })
-                        }
-                        Err(BackendError::Unavailable(m)) => Err(SeqError::Unavailable(m)),
-                        Err(BackendError::Failed(m)) => Err(SeqError::Internal(m)),
+                        Err(RemoteError::Failed(m)) if m == EXHAUSTED => Err(SeqError::Exhausted {
+                            key: key.to_owned(),
+                            count,
+                        }),
+                        Err(other) => Err(other.into()),
                     }
                 })
                 .await

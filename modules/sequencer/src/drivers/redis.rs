@@ -13,18 +13,14 @@
 //! Redis persists its data (AOF with `appendfsync always` for no loss).
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::backend::BackendError;
 use mecha_module::metadata::Metadata;
-use mecha_module::redis_backend::{self, Redis};
+use mecha_module::remote::redis::{Redis, FIELDS};
 
 use super::segments::Segments;
 use super::{BoxFuture, SeqError, Sequencer};
 
 /// The fields this driver understands besides the connection's.
 const OWN_FIELDS: [&str; 2] = ["keyPrefix", "segmentSize"];
-
-/// The largest `segmentSize`, as for `sequencer.redb`.
-const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
 
 /// A sequencer in Redis.
 #[derive(Debug)]
@@ -37,30 +33,19 @@ pub struct RedisSequencer {
 impl RedisSequencer {
     /// Validates `spec` and prepares the connection; nothing is sent to Redis
     /// until the first request, so the module starts while Redis is down.
-    ///
-    /// `segmentSize` defaults to 1: every allocation is one INCRBY, so ids
-    /// are ordered also across several daemons sharing the server. A larger
-    /// segment saves round trips but orders ids only within one daemon.
+    /// `segmentSize`: see [`Segments::from_metadata`].
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        let known: Vec<&str> = redis_backend::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&FIELDS[..], &OWN_FIELDS].concat())?;
         let prefix = match metadata.str("keyPrefix")? {
             None => "seq||".to_owned(),
             Some(p) if p.eq_ignore_ascii_case("none") => String::new(),
             Some(p) if p.eq_ignore_ascii_case("name") => format!("{}||", spec.name),
             Some(p) => format!("{p}||"),
         };
-        let size = metadata
-            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
-            .unwrap_or(1);
         Ok(Self {
-            redis: Redis::open(&metadata, &spec.kind)?,
+            redis: Redis::from_metadata(&spec.kind, &metadata)?,
             prefix,
-            segments: Segments::new(size),
+            segments: Segments::from_metadata(&metadata)?,
         })
     }
 
@@ -69,7 +54,7 @@ impl RedisSequencer {
         let result: Result<i64, _> = redis::cmd("INCRBY")
             .arg(&name)
             .arg(n)
-            .query_async(&mut self.redis.conn())
+            .query_async(&mut self.redis.connection())
             .await;
         match result {
             Ok(bound) => u64::try_from(bound)
@@ -79,10 +64,7 @@ impl RedisSequencer {
                 key: key.to_owned(),
                 count: u32::try_from(n).unwrap_or(u32::MAX),
             }),
-            Err(e) => Err(match self.redis.error("reserve ids", &e) {
-                BackendError::Unavailable(m) => SeqError::Unavailable(m),
-                BackendError::Failed(m) => SeqError::Internal(m),
-            }),
+            Err(e) => Err(self.redis.error(&e).into()),
         }
     }
 }

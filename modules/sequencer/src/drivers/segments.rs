@@ -12,9 +12,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use mecha_module::metadata::{Metadata, MetadataError};
 use parking_lot::Mutex;
 
 use super::{last_id, SeqError, MAX_ID};
+
+/// The largest `segmentSize`, as for `sequencer.redb`.
+const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
 
 /// The ids of one key reserved by this process and not handed out yet:
 /// `next ..= end`, empty when `next > end`.
@@ -45,6 +49,18 @@ pub struct Segments {
 }
 
 impl Segments {
+    /// Segments of `segmentSize` ids (metadata; default 1, at most
+    /// [`MAX_SEGMENT_SIZE`]). The default of 1 makes every allocation one
+    /// reservation, so ids are ordered also across several daemons sharing
+    /// the server; a larger segment saves round trips but orders ids only
+    /// within one daemon.
+    pub fn from_metadata(metadata: &Metadata<'_>) -> Result<Self, MetadataError> {
+        let size = metadata
+            .whole("segmentSize", 1..=MAX_SEGMENT_SIZE)?
+            .unwrap_or(1);
+        Ok(Self::new(size))
+    }
+
     /// Segments of at least `size` ids (`size` >= 1).
     pub fn new(size: u64) -> Self {
         Self {

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::embedded;
 use mecha_module::metadata::MetadataError;
+use mecha_module::remote::RemoteError;
 
 pub mod memory;
 pub mod postgresql;
@@ -73,6 +74,15 @@ impl From<MetadataError> for StoreError {
         Self::Config {
             component: e.component,
             reason: e.reason,
+        }
+    }
+}
+
+impl From<RemoteError> for StoreError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unavailable(message) => Self::Unavailable(message),
+            RemoteError::Failed(message) => Self::Internal(message),
         }
     }
 }

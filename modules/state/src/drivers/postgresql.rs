@@ -19,9 +19,9 @@
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
-use mecha_module::backend::{duration, BackendError};
 use mecha_module::metadata::Metadata;
-use mecha_module::postgres_backend::{self, table_name, Client, Postgres};
+use mecha_module::remote::postgres::{self, table_name, Client, Postgres};
+use mecha_module::remote::{duration, RemoteError};
 use tokio::sync::OnceCell;
 
 use super::{check_etag, BoxFuture, OpOutcome, StateStore, StoreError};
@@ -107,12 +107,7 @@ impl PostgresStore {
     /// Validates `spec` and prepares the pool; nothing is sent to the server
     /// until the first request, so the module starts while it is down.
     pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
-        let known: Vec<&str> = postgres_backend::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&postgres::FIELDS[..], &OWN_FIELDS].concat())?;
         let table = table_name(&metadata, "tableName", "state")?;
         let cleanup = match (
             duration(&metadata, "cleanupInterval")?,
@@ -129,7 +124,7 @@ impl PostgresStore {
             (a, b) => a.or(b).unwrap_or(DEFAULT_CLEANUP),
         };
         Ok(Self {
-            pg: Postgres::open(&metadata, &spec.kind)?,
+            pg: Postgres::from_metadata(&spec.kind, &metadata)?,
             sql: Statements::new(&table),
             ready: OnceCell::new(),
             // Dapr's convention: an interval of 0 turns the sweeper off.
@@ -139,7 +134,7 @@ impl PostgresStore {
     }
 
     /// A pooled connection, with the table created if this is the first use.
-    async fn client(&self) -> Result<Client, BackendError> {
+    async fn client(&self) -> Result<Client, RemoteError> {
         let mut client = self.pg.client().await?;
         self.ready
             .get_or_try_init(|| async {
@@ -159,7 +154,7 @@ impl PostgresStore {
         &self,
         tenant: &str,
         keys: Vec<String>,
-    ) -> Result<Vec<Option<StateEntry>>, BackendError> {
+    ) -> Result<Vec<Option<StateEntry>>, RemoteError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -197,8 +192,9 @@ impl PostgresStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await.map_err(backend)?;
-        let error = |doing: &str, e: tokio_postgres::Error| backend(self.pg.error(doing, &e));
+        let mut client = self.client().await.map_err(StoreError::from)?;
+        let error =
+            |doing: &str, e: tokio_postgres::Error| StoreError::from(self.pg.error(doing, &e));
         let tx = client
             .transaction()
             .await
@@ -225,7 +221,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| error("read a key's version", e))?
             {
-                Some(row) => Some(self.pg.column(&row, 0).map_err(backend)?),
+                Some(row) => Some(self.pg.column(&row, 0).map_err(StoreError::from)?),
                 None => None,
             };
             let live = live.and_then(|v| u64::try_from(v).ok());
@@ -239,7 +235,7 @@ impl PostgresStore {
                         .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
                         .await
                         .map_err(|e| error("write a key", e))?;
-                    let version: i64 = self.pg.column(&row, 0).map_err(backend)?;
+                    let version: i64 = self.pg.column(&row, 0).map_err(StoreError::from)?;
                     outcomes.push(OpOutcome::Set {
                         etag: version.to_string(),
                     });
@@ -262,7 +258,7 @@ impl PostgresStore {
         Ok(outcomes)
     }
 
-    async fn sweep_due(&self) -> Result<usize, BackendError> {
+    async fn sweep_due(&self) -> Result<usize, RemoteError> {
         let Some(every) = self.cleanup else {
             return Ok(0);
         };
@@ -284,14 +280,6 @@ impl PostgresStore {
     }
 }
 
-/// Maps a backend failure to the store's error.
-fn backend(e: BackendError) -> StoreError {
-    match e {
-        BackendError::Unavailable(m) => StoreError::Unavailable(m),
-        BackendError::Failed(m) => StoreError::Internal(m),
-    }
-}
-
 impl StateStore for PostgresStore {
     fn get<'a>(
         &'a self,
@@ -302,7 +290,7 @@ impl StateStore for PostgresStore {
             self.pg
                 .deadline("read keys", self.get_keys(tenant, keys))
                 .await
-                .map_err(backend)
+                .map_err(StoreError::from)
         })
     }
 
@@ -316,11 +304,10 @@ impl StateStore for PostgresStore {
             // errors (an ETag mismatch) pass through unchanged.
             match tokio::time::timeout(self.pg.timeout(), self.apply(tenant, ops)).await {
                 Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "{}: cannot apply a transaction: no answer within {:?}",
-                    self.pg.what(),
+                Err(_) => Err(StoreError::from(self.pg.origin().unavailable(format!(
+                    "cannot apply a transaction: no answer within {:?}",
                     self.pg.timeout()
-                ))),
+                )))),
             }
         })
     }
@@ -330,7 +317,7 @@ impl StateStore for PostgresStore {
             self.pg
                 .deadline("delete expired keys", self.sweep_due())
                 .await
-                .map_err(backend)
+                .map_err(StoreError::from)
         })
     }
 }

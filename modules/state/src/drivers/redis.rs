@@ -20,9 +20,8 @@
 //! written again, where Dapr's per-key versions would start over.
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
-use mecha_module::backend::BackendError;
 use mecha_module::metadata::Metadata;
-use mecha_module::redis_backend::{self, Redis};
+use mecha_module::remote::redis::{Redis, FIELDS};
 
 use super::{BoxFuture, OpOutcome, StateStore, StoreError};
 
@@ -99,12 +98,7 @@ impl RedisStore {
     /// Validates `spec` and prepares the connection; nothing is sent to Redis
     /// until the first request, so the module starts while Redis is down.
     pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
-        let known: Vec<&str> = redis_backend::FIELDS
-            .iter()
-            .chain(OWN_FIELDS.iter())
-            .copied()
-            .collect();
-        let metadata = Metadata::parse(spec, &known)?;
+        let metadata = Metadata::parse(spec, &[&FIELDS[..], &OWN_FIELDS].concat())?;
         let prefix = match metadata.str("keyPrefix")? {
             None => String::new(),
             Some(p) if p.eq_ignore_ascii_case("appid") || p.eq_ignore_ascii_case("none") => {
@@ -117,7 +111,7 @@ impl RedisStore {
             .whole("ttlInSeconds", 1..=MAX_TTL_MS / 1000)?
             .map(|s| s * 1000);
         Ok(Self {
-            redis: Redis::open(&metadata, &spec.kind)?,
+            redis: Redis::from_metadata(&spec.kind, &metadata)?,
             prefix,
             default_ttl_ms,
             script: redis::Script::new(TRANSACT),
@@ -146,9 +140,9 @@ impl RedisStore {
                 .arg("version");
         }
         let rows: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
-            .query_async(&mut self.redis.conn())
+            .query_async(&mut self.redis.connection())
             .await
-            .map_err(|e| backend(self.redis.error("read keys", &e)))?;
+            .map_err(|e| StoreError::from(self.redis.error(&e)))?;
         Ok(rows
             .into_iter()
             .map(|row| match row {
@@ -185,9 +179,9 @@ impl RedisStore {
             kinds.push((key, kind == "s"));
         }
         let reply: Vec<String> = invocation
-            .invoke_async(&mut self.redis.conn())
+            .invoke_async(&mut self.redis.connection())
             .await
-            .map_err(|e| backend(self.redis.error("apply a transaction", &e)))?;
+            .map_err(|e| StoreError::from(self.redis.error(&e)))?;
         outcomes(kinds, reply)
     }
 }
@@ -220,14 +214,6 @@ fn outcomes(ops: Vec<(String, bool)>, reply: Vec<String>) -> Result<Vec<OpOutcom
             })
             .collect()),
         _ => Err(malformed()),
-    }
-}
-
-/// Maps a backend failure to the store's error.
-fn backend(e: BackendError) -> StoreError {
-    match e {
-        BackendError::Unavailable(m) => StoreError::Unavailable(m),
-        BackendError::Failed(m) => StoreError::Internal(m),
     }
 }
 

@@ -1,8 +1,6 @@
-//! Connecting to PostgreSQL the way every module's `*.postgresql` driver
-//! does: Dapr's `connectionString`, a small bounded pool that connects
-//! lazily and replaces broken connections, a deadline on every operation,
-//! and errors that say whether the server is unreachable (retryable) or
-//! refused the request.
+//! PostgreSQL connections for drivers: Dapr's `connectionString`, a small
+//! bounded pool that connects lazily and replaces broken connections, a
+//! deadline on every operation, and errors that tell outages apart.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::backend::{duration, BackendError};
+use super::{duration, Backoff, Origin, RemoteError};
 use crate::metadata::{Metadata, MetadataError};
 
 /// The connection fields every PostgreSQL-backed driver accepts, named as
@@ -48,20 +46,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// server that is down (which, for a server that drops packets rather than
 /// refusing, would hold every request for the whole connect timeout).
 #[derive(Debug)]
-struct Backoff {
+struct Pacing {
     /// No attempt before this instant; `None` when the last attempt worked.
     until: Option<Instant>,
-    /// The pause after the next failure.
-    next: Duration,
+    /// The pauses, doubling with each failure.
+    backoff: Backoff,
     /// Why the last attempt failed, repeated while failing fast.
     reason: String,
 }
 
-impl Default for Backoff {
+impl Default for Pacing {
     fn default() -> Self {
         Self {
             until: None,
-            next: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             reason: String::new(),
         }
     }
@@ -76,16 +74,15 @@ impl Default for Backoff {
 pub struct Postgres {
     pool: Pool,
     timeout: Duration,
-    /// Paces connection attempts after a failure; see [`Backoff`].
-    backoff: parking_lot::Mutex<Backoff>,
-    /// "component \"x\" (state.postgresql, postgresql at host:port)".
-    what: String,
+    /// Paces connection attempts after a failure; see [`Pacing`].
+    pacing: parking_lot::Mutex<Pacing>,
+    origin: Origin,
 }
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Postgres")
-            .field("what", &self.what)
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -93,7 +90,7 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Validates the connection fields of `metadata` (a component of type
     /// `kind`) and prepares the pool without connecting.
-    pub fn open(metadata: &Metadata<'_>, kind: &str) -> Result<Self, MetadataError> {
+    pub fn from_metadata(kind: &str, metadata: &Metadata<'_>) -> Result<Self, MetadataError> {
         let text = metadata.required("connectionString")?;
         // The parse error may quote the string, which can hold a password,
         // so only its kind is reported.
@@ -132,11 +129,11 @@ impl Postgres {
         let max = metadata
             .whole("maxConns", 1..=1000)?
             .unwrap_or(DEFAULT_MAX_CONNS);
-        let what = format!(
-            "component {:?} ({kind}, postgresql at {})",
-            metadata.component(),
-            server(&config)
-        );
+        let origin = Origin {
+            component: metadata.component().to_owned(),
+            kind: kind.to_owned(),
+            server: server(&config),
+        };
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -155,14 +152,14 @@ impl Postgres {
         Ok(Self {
             pool,
             timeout,
-            backoff: parking_lot::Mutex::new(Backoff::default()),
-            what,
+            pacing: parking_lot::Mutex::new(Pacing::default()),
+            origin,
         })
     }
 
-    /// Who this is, for messages: the component, its type and the server.
-    pub fn what(&self) -> &str {
-        &self.what
+    /// The component this pool serves.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The deadline of one operation (`timeout`).
@@ -173,23 +170,23 @@ impl Postgres {
     /// A pooled connection, opened now if none is idle.
     ///
     /// While a pause after a failed attempt lasts, this fails at once with
-    /// the failure that started it; see [`Backoff`].
-    pub async fn client(&self) -> Result<Object, BackendError> {
+    /// the failure that started it; see [`Pacing`].
+    pub async fn client(&self) -> Result<Object, RemoteError> {
         {
-            let backoff = self.backoff.lock();
-            if let Some(until) = backoff.until {
+            let pacing = self.pacing.lock();
+            if let Some(until) = pacing.until {
                 let left = until.saturating_duration_since(Instant::now());
                 if !left.is_zero() {
-                    return Err(BackendError::Unavailable(format!(
+                    return Err(RemoteError::Unavailable(format!(
                         "{} (retrying in {left:?})",
-                        backoff.reason
+                        pacing.reason
                     )));
                 }
             }
         }
         match self.pool.get().await {
             Ok(client) => {
-                *self.backoff.lock() = Backoff::default();
+                *self.pacing.lock() = Pacing::default();
                 Ok(client)
             }
             Err(e) => {
@@ -201,15 +198,12 @@ impl Postgres {
                 );
                 let error = match e {
                     PoolError::Backend(e) => self.error("connect", &e),
-                    other => {
-                        BackendError::Unavailable(format!("{}: cannot connect: {other}", self.what))
-                    }
+                    other => self.origin.unavailable(format!("cannot connect: {other}")),
                 };
-                if let (true, BackendError::Unavailable(reason)) = (dialled, &error) {
-                    let mut backoff = self.backoff.lock();
-                    backoff.until = Some(Instant::now() + backoff.next);
-                    backoff.next = (backoff.next * 2).min(MAX_BACKOFF);
-                    backoff.reason.clone_from(reason);
+                if let (true, RemoteError::Unavailable(reason)) = (dialled, &error) {
+                    let mut pacing = self.pacing.lock();
+                    pacing.until = Some(Instant::now() + pacing.backoff.next_pause());
+                    pacing.reason.clone_from(reason);
                 }
                 Err(error)
             }
@@ -221,13 +215,13 @@ impl Postgres {
     pub async fn deadline<T>(
         &self,
         doing: &str,
-        work: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, BackendError> {
+        work: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(BackendError::Unavailable(format!(
-                "{}: cannot {doing}: no answer within {:?}",
-                self.what, self.timeout
+            Err(_) => Err(self.origin.unavailable(format!(
+                "cannot {doing}: no answer within {:?}",
+                self.timeout
             ))),
         }
     }
@@ -239,11 +233,10 @@ impl Postgres {
         &self,
         row: &'a tokio_postgres::Row,
         index: usize,
-    ) -> Result<T, BackendError> {
+    ) -> Result<T, RemoteError> {
         row.try_get(index).map_err(|e| {
-            BackendError::Failed(format!(
-                "{}: the table has an unexpected layout (column {index}): {e}",
-                self.what
+            self.origin.failed(format!(
+                "the table has an unexpected layout (column {index}): {e}"
             ))
         })
     }
@@ -251,12 +244,12 @@ impl Postgres {
     /// Classifies a failed statement: a connection that failed or closed, or
     /// a server shutting down or refusing connections, is `Unavailable`;
     /// anything else is `Failed`. `doing` says what was attempted.
-    pub fn error(&self, doing: &str, e: &tokio_postgres::Error) -> BackendError {
-        let message = format!("{}: cannot {doing}: {}", self.what, describe(e));
+    pub fn error(&self, doing: &str, e: &tokio_postgres::Error) -> RemoteError {
+        let message = format!("cannot {doing}: {}", describe(e));
         if is_unavailable(e) {
-            BackendError::Unavailable(message)
+            self.origin.unavailable(message)
         } else {
-            BackendError::Failed(message)
+            self.origin.failed(message)
         }
     }
 }
