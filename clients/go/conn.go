@@ -175,6 +175,15 @@ func (c *conn) dispatch(h header, payload []byte) error {
 			s.limit = w.streamLimit
 		}
 		c.streams[h.requestID] = s
+		if h.opcode == OpInvokeRegister {
+			// The daemon may deliver a call right after this answer: the
+			// app id must lead to the new stream before the next frame is
+			// read, not once the caller of Register has run again.
+			var reg RegisterReply
+			if Unmarshal(payload, &reg) == nil {
+				c.callees[reg.AppID] = s
+			}
+		}
 	}
 	c.mu.Unlock()
 	if !ok {
@@ -202,11 +211,9 @@ func (c *conn) routeCall(h header, payload []byte) {
 	c.mu.Lock()
 	s := c.callees[call.AppID]
 	c.mu.Unlock()
-	if s == nil {
+	if s == nil || !s.pushCall(frame{h: h, payload: payload}) {
 		go c.answerCall(h.requestID, StatusUnavailable, &ErrorBody{Message: fmt.Sprintf("this connection serves no app %q", call.AppID)})
-		return
 	}
-	s.push(frame{h: h, payload: payload})
 }
 
 // answerCall writes the response to a delivered call: flags RESPONSE, opcode

@@ -283,12 +283,7 @@ func (r *Registration) open(ctx context.Context, appID string) error {
 	if err != nil {
 		return err
 	}
-	// The daemon may deliver a call right after its answer: a call that
-	// arrives before this line finds no stream and is answered UNAVAILABLE,
-	// which is how SPEC §7.8.3 treats a connection that serves no such app.
-	st.c.mu.Lock()
-	st.c.callees[reply.AppID] = st
-	st.c.mu.Unlock()
+	// The reader has already pointed the app id at st (conn.dispatch).
 	r.Registered, r.s = reply, st
 	return nil
 }

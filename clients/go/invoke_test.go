@@ -118,3 +118,40 @@ func TestDaemonInvokeUnknownApp(t *testing.T) {
 		t.Errorf("an empty app id: %v, want INVALID_ARGUMENT", err)
 	}
 }
+
+// A hot restart of the invoke module ends the registration with UNAVAILABLE
+// (SPEC §7.8.1): Next registers again and the app id is served again.
+func TestDaemonInvokeRegistersAgainAfterRestart(t *testing.T) {
+	callee, caller := client(t), client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	app := key(t)
+	reg, err := callee.Register(ctx, app)
+	must(t, err)
+	if _, err := caller.ModuleRestart(ctx, "invoke", ""); err != nil {
+		t.Fatal(err)
+	}
+	replied := make(chan error, 1)
+	go func() {
+		for {
+			r, err := caller.Invoke(ctx, app, "m", []byte("again"), nil)
+			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnavailable) {
+				time.Sleep(50 * time.Millisecond) // not registered again yet
+				continue
+			}
+			if err == nil && string(r.Data) != "ok" {
+				err = errors.New("reply " + string(r.Data))
+			}
+			replied <- err
+			return
+		}
+	}()
+	call, err := reg.Next(ctx)
+	must(t, err)
+	if string(call.Data) != "again" {
+		t.Errorf("call data %q", call.Data)
+	}
+	must(t, reg.Reply(call, &InvokeReply{Data: []byte("ok")}))
+	must(t, <-replied)
+	must(t, reg.Cancel(ctx))
+}

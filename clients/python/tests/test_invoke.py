@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -124,3 +125,29 @@ def test_asyncio_invoke_and_serve(mechad: str) -> None:
                 await caller.invoke(name, "hello")
             await caller.ping()
     asyncio.run(main())
+
+
+def test_module_restart_registers_again(client: mecha.Client) -> None:
+    """A hot restart of the invoke module ends the registration with UNAVAILABLE
+    (SPEC §7.8.1): ``next_call`` registers again and the app id is served again."""
+    name = app()
+    with client.register(name) as reg:
+        client.module_restart("invoke")
+        done: dict[str, bytes] = {}
+
+        def caller() -> None:
+            with mecha.Client(client.path) as c:
+                for _ in range(100):  # until the new registration is in place
+                    try:
+                        done["reply"] = c.invoke(name, "m", b"again", timeout=2)
+                        return
+                    except (errors.NotFound, errors.Unavailable):
+                        time.sleep(0.05)
+
+        t = threading.Thread(target=caller)
+        t.start()
+        call = reg.next_call(timeout=30)
+        assert call is not None and call.data == b"again"
+        reg.reply(call, b"ok")
+        t.join(10)
+        assert done.get("reply") == b"ok"

@@ -74,6 +74,13 @@ class _Conn:
                     break
                 if h.flags & p.F_STREAM:  # register before any push of it is read
                     self.streams[h.request_id] = self.opened[h.request_id] = asyncio.Queue()
+                    if h.opcode == 0x0701 and h.status == 0:
+                        # Calls may follow at once: route the app id to the new
+                        # stream before reading on, not when the opener resumes.
+                        try:
+                            self.callees[p.decode(t.RegisterReply, payload).app_id] = h.request_id
+                        except p.DecodeError:
+                            pass  # the opener reports the undecodable answer
                 fut = self.pending.pop(h.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result((h, payload))
@@ -586,10 +593,8 @@ class Registration(_AioStream):
     reply_info: t.RegisterReply
 
     async def _open(self, timeout: float | None, window: float | None = None) -> Any:
+        # The reader has routed the app id to the new stream (``_Conn._read_loop``).
         self.reply_info = await super()._open(timeout, window)
-        assert self._stream is not None
-        # From now on the reader queues this app id's calls on the new stream.
-        self._stream._conn.callees[self.reply_info.app_id] = self._stream.stream_id
         return self.reply_info
 
     @property
