@@ -45,6 +45,7 @@ type conn struct {
 	mu      sync.Mutex
 	pending map[uint32]waiter
 	streams map[uint32]*stream
+	callees map[string]*stream // app id -> its registration stream (SPEC §7.8.3)
 	lastID  uint32
 	closing bool          // a connection-fatal answer arrived: send nothing more
 	fatal   *StatusError  // that answer (SPEC §6.3, §6.4)
@@ -59,6 +60,7 @@ func newConn(nc net.Conn, path string) *conn {
 		version: ABIVersion,
 		pending: make(map[uint32]waiter),
 		streams: make(map[uint32]*stream),
+		callees: make(map[string]*stream),
 		done:    make(chan struct{}),
 	}
 	go c.readLoop()
@@ -119,6 +121,10 @@ func (c *conn) dispatch(h header, payload []byte) error {
 		return &ProtocolError{Reason: fmt.Sprintf("frame of ABI version %d on a version %d connection", h.version, ABIVersion)}
 	}
 	if h.flags&FlagResponse == 0 {
+		if h.flags == 0 && h.opcode == OpInvokeCall {
+			c.routeCall(h, payload)
+			return nil
+		}
 		if h.flags&FlagStream == 0 {
 			return &ProtocolError{Reason: fmt.Sprintf("mechad sent a request frame (opcode %#06x)", h.opcode)}
 		}
@@ -169,6 +175,15 @@ func (c *conn) dispatch(h header, payload []byte) error {
 			s.limit = w.streamLimit
 		}
 		c.streams[h.requestID] = s
+		if h.opcode == OpInvokeRegister {
+			// The daemon may deliver a call right after this answer: the
+			// app id must lead to the new stream before the next frame is
+			// read, not once the caller of Register has run again.
+			var reg RegisterReply
+			if Unmarshal(payload, &reg) == nil {
+				c.callees[reg.AppID] = s
+			}
+		}
 	}
 	c.mu.Unlock()
 	if !ok {
@@ -180,6 +195,47 @@ func (c *conn) dispatch(h header, payload []byte) error {
 		return nil
 	}
 	w.ch <- frame{h: h, payload: payload, stream: s}
+	return nil
+}
+
+// routeCall queues a call the daemon delivered (INVOKE_CALL, a request in the
+// daemon's own id space) on its app id's registration stream, where
+// Registration.Next reads it. A call nobody here serves is answered at once,
+// so that its caller does not wait for its deadline.
+func (c *conn) routeCall(h header, payload []byte) {
+	var call InvokeCall
+	if err := Unmarshal(payload, &call); err != nil {
+		go c.answerCall(h.requestID, StatusInvalidArgument, &ErrorBody{Message: "undecodable InvokeCall: " + err.Error()})
+		return
+	}
+	c.mu.Lock()
+	s := c.callees[call.AppID]
+	c.mu.Unlock()
+	if s == nil || !s.pushCall(frame{h: h, payload: payload}) {
+		go c.answerCall(h.requestID, StatusUnavailable, &ErrorBody{Message: fmt.Sprintf("this connection serves no app %q", call.AppID)})
+	}
+}
+
+// answerCall writes the response to a delivered call: flags RESPONSE, opcode
+// INVOKE_CALL, the call's request id, and InvokeReply (OK) or ErrorBody. The
+// daemon never answers it.
+func (c *conn) answerCall(requestID uint32, status Status, body Message) error {
+	buf := newFrameBuf(body)
+	h := header{version: c.version, flags: FlagResponse, opcode: OpInvokeCall, requestID: requestID,
+		status: uint16(status), payloadLen: uint32(len(buf) - HeaderSize)}
+	h.appendTo(buf[:0])
+	c.wmu.Lock()
+	// A daemon that stopped reading must not hold the callee for ever.
+	_ = c.nc.SetWriteDeadline(time.Now().Add(DefaultTimeout))
+	n, err := c.nc.Write(buf)
+	c.wmu.Unlock()
+	if err != nil {
+		cerr := &ConnectionError{Path: c.path, Err: err}
+		if n > 0 { // part of a frame went out: the stream is out of step
+			c.fail(cerr)
+		}
+		return cerr
+	}
 	return nil
 }
 

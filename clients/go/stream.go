@@ -47,12 +47,13 @@ func (s *stream) signal() {
 }
 
 // push takes a frame from the reader: a push, or the END (whose status says
-// why the stream ended; SPEC §6.11).
-func (s *stream) push(f frame) {
+// why the stream ended; SPEC §6.11). It reports whether the frame was taken:
+// false when it was dropped.
+func (s *stream) push(f frame) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
-		return // ended here already (overflow): drop until the daemon's END
+		return false // ended here already (overflow): drop until the daemon's END
 	}
 	if f.h.flags&FlagEnd != 0 {
 		s.ended = true
@@ -60,7 +61,7 @@ func (s *stream) push(f frame) {
 			s.err = newStatusError(&f.h, f.payload)
 		}
 		s.signal()
-		return
+		return true
 	}
 	if len(s.queue) >= s.limit {
 		s.ended = true
@@ -68,11 +69,18 @@ func (s *stream) push(f frame) {
 			Message: fmt.Sprintf("stream %d ended: %d pushes were left unread and one was dropped (client side); open it again", s.id, s.limit)}
 		go s.cancel(context.Background()) // best effort; the daemon's END then arrives and is dropped
 		s.signal()
-		return
+		return false
 	}
 	s.queue = append(s.queue, f)
 	s.signal()
+	return true
 }
+
+// pushCall queues a call delivered for the registration this stream is; false
+// when it was not queued (the stream has ended, or it overflowed and ends
+// now): the caller must then be answered, not left to its deadline. Calls
+// count against the same bound as pushes (SPEC §7.8.3).
+func (s *stream) pushCall(f frame) bool { return s.push(f) }
 
 // end ends the stream with err (the connection was lost) unless it already
 // ended; frames already queued are still delivered.

@@ -15,12 +15,15 @@
  *                  mecha_message_topic, mecha_message_id,
  *                  mecha_message_content_type, mecha_message_attempt,
  *                  mecha_message_free, mecha_subscription_close
+ *   invoke         mecha_invoke, mecha_register, mecha_registration_next,
+ *                  mecha_call_method, mecha_call_data,
+ *                  mecha_call_content_type, mecha_call_caller_app_id,
+ *                  mecha_call_reply, mecha_call_free, mecha_registration_close
  *   sequencer      mecha_next_id
  *   secrets        mecha_secret_get, mecha_secret_get_all
  *   configuration  mecha_config_get
  *   errors         mecha_last_error, mecha_status_name
  *   memory         mecha_free
- * Planned (not in this version; do not look for the symbols): invoke.
  *
  * Status codes
  *   Every call that can fail returns a mecha_status. MECHA_OK (0) is success.
@@ -69,6 +72,12 @@
  *   mecha_set_timeout() waits for calls in progress on that client.
  *   mecha_close() must be called exactly once, after every other call on the
  *   client has returned. Messages of mecha_last_error() are per thread.
+ *   A mecha_subscription or mecha_registration, and the messages or calls it
+ *   hands out, is used by one thread at a time (a call may be answered by
+ *   another thread than the one that polled it). A registration is served
+ *   only while somebody polls it: a thread must not mecha_invoke() an app id
+ *   that only its own, unpolled registration serves (the call would wait
+ *   for its deadline).
  *   A client must not be used in a child process after fork(); connect anew.
  *
  * Retries and deadlines
@@ -257,6 +266,76 @@ void mecha_message_free(mecha_message *message);
 /* Leaves the group and frees the subscription; its unacknowledged messages go
  * to the other members at once. NULL is ignored. */
 void mecha_subscription_close(mecha_subscription *subscription);
+
+/* ---- invoke ------------------------------------------------------------ */
+
+/* An app id served on a client's connection (mecha_register). Opaque. Use it
+ * from one thread at a time; close every registration before closing its
+ * client. Calls are delivered on the client's own connection: the program
+ * opens no port. */
+typedef struct mecha_registration mecha_registration;
+
+/* One call delivered to a registration (mecha_registration_next). Opaque:
+ * read it with the mecha_call_* accessors, whose pointers stay valid until
+ * mecha_call_free(). */
+typedef struct mecha_call mecha_call;
+
+/* Calls `method` of the app `app_id` (on this node or another) with data_len
+ * bytes of `data`. content_type: NULL for application/octet-stream.
+ * response, response_len: receive the callee's reply body (NUL-terminated
+ *   after response_len bytes, for text); free with mecha_free().
+ * The status is the callee's: MECHA_NOT_FOUND when no instance serves the
+ * app id and method, MECHA_UNAVAILABLE when the callee went away, or any
+ * status the callee answered (its message in mecha_last_error()). A call is
+ * not retried by the library (it may have had effects). */
+mecha_status mecha_invoke(mecha_client *client, const char *app_id, const char *method,
+                          const uint8_t *data, size_t data_len, const char *content_type,
+                          uint8_t **response, size_t *response_len);
+
+/* Serves the app id `app_id` on the client's connection, every method.
+ * registration: receives the registration; close it with
+ *   mecha_registration_close(). While it is open, calls queue up for
+ *   mecha_registration_next(): poll it often, since callers wait (within
+ *   their deadline). The registration registers again by itself when the
+ *   invoke module restarts.
+ * MECHA_PERMISSION_DENIED when the tenant may not serve the app id. */
+mecha_status mecha_register(mecha_client *client, const char *app_id,
+                            mecha_registration **registration);
+
+/* Waits up to timeout_ms (0 = only what has already arrived) for the next
+ * call. call: receives the call, or NULL (with MECHA_OK) when none came in
+ * time; answer it with mecha_call_reply() and free it with mecha_call_free().
+ * Returns MECHA_UNAVAILABLE once the registration has ended for good. */
+mecha_status mecha_registration_next(mecha_registration *registration, uint32_t timeout_ms,
+                                     mecha_call **call);
+
+/* The method called, the media type of the data ("" for none) and the app id
+ * the caller called as ("" for an anonymous caller). */
+const char *mecha_call_method(const mecha_call *call);
+const char *mecha_call_content_type(const mecha_call *call);
+const char *mecha_call_caller_app_id(const mecha_call *call);
+
+/* The call's data; data_len (may be NULL) receives its length. Not NUL-terminated. */
+const uint8_t *mecha_call_data(const mecha_call *call, size_t *data_len);
+
+/* Answers a call, once. status: MECHA_OK with data_len bytes of `data` as the
+ * reply body (content_type: NULL for none), or a daemon status (1..11, e.g.
+ * MECHA_INTERNAL for a failure, MECHA_INVALID_ARGUMENT for a bad request)
+ * with `data` as the error message the caller reads. A library code (< 0)
+ * is MECHA_ERR_INVALID. Calls may be answered in any order, and from another
+ * thread than the one polling, as long as the call and the registration are
+ * used by one thread at a time. Answering after the caller's deadline is
+ * MECHA_OK: the answer is dropped. */
+mecha_status mecha_call_reply(mecha_registration *registration, mecha_call *call, int status,
+                              const uint8_t *data, size_t data_len, const char *content_type);
+
+/* Frees a call. A call freed without an answer fails with MECHA_INTERNAL for
+ * its caller. NULL is ignored. */
+void mecha_call_free(mecha_call *call);
+
+/* Stops serving the app id and frees the registration; calls not yet taken
+ * by mecha_registration_next() fail for their callers. NULL is ignored. */
+void mecha_registration_close(mecha_registration *registration);
 
 /* ---- sequencer --------------------------------------------------------- */
 

@@ -17,6 +17,7 @@
 
 mod config;
 mod ffi;
+mod invoke;
 mod lock;
 mod pubsub;
 mod secrets;
@@ -31,6 +32,11 @@ use ffi::{entry, quiet, CBuf, MechaClient, Out};
 use status::{Code, Failure};
 
 pub use config::mecha_config_get;
+pub use invoke::{
+    mecha_call_caller_app_id, mecha_call_content_type, mecha_call_data, mecha_call_free,
+    mecha_call_method, mecha_call_reply, mecha_invoke, mecha_register, mecha_registration_close,
+    mecha_registration_next,
+};
 pub use lock::{mecha_lock_try, mecha_lock_unlock, unlock_code};
 pub use pubsub::{
     mecha_message_ack, mecha_message_attempt, mecha_message_content_type, mecha_message_data,

@@ -299,6 +299,93 @@ static void test_pubsub(mecha_client *c) {
     mecha_message_free(NULL);
 }
 
+/* ---- invoke ---------------------------------------------------------------- */
+
+/* The callee: serves "echo-c" on its own client, answering `calls` calls
+ * ("echo" returns the data, anything else is INVALID_ARGUMENT). */
+struct callee {
+    mecha_registration *reg;
+    int calls;
+    int served;
+};
+
+static void *callee_main(void *arg) {
+    struct callee *ce = arg;
+    for (int waited = 0; ce->served < ce->calls && waited < 100; ++waited) {
+        mecha_call *call = NULL;
+        if (mecha_registration_next(ce->reg, 100, &call) != MECHA_OK || call == NULL)
+            continue;
+        size_t len = 0;
+        const uint8_t *data = mecha_call_data(call, &len);
+        if (strcmp(mecha_call_method(call), "echo") == 0) {
+            mecha_call_reply(ce->reg, call, MECHA_OK, data, len, mecha_call_content_type(call));
+        } else {
+            const char msg[] = "no such method";
+            mecha_call_reply(ce->reg, call, MECHA_INVALID_ARGUMENT, (const uint8_t *)msg,
+                             sizeof msg - 1, NULL);
+        }
+        mecha_call_free(call);
+        ++ce->served;
+    }
+    return NULL;
+}
+
+static void test_invoke(const char *socket, mecha_client *caller) {
+    mecha_client *server = NULL;
+    mecha_status st = mecha_connect(socket, &server);
+    CHECK(st == MECHA_OK, "a second client for the callee");
+    if (st != MECHA_OK)
+        return;
+    struct callee ce = {NULL, 2, 0};
+    st = mecha_register(server, "echo-c", &ce.reg);
+    CHECK(st == MECHA_OK && ce.reg != NULL, "register echo-c");
+    if (st != MECHA_OK) {
+        mecha_close(server);
+        return;
+    }
+    mecha_call *none = NULL;
+    st = mecha_registration_next(ce.reg, 0, &none);
+    CHECK(st == MECHA_OK && none == NULL, "no call yet: NULL call, MECHA_OK");
+
+    pthread_t thread;
+    int started = pthread_create(&thread, NULL, callee_main, &ce) == 0;
+    CHECK(started, "start the callee thread");
+    if (started) {
+        const uint8_t body[] = "{\"n\":1}";
+        uint8_t *resp = NULL;
+        size_t resp_len = 0;
+        st = mecha_invoke(caller, "echo-c", "echo", body, sizeof body - 1, "application/json",
+                          &resp, &resp_len);
+        CHECK(st == MECHA_OK && resp_len == sizeof body - 1 && memcmp(resp, body, resp_len) == 0,
+              "invoke echo-c: the callee echoes the data");
+        mecha_free(resp);
+        resp = NULL;
+        st = mecha_invoke(caller, "echo-c", "nope", NULL, 0, NULL, &resp, &resp_len);
+        CHECK(st == MECHA_INVALID_ARGUMENT && resp == NULL && resp_len == 0 &&
+                  strstr(mecha_last_error(), "no such method") != NULL,
+              "the callee's error status and message reach the caller");
+        pthread_join(thread, NULL);
+        CHECK(ce.served == 2, "the callee served both calls");
+    }
+
+    uint8_t *resp = NULL;
+    size_t resp_len = 0;
+    st = mecha_invoke(caller, "no-such-app", "echo", NULL, 0, NULL, &resp, &resp_len);
+    CHECK(st == MECHA_NOT_FOUND && resp == NULL, "an unknown app: MECHA_NOT_FOUND");
+    st = mecha_invoke(caller, "echo-c", "echo", NULL, 0, NULL, NULL, &resp_len);
+    CHECK(st == MECHA_ERR_INVALID, "NULL response: MECHA_ERR_INVALID");
+    st = mecha_registration_next(NULL, 0, &none);
+    CHECK(st == MECHA_ERR_INVALID, "NULL registration: MECHA_ERR_INVALID");
+
+    mecha_registration_close(ce.reg);
+    mecha_registration_close(NULL);
+    mecha_call_free(NULL);
+    /* Closed: nobody serves echo-c any more. */
+    st = mecha_invoke(caller, "echo-c", "echo", NULL, 0, NULL, &resp, &resp_len);
+    CHECK(st == MECHA_NOT_FOUND, "after close, echo-c is not found");
+    mecha_close(server);
+}
+
 /* ---- secrets and configuration ------------------------------------------ */
 
 static void test_secrets(mecha_client *c) {
@@ -403,6 +490,7 @@ int main(int argc, char **argv) {
     test_sequencer(c);
     test_pubsub(c);
     test_threads(c);
+    test_invoke(argv[1], c);
     test_secrets(c);
     test_config(c);
     test_arguments(c);

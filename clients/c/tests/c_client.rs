@@ -15,8 +15,10 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The module binaries the test daemon's configuration starts.
-const MODULES: [&str; 5] = [
+const MODULES: [&str; 7] = [
     "mecha-mod-state",
+    "mecha-mod-pubsub",
+    "mecha-mod-invoke",
     "mecha-mod-lock",
     "mecha-mod-sequencer",
     "mecha-mod-config",
@@ -121,6 +123,7 @@ fn config_yaml(secrets_file: &Path) -> String {
         component("sequencer", "sequencer.redb", ""),
         component("pubsub", "pubsub.memory", ""),
         component("configstore", "configuration.memory", ""),
+        component("invoke", "invoke.mesh", ""),
         component(
             "secretstore",
             "secretstores.local.env",
@@ -358,6 +361,10 @@ fn c_api_test_linked_statically_passes_against_the_real_daemon() {
     // Enough checks ran that a truncated run is noticed.
     let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(checks >= 50, "only {checks} checks ran:\n{stdout}");
+    assert!(
+        stdout.contains("ok") && stdout.contains("invoke echo-c: the callee echoes the data"),
+        "the invoke checks did not run:\n{stdout}"
+    );
 }
 
 #[test]

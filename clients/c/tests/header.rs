@@ -144,28 +144,6 @@ fn version_macros_match_the_crate_version() {
     }
 }
 
-#[test]
-fn planned_operations_are_mentioned_but_not_declared() {
-    let text = header_text();
-    let planned = text
-        .lines()
-        .find(|l| l.contains("Planned"))
-        .expect("the header lists planned operations");
-    let rest = &text[text.find(planned).expect("found above")..];
-    let paragraph = &rest[..rest.find("\n *\n").unwrap_or(rest.len())];
-    let planned_ops = ["invoke"];
-    for op in planned_ops {
-        assert!(paragraph.contains(op), "{op} is listed as planned");
-    }
-    let header = parse_header(&text);
-    for name in header.functions.keys() {
-        assert!(
-            !planned_ops.iter().any(|op| name.contains(op)),
-            "{name}: planned operations are not stubbed"
-        );
-    }
-}
-
 /// Runs a compiler command; fails the test with its output if it fails.
 fn compile(cmd: &mut Command, what: &str) {
     let out = cmd

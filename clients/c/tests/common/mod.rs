@@ -347,6 +347,8 @@ pub fn c_type(rust: &str, func: &str) -> Vec<String> {
         "MechaClient" => "mecha_client",
         "MechaSubscription" => "mecha_subscription",
         "MechaMessage" => "mecha_message",
+        "MechaRegistration" => "mecha_registration",
+        "MechaCall" => "mecha_call",
         "Code" => "mecha_status",
         other => panic!("{func}: no C spelling for the Rust type {other:?}; add it to c_type"),
     };

@@ -5,19 +5,20 @@ speak ABI v1 as ``abi/SPEC.md`` defines it; payload types live in ``mecha.payloa
 the encoding in ``mecha.codec``.
 """
 
-from .client import Client, ConfigWatch, Subscription
+from .client import Client, ConfigWatch, Registration, Subscription
 from .errors import (DeadlineExceeded, EtagMismatch, Internal, InvalidArgument,
                      MechaConnectionError, MechaError, NotFound, PermissionDenied, ProtocolError,
                      ResourceExhausted, StatusError, Unavailable, UnknownOpcode, Unsupported, UnsupportedVersion)
-from .payloads import (BulkGetItem, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
+from .payloads import (AppEntry, BulkGetItem, InvokeReply, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
                        ExtendLockReply, HelloReply, ModuleStatus, PublishReply, ReloadReply,
                        SetItem, StateEntry, StatusReply, SubscribeReply, TryLockReply,
                        UnlockStatus)
-from .protocol import default_socket_path
+from .protocol import Call, default_socket_path
 
 __version__ = "0.1.0"
 __all__ = [
-    "Client", "Subscription", "ConfigWatch", "default_socket_path",
+    "Client", "Subscription", "ConfigWatch", "Registration", "Call", "default_socket_path",
+    "AppEntry", "InvokeReply",
     "MechaError", "MechaConnectionError", "ProtocolError", "StatusError", "NotFound",
     "EtagMismatch", "InvalidArgument", "UnknownOpcode", "Unsupported", "UnsupportedVersion",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "DeadlineExceeded", "Internal",

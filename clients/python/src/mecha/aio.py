@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from . import errors
 from . import payloads as t
 from . import protocol as p
 
-__all__ = ["Client", "Stream", "Subscription", "ConfigWatch"]
+__all__ = ["Client", "Stream", "Subscription", "ConfigWatch", "Registration"]
 T = TypeVar("T")
 Frame = tuple[p.Header, bytes]
+Reply = bytes | str | t.InvokeReply | None
+Handler = Callable[[p.Call], Reply | Awaitable[Reply]]
 
 
 class _Conn:
@@ -36,6 +39,8 @@ class _Conn:
         self.pending: dict[int, asyncio.Future[Frame]] = {}
         self.streams: dict[int, asyncio.Queue[Frame | None]] = {}
         self.opened: dict[int, asyncio.Queue[Frame | None]] = {}  # until _open_stream takes it
+        # app id -> the registration stream whose queue receives its calls (§7.8.3)
+        self.callees: dict[str, int] = {}
         self.version = p.VERSION
         self.error: Exception | None = None
         self._next = 0
@@ -54,6 +59,9 @@ class _Conn:
             while True:
                 h = p.Header.unpack(await self.reader.readexactly(p.HEADER.size))
                 payload = await self.reader.readexactly(h.payload_len) if h.payload_len else b""
+                if p.is_call(h):  # a request from the daemon, in its own id space
+                    self._route_call(h, payload)
+                    continue
                 if not h.flags & p.F_RESPONSE:  # a push on a stream
                     q = self.streams.get(h.request_id)
                     if q is not None:
@@ -66,6 +74,13 @@ class _Conn:
                     break
                 if h.flags & p.F_STREAM:  # register before any push of it is read
                     self.streams[h.request_id] = self.opened[h.request_id] = asyncio.Queue()
+                    if h.opcode == 0x0701 and h.status == 0:
+                        # Calls may follow at once: route the app id to the new
+                        # stream before reading on, not when the opener resumes.
+                        try:
+                            self.callees[p.decode(t.RegisterReply, payload).app_id] = h.request_id
+                        except p.DecodeError:
+                            pass  # the opener reports the undecodable answer
                 fut = self.pending.pop(h.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result((h, payload))
@@ -74,6 +89,25 @@ class _Conn:
         except (asyncio.IncompleteReadError, OSError) as e:
             err = errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e!r}")
         self.fail(err)
+
+    def _route_call(self, h: p.Header, payload: bytes) -> None:
+        """Queues a delivered call on its app id's registration stream, or answers it at
+        once when it cannot be served, so that its caller does not wait for its deadline."""
+        try:
+            app_id = p.decode_call(h, payload).app_id
+        except p.DecodeError as e:
+            self.answer(h.request_id, errors.InvalidArgument(f"undecodable call: {e}"))
+            return
+        q = self.streams.get(self.callees.get(app_id, 0))
+        if q is None:
+            self.answer(h.request_id, errors.Unavailable(f"this connection serves no app {app_id!r}"))
+            return
+        q.put_nowait((h, payload))
+
+    def answer(self, request_id: int, result: t.InvokeReply | errors.StatusError) -> None:
+        """Queues the response to a delivered call (the writer buffers it)."""
+        if self.error is None:
+            self.writer.write(p.call_answer(request_id, result, self.version))
 
     def fail(self, err: Exception) -> None:
         """Ends the connection: every waiting request and stream gets ``err``."""
@@ -253,6 +287,45 @@ class Client:
                          timeout: float | None = None, retry: bool | None = None) -> list[str]:
         return await self._call(p.config_set(items, delete, store), timeout, retry)
 
+    async def invoke(self, app_id: str, method: str, data: bytes | str = b"", *,
+                     content_type: str = "",
+                     metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                     caller_app_id: str = "", trace_parent: str = "",
+                     timeout: float | None = None) -> bytes:
+        reply = await self.invoke_reply(app_id, method, data, content_type=content_type,
+                                        metadata=metadata, caller_app_id=caller_app_id,
+                                        trace_parent=trace_parent, timeout=timeout)
+        return reply.data
+
+    async def invoke_reply(self, app_id: str, method: str, data: bytes | str = b"", *,
+                           content_type: str = "",
+                           metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                           caller_app_id: str = "", trace_parent: str = "",
+                           timeout: float | None = None) -> t.InvokeReply:
+        return await self._call(p.invoke(app_id, method, data, content_type, metadata,
+                                         caller_app_id, trace_parent), timeout, None)
+
+    async def apps(self, *, timeout: float | None = None) -> list[t.AppEntry]:
+        return await self._call(p.invoke_apps(), timeout, None)
+
+    async def register(self, app_id: str, *, methods: Sequence[str] = (),
+                       timeout: float | None = None) -> Registration:
+        """Like ``mecha.Client.register``, but calls arrive on this connection."""
+        reg = Registration(self, p.invoke_register(app_id, methods))
+        await reg._open(timeout)
+        return reg
+
+    async def serve(self, app_id: str, handler: Handler, *, methods: Sequence[str] = (),
+                    timeout: float | None = None) -> None:
+        """Serve ``app_id`` with ``handler`` (a function or coroutine function of a
+        ``Call``; see ``mecha.Client.serve``) until the registration ends; calls are
+        handled concurrently. Cancelling the task serving stops serving."""
+        reg = await self.register(app_id, methods=methods, timeout=timeout)
+        try:
+            await reg.serve(handler)
+        finally:
+            await reg.cancel()
+
     async def watch_config(self, keys: Sequence[str] = (), *, store: str = "",
                            timeout: float | None = None) -> ConfigWatch:
         watch = ConfigWatch(self, p.config_subscribe(keys, store))
@@ -384,20 +457,26 @@ class _AioStream:
             self._done = True
             raise e from cause
 
-    async def _frame(self, timeout: float | None) -> Any:
+    async def _raw(self, timeout: float | None) -> Frame | None:
+        """The stream's next frame; None after the iterator ended."""
         assert self._stream is not None
         try:
             async with asyncio.timeout(timeout):
-                h, payload = await self._stream.__anext__()
+                return await self._stream.__anext__()
         except StopAsyncIteration:
             self._done = True
-            return p.End(None)
+            return None
         except errors.MechaError:
             self._done = True
             raise
         except TimeoutError:
             raise TimeoutError(f"nothing on the stream within {timeout} s") from None
-        item = p.stream_frame(h, payload)
+
+    async def _frame(self, timeout: float | None) -> Any:
+        frame = await self._raw(timeout)
+        if frame is None:
+            return p.End(None)
+        item = p.stream_frame(*frame)
         if isinstance(item, p.End) and not item.resumable:
             self._done = True
             if item.error is not None:
@@ -505,3 +584,110 @@ class ConfigWatch(_AioStream):
         if u is None:
             raise StopAsyncIteration
         return u
+
+
+class Registration(_AioStream):
+    """``mecha.client.Registration`` for asyncio: the calls arrive on the client's own
+    connection; ``await next_call()``, ``async for``, ``reply``/``fail``."""
+
+    reply_info: t.RegisterReply
+
+    async def _open(self, timeout: float | None, window: float | None = None) -> Any:
+        # The reader has routed the app id to the new stream (``_Conn._read_loop``).
+        self.reply_info = await super()._open(timeout, window)
+        return self.reply_info
+
+    @property
+    def app_id(self) -> str:
+        return self.reply_info.app_id
+
+    async def cancel(self, *, timeout: float | None = None) -> None:
+        await super().cancel(timeout=timeout)
+        if self._stream is not None:
+            conn = self._stream._conn
+            # Forget the stream: its id may be reused by a later stream of this connection.
+            if conn.callees.get(self.reply_info.app_id) == self._stream.stream_id:
+                del conn.callees[self.reply_info.app_id]
+
+    async def next_call(self, timeout: float | None = None) -> p.Call | None:
+        """The next call, waiting up to ``timeout`` (None: for ever; ``TimeoutError``
+        then); None once the registration was cancelled."""
+        while not self._done:
+            frame = await self._raw(timeout)
+            if frame is None:
+                return None
+            h, payload = frame
+            if p.is_call(h):
+                try:
+                    return p.decode_call(h, payload)
+                except p.DecodeError as e:  # the reader checked; kept for safety
+                    self._conn().answer(h.request_id, errors.InvalidArgument(str(e)))
+                    continue
+            item = p.stream_frame(h, payload)
+            if not isinstance(item, p.End):
+                continue  # a registration has no pushes (§7.8.1)
+            if item.error is None:
+                self._done = True
+                return None
+            if not item.resumable:
+                self._done = True
+                raise item.error
+            await self._reopen(item.error)
+        return None
+
+    async def reply(self, call: p.Call, data: bytes | str | t.InvokeReply = b"", *,
+                    content_type: str = "",
+                    metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None) -> None:
+        """Answer ``call`` with OK and ``data`` as the reply body."""
+        reply = data if isinstance(data, t.InvokeReply) else t.InvokeReply(
+            p._b(data), content_type, p._pairs(metadata))
+        await self._answer(call, reply)
+
+    async def fail(self, call: p.Call, error: errors.StatusError) -> None:
+        """Answer ``call`` with ``error``'s status and message."""
+        await self._answer(call, error)
+
+    async def serve(self, handler: Handler) -> None:
+        """Answer every call with ``handler``, each in a task of its own, until the
+        registration ends."""
+        tasks: set[asyncio.Task[None]] = set()
+        while (call := await self.next_call()) is not None:
+            task = asyncio.get_running_loop().create_task(self._handle(handler, call))
+            tasks.add(task)  # a strong reference, or the task may vanish mid-way
+            task.add_done_callback(tasks.discard)
+
+    async def _handle(self, handler: Handler, call: p.Call) -> None:
+        try:
+            value = handler(call)
+            if inspect.isawaitable(value):
+                value = await value
+            result: t.InvokeReply | errors.StatusError = p.as_reply(value)
+        except Exception as e:  # the handler's failure is the caller's answer
+            result = p.handler_error(e)
+        try:
+            await self._answer(call, result)
+        except errors.MechaError:
+            pass  # the connection is gone: the daemon has failed the call already
+
+    def _conn(self) -> _Conn:
+        assert self._stream is not None
+        return self._stream._conn
+
+    async def _answer(self, call: p.Call, result: t.InvokeReply | errors.StatusError) -> None:
+        conn = self._conn()
+        if conn.error is not None:
+            raise conn.error
+        conn.answer(call.request_id, result)
+        try:
+            await conn.writer.drain()
+        except OSError as e:
+            raise errors.MechaConnectionError(f"connection to mechad at {conn.path} lost: {e}") from e
+
+    def __aiter__(self) -> Registration:
+        return self
+
+    async def __anext__(self) -> p.Call:
+        c = await self.next_call()
+        if c is None:
+            raise StopAsyncIteration
+        return c

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from . import errors
@@ -181,6 +181,50 @@ class Client:
         connection (SPEC §7.3.3); returns how many took effect."""
         return self._call(p.pubsub_ack(deliveries, nack), timeout, None)
 
+    # -- invoke ------------------------------------------------------------------------
+
+    def invoke(self, app_id: str, method: str, data: bytes | str = b"", *,
+               content_type: str = "",
+               metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+               caller_app_id: str = "", trace_parent: str = "",
+               timeout: float | None = None) -> bytes:
+        """Call ``method`` of the app ``app_id`` (on this node or another) and return
+        the body of its reply. The callee's error status is raised as its
+        ``StatusError``; ``NotFound`` when nothing serves the app id and method. Never
+        retried by the client (the daemon's resiliency settings do)."""
+        return self.invoke_reply(app_id, method, data, content_type=content_type,
+                                 metadata=metadata, caller_app_id=caller_app_id,
+                                 trace_parent=trace_parent, timeout=timeout).data
+
+    def invoke_reply(self, app_id: str, method: str, data: bytes | str = b"", *,
+                     content_type: str = "",
+                     metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                     caller_app_id: str = "", trace_parent: str = "",
+                     timeout: float | None = None) -> t.InvokeReply:
+        """``invoke``, returning the whole ``InvokeReply`` (content type, metadata)."""
+        return self._call(p.invoke(app_id, method, data, content_type, metadata,
+                                   caller_app_id, trace_parent), timeout, None)
+
+    def apps(self, *, timeout: float | None = None) -> list[t.AppEntry]:
+        """Every app id reachable from the daemon: local ones and those peers announced."""
+        return self._call(p.invoke_apps(), timeout, None)
+
+    def register(self, app_id: str, *, methods: Sequence[str] = (),
+                 timeout: float | None = None) -> Registration:
+        """Serve ``app_id`` (only ``methods``, if given); returns a ``Registration``
+        whose ``next_call()`` yields the calls to answer with ``reply``/``fail``. Like a
+        subscription it owns a connection of its own, on which the calls arrive."""
+        return Registration(self, p.invoke_register(app_id, methods), timeout)
+
+    def serve(self, app_id: str, handler: Callable[[p.Call], bytes | str | t.InvokeReply | None],
+              *, methods: Sequence[str] = (), timeout: float | None = None) -> None:
+        """Serve ``app_id`` with ``handler`` until the registration fails (use
+        ``register`` and ``Registration.serve``/``stop`` to stop it from another thread): its return value is the reply body (or a whole
+        ``InvokeReply``); a ``StatusError`` it raises is answered with that status, any
+        other exception with INTERNAL. Calls are handled one at a time, in order."""
+        with self.register(app_id, methods=methods, timeout=timeout) as reg:
+            reg.serve(handler)
+
     # -- configuration -----------------------------------------------------------------
 
     def config_get(self, keys: Sequence[str] = (), *, store: str = "",
@@ -309,6 +353,9 @@ class _StreamConnection(Client):
     def __init__(self, path: str, timeout: float) -> None:
         self.stream_id = 0
         self.frames: deque[tuple[p.Header, bytes]] = deque()
+        # Writes only. ``read`` holds ``_lock`` while it waits, and a registration's
+        # answers must still go out meanwhile (another thread may answer a call).
+        self._wlock = threading.Lock()
         super().__init__(path, timeout=timeout)
 
     def _exchange(self, op: p.Op[T], remaining: float,
@@ -324,13 +371,14 @@ class _StreamConnection(Client):
         deadline = time.monotonic() + remaining + p.GRACE
         try:
             sock.settimeout(remaining + p.GRACE)
-            sock.sendall(p.request_frame(op.opcode, rid, op.payload, p.deadline_ms(remaining),
-                                         self._version))
+            with self._wlock:  # a call's response may be written from another thread
+                sock.sendall(p.request_frame(op.opcode, rid, op.payload,
+                                             p.deadline_ms(remaining), self._version))
             while True:
                 h, payload = self._read_frame(sock, deadline)
                 if h.opcode == 0 or (h.flags & p.F_RESPONSE and h.request_id == rid):
                     break
-                if not h.flags & p.F_RESPONSE and h.request_id == self.stream_id:
+                if self._ours(h):
                     self.frames.append((h, payload))
         except TimeoutError as e:
             self._drop()
@@ -374,8 +422,27 @@ class _StreamConnection(Client):
                 except OSError as e:
                     self._drop()
                     raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}") from e
-                if not h.flags & p.F_RESPONSE and h.request_id == self.stream_id:
+                if self._ours(h):
                     return h, payload
+
+    def _ours(self, h: p.Header) -> bool:
+        """A frame for ``read``: a push or END of the followed stream, or a call the
+        daemon delivered (only a registration's connection receives those)."""
+        return (not h.flags & p.F_RESPONSE and h.request_id == self.stream_id) or p.is_call(h)
+
+    def send(self, frame: bytes) -> None:
+        """Writes a frame that is not answered (a call's response); it does not wait
+        for a ``read`` in progress on another thread."""
+        with self._wlock:
+            sock = self._sock
+            if sock is None:
+                raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost")
+            try:
+                # The socket's timeout is whatever the reader set: not changed
+                # here, since a reader may be waiting on it right now.
+                sock.sendall(frame)
+            except OSError as e:
+                raise errors.MechaConnectionError(f"connection to mechad at {self.path} lost: {e}") from e
 
     def _read_frame(self, sock: socket.socket, deadline: float | None) -> tuple[p.Header, bytes]:
         """One whole frame; a timeout consumes nothing, so reading can resume later."""
@@ -551,3 +618,100 @@ class ConfigWatch(_SyncStream):
         if u is None:
             raise StopIteration
         return u
+
+
+class Registration(_SyncStream):
+    """An app id served on a connection of its own (``Client.register``). ``next_call()``
+    returns the next ``Call``; answer each with ``reply`` or ``fail`` (in any order, from
+    any thread). It registers again by itself after the invoke module restarts; calls
+    arrive only while it is registered, and callers wait (within their deadline) while
+    nobody reads. Use ``next_call`` from one thread at a time."""
+
+    reply_info: t.RegisterReply
+    """The RegisterReply of the latest (re)registration: the app id and the node."""
+
+    def __init__(self, client: Client, op: p.Op[t.RegisterReply], timeout: float | None) -> None:
+        self._stopping = False
+        super().__init__(client, op, timeout)
+        self.reply_info = self._opened
+
+    def stop(self) -> None:
+        """Stops serving, from any thread: a ``next_call`` waiting elsewhere returns None
+        (and ``serve`` returns). Shutting the socket down wakes the waiting reader, which
+        holds the connection's lock, and ends the registration (its connection closes)."""
+        self._stopping = True
+        sock = self._conn._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+    @property
+    def app_id(self) -> str:
+        return self.reply_info.app_id
+
+    def next_call(self, timeout: float | None = None) -> p.Call | None:
+        """The next call, waiting up to ``timeout`` seconds (None: for ever;
+        ``TimeoutError`` then). None once the registration was cancelled."""
+        while not self._done:
+            try:
+                h, payload = self._conn.read(timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no call within {timeout} s") from None
+            except errors.MechaError:
+                self.close()
+                if self._stopping:
+                    return None
+                raise
+            if p.is_call(h):
+                try:
+                    return p.decode_call(h, payload)
+                except p.DecodeError as e:
+                    # Answered so the caller does not wait for its deadline.
+                    self._answer(h.request_id, errors.InvalidArgument(f"undecodable call: {e}"))
+                    continue
+            item = p.stream_frame(h, payload)
+            if not isinstance(item, p.End):
+                continue  # a registration has no pushes (§7.8.1); nothing to do with one
+            if item.error is None:
+                self.close()
+                return None
+            if not item.resumable:
+                self.close()
+                raise item.error
+            self.reply_info = self._reopen(item.error)
+        return None
+
+    def reply(self, call: p.Call, data: bytes | str | t.InvokeReply = b"", *,
+              content_type: str = "",
+              metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None) -> None:
+        """Answer ``call`` with OK and ``data`` as the reply body."""
+        reply = data if isinstance(data, t.InvokeReply) else t.InvokeReply(
+            p._b(data), content_type, p._pairs(metadata))
+        self._answer(call.request_id, reply)
+
+    def fail(self, call: p.Call, error: errors.StatusError) -> None:
+        """Answer ``call`` with ``error``'s status and message, e.g.
+        ``errors.InvalidArgument("no such order")``."""
+        self._answer(call.request_id, error)
+
+    def serve(self, handler: Callable[[p.Call], bytes | str | t.InvokeReply | None]) -> None:
+        """Answer every call with ``handler`` (see ``Client.serve``) until cancelled."""
+        while (call := self.next_call()) is not None:
+            try:
+                result: t.InvokeReply | errors.StatusError = p.as_reply(handler(call))
+            except Exception as e:  # the handler's failure is the caller's answer
+                result = p.handler_error(e)
+            self._answer(call.request_id, result)
+
+    def _answer(self, request_id: int, result: t.InvokeReply | errors.StatusError) -> None:
+        self._conn.send(p.call_answer(request_id, result, self._conn._version))
+
+    def __iter__(self) -> Iterator[p.Call]:
+        return self
+
+    def __next__(self) -> p.Call:
+        c = self.next_call()
+        if c is None:
+            raise StopIteration
+        return c

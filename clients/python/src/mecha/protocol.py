@@ -336,6 +336,97 @@ def config_set(items: dict[str, str] | Sequence[t.ConfigSetItem], delete: Sequen
     return _op(0x0503, t.ConfigSetRequest(store, sets, list(delete)), lambda r: list(r.versions), False)
 
 
+# -- invoke (§7.8) ------------------------------------------------------------------------
+
+INVOKE_CALL = 0x0704
+
+
+def _pairs(metadata: dict[str, str] | Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    if metadata is None or isinstance(metadata, dict):
+        return list((metadata or {}).items())
+    return [(k, v) for k, v in metadata]
+
+
+def invoke(app_id: str, method: str, data: bytes | str, content_type: str,
+           metadata: dict[str, str] | Sequence[tuple[str, str]] | None, caller_app_id: str,
+           trace_parent: str) -> Op[t.InvokeReply]:
+    # §7.8.2: not idempotent (the callee may have acted); the daemon's resiliency
+    # settings retry, not the client.
+    req = t.InvokeRequest(app_id, method, _b(data), content_type, _pairs(metadata),
+                          caller_app_id, trace_parent)
+    return _op(0x0702, req, _same, False)
+
+
+def invoke_apps() -> Op[list[t.AppEntry]]:
+    return _op(0x0703, None, lambda r: list(r.apps), True)
+
+
+def invoke_register(app_id: str, methods: Sequence[str]) -> Op[t.RegisterReply]:
+    # Retrying is harmless: an error answer opens no stream (§6.11).
+    return _op(0x0701, t.RegisterRequest(app_id, list(methods)), _same, True)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A call delivered to a registered app (INVOKE_CALL, §7.8.3): the ``InvokeCall``
+    fields plus what answering it needs. ``deadline_ms`` is what was left of the
+    caller's deadline when it was sent."""
+    request_id: int
+    deadline_ms: int
+    app_id: str
+    method: str
+    data: bytes
+    content_type: str
+    metadata: list[tuple[str, str]]
+    caller_app_id: str
+    caller_tenant: str
+    caller_node: str
+    trace_parent: str
+
+
+def is_call(h: Header) -> bool:
+    """A request from the daemon (flags 0x00), which only INVOKE_CALL is."""
+    return h.flags == 0 and h.opcode == INVOKE_CALL
+
+
+def decode_call(h: Header, payload: bytes) -> Call:
+    """An INVOKE_CALL frame → ``Call``; ``DecodeError`` if its payload is bad."""
+    c = decode(t.InvokeCall, payload)
+    return Call(h.request_id, h.deadline_ms, c.app_id, c.method, c.data, c.content_type,
+                list(c.metadata), c.caller_app_id, c.caller_tenant, c.caller_node,
+                c.trace_parent)
+
+
+def response_frame(request_id: int, status: int, payload: bytes, version: int = VERSION) -> bytes:
+    """The answer to a call the daemon delivered (flags 0x01, opcode INVOKE_CALL)."""
+    return HEADER.pack(MAGIC, version, F_RESPONSE, INVOKE_CALL, request_id, status, 0, 0,
+                       len(payload)) + payload
+
+
+def call_answer(request_id: int, result: t.InvokeReply | errors.StatusError,
+                version: int = VERSION) -> bytes:
+    """The response frame carrying a reply, or a status error's status and message."""
+    if isinstance(result, errors.StatusError):
+        status = result.status if 0 < result.status <= 0xFFFF else 10
+        return response_frame(request_id, status, encode(t.ErrorBody(result.message)), version)
+    return response_frame(request_id, 0, encode(result), version)
+
+
+def as_reply(value: bytes | str | t.InvokeReply | None) -> t.InvokeReply:
+    """A handler's return value → ``InvokeReply`` (bytes or str: the body)."""
+    if isinstance(value, t.InvokeReply):
+        return value
+    return t.InvokeReply(_b(value or b""), "", [])
+
+
+def handler_error(e: BaseException) -> errors.StatusError:
+    """What a handler's exception tells the caller: a ``StatusError`` as it is, anything
+    else INTERNAL (a failure the caller's resiliency policy may retry, §7.8)."""
+    if isinstance(e, errors.StatusError):
+        return e
+    return errors.Internal(f"{type(e).__name__}: {e}")
+
+
 # -- streams (§6.11) -----------------------------------------------------------------------
 
 RESUBSCRIBE_STATUSES = frozenset({7, 8})  # END RESOURCE_EXHAUSTED / UNAVAILABLE: open again
