@@ -281,6 +281,7 @@ fn a_backend_killed_mid_load_loses_no_acknowledged_write() {
     let Some(mut server) = servers::Restartable::redis() else {
         return;
     };
+    server.start();
     let config = component(
         "durable",
         "state.redis",
