@@ -211,9 +211,10 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 });
                 tokio::spawn(async move {
                     let reply = match split_tenant(&header, &payload) {
-                        Ok((tenant, body)) => {
+                        Ok((tenant, trace, body)) => {
                             let ctx = Ctx {
                                 tenant: tenant.to_string(),
+                                trace,
                                 opcode,
                                 deadline,
                                 draining,
@@ -238,9 +239,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     }
 }
 
+/// A forwarded request's tenant, trace context and application payload.
+type Split<'a> = (&'a str, Option<mecha_abi::TraceContext>, &'a [u8]);
+
 /// Splits a forwarded request's payload into the tenant prefix (`ext` bytes of
 /// UTF-8) and the application's payload.
-fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a [u8]), Reply> {
+///
+/// With the TRACE flag, the 26-byte trace context follows the tenant (SPEC §8).
+fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<Split<'a>, Reply> {
     let n = usize::from(header.ext);
     let (tenant, body) = payload.split_at_checked(n).ok_or_else(|| {
         Reply::error(
@@ -256,5 +262,11 @@ fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a 
             "link frame carries no tenant",
         ));
     }
-    Ok((tenant, body))
+    if !header.flags.is_traced() {
+        return Ok((tenant, None, body));
+    }
+    let trace = mecha_abi::TraceContext::decode(body)
+        .map_err(|e| Reply::error(Status::Internal, format!("link trace context: {e}")))?;
+    let body = body.get(mecha_abi::TRACE_LEN..).unwrap_or_default();
+    Ok((tenant, Some(trace), body))
 }
