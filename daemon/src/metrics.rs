@@ -145,6 +145,8 @@ struct Observation {
 pub struct Answer {
     quota: crate::quota::Guard,
     observation: Option<Observation>,
+    /// The request's span (`crate::trace`), ended with the answer's status.
+    span: Option<Box<crate::trace::Span>>,
 }
 
 impl Answer {
@@ -153,6 +155,7 @@ impl Answer {
         Self {
             quota: crate::quota::Guard::new(permit),
             observation: None,
+            span: None,
         }
     }
 
@@ -188,10 +191,31 @@ impl Answer {
         }
         self
     }
+
+    /// Attaches the request's span, ended when the answer is written.
+    pub fn traced(&mut self, span: Option<Box<crate::trace::Span>>) {
+        self.span = span;
+    }
+
+    /// The trace context to forward with the request: its span as parent.
+    pub fn trace_context(&self) -> Option<mecha_abi::TraceContext> {
+        self.span.as_ref().map(|s| s.context())
+    }
+
+    /// Names the module serving the request in its span.
+    pub fn set_module(&mut self, name: &str) {
+        if let Some(span) = &mut self.span {
+            span.set_module(name);
+        }
+    }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            let status = self.observation.as_ref().map_or(0, |o| o.status);
+            span.finish(status);
+        }
         if let Some(obs) = self.observation.take() {
             obs.op.record(obs.status, obs.started.elapsed());
             if let Some(slot) = obs.family {
