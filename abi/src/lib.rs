@@ -15,7 +15,8 @@ pub mod trace;
 
 pub use codec::{decode, encode, PayloadError, MAX_DECODE_BYTES};
 pub use header::{
-    Features, Flags, Header, HeaderError, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, MAX_FRAME_CAP, VERSION,
+    Features, Flags, Header, HeaderError, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, MAX_FRAME_CAP,
+    VERSION,
 };
 pub use opcode::{Family, Opcode};
 pub use status::Status;

@@ -26,7 +26,9 @@ pub struct TraceContext {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TraceError {
     /// Fewer bytes than [`TRACE_LEN`] follow the header.
-    #[error("the TRACE flag is set but the payload has {0} bytes, fewer than the 26 of a trace context")]
+    #[error(
+        "the TRACE flag is set but the payload has {0} bytes, fewer than the 26 of a trace context"
+    )]
     Short(usize),
     /// A version other than 0 (0xff is forbidden by W3C; others are unknown here).
     #[error("trace context version 0x{0:02x} is not supported (expected 0x00)")]

@@ -363,7 +363,12 @@ impl Conn {
         }
     }
 
-    async fn on_frame(&mut self, mut header: Header, mut payload: Bytes, mut permit: ConnOut) -> Flow {
+    async fn on_frame(
+        &mut self,
+        mut header: Header,
+        mut payload: Bytes,
+        mut permit: ConnOut,
+    ) -> Flow {
         if let Some(problem) = request_problem(&header) {
             self.error(&header, Status::InvalidArgument, &problem, permit)
                 .await;

@@ -70,7 +70,10 @@ impl Endpoint {
         if authority.is_empty() || authority.contains(['@', ' ']) {
             return Err(bad());
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.contains(']'))
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
@@ -243,9 +246,8 @@ async fn export_loop(mut rx: mpsc::Receiver<SpanData>, endpoint: Endpoint) {
 
 /// The OTLP/HTTP JSON body (`ExportTraceServiceRequest`) for `spans`.
 fn otlp_json(spans: &[SpanData]) -> Vec<u8> {
-    let attr = |key: &str, value: &str| {
-        serde_json::json!({"key": key, "value": {"stringValue": value}})
-    };
+    let attr =
+        |key: &str, value: &str| serde_json::json!({"key": key, "value": {"stringValue": value}});
     let spans: Vec<serde_json::Value> = spans
         .iter()
         .map(|s| {
@@ -370,8 +372,7 @@ mod tests {
     #[test]
     fn a_child_span_keeps_the_trace_and_names_its_parent() {
         let parent =
-            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                .unwrap();
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         let span = Span::start(None, Some(parent), Opcode::STATE_GET, b"t").unwrap();
         let ctx = span.context();
         assert_eq!(ctx.trace_id, parent.trace_id);

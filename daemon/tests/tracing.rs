@@ -117,7 +117,11 @@ async fn a_traceparent_reaches_the_callee_through_the_daemon_and_invoke() {
     };
     caller.invoke("echo", "say", vec![], options).await.unwrap();
     let call = seen.lock().clone().unwrap();
-    assert!(call.trace_parent.contains(TRACE_ID), "{}", call.trace_parent);
+    assert!(
+        call.trace_parent.contains(TRACE_ID),
+        "{}",
+        call.trace_parent
+    );
 
     // Without trace context, the payload's field passes through unchanged.
     let plain = caller.with_trace_context(None);
@@ -237,9 +241,8 @@ fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_http_json() {
     let (port, posts) = collector();
-    let extra = format!(
-        "  tracing:\n    otlpEndpoint: \"http://127.0.0.1:{port}\"\n    sampleRate: 1.0\n"
-    );
+    let extra =
+        format!("  tracing:\n    otlpEndpoint: \"http://127.0.0.1:{port}\"\n    sampleRate: 1.0\n");
     let d = Daemon::start_with(Some(&config(&extra)));
     let client = Client::connect(&d.socket).await.unwrap();
     let traced = client.with_trace_parent(TP).unwrap();

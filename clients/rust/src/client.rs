@@ -161,11 +161,10 @@ impl Client {
     /// ([`Client::supports_trace`]); against an older daemon calls go out
     /// without it.
     pub fn with_trace_parent(&self, traceparent: &str) -> Result<Self, Error> {
-        let ctx = TraceContext::parse(traceparent)
-            .map_err(|e| Error::Status {
-                status: Status::InvalidArgument,
-                message: e.to_string(),
-            })?;
+        let ctx = TraceContext::parse(traceparent).map_err(|e| Error::Status {
+            status: Status::InvalidArgument,
+            message: e.to_string(),
+        })?;
         Ok(self.with_trace_context(Some(ctx)))
     }
 
