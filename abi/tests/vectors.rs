@@ -1948,6 +1948,7 @@ fn spec_examples_match_the_vectors() {
         "config_update_push",
         "stream_end_ok",
         "stream_end_unavailable",
+        "state_get_request_traced",
     ];
     for r in required {
         assert!(
