@@ -375,6 +375,9 @@ impl Metrics {
             http_requests: self.http_requests.load(Ordering::Relaxed),
             daemon_rss_bytes: resident_bytes(std::process::id()),
             uptime_secs: daemon.map(|d| d.started.elapsed().as_secs_f64()),
+            spans_dropped: daemon
+                .and_then(|d| d.tracer.as_ref())
+                .map(|t| t.dropped.load(Ordering::Relaxed)),
         }
     }
 }
@@ -437,6 +440,8 @@ struct Snapshot {
     http_requests: u64,
     daemon_rss_bytes: Option<u64>,
     uptime_secs: Option<f64>,
+    /// Spans lost by the exporter, when tracing is configured.
+    spans_dropped: Option<u64>,
 }
 
 impl Collector for Snapshot {
@@ -475,6 +480,16 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?;
             m.encode_gauge(&rss)?;
+        }
+
+        if let Some(dropped) = self.spans_dropped {
+            let mut m = encoder.encode_descriptor(
+                "mecha_trace_spans_dropped",
+                "Request spans not exported: the export queue was full or the collector failed.",
+                None,
+                MetricType::Counter,
+            )?;
+            m.encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
         }
 
         let mut m = encoder.encode_descriptor(

@@ -45,8 +45,8 @@ pub struct Tracer {
     tx: mpsc::Sender<SpanData>,
     /// Root spans are sampled when a random u64 falls below this.
     threshold: u64,
-    /// Spans dropped because the queue was full.
-    pub dropped: AtomicU64,
+    /// Spans lost: the queue was full, or the collector did not take them.
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A parsed `http://host:port/base` endpoint.
@@ -99,12 +99,13 @@ impl Tracer {
         } else {
             (sample_rate * u64::MAX as f64) as u64
         };
+        let dropped = Arc::new(AtomicU64::new(0));
         let tracer = Arc::new(Self {
             tx,
             threshold,
-            dropped: AtomicU64::new(0),
+            dropped: Arc::clone(&dropped),
         });
-        tokio::spawn(export_loop(rx, endpoint));
+        tokio::spawn(export_loop(rx, endpoint, dropped));
         Ok(tracer)
     }
 
@@ -217,7 +218,11 @@ struct SpanData {
 }
 
 /// Collects spans into batches and posts them until the daemon exits.
-async fn export_loop(mut rx: mpsc::Receiver<SpanData>, endpoint: Endpoint) {
+async fn export_loop(
+    mut rx: mpsc::Receiver<SpanData>,
+    endpoint: Endpoint,
+    dropped: Arc<AtomicU64>,
+) {
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -229,7 +234,12 @@ async fn export_loop(mut rx: mpsc::Receiver<SpanData>, endpoint: Endpoint) {
             }
         }
         let body = otlp_json(&batch);
-        match tokio::time::timeout(IO_TIMEOUT, post(&endpoint, &body)).await {
+        let result = tokio::time::timeout(IO_TIMEOUT, post(&endpoint, &body)).await;
+        if !matches!(result, Ok(Ok(()))) {
+            let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        match result {
             Ok(Ok(())) => failing = false,
             Ok(Err(e)) if !failing => {
                 failing = true;
