@@ -99,6 +99,10 @@ pub struct Link {
     closed: Notify,
     idle: Notify,
     last_pong: Mutex<Instant>,
+    /// The module takes trace context on forwarded requests: its LINK_HELLO
+    /// answer had feature bit TRACE in `ext` (SPEC §8). Older modules get
+    /// requests without it.
+    trace: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -109,6 +113,7 @@ impl Link {
             pid,
             tx,
             next_id: AtomicU32::new(1),
+            trace: std::sync::atomic::AtomicBool::new(false),
             table: Mutex::new(Table {
                 accepting: true,
                 open: true,
@@ -142,7 +147,9 @@ impl Link {
     ) -> Result<(), Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // SPEC §8: the request's span becomes the module's parent.
-        let trace = guard.trace_context();
+        let trace = guard
+            .trace_context()
+            .filter(|_| self.trace.load(Ordering::Relaxed));
         {
             let mut table = self.table.lock();
             if !table.accepting {
@@ -191,6 +198,11 @@ impl Link {
             self.fail_one(id, "its link closed before the request was sent");
         }
         Ok(())
+    }
+
+    /// Records the feature bits of the module's LINK_HELLO answer.
+    pub fn set_features(&self, features: mecha_abi::Features) {
+        self.trace.store(features.trace(), Ordering::Relaxed);
     }
 
     /// Stops taking new requests; those already forwarded still get answers.

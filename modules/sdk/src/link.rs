@@ -149,7 +149,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         module: M::NAME.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    respond(&tx, &hello_header, Reply::ok(&ready)).await;
+    // SPEC §8: the answer's `ext` says which link features this SDK takes;
+    // TRACE: forwarded requests may carry a trace context.
+    let reply = Reply::ok(&ready);
+    let mut header = hello_header.response(reply.status);
+    if reply.status == Status::Ok {
+        header.ext = mecha_abi::Features::TRACE;
+    }
+    let _ = tx.send(OutFrame::new(header, reply.payload)).await;
     tracing::info!(module = M::NAME, pid = std::process::id(), "module ready");
 
     if let Some(period) = M::TICK {
