@@ -28,8 +28,13 @@ impl Flags {
     /// With STREAM: the last frame of the stream; its status says why it ended
     /// (OK: finished or cancelled; UNAVAILABLE: reset, resubscribe).
     pub const END: u8 = 0x04;
+    /// On a request: the payload starts with a 26-byte binary trace context
+    /// (`trace::TraceContext`, SPEC.md §2.1), after the tenant prefix on a
+    /// module link. Only sent to a daemon whose HELLO reply advertises
+    /// [`Features::TRACE`].
+    pub const TRACE: u8 = 0x08;
     /// Every bit that v1 defines; any other bit set is invalid.
-    pub const KNOWN: u8 = Self::RESPONSE | Self::STREAM | Self::END;
+    pub const KNOWN: u8 = Self::RESPONSE | Self::STREAM | Self::END | Self::TRACE;
 
     /// True when the RESPONSE bit is set.
     pub fn is_response(self) -> bool {
@@ -46,9 +51,30 @@ impl Flags {
         self.is_stream() && !self.is_response()
     }
 
+    /// True when the TRACE bit is set.
+    pub fn is_traced(self) -> bool {
+        self.0 & Self::TRACE != 0
+    }
+
     /// True when the END bit is set.
     pub fn is_end(self) -> bool {
         self.0 & Self::END != 0
+    }
+}
+
+/// Feature bits a daemon advertises in the `ext` field of its OK answer to
+/// HELLO (SPEC.md §7.1.1). A daemon that predates a feature sends 0 there, so
+/// a client uses a feature only when its bit is set, and ignores unknown bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Features(pub u16);
+
+impl Features {
+    /// The daemon accepts the TRACE request flag ([`Flags::TRACE`]).
+    pub const TRACE: u16 = 0x0001;
+
+    /// True when the daemon accepts trace context on requests.
+    pub fn trace(self) -> bool {
+        self.0 & Self::TRACE != 0
     }
 }
 

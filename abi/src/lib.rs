@@ -11,13 +11,16 @@ pub mod header;
 pub mod msg;
 pub mod opcode;
 pub mod status;
+pub mod trace;
 
 pub use codec::{decode, encode, PayloadError, MAX_DECODE_BYTES};
 pub use header::{
-    Flags, Header, HeaderError, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, MAX_FRAME_CAP, VERSION,
+    Features, Flags, Header, HeaderError, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, MAX_FRAME_CAP,
+    VERSION,
 };
 pub use opcode::{Family, Opcode};
 pub use status::Status;
+pub use trace::{TraceContext, TraceError, TRACE_LEN};
 
 /// Looks for one complete frame at the start of `buf`.
 ///

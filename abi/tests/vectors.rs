@@ -24,7 +24,8 @@ use mecha_abi::msg::{
     PeerHello, RegisterReply, RegisterRequest,
 };
 use mecha_abi::{
-    decode, encode, encode_frame, Flags, Header, Opcode, Status, HEADER_LEN, MAX_FRAME_CAP,
+    decode, encode, encode_frame, Features, Flags, Header, Opcode, Status, TraceContext,
+    HEADER_LEN, MAX_FRAME_CAP, TRACE_LEN,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -280,6 +281,64 @@ fn forwarded_get() -> Vector {
     }
 }
 
+/// A request with the TRACE flag (SPEC.md §2.1): `prefix` (the tenant on a
+/// link, else nothing), the 26-byte trace context, then the payload.
+fn traced_get(
+    name: &'static str,
+    meaning: &'static str,
+    mut header: Header,
+    tenant: &'static str,
+    trace: TraceContext,
+) -> Vector {
+    let app = GetRequest {
+        store: String::new(),
+        key: "order:1001".to_string(),
+    };
+    header.flags = Flags(Flags::TRACE);
+    header.ext = u16::try_from(tenant.len()).expect("tenant fits ext");
+    let mut payload = tenant.as_bytes().to_vec();
+    payload.extend_from_slice(&trace.encode());
+    payload.extend_from_slice(&encode(&app).expect("vector values encode"));
+    Vector {
+        name,
+        meaning,
+        ty: "GetRequest".to_string(),
+        header,
+        payload,
+        check: Box::new(move |bytes| {
+            let (prefix, rest) = bytes
+                .split_at_checked(tenant.len())
+                .ok_or("payload shorter than the tenant prefix")?;
+            if prefix != tenant.as_bytes() {
+                return Err(format!("tenant prefix {prefix:?}, expected {tenant:?}"));
+            }
+            let got = TraceContext::decode(rest).map_err(|e| e.to_string())?;
+            if got != trace {
+                return Err(format!("trace context {got}, expected {trace}"));
+            }
+            let back: GetRequest = decode(&rest[TRACE_LEN..]).map_err(|e| e.to_string())?;
+            if back == app {
+                Ok(())
+            } else {
+                Err(format!("decoded {back:?}, expected {app:?}"))
+            }
+        }),
+    }
+}
+
+/// The trace context of the traced vectors: [`TRACEPARENT`].
+fn caller_trace() -> TraceContext {
+    TraceContext::parse(TRACEPARENT).expect("a valid traceparent")
+}
+
+/// The same trace with the daemon's span `a3ce929d0e0e4736` as the parent.
+fn daemon_trace() -> TraceContext {
+    TraceContext {
+        parent_id: [0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36],
+        ..caller_trace()
+    }
+}
+
 /// Every valid vector, in file order.
 fn vectors() -> Vec<Vector> {
     use Opcode as O;
@@ -299,6 +358,20 @@ fn vectors() -> Vec<Vector> {
             "hello_reply",
             "OK answer to HELLO: version 1 agreed, daemon 0.1.0, tenant \"uid:1000\", max_frame 4194304 (4 MiB)",
             resp(O::HELLO, 1, Status::Ok),
+            HelloReply {
+                version: 1,
+                daemon_version: "0.1.0".to_string(),
+                tenant: "uid:1000".to_string(),
+                max_frame: 4_194_304,
+            },
+        ),
+        typed(
+            "hello_reply_with_features",
+            "OK answer to HELLO from a daemon that supports trace context: header ext = 0x0001 (feature bit TRACE), otherwise as hello_reply",
+            Header {
+                ext: Features::TRACE,
+                ..resp(O::HELLO, 1, Status::Ok)
+            },
             HelloReply {
                 version: 1,
                 daemon_version: "0.1.0".to_string(),
@@ -416,6 +489,13 @@ fn vectors() -> Vec<Vector> {
                 store: String::new(),
                 key: "order:1001".to_string(),
             },
+        ),
+        traced_get(
+            "state_get_request_traced",
+            "STATE_GET of key \"order:1001\" with the TRACE flag (0x08): the payload starts with the 26-byte trace context of traceparent 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 (version 00, trace id, parent id, flags 01), then the GetRequest",
+            req(O::STATE_GET, 11, 0),
+            "",
+            caller_trace(),
         ),
         typed(
             "state_get_reply",
@@ -1217,6 +1297,13 @@ fn vectors() -> Vec<Vector> {
             Header::end(O::PUBSUB_SUBSCRIBE, 4098, Status::Ok),
         ),
         forwarded_get(),
+        traced_get(
+            "link_forwarded_state_get_request_traced",
+            "daemon -> module: the traced STATE_GET forwarded for tenant \"uid:1000\" (ext = 8) with the TRACE flag (0x08): tenant prefix, then the trace context with the same trace id and the daemon's span a3ce929d0e0e4736 as parent, then the GetRequest; link id 4098",
+            req(O::STATE_GET, 4098, 4998),
+            TENANT,
+            daemon_trace(),
+        ),
         typed(
             "link_forwarded_state_get_reply",
             "module -> daemon OK answer to the forwarded STATE_GET: ext 0, link id 4097, value {\"qty\":3} with etag \"41\"",
@@ -1861,6 +1948,7 @@ fn spec_examples_match_the_vectors() {
         "config_update_push",
         "stream_end_ok",
         "stream_end_unavailable",
+        "state_get_request_traced",
     ];
     for r in required {
         assert!(

@@ -102,6 +102,20 @@ pub struct Settings {
     pub modules: BTreeMap<String, ModuleSettings>,
     /// The local HTTP endpoint for probes and metrics (`--http` wins).
     pub http: Option<HttpSettings>,
+    /// Span export over OTLP/HTTP JSON (`--otlp-endpoint` wins). Off when absent.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// The `tracing` section: where and how much to export.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingSettings {
+    /// The collector's OTLP/HTTP base URL, `http://host:port` (spans are
+    /// POSTed to `<endpoint>/v1/traces`). Absent or empty: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of root spans (requests without a sampled trace context)
+    /// exported, 0.0 to 1.0. Default 1.0. A request's own sampled flag wins.
+    pub sample_rate: Option<f64>,
 }
 
 /// The `http` section: where `/healthz`, `/readyz` and `/metrics` are served.

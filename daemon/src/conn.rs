@@ -47,6 +47,9 @@ const PARTIAL_FRAME_TIMEOUT_ENV: &str = "MECHA_PARTIAL_FRAME_TIMEOUT_MS";
 /// each capability's protocol covers the loss (pubsub redelivers).
 pub const PUSH_BUDGET: usize = 1024;
 
+/// [`mecha_abi::TRACE_LEN`] as a header length.
+const TRACE_LEN_U32: u32 = mecha_abi::TRACE_LEN as u32;
+
 /// Source of connection ids, used to find a connection's streams.
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -360,7 +363,12 @@ impl Conn {
         }
     }
 
-    async fn on_frame(&mut self, header: Header, payload: Bytes, permit: ConnOut) -> Flow {
+    async fn on_frame(
+        &mut self,
+        mut header: Header,
+        mut payload: Bytes,
+        mut permit: ConnOut,
+    ) -> Flow {
         if let Some(problem) = request_problem(&header) {
             self.error(&header, Status::InvalidArgument, &problem, permit)
                 .await;
@@ -377,6 +385,35 @@ impl Conn {
             self.error(&header, Status::UnsupportedVersion, &msg, permit)
                 .await;
             return Flow::Continue;
+        }
+        // SPEC §2.1: a trace context precedes the payload. It is taken off
+        // here (a slice, no copy), so everything after sees the operation's
+        // payload alone, and travels in the request's span instead.
+        let parent = if header.flags.is_traced() {
+            match mecha_abi::TraceContext::decode(&payload) {
+                Ok(ctx) => {
+                    payload = payload.slice(mecha_abi::TRACE_LEN..);
+                    header.flags = Flags(header.flags.0 & !Flags::TRACE);
+                    header.payload_len = header.payload_len.saturating_sub(TRACE_LEN_U32);
+                    Some(ctx)
+                }
+                Err(e) => {
+                    let msg = format!("bad trace context: {e}");
+                    self.error(&header, Status::InvalidArgument, &msg, permit)
+                        .await;
+                    return Flow::Continue;
+                }
+            }
+        } else {
+            None
+        };
+        if parent.is_some() || self.daemon.tracer.is_some() {
+            permit.traced(crate::trace::Span::start(
+                self.daemon.tracer.as_ref(),
+                parent,
+                header.opcode,
+                &self.tenant,
+            ));
         }
         if header.opcode.is_admin() && !self.daemon.is_admin(&self.peer) {
             let msg = format!(
@@ -426,7 +463,19 @@ impl Conn {
             tenant: String::from_utf8_lossy(&self.tenant).into_owned(),
             max_frame: self.daemon.max_frame,
         };
-        self.ok(header, &reply, permit).await;
+        match mecha_abi::encode(&reply) {
+            Ok(body) => {
+                // SPEC §7.1.1: the answer's `ext` carries the feature bits.
+                let mut out = header.response(Status::Ok);
+                out.ext = mecha_abi::Features::TRACE;
+                let frame = OutFrame::guarded(out, Bytes::new(), body.into(), permit);
+                self.reply(frame).await;
+            }
+            Err(e) => {
+                self.error(header, Status::Internal, &e.to_string(), permit)
+                    .await
+            }
+        }
         Flow::Continue
     }
 
@@ -637,6 +686,7 @@ impl Routed {
             mut header,
             mut payload,
         } = self;
+        permit.set_module(&module.name);
         let tx = &conn.tx;
         // Each pass either forwards, answers, or observes a route change, so a
         // few passes suffice; the bound only guards against a flapping module.
@@ -692,7 +742,10 @@ fn request_problem(h: &Header) -> Option<String> {
             h.flags.0 & !Flags::KNOWN
         ));
     }
-    if h.flags.0 != 0 {
+    if h.flags.is_traced() && h.opcode == Opcode::HELLO {
+        return Some("HELLO must not carry a trace context (the TRACE flag)".to_string());
+    }
+    if h.flags.0 & !Flags::TRACE != 0 {
         return Some(format!(
             "a request must not set the RESPONSE or STREAM flags (flags 0x{:02x})",
             h.flags.0

@@ -53,6 +53,8 @@ pub struct Daemon {
     pub admin_lock: tokio::sync::Mutex<()>,
     /// Request, connection and module metrics (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The span exporter, when tracing is configured (fixed at start-up).
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Daemon {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mecha_abi::msg::LinkDeliver;
-use mecha_abi::{Family, Header, Opcode, Status};
+use mecha_abi::{Family, Flags, Header, Opcode, Status};
 use mecha_wire::{FrameReader, OutFrame};
 use parking_lot::Mutex;
 use tokio::net::unix::OwnedReadHalf;
@@ -99,6 +99,10 @@ pub struct Link {
     closed: Notify,
     idle: Notify,
     last_pong: Mutex<Instant>,
+    /// The module takes trace context on forwarded requests: its LINK_HELLO
+    /// answer had feature bit TRACE in `ext` (SPEC §8). Older modules get
+    /// requests without it.
+    trace: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -109,6 +113,7 @@ impl Link {
             pid,
             tx,
             next_id: AtomicU32::new(1),
+            trace: std::sync::atomic::AtomicBool::new(false),
             table: Mutex::new(Table {
                 accepting: true,
                 open: true,
@@ -141,6 +146,10 @@ impl Link {
         timeout: Duration,
     ) -> Result<(), Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // SPEC §8: the request's span becomes the module's parent.
+        let trace = guard
+            .trace_context()
+            .filter(|_| self.trace.load(Ordering::Relaxed));
         {
             let mut table = self.table.lock();
             if !table.accepting {
@@ -170,15 +179,30 @@ impl Link {
         // the conversion cannot fail for names the daemon itself builds.
         out.ext = u16::try_from(tenant.len()).unwrap_or(u16::MAX);
         out.deadline_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let prefix = match trace {
+            None => tenant.clone(),
+            Some(ctx) => {
+                out.flags = Flags(out.flags.0 | Flags::TRACE);
+                let mut p = bytes::BytesMut::with_capacity(tenant.len() + mecha_abi::TRACE_LEN);
+                p.extend_from_slice(tenant);
+                p.extend_from_slice(&ctx.encode());
+                p.freeze()
+            }
+        };
         if self
             .tx
-            .send(OutFrame::guarded(out, tenant.clone(), payload, ()))
+            .send(OutFrame::guarded(out, prefix, payload, ()))
             .await
             .is_err()
         {
             self.fail_one(id, "its link closed before the request was sent");
         }
         Ok(())
+    }
+
+    /// Records the feature bits of the module's LINK_HELLO answer.
+    pub fn set_features(&self, features: mecha_abi::Features) {
+        self.trace.store(features.trace(), Ordering::Relaxed);
     }
 
     /// Stops taking new requests; those already forwarded still get answers.

@@ -14,6 +14,7 @@ mod quota;
 mod secret_ref;
 mod spawn;
 mod supervisor;
+mod trace;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,6 +59,11 @@ struct Args {
     /// log collectors). Modules inherit the choice.
     #[arg(long, env = "MECHA_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export request spans with OTLP/HTTP JSON to this collector (e.g.
+    /// http://127.0.0.1:4318), or `off`. Default: spec.tracing.otlpEndpoint;
+    /// else no export.
+    #[arg(long, env = "MECHA_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 /// The `--log-format` values.
@@ -214,6 +220,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => peer::load_pods(path).map_err(anyhow::Error::msg)?,
         None => Default::default(),
     };
+    let tracing_settings = settings.tracing.clone().unwrap_or_default();
+    let tracer = match args
+        .otlp_endpoint
+        .or(tracing_settings.otlp_endpoint)
+        .filter(|e| !e.is_empty() && e != "off")
+    {
+        Some(endpoint) => {
+            let rate = tracing_settings.sample_rate.unwrap_or(1.0);
+            let tracer = trace::Tracer::start(&endpoint, rate)?;
+            tracing::info!(%endpoint, sample_rate = rate, "exporting request spans over OTLP/HTTP");
+            Some(tracer)
+        }
+        None => None,
+    };
     let daemon = Arc::new(Daemon {
         max_frame,
         default_timeout: Duration::from_millis(u64::from(
@@ -237,6 +257,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         supervision,
         admin_lock: tokio::sync::Mutex::new(()),
         metrics,
+        tracer,
     });
     http.set_daemon(&daemon);
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");

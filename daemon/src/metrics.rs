@@ -145,6 +145,8 @@ struct Observation {
 pub struct Answer {
     quota: crate::quota::Guard,
     observation: Option<Observation>,
+    /// The request's span (`crate::trace`), ended with the answer's status.
+    span: Option<Box<crate::trace::Span>>,
 }
 
 impl Answer {
@@ -153,6 +155,7 @@ impl Answer {
         Self {
             quota: crate::quota::Guard::new(permit),
             observation: None,
+            span: None,
         }
     }
 
@@ -188,10 +191,31 @@ impl Answer {
         }
         self
     }
+
+    /// Attaches the request's span, ended when the answer is written.
+    pub fn traced(&mut self, span: Option<Box<crate::trace::Span>>) {
+        self.span = span;
+    }
+
+    /// The trace context to forward with the request: its span as parent.
+    pub fn trace_context(&self) -> Option<mecha_abi::TraceContext> {
+        self.span.as_ref().map(|s| s.context())
+    }
+
+    /// Names the module serving the request in its span.
+    pub fn set_module(&mut self, name: &str) {
+        if let Some(span) = &mut self.span {
+            span.set_module(name);
+        }
+    }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            let status = self.observation.as_ref().map_or(0, |o| o.status);
+            span.finish(status);
+        }
         if let Some(obs) = self.observation.take() {
             obs.op.record(obs.status, obs.started.elapsed());
             if let Some(slot) = obs.family {
@@ -351,6 +375,9 @@ impl Metrics {
             http_requests: self.http_requests.load(Ordering::Relaxed),
             daemon_rss_bytes: resident_bytes(std::process::id()),
             uptime_secs: daemon.map(|d| d.started.elapsed().as_secs_f64()),
+            spans_dropped: daemon
+                .and_then(|d| d.tracer.as_ref())
+                .map(|t| t.dropped.load(Ordering::Relaxed)),
         }
     }
 }
@@ -413,6 +440,8 @@ struct Snapshot {
     http_requests: u64,
     daemon_rss_bytes: Option<u64>,
     uptime_secs: Option<f64>,
+    /// Spans lost by the exporter, when tracing is configured.
+    spans_dropped: Option<u64>,
 }
 
 impl Collector for Snapshot {
@@ -451,6 +480,16 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?;
             m.encode_gauge(&rss)?;
+        }
+
+        if let Some(dropped) = self.spans_dropped {
+            let mut m = encoder.encode_descriptor(
+                "mecha_trace_spans_dropped",
+                "Request spans not exported: the export queue was full or the collector failed.",
+                None,
+                MetricType::Counter,
+            )?;
+            m.encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
         }
 
         let mut m = encoder.encode_descriptor(

@@ -554,6 +554,7 @@ async fn handshake(
     let (tx, rx) = mpsc::channel::<OutFrame>(LINK_QUEUE);
     tokio::spawn(write_loop(wr, rx));
     let link = Link::new(spec.name.clone(), pid, tx);
+    link.set_features(mecha_abi::Features(header.ext));
     tokio::spawn(Arc::clone(&link).read_answers(reader));
     tokio::spawn(Arc::clone(&link).expire_deadlines());
     Ok(link)

@@ -808,10 +808,17 @@ fn check_responses(i: usize, mut bytes: &[u8]) -> Vec<Status> {
             Flags::RESPONSE,
             "blob {i}: only the RESPONSE bit"
         );
+        // SPEC §7.1.1: an OK HELLO answer carries the feature bits in ext.
+        let hello_ok = h.opcode == mecha_abi::Opcode::HELLO && h.status == 0;
+        let ext = if hello_ok {
+            mecha_abi::Features::TRACE
+        } else {
+            0
+        };
         assert_eq!(
             (h.ext, h.deadline_ms),
-            (0, 0),
-            "blob {i}: ext and deadline are 0"
+            (ext, 0),
+            "blob {i}: ext (feature bits on HELLO OK, else 0) and deadline 0"
         );
         let payload = &bytes[HEADER_LEN..end];
         if h.status != 0 {

@@ -61,6 +61,8 @@ from mecha.payloads import (
 )
 from mecha.protocol import F_END, F_RESPONSE, F_STREAM, OPCODES, PENDING_OPCODES, PUSH_TYPES, Header
 
+F_TRACE = 0x08  # SPEC §2.1: a request whose payload starts with a trace context
+
 EMPTY = object()
 
 
@@ -184,9 +186,15 @@ def test_vector(v: dict[str, str]) -> None:
     h = Header.unpack(frame[:24])
     assert h.pack() == frame[:24], "header re-encodes differently"
     assert h.payload_len == len(frame) - 24
-    payload = frame[24 + h.ext:]  # §8: on a module link, ext bytes of tenant prefix first
-    if h.ext:
-        frame[24:24 + h.ext].decode("utf-8")
+    # §8: on a module link, a request's ext bytes of tenant prefix come first; on a
+    # HELLO answer ext holds the daemon's feature bits (§7.1.1), not a prefix.
+    prefix = 0 if h.flags & F_RESPONSE else h.ext
+    if prefix:
+        frame[24:24 + prefix].decode("utf-8")
+    payload = frame[24 + prefix:]
+    if h.flags & F_TRACE:  # §2.1: a 26-byte trace context precedes the payload
+        assert payload[0] == 0 and len(payload) >= 26
+        payload = payload[26:]
     tname = v["type"]
     if tname != "empty" and tname not in PAYLOAD_TYPES:
         if h.opcode in pending_in_spec():

@@ -38,6 +38,14 @@ impl Client {
         self.inner = self.inner.with_retries(policy);
     }
 
+    /// Sends `traceparent` (W3C text form) with every later request, when
+    /// the daemon supports trace context; see
+    /// [`crate::Client::with_trace_parent`].
+    pub fn set_trace_parent(&mut self, traceparent: &str) -> Result<(), Error> {
+        self.inner = self.inner.with_trace_parent(traceparent)?;
+        Ok(())
+    }
+
     /// The retry policy of later typed calls.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.inner.retry_policy()

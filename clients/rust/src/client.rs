@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use mecha_abi::msg::{
     Hello, HelloReply, ModuleRestartRequest, ReloadReply, SetItem, SetRequest, StateEntry,
     StatusReply, TransactRequest, TxOp,
 };
-use mecha_abi::{Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
+use mecha_abi::{
+    Features, Flags, Header, Opcode, Status, TraceContext, MAX_FRAME_CAP, TRACE_LEN, VERSION,
+};
 use mecha_wire::{write_loop, FrameReader, OutFrame};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -42,6 +44,8 @@ type Answer = Result<(Status, Bytes), Error>;
 
 pub(crate) struct Shared {
     pub(crate) pending: Mutex<Pending>,
+    /// The feature bits of the daemon's HELLO answer (its header's `ext`).
+    features: AtomicU16,
 }
 
 pub(crate) struct Pending {
@@ -72,6 +76,9 @@ pub struct Client {
     timeout: Duration,
     retry: RetryPolicy,
     jitter: Arc<JitterSeed>,
+    /// Trace context sent with every request of this handle (SPEC §2.1),
+    /// when the daemon supports it.
+    trace: Option<TraceContext>,
 }
 
 impl Client {
@@ -94,6 +101,7 @@ impl Client {
                 streams: HashMap::new(),
                 handlers: HashMap::new(),
             }),
+            features: AtomicU16::new(0),
         });
         tokio::spawn(read_answers(
             FrameReader::new(rd, MAX_FRAME_CAP),
@@ -113,6 +121,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
             jitter: Arc::new(JitterSeed::from_clock()),
+            trace: None,
         };
         let hello = Hello {
             min_version: VERSION,
@@ -143,6 +152,39 @@ impl Client {
             retry: policy,
             ..self.clone()
         }
+    }
+
+    /// A handle whose requests carry the W3C `traceparent` `traceparent`
+    /// (`00-<32 hex>-<16 hex>-<2 hex>`), so the daemon's span and the
+    /// module's work join the caller's trace. It is sent only when the
+    /// daemon's HELLO answer says it supports trace context
+    /// ([`Client::supports_trace`]); against an older daemon calls go out
+    /// without it.
+    pub fn with_trace_parent(&self, traceparent: &str) -> Result<Self, Error> {
+        let ctx = TraceContext::parse(traceparent).map_err(|e| Error::Status {
+            status: Status::InvalidArgument,
+            message: e.to_string(),
+        })?;
+        Ok(self.with_trace_context(Some(ctx)))
+    }
+
+    /// Like [`Client::with_trace_parent`] with a parsed context; `None`
+    /// sends no trace context.
+    pub fn with_trace_context(&self, ctx: Option<TraceContext>) -> Self {
+        Self {
+            trace: ctx,
+            ..self.clone()
+        }
+    }
+
+    /// The trace context this handle's requests carry.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.trace
+    }
+
+    /// True when the daemon accepts trace context on requests.
+    pub fn supports_trace(&self) -> bool {
+        Features(self.shared.features.load(Ordering::Relaxed)).trace()
     }
 
     /// The retry policy of this handle's typed calls.
@@ -224,8 +266,12 @@ impl Client {
         // A frame over the daemon's limit would make it close the whole
         // connection (SPEC §6.4), failing every other call in flight; refuse it
         // here instead. `max_frame` is 0 only during HELLO itself.
+        let trace = self
+            .trace
+            .filter(|_| opcode != Opcode::HELLO && self.supports_trace());
+        let extra = if trace.is_some() { TRACE_LEN } else { 0 };
         let max = self.hello.max_frame as usize;
-        if max > 0 && payload.len() > max {
+        if max > 0 && payload.len() + extra > max {
             return Err(Error::Status {
                 status: Status::ResourceExhausted,
                 message: format!(
@@ -245,7 +291,15 @@ impl Client {
         }
         let mut header = Header::request(opcode, id);
         header.deadline_ms = deadline_ms(budget);
-        if self.tx.send(OutFrame::new(header, payload)).await.is_err() {
+        let frame = match trace {
+            Some(ctx) => {
+                header.flags = Flags(Flags::TRACE);
+                let prefix = Bytes::copy_from_slice(&ctx.encode());
+                OutFrame::guarded(header, prefix, payload, ())
+            }
+            None => OutFrame::new(header, payload),
+        };
+        if self.tx.send(frame).await.is_err() {
             self.shared.pending.lock().waiting.remove(&id);
             return Err(Error::Closed("the writer stopped".into()));
         }
@@ -464,6 +518,10 @@ async fn read_answers(
                 crate::stream::route_push(&shared, header, payload);
             }
             Ok(Some((header, payload))) => {
+                if header.opcode == Opcode::HELLO && header.status == 0 {
+                    // SPEC §7.1.1: the daemon's feature bits.
+                    shared.features.store(header.ext, Ordering::Relaxed);
+                }
                 let waiter = shared.pending.lock().waiting.remove(&header.request_id);
                 match waiter {
                     Some(w) => {

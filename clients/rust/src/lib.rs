@@ -61,7 +61,7 @@ pub use mecha_abi::msg::{
     AppEntry, BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, InvokeCall, InvokeReply,
     ModuleStatus, ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
-pub use mecha_abi::Status;
+pub use mecha_abi::{Status, TraceContext};
 pub use pubsub::{
     BlockingPubsubSubscription, PublishOptions, PubsubSubscription, SubscribeOptions,
 };

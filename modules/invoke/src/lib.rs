@@ -141,7 +141,13 @@ impl InvokeModule {
             caller_app_id: req.caller_app_id,
             caller_tenant: ctx.tenant.clone(),
             caller_node: self.core.settings.node.clone(),
-            trace_parent: trace::ensure(&req.trace_parent),
+            // The daemon's trace context (the caller's trace, the daemon's
+            // span as parent) when the request carried one, else the
+            // payload's own field, else a fresh trace.
+            trace_parent: match ctx.trace_parent() {
+                Some(tp) => tp,
+                None => trace::ensure(&req.trace_parent),
+            },
         };
         let (status, payload) = call::invoke(&self.core, &call, deadline).await;
         Ok(Reply {

@@ -58,6 +58,10 @@ pub struct Ctx {
     /// The tenant the daemon derived from the caller's kernel credentials. Every
     /// key, topic or lock a module touches must be scoped by it.
     pub tenant: String,
+    /// The request's W3C trace context as the daemon forwarded it: the
+    /// caller's trace id with the daemon's span as parent (SPEC §8). `None`
+    /// when the request carried none and the daemon traces nothing.
+    pub trace: Option<mecha_abi::TraceContext>,
     /// The opcode being served.
     pub opcode: Opcode,
     /// When the daemon stops waiting for the answer (from the request's
@@ -69,6 +73,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The request's `traceparent` in W3C text form
+    /// (`00-<trace id>-<parent id>-<flags>`), the daemon's span being the
+    /// parent; `None` when the request is not traced.
+    pub fn trace_parent(&self) -> Option<String> {
+        self.trace.map(|t| t.to_string())
+    }
+
     /// A context that belongs to no link, for calling a module's `handle` in
     /// unit tests. Streams opened from it are cancelled from the start; it
     /// has no deadline and never drains.
@@ -82,6 +93,7 @@ impl Ctx {
             .subscribe();
         Self {
             tenant: tenant.into(),
+            trace: None,
             opcode,
             deadline: None,
             draining,

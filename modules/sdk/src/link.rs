@@ -149,7 +149,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         module: M::NAME.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    respond(&tx, &hello_header, Reply::ok(&ready)).await;
+    // SPEC §8: the answer's `ext` says which link features this SDK takes;
+    // TRACE: forwarded requests may carry a trace context.
+    let reply = Reply::ok(&ready);
+    let mut header = hello_header.response(reply.status);
+    if reply.status == Status::Ok {
+        header.ext = mecha_abi::Features::TRACE;
+    }
+    let _ = tx.send(OutFrame::new(header, reply.payload)).await;
     tracing::info!(module = M::NAME, pid = std::process::id(), "module ready");
 
     if let Some(period) = M::TICK {
@@ -211,9 +218,10 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 });
                 tokio::spawn(async move {
                     let reply = match split_tenant(&header, &payload) {
-                        Ok((tenant, body)) => {
+                        Ok((tenant, trace, body)) => {
                             let ctx = Ctx {
                                 tenant: tenant.to_string(),
+                                trace,
                                 opcode,
                                 deadline,
                                 draining,
@@ -238,9 +246,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     }
 }
 
+/// A forwarded request's tenant, trace context and application payload.
+type Split<'a> = (&'a str, Option<mecha_abi::TraceContext>, &'a [u8]);
+
 /// Splits a forwarded request's payload into the tenant prefix (`ext` bytes of
 /// UTF-8) and the application's payload.
-fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a [u8]), Reply> {
+///
+/// With the TRACE flag, the 26-byte trace context follows the tenant (SPEC §8).
+fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<Split<'a>, Reply> {
     let n = usize::from(header.ext);
     let (tenant, body) = payload.split_at_checked(n).ok_or_else(|| {
         Reply::error(
@@ -256,5 +269,11 @@ fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<(&'a str, &'a 
             "link frame carries no tenant",
         ));
     }
-    Ok((tenant, body))
+    if !header.flags.is_traced() {
+        return Ok((tenant, None, body));
+    }
+    let trace = mecha_abi::TraceContext::decode(body)
+        .map_err(|e| Reply::error(Status::Internal, format!("link trace context: {e}")))?;
+    let body = body.get(mecha_abi::TRACE_LEN..).unwrap_or_default();
+    Ok((tenant, Some(trace), body))
 }
