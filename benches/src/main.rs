@@ -39,60 +39,50 @@ enum Cmd {
     /// Latency and throughput of the floors, mecha get/set and Redis over
     /// sweeps of connections and pipelining depth, in one run; then start-up
     /// time and memory. Redis scenarios are skipped if redis-server is not
-    /// installed.
+    /// installed. 20000 operations per scenario and load (2000 with --quick).
     Compare(CompareArgs),
     /// Time from kill -9 of a module to the first good answer, and errors seen
     /// by a running load during hot restarts and upgrades.
     Recovery(RecoveryArgs),
     /// Pub/sub, lock and sequencer latency and throughput on the embedded
-    /// default config's stores (plus pubsub.memory and segmentSize 1).
-    Capabilities(CapabilitiesArgs),
+    /// default config's stores (plus pubsub.memory and segmentSize 1). 5000
+    /// operations per scenario (500 with --quick).
+    Capabilities(Run),
     /// state.get from the Rust, C, Go and Python clients against one daemon,
     /// and the size of each client library. Needs cc, go and python3; a
-    /// client whose toolchain is missing is skipped.
+    /// client whose toolchain is missing is skipped. 10000 gets per client and
+    /// round (2000 with --quick).
     Clients(ClientsArgs),
     /// One tenant floods the daemon from many connections while another does
-    /// one get at a time: the victim's latency under flood over alone.
+    /// one get at a time: the victim's latency under flood over alone. 20000
+    /// victim gets per phase (2000 with --quick).
     Noisy(NoisyArgs),
     /// Local service invocation round trip (an echo app on a second
-    /// connection) against state.get on state.memory, in one run.
-    Invoke(InvokeArgs),
+    /// connection) against floor2 and state.get on state.memory, then across
+    /// two nodes (plain TCP and mutual TLS), in one run. 20000 calls per
+    /// scenario (2000 with --quick).
+    Invoke(Run),
     /// mecha on state.redis and state.postgresql against the redis crate and
-    /// tokio-postgres on the same servers, in one run.
-    Backends(BackendsArgs),
+    /// tokio-postgres on the same servers, in one run. 10000 operations per
+    /// scenario (1000 with --quick).
+    Backends(Run),
 }
 
+/// The options of every measuring command: how much to run and where to
+/// write it. Each command's own description gives its default operation count.
 #[derive(clap::Args, Debug)]
-struct BackendsArgs {
+struct Run {
     /// Few operations: a smoke run of seconds.
     #[arg(long)]
     quick: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Timed operations per scenario (default 10000, or 1000 with --quick).
+    /// Timed operations per scenario (each command's default, or its smaller
+    /// one with --quick).
     #[arg(long, value_name = "N")]
     ops: Option<usize>,
-    /// Size of the stored value.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    payload: usize,
-    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug)]
-struct InvokeArgs {
-    /// Few operations: a smoke run of seconds.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Timed operations per scenario (default 20000, or 2000 with --quick).
-    #[arg(long, value_name = "N")]
-    ops: Option<usize>,
-    /// Size of the stored value and of the invoked data.
+    /// Payload size: the value stored or read, the message or data sent.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     payload: usize,
     /// Where mechad and the module binaries are. Default: beside mecha-bench.
@@ -100,72 +90,42 @@ struct InvokeArgs {
     bin_dir: Option<PathBuf>,
 }
 
+impl Run {
+    /// `ops` timed operations (default `full`, or `quick` with --quick) and a
+    /// tenth of them as warm-up.
+    fn plan(&self, full: usize, quick: usize) -> Plan {
+        let ops = self
+            .ops
+            .unwrap_or(if self.quick { quick } else { full })
+            .max(1);
+        Plan {
+            ops,
+            warmup: (ops / 10).max(1),
+            payload: self.payload,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct NoisyArgs {
-    /// Fewer victim operations: a smoke run of seconds.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Timed victim gets per phase (default 20000, or 2000 with --quick).
-    #[arg(long, value_name = "N")]
-    ops: Option<usize>,
+    #[command(flatten)]
+    run: Run,
     /// The flooder's connections.
     #[arg(long, value_name = "N", default_value_t = 64)]
     connections: usize,
     /// Requests the flooder keeps in flight on each connection.
     #[arg(long, value_name = "N", default_value_t = 8)]
     depth: usize,
-    /// Size of the value read.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    payload: usize,
-    /// Where mechad and mecha-mod-state are. Default: beside mecha-bench.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug)]
-struct CapabilitiesArgs {
-    /// Few operations per scenario: a smoke run of seconds.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Timed operations per scenario (default 5000, or 500 with --quick).
-    #[arg(long, value_name = "N")]
-    ops: Option<usize>,
-    /// Size of each published message.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    payload: usize,
-    /// Where mechad and the module binaries are. Default: beside mecha-bench.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
 struct ClientsArgs {
-    /// Fewer gets per client: a smoke run of seconds (plus the builds).
-    #[arg(long)]
-    quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Timed gets per client and round (default 10000, or 2000 with --quick).
-    #[arg(long, value_name = "N")]
-    ops: Option<usize>,
+    #[command(flatten)]
+    run: Run,
     /// Rounds; each runs every client once, in turn (default 3, or 1 with
     /// --quick).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
-    /// Size of the value read.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    payload: usize,
-    /// Where mechad, the module binaries and libmecha.{a,so} are. Default:
-    /// beside mecha-bench.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
     /// The mecha source tree (for clients/ and abi/). Default: the one
     /// mecha-bench was built from.
     #[arg(long, value_name = "DIR")]
@@ -174,31 +134,17 @@ struct ClientsArgs {
 
 #[derive(clap::Args, Debug)]
 struct CompareArgs {
-    /// Few operations per scenario: a smoke run that takes seconds.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: Run,
     /// Also draw latency and throughput against connections as SVG to this
     /// file. Default: beside the --json file (same name, .svg), or
     /// mecha-bench-compare.svg in the current directory.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// Timed operations per scenario and load (default 20000, or 2000 with
-    /// --quick).
-    #[arg(long, value_name = "N")]
-    ops: Option<usize>,
     /// Daemon starts whose start-up time is averaged (default 5, or 2 with
     /// --quick).
     #[arg(long, value_name = "N")]
     starts: Option<usize>,
-    /// Value size of get/set, and payload size of the floor frames.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    payload: usize,
-    /// Where mechad and the module binaries are. Default: beside mecha-bench.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -257,19 +203,8 @@ fn bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// `ops` timed operations (default `full`, or `quick` with --quick) and a
-/// tenth of them as warm-up.
-fn plan(ops: Option<usize>, quick: bool, full: usize, small: usize, payload: usize) -> Plan {
-    let ops = ops.unwrap_or(if quick { small } else { full }).max(1);
-    Plan {
-        ops,
-        warmup: (ops / 10).max(1),
-        payload,
-    }
-}
-
-fn capabilities(args: CapabilitiesArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 5_000, 500, args.payload);
+fn capabilities(args: Run) -> anyhow::Result<()> {
+    let plan = args.plan(5_000, 500);
     let bin_dir = bin_dir(args.bin_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -290,9 +225,12 @@ fn capabilities(args: CapabilitiesArgs) -> anyhow::Result<()> {
 }
 
 fn clients(args: ClientsArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 10_000, 2_000, args.payload);
-    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
-    let bin_dir = bin_dir(args.bin_dir)?
+    let plan = args.run.plan(10_000, 2_000);
+    let rounds = args
+        .rounds
+        .unwrap_or(if args.run.quick { 1 } else { 3 })
+        .max(1);
+    let bin_dir = bin_dir(args.run.bin_dir)?
         .canonicalize()
         .context("resolving the binary directory")?;
     let repo = match args.repo {
@@ -307,15 +245,15 @@ fn clients(args: ClientsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", repo.display()))?;
     let results = clients::run(&bin_dir, &repo, &plan, rounds)?;
     print!("{}", clients::markdown(&results));
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         clients::write_json(path, &results)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())
 }
 
-fn invoke_bench(args: InvokeArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
+fn invoke_bench(args: Run) -> anyhow::Result<()> {
+    let plan = args.plan(20_000, 2_000);
     let bin_dir = bin_dir(args.bin_dir)?;
     // One client thread, as in `compare`: the callee's handler runs on it too.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -331,8 +269,8 @@ fn invoke_bench(args: InvokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backends(args: BackendsArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 10_000, 1_000, args.payload);
+fn backends(args: Run) -> anyhow::Result<()> {
+    let plan = args.plan(10_000, 1_000);
     let bin_dir = bin_dir(args.bin_dir)?;
     // One client thread for mecha and the direct clients alike.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -349,12 +287,12 @@ fn backends(args: BackendsArgs) -> anyhow::Result<()> {
 }
 
 fn noisy(args: NoisyArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
+    let plan = args.run.plan(20_000, 2_000);
     let flood = noisy::Flood {
         connections: args.connections.max(1),
         depth: args.depth.max(1),
     };
-    let bin_dir = bin_dir(args.bin_dir)?;
+    let bin_dir = bin_dir(args.run.bin_dir)?;
     // The flooder needs both runtime threads to load the daemon the way two
     // busy client processes would; the victim is one task among them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -364,7 +302,7 @@ fn noisy(args: NoisyArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let results = runtime.block_on(noisy::run(&bin_dir, &plan, flood))?;
     print!("{}", noisy::markdown(&results));
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         noisy::write_json(path, &results)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
@@ -397,9 +335,12 @@ fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    let plan = plan(args.ops, args.quick, 20_000, 2_000, args.payload);
-    let starts = args.starts.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
-    let bin_dir = bin_dir(args.bin_dir)?;
+    let plan = args.run.plan(20_000, 2_000);
+    let starts = args
+        .starts
+        .unwrap_or(if args.run.quick { 2 } else { 5 })
+        .max(1);
+    let bin_dir = bin_dir(args.run.bin_dir)?;
     // The start-up and memory part at the end needs every default module:
     // better to say so now than after minutes of sweeps.
     daemon::require(&bin_dir, &daemon::ALL_MODULES)?;
@@ -449,7 +390,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     println!("\n{}", ratios.markdown());
     print!("{}", footprint::markdown(&footprint));
 
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         let doc = serde_json::json!({
             "ops": plan.ops,
             "payload": plan.payload,
@@ -462,7 +403,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
-    let plot_path = match (&args.plot, &args.json) {
+    let plot_path = match (&args.plot, &args.run.json) {
         (Some(path), _) => path.clone(),
         (None, Some(json)) => json.with_extension("svg"),
         (None, None) => PathBuf::from("mecha-bench-compare.svg"),
