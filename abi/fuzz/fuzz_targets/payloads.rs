@@ -63,6 +63,17 @@ const TYPES: &[fn(&[u8])] = &[
     round_trip::<ModuleRestartReply>,
     round_trip::<ReloadReply>,
     round_trip::<StreamCancel>,
+    // invoke.rs
+    round_trip::<RegisterRequest>,
+    round_trip::<RegisterReply>,
+    round_trip::<InvokeRequest>,
+    round_trip::<InvokeReply>,
+    round_trip::<InvokeCall>,
+    round_trip::<AppEntry>,
+    round_trip::<AppsReply>,
+    round_trip::<LinkDeliver>,
+    round_trip::<PeerHello>,
+    round_trip::<PeerAnnounce>,
     // link.rs
     round_trip::<ComponentSpec>,
     round_trip::<LinkHello>,
