@@ -116,6 +116,9 @@ struct NoisyArgs {
     /// Requests the flooder keeps in flight on each connection.
     #[arg(long, value_name = "N", default_value_t = 8)]
     depth: usize,
+    /// Give the flooding tenant this `maxInFlight` quota (default: none).
+    #[arg(long, value_name = "N")]
+    flood_max_in_flight: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -291,6 +294,7 @@ fn noisy(args: NoisyArgs) -> anyhow::Result<()> {
     let flood = noisy::Flood {
         connections: args.connections.max(1),
         depth: args.depth.max(1),
+        max_in_flight: args.flood_max_in_flight,
     };
     let bin_dir = bin_dir(args.run.bin_dir)?;
     // The flooder needs both runtime threads to load the daemon the way two

@@ -24,6 +24,8 @@ use crate::Plan;
 pub struct Flood {
     pub connections: usize,
     pub depth: usize,
+    /// The flooding tenant's `maxInFlight` quota, when one is set.
+    pub max_in_flight: Option<usize>,
 }
 
 /// The measurements of one run.
@@ -44,8 +46,12 @@ pub struct Results {
 pub async fn run(bin_dir: &Path, plan: &Plan, flood: Flood) -> anyhow::Result<Results> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let noisy_socket = dir.path().join("noisy.sock");
+    let quota = flood
+        .max_in_flight
+        .map(|n| format!("  quotas:\n    tenants:\n      noisy: {{maxInFlight: {n}}}\n"))
+        .unwrap_or_default();
     let config = format!(
-        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: bench}}\nspec:\n  sockets:\n  - path: {noisy}\n  tenants:\n  - name: noisy\n    sockets: [{noisy}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: mem}}\nspec: {{type: state.memory, version: v1, metadata: []}}\n",
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: bench}}\nspec:\n  sockets:\n  - path: {noisy}\n  tenants:\n  - name: noisy\n    sockets: [{noisy}]\n{quota}---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: mem}}\nspec: {{type: state.memory, version: v1, metadata: []}}\n",
         noisy = noisy_socket.display()
     );
     let daemon = Daemon::start_config(bin_dir, dir.path(), &config, &["mecha-mod-state"])?;
@@ -55,14 +61,23 @@ pub async fn run(bin_dir: &Path, plan: &Plan, flood: Flood) -> anyhow::Result<Re
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut flooders = tokio::task::JoinSet::new();
+    // Connect every flooder and write its key before any of them floods, so
+    // that a quota on the flooding tenant refuses flood requests, not setup.
+    let mut clients = Vec::with_capacity(flood.connections);
     for c in 0..flood.connections {
-        let client = Client::connect(&noisy_socket)
-            .await
-            .with_context(|| format!("connecting flooder {c}"))?;
-        client
+        clients.push(
+            Client::connect(&noisy_socket)
+                .await
+                .with_context(|| format!("connecting flooder {c}"))?,
+        );
+    }
+    if let Some(first) = clients.first() {
+        first
             .set("mem", "noise", value.clone(), SetOptions::default())
             .await
             .context("flooder prefill")?;
+    }
+    for client in clients {
         for _ in 0..flood.depth {
             let (client, stop, done) = (client.clone(), Arc::clone(&stop), Arc::clone(&done));
             flooders.spawn(async move {
