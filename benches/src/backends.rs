@@ -32,7 +32,7 @@ pub async fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<(Vec<Outcome>, V
     let mut notes = Vec::new();
     let value = vec![0xA5u8; plan.payload];
 
-    let redis_port = free_port()?;
+    let redis_port = crate::daemon::free_port()?;
     let redis = crate::redis::Server::start_tcp(dir.path(), redis_port)?;
     let pg = Postgres::start(&dir.path().join("pg"))?;
     let mut config = String::new();
@@ -235,13 +235,6 @@ pub fn markdown(rows: &[Outcome], notes: &[String]) -> String {
     s
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port())
-}
-
 /// A throw-away PostgreSQL cluster on a loopback port (fsync off); dropping
 /// it stops the server.
 struct Postgres {
@@ -283,7 +276,7 @@ impl Postgres {
         if !init.status().context("running initdb")?.success() {
             bail!("initdb failed");
         }
-        let port = free_port()?;
+        let port = crate::daemon::free_port()?;
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
             .arg(&data)

@@ -212,3 +212,12 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A loopback TCP port nobody listens on right now (bound, read, released),
+/// for the servers and daemons a benchmark starts.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free loopback port")?
+        .port())
+}

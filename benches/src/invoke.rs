@@ -108,7 +108,7 @@ async fn cross_node(bin_dir: &Path, plan: &Plan, tls: bool) -> anyhow::Result<Ou
     };
     report::started(name, plan);
     let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let (pa, pb) = (free_port()?, free_port()?);
+    let (pa, pb) = (crate::daemon::free_port()?, crate::daemon::free_port()?);
     let certs = if tls { Some(Certs::new()?) } else { None };
     let node = |me: &str,
                 port: u16,
@@ -180,12 +180,6 @@ async fn cross_node(bin_dir: &Path, plan: &Plan, tls: bool) -> anyhow::Result<Ou
     a.stop()?;
     b.stop()?;
     Ok(o)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A throw-away CA that issues node certificates (SAN = node name), as an

@@ -11,6 +11,11 @@ mod common;
 #[path = "conformance/servers.rs"]
 mod servers;
 
+// Only the component builder and the PostgreSQL URL are used here.
+#[allow(dead_code)]
+#[path = "conformance/support.rs"]
+mod support;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,21 +23,7 @@ use std::time::Duration;
 
 use common::{wait_until, Daemon};
 use mecha_client::{SetOptions, Status};
-
-/// One component document.
-fn component(name: &str, kind: &str, metadata: &[(&str, String)]) -> String {
-    let mut doc = format!(
-        "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  version: v1\n  metadata:\n"
-    );
-    for (k, v) in metadata {
-        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
-    }
-    doc
-}
-
-fn postgres_url(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2")
-}
+use support::{component, postgres_url};
 
 /// Two daemons started with the same configuration: the same components on
 /// the same servers, as every node of a cluster would have.
@@ -68,7 +59,7 @@ fn state_config(redis: &servers::Server, pg: &servers::Server) -> String {
             ],
         ),
     ]
-    .concat()
+    .join("---\n")
 }
 
 #[test]
@@ -176,7 +167,7 @@ fn sequence_ids_never_collide_across_nodes() {
             ],
         ),
     ]
-    .concat();
+    .join("---\n");
     let (a, b) = two_nodes(&config);
     for store in ["seqredis", "seqpg"] {
         let ids = Arc::new(Mutex::new(Vec::new()));

@@ -105,7 +105,7 @@ impl ConfigModule {
         // refusing it is clearer than picking one.
         let mut seen = HashSet::with_capacity(req.items.len() + req.delete.len());
         for key in req.items.iter().map(|i| &i.key).chain(&req.delete) {
-            Reply::non_empty("key", key)?;
+            Reply::valid_name("key", key)?;
             if !seen.insert(key.as_str()) {
                 return Err(Reply::error(
                     Status::InvalidArgument,
@@ -218,7 +218,8 @@ async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: Sub
 }
 
 fn check_keys(keys: &[String]) -> Result<(), Reply> {
-    keys.iter().try_for_each(|key| Reply::non_empty("key", key))
+    keys.iter()
+        .try_for_each(|key| Reply::valid_name("key", key))
 }
 
 fn store_error(e: ConfigError) -> Reply {

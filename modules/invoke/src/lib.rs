@@ -100,7 +100,7 @@ impl InvokeModule {
     /// cancels it or its connection closes (the daemon cancels the stream).
     fn register(&self, ctx: &Ctx, payload: &[u8]) -> Result<Reply, Reply> {
         let req: RegisterRequest = Reply::decode(payload)?;
-        Reply::non_empty("app_id", &req.app_id)?;
+        Reply::valid_name("app_id", &req.app_id)?;
         self.core.may_claim(&ctx.tenant, &req.app_id)?;
         let mut stream = ctx.open_stream();
         let id = stream.id();
@@ -124,8 +124,8 @@ impl InvokeModule {
 
     async fn invoke(&self, ctx: &Ctx, payload: &[u8]) -> Result<Reply, Reply> {
         let req: InvokeRequest = Reply::decode(payload)?;
-        Reply::non_empty("app_id", &req.app_id)?;
-        Reply::non_empty("method", &req.method)?;
+        Reply::valid_name("app_id", &req.app_id)?;
+        Reply::valid_name("method", &req.method)?;
         if !req.caller_app_id.is_empty() {
             self.core.may_claim(&ctx.tenant, &req.caller_app_id)?;
         }

@@ -198,7 +198,7 @@ async fn stop(ctx: &Ctx) -> Stop {
 /// Rejects an empty resource or owner: an empty owner would let every
 /// caller that forgot to set one unlock every other such caller's locks.
 fn check_names(resource: &str, owner: &str) -> Result<(), Reply> {
-    Reply::non_empty("resource", resource)?;
+    Reply::valid_name("resource", resource)?;
     if owner.is_empty() {
         return Err(Reply::error(
             Status::InvalidArgument,

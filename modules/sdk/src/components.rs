@@ -131,11 +131,6 @@ impl<T> Components<T> {
         Ok((n.as_str(), t))
     }
 
-    /// The component a request names; see [`Self::entry`].
-    pub fn by_name(&self, name: &str) -> Result<&T, Reply> {
-        self.entry(name).map(|(_, t)| t)
-    }
-
     /// Every component with its name, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))
@@ -247,9 +242,9 @@ mod tests {
             Ok::<_, String>(s.name.len() + usize::from(s.name == "b"))
         })
         .expect("open");
-        assert_eq!(c.by_name(""), Ok(&1));
+        assert_eq!(c.entry(""), Ok(("a", &1)));
         assert_eq!(c.entry("b"), Ok(("b", &2)));
-        let refused = c.by_name("nope").expect_err("unknown");
+        let refused = c.entry("nope").expect_err("unknown");
         assert_eq!(refused.status, Status::InvalidArgument);
         assert_eq!(
             message(&refused),

@@ -67,12 +67,12 @@ impl Reply {
     }
 
     /// Checks a key-like request field (a state key, a lock resource, a
-    /// sequence key, a secret or item name) by SPEC §3's rule for names: it
+    /// sequence key, a secret or item name) by SPEC §7's rule for names: it
     /// must not be empty, must be at most [`MAX_NAME_BYTES`] bytes, and must
     /// not hold a NUL byte (which C clients and several backends cannot carry
     /// or would cut short). Otherwise INVALID_ARGUMENT naming the field and
     /// the rule.
-    pub fn non_empty(what: &str, value: &str) -> Result<(), Reply> {
+    pub fn valid_name(what: &str, value: &str) -> Result<(), Reply> {
         let problem = if value.is_empty() {
             format!("{what} must not be empty")
         } else if value.len() > MAX_NAME_BYTES {

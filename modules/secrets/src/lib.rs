@@ -79,7 +79,7 @@ impl SecretsModule {
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: SecretGetRequest = Reply::decode(payload)?;
-        Reply::non_empty("secret name", &req.name)?;
+        Reply::valid_name("secret name", &req.name)?;
         let (store_name, store) = self.store(&req.store, tenant)?;
         // The rules are checked before the store is asked, so a refused
         // tenant learns nothing about which secrets exist.

@@ -46,7 +46,7 @@ type Handled = Result<Reply, Reply>;
 impl SequencerModule {
     async fn next(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: NextIdRequest = Reply::decode(payload)?;
-        Reply::non_empty("key", &req.key)?;
+        Reply::valid_name("key", &req.key)?;
         // The drivers rely on this range: `Sequencer::next_ids` documents that
         // they never see a count of 0 or above the cap.
         if req.count == 0 || req.count > SEQ_MAX_COUNT {

@@ -78,7 +78,7 @@ impl StateModule {
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: GetRequest = Reply::decode(payload)?;
-        Reply::non_empty("key", &req.key)?;
+        Reply::valid_name("key", &req.key)?;
         let (store, tenant) = self.store(&req.store, tenant)?;
         // The key goes to the driver by value; the copy is for the error.
         let mut found = store
@@ -128,7 +128,7 @@ impl StateModule {
     async fn bulk_get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: BulkGetRequest = Reply::decode(payload)?;
         for key in &req.keys {
-            Reply::non_empty("key", key)?;
+            Reply::valid_name("key", key)?;
         }
         let (store, tenant) = self.store(&req.store, tenant)?;
         // The driver takes the keys by value and answers in request order;
@@ -174,7 +174,7 @@ impl StateModule {
         for op in &ops {
             match op {
                 TxOp::Set(SetItem { key, ttl_ms, .. }) => {
-                    Reply::non_empty("key", key)?;
+                    Reply::valid_name("key", key)?;
                     // The drivers rely on this: `StateStore` documents that a
                     // zero TTL never reaches them.
                     if *ttl_ms == Some(0) {
@@ -184,7 +184,7 @@ impl StateModule {
                         ));
                     }
                 }
-                TxOp::Delete(item) => Reply::non_empty("key", &item.key)?,
+                TxOp::Delete(item) => Reply::valid_name("key", &item.key)?,
             }
         }
         let (store, tenant) = self.store(store, tenant)?;
