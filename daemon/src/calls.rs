@@ -72,7 +72,7 @@ impl Calls {
             .unwrap_or(u32::MAX)
             .max(1);
         let frame = OutFrame::guarded(header, Bytes::new(), payload, ConnOut::new(permit));
-        if conn.try_send(frame).is_err() {
+        if conn.send(frame).is_err() {
             self.table.lock().waiting.remove(&id);
             return unavailable("the callee's connection closed");
         }

@@ -12,10 +12,10 @@ use mecha_abi::msg::{
     ErrorBody, Hello, HelloReply, ModuleRestartReply, ModuleRestartRequest, StreamCancel,
 };
 use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, VERSION};
-use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
+use mecha_wire::{FrameReader, OutFrame, Outbox, ReadError, Unflushed};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::daemon::{Daemon, ReloadError};
@@ -24,12 +24,12 @@ use crate::peer::Peer;
 use crate::supervisor::{ModuleSlot, Route};
 
 /// Every frame queued for a connection carries one in-flight permit, released
-/// when the frame has been written. A connection's queue is sized to hold all
-/// its permits, so the router can always enqueue an answer without waiting.
+/// when the frame has been written, so a connection's queue never holds more
+/// than its permits: the router queues answers without waiting.
 /// The guard of a request's answer also times it for the metrics.
 pub type ConnOut = crate::metrics::Answer;
 /// The sending side of a connection's write queue.
-pub type ConnTx = mpsc::Sender<OutFrame<ConnOut>>;
+pub type ConnTx = Outbox<ConnOut>;
 
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +102,9 @@ struct Conn {
     link_ref: ConnRef,
     permits: Arc<Semaphore>,
     version: Option<u8>,
+    /// Module links this connection's requests were queued on since the last
+    /// flush (see `Link::forward`).
+    unflushed: Unflushed,
 }
 
 /// Serves one accepted connection until EOF, a fatal protocol error, or shutdown.
@@ -132,8 +135,9 @@ pub async fn serve(
     };
     let max_in_flight = daemon.max_in_flight as usize;
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(max_in_flight + PUSH_BUDGET + 1);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    // The bound is never reached: permits bound what is queued (see ConnOut).
+    let (tx, writer) = Outbox::new(wr, max_in_flight + PUSH_BUDGET + 1);
+    let writer = tokio::spawn(writer);
     let link_ref = ConnRef {
         tx: tx.clone(),
         pushes: Arc::new(Semaphore::new(PUSH_BUDGET)),
@@ -149,6 +153,7 @@ pub async fn serve(
         link_ref,
         permits: Arc::new(Semaphore::new(max_in_flight)),
         version: None,
+        unflushed: Unflushed::default(),
         daemon,
     };
     let rd = Clocked::new(rd, partial_frame_timeout());
@@ -161,6 +166,11 @@ pub async fn serve(
         // reading) from counting against the client.
         let buffered = reader.buffered();
         reader.get_mut().frame_done(buffered);
+        // Requests and answers queued while working through what one read
+        // brought are written together, before this task waits for more.
+        if !reader.has_frame() {
+            conn.flush();
+        }
         let next = tokio::select! {
             next = reader.next() => next,
             _ = shutdown.changed() => break,
@@ -180,8 +190,16 @@ pub async fn serve(
         }
         // Waiting for a permit before acting on a frame bounds the requests one
         // connection can have in flight; reading pauses while it is at the limit.
-        let Ok(permit) = Arc::clone(&conn.permits).acquire_owned().await else {
-            break;
+        // What is queued must be on its way first: it is what returns permits.
+        let permit = match Arc::clone(&conn.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                conn.flush();
+                let Ok(permit) = Arc::clone(&conn.permits).acquire_owned().await else {
+                    break;
+                };
+                permit
+            }
         };
         let permit = ConnOut::new(permit);
         let flow = match next {
@@ -199,6 +217,7 @@ pub async fn serve(
             break;
         }
     }
+    conn.flush();
     // Calls delivered to this app can no longer be answered.
     conn.link_ref.calls.close();
     // Streams die with their connection; tell their modules to stop pushing.
@@ -331,8 +350,15 @@ fn cancel_streams(daemon: &Daemon, conn_id: u64) {
 }
 
 impl Conn {
+    /// Queues an answer; the read loop flushes.
     async fn reply(&self, frame: OutFrame<ConnOut>) {
-        let _ = self.tx.send(frame).await;
+        let _ = self.tx.push(frame);
+    }
+
+    /// Writes what this connection queued on its module links and on itself.
+    fn flush(&mut self) {
+        self.unflushed.flush();
+        self.tx.flush();
     }
 
     async fn error(&self, request: &Header, status: Status, message: &str, permit: ConnOut) {
@@ -559,7 +585,7 @@ impl Conn {
         }
     }
 
-    async fn route(&self, family: Family, header: Header, payload: Bytes, mut permit: ConnOut) {
+    async fn route(&mut self, family: Family, header: Header, payload: Bytes, mut permit: ConnOut) {
         if let Err(msg) = self.quota.admit(header.payload_len, permit.quota_mut()) {
             return self
                 .error(&header, Status::ResourceExhausted, &msg, permit)
@@ -609,9 +635,15 @@ impl Conn {
         // request wait for the new instance in its own task, so one waiting
         // request does not stall the rest of this connection's pipeline.
         if let Route::Up(_) = module.route() {
-            request.dispatch(&module).await;
+            if let Some(link) = request.dispatch(&module).await {
+                self.unflushed.add(&link);
+            }
         } else {
-            tokio::spawn(async move { request.dispatch(&module).await });
+            tokio::spawn(async move {
+                if let Some(link) = request.dispatch(&module).await {
+                    link.flush();
+                }
+            });
         }
     }
 
@@ -658,7 +690,7 @@ impl Conn {
                 Ok(Err(e)) => error_frame(&header, Status::Internal, &e.to_string(), permit),
                 Err((status, msg)) => error_frame(&header, status, &msg, permit),
             };
-            let _ = tx.send(frame).await;
+            let _ = tx.send(frame);
         });
     }
 }
@@ -677,7 +709,9 @@ impl Routed {
     /// Forwards to the module's running instance. A request that finds the
     /// module restarting waits for the new instance until its deadline; one
     /// refused by a draining instance was never sent and is routed again.
-    async fn dispatch(self, module: &ModuleSlot) {
+    /// Returns the link's outbox when the request was queued on it, for the
+    /// caller to flush; errors are answered and written here.
+    async fn dispatch(self, module: &ModuleSlot) -> Option<Outbox> {
         let Routed {
             conn,
             tenant,
@@ -698,7 +732,7 @@ impl Routed {
                         .forward(&conn, permit, header, &tenant, payload, remaining)
                         .await
                     {
-                        Ok(()) => return,
+                        Ok(link) => return Some(link),
                         Err(back) => {
                             // The instance is draining or dead; its successor
                             // (or a Starting/Down route) is about to replace it.
@@ -713,24 +747,20 @@ impl Routed {
                             "module {} did not come back before the deadline",
                             module.name
                         );
-                        let _ = tx
-                            .send(error_frame(&header, Status::DeadlineExceeded, &msg, permit))
-                            .await;
-                        return;
+                        let _ =
+                            tx.send(error_frame(&header, Status::DeadlineExceeded, &msg, permit));
+                        return None;
                     }
                 }
                 Route::Down(why) => {
-                    let _ = tx
-                        .send(error_frame(&header, Status::Unavailable, &why, permit))
-                        .await;
-                    return;
+                    let _ = tx.send(error_frame(&header, Status::Unavailable, &why, permit));
+                    return None;
                 }
             }
         }
         let msg = format!("module {} is restarting repeatedly; retry", module.name);
-        let _ = tx
-            .send(error_frame(&header, Status::Unavailable, &msg, permit))
-            .await;
+        let _ = tx.send(error_frame(&header, Status::Unavailable, &msg, permit));
+        None
     }
 }
 

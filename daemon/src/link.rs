@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mecha_abi::msg::LinkDeliver;
 use mecha_abi::{Family, Flags, Header, Opcode, Status};
-use mecha_wire::{FrameReader, OutFrame};
+use mecha_wire::{FrameReader, OutFrame, Outbox, Unflushed};
 use parking_lot::Mutex;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::calls::{CallAnswer, Calls};
 use crate::conn::{error_frame, ConnOut, ConnTx};
@@ -93,7 +93,7 @@ pub struct Link {
     pub module: String,
     /// The module's process id.
     pub pid: u32,
-    tx: mpsc::Sender<OutFrame>,
+    tx: Outbox,
     next_id: AtomicU32,
     table: Mutex<Table>,
     closed: Notify,
@@ -107,7 +107,7 @@ pub struct Link {
 
 impl Link {
     /// Wraps a handshaken link. `tx` feeds the module's writer task.
-    pub fn new(module: String, pid: u32, tx: mpsc::Sender<OutFrame>) -> Arc<Self> {
+    pub fn new(module: String, pid: u32, tx: Outbox) -> Arc<Self> {
         Arc::new(Self {
             module,
             pid,
@@ -130,12 +130,16 @@ impl Link {
     pub async fn send_control(&self, opcode: Opcode) -> bool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = OutFrame::new(Header::request(opcode, id), Bytes::new());
-        self.tx.send(frame).await.is_ok()
+        self.tx.send_wait(frame).await.is_ok()
     }
 
     /// Forwards an application request. The payload is passed on untouched,
     /// behind the tenant prefix; the answer (or an error) reaches `conn` later.
     /// A link that no longer accepts work hands the request back unsent.
+    ///
+    /// The frame is queued, not written: the caller flushes the returned
+    /// outbox once it has forwarded every frame it has read (see
+    /// [`mecha_wire::Unflushed`]), so pipelined requests share one write.
     pub async fn forward(
         &self,
         conn: &ConnRef,
@@ -144,7 +148,7 @@ impl Link {
         tenant: &Bytes,
         payload: Bytes,
         timeout: Duration,
-    ) -> Result<(), Rejected> {
+    ) -> Result<Outbox, Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // SPEC §8: the request's span becomes the module's parent.
         let trace = guard
@@ -191,13 +195,13 @@ impl Link {
         };
         if self
             .tx
-            .send(OutFrame::guarded(out, prefix, payload, ()))
+            .push_wait(OutFrame::guarded(out, prefix, payload, ()))
             .await
             .is_err()
         {
             self.fail_one(id, "its link closed before the request was sent");
         }
-        Ok(())
+        Ok(self.tx.clone())
     }
 
     /// Records the feature bits of the module's LINK_HELLO answer.
@@ -246,23 +250,32 @@ impl Link {
 
     /// Routes module answers back until the link reaches EOF, then answers
     /// every request still in flight with UNAVAILABLE.
+    ///
+    /// Answers are queued on their connections and written when no further
+    /// answer is buffered: the answers of one read leave in one write per
+    /// connection, from this task, without waking a writer task.
     pub async fn read_answers(self: Arc<Self>, mut reader: FrameReader<OwnedReadHalf>) {
+        let mut unflushed = Unflushed::default();
         let reason = loop {
+            if !reader.has_frame() {
+                unflushed.flush();
+            }
             match reader.next().await {
-                Ok(Some((header, payload))) => self.deliver(header, payload),
+                Ok(Some((header, payload))) => self.deliver(header, payload, &mut unflushed),
                 Ok(None) => break "the module exited".to_string(),
                 Err(e) => break format!("the link failed: {e}"),
             }
         };
+        unflushed.flush();
         self.close(&reason);
     }
 
-    fn deliver(&self, header: Header, payload: Bytes) {
+    fn deliver(&self, header: Header, payload: Bytes, unflushed: &mut Unflushed<ConnOut>) {
         // Any frame is a sign of life: a module busy at its concurrency limit
         // may read pings late, but it is not hung while it answers.
         *self.last_pong.lock() = Instant::now();
         if header.flags.is_push() {
-            self.push(header, payload);
+            self.push(header, payload, unflushed);
             return;
         }
         if !header.flags.is_response() {
@@ -305,7 +318,9 @@ impl Link {
         // The connection's queue has room for every request it may have in
         // flight, so this only fails when the connection is gone. A stream it
         // opened then has nobody to push to: stop it at its source.
-        if p.conn.try_send(frame).is_err() && opens_stream {
+        if p.conn.push(frame).is_ok() {
+            unflushed.add(&p.conn);
+        } else if opens_stream {
             self.table.lock().streams.remove(&header.request_id);
             self.cancel_link_stream(header.request_id);
         }
@@ -323,11 +338,7 @@ impl Link {
             OutFrame::new(out, body)
         };
         let refuse = |status, msg: String| {
-            let frame = answer(crate::calls::error(status, &msg));
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(frame).await;
-            });
+            let _ = self.tx.send(answer(crate::calls::error(status, &msg)));
         };
         if header.opcode != Opcode::LINK_DELIVER {
             return refuse(
@@ -369,7 +380,7 @@ impl Link {
             let result = calls
                 .call(&conn, &budget, opcode, Bytes::from(req.payload), timeout)
                 .await;
-            let _ = reply.send(answer(result)).await;
+            let _ = reply.send_wait(answer(result)).await;
         });
     }
 
@@ -385,7 +396,7 @@ impl Link {
     /// value forever when the last pushes are the ones dropped. The END frame
     /// is always delivered, waiting for room if need be, because it is what
     /// tells the client why its stream stopped.
-    fn push(&self, header: Header, payload: Bytes) {
+    fn push(&self, header: Header, payload: Bytes, unflushed: &mut Unflushed<ConnOut>) {
         let end = header.flags.is_end();
         let route = {
             let mut table = self.table.lock();
@@ -435,14 +446,16 @@ impl Link {
         };
         let delivered = route
             .conn
-            .try_send(OutFrame::guarded(
+            .push(OutFrame::guarded(
                 out,
                 Bytes::new(),
                 payload,
                 ConnOut::new(permit),
             ))
             .is_ok();
-        if !delivered && route.conn.is_closed() {
+        if delivered {
+            unflushed.add(&route.conn);
+        } else {
             // The application is gone; stop the stream at its source.
             self.table.lock().streams.remove(&header.request_id);
             self.cancel_link_stream(header.request_id);
@@ -451,13 +464,10 @@ impl Link {
 
     /// Asks the module to end stream `link_id` (one-way; the END follows).
     fn cancel_link_stream(&self, link_id: u32) {
+        // Not bounded by the link's queue: cancellations are few (one per
+        // stream) and must not wait behind requests.
         let frame = OutFrame::new(Header::request(Opcode::LINK_CANCEL, link_id), Bytes::new());
-        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(frame) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(frame).await;
-            });
-        }
+        let _ = self.tx.send(frame);
     }
 
     /// Cancels the stream `stream_id` of connection `conn_id`; false if this
@@ -595,7 +605,7 @@ fn error_body(message: &str) -> Bytes {
 fn send_end(route: StreamRoute, header: Header, body: Bytes) {
     match Arc::clone(&route.pushes).try_acquire_owned() {
         Ok(permit) => {
-            let _ = route.conn.try_send(OutFrame::guarded(
+            let _ = route.conn.send(OutFrame::guarded(
                 header,
                 Bytes::new(),
                 body,
@@ -605,15 +615,12 @@ fn send_end(route: StreamRoute, header: Header, body: Bytes) {
         Err(_) => {
             tokio::spawn(async move {
                 if let Ok(permit) = route.pushes.acquire_owned().await {
-                    let _ = route
-                        .conn
-                        .send(OutFrame::guarded(
-                            header,
-                            Bytes::new(),
-                            body,
-                            ConnOut::new(permit),
-                        ))
-                        .await;
+                    let _ = route.conn.send(OutFrame::guarded(
+                        header,
+                        Bytes::new(),
+                        body,
+                        ConnOut::new(permit),
+                    ));
                 }
             });
         }
@@ -626,6 +633,6 @@ impl Pending {
         header.request_id = self.request_id;
         let _ = self
             .conn
-            .try_send(error_frame(&header, status, message, self.guard));
+            .send(error_frame(&header, status, message, self.guard));
     }
 }

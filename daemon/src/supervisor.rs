@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, LinkHello, LinkReady, ModuleStatus};
 use mecha_abi::{Family, Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
-use mecha_wire::{write_loop, FrameReader, OutFrame};
+use mecha_wire::{FrameReader, Outbox};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
@@ -551,8 +551,8 @@ async fn handshake(
     }
     let ready: LinkReady = mecha_abi::decode(&payload).map_err(|e| fail(e.to_string()))?;
     tracing::debug!(module = %ready.module, version = %ready.version, "handshake done");
-    let (tx, rx) = mpsc::channel::<OutFrame>(LINK_QUEUE);
-    tokio::spawn(write_loop(wr, rx));
+    let (tx, writer) = Outbox::new(wr, LINK_QUEUE);
+    tokio::spawn(writer);
     let link = Link::new(spec.name.clone(), pid, tx);
     link.set_features(mecha_abi::Features(header.ext));
     tokio::spawn(Arc::clone(&link).read_answers(reader));

@@ -1,10 +1,17 @@
 //! Tokio framing shared by `mechad`, the module SDK and the Rust client.
 //!
 //! [`FrameReader`] owns its read buffer and yields whole frames, checking the
-//! length against the limit before buffering a payload. [`write_loop`] drains a
-//! bounded channel of encoded frames onto a socket, coalescing every frame that
-//! is already queued into one flush, so pipelined traffic costs few syscalls.
+//! length against the limit before buffering a payload. [`Outbox`] queues
+//! frames for a socket and writes them from the queueing task when the socket
+//! takes them at once (the router's fast path: no hand-off per frame);
+//! [`write_loop`] is the simpler channel-and-task writer, which drains a
+//! bounded channel onto a socket, coalescing every frame already queued into
+//! one flush.
 #![forbid(unsafe_code)]
+
+mod outbox;
+
+pub use outbox::{Closed, Outbox, Unflushed, WriteHalf};
 
 use bytes::{Bytes, BytesMut};
 use mecha_abi::{parse_frame, Header, HeaderError, HEADER_LEN};
@@ -72,6 +79,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     })
                 };
             }
+        }
+    }
+
+    /// True when a whole frame (or a header that will fail to parse) is
+    /// already buffered, so [`FrameReader::next`] returns without reading.
+    /// Callers that batch writes flush when this is false, before they wait.
+    pub fn has_frame(&self) -> bool {
+        if self.buf.len() < HEADER_LEN {
+            return false;
+        }
+        match parse_frame(&self.buf, self.max_payload) {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => false,
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use mecha_abi::msg::{LinkHello, LinkReady};
 use mecha_abi::{Flags, Header, Opcode, Status, MAX_FRAME_CAP};
-use mecha_wire::{write_loop, FrameReader, OutFrame, ReadError};
-use tokio::sync::{mpsc, Semaphore};
+use mecha_wire::{FrameReader, OutFrame, Outbox, ReadError};
+use tokio::sync::Semaphore;
 
 use crate::stream::{Opener, Registry};
 use crate::{Ctx, InitError, Module, Reply};
@@ -15,7 +15,8 @@ use crate::{Ctx, InitError, Module, Reply};
 /// Requests a module serves concurrently before it stops reading the link;
 /// the daemon's own bounded queue then applies backpressure to applications.
 const MAX_CONCURRENT: u32 = 1024;
-/// Capacity of the queue of encoded responses waiting for the link writer.
+/// Frames queued for the link beyond which stream pushes and spawned answers
+/// wait for the writer.
 const WRITE_QUEUE: usize = 1024;
 /// How long a drained module waits for stream tasks to let go of the link.
 const DRAIN_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -102,21 +103,36 @@ fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
 }
 
 /// Encodes and queues one response; a closed queue means the link is gone,
-/// which the read loop notices on its own.
-async fn respond(tx: &mpsc::Sender<OutFrame>, request: &Header, reply: Reply) {
+/// which the read loop notices on its own. With `flush` the response is
+/// written now (an answer from a task of its own); without, the read loop
+/// writes it with the rest of what one read brought.
+async fn respond(tx: &Outbox, request: &Header, reply: Reply, flush: bool) {
     let mut header = request.response(reply.status);
     if reply.opens_stream {
         header.flags.0 |= Flags::STREAM;
     }
     let frame = OutFrame::new(header, reply.payload);
-    let _ = tx.send(frame).await;
+    if flush {
+        let _ = tx.send_wait(frame).await;
+    } else {
+        let _ = tx.push(frame);
+    }
+}
+
+/// Polls `work` once with the caller's context: `Ready` for work that
+/// completes without waiting (an in-memory store), `Pending` otherwise. A
+/// pending future may have registered the caller's waker; moved into a task
+/// and polled there, it registers the task's instead, and the caller sees at
+/// most one spurious wake-up.
+async fn poll_once<F: std::future::Future + Unpin>(work: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *work).poll(cx))).await
 }
 
 async fn serve<M: Module>() -> Result<(), LinkError> {
     let (rd, wr) = link_stream()?.into_split();
     let mut reader = FrameReader::new(rd, MAX_FRAME_CAP + u32::from(u16::MAX));
-    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let (tx, writer) = Outbox::new(wr, WRITE_QUEUE);
+    let writer = tokio::spawn(writer);
 
     let Some((hello_header, hello_payload)) = reader.next().await? else {
         return Ok(());
@@ -138,6 +154,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 &tx,
                 &hello_header,
                 Reply::error(Status::Internal, e.0.clone()),
+                true,
             )
             .await;
             drop(tx);
@@ -156,7 +173,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     if reply.status == Status::Ok {
         header.ext = mecha_abi::Features::TRACE;
     }
-    let _ = tx.send(OutFrame::new(header, reply.payload)).await;
+    let _ = tx.send(OutFrame::new(header, reply.payload));
     tracing::info!(module = M::NAME, pid = std::process::id(), "module ready");
 
     if let Some(period) = M::TICK {
@@ -176,6 +193,11 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     let registry = Arc::new(Registry::default());
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
     loop {
+        // Answers queued while serving what one read brought leave together,
+        // before this task waits for more.
+        if !reader.has_frame() {
+            tx.flush();
+        }
         // EOF means the daemon is gone: stop at once, as no one can read answers.
         let Some((header, payload)) = reader.next().await? else {
             registry.cancel_all();
@@ -188,14 +210,14 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
             continue;
         }
         match header.opcode {
-            Opcode::LINK_PING => respond(&tx, &header, Reply::empty()).await,
+            Opcode::LINK_PING => respond(&tx, &header, Reply::empty(), false).await,
             Opcode::LINK_CANCEL => registry.cancel(header.request_id),
             Opcode::LINK_DRAIN => {
                 let _ = draining_tx.send(true);
                 // Taking every permit waits until all in-flight requests answered.
                 let _all = permits.acquire_many(MAX_CONCURRENT).await;
                 registry.cancel_all();
-                respond(&tx, &header, Reply::empty()).await;
+                respond(&tx, &header, Reply::empty(), true).await;
                 daemon_link.close();
                 drop(tx);
                 // Stream tasks hold writer handles until they notice the
@@ -205,19 +227,33 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 return Ok(());
             }
             opcode => {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    return Ok(());
+                // The permit bounds the requests that wait in tasks of their
+                // own; what is queued must be written before waiting for one,
+                // since the answers it holds are what the daemon waits for.
+                let permit = match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        tx.flush();
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                            return Ok(());
+                        };
+                        permit
+                    }
                 };
-                let m = Arc::clone(&module);
-                let tx = tx.clone();
-                let registry = Arc::clone(&registry);
-                let draining = draining.clone();
                 let deadline = (header.deadline_ms > 0).then(|| {
                     std::time::Instant::now()
                         + std::time::Duration::from_millis(u64::from(header.deadline_ms))
                 });
-                tokio::spawn(async move {
-                    let reply = match split_tenant(&header, &payload) {
+                let opener = Opener {
+                    tx: Some(tx.clone()),
+                    registry: Arc::clone(&registry),
+                    link_id: header.request_id,
+                    opcode,
+                };
+                let m = Arc::clone(&module);
+                let draining = draining.clone();
+                let mut work = Box::pin(async move {
+                    match split_tenant(&header, &payload) {
                         Ok((tenant, trace, body)) => {
                             let ctx = Ctx {
                                 tenant: tenant.to_string(),
@@ -225,22 +261,34 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                                 opcode,
                                 deadline,
                                 draining,
-                                stream: Opener {
-                                    tx: Some(tx.clone()),
-                                    registry: Arc::clone(&registry),
-                                    link_id: header.request_id,
-                                    opcode,
-                                },
+                                stream: opener,
                             };
                             m.handle(ctx, body).await
                         }
                         Err(reply) => reply,
-                    };
-                    let opened = reply.opens_stream;
-                    respond(&tx, &header, reply).await;
-                    registry.answered(header.request_id, opened);
-                    drop(permit);
+                    }
                 });
+                // The fast path: a handler that completes without waiting is
+                // answered here, with no task, no hand-off and no wake-up.
+                // Only handlers that wait get a task of their own.
+                match poll_once(&mut work).await {
+                    std::task::Poll::Ready(reply) => {
+                        let opened = reply.opens_stream;
+                        respond(&tx, &header, reply, false).await;
+                        registry.answered(header.request_id, opened);
+                    }
+                    std::task::Poll::Pending => {
+                        let tx = tx.clone();
+                        let registry = Arc::clone(&registry);
+                        tokio::spawn(async move {
+                            let reply = work.await;
+                            let opened = reply.opens_stream;
+                            respond(&tx, &header, reply, true).await;
+                            registry.answered(header.request_id, opened);
+                            drop(permit);
+                        });
+                    }
+                }
             }
         }
     }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use mecha_abi::msg::LinkDeliver;
 use mecha_abi::{Header, Opcode, Status};
-use mecha_wire::OutFrame;
+use mecha_wire::{OutFrame, Outbox};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Module-originated requests in flight at once; more wait for a slot, so a
 /// burst cannot grow the pending table without bound.
@@ -31,7 +31,7 @@ pub struct DaemonLink {
 struct Inner {
     /// Taken on close, so a drained module's writer is not kept alive by
     /// this handle (which modules hold for their whole life).
-    tx: Mutex<Option<mpsc::Sender<OutFrame>>>,
+    tx: Mutex<Option<Outbox>>,
     slots: Semaphore,
     table: Mutex<Table>,
 }
@@ -44,7 +44,7 @@ struct Table {
 }
 
 impl DaemonLink {
-    pub(crate) fn new(tx: mpsc::Sender<OutFrame>) -> Self {
+    pub(crate) fn new(tx: Outbox) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
@@ -99,7 +99,7 @@ impl DaemonLink {
         let tx = self.inner.tx.lock().clone();
         let sent = match tx {
             Some(tx) => tx
-                .send(OutFrame::new(header, Bytes::from(body)))
+                .send_wait(OutFrame::new(header, Bytes::from(body)))
                 .await
                 .is_ok(),
             None => false,

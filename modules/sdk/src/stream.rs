@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mecha_abi::msg::ErrorBody;
 use mecha_abi::{Header, Opcode, Status};
-use mecha_wire::OutFrame;
+use mecha_wire::{OutFrame, Outbox};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Why a push could not be sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Registry {
 /// What a request needs to open a stream; held in its `Ctx`.
 #[derive(Clone)]
 pub(crate) struct Opener {
-    pub(crate) tx: Option<mpsc::Sender<OutFrame>>,
+    pub(crate) tx: Option<Outbox>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) link_id: u32,
     pub(crate) opcode: Opcode,
@@ -110,7 +110,7 @@ impl Opener {
 /// been queued, so the application always sees the opening answer first.
 /// Dropping a stream without [`Stream::end`] ends it with OK.
 pub struct Stream {
-    tx: Option<mpsc::Sender<OutFrame>>,
+    tx: Option<Outbox>,
     registry: Arc<Registry>,
     link_id: u32,
     opcode: Opcode,
@@ -120,7 +120,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    async fn ready(&mut self) -> Result<&mpsc::Sender<OutFrame>, StreamClosed> {
+    async fn ready(&mut self) -> Result<&Outbox, StreamClosed> {
         if *self.cancelled.borrow() {
             return Err(StreamClosed::Cancelled);
         }
@@ -129,7 +129,7 @@ impl Stream {
 
     /// Waits until the opening answer is queued, whether or not the stream
     /// was cancelled since.
-    async fn opened(&mut self) -> Result<&mpsc::Sender<OutFrame>, StreamClosed> {
+    async fn opened(&mut self) -> Result<&Outbox, StreamClosed> {
         // A stream without a link (a detached context) is never answered, so
         // waiting for its opening answer would never end.
         if self.tx.is_none() {
@@ -152,7 +152,7 @@ impl Stream {
     pub async fn push(&mut self, payload: Vec<u8>) -> Result<(), StreamClosed> {
         let header = Header::push(self.opcode, self.link_id);
         let tx = self.ready().await?;
-        tx.send(OutFrame::new(header, Bytes::from(payload)))
+        tx.send_wait(OutFrame::new(header, Bytes::from(payload)))
             .await
             .map_err(|_| StreamClosed::LinkClosed)
     }
@@ -183,7 +183,7 @@ impl Stream {
         // END arrives, and that END is what finishes the application's
         // subscription. Skipping it would leave both waiting forever.
         if let Ok(tx) = self.opened().await {
-            let _ = tx.send(frame).await;
+            let _ = tx.send_wait(frame).await;
         }
     }
 }
@@ -206,15 +206,10 @@ impl Drop for Stream {
         if self.ended || *self.opened.borrow() != Some(true) {
             return;
         }
-        // Drop cannot wait; an END that finds the queue full is sent by a task.
+        // Drop cannot wait for room; one END more than the queue's bound is
+        // harmless (one per stream), and it must not be lost.
         if let Some(tx) = &self.tx {
-            let frame = end_frame(self.opcode, self.link_id, Status::Ok, "");
-            if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(frame).await;
-                });
-            }
+            let _ = tx.send(end_frame(self.opcode, self.link_id, Status::Ok, ""));
         }
     }
 }

@@ -1,0 +1,560 @@
+//! [`Outbox`]: a socket's queue of outgoing frames, written by the task that
+//! queues them whenever the socket takes the bytes at once, and by a
+//! background writer task only when it does not.
+//!
+//! Why not a channel and a writer task: handing every frame to another task
+//! costs a wake-up, often on another CPU, per frame in each direction; on a
+//! router that is most of the cost of a request (see BENCHMARKS.md, "Profile").
+//! Here the reading task that produced an answer writes it itself with a
+//! non-blocking `try_write`. Frames queued while another party is writing are
+//! picked up by that party, so a burst still leaves in few system calls, and a
+//! caller that knows more frames follow (a pipelined read) queues them all with
+//! [`Outbox::push`] and writes once with [`Outbox::flush`].
+//!
+//! The writer task ([`Outbox::new`] returns it as a future) only takes over
+//! when the socket's buffer is full, waits for it to drain, and writes the rest;
+//! it also ends the stream once every [`Outbox`] handle is gone and the queue
+//! is empty, like the end of a channel.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::OutFrame;
+
+/// Payloads at least this long are queued by reference instead of being
+/// copied into the coalescing buffer, so a large frame is never copied.
+const COPY_LIMIT: usize = 4096;
+/// Slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// The write side of a socket an [`Outbox`] can write to without `&mut`:
+/// non-blocking writes, and a readiness wait for when they would block.
+pub trait WriteHalf: Send + Sync + 'static {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Resolves when the socket may take more bytes.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        tokio::net::unix::OwnedWriteHalf::writable(self)
+    }
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        tokio::net::tcp::OwnedWriteHalf::writable(self)
+    }
+}
+
+/// A frame that could not be queued because the socket is gone.
+#[derive(Debug)]
+pub struct Closed<G>(pub OutFrame<G>);
+
+/// Bytes taken off the queue by the party that writes them, with the guards
+/// of the frames they complete.
+struct Batch<G> {
+    segments: VecDeque<Bytes>,
+    guards: Vec<G>,
+}
+
+impl<G> Batch<G> {
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.segments.pop_front();
+            } else {
+                bytes::Buf::advance(front, n);
+                n = 0;
+            }
+        }
+    }
+}
+
+struct State<G> {
+    /// Whole segments queued, in order, before `tail`.
+    segments: VecDeque<Bytes>,
+    /// Small frames coalesced since the last segment.
+    tail: BytesMut,
+    /// Guards of the queued frames, dropped once their bytes are written.
+    guards: Vec<G>,
+    /// Frames queued and not yet taken by a writer.
+    frames: usize,
+    /// Frames taken by a writer and not yet written.
+    in_write: usize,
+    /// Someone (a flushing caller or the writer task) is writing.
+    writing: bool,
+    /// What a caller could not finish writing; the writer task takes it.
+    leftover: Option<Batch<G>>,
+    /// The socket failed: nothing more will be written.
+    failed: bool,
+}
+
+struct Shared<G> {
+    sock: Box<dyn DynWrite>,
+    state: Mutex<State<G>>,
+    /// Open [`Outbox`] handles; the writer ends the stream when none are left.
+    senders: AtomicUsize,
+    /// Wakes the writer task: a leftover to finish, or the last handle gone.
+    wake: Notify,
+    /// Wakes callers waiting for room ([`Outbox::send_wait`]).
+    room: Notify,
+    /// Frames queued beyond which [`Outbox::send_wait`] waits.
+    bound: usize,
+}
+
+/// A handle for queueing frames on one socket. Cloning makes another handle;
+/// when the last one is dropped the writer finishes the queue and ends.
+pub struct Outbox<G = ()> {
+    shared: Arc<Shared<G>>,
+}
+
+/// Object-safe form of [`WriteHalf`], so `Outbox` needs no socket parameter.
+trait DynWrite: Send + Sync {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn writable(&self) -> std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
+}
+
+impl<W: WriteHalf> DynWrite for W {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        WriteHalf::try_write_vectored(self, bufs)
+    }
+
+    fn writable(&self) -> std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+        Box::pin(WriteHalf::writable(self))
+    }
+}
+
+impl<G> Clone for Outbox<G> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<G> Drop for Outbox<G> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// How one attempt to write a batch ended.
+enum Wrote {
+    All,
+    WouldBlock,
+    Failed,
+}
+
+impl<G: Send + 'static> Outbox<G> {
+    /// Wraps a socket's write half. `bound` is how many queued frames make
+    /// [`Outbox::send_wait`] wait. The returned future is the writer task;
+    /// spawn it. It ends when the socket fails, or when every handle is gone
+    /// and everything queued is written; dropping it then closes the write
+    /// side of the socket.
+    pub fn new<W: WriteHalf>(
+        sock: W,
+        bound: usize,
+    ) -> (Self, impl Future<Output = io::Result<()>> + Send + 'static) {
+        let shared: Arc<Shared<G>> = Arc::new(Shared {
+            sock: Box::new(sock),
+            state: Mutex::new(State {
+                segments: VecDeque::new(),
+                tail: BytesMut::new(),
+                guards: Vec::new(),
+                frames: 0,
+                in_write: 0,
+                writing: false,
+                leftover: None,
+                failed: false,
+            }),
+            senders: AtomicUsize::new(1),
+            wake: Notify::new(),
+            room: Notify::new(),
+            bound: bound.max(1),
+        });
+        let writer = writer_task(Arc::clone(&shared));
+        (Self { shared }, writer)
+    }
+
+    /// Queues a frame without writing it; the caller calls [`Outbox::flush`]
+    /// once it has queued what it has. Never waits: callers bound what they
+    /// queue themselves (the daemon with in-flight permits).
+    pub fn push(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        let mut st = self.shared.state.lock();
+        if st.failed {
+            return Err(Closed(frame));
+        }
+        let OutFrame {
+            header,
+            prefix,
+            payload,
+            guard,
+        } = frame;
+        st.tail.extend_from_slice(&header);
+        st.tail.extend_from_slice(&prefix);
+        if payload.len() >= COPY_LIMIT {
+            let small = st.tail.split().freeze();
+            st.segments.push_back(small);
+            st.segments.push_back(payload);
+        } else {
+            st.tail.extend_from_slice(&payload);
+        }
+        st.guards.push(guard);
+        st.frames += 1;
+        Ok(())
+    }
+
+    /// Queues a frame and writes the queue.
+    pub fn send(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        self.push(frame)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Like [`Outbox::push`], but first waits while more than the bound of
+    /// frames are queued and unwritten: backpressure for producers that are
+    /// not otherwise bounded. Before waiting it writes what is queued, so a
+    /// caller that defers its flush cannot wait on its own frames.
+    pub async fn push_wait(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        loop {
+            let room = self.shared.room.notified();
+            {
+                let st = self.shared.state.lock();
+                if st.failed || st.frames + st.in_write < self.shared.bound {
+                    break;
+                }
+            }
+            self.flush();
+            room.await;
+        }
+        self.push(frame)
+    }
+
+    /// [`Outbox::push_wait`], then [`Outbox::flush`].
+    pub async fn send_wait(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        self.push_wait(frame).await?;
+        self.flush();
+        Ok(())
+    }
+
+    /// True once the socket failed; frames queued from now on are refused.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().failed
+    }
+
+    /// True when both handles queue onto the same socket.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Writes what is queued, unless someone else is writing (they will write
+    /// it). What the socket does not take at once is left to the writer task.
+    pub fn flush(&self) {
+        let shared = &*self.shared;
+        let Some(mut batch) = take_batch(&mut shared.state.lock()) else {
+            return;
+        };
+        loop {
+            match write_now(&*shared.sock, &mut batch) {
+                Wrote::All => {
+                    let next = finish_batch(shared, batch);
+                    match next {
+                        Some(more) => batch = more,
+                        None => return,
+                    }
+                }
+                Wrote::WouldBlock => {
+                    shared.state.lock().leftover = Some(batch);
+                    shared.wake.notify_one();
+                    return;
+                }
+                Wrote::Failed => {
+                    fail(shared, batch);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Outboxes a task has queued frames on without flushing them; it flushes
+/// them all before it waits (for the next read), so a batch of pipelined
+/// frames leaves in one write per socket.
+pub struct Unflushed<G = ()>(Vec<Outbox<G>>);
+
+impl<G> Default for Unflushed<G> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<G: Send + 'static> Unflushed<G> {
+    /// Remembers `outbox` (once) for the next [`Unflushed::flush`].
+    pub fn add(&mut self, outbox: &Outbox<G>) {
+        if !self.0.iter().any(|o| o.same(outbox)) {
+            self.0.push(outbox.clone());
+        }
+    }
+
+    /// Flushes every remembered outbox and forgets them.
+    pub fn flush(&mut self) {
+        for outbox in self.0.drain(..) {
+            outbox.flush();
+        }
+    }
+}
+
+/// Takes everything queued as a batch and the writing role, unless someone
+/// already holds it or there is nothing to write.
+fn take_batch<G>(st: &mut State<G>) -> Option<Batch<G>> {
+    if st.writing || st.failed || (st.segments.is_empty() && st.tail.is_empty()) {
+        return None;
+    }
+    st.writing = true;
+    let mut segments = std::mem::take(&mut st.segments);
+    if !st.tail.is_empty() {
+        segments.push_back(st.tail.split().freeze());
+    }
+    // `split` leaves `tail` empty; once the written segment is dropped, the
+    // next push reclaims the same allocation instead of allocating anew.
+    let frames = std::mem::take(&mut st.frames);
+    st.in_write = frames;
+    Some(Batch {
+        segments,
+        guards: std::mem::take(&mut st.guards),
+    })
+}
+
+/// Called by the writing party after writing a whole batch: releases its
+/// guards and either hands back the next batch (more was queued meanwhile)
+/// or gives up the writing role.
+fn finish_batch<G>(shared: &Shared<G>, batch: Batch<G>) -> Option<Batch<G>> {
+    let Batch { guards, .. } = batch;
+    let next = {
+        let mut st = shared.state.lock();
+        st.in_write = 0;
+        st.writing = false;
+        take_batch(&mut st)
+    };
+    // Guards run code (metrics, permits) that must not run under the lock.
+    drop(guards);
+    shared.room.notify_waiters();
+    next
+}
+
+/// Marks the socket failed and drops everything queued with it.
+fn fail<G>(shared: &Shared<G>, batch: Batch<G>) {
+    let dropped = {
+        let mut st = shared.state.lock();
+        st.failed = true;
+        st.writing = false;
+        st.segments.clear();
+        st.tail.clear();
+        st.frames = 0;
+        st.in_write = 0;
+        std::mem::take(&mut st.guards)
+    };
+    drop(batch);
+    drop(dropped);
+    shared.room.notify_waiters();
+    shared.wake.notify_one();
+}
+
+/// Writes as much of `batch` as the socket takes without waiting.
+fn write_now(sock: &dyn DynWrite, batch: &mut Batch<impl Sized>) -> Wrote {
+    while !batch.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        for (slot, segment) in slices.iter_mut().zip(&batch.segments) {
+            *slot = IoSlice::new(segment);
+            n += 1;
+        }
+        match sock.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Wrote::Failed,
+            Ok(n) => batch.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Wrote::Failed,
+        }
+    }
+    Wrote::All
+}
+
+/// The writer task: finishes what callers could not write at once, and ends
+/// the stream when the last handle is gone.
+async fn writer_task<G: Send + 'static>(shared: Arc<Shared<G>>) -> io::Result<()> {
+    loop {
+        let woken = shared.wake.notified();
+        // A leftover comes with the writing role; otherwise take the role
+        // ourselves when frames wait and nobody writes (a caller that only
+        // pushed and then dropped its handle).
+        let work = {
+            let mut st = shared.state.lock();
+            if st.failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the socket failed while writing",
+                ));
+            }
+            match st.leftover.take() {
+                Some(batch) => Some(batch),
+                None if shared.senders.load(Ordering::Acquire) == 0 => match take_batch(&mut st) {
+                    Some(batch) => Some(batch),
+                    None if !st.writing => return Ok(()),
+                    None => None,
+                },
+                None => None,
+            }
+        };
+        let Some(mut batch) = work else {
+            woken.await;
+            continue;
+        };
+        loop {
+            match write_now(&*shared.sock, &mut batch) {
+                Wrote::All => match finish_batch(&shared, batch) {
+                    Some(more) => batch = more,
+                    None => break,
+                },
+                Wrote::WouldBlock => {
+                    if shared.sock.writable().await.is_err() {
+                        fail(&shared, batch);
+                        break;
+                    }
+                }
+                Wrote::Failed => {
+                    fail(&shared, batch);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FrameReader;
+    use mecha_abi::{Header, Opcode};
+    use std::sync::atomic::AtomicU32;
+
+    /// A guard that counts how many frames have been written.
+    #[derive(Debug)]
+    struct Count(Arc<AtomicU32>);
+
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn frame(id: u32, len: usize, written: &Arc<AtomicU32>) -> OutFrame<Count> {
+        OutFrame::guarded(
+            Header::request(Opcode::PING, id),
+            Bytes::from_static(b"tn"),
+            Bytes::from(vec![id as u8; len]),
+            Count(Arc::clone(written)),
+        )
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_whole_and_guards_drop_after_writing() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let (out, writer) = Outbox::<Count>::new(wa, 16);
+        let writer = tokio::spawn(writer);
+        let written = Arc::new(AtomicU32::new(0));
+        // Small frames coalesce; large ones are queued by reference; enough
+        // bytes that the socket buffer fills and the writer task finishes.
+        let sizes = [0usize, 10, 5000, 3, 200_000, 7, 1_000_000, 1];
+        for (i, len) in sizes.iter().enumerate() {
+            out.push(frame(i as u32, *len, &written)).unwrap();
+            if i % 3 == 0 {
+                out.flush();
+            }
+        }
+        out.flush();
+        drop(out);
+        let mut reader = FrameReader::new(b, 2_000_000);
+        for (i, len) in sizes.iter().enumerate() {
+            let (h, p) = reader.next().await.unwrap().unwrap();
+            assert_eq!(h.request_id, i as u32);
+            assert_eq!(p.len(), len + 2);
+            assert!(p[2..].iter().all(|b| *b == i as u8));
+        }
+        // The last handle is gone and the queue written: the stream ends.
+        assert!(reader.next().await.unwrap().is_none());
+        writer.await.unwrap().unwrap();
+        assert_eq!(written.load(Ordering::SeqCst), sizes.len() as u32);
+    }
+
+    #[tokio::test]
+    async fn send_wait_waits_for_room_and_a_dead_peer_closes_the_outbox() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let (out, writer) = Outbox::<Count>::new(wa, 2);
+        let writer = tokio::spawn(writer);
+        let written = Arc::new(AtomicU32::new(0));
+        // Far more than the socket buffer holds: send_wait must wait for the
+        // reader rather than queue without bound.
+        let sender = {
+            let out = out.clone();
+            let written = Arc::clone(&written);
+            tokio::spawn(async move {
+                for i in 0..64 {
+                    out.send_wait(frame(i, 64 * 1024, &written)).await.unwrap();
+                }
+            })
+        };
+        let mut reader = FrameReader::new(b, 1 << 20);
+        for i in 0..64 {
+            let (h, _) = reader.next().await.unwrap().unwrap();
+            assert_eq!(h.request_id, i);
+        }
+        sender.await.unwrap();
+        // The peer goes away: the next write fails and the outbox says so.
+        drop(reader);
+        let mut attempts = 0;
+        let mut refused = false;
+        while attempts < 64 && !refused {
+            attempts += 1;
+            refused = out.send(frame(attempts, 64 * 1024, &written)).is_err();
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "a dead socket refuses frames");
+        assert!(out.is_closed());
+        assert!(writer.await.unwrap().is_err());
+        // Every guard was dropped, written or not: nothing leaks.
+        drop(out);
+        assert_eq!(written.load(Ordering::SeqCst), 64 + attempts);
+    }
+}
