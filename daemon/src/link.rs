@@ -18,10 +18,18 @@ use tokio::sync::{Notify, Semaphore};
 use crate::calls::{CallAnswer, Calls};
 use crate::conn::{error_frame, ConnOut, ConnTx};
 
-/// Capacity of the queue of frames waiting to be written to one module. When
-/// it is full, connection readers wait: backpressure reaches applications
-/// instead of memory growing.
+/// Frames of one tenant that may wait to be written to one module. When a
+/// tenant's lane is full, that tenant's connection readers wait:
+/// backpressure reaches the applications instead of memory growing, and
+/// other tenants' lanes are unaffected.
 pub const LINK_QUEUE: usize = 4096;
+/// The kernel's send buffer on the daemon's end of a module link. Whatever
+/// sits there is ahead of every request queued after it, whichever tenant
+/// sent it; the tenant lanes can only reorder what has not reached the
+/// socket yet. So it is kept small: enough for a few batches of small frames
+/// (the module reads in 8 KiB steps), while large payloads just take a few
+/// more writes.
+pub const LINK_SNDBUF: usize = 32 * 1024;
 /// How often deadlines of in-flight requests are checked.
 const DEADLINE_TICK: Duration = Duration::from_millis(50);
 
@@ -137,6 +145,10 @@ impl Link {
     /// behind the tenant prefix; the answer (or an error) reaches `conn` later.
     /// A link that no longer accepts work hands the request back unsent.
     ///
+    /// Each tenant has a lane of its own in the link's outbox: when the
+    /// module falls behind, tenants' requests are written round-robin, so one
+    /// flooding tenant does not queue the others behind its backlog.
+    ///
     /// The frame is queued, not written: the caller flushes the returned
     /// outbox once it has forwarded every frame it has read (see
     /// [`mecha_wire::Unflushed`]), so pipelined requests share one write.
@@ -195,7 +207,7 @@ impl Link {
         };
         if self
             .tx
-            .push_wait(OutFrame::guarded(out, prefix, payload, ()))
+            .push_wait_lane(tenant, OutFrame::guarded(out, prefix, payload, ()))
             .await
             .is_err()
         {

@@ -518,6 +518,14 @@ async fn handshake(
     link_end
         .set_nonblocking(true)
         .map_err(|e| fail(e.to_string()))?;
+    // A failure only costs fairness under overload (see LINK_SNDBUF).
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &link_end,
+        nix::sys::socket::sockopt::SndBuf,
+        &crate::link::LINK_SNDBUF,
+    ) {
+        tracing::debug!(module = %spec.name, "cannot size the link's send buffer: {e}");
+    }
     let stream = tokio::net::UnixStream::from_std(link_end).map_err(|e| fail(e.to_string()))?;
     let (rd, mut wr) = stream.into_split();
     let hello = LinkHello {

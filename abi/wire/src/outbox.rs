@@ -11,6 +11,13 @@
 //! caller that knows more frames follow (a pipelined read) queues them all with
 //! [`Outbox::push`] and writes once with [`Outbox::flush`].
 //!
+//! Frames may be queued in *lanes* (the daemon uses one per tenant on a module
+//! link). When the socket does not keep up and frames of several lanes wait,
+//! each write takes them round-robin, one frame per lane in turn, in small
+//! batches: a lane with one frame waiting is not queued behind thousands of
+//! another lane's (issue #5, fairness). With one lane, frames leave in the
+//! order they were queued, in batches of up to [`BATCH_BYTES`].
+//!
 //! The writer task ([`Outbox::new`] returns it as a future) only takes over
 //! when the socket's buffer is full, waits for it to drain, and writes the rest;
 //! it also ends the stream once every [`Outbox`] handle is gone and the queue
@@ -31,6 +38,11 @@ use crate::OutFrame;
 /// Payloads at least this long are queued by reference instead of being
 /// copied into the coalescing buffer, so a large frame is never copied.
 const COPY_LIMIT: usize = 4096;
+/// Bytes one write takes from a single lane.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Bytes one write takes when several lanes wait: small, because whatever
+/// has been taken is ahead of every frame queued after it, whatever its lane.
+const FAIR_BATCH_BYTES: usize = 4 * 1024;
 /// Slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
 
@@ -96,23 +108,51 @@ impl<G> Batch<G> {
     }
 }
 
+/// The frames of one lane, in order.
+struct Lane<G> {
+    key: Bytes,
+    frames: VecDeque<OutFrame<G>>,
+}
+
 struct State<G> {
-    /// Whole segments queued, in order, before `tail`.
-    segments: VecDeque<Bytes>,
-    /// Small frames coalesced since the last segment.
-    tail: BytesMut,
-    /// Guards of the queued frames, dropped once their bytes are written.
-    guards: Vec<G>,
-    /// Frames queued and not yet taken by a writer.
-    frames: usize,
-    /// Frames taken by a writer and not yet written.
-    in_write: usize,
+    /// Lanes with frames waiting; a lane is dropped once empty.
+    lanes: Vec<Lane<G>>,
+    /// The lane the next batch starts with (round robin).
+    next_lane: usize,
+    /// Frames waiting, over all lanes.
+    queued: usize,
+    /// Small frames are copied into this buffer for one write; reused.
+    coalesce: BytesMut,
     /// Someone (a flushing caller or the writer task) is writing.
     writing: bool,
     /// What a caller could not finish writing; the writer task takes it.
     leftover: Option<Batch<G>>,
     /// The socket failed: nothing more will be written.
     failed: bool,
+}
+
+impl<G> State<G> {
+    /// The lane for `key`, created on first use.
+    fn lane(&mut self, key: &Bytes) -> &mut Lane<G> {
+        let index = match self.lanes.iter().position(|l| l.key == *key) {
+            Some(i) => i,
+            None => {
+                self.lanes.push(Lane {
+                    key: key.clone(),
+                    frames: VecDeque::new(),
+                });
+                self.lanes.len() - 1
+            }
+        };
+        &mut self.lanes[index]
+    }
+
+    fn lane_len(&self, key: &Bytes) -> usize {
+        self.lanes
+            .iter()
+            .find(|l| l.key == *key)
+            .map_or(0, |l| l.frames.len())
+    }
 }
 
 struct Shared<G> {
@@ -124,7 +164,7 @@ struct Shared<G> {
     wake: Notify,
     /// Wakes callers waiting for room ([`Outbox::send_wait`]).
     room: Notify,
-    /// Frames queued beyond which [`Outbox::send_wait`] waits.
+    /// Frames queued in one lane beyond which [`Outbox::push_wait`] waits.
     bound: usize,
 }
 
@@ -187,11 +227,10 @@ impl<G: Send + 'static> Outbox<G> {
         let shared: Arc<Shared<G>> = Arc::new(Shared {
             sock: Box::new(sock),
             state: Mutex::new(State {
-                segments: VecDeque::new(),
-                tail: BytesMut::new(),
-                guards: Vec::new(),
-                frames: 0,
-                in_write: 0,
+                lanes: Vec::new(),
+                next_lane: 0,
+                queued: 0,
+                coalesce: BytesMut::new(),
                 writing: false,
                 leftover: None,
                 failed: false,
@@ -209,27 +248,17 @@ impl<G: Send + 'static> Outbox<G> {
     /// once it has queued what it has. Never waits: callers bound what they
     /// queue themselves (the daemon with in-flight permits).
     pub fn push(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        self.push_lane(&Bytes::new(), frame)
+    }
+
+    /// [`Outbox::push`] into lane `lane`.
+    pub fn push_lane(&self, lane: &Bytes, frame: OutFrame<G>) -> Result<(), Closed<G>> {
         let mut st = self.shared.state.lock();
         if st.failed {
             return Err(Closed(frame));
         }
-        let OutFrame {
-            header,
-            prefix,
-            payload,
-            guard,
-        } = frame;
-        st.tail.extend_from_slice(&header);
-        st.tail.extend_from_slice(&prefix);
-        if payload.len() >= COPY_LIMIT {
-            let small = st.tail.split().freeze();
-            st.segments.push_back(small);
-            st.segments.push_back(payload);
-        } else {
-            st.tail.extend_from_slice(&payload);
-        }
-        st.guards.push(guard);
-        st.frames += 1;
+        st.lane(lane).frames.push_back(frame);
+        st.queued += 1;
         Ok(())
     }
 
@@ -240,23 +269,29 @@ impl<G: Send + 'static> Outbox<G> {
         Ok(())
     }
 
-    /// Like [`Outbox::push`], but first waits while more than the bound of
-    /// frames are queued and unwritten: backpressure for producers that are
-    /// not otherwise bounded. Before waiting it writes what is queued, so a
-    /// caller that defers its flush cannot wait on its own frames.
-    pub async fn push_wait(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+    /// Like [`Outbox::push_lane`], but first waits while the lane holds the
+    /// bound of frames unwritten: backpressure for producers that are not
+    /// otherwise bounded, lane by lane, so a full lane does not stop the
+    /// others. Before waiting it writes what is queued, so a caller that
+    /// defers its flush cannot wait on its own frames.
+    pub async fn push_wait_lane(&self, lane: &Bytes, frame: OutFrame<G>) -> Result<(), Closed<G>> {
         loop {
             let room = self.shared.room.notified();
             {
                 let st = self.shared.state.lock();
-                if st.failed || st.frames + st.in_write < self.shared.bound {
+                if st.failed || st.lane_len(lane) < self.shared.bound {
                     break;
                 }
             }
             self.flush();
             room.await;
         }
-        self.push(frame)
+        self.push_lane(lane, frame)
+    }
+
+    /// [`Outbox::push_wait_lane`] into the default lane.
+    pub async fn push_wait(&self, frame: OutFrame<G>) -> Result<(), Closed<G>> {
+        self.push_wait_lane(&Bytes::new(), frame).await
     }
 
     /// [`Outbox::push_wait`], then [`Outbox::flush`].
@@ -333,25 +368,63 @@ impl<G: Send + 'static> Unflushed<G> {
     }
 }
 
-/// Takes everything queued as a batch and the writing role, unless someone
-/// already holds it or there is nothing to write.
+/// Takes the next batch and the writing role, unless someone already holds
+/// it or there is nothing to write. One lane: its frames in order, up to
+/// [`BATCH_BYTES`]. Several: one frame of each in turn, up to
+/// [`FAIR_BATCH_BYTES`].
 fn take_batch<G>(st: &mut State<G>) -> Option<Batch<G>> {
-    if st.writing || st.failed || (st.segments.is_empty() && st.tail.is_empty()) {
+    if st.writing || st.failed || st.queued == 0 {
         return None;
     }
     st.writing = true;
-    let mut segments = std::mem::take(&mut st.segments);
-    if !st.tail.is_empty() {
-        segments.push_back(st.tail.split().freeze());
+    let budget = if st.lanes.len() > 1 {
+        FAIR_BATCH_BYTES
+    } else {
+        BATCH_BYTES
+    };
+    let mut batch = Batch {
+        segments: VecDeque::new(),
+        guards: Vec::new(),
+    };
+    let mut taken = 0;
+    let mut coalesce = std::mem::take(&mut st.coalesce);
+    'fill: while st.queued > 0 {
+        for _ in 0..st.lanes.len() {
+            let index = st.next_lane % st.lanes.len();
+            st.next_lane = index + 1;
+            let Some(frame) = st.lanes[index].frames.pop_front() else {
+                continue;
+            };
+            st.queued -= 1;
+            let OutFrame {
+                header,
+                prefix,
+                payload,
+                guard,
+            } = frame;
+            taken += header.len() + prefix.len() + payload.len();
+            coalesce.extend_from_slice(&header);
+            coalesce.extend_from_slice(&prefix);
+            if payload.len() >= COPY_LIMIT {
+                batch.segments.push_back(coalesce.split().freeze());
+                batch.segments.push_back(payload);
+            } else {
+                coalesce.extend_from_slice(&payload);
+            }
+            batch.guards.push(guard);
+            if taken >= budget {
+                break 'fill;
+            }
+        }
     }
-    // `split` leaves `tail` empty; once the written segment is dropped, the
-    // next push reclaims the same allocation instead of allocating anew.
-    let frames = std::mem::take(&mut st.frames);
-    st.in_write = frames;
-    Some(Batch {
-        segments,
-        guards: std::mem::take(&mut st.guards),
-    })
+    if !coalesce.is_empty() {
+        batch.segments.push_back(coalesce.split().freeze());
+    }
+    // `split` leaves the buffer empty; once the written segment is dropped,
+    // the next batch reclaims the same allocation instead of allocating anew.
+    st.coalesce = coalesce;
+    st.lanes.retain(|l| !l.frames.is_empty());
+    Some(batch)
 }
 
 /// Called by the writing party after writing a whole batch: releases its
@@ -361,7 +434,6 @@ fn finish_batch<G>(shared: &Shared<G>, batch: Batch<G>) -> Option<Batch<G>> {
     let Batch { guards, .. } = batch;
     let next = {
         let mut st = shared.state.lock();
-        st.in_write = 0;
         st.writing = false;
         take_batch(&mut st)
     };
@@ -377,11 +449,8 @@ fn fail<G>(shared: &Shared<G>, batch: Batch<G>) {
         let mut st = shared.state.lock();
         st.failed = true;
         st.writing = false;
-        st.segments.clear();
-        st.tail.clear();
-        st.frames = 0;
-        st.in_write = 0;
-        std::mem::take(&mut st.guards)
+        st.queued = 0;
+        std::mem::take(&mut st.lanes)
     };
     drop(batch);
     drop(dropped);
@@ -515,6 +584,39 @@ mod tests {
         assert!(reader.next().await.unwrap().is_none());
         writer.await.unwrap().unwrap();
         assert_eq!(written.load(Ordering::SeqCst), sizes.len() as u32);
+    }
+
+    #[tokio::test]
+    async fn a_lane_with_one_frame_is_not_queued_behind_a_busy_lane() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let (out, writer) = Outbox::<Count>::new(wa, usize::MAX);
+        let writer = tokio::spawn(writer);
+        let written = Arc::new(AtomicU32::new(0));
+        // Lane "busy" queues far more than the socket holds, so the rest
+        // waits in the outbox; then lane "quiet" queues one frame.
+        let (busy, quiet) = (Bytes::from_static(b"busy"), Bytes::from_static(b"quiet"));
+        const BUSY: u32 = 20_000;
+        for i in 0..BUSY {
+            out.push_lane(&busy, frame(i, 100, &written)).unwrap();
+        }
+        out.flush();
+        out.push_lane(&quiet, frame(BUSY, 100, &written)).unwrap();
+        out.flush();
+        drop(out);
+        let mut reader = FrameReader::new(b, 1024);
+        let mut position = None;
+        for n in 0..=BUSY {
+            let (h, _) = reader.next().await.unwrap().unwrap();
+            if h.request_id == BUSY {
+                position = Some(n);
+            }
+        }
+        // Ahead of it: what the socket buffer held and the one batch already
+        // taken when it was queued; not the other lane's whole backlog.
+        let position = position.expect("the quiet lane's frame arrived");
+        assert!(position < BUSY / 4, "arrived after {position} busy frames");
+        writer.await.unwrap().unwrap();
     }
 
     #[tokio::test]
