@@ -59,6 +59,12 @@ struct Args {
     /// log collectors). Modules inherit the choice.
     #[arg(long, env = "MECHA_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Router threads. 1 serves everything on one thread: no wake-ups across
+    /// CPUs, the least memory, one core's worth of routing. More spread
+    /// connections over threads (see BENCHMARKS.md, "Thread layout").
+    #[arg(long, env = "MECHA_WORKERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
     /// Export request spans with OTLP/HTTP JSON to this collector (e.g.
     /// http://127.0.0.1:4318), or `off`. Default: spec.tracing.otlpEndpoint;
     /// else no export.
@@ -89,10 +95,18 @@ fn main() -> anyhow::Result<()> {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    // Two workers match the small nodes this runs on; the router does little
-    // work per frame, and modules do theirs in their own processes.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // Two workers by default match the small nodes this runs on; the router
+    // does little work per frame, and modules do theirs in their own
+    // processes.
+    let mut builder = match args.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -11,7 +11,7 @@
 
 mod outbox;
 
-pub use outbox::{Closed, Outbox, Unflushed, WriteHalf};
+pub use outbox::{Closed, Outbox, Unflushed, WeakOutbox, WriteHalf};
 
 use bytes::{Bytes, BytesMut};
 use mecha_abi::{parse_frame, Header, HeaderError, HEADER_LEN};

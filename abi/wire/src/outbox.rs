@@ -190,6 +190,47 @@ impl<W: WriteHalf> DynWrite for W {
     }
 }
 
+/// A handle that does not keep the outbox open: when every [`Outbox`] is
+/// gone, [`WeakOutbox::upgrade`] fails and the writer ends the stream. For a
+/// reader task that answers on the same socket but must not keep it open.
+///
+/// It holds the shared state weakly too: once the writer task has ended,
+/// the socket's write half is dropped (which shuts it down) even while weak
+/// handles remain.
+pub struct WeakOutbox<G = ()> {
+    shared: std::sync::Weak<Shared<G>>,
+}
+
+impl<G> Clone for WeakOutbox<G> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: std::sync::Weak::clone(&self.shared),
+        }
+    }
+}
+
+impl<G> WeakOutbox<G> {
+    /// An [`Outbox`] handle, unless every one was dropped already.
+    pub fn upgrade(&self) -> Option<Outbox<G>> {
+        let shared = self.shared.upgrade()?;
+        let mut n = shared.senders.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            match shared.senders.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Outbox { shared }),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
 impl<G> Clone for Outbox<G> {
     fn clone(&self) -> Self {
         self.shared.senders.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +345,13 @@ impl<G: Send + 'static> Outbox<G> {
     /// True once the socket failed; frames queued from now on are refused.
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().failed
+    }
+
+    /// A handle that does not keep the outbox open.
+    pub fn downgrade(&self) -> WeakOutbox<G> {
+        WeakOutbox {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// True when both handles queue onto the same socket.
@@ -617,6 +665,30 @@ mod tests {
         let position = position.expect("the quiet lane's frame arrived");
         assert!(position < BUSY / 4, "arrived after {position} busy frames");
         writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_weak_handle_does_not_keep_the_stream_open() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let (out, writer) = Outbox::<()>::new(wa, 16);
+        let writer = tokio::spawn(writer);
+        let weak = out.downgrade();
+        let again = weak.upgrade().expect("a handle is alive");
+        again
+            .send(OutFrame::new(
+                Header::request(Opcode::PING, 7),
+                Bytes::new(),
+            ))
+            .unwrap();
+        drop((out, again));
+        let mut reader = FrameReader::new(b, 1024);
+        assert_eq!(reader.next().await.unwrap().unwrap().0.request_id, 7);
+        // Every strong handle is gone: the peer sees the end of the stream
+        // although a weak handle remains, and the weak one cannot revive it.
+        assert!(reader.next().await.unwrap().is_none());
+        writer.await.unwrap().unwrap();
+        assert!(weak.upgrade().is_none());
     }
 
     #[tokio::test]

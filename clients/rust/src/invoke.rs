@@ -15,7 +15,6 @@ use mecha_abi::msg::{
 use mecha_abi::{Header, Opcode, Status};
 use mecha_wire::OutFrame;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::client::Shared;
 use crate::request::Request;
@@ -225,7 +224,7 @@ impl Client {
 /// Runs the handler for a call the daemon delivered and sends its response.
 pub(crate) fn serve_call(
     shared: &Arc<Shared>,
-    tx: &mpsc::WeakSender<OutFrame>,
+    tx: &mecha_wire::WeakOutbox,
     header: Header,
     payload: Bytes,
 ) {
@@ -240,14 +239,14 @@ pub(crate) fn serve_call(
     let call: InvokeCall = match mecha_abi::decode(&payload) {
         Ok(c) => c,
         Err(e) => {
-            let _ = tx.try_send(error(Status::InvalidArgument, e.to_string()));
+            let _ = tx.send(error(Status::InvalidArgument, e.to_string()));
             return;
         }
     };
     let handler = shared.pending.lock().handlers.get(&call.app_id).cloned();
     let Some(handler) = handler else {
         let msg = format!("this connection serves no app {:?}", call.app_id);
-        let _ = tx.try_send(error(Status::Unavailable, msg));
+        let _ = tx.send(error(Status::Unavailable, msg));
         return;
     };
     tokio::spawn(async move {
@@ -258,6 +257,6 @@ pub(crate) fn serve_call(
             },
             Err((status, message)) => error(status, message),
         };
-        let _ = tx.send(frame).await;
+        let _ = tx.send_wait(frame).await;
     });
 }
