@@ -31,6 +31,7 @@ pub struct InvokeRequest {
     /// The method, non-empty.
     pub method: String,
     /// The request body, opaque.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Media type of `data`; empty = `application/octet-stream`.
     pub content_type: String,
@@ -47,6 +48,7 @@ pub struct InvokeRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvokeReply {
     /// The response body, opaque.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Media type of `data`.
     pub content_type: String,
@@ -63,6 +65,7 @@ pub struct InvokeCall {
     /// The method.
     pub method: String,
     /// The request body.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Media type of `data`.
     pub content_type: String,
@@ -108,6 +111,7 @@ pub struct LinkDeliver {
     /// The opcode of the delivered request; of the module's own family.
     pub opcode: u16,
     /// The delivered request's payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -24,6 +24,7 @@ pub struct PublishRequest {
     /// The topic, non-empty; topics are scoped by tenant.
     pub topic: String,
     /// The message body, opaque to mecha.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The media type of `data` (CloudEvents `datacontenttype`); empty means
     /// `application/octet-stream`.
@@ -110,6 +111,7 @@ pub struct Delivery {
     /// W3C trace context of the publisher (`traceparent`), empty if none.
     pub trace_parent: String,
     /// The message body as published.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The metadata as published (plus `deadletter.*` entries on messages
     /// moved to a dead-letter topic).

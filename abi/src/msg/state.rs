@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateEntry {
     /// The value bytes, opaque to mecha.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The value's current ETag.
     pub etag: String,
@@ -17,6 +18,7 @@ pub struct SetItem {
     /// The key to write.
     pub key: String,
     /// The new value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// When present, the write succeeds only if the stored ETag equals it
     /// (first-write-wins); when absent, the write always succeeds (last-write-wins).

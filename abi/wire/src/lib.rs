@@ -116,7 +116,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// One frame queued for a writer: header, an optional prefix (the tenant on
-/// module links), the payload, and a guard dropped once the frame is written.
+/// module links), the payload, and a guard dropped once the frame is handed to
+/// the socket.
 ///
 /// Keeping the parts separate lets the router forward payload bytes without
 /// copying them into a new buffer; the guard lets a connection count a response

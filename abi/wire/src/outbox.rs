@@ -80,7 +80,7 @@ impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
 pub struct Closed<G>(pub OutFrame<G>);
 
 /// Bytes taken off the queue by the party that writes them, with the guards
-/// of the frames they complete.
+/// of their frames until the write begins.
 struct Batch<G> {
     segments: VecDeque<Bytes>,
     guards: Vec<G>,
@@ -475,18 +475,15 @@ fn take_batch<G>(st: &mut State<G>) -> Option<Batch<G>> {
     Some(batch)
 }
 
-/// Called by the writing party after writing a whole batch: releases its
-/// guards and either hands back the next batch (more was queued meanwhile)
-/// or gives up the writing role.
+/// Called by the writing party after writing a whole batch: hands back the
+/// next batch (more was queued meanwhile) or gives up the writing role.
 fn finish_batch<G>(shared: &Shared<G>, batch: Batch<G>) -> Option<Batch<G>> {
-    let Batch { guards, .. } = batch;
+    drop(batch);
     let next = {
         let mut st = shared.state.lock();
         st.writing = false;
         take_batch(&mut st)
     };
-    // Guards run code (metrics, permits) that must not run under the lock.
-    drop(guards);
     shared.room.notify_waiters();
     next
 }
@@ -507,7 +504,14 @@ fn fail<G>(shared: &Shared<G>, batch: Batch<G>) {
 }
 
 /// Writes as much of `batch` as the socket takes without waiting.
+///
+/// The guards of its frames are released first, as the frames are handed to
+/// the socket and before the peer can see them: a peer that reads an answer
+/// and at once sends its next request must find the permit of the answered
+/// one free. What stays bounded is what waits *unwritten*: at most one batch
+/// in the writer's hands, plus frames still queued, which hold their guards.
 fn write_now(sock: &dyn DynWrite, batch: &mut Batch<impl Sized>) -> Wrote {
+    batch.guards.clear();
     while !batch.is_empty() {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let mut n = 0;
@@ -604,7 +608,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_arrive_in_order_whole_and_guards_drop_after_writing() {
+    async fn frames_arrive_in_order_and_whole_and_every_guard_drops() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let (_ra, wa) = a.into_split();
         let (out, writer) = Outbox::<Count>::new(wa, 16);
