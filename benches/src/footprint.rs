@@ -2,6 +2,12 @@
 //! every module of its embedded default configuration, the resident memory
 //! (VmRSS) of mechad and of each module when idle, and of mechad and the
 //! state module with 100 tenants connected.
+//!
+//! RSS counts every page a process has mapped, including the C library's and
+//! any other page it shares with its siblings, so the sum of RSS over the
+//! processes counts shared pages once per process. PSS (proportional set
+//! size) divides each shared page among the processes that map it, so the
+//! sum of PSS is what the node really spends; both are reported.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +28,10 @@ const SETTLE: Duration = Duration::from_millis(300);
 #[derive(Clone, Debug)]
 pub struct Rss {
     pub process: String,
+    /// VmRSS: every resident page the process maps.
     pub kib: u64,
+    /// Pss: each shared page divided by the number of processes mapping it.
+    pub pss_kib: u64,
 }
 
 #[derive(Debug)]
@@ -158,6 +167,7 @@ async fn rss_of_all(socket: &Path, all_running: bool) -> anyhow::Result<Vec<Rss>
     let mut out = vec![Rss {
         process: "mechad".to_string(),
         kib: vm_rss(status.pid)?,
+        pss_kib: pss(status.pid)?,
     }];
     for module in &status.modules {
         if all_running && module.state != "running" {
@@ -166,6 +176,7 @@ async fn rss_of_all(socket: &Path, all_running: bool) -> anyhow::Result<Vec<Rss>
         out.push(Rss {
             process: format!("module {}", module.name),
             kib: vm_rss(module.pid)?,
+            pss_kib: pss(module.pid)?,
         });
     }
     Ok(out)
@@ -185,12 +196,30 @@ fn vm_rss(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("{path}: unreadable VmRSS line {line:?}"))
 }
 
+/// Pss of `pid` in KiB, from /proc/PID/smaps_rollup (Linux 4.14 and later).
+fn pss(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .with_context(|| format!("{path} has no Pss line"))?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("{path}: unreadable Pss line {line:?}"))
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 fn total(rss: &[Rss]) -> u64 {
     rss.iter().map(|r| r.kib).sum()
+}
+
+fn total_pss(rss: &[Rss]) -> u64 {
+    rss.iter().map(|r| r.pss_kib).sum()
 }
 
 pub fn markdown(f: &Footprint) -> String {
@@ -200,14 +229,24 @@ pub fn markdown(f: &Footprint) -> String {
         .fold((f64::MAX, 0.0f64), |(lo, hi), &ms| (lo.min(ms), hi.max(ms)));
     let mut s = format!(
         "Start-up, exec to serving with all default modules: mean {:.0} ms over {} starts \
-         (min {min:.0}, max {max:.0}).\n\n| process | idle RSS MiB (default config) |\n|---|---:|\n",
+         (min {min:.0}, max {max:.0}).\n\n| process | idle RSS MiB (default config) | idle PSS MiB |\n\
+         |---|---:|---:|\n",
         f.startup_mean_ms(),
         f.startup_ms.len()
     );
     for r in &f.idle {
-        s.push_str(&format!("| {} | {:.1} |\n", r.process, mib(r.kib)));
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.1} |\n",
+            r.process,
+            mib(r.kib),
+            mib(r.pss_kib)
+        ));
     }
-    s.push_str(&format!("| total | {:.1} |\n", mib(total(&f.idle))));
+    s.push_str(&format!(
+        "| total | {:.1} | {:.1} |\n",
+        mib(total(&f.idle)),
+        mib(total_pss(&f.idle))
+    ));
     s.push_str(&format!(
         "\n| process | RSS MiB, {TENANTS} tenant sockets, none connected | {TENANTS} tenants \
          connected, {SETS_PER_TENANT} sets each |\n|---|---:|---:|\n"
@@ -234,10 +273,18 @@ pub fn json(f: &Footprint) -> serde_json::Value {
             .map(|r| (r.process.clone(), serde_json::json!(r.kib)))
             .collect::<serde_json::Map<_, _>>()
     };
+    let pss = |list: &[Rss]| {
+        list.iter()
+            .map(|r| (r.process.clone(), serde_json::json!(r.pss_kib)))
+            .collect::<serde_json::Map<_, _>>()
+    };
     serde_json::json!({
         "startup_ms_mean": f.startup_mean_ms(),
         "startup_ms": f.startup_ms,
         "idle_rss_kib": rss(&f.idle),
+        "idle_pss_kib": pss(&f.idle),
+        "idle_rss_kib_total": total(&f.idle),
+        "idle_pss_kib_total": total_pss(&f.idle),
         "tenants": TENANTS,
         "tenants_rss_kib_before": rss(&f.tenants_before),
         "tenants_rss_kib_connected": rss(&f.tenants_after),

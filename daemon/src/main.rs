@@ -25,6 +25,9 @@ use clap::Parser;
 use mecha_abi::{DEFAULT_MAX_FRAME, MAX_FRAME_CAP};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use config::Config;
 use daemon::Daemon;
@@ -81,18 +84,26 @@ enum LogFormat {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
+    // A `Targets` list (`info`, `warn,mechad=debug`) rather than EnvFilter,
+    // whose span-field regular expressions nobody used but whose regex engine
+    // every binary then carried, resident; see `mecha_module`'s boot.rs. An
+    // unset or unparsable value means `info`, as before, and so does an empty
+    // one (EnvFilter read that as errors only).
+    let filter = std::env::var("MECHA_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.trim().parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let registry = tracing_subscriber::registry().with(filter);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if args.log_format == LogFormat::Json {
         // Modules read the same variable, so one flag sets the format of the
         // whole node's logs.
         std::env::set_var("MECHA_LOG_FORMAT", "json");
-        logs.json().with_current_span(false).init();
+        registry.with(logs.json().with_current_span(false)).init();
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        registry
+            .with(logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init();
     }
     // Two workers by default match the small nodes this runs on; the router

@@ -15,6 +15,7 @@
 //! backing servers that start lazily, reconnect by themselves and report
 //! outages as UNAVAILABLE).
 
+mod boot;
 mod components;
 #[cfg(feature = "redb")]
 pub mod embedded;

@@ -40,18 +40,7 @@ enum LinkError {
 
 /// Runs module `M` until the daemon drains it or goes away. Call from `main`.
 pub fn run<M: Module>() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    // mechad sets this for its modules when it runs with --log-format json.
-    if std::env::var("MECHA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        logs.json().with_current_span(false).init();
-    } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    crate::boot::init_logs();
     // Before the runtime starts its threads, so that they inherit the filter.
     if crate::sandbox::disabled() {
         tracing::warn!(
