@@ -43,6 +43,10 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// Bytes one write takes when several lanes wait: small, because whatever
 /// has been taken is ahead of every frame queued after it, whatever its lane.
 const FAIR_BATCH_BYTES: usize = 4 * 1024;
+/// Batches a flushing caller writes before it leaves the rest to the writer
+/// task: a task that flushes a busy socket must not end up writing everyone
+/// else's frames for as long as they keep coming, instead of its own work.
+const INLINE_BATCHES: usize = 4;
 /// Slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
 
@@ -366,15 +370,21 @@ impl<G: Send + 'static> Outbox<G> {
         let Some(mut batch) = take_batch(&mut shared.state.lock()) else {
             return;
         };
+        let mut batches = 1;
         loop {
             match write_now(&*shared.sock, &mut batch) {
-                Wrote::All => {
-                    let next = finish_batch(shared, batch);
-                    match next {
-                        Some(more) => batch = more,
-                        None => return,
+                Wrote::All => match finish_batch(shared, batch) {
+                    Some(more) if batches >= INLINE_BATCHES => {
+                        shared.state.lock().leftover = Some(more);
+                        shared.wake.notify_one();
+                        return;
                     }
-                }
+                    Some(more) => {
+                        batches += 1;
+                        batch = more;
+                    }
+                    None => return,
+                },
                 Wrote::WouldBlock => {
                     shared.state.lock().leftover = Some(batch);
                     shared.wake.notify_one();
