@@ -134,7 +134,14 @@ pub async fn serve(
         }
     };
     let max_in_flight = daemon.max_in_flight as usize;
-    let (rd, wr) = stream.into_split();
+    // Readable-only registration: see mecha_wire::sock.
+    let (rd, wr) = match stream.into_std().and_then(mecha_wire::sock::split) {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::debug!(pid = peer.pid, "cannot set up the connection: {e}");
+            return;
+        }
+    };
     // The bound is never reached: permits bound what is queued (see ConnOut).
     let (tx, writer) = Outbox::new(wr, max_in_flight + PUSH_BUDGET + 1);
     let writer = tokio::spawn(writer);

@@ -12,7 +12,6 @@ use mecha_abi::msg::LinkDeliver;
 use mecha_abi::{Family, Flags, Header, Opcode, Status};
 use mecha_wire::{FrameReader, OutFrame, Outbox, Unflushed};
 use parking_lot::Mutex;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::calls::{CallAnswer, Calls};
@@ -266,7 +265,10 @@ impl Link {
     /// Answers are queued on their connections and written when no further
     /// answer is buffered: the answers of one read leave in one write per
     /// connection, from this task, without waking a writer task.
-    pub async fn read_answers(self: Arc<Self>, mut reader: FrameReader<OwnedReadHalf>) {
+    pub async fn read_answers(
+        self: Arc<Self>,
+        mut reader: FrameReader<mecha_wire::sock::ReadHalf>,
+    ) {
         let mut unflushed = Unflushed::default();
         let reason = loop {
             if !reader.has_frame() {

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, LinkHello, LinkReady, ModuleStatus};
 use mecha_abi::{Family, Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
-use mecha_wire::{FrameReader, Outbox};
+use mecha_wire::{FrameReader, OutFrame, Outbox};
 use parking_lot::{Mutex, RwLock};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -526,8 +525,9 @@ async fn handshake(
     ) {
         tracing::debug!(module = %spec.name, "cannot size the link's send buffer: {e}");
     }
-    let stream = tokio::net::UnixStream::from_std(link_end).map_err(|e| fail(e.to_string()))?;
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = mecha_wire::sock::split(link_end).map_err(|e| fail(e.to_string()))?;
+    let (tx, writer) = Outbox::new(wr, LINK_QUEUE);
+    tokio::spawn(writer);
     let hello = LinkHello {
         version: VERSION,
         module: spec.name.clone(),
@@ -535,11 +535,10 @@ async fn handshake(
         components: spec.components.clone(),
     };
     let body = mecha_abi::encode(&hello).map_err(|e| fail(e.to_string()))?;
-    let frame = mecha_abi::encode_frame(Header::request(Opcode::LINK_HELLO, 0), &body)
-        .map_err(|e| fail(e.to_string()))?;
+    tx.send(OutFrame::new(Header::request(Opcode::LINK_HELLO, 0), body))
+        .map_err(|_| fail("the link closed before LINK_HELLO was sent".into()))?;
     let mut reader = FrameReader::new(rd, MAX_FRAME_CAP);
     let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        wr.write_all(&frame).await?;
         reader.next().await.map_err(std::io::Error::other)
     })
     .await
@@ -559,8 +558,6 @@ async fn handshake(
     }
     let ready: LinkReady = mecha_abi::decode(&payload).map_err(|e| fail(e.to_string()))?;
     tracing::debug!(module = %ready.module, version = %ready.version, "handshake done");
-    let (tx, writer) = Outbox::new(wr, LINK_QUEUE);
-    tokio::spawn(writer);
     let link = Link::new(spec.name.clone(), pid, tx);
     link.set_features(mecha_abi::Features(header.ext));
     tokio::spawn(Arc::clone(&link).read_answers(reader));

@@ -7,9 +7,12 @@
 //! [`write_loop`] is the simpler channel-and-task writer, which drains a
 //! bounded channel onto a socket, coalescing every frame already queued into
 //! one flush.
-#![forbid(unsafe_code)]
+// The one exception is registering an owned descriptor with the reactor in
+// `sock.rs`, each with its SAFETY argument.
+#![deny(unsafe_code)]
 
 mod outbox;
+pub mod sock;
 
 pub use outbox::{Closed, Outbox, Unflushed, WeakOutbox, WriteHalf};
 

@@ -20,7 +20,6 @@ use mecha_abi::{
 use mecha_wire::{FrameReader, OutFrame, Outbox, WeakOutbox};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -91,10 +90,16 @@ impl Client {
                 path: path.to_path_buf(),
                 error,
             })?;
-        let (rd, wr) = stream.into_split();
-        // The calling task writes its request itself when the socket takes
+        // Registered for readability only (see mecha_wire::sock). The calling task writes its request itself when the socket takes
         // it at once, rather than handing it to a writer task (one wake-up
         // less per call); see mecha_wire::Outbox.
+        let (rd, wr) = stream
+            .into_std()
+            .and_then(mecha_wire::sock::split)
+            .map_err(|error| Error::Connect {
+                path: path.to_path_buf(),
+                error,
+            })?;
         let (tx, writer) = Outbox::new(wr, WRITE_QUEUE);
         tokio::spawn(writer);
         let shared = Arc::new(Shared {
@@ -503,7 +508,7 @@ fn deadline_ms(budget: Duration) -> u32 {
 /// Matches answers to waiting callers until the connection ends, then fails
 /// every call still waiting so none hangs.
 async fn read_answers(
-    mut reader: FrameReader<OwnedReadHalf>,
+    mut reader: FrameReader<mecha_wire::sock::ReadHalf>,
     shared: Arc<Shared>,
     // Weak, so the reader does not keep the connection's writer alive after
     // every handle of the client is gone.

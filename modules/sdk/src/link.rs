@@ -73,7 +73,8 @@ pub fn run<M: Module>() -> ExitCode {
     }
 }
 
-fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
+/// The link's halves, registered for readability only (see `mecha_wire::sock`).
+fn link_stream() -> Result<(mecha_wire::sock::ReadHalf, mecha_wire::sock::WriteHalf), LinkError> {
     let fd: i32 = std::env::var(LINK_FD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -85,10 +86,7 @@ fn link_stream() -> Result<tokio::net::UnixStream, LinkError> {
     // with an error instead of misbehaving.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let std_stream = std::os::unix::net::UnixStream::from(owned);
-    std_stream
-        .set_nonblocking(true)
-        .map_err(LinkError::Socket)?;
-    tokio::net::UnixStream::from_std(std_stream).map_err(LinkError::Socket)
+    mecha_wire::sock::split(std_stream).map_err(LinkError::Socket)
 }
 
 /// Encodes and queues one response; a closed queue means the link is gone,
@@ -118,7 +116,7 @@ async fn poll_once<F: std::future::Future + Unpin>(work: &mut F) -> std::task::P
 }
 
 async fn serve<M: Module>() -> Result<(), LinkError> {
-    let (rd, wr) = link_stream()?.into_split();
+    let (rd, wr) = link_stream()?;
     let mut reader = FrameReader::new(rd, MAX_FRAME_CAP + u32::from(u16::MAX));
     let (tx, writer) = Outbox::new(wr, WRITE_QUEUE);
     let writer = tokio::spawn(writer);
