@@ -3,8 +3,9 @@
 //! Run with `cargo bench -p mecha-bench --bench codec` (add `-- --quick` for a
 //! short run). Results and their reading are in BENCHMARKS.md, "Micro-benchmarks".
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mecha_abi::msg::{
@@ -171,20 +172,9 @@ fn payloads(c: &mut Criterion) {
     );
 }
 
-/// Shorter than criterion's defaults (3 s warm-up, 5 s measurement) so that
-/// both suites together finish in about two minutes; these routines take
-/// nanoseconds, so two seconds still gather millions of iterations. Plots are
-/// off: only the plain-text summary is wanted, and it avoids looking for gnuplot.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = header, encode_frame, payloads
 }
 criterion_main!(benches);

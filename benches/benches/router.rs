@@ -8,6 +8,8 @@
 //! write to), so no system call is timed: what is left is the framing code's
 //! own cost, which the end-to-end benchmarks cannot separate from the kernel's.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -195,20 +197,9 @@ fn write_batch(c: &mut Criterion) {
     group.finish();
 }
 
-/// Shorter than criterion's defaults (3 s warm-up, 5 s measurement) so that
-/// both suites together finish in about two minutes; these routines take
-/// nanoseconds to microseconds, so two seconds still gather many thousands of
-/// iterations. Plots are off: only the plain-text summary is wanted.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = overhead, frame_reader, header_rewrite, write_batch
 }
 criterion_main!(benches);

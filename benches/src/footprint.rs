@@ -184,30 +184,26 @@ async fn rss_of_all(socket: &Path, all_running: bool) -> anyhow::Result<Vec<Rss>
 
 /// VmRSS of `pid` in KiB, from /proc/PID/status.
 fn vm_rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .with_context(|| format!("{path} has no VmRSS line"))?;
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|kib| kib.parse().ok())
-        .with_context(|| format!("{path}: unreadable VmRSS line {line:?}"))
+    proc_kib(pid, "status", "VmRSS:")
 }
 
 /// Pss of `pid` in KiB, from /proc/PID/smaps_rollup (Linux 4.14 and later).
 fn pss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/smaps_rollup");
+    proc_kib(pid, "smaps_rollup", "Pss:")
+}
+
+/// The KiB figure of the line starting with `field` in /proc/PID/`file`.
+fn proc_kib(pid: u32, file: &str, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/{file}");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = text
         .lines()
-        .find(|l| l.starts_with("Pss:"))
-        .with_context(|| format!("{path} has no Pss line"))?;
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{path} has no {field} line"))?;
     line.split_whitespace()
         .nth(1)
         .and_then(|kib| kib.parse().ok())
-        .with_context(|| format!("{path}: unreadable Pss line {line:?}"))
+        .with_context(|| format!("{path}: unreadable {field} line {line:?}"))
 }
 
 fn mib(kib: u64) -> f64 {
