@@ -19,6 +19,7 @@ mod boot;
 mod components;
 #[cfg(feature = "redb")]
 pub mod embedded;
+mod landlock;
 mod link;
 pub mod metadata;
 mod outbound;

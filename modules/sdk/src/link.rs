@@ -131,7 +131,10 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         });
     }
     let init = match Reply::decode::<LinkHello>(&hello_payload) {
-        Ok(hello) => M::init(hello).await,
+        Ok(hello) => {
+            confine_writes::<M>(&hello);
+            M::init(hello).await
+        }
         Err(_) => Err(InitError("LINK_HELLO payload is undecodable".into())),
     };
     let module = match init {
@@ -278,6 +281,29 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 }
             }
         }
+    }
+}
+
+/// Applies the Landlock write rules (`crate::landlock`) on this, the
+/// module's main thread, before `init` lets any driver start a thread.
+/// A kernel without Landlock, or rules that fail, leave the module running
+/// with its other confinement, and the log says so.
+fn confine_writes<M: Module>(hello: &LinkHello) {
+    if crate::landlock::disabled() {
+        tracing::warn!(
+            module = M::NAME,
+            "MECHA_LANDLOCK=off: running without the Landlock write rules"
+        );
+        return;
+    }
+    let writable = crate::landlock::writable_dirs(hello);
+    match crate::landlock::restrict_writes(&writable) {
+        Ok(crate::landlock::Confinement::Unsupported) => tracing::info!(
+            module = M::NAME,
+            "this kernel has no Landlock; writes are not confined to the data directory"
+        ),
+        Ok(how) => tracing::debug!(module = M::NAME, ?how, ?writable, "writes confined"),
+        Err(e) => tracing::warn!(module = M::NAME, "{e}; writes are not confined"),
     }
 }
 
