@@ -14,7 +14,7 @@
 mod outbox;
 pub mod sock;
 
-pub use outbox::{Closed, Outbox, Unflushed, WeakOutbox, WriteHalf};
+pub use outbox::{Closed, Outbox, Unflushed, WeakOutbox};
 
 use bytes::{Bytes, BytesMut};
 use mecha_abi::{parse_frame, Header, HeaderError, HEADER_LEN};

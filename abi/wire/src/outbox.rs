@@ -33,6 +33,8 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::sock::WriteHalf;
+
 use crate::OutFrame;
 
 /// Payloads at least this long are queued by reference instead of being
@@ -49,35 +51,6 @@ const FAIR_BATCH_BYTES: usize = 4 * 1024;
 const INLINE_BATCHES: usize = 4;
 /// Slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
-
-/// The write side of a socket an [`Outbox`] can write to without `&mut`:
-/// non-blocking writes, and a readiness wait for when they would block.
-pub trait WriteHalf: Send + Sync + 'static {
-    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    /// Resolves when the socket may take more bytes.
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
-    }
-
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        tokio::net::unix::OwnedWriteHalf::writable(self)
-    }
-}
-
-impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
-    }
-
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        tokio::net::tcp::OwnedWriteHalf::writable(self)
-    }
-}
 
 /// A frame that could not be queued because the socket is gone.
 #[derive(Debug)]
@@ -150,17 +123,10 @@ impl<G> State<G> {
         };
         &mut self.lanes[index]
     }
-
-    fn lane_len(&self, key: &Bytes) -> usize {
-        self.lanes
-            .iter()
-            .find(|l| l.key == *key)
-            .map_or(0, |l| l.frames.len())
-    }
 }
 
 struct Shared<G> {
-    sock: Box<dyn DynWrite>,
+    sock: WriteHalf,
     state: Mutex<State<G>>,
     /// Open [`Outbox`] handles; the writer ends the stream when none are left.
     senders: AtomicUsize,
@@ -176,22 +142,6 @@ struct Shared<G> {
 /// when the last one is dropped the writer finishes the queue and ends.
 pub struct Outbox<G = ()> {
     shared: Arc<Shared<G>>,
-}
-
-/// Object-safe form of [`WriteHalf`], so `Outbox` needs no socket parameter.
-trait DynWrite: Send + Sync {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    fn writable(&self) -> std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
-}
-
-impl<W: WriteHalf> DynWrite for W {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        WriteHalf::try_write_vectored(self, bufs)
-    }
-
-    fn writable(&self) -> std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
-        Box::pin(WriteHalf::writable(self))
-    }
 }
 
 /// A handle that does not keep the outbox open: when every [`Outbox`] is
@@ -265,12 +215,12 @@ impl<G: Send + 'static> Outbox<G> {
     /// spawn it. It ends when the socket fails, or when every handle is gone
     /// and everything queued is written; dropping it then closes the write
     /// side of the socket.
-    pub fn new<W: WriteHalf>(
-        sock: W,
+    pub fn new(
+        sock: WriteHalf,
         bound: usize,
     ) -> (Self, impl Future<Output = io::Result<()>> + Send + 'static) {
         let shared: Arc<Shared<G>> = Arc::new(Shared {
-            sock: Box::new(sock),
+            sock,
             state: Mutex::new(State {
                 lanes: Vec::new(),
                 next_lane: 0,
@@ -323,15 +273,22 @@ impl<G: Send + 'static> Outbox<G> {
         loop {
             let room = self.shared.room.notified();
             {
-                let st = self.shared.state.lock();
-                if st.failed || st.lane_len(lane) < self.shared.bound {
-                    break;
+                // Checking for room and queueing under one lock: this is the
+                // router's per-request path.
+                let mut st = self.shared.state.lock();
+                if st.failed {
+                    return Err(Closed(frame));
+                }
+                let queue = st.lane(lane);
+                if queue.frames.len() < self.shared.bound {
+                    queue.frames.push_back(frame);
+                    st.queued += 1;
+                    return Ok(());
                 }
             }
             self.flush();
             room.await;
         }
-        self.push_lane(lane, frame)
     }
 
     /// [`Outbox::push_wait_lane`] into the default lane.
@@ -372,7 +329,7 @@ impl<G: Send + 'static> Outbox<G> {
         };
         let mut batches = 1;
         loop {
-            match write_now(&*shared.sock, &mut batch) {
+            match write_now(&shared.sock, &mut batch) {
                 Wrote::All => match finish_batch(shared, batch) {
                     Some(more) if batches >= INLINE_BATCHES => {
                         shared.state.lock().leftover = Some(more);
@@ -520,7 +477,7 @@ fn fail<G>(shared: &Shared<G>, batch: Batch<G>) {
 /// and at once sends its next request must find the permit of the answered
 /// one free. What stays bounded is what waits *unwritten*: at most one batch
 /// in the writer's hands, plus frames still queued, which hold their guards.
-fn write_now(sock: &dyn DynWrite, batch: &mut Batch<impl Sized>) -> Wrote {
+fn write_now(sock: &WriteHalf, batch: &mut Batch<impl Sized>) -> Wrote {
     batch.guards.clear();
     while !batch.is_empty() {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -571,7 +528,7 @@ async fn writer_task<G: Send + 'static>(shared: Arc<Shared<G>>) -> io::Result<()
             continue;
         };
         loop {
-            match write_now(&*shared.sock, &mut batch) {
+            match write_now(&shared.sock, &mut batch) {
                 Wrote::All => match finish_batch(&shared, batch) {
                     Some(more) => batch = more,
                     None => break,
@@ -608,6 +565,15 @@ mod tests {
         }
     }
 
+    /// The write half of one end of a socket pair and the read half of the
+    /// other (the halves dropped here share their descriptors with these).
+    fn pair() -> (crate::sock::WriteHalf, crate::sock::ReadHalf) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (_, wa) = crate::sock::split(a).unwrap();
+        let (rb, _) = crate::sock::split(b).unwrap();
+        (wa, rb)
+    }
+
     fn frame(id: u32, len: usize, written: &Arc<AtomicU32>) -> OutFrame<Count> {
         OutFrame::guarded(
             Header::request(Opcode::PING, id),
@@ -619,8 +585,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arrive_in_order_and_whole_and_every_guard_drops() {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = a.into_split();
+        let (wa, b) = pair();
         let (out, writer) = Outbox::<Count>::new(wa, 16);
         let writer = tokio::spawn(writer);
         let written = Arc::new(AtomicU32::new(0));
@@ -650,8 +615,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_with_one_frame_is_not_queued_behind_a_busy_lane() {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = a.into_split();
+        let (wa, b) = pair();
         let (out, writer) = Outbox::<Count>::new(wa, usize::MAX);
         let writer = tokio::spawn(writer);
         let written = Arc::new(AtomicU32::new(0));
@@ -683,8 +647,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_weak_handle_does_not_keep_the_stream_open() {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = a.into_split();
+        let (wa, b) = pair();
         let (out, writer) = Outbox::<()>::new(wa, 16);
         let writer = tokio::spawn(writer);
         let weak = out.downgrade();
@@ -707,8 +670,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_wait_waits_for_room_and_a_dead_peer_closes_the_outbox() {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = a.into_split();
+        let (wa, b) = pair();
         let (out, writer) = Outbox::<Count>::new(wa, 2);
         let writer = tokio::spawn(writer);
         let written = Arc::new(AtomicU32::new(0));

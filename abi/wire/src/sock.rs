@@ -85,12 +85,14 @@ pub struct WriteHalf {
     fd: Arc<AsyncFd<OwnedFd>>,
 }
 
-impl crate::WriteHalf for WriteHalf {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+impl WriteHalf {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         nix::sys::uio::writev(self.fd.get_ref(), bufs).map_err(io::Error::from)
     }
 
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+    /// Resolves when the socket may take more bytes.
+    pub fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
         let dup = self.fd.get_ref().try_clone();
         async move {
             // A duplicate descriptor is a separate epoll entry for the same
