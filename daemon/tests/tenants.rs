@@ -423,3 +423,13 @@ fn a_shared_component_is_one_namespace_for_its_members_only() {
         "its own private scope"
     );
 }
+
+/// The test helper that connects as another uid really is seen as that uid.
+#[test]
+fn a_connection_made_as_another_uid_is_that_uids_tenant() {
+    require_root();
+    let d = Daemon::start();
+    let other = d.client_as(NOBODY);
+    assert_eq!(other.tenant(), format!("uid:{NOBODY}"));
+    assert_eq!(d.client().tenant(), "uid:0");
+}

@@ -28,6 +28,17 @@ impl Client {
         Ok(Self { rt, inner })
     }
 
+    /// Negotiates over an already connected socket (see
+    /// [`crate::Client::from_stream`]).
+    pub fn from_stream(stream: std::os::unix::net::UnixStream, path: &Path) -> Result<Self, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Closed(format!("cannot start a runtime: {e}")))?;
+        let inner = rt.block_on(crate::Client::from_stream(stream, path))?;
+        Ok(Self { rt, inner })
+    }
+
     /// Uses `timeout` as the deadline of every later call.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.inner = self.inner.with_timeout(timeout);

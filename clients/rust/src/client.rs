@@ -90,16 +90,28 @@ impl Client {
                 path: path.to_path_buf(),
                 error,
             })?;
+        let stream = stream.into_std().map_err(|error| Error::Connect {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_stream(stream, path).await
+    }
+
+    /// Negotiates the ABI version over a socket that is already connected to
+    /// the daemon: one passed by a supervisor, or connected under other
+    /// credentials (the daemon identifies the peer by the credentials of
+    /// whoever called `connect`). `path` only names the socket in errors.
+    pub async fn from_stream(
+        stream: std::os::unix::net::UnixStream,
+        path: &Path,
+    ) -> Result<Self, Error> {
         // Registered for readability only (see mecha_wire::sock). The calling task writes its request itself when the socket takes
         // it at once, rather than handing it to a writer task (one wake-up
         // less per call); see mecha_wire::Outbox.
-        let (rd, wr) = stream
-            .into_std()
-            .and_then(mecha_wire::sock::split)
-            .map_err(|error| Error::Connect {
-                path: path.to_path_buf(),
-                error,
-            })?;
+        let (rd, wr) = mecha_wire::sock::split(stream).map_err(|error| Error::Connect {
+            path: path.to_path_buf(),
+            error,
+        })?;
         let (tx, writer) = Outbox::new(wr, WRITE_QUEUE);
         tokio::spawn(writer);
         let shared = Arc::new(Shared {

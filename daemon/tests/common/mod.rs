@@ -370,3 +370,41 @@ pub fn mechactl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
     cmd.uid(NOBODY).gid(NOBODY).env_remove("MECHA_SOCKET");
     cmd.output().expect("running mechactl as nobody")
 }
+
+/// Connects to `socket` as uid `uid` and gid `gid`, as another user's process
+/// would: the connecting thread switches its own credentials (raw
+/// `setresgid`/`setresuid`, which change only the calling thread, unlike
+/// glibc's wrappers) and then exits, so the kernel records the other user in
+/// the socket's SO_PEERCRED. Needs root (see [`require_root`]).
+pub fn connect_as(socket: &Path, uid: u32, gid: u32) -> std::io::Result<UnixStream> {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: setresgid/setresuid take plain integers; called through
+        // syscall(2) they change the credentials of this thread only, which
+        // ends right after connecting.
+        let rc = unsafe {
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            {
+                -1
+            } else {
+                libc::syscall(libc::SYS_setresuid, uid, uid, uid)
+            }
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        UnixStream::connect(&socket)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+}
+
+impl Daemon {
+    /// A blocking client connected as uid/gid `id` (see [`connect_as`]).
+    pub fn client_as(&self, id: u32) -> mecha_client::blocking::Client {
+        let stream = connect_as(&self.socket, id, id).expect("connecting as another uid");
+        mecha_client::blocking::Client::from_stream(stream, &self.socket)
+            .expect("client negotiates as another uid")
+    }
+}
