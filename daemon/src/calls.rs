@@ -13,7 +13,7 @@ use mecha_wire::OutFrame;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::conn::{ConnOut, ConnTx};
+use crate::answer::{error_body, ConnOut, ConnTx};
 
 /// The answer to a delivered request: status and payload, passed on untouched.
 pub type CallAnswer = (Status, Bytes);
@@ -111,11 +111,7 @@ impl Calls {
 
 /// An `ErrorBody` answer.
 pub fn error(status: Status, message: &str) -> CallAnswer {
-    let body = mecha_abi::encode(&mecha_abi::msg::ErrorBody {
-        message: message.to_string(),
-    })
-    .unwrap_or_default();
-    (status, Bytes::from(body))
+    (status, error_body(message))
 }
 
 fn unavailable(message: &str) -> CallAnswer {

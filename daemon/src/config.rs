@@ -132,7 +132,7 @@ pub struct HttpSettings {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ModuleSettings {
     /// `permanent` (default), `transient` or `temporary`.
-    pub restart: Option<crate::supervisor::Restart>,
+    pub restart: Option<crate::childspec::Restart>,
     /// How long a draining instance may take; default 5000 ms.
     pub shutdown_timeout_ms: Option<u64>,
     /// Address-space limit in MiB (RLIMIT_AS); none by default.

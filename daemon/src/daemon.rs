@@ -25,6 +25,17 @@ pub enum ReloadError {
     Apply(String),
 }
 
+/// Why a module restart or upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// No module of that name is configured.
+    #[error("no module named {0:?} is running")]
+    NoSuchModule(String),
+    /// The new instance did not start; the old one keeps serving.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Everything a connection needs to serve requests.
 pub struct Daemon {
     /// Largest payload accepted from applications.
@@ -182,16 +193,20 @@ impl Daemon {
     }
 
     /// Hot-restarts module `name`, from `binary` when given (an upgrade).
-    pub async fn restart_module(&self, name: &str, binary: Option<PathBuf>) -> Result<u32, String> {
+    pub async fn restart_module(
+        &self,
+        name: &str,
+        binary: Option<PathBuf>,
+    ) -> Result<u32, RestartError> {
         let _one_at_a_time = self.admin_lock.lock().await;
         let slot = self
             .module_named(name)
-            .ok_or_else(|| format!("no module named {name:?} is running"))?;
+            .ok_or_else(|| RestartError::NoSuchModule(name.to_string()))?;
         let mut spec = slot.spec();
         if let Some(binary) = binary {
             spec.binary = binary;
         }
-        slot.restart(Some(spec)).await
+        slot.restart(Some(spec)).await.map_err(RestartError::Failed)
     }
 
     /// Stops every module in reverse start order, each drained before the next.

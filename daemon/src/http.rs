@@ -262,7 +262,7 @@ fn respond(head: &[u8], state: &HttpState) -> Response {
             Response {
                 status: 200,
                 content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                body: state.metrics.render(daemon),
+                body: crate::exposition::render(&state.metrics, daemon),
                 allow: false,
             }
         }
@@ -278,7 +278,7 @@ fn readiness(state: &HttpState) -> Response {
     let Some(daemon) = state.daemon.get() else {
         return Response::text(503, "not ready: modules are starting\n");
     };
-    let waiting = crate::metrics::not_running(daemon);
+    let waiting = crate::exposition::not_running(daemon);
     if waiting.is_empty() {
         let n = daemon.modules.read().len();
         return Response::text(200, format!("ready: {n} modules running\n"));

@@ -12,10 +12,11 @@ use mecha_abi::msg::LinkDeliver;
 use mecha_abi::{Family, Flags, Header, Opcode, Status};
 use mecha_wire::{FrameReader, OutFrame, Outbox, Unflushed};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
-use crate::calls::{CallAnswer, Calls};
-use crate::conn::{error_frame, ConnOut, ConnTx};
+use crate::answer::{error_body, error_frame, ConnOut, PUSH_BUDGET};
+use crate::calls::CallAnswer;
+use crate::handle::ConnHandle;
 
 /// Frames of one tenant that may wait to be written to one module. When a
 /// tenant's lane is full, that tenant's connection readers wait:
@@ -34,10 +35,7 @@ const DEADLINE_TICK: Duration = Duration::from_millis(50);
 
 /// A request waiting for its module's answer.
 struct Pending {
-    conn: ConnTx,
-    calls: Arc<Calls>,
-    pushes: Arc<Semaphore>,
-    conn_id: u64,
+    conn: Arc<ConnHandle>,
     guard: ConnOut,
     request_id: u32,
     opcode: Opcode,
@@ -45,14 +43,10 @@ struct Pending {
 }
 
 /// An open stream: where its pushes go.
+#[derive(Clone)]
 struct StreamRoute {
-    conn: ConnTx,
-    /// The connection's daemon-originated requests (LINK_DELIVER).
-    calls: Arc<Calls>,
-    /// The connection's budget for queued pushes (see `conn::PUSH_BUDGET`).
-    pushes: Arc<Semaphore>,
-    /// Identifies the connection, so its streams can be cancelled when it closes.
-    conn_id: u64,
+    /// The connection that opened it.
+    conn: Arc<ConnHandle>,
     /// The stream id the application knows: its request id.
     stream_id: u32,
     opcode: Opcode,
@@ -67,20 +61,6 @@ struct Table {
     pending: HashMap<u32, Pending>,
     /// Open streams by link id.
     streams: HashMap<u32, StreamRoute>,
-}
-
-/// What a connection tells the link about itself when forwarding, so that an
-/// answer that opens a stream can be turned into a stream route.
-#[derive(Clone)]
-pub struct ConnRef {
-    /// The connection's write queue.
-    pub tx: ConnTx,
-    /// Its push budget.
-    pub pushes: Arc<Semaphore>,
-    /// Its id, unique within the daemon.
-    pub id: u64,
-    /// Requests the daemon delivers to it (LINK_DELIVER) awaiting answers.
-    pub calls: Arc<Calls>,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -153,7 +133,7 @@ impl Link {
     /// [`mecha_wire::Unflushed`]), so pipelined requests share one write.
     pub async fn forward(
         &self,
-        conn: &ConnRef,
+        conn: &Arc<ConnHandle>,
         guard: ConnOut,
         header: Header,
         tenant: &Bytes,
@@ -177,10 +157,7 @@ impl Link {
             table.pending.insert(
                 id,
                 Pending {
-                    conn: conn.tx.clone(),
-                    calls: Arc::clone(&conn.calls),
-                    pushes: Arc::clone(&conn.pushes),
-                    conn_id: conn.id,
+                    conn: Arc::clone(conn),
                     guard,
                     request_id: header.request_id,
                     opcode: header.opcode,
@@ -315,10 +292,7 @@ impl Link {
             self.table.lock().streams.insert(
                 header.request_id,
                 StreamRoute {
-                    conn: p.conn.clone(),
-                    calls: Arc::clone(&p.calls),
-                    pushes: Arc::clone(&p.pushes),
-                    conn_id: p.conn_id,
+                    conn: Arc::clone(&p.conn),
                     stream_id: p.request_id,
                     opcode: p.opcode,
                 },
@@ -332,8 +306,8 @@ impl Link {
         // The connection's queue has room for every request it may have in
         // flight, so this only fails when the connection is gone. A stream it
         // opened then has nobody to push to: stop it at its source.
-        if p.conn.push(frame).is_ok() {
-            unflushed.add(&p.conn);
+        if p.conn.tx.push(frame).is_ok() {
+            unflushed.add(&p.conn.tx);
         } else if opens_stream {
             self.table.lock().streams.remove(&header.request_id);
             self.cancel_link_stream(header.request_id);
@@ -379,8 +353,8 @@ impl Link {
             .lock()
             .streams
             .get(&req.stream)
-            .map(|r| (r.conn.clone(), Arc::clone(&r.calls), Arc::clone(&r.pushes)));
-        let Some((conn, calls, budget)) = target else {
+            .map(|r| Arc::clone(&r.conn));
+        let Some(conn) = target else {
             return refuse(
                 Status::Unavailable,
                 format!("stream {} is not open: its connection closed", req.stream),
@@ -391,8 +365,15 @@ impl Link {
             ms => Duration::from_millis(u64::from(ms)),
         };
         tokio::spawn(async move {
-            let result = calls
-                .call(&conn, &budget, opcode, Bytes::from(req.payload), timeout)
+            let result = conn
+                .calls
+                .call(
+                    &conn.tx,
+                    &conn.pushes,
+                    opcode,
+                    Bytes::from(req.payload),
+                    timeout,
+                )
                 .await;
             let _ = reply.send_wait(answer(result)).await;
         });
@@ -401,7 +382,7 @@ impl Link {
     /// Routes a push to its stream's connection.
     ///
     /// Slow consumers: a push that finds the connection's push budget spent
-    /// (`conn::PUSH_BUDGET` pushes queued and not yet written, because the
+    /// (`PUSH_BUDGET` pushes queued and not yet written, because the
     /// application does not read) is dropped rather than queued, so memory
     /// stays bounded; and since the stream has then lost data, it is ended at
     /// once with RESOURCE_EXHAUSTED (and cancelled in the module), telling the
@@ -417,14 +398,7 @@ impl Link {
             if end {
                 table.streams.remove(&header.request_id)
             } else {
-                table.streams.get(&header.request_id).map(|r| StreamRoute {
-                    conn: r.conn.clone(),
-                    calls: Arc::clone(&r.calls),
-                    pushes: Arc::clone(&r.pushes),
-                    conn_id: r.conn_id,
-                    stream_id: r.stream_id,
-                    opcode: r.opcode,
-                })
+                table.streams.get(&header.request_id).cloned()
             }
         };
         let Some(route) = route else {
@@ -438,7 +412,7 @@ impl Link {
             send_end(route, out, payload);
             return;
         }
-        let Ok(permit) = Arc::clone(&route.pushes).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&route.conn.pushes).try_acquire_owned() else {
             tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading; ending the stream");
             if self
                 .table
@@ -450,8 +424,7 @@ impl Link {
                 self.cancel_link_stream(header.request_id);
                 let message = format!(
                     "stream {} ended: the application did not read its pushes ({} queued on the connection); resubscribe",
-                    route.stream_id,
-                    crate::conn::PUSH_BUDGET
+                    route.stream_id, PUSH_BUDGET
                 );
                 let header = Header::end(route.opcode, route.stream_id, Status::ResourceExhausted);
                 send_end(route, header, error_body(&message));
@@ -460,6 +433,7 @@ impl Link {
         };
         let delivered = route
             .conn
+            .tx
             .push(OutFrame::guarded(
                 out,
                 Bytes::new(),
@@ -468,7 +442,7 @@ impl Link {
             ))
             .is_ok();
         if delivered {
-            unflushed.add(&route.conn);
+            unflushed.add(&route.conn.tx);
         } else {
             // The application is gone; stop the stream at its source.
             self.table.lock().streams.remove(&header.request_id);
@@ -492,7 +466,7 @@ impl Link {
             .lock()
             .streams
             .iter()
-            .find(|(_, r)| r.conn_id == conn_id && r.stream_id == stream_id)
+            .find(|(_, r)| r.conn.id == conn_id && r.stream_id == stream_id)
             .map(|(id, _)| *id);
         match link_id {
             Some(id) => {
@@ -510,7 +484,7 @@ impl Link {
             let ids: Vec<u32> = table
                 .streams
                 .iter()
-                .filter(|(_, r)| r.conn_id == conn_id)
+                .filter(|(_, r)| r.conn.id == conn_id)
                 .map(|(id, _)| *id)
                 .collect();
             for id in &ids {
@@ -604,22 +578,13 @@ impl Link {
     }
 }
 
-/// An encoded `ErrorBody` carrying `message`.
-fn error_body(message: &str) -> Bytes {
-    mecha_abi::encode(&mecha_abi::msg::ErrorBody {
-        message: message.to_string(),
-    })
-    .map(Bytes::from)
-    .unwrap_or_default()
-}
-
 /// Queues the END frame of `route`'s stream. It takes a push permit like any
 /// push, but waits for one (in a task) instead of being dropped when the
 /// budget is spent: the END is what tells the client why its stream stopped.
 fn send_end(route: StreamRoute, header: Header, body: Bytes) {
-    match Arc::clone(&route.pushes).try_acquire_owned() {
+    match Arc::clone(&route.conn.pushes).try_acquire_owned() {
         Ok(permit) => {
-            let _ = route.conn.send(OutFrame::guarded(
+            let _ = route.conn.tx.send(OutFrame::guarded(
                 header,
                 Bytes::new(),
                 body,
@@ -628,8 +593,8 @@ fn send_end(route: StreamRoute, header: Header, body: Bytes) {
         }
         Err(_) => {
             tokio::spawn(async move {
-                if let Ok(permit) = route.pushes.acquire_owned().await {
-                    let _ = route.conn.send(OutFrame::guarded(
+                if let Ok(permit) = Arc::clone(&route.conn.pushes).acquire_owned().await {
+                    let _ = route.conn.tx.send(OutFrame::guarded(
                         header,
                         Bytes::new(),
                         body,
@@ -647,6 +612,7 @@ impl Pending {
         header.request_id = self.request_id;
         let _ = self
             .conn
+            .tx
             .send(error_frame(&header, status, message, self.guard));
     }
 }

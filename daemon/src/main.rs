@@ -1,9 +1,17 @@
 //! `mechad`: the mecha node daemon — listener, router and module supervisor.
 
+mod answer;
+mod caller;
 mod calls;
+mod childspec;
+mod clocked;
 mod config;
 mod conn;
+mod control;
 mod daemon;
+mod exposition;
+mod forward;
+mod handle;
 mod http;
 mod link;
 mod listener;
@@ -11,6 +19,7 @@ mod metrics;
 mod peer;
 mod plan;
 mod quota;
+mod router;
 mod secret_ref;
 mod spawn;
 mod supervisor;

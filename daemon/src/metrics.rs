@@ -1,5 +1,5 @@
 //! Request, connection and module metrics, kept in atomics on the hot path and
-//! rendered as Prometheus text (via `prometheus-client`) at scrape time.
+//! rendered as Prometheus text at scrape time (`exposition`).
 //!
 //! Every frame an application sends is *observed* from the moment the daemon
 //! admits it until its answer has been handed to the connection's socket: the
@@ -23,11 +23,6 @@ use std::time::{Duration, Instant};
 
 use mecha_abi::{Family, Opcode, Status};
 use parking_lot::RwLock;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-
-use crate::daemon::Daemon;
 
 /// Tenants that get series of their own; later ones are counted as `(other)`.
 pub const MAX_TENANTS: usize = 1000;
@@ -41,8 +36,6 @@ pub const BUCKETS: [f64; 16] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-/// Module states a slot can be in (`supervisor.rs`); each gets a 0/1 series.
-const MODULE_STATES: [&str; 5] = ["starting", "running", "restarting", "failed", "stopped"];
 /// In-flight gauges, indexed by family byte; families above are not modules.
 const FAMILY_SLOTS: usize = 8;
 
@@ -297,22 +290,8 @@ impl Metrics {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition (format 0.0.4) of everything, reading module
-    /// state and memory now. `daemon` is `None` while modules are starting.
-    pub fn render(&self, daemon: Option<&Daemon>) -> String {
-        let snapshot = self.snapshot(daemon);
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(snapshot));
-        let mut text = String::with_capacity(16 * 1024);
-        // Writing into a String cannot fail, and the collector only fails when
-        // its writer does; an error would leave a truncated page, not a panic.
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
-            tracing::warn!("encoding metrics failed: {e}");
-        }
-        text
-    }
-
-    fn snapshot(&self, daemon: Option<&Daemon>) -> Snapshot {
+    /// The counters of every (tenant, opcode) pair, sorted, as read now.
+    pub fn ops(&self) -> Vec<OpSnapshot> {
         let mut tenants: Vec<Arc<TenantMetrics>> = self.tenants.read().values().cloned().collect();
         tenants.push(Arc::clone(&self.other));
         let mut ops = Vec::new();
@@ -341,281 +320,50 @@ impl Metrics {
             }
         }
         ops.sort_by(|a, b| (&a.tenant, a.opcode).cmp(&(&b.tenant, b.opcode)));
-        let modules = daemon
-            .map(|d| {
-                d.modules
-                    .read()
-                    .iter()
-                    .map(|slot| {
-                        let status = slot.status();
-                        let in_flight = usize::from(slot.family.byte());
-                        ModuleSnapshot {
-                            rss_bytes: (status.pid != 0)
-                                .then(|| resident_bytes(status.pid))
-                                .flatten(),
-                            in_flight: self
-                                .in_flight
-                                .get(in_flight)
-                                .map(|g| g.load(Ordering::Relaxed))
-                                .unwrap_or(0),
-                            name: status.name,
-                            state: status.state,
-                            restarts: status.restarts,
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Snapshot {
-            ready: daemon.is_some_and(|d| not_running(d).is_empty()),
-            ops,
-            modules,
-            connections_open: self.connections_open.load(Ordering::Relaxed),
-            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
-            http_requests: self.http_requests.load(Ordering::Relaxed),
-            daemon_rss_bytes: resident_bytes(std::process::id()),
-            uptime_secs: daemon.map(|d| d.started.elapsed().as_secs_f64()),
-            spans_dropped: daemon
-                .and_then(|d| d.tracer.as_ref())
-                .map(|t| t.dropped.load(Ordering::Relaxed)),
-        }
+        ops
+    }
+
+    /// Requests admitted for the module of `family` and not yet answered.
+    pub fn module_in_flight(&self, family: Family) -> i64 {
+        self.in_flight
+            .get(usize::from(family.byte()))
+            .map(|g| g.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Application connections open now.
+    pub fn connections_open(&self) -> i64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Application connections accepted since start.
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Requests to the HTTP endpoint since start.
+    pub fn http_requests(&self) -> u64 {
+        self.http_requests.load(Ordering::Relaxed)
     }
 }
 
-/// Modules that are not `running`, with their state: empty means ready.
-pub fn not_running(daemon: &Daemon) -> Vec<(String, String)> {
-    daemon
-        .modules
-        .read()
-        .iter()
-        .map(|slot| slot.status())
-        .filter(|s| s.state != "running")
-        .map(|s| (s.name, s.state))
-        .collect()
-}
-
-/// Resident memory of process `pid` (VmRSS in /proc/<pid>/status), if it can
-/// be read; a process that just exited simply has no value.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
+/// The counters of one (tenant, opcode) pair at one scrape.
 #[derive(Debug)]
-struct OpSnapshot {
-    tenant: String,
-    opcode: &'static str,
-    requests: u64,
-    errors: Vec<(&'static str, u64)>,
-    buckets: Vec<u64>,
-    count: u64,
-    sum_secs: f64,
-}
-
-#[derive(Debug)]
-struct ModuleSnapshot {
-    name: String,
-    state: String,
-    restarts: u32,
-    rss_bytes: Option<u64>,
-    in_flight: i64,
-}
-
-/// Values read at one scrape, encoded by `prometheus-client`.
-#[derive(Debug)]
-struct Snapshot {
-    ready: bool,
-    ops: Vec<OpSnapshot>,
-    modules: Vec<ModuleSnapshot>,
-    connections_open: i64,
-    connections_accepted: u64,
-    http_requests: u64,
-    daemon_rss_bytes: Option<u64>,
-    uptime_secs: Option<f64>,
-    /// Spans lost by the exporter, when tracing is configured.
-    spans_dropped: Option<u64>,
-}
-
-impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let version = [("version", env!("CARGO_PKG_VERSION"))];
-        let mut m = encoder.encode_descriptor(
-            "mecha_build_info",
-            "The daemon's version; always 1.",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_family(&version)?.encode_gauge(&1u64)?;
-
-        let mut m = encoder.encode_descriptor(
-            "mecha_ready",
-            "1 when every configured module is running (what /readyz reports).",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&u64::from(self.ready))?;
-
-        if let Some(uptime) = self.uptime_secs {
-            let mut m = encoder.encode_descriptor(
-                "mecha_uptime_seconds",
-                "Seconds since the daemon started.",
-                None,
-                MetricType::Gauge,
-            )?;
-            m.encode_gauge(&uptime)?;
-        }
-        if let Some(rss) = self.daemon_rss_bytes {
-            let mut m = encoder.encode_descriptor(
-                "mecha_daemon_resident_memory_bytes",
-                "Resident memory of mechad itself (VmRSS).",
-                None,
-                MetricType::Gauge,
-            )?;
-            m.encode_gauge(&rss)?;
-        }
-
-        if let Some(dropped) = self.spans_dropped {
-            let mut m = encoder.encode_descriptor(
-                "mecha_trace_spans_dropped",
-                "Request spans not exported: the export queue was full or the collector failed.",
-                None,
-                MetricType::Counter,
-            )?;
-            m.encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "mecha_connections_open",
-            "Application connections open now.",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&self.connections_open)?;
-        let mut m = encoder.encode_descriptor(
-            "mecha_connections_accepted",
-            "Application connections accepted since start.",
-            None,
-            MetricType::Counter,
-        )?;
-        m.encode_counter::<NoLabelSet, _, u64>(&self.connections_accepted, None)?;
-        let mut m = encoder.encode_descriptor(
-            "mecha_http_requests",
-            "Requests to this HTTP endpoint (probes and scrapes).",
-            None,
-            MetricType::Counter,
-        )?;
-        m.encode_counter::<NoLabelSet, _, u64>(&self.http_requests, None)?;
-
-        let mut m = encoder.encode_descriptor(
-            "mecha_requests",
-            "Requests answered, by tenant and opcode (every status).",
-            None,
-            MetricType::Counter,
-        )?;
-        for op in &self.ops {
-            let labels = [("tenant", op.tenant.as_str()), ("opcode", op.opcode)];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&op.requests, None)?;
-        }
-        let mut m = encoder.encode_descriptor(
-            "mecha_request_errors",
-            "Requests answered with a status other than OK, by tenant, opcode and status.",
-            None,
-            MetricType::Counter,
-        )?;
-        for op in &self.ops {
-            for (status, n) in &op.errors {
-                let labels = [
-                    ("tenant", op.tenant.as_str()),
-                    ("opcode", op.opcode),
-                    ("status", status),
-                ];
-                m.encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
-            "mecha_request_duration_seconds",
-            "Time from the daemon admitting a request frame to its answer being written to the application's socket.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for op in &self.ops {
-            let labels = [("tenant", op.tenant.as_str()), ("opcode", op.opcode)];
-            let buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .copied()
-                .chain([f64::INFINITY])
-                .zip(op.buckets.iter().copied())
-                .collect();
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                op.sum_secs,
-                op.count,
-                &buckets,
-                None,
-            )?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "mecha_module_state",
-            "1 for the state each module is in, 0 for the others.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for module in &self.modules {
-            // A state this list does not know yet still gets its series, so
-            // every module always has exactly one state at 1.
-            let extra =
-                (!MODULE_STATES.contains(&module.state.as_str())).then_some(module.state.as_str());
-            for state in MODULE_STATES.into_iter().chain(extra) {
-                let labels = [("module", module.name.as_str()), ("state", state)];
-                m.encode_family(&labels)?
-                    .encode_gauge(&u64::from(module.state == state))?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
-            "mecha_module_restarts",
-            "Restarts of each module (crash restarts and hot restarts).",
-            None,
-            MetricType::Counter,
-        )?;
-        for module in &self.modules {
-            let labels = [("module", module.name.as_str())];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&u64::from(module.restarts), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
-            "mecha_module_resident_memory_bytes",
-            "Resident memory of each running module process (VmRSS).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for module in &self.modules {
-            if let Some(rss) = module.rss_bytes {
-                let labels = [("module", module.name.as_str())];
-                m.encode_family(&labels)?.encode_gauge(&rss)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
-            "mecha_module_in_flight_requests",
-            "Requests for each module that the daemon has admitted and not yet answered.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for module in &self.modules {
-            let labels = [("module", module.name.as_str())];
-            m.encode_family(&labels)?.encode_gauge(&module.in_flight)?;
-        }
-        Ok(())
-    }
+pub struct OpSnapshot {
+    /// The tenant label.
+    pub tenant: String,
+    /// The opcode label.
+    pub opcode: &'static str,
+    /// Requests answered.
+    pub requests: u64,
+    /// Answers other than OK, by status name.
+    pub errors: Vec<(&'static str, u64)>,
+    /// Non-cumulative latency bucket counts (`BUCKETS`, then +Inf).
+    pub buckets: Vec<u64>,
+    /// Their sum.
+    pub count: u64,
+    /// Total latency in seconds.
+    pub sum_secs: f64,
 }
 
 #[cfg(test)]
@@ -626,36 +374,6 @@ mod tests {
         Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap()
-    }
-
-    #[test]
-    fn answers_are_counted_by_status_and_bucket() {
-        let metrics = Metrics::default();
-        let tenant = metrics.tenant("t");
-        drop(Answer::new(permit()).observed(&tenant, Opcode::STATE_SET));
-        drop(
-            Answer::new(permit())
-                .observed(&tenant, Opcode::STATE_SET)
-                .answered(Status::EtagMismatch.code()),
-        );
-        // A push carries no observation and is not a request.
-        drop(Answer::new(permit()));
-        let text = metrics.render(None);
-        assert!(
-            text.contains("mecha_requests_total{tenant=\"t\",opcode=\"STATE_SET\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("mecha_request_errors_total{tenant=\"t\",opcode=\"STATE_SET\",status=\"ETAG_MISMATCH\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "mecha_request_duration_seconds_count{tenant=\"t\",opcode=\"STATE_SET\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("le=\"+Inf\""), "{text}");
     }
 
     #[test]
@@ -680,14 +398,5 @@ mod tests {
         let t = metrics.tenant("uid:3");
         assert!(Arc::ptr_eq(&t.op(Opcode(0x7777)), &t.op(Opcode(0x7778))));
         assert_eq!(t.op(Opcode(0x7777)).label, "unknown");
-    }
-
-    #[test]
-    fn tenant_label_values_are_escaped() {
-        let metrics = Metrics::default();
-        let tenant = metrics.tenant("we\"ird\\name");
-        drop(Answer::new(permit()).observed(&tenant, Opcode::PING));
-        let text = metrics.render(None);
-        assert!(text.contains(r#"tenant="we\"ird\\name""#), "{text}");
     }
 }

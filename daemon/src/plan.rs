@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use mecha_abi::Family;
 
+use crate::childspec::ChildSpec;
 use crate::config::Config;
-use crate::supervisor::ChildSpec;
 
 /// Directories fixed at start-up (flags win over the configuration file).
 #[derive(Clone, Debug)]

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mecha_abi::msg::{ComponentSpec, LinkHello, LinkReady, ModuleStatus};
+use mecha_abi::msg::{LinkHello, LinkReady, ModuleStatus};
 use mecha_abi::{Family, Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
 use mecha_wire::{FrameReader, OutFrame, Outbox};
 use parking_lot::{Mutex, RwLock};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::childspec::{ChildSpec, Restart};
 use crate::link::{Link, LINK_QUEUE};
 use crate::spawn::spawn_module;
 
@@ -52,38 +53,6 @@ pub enum StartError {
         /// The module's explanation.
         message: String,
     },
-}
-
-/// When a module that exited is started again (OTP's restart types).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Restart {
-    /// Always restarted.
-    #[default]
-    Permanent,
-    /// Restarted only after an abnormal exit (a signal or a non-zero code).
-    Transient,
-    /// Never restarted.
-    Temporary,
-}
-
-/// Everything needed to start one module: OTP's child spec.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChildSpec {
-    /// Module name, e.g. `state`.
-    pub name: String,
-    /// The executable.
-    pub binary: PathBuf,
-    /// The module's private data directory.
-    pub data_dir: PathBuf,
-    /// Components the module serves; the first is the default.
-    pub components: Vec<ComponentSpec>,
-    /// Restart type.
-    pub restart: Restart,
-    /// How long a draining instance may take before it is killed.
-    pub shutdown_timeout: Duration,
-    /// Limits and identity of the module process.
-    pub confine: crate::spawn::Confinement,
 }
 
 /// Daemon-wide supervision numbers.

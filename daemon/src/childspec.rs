@@ -1,0 +1,42 @@
+//! OTP's child spec: everything needed to start one module, and when it is
+//! started again. Built from the configuration (`plan`), kept by the module's
+//! supervisor slot.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mecha_abi::msg::ComponentSpec;
+
+use crate::spawn::Confinement;
+
+/// When a module that exited is started again (OTP's restart types).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Always restarted.
+    #[default]
+    Permanent,
+    /// Restarted only after an abnormal exit (a signal or a non-zero code).
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// Everything needed to start one module: OTP's child spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChildSpec {
+    /// Module name, e.g. `state`.
+    pub name: String,
+    /// The executable.
+    pub binary: PathBuf,
+    /// The module's private data directory.
+    pub data_dir: PathBuf,
+    /// Components the module serves; the first is the default.
+    pub components: Vec<ComponentSpec>,
+    /// Restart type.
+    pub restart: Restart,
+    /// How long a draining instance may take before it is killed.
+    pub shutdown_timeout: Duration,
+    /// Limits and identity of the module process.
+    pub confine: Confinement,
+}
