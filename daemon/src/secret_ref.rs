@@ -3,8 +3,8 @@
 //! configuration is loaded (at start and at every reload), before the
 //! component reaches its module.
 //!
-//! The daemon reads the secret with the secrets module's own drivers, in
-//! process, rather than asking the running secrets module: secret stores are
+//! The daemon reads the secret with the secret-store drivers the secrets
+//! module uses (the `mecha-secretstores` crate), in process, rather than asking the running secrets module: secret stores are
 //! local sources (environment, files, a mounted directory), the module may not
 //! be started yet, and a component must not start with a hole where its
 //! password should be. A reload reads the secrets again, so a rotated secret
@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use mecha_mod_secrets::drivers::{self, SecretStore};
+use mecha_secretstores::{self as drivers, SecretStore};
 
 use crate::config::{Config, SecretRef};
 

@@ -21,7 +21,6 @@ mod components;
 pub mod embedded;
 mod landlock;
 mod link;
-pub mod metadata;
 mod outbound;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "etcd"))]
 pub mod remote;
@@ -33,6 +32,9 @@ pub mod testing;
 use std::future::Future;
 use std::time::Duration;
 
+/// Component metadata, read the way Dapr does (its own crate, shared with
+/// mechad's secret-store drivers).
+pub use mecha_metadata as metadata;
 pub use components::Components;
 pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};

@@ -10,7 +10,6 @@
 //! request, every error names the secret, store, file or rule involved but
 //! never a value, and the types that hold values print them redacted.
 
-pub mod drivers;
 pub mod policy;
 
 use std::path::Path;
@@ -18,6 +17,9 @@ use std::path::Path;
 use mecha_abi::msg::{SecretBulkGetRequest, SecretBulkReply, SecretGetRequest, SecretReply};
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
+/// The secret store drivers, re-exported from their own crate so mechad can
+/// use them without linking this module.
+pub use mecha_secretstores as drivers;
 use drivers::{Metadata, SecretStore, StoreError};
 use policy::{Policy, Rule};
 

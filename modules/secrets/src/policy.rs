@@ -20,15 +20,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::drivers::{Metadata, StoreError};
+use mecha_secretstores::{Metadata, StoreError};
 
 /// The allow-list fields, accepted by every driver.
-pub const FIELDS: [&str; 4] = [
-    "allowedTenants",
-    "defaultAccess",
-    "allowedSecrets",
-    "deniedSecrets",
-];
+pub use mecha_secretstores::POLICY_FIELDS as FIELDS;
 
 /// The access rules of one store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -24,8 +24,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::StoreError;
-use super::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
+use crate::StoreError;
+use crate::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["secretsDir"];

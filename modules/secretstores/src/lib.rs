@@ -1,6 +1,9 @@
-//! The secret store driver trait, the secret type, the driver error, and the
-//! factory that opens a driver
-//! from a component spec (`spec.type` → implementation).
+//! `mecha-secretstores`: the secret store driver trait, the secret type, the
+//! driver error, and the factory that opens a driver from a component spec
+//! (`spec.type` → implementation). The secrets module serves these stores to
+//! applications behind its allow lists; mechad opens them itself to resolve
+//! `secretKeyRef` metadata when it loads its configuration, which is why they
+//! live in a crate of their own, apart from the module runtime.
 
 use std::fmt;
 use std::future::Future;
@@ -9,8 +12,8 @@ use std::path::Path;
 use std::pin::Pin;
 
 use mecha_abi::msg::ComponentSpec;
-pub use mecha_module::metadata::Metadata;
-use mecha_module::metadata::MetadataError;
+pub use mecha_metadata::Metadata;
+use mecha_metadata::MetadataError;
 
 pub mod dir;
 pub mod env;
@@ -19,7 +22,7 @@ pub mod file;
 /// A boxed future, so drivers can be chosen at run time behind `dyn SecretStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The driver types this module serves, for error messages.
+/// The driver types this crate opens, for error messages.
 const KNOWN_TYPES: &str = "secretstores.local.file, secretstores.local.env, secretstores.local.dir";
 
 /// One secret: a map from keys to values, as in Dapr.
@@ -96,7 +99,8 @@ pub enum StoreError {
 
 /// A source of secrets. Secrets are not scoped by tenant: a store holds the
 /// operator's secrets, and who may read which is decided by the component's
-/// allow lists (`crate::policy`) before a driver is asked.
+/// allow lists (the secrets module's policy, configured with
+/// [`POLICY_FIELDS`]) before a driver is asked.
 ///
 /// Semantics every driver must honour (the conformance tests check them):
 /// - `get` answers `Ok(None)` for a name the store does not hold, including
@@ -113,6 +117,15 @@ pub trait SecretStore: fmt::Debug + Send + Sync + 'static {
     /// Reads every secret of the store, sorted by name.
     fn bulk_get(&self) -> BoxFuture<'_, Result<Vec<(String, Secret)>, StoreError>>;
 }
+
+/// The allow-list fields every secret store component accepts in its
+/// metadata, whatever its driver; the secrets module enforces them.
+pub const POLICY_FIELDS: [&str; 4] = [
+    "allowedTenants",
+    "defaultAccess",
+    "allowedSecrets",
+    "deniedSecrets",
+];
 
 /// Opens the driver named by `spec.kind`. Relative paths in the metadata are
 /// resolved against `data_dir`, the module's own directory.
@@ -137,7 +150,7 @@ pub(crate) fn check_fields(
     metadata: &Metadata<'_>,
     driver_fields: &[&str],
 ) -> Result<(), StoreError> {
-    Ok(metadata.check_known(&[driver_fields, &crate::policy::FIELDS[..]].concat())?)
+    Ok(metadata.check_known(&[driver_fields, &POLICY_FIELDS[..]].concat())?)
 }
 
 impl From<MetadataError> for StoreError {

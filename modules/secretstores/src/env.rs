@@ -22,7 +22,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{check_fields, BoxFuture, Metadata, Secret, SecretStore, StoreError};
+use crate::{check_fields, BoxFuture, Metadata, Secret, SecretStore, StoreError};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["prefix"];

@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::StoreError;
-use super::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
+use crate::StoreError;
+use crate::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 3] = ["secretsFile", "nestedSeparator", "multiValued"];
