@@ -119,9 +119,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Clocked<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mecha_abi::encode_frame;
     use mecha_abi::{Header, Opcode};
     use mecha_wire::{FrameReader, ReadError};
-    use mecha_abi::encode_frame;
     use tokio::io::AsyncWriteExt;
 
     const LIMIT: Duration = Duration::from_millis(200);

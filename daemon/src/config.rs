@@ -68,8 +68,10 @@ pub struct Settings {
     pub default_timeout_ms: Option<u32>,
     /// Requests one connection may have in flight; default 256.
     pub max_in_flight_per_connection: Option<u32>,
-    /// Restart intensity: more than `max_restarts` within `restart_window_secs`
-    /// marks a module failed. Defaults 5 and 30.
+    /// Restart intensity: more than `max_restarts` crashes within
+    /// `restart_window_secs` make a module back off (restarts at most every
+    /// 30 s, requests answered UNAVAILABLE meanwhile); it is never given up
+    /// on. Defaults 5 and 30.
     pub max_restarts: Option<u32>,
     /// See `max_restarts`.
     pub restart_window_secs: Option<u64>,

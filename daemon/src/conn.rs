@@ -220,12 +220,14 @@ impl Conn {
             ReadError::Header(HeaderError::BadMagic { .. }) => {
                 tracing::info!(pid = self.caller.peer.pid, "closing connection: {e}");
                 let header = Header::request(Opcode(0), 0);
-                self.caller.error(&header, Status::InvalidArgument, &e.to_string(), permit);
+                self.caller
+                    .error(&header, Status::InvalidArgument, &e.to_string(), permit);
             }
             ReadError::Header(HeaderError::TooLarge { request_id, .. }) => {
                 tracing::info!(pid = self.caller.peer.pid, "closing connection: {e}");
                 let header = Header::request(Opcode(0), request_id);
-                self.caller.error(&header, Status::ResourceExhausted, &e.to_string(), permit);
+                self.caller
+                    .error(&header, Status::ResourceExhausted, &e.to_string(), permit);
             }
             ReadError::Io(ref io) if is_stalled(io) => {
                 tracing::info!(pid = self.caller.peer.pid, "closing connection: {e}");
@@ -243,7 +245,8 @@ impl Conn {
         mut permit: ConnOut,
     ) -> Flow {
         if let Some(problem) = request_problem(&header) {
-            self.caller.error(&header, Status::InvalidArgument, &problem, permit);
+            self.caller
+                .error(&header, Status::InvalidArgument, &problem, permit);
             return Flow::Continue;
         }
         let Some(version) = self.version else {
@@ -254,7 +257,8 @@ impl Conn {
                 "frame version {} differs from the negotiated version {version}",
                 header.version
             );
-            self.caller.error(&header, Status::UnsupportedVersion, &msg, permit);
+            self.caller
+                .error(&header, Status::UnsupportedVersion, &msg, permit);
             return Flow::Continue;
         }
         // SPEC §2.1: a trace context precedes the payload. It is taken off
@@ -270,7 +274,8 @@ impl Conn {
                 }
                 Err(e) => {
                     let msg = format!("bad trace context: {e}");
-                    self.caller.error(&header, Status::InvalidArgument, &msg, permit);
+                    self.caller
+                        .error(&header, Status::InvalidArgument, &msg, permit);
                     return Flow::Continue;
                 }
             }
@@ -292,13 +297,15 @@ impl Conn {
     fn hello(&mut self, header: &Header, payload: &[u8], permit: ConnOut) -> Flow {
         if header.opcode != Opcode::HELLO {
             let msg = format!("expected HELLO as the first frame, got {}", header.opcode);
-            self.caller.error(header, Status::InvalidArgument, &msg, permit);
+            self.caller
+                .error(header, Status::InvalidArgument, &msg, permit);
             return Flow::Close;
         }
         let hello: Hello = match mecha_abi::decode(payload) {
             Ok(h) => h,
             Err(e) => {
-                self.caller.error(header, Status::InvalidArgument, &e.to_string(), permit);
+                self.caller
+                    .error(header, Status::InvalidArgument, &e.to_string(), permit);
                 return Flow::Close;
             }
         };
@@ -307,7 +314,8 @@ impl Conn {
                 "client speaks ABI versions {}..={}, this daemon speaks {VERSION}..={VERSION}",
                 hello.min_version, hello.max_version
             );
-            self.caller.error(header, Status::UnsupportedVersion, &msg, permit);
+            self.caller
+                .error(header, Status::UnsupportedVersion, &msg, permit);
             return Flow::Close;
         }
         tracing::debug!(client = %hello.client, pid = self.caller.peer.pid, "hello");
@@ -327,7 +335,8 @@ impl Conn {
                 self.caller.reply(frame);
             }
             Err(e) => {
-                self.caller.error(header, Status::Internal, &e.to_string(), permit);
+                self.caller
+                    .error(header, Status::Internal, &e.to_string(), permit);
             }
         }
         Flow::Continue

@@ -12,7 +12,7 @@ use crate::daemon::Daemon;
 use crate::metrics::{Metrics, OpSnapshot, BUCKETS};
 
 /// Module states a slot can be in (`supervisor.rs`); each gets a 0/1 series.
-const MODULE_STATES: [&str; 5] = ["starting", "running", "restarting", "failed", "stopped"];
+const MODULE_STATES: [&str; 5] = ["starting", "running", "restarting", "backoff", "stopped"];
 
 /// Prometheus text exposition (format 0.0.4) of everything, reading module
 /// state and memory now. `daemon` is `None` while modules are starting.

@@ -11,6 +11,7 @@ use mecha_wire::Outbox;
 
 use crate::answer::{error_frame, ConnOut};
 use crate::caller::Caller;
+use crate::crashes::{Refusal, Suspect};
 use crate::handle::ConnHandle;
 use crate::supervisor::{ModuleSlot, Route};
 
@@ -48,6 +49,14 @@ pub async fn forward(
         };
         return caller.error(&header, Status::UnknownOpcode, &msg, permit);
     };
+    let fingerprint = crate::crashes::fingerprint(header.opcode, &payload);
+    if let Some(refusal) = module.refusal(&caller.tenant, fingerprint) {
+        let status = match refusal {
+            Refusal::Poison { .. } => Status::Internal,
+            Refusal::Throttled { .. } => Status::ResourceExhausted,
+        };
+        return caller.error(&header, status, &refusal.message(&module.name), permit);
+    }
     let timeout = match header.deadline_ms {
         0 => caller.daemon.default_timeout,
         ms => Duration::from_millis(u64::from(ms)),
@@ -59,6 +68,7 @@ pub async fn forward(
         permit,
         header,
         payload,
+        fingerprint,
     };
     // The common case forwards inline. A module that is restarting makes the
     // request wait for the new instance in its own task, so one waiting
@@ -84,6 +94,7 @@ struct Routed {
     permit: ConnOut,
     header: Header,
     payload: Bytes,
+    fingerprint: u64,
 }
 
 impl Routed {
@@ -100,6 +111,7 @@ impl Routed {
             mut permit,
             mut header,
             mut payload,
+            fingerprint,
         } = self;
         permit.set_module(&module.name);
         let tx = &conn.tx;
@@ -110,7 +122,17 @@ impl Routed {
                 Route::Up(link) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     match link
-                        .forward(&conn, permit, header, &tenant, payload, remaining)
+                        .forward(
+                            &conn,
+                            permit,
+                            header,
+                            payload,
+                            remaining,
+                            Suspect {
+                                tenant: tenant.clone(),
+                                fingerprint,
+                            },
+                        )
                         .await
                     {
                         Ok(link) => return Some(link),

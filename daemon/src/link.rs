@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mecha_abi::msg::LinkDeliver;
-use mecha_abi::{Family, Flags, Header, Opcode, Status};
-use mecha_wire::{FrameReader, OutFrame, Outbox, Unflushed};
+use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, MAX_FRAME_CAP};
+use mecha_wire::{FrameReader, OutFrame, Outbox, ReadError, Unflushed};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::answer::{error_body, error_frame, ConnOut, PUSH_BUDGET};
 use crate::calls::CallAnswer;
+use crate::crashes::Suspect;
 use crate::handle::ConnHandle;
 
 /// Frames of one tenant that may wait to be written to one module. When a
@@ -40,6 +41,8 @@ struct Pending {
     request_id: u32,
     opcode: Opcode,
     deadline: Instant,
+    /// Who sent it and what it was, should the module die with it in flight.
+    suspect: Suspect,
 }
 
 /// An open stream: where its pushes go.
@@ -61,6 +64,8 @@ struct Table {
     pending: HashMap<u32, Pending>,
     /// Open streams by link id.
     streams: HashMap<u32, StreamRoute>,
+    /// The requests in flight when the link closed, for the crash ledger.
+    lost: Vec<Suspect>,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -106,6 +111,7 @@ impl Link {
                 open: true,
                 pending: HashMap::new(),
                 streams: HashMap::new(),
+                lost: Vec::new(),
             }),
             closed: Notify::new(),
             idle: Notify::new(),
@@ -136,10 +142,11 @@ impl Link {
         conn: &Arc<ConnHandle>,
         guard: ConnOut,
         header: Header,
-        tenant: &Bytes,
         payload: Bytes,
         timeout: Duration,
+        suspect: Suspect,
     ) -> Result<Outbox, Rejected> {
+        let tenant = &suspect.tenant;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // SPEC §8: the request's span becomes the module's parent.
         let trace = guard
@@ -162,6 +169,7 @@ impl Link {
                     request_id: header.request_id,
                     opcode: header.opcode,
                     deadline: Instant::now() + timeout,
+                    suspect: suspect.clone(),
                 },
             );
         }
@@ -254,11 +262,41 @@ impl Link {
             match reader.next().await {
                 Ok(Some((header, payload))) => self.deliver(header, payload, &mut unflushed),
                 Ok(None) => break "the module exited".to_string(),
+                Err(ReadError::Header(HeaderError::TooLarge {
+                    request_id, len, ..
+                })) => {
+                    // An answer too large for the link fails its request, not
+                    // the link: the module (trusted to frame correctly) keeps
+                    // serving everyone else.
+                    self.refuse_oversized(request_id, len);
+                    if let Err(e) = reader.skip_frame().await {
+                        break format!("the link failed: {e}");
+                    }
+                }
                 Err(e) => break format!("the link failed: {e}"),
             }
         };
         unflushed.flush();
         self.close(&reason);
+    }
+
+    /// Answers the request (or ends the stream) whose frame from the module
+    /// was `len` bytes, over the link's limit.
+    fn refuse_oversized(&self, id: u32, len: u64) {
+        let why = format!(
+            "module {}'s answer of {len} bytes exceeds the link's limit of {MAX_FRAME_CAP} bytes",
+            self.module
+        );
+        tracing::warn!(module = %self.module, id, len, "an oversized frame from the module was dropped");
+        if let Some(p) = self.take(id) {
+            return p.answer_error(Status::ResourceExhausted, &why);
+        }
+        let route = self.table.lock().streams.remove(&id);
+        if let Some(route) = route {
+            self.cancel_link_stream(id);
+            let header = Header::end(route.opcode, route.stream_id, Status::ResourceExhausted);
+            send_end(route, header, error_body(&format!("{why}; resubscribe")));
+        }
     }
 
     fn deliver(&self, header: Header, payload: Bytes, unflushed: &mut Unflushed<ConnOut>) {
@@ -520,7 +558,9 @@ impl Link {
             let mut table = self.table.lock();
             table.open = false;
             table.accepting = false;
-            table.pending.drain().map(|(_, p)| p).collect()
+            let drained: Vec<Pending> = table.pending.drain().map(|(_, p)| p).collect();
+            table.lost = drained.iter().map(|p| p.suspect.clone()).collect();
+            drained
         };
         self.reset_streams(reason);
         self.idle.notify_waiters();
@@ -532,6 +572,11 @@ impl Link {
             p.answer_error(Status::Unavailable, &msg);
         }
         self.closed.notify_waiters();
+    }
+
+    /// The requests that were in flight when the link closed (once).
+    pub fn take_lost(&self) -> Vec<Suspect> {
+        std::mem::take(&mut self.table.lock().lost)
     }
 
     /// Resolves once the link has closed.

@@ -8,6 +8,7 @@ mod clocked;
 mod config;
 mod conn;
 mod control;
+mod crashes;
 mod daemon;
 mod exposition;
 mod forward;

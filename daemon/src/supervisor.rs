@@ -3,7 +3,6 @@
 //! health pings, hot restart/upgrade (start new, switch, drain old), and
 //! drained shutdown.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,15 +15,14 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::childspec::{ChildSpec, Restart};
+use crate::crashes::{Ledger, Refusal, Retry};
 use crate::link::{Link, LINK_QUEUE};
 use crate::spawn::spawn_module;
 
+/// How long a module whose link closed may take to exit by itself.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// How long a module may take to answer LINK_HELLO.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Delay before the second restart in a row; the first restart after a
-/// healthy run is immediate, as in OTP. Doubled per crash up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why a module instance could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +56,10 @@ pub enum StartError {
 /// Daemon-wide supervision numbers.
 #[derive(Clone, Copy, Debug)]
 pub struct Supervision {
-    /// More than this many restarts within `window` marks a module failed.
+    /// More than this many crashes within `window` (not charged to a
+    /// tenant) make the module back off: restarts slow down to one every
+    /// `crashes::MAX_BACKOFF` at most, and requests meanwhile are answered
+    /// UNAVAILABLE at once.
     pub max_restarts: u32,
     /// See `max_restarts`.
     pub window: Duration,
@@ -75,7 +76,9 @@ pub enum Route {
     Up(Arc<Link>),
     /// An instance is being started; requests may wait for it.
     Starting,
-    /// No instance will come without an operator; the message says why.
+    /// No instance serves now, and none is about to: the module is stopped,
+    /// or backing off after repeated crashes. The message says why and when
+    /// the next try is.
     Down(String),
 }
 
@@ -100,6 +103,8 @@ struct Instance {
     child: Child,
     link: Arc<Link>,
     started: Instant,
+    /// The supervisor killed it (a missed health deadline).
+    killed: bool,
 }
 
 /// A supervised capability module; stable across restarts of its process.
@@ -112,6 +117,8 @@ pub struct ModuleSlot {
     route: watch::Sender<Route>,
     status: Mutex<SlotStatus>,
     commands: mpsc::Sender<Command>,
+    /// Its crashes: restart backoff, poison requests, tenant charges.
+    crashes: Ledger,
 }
 
 impl ModuleSlot {
@@ -135,6 +142,7 @@ impl ModuleSlot {
                 restarts: 0,
             }),
             commands,
+            crashes: Ledger::default(),
         });
         let first = slot.start_instance(&spec, false).await?;
         slot.install(&first);
@@ -171,6 +179,12 @@ impl ModuleSlot {
             rx.wait_for(|r| !matches!(r, Route::Up(l) if Arc::ptr_eq(l, link))),
         )
         .await;
+    }
+
+    /// Whether a request of `tenant` with `fingerprint` is refused because
+    /// of the crashes it or its tenant caused (see `crashes`).
+    pub fn refusal(&self, tenant: &[u8], fingerprint: u64) -> Option<Refusal> {
+        self.crashes.refusal(tenant, fingerprint)
     }
 
     /// The current child spec.
@@ -249,6 +263,7 @@ impl ModuleSlot {
             Ok(link) => Ok(Instance {
                 child,
                 link,
+                killed: false,
                 started: Instant::now(),
             }),
             Err(e) => {
@@ -259,7 +274,9 @@ impl ModuleSlot {
     }
 
     /// The supervisor loop of one slot: watches the running instance, pings it,
-    /// restarts it per its child spec, and obeys restart/stop commands.
+    /// restarts it per its child spec (after the backoff its crashes call
+    /// for, and never giving up on a permanent module), and obeys
+    /// restart/stop commands, which also end a backoff at once.
     async fn supervise(
         self: Arc<Self>,
         first: Instance,
@@ -267,46 +284,37 @@ impl ModuleSlot {
         sup: Supervision,
     ) {
         let mut current = Some(first);
-        let mut crashes: VecDeque<Instant> = VecDeque::new();
-        let mut backoff = Duration::ZERO;
+        // When the next start is due while no instance runs.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut health = tokio::time::interval(sup.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 reason = instance_ended(&mut current) => {
                     let Some(dead) = current.take() else { continue };
-                    tracing::warn!(module = %self.name, pid = dead.link.pid, "{}", reason.message);
-                    // A module that ran longer than the intensity window had a
-                    // healthy run: restart it at once rather than after the
-                    // backoff its earlier crashes built up.
-                    if dead.started.elapsed() > sup.window {
-                        backoff = Duration::ZERO;
-                    }
+                    retry_at = self.after_exit(dead, reason, &sup);
+                }
+                _ = tokio::time::sleep_until(due), if retry_at.is_some() => {
+                    retry_at = None;
                     let spec = self.spec();
-                    let restart = match spec.restart {
-                        Restart::Permanent => true,
-                        Restart::Transient => !reason.clean,
-                        Restart::Temporary => false,
-                    };
-                    // The route changes before the link closes, so a request
-                    // that the dead link refuses finds it already rerouted.
-                    if !restart {
-                        self.set_state("stopped", 0);
-                        self.route.send_replace(Route::Down(format!(
-                            "module {} exited and its restart policy ({:?}) does not restart it",
-                            self.name, spec.restart
-                        )));
-                        dead.link.close(&reason.message);
-                        continue;
+                    match self.start_instance(&spec, false).await {
+                        Ok(inst) => {
+                            self.install(&inst);
+                            current = Some(inst);
+                        }
+                        Err(e) => {
+                            tracing::error!(module = %self.name, "restart failed: {e}");
+                            let retry = self.crashes.crash(Vec::new(), Duration::ZERO, sup.max_restarts, sup.window);
+                            retry_at = Some(self.schedule(retry));
+                        }
                     }
-                    self.route.send_replace(Route::Starting);
-                    dead.link.close(&reason.message);
-                    current = self.restart_after_crash(&spec, &mut crashes, &mut backoff, &sup).await;
                 }
                 _ = health.tick() => {
                     if let Some(inst) = &mut current {
                         if inst.link.last_pong().elapsed() > sup.health_timeout {
                             tracing::error!(module = %self.name, pid = inst.link.pid, timeout = ?sup.health_timeout, "module stopped answering health pings; killing it");
+                            inst.killed = true;
                             let _ = inst.child.start_kill();
                         } else {
                             inst.link.send_control(Opcode::LINK_PING).await;
@@ -318,8 +326,10 @@ impl ModuleSlot {
                     Some(Command::Restart { spec, reply }) => {
                         let result = self.hot_restart(&mut current, spec).await;
                         if result.is_ok() {
-                            crashes.clear();
-                            backoff = Duration::ZERO;
+                            // An operator's restart ends a backoff and forgets
+                            // the crashes that built it up.
+                            self.crashes.reset();
+                            retry_at = None;
                         }
                         let _ = reply.send(result);
                     }
@@ -338,48 +348,66 @@ impl ModuleSlot {
         }
     }
 
-    /// Restarts after a crash with exponential backoff and jitter, until an
-    /// instance runs or the restart intensity is exceeded (then `None`).
-    async fn restart_after_crash(
+    /// Handles the exit of the running instance: the route changes before the
+    /// link closes, so a request that the dead link refuses finds it already
+    /// rerouted; then the crash is recorded and the next start scheduled, if
+    /// the restart type wants one. Returns when that start is due.
+    fn after_exit(
         &self,
-        spec: &ChildSpec,
-        crashes: &mut VecDeque<Instant>,
-        backoff: &mut Duration,
+        dead: Instance,
+        reason: Ended,
         sup: &Supervision,
-    ) -> Option<Instance> {
-        loop {
-            // Restart intensity, as in OTP: too many restarts in the window means
-            // the fault is not transient, so stop flapping and say so.
-            let now = Instant::now();
-            crashes.push_back(now);
-            while crashes
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > sup.window)
-            {
-                crashes.pop_front();
-            }
-            if crashes.len() > sup.max_restarts as usize {
-                let msg = format!(
-                    "module {} failed: more than {} restarts within {:?}; fix the cause, then run `mechactl module restart {}`",
-                    self.name, sup.max_restarts, sup.window, self.name
-                );
-                tracing::error!(module = %self.name, "{msg}");
-                self.set_state("failed", 0);
-                self.route.send_replace(Route::Down(msg));
-                return None;
-            }
-            self.set_state("restarting", 0);
-            self.status.lock().restarts += 1;
-            tokio::time::sleep(jitter(*backoff)).await;
-            *backoff = (*backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
-            match self.start_instance(spec, false).await {
-                Ok(inst) => {
-                    self.install(&inst);
-                    return Some(inst);
-                }
-                Err(e) => tracing::error!(module = %self.name, "restart failed: {e}"),
-            }
+    ) -> Option<tokio::time::Instant> {
+        tracing::warn!(module = %self.name, pid = dead.link.pid, "{}", reason.message);
+        let spec = self.spec();
+        let restart = match spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => !reason.clean,
+            Restart::Temporary => false,
+        };
+        if !restart {
+            self.set_state("stopped", 0);
+            self.route.send_replace(Route::Down(format!(
+                "module {} exited and its restart policy ({:?}) does not restart it",
+                self.name, spec.restart
+            )));
+            dead.link.close(&reason.message);
+            return None;
         }
+        self.route.send_replace(Route::Starting);
+        dead.link.close(&reason.message);
+        let lost = match reason.external {
+            true => Vec::new(),
+            false => dead.link.take_lost(),
+        };
+        let retry = self
+            .crashes
+            .crash(lost, dead.started.elapsed(), sup.max_restarts, sup.window);
+        Some(self.schedule(retry))
+    }
+
+    /// Publishes the state and route of a module waiting to be restarted, and
+    /// returns when the start is due. A crash-looping module answers requests
+    /// UNAVAILABLE at once, naming the next try; otherwise requests wait for
+    /// the new instance within their deadlines.
+    fn schedule(&self, retry: Retry) -> tokio::time::Instant {
+        let delay = jitter(retry.delay);
+        self.status.lock().restarts += 1;
+        if retry.looping {
+            let msg = format!(
+                "module {} is crash-looping; it backs off and is started again in {} ms \
+                 (`mechactl module restart {}` tries at once)",
+                self.name,
+                delay.as_millis(),
+                self.name
+            );
+            tracing::error!(module = %self.name, "{msg}");
+            self.set_state("backoff", 0);
+            self.route.send_replace(Route::Down(msg));
+        } else {
+            self.set_state("restarting", 0);
+        }
+        tokio::time::Instant::now() + delay
     }
 
     /// Starts and handshakes a new instance before touching the old one, so a
@@ -415,6 +443,28 @@ struct Ended {
     message: String,
     /// True for a normal exit with code 0.
     clean: bool,
+    /// Killed with SIGKILL by someone other than its supervisor (an
+    /// operator, the kernel's OOM killer): the requests in flight did not
+    /// cause it, so they are not suspects of a poison request.
+    external: bool,
+}
+
+impl Ended {
+    fn from_status(status: std::io::Result<std::process::ExitStatus>, killed_by_us: bool) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match status {
+            Ok(s) => Ended {
+                message: format!("the module process exited ({s})"),
+                clean: s.success(),
+                external: s.signal() == Some(libc::SIGKILL) && !killed_by_us,
+            },
+            Err(e) => Ended {
+                message: format!("waiting for the module failed: {e}"),
+                clean: false,
+                external: false,
+            },
+        }
+    }
 }
 
 /// Resolves when the running instance's process exits or its link closes;
@@ -424,14 +474,17 @@ async fn instance_ended(current: &mut Option<Instance>) -> Ended {
         return std::future::pending().await;
     };
     tokio::select! {
-        status = inst.child.wait() => match status {
-            Ok(s) => Ended { message: format!("the module process exited ({s})"), clean: s.success() },
-            Err(e) => Ended { message: format!("waiting for the module failed: {e}"), clean: false },
-        },
+        status = inst.child.wait() => Ended::from_status(status, inst.killed),
         _ = inst.link.closed() => {
-            // The link closed first; make sure the process is gone too.
-            let _ = inst.child.kill().await;
-            Ended { message: "the module closed its link".into(), clean: false }
+            // The link closed first; the process is usually exiting too. Its
+            // exit status tells why; one that lingers is killed.
+            match tokio::time::timeout(EXIT_GRACE, inst.child.wait()).await {
+                Ok(status) => Ended::from_status(status, inst.killed),
+                Err(_) => {
+                    let _ = inst.child.kill().await;
+                    Ended { message: "the module closed its link".into(), clean: false, external: false }
+                }
+            }
         }
     }
 }

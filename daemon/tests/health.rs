@@ -132,7 +132,7 @@ fn metrics(port: u16) -> Vec<Sample> {
 }
 
 /// Two memory-backed modules (state and lock) with the endpoint on `port`,
-/// restart intensity 1 (a second crash marks a module failed), and the state
+/// restart intensity 1 (a second crash makes a module back off), and the state
 /// module started through `state_binary`.
 fn config(port: u16, state_binary: &Path) -> String {
     format!(
@@ -274,26 +274,24 @@ fn readiness_follows_the_modules_and_liveness_does_not() {
         || readyz(port).0 == 200,
     );
 
-    // A second crash within the window exceeds maxRestarts (1): failed.
+    // A second crash within the window exceeds maxRestarts (1): the module
+    // backs off, and its next start is held at the gate, so it stays there.
+    gate.close();
     signal(d.module_pid("state"), libc::SIGKILL);
-    wait_until(
-        Duration::from_secs(10),
-        "the module to be marked failed",
-        || {
-            let (code, body) = readyz(port);
-            code == 503 && body.contains("state (failed)")
-        },
-    );
+    wait_until(Duration::from_secs(10), "the module to back off", || {
+        let (code, body) = readyz(port);
+        code == 503 && body.contains("state (backoff)")
+    });
     let out = d.mechactl(&["wait", "--ready", "--timeout", "300ms"]);
     assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("state (failed)"), "{stderr}");
+    assert!(stderr.contains("state (backoff)"), "{stderr}");
     let samples = metrics(port);
     assert_eq!(
         value(
             &samples,
             "mecha_module_state",
-            &[("module", "state"), ("state", "failed")]
+            &[("module", "state"), ("state", "backoff")]
         ),
         Some(1.0)
     );
@@ -303,8 +301,9 @@ fn readiness_follows_the_modules_and_liveness_does_not() {
             "mecha_module_restarts_total",
             &[("module", "state")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
+    gate.open();
 
     // The operator's fix: a restart brings it back, and readiness with it.
     let out = d.mechactl(&["module", "restart", "state"]);

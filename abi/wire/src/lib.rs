@@ -85,6 +85,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Discards the frame whose header [`FrameReader::next`] just refused
+    /// with [`HeaderError::TooLarge`] — its header and its whole declared
+    /// payload, read in bounded steps and never held — so that the next frame
+    /// can be read. Only for a peer trusted to frame correctly (a module
+    /// link, whose oversized answer fails one request, not the link); an
+    /// application's stream is closed instead, since its length may be a lie.
+    pub async fn skip_frame(&mut self) -> Result<(), ReadError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(());
+        }
+        let len = u32::from_le_bytes([self.buf[20], self.buf[21], self.buf[22], self.buf[23]]);
+        let mut remaining = HEADER_LEN as u64 + u64::from(len);
+        loop {
+            let take = remaining.min(self.buf.len() as u64);
+            // `take` fits in usize: it is at most the buffer's length.
+            bytes::Buf::advance(&mut self.buf, take as usize);
+            remaining -= take;
+            if remaining == 0 {
+                return Ok(());
+            }
+            self.buf.reserve(64 * 1024);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Truncated { buffered: 0 });
+            }
+        }
+    }
+
     /// True when a whole frame (or a header that will fail to parse) is
     /// already buffered, so [`FrameReader::next`] returns without reading.
     /// Callers that batch writes flush when this is false, before they wait.
@@ -208,6 +235,31 @@ mod tests {
         assert_eq!((h1.opcode, p1.len()), (Opcode::PING, 0));
         let (h2, p2) = r.next().await.unwrap().unwrap();
         assert_eq!((h2.opcode, &p2[..]), (Opcode::STATUS, &b"hello"[..]));
+        writer.await.unwrap();
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_can_be_skipped_to_read_the_next() {
+        let big = encode_frame(Header::request(Opcode::STATUS, 1), &[7u8; 100_000]).unwrap();
+        let next = encode_frame(Header::request(Opcode::PING, 2), b"ok").unwrap();
+        let mut all = big;
+        all.extend_from_slice(&next);
+        let (mut tx, rx) = tokio::io::duplex(1000);
+        let writer = tokio::spawn(async move {
+            tx.write_all(&all).await.unwrap();
+        });
+        let mut r = FrameReader::new(rx, 1024);
+        assert!(matches!(
+            r.next().await,
+            Err(ReadError::Header(HeaderError::TooLarge {
+                request_id: 1,
+                ..
+            }))
+        ));
+        r.skip_frame().await.unwrap();
+        let (h, p) = r.next().await.unwrap().unwrap();
+        assert_eq!((h.request_id, &p[..]), (2, &b"ok"[..]));
         writer.await.unwrap();
         assert!(r.next().await.unwrap().is_none());
     }

@@ -32,13 +32,13 @@ pub mod testing;
 use std::future::Future;
 use std::time::Duration;
 
-/// Component metadata, read the way Dapr does (its own crate, shared with
-/// mechad's secret-store drivers).
-pub use mecha_metadata as metadata;
 pub use components::Components;
 pub use link::run;
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
+/// Component metadata, read the way Dapr does (its own crate, shared with
+/// mechad's secret-store drivers).
+pub use mecha_metadata as metadata;
 pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
 pub use stream::{Stream, StreamClosed};

@@ -17,10 +17,10 @@ use std::path::Path;
 use mecha_abi::msg::{SecretBulkGetRequest, SecretBulkReply, SecretGetRequest, SecretReply};
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
+use drivers::{Metadata, SecretStore, StoreError};
 /// The secret store drivers, re-exported from their own crate so mechad can
 /// use them without linking this module.
 pub use mecha_secretstores as drivers;
-use drivers::{Metadata, SecretStore, StoreError};
 use policy::{Policy, Rule};
 
 /// The secrets module: one or more named stores, the first being the default.
