@@ -39,4 +39,9 @@ pub struct ChildSpec {
     pub shutdown_timeout: Duration,
     /// Limits and identity of the module process.
     pub confine: Confinement,
+    /// Prefixes of the daemon's environment variables the module's
+    /// components read (a `secretstores.local.env` store's `prefix`); the
+    /// module sees these and the daemon's own `MECHA_*` settings, nothing
+    /// else of the daemon's environment.
+    pub env_prefixes: Vec<String>,
 }

@@ -88,8 +88,12 @@ pub struct Settings {
     /// `allow` (default): a peer no rule matches is its own tenant
     /// `uid:<uid>`; `deny`: it is refused with PERMISSION_DENIED.
     pub default_tenant: Option<DefaultTenant>,
-    /// Peer uids allowed to restart, upgrade and reload (root and the daemon's
-    /// own uid always are).
+    /// Who may restart, upgrade and reload besides the defaults (see
+    /// [`Admins`]).
+    #[serde(default)]
+    pub admins: Admins,
+    /// Peer uids allowed to restart, upgrade and reload: the older spelling
+    /// of `admins.uids`, merged into it.
     #[serde(default)]
     pub admin_uids: Vec<u32>,
     /// How often modules are health-pinged; default 1000 ms.
@@ -106,6 +110,32 @@ pub struct Settings {
     pub http: Option<HttpSettings>,
     /// Span export over OTLP/HTTP JSON (`--otlp-endpoint` wins). Off when absent.
     pub tracing: Option<TracingSettings>,
+}
+
+/// The `admins` section: the explicit list of who may run admin operations
+/// (MODULE_RESTART, RELOAD). Besides it, only the daemon's own uid (when it
+/// is not root) and root in the daemon's own mount namespace (an operator on
+/// the host of a systemd daemon, or `kubectl exec` into mechad's pod) are
+/// admins: root in another container is not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admins {
+    /// Peer uids (listing 0 makes every root an admin, in any container).
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Tenant names (from the tenant rules: a socket only operators can
+    /// reach, a pod, a group).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+}
+
+impl Settings {
+    /// The admins the configuration names, `adminUids` merged in.
+    pub fn admin_list(&self) -> Admins {
+        let mut admins = self.admins.clone();
+        admins.uids.extend(self.admin_uids.iter().copied());
+        admins
+    }
 }
 
 /// The `tracing` section: where and how much to export.
@@ -203,7 +233,7 @@ pub struct TenantRule {
     /// Operations the tenant may use: family names (`state`, `pubsub`, ...,
     /// also written `state.*`) or opcode names (`STATE_GET`, any case).
     /// Absent: everything. Control operations (HELLO, PING, STATUS) are always
-    /// allowed; admin ones follow `adminUids`.
+    /// allowed; admin ones follow `admins`.
     pub allow: Option<Vec<String>>,
     /// App ids the tenant may register as, and call as (INVOKE's
     /// `caller_app_id`). Absent: any app id not held by another tenant.
@@ -299,6 +329,7 @@ impl Config {
     /// capability on its embedded driver, durable where the capability keeps
     /// data, so a newcomer gets all of them with zero setup.
     pub fn embedded_default() -> Self {
+        let own_tenant = format!("uid:{}", nix::unistd::geteuid().as_raw());
         let component = |name: &str, kind: &str, metadata: &[(&str, &str)]| ComponentSpec {
             name: name.into(),
             kind: kind.into(),
@@ -316,11 +347,12 @@ impl Config {
                 // Writable by admins (`mechactl config set`), watched by apps.
                 component("configstore", "configuration.memory", &[]),
                 // Only variables with this prefix are visible, never the
-                // daemon's whole environment.
+                // daemon's whole environment, and only to the daemon's own
+                // user: secrets are denied to every other tenant by default.
                 component(
                     "secretstore",
                     "secretstores.local.env",
-                    &[("prefix", "MECHA_SECRET_")],
+                    &[("prefix", "MECHA_SECRET_"), ("allowedTenants", &own_tenant)],
                 ),
                 // Local service invocation; no peers, so nothing listens on
                 // the network until a configuration adds them.

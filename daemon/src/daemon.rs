@@ -48,8 +48,8 @@ pub struct Daemon {
     pub tenants: RwLock<Tenants>,
     /// Quota state by tenant (replaced on reload; open connections keep theirs).
     pub quotas: RwLock<Arc<crate::quota::Registry>>,
-    /// Uids allowed to run admin operations, besides root and our own uid.
-    pub admin_uids: RwLock<Vec<u32>>,
+    /// Who may run admin operations besides the defaults (replaced on reload).
+    pub admins: RwLock<crate::config::Admins>,
     /// Modules in start order (changed on reload).
     pub modules: RwLock<Vec<Arc<ModuleSlot>>>,
     /// When the daemon started, for uptime.
@@ -93,11 +93,16 @@ impl Daemon {
         }
     }
 
-    /// Whether `peer` may restart modules and reload the configuration.
-    pub fn is_admin(&self, peer: &Peer) -> bool {
-        peer.uid == 0
-            || peer.uid == nix::unistd::geteuid().as_raw()
-            || self.admin_uids.read().contains(&peer.uid)
+    /// Whether `peer`, of `tenant`, may restart modules and reload the
+    /// configuration: listed in `admins`, or the daemon's own uid when that
+    /// is not root, or root in the daemon's own mount namespace. Root in
+    /// another container (without a user namespace it is uid 0 too) is not.
+    pub fn is_admin(&self, peer: &Peer, tenant: &str) -> bool {
+        let own = nix::unistd::geteuid().as_raw();
+        let admins = self.admins.read();
+        (peer.uid == own && (own != 0 || peer.local))
+            || admins.uids.contains(&peer.uid)
+            || admins.tenants.iter().any(|t| t == tenant)
     }
 
     /// Loads the configuration the daemon was started with, secret
@@ -185,7 +190,7 @@ impl Daemon {
             )));
         }
         *self.tenants.write() = tenants;
-        *self.admin_uids.write() = config.settings.admin_uids.clone();
+        *self.admins.write() = config.settings.admin_list();
         *self.quotas.write() =
             Arc::new(crate::quota::Registry::new(config.settings.quotas.clone()));
         tracing::info!(?reply, "configuration reloaded");
@@ -204,6 +209,7 @@ impl Daemon {
             .ok_or_else(|| RestartError::NoSuchModule(name.to_string()))?;
         let mut spec = slot.spec();
         if let Some(binary) = binary {
+            trusted_binary(&binary).map_err(RestartError::Failed)?;
             spec.binary = binary;
         }
         slot.restart(Some(spec)).await.map_err(RestartError::Failed)
@@ -216,4 +222,36 @@ impl Daemon {
             slot.stop().await;
         }
     }
+}
+
+/// Refuses an upgrade binary that someone other than root or the daemon's own
+/// user could have written: the module would run it with the daemon's
+/// authority over the module's data. The file must be a regular file owned by
+/// root or the daemon's uid, writable by its owner alone.
+fn trusted_binary(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("upgrade binary {}: {e}", path.display()))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err(format!(
+            "upgrade binary {} is not a regular file",
+            path.display()
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != own {
+        return Err(format!(
+            "upgrade binary {} is owned by uid {}, not by root or the daemon's uid {own}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "upgrade binary {} is writable by its group or others (mode {:o})",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }

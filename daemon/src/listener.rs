@@ -77,7 +77,9 @@ pub async fn accept_loop(
                         conns.spawn(conn::serve(stream, p, Arc::clone(&daemon), shutdown.clone()));
                         trim.opened(conns.len());
                     }
-                    Err(e) => tracing::warn!("rejecting a connection without peer credentials: {e}"),
+                    // At debug: connecting and exiting in a loop must not let a
+                    // tenant fill the node's log.
+                    Err(e) => tracing::debug!("rejecting a connection: {e}"),
                 },
                 Err(e) if is_out_of_descriptors(&e) => {
                     // Refuse the waiting connection with a status instead of

@@ -283,7 +283,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?,
         ),
-        admin_uids: parking_lot::RwLock::new(settings.admin_uids.clone()),
+        admins: parking_lot::RwLock::new(settings.admin_list()),
         quotas: parking_lot::RwLock::new(Arc::new(quota::Registry::new(settings.quotas.clone()))),
         modules: parking_lot::RwLock::new(modules),
         started,

@@ -1,7 +1,7 @@
 //! Kernel-verified peer identity (SO_PEERCRED) and its mapping to a tenant.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -26,6 +26,9 @@ pub struct Peer {
     pub socket: Arc<Path>,
     /// The pod UID from its cgroup, when it runs in a Kubernetes pod.
     pub pod: Option<String>,
+    /// It runs in the daemon's own mount namespace: on the daemon's host (or
+    /// in the daemon's own container), not in another container.
+    pub local: bool,
 }
 
 impl Default for Peer {
@@ -36,6 +39,7 @@ impl Default for Peer {
             gid: 0,
             socket: Arc::from(Path::new("")),
             pod: None,
+            local: false,
         }
     }
 }
@@ -48,43 +52,164 @@ fn proc_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc"))
 }
 
-/// Reads SO_PEERCRED from a connected Unix socket, and the peer's pod UID.
-pub fn identify(socket: &impl AsFd, listening: &Arc<Path>) -> nix::Result<Peer> {
+/// Why a connection could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    /// The socket has no peer credentials.
+    #[error("no peer credentials: {0}")]
+    Credentials(#[from] nix::Error),
+    /// The connecting process exited before what /proc says about it could be
+    /// trusted: its pid may already name another process.
+    #[error("the connecting process {0} exited before it could be identified")]
+    Gone(i32),
+}
+
+/// Reads SO_PEERCRED from a connected Unix socket, and what /proc says of the
+/// peer: its pod UID and its mount namespace.
+///
+/// A pid can be reused once its process is gone, and the socket may outlive
+/// the process that connected (passed to another). So the peer is held by a
+/// pidfd (SO_PEERPIDFD, which names the connecting process itself; or
+/// pidfd_open right away on kernels before 6.5) while /proc is read, and a
+/// peer found dead afterwards is refused: what was read may describe
+/// someone else.
+pub fn identify(socket: &impl AsFd, listening: &Arc<Path>) -> Result<Peer, IdentifyError> {
     let cred = getsockopt(socket, PeerCredentials)?;
+    let pidfd = peer_pidfd(socket).or_else(|| pidfd_open(cred.pid()));
     let cgroup = proc_root().join(cred.pid().to_string()).join("cgroup");
     let pod = std::fs::read_to_string(cgroup)
         .ok()
         .and_then(|text| pod_uid(&text));
+    let local = same_mount_namespace(cred.pid());
+    if pidfd.as_ref().is_some_and(|fd| !alive(fd)) {
+        return Err(IdentifyError::Gone(cred.pid()));
+    }
     Ok(Peer {
         pid: cred.pid(),
         uid: cred.uid(),
         gid: cred.gid(),
         socket: Arc::clone(listening),
         pod,
+        local,
     })
 }
 
-/// Finds the pod UID in a `/proc/<pid>/cgroup` text. Kubelet names pod
-/// cgroups `pod<uid>` (cgroupfs driver, dashes) or `…-pod<uid>.slice`
-/// (systemd driver, underscores instead of dashes) under a `kubepods` tree.
+/// SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// The peer's pidfd from the socket, where the kernel supports it.
+fn peer_pidfd(socket: &impl AsFd) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`, a c_int whose
+    // size `len` holds; the socket descriptor is valid for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            std::ptr::addr_of_mut!(fd).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel returned a new descriptor that nothing
+    // else owns.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pidfd of process `pid`, for kernels without SO_PEERPIDFD.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process behind `pidfd` has not exited (signal 0 checks
+/// without sending anything).
+fn alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks the
+    // process; the descriptor is valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// Whether process `pid` shares the daemon's mount namespace. False when
+/// either namespace cannot be read (a daemon that is not root may not read
+/// another user's), so doubt never grants admin rights.
+fn same_mount_namespace(pid: i32) -> bool {
+    let ns = |p: PathBuf| std::fs::read_link(p).ok();
+    match (
+        ns(PathBuf::from(format!("/proc/{pid}/ns/mnt"))),
+        ns(PathBuf::from("/proc/self/ns/mnt")),
+    ) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => false,
+    }
+}
+
+/// Finds the pod UID in a `/proc/<pid>/cgroup` text, only where the kubelet
+/// puts pods: a cgroup path that starts at the root of the hierarchy with
+/// `/kubepods` (cgroupfs driver) or `/kubepods.slice` (systemd driver), with
+/// the pod's cgroup right under it or under one QoS class (`burstable`,
+/// `besteffort`). A `kubepods` tree anywhere else — in a delegated subtree a
+/// user may create cgroups in, such as `/user.slice/…/kubepods/pod<uid>` —
+/// names no pod.
 pub fn pod_uid(cgroup: &str) -> Option<String> {
-    cgroup
-        .lines()
-        .filter(|l| l.contains("kubepods"))
-        .flat_map(|l| l.split('/'))
-        .find_map(|segment| {
-            // "pod<uid>" (cgroupfs) or "kubepods-<qos>-pod<uid>.slice" (systemd).
-            let start = if segment.starts_with("pod") {
-                3
-            } else {
-                segment.find("-pod")? + 4
-            };
-            let uid = segment[start..]
-                .trim_end_matches(".slice")
-                .replace('_', "-");
-            let valid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-            valid.then_some(uid)
-        })
+    cgroup.lines().find_map(|line| {
+        // "hierarchy-id:controllers:path"; the path may hold ':' itself.
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut segments = path.strip_prefix('/')?.split('/');
+        let systemd = match segments.next()? {
+            "kubepods" => false,
+            "kubepods.slice" => true,
+            _ => return None,
+        };
+        let first = segments.next()?;
+        if let Some(uid) = pod_segment(first, systemd) {
+            return Some(uid);
+        }
+        let qos = if systemd {
+            matches!(
+                first,
+                "kubepods-burstable.slice" | "kubepods-besteffort.slice"
+            )
+        } else {
+            matches!(first, "burstable" | "besteffort")
+        };
+        if !qos {
+            return None;
+        }
+        pod_segment(segments.next()?, systemd)
+    })
+}
+
+/// The pod UID of one cgroup directory name: `pod<uid>` (cgroupfs, dashes)
+/// or `kubepods[-<qos>]-pod<uid>.slice` (systemd, underscores for dashes).
+fn pod_segment(segment: &str, systemd: bool) -> Option<String> {
+    let uid = if systemd {
+        let name = segment.strip_prefix("kubepods-")?.strip_suffix(".slice")?;
+        let at = name.find("pod")?;
+        let qos = &name[..at];
+        if !matches!(qos, "" | "burstable-" | "besteffort-") {
+            return None;
+        }
+        name[at + 3..].replace('_', "-")
+    } else {
+        segment.strip_prefix("pod")?.to_string()
+    };
+    let valid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    valid.then_some(uid)
 }
 
 /// The operations one tenant may use, from its rule's `allow` list.
@@ -307,6 +432,25 @@ mod tests {
         );
         assert_eq!(pod_uid(&systemd).as_deref(), Some(uid));
         assert_eq!(pod_uid("0::/user.slice/user-1000.slice\n"), None);
+        let guaranteed = format!("0::/kubepods/pod{uid}/abc\n");
+        assert_eq!(pod_uid(&guaranteed).as_deref(), Some(uid));
+    }
+
+    #[test]
+    fn a_kubepods_tree_outside_the_root_names_no_pod() {
+        let uid = "0f7e3a52-4b1c-4d2e-9a8b-123456789abc";
+        for forged in [
+            format!("0::/user.slice/user-1000.slice/deleg-bob/kubepods/pod{uid}/x\n"),
+            format!("0::/deleg-bob/kubepods/burstable/pod{uid}/x\n"),
+            format!(
+                "0::/system.slice/kubepods.slice/kubepods-pod{}.slice/x\n",
+                uid.replace('-', "_")
+            ),
+            format!("0::/kubepods/burstable/nested/pod{uid}/x\n"),
+            format!("0::/kubepods/evil/pod{uid}/x\n"),
+        ] {
+            assert_eq!(pod_uid(&forged), None, "{forged}");
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             paths.data_dir.join(&name)
         };
         private_dir(&data_dir, settings.user.map(|u| (u.uid, u.gid)))?;
+        let env_prefixes = env_prefixes(&components);
         let binary = settings
             .binary
             .unwrap_or_else(|| paths.module_dir.join(format!("mecha-mod-{name}")));
@@ -106,6 +107,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
                     open_files: settings.open_files,
                     user: settings.user.map(|u| (u.uid, u.gid)),
                 },
+                env_prefixes,
             },
         ));
     }
@@ -115,6 +117,18 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         ));
     }
     Ok(specs)
+}
+
+/// The environment prefixes `components` read: each environment secret
+/// store's `prefix` (the store refuses to start without one).
+fn env_prefixes(components: &[mecha_abi::msg::ComponentSpec]) -> Vec<String> {
+    components
+        .iter()
+        .filter(|c| c.kind == "secretstores.local.env")
+        .flat_map(|c| c.metadata.iter())
+        .filter(|(k, v)| k.eq_ignore_ascii_case("prefix") && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 /// Hands the tenants' `appIds` allow lists to the invoke module, which

@@ -11,7 +11,7 @@ use crate::{control, forward};
 
 /// Routes one request of a negotiated session.
 pub async fn route(caller: &mut Caller, header: Header, payload: Bytes, permit: ConnOut) {
-    if header.opcode.is_admin() && !caller.daemon.is_admin(&caller.peer) {
+    if header.opcode.is_admin() && !caller.daemon.is_admin(&caller.peer, &caller.tenant_name()) {
         let msg = format!(
             "{} is an admin operation; uid {} is not an admin of this daemon (see `admins` in the Configuration)",
             header.opcode, caller.peer.uid

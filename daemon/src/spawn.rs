@@ -10,6 +10,19 @@ use tokio::process::{Child, Command};
 /// The descriptor number on which a module finds its link.
 pub const LINK_FD: i32 = 3;
 
+/// The daemon's variables every module inherits: its log settings, the
+/// sandbox switches (for debugging), and the node name the invoke module
+/// announces to its peers.
+const PASSED: [&str; 7] = [
+    "MECHA_LOG",
+    "MECHA_LOG_FORMAT",
+    "MECHA_LANDLOCK",
+    "MECHA_SECCOMP",
+    "MECHA_NODE_NAME",
+    "HOSTNAME",
+    "RUST_BACKTRACE",
+];
+
 /// What a module process may do: least privilege, applied in the child
 /// before exec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +48,7 @@ pub fn spawn_module(
     binary: &Path,
     module: &str,
     confine: Confinement,
+    env_prefixes: &[String],
     handoff: bool,
 ) -> std::io::Result<(Child, StdUnixStream)> {
     let memory_limit = confine
@@ -49,6 +63,16 @@ pub fn spawn_module(
     let child_fd = theirs.as_raw_fd();
     let parent_pid = std::process::id();
     let mut cmd = Command::new(binary);
+    // A clean environment: the daemon's holds the operator's settings and
+    // credentials, which a module (and a tenant able to subvert it) must not
+    // see. It gets the daemon's own MECHA_* settings and the variables its
+    // components name.
+    cmd.env_clear();
+    cmd.envs(std::env::vars_os().filter(|(name, _)| {
+        let name = name.as_encoded_bytes();
+        PASSED.iter().any(|p| name == p.as_bytes())
+            || env_prefixes.iter().any(|p| name.starts_with(p.as_bytes()))
+    }));
     cmd.env("MECHA_LINK_FD", LINK_FD.to_string())
         .env("MECHA_MODULE", module)
         .stdin(std::process::Stdio::null())

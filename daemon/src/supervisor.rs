@@ -253,8 +253,14 @@ impl ModuleSlot {
         spec: &ChildSpec,
         handoff: bool,
     ) -> Result<Instance, StartError> {
-        let (mut child, link_end) = spawn_module(&spec.binary, &spec.name, spec.confine, handoff)
-            .map_err(|source| StartError::Spawn {
+        let (mut child, link_end) = spawn_module(
+            &spec.binary,
+            &spec.name,
+            spec.confine,
+            &spec.env_prefixes,
+            handoff,
+        )
+        .map_err(|source| StartError::Spawn {
             binary: spec.binary.clone(),
             source,
         })?;

@@ -86,21 +86,32 @@ impl Sources {
     fn config(&self) -> String {
         let file = self.path("secrets.json");
         let mounted = self.path("mounted");
+        // Stores serve no tenant unless they name some: these name this
+        // test's own tenant.
+        let me = my_tenant();
         [
             component(
                 "files",
                 "secretstores.local.file",
-                &[("secretsFile", &file)],
+                &[("secretsFile", &file), ("allowedTenants", &me)],
             ),
             component(
                 "mounted",
                 "secretstores.local.dir",
-                &[("secretsDir", &mounted), ("deniedSecrets", "password")],
+                &[
+                    ("secretsDir", &mounted),
+                    ("deniedSecrets", "password"),
+                    ("allowedTenants", &me),
+                ],
             ),
             component(
                 "grouped",
                 "secretstores.local.file",
-                &[("secretsFile", &file), ("multiValued", "true")],
+                &[
+                    ("secretsFile", &file),
+                    ("multiValued", "true"),
+                    ("allowedTenants", &me),
+                ],
             ),
             component(
                 "restricted",
@@ -110,7 +121,7 @@ impl Sources {
             component(
                 "environment",
                 "secretstores.local.env",
-                &[("prefix", ENV_PREFIX)],
+                &[("prefix", ENV_PREFIX), ("allowedTenants", &me)],
             ),
         ]
         .concat()

@@ -127,13 +127,13 @@ fn config_yaml(secrets_file: &Path) -> String {
         component(
             "secretstore",
             "secretstores.local.env",
-            &format!("{{name: prefix, value: {SECRET_PREFIX}}}"),
+            &format!("{{name: prefix, value: {SECRET_PREFIX}}}, {{name: allowedTenants, value: \"*\"}}"),
         ),
         component(
             "files",
             "secretstores.local.file",
             &format!(
-                "{{name: secretsFile, value: {:?}}}, {{name: multiValued, value: \"true\"}}",
+                "{{name: secretsFile, value: {:?}}}, {{name: multiValued, value: \"true\"}}, {{name: allowedTenants, value: \"*\"}}",
                 secrets_file.to_str().expect("temporary paths are UTF-8")
             ),
         ),

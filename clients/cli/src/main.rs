@@ -75,7 +75,7 @@ enum Command {
     Apps,
     /// Serve an app id on this connection until interrupted.
     Serve(invoke::ServeArgs),
-    /// Module administration (root, the daemon's uid, or adminUids).
+    /// Module administration (admins only: see `admins` in the Configuration).
     Module {
         #[command(subcommand)]
         op: ModuleOp,

@@ -2,9 +2,11 @@
 //! component accepts in its metadata, whatever its driver.
 //!
 //! Fields (matched ignoring case; lists are comma-separated, items trimmed):
-//! - `allowedTenants`: the tenants that may use the store at all. Absent:
-//!   every tenant. A tenant not listed is refused every operation on the
-//!   store, so it cannot even learn which secrets exist.
+//! - `allowedTenants`: the tenants that may use the store at all; `*` admits
+//!   every tenant. Absent: no tenant — a store holds the operator's secrets,
+//!   so it serves nobody until its component says whom. A tenant not listed
+//!   is refused every operation on the store, so it cannot even learn which
+//!   secrets exist.
 //! - `defaultAccess` (`allow` or `deny`, default `allow`),
 //!   `allowedSecrets`, `deniedSecrets`: which secrets the admitted tenants
 //!   may read, with the names and the precedence of Dapr's secret scopes:
@@ -28,7 +30,7 @@ pub use mecha_secretstores::POLICY_FIELDS as FIELDS;
 /// The access rules of one store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// The admitted tenants; `None` admits every tenant.
+    /// The admitted tenants (`*` admits every tenant); `None` admits none.
     tenants: Option<BTreeSet<String>>,
     /// Whether a secret no list mentions may be read.
     default_deny: bool,
@@ -41,6 +43,8 @@ pub struct Policy {
 /// The rule that refused an access, named in the PERMISSION_DENIED message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
+    /// The component lists no `allowedTenants`: the store serves nobody.
+    NoAllowedTenants,
     /// The tenant is not in `allowedTenants`.
     AllowedTenants,
     /// `allowedSecrets` is set and does not list the secret.
@@ -54,6 +58,9 @@ pub enum Rule {
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Rule::NoAllowedTenants => {
+                "the component lists no allowedTenants, so the store serves no tenant (list them, or \"*\" for every tenant)"
+            }
             Rule::AllowedTenants => "it is not listed in allowedTenants",
             Rule::AllowedSecrets => "it is not listed in allowedSecrets",
             Rule::DeniedSecrets => "it is listed in deniedSecrets",
@@ -102,8 +109,9 @@ impl Policy {
     /// Whether `tenant` may use the store.
     pub fn check_tenant(&self, tenant: &str) -> Result<(), Rule> {
         match &self.tenants {
-            Some(tenants) if !tenants.contains(tenant) => Err(Rule::AllowedTenants),
-            _ => Ok(()),
+            None => Err(Rule::NoAllowedTenants),
+            Some(tenants) if tenants.contains(tenant) || tenants.contains("*") => Ok(()),
+            Some(_) => Err(Rule::AllowedTenants),
         }
     }
 

@@ -195,6 +195,7 @@ impl Harness {
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
             );
+            admit_everyone_unless_listed(&mut metadata);
             sources.push(source);
             components.push(ComponentSpec {
                 name: store.name.to_owned(),
@@ -628,7 +629,56 @@ conformance!(
 
 // ---- Driver-specific behaviour. ----
 
-/// A module serving one store of `kind` with exactly `metadata`.
+/// Stores serve no tenant unless their component lists some; the tests of
+/// other behaviour admit every tenant (`*`) unless they list their own.
+fn admit_everyone_unless_listed(metadata: &mut Vec<(String, String)>) {
+    if !metadata
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("allowedTenants"))
+    {
+        metadata.push(("allowedTenants".to_owned(), "*".to_owned()));
+    }
+}
+
+#[test]
+fn a_store_without_allowed_tenants_serves_nobody() {
+    let dir = TempDir::new().expect("create a temporary directory");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime");
+    let hello = LinkHello {
+        version: 1,
+        module: "secrets".to_owned(),
+        data_dir: dir.path().to_str().expect("UTF-8").to_owned(),
+        components: vec![ComponentSpec {
+            name: "vault".to_owned(),
+            kind: "secretstores.local.env".to_owned(),
+            metadata: pairs(&[("prefix", "MECHA_TEST_NOBODY_")]),
+        }],
+    };
+    let module = rt
+        .block_on(SecretsModule::init(hello))
+        .expect("module starts");
+    let h = Harness {
+        rt,
+        module,
+        sources: Vec::new(),
+        _dir: dir,
+    };
+    for tenant in ["uid:0", "uid:1000", "team-x"] {
+        match h.get_as(tenant, "", "anything") {
+            Err((status, message)) => {
+                assert_eq!(status, Status::PermissionDenied, "{message}");
+                assert!(message.contains("no allowedTenants"), "{message}");
+            }
+            Ok(v) => panic!("tenant {tenant} read {v:?}"),
+        }
+    }
+}
+
+/// A module serving one store of `kind` with `metadata` (admitting every
+/// tenant unless it lists `allowedTenants`).
 fn open_module(kind: &str, metadata: &[(&str, &str)], data_dir: &Path) -> Result<Harness, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -641,7 +691,11 @@ fn open_module(kind: &str, metadata: &[(&str, &str)], data_dir: &Path) -> Result
         components: vec![ComponentSpec {
             name: "vault".to_owned(),
             kind: kind.to_owned(),
-            metadata: pairs(metadata),
+            metadata: {
+                let mut all = pairs(metadata);
+                admit_everyone_unless_listed(&mut all);
+                all
+            },
         }],
     };
     let module = rt.block_on(SecretsModule::init(hello)).map_err(|e| e.0)?;
