@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::answer::{error_body, ConnOut, ConnTx};
+use crate::budget::OutputBudget;
 
 /// The answer to a delivered request: status and payload, passed on untouched.
 pub type CallAnswer = (Status, Bytes);
@@ -42,11 +43,24 @@ impl Calls {
         &self,
         conn: &ConnTx,
         budget: &Arc<Semaphore>,
+        bytes: &OutputBudget,
         opcode: Opcode,
         payload: Bytes,
         timeout: Duration,
     ) -> CallAnswer {
         let deadline = tokio::time::Instant::now() + timeout;
+        // A callee whose connection holds its byte budget unread gets no more
+        // calls: they fail now instead of holding their payloads in the
+        // daemon until their deadlines.
+        let held = match bytes.take(payload.len()) {
+            Ok(held) => held,
+            Err(spent) => {
+                return error(
+                    Status::ResourceExhausted,
+                    &format!("the callee does not read its connection: {spent}"),
+                )
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut t = self.table.lock();
@@ -71,7 +85,12 @@ impl Calls {
         header.deadline_ms = u32::try_from(timeout.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
-        let frame = OutFrame::guarded(header, Bytes::new(), payload, ConnOut::new(permit));
+        let frame = OutFrame::guarded(
+            header,
+            Bytes::new(),
+            payload,
+            ConnOut::new(permit).holding(held),
+        );
         if conn.send(frame).is_err() {
             self.table.lock().waiting.remove(&id);
             return unavailable("the callee's connection closed");

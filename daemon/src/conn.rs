@@ -14,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::answer::{error_body, ConnOut, PUSH_BUDGET};
+use crate::budget::{OutputBudget, CONNECTION_BYTES};
 use crate::caller::Caller;
 use crate::clocked::{is_stalled, partial_frame_timeout, Clocked};
 use crate::daemon::Daemon;
@@ -93,7 +94,10 @@ pub async fn serve(
     let writer = tokio::spawn(writer);
     let mut conn = Conn {
         caller: Caller {
-            conn: ConnHandle::new(tx),
+            conn: ConnHandle::new(
+                tx,
+                OutputBudget::new(CONNECTION_BYTES, Arc::clone(&quota.output)),
+            ),
             allow,
             quota,
             peer,

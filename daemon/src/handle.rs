@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::answer::{ConnTx, PUSH_BUDGET};
+use crate::budget::OutputBudget;
 use crate::calls::Calls;
 
 /// Source of connection ids, used to find a connection's streams.
@@ -24,13 +25,16 @@ pub struct ConnHandle {
     pub id: u64,
     /// Requests the daemon delivers to it (LINK_DELIVER) awaiting answers.
     pub calls: Calls,
+    /// Bytes it may have queued unread, within its tenant's.
+    pub budget: OutputBudget,
 }
 
 impl ConnHandle {
     /// A handle for a new connection writing to `tx`.
-    pub fn new(tx: ConnTx) -> Arc<Self> {
+    pub fn new(tx: ConnTx, budget: OutputBudget) -> Arc<Self> {
         Arc::new(Self {
             tx,
+            budget,
             pushes: Arc::new(Semaphore::new(PUSH_BUDGET)),
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             calls: Calls::default(),

@@ -340,7 +340,23 @@ impl Link {
         out.request_id = p.request_id;
         out.opcode = p.opcode;
         out.ext = 0;
-        let frame = OutFrame::guarded(out, Bytes::new(), payload, p.guard.answered(out.status));
+        // An answer the connection's byte budget cannot hold means the
+        // application lets its answers pile up unread: it is cut off, rather
+        // than letting the daemon's memory grow for it.
+        let bytes = match p.conn.budget.take(payload.len()) {
+            Ok(bytes) => bytes,
+            Err(spent) => {
+                tracing::warn!(module = %self.module, conn = p.conn.id, "closing a connection that does not read its answers: {spent}");
+                p.conn.tx.shutdown();
+                if opens_stream {
+                    self.table.lock().streams.remove(&header.request_id);
+                    self.cancel_link_stream(header.request_id);
+                }
+                return;
+            }
+        };
+        let guard = p.guard.answered(out.status).holding(bytes);
+        let frame = OutFrame::guarded(out, Bytes::new(), payload, guard);
         // The connection's queue has room for every request it may have in
         // flight, so this only fails when the connection is gone. A stream it
         // opened then has nobody to push to: stop it at its source.
@@ -408,6 +424,7 @@ impl Link {
                 .call(
                     &conn.tx,
                     &conn.pushes,
+                    &conn.budget,
                     opcode,
                     Bytes::from(req.payload),
                     timeout,
@@ -450,7 +467,11 @@ impl Link {
             send_end(route, out, payload);
             return;
         }
-        let Ok(permit) = Arc::clone(&route.conn.pushes).try_acquire_owned() else {
+        let room = Arc::clone(&route.conn.pushes)
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| Some((permit, route.conn.budget.take(payload.len()).ok()?)));
+        let Some((permit, bytes)) = room else {
             tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading; ending the stream");
             if self
                 .table
@@ -461,7 +482,7 @@ impl Link {
             {
                 self.cancel_link_stream(header.request_id);
                 let message = format!(
-                    "stream {} ended: the application did not read its pushes ({} queued on the connection); resubscribe",
+                    "stream {} ended: the application did not read its pushes (at most {} of them, and a budget of bytes, wait on a connection); resubscribe",
                     route.stream_id, PUSH_BUDGET
                 );
                 let header = Header::end(route.opcode, route.stream_id, Status::ResourceExhausted);
@@ -476,7 +497,7 @@ impl Link {
                 out,
                 Bytes::new(),
                 payload,
-                ConnOut::new(permit),
+                ConnOut::new(permit).holding(bytes),
             ))
             .is_ok();
         if delivered {

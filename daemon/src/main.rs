@@ -1,6 +1,7 @@
 //! `mechad`: the mecha node daemon — listener, router and module supervisor.
 
 mod answer;
+mod budget;
 mod caller;
 mod calls;
 mod childspec;

@@ -152,6 +152,12 @@ impl Answer {
         }
     }
 
+    /// Holds `bytes` of the connection's output budget until written.
+    pub fn holding(mut self, bytes: Option<crate::budget::Held>) -> Self {
+        self.quota.hold(bytes);
+        self
+    }
+
     /// The quota part, to which tenant permits are added on admission.
     pub fn quota_mut(&mut self) -> &mut crate::quota::Guard {
         &mut self.quota

@@ -339,9 +339,12 @@ impl Tenants {
             || pod_match
     }
 
-    /// The tenant of `peer`: the first rule naming its uid, gid, socket or pod; otherwise,
-    /// unless the default policy denies, `uid:<uid>`, so that every local user
-    /// is its own tenant. The error is the refusal message.
+    /// The tenant of `peer`: the first rule naming its uid, gid, socket or
+    /// pod; otherwise, unless the default policy denies, its pod
+    /// (`pod:<namespace>/<name>` when the pods file names it, else
+    /// `pod:<uid>`) when it runs in one, or `uid:<uid>`: every pod, and every
+    /// local user outside pods, is its own tenant. Pods that share a uid (or
+    /// all run as root) are still apart. The error is the refusal message.
     pub fn resolve(&self, peer: &Peer) -> Result<Tenant, String> {
         if let Some((rule, allow)) = self.rules.iter().find(|(r, _)| self.matches(r, peer)) {
             return Ok(Tenant {
@@ -351,7 +354,13 @@ impl Tenants {
         }
         match self.default {
             DefaultTenant::Allow => Ok(Tenant {
-                name: format!("uid:{}", peer.uid),
+                name: match &peer.pod {
+                    Some(uid) => match self.pods.get(uid) {
+                        Some(named) => format!("pod:{named}"),
+                        None => format!("pod:{uid}"),
+                    },
+                    None => format!("uid:{}", peer.uid),
+                },
                 allow: None,
             }),
             DefaultTenant::Deny => Err(format!(

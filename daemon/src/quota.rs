@@ -1,6 +1,8 @@
 //! Per-tenant quotas: connections, requests in flight, request rate (token
-//! bucket) and payload size. Exceeding one is RESOURCE_EXHAUSTED naming the
-//! limit. The in-flight cap also makes the router fair: one tenant can occupy
+//! bucket), payload size and bytes queued unread. Exceeding one is
+//! RESOURCE_EXHAUSTED naming the limit. Connections, requests in flight and
+//! queued bytes have defaults (below), so no tenant is unbounded unless the
+//! configuration says so. The in-flight cap also makes the router fair: one tenant can occupy
 //! at most its share of a module's queue, however hard it floods.
 
 use std::collections::HashMap;
@@ -10,9 +12,17 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde::Deserialize;
+
+use crate::budget::{Held, OutputBudget, TENANT_BYTES};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Limits of one tenant. Absent fields mean "no limit".
+/// Connections one tenant may hold open, unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Requests one tenant may have in flight to modules, unless configured.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
+/// Limits of one tenant. Absent fields take the defaults above (connections,
+/// requests in flight, queued bytes) or mean "no limit" (rate, payload size).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
@@ -27,6 +37,10 @@ pub struct Limits {
     pub burst: Option<f64>,
     /// Largest payload the tenant may send, below the daemon-wide maximum.
     pub max_payload_bytes: Option<u32>,
+    /// Bytes of answers, pushes and delivered calls the daemon holds for all
+    /// the tenant's connections while they are not read; default
+    /// `budget::TENANT_BYTES` (512 MiB).
+    pub max_queued_bytes: Option<usize>,
 }
 
 /// The `quotas` section of the Configuration document.
@@ -42,11 +56,13 @@ pub struct Quotas {
 }
 
 /// What every frame queued for a connection holds until it is written: the
-/// connection's permit and, for forwarded requests, the tenant's.
+/// connection's permit, for forwarded requests the tenant's, and for large
+/// frames their bytes (`budget`).
 #[derive(Debug)]
 pub struct Guard {
     _conn: OwnedSemaphorePermit,
     tenant: Option<OwnedSemaphorePermit>,
+    bytes: Option<Held>,
 }
 
 impl Guard {
@@ -55,7 +71,13 @@ impl Guard {
         Self {
             _conn: conn,
             tenant: None,
+            bytes: None,
         }
+    }
+
+    /// Holds `bytes` of the output budget until the frame is written.
+    pub fn hold(&mut self, bytes: Option<Held>) {
+        self.bytes = bytes;
     }
 }
 
@@ -66,6 +88,8 @@ pub struct TenantState {
     connections: AtomicUsize,
     in_flight: Option<Arc<Semaphore>>,
     bucket: Mutex<(f64, Instant)>,
+    /// The tenant's budget of bytes queued unread, over its connections.
+    pub output: Arc<Semaphore>,
 }
 
 /// Releases a connection slot when the connection ends.
@@ -89,6 +113,7 @@ impl TenantState {
             in_flight: limits.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
             connections: AtomicUsize::new(0),
             bucket: Mutex::new((burst, Instant::now())),
+            output: OutputBudget::tenant(limits.max_queued_bytes.unwrap_or(TENANT_BYTES)),
             limits,
         }
     }
@@ -168,12 +193,16 @@ impl Registry {
     pub fn tenant(&self, name: &str) -> Arc<TenantState> {
         let mut states = self.states.lock();
         let state = states.entry(name.to_string()).or_insert_with(|| {
-            let limits = self
+            let mut limits = self
                 .quotas
                 .tenants
                 .get(name)
                 .cloned()
                 .unwrap_or_else(|| self.quotas.default.clone());
+            limits
+                .max_connections
+                .get_or_insert(DEFAULT_MAX_CONNECTIONS);
+            limits.max_in_flight.get_or_insert(DEFAULT_MAX_IN_FLIGHT);
             Arc::new(TenantState::new(name, limits))
         });
         Arc::clone(state)

@@ -1312,8 +1312,50 @@ const IDLE_MINIMUM: usize = 5_000;
 fn ten_thousand_idle_connections_do_not_stop_a_normal_client() {
     let _heavy = fd_heavy();
     raise_fd_limit((IDLE_WANTED + FD_RESERVE) as u64);
-    idle_connections(&Daemon::start());
+    idle_connections(&Daemon::start_with(Some(CAPACITY)));
 }
+
+/// The embedded default's modules, with the connection quota of a tenant
+/// (1024 by default) raised: the cases that hold thousands of connections
+/// from this one process measure the daemon's capacity, not the quota,
+/// which `daemon/tests/hostile_tenants.rs` checks.
+const CAPACITY: &str = "apiVersion: mecha.io/v1alpha1
+kind: Configuration
+metadata: {name: m}
+spec:
+  quotas:
+    default: {maxConnections: 20000}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: statestore}
+spec: {type: state.redb, version: v1, metadata: []}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec: {type: pubsub.redb, version: v1, metadata: []}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: lockstore}
+spec: {type: lock.redb, version: v1, metadata: []}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: sequencer}
+spec: {type: sequencer.redb, version: v1, metadata: []}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: configstore}
+spec: {type: configuration.memory, version: v1, metadata: []}
+---
+apiVersion: mecha.io/v1alpha1
+kind: Component
+metadata: {name: invoke}
+spec: {type: invoke.mesh, version: v1, metadata: []}
+";
 
 /// Up to 10,000 connections held open and idle — half after HELLO (a
 /// long-lived client between requests), half before sending a byte. The
@@ -1547,7 +1589,7 @@ const SHORT_PARTIAL_MS: u64 = 600;
 /// `MECHA_PARTIAL_FRAME_TIMEOUT_MS` (the harness offers no other way to add
 /// an environment variable).
 fn start_with_short_partial_timeout() -> Daemon {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_with(Some(CAPACITY));
     let status = d.stop();
     assert!(status.success(), "mechad exited with {status}");
     let mut cmd = d.command();

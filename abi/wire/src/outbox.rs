@@ -303,6 +303,14 @@ impl<G: Send + 'static> Outbox<G> {
         Ok(())
     }
 
+    /// Shuts the socket down (see [`WriteHalf::shutdown`]): the writer then
+    /// fails, dropping what is queued with its guards, and the connection's
+    /// reader sees EOF. For a peer that must be cut off, such as one that
+    /// lets its queue grow past its budget.
+    pub fn shutdown(&self) {
+        self.shared.sock.shutdown();
+    }
+
     /// True once the socket failed; frames queued from now on are refused.
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().failed

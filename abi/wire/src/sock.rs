@@ -86,6 +86,16 @@ pub struct WriteHalf {
 }
 
 impl WriteHalf {
+    /// Shuts the socket down both ways: the peer sees the end, a pending
+    /// read returns EOF and the next write fails, so whoever uses either
+    /// half ends as on a broken connection.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         nix::sys::uio::writev(self.fd.get_ref(), bufs).map_err(io::Error::from)

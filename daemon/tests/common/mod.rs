@@ -228,24 +228,34 @@ impl Raw {
         Self { stream }
     }
 
+    /// Wraps a socket already connected (e.g. by [`connect_as`]).
+    pub fn from_stream(stream: UnixStream) -> Self {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        Self { stream }
+    }
+
     /// Connects and completes HELLO.
     pub fn hello(socket: &Path) -> (Self, HelloReply) {
         let mut raw = Self::connect(socket);
+        let (status, p) = raw.hello_status();
+        assert_eq!(status, Status::Ok, "hello failed: {}", error_message(&p));
+        (raw, mecha_abi::decode(&p).expect("hello reply decodes"))
+    }
+
+    /// Sends HELLO and returns the answer's status and payload (a refused
+    /// connection answers with request id 0, so the id is not checked).
+    pub fn hello_status(&mut self) -> (Status, Vec<u8>) {
         let body = mecha_abi::encode(&Hello {
             min_version: 1,
             max_version: 1,
             client: "raw-test".into(),
         })
         .expect("encode hello");
-        raw.send(Header::request(Opcode::HELLO, 1), &body);
-        let (h, p) = raw.recv().expect("hello answer");
-        assert_eq!(
-            Status::from_code(h.status),
-            Status::Ok,
-            "hello failed: {}",
-            error_message(&p)
-        );
-        (raw, mecha_abi::decode(&p).expect("hello reply decodes"))
+        self.send(Header::request(Opcode::HELLO, 1), &body);
+        let (h, p) = self.recv().expect("hello answer");
+        (Status::from_code(h.status), p)
     }
 
     /// Writes one frame.

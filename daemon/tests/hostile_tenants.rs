@@ -1,0 +1,323 @@
+//! The hostile-tenant suite for what mechad itself enforces: each test runs
+//! an attack of issue #16 as another uid (or another pod, or root in another
+//! container) against the real mechad, and checks that it gains nothing and
+//! that other tenants keep being served. The tests act as other users, so
+//! they must run as root (CI does).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{error_message, open_to_nobody, require_root, wait_until, Daemon, Raw, NOBODY};
+use mecha_abi::Status;
+use mecha_client::blocking::Client;
+use mecha_client::{RetryPolicy, SetOptions};
+
+/// A configuration document followed by one state component.
+fn with_state(spec: &str) -> String {
+    format!(
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: m}}\nspec:\n{spec}---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: statestore}}\nspec: {{type: state.redb, version: v1, metadata: []}}\n"
+    )
+}
+
+fn no_retries(mut c: Client) -> Client {
+    c.set_retries(RetryPolicy::disabled());
+    c
+}
+
+/// The state module's line of STATUS.
+fn state(d: &Daemon) -> mecha_abi::msg::ModuleStatus {
+    d.client()
+        .status()
+        .expect("status")
+        .modules
+        .into_iter()
+        .find(|m| m.name == "state")
+        .expect("a state module")
+}
+
+/// Item 1: crashes, whatever causes them, never leave a capability down
+/// until an admin acts. Killed over and over past its restart intensity,
+/// the state module backs off and then comes back by itself, serving every
+/// tenant again and keeping every acknowledged write.
+#[test]
+fn a_module_killed_over_and_over_comes_back_by_itself() {
+    require_root();
+    let d = Daemon::start_with(Some(&with_state(
+        "  maxRestarts: 1\n  restartWindowSecs: 60\n",
+    )));
+    open_to_nobody(&d);
+    let other = d.client_as(NOBODY);
+    other
+        .set("", "acked", b"kept".to_vec(), SetOptions::default())
+        .expect("a write before the crashes");
+    let mut pid = d.module_pid("state");
+    for _ in 0..4 {
+        common::signal(pid, libc::SIGKILL);
+        wait_until(Duration::from_secs(20), "a new state instance", || {
+            let m = state(&d);
+            m.state == "running" && m.pid != pid && m.pid != 0 && {
+                pid = m.pid;
+                true
+            }
+        });
+    }
+    // One more: the module backs off (about 8 s by now) instead of being
+    // marked failed, and comes back without `mechactl module restart`.
+    common::signal(pid, libc::SIGKILL);
+    wait_until(Duration::from_secs(10), "the module to back off", || {
+        state(&d).state == "backoff"
+    });
+    wait_until(
+        Duration::from_secs(40),
+        "the module to come back by itself",
+        || state(&d).state == "running",
+    );
+    let got = no_retries(d.client_as(NOBODY))
+        .get("", "acked")
+        .expect("served again")
+        .expect("the acknowledged write");
+    assert_eq!(got.value, b"kept");
+}
+
+/// Item 6: with the embedded default, another uid cannot read the daemon's
+/// `MECHA_SECRET_*` variables; the daemon's own uid still can.
+#[test]
+fn the_default_secret_store_serves_only_the_daemons_own_uid() {
+    require_root();
+    let mut d = Daemon::start_in(
+        tempfile::tempdir().expect("temp dir"),
+        None,
+        vec![("MECHA_SECRET_DB_PASSWORD".into(), "s3cret-root-only".into())],
+    );
+    open_to_nobody(&d);
+    let root = d.client();
+    assert_eq!(
+        root.get_secret("", "DB_PASSWORD").expect("root reads")[0].1,
+        "s3cret-root-only"
+    );
+    let err = no_retries(d.client_as(NOBODY))
+        .get_secret("", "DB_PASSWORD")
+        .expect_err("nobody must not read root's secret");
+    assert_eq!(err.status(), Some(Status::PermissionDenied), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(d.stop().success());
+}
+
+/// Item 10 (environment): modules see neither the operator's variables nor
+/// secrets meant for another module; the secrets module sees only the
+/// prefix its store names.
+#[test]
+fn modules_do_not_inherit_the_daemons_environment() {
+    require_root();
+    let d = Daemon::start_in(
+        tempfile::tempdir().expect("temp dir"),
+        None,
+        vec![
+            ("OPERATOR_CLOUD_TOKEN".into(), "leak-me-not".into()),
+            ("MECHA_SECRET_TOKEN".into(), "for-the-secrets-module".into()),
+        ],
+    );
+    let environ = |module: &str| {
+        let pid = d.module_pid(module);
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+        String::from_utf8_lossy(&raw).replace('\0', "\n")
+    };
+    for module in ["state", "pubsub", "lock", "sequencer", "config", "invoke"] {
+        let env = environ(module);
+        assert!(!env.contains("OPERATOR_CLOUD_TOKEN"), "{module}: {env}");
+        assert!(!env.contains("MECHA_SECRET_TOKEN"), "{module}: {env}");
+        assert!(env.contains("MECHA_MODULE="), "{module}: {env}");
+    }
+    let secrets = environ("secrets");
+    assert!(secrets.contains("MECHA_SECRET_TOKEN=for-the-secrets-module"));
+    assert!(!secrets.contains("OPERATOR_CLOUD_TOKEN"), "{secrets}");
+}
+
+/// Item 11: root in another container (without a user namespace it is
+/// uid 0 too, but in a mount namespace of its own) is not an admin; the
+/// configuration's `admins` list is.
+#[test]
+fn root_in_another_container_is_not_an_admin_but_listed_admins_are() {
+    require_root();
+    let d = Daemon::start_with(Some(&with_state(&format!(
+        "  tenants:\n  - name: ops\n    uids: [{NOBODY}]\n  admins:\n    tenants: [ops]\n"
+    ))));
+    open_to_nobody(&d);
+    let pid = d.module_pid("state");
+    // `unshare --mount` runs mechactl as root in a new mount namespace: what
+    // a container without user namespaces looks like to the daemon.
+    let out = Command::new("unshare")
+        .arg("--mount")
+        .arg(common::bin_dir().join("mechactl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["module", "restart", "state"])
+        .output()
+        .expect("running unshare");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PERMISSION_DENIED") || stderr.contains("admin"),
+        "{stderr}"
+    );
+    assert_eq!(d.module_pid("state"), pid, "the module was not restarted");
+    // Root in the daemon's own mount namespace is an admin by default, and
+    // so is the tenant the configuration lists.
+    let out = d.mechactl(&["module", "restart", "state"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = common::mechactl_as_nobody(&d, &["module", "restart", "state"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Item 11 (upgrade): an admin cannot be tricked into running a binary that
+/// any user could have replaced.
+#[test]
+fn an_upgrade_binary_writable_by_others_is_refused() {
+    require_root();
+    let d = Daemon::start_with(Some(&with_state("")));
+    let copy = d.dir.path().join("mecha-mod-state-writable");
+    std::fs::copy(common::bin_dir().join("mecha-mod-state"), &copy).expect("copy");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let pid = d.module_pid("state");
+    let out = d.mechactl(&[
+        "module",
+        "upgrade",
+        "state",
+        "--binary",
+        copy.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("writable by its group or others"),
+        "{stderr}"
+    );
+    assert_eq!(d.module_pid("state"), pid);
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = d.mechactl(&[
+        "module",
+        "upgrade",
+        "state",
+        "--binary",
+        copy.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Item 8 (connections): a tenant at its default connection quota (1024) is
+/// refused more, naming the quota; another tenant connects as before.
+#[test]
+fn a_tenant_at_its_connection_quota_does_not_lock_out_others() {
+    require_root();
+    let d = Daemon::start_with(Some(&with_state("")));
+    open_to_nobody(&d);
+    raise_fd_limit(4096);
+    let mut held = Vec::new();
+    let refused = loop {
+        let stream = common::connect_as(&d.socket, NOBODY, NOBODY).expect("connect");
+        let mut raw = Raw::from_stream(stream);
+        let (status, body) = raw.hello_status();
+        if status != Status::Ok {
+            break (status, error_message(&body), held.len());
+        }
+        held.push(raw);
+        assert!(held.len() <= 1024, "more than 1024 connections accepted");
+    };
+    assert_eq!(refused.0, Status::ResourceExhausted, "{}", refused.1);
+    assert!(refused.1.contains("maxConnections"), "{}", refused.1);
+    assert_eq!(refused.2, 1024);
+    // Root is another tenant with its own quota.
+    d.client()
+        .set("", "k", b"v".to_vec(), SetOptions::default())
+        .expect("another tenant is served");
+}
+
+/// Raises this process's descriptor limit to at least `n` when the hard
+/// limit allows.
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A v1 cgroup hierarchy this machine lets the test create cgroups in.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/pids";
+
+/// Runs mechactl `args` as root in the cgroup `path` (relative to
+/// [`CGROUP_ROOT`], created if need be): a process placed where the kubelet
+/// puts a pod's containers, or anywhere else.
+fn mechactl_in_cgroup(d: &Daemon, path: &str, args: &[&str]) -> std::process::Output {
+    let dir = Path::new(CGROUP_ROOT).join(path);
+    std::fs::create_dir_all(&dir).expect("creating the cgroup");
+    let mechactl = common::bin_dir().join("mechactl");
+    Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && m=\"$1\" && s=\"$2\" && shift 2 && exec \"$m\" --socket \"$s\" \"$@\"")
+        .arg(&dir)
+        .arg(&mechactl)
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .expect("running mechactl in a cgroup")
+}
+
+/// Item 7 and the DaemonSet's pod tenancy: two processes of the same uid in
+/// two pods' cgroups (shaped as the kubelet makes them) are two tenants and
+/// see nothing of each other; a process in a delegated subtree that mimics a
+/// pod's path (`…/deleg-bob/kubepods/besteffort/pod<uid>`) is not that pod.
+#[test]
+fn pods_sharing_a_uid_are_apart_and_a_forged_pod_path_claims_nothing() {
+    require_root();
+    if !Path::new(CGROUP_ROOT).join("cgroup.procs").exists() {
+        panic!("{CGROUP_ROOT} is not a cgroup v1 hierarchy this test can create pods in");
+    }
+    let d = Daemon::start_with(Some(&with_state("")));
+    let pod_a = "0f7e3a52-4b1c-4d2e-9a8b-0000000000aa";
+    let pod_b = "0f7e3a52-4b1c-4d2e-9a8b-0000000000bb";
+    let cg_a = format!("kubepods/besteffort/pod{pod_a}");
+    let cg_b = format!("kubepods/besteffort/pod{pod_b}");
+    let forged = format!("deleg-bob/kubepods/besteffort/pod{pod_a}");
+    let out = mechactl_in_cgroup(&d, &cg_a, &["state", "set", "secret-of-a", "only-a"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = mechactl_in_cgroup(&d, &cg_a, &["state", "get", "secret-of-a"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("only-a"),
+        "{out:?}"
+    );
+    for (cgroup, who) in [(&cg_b, "another pod"), (&forged, "a forged pod path")] {
+        let out = mechactl_in_cgroup(&d, cgroup, &["state", "get", "secret-of-a"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("only-a"),
+            "{who} read pod A's key: {out:?}"
+        );
+    }
+    // The daemon named the tenants after the pods.
+    let out = mechactl_in_cgroup(&d, &cg_b, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("pod:{pod_b}")), "{text}");
+    for path in [&cg_a, &cg_b, &forged] {
+        remove_cgroup(path);
+    }
+}
+
+/// Removes a test cgroup and its parents up to the first one still in use.
+fn remove_cgroup(path: &str) {
+    let mut dir = Path::new(CGROUP_ROOT).join(path);
+    while dir != Path::new(CGROUP_ROOT) && std::fs::remove_dir(&dir).is_ok() {
+        if !dir.pop() {
+            break;
+        }
+    }
+}
