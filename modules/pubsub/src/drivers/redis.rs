@@ -28,11 +28,12 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::time::Instant;
 
-use crate::drivers::remote::{
-    decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
-    RemoteStore, DEFAULT_GROUP_NAME,
-};
-use crate::drivers::{BoxFuture, Message, PubsubError};
+use futures_util::future::BoxFuture;
+
+use crate::error::PubsubError;
+use crate::message::Message;
+use crate::request::DEFAULT_GROUP;
+use crate::server_delivery::{Backend, BoxFetcher, Fetched, Fetcher, ServerSettings, ServerStore};
 
 /// The metadata fields `pubsub.redis` understands (Dapr's names, plus
 /// mecha's `ackDeadlineMs`).
@@ -68,7 +69,7 @@ const NACK_IDLE_MS: u64 = 1 << 32;
 
 /// Opens a `pubsub.redis` store; it connects lazily, so the module starts
 /// while Redis is down.
-pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubError> {
+pub fn open(spec: &ComponentSpec) -> Result<ServerStore<RedisBackend>, PubsubError> {
     let md = Metadata::parse(spec, &KNOWN_FIELDS)?;
     let host = md.required("redisHost")?;
     let (name, port) = match host.rsplit_once(':') {
@@ -118,7 +119,7 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         (!processing.is_zero() && !redeliver.is_zero()).then_some((processing, redeliver));
     let consumer = match md.str("consumerID")? {
         Some(id) => id.to_owned(),
-        None => format!("mecha-{}", crate::envelope::IdSource::new().next_id()),
+        None => format!("mecha-{}", crate::message::id::IdSource::new().next_id()),
     };
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -127,11 +128,11 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         .set_max_delay(Duration::from_secs(2));
     let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
         .map_err(|e| md.error(format!("setting up the Redis connection failed: {e}")))?;
-    let settings = RemoteSettings::from_metadata(
+    let settings = ServerSettings::from_metadata(
         spec,
         &md,
         reclaim.map(|(processing, _)| processing),
-        DEFAULT_GROUP_NAME.to_owned(),
+        DEFAULT_GROUP.to_owned(),
     )?;
     let backend = RedisBackend {
         shared: Arc::new(Shared {
@@ -149,7 +150,7 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
             nacks: AtomicU64::new(0),
         }),
     };
-    Ok(RemoteStore::new(settings, backend))
+    Ok(ServerStore::new(settings, backend))
 }
 
 /// The Redis side of a `pubsub.redis` store.
@@ -236,7 +237,7 @@ impl Backend for RedisBackend {
         message: &'a Message,
     ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         Box::pin(async move {
-            let body = encode_message(message)?;
+            let body = message.encode()?;
             let mut cmd = redis::cmd("XADD");
             cmd.arg(key(tenant, topic));
             if let Some(n) = self.shared.max_len {
@@ -447,7 +448,7 @@ impl RedisFetcher {
                 .ok_or_else(|| {
                     PubsubError::Internal(format!("entry {} has no message", entry.id))
                 })?;
-            Ok((offset, decode_message(&bytes)?))
+            Ok((offset, Message::decode(&bytes)?))
         });
         match decoded {
             Ok((offset, message)) => Some(Fetched {
