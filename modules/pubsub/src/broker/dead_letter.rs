@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use mecha_abi::msg::AckItem;
 
-use super::core::Core;
+use super::engine::Engine;
 use super::group::EntryState;
 use super::topic::Topic;
 
@@ -19,7 +19,7 @@ pub const DEAD_LETTER_METADATA: [&str; 4] = [
     "deadletter.deliveries",
 ];
 
-impl Core {
+impl Engine {
     /// Moves `offset` of `group` to the dead-letter topic, then acknowledges
     /// it. A crash in between leaves it unacknowledged, so it may reach the
     /// dead-letter topic twice, but is never lost.

@@ -9,12 +9,12 @@
 //!
 //! By concern: `settings` (metadata), `log` (the driver trait the broker
 //! stores through), `topic` and `group` (in-memory state and its
-//! bookkeeping), `core` (loading, appending under retention, group
+//! bookkeeping), `engine` (loading, appending under retention, group
 //! creation, acks), `dead_letter`, `reaper` (ack deadlines) and
 //! `subscriber` (hand-outs to one member).
 
-mod core;
 mod dead_letter;
+mod engine;
 mod group;
 pub mod log;
 mod reaper;
@@ -28,8 +28,8 @@ use std::time::SystemTime;
 
 use mecha_abi::msg::{AckReply, AckRequest, PublishReply, PublishRequest, SubscribeRequest};
 
-use self::core::Core;
 pub use self::dead_letter::DEAD_LETTER_METADATA;
+use self::engine::Engine;
 use self::group::SubscriberState;
 pub use self::group::WINDOW;
 pub use self::log::{GroupChange, GroupRecord, PubsubLog, TopicRecord};
@@ -41,7 +41,7 @@ use crate::request::{self, check_name, DEFAULT_GROUP};
 
 /// One pubsub component: a driver's log and the delivery state on top.
 pub struct Broker {
-    inner: Arc<Core>,
+    inner: Arc<Engine>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -56,7 +56,7 @@ impl Broker {
     /// A broker over `log` with `settings`.
     pub fn new(settings: Settings, log: Box<dyn PubsubLog>) -> Self {
         Self {
-            inner: Arc::new(Core::new(settings, log)),
+            inner: Arc::new(Engine::new(settings, log)),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::core::Core;
+use super::engine::Engine;
 use super::group::Followup;
 use super::topic::Topic;
 
@@ -16,7 +16,7 @@ use super::topic::Topic;
 /// safety net only, as every new earlier deadline wakes it.
 const REAPER_IDLE: Duration = Duration::from_secs(1);
 
-impl Core {
+impl Engine {
     /// Starts the task that redelivers messages whose ack deadline passed.
     pub(super) fn start_reaper(self: &Arc<Self>) {
         if self.reaper_started.swap(true, Ordering::AcqRel) {
@@ -93,7 +93,7 @@ impl Core {
 /// The reaper: fails deliveries whose ack deadline passed, so they are
 /// delivered again. It runs while the broker exists, sleeping until the
 /// earliest deadline (or until told of an earlier one).
-async fn reap(weak: Weak<Core>, timer: Arc<Notify>) {
+async fn reap(weak: Weak<Engine>, timer: Arc<Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else {
             return;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mecha_abi::msg::Delivery;
 use tokio::time::Instant;
 
-use super::core::Core;
+use super::engine::Engine;
 use super::group::{Entry, EntryState, Followup, Group, WINDOW};
 use super::topic::Topic;
 use crate::error::PubsubError;
@@ -22,7 +22,7 @@ use crate::message::{DeliveryTo, Message};
 ///
 /// [`next`]: Subscriber::next
 pub struct Subscriber {
-    inner: Arc<Core>,
+    inner: Arc<Engine>,
     topic: Arc<Topic>,
     group: String,
     id: u64,
@@ -52,7 +52,7 @@ enum Pick {
 impl Subscriber {
     /// Member `id` of `group`, already registered in the group's state.
     pub(super) fn new(
-        inner: Arc<Core>,
+        inner: Arc<Engine>,
         topic: Arc<Topic>,
         group: String,
         id: u64,

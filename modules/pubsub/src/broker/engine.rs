@@ -21,7 +21,7 @@ use crate::message::Message;
 
 /// What every part of one broker shares: its settings and log, the topics
 /// it has touched, the reaper's timer, and the id sources.
-pub(super) struct Core {
+pub(super) struct Engine {
     pub(super) settings: Settings,
     pub(super) log: Box<dyn PubsubLog>,
     /// Every topic touched since the broker started, by (tenant, topic).
@@ -41,7 +41,7 @@ pub(super) struct Core {
     pub(super) ids: IdSource,
 }
 
-impl Core {
+impl Engine {
     /// The shared state of a broker over `log` with `settings`.
     pub(super) fn new(settings: Settings, log: Box<dyn PubsubLog>) -> Self {
         Self {
