@@ -12,7 +12,10 @@
 
 pub mod broker;
 pub mod drivers;
-pub mod envelope;
+pub mod error;
+pub mod message;
+pub mod request;
+pub mod server_delivery;
 pub mod store;
 
 use std::path::Path;
@@ -20,7 +23,7 @@ use std::path::Path;
 use mecha_abi::msg::{AckRequest, PublishRequest, SubscribeReply, SubscribeRequest};
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
 
-use drivers::PubsubError;
+use error::PubsubError;
 use store::{Store, Subscription};
 
 /// The pubsub module: one or more named stores, the first being the default.

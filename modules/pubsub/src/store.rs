@@ -10,17 +10,17 @@ use mecha_abi::msg::{
 use crate::broker::{Broker, Subscriber};
 use crate::drivers::jetstream::JetstreamBackend;
 use crate::drivers::redis::RedisBackend;
-use crate::drivers::remote::{Member, RemoteStore};
-use crate::drivers::PubsubError;
+use crate::error::PubsubError;
+use crate::server_delivery::{Member, ServerStore};
 
 /// A pubsub store.
 pub enum Store {
     /// An embedded log under the module's broker.
     Embedded(Broker),
     /// Redis Streams.
-    Redis(RemoteStore<RedisBackend>),
+    Redis(ServerStore<RedisBackend>),
     /// NATS JetStream.
-    Jetstream(RemoteStore<JetstreamBackend>),
+    Jetstream(ServerStore<JetstreamBackend>),
 }
 
 /// A member of a consumer group: a subscription's source of deliveries.

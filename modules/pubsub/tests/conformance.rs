@@ -11,7 +11,8 @@ use mecha_abi::msg::{
     AckItem, AckRequest, ComponentSpec, Delivery, PublishReply, PublishRequest, SubscribeRequest,
 };
 use mecha_mod_pubsub::broker::{Broker, Subscriber};
-use mecha_mod_pubsub::drivers::{self, PubsubError};
+use mecha_mod_pubsub::drivers;
+use mecha_mod_pubsub::error::PubsubError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 

@@ -22,11 +22,12 @@ use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::Origin;
 
-use crate::drivers::remote::{
-    decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
-    RemoteStore, DEFAULT_GROUP_NAME,
-};
-use crate::drivers::{BoxFuture, Message, PubsubError};
+use futures_util::future::BoxFuture;
+
+use crate::error::PubsubError;
+use crate::message::Message;
+use crate::request::DEFAULT_GROUP;
+use crate::server_delivery::{Backend, BoxFetcher, Fetched, Fetcher, ServerSettings, ServerStore};
 
 /// The metadata fields `pubsub.jetstream` understands (Dapr's names, plus
 /// mecha's `ackDeadlineMs`).
@@ -52,7 +53,7 @@ const PULL_WAIT: Duration = Duration::from_millis(500);
 /// Opens a `pubsub.jetstream` store. The connection is made in the
 /// background and remade after the server goes away, so the module starts
 /// while NATS is down.
-pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, PubsubError> {
+pub fn open(spec: &ComponentSpec) -> Result<ServerStore<JetstreamBackend>, PubsubError> {
     let md = Metadata::parse(spec, &KNOWN_FIELDS)?;
     let url = md.required("natsURL")?;
     for server in url.split(',') {
@@ -106,7 +107,7 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
     };
     let default_group = md
         .str("queueGroupName")?
-        .unwrap_or(DEFAULT_GROUP_NAME)
+        .unwrap_or(DEFAULT_GROUP)
         .to_owned();
     let options = async_nats::ConnectOptions::new()
         .name(md.str("name")?.unwrap_or("mecha-pubsub"))
@@ -128,7 +129,7 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
             Err(e) => tracing::error!(store = %component, error = %e, "setting up NATS failed"),
         }
     });
-    let settings = RemoteSettings::from_metadata(spec, &md, Some(ack_wait), default_group)?;
+    let settings = ServerSettings::from_metadata(spec, &md, Some(ack_wait), default_group)?;
     let backend = JetstreamBackend {
         origin: Origin {
             component: spec.name.clone(),
@@ -142,7 +143,7 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<JetstreamBackend>, Pubsu
         max_deliver,
         deliver_policy,
     };
-    Ok(RemoteStore::new(settings, backend))
+    Ok(ServerStore::new(settings, backend))
 }
 
 /// A connection to NATS and its JetStream context.
@@ -269,7 +270,7 @@ impl Backend for JetstreamBackend {
     ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         Box::pin(async move {
             let js = self.connected("publishing").await?;
-            let body = Bytes::from(encode_message(message)?);
+            let body = Bytes::from(message.encode()?);
             let subject = self.subject(tenant, topic);
             let mut created = false;
             loop {
@@ -401,7 +402,7 @@ impl Fetcher<Handle> for JetstreamFetcher {
                 let Ok(info) = message.info() else { continue };
                 let (offset, attempt) = (info.stream_sequence, info.delivered);
                 let (message, acker) = message.split();
-                match decode_message(&message.payload) {
+                match Message::decode(&message.payload) {
                     Ok(decoded) => out.push(Fetched {
                         offset,
                         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),

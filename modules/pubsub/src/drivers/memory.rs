@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{BoxFuture, GroupChange, Message, PubsubError, PubsubLog, TopicRecord};
+use futures_util::future::BoxFuture;
+
+use crate::broker::log::{GroupChange, PubsubLog, TopicRecord};
+use crate::error::PubsubError;
+use crate::message::Message;
 
 /// One topic's log.
 #[derive(Debug)]

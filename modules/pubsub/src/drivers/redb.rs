@@ -9,13 +9,17 @@ use std::sync::Arc;
 use mecha_module::embedded::{blocking, SharedDb};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{BoxFuture, GroupChange, GroupRecord, Message, PubsubError, PubsubLog, TopicRecord};
+use futures_util::future::BoxFuture;
+
+use crate::broker::log::{GroupChange, GroupRecord, PubsubLog, TopicRecord};
+use crate::error::PubsubError;
+use crate::message::Message;
 
 /// The key of the `messages` table: (tenant, topic, offset).
 type MessageKey = (&'static str, &'static str, u64);
 
-/// The messages of every topic, by offset. The value is [`FORMAT`] followed
-/// by the message in the ABI's pinned encoding.
+/// The messages of every topic, by offset. The value is the message's
+/// stored form ([`Message::encode`]).
 const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messages");
 
 /// Per (tenant, topic): the offset the next message takes. It is written in
@@ -41,10 +45,6 @@ const ACKS: TableDefinition<OffsetKey, ()> = TableDefinition::new("acks");
 /// Failed deliveries so far of a group's unacknowledged offsets, so that
 /// dead-lettering counts them across restarts.
 const FAILURES: TableDefinition<OffsetKey, u32> = TableDefinition::new("failures");
-
-/// The storage format of a `messages` value; a different first byte is
-/// refused rather than misread.
-const FORMAT: u8 = 1;
 
 /// The metadata fields this driver understands beyond the broker's.
 pub const KNOWN_FIELDS: [&str; 1] = ["path"];
@@ -101,30 +101,6 @@ fn prepare(db: &Database) -> Result<(), PubsubError> {
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> PubsubError {
     move |e| PubsubError::Internal(format!("redb: cannot {operation}: {e}"))
-}
-
-/// Encodes a message for the `messages` table.
-fn encode(message: &Message) -> Result<Vec<u8>, PubsubError> {
-    let body = mecha_abi::encode(message)
-        .map_err(|e| PubsubError::Internal(format!("encoding a message for storage: {e}")))?;
-    let mut stored = Vec::with_capacity(body.len() + 1);
-    stored.push(FORMAT);
-    stored.extend_from_slice(&body);
-    Ok(stored)
-}
-
-/// Decodes a `messages` value.
-fn decode(stored: &[u8]) -> Result<Message, PubsubError> {
-    match stored.split_first() {
-        Some((&FORMAT, body)) => mecha_abi::decode(body)
-            .map_err(|e| PubsubError::Internal(format!("a stored message is corrupt: {e}"))),
-        Some((other, _)) => Err(PubsubError::Internal(format!(
-            "a stored message has format {other}, this module reads format {FORMAT}"
-        ))),
-        None => Err(PubsubError::Internal(
-            "a stored message is empty".to_owned(),
-        )),
-    }
 }
 
 /// Reads what is stored of a topic.
@@ -266,7 +242,9 @@ fn read(
     let found = messages
         .get((tenant, topic, offset))
         .map_err(redb_error("read a message"))?;
-    found.map(|guard| decode(guard.value())).transpose()
+    found
+        .map(|guard| Message::decode(guard.value()))
+        .transpose()
 }
 
 /// Merges a group change (see [`GroupChange`]), committed durably.
@@ -357,7 +335,7 @@ impl PubsubLog for RedbLog {
         Box::pin(async move {
             let db = self.db.db().await?;
             blocking(move || {
-                let stored = encode(&message)?;
+                let stored = message.encode()?;
                 append(&db, &tenant, &topic, offset, &stored, trim_below)
             })
             .await
@@ -510,9 +488,15 @@ mod tests {
 
     #[test]
     fn a_stored_message_in_an_unknown_format_is_refused() {
-        assert!(matches!(decode(&[9, 1, 2]), Err(PubsubError::Internal(_))));
-        assert!(matches!(decode(&[]), Err(PubsubError::Internal(_))));
-        let stored = encode(&message(b"x")).expect("encode");
-        assert_eq!(decode(&stored).expect("decode"), *message(b"x"));
+        assert!(matches!(
+            Message::decode(&[9, 1, 2]),
+            Err(PubsubError::Internal(_))
+        ));
+        assert!(matches!(
+            Message::decode(&[]),
+            Err(PubsubError::Internal(_))
+        ));
+        let stored = message(b"x").encode().expect("encode");
+        assert_eq!(Message::decode(&stored).expect("decode"), *message(b"x"));
     }
 }

@@ -14,40 +14,43 @@
 //!
 //! Offsets are Redis entry ids `ms-seq` packed as `ms << 20 | seq`: they
 //! increase in publish order but are not consecutive.
+//!
+//! Connections come from the SDK's shared Redis layer
+//! (`mecha_module::remote::redis`), so the connection fields (`redisHost`,
+//! `redisType`, `dialTimeout`, `readTimeout`, retries, …) mean what they mean
+//! for every other Redis driver, and failures are classified the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::metadata::Metadata;
-use mecha_module::remote::redis::is_outage;
-use mecha_module::remote::Origin;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
+use mecha_module::metadata::{Metadata, MetadataError};
+use mecha_module::remote::redis::client::streams::{
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+};
+use mecha_module::remote::redis::client::{self as redis, RedisError};
+use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::remote::{duration, RemoteError};
 use tokio::time::Instant;
 
-use crate::drivers::remote::{
-    decode_message, encode_message, Backend, BoxFetcher, Fetched, Fetcher, RemoteSettings,
-    RemoteStore, DEFAULT_GROUP_NAME,
-};
-use crate::drivers::{BoxFuture, Message, PubsubError};
+use crate::error::PubsubError;
+use crate::message::id::IdSource;
+use crate::message::Message;
+use crate::request::DEFAULT_GROUP;
+use crate::server_delivery::{Backend, BoxFetcher, Fetched, Fetcher, ServerSettings, ServerStore};
 
-/// The metadata fields `pubsub.redis` understands (Dapr's names, plus
-/// mecha's `ackDeadlineMs`).
-pub const KNOWN_FIELDS: [&str; 12] = [
-    "redisHost",
-    "redisPassword",
-    "redisUsername",
-    "redisDB",
+/// The metadata fields `pubsub.redis` understands beyond the Redis fields
+/// every Redis driver shares ([`FIELDS`]): Dapr's Redis Streams fields, plus
+/// mecha's `ackDeadlineMs`.
+pub const OWN_FIELDS: [&str; 7] = [
     "consumerID",
     "processingTimeout",
     "redeliverInterval",
     "queueDepth",
     "concurrency",
     "maxLenApprox",
-    "enableTLS",
     "ackDeadlineMs",
 ];
 
@@ -58,7 +61,9 @@ const FIELD: &str = "m";
 const SEQ_BITS: u32 = 20;
 
 /// How long one XREADGROUP waits for new messages; a member looks at its
-/// deadlines, nacks and cancellation between two reads.
+/// deadlines, nacks and cancellation between two reads. Shortened to half
+/// the component's `readTimeout`/`writeTimeout` when those are shorter, so
+/// a blocked read is answered before the connection gives up on it.
 const BLOCK: Duration = Duration::from_millis(500);
 
 /// The idle time a nacked entry is given: longer than any ack deadline
@@ -66,48 +71,26 @@ const BLOCK: Duration = Duration::from_millis(500);
 /// any member takes it.
 const NACK_IDLE_MS: u64 = 1 << 32;
 
-/// Opens a `pubsub.redis` store; it connects lazily, so the module starts
-/// while Redis is down.
-pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubError> {
-    let md = Metadata::parse(spec, &KNOWN_FIELDS)?;
-    let host = md.required("redisHost")?;
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) => {
-            let port = port.parse::<u16>().map_err(|_| {
-                md.error(format!(
-                    "metadata field \"redisHost\" must be host:port, not {host:?}"
-                ))
-            })?;
-            (name.to_owned(), port)
-        }
-        None => (host.to_owned(), 6379),
-    };
-    if md.bool("enableTLS")? == Some(true) {
-        return Err(md
-            .error("metadata field \"enableTLS\": TLS to Redis is not built into this module")
-            .into());
-    }
-    let mut redis = redis::RedisConnectionInfo::default()
-        .set_db(md.whole("redisDB", 0..=i64::MAX as u64)?.unwrap_or(0) as i64);
-    if let Some(user) = md.str("redisUsername")? {
-        redis = redis.set_username(user);
-    }
-    if let Some(password) = md.get("redisPassword").filter(|p| !p.is_empty()) {
-        redis = redis.set_password(password);
-    }
-    let info = ConnectionAddr::Tcp(name, port)
-        .into_connection_info()
-        .map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?
-        .set_redis_settings(redis);
-    let client =
-        Client::open(info).map_err(|e| md.error(format!("metadata field \"redisHost\": {e}")))?;
+/// The metadata fields of a `pubsub.redis` component.
+fn known_fields() -> Vec<&'static str> {
+    [&FIELDS[..], &OWN_FIELDS].concat()
+}
+
+/// Opens a `pubsub.redis` store through the SDK's shared Redis layer, which
+/// reads the connection fields (`redisHost`, `redisType`, `dialTimeout`, …)
+/// exactly as every other Redis driver does; it connects lazily, so the
+/// module starts while Redis is down.
+pub fn open(spec: &ComponentSpec) -> Result<ServerStore<RedisBackend>, PubsubError> {
+    let md = Metadata::parse(spec, &known_fields())?;
+    let redis = Redis::from_metadata(&spec.kind, &md)?;
     let processing = md
         .duration("processingTimeout", Duration::from_millis(1))?
         .unwrap_or(Duration::from_secs(60));
     let redeliver = md
         .duration("redeliverInterval", Duration::from_millis(1))?
         .unwrap_or(Duration::from_secs(15));
-    let queue_depth = md.whole("queueDepth", 1..=100_000)?.unwrap_or(100) as usize;
+    let queue_depth = md.whole("queueDepth", 1..=100_000)?.unwrap_or(100);
+    let queue_depth = usize::try_from(queue_depth).unwrap_or(100);
     // Dapr's `concurrency` bounds its own handler pool; here each
     // subscriber's `max_in_flight` does that, so the value is checked only.
     md.whole("concurrency", 1..=u64::MAX)?;
@@ -118,38 +101,39 @@ pub fn open(spec: &ComponentSpec) -> Result<RemoteStore<RedisBackend>, PubsubErr
         (!processing.is_zero() && !redeliver.is_zero()).then_some((processing, redeliver));
     let consumer = match md.str("consumerID")? {
         Some(id) => id.to_owned(),
-        None => format!("mecha-{}", crate::envelope::IdSource::new().next_id()),
+        None => format!("mecha-{}", IdSource::new().next_id()),
     };
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
-    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|e| md.error(format!("setting up the Redis connection failed: {e}")))?;
-    let settings = RemoteSettings::from_metadata(
+    let block = block_time(&md)?;
+    let settings = ServerSettings::from_metadata(
         spec,
         &md,
         reclaim.map(|(processing, _)| processing),
-        DEFAULT_GROUP_NAME.to_owned(),
+        DEFAULT_GROUP.to_owned(),
     )?;
     let backend = RedisBackend {
         shared: Arc::new(Shared {
-            origin: Origin {
-                component: spec.name.clone(),
-                kind: spec.kind.clone(),
-                server: host.to_owned(),
-            },
-            client,
-            manager,
+            spec: spec.clone(),
+            redis,
             consumer,
             reclaim,
             queue_depth,
             max_len,
+            block,
             nacks: AtomicU64::new(0),
         }),
     };
-    Ok(RemoteStore::new(settings, backend))
+    Ok(ServerStore::new(settings, backend))
+}
+
+/// How long one XREADGROUP blocks: [`BLOCK`], or half the component's I/O
+/// timeout when that is shorter (at least a millisecond, as 0 would mean
+/// "forever" to Redis).
+fn block_time(md: &Metadata<'_>) -> Result<Duration, MetadataError> {
+    let io = duration(md, "readTimeout")?.max(duration(md, "writeTimeout")?);
+    Ok(match io {
+        Some(io) if !io.is_zero() => BLOCK.min(io / 2).max(Duration::from_millis(1)),
+        _ => BLOCK,
+    })
 }
 
 /// The Redis side of a `pubsub.redis` store.
@@ -158,46 +142,56 @@ pub struct RedisBackend {
 }
 
 struct Shared {
-    origin: Origin,
-    client: Client,
+    /// The component, kept to open each member's own connection through
+    /// the shared Redis layer with the same settings.
+    spec: ComponentSpec,
     /// The shared, reconnecting connection for everything but blocking reads.
-    manager: ConnectionManager,
+    redis: Redis,
     /// This instance's consumer name in every group.
     consumer: String,
     /// (processingTimeout, redeliverInterval), or `None` when off.
     reclaim: Option<(Duration, Duration)>,
     queue_depth: usize,
     max_len: Option<u64>,
+    /// How long one XREADGROUP blocks.
+    block: Duration,
     /// Counts nacks, so members know to claim nacked entries now.
     nacks: AtomicU64,
 }
 
+/// Whether Redis answered that the stream or the group does not exist.
+fn no_group(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
 impl Shared {
-    /// The error for a failed Redis command: UNAVAILABLE when Redis cannot be
-    /// reached, else INTERNAL.
-    fn error(&self, what: &str, e: &RedisError) -> PubsubError {
-        let message = format_args!("{what}: {e}");
-        if is_outage(e) {
-            self.origin.unavailable(message).into()
-        } else {
-            self.origin.failed(message).into()
-        }
+    async fn create_group(&self, key: &str, group: &str) -> Result<(), PubsubError> {
+        self.redis
+            .run(|mut conn| async move {
+                let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                match created {
+                    // The group exists already: nothing to do.
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
+            })
+            .await?;
+        Ok(())
     }
 
-    async fn create_group(&self, key: &str, group: &str) -> Result<(), PubsubError> {
-        let mut conn = self.manager.clone();
-        let created: Result<(), RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(key)
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(self.error("creating a group", &e)),
-            _ => Ok(()),
-        }
+    /// A connection of its own for one member's blocking reads, prepared
+    /// (not connected) by the shared Redis layer from the component's
+    /// metadata, so it has the component's timeouts and retries.
+    fn reader(&self) -> Result<Redis, PubsubError> {
+        let md = Metadata::parse(&self.spec, &known_fields())?;
+        Ok(Redis::from_metadata(&self.spec.kind, &md)?)
     }
 }
 
@@ -236,18 +230,18 @@ impl Backend for RedisBackend {
         message: &'a Message,
     ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         Box::pin(async move {
-            let body = encode_message(message)?;
+            let body = message.encode()?;
             let mut cmd = redis::cmd("XADD");
             cmd.arg(key(tenant, topic));
             if let Some(n) = self.shared.max_len {
                 cmd.arg("MAXLEN").arg("~").arg(n);
             }
             cmd.arg("*").arg(FIELD).arg(body);
-            let mut conn = self.shared.manager.clone();
-            let id: String = cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.shared.error("publishing", &e))?;
+            let id: String = self
+                .shared
+                .redis
+                .run(|mut conn| async move { cmd.query_async(&mut conn).await })
+                .await?;
             offset_of(&id)
         })
     }
@@ -282,14 +276,13 @@ impl Backend for RedisBackend {
         _handle: Option<&'a ()>,
     ) -> BoxFuture<'a, Result<bool, PubsubError>> {
         Box::pin(async move {
-            let mut conn = self.shared.manager.clone();
-            let n: i64 = redis::cmd("XACK")
-                .arg(key(tenant, topic))
-                .arg(group)
-                .arg(id_of(offset))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.shared.error("acknowledging", &e))?;
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg(key(tenant, topic)).arg(group).arg(id_of(offset));
+            let n: i64 = self
+                .shared
+                .redis
+                .run(|mut conn| async move { cmd.query_async(&mut conn).await })
+                .await?;
             Ok(n > 0)
         })
     }
@@ -303,23 +296,31 @@ impl Backend for RedisBackend {
         _handle: &'a (),
     ) -> BoxFuture<'a, Result<(), PubsubError>> {
         Box::pin(async move {
-            let mut conn = self.shared.manager.clone();
-            let _: redis::Value = redis::cmd("XCLAIM")
-                .arg(key(tenant, topic))
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(key(tenant, topic))
                 .arg(group)
                 .arg(&self.shared.consumer)
                 .arg(0)
                 .arg(id_of(offset))
                 .arg("IDLE")
                 .arg(NACK_IDLE_MS)
-                .arg("JUSTID")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.shared.error("giving back a delivery", &e))?;
+                .arg("JUSTID");
+            let _: redis::Value = self
+                .shared
+                .redis
+                .run(|mut conn| async move { cmd.query_async(&mut conn).await })
+                .await?;
             self.shared.nacks.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
     }
+}
+
+/// What a read of a group found: entries with their delivery counts, or
+/// that the stream or group is gone.
+enum Read {
+    Entries(Vec<(StreamId, usize)>),
+    NoGroup,
 }
 
 /// One member's reader, on a connection of its own because XREADGROUP BLOCK
@@ -328,25 +329,18 @@ struct RedisFetcher {
     shared: Arc<Shared>,
     key: String,
     group: String,
-    conn: Option<MultiplexedConnection>,
+    /// The member's own connection, prepared on its first read.
+    conn: Option<Redis>,
     last_reclaim: Instant,
     nacks_seen: u64,
 }
 
 impl RedisFetcher {
-    async fn connection(&mut self) -> Result<MultiplexedConnection, PubsubError> {
+    fn connection(&mut self) -> Result<Redis, PubsubError> {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-        let conn = self
-            .shared
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.shared.error("connecting", &e))?;
+        let conn = self.shared.reader()?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -371,69 +365,82 @@ impl RedisFetcher {
         })
     }
 
+    /// Takes over up to `max` entries pending longer than `min_idle`.
     async fn reclaim(
-        &mut self,
-        conn: &mut MultiplexedConnection,
+        &self,
+        conn: &Redis,
         min_idle: Duration,
         max: usize,
-    ) -> Result<Vec<Fetched<()>>, RedisError> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg(&self.shared.consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(max)
-            .query_async(conn)
-            .await?;
-        let mut out = Vec::with_capacity(reply.claimed.len());
-        for entry in reply.claimed {
-            // XAUTOCLAIM counted the delivery; XPENDING says how many there
-            // have been, which is the attempt number.
-            let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-                .arg(&self.key)
-                .arg(&self.group)
-                .arg(&entry.id)
-                .arg(&entry.id)
-                .arg(1)
-                .query_async(conn)
-                .await?;
-            let attempt = pending.ids.first().map_or(2, |p| p.times_delivered);
-            if let Some(f) = self.fetched(entry, attempt) {
-                out.push(f);
+    ) -> Result<Read, RemoteError> {
+        let (key, group, consumer) = (&self.key, &self.group, &self.shared.consumer);
+        let min_idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        conn.run(|mut conn| async move {
+            let reply: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
+                .arg(key)
+                .arg(group)
+                .arg(consumer)
+                .arg(min_idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await
+            {
+                Err(e) if no_group(&e) => return Ok(Read::NoGroup),
+                other => other?,
+            };
+            let mut out = Vec::with_capacity(reply.claimed.len());
+            for entry in reply.claimed {
+                // XAUTOCLAIM counted the delivery; XPENDING says how many
+                // there have been, which is the attempt number.
+                let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(group)
+                    .arg(&entry.id)
+                    .arg(&entry.id)
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                let attempt = pending.ids.first().map_or(2, |p| p.times_delivered);
+                out.push((entry, attempt));
             }
-        }
-        Ok(out)
+            Ok(Read::Entries(out))
+        })
+        .await
     }
 
-    async fn read(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-        max: usize,
-    ) -> Result<Vec<Fetched<()>>, RedisError> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.shared.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(">")
-            .query_async(conn)
-            .await?;
-        let entries = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect::<Vec<_>>();
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| self.fetched(entry, 1))
-            .collect())
+    /// Reads up to `max` new entries, blocking a short while for them.
+    async fn read(&self, conn: &Redis, max: usize) -> Result<Read, RemoteError> {
+        let (key, group, consumer) = (&self.key, &self.group, &self.shared.consumer);
+        let block_ms = u64::try_from(self.shared.block.as_millis()).unwrap_or(u64::MAX);
+        conn.run(|mut conn| async move {
+            let reply: Option<StreamReadReply> = match redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(key)
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+            {
+                Err(e) if no_group(&e) => return Ok(Read::NoGroup),
+                other => other?,
+            };
+            Ok(Read::Entries(
+                reply
+                    .into_iter()
+                    .flat_map(|r| r.keys)
+                    .flat_map(|k| k.ids)
+                    .map(|entry| (entry, 1))
+                    .collect(),
+            ))
+        })
+        .await
     }
 
     /// A delivery of `entry`; an entry this module cannot read is logged and
@@ -447,7 +454,7 @@ impl RedisFetcher {
                 .ok_or_else(|| {
                     PubsubError::Internal(format!("entry {} has no message", entry.id))
                 })?;
-            Ok((offset, decode_message(&bytes)?))
+            Ok((offset, Message::decode(&bytes)?))
         });
         match decoded {
             Ok((offset, message)) => Some(Fetched {
@@ -457,7 +464,7 @@ impl RedisFetcher {
                 handle: (),
             }),
             Err(e) => {
-                tracing::error!(store = %self.shared.origin.component, stream = %self.key, error = %e,
+                tracing::error!(store = %self.shared.redis.origin().component, stream = %self.key, error = %e,
                     "skipping an unreadable stream entry");
                 let (shared, key, group, id) = (
                     Arc::clone(&self.shared),
@@ -466,13 +473,17 @@ impl RedisFetcher {
                     entry.id,
                 );
                 tokio::spawn(async move {
-                    let mut conn = shared.manager.clone();
-                    let _: Result<i64, _> = redis::cmd("XACK")
-                        .arg(key)
-                        .arg(group)
-                        .arg(id)
-                        .query_async(&mut conn)
+                    let mut cmd = redis::cmd("XACK");
+                    cmd.arg(key).arg(group).arg(id);
+                    let acked: Result<i64, _> = shared
+                        .redis
+                        .run(|mut conn| async move { cmd.query_async(&mut conn).await })
                         .await;
+                    if let Err(e) = acked {
+                        // It stays pending and is skipped again when next
+                        // claimed.
+                        tracing::warn!(error = %e, "acknowledging an unreadable entry failed");
+                    }
                 });
                 None
             }
@@ -484,26 +495,24 @@ impl Fetcher<()> for RedisFetcher {
     fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Fetched<()>>, PubsubError>> {
         Box::pin(async move {
             let max = max.min(self.shared.queue_depth).max(1);
-            let mut conn = self.connection().await?;
-            let result = match self.reclaim_due() {
-                Some(min_idle) => match self.reclaim(&mut conn, min_idle, max).await {
-                    Ok(claimed) if !claimed.is_empty() => Ok(claimed),
-                    Ok(_) => self.read(&mut conn, max).await,
-                    Err(e) => Err(e),
+            let conn = self.connection()?;
+            let read = match self.reclaim_due() {
+                Some(min_idle) => match self.reclaim(&conn, min_idle, max).await? {
+                    Read::Entries(claimed) if claimed.is_empty() => self.read(&conn, max).await?,
+                    claimed => claimed,
                 },
-                None => self.read(&mut conn, max).await,
+                None => self.read(&conn, max).await?,
             };
-            match result {
-                Ok(batch) => Ok(batch),
+            match read {
+                Read::Entries(entries) => Ok(entries
+                    .into_iter()
+                    .filter_map(|(entry, attempt)| self.fetched(entry, attempt))
+                    .collect()),
                 // The stream or group is gone (Redis restarted without
                 // persistence, or someone deleted the key): create it again.
-                Err(e) if e.code() == Some("NOGROUP") => {
+                Read::NoGroup => {
                     self.shared.create_group(&self.key, &self.group).await?;
                     Ok(Vec::new())
-                }
-                Err(e) => {
-                    self.conn = None;
-                    Err(self.shared.error("reading", &e))
                 }
             }
         })

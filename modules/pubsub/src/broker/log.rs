@@ -1,0 +1,109 @@
+//! What the broker needs of an embedded driver: a per-(tenant, topic) log
+//! of messages by offset, and per-(tenant, topic, group) progress. The
+//! drivers `pubsub.memory` and `pubsub.redb` implement [`PubsubLog`];
+//! everything about delivery lives in the broker, once, for every driver.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::PubsubError;
+use crate::message::Message;
+
+/// What a driver knows of a topic when the broker first touches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// The lowest offset still stored; equals `next` when none is.
+    pub first: u64,
+    /// The offset the next published message takes (offsets start at 1).
+    pub next: u64,
+    /// Every consumer group of the topic, by name.
+    pub groups: Vec<GroupRecord>,
+}
+
+/// The stored progress of one consumer group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The group's name.
+    pub name: String,
+    /// Every offset below this one is acknowledged.
+    pub committed: u64,
+    /// Acknowledged offsets at or above `committed`, ascending.
+    pub acked: Vec<u64>,
+    /// Failed deliveries so far of unacknowledged offsets, ascending.
+    pub failures: Vec<(u64, u32)>,
+}
+
+/// A change to a group's stored progress, and to the topic's retention.
+///
+/// Drivers apply it as a **monotonic merge**, so that changes computed in
+/// one order and written in another leave the same result: `committed`
+/// only grows (the stored value becomes the larger of the two), acked rows
+/// and failure rows below the resulting `committed` are deleted, acked rows
+/// at or above it are added, a failure count only grows, and messages below
+/// `trim_below` are deleted. Writing a change for a group that has none yet
+/// creates the group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupChange {
+    /// The group's committed position after the change.
+    pub committed: u64,
+    /// Newly acknowledged offsets at or above `committed`.
+    pub acked: Vec<u64>,
+    /// New failure counts of unacknowledged offsets.
+    pub failures: Vec<(u64, u32)>,
+    /// Messages below this offset are acknowledged by every group and may
+    /// be deleted; 0 deletes nothing.
+    pub trim_below: u64,
+}
+
+/// A topic log store. Everything is scoped by tenant: the same topic name
+/// under two tenants names two unrelated logs.
+///
+/// Semantics every driver must honour (the conformance tests check them
+/// through the broker):
+/// - The broker is the only writer and assigns offsets: `append` stores the
+///   message at the offset given, which is the topic's `next`; a later
+///   `load_topic` reports `next` as one past the highest offset ever
+///   appended, even once every message has been deleted.
+/// - A durable driver has written an `append` or `save_group` to stable
+///   storage when the future resolves, and `load_topic` after a restart
+///   sees exactly what was written.
+/// - `save_group` is the monotonic merge described on [`GroupChange`].
+pub trait PubsubLog: Send + Sync + 'static {
+    /// What is stored of a topic: its offsets and every group's progress.
+    /// A topic never written is `first = next = 1` without groups.
+    fn load_topic<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<TopicRecord, PubsubError>>;
+
+    /// Stores `message` at `offset` and deletes the topic's messages below
+    /// `trim_below` (0: none), in one atomic step.
+    fn append<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+        message: Arc<Message>,
+        trim_below: u64,
+    ) -> BoxFuture<'a, Result<(), PubsubError>>;
+
+    /// The message at `offset`, if it is stored.
+    fn read<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<Option<Arc<Message>>, PubsubError>>;
+
+    /// Merges `change` into the stored progress of `group` (see
+    /// [`GroupChange`]), creating the group if needed, atomically.
+    fn save_group<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        group: &'a str,
+        change: &'a GroupChange,
+    ) -> BoxFuture<'a, Result<(), PubsubError>>;
+}
