@@ -225,11 +225,13 @@ pub async fn serve(
         }
     }
     conn.flush();
-    // Calls delivered to this app can no longer be answered.
-    conn.link_ref.calls.close();
     // Streams die with their connection; tell their modules to stop pushing.
+    // Before failing its calls, so a module learns that a callee is gone
+    // before any answer saying so (SPEC §8, LINK_DELIVER).
     let conn_id = conn.link_ref.id;
     cancel_streams(&conn.daemon, conn_id);
+    // Calls delivered to this app can no longer be answered.
+    conn.link_ref.calls.close();
     // Finish what is in flight: every permit comes back once its answer is written.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, conn.permits.acquire_many(all))

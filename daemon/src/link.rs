@@ -382,7 +382,7 @@ impl Link {
             .map(|r| (r.conn.clone(), Arc::clone(&r.calls), Arc::clone(&r.pushes)));
         let Some((conn, calls, budget)) = target else {
             return refuse(
-                Status::Unavailable,
+                Status::NotFound,
                 format!("stream {} is not open: its connection closed", req.stream),
             );
         };
