@@ -193,11 +193,14 @@ impl Conn {
     /// before the writer finishes.
     async fn close(mut self, writer: JoinHandle<std::io::Result<()>>, max_in_flight: usize) {
         self.caller.flush();
-        // Calls delivered to this app can no longer be answered.
-        self.caller.conn.calls.close();
-        // Streams die with their connection; tell their modules to stop pushing.
+        // Streams die with their connection; tell their modules to stop
+        // pushing. This comes before failing the calls delivered to this app,
+        // so that a module learns a callee is gone (its registration stream
+        // ended) before any of its calls there fails.
         let conn_id = self.caller.conn.id;
         cancel_streams(&self.caller.daemon, conn_id);
+        // Calls delivered to this app can no longer be answered.
+        self.caller.conn.calls.close();
         // Finish what is in flight: every permit comes back once its answer is written.
         let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all))

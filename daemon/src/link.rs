@@ -410,7 +410,7 @@ impl Link {
             .map(|r| Arc::clone(&r.conn));
         let Some(conn) = target else {
             return refuse(
-                Status::Unavailable,
+                Status::NotFound,
                 format!("stream {} is not open: its connection closed", req.stream),
             );
         };

@@ -40,9 +40,13 @@ pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> A
         if left.is_zero() {
             return error(Status::DeadlineExceeded, "the call's deadline passed");
         }
+        // Without a policy timeout an attempt gets the module's call timeout,
+        // which is below the daemon's health timeout: a callee that never
+        // answers must not hold the caller's request slot for long.
         let budget = policy
             .timeout_ms
-            .map_or(left, |t| Duration::from_millis(t).min(left));
+            .map_or(core.settings.call_timeout, Duration::from_millis)
+            .min(left);
         let (status, body) = attempt(core, call, &payload, budget).await;
         let failed = is_failure(status);
         if let Some(b) = &policy.circuit_breaker {
@@ -68,6 +72,7 @@ pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> A
 
 /// One attempt: a local instance first, else a peer node.
 async fn attempt(core: &Arc<Core>, call: &InvokeCall, payload: &[u8], budget: Duration) -> Answer {
+    settle().await;
     match core.registry.pick(&call.app_id, &call.method) {
         Ok(Target::Local(stream)) => serve_local(core, call, payload, budget, Some(stream)).await,
         Ok(Target::Remote(node)) => match core.mesh.get() {
@@ -100,20 +105,63 @@ pub async fn serve_local(
     {
         return error(Status::PermissionDenied, &why);
     }
-    let stream =
-        match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
-            Ok(s) => s,
-            Err(miss) => return not_found(call, miss),
-        };
     let Some(daemon) = core.daemon.get() else {
         return error(
             Status::Unavailable,
             "the module is not attached to the daemon yet",
         );
     };
-    daemon
-        .deliver(stream, Opcode::INVOKE_CALL, payload.to_vec(), budget)
-        .await
+    if picked.is_none() {
+        settle().await;
+    }
+    let mut picked = picked;
+    // Each instance found gone costs one more pick. A gone instance has
+    // already left the registry when its probe fails, so picks never repeat
+    // one; the loop still stops at the first repeat, to be sure it ends.
+    let mut gone: Vec<u32> = Vec::new();
+    loop {
+        let stream =
+            match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
+                Ok(s) if !gone.contains(&s) => s,
+                Ok(_) => return not_found(call, Miss::NoApp),
+                Err(miss) => return not_found(call, miss),
+            };
+        let (status, body) = daemon
+            .deliver(stream, Opcode::INVOKE_CALL, payload.to_vec(), budget)
+            .await;
+        // NOT_FOUND is the daemon's answer when the instance's stream is not
+        // open any more (its connection closed before the call was
+        // delivered); a callee may answer it too. Asking the instance's
+        // registration task tells the two apart: the daemon cancels a stream
+        // on the link before it refuses deliveries to it.
+        if status != Status::NotFound || instance_open(core, &call.app_id, stream).await {
+            return (status, body);
+        }
+        tracing::debug!(app_id = %call.app_id, stream, "instance gone before the call was delivered");
+        gone.push(stream);
+        picked = None;
+    }
+}
+
+/// Lets registration tasks whose stream the daemon cancelled run before a
+/// pick: the SDK reads a LINK_CANCEL (which wakes the task) and the next
+/// request in one go, so without this a callee that unregistered or
+/// disconnected just before the call was made would still be picked.
+async fn settle() {
+    tokio::task::yield_now().await;
+}
+
+/// Whether the registration stream `stream` of `app_id` is still open, as
+/// far as this module has read the link.
+async fn instance_open(core: &Arc<Core>, app_id: &str, stream: u32) -> bool {
+    let Some(probe) = core.registry.probe(app_id, stream) else {
+        return false;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if probe.send(tx).await.is_err() {
+        return false;
+    }
+    rx.await.is_ok()
 }
 
 fn not_found(call: &InvokeCall, miss: Miss) -> Answer {

@@ -158,8 +158,13 @@ impl Mesh {
                 Ok((tcp, from)) => {
                     let mesh = Arc::clone(&self);
                     tokio::spawn(async move {
-                        if let Err(e) = mesh.serve_inbound(tcp).await {
-                            tracing::info!(%from, "peer link refused or ended: {e}");
+                        // Anyone who can reach the port can end up here, so
+                        // the warning is rate-limited.
+                        if let Err(e) = Arc::clone(&mesh).serve_inbound(tcp).await {
+                            mesh.core.warnings.warn(
+                                "peer_link",
+                                &format!("peer link from {from} refused or ended: {e}"),
+                            );
                         }
                     });
                 }
@@ -223,7 +228,10 @@ impl Mesh {
                 Opcode::PEER_ANNOUNCE => match mecha_abi::decode::<PeerAnnounce>(&p) {
                     // The authenticated node name wins over the payload's.
                     Ok(a) => self.core.registry.set_remote(&node, link, a.apps),
-                    Err(e) => tracing::warn!(%node, "bad PEER_ANNOUNCE: {e}"),
+                    Err(e) => self.core.warnings.warn(
+                        "peer_announce",
+                        &format!("bad PEER_ANNOUNCE from {node}: {e}"),
+                    ),
                 },
                 Opcode::PEER_INVOKE => {
                     let Ok(permit) = Arc::clone(&served).acquire_owned().await else {

@@ -3,10 +3,18 @@
 //! announced. Picks instances and nodes round robin.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use mecha_abi::msg::AppEntry;
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::owners::Reservation;
+
+/// Asks an instance's registration task whether its stream is still open:
+/// the task answers while it is, and drops the question once the stream was
+/// cancelled (see `InvokeModule::register`).
+pub type Probe = mpsc::Sender<oneshot::Sender<()>>;
 
 /// One registered instance of an app id on this node.
 #[derive(Clone, Debug)]
@@ -15,6 +23,8 @@ struct Instance {
     stream: u32,
     /// Methods it serves; empty = every method.
     methods: Vec<String>,
+    /// Reaches the task that watches its stream.
+    probe: Probe,
 }
 
 #[derive(Default)]
@@ -27,10 +37,39 @@ struct LocalApp {
 #[derive(Default)]
 struct Tables {
     local: HashMap<String, LocalApp>,
+    /// App ids with no instance that stay their tenant's until a deadline
+    /// (after the last instance went away, or the module restarted).
+    reserved: HashMap<String, (String, Instant)>,
+    /// Per tenant: its instances plus the app ids held for it only by a
+    /// reservation. Tenants at zero are removed, so the map stays bounded by
+    /// what tenants hold.
+    load: HashMap<String, usize>,
     /// Node → (the link that announced, the app ids it announced).
     remote: BTreeMap<String, (u64, Vec<String>)>,
     /// Round-robin position per remote app id.
     remote_next: HashMap<String, usize>,
+}
+
+impl Tables {
+    fn add_load(&mut self, tenant: &str) {
+        *self.load.entry(tenant.to_string()).or_default() += 1;
+    }
+
+    fn sub_load(&mut self, tenant: &str) {
+        if let Some(n) = self.load.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.load.remove(tenant);
+            }
+        }
+    }
+
+    /// Removes the reservation of `app_id`, returning its tenant.
+    fn unreserve(&mut self, app_id: &str) -> Option<String> {
+        let (tenant, _) = self.reserved.remove(app_id)?;
+        self.sub_load(&tenant);
+        Some(tenant)
+    }
 }
 
 /// Where a call for an app id goes.
@@ -47,6 +86,17 @@ pub enum Miss {
     NoApp,
     /// Local instances exist, but none serves the method.
     NoMethod,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another tenant has instances of the app id on this node.
+    Held,
+    /// The app id is reserved for another tenant for this much longer.
+    Reserved(Duration),
+    /// The tenant is at its registration limit.
+    Full(usize),
 }
 
 /// The registry. `changed` ticks whenever the set of local app ids changes,
@@ -66,49 +116,177 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// Adds an instance of `app_id` for `tenant`. Refused when another tenant
-    /// holds the app id: app ids are node-wide, and one tenant must not be
-    /// able to receive another's calls.
+    /// Adds an instance of `app_id` for `tenant`, if the tenant has fewer
+    /// than `limit` registrations. Refused when another tenant holds the app
+    /// id (has instances, or a reservation that has not lapsed): app ids are
+    /// node-wide, and one tenant must not be able to receive another's calls.
+    /// True when this is the app id's first instance (the tenant now holds
+    /// it, which the caller records in the journal).
     pub fn register(
         &self,
         app_id: &str,
         tenant: &str,
         stream: u32,
         methods: Vec<String>,
-    ) -> Result<(), String> {
+        probe: Probe,
+        limit: usize,
+    ) -> Result<bool, Refusal> {
         let mut t = self.tables.lock();
-        let app = t.local.entry(app_id.to_string()).or_default();
-        if app.instances.is_empty() {
-            app.tenant = tenant.to_string();
-        } else if app.tenant != tenant {
-            return Err(format!(
-                "app id {app_id:?} is served by another tenant on this node"
-            ));
+        if let Some(app) = t.local.get(app_id) {
+            if !app.instances.is_empty() && app.tenant != tenant {
+                return Err(Refusal::Held);
+            }
         }
+        let mut own_reservation = false;
+        if let Some((owner, until)) = t.reserved.get(app_id) {
+            let left = until.saturating_duration_since(Instant::now());
+            if owner == tenant {
+                own_reservation = true;
+            } else if !left.is_zero() {
+                return Err(Refusal::Reserved(left));
+            }
+        }
+        let load = t.load.get(tenant).copied().unwrap_or(0);
+        if load - usize::from(own_reservation) >= limit {
+            return Err(Refusal::Full(limit));
+        }
+        // The reservation (this tenant's, or another's that lapsed) becomes
+        // the instance.
+        t.unreserve(app_id);
+        t.add_load(tenant);
+        let app = t.local.entry(app_id.to_string()).or_default();
         let first = app.instances.is_empty();
-        app.instances.push(Instance { stream, methods });
+        if first {
+            app.tenant = tenant.to_string();
+        }
+        app.instances.push(Instance {
+            stream,
+            methods,
+            probe,
+        });
         drop(t);
         if first {
             self.changed.send_modify(|v| *v += 1);
         }
-        Ok(())
+        Ok(first)
     }
 
-    /// Removes the instance whose registration stream is `stream`.
-    pub fn unregister(&self, app_id: &str, stream: u32) {
+    /// Removes the instance whose registration stream is `stream`. When it
+    /// was the app id's last, the app id stays reserved for its tenant for
+    /// `grace`, and the tenant is returned (the caller records the release).
+    pub fn unregister(&self, app_id: &str, stream: u32, grace: Duration) -> Option<String> {
         let mut t = self.tables.lock();
-        let gone = match t.local.get_mut(app_id) {
-            Some(app) => {
-                app.instances.retain(|i| i.stream != stream);
-                app.instances.is_empty()
-            }
-            None => false,
-        };
-        if gone {
-            t.local.remove(app_id);
-            drop(t);
-            self.changed.send_modify(|v| *v += 1);
+        let app = t.local.get_mut(app_id)?;
+        let before = app.instances.len();
+        app.instances.retain(|i| i.stream != stream);
+        if app.instances.len() == before {
+            return None;
         }
+        let tenant = app.tenant.clone();
+        let last = app.instances.is_empty();
+        t.sub_load(&tenant);
+        if !last {
+            return None;
+        }
+        t.local.remove(app_id);
+        if !grace.is_zero() {
+            t.reserved
+                .insert(app_id.to_string(), (tenant.clone(), Instant::now() + grace));
+            t.add_load(&tenant);
+        }
+        drop(t);
+        self.changed.send_modify(|v| *v += 1);
+        Some(tenant)
+    }
+
+    /// Reserves app ids for their tenants (ownership replayed from the
+    /// journal after a restart). App ids that already have instances keep
+    /// them.
+    pub fn reserve(&self, reservations: Vec<Reservation>) {
+        let mut t = self.tables.lock();
+        for r in reservations {
+            if t.local.contains_key(&r.app_id) || t.reserved.contains_key(&r.app_id) {
+                continue;
+            }
+            t.add_load(&r.tenant);
+            t.reserved.insert(r.app_id, (r.tenant, r.until));
+        }
+    }
+
+    /// Forgets reservations that lapsed.
+    pub fn purge_expired(&self) {
+        let now = Instant::now();
+        let mut t = self.tables.lock();
+        let lapsed: Vec<String> = t
+            .reserved
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lapsed {
+            t.unreserve(&id);
+        }
+    }
+
+    /// Whether `tenant` holds `app_id` at run time: it has instances of it on
+    /// this node, or a reservation that has not lapsed.
+    pub fn holds(&self, tenant: &str, app_id: &str) -> bool {
+        let t = self.tables.lock();
+        if let Some(app) = t.local.get(app_id) {
+            return app.tenant == tenant;
+        }
+        t.reserved
+            .get(app_id)
+            .is_some_and(|(owner, until)| owner == tenant && *until > Instant::now())
+    }
+
+    /// What the journal must hold: app ids with instances (and their
+    /// tenants), and the reservations running.
+    pub fn snapshot(&self) -> (Vec<(String, String)>, Vec<Reservation>) {
+        let t = self.tables.lock();
+        let held = t
+            .local
+            .iter()
+            .map(|(id, app)| (id.clone(), app.tenant.clone()))
+            .collect();
+        let reserved = t
+            .reserved
+            .iter()
+            .map(|(id, (tenant, until))| Reservation {
+                app_id: id.clone(),
+                tenant: tenant.clone(),
+                until: *until,
+            })
+            .collect();
+        (held, reserved)
+    }
+
+    /// How many app ids are held (with instances) or reserved: the size of a
+    /// compact journal.
+    pub fn owned(&self) -> usize {
+        let t = self.tables.lock();
+        t.local.len() + t.reserved.len()
+    }
+
+    /// The probe of the instance of `app_id` on `stream`; `None` once it is
+    /// no longer registered.
+    pub fn probe(&self, app_id: &str, stream: u32) -> Option<Probe> {
+        let t = self.tables.lock();
+        t.local
+            .get(app_id)?
+            .instances
+            .iter()
+            .find(|i| i.stream == stream)
+            .map(|i| i.probe.clone())
+    }
+
+    /// Whether any instance or peer node serves `app_id`.
+    pub fn serves(&self, app_id: &str) -> bool {
+        let t = self.tables.lock();
+        t.local.contains_key(app_id)
+            || t.remote
+                .values()
+                .any(|(_, apps)| apps.binary_search_by(|a| a.as_str().cmp(app_id)).is_ok())
     }
 
     /// Picks where a call of `method` of `app_id` goes: a local instance
@@ -187,26 +365,53 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    /// Every app id reachable from this node.
-    pub fn entries(&self, node: &str) -> Vec<AppEntry> {
+    /// The app ids reachable from this node that fit one answer: at most
+    /// `max_entries`, and at most `max_bytes` of app ids and node names.
+    /// `tenant`'s own local app ids come first (a tenant always sees what it
+    /// registered, within its registration limit), then the others in order
+    /// of app id; the answer is sorted by app id, then node.
+    pub fn entries(
+        &self,
+        tenant: &str,
+        node: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Vec<AppEntry> {
         let t = self.tables.lock();
-        let mut out: Vec<AppEntry> = t
+        let local = |id: &String, app: &LocalApp| AppEntry {
+            app_id: id.clone(),
+            node: node.to_string(),
+            local: true,
+            instances: u32::try_from(app.instances.len()).unwrap_or(u32::MAX),
+        };
+        let mut others: Vec<(&String, &LocalApp)> =
+            t.local.iter().filter(|(_, a)| a.tenant != tenant).collect();
+        others.sort_by(|a, b| a.0.cmp(b.0));
+        let own = t
             .local
             .iter()
-            .map(|(id, app)| AppEntry {
-                app_id: id.clone(),
-                node: node.to_string(),
-                local: true,
-                instances: u32::try_from(app.instances.len()).unwrap_or(u32::MAX),
-            })
-            .collect();
-        for (peer, (_, apps)) in &t.remote {
-            out.extend(apps.iter().map(|id| AppEntry {
+            .filter(|(_, a)| a.tenant == tenant)
+            .map(|(id, app)| local(id, app));
+        let rest = others.into_iter().map(|(id, app)| local(id, app));
+        let remote = t.remote.iter().flat_map(|(peer, (_, apps))| {
+            apps.iter().map(move |id| AppEntry {
                 app_id: id.clone(),
                 node: peer.clone(),
                 local: false,
                 instances: 1,
-            }));
+            })
+        });
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in own.chain(rest).chain(remote) {
+            // Each entry costs its two strings plus a small fixed overhead
+            // (lengths, a flag, a count) in the encoded answer.
+            let size = e.app_id.len() + e.node.len() + 32;
+            if out.len() >= max_entries || bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push(e);
         }
         out.sort_by(|a, b| (&a.app_id, &a.node).cmp(&(&b.app_id, &b.node)));
         out
@@ -217,12 +422,24 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn probe() -> Probe {
+        mpsc::channel(1).0
+    }
+
+    const GRACE: Duration = Duration::from_secs(30);
+
     #[test]
     fn instances_take_turns_and_tenants_cannot_share_an_app_id() {
         let r = Registry::default();
-        r.register("echo", "t1", 1, vec![]).unwrap();
-        r.register("echo", "t1", 2, vec!["only".into()]).unwrap();
-        assert!(r.register("echo", "t2", 3, vec![]).is_err());
+        assert_eq!(r.register("echo", "t1", 1, vec![], probe(), 10), Ok(true));
+        assert_eq!(
+            r.register("echo", "t1", 2, vec!["only".into()], probe(), 10),
+            Ok(false)
+        );
+        assert_eq!(
+            r.register("echo", "t2", 3, vec![], probe(), 10),
+            Err(Refusal::Held)
+        );
         let picks: Vec<u32> = (0..4)
             .map(|_| match r.pick("echo", "only") {
                 Ok(Target::Local(s)) => s,
@@ -231,10 +448,76 @@ mod tests {
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
         assert!(matches!(r.pick("echo", "other"), Ok(Target::Local(1))));
-        r.unregister("echo", 1);
+        assert_eq!(r.unregister("echo", 1, GRACE), None);
         assert!(matches!(r.pick("echo", "other"), Err(Miss::NoMethod)));
         r.set_remote("b", 1, vec!["x".into()]);
         assert!(matches!(r.pick("x", "m"), Ok(Target::Remote(n)) if n == "b"));
         assert!(matches!(r.pick_local("x", "m"), Err(Miss::NoApp)));
+    }
+
+    #[test]
+    fn a_released_app_id_stays_its_tenants_for_the_grace_period() {
+        let r = Registry::default();
+        r.register("checkout", "alice", 1, vec![], probe(), 10)
+            .unwrap();
+        assert_eq!(
+            r.unregister("checkout", 1, GRACE),
+            Some("alice".to_string())
+        );
+        assert!(r.holds("alice", "checkout"));
+        assert!(matches!(
+            r.register("checkout", "mallory", 2, vec![], probe(), 10),
+            Err(Refusal::Reserved(_))
+        ));
+        assert_eq!(
+            r.register("checkout", "alice", 3, vec![], probe(), 10),
+            Ok(true)
+        );
+        // A lapsed reservation (grace zero here) lets anyone take the id.
+        r.unregister("checkout", 3, Duration::ZERO);
+        assert!(!r.holds("alice", "checkout"));
+        assert_eq!(
+            r.register("checkout", "mallory", 4, vec![], probe(), 10),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn registrations_and_reservations_count_against_the_tenants_limit() {
+        let r = Registry::default();
+        r.register("a", "t", 1, vec![], probe(), 2).unwrap();
+        r.register("a", "t", 2, vec![], probe(), 2).unwrap();
+        assert_eq!(
+            r.register("b", "t", 3, vec![], probe(), 2),
+            Err(Refusal::Full(2))
+        );
+        r.unregister("a", 1, GRACE);
+        r.unregister("a", 2, GRACE);
+        // `a` is still reserved for `t`: one slot taken, one free; taking
+        // the reservation back costs nothing more.
+        r.register("b", "t", 4, vec![], probe(), 2).unwrap();
+        r.register("a", "t", 5, vec![], probe(), 2).unwrap();
+        assert_eq!(
+            r.register("c", "t", 6, vec![], probe(), 2),
+            Err(Refusal::Full(2))
+        );
+        r.register("c", "u", 7, vec![], probe(), 2).unwrap();
+    }
+
+    #[test]
+    fn the_listing_is_bounded_and_always_holds_the_callers_own_apps() {
+        let r = Registry::default();
+        for i in 0..50u32 {
+            r.register(&format!("other-{i:02}"), "o", i, vec![], probe(), 100)
+                .unwrap();
+        }
+        r.register("zz-mine", "me", 100, vec![], probe(), 100)
+            .unwrap();
+        let e = r.entries("me", "n", 10, usize::MAX);
+        assert_eq!(e.len(), 10);
+        assert!(e.iter().any(|a| a.app_id == "zz-mine"));
+        assert!(e.windows(2).all(|w| w[0].app_id <= w[1].app_id));
+        let e = r.entries("me", "n", 1000, 200);
+        assert!(e.len() < 10 && e.iter().any(|a| a.app_id == "zz-mine"));
     }
 }

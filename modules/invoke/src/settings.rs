@@ -58,7 +58,29 @@ pub struct Settings {
     pub resiliency: Resiliency,
     /// Tenant → the app ids it may claim (from the daemon's tenant rules).
     pub tenant_app_ids: BTreeMap<String, Vec<String>>,
+    /// How long an app id registered at run time stays reserved for its
+    /// tenant after its last instance went away (or the module restarted).
+    pub reservation_grace: Duration,
+    /// Registrations (instances, plus app ids held only by a reservation) one
+    /// tenant may have at once.
+    pub max_registrations_per_tenant: usize,
+    /// Calls one tenant may have waiting in this module at once.
+    pub max_calls_per_tenant: usize,
+    /// The time one attempt of a call may take when its resiliency policy sets
+    /// none. Below the daemon's health timeout, so that calls a callee never
+    /// answers free their slots before the daemon would miss a health ping.
+    pub call_timeout: Duration,
 }
+
+/// Default of `reservationGraceMs`.
+pub const DEFAULT_RESERVATION_GRACE: Duration = Duration::from_secs(30);
+/// Default of `maxRegistrationsPerTenant`.
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 1024;
+/// Default of `maxCallsPerTenant`.
+pub const DEFAULT_MAX_CALLS: usize = 256;
+/// Default of `callTimeoutMs`: below the daemon's default health timeout
+/// (3000 ms).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// Reads the settings from the first `invoke.*` component.
 pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
@@ -140,13 +162,35 @@ pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
         }
         (None, None) => Discovery::None,
     };
-    let announce_interval = match field("announceIntervalMs") {
-        Some(v) => Duration::from_millis(
-            v.parse()
-                .map_err(|_| fail("announceIntervalMs", format!("{v:?} is not a number")))?,
-        ),
-        None => Duration::from_secs(5),
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        match field(name) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| fail(name, format!("{v:?} is not a number"))),
+            None => Ok(default),
+        }
     };
+    let positive = |name: &str, default: u64| -> Result<u64, String> {
+        match number(name, default)? {
+            0 => Err(fail(name, "must be at least 1".into())),
+            n => Ok(n),
+        }
+    };
+    let announce_interval = Duration::from_millis(number("announceIntervalMs", 5000)?);
+    let as_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let reservation_grace = Duration::from_millis(number(
+        "reservationGraceMs",
+        as_ms(DEFAULT_RESERVATION_GRACE),
+    )?);
+    let call_timeout =
+        Duration::from_millis(positive("callTimeoutMs", as_ms(DEFAULT_CALL_TIMEOUT))?);
+    let count = |name: &str, default: usize| -> Result<usize, String> {
+        let n = positive(name, u64::try_from(default).unwrap_or(u64::MAX))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    };
+    let max_registrations_per_tenant =
+        count("maxRegistrationsPerTenant", DEFAULT_MAX_REGISTRATIONS)?;
+    let max_calls_per_tenant = count("maxCallsPerTenant", DEFAULT_MAX_CALLS)?;
     Ok(Settings {
         node,
         listen: field("listenAddress").map(str::to_string),
@@ -156,6 +200,10 @@ pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
         access: structured(&json("accessControl")?, "accessControl", &fail)?,
         resiliency: structured(&json("resiliency")?, "resiliency", &fail)?,
         tenant_app_ids: structured(&json("tenantAppIds")?, "tenantAppIds", &fail)?,
+        reservation_grace,
+        max_registrations_per_tenant,
+        max_calls_per_tenant,
+        call_timeout,
     })
 }
 
@@ -235,5 +283,31 @@ mod tests {
         assert!(e.contains("requireTls"), "{e}");
         let e = parse(&spec(&[("accessControl", r#"{"defaultAction":"maybe"}"#)])).unwrap_err();
         assert!(e.contains("accessControl"), "{e}");
+        let e = parse(&spec(&[("maxCallsPerTenant", "0")])).unwrap_err();
+        assert!(e.contains("maxCallsPerTenant"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_defaults_below_the_health_timeout_and_can_be_set() {
+        let s = parse(&spec(&[])).unwrap();
+        assert!(s.call_timeout < Duration::from_millis(3000));
+        assert_eq!(s.reservation_grace, Duration::from_secs(30));
+        assert_eq!(s.max_registrations_per_tenant, 1024);
+        let s = parse(&spec(&[
+            ("reservationGraceMs", "5"),
+            ("maxRegistrationsPerTenant", "3"),
+            ("maxCallsPerTenant", "2"),
+            ("callTimeoutMs", "100"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                s.reservation_grace,
+                s.max_registrations_per_tenant,
+                s.max_calls_per_tenant,
+                s.call_timeout
+            ),
+            (Duration::from_millis(5), 3, 2, Duration::from_millis(100))
+        );
     }
 }
