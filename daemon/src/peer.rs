@@ -128,7 +128,8 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 }
 
 /// Whether the process behind `pidfd` has not exited (signal 0 checks
-/// without sending anything).
+/// without sending anything). EPERM means it exists but belongs to a user
+/// the daemon may not signal (a daemon that is not root): alive.
 fn alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks the
     // process; the descriptor is valid for the call.
@@ -141,7 +142,7 @@ fn alive(pidfd: &OwnedFd) -> bool {
             0,
         )
     };
-    rc == 0
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Whether process `pid` shares the daemon's mount namespace. False when
