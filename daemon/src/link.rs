@@ -53,6 +53,10 @@ struct StreamRoute {
     /// The stream id the application knows: its request id.
     stream_id: u32,
     opcode: Opcode,
+    /// The application cancelled it (STREAM_CANCEL); it stays routed until
+    /// the module's END, but nothing is delivered to it any more: a request
+    /// the module would deliver on it (LINK_DELIVER) finds it gone.
+    cancelled: bool,
 }
 
 struct Table {
@@ -333,6 +337,7 @@ impl Link {
                     conn: Arc::clone(&p.conn),
                     stream_id: p.request_id,
                     opcode: p.opcode,
+                    cancelled: false,
                 },
             );
         }
@@ -407,11 +412,15 @@ impl Link {
             .lock()
             .streams
             .get(&req.stream)
+            .filter(|r| !r.cancelled)
             .map(|r| Arc::clone(&r.conn));
         let Some(conn) = target else {
             return refuse(
                 Status::NotFound,
-                format!("stream {} is not open: its connection closed", req.stream),
+                format!(
+                    "stream {} is not open: it was cancelled or its connection closed",
+                    req.stream
+                ),
             );
         };
         let timeout = match header.deadline_ms {
@@ -524,9 +533,12 @@ impl Link {
             .table
             .lock()
             .streams
-            .iter()
+            .iter_mut()
             .find(|(_, r)| r.conn.id == conn_id && r.stream_id == stream_id)
-            .map(|(id, _)| *id);
+            .map(|(id, r)| {
+                r.cancelled = true;
+                *id
+            });
         match link_id {
             Some(id) => {
                 self.cancel_link_stream(id);
