@@ -93,7 +93,14 @@ pub fn restrict_writes(writable: &[PathBuf]) -> Result<Confinement, LandlockErro
         .map_err(|e| err(&e))?
         .add_rules(path_beneath_rules(["/"], read))
         .map_err(|e| err(&e))?
-        .add_rules(path_beneath_rules(writable, all))
+        // Everything beneath the writable directories except creating device
+        // nodes: a module never needs one, and a device node in its data
+        // directory would be a door to the hardware (or to another module's
+        // disk) for whoever took the module over.
+        .add_rules(path_beneath_rules(
+            writable,
+            all & !(AccessFs::MakeChar | AccessFs::MakeBlock),
+        ))
         .map_err(|e| err(&e))?
         .add_rules(path_beneath_rules(
             ["/dev/null"],

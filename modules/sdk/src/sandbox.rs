@@ -54,9 +54,16 @@ fn denied() -> Vec<libc::c_long> {
         libc::SYS_mount_setattr,
         libc::SYS_open_by_handle_at,
         libc::SYS_name_to_handle_at,
-        // Namespaces: a way around the uid the daemon dropped the module to.
+        // Namespaces: a way around the uid the daemon dropped the module to
+        // (clone with namespace flags is denied in `clone_rules`).
         libc::SYS_unshare,
         libc::SYS_setns,
+        // Device nodes (and FIFOs): no module creates either.
+        libc::SYS_mknodat,
+        // io_uring runs system calls that the filter never sees.
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
         // Kernel code and kernel state.
         libc::SYS_init_module,
         libc::SYS_finit_module,
@@ -87,8 +94,61 @@ fn denied() -> Vec<libc::c_long> {
         libc::SYS_adjtimex,
     ];
     #[cfg(target_arch = "x86_64")]
-    calls.extend([libc::SYS_iopl, libc::SYS_ioperm]);
+    calls.extend([libc::SYS_iopl, libc::SYS_ioperm, libc::SYS_mknod]);
     calls
+}
+
+/// The namespace flags that `clone` may not carry: a new user namespace
+/// would give the module every capability inside it, and the others are
+/// ways out of the view of the machine the daemon gave it.
+const NAMESPACE_FLAGS: [libc::c_int; 7] = [
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// `clone` is allowed (threads need it) unless its flags (the first
+/// argument) hold a namespace flag: one rule per flag, any of which matches.
+fn clone_rules() -> Result<Vec<seccompiler::SeccompRule>, SandboxError> {
+    NAMESPACE_FLAGS
+        .iter()
+        .map(|flag| {
+            // The flags are positive bit masks; the widening cannot change them.
+            let bit = *flag as u64;
+            let cond = seccompiler::SeccompCondition::new(
+                0,
+                seccompiler::SeccompCmpArgLen::Qword,
+                seccompiler::SeccompCmpOp::MaskedEq(bit),
+                bit,
+            )
+            .map_err(|e| SandboxError::Build(e.to_string()))?;
+            seccompiler::SeccompRule::new(vec![cond])
+                .map_err(|e| SandboxError::Build(e.to_string()))
+        })
+        .collect()
+}
+
+/// Compiles a filter answering `errno` for `rules` and allowing the rest.
+fn compile(
+    rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
+    errno: i32,
+    target: seccompiler::TargetArch,
+) -> Result<seccompiler::BpfProgram, SandboxError> {
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        // Errno values are small positive constants; the cast cannot truncate.
+        seccompiler::SeccompAction::Errno(errno as u32),
+        target,
+    )
+    .map_err(|e| SandboxError::Build(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.to_string()))
 }
 
 /// Installs the filter on the calling thread; threads it starts afterwards
@@ -99,7 +159,7 @@ pub fn install() -> Result<(), SandboxError> {
     let arch = std::env::consts::ARCH;
     let target =
         seccompiler::TargetArch::try_from(arch).map_err(|_| SandboxError::Arch(arch.to_owned()))?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied()
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied()
         .into_iter()
         // `c_long` is already i64 on 64-bit targets, but not on 32-bit ones.
         .map(|call| {
@@ -108,17 +168,19 @@ pub fn install() -> Result<(), SandboxError> {
             (call, Vec::new())
         })
         .collect();
-    let filter = seccompiler::SeccompFilter::new(
-        rules,
-        seccompiler::SeccompAction::Allow,
-        // EPERM is a small positive constant; the cast cannot truncate.
-        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+    #[allow(clippy::useless_conversion)]
+    rules.insert(i64::from(libc::SYS_clone), clone_rules()?);
+    let program = compile(rules, libc::EPERM, target)?;
+    // clone3 passes its flags in memory, where a filter cannot look, so it is
+    // answered ENOSYS: the C library then falls back to clone, whose flags
+    // the first filter checks. A second filter, since one filter has one
+    // errno; ENOSYS from it wins over the first filter's "allow".
+    #[allow(clippy::useless_conversion)]
+    let clone3 = compile(
+        BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]),
+        libc::ENOSYS,
         target,
-    )
-    .map_err(|e| SandboxError::Build(e.to_string()))?;
-    let program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.to_string()))?;
+    )?;
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes no pointers and only
     // restricts this process.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -126,7 +188,8 @@ pub fn install() -> Result<(), SandboxError> {
             std::io::Error::last_os_error().to_string(),
         ));
     }
-    seccompiler::apply_filter(&program).map_err(|e| SandboxError::Install(e.to_string()))
+    seccompiler::apply_filter(&program).map_err(|e| SandboxError::Install(e.to_string()))?;
+    seccompiler::apply_filter(&clone3).map_err(|e| SandboxError::Install(e.to_string()))
 }
 
 /// Whether the environment asks to skip the filter (`MECHA_SECCOMP=off`).
@@ -160,5 +223,53 @@ mod tests {
         assert_eq!(outcome.1, Some(libc::EPERM));
         assert!(outcome.2 > 0, "ordinary calls still work");
         assert!(outcome.3, "files can still be read");
+    }
+
+    /// Device nodes, io_uring, clone with a namespace flag, and clone3 are
+    /// refused; threads still start (through clone, after clone3's ENOSYS).
+    #[test]
+    fn devices_io_uring_and_namespaces_are_refused_threads_still_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = std::ffi::CString::new(dir.path().join("fifo").to_str().expect("utf-8"))
+            .expect("no NUL");
+        let errors = std::thread::spawn(move || {
+            install().expect("the filter installs");
+            let errno = || std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: mknodat reads a NUL-terminated path we own.
+            let mknod =
+                unsafe { libc::mknodat(libc::AT_FDCWD, fifo.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+            let mknod = (mknod, errno());
+            // SAFETY: io_uring_setup with a null params pointer would fail
+            // with EFAULT if allowed; denied, it touches no memory.
+            let uring =
+                unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null::<u8>()) };
+            let uring = (uring, errno());
+            // SAFETY: CLONE_NEWUSER with CLONE_FS is invalid (EINVAL) when
+            // allowed, so no process is ever created here.
+            let clone = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    libc::CLONE_NEWUSER | libc::CLONE_FS,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            let clone = (clone, errno());
+            // SAFETY: clone3 with a null argument would fail with EFAULT if
+            // allowed; the filter answers first.
+            let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
+            let clone3 = (clone3, errno());
+            let thread = std::thread::spawn(|| 7).join().ok();
+            (mknod, uring, clone, clone3, thread)
+        })
+        .join()
+        .expect("the filtered thread ran");
+        assert_eq!(errors.0, (-1, Some(libc::EPERM)), "mknodat");
+        assert_eq!(errors.1, (-1, Some(libc::EPERM)), "io_uring_setup");
+        assert_eq!(errors.2, (-1, Some(libc::EPERM)), "clone(CLONE_NEWUSER)");
+        assert_eq!(errors.3, (-1, Some(libc::ENOSYS)), "clone3");
+        assert_eq!(errors.4, Some(7), "threads still start");
     }
 }
