@@ -40,7 +40,7 @@ pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
-pub use slots::DEFAULT_TENANT_SLOTS;
+pub use slots::{TenantLimit, TenantPermit, DEFAULT_TENANT_SLOTS};
 pub use stream::{Stream, StreamClosed};
 
 /// The environment variable mechad sets on an instance started to replace a

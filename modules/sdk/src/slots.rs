@@ -27,63 +27,63 @@ use crate::Reply;
 /// `Module::TENANT_SLOTS`.
 pub const DEFAULT_TENANT_SLOTS: usize = 512;
 
-/// The slots each tenant holds now. Tenants holding none are removed, so the
-/// map is no larger than the number of requests in progress.
-pub(crate) struct TenantSlots {
-    module: &'static str,
-    share: usize,
+/// A per-tenant bound on something a tenant holds (request slots, lock
+/// waiters, subscriptions): each tenant may hold at most `limit` at once, and
+/// one tenant at its bound leaves every other tenant's untouched. Tenants
+/// holding nothing are removed, so the table is no larger than what is held.
+#[derive(Clone, Debug)]
+pub struct TenantLimit {
+    limit: usize,
     held: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// One slot of one tenant, given back when dropped.
-pub(crate) struct Share {
+/// One unit held by one tenant, given back when dropped. It owns what it
+/// needs, so it can move into a task that outlives the request.
+#[derive(Debug)]
+pub struct TenantPermit {
     tenant: String,
     held: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-impl TenantSlots {
-    pub(crate) fn new(module: &'static str, share: usize) -> Self {
+impl TenantLimit {
+    /// A bound of `limit` per tenant (at least 1).
+    pub fn new(limit: usize) -> Self {
         Self {
-            module,
-            share: share.max(1),
+            limit: limit.max(1),
             held: Arc::default(),
         }
     }
 
-    /// Takes one of `tenant`'s slots, or yields the RESOURCE_EXHAUSTED reply
-    /// naming the share when the tenant holds all of its own.
-    pub(crate) fn take(&self, tenant: &str) -> Result<Share, Reply> {
+    /// The bound per tenant.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// How many units `tenant` holds now.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.held.lock().get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Takes one unit for `tenant`, or `None` when it holds `limit` already.
+    pub fn try_take(&self, tenant: &str) -> Option<TenantPermit> {
         let mut held = self.held.lock();
-        // Two lookups rather than `entry`, so a tenant already present (the
-        // common case) costs no allocation for the key.
-        if !held.contains_key(tenant) {
-            held.insert(tenant.to_owned(), 0);
+        // `get_mut` first, so a tenant already present (the common case)
+        // costs no allocation for the key.
+        match held.get_mut(tenant) {
+            Some(count) if *count >= self.limit => return None,
+            Some(count) => *count += 1,
+            None => {
+                held.insert(tenant.to_owned(), 1);
+            }
         }
-        let Some(count) = held.get_mut(tenant) else {
-            return Err(Reply::error(
-                Status::Internal,
-                "tenant slot table lost an entry",
-            ));
-        };
-        if *count >= self.share {
-            return Err(Reply::error(
-                Status::ResourceExhausted,
-                format!(
-                    "tenant {tenant:?} already has {} requests in progress in the {} module, \
-                     its share of the module's request slots; try again when some are answered",
-                    self.share, self.module
-                ),
-            ));
-        }
-        *count += 1;
-        Ok(Share {
+        Some(TenantPermit {
             tenant: tenant.to_owned(),
             held: Arc::clone(&self.held),
         })
     }
 }
 
-impl Drop for Share {
+impl Drop for TenantPermit {
     fn drop(&mut self) {
         let mut held = self.held.lock();
         if let Some(count) = held.get_mut(&self.tenant) {
@@ -92,6 +92,37 @@ impl Drop for Share {
                 held.remove(&self.tenant);
             }
         }
+    }
+}
+
+/// The request slots of one module instance, shared out by tenant.
+pub(crate) struct TenantSlots {
+    module: &'static str,
+    limit: TenantLimit,
+}
+
+impl TenantSlots {
+    pub(crate) fn new(module: &'static str, share: usize) -> Self {
+        Self {
+            module,
+            limit: TenantLimit::new(share),
+        }
+    }
+
+    /// Takes one of `tenant`'s slots, or yields the RESOURCE_EXHAUSTED reply
+    /// naming the share when the tenant holds all of its own.
+    pub(crate) fn take(&self, tenant: &str) -> Result<TenantPermit, Reply> {
+        self.limit.try_take(tenant).ok_or_else(|| {
+            Reply::error(
+                Status::ResourceExhausted,
+                format!(
+                    "tenant {tenant:?} already has {} requests in progress in the {} module, \
+                     its share of the module's request slots; try again when some are answered",
+                    self.limit.limit(),
+                    self.module
+                ),
+            )
+        })
     }
 }
 
@@ -121,6 +152,6 @@ mod tests {
     fn tenants_holding_nothing_leave_nothing_behind() {
         let slots = TenantSlots::new("test", 4);
         drop(slots.take("a").expect("a slot"));
-        assert!(slots.held.lock().is_empty());
+        assert!(slots.limit.held.lock().is_empty());
     }
 }
