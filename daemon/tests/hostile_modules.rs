@@ -9,7 +9,6 @@
 
 mod common;
 
-#[allow(dead_code)]
 #[path = "conformance/servers.rs"]
 mod servers;
 

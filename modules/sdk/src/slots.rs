@@ -135,7 +135,7 @@ mod tests {
         let slots = TenantSlots::new("test", 2);
         let a1 = slots.take("a").expect("first slot");
         let _a2 = slots.take("a").expect("second slot");
-        let refused = slots.take("a").err().expect("a is at its share");
+        let refused = slots.take("a").expect_err("a is at its share");
         assert_eq!(refused.status, Status::ResourceExhausted);
         let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&refused.payload)
             .expect("an error body")
