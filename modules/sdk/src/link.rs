@@ -309,6 +309,9 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 // Only handlers that wait get a task of their own.
                 match poll_once(&mut work).await {
                     std::task::Poll::Ready(reply) => {
+                        // Bounded before `opened` is read: an answer refused
+                        // for its size opens no stream.
+                        let reply = bounded(opcode, reply);
                         let opened = reply.opens_stream;
                         respond(&tx, &header, reply, false).await;
                         registry.answered(header.request_id, opened);
@@ -318,7 +321,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                         let tx = tx.clone();
                         let registry = Arc::clone(&registry);
                         tokio::spawn(async move {
-                            let reply = work.await;
+                            let reply = bounded(opcode, work.await);
                             let opened = reply.opens_stream;
                             respond(&tx, &header, reply, true).await;
                             registry.answered(header.request_id, opened);
@@ -384,4 +387,32 @@ fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<Split<'a>, Rep
         .map_err(|e| Reply::error(Status::Internal, format!("link trace context: {e}")))?;
     let body = body.get(mecha_abi::TRACE_LEN..).unwrap_or_default();
     Ok((tenant, Some(trace), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_link_limit_becomes_resource_exhausted() {
+        let fits = Reply {
+            status: Status::Ok,
+            payload: vec![0; 16],
+            opens_stream: false,
+        };
+        assert_eq!(bounded(Opcode::STATE_BULK_GET, fits.clone()), fits);
+        let too_large = Reply {
+            status: Status::Ok,
+            payload: vec![0; MAX_FRAME_CAP as usize + 1],
+            opens_stream: true,
+        };
+        let refused = bounded(Opcode::STATE_BULK_GET, too_large);
+        assert_eq!(refused.status, Status::ResourceExhausted);
+        assert!(!refused.opens_stream, "a refused answer opens no stream");
+        let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&refused.payload)
+            .expect("an error body")
+            .message;
+        assert!(message.contains("STATE_BULK_GET"), "{message}");
+        assert!(message.contains(&MAX_FRAME_CAP.to_string()), "{message}");
+    }
 }

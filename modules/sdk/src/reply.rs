@@ -107,3 +107,17 @@ pub(crate) fn check_frame_size(size: usize) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_up_to_the_link_limit_pass_and_larger_ones_name_both_sizes() {
+        let limit = mecha_abi::MAX_FRAME_CAP as usize;
+        assert!(check_frame_size(limit).is_ok());
+        let message = check_frame_size(limit + 1).expect_err("one byte over");
+        assert!(message.contains(&(limit + 1).to_string()), "{message}");
+        assert!(message.contains(&limit.to_string()), "{message}");
+    }
+}
