@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use common::{connect_as, error_message, open_to_nobody, require_root, Daemon, Raw, NOBODY};
 use mecha_abi::msg::{
-    ConfigSubscribeRequest, Hello, HelloReply, SetItem, TryLockReply, TryLockRequest, TxOp,
+    ConfigSubscribeRequest, Hello, HelloReply, InvokeRequest, RegisterRequest, SetItem,
+    TryLockReply, TryLockRequest, TxOp,
 };
 use mecha_abi::{Header, Opcode, Status};
 use mecha_client::SetOptions;
@@ -328,6 +329,89 @@ fn a_tenant_holding_its_share_of_request_slots_does_not_stop_pings_or_others() {
         .find(|m| m.name == "lock")
         .expect("the lock module is listed");
     assert_eq!(lock.restarts, 0, "{lock:?}");
+    drop(conns);
+}
+
+/// 3, the attack of issue #16: an attacker registers an app id, never
+/// answers its calls, and sends 1100 calls to it with a 30 s deadline. Each
+/// call holds a request slot of the invoke module while it waits; once the
+/// attacker holds its share (512), further calls are refused at once, and
+/// the module keeps reading its link: the health pings are answered (the
+/// module keeps its pid although a second without an answer would get it
+/// killed) and another tenant's invokes are answered. When the module
+/// stopped reading at 1024 busy slots, it was killed, restarted and after
+/// six rounds marked failed for everyone.
+#[test]
+fn calls_to_a_callee_that_never_answers_do_not_stop_the_invoke_module() {
+    let d = start(&[component(
+        "invoke",
+        "invoke.mesh",
+        &[("nodeName", "node-a")],
+    )]);
+    let victim = d.client();
+    let pid = d.module_pid("invoke");
+    assert_ne!(pid, 0, "the invoke module runs");
+
+    // The callee registers and then never reads its connection again.
+    let mut callee = raw_as(&d, NOBODY);
+    let register = mecha_abi::encode(&RegisterRequest {
+        app_id: "trap".into(),
+        methods: vec![],
+    })
+    .expect("encode register");
+    let (status, body) = callee.call(request(Opcode::INVOKE_REGISTER, 2, PATIENCE), &register);
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+
+    let invoke = mecha_abi::encode(&InvokeRequest {
+        app_id: "trap".into(),
+        method: "m".into(),
+        data: Vec::new(),
+        content_type: String::new(),
+        metadata: Vec::new(),
+        caller_app_id: String::new(),
+        trace_parent: String::new(),
+    })
+    .expect("encode invoke");
+    // 1100 calls over five connections, each below the daemon's 256
+    // requests in flight per connection.
+    let mut conns = vec![callee];
+    for _ in 0..5 {
+        let mut raw = raw_as(&d, NOBODY);
+        for i in 0..220 {
+            raw.send(
+                request(Opcode::INVOKE, 10 + i, Duration::from_secs(30)),
+                &invoke,
+            );
+        }
+        conns.push(raw);
+    }
+    // Calls that wait stay unanswered; the first refusal shows that the
+    // attacker holds every slot it may.
+    let last = conns.last_mut().expect("a connection");
+    loop {
+        let (h, body) = last.recv().expect("an answer before the deadline");
+        match Status::from_code(h.status) {
+            Status::ResourceExhausted => break,
+            other => panic!("a call was answered {other:?}: {}", error_message(&body)),
+        }
+    }
+    // Health pings go every 100 ms and a module silent for a second is
+    // killed: the victim is served for longer than that while the attacker
+    // holds its calls.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let answer = victim.invoke("nobody-serves-this", "m", Vec::new(), Default::default());
+        assert_eq!(
+            status_of(answer),
+            Some(Status::NotFound),
+            "the victim's invoke is answered"
+        );
+    }
+    assert_eq!(
+        d.module_pid("invoke"),
+        pid,
+        "the invoke module was not restarted"
+    );
     drop(conns);
 }
 
