@@ -198,7 +198,8 @@ impl PostgresStore {
             let version: i64 = self.pg.column(row, 2)?;
             found.insert(key, (value, version));
         }
-        // Answers follow the request, so a key asked twice is answered twice.
+        // Answers follow the request, so a key asked twice is answered twice
+        // (the module asks each key once; the trait allows repeats).
         Ok(keys
             .iter()
             .map(|key| {

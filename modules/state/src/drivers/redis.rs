@@ -1,6 +1,6 @@
 //! The `state.redis` driver: state in a Redis server, one hash `{data,
 //! version}` per key (the layout Dapr's Redis store uses), with ETags from a
-//! store-wide revision counter, native expiry, and every write applied by
+//! per-tenant revision counter, native expiry, and every write applied by
 //! one Lua script so that checks and writes are atomic.
 //!
 //! # Keys
