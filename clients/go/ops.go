@@ -94,8 +94,8 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...CallOption) (bo
 	return r.Existed, nil
 }
 
-// BulkGet reads several keys at once: one item per key, in order, with a
-// nil Entry for a missing key. Options: WithStore.
+// BulkGet reads several keys at once (at most 1024 distinct): one item per
+// distinct key, in order, with a nil Entry for a missing key. Options: WithStore.
 func (c *Client) BulkGet(ctx context.Context, keys []string, opts ...CallOption) ([]BulkGetItem, error) {
 	o := collect(opts)
 	var r BulkGetReply

@@ -276,8 +276,8 @@ func (m *BulkGetItem) decode(d *decoder) {
 	}
 }
 
-// BulkGetReply is the OK answer to STATE_BULK_GET: one item per requested
-// key, in request order.
+// BulkGetReply is the OK answer to STATE_BULK_GET: one item per distinct
+// requested key, in request order (a repeated key is answered once).
 type BulkGetReply struct {
 	Items []BulkGetItem
 }

@@ -96,7 +96,8 @@ impl Client {
         fn set(store: &str, key: &str, value: Vec<u8>, options: SetOptions) -> String;
         /// Deletes `key`; returns whether it existed.
         fn delete(store: &str, key: &str, etag: Option<String>) -> bool;
-        /// Reads many keys; one item per key, in order.
+        /// Reads many keys (at most 1024 distinct); one item per distinct
+        /// key, in order.
         fn bulk_get(store: &str, keys: Vec<String>) -> Vec<BulkGetItem>;
         /// Writes many keys atomically; returns their new ETags.
         fn bulk_set(store: &str, items: Vec<SetItem>) -> Vec<String>;

@@ -455,7 +455,8 @@ impl Client {
         Ok(reply.existed)
     }
 
-    /// Reads many keys; one item per key, in order.
+    /// Reads many keys (at most 1024 distinct); one item per distinct key,
+    /// in order (a repeated key is answered once).
     pub async fn bulk_get(
         &self,
         store: &str,

@@ -7,35 +7,48 @@ pub mod drivers;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use mecha_abi::msg::{
     ConfigGetReply, ConfigGetRequest, ConfigSetReply, ConfigSetRequest, ConfigSubscribeRequest,
     ConfigUpdate,
 };
-use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+use mecha_module::metadata::take_limit;
+use mecha_module::{
+    Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream, TenantLimit,
+    TenantPermit,
+};
 
 use drivers::{ConfigError, ConfigStore, Subscriber};
 
-/// The most streams the module keeps open at once, over all stores and
-/// tenants. Each costs a task and a mailbox; the cap keeps a client that
-/// opens streams in a loop from exhausting the module's memory.
-pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// How many subscriptions one tenant may keep open on one store at once,
+/// unless the component's metadata field [`MAX_SUBSCRIPTIONS_FIELD`] says
+/// otherwise. Each costs a task and a mailbox; the bound keeps a client that
+/// opens streams in a loop from exhausting the module's memory. It is per
+/// tenant (issue #16: a node-wide bound of 10,000 let one connection's
+/// watches refuse every other tenant).
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1000;
+
+/// The component metadata field that sets the per-tenant bound on
+/// subscriptions (see [`DEFAULT_MAX_SUBSCRIPTIONS`]), for every driver.
+pub const MAX_SUBSCRIPTIONS_FIELD: &str = "maxSubscriptionsPerTenant";
+
+/// The most keys one CONFIG_GET or CONFIG_SUBSCRIBE may name (SPEC §7.6.1):
+/// each costs a lookup and room in the answer.
+pub const MAX_KEYS: usize = 1024;
 
 /// One configured store.
 struct Slot {
     store: Box<dyn ConfigStore>,
     /// The tenants allowed to use the store; `None` for everyone.
     allowed: Option<Vec<String>>,
+    /// Open subscriptions, per tenant.
+    subscriptions: TenantLimit,
 }
 
 /// The configuration module: one or more named stores, the first being the
 /// default.
 pub struct ConfigModule {
     slots: Components<Slot>,
-    /// Streams currently open, bounded by [`MAX_SUBSCRIPTIONS`].
-    subscriptions: Arc<AtomicUsize>,
 }
 
 impl Module for ConfigModule {
@@ -44,15 +57,16 @@ impl Module for ConfigModule {
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
         let slots = Components::open(&hello.components, "configuration store", |spec| {
+            let (spec, max_subscriptions) =
+                take_limit(spec, MAX_SUBSCRIPTIONS_FIELD, DEFAULT_MAX_SUBSCRIPTIONS)
+                    .map_err(ConfigError::from)?;
             Ok::<_, ConfigError>(Slot {
-                allowed: drivers::allowed_tenants(spec)?,
-                store: drivers::open(spec, data_dir)?,
+                allowed: drivers::allowed_tenants(&spec)?,
+                store: drivers::open(&spec, data_dir)?,
+                subscriptions: TenantLimit::new(max_subscriptions),
             })
         })?;
-        Ok(Self {
-            slots,
-            subscriptions: Arc::new(AtomicUsize::new(0)),
-        })
+        Ok(Self { slots })
     }
 
     async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
@@ -88,8 +102,8 @@ impl ConfigModule {
     }
 
     async fn get(&self, tenant: &str, payload: &[u8]) -> Handled {
-        let req: ConfigGetRequest = Reply::decode(payload)?;
-        check_keys(&req.keys)?;
+        let mut req: ConfigGetRequest = Reply::decode(payload)?;
+        req.keys = distinct_keys(req.keys)?;
         let slot = self.store(&req.store, tenant)?;
         let items = slot
             .store
@@ -123,13 +137,18 @@ impl ConfigModule {
     }
 
     async fn subscribe(&self, ctx: &Ctx, payload: &[u8]) -> Handled {
-        let req: ConfigSubscribeRequest = Reply::decode(payload)?;
-        check_keys(&req.keys)?;
+        let mut req: ConfigSubscribeRequest = Reply::decode(payload)?;
+        req.keys = distinct_keys(req.keys)?;
         let slot = self.store(&req.store, &ctx.tenant)?;
-        let Some(guard) = SubscriptionGuard::acquire(&self.subscriptions) else {
+        let Some(guard) = slot.subscriptions.try_take(&ctx.tenant) else {
             return Err(Reply::error(
                 Status::ResourceExhausted,
-                format!("the config module already serves {MAX_SUBSCRIPTIONS} subscriptions"),
+                format!(
+                    "tenant {:?} already has {} subscriptions open on this configuration \
+                     store (metadata field {MAX_SUBSCRIPTIONS_FIELD})",
+                    ctx.tenant,
+                    slot.subscriptions.limit()
+                ),
             ));
         };
         let (items, subscriber) = slot
@@ -145,26 +164,6 @@ impl ConfigModule {
     }
 }
 
-/// Counts one open subscription against [`MAX_SUBSCRIPTIONS`] while alive.
-struct SubscriptionGuard(Arc<AtomicUsize>);
-
-impl SubscriptionGuard {
-    fn acquire(count: &Arc<AtomicUsize>) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_SUBSCRIPTIONS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(Arc::clone(count)))
-    }
-}
-
-impl Drop for SubscriptionGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Pushes a subscriber's changes on its stream until the stream is cancelled
 /// or the link closes.
 ///
@@ -173,7 +172,7 @@ impl Drop for SubscriptionGuard {
 /// push is blocked on a full link. Whatever piled up meanwhile then goes out
 /// as one push, so a subscriber that falls behind gets the latest values
 /// without the module buffering every intermediate one.
-async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: SubscriptionGuard) {
+async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: TenantPermit) {
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -217,9 +216,26 @@ async fn forward_changes(mut stream: Stream, subscriber: Subscriber, _guard: Sub
     // Dropping the stream ends it (with OK) if it is still open.
 }
 
-fn check_keys(keys: &[String]) -> Result<(), Reply> {
-    keys.iter()
-        .try_for_each(|key| Reply::valid_name("key", key))
+/// Checks a request's keys and drops repeated ones (a key named twice is
+/// answered once); more than [`MAX_KEYS`] distinct keys is RESOURCE_EXHAUSTED.
+fn distinct_keys(keys: Vec<String>) -> Result<Vec<String>, Reply> {
+    let mut seen = HashSet::with_capacity(keys.len().min(MAX_KEYS));
+    let mut distinct = Vec::with_capacity(keys.len().min(MAX_KEYS));
+    for key in keys {
+        Reply::valid_name("key", &key)?;
+        if seen.contains(key.as_str()) {
+            continue;
+        }
+        if distinct.len() == MAX_KEYS {
+            return Err(Reply::error(
+                Status::ResourceExhausted,
+                format!("a request may name at most {MAX_KEYS} distinct keys; split it"),
+            ));
+        }
+        seen.insert(key.clone());
+        distinct.push(key);
+    }
+    Ok(distinct)
 }
 
 fn store_error(e: ConfigError) -> Reply {

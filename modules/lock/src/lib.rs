@@ -8,24 +8,40 @@ use std::path::Path;
 use std::time::Duration;
 
 use mecha_abi::msg::{ExtendLockRequest, TryLockReply, TryLockRequest, UnlockReply, UnlockRequest};
-use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
+use mecha_module::metadata::take_limit;
+use mecha_module::{
+    Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, TenantLimit,
+};
 
 use drivers::{Acquired, LockError, LockStore, Stop};
 
-/// How many requests may wait for a lock at once in one module instance.
+/// How many requests of one tenant may wait for a lock of one component at
+/// once, unless the component's metadata field [`MAX_WAITERS_FIELD`] says
+/// otherwise.
 ///
-/// The SDK serves at most 1024 requests at a time and stops reading the link
-/// at that limit. Waiting requests occupy those slots, so without a bound of
-/// their own they could fill all of them, and the unlocks that would end the
-/// waits (and the daemon's health pings) would never be read. Half the slots
-/// stay free for everything else.
-pub const MAX_WAITING: usize = 512;
+/// A waiting request holds one of its tenant's request slots in the SDK
+/// (`mecha_module::DEFAULT_TENANT_SLOTS`, 512); this bound keeps most of
+/// them free, so that the tenant's unlocks, which end the waits, are still
+/// served. It is per tenant, so a tenant at its bound leaves every other
+/// tenant's waits untouched (issue #16: a node-wide bound of 512 let one
+/// tenant's 540 waiters refuse everyone else's). The module-wide total is
+/// bounded by the SDK's request slots.
+pub const DEFAULT_MAX_WAITERS: usize = 128;
+
+/// The component metadata field that sets the per-tenant bound on waiters
+/// (see [`DEFAULT_MAX_WAITERS`]). The module reads it, for every driver.
+pub const MAX_WAITERS_FIELD: &str = "maxWaitersPerTenant";
+
+/// One configured store and the bound on its waiters.
+struct Slot {
+    store: Box<dyn LockStore>,
+    /// One permit per waiting request, per tenant.
+    waiters: TenantLimit,
+}
 
 /// The lock module: one or more named stores, the first being the default.
 pub struct LockModule {
-    stores: Components<Box<dyn LockStore>>,
-    /// One permit per request allowed to wait; see [`MAX_WAITING`].
-    waiting: tokio::sync::Semaphore,
+    stores: Components<Slot>,
 }
 
 impl Module for LockModule {
@@ -35,12 +51,14 @@ impl Module for LockModule {
     async fn init(hello: LinkHello) -> Result<Self, InitError> {
         let data_dir = Path::new(&hello.data_dir);
         let stores = Components::open_scoped(&hello.components, "lock store", |spec| {
-            drivers::open(spec, data_dir)
+            let (spec, max_waiters) = take_limit(spec, MAX_WAITERS_FIELD, DEFAULT_MAX_WAITERS)
+                .map_err(LockError::from)?;
+            Ok::<_, LockError>(Slot {
+                store: drivers::open(&spec, data_dir)?,
+                waiters: TenantLimit::new(max_waiters),
+            })
         })?;
-        Ok(Self {
-            stores,
-            waiting: tokio::sync::Semaphore::new(MAX_WAITING),
-        })
+        Ok(Self { stores })
     }
 
     async fn handle(&self, ctx: Ctx, payload: &[u8]) -> Reply {
@@ -57,8 +75,8 @@ impl Module for LockModule {
     }
 
     async fn tick(&self) {
-        for (name, store) in self.stores.iter() {
-            match store.sweep().await {
+        for (name, slot) in self.stores.iter() {
+            match slot.store.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(store = %name, expired = n, "swept expired locks"),
                 Err(e) => tracing::warn!(store = %name, "sweeping expired locks failed: {e}"),
@@ -78,27 +96,34 @@ impl LockModule {
         name: &str,
         tenant: &'t str,
     ) -> Result<(&dyn LockStore, Cow<'t, str>), Reply> {
-        self.stores
-            .scoped(name, tenant)
-            .map(|(store, scope)| (store.as_ref(), scope))
+        self.slot(name, tenant)
+            .map(|(slot, scope)| (slot.store.as_ref(), scope))
+    }
+
+    /// Like [`Self::store`], with the bound on the store's waiters.
+    fn slot<'t>(&self, name: &str, tenant: &'t str) -> Result<(&Slot, Cow<'t, str>), Reply> {
+        self.stores.scoped(name, tenant)
     }
 
     async fn try_lock(&self, ctx: &Ctx, payload: &[u8]) -> Handled {
         let req: TryLockRequest = Reply::decode(payload)?;
         check_names(&req.resource, &req.owner)?;
         check_ttl(req.ttl_ms)?;
-        let (store, tenant) = self.store(&req.store, &ctx.tenant)?;
+        let (slot, tenant) = self.slot(&req.store, &ctx.tenant)?;
+        let store = slot.store.as_ref();
         // A wait ends after `wait_ms`, at the request's deadline, or when this
         // instance drains, whichever comes first (see `stop`). A client that
         // waits should send a deadline longer than its wait (the Rust client
         // does), or the deadline cuts the wait short.
         let wanted = Duration::from_millis(req.wait_ms);
         // Without a permit the request may still get a free lock; only
-        // having to wait for it is refused, below.
+        // having to wait for it is refused, below. The permit is counted
+        // against the caller's own tenant, not the scope: the members of a
+        // shared component each have their own bound.
         let permit = if wanted.is_zero() {
             None
         } else {
-            self.waiting.try_acquire().ok()
+            slot.waiters.try_take(&ctx.tenant)
         };
         let wait = if permit.is_some() {
             wanted
@@ -117,8 +142,11 @@ impl LockModule {
                 return Err(Reply::error(
                     Status::ResourceExhausted,
                     format!(
-                        "lock {resource:?} is held and {MAX_WAITING} requests already wait for \
-                         locks in this module instance; try again later"
+                        "lock {resource:?} is held and tenant {:?} already has {} requests \
+                         waiting for locks of this store (metadata field {MAX_WAITERS_FIELD}); \
+                         try again later",
+                        ctx.tenant,
+                        slot.waiters.limit()
                     ),
                 ))
             }
@@ -464,11 +492,11 @@ mod tests {
         let rt = runtime();
         let m = module(&rt);
         hold(&rt, &m, "busy");
-        // As if MAX_WAITING requests were waiting already.
-        let _all = m
-            .waiting
-            .try_acquire_many(MAX_WAITING as u32)
-            .expect("all permits");
+        // As if the tenant had its bound of requests waiting already.
+        let waiters = &m.stores.entry("").expect("the store").1.waiters;
+        let _all: Vec<_> = (0..DEFAULT_MAX_WAITERS)
+            .map(|_| waiters.try_take("t").expect("a permit"))
+            .collect();
         let refused = call(
             &rt,
             &m,
@@ -477,6 +505,17 @@ mod tests {
         );
         let (status, message) = error_of(&refused);
         assert_eq!(status, Status::ResourceExhausted, "{message}");
+        assert!(message.contains(MAX_WAITERS_FIELD), "{message}");
+        // Another tenant may still wait: its bound is its own.
+        let held = rt.block_on(m.handle(
+            Ctx::detached("other", Opcode::LOCK_TRY_LOCK),
+            &try_lock("", "busy", "a", 60_000, 0),
+        ));
+        assert_eq!(held.status, Status::Ok);
+        let ctx =
+            Ctx::detached_with_deadline("other", Opcode::LOCK_TRY_LOCK, Duration::from_millis(50));
+        let other = rt.block_on(m.handle(ctx, &try_lock("", "busy", "c", 10, 60_000)));
+        assert_eq!(error_of(&other).0, Status::DeadlineExceeded, "it waited");
         // Not waiting, or not having to, is unaffected by the limit.
         let reply = call(
             &rt,
@@ -496,6 +535,17 @@ mod tests {
         assert!(reply.acquired);
     }
 
+    /// The per-tenant bound on waiters is component metadata that every
+    /// driver accepts, checked at load.
+    #[test]
+    fn the_waiter_bound_is_component_metadata() {
+        assert_eq!(init_error("lock.memory", &[(MAX_WAITERS_FIELD, "2")]), "");
+        let error = init_error("lock.memory", &[("MaxWaitersPerTenant", "0")]);
+        assert!(error.contains("MaxWaitersPerTenant"), "{error}");
+        let error = init_error("lock.memory", &[(MAX_WAITERS_FIELD, "many")]);
+        assert!(error.contains("whole number"), "{error}");
+    }
+
     /// A waiter gives up at the request's deadline, without waiting out its
     /// `wait_ms`, and gives its waiting permit back.
     #[test]
@@ -511,11 +561,8 @@ mod tests {
         assert_eq!(status, Status::DeadlineExceeded, "{message}");
         assert!(message.contains("\"busy\""), "{message}");
         assert!(started.elapsed() < Duration::from_secs(10), "stopped early");
-        assert_eq!(
-            m.waiting.available_permits(),
-            MAX_WAITING,
-            "permit returned"
-        );
+        let waiters = &m.stores.entry("").expect("the store").1.waiters;
+        assert_eq!(waiters.held("t"), 0, "permit returned");
     }
 
     /// A waiter gives up when the instance drains, so a hot restart is not

@@ -22,6 +22,27 @@ pub struct MetadataError {
     pub reason: String,
 }
 
+/// Takes a module-level limit out of a component's metadata: the whole
+/// number of field `name` (at least 1), or `default` without it, and the
+/// spec without that field, for the driver (which would refuse the field as
+/// unknown). Limits such as a per-tenant cap on lock waiters belong to the
+/// module, not to any one driver, so every driver of the module accepts them
+/// this way.
+pub fn take_limit(
+    spec: &ComponentSpec,
+    name: &str,
+    default: usize,
+) -> Result<(ComponentSpec, usize), MetadataError> {
+    let metadata = Metadata::lenient(spec)?;
+    let limit = metadata
+        .whole(name, 1..=u64::from(u32::MAX))?
+        .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut rest = spec.clone();
+    rest.metadata
+        .retain(|(field, _)| !field.eq_ignore_ascii_case(name));
+    Ok((rest, limit))
+}
+
 /// A component's metadata fields, checked once and then read by name.
 #[derive(Clone, Copy, Debug)]
 pub struct Metadata<'a> {

@@ -26,6 +26,7 @@ mod outbound;
 pub mod remote;
 mod reply;
 mod sandbox;
+mod slots;
 mod stream;
 pub mod testing;
 
@@ -33,7 +34,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use components::Components;
-pub use link::run;
+pub use link::{run, MAX_CONCURRENT};
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 /// Component metadata, read the way Dapr does (its own crate, shared with
@@ -41,6 +42,7 @@ pub use mecha_abi::{Opcode, Status};
 pub use mecha_metadata as metadata;
 pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
+pub use slots::{TenantLimit, TenantPermit, DEFAULT_TENANT_SLOTS};
 pub use stream::{Stream, StreamClosed};
 
 /// The environment variable mechad sets on an instance started to replace a
@@ -158,6 +160,11 @@ pub struct InitError(pub String);
 pub trait Module: Send + Sync + Sized + 'static {
     /// The module's name, e.g. `state`.
     const NAME: &'static str;
+
+    /// How many requests one tenant may have in progress in this module at
+    /// once (its share of the module's [`MAX_CONCURRENT`] request slots);
+    /// more are answered RESOURCE_EXHAUSTED (SPEC §8, "Request slots").
+    const TENANT_SLOTS: usize = DEFAULT_TENANT_SLOTS;
 
     /// How often [`Module::tick`] runs, if at all.
     const TICK: Option<Duration> = None;

@@ -9,12 +9,15 @@ use mecha_abi::{Flags, Header, Opcode, Status, MAX_FRAME_CAP};
 use mecha_wire::{FrameReader, OutFrame, Outbox, ReadError};
 use tokio::sync::Semaphore;
 
+use crate::slots::TenantSlots;
 use crate::stream::{Opener, Registry};
 use crate::{Ctx, InitError, Module, Reply};
 
-/// Requests a module serves concurrently before it stops reading the link;
-/// the daemon's own bounded queue then applies backpressure to applications.
-const MAX_CONCURRENT: u32 = 1024;
+/// Requests a module serves at once, over all tenants. A request beyond it
+/// is answered RESOURCE_EXHAUSTED at once rather than waited for: the link
+/// loop never stops reading, so health pings and cancellations are always
+/// read (SPEC §8, "Request slots").
+pub const MAX_CONCURRENT: u32 = 4096;
 /// Frames queued for the link beyond which stream pushes and spawned answers
 /// wait for the writer.
 const WRITE_QUEUE: usize = 1024;
@@ -94,6 +97,7 @@ fn link_stream() -> Result<(mecha_wire::sock::ReadHalf, mecha_wire::sock::WriteH
 /// written now (an answer from a task of its own); without, the read loop
 /// writes it with the rest of what one read brought.
 async fn respond(tx: &Outbox, request: &Header, reply: Reply, flush: bool) {
+    let reply = bounded(request.opcode, reply);
     let mut header = request.response(reply.status);
     if reply.opens_stream {
         header.flags.0 |= Flags::STREAM;
@@ -103,6 +107,26 @@ async fn respond(tx: &Outbox, request: &Header, reply: Reply, flush: bool) {
         let _ = tx.send_wait(frame).await;
     } else {
         let _ = tx.push(frame);
+    }
+}
+
+/// The reply itself if its payload fits the link's frame limit
+/// ([`MAX_FRAME_CAP`]), else RESOURCE_EXHAUSTED naming both sizes.
+///
+/// The daemon treats a frame over the limit as a broken link and restarts
+/// the module, so one request whose answer grew too large (a bulk read of
+/// large values) would take the module away from every tenant. Refusing
+/// that one request instead keeps the link and everyone else's requests.
+pub(crate) fn bounded(opcode: Opcode, reply: Reply) -> Reply {
+    match crate::reply::check_frame_size(reply.payload.len()) {
+        Ok(()) => reply,
+        Err(message) => {
+            tracing::debug!(%opcode, size = reply.payload.len(), "answer over the link limit refused");
+            Reply::error(
+                Status::ResourceExhausted,
+                format!("the answer to {opcode} {message}"),
+            )
+        }
     }
 }
 
@@ -180,6 +204,7 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     let daemon_link = crate::DaemonLink::new(tx.clone());
     module.attach(daemon_link.clone());
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
+    let slots = TenantSlots::new(M::NAME, M::TENANT_SLOTS);
     let registry = Arc::new(Registry::default());
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
     loop {
@@ -217,17 +242,43 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 return Ok(());
             }
             opcode => {
-                // The permit bounds the requests that wait in tasks of their
-                // own; what is queued must be written before waiting for one,
-                // since the answers it holds are what the daemon waits for.
-                let permit = match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => {
-                        tx.flush();
-                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                            return Ok(());
-                        };
-                        permit
+                // The tenant is read first: the request slots are shared out
+                // by tenant before any work starts, since work that started
+                // (a write handed to a blocking thread) cannot be taken back.
+                let (tenant, trace, body) = match split_tenant(&header, &payload) {
+                    Ok((tenant, trace, body)) => {
+                        let offset = payload.len() - body.len();
+                        (tenant.to_string(), trace, offset)
+                    }
+                    Err(reply) => {
+                        respond(&tx, &header, reply, false).await;
+                        continue;
+                    }
+                };
+                // Slots are taken without waiting. A module that waited for a
+                // slot would stop reading its link, and then the health pings
+                // behind the requests would go unanswered and the daemon
+                // would kill the module for everyone (issue #16). A request
+                // over its tenant's share, or over the module's total, is
+                // refused instead; see `TenantSlots` for why refusing beats
+                // queueing here.
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    let reply = Reply::error(
+                        Status::ResourceExhausted,
+                        format!(
+                            "the {} module is serving {MAX_CONCURRENT} requests already; \
+                             try again later",
+                            M::NAME
+                        ),
+                    );
+                    respond(&tx, &header, reply, false).await;
+                    continue;
+                };
+                let share = match slots.take(&tenant) {
+                    Ok(share) => share,
+                    Err(reply) => {
+                        respond(&tx, &header, reply, false).await;
+                        continue;
                     }
                 };
                 let deadline = (header.deadline_ms > 0).then(|| {
@@ -243,39 +294,38 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
                 let m = Arc::clone(&module);
                 let draining = draining.clone();
                 let mut work = Box::pin(async move {
-                    match split_tenant(&header, &payload) {
-                        Ok((tenant, trace, body)) => {
-                            let ctx = Ctx {
-                                tenant: tenant.to_string(),
-                                trace,
-                                opcode,
-                                deadline,
-                                draining,
-                                stream: opener,
-                            };
-                            m.handle(ctx, body).await
-                        }
-                        Err(reply) => reply,
-                    }
+                    let ctx = Ctx {
+                        tenant,
+                        trace,
+                        opcode,
+                        deadline,
+                        draining,
+                        stream: opener,
+                    };
+                    m.handle(ctx, payload.get(body..).unwrap_or_default()).await
                 });
                 // The fast path: a handler that completes without waiting is
                 // answered here, with no task, no hand-off and no wake-up.
                 // Only handlers that wait get a task of their own.
                 match poll_once(&mut work).await {
                     std::task::Poll::Ready(reply) => {
+                        // Bounded before `opened` is read: an answer refused
+                        // for its size opens no stream.
+                        let reply = bounded(opcode, reply);
                         let opened = reply.opens_stream;
                         respond(&tx, &header, reply, false).await;
                         registry.answered(header.request_id, opened);
+                        drop((permit, share));
                     }
                     std::task::Poll::Pending => {
                         let tx = tx.clone();
                         let registry = Arc::clone(&registry);
                         tokio::spawn(async move {
-                            let reply = work.await;
+                            let reply = bounded(opcode, work.await);
                             let opened = reply.opens_stream;
                             respond(&tx, &header, reply, true).await;
                             registry.answered(header.request_id, opened);
-                            drop(permit);
+                            drop((permit, share));
                         });
                     }
                 }
@@ -337,4 +387,32 @@ fn split_tenant<'a>(header: &Header, payload: &'a [u8]) -> Result<Split<'a>, Rep
         .map_err(|e| Reply::error(Status::Internal, format!("link trace context: {e}")))?;
     let body = body.get(mecha_abi::TRACE_LEN..).unwrap_or_default();
     Ok((tenant, Some(trace), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_link_limit_becomes_resource_exhausted() {
+        let fits = Reply {
+            status: Status::Ok,
+            payload: vec![0; 16],
+            opens_stream: false,
+        };
+        assert_eq!(bounded(Opcode::STATE_BULK_GET, fits.clone()), fits);
+        let too_large = Reply {
+            status: Status::Ok,
+            payload: vec![0; MAX_FRAME_CAP as usize + 1],
+            opens_stream: true,
+        };
+        let refused = bounded(Opcode::STATE_BULK_GET, too_large);
+        assert_eq!(refused.status, Status::ResourceExhausted);
+        assert!(!refused.opens_stream, "a refused answer opens no stream");
+        let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&refused.payload)
+            .expect("an error body")
+            .message;
+        assert!(message.contains("STATE_BULK_GET"), "{message}");
+        assert!(message.contains(&MAX_FRAME_CAP.to_string()), "{message}");
+    }
 }

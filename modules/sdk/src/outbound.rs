@@ -73,6 +73,14 @@ impl DaemonLink {
             Ok(b) => b,
             Err(e) => return error(Status::Internal, &e.to_string()),
         };
+        // A frame over the link's limit would make the daemon drop the link
+        // (and with it every request of every tenant); refuse this one.
+        if let Err(message) = crate::reply::check_frame_size(body.len()) {
+            return error(
+                Status::ResourceExhausted,
+                &format!("the delivered request {message}"),
+            );
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.inner.slots.acquire()).await
         else {

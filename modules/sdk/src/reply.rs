@@ -93,3 +93,31 @@ impl Reply {
         mecha_abi::decode(payload).map_err(|e| Reply::error(Status::InvalidArgument, e.to_string()))
     }
 }
+
+/// Checks that a frame payload of `size` bytes fits the link's frame limit
+/// ([`mecha_abi::MAX_FRAME_CAP`]); the error completes a sentence about the
+/// frame ("the answer to STATE_BULK_GET …"), naming the size and the limit.
+pub(crate) fn check_frame_size(size: usize) -> Result<(), String> {
+    let limit = mecha_abi::MAX_FRAME_CAP as usize;
+    if size <= limit {
+        Ok(())
+    } else {
+        Err(format!(
+            "would be {size} bytes, more than the module link's frame limit of {limit} bytes"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_up_to_the_link_limit_pass_and_larger_ones_name_both_sizes() {
+        let limit = mecha_abi::MAX_FRAME_CAP as usize;
+        assert!(check_frame_size(limit).is_ok());
+        let message = check_frame_size(limit + 1).expect_err("one byte over");
+        assert!(message.contains(&(limit + 1).to_string()), "{message}");
+        assert!(message.contains(&limit.to_string()), "{message}");
+    }
+}

@@ -24,6 +24,10 @@ pub enum StreamClosed {
     /// The daemon is gone.
     #[error("the link to the daemon closed")]
     LinkClosed,
+    /// The push was larger than the link's frame limit; the stream was
+    /// ended with RESOURCE_EXHAUSTED instead of sending it.
+    #[error("a push {0}; the stream was ended")]
+    TooLarge(String),
 }
 
 struct Entry {
@@ -149,8 +153,29 @@ impl Stream {
 
     /// Sends one push. Waits while the link's queue is full, which is how a
     /// slow link slows the module down instead of growing a buffer.
+    ///
+    /// A push larger than the link's frame limit is not sent: the stream is
+    /// ended with RESOURCE_EXHAUSTED naming the size and the limit (the
+    /// daemon would fail the whole link on such a frame), and this and every
+    /// later push fail.
     pub async fn push(&mut self, payload: Vec<u8>) -> Result<(), StreamClosed> {
+        if self.ended {
+            return Err(StreamClosed::Cancelled);
+        }
         let header = Header::push(self.opcode, self.link_id);
+        if let Err(message) = crate::reply::check_frame_size(payload.len()) {
+            self.ended = true;
+            let frame = end_frame(
+                self.opcode,
+                self.link_id,
+                Status::ResourceExhausted,
+                &format!("a push of this stream {message}; the stream was ended"),
+            );
+            if let Ok(tx) = self.opened().await {
+                let _ = tx.send_wait(frame).await;
+            }
+            return Err(StreamClosed::TooLarge(message));
+        }
         let tx = self.ready().await?;
         tx.send_wait(OutFrame::new(header, Bytes::from(payload)))
             .await
@@ -176,6 +201,11 @@ impl Stream {
     /// Ends the stream with `status` (OK: finished; UNAVAILABLE: reset, the
     /// client should resubscribe) and a message.
     pub async fn end(mut self, status: Status, message: &str) {
+        // A stream ended already (by a push over the frame limit) has sent
+        // its END; a second one would end a stream that no longer exists.
+        if self.ended {
+            return;
+        }
         self.ended = true;
         let frame = end_frame(self.opcode, self.link_id, status, message);
         // Unlike a push, the END goes out after a cancellation too: the

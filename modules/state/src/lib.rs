@@ -5,6 +5,7 @@
 pub mod drivers;
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,27 @@ use mecha_abi::msg::{
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use drivers::{OpOutcome, StateStore, StoreError};
+
+/// The most keys one STATE_BULK_GET may name, and the most operations one
+/// STATE_BULK_SET or STATE_TRANSACT may carry (SPEC §7.2.4-7.2.6). Every
+/// key or operation costs work in the store and room in the answer; the cap
+/// keeps one request from holding the module (and a store's write lock) for
+/// long, and keeps the answer of a write request (one ETag per operation)
+/// far below the link's frame limit.
+pub const MAX_BULK_KEYS: usize = 1024;
+
+/// How many keys a bulk read asks its store for at once. The answer's size
+/// is checked after each batch, so a read that would exceed the frame limit
+/// stops having materialised at most one batch beyond it.
+const BULK_GET_BATCH: usize = 64;
+
+/// The most bytes a bulk read's answer may take, encoded: the module link's
+/// frame limit (the daemon drops a link that sends more).
+const MAX_ANSWER_BYTES: usize = mecha_abi::MAX_FRAME_CAP as usize;
+
+/// An upper bound of the bytes bincode adds around one length-prefixed field
+/// or one enum tag: a varint takes at most 9 bytes.
+const VARINT_MAX: usize = 9;
 
 /// The state module: one or more named stores, the first being the default.
 pub struct StateModule {
@@ -127,27 +149,63 @@ impl StateModule {
 
     async fn bulk_get(&self, tenant: &str, payload: &[u8]) -> Handled {
         let req: BulkGetRequest = Reply::decode(payload)?;
-        for key in &req.keys {
-            Reply::valid_name("key", key)?;
+        // A key named twice is read and answered once, at its first place:
+        // otherwise one stored value named many times multiplies the answer
+        // (issue #16: 17 names of one 4 MiB value broke the link).
+        let mut seen = HashSet::with_capacity(req.keys.len().min(MAX_BULK_KEYS));
+        let mut keys = Vec::with_capacity(req.keys.len().min(MAX_BULK_KEYS));
+        for key in req.keys {
+            Reply::valid_name("key", &key)?;
+            if seen.contains(key.as_str()) {
+                continue;
+            }
+            if keys.len() == MAX_BULK_KEYS {
+                return Err(too_many("STATE_BULK_GET", "distinct keys"));
+            }
+            seen.insert(key.clone());
+            keys.push(key);
         }
+        drop(seen);
         let (store, tenant) = self.store(&req.store, tenant)?;
-        // The driver takes the keys by value and answers in request order;
-        // the copy pairs each answer with its key again.
-        let entries = store
-            .get(&tenant, req.keys.clone())
-            .await
-            .map_err(store_error)?;
-        // `zip` would silently drop keys if a driver broke the one-answer-
-        // per-key rule; a short answer is a driver bug, reported as such.
-        if entries.len() != req.keys.len() {
-            return Err(answer_count_error(req.keys.len(), entries.len()));
+        // The answer is built batch by batch and its encoded size is bounded
+        // as it grows, so a read whose answer would not fit the link is
+        // refused before it is encoded, and before the rest is read.
+        let mut items = Vec::with_capacity(keys.len());
+        let mut size = VARINT_MAX;
+        let mut keys = keys.into_iter();
+        loop {
+            let batch: Vec<String> = keys.by_ref().take(BULK_GET_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            // The driver takes the keys by value and answers in request
+            // order; the copy pairs each answer with its key again.
+            let entries = store
+                .get(&tenant, batch.clone())
+                .await
+                .map_err(store_error)?;
+            // `zip` would silently drop keys if a driver broke the one-
+            // answer-per-key rule; a short answer is a driver bug, reported
+            // as such.
+            if entries.len() != batch.len() {
+                return Err(answer_count_error(batch.len(), entries.len()));
+            }
+            for (key, entry) in batch.into_iter().zip(entries) {
+                size = size.saturating_add(item_size(&key, entry.as_ref()));
+                if size > MAX_ANSWER_BYTES {
+                    return Err(Reply::error(
+                        Status::ResourceExhausted,
+                        format!(
+                            "the answer to STATE_BULK_GET would exceed {MAX_ANSWER_BYTES} bytes, \
+                             the module link's frame limit, after {} of the keys; read fewer \
+                             keys per request",
+                            items.len()
+                        ),
+                    ));
+                }
+                items.push(BulkGetItem { key, entry });
+            }
         }
-        let items = req
-            .keys
-            .into_iter()
-            .zip(entries)
-            .map(|(key, entry)| BulkGetItem { key, entry })
-            .collect();
         Ok(Reply::ok(&BulkGetReply { items }))
     }
 
@@ -171,6 +229,9 @@ impl StateModule {
         store: &str,
         ops: Vec<TxOp>,
     ) -> Result<Vec<OpOutcome>, Reply> {
+        if ops.len() > MAX_BULK_KEYS {
+            return Err(too_many("a state write", "operations"));
+        }
         for op in &ops {
             match op {
                 TxOp::Set(SetItem { key, ttl_ms, .. }) => {
@@ -201,6 +262,29 @@ fn transact_reply(outcomes: Vec<OpOutcome>) -> TransactReply {
         })
         .collect();
     TransactReply { etags }
+}
+
+/// An upper bound of the encoded size of one `BulkGetItem`: the key, the
+/// option tag, the value and the ETag, each length prefix at its largest.
+fn item_size(key: &str, entry: Option<&mecha_abi::msg::StateEntry>) -> usize {
+    let entry = entry.map_or(0, |e| {
+        e.value
+            .len()
+            .saturating_add(e.etag.len())
+            .saturating_add(2 * VARINT_MAX)
+    });
+    key.len()
+        .saturating_add(2 * VARINT_MAX)
+        .saturating_add(entry)
+}
+
+/// RESOURCE_EXHAUSTED for a request naming more than [`MAX_BULK_KEYS`]
+/// `what` (keys, operations).
+fn too_many(request: &str, what: &str) -> Reply {
+    Reply::error(
+        Status::ResourceExhausted,
+        format!("{request} may carry at most {MAX_BULK_KEYS} {what}; split the request"),
+    )
 }
 
 /// The reply for a driver that did not answer once per requested key.

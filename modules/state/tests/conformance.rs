@@ -194,16 +194,31 @@ fn get_missing_is_none(h: &Harness) {
 }
 
 fn tenants_are_isolated(h: &Harness) {
+    h.set("tenant-a", "k", b"first");
     let etag_a = h.set("tenant-a", "k", b"a");
     assert_eq!(h.get("tenant-b", "k"), None);
     let etag_b = h.set("tenant-b", "k", b"b");
     assert_eq!(h.get("tenant-a", "k"), entry(b"a", &etag_a));
     assert_eq!(h.get("tenant-b", "k"), entry(b"b", &etag_b));
 
-    // An ETag from one tenant means nothing under the other.
+    // An ETag is checked against the tenant's own key only. (ETags count
+    // each tenant's writes, so the same value may exist under both; here
+    // tenant-a wrote twice, so its current ETag is not tenant-b's.)
     assert_eq!(h.delete("tenant-b", "k", Some(&etag_a)), Err(mismatch("k")));
     assert_eq!(h.delete("tenant-a", "k", None), Ok(true));
     assert_eq!(h.get("tenant-b", "k"), entry(b"b", &etag_b));
+}
+
+/// ETags show nothing of other tenants' writes: they come from a counter
+/// per tenant, so a hundred writes of another tenant between two of one
+/// tenant's writes leave no gap (issue #16).
+fn etags_reveal_nothing_of_other_tenants(h: &Harness) {
+    let first = revision(&h.set("tenant-a", "k", b"1"));
+    for i in 0..100 {
+        h.set("tenant-b", &format!("k{i}"), b"noise");
+    }
+    let second = revision(&h.set("tenant-a", "k", b"2"));
+    assert_eq!(second, first + 1, "tenant-a's ETags show tenant-b's writes");
 }
 
 fn set_without_etag_last_write_wins(h: &Harness) {
@@ -282,7 +297,9 @@ fn etags_strictly_increase(h: &Harness) {
     check(&h.set("t", "a", b"1"));
     check(&h.set("t", "a", b"2"));
     check(&h.set("t", "b", b"3"));
-    check(&h.set("other-tenant", "a", b"4"));
+    // Another tenant's writes count on its own counter, so they neither
+    // raise this tenant's ETags nor make them repeat.
+    h.set("other-tenant", "a", b"4");
 
     // Each set of one transaction gets its own ETag, in op order, even when
     // they write the same key.
@@ -548,6 +565,7 @@ conformance!(
     set_then_get_round_trips,
     get_missing_is_none,
     tenants_are_isolated,
+    etags_reveal_nothing_of_other_tenants,
     set_without_etag_last_write_wins,
     set_with_current_etag_succeeds,
     set_with_stale_etag_mismatches,

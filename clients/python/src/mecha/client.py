@@ -96,7 +96,7 @@ class Client:
 
     def bulk_get(self, keys: Sequence[str], *, store: str = "",
                  timeout: float | None = None) -> list[t.BulkGetItem]:
-        """One item per key, in request order; ``entry`` is None for a missing key."""
+        """One item per distinct key (at most 1024), in request order; ``entry`` is None for a missing key."""
         return self._call(p.state_bulk_get(keys, store), timeout, None)
 
     def bulk_set(self, items: Sequence[t.SetItem], *, store: str = "",

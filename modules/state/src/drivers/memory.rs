@@ -31,8 +31,11 @@ struct Inner {
     /// Every entry that has an expiry, as (expires_at_ms, tenant, key), so a
     /// sweep visits only what has expired, in expiry order.
     expiries: BTreeSet<(u64, String, String)>,
-    /// The last revision handed out.
-    revision: u64,
+    /// The last revision handed out, per tenant (scope). A counter per
+    /// tenant keeps an ETag from telling one tenant how many writes the
+    /// others make (issue #16); a counter is kept after its tenant's last
+    /// key is deleted, so that a key written again never gets an old ETag.
+    revisions: HashMap<String, u64>,
 }
 
 impl Inner {
@@ -87,7 +90,7 @@ impl Inner {
 /// zero-setup default and tests want.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    /// The entries, their expiry index and the revision counter.
+    /// The entries, their expiry index and the revision counters.
     inner: Mutex<Inner>,
 }
 
@@ -127,7 +130,8 @@ impl MemoryStore {
         // revision. `None` in the overlay records a delete. The overlay owns
         // the ops' keys and values, moved out of `ops`, so nothing is copied.
         let mut staged: HashMap<String, Option<Entry>> = HashMap::new();
-        let mut revision = inner.revision;
+        let old_revision = inner.revisions.get(tenant).copied().unwrap_or(0);
+        let mut revision = old_revision;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let (key, etag) = match &op {
@@ -172,7 +176,14 @@ impl MemoryStore {
         for (key, entry) in staged {
             inner.put(tenant, key, entry);
         }
-        inner.revision = revision;
+        if revision != old_revision {
+            match inner.revisions.get_mut(tenant) {
+                Some(counter) => *counter = revision,
+                None => {
+                    inner.revisions.insert(tenant.to_owned(), revision);
+                }
+            }
+        }
         Ok(outcomes)
     }
 
@@ -284,6 +295,33 @@ mod tests {
             }])
         );
         assert_eq!(store.get_now("t", &["b".to_owned()], 0), vec![None]);
+    }
+
+    /// ETags count one tenant's writes only, and a key deleted and written
+    /// again never gets an ETag it had before.
+    #[test]
+    fn etags_count_each_tenants_own_writes() {
+        let store = MemoryStore::new();
+        let etag =
+            |tenant: &str, key: &str| match store.transact_now(tenant, vec![set(key, None)], 0) {
+                Ok(outcomes) => outcomes,
+                Err(e) => panic!("set failed: {e}"),
+            };
+        assert_eq!(etag("a", "k"), vec![OpOutcome::Set { etag: "1".into() }]);
+        for _ in 0..100 {
+            etag("b", "k");
+        }
+        assert_eq!(etag("a", "k"), vec![OpOutcome::Set { etag: "2".into() }]);
+        let deleted = store.transact_now(
+            "a",
+            vec![TxOp::Delete(DeleteItem {
+                key: "k".to_owned(),
+                etag: None,
+            })],
+            0,
+        );
+        assert!(deleted.is_ok());
+        assert_eq!(etag("a", "k"), vec![OpOutcome::Set { etag: "3".into() }]);
     }
 
     fn set_ttl(key: &str, ttl_ms: Option<u64>) -> TxOp {

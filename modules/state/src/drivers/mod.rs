@@ -100,8 +100,11 @@ impl From<embedded::Error> for StoreError {
 /// tenants names two unrelated entries.
 ///
 /// Semantics every driver must honour (the conformance tests check them):
-/// - ETags are decimal strings of a per-store revision counter that only grows,
-///   also across restarts of durable stores, so an ETag is never reused.
+/// - ETags are decimal strings of a revision counter per tenant (per scope:
+///   the tenant, or a shared component's namespace) that only grows, also
+///   across restarts of durable stores, so an ETag is never reused. A counter
+///   per tenant keeps ETags from telling one tenant how many writes the
+///   others make (issue #16).
 /// - A set or delete carrying an ETag succeeds only if the key is live and its
 ///   ETag equals the given one; otherwise `EtagMismatch`, and nothing changes.
 /// - A key whose TTL has passed behaves exactly like a missing key.
@@ -123,9 +126,9 @@ impl From<embedded::Error> for StoreError {
 ///
 /// The embedded drivers (`state.memory`, `state.redb`) go further than the
 /// contract above: every set, including each set of a transaction, takes the
-/// store-wide counter's next value, revision + 1, and nothing else consumes
+/// tenant's counter's next value, revision + 1, and nothing else consumes
 /// revisions (deletes and failed transactions do not). While nothing else
-/// writes to the store, the ETags a transaction's sets will get can thus be
+/// of the same tenant writes to the store, the ETags a transaction's sets will get can thus be
 /// predicted, and a later op of the same transaction may name them. This is
 /// a property of these drivers, not a promise of the trait: a networked
 /// driver may skip revisions or use the backend's own versions, and the

@@ -10,11 +10,20 @@
 //! CREATE TABLE state (tenant TEXT, key TEXT, value BYTEA NOT NULL,
 //!   version BIGINT NOT NULL, expires_at TIMESTAMPTZ, PRIMARY KEY (tenant, key));
 //! CREATE SEQUENCE state_revision;
+//! CREATE TABLE state_revisions (tenant TEXT PRIMARY KEY, revision BIGINT NOT NULL);
 //! ```
 //!
-//! Every set takes `nextval` of the sequence as the key's `version` (its
-//! ETag), so ETags only grow and are never reused. Expiry times use the
-//! database's clock, which every node shares, rather than each node's own.
+//! Every set takes the next value of its tenant's counter (a row of
+//! `state_revisions`, updated in the same transaction) as the key's
+//! `version` (its ETag), so ETags only grow and are never reused, and they
+//! tell a tenant nothing about how many writes the others make (issue #16).
+//! The sequence is what stores used before per-tenant counters; it is no
+//! longer advanced, and a tenant's counter starts at its last value, so no
+//! ETag of those days is handed out again. A transaction with a set locks
+//! its tenant's counter row first, before any key row, so two transactions
+//! of one tenant queue on it instead of deadlocking on each other's keys.
+//! Expiry times use the database's clock, which every node shares, rather
+//! than each node's own.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +72,8 @@ struct Statements {
     create: String,
     get: String,
     live_version: String,
+    lock_revision: String,
+    save_revision: String,
     set: String,
     delete: String,
     sweep: String,
@@ -80,6 +91,8 @@ impl Statements {
                  value BYTEA NOT NULL, version BIGINT NOT NULL, expires_at TIMESTAMPTZ, \
                  PRIMARY KEY (tenant, key)); \
                  CREATE SEQUENCE IF NOT EXISTS {table}_revision; \
+                 CREATE TABLE IF NOT EXISTS {table}_revisions (tenant TEXT PRIMARY KEY, \
+                 revision BIGINT NOT NULL); \
                  CREATE INDEX IF NOT EXISTS {bare}_expires ON {table} (expires_at) \
                  WHERE expires_at IS NOT NULL;"
             ),
@@ -90,9 +103,18 @@ impl Statements {
             live_version: format!(
                 "SELECT version FROM {table} WHERE tenant = $1 AND key = $2 AND {live} FOR UPDATE"
             ),
+            // The no-op update locks the tenant's row until commit and
+            // returns its value; a new tenant starts at the old sequence.
+            lock_revision: format!(
+                "INSERT INTO {table}_revisions AS r (tenant, revision) \
+                 VALUES ($1, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
+                 FROM {table}_revision)) \
+                 ON CONFLICT (tenant) DO UPDATE SET revision = r.revision RETURNING revision"
+            ),
+            save_revision: format!("UPDATE {table}_revisions SET revision = $2 WHERE tenant = $1"),
             set: format!(
                 "INSERT INTO {table} (tenant, key, value, version, expires_at) \
-                 VALUES ($1, $2, $3, nextval('{table}_revision'), \
+                 VALUES ($1, $2, $3, $5, \
                  now() + $4::bigint * interval '1 millisecond') \
                  ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value, \
                  version = EXCLUDED.version, expires_at = EXCLUDED.expires_at RETURNING version"
@@ -176,7 +198,8 @@ impl PostgresStore {
             let version: i64 = self.pg.column(row, 2)?;
             found.insert(key, (value, version));
         }
-        // Answers follow the request, so a key asked twice is answered twice.
+        // Answers follow the request, so a key asked twice is answered twice
+        // (the module asks each key once; the trait allows repeats).
         Ok(keys
             .iter()
             .map(|key| {
@@ -206,6 +229,19 @@ impl PostgresStore {
         );
         let prepare = |r: Result<_, _>| r.map_err(|e| error("prepare a write", e));
         let (live_version, set, delete) = (prepare(live_version)?, prepare(set)?, prepare(delete)?);
+        // The tenant's counter is locked before any key row (see the module
+        // documentation), and only by transactions that need it.
+        let start = if ops.iter().any(|op| matches!(op, TxOp::Set(_))) {
+            let row = tx
+                .query_one(&self.sql.lock_revision, &[&tenant])
+                .await
+                .map_err(|e| error("lock the tenant's revision counter", e))?;
+            let revision: i64 = self.pg.column(&row, 0).map_err(StoreError::from)?;
+            Some(revision)
+        } else {
+            None
+        };
+        let mut revision = start.unwrap_or(0);
         let mut outcomes = Vec::with_capacity(ops.len());
         // Every early return drops `tx` uncommitted, which rolls it back: a
         // failed check undoes the earlier ops of the transaction.
@@ -231,8 +267,11 @@ impl PostgresStore {
                     let ttl = item
                         .ttl_ms
                         .map(|t| i64::try_from(t).unwrap_or(i64::MAX).min(MAX_TTL_MS));
+                    revision = revision.checked_add(1).ok_or_else(|| {
+                        StoreError::Internal("the revision counter is exhausted".to_owned())
+                    })?;
                     let row = tx
-                        .query_one(&set, &[&tenant, &item.key, &item.value, &ttl])
+                        .query_one(&set, &[&tenant, &item.key, &item.value, &ttl, &revision])
                         .await
                         .map_err(|e| error("write a key", e))?;
                     let version: i64 = self.pg.column(&row, 0).map_err(StoreError::from)?;
@@ -251,6 +290,11 @@ impl PostgresStore {
                     });
                 }
             }
+        }
+        if start.is_some_and(|start| start != revision) {
+            tx.execute(&self.sql.save_revision, &[&tenant, &revision])
+                .await
+                .map_err(|e| error("write the tenant's revision counter", e))?;
         }
         tx.commit()
             .await

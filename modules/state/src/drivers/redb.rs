@@ -37,9 +37,17 @@ const EXPIRING: ExpiryIndex<KvValue> = ExpiryIndex {
 /// Store-wide counters and markers; see [`REVISION`] and [`EXPIRY_INDEXED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// The `meta` row holding the last revision handed out. It is persisted in the
-/// same transaction as the writes that used it, so ETags never repeat, even
-/// after a crash and restart.
+/// The last revision handed out, per tenant (scope). A tenant's row is
+/// persisted in the same transaction as the writes that used it, so its
+/// ETags never repeat, even after a crash and restart. A counter per tenant
+/// keeps an ETag from telling one tenant how many writes the others make
+/// (issue #16).
+const REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("revisions");
+
+/// The `meta` row of the store-wide revision counter that files written
+/// before [`REVISIONS`] used. It is no longer advanced; a tenant's counter
+/// starts from it, so that no tenant is handed an ETag that an entry of the
+/// old file may still carry.
 const REVISION: &str = "revision";
 
 /// The `meta` row saying the `expiry` index covers every `kv` entry. A file
@@ -91,6 +99,8 @@ fn prepare(db: &Database) -> Result<(), StoreError> {
         let mut index = txn
             .open_table(EXPIRY)
             .map_err(redb_error("create the expiry table"))?;
+        txn.open_table(REVISIONS)
+            .map_err(redb_error("create the revisions table"))?;
         let mut meta = txn
             .open_table(META)
             .map_err(redb_error("create the meta table"))?;
@@ -220,13 +230,21 @@ fn write(
         let mut index = txn
             .open_table(EXPIRY)
             .map_err(redb_error("open the expiry table for writing"))?;
-        let mut meta = txn
+        let meta = txn
             .open_table(META)
             .map_err(redb_error("open the meta table"))?;
-        let mut revision = meta
+        let mut revisions = txn
+            .open_table(REVISIONS)
+            .map_err(redb_error("open the revisions table"))?;
+        let floor = meta
             .get(REVISION)
-            .map_err(redb_error("read the revision counter"))?
+            .map_err(redb_error("read the old revision counter"))?
             .map_or(0, |guard| guard.value());
+        let start = revisions
+            .get(tenant)
+            .map_err(redb_error("read the tenant's revision counter"))?
+            .map_or(floor, |guard| guard.value().max(floor));
+        let mut revision = start;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
@@ -270,8 +288,11 @@ fn write(
                 }
             }
         }
-        meta.insert(REVISION, revision)
-            .map_err(redb_error("write the revision counter"))?;
+        if revision != start {
+            revisions
+                .insert(tenant, revision)
+                .map_err(redb_error("write the tenant's revision counter"))?;
+        }
         outcomes
     };
     // The default durability is `Immediate`: once `commit` returns the data is
@@ -370,6 +391,51 @@ mod tests {
                 .map(|e| e.value.clone()),
             Some(b"v".to_vec())
         );
+    }
+
+    /// ETags count each tenant's own writes, survive a reopen, and in a file
+    /// from before per-tenant counters start above every ETag it holds.
+    #[test]
+    fn etags_are_per_tenant_and_never_reuse_an_old_files_etags() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).expect("create the file");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut kv = txn.open_table(KV).expect("kv table");
+                kv.insert(("a", "old"), (b"v".as_slice(), 7, 0))
+                    .expect("insert");
+                let mut meta = txn.open_table(META).expect("meta table");
+                meta.insert(REVISION, 7).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let spec = ComponentSpec {
+            name: "old".to_owned(),
+            kind: "state.redb".to_owned(),
+            metadata: Vec::new(),
+        };
+        let etag_of = |store: &RedbStore, tenant: &str| {
+            let db = store.db.opened().expect("opened eagerly");
+            match write(db, tenant, &[set("k", None)], 0) {
+                Ok(outcomes) => match outcomes.as_slice() {
+                    [OpOutcome::Set { etag }] => etag.clone(),
+                    other => panic!("unexpected outcomes {other:?}"),
+                },
+                Err(e) => panic!("write failed: {e}"),
+            }
+        };
+        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        assert_eq!(etag_of(&store, "a"), "8", "above the old file's counter");
+        for _ in 0..100 {
+            etag_of(&store, "b");
+        }
+        assert_eq!(etag_of(&store, "a"), "9", "b's writes do not show");
+        drop(store);
+        let store = RedbStore::open(&spec, dir.path()).expect("reopen");
+        assert_eq!(etag_of(&store, "a"), "10", "the counter is durable");
+        assert_eq!(etag_of(&store, "b"), "108");
     }
 
     /// A file written before the expiry index existed gets its index built

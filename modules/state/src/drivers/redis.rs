@@ -1,6 +1,6 @@
 //! The `state.redis` driver: state in a Redis server, one hash `{data,
 //! version}` per key (the layout Dapr's Redis store uses), with ETags from a
-//! store-wide revision counter, native expiry, and every write applied by
+//! per-tenant revision counter, native expiry, and every write applied by
 //! one Lua script so that checks and writes are atomic.
 //!
 //! # Keys
@@ -14,10 +14,16 @@
 //!
 //! # ETags
 //!
-//! The key `<prefix>|mecha-revision` counts every set. A set takes the next
-//! value as the key's `version`, its ETag. Since the counter only grows, an
-//! ETag is never handed out twice — not even after the key was deleted and
-//! written again, where Dapr's per-key versions would start over.
+//! The key `<prefix><tenant>|mecha-revision` counts every set of one tenant
+//! (it cannot be any tenant's state key: those have `||` right after the
+//! encoded tenant). A set takes the next value as the key's `version`, its
+//! ETag. Since the counter only grows, an ETag is never handed out twice —
+//! not even after the key was deleted and written again, where Dapr's
+//! per-key versions would start over. A counter per tenant keeps an ETag
+//! from telling one tenant how many writes the others make (issue #16).
+//! Stores written before per-tenant counters kept one counter,
+//! `<prefix>|mecha-revision`; it is no longer advanced, and every tenant's
+//! counter starts above it, so no ETag of those days is handed out again.
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::metadata::Metadata;
@@ -33,8 +39,9 @@ const OWN_FIELDS: [&str; 2] = ["keyPrefix", "ttlInSeconds"];
 /// "practically never" anyway.
 const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
-/// Applies a transaction: `KEYS[1]` is the revision counter, `KEYS[i + 1]`
-/// the key of op `i`; op `i`'s arguments are `ARGV[4i-3 .. 4i]`: kind (`s`et
+/// Applies a transaction: `KEYS[1]` is the tenant's revision counter,
+/// `KEYS[2]` the old store-wide one (a floor), `KEYS[i + 2]` the key of op
+/// `i`; op `i`'s arguments are `ARGV[4i-3 .. 4i]`: kind (`s`et
 /// or `d`elete), ETag (`n` for none, else `e` followed by the ETag), value,
 /// TTL in ms (empty for none). Every check runs before the first write, and
 /// the checks read every key with HGET, which fails on a key of another type
@@ -42,13 +49,14 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// formatted with `%d` because Lua's `tostring` switches to exponent notation
 /// for large numbers.
 const TRANSACT: &str = r"
-local n = #KEYS - 1
-local base = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = #KEYS - 2
+local base = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'),
+  tonumber(redis.call('GET', KEYS[2]) or '0'))
 local rev = base
 local staged = {}
 local out = {}
 for i = 1, n do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 2]
   local etag = ARGV[4 * i - 2]
   local current = staged[key]
   if current == nil then
@@ -67,7 +75,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 2]
   if ARGV[4 * i - 3] == 's' then
     redis.call('DEL', key)
     redis.call('HSET', key, 'data', ARGV[4 * i - 1], 'version', out[i])
@@ -120,8 +128,13 @@ impl RedisStore {
 
     /// The Redis key of `key` under `tenant`.
     fn key(&self, tenant: &str, key: &str) -> String {
-        let tenant = tenant.replace('%', "%25").replace('|', "%7C");
-        format!("{}{tenant}||{key}", self.prefix)
+        format!("{}{}||{key}", self.prefix, encode_tenant(tenant))
+    }
+
+    /// The Redis key of `tenant`'s revision counter; see the module
+    /// documentation.
+    fn revision_key(&self, tenant: &str) -> String {
+        format!("{}{}|mecha-revision", self.prefix, encode_tenant(tenant))
     }
 
     async fn get_keys(
@@ -157,6 +170,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut invocation = self.script.prepare_invoke();
+        invocation.key(self.revision_key(tenant));
         invocation.key(format!("{}|mecha-revision", self.prefix));
         let mut kinds = Vec::with_capacity(ops.len());
         for op in ops {
@@ -184,6 +198,12 @@ impl RedisStore {
             .map_err(|e| StoreError::from(self.redis.error(&e)))?;
         outcomes(kinds, reply)
     }
+}
+
+/// A tenant as it appears in Redis keys: `%` and `|` percent-encoded, so it
+/// holds no `|` and cannot end early.
+fn encode_tenant(tenant: &str) -> String {
+    tenant.replace('%', "%25").replace('|', "%7C")
 }
 
 /// Turns the script's reply into outcomes, or the ETag mismatch it reports.
