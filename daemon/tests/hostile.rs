@@ -1351,6 +1351,16 @@ kind: Component
 metadata: {name: configstore}
 spec: {type: configuration.memory, version: v1, metadata: []}
 ---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: secretstore}
+spec:
+  type: secretstores.local.env
+  version: v1
+  metadata:
+  - {name: prefix, value: MECHA_SECRET_}
+  - {name: allowedTenants, value: \"*\"}
+---
 apiVersion: mecha.io/v1alpha1
 kind: Component
 metadata: {name: invoke}
