@@ -91,7 +91,7 @@ func (m *StatusReply) decode(d *decoder) {
 type ModuleStatus struct {
 	Name       string
 	PID        uint32 // 0 when no instance runs
-	State      string // starting, running, restarting, failed or stopped
+	State      string // starting, running, restarting, backoff or stopped
 	Restarts   uint32
 	Components []string
 }

@@ -149,6 +149,15 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL (its modules die with it, by their
+    /// parent-death signal) and starts it again on the same data.
+    pub fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("daemon is running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.spawn();
+    }
+
     /// Stops the daemon cleanly and starts it again on the same data.
     pub fn restart(&mut self) {
         let status = self.stop();
