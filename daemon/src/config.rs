@@ -75,7 +75,8 @@ pub struct Settings {
     pub max_restarts: Option<u32>,
     /// See `max_restarts`.
     pub restart_window_secs: Option<u64>,
-    /// Tenant rules, first match wins; unmatched peers are `uid:<uid>`.
+    /// Tenant rules, first match wins; unmatched peers are their pod's tenant
+    /// (`pod:<uid>`) or their uid's (`uid:<uid>`).
     #[serde(default)]
     pub tenants: Vec<TenantRule>,
     /// Additional listening sockets, each with its own path, mode and owner;
@@ -85,8 +86,9 @@ pub struct Settings {
     /// A YAML list of `{uid, namespace, name}` pods, so tenant rules can name
     /// pods as `namespace/name` (the pod UID comes from the peer's cgroup).
     pub pods_file: Option<PathBuf>,
-    /// `allow` (default): a peer no rule matches is its own tenant
-    /// `uid:<uid>`; `deny`: it is refused with PERMISSION_DENIED.
+    /// `allow` (default): a peer no rule matches is its own tenant,
+    /// `pod:<uid>` in a pod or `uid:<uid>`; `deny`: it is refused with
+    /// PERMISSION_DENIED.
     pub default_tenant: Option<DefaultTenant>,
     /// Who may restart, upgrade and reload besides the defaults (see
     /// [`Admins`]).
@@ -100,7 +102,8 @@ pub struct Settings {
     pub health_interval_ms: Option<u64>,
     /// A module silent for this long is killed and restarted; default 3000 ms.
     pub health_timeout_ms: Option<u64>,
-    /// Per-tenant quotas (connections, in-flight, rate, payload size).
+    /// Per-tenant quotas (connections, in-flight, rate, payload size, bytes
+    /// queued unread).
     #[serde(default)]
     pub quotas: crate::quota::Quotas,
     /// Per-module child-spec settings, keyed by module name (`state`, ...).
@@ -194,7 +197,7 @@ pub struct ExtraSocket {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultTenant {
-    /// It becomes tenant `uid:<uid>`.
+    /// It becomes its own tenant: `pod:<uid>` in a pod, else `uid:<uid>`.
     #[default]
     Allow,
     /// It is refused.

@@ -1,5 +1,6 @@
 //! Starting a module process: a socketpair link on fd 3, a parent-death signal,
-//! and nothing else inherited.
+//! a clean environment, and no other descriptor than its standard streams
+//! (stdin from /dev/null; stdout and stderr shared with mechad for logs).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;

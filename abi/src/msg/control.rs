@@ -53,7 +53,8 @@ pub struct ModuleStatus {
     pub name: String,
     /// Process id of the current instance, 0 when none runs.
     pub pid: u32,
-    /// `starting`, `running`, `restarting`, `failed` or `stopped`.
+    /// `starting`, `running`, `restarting`, `backoff` (crash-looping: the
+    /// next try is delayed, requests are answered UNAVAILABLE) or `stopped`.
     pub state: String,
     /// How many times the module was restarted since the daemon started.
     pub restarts: u32,

@@ -8,11 +8,12 @@
 //!   `DB_PASSWORD`. Matching is case-sensitive, as variable names are on
 //!   Linux.
 //!
-//! Why the prefix is required: the module inherits the environment of
+//! Why the prefix is required: the variables come from the environment of
 //! `mechad`, a daemon shared by every application on the node, which holds
-//! the operator's own settings and credentials. Without a prefix every tenant
-//! the allow lists admit could read all of it, so mecha makes the operator
-//! say which part of the environment is meant to be served.
+//! the operator's own settings and credentials. mechad hands the secrets
+//! module only the variables under its env stores' prefixes; without a
+//! prefix there would be no line between what is meant to be served and the
+//! rest, so mecha makes the operator draw it.
 //!
 //! Each secret is a single pair keyed by its name (without the prefix).
 //! Variables are read at every request; a variable whose name or value is not

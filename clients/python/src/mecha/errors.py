@@ -72,7 +72,7 @@ class ResourceExhausted(StatusError):
 
 
 class Unavailable(StatusError):
-    """The only retryable status: the serving module crashed, restarts or failed."""
+    """The only retryable status: the serving module crashed, restarts or backs off."""
     status = 8
     retryable = True
 
