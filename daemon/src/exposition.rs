@@ -315,15 +315,9 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::tests::permit;
     use crate::metrics::Answer;
     use mecha_abi::{Opcode, Status};
-    use std::sync::Arc;
-
-    fn permit() -> tokio::sync::OwnedSemaphorePermit {
-        Arc::new(tokio::sync::Semaphore::new(1))
-            .try_acquire_owned()
-            .unwrap()
-    }
 
     #[test]
     fn answers_are_counted_by_status_and_bucket() {

@@ -373,10 +373,11 @@ pub struct OpSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn permit() -> tokio::sync::OwnedSemaphorePermit {
+    /// A permit of its own, for a guard in a test.
+    pub(crate) fn permit() -> tokio::sync::OwnedSemaphorePermit {
         Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap()

@@ -643,29 +643,12 @@ fn admit_everyone_unless_listed(metadata: &mut Vec<(String, String)>) {
 #[test]
 fn a_store_without_allowed_tenants_serves_nobody() {
     let dir = TempDir::new().expect("create a temporary directory");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a tokio runtime");
-    let hello = LinkHello {
-        version: 1,
-        module: "secrets".to_owned(),
-        data_dir: dir.path().to_str().expect("UTF-8").to_owned(),
-        components: vec![ComponentSpec {
-            name: "vault".to_owned(),
-            kind: "secretstores.local.env".to_owned(),
-            metadata: pairs(&[("prefix", "MECHA_TEST_NOBODY_")]),
-        }],
-    };
-    let module = rt
-        .block_on(SecretsModule::init(hello))
-        .expect("module starts");
-    let h = Harness {
-        rt,
-        module,
-        sources: Vec::new(),
-        _dir: dir,
-    };
+    let h = open_exact(
+        "secretstores.local.env",
+        pairs(&[("prefix", "MECHA_TEST_NOBODY_")]),
+        dir.path(),
+    )
+    .expect("module starts");
     for tenant in ["uid:0", "uid:1000", "team-x"] {
         match h.get_as(tenant, "", "anything") {
             Err((status, message)) => {
@@ -680,6 +663,17 @@ fn a_store_without_allowed_tenants_serves_nobody() {
 /// A module serving one store of `kind` with `metadata` (admitting every
 /// tenant unless it lists `allowedTenants`).
 fn open_module(kind: &str, metadata: &[(&str, &str)], data_dir: &Path) -> Result<Harness, String> {
+    let mut all = pairs(metadata);
+    admit_everyone_unless_listed(&mut all);
+    open_exact(kind, all, data_dir)
+}
+
+/// A module serving one store of `kind` with exactly `metadata`.
+fn open_exact(
+    kind: &str,
+    metadata: Vec<(String, String)>,
+    data_dir: &Path,
+) -> Result<Harness, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -691,11 +685,7 @@ fn open_module(kind: &str, metadata: &[(&str, &str)], data_dir: &Path) -> Result
         components: vec![ComponentSpec {
             name: "vault".to_owned(),
             kind: kind.to_owned(),
-            metadata: {
-                let mut all = pairs(metadata);
-                admit_everyone_unless_listed(&mut all);
-                all
-            },
+            metadata,
         }],
     };
     let module = rt.block_on(SecretsModule::init(hello)).map_err(|e| e.0)?;
