@@ -321,3 +321,80 @@ fn remove_cgroup(path: &str) {
         }
     }
 }
+
+/// mechad's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Item 5: a callee that never reads its socket cannot make mechad hold the
+/// calls delivered to it. 250 calls of 4 MiB to it are answered (an error
+/// each: it never answers), and mechad keeps at most the connection's byte
+/// budget of them, not all 1,000 MiB.
+#[test]
+fn a_callee_that_never_reads_cannot_grow_the_daemon() {
+    require_root();
+    let d = Daemon::start();
+    open_to_nobody(&d);
+    // The attacker registers an app id on a raw connection and never reads
+    // from it again.
+    let stream = common::connect_as(&d.socket, NOBODY, NOBODY).expect("connect");
+    let mut callee = Raw::from_stream(stream);
+    let (status, body) = callee.hello_status();
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+    let register = mecha_abi::encode(&mecha_abi::msg::RegisterRequest {
+        app_id: "sink".into(),
+        methods: Vec::new(),
+    })
+    .expect("encode");
+    let (status, body) = callee.call(
+        mecha_abi::Header::request(mecha_abi::Opcode::INVOKE_REGISTER, 2),
+        &register,
+    );
+    assert_eq!(status, Status::Ok, "{}", error_message(&body));
+
+    let mut caller = d.client_as(NOBODY);
+    caller.set_retries(RetryPolicy::disabled());
+    caller.set_timeout(Duration::from_millis(500));
+    let before = rss_kib(d.pid());
+    // Just under 4 MiB, so that the request fits the default frame limit.
+    let data = vec![0x5a_u8; (4 << 20) - 4096];
+    let (mut delivered, mut refused) = (0, 0);
+    for _ in 0..250 {
+        let err = caller
+            .invoke("sink", "m", data.clone(), Default::default())
+            .expect_err("the callee never answers");
+        match err.status() {
+            // Delivered to the callee's connection, and never answered.
+            Some(Status::DeadlineExceeded) => delivered += 1,
+            // The callee's connection holds its byte budget unread.
+            Some(Status::ResourceExhausted) => {
+                assert!(err.to_string().contains("does not read"), "{err}");
+                refused += 1;
+            }
+            _ => panic!("unexpected answer: {err}"),
+        }
+    }
+    eprintln!("{delivered} calls delivered and unanswered, {refused} refused");
+    assert!(delivered > 0, "no call reached the callee");
+    assert!(refused > 0, "the callee's budget never filled");
+    let after = rss_kib(d.pid());
+    eprintln!("mechad VmRSS: {before} KiB before, {after} KiB after 250 calls of 4 MiB");
+    // The connection's budget is 128 MiB; allow as much again for the
+    // allocator and the last calls in flight. Without a budget this is
+    // about 1,000 MiB.
+    assert!(
+        after < before + 256 * 1024,
+        "mechad grew from {before} KiB to {after} KiB"
+    );
+    // Everyone else is served.
+    d.client()
+        .set("", "k", b"v".to_vec(), SetOptions::default())
+        .expect("another tenant is served");
+    drop(callee);
+}
