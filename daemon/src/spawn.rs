@@ -11,6 +11,10 @@ use tokio::process::{Child, Command};
 /// The descriptor number on which a module finds its link.
 pub const LINK_FD: i32 = 3;
 
+/// The highest capability number to drop from the bounding set; numbers the
+/// running kernel does not know are refused, harmlessly.
+const LAST_CAPABILITY: libc::c_int = 63;
+
 /// The daemon's variables every module inherits: its log settings, the
 /// sandbox switches (for debugging), and the node name the invoke module
 /// announces to its peers.
@@ -110,6 +114,24 @@ pub fn spawn_module(
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+            }
+            // No capabilities, whatever the uid: with the bounding set empty
+            // and no ambient ones, exec gives the module none, even as root
+            // (a root module still owns root's files, but cannot override
+            // permissions, mount, trace, load modules or bind low ports).
+            // Dropping needs CAP_SETPCAP, which only a root daemon has; a
+            // daemon without it has no capabilities to pass on, so failures
+            // are ignored. It must happen before setuid, which would lose
+            // the right to do it.
+            let _ = libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            for cap in 0..=LAST_CAPABILITY {
+                let _ = libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
             }
             if let Some((uid, gid)) = user {
                 // Groups first: after setuid the process may no longer change them.

@@ -398,3 +398,50 @@ fn a_callee_that_never_reads_cannot_grow_the_daemon() {
         .expect("another tenant is served");
     drop(callee);
 }
+
+/// Item 10 (privilege): every module runs without capabilities, even when
+/// the daemon is root, and holds no descriptor of the daemon's but its link:
+/// not the application socket, not an application's connection.
+#[test]
+fn modules_hold_no_capabilities_and_none_of_the_daemons_descriptors() {
+    require_root();
+    let d = Daemon::start();
+    // An application connection is open while the modules are checked.
+    let _app = d.client();
+    let sockets = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|t| t.starts_with("socket:"))
+            .collect()
+    };
+    let daemon_sockets = sockets(d.pid());
+    for module in [
+        "state",
+        "pubsub",
+        "lock",
+        "sequencer",
+        "config",
+        "secrets",
+        "invoke",
+    ] {
+        let pid = d.module_pid(module);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        for field in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{module}: no {field}"));
+            assert_eq!(value, "0000000000000000", "{module} {field} {value}");
+        }
+        // A socket pair's two ends are two sockets, so the module's end of its
+        // link is not among the daemon's: it shares none of them.
+        let shared: Vec<String> = sockets(pid)
+            .into_iter()
+            .filter(|s| daemon_sockets.contains(s))
+            .collect();
+        assert!(shared.is_empty(), "{module} holds the daemon's {shared:?}");
+    }
+}
