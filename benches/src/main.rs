@@ -9,6 +9,7 @@ mod backends;
 mod capabilities;
 mod clients;
 mod daemon;
+mod flood;
 mod floor;
 mod floor_loop;
 mod footprint;
@@ -62,6 +63,9 @@ enum Cmd {
     /// two nodes (plain TCP and mutual TLS), in one run. 20000 calls per
     /// scenario (2000 with --quick).
     Invoke(Run),
+    /// The noisy benchmark's flooder process (started by `noisy`).
+    #[command(hide = true)]
+    FloodWorker(flood::WorkerArgs),
     /// mecha on state.redis and state.postgresql against the redis crate and
     /// tokio-postgres on the same servers, in one run. 10000 operations per
     /// scenario (1000 with --quick).
@@ -191,6 +195,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Noisy(args) => noisy(args),
         Cmd::Invoke(args) => invoke_bench(args),
         Cmd::Backends(args) => backends(args),
+        Cmd::FloodWorker(args) => flood::worker(args),
     }
 }
 
@@ -297,10 +302,10 @@ fn noisy(args: NoisyArgs) -> anyhow::Result<()> {
         max_in_flight: args.flood_max_in_flight,
     };
     let bin_dir = bin_dir(args.run.bin_dir)?;
-    // The flooder needs both runtime threads to load the daemon the way two
-    // busy client processes would; the victim is one task among them.
+    // The flooder is a process of its own; the victim runs on a thread of
+    // its own; this runtime only sets up and waits.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -5,17 +5,17 @@
 //! as a ratio to its p50/p99 alone (target: p99 ≤ 2×).
 //!
 //! The two tenants are told apart by the socket they connect to (a tenant
-//! rule by socket), so one process with one uid can play both.
+//! rule by socket). The flooder is a process of its own in a cgroup limited
+//! to one CPU, as a pod would be (`flood.rs`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mecha_client::{Client, SetOptions};
 
 use crate::daemon::Daemon;
+use crate::flood::Flooder;
 use crate::report::{new_histogram, record, Outcome};
 use crate::Plan;
 
@@ -39,6 +39,8 @@ pub struct Results {
     pub flood_depth: usize,
     pub p50_ratio: f64,
     pub p99_ratio: f64,
+    /// How the flooder process was confined.
+    pub confinement: String,
 }
 
 /// Starts mechad with a memory store and a second socket for the flooder, and
@@ -58,48 +60,24 @@ pub async fn run(bin_dir: &Path, plan: &Plan, flood: Flood) -> anyhow::Result<Re
     let value = vec![b'v'; plan.payload];
     let alone = victim(daemon.socket(), "victim alone", plan).await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut flooders = tokio::task::JoinSet::new();
-    // Connect every flooder and write its key before any of them floods, so
-    // that a quota on the flooding tenant refuses flood requests, not setup.
-    let mut clients = Vec::with_capacity(flood.connections);
-    for c in 0..flood.connections {
-        clients.push(
-            Client::connect(&noisy_socket)
-                .await
-                .with_context(|| format!("connecting flooder {c}"))?,
-        );
-    }
-    if let Some(first) = clients.first() {
-        first
-            .set("mem", "noise", value.clone(), SetOptions::default())
-            .await
-            .context("flooder prefill")?;
-    }
-    for client in clients {
-        for _ in 0..flood.depth {
-            let (client, stop, done) = (client.clone(), Arc::clone(&stop), Arc::clone(&done));
-            flooders.spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    // Errors (a quota, say) still load the daemon; count
-                    // only the answered requests.
-                    if client.get("mem", "noise").await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    }
+    // The flooder writes its key before it floods, so that a quota on the
+    // flooding tenant refuses flood requests, not setup.
+    Client::connect(&noisy_socket)
+        .await
+        .context("connecting the flooder's setup client")?
+        .set("mem", "noise", value.clone(), SetOptions::default())
+        .await
+        .context("flooder prefill")?;
+    let mut flooder = Flooder::start(&noisy_socket, flood.connections, flood.depth)?;
     // Let the flood reach a steady state before measuring.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = flooder.count()?;
     let started = Instant::now();
     let flooded = victim(daemon.socket(), "victim while flooded", plan).await?;
-    let flood_ops = done.load(Ordering::Relaxed).saturating_sub(before);
+    let flood_ops = flooder.count()?.saturating_sub(before);
     let flood_ops_per_sec = flood_ops as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    stop.store(true, Ordering::Relaxed);
-    while flooders.join_next().await.is_some() {}
+    let confinement = flooder.confinement.clone();
+    flooder.stop()?;
     daemon.stop()?;
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
@@ -111,6 +89,7 @@ pub async fn run(bin_dir: &Path, plan: &Plan, flood: Flood) -> anyhow::Result<Re
         flood_ops_per_sec,
         flood_connections: flood.connections,
         flood_depth: flood.depth,
+        confinement,
     })
 }
 
@@ -175,9 +154,9 @@ pub fn markdown(r: &Results) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nFlooder: {} connections × {} in flight, {:.0} ops/s while the victim measured.\n\
+        "\nFlooder: a process in {}, {} connections × {} in flight, {:.0} ops/s while the victim measured.\n\
          Victim under flood / alone: p50 {:.2}×, p99 {:.2}× (target p99 ≤ 2×).\n",
-        r.flood_connections, r.flood_depth, r.flood_ops_per_sec, r.p50_ratio, r.p99_ratio
+        r.confinement, r.flood_connections, r.flood_depth, r.flood_ops_per_sec, r.p50_ratio, r.p99_ratio
     ));
     s
 }
@@ -190,6 +169,7 @@ pub fn write_json(path: &Path, r: &Results) -> anyhow::Result<()> {
         "flood": {
             "connections": r.flood_connections, "depth": r.flood_depth,
             "ops_per_sec": r.flood_ops_per_sec,
+            "confinement": r.confinement,
         },
         "p50_ratio": r.p50_ratio,
         "p99_ratio": r.p99_ratio,
