@@ -106,6 +106,12 @@ pub struct Settings {
     /// queued unread).
     #[serde(default)]
     pub quotas: crate::quota::Quotas,
+    /// The user modules run as when the daemon is root and a module has no
+    /// `user` of its own. Default: the system user `mecha` if there is one,
+    /// else `nobody` (65534). A module whose components name files outside
+    /// its data directory (a secrets file, TLS keys, a configuration file)
+    /// keeps the daemon's uid, without capabilities, unless it has a `user`.
+    pub module_user: Option<RunAs>,
     /// Per-module child-spec settings, keyed by module name (`state`, ...).
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleSettings>,

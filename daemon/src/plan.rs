@@ -7,7 +7,7 @@ use std::time::Duration;
 use mecha_abi::Family;
 
 use crate::childspec::ChildSpec;
-use crate::config::Config;
+use crate::config::{Config, RunAs};
 
 /// Directories fixed at start-up (flags win over the configuration file).
 #[derive(Clone, Debug)]
@@ -86,7 +86,17 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         } else {
             paths.data_dir.join(&name)
         };
-        private_dir(&data_dir, settings.user.map(|u| (u.uid, u.gid)))?;
+        // The directory exists before its user is chosen, which looks at
+        // whether other users can reach it.
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+        let user = module_user(
+            settings.user,
+            config.settings.module_user,
+            &components,
+            &data_dir,
+        );
+        private_dir(&data_dir, user)?;
         let env_prefixes = env_prefixes(&components);
         let binary = settings
             .binary
@@ -105,7 +115,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
                 confine: crate::spawn::Confinement {
                     memory_limit_mb: settings.memory_limit_mb,
                     open_files: settings.open_files,
-                    user: settings.user.map(|u| (u.uid, u.gid)),
+                    user,
                 },
                 env_prefixes,
             },
@@ -152,18 +162,108 @@ fn with_tenant_app_ids(
     components
 }
 
+/// Metadata fields that name files a driver reads or writes.
+const FILE_FIELDS: [&str; 6] = [
+    "path",
+    "secretsFile",
+    "secretsDir",
+    "tlsCertFile",
+    "tlsKeyFile",
+    "tlsCaFile",
+];
+
+/// The uid and gid a module runs as; `None` keeps the daemon's own.
+///
+/// Only a root daemon can choose: then a module runs as its own `user`, or
+/// else as the unprivileged module user (`moduleUser`, the system user
+/// `mecha`, or `nobody`) — unless one of its components names a file
+/// outside its data directory, which is the operator's and often readable by
+/// root alone; such a module keeps root's uid, still without capabilities
+/// (see `spawn.rs`), until the operator gives it a `user` who can read it.
+fn module_user(
+    own: Option<RunAs>,
+    default: Option<RunAs>,
+    components: &[mecha_abi::msg::ComponentSpec],
+    data_dir: &Path,
+) -> Option<(u32, u32)> {
+    if let Some(u) = own {
+        return Some((u.uid, u.gid));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let names_files = components
+        .iter()
+        .flat_map(|c| c.metadata.iter())
+        .filter(|(k, _)| FILE_FIELDS.iter().any(|f| k.eq_ignore_ascii_case(f)))
+        .any(|(_, v)| Path::new(v).is_absolute() && !Path::new(v).starts_with(data_dir));
+    if names_files {
+        return Some((0, 0));
+    }
+    if let Some(blocked) = unsearchable_ancestor(data_dir) {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "{} is not searchable by other users, so an unprivileged module user could not reach its data; the module keeps the daemon's uid (without capabilities)",
+            blocked.display()
+        );
+        return Some((0, 0));
+    }
+    Some(default.map_or_else(unprivileged, |u| (u.uid, u.gid)))
+}
+
+/// The first directory above `dir` that users other than its owner may not
+/// search (no `o+x`), if any: a module running as another user could not
+/// reach its data directory through it.
+fn unsearchable_ancestor(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o001 == 0)
+                .unwrap_or(true)
+        })
+        .map(Path::to_path_buf)
+}
+
+/// The system user `mecha` if the machine has one, else `nobody`.
+fn unprivileged() -> (u32, u32) {
+    match nix::unistd::User::from_name("mecha") {
+        Ok(Some(u)) => (u.uid.as_raw(), u.gid.as_raw()),
+        _ => (NOBODY, NOBODY),
+    }
+}
+
+/// The uid and gid of `nobody`.
+const NOBODY: u32 = 65534;
+
 /// Creates a module's data directory readable only by its owner (0700), and
-/// hands it to the module's user when it runs as one, so modules cannot read
-/// each other's data.
-fn private_dir(dir: &std::path::Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+/// hands it, with everything in it, to the module's user, so modules cannot
+/// read each other's data and a module whose user changed still owns files
+/// an earlier instance made.
+fn private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("creating data directory {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("restricting data directory {}: {e}", dir.display()))?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        chown_tree(dir, uid, gid, 8)
             .map_err(|e| format!("handing data directory {} to uid {uid}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Hands `path` and what is beneath it (to `depth` levels) to `uid`/`gid`,
+/// without following symbolic links.
+fn chown_tree(path: &Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if depth == 0 || !std::fs::symlink_metadata(path)?.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(path)? {
+        chown_tree(&entry?.path(), uid, gid, depth - 1)?;
     }
     Ok(())
 }

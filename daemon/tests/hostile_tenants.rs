@@ -399,9 +399,10 @@ fn a_callee_that_never_reads_cannot_grow_the_daemon() {
     drop(callee);
 }
 
-/// Item 10 (privilege): every module runs without capabilities, even when
-/// the daemon is root, and holds no descriptor of the daemon's but its link:
-/// not the application socket, not an application's connection.
+/// Item 10 (privilege): every module runs as an unprivileged user and
+/// without capabilities, even when the daemon is root, and holds no
+/// descriptor of the daemon's but its link: not the application socket, not
+/// an application's connection.
 #[test]
 fn modules_hold_no_capabilities_and_none_of_the_daemons_descriptors() {
     require_root();
@@ -428,6 +429,14 @@ fn modules_hold_no_capabilities_and_none_of_the_daemons_descriptors() {
     ] {
         let pid = d.module_pid(module);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        // With a root daemon and components that name no operator files,
+        // every module runs as an unprivileged user.
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{module}: no Uid"));
+        assert_ne!(uid, 0, "{module} runs as root");
         for field in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
             let value = status
                 .lines()
