@@ -20,6 +20,7 @@ use crate::clocked::{is_stalled, partial_frame_timeout, Clocked};
 use crate::daemon::Daemon;
 use crate::handle::ConnHandle;
 use crate::peer::Peer;
+use crate::ratelog::RateLimited;
 use crate::router;
 use crate::supervisor::Route;
 
@@ -211,10 +212,14 @@ impl Conn {
         // writer (and the module's stream) alive for nothing. Cancel those too.
         cancel_streams(&self.caller.daemon, conn_id);
         if !drained {
-            tracing::warn!(
-                pid = self.caller.peer.pid,
-                "closing a connection with requests still in flight"
-            );
+            static STUCK: RateLimited = RateLimited::new();
+            if let Some(held) = STUCK.allow() {
+                tracing::warn!(
+                    pid = self.caller.peer.pid,
+                    held_back = held,
+                    "closing a connection with requests still in flight"
+                );
+            }
             writer.abort();
             return;
         }

@@ -18,6 +18,7 @@ use crate::answer::{error_body, error_frame, ConnOut, PUSH_BUDGET};
 use crate::calls::CallAnswer;
 use crate::crashes::Suspect;
 use crate::handle::ConnHandle;
+use crate::ratelog::RateLimited;
 
 /// Frames of one tenant that may wait to be written to one module. When a
 /// tenant's lane is full, that tenant's connection readers wait:
@@ -291,7 +292,10 @@ impl Link {
             "module {}'s answer of {len} bytes exceeds the link's limit of {MAX_FRAME_CAP} bytes",
             self.module
         );
-        tracing::warn!(module = %self.module, id, len, "an oversized frame from the module was dropped");
+        static OVERSIZED: RateLimited = RateLimited::new();
+        if let Some(held) = OVERSIZED.allow() {
+            tracing::warn!(module = %self.module, id, len, held_back = held, "an oversized frame from the module was dropped");
+        }
         if let Some(p) = self.take(id) {
             return p.answer_error(Status::ResourceExhausted, &why);
         }
@@ -351,7 +355,10 @@ impl Link {
         let bytes = match p.conn.budget.take(payload.len()) {
             Ok(bytes) => bytes,
             Err(spent) => {
-                tracing::warn!(module = %self.module, conn = p.conn.id, "closing a connection that does not read its answers: {spent}");
+                static CUT_OFF: RateLimited = RateLimited::new();
+                if let Some(held) = CUT_OFF.allow() {
+                    tracing::warn!(module = %self.module, conn = p.conn.id, held_back = held, "closing a connection that does not read its answers: {spent}");
+                }
                 p.conn.tx.shutdown();
                 if opens_stream {
                     self.table.lock().streams.remove(&header.request_id);

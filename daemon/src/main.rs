@@ -21,6 +21,7 @@ mod metrics;
 mod peer;
 mod plan;
 mod quota;
+mod ratelog;
 mod router;
 mod secret_ref;
 mod spawn;
