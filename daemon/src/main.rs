@@ -165,84 +165,176 @@ fn default_data_dir() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
-    };
-    let settings = &config.settings;
-    let socket = args
-        .socket
-        .or_else(|| settings.socket_path.clone())
-        .unwrap_or_else(default_socket);
-    let data_dir = args
-        .data_dir
-        .or_else(|| settings.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
-    secret_ref::resolve(&mut config, &plan::secrets_data_dir(&data_dir))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let settings = &config.settings;
-    let module_dir = match args.module_dir.or_else(|| settings.module_dir.clone()) {
-        Some(dir) => dir,
-        None => std::env::current_exe()
-            .context("locating mechad to find its modules")?
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    };
-    let mode = match &settings.socket_mode {
-        Some(m) => parse_mode(m)?,
-        None => 0o666,
-    };
-    let max_frame = settings.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME);
-    if max_frame == 0 || max_frame > MAX_FRAME_CAP {
-        bail!(
-            "Configuration spec.maxFrameBytes: {max_frame} must be between 1 and {MAX_FRAME_CAP}"
-        );
-    }
-    let supervision = Supervision {
-        max_restarts: settings.max_restarts.unwrap_or(5),
-        window: Duration::from_secs(settings.restart_window_secs.unwrap_or(30)),
-        health_interval: Duration::from_millis(settings.health_interval_ms.unwrap_or(1000).max(10)),
-        health_timeout: Duration::from_millis(settings.health_timeout_ms.unwrap_or(3000).max(10)),
-    };
-    let paths = Paths {
-        data_dir: data_dir.clone(),
-        module_dir,
-    };
-
+    let boot = Boot::load(&args).await?;
     // The HTTP endpoint comes up first: liveness answers while modules start.
     let metrics = Arc::new(metrics::Metrics::default());
     let http = http::start(
         args.http.as_deref(),
-        settings.http.as_ref(),
+        boot.config.settings.http.as_ref(),
         Arc::clone(&metrics),
     )
     .await?;
+    let modules = start_modules(&boot, args.config.as_deref()).await?;
+    let listeners = bind_sockets(&boot)?;
+    let tracer = start_tracer(args.otlp_endpoint.clone(), &boot.config.settings)?;
+    let (socket, data_dir) = (boot.socket.clone(), boot.paths.data_dir.clone());
+    let daemon = Arc::new(boot.into_daemon(modules, metrics, tracer, started, args.config)?);
+    http.set_daemon(&daemon);
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
+    serve(&daemon, listeners, &http).await
+}
 
-    // Start modules in order before accepting, so the first request finds them.
-    // A module that cannot start at boot is a configuration error: fail loudly.
-    let specs = plan::child_specs(&config, &paths).map_err(anyhow::Error::msg)?;
+/// What start-up settles before anything runs: the configuration (secret
+/// references resolved), where things are, and the daemon-wide numbers.
+struct Boot {
+    config: Config,
+    socket: PathBuf,
+    mode: u32,
+    max_frame: u32,
+    paths: Paths,
+    supervision: Supervision,
+}
+
+impl Boot {
+    /// Reads the configuration and settles every setting, flags first.
+    async fn load(args: &Args) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => Config::load(path)?,
+            None => Config::embedded_default(),
+        };
+        let settings = &config.settings;
+        let socket = args
+            .socket
+            .clone()
+            .or_else(|| settings.socket_path.clone())
+            .unwrap_or_else(default_socket);
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| settings.data_dir.clone())
+            .unwrap_or_else(default_data_dir);
+        secret_ref::resolve(&mut config, &plan::secrets_data_dir(&data_dir))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let settings = &config.settings;
+        let module_dir = match args
+            .module_dir
+            .clone()
+            .or_else(|| settings.module_dir.clone())
+        {
+            Some(dir) => dir,
+            None => std::env::current_exe()
+                .context("locating mechad to find its modules")?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        let mode = match &settings.socket_mode {
+            Some(m) => parse_mode(m)?,
+            None => 0o666,
+        };
+        let max_frame = settings.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME);
+        if max_frame == 0 || max_frame > MAX_FRAME_CAP {
+            bail!(
+                "Configuration spec.maxFrameBytes: {max_frame} must be between 1 and {MAX_FRAME_CAP}"
+            );
+        }
+        let supervision = Supervision {
+            max_restarts: settings.max_restarts.unwrap_or(5),
+            window: Duration::from_secs(settings.restart_window_secs.unwrap_or(30)),
+            health_interval: Duration::from_millis(
+                settings.health_interval_ms.unwrap_or(1000).max(10),
+            ),
+            health_timeout: Duration::from_millis(
+                settings.health_timeout_ms.unwrap_or(3000).max(10),
+            ),
+        };
+        Ok(Self {
+            socket,
+            mode,
+            max_frame,
+            paths: Paths {
+                data_dir,
+                module_dir,
+            },
+            supervision,
+            config,
+        })
+    }
+
+    /// The daemon's shared state, serving `modules`.
+    fn into_daemon(
+        self,
+        modules: Vec<Arc<ModuleSlot>>,
+        metrics: Arc<metrics::Metrics>,
+        tracer: Option<Arc<trace::Tracer>>,
+        started: Instant,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<Daemon> {
+        let settings = &self.config.settings;
+        let pods = match &settings.pods_file {
+            Some(path) => peer::load_pods(path).map_err(anyhow::Error::msg)?,
+            None => Default::default(),
+        };
+        let tenants = peer::Tenants::new(
+            settings.tenants.clone(),
+            settings.default_tenant.unwrap_or_default(),
+            pods,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Daemon {
+            max_frame: self.max_frame,
+            default_timeout: Duration::from_millis(u64::from(
+                settings.default_timeout_ms.unwrap_or(5000),
+            )),
+            max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
+            tenants: parking_lot::RwLock::new(tenants),
+            admins: parking_lot::RwLock::new(settings.admin_list()),
+            quotas: parking_lot::RwLock::new(Arc::new(quota::Registry::new(
+                settings.quotas.clone(),
+            ))),
+            modules: parking_lot::RwLock::new(modules),
+            started,
+            config_path,
+            paths: self.paths,
+            supervision: self.supervision,
+            admin_lock: tokio::sync::Mutex::new(()),
+            metrics,
+            tracer,
+        })
+    }
+}
+
+/// Starts the modules in order before accepting, so the first request finds
+/// them. A module that cannot start at boot is a configuration error: the
+/// daemon fails loudly, naming the file the components came from.
+async fn start_modules(
+    boot: &Boot,
+    config_path: Option<&Path>,
+) -> anyhow::Result<Vec<Arc<ModuleSlot>>> {
+    let specs = plan::child_specs(&boot.config, &boot.paths).map_err(anyhow::Error::msg)?;
     let mut modules = Vec::with_capacity(specs.len());
     for (family, spec) in specs {
         let name = spec.name.clone();
-        let slot = ModuleSlot::launch(spec, family, supervision)
+        let slot = ModuleSlot::launch(spec, family, boot.supervision)
             .await
-            .with_context(|| match &args.config {
-                // A module refusing its components is a configuration error:
-                // name the file the components came from.
+            .with_context(|| match config_path {
                 Some(path) => format!("starting module {name} (configured in {})", path.display()),
                 None => format!("starting module {name}"),
             })?;
         modules.push(slot);
     }
+    Ok(modules)
+}
 
-    // The main socket first, then any extra ones; tenant rules can tell them apart.
+/// The main socket first, then any extra ones; tenant rules can tell them
+/// apart.
+fn bind_sockets(boot: &Boot) -> anyhow::Result<Vec<(tokio::net::UnixListener, Arc<Path>)>> {
     let mut listeners = vec![(
-        listener::bind(&socket, mode, None)?,
-        Arc::<Path>::from(socket.as_path()),
+        listener::bind(&boot.socket, boot.mode, None)?,
+        Arc::<Path>::from(boot.socket.as_path()),
     )];
-    for extra in &settings.sockets {
+    for extra in &boot.config.settings.sockets {
         let mode = match &extra.mode {
             Some(m) => parse_mode(m)?,
             None => 0o666,
@@ -253,52 +345,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::from(extra.path.as_path()),
         ));
     }
-    let pods = match &settings.pods_file {
-        Some(path) => peer::load_pods(path).map_err(anyhow::Error::msg)?,
-        None => Default::default(),
-    };
+    Ok(listeners)
+}
+
+/// The span exporter, when `--otlp-endpoint` or `spec.tracing` names one.
+fn start_tracer(
+    flag: Option<String>,
+    settings: &config::Settings,
+) -> anyhow::Result<Option<Arc<trace::Tracer>>> {
     let tracing_settings = settings.tracing.clone().unwrap_or_default();
-    let tracer = match args
-        .otlp_endpoint
+    let Some(endpoint) = flag
         .or(tracing_settings.otlp_endpoint)
         .filter(|e| !e.is_empty() && e != "off")
-    {
-        Some(endpoint) => {
-            let rate = tracing_settings.sample_rate.unwrap_or(1.0);
-            let tracer = trace::Tracer::start(&endpoint, rate)?;
-            tracing::info!(%endpoint, sample_rate = rate, "exporting request spans over OTLP/HTTP");
-            Some(tracer)
-        }
-        None => None,
+    else {
+        return Ok(None);
     };
-    let daemon = Arc::new(Daemon {
-        max_frame,
-        default_timeout: Duration::from_millis(u64::from(
-            settings.default_timeout_ms.unwrap_or(5000),
-        )),
-        max_in_flight: settings.max_in_flight_per_connection.unwrap_or(256).max(1),
-        tenants: parking_lot::RwLock::new(
-            peer::Tenants::new(
-                settings.tenants.clone(),
-                settings.default_tenant.unwrap_or_default(),
-                pods,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
-        admins: parking_lot::RwLock::new(settings.admin_list()),
-        quotas: parking_lot::RwLock::new(Arc::new(quota::Registry::new(settings.quotas.clone()))),
-        modules: parking_lot::RwLock::new(modules),
-        started,
-        config_path: args.config.clone(),
-        paths,
-        supervision,
-        admin_lock: tokio::sync::Mutex::new(()),
-        metrics,
-        tracer,
-    });
-    http.set_daemon(&daemon);
-    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
+    let rate = tracing_settings.sample_rate.unwrap_or(1.0);
+    let tracer = trace::Tracer::start(&endpoint, rate)?;
+    tracing::info!(%endpoint, sample_rate = rate, "exporting request spans over OTLP/HTTP");
+    Ok(Some(tracer))
+}
 
+/// Accepts on every socket until SIGTERM or SIGINT (serving SIGHUP as a
+/// reload meanwhile), then stops accepting, lets connections finish, stops
+/// the modules in reverse order and removes the sockets.
+async fn serve(
+    daemon: &Arc<Daemon>,
+    listeners: Vec<(tokio::net::UnixListener, Arc<Path>)>,
+    http: &http::HttpState,
+) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sockets: Vec<Arc<Path>> = listeners.iter().map(|(_, p)| Arc::clone(p)).collect();
     let accepts: Vec<_> = listeners
@@ -307,12 +382,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(listener::accept_loop(
                 l,
                 p,
-                Arc::clone(&daemon),
+                Arc::clone(daemon),
                 shutdown_rx.clone(),
             ))
         })
         .collect();
-    wait_for_shutdown(&daemon).await?;
+    wait_for_shutdown(daemon).await?;
     http.set_stopping();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);
