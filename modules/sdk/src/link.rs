@@ -144,9 +144,54 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     let mut reader = FrameReader::new(rd, MAX_FRAME_CAP + u32::from(u16::MAX));
     let (tx, writer) = Outbox::new(wr, WRITE_QUEUE);
     let writer = tokio::spawn(writer);
+    let module = match handshake::<M>(&mut reader, &tx).await {
+        Ok(Some(module)) => module,
+        // The daemon left, or the module refused its configuration: the
+        // refusal is written before the process ends.
+        other => {
+            drop(tx);
+            let _ = writer.await;
+            return other.map(|_| ());
+        }
+    };
+    start_ticks(&module);
+    let mut session = Session::new(module, tx);
+    loop {
+        // Answers queued while serving what one read brought leave together,
+        // before this task waits for more.
+        if !reader.has_frame() {
+            session.tx.flush();
+        }
+        // EOF means the daemon is gone: stop at once, as no one can read answers.
+        let Some((header, payload)) = reader.next().await? else {
+            session.registry.cancel_all();
+            session.daemon_link.close();
+            return Ok(());
+        };
+        if header.flags.is_response() {
+            // The daemon's answer to a request of ours (LINK_DELIVER).
+            session.daemon_link.answer(&header, payload);
+            continue;
+        }
+        match header.opcode {
+            Opcode::LINK_PING => respond(&session.tx, &header, Reply::empty(), false).await,
+            Opcode::LINK_CANCEL => session.registry.cancel(header.request_id),
+            Opcode::LINK_DRAIN => return session.drain(&header, writer).await,
+            opcode => session.request(header, opcode, payload).await,
+        }
+    }
+}
 
+/// Answers LINK_HELLO: confines the module's writes, runs `Module::init` and
+/// says which link features this SDK takes. `None` when the daemon left
+/// before saying hello; an error (also answered on the link) when the hello
+/// was not one or the module refused its configuration.
+async fn handshake<M: Module>(
+    reader: &mut FrameReader<mecha_wire::sock::ReadHalf>,
+    tx: &Outbox,
+) -> Result<Option<Arc<M>>, LinkError> {
     let Some((hello_header, hello_payload)) = reader.next().await? else {
-        return Ok(());
+        return Ok(None);
     };
     if hello_header.opcode != Opcode::LINK_HELLO {
         return Err(LinkError::UnexpectedMessage {
@@ -165,14 +210,12 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
         Ok(m) => Arc::new(m),
         Err(e) => {
             respond(
-                &tx,
+                tx,
                 &hello_header,
                 Reply::error(Status::Internal, e.0.clone()),
                 true,
             )
             .await;
-            drop(tx);
-            let _ = writer.await;
             return Err(e.into());
         }
     };
@@ -189,9 +232,13 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
     }
     let _ = tx.send(OutFrame::new(header, reply.payload));
     tracing::info!(module = M::NAME, pid = std::process::id(), "module ready");
+    Ok(Some(module))
+}
 
+/// Calls `Module::tick` every `Module::TICK`, if the module has one.
+fn start_ticks<M: Module>(module: &Arc<M>) {
     if let Some(period) = M::TICK {
-        let m = Arc::clone(&module);
+        let m = Arc::clone(module);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(period);
             loop {
@@ -200,135 +247,136 @@ async fn serve<M: Module>() -> Result<(), LinkError> {
             }
         });
     }
+}
 
-    let daemon_link = crate::DaemonLink::new(tx.clone());
-    module.attach(daemon_link.clone());
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT as usize));
-    let slots = TenantSlots::new(M::NAME, M::TENANT_SLOTS);
-    let registry = Arc::new(Registry::default());
-    let (draining_tx, draining) = tokio::sync::watch::channel(false);
-    loop {
-        // Answers queued while serving what one read brought leave together,
-        // before this task waits for more.
-        if !reader.has_frame() {
-            tx.flush();
+/// A handshaken link: the module and what its requests share.
+struct Session<M> {
+    module: Arc<M>,
+    tx: Outbox,
+    daemon_link: crate::DaemonLink,
+    /// The module's request slots; draining takes them all.
+    permits: Arc<Semaphore>,
+    /// Each tenant's share of them.
+    slots: TenantSlots,
+    registry: Arc<Registry>,
+    draining_tx: tokio::sync::watch::Sender<bool>,
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<M: Module> Session<M> {
+    fn new(module: Arc<M>, tx: Outbox) -> Self {
+        let daemon_link = crate::DaemonLink::new(tx.clone());
+        module.attach(daemon_link.clone());
+        let (draining_tx, draining) = tokio::sync::watch::channel(false);
+        Self {
+            module,
+            tx,
+            daemon_link,
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT as usize)),
+            slots: TenantSlots::new(M::NAME, M::TENANT_SLOTS),
+            registry: Arc::new(Registry::default()),
+            draining_tx,
+            draining,
         }
-        // EOF means the daemon is gone: stop at once, as no one can read answers.
-        let Some((header, payload)) = reader.next().await? else {
-            registry.cancel_all();
-            daemon_link.close();
-            return Ok(());
-        };
-        if header.flags.is_response() {
-            // The daemon's answer to a request of ours (LINK_DELIVER).
-            daemon_link.answer(&header, payload);
-            continue;
-        }
-        match header.opcode {
-            Opcode::LINK_PING => respond(&tx, &header, Reply::empty(), false).await,
-            Opcode::LINK_CANCEL => registry.cancel(header.request_id),
-            Opcode::LINK_DRAIN => {
-                let _ = draining_tx.send(true);
-                // Taking every permit waits until all in-flight requests answered.
-                let _all = permits.acquire_many(MAX_CONCURRENT).await;
-                registry.cancel_all();
-                respond(&tx, &header, Reply::empty(), true).await;
-                daemon_link.close();
-                drop(tx);
-                // Stream tasks hold writer handles until they notice the
-                // cancellation; do not let a slow one keep the process alive.
-                let _ = tokio::time::timeout(DRAIN_WRITER_WAIT, writer).await;
-                tracing::info!(module = M::NAME, "drained");
-                return Ok(());
+    }
+
+    /// LINK_DRAIN: lets every request in flight finish, ends the streams,
+    /// answers, and gives the writer a moment to send what is queued.
+    async fn drain(
+        self,
+        header: &Header,
+        writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> Result<(), LinkError> {
+        let _ = self.draining_tx.send(true);
+        // Taking every permit waits until all in-flight requests answered.
+        let _all = self.permits.acquire_many(MAX_CONCURRENT).await;
+        self.registry.cancel_all();
+        respond(&self.tx, header, Reply::empty(), true).await;
+        self.daemon_link.close();
+        drop(self.tx);
+        // Stream tasks hold writer handles until they notice the
+        // cancellation; do not let a slow one keep the process alive.
+        let _ = tokio::time::timeout(DRAIN_WRITER_WAIT, writer).await;
+        tracing::info!(module = M::NAME, "drained");
+        Ok(())
+    }
+
+    /// Serves one application request: a slot of the tenant's share, then
+    /// the handler, answered inline when it completes at once.
+    async fn request(&mut self, header: Header, opcode: Opcode, payload: bytes::Bytes) {
+        // The tenant is read first: the request slots are shared out by
+        // tenant before any work starts, since work that started (a write
+        // handed to a blocking thread) cannot be taken back.
+        let (tenant, trace, body) = match split_tenant(&header, &payload) {
+            Ok((tenant, trace, body)) => {
+                let offset = payload.len() - body.len();
+                (tenant.to_string(), trace, offset)
             }
-            opcode => {
-                // The tenant is read first: the request slots are shared out
-                // by tenant before any work starts, since work that started
-                // (a write handed to a blocking thread) cannot be taken back.
-                let (tenant, trace, body) = match split_tenant(&header, &payload) {
-                    Ok((tenant, trace, body)) => {
-                        let offset = payload.len() - body.len();
-                        (tenant.to_string(), trace, offset)
-                    }
-                    Err(reply) => {
-                        respond(&tx, &header, reply, false).await;
-                        continue;
-                    }
-                };
-                // Slots are taken without waiting. A module that waited for a
-                // slot would stop reading its link, and then the health pings
-                // behind the requests would go unanswered and the daemon
-                // would kill the module for everyone (issue #16). A request
-                // over its tenant's share, or over the module's total, is
-                // refused instead; see `TenantSlots` for why refusing beats
-                // queueing here.
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    let reply = Reply::error(
-                        Status::ResourceExhausted,
-                        format!(
-                            "the {} module is serving {MAX_CONCURRENT} requests already; \
-                             try again later",
-                            M::NAME
-                        ),
-                    );
-                    respond(&tx, &header, reply, false).await;
-                    continue;
-                };
-                let share = match slots.take(&tenant) {
-                    Ok(share) => share,
-                    Err(reply) => {
-                        respond(&tx, &header, reply, false).await;
-                        continue;
-                    }
-                };
-                let deadline = (header.deadline_ms > 0).then(|| {
-                    std::time::Instant::now()
-                        + std::time::Duration::from_millis(u64::from(header.deadline_ms))
+            Err(reply) => return respond(&self.tx, &header, reply, false).await,
+        };
+        // Slots are taken without waiting. A module that waited for a slot
+        // would stop reading its link, and then the health pings behind the
+        // requests would go unanswered and the daemon would kill the module
+        // for everyone (issue #16). A request over its tenant's share, or
+        // over the module's total, is refused instead; see `TenantSlots` for
+        // why refusing beats queueing here.
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            let reply = Reply::error(
+                Status::ResourceExhausted,
+                format!(
+                    "the {} module is serving {MAX_CONCURRENT} requests already; try again later",
+                    M::NAME
+                ),
+            );
+            return respond(&self.tx, &header, reply, false).await;
+        };
+        let share = match self.slots.take(&tenant) {
+            Ok(share) => share,
+            Err(reply) => return respond(&self.tx, &header, reply, false).await,
+        };
+        let deadline = (header.deadline_ms > 0).then(|| {
+            std::time::Instant::now()
+                + std::time::Duration::from_millis(u64::from(header.deadline_ms))
+        });
+        let ctx = Ctx {
+            tenant,
+            trace,
+            opcode,
+            deadline,
+            draining: self.draining.clone(),
+            stream: Opener {
+                tx: Some(self.tx.clone()),
+                registry: Arc::clone(&self.registry),
+                link_id: header.request_id,
+                opcode,
+            },
+        };
+        let m = Arc::clone(&self.module);
+        let mut work =
+            Box::pin(async move { m.handle(ctx, payload.get(body..).unwrap_or_default()).await });
+        // The fast path: a handler that completes without waiting is
+        // answered here, with no task, no hand-off and no wake-up. Only
+        // handlers that wait get a task of their own.
+        match poll_once(&mut work).await {
+            std::task::Poll::Ready(reply) => {
+                // Bounded before `opened` is read: an answer refused for its
+                // size opens no stream.
+                let reply = bounded(opcode, reply);
+                let opened = reply.opens_stream;
+                respond(&self.tx, &header, reply, false).await;
+                self.registry.answered(header.request_id, opened);
+                drop((permit, share));
+            }
+            std::task::Poll::Pending => {
+                let tx = self.tx.clone();
+                let registry = Arc::clone(&self.registry);
+                tokio::spawn(async move {
+                    let reply = bounded(opcode, work.await);
+                    let opened = reply.opens_stream;
+                    respond(&tx, &header, reply, true).await;
+                    registry.answered(header.request_id, opened);
+                    drop((permit, share));
                 });
-                let opener = Opener {
-                    tx: Some(tx.clone()),
-                    registry: Arc::clone(&registry),
-                    link_id: header.request_id,
-                    opcode,
-                };
-                let m = Arc::clone(&module);
-                let draining = draining.clone();
-                let mut work = Box::pin(async move {
-                    let ctx = Ctx {
-                        tenant,
-                        trace,
-                        opcode,
-                        deadline,
-                        draining,
-                        stream: opener,
-                    };
-                    m.handle(ctx, payload.get(body..).unwrap_or_default()).await
-                });
-                // The fast path: a handler that completes without waiting is
-                // answered here, with no task, no hand-off and no wake-up.
-                // Only handlers that wait get a task of their own.
-                match poll_once(&mut work).await {
-                    std::task::Poll::Ready(reply) => {
-                        // Bounded before `opened` is read: an answer refused
-                        // for its size opens no stream.
-                        let reply = bounded(opcode, reply);
-                        let opened = reply.opens_stream;
-                        respond(&tx, &header, reply, false).await;
-                        registry.answered(header.request_id, opened);
-                        drop((permit, share));
-                    }
-                    std::task::Poll::Pending => {
-                        let tx = tx.clone();
-                        let registry = Arc::clone(&registry);
-                        tokio::spawn(async move {
-                            let reply = bounded(opcode, work.await);
-                            let opened = reply.opens_stream;
-                            respond(&tx, &header, reply, true).await;
-                            registry.answered(header.request_id, opened);
-                            drop((permit, share));
-                        });
-                    }
-                }
             }
         }
     }
