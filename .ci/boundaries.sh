@@ -18,6 +18,7 @@ for dir in modules/*/src; do
     crates+=("$dir")
 done
 python3 .ci/import_cycles.py "${crates[@]}"
+echo "no import circle in mechad or any module crate"
 
 # Files small enough to read: no source file outside tests over 900 lines.
 long=$(git ls-files '*.rs' | grep -v '/tests/' | while read -r f; do
