@@ -52,6 +52,13 @@ impl Calls {
         // A callee whose connection holds its byte budget unread gets no more
         // calls: they fail now instead of holding their payloads in the
         // daemon until their deadlines.
+        // A callee that has shut its connection down (its end may be queued,
+        // not yet read by its session) can be written nothing more: a call
+        // now would never be delivered, so it is NOT_FOUND — the callee is
+        // gone — rather than a call in flight that fails UNAVAILABLE.
+        if conn.peer_closed() {
+            return error(Status::NotFound, "the callee's connection is closing");
+        }
         let held = match bytes.take(payload.len()) {
             Ok(held) => held,
             Err(spent) => {
@@ -65,7 +72,7 @@ impl Calls {
         let id = {
             let mut t = self.table.lock();
             if t.closed {
-                return unavailable("the callee's connection closed");
+                return error(Status::NotFound, "the callee's connection closed");
             }
             t.next = t.next.wrapping_add(1).max(1);
             let id = t.next;
@@ -93,7 +100,7 @@ impl Calls {
         );
         if conn.send(frame).is_err() {
             self.table.lock().waiting.remove(&id);
-            return unavailable("the callee's connection closed");
+            return error(Status::NotFound, "the callee's connection closed");
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,

@@ -311,6 +311,12 @@ impl<G: Send + 'static> Outbox<G> {
         self.shared.sock.shutdown();
     }
 
+    /// True when the peer has shut the connection down, even before a reader
+    /// has reached its end (see [`WriteHalf::peer_closed`]).
+    pub fn peer_closed(&self) -> bool {
+        self.shared.sock.peer_closed()
+    }
+
     /// True once the socket failed; frames queued from now on are refused.
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().failed

@@ -96,6 +96,20 @@ impl WriteHalf {
         );
     }
 
+    /// True when the peer has shut the connection down (its end of stream
+    /// is queued even if nobody has read up to it yet), or the socket
+    /// failed: one `poll` that does not wait.
+    pub fn peer_closed(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        // POLLRDHUP (the peer shut down its writing side) has no name in nix.
+        let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), rdhup)];
+        let closing = rdhup | PollFlags::POLLHUP | PollFlags::POLLERR;
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.intersects(closing))
+    }
+
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         nix::sys::uio::writev(self.fd.get_ref(), bufs).map_err(io::Error::from)
