@@ -126,14 +126,7 @@ async fn invoke_pid(c: &Client) -> u32 {
 async fn a_caller_app_id_is_believed_only_from_the_tenant_that_holds_it() {
     let d = start("");
     let shop = victim(&d).await;
-    let _billing = shop
-        .register(
-            "billing",
-            vec![],
-            handler(|_c: InvokeCall| async { reply(b"charged") }),
-        )
-        .await
-        .expect("shop registers billing");
+    let _billing = serve_billing(&shop, b"charged").await;
     let evil = attacker(&d).await;
 
     // Calling billing as checkout would pass its access control: refused,
@@ -264,6 +257,17 @@ fn raw_as_nobody(socket: &std::path::Path) -> Raw {
 
 /// Registers `app_id` on a raw connection as nobody; the connection is the
 /// instance.
+/// The victim's `billing` app, answering every call with `answer`.
+async fn serve_billing(shop: &Client, answer: &'static [u8]) -> mecha_client::Registration {
+    shop.register(
+        "billing",
+        vec![],
+        handler(move |_c: InvokeCall| async move { reply(answer) }),
+    )
+    .await
+    .expect("shop registers billing")
+}
+
 fn raw_register(socket: &std::path::Path, app_id: &str) -> Raw {
     let mut raw = raw_as_nobody(socket);
     let body = mecha_abi::encode(&RegisterRequest {
@@ -325,14 +329,7 @@ async fn a_callee_that_stops_is_not_found_by_the_next_call() {
 async fn registrations_app_ids_and_the_app_listing_are_bounded() {
     let d = start("");
     let shop = victim(&d).await;
-    let _billing = shop
-        .register(
-            "billing",
-            vec![],
-            handler(|_c: InvokeCall| async { reply(b"b") }),
-        )
-        .await
-        .expect("shop registers billing");
+    let _billing = serve_billing(&shop, b"b").await;
     let before = invoke_pid(&shop).await;
     // A 1 KB app id was accepted before; app ids are short names now.
     let evil = attacker(&d).await;
