@@ -33,6 +33,10 @@ pub mod testing;
 use std::future::Future;
 use std::time::Duration;
 
+/// A boxed future, so that drivers can be chosen at run time behind a
+/// `dyn` trait: the one alias every module's driver traits use.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 pub use components::Components;
 pub use link::{run, MAX_CONCURRENT};
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};

@@ -3,9 +3,7 @@
 //! driver from a component spec (`spec.type` → implementation).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
@@ -20,8 +18,8 @@ pub mod memory;
 pub mod redis;
 mod watcher;
 
-/// A boxed future, so drivers can be chosen at run time behind `dyn ConfigStore`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The SDK's boxed future, under which the driver trait's methods return.
+pub use mecha_module::BoxFuture;
 
 /// The metadata field every driver accepts: a comma-separated list of the
 /// tenants that may use the store. It is handled by the module, not by the

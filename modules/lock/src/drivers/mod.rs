@@ -3,9 +3,7 @@
 //! component spec (`spec.type` → implementation).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +20,8 @@ pub mod memory;
 pub mod redb;
 pub mod redis;
 
-/// A boxed future, so drivers can be chosen at run time behind `dyn LockStore`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The SDK's boxed future, under which the driver trait's methods return.
+pub use mecha_module::BoxFuture;
 
 /// The outcome of one attempt to take a lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,7 +225,7 @@ pub async fn acquire_or_stop(
     owner: &str,
     ttl_ms: u64,
     wait: Duration,
-    stop: impl Future<Output = Stop>,
+    stop: impl std::future::Future<Output = Stop>,
 ) -> Result<Acquired, LockError> {
     let granted = |attempt| match attempt {
         Attempt::Acquired { fencing_token } => Acquired::Granted(fencing_token),

@@ -1,9 +1,7 @@
 //! The sequencer driver trait, its error type, and the factory that opens a
 //! driver from a component spec (`spec.type` → implementation).
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::embedded;
@@ -16,8 +14,8 @@ pub mod redb;
 pub mod redis;
 mod segments;
 
-/// A boxed future, so drivers can be chosen at run time behind `dyn Sequencer`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The SDK's boxed future, under which the driver trait's methods return.
+pub use mecha_module::BoxFuture;
 
 /// The largest id a sequence ever hands out.
 ///

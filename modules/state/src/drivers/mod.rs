@@ -1,9 +1,7 @@
 //! The state driver trait, its error type, and the factory that opens a driver
 //! from a component spec (`spec.type` → implementation).
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::embedded;
@@ -15,8 +13,8 @@ pub mod postgresql;
 pub mod redb;
 pub mod redis;
 
-/// A boxed future, so drivers can be chosen at run time behind `dyn StateStore`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The SDK's boxed future, under which the driver trait's methods return.
+pub use mecha_module::BoxFuture;
 
 /// What one operation of a transaction did.
 #[derive(Clone, Debug, PartialEq, Eq)]
