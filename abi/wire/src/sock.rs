@@ -96,18 +96,19 @@ impl WriteHalf {
         );
     }
 
-    /// True when the peer has shut the connection down (its end of stream
-    /// is queued even if nobody has read up to it yet), or the socket
-    /// failed: one `poll` that does not wait.
+    /// True when the peer has shut the connection down both ways or closed
+    /// it (its end of stream is queued even if nobody has read up to it
+    /// yet), or the socket failed: one `poll` that does not wait. Only the
+    /// conditions the kernel always reports (POLLHUP, POLLERR) are asked
+    /// for: a peer that can neither read nor write is gone.
     pub fn peer_closed(&self) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
-        // POLLRDHUP (the peer shut down its writing side) has no name in nix.
-        let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
-        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), rdhup)];
-        let closing = rdhup | PollFlags::POLLHUP | PollFlags::POLLERR;
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), PollFlags::empty())];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-            && fds[0].revents().is_some_and(|r| r.intersects(closing))
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
     }
 
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
@@ -176,5 +177,18 @@ mod tests {
         // The write half is gone once the writer ends: end of stream.
         writer.await.unwrap().unwrap();
         assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_shut_down_is_seen_before_anyone_reads() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let (_rd, wr) = split(ours).expect("split");
+        assert!(!wr.peer_closed(), "an open peer");
+        theirs
+            .shutdown(std::net::Shutdown::Both)
+            .expect("the peer shuts down");
+        assert!(wr.peer_closed(), "a peer shut down both ways");
+        drop(theirs);
+        assert!(wr.peer_closed(), "a closed peer");
     }
 }
