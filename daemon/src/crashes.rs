@@ -56,10 +56,12 @@ pub fn fingerprint(opcode: Opcode, payload: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     opcode.0.hash(&mut h);
     payload.len().hash(&mut h);
-    let head = &payload[..payload.len().min(FINGERPRINT_EDGE)];
-    let tail = &payload[payload.len().saturating_sub(FINGERPRINT_EDGE)..];
-    head.hash(&mut h);
-    tail.hash(&mut h);
+    if payload.len() <= 2 * FINGERPRINT_EDGE {
+        payload.hash(&mut h);
+    } else {
+        payload[..FINGERPRINT_EDGE].hash(&mut h);
+        payload[payload.len() - FINGERPRINT_EDGE..].hash(&mut h);
+    }
     h.finish()
 }
 

@@ -238,14 +238,12 @@ fn unprivileged() -> (u32, u32) {
 /// The uid and gid of `nobody`.
 const NOBODY: u32 = 65534;
 
-/// Creates a module's data directory readable only by its owner (0700), and
-/// hands it, with everything in it, to the module's user, so modules cannot
-/// read each other's data and a module whose user changed still owns files
-/// an earlier instance made.
+/// Makes a module's (existing) data directory readable only by its owner
+/// (0700), and hands it, with everything in it, to the module's user, so
+/// modules cannot read each other's data and a module whose user changed
+/// still owns files an earlier instance made.
 fn private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("creating data directory {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("restricting data directory {}: {e}", dir.display()))?;
     if let Some((uid, gid)) = owner {

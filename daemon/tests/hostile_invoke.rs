@@ -425,23 +425,7 @@ async fn a_callee_that_never_answers_does_not_take_the_module_down() {
         .expect("shop registers its callee");
     let before = invoke_pid(&shop).await;
     // The attacker's callee registers and then never reads its connection.
-    let sink = {
-        let mut raw = raw_as_nobody(&d.socket);
-        let body = mecha_abi::encode(&RegisterRequest {
-            app_id: "sink".into(),
-            methods: vec![],
-        })
-        .expect("encode");
-        raw.send(Header::request(Opcode::INVOKE_REGISTER, 1), &body);
-        let (h, p) = raw.recv().expect("register answer");
-        assert_eq!(
-            Status::from_code(h.status),
-            Status::Ok,
-            "{}",
-            error_message(&p)
-        );
-        raw
-    };
+    let sink = raw_register(&d.socket, "sink");
     // 1,100 calls of it with a 30 s deadline, over five connections.
     let mut flood = tokio::task::JoinSet::new();
     for _ in 0..5 {
