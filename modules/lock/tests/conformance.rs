@@ -1,18 +1,13 @@
 //! Conformance tests: one set of behaviour tests, run against every lock
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_mod_lock::drivers::{self, Acquired, Attempt, LockError, LockStore, Stop};
-use tempfile::TempDir;
-use tokio::runtime::Runtime;
-
-/// How long a test waits for a lease to pass or a waiter to appear before
-/// giving up. Generous, since it only bounds a failure.
-const DEADLINE: Duration = Duration::from_secs(10);
+use mecha_module::testing::{self, temp_dir, DEADLINE};
 
 /// A lease long enough to stay held for the whole test.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -20,35 +15,31 @@ const LONG_TTL_MS: u64 = 3_600_000;
 /// A lease short enough for a test to wait out.
 const SHORT_TTL_MS: u64 = 100;
 
-/// One driver under test, with the runtime that drives it and the directory it
-/// keeps its files in (kept alive for as long as the store is).
-struct Harness {
-    rt: Runtime,
-    spec: ComponentSpec,
-    dir: TempDir,
-    store: Option<Box<dyn LockStore>>,
+/// One driver under test (the SDK's harness), with the lock operations the
+/// suite uses.
+struct Harness(testing::Harness<dyn LockStore>);
+
+impl Deref for Harness {
+    type Target = testing::Harness<dyn LockStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Harness {
     /// Opens a store of `kind` through the factory, so the factory is tested too.
     fn new(kind: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
-        let spec = ComponentSpec {
-            name: "lockstore".to_owned(),
-            kind: kind.to_owned(),
-            metadata: Vec::new(),
-        };
-        let dir = TempDir::new().expect("create a temporary directory");
-        let store = drivers::open(&spec, dir.path()).expect("open the store");
-        Self {
-            rt,
-            spec,
-            dir,
-            store: Some(store),
-        }
+        Self(testing::Harness::open(
+            testing::spec("lockstore", kind, &[]),
+            drivers::open,
+        ))
     }
 
     fn memory() -> Self {
@@ -57,22 +48,6 @@ impl Harness {
 
     fn redb() -> Self {
         Self::new("lock.redb")
-    }
-
-    fn store(&self) -> &dyn LockStore {
-        self.store.as_deref().expect("the store is open")
-    }
-
-    /// Closes the store and opens it again from the same directory, as a
-    /// module restart would.
-    fn reopen(&mut self) {
-        drop(self.store.take());
-        let store = drivers::open(&self.spec, self.dir.path()).expect("reopen the store");
-        self.store = Some(store);
-    }
-
-    fn block<F: Future>(&self, future: F) -> F::Output {
-        self.rt.block_on(future)
     }
 
     /// One attempt, which must not fail.
@@ -127,19 +102,13 @@ impl Harness {
     /// Tries to take `resource` for `owner` until its current lease passes,
     /// failing the test after `DEADLINE`; returns the new token.
     fn grant_once_expired(&self, tenant: &str, resource: &str, owner: &str) -> u64 {
-        let start = Instant::now();
-        loop {
-            if let Attempt::Acquired { fencing_token } =
-                self.attempt(tenant, resource, owner, LONG_TTL_MS)
-            {
-                return fencing_token;
+        let what = format!("{resource:?}, granted with a short lease, to be free again");
+        testing::poll_until(&what, || {
+            match self.attempt(tenant, resource, owner, LONG_TTL_MS) {
+                Attempt::Acquired { fencing_token } => Some(fencing_token),
+                _ => None,
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{resource:?} was still held {DEADLINE:?} after being granted with a short lease"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        })
     }
 }
 
@@ -152,7 +121,7 @@ fn not_extended(status: UnlockStatus) -> ExtendLockReply {
 
 // ---- The behaviours every driver must show. ----
 
-fn grant_then_deny(h: &Harness) {
+fn grant_then_deny(h: Harness) {
     let token = h.grant("t", "r", "alice", LONG_TTL_MS);
     assert!(token > 0, "fencing tokens start above 0");
     let expires = h.deny("t", "r", "bob");
@@ -166,7 +135,7 @@ fn grant_then_deny(h: &Harness) {
     h.grant("t", "other", "bob", LONG_TTL_MS);
 }
 
-fn tokens_strictly_increase_across_grants(h: &Harness) {
+fn tokens_strictly_increase_across_grants(h: Harness) {
     let mut last = 0;
     for i in 0..20 {
         let owner = format!("owner-{i}");
@@ -182,7 +151,7 @@ fn tokens_strictly_increase_across_grants(h: &Harness) {
     }
 }
 
-fn wrong_owner_cannot_unlock_or_extend(h: &Harness) {
+fn wrong_owner_cannot_unlock_or_extend(h: Harness) {
     let token = h.grant("t", "r", "alice", LONG_TTL_MS);
     assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::LockBelongsToOthers);
     assert_eq!(
@@ -201,7 +170,7 @@ fn wrong_owner_cannot_unlock_or_extend(h: &Harness) {
     assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
 }
 
-fn unlock_of_missing_lock_does_not_exist(h: &Harness) {
+fn unlock_of_missing_lock_does_not_exist(h: Harness) {
     assert_eq!(
         h.unlock("t", "never", "alice"),
         UnlockStatus::LockDoesNotExist
@@ -220,14 +189,14 @@ fn unlock_of_missing_lock_does_not_exist(h: &Harness) {
     );
 }
 
-fn released_lock_is_granted_again_with_a_higher_token(h: &Harness) {
+fn released_lock_is_granted_again_with_a_higher_token(h: Harness) {
     let first = h.grant("t", "r", "alice", LONG_TTL_MS);
     assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::Success);
     let second = h.grant("t", "r", "bob", LONG_TTL_MS);
     assert!(second > first);
 }
 
-fn expired_lock_is_free_and_granted_with_a_higher_token(h: &Harness) {
+fn expired_lock_is_free_and_granted_with_a_higher_token(h: Harness) {
     let first = h.grant("t", "r", "alice", SHORT_TTL_MS);
     let second = h.grant_once_expired("t", "r", "bob");
     assert!(second > first, "token {second} after expiry <= {first}");
@@ -243,7 +212,7 @@ fn expired_lock_is_free_and_granted_with_a_higher_token(h: &Harness) {
     assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::Success);
 }
 
-fn expired_lock_cannot_be_unlocked_or_extended(h: &Harness) {
+fn expired_lock_cannot_be_unlocked_or_extended(h: Harness) {
     h.grant("t", "r", "alice", SHORT_TTL_MS);
     // A witness granted afterwards with the same lease passes no earlier.
     h.grant("t", "witness", "w", SHORT_TTL_MS);
@@ -255,7 +224,7 @@ fn expired_lock_cannot_be_unlocked_or_extended(h: &Harness) {
     assert_eq!(h.unlock("t", "r", "alice"), UnlockStatus::LockDoesNotExist);
 }
 
-fn extend_keeps_the_token_and_pushes_the_expiry(h: &Harness) {
+fn extend_keeps_the_token_and_pushes_the_expiry(h: Harness) {
     let token = h.grant("t", "r", "alice", SHORT_TTL_MS);
     let before = h.deny("t", "r", "bob");
     let reply = h.extend("t", "r", "alice", LONG_TTL_MS);
@@ -277,7 +246,7 @@ fn extend_keeps_the_token_and_pushes_the_expiry(h: &Harness) {
     assert!(h.grant("t", "r", "bob", LONG_TTL_MS) > token);
 }
 
-fn tenants_are_isolated(h: &Harness) {
+fn tenants_are_isolated(h: Harness) {
     let a = h.grant("tenant-a", "r", "alice", LONG_TTL_MS);
     // The same resource name under another tenant is another lock.
     let b = h.grant("tenant-b", "r", "bob", LONG_TTL_MS);
@@ -295,7 +264,7 @@ fn tenants_are_isolated(h: &Harness) {
     assert_eq!(h.unlock("tenant-b", "r", "bob"), UnlockStatus::Success);
 }
 
-fn blocking_acquire_gets_the_lock_when_released(h: &Harness) {
+fn blocking_acquire_gets_the_lock_when_released(h: Harness) {
     let first = h.grant("t", "r", "alice", LONG_TTL_MS);
     let store = h.store();
     let (acquired, released) = h.block(async {
@@ -304,11 +273,8 @@ fn blocking_acquire_gets_the_lock_when_released(h: &Harness) {
             async {
                 // Release only once bob waits, so the wake-up path is what
                 // gets tested, not a lucky first attempt.
-                let start = Instant::now();
-                while store.releases().waited_for() == 0 {
-                    assert!(start.elapsed() < DEADLINE, "bob never started waiting");
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                testing::wait_until_async("bob to wait", || store.releases().waited_for() > 0)
+                    .await;
                 store.unlock("t", "r", "alice").await
             }
         )
@@ -322,7 +288,7 @@ fn blocking_acquire_gets_the_lock_when_released(h: &Harness) {
     assert_eq!(h.unlock("t", "r", "bob"), UnlockStatus::Success);
 }
 
-fn blocking_acquire_gets_the_lock_when_it_expires(h: &Harness) {
+fn blocking_acquire_gets_the_lock_when_it_expires(h: Harness) {
     let first = h.grant("t", "r", "alice", SHORT_TTL_MS);
     let second = h
         .acquire("t", "r", "bob", DEADLINE)
@@ -330,7 +296,7 @@ fn blocking_acquire_gets_the_lock_when_it_expires(h: &Harness) {
     assert!(second > first);
 }
 
-fn blocking_acquire_times_out_when_not_released(h: &Harness) {
+fn blocking_acquire_times_out_when_not_released(h: Harness) {
     let token = h.grant("t", "r", "alice", LONG_TTL_MS);
     assert_eq!(h.acquire("t", "r", "bob", Duration::from_millis(50)), None);
     assert_eq!(
@@ -348,7 +314,7 @@ fn blocking_acquire_times_out_when_not_released(h: &Harness) {
     assert!(h.acquire("t", "free", "bob", Duration::ZERO).is_some());
 }
 
-fn blocking_acquire_stops_when_told_and_grants_nothing(h: &Harness) {
+fn blocking_acquire_stops_when_told_and_grants_nothing(h: Harness) {
     let token = h.grant("t", "r", "alice", LONG_TTL_MS);
     let started = Instant::now();
     let stopped = h.block(async {
@@ -383,7 +349,7 @@ fn blocking_acquire_stops_when_told_and_grants_nothing(h: &Harness) {
     assert!(matches!(free, Ok(Acquired::Granted(_))), "{free:?}");
 }
 
-fn sweep_removes_exactly_the_expired_locks(h: &Harness) {
+fn sweep_removes_exactly_the_expired_locks(h: Harness) {
     for i in 0..50 {
         h.grant("t", &format!("live-{i}"), "o", LONG_TTL_MS);
     }
@@ -406,29 +372,12 @@ fn sweep_removes_exactly_the_expired_locks(h: &Harness) {
     h.grant("u", "short", "x", LONG_TTL_MS);
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::memory());
-                }
-            )*
-        }
-        mod redb {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::redb());
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers: {
+        memory => Harness::memory(),
+        redb => Harness::redb(),
+    }
+    cases: [
     grant_then_deny,
     tokens_strictly_increase_across_grants,
     wrong_owner_cannot_unlock_or_extend,
@@ -443,7 +392,8 @@ conformance!(
     blocking_acquire_times_out_when_not_released,
     blocking_acquire_stops_when_told_and_grants_nothing,
     sweep_removes_exactly_the_expired_locks,
-);
+    ]
+}
 
 // ---- Driver-specific behaviour. ----
 
@@ -488,26 +438,16 @@ fn redb_expiry_index_survives_reopen() {
 }
 
 fn redb_spec(metadata: &[(&str, &str)]) -> ComponentSpec {
-    ComponentSpec {
-        name: "locks".to_owned(),
-        kind: "lock.redb".to_owned(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    }
+    testing::spec("locks", "lock.redb", metadata)
 }
 
 fn open_error(spec: &ComponentSpec, dir: &Path) -> LockError {
-    match drivers::open(spec, dir) {
-        Ok(_) => panic!("opening {spec:?} should fail"),
-        Err(e) => e,
-    }
+    testing::refused(spec, drivers::open(spec, dir))
 }
 
 #[test]
 fn redb_file_location_follows_the_spec() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     drop(drivers::open(&redb_spec(&[]), dir.path()).expect("open the store"));
     assert!(dir.path().join("locks.redb").is_file());
     drop(
@@ -519,7 +459,7 @@ fn redb_file_location_follows_the_spec() {
 
 #[test]
 fn redb_rejects_bad_metadata_and_names() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for spec in [
         redb_spec(&[("path", "a.redb"), ("cacheSize", "10")]),
         redb_spec(&[("path", "a.redb"), ("PATH", "b.redb")]),
@@ -538,12 +478,8 @@ fn redb_rejects_bad_metadata_and_names() {
 
 #[test]
 fn factory_rejects_unknown_type() {
-    let dir = TempDir::new().expect("create a temporary directory");
-    let spec = ComponentSpec {
-        name: "locks".to_owned(),
-        kind: "lock.nope".to_owned(),
-        metadata: Vec::new(),
-    };
+    let dir = temp_dir();
+    let spec = testing::spec("locks", "lock.nope", &[]);
     match open_error(&spec, dir.path()) {
         LockError::Config { component, reason } => {
             assert_eq!(component, "locks");

@@ -3,7 +3,7 @@
 //! Dapr's components-contrib conformance suite.
 
 use std::collections::BTreeSet;
-use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,12 +13,7 @@ use mecha_abi::msg::{
 use mecha_mod_pubsub::broker::{Broker, Subscriber};
 use mecha_mod_pubsub::drivers;
 use mecha_mod_pubsub::error::PubsubError;
-use tempfile::TempDir;
-use tokio::runtime::Runtime;
-
-/// How long a test waits for a delivery that should come. Generous, since it
-/// only bounds a failure.
-const DEADLINE: Duration = Duration::from_secs(10);
+use mecha_module::testing::{self, temp_dir};
 
 /// How long a test watches for a delivery that must not come. Deliveries
 /// that are due come within microseconds, so this is ample without slowing
@@ -28,54 +23,35 @@ const QUIET: Duration = Duration::from_millis(200);
 /// A short ack deadline, for waiting out.
 const SHORT_ACK_MS: u32 = 150;
 
-/// One store under test, with the runtime that drives it and the directory it
-/// keeps its files in (kept alive for as long as the store is).
-struct Harness {
-    rt: Runtime,
-    spec: ComponentSpec,
-    dir: TempDir,
-    broker: Option<Broker>,
+/// One store under test (the SDK's harness over the broker every embedded
+/// driver sits under), with the pubsub operations the suite uses.
+struct Harness(testing::Harness<Broker>);
+
+impl Deref for Harness {
+    type Target = testing::Harness<Broker>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Harness {
     /// Opens a store of `kind` through the factory, so the factory is tested too.
     fn new(kind: &str, metadata: &[(&str, &str)]) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
-        let spec = ComponentSpec {
-            name: "events".to_owned(),
-            kind: kind.to_owned(),
-            metadata: metadata
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        let dir = TempDir::new().expect("create a temporary directory");
-        let broker = drivers::open_embedded(&spec, dir.path()).expect("open the store");
-        Self {
-            rt,
-            spec,
-            dir,
-            broker: Some(broker),
-        }
+        Self(testing::Harness::open(
+            spec(kind, metadata),
+            |spec: &ComponentSpec, dir: &Path| drivers::open_embedded(spec, dir).map(Box::new),
+        ))
     }
 
     fn broker(&self) -> &Broker {
-        self.broker.as_ref().expect("the store is open")
-    }
-
-    /// Closes the store and opens it again from the same directory, as a
-    /// module restart would.
-    fn reopen(&mut self) {
-        drop(self.broker.take());
-        let broker = drivers::open_embedded(&self.spec, self.dir.path()).expect("reopen the store");
-        self.broker = Some(broker);
-    }
-
-    fn block<F: Future>(&self, future: F) -> F::Output {
-        self.rt.block_on(future)
+        self.store()
     }
 
     fn publish_req(&self, tenant: &str, req: &PublishRequest) -> Result<PublishReply, PubsubError> {
@@ -132,16 +108,15 @@ impl Harness {
         self.subscribe_with(tenant, topic, group, 0, 0)
     }
 
-    /// The next delivery, which must come within `DEADLINE`.
+    /// The next delivery, which must come within the harness's deadline.
     fn next(&self, sub: &Subscriber) -> Delivery {
-        self.block(async { tokio::time::timeout(DEADLINE, sub.next()).await })
-            .expect("a delivery within the deadline")
+        self.block_until("a delivery", sub.next())
             .expect("next succeeds")
     }
 
     /// Asserts that no delivery comes for `QUIET`.
     fn nothing(&self, sub: &Subscriber) {
-        if let Ok(got) = self.block(async { tokio::time::timeout(QUIET, sub.next()).await }) {
+        if let Some(got) = self.block_for(QUIET, sub.next()) {
             panic!("expected no delivery, got {got:?}");
         }
     }
@@ -189,7 +164,7 @@ fn meta<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
 
 // ---- The behaviours every driver must show. ----
 
-fn published_messages_are_delivered_in_an_envelope_and_acked(h: &Harness) {
+fn published_messages_are_delivered_in_an_envelope_and_acked(h: Harness) {
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let first = h.publish_meta("t", "orders", "one", &[("traceparent", tp), ("k", "v")]);
     let second = h.publish_meta("t", "orders", "two", &[("cloudevent.type", "order.paid")]);
@@ -235,7 +210,7 @@ fn published_messages_are_delivered_in_an_envelope_and_acked(h: &Harness) {
     assert_eq!(h.next(&again).offset, c.offset);
 }
 
-fn raw_messages_carry_no_envelope(h: &Harness) {
+fn raw_messages_carry_no_envelope(h: Harness) {
     let req = PublishRequest {
         store: "events".to_owned(),
         topic: "raw".to_owned(),
@@ -262,7 +237,7 @@ fn raw_messages_carry_no_envelope(h: &Harness) {
     );
 }
 
-fn unacked_deliveries_come_again_after_the_ack_deadline(h: &Harness) {
+fn unacked_deliveries_come_again_after_the_ack_deadline(h: Harness) {
     h.publish("t", "slow", "m");
     let sub = h.subscribe_with("t", "slow", "g", 0, SHORT_ACK_MS);
     let first = h.next(&sub);
@@ -275,7 +250,7 @@ fn unacked_deliveries_come_again_after_the_ack_deadline(h: &Harness) {
     h.nothing(&sub);
 }
 
-fn a_nack_makes_the_message_come_again_at_once(h: &Harness) {
+fn a_nack_makes_the_message_come_again_at_once(h: Harness) {
     h.publish("t", "n", "m");
     let sub = h.subscribe("t", "n", "g");
     let first = h.next(&sub);
@@ -291,7 +266,7 @@ fn a_nack_makes_the_message_come_again_at_once(h: &Harness) {
     h.nothing(&sub);
 }
 
-fn messages_go_to_the_dead_letter_topic_after_max_deliveries(h: &Harness) {
+fn messages_go_to_the_dead_letter_topic_after_max_deliveries(h: Harness) {
     // The harness for this case sets maxDeliveries to 3.
     let published = h.publish_meta("t", "jobs", "poison", &[("k", "v")]);
     h.publish("t", "jobs", "fine");
@@ -318,7 +293,7 @@ fn messages_go_to_the_dead_letter_topic_after_max_deliveries(h: &Harness) {
     assert_eq!(meta(&dead, "deadletter.deliveries"), Some("3"));
 }
 
-fn every_group_gets_every_message(h: &Harness) {
+fn every_group_gets_every_message(h: Harness) {
     let a = h.subscribe("t", "fan", "a");
     let b = h.subscribe("t", "fan", "b");
     for i in 0..5 {
@@ -331,7 +306,7 @@ fn every_group_gets_every_message(h: &Harness) {
     }
 }
 
-fn members_of_a_group_compete_for_messages(h: &Harness) {
+fn members_of_a_group_compete_for_messages(h: Harness) {
     let a = h.subscribe_with("t", "work", "g", 5, 0);
     let b = h.subscribe_with("t", "work", "g", 5, 0);
     for i in 0..10 {
@@ -355,7 +330,7 @@ fn members_of_a_group_compete_for_messages(h: &Harness) {
     h.nothing(&b);
 }
 
-fn messages_of_a_partition_key_are_delivered_one_at_a_time_in_order(h: &Harness) {
+fn messages_of_a_partition_key_are_delivered_one_at_a_time_in_order(h: Harness) {
     for (data, key) in [
         ("a1", "a"),
         ("b1", "b"),
@@ -393,7 +368,7 @@ fn messages_of_a_partition_key_are_delivered_one_at_a_time_in_order(h: &Harness)
     assert_eq!(text(&h.next(&sub)), "a3");
 }
 
-fn a_subscriber_at_max_in_flight_pauses_until_it_acks(h: &Harness) {
+fn a_subscriber_at_max_in_flight_pauses_until_it_acks(h: Harness) {
     for i in 0..5 {
         h.publish("t", "paced", &format!("m{i}"));
     }
@@ -411,7 +386,7 @@ fn a_subscriber_at_max_in_flight_pauses_until_it_acks(h: &Harness) {
     assert_eq!(h.next(&sub).offset, 5);
 }
 
-fn a_departed_subscriber_hands_its_deliveries_to_the_group(h: &Harness) {
+fn a_departed_subscriber_hands_its_deliveries_to_the_group(h: Harness) {
     h.publish("t", "handover", "m");
     let first = h.subscribe("t", "handover", "g");
     let d = h.next(&first);
@@ -422,7 +397,7 @@ fn a_departed_subscriber_hands_its_deliveries_to_the_group(h: &Harness) {
     assert_eq!((again.offset, again.attempt), (d.offset, 2));
 }
 
-fn tenants_are_isolated(h: &Harness) {
+fn tenants_are_isolated(h: Harness) {
     let theirs = h.subscribe("u", "shared", "g");
     let published = h.publish("t", "shared", "mine");
     h.nothing(&theirs);
@@ -439,7 +414,7 @@ fn tenants_are_isolated(h: &Harness) {
     h.nothing(&mine);
 }
 
-fn a_full_topic_refuses_publishes_until_its_groups_catch_up(h: &Harness) {
+fn a_full_topic_refuses_publishes_until_its_groups_catch_up(h: Harness) {
     // The harness for this case sets maxMessages to 3.
     let sub = h.subscribe("t", "small", "g");
     for i in 0..3 {
@@ -466,7 +441,7 @@ fn a_full_topic_refuses_publishes_until_its_groups_catch_up(h: &Harness) {
     assert_eq!(h.publish_req("t", &req).expect("room again").offset, 4);
 }
 
-fn a_topic_without_groups_keeps_its_newest_messages(h: &Harness) {
+fn a_topic_without_groups_keeps_its_newest_messages(h: Harness) {
     // The harness for this case sets maxMessages to 3.
     for i in 1..=5 {
         h.publish("t", "nobody", &format!("m{i}"));
@@ -477,7 +452,7 @@ fn a_topic_without_groups_keeps_its_newest_messages(h: &Harness) {
     h.nothing(&sub);
 }
 
-fn bad_names_and_limits_are_invalid(h: &Harness) {
+fn bad_names_and_limits_are_invalid(h: Harness) {
     let req = SubscribeRequest {
         store: String::new(),
         topic: String::new(),
@@ -513,35 +488,12 @@ fn bad_names_and_limits_are_invalid(h: &Harness) {
     ));
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident $(with $meta:expr)?),* $(,)?) => {
-        mod memory {
-            $(
-                #[test]
-                fn $case() {
-                    #[allow(unused_mut, unused_assignments)]
-                    let mut metadata: &[(&str, &str)] = &[];
-                    $( metadata = $meta; )?
-                    super::$case(&super::Harness::new("pubsub.memory", metadata));
-                }
-            )*
-        }
-        mod redb {
-            $(
-                #[test]
-                fn $case() {
-                    #[allow(unused_mut, unused_assignments)]
-                    let mut metadata: &[(&str, &str)] = &[];
-                    $( metadata = $meta; )?
-                    super::$case(&super::Harness::new("pubsub.redb", metadata));
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers(metadata): {
+        memory => Harness::new("pubsub.memory", metadata),
+        redb => Harness::new("pubsub.redb", metadata),
+    }
+    cases: [
     published_messages_are_delivered_in_an_envelope_and_acked,
     raw_messages_carry_no_envelope,
     unacked_deliveries_come_again_after_the_ack_deadline,
@@ -556,7 +508,8 @@ conformance!(
     a_full_topic_refuses_publishes_until_its_groups_catch_up with &[("maxMessages", "3")],
     a_topic_without_groups_keeps_its_newest_messages with &[("MaxMessages", "3")],
     bad_names_and_limits_are_invalid,
-);
+    ]
+}
 
 // ---- Behaviour with metadata that only makes sense for one case. ----
 
@@ -677,27 +630,18 @@ fn redb_trims_messages_every_group_acknowledged() {
     assert_eq!(h.next(&late).offset, 4);
 }
 
+/// Component "events" of type `kind` with `metadata`.
 fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
-    ComponentSpec {
-        name: "events".to_owned(),
-        kind: kind.to_owned(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    }
+    testing::spec("events", kind, metadata)
 }
 
 fn open_error(spec: &ComponentSpec, dir: &Path) -> PubsubError {
-    match drivers::open(spec, dir) {
-        Ok(_) => panic!("opening {spec:?} should fail"),
-        Err(e) => e,
-    }
+    testing::refused(spec, drivers::open(spec, dir))
 }
 
 #[test]
 fn redb_file_location_follows_the_spec() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     drop(drivers::open(&spec("pubsub.redb", &[]), dir.path()).expect("open the store"));
     assert!(dir.path().join("events.redb").is_file());
     drop(
@@ -712,7 +656,7 @@ fn redb_file_location_follows_the_spec() {
 
 #[test]
 fn bad_metadata_is_a_config_error() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for spec in [
         spec("pubsub.redb", &[("path", "a.redb"), ("cacheSize", "10")]),
         spec("pubsub.redb", &[("path", "a.redb"), ("PATH", "b.redb")]),
@@ -740,7 +684,7 @@ fn bad_metadata_is_a_config_error() {
 
 #[test]
 fn the_factory_rejects_an_unknown_type() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     match open_error(&spec("pubsub.kafka", &[]), dir.path()) {
         PubsubError::Config { component, reason } => {
             assert_eq!(component, "events");

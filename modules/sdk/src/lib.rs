@@ -13,7 +13,9 @@
 //! database that survives a hot restart). With the `redis`, `postgres` and
 //! `etcd` features, `remote` connects every networked driver (connections to
 //! backing servers that start lazily, reconnect by themselves and report
-//! outages as UNAVAILABLE).
+//! outages as UNAVAILABLE). With the `testing` feature, which module crates
+//! turn on for their tests only, `testing` holds the harness their
+//! conformance suites share.
 
 mod boot;
 mod components;
@@ -28,6 +30,7 @@ mod reply;
 mod sandbox;
 mod slots;
 mod stream;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::future::Future;

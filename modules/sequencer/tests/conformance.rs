@@ -2,22 +2,30 @@
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
 use std::collections::HashSet;
-use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_mod_sequencer::drivers::{self, SeqError, Sequencer};
-use tempfile::TempDir;
-use tokio::runtime::Runtime;
+use mecha_module::testing::{self, temp_dir};
 
-/// One driver under test, with the runtime that drives it and the directory it
-/// keeps its files in (kept alive for as long as the driver is).
-struct Harness {
-    rt: Runtime,
-    spec: ComponentSpec,
-    dir: TempDir,
-    seq: Option<Arc<dyn Sequencer>>,
+/// One driver under test (the SDK's harness), with the allocations the suite
+/// uses.
+struct Harness(testing::Harness<dyn Sequencer>);
+
+impl Deref for Harness {
+    type Target = testing::Harness<dyn Sequencer>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Harness {
@@ -25,27 +33,11 @@ impl Harness {
     /// too. The runtime has two workers, so concurrent tests really run in
     /// parallel.
     fn new(kind: &str, metadata: &[(&str, &str)]) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
-        let spec = ComponentSpec {
-            name: "ids".to_owned(),
-            kind: kind.to_owned(),
-            metadata: metadata
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        let dir = TempDir::new().expect("create a temporary directory");
-        let seq = drivers::open(&spec, dir.path()).expect("open the sequencer");
-        Self {
-            rt,
-            spec,
-            dir,
-            seq: Some(Arc::from(seq)),
-        }
+        Self(
+            testing::Setup::new(spec(kind, metadata))
+                .workers(2)
+                .open(drivers::open),
+        )
     }
 
     fn memory() -> Self {
@@ -63,20 +55,9 @@ impl Harness {
         Self::new("sequencer.redb", &[("segmentSize", "3")])
     }
 
+    /// The driver, shared, for tasks that allocate concurrently.
     fn seq(&self) -> Arc<dyn Sequencer> {
-        Arc::clone(self.seq.as_ref().expect("the sequencer is open"))
-    }
-
-    /// Closes the driver and opens it again from the same directory, as a
-    /// module restart would.
-    fn reopen(&mut self) {
-        drop(self.seq.take());
-        let seq = drivers::open(&self.spec, self.dir.path()).expect("reopen the sequencer");
-        self.seq = Some(Arc::from(seq));
-    }
-
-    fn block<F: Future>(&self, future: F) -> F::Output {
-        self.rt.block_on(future)
+        self.shared()
     }
 
     /// Allocates `count` ids and returns them all.
@@ -100,16 +81,16 @@ fn assert_strictly_increasing(ids: &[u64]) {
 
 // ---- The suite every driver runs. ----
 
-fn first_id_is_one(h: &Harness) {
+fn first_id_is_one(h: Harness) {
     assert_eq!(h.next_id("t", "k"), 1);
 }
 
-fn ids_strictly_increase_per_key(h: &Harness) {
+fn ids_strictly_increase_per_key(h: Harness) {
     let ids: Vec<u64> = (0..50).map(|_| h.next_id("t", "k")).collect();
     assert_strictly_increasing(&ids);
 }
 
-fn batches_are_contiguous_and_above_earlier_ids(h: &Harness) {
+fn batches_are_contiguous_and_above_earlier_ids(h: Harness) {
     let mut seen = vec![h.next_id("t", "k")];
     for count in [1, 2, 5, 7, 1, 10, 3] {
         let batch = h.next_ids("t", "k", count);
@@ -123,14 +104,14 @@ fn batches_are_contiguous_and_above_earlier_ids(h: &Harness) {
     assert_strictly_increasing(&seen);
 }
 
-fn keys_are_independent(h: &Harness) {
+fn keys_are_independent(h: Harness) {
     assert_eq!(h.next_ids("t", "a", 5), vec![1, 2, 3, 4, 5]);
     assert_eq!(h.next_id("t", "b"), 1);
     assert_eq!(h.next_id("t", "a"), 6);
     assert_eq!(h.next_id("t", "b"), 2);
 }
 
-fn tenants_are_independent(h: &Harness) {
+fn tenants_are_independent(h: Harness) {
     assert_eq!(h.next_ids("uid:1", "k", 4), vec![1, 2, 3, 4]);
     assert_eq!(h.next_id("uid:2", "k"), 1);
     assert_eq!(h.next_id("uid:1", "k"), 5);
@@ -140,7 +121,7 @@ fn tenants_are_independent(h: &Harness) {
     assert_eq!(h.next_id("uid:1k", "x"), 1);
 }
 
-fn a_maximal_batch_is_served(h: &Harness) {
+fn a_maximal_batch_is_served(h: Harness) {
     let max = mecha_abi::msg::SEQ_MAX_COUNT;
     let first = h
         .block(h.seq().next_ids("t", "k", max))
@@ -149,7 +130,7 @@ fn a_maximal_batch_is_served(h: &Harness) {
     assert_eq!(h.next_id("t", "k"), u64::from(max) + 1);
 }
 
-fn concurrent_callers_get_no_duplicates(h: &Harness) {
+fn concurrent_callers_get_no_duplicates(h: Harness) {
     const TASKS: u32 = 16;
     const CALLS: u32 = 100;
     let all = h.block(async {
@@ -183,37 +164,13 @@ fn concurrent_callers_get_no_duplicates(h: &Harness) {
     assert_eq!(unique.len(), all.len(), "some id was handed out twice");
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::memory());
-                }
-            )*
-        }
-        mod redb {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::redb());
-                }
-            )*
-        }
-        mod redb_small_segments {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::redb_small_segments());
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers: {
+        memory => Harness::memory(),
+        redb => Harness::redb(),
+        redb_small_segments => Harness::redb_small_segments(),
+    }
+    cases: [
     first_id_is_one,
     ids_strictly_increase_per_key,
     batches_are_contiguous_and_above_earlier_ids,
@@ -221,7 +178,8 @@ conformance!(
     tenants_are_independent,
     a_maximal_batch_is_served,
     concurrent_callers_get_no_duplicates,
-);
+    ]
+}
 
 // ---- Driver-specific behaviour. ----
 
@@ -317,22 +275,13 @@ fn redb_concurrent_ids_stay_below_the_next_instance() {
     assert!(h.next_id("t", "k") > highest);
 }
 
+/// Component "ids" of type `kind` with `metadata`.
 fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
-    ComponentSpec {
-        name: "ids".to_owned(),
-        kind: kind.to_owned(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    }
+    testing::spec("ids", kind, metadata)
 }
 
 fn open_error(spec: &ComponentSpec, dir: &Path) -> SeqError {
-    match drivers::open(spec, dir) {
-        Ok(_) => panic!("opening {spec:?} should fail"),
-        Err(e) => e,
-    }
+    testing::refused(spec, drivers::open(spec, dir))
 }
 
 /// Asserts a configuration error of component "ids" whose reason mentions
@@ -352,7 +301,7 @@ fn assert_config_error(spec: &ComponentSpec, dir: &Path, mentions: &str) {
 
 #[test]
 fn redb_rejects_unknown_metadata_naming_the_field() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let bad = spec(
         "sequencer.redb",
         &[("segmentSize", "10"), ("CacheSize", "10")],
@@ -362,7 +311,7 @@ fn redb_rejects_unknown_metadata_naming_the_field() {
 
 #[test]
 fn memory_rejects_any_metadata_naming_the_field() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let bad = spec("sequencer.memory", &[("segmentSize", "10")]);
     assert_config_error(&bad, dir.path(), "segmentSize");
 }
@@ -370,12 +319,9 @@ fn memory_rejects_any_metadata_naming_the_field() {
 #[test]
 fn redb_metadata_names_ignore_case() {
     for name in ["segmentsize", "SEGMENTSIZE", "SegmentSize"] {
-        let dir = TempDir::new().expect("create a temporary directory");
+        let dir = temp_dir();
         let s = spec("sequencer.redb", &[(name, "10"), ("PATH", "x.redb")]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
+        let rt = testing::runtime();
         let seq = drivers::open(&s, dir.path())
             .unwrap_or_else(|e| panic!("metadata field {name:?} is `segmentSize`: {e}"));
         assert_eq!(rt.block_on(seq.next_ids("t", "k", 1)), Ok(1));
@@ -392,7 +338,7 @@ fn redb_metadata_names_ignore_case() {
 
 #[test]
 fn redb_rejects_bad_segment_sizes() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for value in [
         "0",
         "-1",
@@ -409,7 +355,7 @@ fn redb_rejects_bad_segment_sizes() {
 
 #[test]
 fn redb_rejects_repeated_fields() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for metadata in [
         &[("segmentSize", "10"), ("segmentsize", "20")][..],
         &[("path", "a.redb"), ("Path", "b.redb")][..],
@@ -424,7 +370,7 @@ fn redb_rejects_repeated_fields() {
 
 #[test]
 fn redb_file_location_follows_the_spec() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     // Without `path`, the file is named after the component.
     drop(drivers::open(&spec("sequencer.redb", &[]), dir.path()).expect("open"));
     assert!(dir.path().join("ids.redb").is_file());
@@ -443,7 +389,7 @@ fn redb_file_location_follows_the_spec() {
 
 #[test]
 fn factory_rejects_unknown_type() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     match open_error(&spec("sequencer.nope", &[]), dir.path()) {
         SeqError::Config { component, reason } => {
             assert_eq!(component, "ids");

@@ -1,18 +1,12 @@
 //! Conformance tests: one set of behaviour tests, run against every state
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, DeleteItem, SetItem, StateEntry, TxOp};
 use mecha_mod_state::drivers::{self, OpOutcome, StateStore, StoreError};
-use tempfile::TempDir;
-use tokio::runtime::Runtime;
-
-/// How long a test waits for a TTL to pass before giving up. Generous, since
-/// it only bounds a failure; a passing test waits just past the TTL.
-const DEADLINE: Duration = Duration::from_secs(5);
+use mecha_module::testing::{self, temp_dir};
 
 /// A TTL long enough that a key carrying it stays live for the whole test.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -20,35 +14,31 @@ const LONG_TTL_MS: u64 = 3_600_000;
 /// A TTL short enough for a test to wait out.
 const SHORT_TTL_MS: u64 = 50;
 
-/// One driver under test, with the runtime that drives it and the directory it
-/// keeps its files in (kept alive for as long as the store is).
-struct Harness {
-    rt: Runtime,
-    spec: ComponentSpec,
-    dir: TempDir,
-    store: Option<Box<dyn StateStore>>,
+/// One driver under test (the SDK's harness), with the state operations the
+/// suite uses.
+struct Harness(testing::Harness<dyn StateStore>);
+
+impl Deref for Harness {
+    type Target = testing::Harness<dyn StateStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Harness {
     /// Opens a store of `kind` through the factory, so the factory is tested too.
     fn new(kind: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
-        let spec = ComponentSpec {
-            name: "statestore".to_owned(),
-            kind: kind.to_owned(),
-            metadata: Vec::new(),
-        };
-        let dir = TempDir::new().expect("create a temporary directory");
-        let store = drivers::open(&spec, dir.path()).expect("open the store");
-        Self {
-            rt,
-            spec,
-            dir,
-            store: Some(store),
-        }
+        Self(testing::Harness::open(
+            testing::spec("statestore", kind, &[]),
+            drivers::open,
+        ))
     }
 
     fn memory() -> Self {
@@ -57,22 +47,6 @@ impl Harness {
 
     fn redb() -> Self {
         Self::new("state.redb")
-    }
-
-    fn store(&self) -> &dyn StateStore {
-        self.store.as_deref().expect("the store is open")
-    }
-
-    /// Closes the store and opens it again from the same directory, as a
-    /// module restart would.
-    fn reopen(&mut self) {
-        drop(self.store.take());
-        let store = drivers::open(&self.spec, self.dir.path()).expect("reopen the store");
-        self.store = Some(store);
-    }
-
-    fn block<F: Future>(&self, future: F) -> F::Output {
-        self.rt.block_on(future)
     }
 
     fn transact(&self, tenant: &str, ops: Vec<TxOp>) -> Result<Vec<OpOutcome>, StoreError> {
@@ -126,16 +100,11 @@ impl Harness {
         self.block(self.store().sweep()).expect("sweep succeeds")
     }
 
-    /// Waits until `key` reads as missing, failing the test after `DEADLINE`.
+    /// Waits until `key` reads as missing, failing the test after the
+    /// harness's deadline.
     fn wait_until_gone(&self, tenant: &str, key: &str) {
-        let start = Instant::now();
-        while self.get(tenant, key).is_some() {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{key:?} was still readable {DEADLINE:?} after being set to expire"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let what = format!("{key:?}, set to expire, to read as missing");
+        testing::wait_until(&what, || self.get(tenant, key).is_none());
     }
 }
 
@@ -177,7 +146,7 @@ fn entry(value: &[u8], etag: &str) -> Option<StateEntry> {
 
 // ---- The behaviours every driver must show. ----
 
-fn set_then_get_round_trips(h: &Harness) {
+fn set_then_get_round_trips(h: Harness) {
     let etag = h.set("t", "k", b"hello");
     assert_eq!(h.get("t", "k"), entry(b"hello", &etag));
 
@@ -189,11 +158,11 @@ fn set_then_get_round_trips(h: &Harness) {
     assert_eq!(h.get("t", "big"), entry(&big, &etag));
 }
 
-fn get_missing_is_none(h: &Harness) {
+fn get_missing_is_none(h: Harness) {
     assert_eq!(h.get("t", "nothing-here"), None);
 }
 
-fn tenants_are_isolated(h: &Harness) {
+fn tenants_are_isolated(h: Harness) {
     h.set("tenant-a", "k", b"first");
     let etag_a = h.set("tenant-a", "k", b"a");
     assert_eq!(h.get("tenant-b", "k"), None);
@@ -212,7 +181,7 @@ fn tenants_are_isolated(h: &Harness) {
 /// ETags show nothing of other tenants' writes: they come from a counter
 /// per tenant, so a hundred writes of another tenant between two of one
 /// tenant's writes leave no gap (issue #16).
-fn etags_reveal_nothing_of_other_tenants(h: &Harness) {
+fn etags_reveal_nothing_of_other_tenants(h: Harness) {
     let first = revision(&h.set("tenant-a", "k", b"1"));
     for i in 0..100 {
         h.set("tenant-b", &format!("k{i}"), b"noise");
@@ -221,13 +190,13 @@ fn etags_reveal_nothing_of_other_tenants(h: &Harness) {
     assert_eq!(second, first + 1, "tenant-a's ETags show tenant-b's writes");
 }
 
-fn set_without_etag_last_write_wins(h: &Harness) {
+fn set_without_etag_last_write_wins(h: Harness) {
     h.set("t", "k", b"first");
     let etag = h.set("t", "k", b"second");
     assert_eq!(h.get("t", "k"), entry(b"second", &etag));
 }
 
-fn set_with_current_etag_succeeds(h: &Harness) {
+fn set_with_current_etag_succeeds(h: Harness) {
     let old = h.set("t", "k", b"v1");
     let new = h
         .set_with("t", "k", b"v2", Some(&old), None)
@@ -236,7 +205,7 @@ fn set_with_current_etag_succeeds(h: &Harness) {
     assert_eq!(h.get("t", "k"), entry(b"v2", &new));
 }
 
-fn set_with_stale_etag_mismatches(h: &Harness) {
+fn set_with_stale_etag_mismatches(h: Harness) {
     let stale = h.set("t", "k", b"v1");
     let current = h.set("t", "k", b"v2");
     assert_eq!(
@@ -250,7 +219,7 @@ fn set_with_stale_etag_mismatches(h: &Harness) {
     assert_eq!(h.get("t", "k"), entry(b"v2", &current));
 }
 
-fn etag_on_missing_key_mismatches(h: &Harness) {
+fn etag_on_missing_key_mismatches(h: Harness) {
     // Use an ETag the store really handed out, for another key, so only the
     // key's absence can explain the mismatch.
     let real = h.set("t", "other", b"x");
@@ -270,7 +239,7 @@ fn etag_on_missing_key_mismatches(h: &Harness) {
     );
 }
 
-fn delete_reports_whether_the_key_existed(h: &Harness) {
+fn delete_reports_whether_the_key_existed(h: Harness) {
     assert_eq!(h.delete("t", "k", None), Ok(false));
     h.set("t", "k", b"v");
     assert_eq!(h.delete("t", "k", None), Ok(true));
@@ -278,7 +247,7 @@ fn delete_reports_whether_the_key_existed(h: &Harness) {
     assert_eq!(h.delete("t", "k", None), Ok(false));
 }
 
-fn delete_with_etag_is_first_write_wins(h: &Harness) {
+fn delete_with_etag_is_first_write_wins(h: Harness) {
     let stale = h.set("t", "k", b"v1");
     let current = h.set("t", "k", b"v2");
     assert_eq!(h.delete("t", "k", Some(&stale)), Err(mismatch("k")));
@@ -287,7 +256,7 @@ fn delete_with_etag_is_first_write_wins(h: &Harness) {
     assert_eq!(h.get("t", "k"), None);
 }
 
-fn etags_strictly_increase(h: &Harness) {
+fn etags_strictly_increase(h: Harness) {
     let mut last = 0;
     let mut check = |etag: &str| {
         let rev = revision(etag);
@@ -328,7 +297,7 @@ fn etags_strictly_increase(h: &Harness) {
     assert_eq!(h.get("t", "y"), entry(b"2", &etags[1]));
 }
 
-fn ttl_key_expires_and_sweep_removes_it(h: &Harness) {
+fn ttl_key_expires_and_sweep_removes_it(h: Harness) {
     h.set_with("t", "short", b"v", None, Some(SHORT_TTL_MS))
         .expect("set with a ttl");
     let long = h
@@ -344,7 +313,7 @@ fn ttl_key_expires_and_sweep_removes_it(h: &Harness) {
     assert_eq!(h.get("t", "short"), None);
 }
 
-fn expired_key_behaves_as_missing(h: &Harness) {
+fn expired_key_behaves_as_missing(h: Harness) {
     let etag = h
         .set_with("t", "k", b"v", None, Some(SHORT_TTL_MS))
         .expect("set with a ttl");
@@ -361,7 +330,7 @@ fn expired_key_behaves_as_missing(h: &Harness) {
     assert_eq!(h.get("t", "k"), entry(b"v3", &fresh));
 }
 
-fn set_without_ttl_clears_the_expiry(h: &Harness) {
+fn set_without_ttl_clears_the_expiry(h: Harness) {
     h.set_with("t", "k", b"v1", None, Some(SHORT_TTL_MS))
         .expect("set with a ttl");
     let etag = h.set("t", "k", b"v2");
@@ -377,7 +346,7 @@ fn set_without_ttl_clears_the_expiry(h: &Harness) {
     assert_eq!(h.get("t", "k"), entry(b"v2", &etag));
 }
 
-fn sweep_removes_exactly_the_expired_key_among_many(h: &Harness) {
+fn sweep_removes_exactly_the_expired_key_among_many(h: Harness) {
     // Many live keys, with and without a TTL, under two tenants, written in
     // one transaction to keep the test quick on a durable store.
     let mut ops = Vec::new();
@@ -429,7 +398,7 @@ fn sweep_removes_exactly_the_expired_key_among_many(h: &Harness) {
     assert_eq!(h.get("t", "re-ttl"), entry(b"v2", &re_ttl));
 }
 
-fn failed_transaction_changes_nothing(h: &Harness) {
+fn failed_transaction_changes_nothing(h: Harness) {
     let etag_a = h.set("t", "a", b"a0");
     let stale_c = h.set("t", "c", b"c0");
     let etag_c = h.set("t", "c", b"c1");
@@ -451,7 +420,7 @@ fn failed_transaction_changes_nothing(h: &Harness) {
     assert!(revision(&next) > revision(&etag_c));
 }
 
-fn transaction_sees_its_own_earlier_ops(h: &Harness) {
+fn transaction_sees_its_own_earlier_ops(h: Harness) {
     // EMBEDDED-DRIVER RULE: predicting the ETag a set inside a transaction
     // will get relies on each set taking revision + 1 (see "Revisions of the
     // embedded drivers" on `StateStore`), which holds while nothing else
@@ -501,7 +470,7 @@ fn transaction_sees_its_own_earlier_ops(h: &Harness) {
     assert_eq!(h.get("t", "j"), entry(b"j", &etag_j));
 }
 
-fn transaction_reports_outcomes_in_order(h: &Harness) {
+fn transaction_reports_outcomes_in_order(h: Harness) {
     h.set("t", "old", b"v");
     let outcomes = h
         .transact(
@@ -524,7 +493,7 @@ fn transaction_reports_outcomes_in_order(h: &Harness) {
     assert_eq!(h.transact("t", vec![]), Ok(Vec::new()));
 }
 
-fn bulk_get_keeps_order_and_reports_missing(h: &Harness) {
+fn bulk_get_keeps_order_and_reports_missing(h: Harness) {
     let etag_a = h.set("t", "a", b"1");
     let etag_c = h.set("t", "c", b"3");
     assert_eq!(
@@ -539,29 +508,12 @@ fn bulk_get_keeps_order_and_reports_missing(h: &Harness) {
     assert_eq!(h.get_many("t", &[]), Vec::<Option<StateEntry>>::new());
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::memory());
-                }
-            )*
-        }
-        mod redb {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&super::Harness::redb());
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers: {
+        memory => Harness::memory(),
+        redb => Harness::redb(),
+    }
+    cases: [
     set_then_get_round_trips,
     get_missing_is_none,
     tenants_are_isolated,
@@ -581,7 +533,8 @@ conformance!(
     transaction_sees_its_own_earlier_ops,
     transaction_reports_outcomes_in_order,
     bulk_get_keeps_order_and_reports_missing,
-);
+    ]
+}
 
 // ---- Driver-specific behaviour. ----
 
@@ -627,26 +580,16 @@ fn redb_expiry_index_survives_reopen() {
 }
 
 fn redb_spec(metadata: &[(&str, &str)]) -> ComponentSpec {
-    ComponentSpec {
-        name: "store".to_owned(),
-        kind: "state.redb".to_owned(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    }
+    testing::spec("store", "state.redb", metadata)
 }
 
 fn open_error(spec: &ComponentSpec, dir: &Path) -> StoreError {
-    match drivers::open(spec, dir) {
-        Ok(_) => panic!("opening {spec:?} should fail"),
-        Err(e) => e,
-    }
+    testing::refused(spec, drivers::open(spec, dir))
 }
 
 #[test]
 fn redb_rejects_unknown_metadata() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let spec = redb_spec(&[("path", "x.redb"), ("cacheSize", "10")]);
     match open_error(&spec, dir.path()) {
         StoreError::Config { component, reason } => {
@@ -662,7 +605,7 @@ fn redb_rejects_unknown_metadata() {
 
 #[test]
 fn redb_metadata_names_ignore_case() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for (i, name) in ["Path", "PATH", "pAtH"].into_iter().enumerate() {
         let file = format!("case-{i}.redb");
         let store = drivers::open(&redb_spec(&[(name, file.as_str())]), dir.path())
@@ -681,7 +624,7 @@ fn redb_metadata_names_ignore_case() {
 
 #[test]
 fn redb_rejects_duplicate_or_empty_path() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for spec in [
         redb_spec(&[("path", "a.redb"), ("path", "b.redb")]),
         // Names that differ only in case are the same field.
@@ -697,11 +640,8 @@ fn redb_rejects_duplicate_or_empty_path() {
 
 #[test]
 fn redb_file_location_follows_the_spec() {
-    let dir = TempDir::new().expect("create a temporary directory");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a tokio runtime");
+    let dir = temp_dir();
+    let rt = testing::runtime();
 
     // Without `path`, the file is named after the component.
     let store = drivers::open(&redb_spec(&[]), dir.path()).expect("open the store");
@@ -715,7 +655,7 @@ fn redb_file_location_follows_the_spec() {
     assert!(dir.path().join("nested/dir/s.redb").is_file());
 
     // An absolute `path` is taken as it is.
-    let elsewhere = TempDir::new().expect("create a temporary directory");
+    let elsewhere = temp_dir();
     let absolute = elsewhere.path().join("abs.redb");
     let absolute_str = absolute.to_str().expect("the temporary path is UTF-8");
     let store =
@@ -728,7 +668,7 @@ fn redb_file_location_follows_the_spec() {
 
 #[test]
 fn redb_rejects_component_names_that_are_not_file_names() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for name in ["", "..", "../escape", "a/b"] {
         let mut spec = redb_spec(&[]);
         spec.name = name.to_owned();
@@ -741,12 +681,8 @@ fn redb_rejects_component_names_that_are_not_file_names() {
 
 #[test]
 fn factory_rejects_unknown_type() {
-    let dir = TempDir::new().expect("create a temporary directory");
-    let spec = ComponentSpec {
-        name: "store".to_owned(),
-        kind: "state.nope".to_owned(),
-        metadata: Vec::new(),
-    };
+    let dir = temp_dir();
+    let spec = testing::spec("store", "state.nope", &[]);
     match open_error(&spec, dir.path()) {
         StoreError::Config { component, reason } => {
             assert_eq!(component, "store");
