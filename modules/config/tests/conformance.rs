@@ -3,46 +3,21 @@
 //! reloads, malformed edits, rename-replace) and the module's own checks.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{
     ComponentSpec, ConfigGetReply, ConfigGetRequest, ConfigItem, ConfigSetItem, ConfigSetRequest,
-    ConfigSubscribeRequest, ErrorBody, LinkHello,
+    ConfigSubscribeRequest, ErrorBody,
 };
 use mecha_mod_config::drivers::{self, ConfigError, ConfigStore, Subscriber};
 use mecha_mod_config::ConfigModule;
-use mecha_module::{Ctx, Module, Opcode, Reply, Status};
-use tempfile::TempDir;
+use mecha_module::testing::{self, temp_dir, wait_until, Served};
+use mecha_module::{Opcode, Reply, Status};
 
-/// How long a test waits for a condition (a file reload) before failing.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Waits for `cond`, polling, or panics naming `what`.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a tokio runtime")
-}
-
+/// Component "cfg" of type `kind` with `metadata`.
 fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
-    ComponentSpec {
-        name: "cfg".to_owned(),
-        kind: kind.to_owned(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    }
+    testing::spec("cfg", kind, metadata)
 }
 
 fn keys(keys: &[&str]) -> Vec<String> {
@@ -72,49 +47,41 @@ enum Writer {
     Memory,
     /// By rewriting the file (rename-replace), then waiting for the reload.
     File {
-        _dir: TempDir,
         path: PathBuf,
         content: BTreeMap<String, String>,
     },
 }
 
-/// One store under test, with a uniform way to change it.
+/// One store under test (the SDK's harness), with a uniform way to change it.
 struct Harness {
-    rt: tokio::runtime::Runtime,
-    store: Box<dyn ConfigStore>,
+    inner: testing::Harness<dyn ConfigStore>,
     writer: Writer,
+}
+
+impl Deref for Harness {
+    type Target = testing::Harness<dyn ConfigStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 impl Harness {
     fn memory() -> Self {
-        let dir = TempDir::new().expect("create a temporary directory");
-        let store = drivers::open(&spec("configuration.memory", &[]), dir.path())
-            .expect("open the memory store");
         Self {
-            rt: runtime(),
-            store,
+            inner: testing::Harness::open(spec("configuration.memory", &[]), drivers::open),
             writer: Writer::Memory,
         }
     }
 
+    /// A file store over an empty file, named by its absolute path.
     fn file() -> Self {
-        let dir = TempDir::new().expect("create a temporary directory");
-        let path = dir.path().join("app.yaml");
-        std::fs::write(&path, "").expect("write the configuration file");
-        let path_str = path
-            .to_str()
-            .expect("the temporary path is UTF-8")
-            .to_owned();
-        let store = drivers::open(
-            &spec("configuration.file", &[("path", &path_str)]),
-            dir.path(),
-        )
-        .expect("open the file store");
+        let setup = testing::Setup::new(spec("configuration.file", &[])).file("app.yaml", "");
+        let path = setup.dir().join("app.yaml");
+        let path_str = path.to_str().expect("the temporary path is UTF-8");
         Self {
-            rt: runtime(),
-            store,
+            inner: setup.metadata("path", path_str).open(drivers::open),
             writer: Writer::File {
-                _dir: dir,
                 path,
                 content: BTreeMap::new(),
             },
@@ -141,8 +108,8 @@ impl Harness {
                     .filter(|(_, v)| v.is_none())
                     .map(|(k, _)| (*k).to_owned())
                     .collect();
-                self.rt
-                    .block_on(self.store.set(tenant, items, delete))
+                self.inner
+                    .block(self.inner.store().set(tenant, items, delete))
                     .expect("the write succeeds");
             }
             Writer::File { path, content, .. } => {
@@ -157,30 +124,27 @@ impl Harness {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                let store = &self.inner;
                 wait_until("the file store to reload", || {
-                    pairs(&self.rt.block_on(self.store.get(tenant, &[])).expect("get")) == expected
+                    pairs(&store.block(store.store().get(tenant, &[])).expect("get")) == expected
                 });
             }
         }
     }
 
     fn get(&self, tenant: &str, wanted: &[&str]) -> Vec<ConfigItem> {
-        self.rt
-            .block_on(self.store.get(tenant, &keys(wanted)))
+        self.block(self.store().get(tenant, &keys(wanted)))
             .expect("the read succeeds")
     }
 
     fn subscribe(&self, tenant: &str, wanted: &[&str]) -> (Vec<ConfigItem>, Subscriber) {
-        self.rt
-            .block_on(self.store.subscribe(tenant, keys(wanted)))
+        self.block(self.store().subscribe(tenant, keys(wanted)))
             .expect("the subscription succeeds")
     }
 
     /// Waits until `sub` has changes pending.
     fn wait_changed(&self, sub: &Subscriber) {
-        self.rt
-            .block_on(async { tokio::time::timeout(PATIENCE, sub.changed()).await })
-            .expect("a change reaches the subscriber in time");
+        self.block_until("a change to reach the subscriber", sub.changed());
     }
 }
 
@@ -202,7 +166,7 @@ fn replace_file(path: &Path, text: &str) {
 
 // ---- The suite, run against every driver. ----
 
-fn get_all_some_and_missing(h: &mut Harness) {
+fn get_all_some_and_missing(mut h: Harness) {
     h.write("t", &[("b", Some("2")), ("a", Some("1")), ("c", Some("3"))]);
     assert_eq!(
         pairs(&h.get("t", &[])),
@@ -217,7 +181,7 @@ fn get_all_some_and_missing(h: &mut Harness) {
     assert_eq!(h.get("t", &["missing"]), Vec::new());
 }
 
-fn versions_grow_with_every_change_only(h: &mut Harness) {
+fn versions_grow_with_every_change_only(mut h: Harness) {
     h.write("t", &[("a", Some("1")), ("b", Some("1"))]);
     let before = h.get("t", &["a", "b"]);
     h.write("t", &[("a", Some("2"))]);
@@ -234,7 +198,7 @@ fn versions_grow_with_every_change_only(h: &mut Harness) {
     assert!(revision(&again[0]) > revision(&after[0]));
 }
 
-fn subscription_starts_with_a_snapshot_then_gets_changes_of_watched_keys(h: &mut Harness) {
+fn subscription_starts_with_a_snapshot_then_gets_changes_of_watched_keys(mut h: Harness) {
     h.write("t", &[("a", Some("1")), ("other", Some("x"))]);
     let (snapshot, sub) = h.subscribe("t", &["a", "b"]);
     assert_eq!(pairs(&snapshot), vec![pair("a", "1")]);
@@ -259,7 +223,7 @@ fn subscription_starts_with_a_snapshot_then_gets_changes_of_watched_keys(h: &mut
     assert_eq!(sub.take(), None, "other is not watched");
 }
 
-fn subscription_to_every_key_sees_new_keys_and_deletes(h: &mut Harness) {
+fn subscription_to_every_key_sees_new_keys_and_deletes(mut h: Harness) {
     h.write("t", &[("a", Some("1")), ("b", Some("1"))]);
     let (snapshot, sub) = h.subscribe("t", &[]);
     assert_eq!(pairs(&snapshot), vec![pair("a", "1"), pair("b", "1")]);
@@ -270,7 +234,7 @@ fn subscription_to_every_key_sees_new_keys_and_deletes(h: &mut Harness) {
     assert_eq!(changes.deleted, keys(&["a"]));
 }
 
-fn a_slow_subscriber_gets_the_latest_value_coalesced(h: &mut Harness) {
+fn a_slow_subscriber_gets_the_latest_value_coalesced(mut h: Harness) {
     let (_, sub) = h.subscribe("t", &["k"]);
     // Rewriting a file and waiting for each reload is slower than a memory
     // write, so the file store gets fewer rounds; coalescing is the same.
@@ -293,35 +257,19 @@ fn a_slow_subscriber_gets_the_latest_value_coalesced(h: &mut Harness) {
     assert_eq!(sub.take(), None, "taking empties the mailbox");
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&mut super::Harness::memory());
-                }
-            )*
-        }
-        mod file {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(&mut super::Harness::file());
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers: {
+        memory => Harness::memory(),
+        file => Harness::file(),
+    }
+    cases: [
     get_all_some_and_missing,
     versions_grow_with_every_change_only,
     subscription_starts_with_a_snapshot_then_gets_changes_of_watched_keys,
     subscription_to_every_key_sees_new_keys_and_deletes,
     a_slow_subscriber_gets_the_latest_value_coalesced,
-);
+    ]
+}
 
 // ---- Memory driver. ----
 
@@ -339,8 +287,8 @@ fn set_item(key: &str, value: &str, metadata: &[(&str, &str)]) -> ConfigSetItem 
 #[test]
 fn memory_set_writes_and_deletes_atomically_with_one_version() {
     let h = Harness::memory();
-    let versions =
-        h.rt.block_on(h.store.set(
+    let versions = h
+        .block(h.store().set(
             "t",
             vec![
                 set_item("a", "1", &[("z", "last"), ("owner", "ops")]),
@@ -363,9 +311,9 @@ fn memory_set_writes_and_deletes_atomically_with_one_version() {
     );
 
     let (_, sub) = h.subscribe("t", &[]);
-    let none =
-        h.rt.block_on(h.store.set("t", Vec::new(), keys(&["a", "missing"])))
-            .expect("deleting succeeds");
+    let none = h
+        .block(h.store().set("t", Vec::new(), keys(&["a", "missing"])))
+        .expect("deleting succeeds");
     assert!(none.is_empty());
     assert_eq!(pairs(&h.get("t", &[])), vec![pair("b", "2")]);
     let changes = sub.take().expect("the delete is pending");
@@ -392,7 +340,7 @@ fn memory_tenants_are_isolated() {
 #[test]
 fn memory_dropped_subscribers_are_unregistered() {
     let store = drivers::memory::MemoryStore::new();
-    let rt = runtime();
+    let rt = testing::runtime();
     let (_, a) = rt
         .block_on(store.subscribe("t", Vec::new()))
         .expect("subscribe");
@@ -410,33 +358,31 @@ fn memory_dropped_subscribers_are_unregistered() {
 
 /// A file store over `text` written to `name` in a fresh directory.
 struct FileFixture {
-    _dir: TempDir,
+    h: testing::Harness<drivers::file::FileStore>,
     path: PathBuf,
-    store: drivers::file::FileStore,
-    rt: tokio::runtime::Runtime,
+}
+
+impl Deref for FileFixture {
+    type Target = testing::Harness<drivers::file::FileStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.h
+    }
 }
 
 impl FileFixture {
     fn new(name: &str, text: &str) -> Self {
-        let dir = TempDir::new().expect("create a temporary directory");
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write the configuration file");
-        let store = drivers::file::FileStore::open(
-            &spec("configuration.file", &[("path", name)]),
-            dir.path(),
-        )
-        .expect("open the file store");
-        Self {
-            _dir: dir,
-            path,
-            store,
-            rt: runtime(),
-        }
+        let h = testing::Setup::new(spec("configuration.file", &[("path", name)]))
+            .file(name, text)
+            .open(|spec: &ComponentSpec, dir: &Path| {
+                drivers::file::FileStore::open(spec, dir).map(Box::new)
+            });
+        let path = h.dir().join(name);
+        Self { h, path }
     }
 
     fn get(&self, wanted: &[&str]) -> Vec<ConfigItem> {
-        self.rt
-            .block_on(self.store.get("t", &keys(wanted)))
+        self.block(self.store().get("t", &keys(wanted)))
             .expect("the read succeeds")
     }
 
@@ -449,9 +395,9 @@ impl FileFixture {
 fn file_reloads_an_in_place_edit() {
     let f = FileFixture::new("app.yaml", "a: \"1\"\nb: \"2\"\n");
     assert_eq!(pairs(&f.get(&[])), vec![pair("a", "1"), pair("b", "2")]);
-    let (_, sub) =
-        f.rt.block_on(f.store.subscribe("t", keys(&["a"])))
-            .expect("subscribe");
+    let (_, sub) = f
+        .block(f.store().subscribe("t", keys(&["a"])))
+        .expect("subscribe");
     // std::fs::write truncates and writes in place, as many editors do.
     std::fs::write(&f.path, "a: \"one\"\nb: \"2\"\n").expect("edit the file");
     f.wait_for("the edit to be read", &[pair("a", "one"), pair("b", "2")]);
@@ -475,9 +421,9 @@ fn file_rename_replace_is_detected() {
 #[test]
 fn file_malformed_edit_keeps_the_previous_content() {
     let f = FileFixture::new("app.yaml", "a: good\n");
-    let (_, sub) =
-        f.rt.block_on(f.store.subscribe("t", Vec::new()))
-            .expect("subscribe");
+    let (_, sub) = f
+        .block(f.store().subscribe("t", Vec::new()))
+        .expect("subscribe");
     let before = f.get(&[]);
     for (i, bad) in [
         "a: [unclosed\n",
@@ -488,10 +434,10 @@ fn file_malformed_edit_keeps_the_previous_content() {
     .into_iter()
     .enumerate()
     {
-        let rejected = f.store.rejected_edits();
+        let rejected = f.store().rejected_edits();
         replace_file(&f.path, bad);
         wait_until(&format!("malformed edit {i} to be rejected"), || {
-            f.store.rejected_edits() > rejected
+            f.store().rejected_edits() > rejected
         });
         assert_eq!(f.get(&[]), before, "edit {i} changed nothing");
     }
@@ -504,10 +450,10 @@ fn file_malformed_edit_keeps_the_previous_content() {
 #[test]
 fn file_removed_keeps_the_content_until_it_returns() {
     let f = FileFixture::new("app.yaml", "a: kept\n");
-    let rejected = f.store.rejected_edits();
+    let rejected = f.store().rejected_edits();
     std::fs::remove_file(&f.path).expect("remove the file");
     wait_until("the removal to be noticed", || {
-        f.store.rejected_edits() > rejected
+        f.store().rejected_edits() > rejected
     });
     assert_eq!(pairs(&f.get(&[])), vec![pair("a", "kept")]);
     replace_file(&f.path, "a: back\n");
@@ -560,9 +506,12 @@ fn file_formats_scalars_metadata_and_json() {
 #[test]
 fn file_store_is_read_only_and_node_wide() {
     let f = FileFixture::new("app.yaml", "a: shared\n");
-    let err =
-        f.rt.block_on(f.store.set("t", vec![set_item("a", "x", &[])], Vec::new()))
-            .expect_err("a file store cannot be written");
+    let err = f
+        .block(
+            f.store()
+                .set("t", vec![set_item("a", "x", &[])], Vec::new()),
+        )
+        .expect_err("a file store cannot be written");
     assert_eq!(
         err,
         ConfigError::ReadOnly {
@@ -570,22 +519,21 @@ fn file_store_is_read_only_and_node_wide() {
         }
     );
     for tenant in ["t", "u", "uid:1000"] {
-        let items = f.rt.block_on(f.store.get(tenant, &[])).expect("get");
+        let items = f.block(f.store().get(tenant, &[])).expect("get");
         assert_eq!(pairs(&items), vec![pair("a", "shared")], "tenant {tenant}");
     }
-    let (_, sub) =
-        f.rt.block_on(f.store.subscribe("u", Vec::new()))
-            .expect("subscribe");
+    let (_, sub) = f
+        .block(f.store().subscribe("u", Vec::new()))
+        .expect("subscribe");
     replace_file(&f.path, "a: changed\n");
-    f.rt.block_on(async { tokio::time::timeout(PATIENCE, sub.changed()).await })
-        .expect("every tenant's subscriber hears of the file");
+    f.block_until(
+        "every tenant's subscriber to hear of the file",
+        sub.changed(),
+    );
 }
 
 fn open_error(spec: &ComponentSpec, dir: &Path) -> ConfigError {
-    match drivers::open(spec, dir) {
-        Ok(_) => panic!("opening {spec:?} should fail"),
-        Err(e) => e,
-    }
+    testing::refused(spec, drivers::open(spec, dir))
 }
 
 fn assert_config_error(e: ConfigError, mentions: &str) {
@@ -603,7 +551,7 @@ fn assert_config_error(e: ConfigError, mentions: &str) {
 
 #[test]
 fn file_open_fails_loudly_on_a_bad_spec_or_file() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let kind = "configuration.file";
     assert_config_error(open_error(&spec(kind, &[]), dir.path()), "path");
     assert_config_error(open_error(&spec(kind, &[("path", "")]), dir.path()), "path");
@@ -635,7 +583,7 @@ fn file_open_fails_loudly_on_a_bad_spec_or_file() {
 
 #[test]
 fn parse_errors_never_show_values() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for text in [
         "key: [\"hunter2\"\n",
         "key: {value: hunter2, bogus: hunter2}\n",
@@ -656,7 +604,7 @@ fn parse_errors_never_show_values() {
 
 #[test]
 fn factory_rejects_unknown_types_and_memory_metadata() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     assert_config_error(
         open_error(&spec("configuration.nope", &[]), dir.path()),
         "configuration.nope",
@@ -696,50 +644,39 @@ fn allowed_tenants_are_parsed() {
 // ---- The module: request checks and routing to stores. ----
 
 struct ModuleFixture {
-    _dir: TempDir,
-    module: ConfigModule,
-    rt: tokio::runtime::Runtime,
+    served: Served<ConfigModule>,
+    _dir: tempfile::TempDir,
+}
+
+impl Deref for ModuleFixture {
+    type Target = Served<ConfigModule>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.served
+    }
 }
 
 impl ModuleFixture {
     /// A module with a memory store `mem` (the default), a file store
     /// `node` and a memory store `restricted` for tenant `ops` only.
     fn new() -> Self {
-        let dir = TempDir::new().expect("create a temporary directory");
+        let dir = temp_dir();
         std::fs::write(dir.path().join("node.yaml"), "region: eu\n").expect("write");
         let component = |name: &str, kind: &str, metadata: &[(&str, &str)]| ComponentSpec {
             name: name.to_owned(),
             ..spec(kind, metadata)
         };
-        let hello = LinkHello {
-            version: 1,
-            module: "config".to_owned(),
-            data_dir: dir.path().to_str().expect("UTF-8 path").to_owned(),
-            components: vec![
-                component("mem", "configuration.memory", &[]),
-                component("node", "configuration.file", &[("path", "node.yaml")]),
-                component(
-                    "restricted",
-                    "configuration.memory",
-                    &[("allowedTenants", "ops")],
-                ),
-            ],
-        };
-        let rt = runtime();
-        let module = rt
-            .block_on(ConfigModule::init(hello))
-            .expect("the module starts");
-        Self {
-            _dir: dir,
-            module,
-            rt,
-        }
-    }
-
-    fn call<T: serde::Serialize>(&self, tenant: &str, opcode: Opcode, req: &T) -> Reply {
-        let payload = mecha_abi::encode(req).expect("encode the request");
-        self.rt
-            .block_on(self.module.handle(Ctx::detached(tenant, opcode), &payload))
+        let components = vec![
+            component("mem", "configuration.memory", &[]),
+            component("node", "configuration.file", &[("path", "node.yaml")]),
+            component(
+                "restricted",
+                "configuration.memory",
+                &[("allowedTenants", "ops")],
+            ),
+        ];
+        let served = Served::start(dir.path(), components).expect("the module starts");
+        Self { served, _dir: dir }
     }
 
     fn set(&self, tenant: &str, store: &str, items: Vec<ConfigSetItem>, delete: &[&str]) -> Reply {
@@ -826,13 +763,9 @@ fn module_rejects_bad_requests() {
         Status::InvalidArgument,
         "more than once",
     );
-    let garbage = m.rt.block_on(
-        m.module
-            .handle(Ctx::detached("t", Opcode::CONFIG_GET), b"\x01"),
-    );
+    let garbage = m.handle("t", Opcode::CONFIG_GET, b"\x01");
     assert_eq!(garbage.status, Status::InvalidArgument);
-    let other =
-        m.rt.block_on(m.module.handle(Ctx::detached("t", Opcode::STATE_GET), b""));
+    let other = m.handle("t", Opcode::STATE_GET, b"");
     assert_eq!(other.status, Status::UnknownOpcode);
 }
 

@@ -192,6 +192,12 @@ impl Setup {
         self.dir.path()
     }
 
+    /// Adds the metadata field `name` with `value` to the component.
+    pub fn metadata(mut self, name: &str, value: &str) -> Self {
+        self.spec.metadata.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Drives the store on a runtime with `workers` threads instead of the
     /// current thread.
     pub fn workers(mut self, workers: usize) -> Self {
@@ -203,8 +209,7 @@ impl Setup {
     /// opens (a store that reads a file at open needs it there).
     pub fn file(self, name: &str, contents: &str) -> Self {
         let path = self.dir.path().join(name);
-        std::fs::write(&path, contents)
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         self
     }
 

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mecha_abi::msg::{
-    ComponentSpec, ErrorBody, LinkHello, SecretBulkGetRequest, SecretBulkReply, SecretGetRequest,
-    SecretReply,
+    ComponentSpec, ErrorBody, SecretBulkGetRequest, SecretBulkReply, SecretGetRequest, SecretReply,
 };
 use mecha_mod_secrets::drivers::{self, Secret, StoreError};
 use mecha_mod_secrets::SecretsModule;
-use mecha_module::{Ctx, Module, Opcode, Status};
+use mecha_module::testing::{self, temp_dir, Served};
+use mecha_module::{Opcode, Status};
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
 
 /// The tenant most tests read as.
 const TENANT: &str = "uid:1000";
@@ -161,8 +160,7 @@ struct StoreDef<'a> {
 /// The module under test, opened from a handshake like the daemon's, with the
 /// sources of its stores.
 struct Harness {
-    rt: Runtime,
-    module: SecretsModule,
+    served: Served<SecretsModule>,
     sources: Vec<Source>,
     _dir: TempDir,
 }
@@ -179,11 +177,7 @@ type Bulk = Vec<(String, Pairs)>;
 impl Harness {
     /// Opens the module with `stores`, each filled by `kind`'s driver.
     fn try_new(kind: Kind, stores: &[StoreDef<'_>]) -> Result<Self, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a tokio runtime");
-        let dir = TempDir::new().expect("create a temporary directory");
+        let dir = temp_dir();
         let mut sources = Vec::new();
         let mut components = Vec::new();
         for store in stores {
@@ -203,16 +197,9 @@ impl Harness {
                 metadata,
             });
         }
-        let hello = LinkHello {
-            version: 1,
-            module: "secrets".to_owned(),
-            data_dir: dir.path().to_str().expect("UTF-8").to_owned(),
-            components,
-        };
-        let module = rt.block_on(SecretsModule::init(hello)).map_err(|e| e.0)?;
+        let served = Served::start(dir.path(), components).map_err(|e| e.0)?;
         Ok(Self {
-            rt,
-            module,
+            served,
             sources,
             _dir: dir,
         })
@@ -236,8 +223,7 @@ impl Harness {
 
     /// Sends one request as `tenant`; the raw answer.
     fn call(&self, tenant: &str, opcode: Opcode, payload: &[u8]) -> (Status, Vec<u8>) {
-        let ctx = Ctx::detached(tenant, opcode);
-        let reply = self.rt.block_on(self.module.handle(ctx, payload));
+        let reply = self.served.handle(tenant, opcode, payload);
         (reply.status, reply.payload)
     }
 
@@ -573,13 +559,9 @@ fn values_stay_out_of_debug_output(kind: Kind) {
         Kind::Dir => ("secretsDir", source.path.to_str().expect("UTF-8")),
         Kind::Env => ("prefix", source.prefix.as_str()),
     };
-    let spec = ComponentSpec {
-        name: "vault".to_owned(),
-        kind: kind.driver_type().to_owned(),
-        metadata: pairs(&[(field, value)]),
-    };
+    let spec = testing::spec("vault", kind.driver_type(), &[(field, value)]);
     let store = drivers::open(&spec, Path::new("/")).expect("open the driver");
-    let secrets = h.rt.block_on(store.bulk_get()).expect("bulk get");
+    let secrets = h.served.block(store.bulk_get()).expect("bulk get");
     assert_eq!(secrets.len(), FIXTURE.len());
     let text = format!("{store:?} {store:#?} {secrets:?} {secrets:#?}");
     assert!(text.contains("db-password"), "names may show: {text}");
@@ -591,25 +573,14 @@ fn values_stay_out_of_debug_output(kind: Kind) {
     assert_no_value(&format!("{reply:?} {reply:#?}"));
 }
 
-/// Generates one `#[test]` per behaviour per driver, so a failure names both.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod json {
-            $( #[test] fn $case() { super::$case(super::Kind::Json); } )*
-        }
-        mod yaml {
-            $( #[test] fn $case() { super::$case(super::Kind::Yaml); } )*
-        }
-        mod env {
-            $( #[test] fn $case() { super::$case(super::Kind::Env); } )*
-        }
-        mod dir {
-            $( #[test] fn $case() { super::$case(super::Kind::Dir); } )*
-        }
-    };
-}
-
-conformance!(
+mecha_module::conformance! {
+    drivers: {
+        json => Kind::Json,
+        yaml => Kind::Yaml,
+        env => Kind::Env,
+        dir => Kind::Dir,
+    }
+    cases: [
     get_returns_one_pair_keyed_by_the_name,
     missing_secret_is_not_found_naming_it,
     empty_name_is_invalid_argument,
@@ -625,7 +596,8 @@ conformance!(
     bad_allow_lists_fail_the_start,
     metadata_names_ignore_case,
     values_stay_out_of_debug_output,
-);
+    ]
+}
 
 // ---- Driver-specific behaviour. ----
 
@@ -642,7 +614,7 @@ fn admit_everyone_unless_listed(metadata: &mut Vec<(String, String)>) {
 
 #[test]
 fn a_store_without_allowed_tenants_serves_nobody() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let h = open_exact(
         "secretstores.local.env",
         pairs(&[("prefix", "MECHA_TEST_NOBODY_")]),
@@ -674,32 +646,22 @@ fn open_exact(
     metadata: Vec<(String, String)>,
     data_dir: &Path,
 ) -> Result<Harness, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a tokio runtime");
-    let hello = LinkHello {
-        version: 1,
-        module: "secrets".to_owned(),
-        data_dir: data_dir.to_str().expect("UTF-8").to_owned(),
-        components: vec![ComponentSpec {
-            name: "vault".to_owned(),
-            kind: kind.to_owned(),
-            metadata,
-        }],
+    let component = ComponentSpec {
+        name: "vault".to_owned(),
+        kind: kind.to_owned(),
+        metadata,
     };
-    let module = rt.block_on(SecretsModule::init(hello)).map_err(|e| e.0)?;
+    let served = Served::start(data_dir, vec![component]).map_err(|e| e.0)?;
     Ok(Harness {
-        rt,
-        module,
+        served,
         sources: Vec::new(),
-        _dir: TempDir::new().expect("create a temporary directory"),
+        _dir: temp_dir(),
     })
 }
 
 /// A file store over a file named `file` in a fresh directory holding `text`.
 fn file_store(file: &str, text: &str, metadata: &[(&str, &str)]) -> (Harness, TempDir) {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     std::fs::write(dir.path().join(file), text).expect("write the secrets file");
     let mut all = vec![("secretsFile", file)];
     all.extend_from_slice(metadata);
@@ -848,7 +810,7 @@ fn file_yaml_scalar_keys_become_names_and_an_empty_file_holds_nothing() {
 
 #[test]
 fn file_names_that_collide_after_flattening_fail_the_start() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     std::fs::write(
         dir.path().join("s.json"),
         r#"{"a:b": "x1", "a": {"b": "x2"}}"#,
@@ -870,7 +832,7 @@ fn file_names_that_collide_after_flattening_fail_the_start() {
 
 #[test]
 fn file_that_is_missing_or_broken_fails_the_start_without_its_content() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let e = open_module(
         "secretstores.local.file",
         &[("secretsFile", "absent.json")],
@@ -922,7 +884,7 @@ fn file_broken_later_is_unavailable_until_fixed() {
 
 #[test]
 fn file_path_is_absolute_or_under_the_data_dir() {
-    let data = TempDir::new().expect("create a temporary directory");
+    let data = temp_dir();
     std::fs::create_dir(data.path().join("sub")).expect("mkdir");
     std::fs::write(data.path().join("sub/s.json"), r#"{"k": "rel"}"#).expect("write");
     let h = open_module(
@@ -933,7 +895,7 @@ fn file_path_is_absolute_or_under_the_data_dir() {
     .expect("a relative path is under the data dir");
     assert_eq!(h.get("k"), Ok(single("k", "rel")));
 
-    let elsewhere = TempDir::new().expect("create a temporary directory");
+    let elsewhere = temp_dir();
     let abs = elsewhere.path().join("s.json");
     std::fs::write(&abs, r#"{"k": "abs"}"#).expect("write");
     let h = open_module(
@@ -947,7 +909,7 @@ fn file_path_is_absolute_or_under_the_data_dir() {
 
 #[test]
 fn file_metadata_is_checked() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     std::fs::write(dir.path().join("s.json"), "{}").expect("write");
     for (metadata, needle) in [
         (&[][..], "secretsFile"),
@@ -984,7 +946,7 @@ fn env_strips_the_prefix_and_sees_nothing_else() {
     for (variable, value) in &set {
         std::env::set_var(variable, value);
     }
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let h =
         open_module("secretstores.local.env", &[("prefix", &prefix)], dir.path()).expect("open");
     assert_eq!(h.get("DB_PASSWORD"), Ok(single("DB_PASSWORD", "val-env-1")));
@@ -1011,7 +973,7 @@ fn env_strips_the_prefix_and_sees_nothing_else() {
 
 #[test]
 fn env_requires_a_prefix() {
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     for metadata in [&[][..], &[("prefix", "")][..], &[("prefix", "A=B")][..]] {
         let e = open_module("secretstores.local.env", metadata, dir.path())
             .err()
@@ -1050,7 +1012,7 @@ fn kubernetes_dir(root: &Path, version: &str, secrets: &[(&str, &str)]) {
 
 #[test]
 fn dir_reads_a_kubernetes_mount_through_its_symlinks() {
-    let root = TempDir::new().expect("create a temporary directory");
+    let root = temp_dir();
     kubernetes_dir(
         root.path(),
         "..2024_01_01_00_00_00.1",
@@ -1091,7 +1053,7 @@ fn dir_reads_a_kubernetes_mount_through_its_symlinks() {
 
 #[test]
 fn dir_refuses_unservable_files_and_bulk_skips_them() {
-    let root = TempDir::new().expect("create a temporary directory");
+    let root = temp_dir();
     std::fs::write(root.path().join("binary"), [0xff, 0xfe, 0x00]).expect("write");
     std::fs::write(root.path().join("huge"), vec![b'x'; (1 << 20) + 1]).expect("write");
     std::fs::write(root.path().join("fine"), "ok").expect("write");
@@ -1110,7 +1072,7 @@ fn dir_refuses_unservable_files_and_bulk_skips_them() {
 
 #[test]
 fn dir_must_exist_at_start() {
-    let root = TempDir::new().expect("create a temporary directory");
+    let root = temp_dir();
     std::fs::write(root.path().join("file"), "x").expect("write");
     for (dir, needle) in [("absent", "absent"), ("file", "not a directory")] {
         let e = open_module(
@@ -1136,11 +1098,7 @@ fn dir_must_exist_at_start() {
 
 #[test]
 fn factory_rejects_unknown_type() {
-    let spec = ComponentSpec {
-        name: "vault".to_owned(),
-        kind: "secretstores.hashicorp.vault".to_owned(),
-        metadata: Vec::new(),
-    };
+    let spec = testing::spec("vault", "secretstores.hashicorp.vault", &[]);
     match drivers::open(&spec, Path::new("/")) {
         Err(StoreError::Config { component, reason }) => {
             assert_eq!(component, "vault");
@@ -1148,7 +1106,7 @@ fn factory_rejects_unknown_type() {
         }
         other => panic!("expected a config error, got {other:?}"),
     }
-    let dir = TempDir::new().expect("create a temporary directory");
+    let dir = temp_dir();
     let e = open_module("secretstores.nope", &[], dir.path())
         .err()
         .expect("the module refuses to start");
