@@ -1,7 +1,6 @@
 //! Conformance tests: one set of behaviour tests, run against every lock
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,22 +14,10 @@ const LONG_TTL_MS: u64 = 3_600_000;
 /// A lease short enough for a test to wait out.
 const SHORT_TTL_MS: u64 = 100;
 
-/// One driver under test (the SDK's harness), with the lock operations the
-/// suite uses.
-struct Harness(testing::Harness<dyn LockStore>);
-
-impl Deref for Harness {
-    type Target = testing::Harness<dyn LockStore>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
+mecha_module::suite_harness! {
+    /// One driver under test (the SDK's harness), with the lock operations the
+    /// suite uses.
+    struct Harness(dyn LockStore);
 }
 
 impl Harness {

@@ -3,7 +3,6 @@
 //! Dapr's components-contrib conformance suite.
 
 use std::collections::BTreeSet;
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,22 +22,10 @@ const QUIET: Duration = Duration::from_millis(200);
 /// A short ack deadline, for waiting out.
 const SHORT_ACK_MS: u32 = 150;
 
-/// One store under test (the SDK's harness over the broker every embedded
-/// driver sits under), with the pubsub operations the suite uses.
-struct Harness(testing::Harness<Broker>);
-
-impl Deref for Harness {
-    type Target = testing::Harness<Broker>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
+mecha_module::suite_harness! {
+    /// One store under test (the SDK's harness over the broker every embedded
+    /// driver sits under), with the pubsub operations the suite uses.
+    struct Harness(Broker);
 }
 
 impl Harness {

@@ -359,6 +359,39 @@ impl<M: Module> Served<M> {
     }
 }
 
+/// Declares a suite's own harness type, a wrapper of [`Harness`] over the
+/// given store that dereferences to it, so the suite can add its
+/// capability's operations as methods while keeping `store()`, `reopen()`,
+/// `block()` and the rest.
+///
+/// ```ignore
+/// mecha_module::suite_harness! {
+///     /// One lock driver under test.
+///     struct Harness(dyn LockStore);
+/// }
+/// ```
+#[macro_export]
+macro_rules! suite_harness {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident($store:ty);) => {
+        $(#[$attr])*
+        $vis struct $name($crate::testing::Harness<$store>);
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::testing::Harness<$store>;
+
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl ::std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+    };
+}
+
 /// Generates one `#[test]` per behaviour per driver, in a module per driver,
 /// so a failure names both; each test hands a fresh harness to the
 /// behaviour's function (a function of the test file of the same name,

@@ -2,7 +2,6 @@
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
 use std::collections::HashSet;
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,22 +9,10 @@ use mecha_abi::msg::ComponentSpec;
 use mecha_mod_sequencer::drivers::{self, SeqError, Sequencer};
 use mecha_module::testing::{self, temp_dir};
 
-/// One driver under test (the SDK's harness), with the allocations the suite
-/// uses.
-struct Harness(testing::Harness<dyn Sequencer>);
-
-impl Deref for Harness {
-    type Target = testing::Harness<dyn Sequencer>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
+mecha_module::suite_harness! {
+    /// One driver under test (the SDK's harness), with the allocations the suite
+    /// uses.
+    struct Harness(dyn Sequencer);
 }
 
 impl Harness {
