@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{bin_dir, signal, wait_until, Daemon};
+use common::{bin_dir, signal, wait_until, Daemon, CONFIGURATION};
 use mecha_client::SetOptions;
 
 /// A port that was free a moment ago.
@@ -154,12 +154,7 @@ spec:
   version: v1
   metadata: []
 ---
-apiVersion: mecha.io/v1alpha1
-kind: Configuration
-metadata:
-  name: mecha
-spec:
-  http:
+{CONFIGURATION}  http:
     address: \"127.0.0.1:{port}\"
   maxRestarts: 1
   restartWindowSecs: 3600

@@ -10,7 +10,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect_as, error_message, open_to_nobody, require_root, Daemon, Raw, NOBODY};
+use common::{
+    connect_as, error_message, invoke_component, open_to_nobody, require_root, Daemon, Raw,
+    CONFIGURATION, NOBODY,
+};
 use mecha_abi::msg::{AppsReply, Hello, InvokeCall, RegisterRequest};
 use mecha_abi::{Header, Opcode, Status};
 use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
@@ -20,17 +23,10 @@ use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
 /// and root as tenant `shop`, which the configuration gives `billing` and
 /// `checkout`. Nobody is tenant `uid:65534`, with no `appIds` list.
 fn config(extra: &str) -> String {
-    format!(
-        r#"apiVersion: mecha.io/v1alpha1
-kind: Component
-metadata:
-  name: invoke
-spec:
-  type: invoke.mesh
-  metadata:
-  - name: nodeName
-    value: node-a
-  - name: accessControl
+    let component = invoke_component(
+        "node-a",
+        &format!(
+            r#"  - name: accessControl
     value:
       defaultAction: allow
       policies:
@@ -39,17 +35,12 @@ spec:
         callers:
         - appId: checkout
           action: allow
-{extra}---
-apiVersion: mecha.io/v1alpha1
-kind: Configuration
-metadata:
-  name: mecha
-spec:
-  tenants:
-  - name: shop
-    uids: [0]
-    appIds: [billing, checkout]
-"#
+{extra}"#
+        ),
+    );
+    format!(
+        "{component}---\n{CONFIGURATION}  tenants:\n  - name: shop\n    uids: [0]\n    \
+         appIds: [billing, checkout]\n"
     )
 }
 

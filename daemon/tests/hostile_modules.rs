@@ -26,21 +26,13 @@ use mecha_client::SetOptions;
 /// How long a test waits for the attack to take hold or for an answer.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A Dapr component document.
+/// A Dapr component document, to follow another in one file.
 fn component(name: &str, kind: &str, metadata: &[(&str, &str)]) -> String {
-    let mut doc = format!(
-        "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n\
-         spec:\n  type: {kind}\n  version: v1\n  metadata:"
-    );
-    if metadata.is_empty() {
-        doc.push_str(" []\n");
-    } else {
-        doc.push('\n');
-    }
-    for (k, v) in metadata {
-        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
-    }
-    doc
+    let metadata: Vec<(&str, String)> = metadata
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect();
+    format!("---\n{}", common::component(name, kind, &metadata))
 }
 
 /// A configuration whose modules are health-pinged every 100 ms and killed

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_message, wait_until, Daemon, Raw};
+use common::{error_message, invoke_component, my_uid, wait_until, Daemon, Raw, CONFIGURATION};
 use mecha_abi::msg::{InvokeCall, RegisterRequest};
 use mecha_abi::{Header, Opcode, Status};
 use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
@@ -17,19 +17,10 @@ use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
 /// One invoke component with access control and resiliency for named apps;
 /// the test's own uid is tenant `me`, which may claim only some app ids.
 fn config() -> String {
-    // SAFETY: getuid(2) has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    format!(
-        r#"apiVersion: mecha.io/v1alpha1
-kind: Component
-metadata:
-  name: invoke
-spec:
-  type: invoke.mesh
-  metadata:
-  - name: nodeName
-    value: node-a
-  - name: accessControl
+    let uid = my_uid();
+    let component = invoke_component(
+        "node-a",
+        r#"  - name: accessControl
     value:
       defaultAction: allow
       policies:
@@ -43,20 +34,14 @@ spec:
     value:
       apps:
         flaky:
-          retry: {{policy: constant, durationMs: 10, maxRetries: 3}}
+          retry: {policy: constant, durationMs: 10, maxRetries: 3}
         broken:
-          circuitBreaker: {{consecutiveFailures: 2, timeoutMs: 200}}
----
-apiVersion: mecha.io/v1alpha1
-kind: Configuration
-metadata:
-  name: mecha
-spec:
-  tenants:
-  - name: me
-    uids: [{uid}]
-    appIds: [echo, lb, slow, crash, billing, web, flaky, broken]
-"#
+          circuitBreaker: {consecutiveFailures: 2, timeoutMs: 200}
+"#,
+    );
+    format!(
+        "{component}---\n{CONFIGURATION}  tenants:\n  - name: me\n    uids: [{uid}]\n    \
+         appIds: [echo, lb, slow, crash, billing, web, flaky, broken]\n"
     )
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{invoke_component, Daemon};
 use mecha_abi::msg::{InvokeCall, PeerHello};
 use mecha_abi::{Header, Opcode, HEADER_LEN};
 use mecha_client::{handler, Client, InvokeOptions, InvokeReply};
@@ -83,17 +83,8 @@ fn config(node: &str, port: u16, peer: &str, peer_port: u16, dir: &Path) -> Stri
 /// A node's invoke component; `discovery` holds its peers/dnsName items.
 fn config_with(node: &str, port: u16, discovery: &str, dir: &Path) -> String {
     let f = |name: &str| dir.join(name).display().to_string();
-    format!(
-        r#"apiVersion: mecha.io/v1alpha1
-kind: Component
-metadata:
-  name: invoke
-spec:
-  type: invoke.mesh
-  metadata:
-  - name: nodeName
-    value: {node}
-  - name: listenAddress
+    let metadata = format!(
+        r#"  - name: listenAddress
     value: 127.0.0.1:{port}
 {discovery}  - name: announceIntervalMs
     value: 200
@@ -117,7 +108,8 @@ spec:
         cert = f(&format!("{node}.crt")),
         key = f(&format!("{node}.key")),
         ca = f("ca.crt"),
-    )
+    );
+    invoke_component(node, &metadata)
 }
 
 /// Two daemons, node-a and node-b, peered over mutual TLS.

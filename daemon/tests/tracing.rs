@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_message, Daemon, Raw};
+use common::{error_message, invoke_component, my_uid, Daemon, Raw, CONFIGURATION};
 use mecha_abi::msg::{Hello, InvokeCall};
 use mecha_abi::{Features, Flags, Header, Opcode, Status, TraceContext, TRACE_LEN};
 use mecha_client::{handler, Client, InvokeOptions, InvokeReply};
@@ -22,29 +22,9 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 
 /// One invoke component; `extra` is appended to the Configuration spec.
 fn config(extra: &str) -> String {
-    // SAFETY: getuid(2) has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    format!(
-        r#"apiVersion: mecha.io/v1alpha1
-kind: Component
-metadata:
-  name: invoke
-spec:
-  type: invoke.mesh
-  metadata:
-  - name: nodeName
-    value: node-a
----
-apiVersion: mecha.io/v1alpha1
-kind: Configuration
-metadata:
-  name: mecha
-spec:
-  tenants:
-  - name: me
-    uids: [{uid}]
-{extra}"#
-    )
+    let uid = my_uid();
+    let component = invoke_component("node-a", "");
+    format!("{component}---\n{CONFIGURATION}  tenants:\n  - name: me\n    uids: [{uid}]\n{extra}")
 }
 
 /// A request header with the TRACE flag.

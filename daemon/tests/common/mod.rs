@@ -192,6 +192,64 @@ impl Daemon {
             .map(|m| m.pid)
             .unwrap_or(0)
     }
+
+    /// Hot-restarts module `name` with `mechactl module restart` and waits
+    /// until a new instance runs; panics if mechactl fails or no new
+    /// instance is up within 10 s.
+    pub fn restart_module(&self, name: &str) {
+        let before = self.module_pid(name);
+        let out = self.mechactl(&["module", "restart", name]);
+        assert!(
+            out.status.success(),
+            "restart {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(
+            Duration::from_secs(10),
+            &format!("the {name} module to restart"),
+            || self.module_pid(name) != before,
+        );
+    }
+}
+
+/// The header of mecha's `Configuration` document; the caller follows it
+/// with the lines of its `spec`, each indented by two spaces.
+pub const CONFIGURATION: &str =
+    "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: mecha\nspec:\n";
+
+/// The invoke module's component (`invoke.mesh`) on node `node`; `metadata`
+/// holds its further metadata items, YAML list items indented by two spaces.
+pub fn invoke_component(node: &str, metadata: &str) -> String {
+    format!(
+        "apiVersion: mecha.io/v1alpha1\nkind: Component\nmetadata:\n  name: invoke\n\
+         spec:\n  type: invoke.mesh\n  metadata:\n  - name: nodeName\n    value: {node}\n\
+         {metadata}"
+    )
+}
+
+/// The real uid of this test process, for the tenant rules of a
+/// configuration.
+pub fn my_uid() -> u32 {
+    // SAFETY: getuid(2) has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// A Dapr `Component` document, the form a user would write: component
+/// `name` of type `kind` with `metadata`, each value quoted.
+pub fn component(name: &str, kind: &str, metadata: &[(&str, String)]) -> String {
+    let mut doc = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n\
+         spec:\n  type: {kind}\n  version: v1\n  metadata:"
+    );
+    if metadata.is_empty() {
+        doc.push_str(" []\n");
+    } else {
+        doc.push('\n');
+    }
+    for (k, v) in metadata {
+        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
+    }
+    doc
 }
 
 impl Drop for Daemon {

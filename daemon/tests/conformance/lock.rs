@@ -204,18 +204,7 @@ fn fencing_tokens_increase_across_owners_and_restarts(driver: &Driver) {
         .unwrap()
         .expect("granted");
     last = last.max(held_token);
-    let before = d.module_pid("lock");
-    let out = d.mechactl(&["module", "restart", "lock"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "the lock module to restart",
-        || d.module_pid("lock") != before,
-    );
+    d.restart_module("lock");
     let token = retry_unavailable(|| c.try_lock(STORE, &r, "z", LONG, None)).expect("granted");
     assert!(
         token > last,

@@ -128,16 +128,7 @@ fn no_id_is_reused_across_a_module_restart(driver: &Driver) {
     let (d, c) = driver.start();
     let key = servers::unique("restart");
     let before = c.next_ids(SEQ, &key, 3).unwrap();
-    let pid = d.module_pid("sequencer");
-    let out = d.mechactl(&["module", "restart", "sequencer"]);
-    assert!(
-        out.status.success(),
-        "restart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(Duration::from_secs(10), "the module to restart", || {
-        d.module_pid("sequencer") != pid
-    });
+    d.restart_module("sequencer");
     let after = retry_unavailable(|| c.next_id(SEQ, &key));
     if driver.features.durable {
         assert!(

@@ -396,18 +396,7 @@ fn data_survives_module_restart_when_durable(driver: &Driver) {
     let etag = c
         .set(STORE, &key, b"kept".to_vec(), opts(None, None))
         .unwrap();
-    let before = d.module_pid("state");
-    let out = d.mechactl(&["module", "restart", "state"]);
-    assert!(
-        out.status.success(),
-        "restart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "the state module to restart",
-        || d.module_pid("state") != before,
-    );
+    d.restart_module("state");
     let got = retry_unavailable(|| c.get(STORE, &key));
     if driver.features.durable {
         let got = got.expect("a durable store keeps the key");

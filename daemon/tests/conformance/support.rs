@@ -8,6 +8,7 @@ use mecha_abi::Status;
 use mecha_client::blocking::Client;
 use mecha_client::{Error, RetryPolicy};
 
+pub use crate::common::component;
 use crate::common::Daemon;
 use crate::servers;
 
@@ -40,22 +41,6 @@ pub fn start(component: &str) -> (Daemon, Client) {
     let d = Daemon::start_with(Some(component));
     let c = d.client();
     (d, c)
-}
-
-/// A Dapr `Component` document, the form a user would write.
-pub fn component(name: &str, kind: &str, metadata: &[(&str, String)]) -> String {
-    let mut doc = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  version: v1\n  metadata:"
-    );
-    if metadata.is_empty() {
-        doc.push_str(" []\n");
-    } else {
-        doc.push('\n');
-    }
-    for (k, v) in metadata {
-        doc.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
-    }
-    doc
 }
 
 /// A connection string for the test PostgreSQL on `port`.
