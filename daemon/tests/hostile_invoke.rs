@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect_as, error_message, invoke_component, open_to_nobody, require_root, Daemon, Raw,
-    CONFIGURATION, NOBODY,
+    connect_as, error_message, invoke_component, invoke_reply, open_to_nobody, require_root,
+    Daemon, Raw, CONFIGURATION, NOBODY,
 };
 use mecha_abi::msg::{AppsReply, Hello, InvokeCall, RegisterRequest};
 use mecha_abi::{Header, Opcode, Status};
@@ -81,11 +81,7 @@ async fn attacker(d: &Daemon) -> Client {
 }
 
 fn reply(data: &[u8]) -> Result<InvokeReply, (Status, String)> {
-    Ok(InvokeReply {
-        data: data.to_vec(),
-        content_type: String::new(),
-        metadata: vec![],
-    })
+    Ok(invoke_reply(data.to_vec()))
 }
 
 fn status_of<T>(r: &Result<T, Error>) -> Status {

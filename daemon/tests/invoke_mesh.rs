@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{invoke_component, Daemon};
+use common::{invoke_component, invoke_reply, Daemon};
 use mecha_abi::msg::{InvokeCall, PeerHello};
 use mecha_abi::{Header, Opcode, HEADER_LEN};
 use mecha_client::{handler, Client, InvokeOptions, InvokeReply};
@@ -347,11 +347,7 @@ async fn serve_tagged(
             app,
             vec![],
             handler(move |call: InvokeCall| async move {
-                Ok(InvokeReply {
-                    data: [tag.as_bytes(), &call.data].concat(),
-                    content_type: String::new(),
-                    metadata: vec![],
-                })
+                Ok(invoke_reply([tag.as_bytes(), &call.data].concat()))
             }),
         )
         .await
@@ -407,11 +403,7 @@ async fn a_call_in_flight_to_a_node_that_dies_is_unavailable() {
                 r2.notify_one();
                 async {
                     std::future::pending::<()>().await;
-                    Ok(InvokeReply {
-                        data: vec![],
-                        content_type: String::new(),
-                        metadata: vec![],
-                    })
+                    Ok(invoke_reply(Vec::new()))
                 }
             }),
         )

@@ -11,10 +11,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_message, invoke_component, my_uid, Daemon, Raw, CONFIGURATION};
+use common::{error_message, invoke_component, invoke_reply, my_uid, Daemon, Raw, CONFIGURATION};
 use mecha_abi::msg::{Hello, InvokeCall};
 use mecha_abi::{Features, Flags, Header, Opcode, Status, TraceContext, TRACE_LEN};
-use mecha_client::{handler, Client, InvokeOptions, InvokeReply};
+use mecha_client::{handler, Client, InvokeOptions};
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -61,13 +61,7 @@ async fn a_traceparent_reaches_the_callee_through_the_daemon_and_invoke() {
             vec![],
             handler(move |call: InvokeCall| {
                 *seen2.lock() = Some(call);
-                async move {
-                    Ok(InvokeReply {
-                        data: vec![],
-                        content_type: String::new(),
-                        metadata: vec![],
-                    })
-                }
+                async move { Ok(invoke_reply(Vec::new())) }
             }),
         )
         .await

@@ -227,6 +227,16 @@ pub fn invoke_component(node: &str, metadata: &str) -> String {
     )
 }
 
+/// A callee's answer to an invocation: `data`, with neither content type
+/// nor metadata.
+pub fn invoke_reply(data: Vec<u8>) -> mecha_abi::msg::InvokeReply {
+    mecha_abi::msg::InvokeReply {
+        data,
+        content_type: String::new(),
+        metadata: vec![],
+    }
+}
+
 /// The real uid of this test process, for the tenant rules of a
 /// configuration.
 pub fn my_uid() -> u32 {

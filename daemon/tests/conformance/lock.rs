@@ -18,12 +18,9 @@ const STORE: &str = "locks";
 
 const LONG: Duration = Duration::from_secs(3600);
 
-/// What a driver claims.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    /// Held leases survive a restart of the lock module.
-    pub durable: bool,
-}
+/// What a driver claims: with `durable`, held leases survive a restart of
+/// the lock module.
+pub type Features = support::Durability;
 
 /// A lock driver under test.
 pub type Driver = support::Driver<Features>;

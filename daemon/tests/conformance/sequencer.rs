@@ -13,12 +13,9 @@ use crate::support::{self, component, postgres_url, retry_unavailable};
 /// The component name every sequencer conformance test uses.
 const SEQ: &str = "ids";
 
-/// What a sequencer driver claims.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    /// Sequences survive a restart of the module.
-    pub durable: bool,
-}
+/// What a sequencer driver claims: with `durable`, sequences survive a
+/// restart of the module.
+pub type Features = support::Durability;
 
 /// A sequencer driver under test.
 pub type Driver = support::Driver<Features>;

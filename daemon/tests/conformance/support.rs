@@ -36,6 +36,15 @@ impl<F> Driver<F> {
     }
 }
 
+/// What a driver claims in the suites whose only claim is durability (lock
+/// and sequencer).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Durability {
+    /// What the driver holds (leases, sequences) survives a restart of its
+    /// module.
+    pub durable: bool,
+}
+
 /// Starts mechad with `component` and returns it with a client.
 pub fn start(component: &str) -> (Daemon, Client) {
     let d = Daemon::start_with(Some(component));
