@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect_as, error_message, invoke_component, invoke_reply, open_to_nobody, require_root,
-    Daemon, Raw, CONFIGURATION, NOBODY,
+    billing_access_control, connect_as, error_message, invoke_component, invoke_reply,
+    open_to_nobody, require_root, Daemon, Raw, CONFIGURATION, NOBODY,
 };
 use mecha_abi::msg::{AppsReply, Hello, InvokeCall, RegisterRequest};
 use mecha_abi::{Header, Opcode, Status};
@@ -23,21 +23,8 @@ use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
 /// and root as tenant `shop`, which the configuration gives `billing` and
 /// `checkout`. Nobody is tenant `uid:65534`, with no `appIds` list.
 fn config(extra: &str) -> String {
-    let component = invoke_component(
-        "node-a",
-        &format!(
-            r#"  - name: accessControl
-    value:
-      defaultAction: allow
-      policies:
-      - appId: billing
-        defaultAction: deny
-        callers:
-        - appId: checkout
-          action: allow
-{extra}"#
-        ),
-    );
+    let access = billing_access_control("        - appId: checkout\n          action: allow\n");
+    let component = invoke_component("node-a", &format!("{access}{extra}"));
     format!(
         "{component}---\n{CONFIGURATION}  tenants:\n  - name: shop\n    uids: [0]\n    \
          appIds: [billing, checkout]\n"

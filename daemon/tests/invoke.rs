@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_message, invoke_component, my_uid, wait_until, Daemon, Raw, CONFIGURATION};
+use common::{
+    billing_access_control, error_message, invoke_component, my_uid, wait_until, Daemon, Raw,
+    CONFIGURATION,
+};
 use mecha_abi::msg::{InvokeCall, RegisterRequest};
 use mecha_abi::{Header, Opcode, Status};
 use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
@@ -18,27 +21,18 @@ use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
 /// the test's own uid is tenant `me`, which may claim only some app ids.
 fn config() -> String {
     let uid = my_uid();
-    let component = invoke_component(
-        "node-a",
-        r#"  - name: accessControl
-    value:
-      defaultAction: allow
-      policies:
-      - appId: billing
-        defaultAction: deny
-        callers:
-        - appId: web
-          methods: [charge]
-          action: allow
-  - name: resiliency
+    let access = billing_access_control(
+        "        - appId: web\n          methods: [charge]\n          action: allow\n",
+    );
+    let resiliency = r#"  - name: resiliency
     value:
       apps:
         flaky:
           retry: {policy: constant, durationMs: 10, maxRetries: 3}
         broken:
           circuitBreaker: {consecutiveFailures: 2, timeoutMs: 200}
-"#,
-    );
+"#;
+    let component = invoke_component("node-a", &format!("{access}{resiliency}"));
     format!(
         "{component}---\n{CONFIGURATION}  tenants:\n  - name: me\n    uids: [{uid}]\n    \
          appIds: [echo, lb, slow, crash, billing, web, flaky, broken]\n"

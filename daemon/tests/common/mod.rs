@@ -227,6 +227,17 @@ pub fn invoke_component(node: &str, metadata: &str) -> String {
     )
 }
 
+/// The invoke component's `accessControl` item (for [`invoke_component`])
+/// in the shape of `deploy/config/mecha.yaml`: every call is allowed except
+/// to app `billing`, which only `callers` may call (YAML list items indented
+/// by eight spaces, e.g. `        - appId: checkout\n          action: allow\n`).
+pub fn billing_access_control(callers: &str) -> String {
+    format!(
+        "  - name: accessControl\n    value:\n      defaultAction: allow\n      policies:\n      \
+         - appId: billing\n        defaultAction: deny\n        callers:\n{callers}"
+    )
+}
+
 /// A callee's answer to an invocation: `data`, with neither content type
 /// nor metadata.
 pub fn invoke_reply(data: Vec<u8>) -> mecha_abi::msg::InvokeReply {
