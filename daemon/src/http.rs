@@ -1,12 +1,14 @@
 //! The small local HTTP endpoint for kubelet probes and Prometheus:
 //! `GET /healthz` (liveness), `GET /readyz` (readiness), `GET /metrics`.
 //!
-//! It is written by hand on a `TcpListener` rather than with an HTTP library:
-//! three fixed GET routes need a request line and nothing else, and the daemon
-//! stays small and quick to build. Every connection gets one answer and is
-//! closed (`Connection: close`); the request head is read with a size cap and a
-//! deadline, and at most `MAX_CONNECTIONS` are served at once, so a local port
-//! scanner or a stuck client cannot grow the daemon's memory or tasks.
+//! It is served on a `TcpListener` with `mecha-http`, mecha's one small
+//! HTTP/1.1 layer, rather than a full server library: three fixed GET routes
+//! need a parsed request head and nothing else, and the daemon stays small and
+//! quick to build (ARCHITECTURE.md, "HTTP"). Every connection gets one answer
+//! and is closed (`Connection: close`); the request head is parsed strictly,
+//! with a size cap, a header-count cap and a deadline, and at most
+//! `MAX_CONNECTIONS` are served at once, so a local port scanner or a stuck
+//! client cannot grow the daemon's memory or tasks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use mecha_http::{Conn, Error, RequestHead};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -157,97 +159,56 @@ impl Response {
     }
 }
 
-/// Why a request head could not be read.
-enum HeadError {
-    /// The client closed or the socket failed; nothing to answer.
-    Gone,
-    /// The head exceeded `MAX_HEAD`.
-    TooLarge,
-    /// The client closed mid-head.
-    Truncated,
-}
-
-async fn handle(mut stream: TcpStream, state: &HttpState) {
+async fn handle(stream: TcpStream, state: &HttpState) {
     state.metrics.http_request();
-    let mut head = Vec::with_capacity(1024);
-    let response = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream, &mut head)).await {
-        Err(_) => Response::text(408, "request head not received in time\n"),
-        Ok(Err(HeadError::Gone)) => return,
-        Ok(Err(HeadError::TooLarge)) => Response::text(431, "request head too large\n"),
-        Ok(Err(HeadError::Truncated)) => Response::text(400, "incomplete request\n"),
-        Ok(Ok(())) => respond(&head, state),
-    };
-    let head_only = head.starts_with(b"HEAD ");
-    let _ = tokio::time::timeout(IO_TIMEOUT, write(&mut stream, &response, head_only)).await;
+    let mut conn = Conn::new(stream);
+    let (response, head_only) =
+        match tokio::time::timeout(IO_TIMEOUT, conn.request_head(MAX_HEAD)).await {
+            Err(_) => (
+                Response::text(408, "request head not received in time\n"),
+                false,
+            ),
+            Ok(read) => match answer(read, state) {
+                Some(answered) => answered,
+                // The client closed or the socket failed; nothing to answer.
+                None => return,
+            },
+        };
+    let _ = tokio::time::timeout(IO_TIMEOUT, write(&mut conn, &response, head_only)).await;
 }
 
-/// Reads until the blank line that ends the head, at most `MAX_HEAD` bytes.
-async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> Result<(), HeadError> {
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
-        if n == 0 {
-            return Err(if head.is_empty() {
-                HeadError::Gone
-            } else {
-                HeadError::Truncated
-            });
+/// The answer to what was read as a request head, and whether it is for a
+/// HEAD request (head only); `None` when there is no one to answer.
+fn answer(read: Result<RequestHead, Error>, state: &HttpState) -> Option<(Response, bool)> {
+    let head = match read {
+        Ok(head) => head,
+        Err(Error::Closed | Error::Io(_)) => return None,
+        Err(Error::TooLarge(_)) => {
+            return Some((Response::text(431, "request head too large\n"), false))
         }
-        let searched = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        let end = head_end(&head[searched..]).map(|end| searched + end);
-        if end.unwrap_or(head.len()) > MAX_HEAD {
-            return Err(HeadError::TooLarge);
+        Err(Error::Truncated) => return Some((Response::text(400, "incomplete request\n"), false)),
+        Err(Error::Malformed(why)) => {
+            return Some((
+                Response::text(400, format!("malformed request head: {why}\n")),
+                false,
+            ))
         }
-        if let Some(end) = end {
-            head.truncate(end);
-            return Ok(());
-        }
-    }
+    };
+    Some((respond(&head, state), head.method == "HEAD"))
 }
 
-/// Where the head ends in `bytes`: after CRLF CRLF, or after LF LF, which
-/// lenient HTTP/1 parsers accept too.
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Parses the head and routes the request.
-fn respond(head: &[u8], state: &HttpState) -> Response {
-    let Ok(text) = std::str::from_utf8(head) else {
-        return Response::text(400, "request head is not UTF-8\n");
-    };
-    let mut lines = text.lines();
-    let request_line = lines.next().unwrap_or_default();
-    let parts: Vec<&str> = request_line.split(' ').collect();
-    let [method, target, version] = parts.as_slice() else {
-        return Response::text(400, "malformed request line\n");
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+/// Routes a well-formed request.
+fn respond(head: &RequestHead, state: &HttpState) -> Response {
+    // Only origin-form targets (`/path`) name our routes.
+    if !head.target.starts_with('/') {
         return Response::text(400, "malformed request line\n");
     }
-    // Header lines are not used, but must look like headers: this rejects
-    // garbage that happens to start with a valid request line.
-    if lines
-        .take_while(|l| !l.is_empty())
-        .any(|l| !l.contains(':') || l.starts_with(' '))
-    {
-        return Response::text(400, "malformed header line\n");
-    }
-    let path = target.split('?').next().unwrap_or_default();
+    let path = head.path();
     let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
     if !known {
         return Response::text(404, "not found; try /healthz, /readyz or /metrics\n");
     }
-    if *method != "GET" && *method != "HEAD" {
+    if head.method != "GET" && head.method != "HEAD" {
         let mut r = Response::text(405, "only GET and HEAD are allowed\n");
         r.allow = true;
         return r;
@@ -293,29 +254,22 @@ fn readiness(state: &HttpState) -> Response {
     )
 }
 
-async fn write(stream: &mut TcpStream, r: &Response, head_only: bool) -> std::io::Result<()> {
-    let reason = match r.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    };
-    let allow = if r.allow { "Allow: GET, HEAD\r\n" } else { "" };
-    let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        r.status,
-        r.content_type,
-        r.body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(r.body.as_bytes()).await?;
+async fn write(conn: &mut Conn<TcpStream>, r: &Response, head_only: bool) -> std::io::Result<()> {
+    let length = r.body.len().to_string();
+    let mut headers = vec![
+        ("Content-Type", r.content_type),
+        ("Content-Length", length.as_str()),
+    ];
+    if r.allow {
+        headers.push(("Allow", "GET, HEAD"));
     }
-    stream.shutdown().await
+    headers.extend([("Cache-Control", "no-store"), ("Connection", "close")]);
+    let mut answer = mecha_http::response_head(r.status, &headers).into_bytes();
+    if !head_only {
+        answer.extend_from_slice(r.body.as_bytes());
+    }
+    conn.send(&answer).await?;
+    conn.shutdown().await
 }
 
 #[cfg(test)]
@@ -333,7 +287,12 @@ mod tests {
     #[test]
     fn routes_and_errors() {
         let s = state();
-        let status = |head: &str| respond(head.as_bytes(), &s).status;
+        let status = |head: &str| {
+            let read = mecha_http::parse_request(head.as_bytes(), MAX_HEAD)
+                .and_then(|found| found.ok_or(Error::Truncated))
+                .map(|(head, _)| head);
+            answer(read, &s).map_or(0, |(r, _)| r.status)
+        };
         assert_eq!(status("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(status("GET /healthz?verbose HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status("HEAD /metrics HTTP/1.1\r\n\r\n"), 200);
@@ -345,13 +304,13 @@ mod tests {
         assert_eq!(status("GET /metrics HTTP/2.0\r\n\r\n"), 400);
         assert_eq!(status("GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"), 400);
         assert_eq!(status("\u{1}\u{2}garbage\r\n\r\n"), 400);
-    }
-
-    #[test]
-    fn head_end_finds_either_terminator() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        // Bare LF line ends are accepted, as lenient HTTP/1 servers do.
+        assert_eq!(status("GET /healthz HTTP/1.1\n\n"), 200);
+        assert_eq!(status("GET * HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(65))),
+            431
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! ([`crate::metrics::Answer`]) is dropped, that is when the answer has been
 //! written. Finished, sampled spans go into a bounded queue; one task batches
 //! them and POSTs them to `<endpoint>/v1/traces` over a plain TCP connection
-//! with hand-written HTTP/1.1. A full queue drops spans (counted), so tracing
+//! with `mecha-http`. A full queue drops spans (counted), so tracing
 //! never makes a request wait. Without configuration there is no exporter,
 //! and a request without trace context costs one `Option` check.
 
@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mecha_abi::trace::{hex, SAMPLED};
 use mecha_abi::{Opcode, Status, TraceContext};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Finished spans waiting for export; beyond this, spans are dropped.
@@ -27,6 +26,8 @@ const BATCH: usize = 512;
 const FLUSH: Duration = Duration::from_millis(500);
 /// Bound on connecting to, writing to and reading from the collector.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer head read from the collector.
+const MAX_ANSWER_HEAD: usize = 16 << 10;
 
 /// Why a tracing configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -303,43 +304,35 @@ fn otlp_json(spans: &[SpanData]) -> Vec<u8> {
 enum PostError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("collector answered {0:?}")]
-    Status(String),
+    #[error("{0}")]
+    Http(#[from] mecha_http::Error),
+    #[error("collector answered {0} {1}")]
+    Status(u16, String),
 }
 
-/// POSTs `body` with one short-lived HTTP/1.1 connection.
+/// POSTs `body` with one short-lived HTTP/1.1 connection. Only the answer's
+/// status matters, so its body is not read.
 async fn post(endpoint: &Endpoint, body: &[u8]) -> Result<(), PostError> {
-    let mut stream = tokio::net::TcpStream::connect(&endpoint.authority).await?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: mechad/{}\r\n\r\n",
-        endpoint.path,
-        endpoint.authority,
-        body.len(),
-        env!("CARGO_PKG_VERSION"),
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
-    // Only the status line matters; read a bounded amount.
-    let mut buf = vec![0u8; 1024];
-    let mut n = 0;
-    while n < buf.len() {
-        let read = stream.read(&mut buf[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        if buf[..n].contains(&b'\n') {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&buf[..n]);
-    let line = line.lines().next().unwrap_or_default().to_string();
-    let code = line.split_whitespace().nth(1).unwrap_or_default();
-    if code.starts_with('2') {
+    let stream = tokio::net::TcpStream::connect(&endpoint.authority).await?;
+    let user_agent = concat!("mechad/", env!("CARGO_PKG_VERSION"));
+    let request = mecha_http::request(
+        "POST",
+        &endpoint.path,
+        &endpoint.authority,
+        &[
+            ("Content-Type", "application/json"),
+            ("Connection", "close"),
+            ("User-Agent", user_agent),
+        ],
+        body,
+    )?;
+    let mut conn = mecha_http::Conn::new(stream);
+    conn.send(&request).await?;
+    let head = conn.response_head(MAX_ANSWER_HEAD).await?;
+    if (200..300).contains(&head.status) {
         Ok(())
     } else {
-        Err(PostError::Status(line))
+        Err(PostError::Status(head.status, head.reason))
     }
 }
 

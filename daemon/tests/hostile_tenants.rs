@@ -493,3 +493,87 @@ fn deleted_space_in_the_embedded_store_is_reused() {
         "the file grew from {after_first} to {after_second} bytes: freed pages were not reused"
     );
 }
+
+/// Item 8: a tenant cannot fill a store for everyone. With a state store
+/// allowing 4 MiB and 8 keys per tenant, a tenant writing 1 MiB values is
+/// refused with RESOURCE_EXHAUSTED naming the limit once the next write
+/// would pass it; another tenant writes its own 3 MiB all the same; a
+/// delete makes room again; and the totals survive a restart of mechad, so
+/// a restart is no way around the quota.
+#[test]
+fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
+    require_root();
+    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: statestore}\n\
+        spec:\n  type: state.redb\n  version: v1\n  metadata:\n\
+        \x20 - {name: maxBytesPerTenant, value: \"4194304\"}\n\
+        \x20 - {name: maxKeysPerTenant, value: \"8\"}\n";
+    let mut d = Daemon::start_with(Some(config));
+    open_to_nobody(&d);
+    let attacker = no_retries(d.client_as(NOBODY));
+    let value = vec![0x42_u8; 1 << 20];
+    let set =
+        |c: &Client, key: &str, value: &[u8]| c.set("", key, value.to_vec(), SetOptions::default());
+    for i in 0..3 {
+        set(&attacker, &format!("big-{i}"), &value).expect("within the byte quota");
+    }
+    let refused = set(&attacker, "big-3", &value).expect_err("over the byte quota");
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("maxBytesPerTenant"),
+        "{refused}"
+    );
+    assert_eq!(
+        attacker.get("", "big-3").expect("get"),
+        None,
+        "nothing was stored"
+    );
+
+    let victim = no_retries(d.client());
+    for i in 0..3 {
+        set(&victim, &format!("big-{i}"), &value).expect("the victim has a quota of its own");
+    }
+
+    // Five small keys bring the attacker to its 8 keys; the ninth is refused,
+    // while overwriting a key it has (which adds no key) still works.
+    for i in 0..5 {
+        set(&attacker, &format!("small-{i}"), b"v").expect("within the key quota");
+    }
+    let refused = set(&attacker, "small-5", b"v").expect_err("over the key quota");
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("maxKeysPerTenant"),
+        "{refused}"
+    );
+    set(&attacker, "small-0", b"w").expect("an overwrite adds no key");
+
+    // The totals are durable: after a restart the tenant is as full as it was.
+    drop(attacker);
+    drop(victim);
+    d.kill_and_restart();
+    let attacker = no_retries(d.client_as(NOBODY));
+    let refused = set(&attacker, "small-5", b"v").expect_err("still full after a restart");
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+
+    // A delete makes room for exactly what it freed.
+    attacker.delete("", "big-0", None).expect("delete");
+    set(&attacker, "big-3", &value).expect("room made by the delete");
+    assert_eq!(
+        attacker
+            .get("", "big-3")
+            .expect("get")
+            .map(|e| e.value.len()),
+        Some(1 << 20)
+    );
+}

@@ -12,15 +12,15 @@ mod config;
 mod invoke;
 mod lock;
 mod pubsub;
-mod secret;
-mod seq;
+mod secrets;
+mod sequencer;
+mod state;
 mod top;
 mod wait;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mecha_client::blocking::Client;
-use mecha_client::SetOptions;
 
 /// Talk to the mecha daemon.
 #[derive(Parser, Debug)]
@@ -42,7 +42,7 @@ enum Command {
     /// Key/value state.
     State {
         #[command(subcommand)]
-        op: StateOp,
+        op: state::StateOp,
     },
     /// Configuration items: get, set (admin), watch.
     Config {
@@ -62,12 +62,12 @@ enum Command {
     /// Strictly increasing id sequences.
     Seq {
         #[command(subcommand)]
-        op: seq::SeqOp,
+        op: sequencer::SeqOp,
     },
     /// Secrets.
     Secret {
         #[command(subcommand)]
-        op: secret::SecretOp,
+        op: secrets::SecretOp,
     },
     /// Call a method of an app by app id; prints the answer's data.
     Invoke(invoke::InvokeArgs),
@@ -108,44 +108,6 @@ enum ModuleOp {
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum StateOp {
-    /// Write a value; prints the new ETag.
-    Set {
-        key: String,
-        value: String,
-        /// Write only if the stored ETag equals this one.
-        #[arg(long)]
-        etag: Option<String>,
-        /// Expire the key after this many seconds.
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// Component name; default: the first state store.
-        #[arg(long, default_value = "")]
-        store: String,
-    },
-    /// Print a value to stdout (exit 3 if the key does not exist).
-    Get {
-        key: String,
-        /// Also print the ETag to stderr.
-        #[arg(long)]
-        etag: bool,
-        /// Component name; default: the first state store.
-        #[arg(long, default_value = "")]
-        store: String,
-    },
-    /// Delete a key.
-    Delete {
-        key: String,
-        /// Delete only if the stored ETag equals this one.
-        #[arg(long)]
-        etag: Option<String>,
-        /// Component name; default: the first state store.
-        #[arg(long, default_value = "")]
-        store: String,
-    },
-}
-
 /// Exit code for a key that does not exist.
 const EXIT_NOT_FOUND: u8 = 3;
 
@@ -172,50 +134,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     client.set_timeout(Duration::from_millis(cli.timeout_ms));
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::State { op } => match op {
-            StateOp::Set {
-                key,
-                value,
-                etag,
-                ttl,
-                store,
-            } => {
-                let options = SetOptions {
-                    etag,
-                    ttl: ttl.map(Duration::from_secs),
-                };
-                let etag = client.set(&store, &key, value.into_bytes(), options)?;
-                writeln!(out, "{etag}")?;
-            }
-            StateOp::Get { key, etag, store } => match client.get(&store, &key)? {
-                Some(entry) => {
-                    out.write_all(&entry.value)?;
-                    // A trailing newline keeps shells tidy; values are printed
-                    // verbatim otherwise.
-                    if !entry.value.ends_with(b"\n") {
-                        writeln!(out)?;
-                    }
-                    if etag {
-                        eprintln!("etag: {}", entry.etag);
-                    }
-                }
-                None => {
-                    eprintln!("mechactl: key {key:?} not found");
-                    return Ok(ExitCode::from(EXIT_NOT_FOUND));
-                }
-            },
-            StateOp::Delete { key, etag, store } => {
-                let existed = client.delete(&store, &key, etag)?;
-                if !existed {
-                    eprintln!("mechactl: key {key:?} did not exist");
-                }
-            }
-        },
+        Command::State { op } => return state::run(&client, op, &mut out),
         Command::Config { op } => return config::run(&client, op, &mut out),
         Command::Pubsub { op } => return pubsub::run(&client, op, &mut out),
         Command::Lock { op } => return lock::run(&client, op, &mut out),
-        Command::Seq { op } => return seq::run(&client, op, &mut out),
-        Command::Secret { op } => return secret::run(&client, op, &mut out),
+        Command::Seq { op } => return sequencer::run(&client, op, &mut out),
+        Command::Secret { op } => return secrets::run(&client, op, &mut out),
         Command::Invoke(args) => return invoke::invoke(&client, args, &mut out),
         Command::Apps => return invoke::apps(&client, &mut out),
         Command::Serve(args) => {

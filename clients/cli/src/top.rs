@@ -8,8 +8,7 @@
 //! the ABI carries module state but no traffic counters.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ pub struct TopArgs {
 }
 
 /// Largest metrics page read (the daemon's is bounded by its label caps).
-const MAX_PAGE: u64 = 64 * 1024 * 1024;
+const MAX_PAGE: usize = 64 * 1024 * 1024;
 /// Connect, read and write timeout of one scrape.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -133,35 +132,14 @@ fn parse_line(line: &str) -> Result<Sample, String> {
     })
 }
 
-/// GETs `path` from `addr` with a plain HTTP/1.1 request; the body of a 200.
+/// GETs `path` from `addr` over HTTP/1.1 (`mecha-http`); the body of a 200.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let target = addr
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {addr}"))?
-        .next()
-        .with_context(|| format!("{addr} resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&target, HTTP_TIMEOUT)
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: mechactl\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_PAGE)
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading {path} from {addr}"))?;
-    let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{addr} did not answer with HTTP"))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split(' ').nth(1) != Some("200") {
-        bail!("{addr}{path}: {status_line}");
+    let (head, body) = mecha_http::blocking::get(addr, path, "mechactl", HTTP_TIMEOUT, MAX_PAGE)
+        .with_context(|| format!("GET {path} from {addr}"))?;
+    if head.status != 200 {
+        bail!("{addr}{path}: {} {}", head.status, head.reason);
     }
-    Ok(body.to_string())
+    String::from_utf8(body).context("the answer is not UTF-8")
 }
 
 /// One look at the daemon.

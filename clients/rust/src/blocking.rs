@@ -3,12 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mecha_abi::msg::{
-    AppEntry, BulkGetItem, InvokeCall, InvokeReply, ReloadReply, SetItem, StateEntry, StatusReply,
-    TxOp,
-};
+use mecha_abi::msg::{AppEntry, InvokeCall, InvokeReply, ReloadReply, StatusReply};
 
-use crate::{Error, Handler, HandlerResult, InvokeOptions, RetryPolicy, SetOptions};
+use crate::{Error, Handler, HandlerResult, InvokeOptions, RetryPolicy};
 
 /// A blocking connection to mechad. Each call runs the async client on a
 /// private single-threaded runtime until its answer arrives.
@@ -90,19 +87,6 @@ impl Client {
         fn module_restart(module: &str, binary: Option<String>) -> u32;
         /// Admin: re-reads the configuration and applies the differences.
         fn reload() -> ReloadReply;
-        /// Reads `key` from `store` ("" = default); `None` when missing.
-        fn get(store: &str, key: &str) -> Option<StateEntry>;
-        /// Writes `key`; returns the new ETag.
-        fn set(store: &str, key: &str, value: Vec<u8>, options: SetOptions) -> String;
-        /// Deletes `key`; returns whether it existed.
-        fn delete(store: &str, key: &str, etag: Option<String>) -> bool;
-        /// Reads many keys (at most 1024 distinct); one item per distinct
-        /// key, in order.
-        fn bulk_get(store: &str, keys: Vec<String>) -> Vec<BulkGetItem>;
-        /// Writes many keys atomically; returns their new ETags.
-        fn bulk_set(store: &str, items: Vec<SetItem>) -> Vec<String>;
-        /// Applies set/delete operations atomically.
-        fn transact(store: &str, ops: Vec<TxOp>) -> Vec<Option<String>>;
         /// Calls `method` of app `app_id`; the callee's reply.
         fn invoke(app_id: &str, method: &str, data: Vec<u8>, options: InvokeOptions) -> InvokeReply;
         /// Every app id reachable from the daemon, local and remote.

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mecha_abi::msg::{
-    BulkGetItem, BulkGetRequest, BulkSetRequest, DeleteItem, DeleteRequest, ErrorBody, GetRequest,
-    Hello, HelloReply, ModuleRestartRequest, ReloadReply, SetItem, SetRequest, StateEntry,
-    StatusReply, TransactRequest, TxOp,
+    ErrorBody, Hello, HelloReply, ModuleRestartRequest, ReloadReply, StatusReply,
 };
 use mecha_abi::{
     Features, Flags, Header, Opcode, Status, TraceContext, MAX_FRAME_CAP, TRACE_LEN, VERSION,
@@ -54,15 +52,6 @@ pub(crate) struct Pending {
     pub(crate) streams: HashMap<u32, mpsc::Sender<crate::stream::Item>>,
     /// Handlers of the app ids this connection serves (INVOKE_CALL).
     pub(crate) handlers: HashMap<String, crate::invoke::Handler>,
-}
-
-/// Options of a state write.
-#[derive(Clone, Debug, Default)]
-pub struct SetOptions {
-    /// Write only if the stored ETag equals this one (first-write-wins).
-    pub etag: Option<String>,
-    /// Expire the key this long after the write.
-    pub ttl: Option<Duration>,
 }
 
 /// An async connection to mechad. Cloning shares the connection.
@@ -399,103 +388,6 @@ impl Client {
     /// Admin: re-reads the daemon's configuration and applies the differences.
     pub async fn reload(&self) -> Result<ReloadReply, Error> {
         self.call(&ReloadRequest).await
-    }
-
-    /// Reads `key` from `store` ("" = the default store); `None` when missing.
-    pub async fn get(&self, store: &str, key: &str) -> Result<Option<StateEntry>, Error> {
-        let req = GetRequest {
-            store: store.into(),
-            key: key.into(),
-        };
-        match self.call(&req).await {
-            Ok(entry) => Ok(Some(entry)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Writes `key`; returns the new ETag.
-    pub async fn set(
-        &self,
-        store: &str,
-        key: &str,
-        value: impl Into<Vec<u8>>,
-        options: SetOptions,
-    ) -> Result<String, Error> {
-        let req = SetRequest {
-            store: store.into(),
-            item: SetItem {
-                key: key.into(),
-                value: value.into(),
-                etag: options.etag,
-                ttl_ms: options
-                    .ttl
-                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            },
-        };
-        let reply = self.call(&req).await?;
-        Ok(reply.etag)
-    }
-
-    /// Deletes `key`; returns whether it existed.
-    pub async fn delete(
-        &self,
-        store: &str,
-        key: &str,
-        etag: Option<String>,
-    ) -> Result<bool, Error> {
-        let req = DeleteRequest {
-            store: store.into(),
-            item: DeleteItem {
-                key: key.into(),
-                etag,
-            },
-        };
-        let reply = self.call(&req).await?;
-        Ok(reply.existed)
-    }
-
-    /// Reads many keys (at most 1024 distinct); one item per distinct key,
-    /// in order (a repeated key is answered once).
-    pub async fn bulk_get(
-        &self,
-        store: &str,
-        keys: Vec<String>,
-    ) -> Result<Vec<BulkGetItem>, Error> {
-        let req = BulkGetRequest {
-            store: store.into(),
-            keys,
-        };
-        let reply = self.call(&req).await?;
-        Ok(reply.items)
-    }
-
-    /// Writes many keys atomically; returns their new ETags in order.
-    pub async fn bulk_set(&self, store: &str, items: Vec<SetItem>) -> Result<Vec<String>, Error> {
-        let req = BulkSetRequest {
-            store: store.into(),
-            items,
-        };
-        let reply = self.call(&req).await?;
-        Ok(reply
-            .etags
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
-    }
-
-    /// Applies set/delete operations atomically; per op, the new ETag of a set.
-    pub async fn transact(
-        &self,
-        store: &str,
-        ops: Vec<TxOp>,
-    ) -> Result<Vec<Option<String>>, Error> {
-        let req = TransactRequest {
-            store: store.into(),
-            ops,
-        };
-        let reply = self.call(&req).await?;
-        Ok(reply.etags)
     }
 }
 

@@ -49,9 +49,10 @@ mod retry;
 mod retry_loop_tests;
 mod secrets;
 mod sequencer;
+mod state;
 mod stream;
 
-pub use client::{Client, SetOptions, DEFAULT_TIMEOUT};
+pub use client::{Client, DEFAULT_TIMEOUT};
 pub use config::{BlockingConfigWatch, ConfigWatch, RESUBSCRIBE_WINDOW};
 pub use error::Error;
 pub use invoke::{
@@ -66,6 +67,7 @@ pub use pubsub::{
     BlockingPubsubSubscription, PublishOptions, PubsubSubscription, SubscribeOptions,
 };
 pub use retry::RetryPolicy;
+pub use state::SetOptions;
 pub use stream::{Subscription, STREAM_BUFFER};
 
 /// The socket path clients use when none is given: `$MECHA_SOCKET`, else

@@ -300,6 +300,7 @@ fn store_error(e: StoreError) -> Reply {
         StoreError::EtagMismatch { .. } => Status::EtagMismatch,
         StoreError::Unavailable(_) => Status::Unavailable,
         StoreError::Unsupported { .. } => Status::Unsupported,
+        StoreError::QuotaExceeded { .. } => Status::ResourceExhausted,
         StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
     };
     Reply::error(status, e.to_string())

@@ -3,7 +3,10 @@
 
 use std::ops::Bound;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
+    WriteTransaction,
+};
 
 use super::{failed, Error};
 
@@ -61,6 +64,19 @@ impl<V: Value + 'static> ExpiryIndex<V> {
     /// Only the expired front of the index is read, so a sweep costs about
     /// the number of expired rows, not the size of the table.
     pub fn sweep(&self, db: &Database, now: u64) -> Result<usize, Error> {
+        self.sweep_observed(db, now, &mut ())
+    }
+
+    /// Removes the rows expired at `now` and counts them, telling `observer`
+    /// about each removed row and letting it write in the sweep's own
+    /// transaction before the commit, so totals it keeps over the table
+    /// stay exact even if the process dies right after.
+    pub fn sweep_observed(
+        &self,
+        db: &Database,
+        now: u64,
+        observer: &mut impl SweepObserver<V>,
+    ) -> Result<usize, Error> {
         if !self.anything_expired(db, now)? {
             return Ok(0);
         }
@@ -89,9 +105,12 @@ impl<V: Value + 'static> ExpiryIndex<V> {
                     .map_err(failed("read a swept row"))?
                     .map(|guard| (self.expiry)(guard.value()));
                 if current == Some(expires_at_ms) {
-                    table
+                    let gone = table
                         .remove((tenant, key))
                         .map_err(failed("remove an expired row"))?;
+                    if let Some(gone) = gone {
+                        observer.removed(tenant, key, gone.value());
+                    }
                     removed += 1;
                 }
             }
@@ -103,9 +122,31 @@ impl<V: Value + 'static> ExpiryIndex<V> {
             txn.abort()
                 .map_err(failed("abort an empty sweep transaction"))?;
         } else {
+            observer.commit(&txn)?;
             txn.commit().map_err(failed("commit a sweep transaction"))?;
         }
         Ok(removed)
+    }
+}
+
+/// What a driver that keeps totals over a swept table (a tenant's stored
+/// keys and bytes, say) learns from a sweep.
+pub trait SweepObserver<V: Value + 'static> {
+    /// A row of `tenant` with `key` and `value` was removed.
+    fn removed(&mut self, tenant: &str, key: &str, value: V::SelfType<'_>);
+
+    /// The sweep removed at least one row and is about to commit `txn`; the
+    /// observer writes its totals there, so they commit (or not) with the
+    /// removals.
+    fn commit(&mut self, txn: &WriteTransaction) -> Result<(), Error>;
+}
+
+/// The observer of a plain sweep: nothing to keep.
+impl<V: Value + 'static> SweepObserver<V> for () {
+    fn removed(&mut self, _tenant: &str, _key: &str, _value: V::SelfType<'_>) {}
+
+    fn commit(&mut self, _txn: &WriteTransaction) -> Result<(), Error> {
+        Ok(())
     }
 }
 

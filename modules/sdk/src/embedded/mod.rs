@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Builder, Database, DatabaseError};
 
-pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey};
+pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey, SweepObserver};
 
 /// How long a request waits for the previous module instance to release the
 /// file during a hot restart. Draining takes milliseconds; this is a bound.

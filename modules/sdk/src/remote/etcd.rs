@@ -9,13 +9,15 @@
 //! gateway speaks the same API with the protobuf JSON mapping (bytes in
 //! base64, 64-bit numbers as strings), so the drivers keep etcd's semantics —
 //! transactions, leases, revisions, watches — at the cost of JSON parsing.
+//! HTTP/1.1 itself (strict, bounded heads, bodies and chunks) is `mecha-http`,
+//! shared with the daemon and `mechactl`.
 
 use std::time::Duration;
 
 use base64::Engine as _;
+use mecha_http::Conn;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::{duration, split_host_port, Origin, RemoteError};
@@ -44,8 +46,8 @@ const POOL: usize = 16;
 /// a range over many keys can be larger, but not unboundedly).
 const MAX_BODY: usize = 64 << 20;
 
-/// The longest status or header line accepted.
-const MAX_LINE: usize = 16 << 10;
+/// The largest response head (status line and header fields) accepted.
+const MAX_HEAD: usize = 16 << 10;
 
 /// One component's etcd cluster.
 pub struct Etcd {
@@ -54,7 +56,7 @@ pub struct Etcd {
     prefix: Option<String>,
     credentials: Option<(String, String)>,
     token: Mutex<Option<String>>,
-    idle: Mutex<Vec<BufReader<TcpStream>>>,
+    idle: Mutex<Vec<Conn<TcpStream>>>,
     dial_timeout: Duration,
 }
 
@@ -192,7 +194,7 @@ impl Etcd {
         body: &Value,
         token: Option<&str>,
     ) -> Result<Value, Failure> {
-        let request = encode_request(path, body, token, &self.origin.server);
+        let request = encode_request(path, body, token, &self.origin.server)?;
         let pooled = self.idle.lock().pop();
         if let Some(mut conn) = pooled {
             if let Ok((value, keep)) = exchange(&mut conn, &request).await {
@@ -212,7 +214,7 @@ impl Etcd {
         }
     }
 
-    fn recycle(&self, conn: BufReader<TcpStream>, keep: bool) {
+    fn recycle(&self, conn: Conn<TcpStream>, keep: bool) {
         let mut idle = self.idle.lock();
         if keep && idle.len() < POOL {
             idle.push(conn);
@@ -220,7 +222,7 @@ impl Etcd {
     }
 
     /// Connects to the first endpoint that answers, in configured order.
-    async fn connect(&self) -> Result<BufReader<TcpStream>, Failure> {
+    async fn connect(&self) -> Result<Conn<TcpStream>, Failure> {
         let mut last = String::new();
         for endpoint in &self.endpoints {
             match tokio::time::timeout(self.dial_timeout, TcpStream::connect(endpoint.as_str()))
@@ -230,7 +232,7 @@ impl Etcd {
                     // Requests are small and latency matters more than
                     // packet count.
                     let _ = stream.set_nodelay(true);
-                    return Ok(BufReader::new(stream));
+                    return Ok(Conn::new(stream));
                 }
                 Ok(Err(e)) => last = format!("{endpoint}: {e}"),
                 Err(_) => {
@@ -259,16 +261,13 @@ impl Etcd {
         let path = "/v3/watch";
         let token = self.token().await?;
         let body = json!({ "create_request": create });
-        let request = encode_request(path, &body, token.as_deref(), &self.origin.server);
         let opened = async {
+            let request = encode_request(path, &body, token.as_deref(), &self.origin.server)?;
             let mut conn = self.connect().await?;
-            conn.get_mut()
-                .write_all(&request)
-                .await
-                .map_err(|e| Failure::Io(e.to_string()))?;
-            let head = read_head(&mut conn).await?;
+            conn.send(&request).await.map_err(io_failure)?;
+            let head = conn.response_head(MAX_HEAD).await.map_err(http_failure)?;
             if head.status != 200 {
-                let body = read_body(&mut conn, &head).await?;
+                let body = conn.body(&head, MAX_BODY).await.map_err(http_failure)?;
                 return Err(answer_failure(head.status, &body));
             }
             if !head.chunked {
@@ -329,7 +328,7 @@ struct Stale;
 /// One open watch: a chunked HTTP response carrying one JSON message per
 /// line.
 pub struct Watch {
-    conn: BufReader<TcpStream>,
+    conn: Conn<TcpStream>,
     /// Bytes of an incomplete line.
     buffer: Vec<u8>,
 }
@@ -352,21 +351,18 @@ impl Watch {
                     .map_err(|e| Failure::Io(format!("undecodable watch message: {e}")))?;
                 return Ok(Some(value));
             }
-            let size = read_chunk_size(&mut self.conn).await?;
-            if size == 0 {
-                return Ok(None);
+            let room = MAX_BODY - self.buffer.len();
+            match self.conn.chunk(room).await {
+                Ok(Some(data)) => self.buffer.extend_from_slice(&data),
+                Ok(None) => return Ok(None),
+                Err(mecha_http::Error::TooLarge(_)) => {
+                    return Err(Failure::Io("a watch message is too large".into()))
+                }
+                Err(mecha_http::Error::Truncated | mecha_http::Error::Closed) => {
+                    return Err(Failure::Io("the server closed the stream".into()))
+                }
+                Err(e) => return Err(http_failure(e)),
             }
-            if self.buffer.len() + size > MAX_BODY {
-                return Err(Failure::Io("a watch message is too large".into()));
-            }
-            let start = self.buffer.len();
-            self.buffer.resize(start + size, 0);
-            self.conn
-                .read_exact(&mut self.buffer[start..])
-                .await
-                .map_err(io_failure)?;
-            let mut crlf = [0u8; 2];
-            self.conn.read_exact(&mut crlf).await.map_err(io_failure)?;
         }
     }
 }
@@ -375,40 +371,42 @@ fn io_failure(e: std::io::Error) -> Failure {
     Failure::Io(e.to_string())
 }
 
-fn encode_request(path: &str, body: &Value, token: Option<&str>, host: &str) -> Vec<u8> {
-    let body = body.to_string();
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
+fn http_failure(e: mecha_http::Error) -> Failure {
+    Failure::Io(e.to_string())
+}
+
+fn encode_request(
+    path: &str,
+    body: &Value,
+    token: Option<&str>,
+    host: &str,
+) -> Result<Vec<u8>, Failure> {
+    let mut headers = vec![("Content-Type", "application/json")];
     if let Some(token) = token {
-        head.push_str(&format!("Authorization: {token}\r\n"));
+        headers.push(("Authorization", token));
     }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body.as_bytes());
-    request
+    mecha_http::request("POST", path, host, &headers, body.to_string().as_bytes())
+        .map_err(http_failure)
 }
 
 /// Sends `request` and reads the whole answer. `Err(Stale)` when the
 /// connection was closed before any byte of an answer arrived; otherwise the
 /// answer (or failure) and whether the connection can be reused.
 async fn exchange(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut Conn<TcpStream>,
     request: &[u8],
 ) -> Result<(Result<Value, Failure>, bool), Stale> {
-    if conn.get_mut().write_all(request).await.is_err() {
+    if conn.send(request).await.is_err() {
         return Err(Stale);
     }
-    let head = match read_head(conn).await {
+    let head = match conn.response_head(MAX_HEAD).await {
         Ok(head) => head,
-        Err(Failure::Io(m)) if m == EMPTY => return Err(Stale),
-        Err(failure) => return Ok((Err(failure), false)),
+        Err(mecha_http::Error::Closed) => return Err(Stale),
+        Err(e) => return Ok((Err(http_failure(e)), false)),
     };
-    let body = match read_body(conn, &head).await {
+    let body = match conn.body(&head, MAX_BODY).await {
         Ok(body) => body,
-        Err(failure) => return Ok((Err(failure), false)),
+        Err(e) => return Ok((Err(http_failure(e)), false)),
     };
     let keep = !head.close;
     if head.status != 200 {
@@ -417,108 +415,6 @@ async fn exchange(
     let value =
         serde_json::from_slice(&body).map_err(|e| Failure::Io(format!("undecodable answer: {e}")));
     Ok((value, keep))
-}
-
-/// The error message of a connection closed before its answer began.
-const EMPTY: &str = "the connection closed before an answer";
-
-/// The parts of a response head the client needs.
-struct Head {
-    status: u16,
-    length: Option<usize>,
-    chunked: bool,
-    close: bool,
-}
-
-async fn read_line(conn: &mut BufReader<TcpStream>) -> Result<String, Failure> {
-    let mut line = Vec::new();
-    let n = (&mut *conn)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(io_failure)?;
-    if n == 0 {
-        return Err(Failure::Io(EMPTY.into()));
-    }
-    if !line.ends_with(b"\n") {
-        return Err(Failure::Io("a response line is too long".into()));
-    }
-    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
-}
-
-async fn read_head(conn: &mut BufReader<TcpStream>) -> Result<Head, Failure> {
-    let status_line = read_line(conn).await?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Failure::Io(format!("not an HTTP answer: {status_line:?}")))?;
-    let mut head = Head {
-        status,
-        length: None,
-        chunked: false,
-        close: false,
-    };
-    loop {
-        let line = read_line(conn).await.map_err(|f| match f {
-            Failure::Io(m) if m == EMPTY => Failure::Io("the answer was cut short".into()),
-            other => other,
-        })?;
-        if line.is_empty() {
-            return Ok(head);
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            head.length = value.parse().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            head.close = value.eq_ignore_ascii_case("close");
-        }
-    }
-}
-
-async fn read_chunk_size(conn: &mut BufReader<TcpStream>) -> Result<usize, Failure> {
-    let line = read_line(conn).await.map_err(|f| match f {
-        Failure::Io(m) if m == EMPTY => Failure::Io("the server closed the stream".into()),
-        other => other,
-    })?;
-    let hex = line.split(';').next().unwrap_or("").trim();
-    usize::from_str_radix(hex, 16).map_err(|_| Failure::Io(format!("bad chunk size {hex:?}")))
-}
-
-async fn read_body(conn: &mut BufReader<TcpStream>, head: &Head) -> Result<Vec<u8>, Failure> {
-    if head.chunked {
-        let mut body = Vec::new();
-        loop {
-            let size = read_chunk_size(conn).await?;
-            if size == 0 {
-                // The trailer section ends with an empty line.
-                while !read_line(conn).await?.is_empty() {}
-                return Ok(body);
-            }
-            if body.len() + size > MAX_BODY {
-                return Err(Failure::Io("an answer is too large".into()));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            conn.read_exact(&mut body[start..])
-                .await
-                .map_err(io_failure)?;
-            let mut crlf = [0u8; 2];
-            conn.read_exact(&mut crlf).await.map_err(io_failure)?;
-        }
-    }
-    let length = head.length.unwrap_or(0);
-    if length > MAX_BODY {
-        return Err(Failure::Io("an answer is too large".into()));
-    }
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body).await.map_err(io_failure)?;
-    Ok(body)
 }
 
 /// The failure an error answer describes: the gateway answers

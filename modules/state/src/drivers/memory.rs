@@ -3,9 +3,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use mecha_abi::msg::{StateEntry, TxOp};
+use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
+use mecha_module::metadata::Metadata;
 use parking_lot::Mutex;
 
+use super::quota::{self, Quota, Usage};
 use super::{check_etag, expiry, is_live, next_revision, now_ms};
 use super::{BoxFuture, OpOutcome, StateStore, StoreError};
 
@@ -36,6 +38,10 @@ struct Inner {
     /// others make (issue #16); a counter is kept after its tenant's last
     /// key is deleted, so that a key written again never gets an old ETag.
     revisions: HashMap<String, u64>,
+    /// What each tenant keeps, for its quota; kept in step by [`Inner::put`]
+    /// and [`Inner::remove`], the only two places that change `entries`. A
+    /// tenant with nothing stored has no row.
+    usage: HashMap<String, Usage>,
 }
 
 impl Inner {
@@ -51,8 +57,13 @@ impl Inner {
             .map(|entry| entry.revision)
     }
 
+    /// What `tenant` keeps now.
+    fn usage(&self, tenant: &str) -> Usage {
+        self.usage.get(tenant).copied().unwrap_or_default()
+    }
+
     /// Stores `entry` under `key`, or removes the key for `None`, keeping the
-    /// expiry index in step.
+    /// expiry index and the tenant's usage in step.
     fn put(&mut self, tenant: &str, key: String, entry: Option<Entry>) {
         // The old index row goes first, so that a new expiry equal to the old
         // one is not removed again right after being added.
@@ -64,6 +75,12 @@ impl Inner {
                 if let Some(at) = entry.expires_at_ms {
                     self.expiries.insert((at, tenant.to_owned(), key.clone()));
                 }
+                let mut usage = self.usage(tenant);
+                if let Some(old) = self.entry(tenant, &key) {
+                    usage.remove(&key, old.value.len());
+                }
+                usage.add(&key, entry.value.len());
+                self.set_usage(tenant, usage);
                 self.entries
                     .entry(tenant.to_owned())
                     .or_default()
@@ -78,26 +95,59 @@ impl Inner {
     /// nothing behind.
     fn remove(&mut self, tenant: &str, key: &str) {
         if let Some(keys) = self.entries.get_mut(tenant) {
-            keys.remove(key);
+            let old = keys.remove(key);
             if keys.is_empty() {
                 self.entries.remove(tenant);
             }
+            if let Some(old) = old {
+                let mut usage = self.usage(tenant);
+                usage.remove(key, old.value.len());
+                self.set_usage(tenant, usage);
+            }
+        }
+    }
+
+    /// Records what `tenant` keeps, dropping its row when that is nothing.
+    fn set_usage(&mut self, tenant: &str, usage: Usage) {
+        if usage.is_empty() {
+            self.usage.remove(tenant);
+        } else if let Some(row) = self.usage.get_mut(tenant) {
+            *row = usage;
+        } else {
+            self.usage.insert(tenant.to_owned(), usage);
         }
     }
 }
 
 /// An in-memory state store. Nothing survives the process, which is what the
 /// zero-setup default and tests want.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
-    /// The entries, their expiry index and the revision counters.
+    /// The entries, their expiry index, the revision counters and usage.
     inner: Mutex<Inner>,
+    /// What each tenant may keep.
+    quota: Quota,
 }
 
 impl MemoryStore {
-    /// Creates an empty store.
+    /// Creates an empty store with the default quota.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_quota(Quota::defaults("memory"))
+    }
+
+    /// Creates an empty store with the quota `spec`'s metadata sets; the
+    /// quota's fields are the only metadata this driver has.
+    pub fn open(spec: &ComponentSpec) -> Result<Self, StoreError> {
+        let metadata = Metadata::parse(spec, &quota::FIELDS)?;
+        Ok(Self::with_quota(Quota::from_metadata(&metadata)?))
+    }
+
+    /// Creates an empty store with `quota`.
+    fn with_quota(quota: Quota) -> Self {
+        Self {
+            inner: Mutex::default(),
+            quota,
+        }
     }
 
     /// Reads `keys` as of `now`.
@@ -173,9 +223,21 @@ impl MemoryStore {
                 }
             }
         }
+        let before = inner.usage(tenant);
+        let mut after = before;
+        for (key, entry) in &staged {
+            if let Some(old) = inner.entry(tenant, key) {
+                after.remove(key, old.value.len());
+            }
+            if let Some(new) = entry {
+                after.add(key, new.value.len());
+            }
+        }
+        self.quota.check(before, after)?;
         for (key, entry) in staged {
             inner.put(tenant, key, entry);
         }
+        debug_assert_eq!(inner.usage(tenant), after);
         if revision != old_revision {
             match inner.revisions.get_mut(tenant) {
                 Some(counter) => *counter = revision,
@@ -214,6 +276,12 @@ impl MemoryStore {
             }
         }
         removed
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -10,6 +10,7 @@ use mecha_module::remote::RemoteError;
 
 pub mod memory;
 pub mod postgresql;
+pub mod quota;
 pub mod redb;
 pub mod redis;
 
@@ -58,6 +59,23 @@ pub enum StoreError {
         kind: String,
         /// The missing feature, e.g. "transactions".
         feature: String,
+    },
+    /// The write would take the tenant past a limit of the store's quota
+    /// (see [`quota`]). Nothing was changed.
+    #[error(
+        "component {component:?}: this write would raise the tenant's stored total to {would}, \
+         over {field} ({limit}); delete keys to make room"
+    )]
+    QuotaExceeded {
+        /// The component name.
+        component: String,
+        /// The metadata field of the limit, `maxKeysPerTenant` or
+        /// `maxBytesPerTenant`.
+        field: &'static str,
+        /// The total the write would have made.
+        would: u64,
+        /// The limit.
+        limit: u64,
     },
     /// The backing store cannot be reached right now.
     #[error("store unavailable: {0}")]
@@ -160,7 +178,7 @@ pub trait StateStore: Send + Sync + 'static {
 /// lazily, so this needs a Tokio runtime but no reachable server.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn StateStore>, StoreError> {
     match spec.kind.as_str() {
-        "state.memory" => Ok(Box::new(memory::MemoryStore::new())),
+        "state.memory" => Ok(Box::new(memory::MemoryStore::open(spec)?)),
         "state.redb" => Ok(Box::new(redb::RedbStore::open(spec, data_dir)?)),
         "state.redis" => Ok(Box::new(redis::RedisStore::open(spec)?)),
         "state.postgresql" => Ok(Box::new(postgresql::PostgresStore::open(spec)?)),

@@ -1,14 +1,19 @@
 //! The `state.redb` driver: an embedded, crash-safe key/value file, the durable
 //! default that needs no external service.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
+use std::sync::Arc;
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
-use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb};
+use mecha_module::embedded::{
+    self, blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb, SweepObserver,
+};
 use mecha_module::metadata::Metadata;
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use super::quota::{self, Quota, Usage};
 use super::{check_etag, expiry, is_live, next_revision, now_ms};
 use super::{BoxFuture, OpOutcome, StateStore, StoreError};
 
@@ -44,6 +49,17 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (issue #16).
 const REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("revisions");
 
+/// What each tenant keeps, (keys, bytes), for its quota (see
+/// [`super::quota`]). Every write transaction that adds, replaces or removes
+/// an entry updates its tenant's row, and so does a sweep, so the totals are
+/// exact across crashes; a tenant with nothing stored has no row.
+const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
+
+/// The `meta` row saying [`USAGE`] covers every `kv` entry. A file written
+/// before the quota existed lacks it, and gets its totals counted once when
+/// opened.
+const USAGE_COUNTED: &str = "usage_counted";
+
 /// The `meta` row of the store-wide revision counter that files written
 /// before [`REVISIONS`] used. It is no longer advanced; a tenant's counter
 /// starts from it, so that no tenant is handed an ETag that an entry of the
@@ -55,8 +71,8 @@ const REVISION: &str = "revision";
 /// when opened.
 const EXPIRY_INDEXED: &str = "expiry_indexed";
 
-/// The metadata fields this driver understands.
-const KNOWN_FIELDS: [&str; 1] = ["path"];
+/// The metadata fields this driver understands besides the quota's.
+const OWN_FIELDS: [&str; 1] = ["path"];
 
 /// A state store kept in one redb file.
 #[derive(Debug)]
@@ -64,6 +80,8 @@ pub struct RedbStore {
     /// The store file, opened at start or, during a hot restart, once the
     /// previous instance of this module released it.
     db: SharedDb<StoreError>,
+    /// What each tenant may keep; shared with the blocking write tasks.
+    quota: Arc<Quota>,
 }
 
 impl RedbStore {
@@ -73,11 +91,12 @@ impl RedbStore {
     /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
     /// blocks on file I/O; it runs once, when the module starts.
     pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, StoreError> {
-        let metadata = Metadata::parse(spec, &KNOWN_FIELDS)?;
+        let metadata = Metadata::parse(spec, &[&OWN_FIELDS[..], &quota::FIELDS].concat())?;
         let path = redb_file(&spec.name, metadata.str("path")?, data_dir)
             .map_err(|reason| metadata.error(reason))?;
         Ok(Self {
             db: SharedDb::open(path, prepare)?,
+            quota: Arc::new(Quota::from_metadata(&metadata)?),
         })
     }
 }
@@ -101,6 +120,9 @@ fn prepare(db: &Database) -> Result<(), StoreError> {
             .map_err(redb_error("create the expiry table"))?;
         txn.open_table(REVISIONS)
             .map_err(redb_error("create the revisions table"))?;
+        let mut usage = txn
+            .open_table(USAGE)
+            .map_err(redb_error("create the usage table"))?;
         let mut meta = txn
             .open_table(META)
             .map_err(redb_error("create the meta table"))?;
@@ -122,9 +144,69 @@ fn prepare(db: &Database) -> Result<(), StoreError> {
             meta.insert(EXPIRY_INDEXED, 1)
                 .map_err(redb_error("write the expiry index marker"))?;
         }
+        let counted = meta
+            .get(USAGE_COUNTED)
+            .map_err(redb_error("read the usage marker"))?
+            .is_some();
+        if !counted {
+            count_usage(&kv, &mut usage)?;
+            meta.insert(USAGE_COUNTED, 1)
+                .map_err(redb_error("write the usage marker"))?;
+        }
     }
     txn.commit()
         .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// Counts what each tenant keeps in `kv` into `usage`: once, for a file
+/// from before quotas, which costs one scan of the table.
+fn count_usage(
+    kv: &Table<'_, KvKey, KvValue>,
+    usage: &mut Table<'_, &str, (u64, u64)>,
+) -> Result<(), StoreError> {
+    let mut totals: HashMap<String, Usage> = HashMap::new();
+    for row in kv.iter().map_err(redb_error("scan the kv table"))? {
+        let (key, value) = row.map_err(redb_error("read a key while counting usage"))?;
+        let (tenant, key) = key.value();
+        let (value, _, _) = value.value();
+        totals
+            .entry(tenant.to_owned())
+            .or_default()
+            .add(key, value.len());
+    }
+    for (tenant, total) in totals {
+        save_usage(usage, &tenant, total)?;
+    }
+    Ok(())
+}
+
+/// What `tenant` keeps, as `usage` says.
+fn load_usage(usage: &Table<'_, &str, (u64, u64)>, tenant: &str) -> Result<Usage, StoreError> {
+    let row = usage
+        .get(tenant)
+        .map_err(redb_error("read the tenant's usage"))?;
+    Ok(row.map_or_else(Usage::default, |guard| {
+        let (keys, bytes) = guard.value();
+        Usage { keys, bytes }
+    }))
+}
+
+/// Records what `tenant` keeps, removing its row when that is nothing.
+fn save_usage(
+    usage: &mut Table<'_, &str, (u64, u64)>,
+    tenant: &str,
+    total: Usage,
+) -> Result<(), StoreError> {
+    if total.is_empty() {
+        usage
+            .remove(tenant)
+            .map_err(redb_error("remove the tenant's usage"))?;
+    } else {
+        usage
+            .insert(tenant, (total.keys, total.bytes))
+            .map_err(redb_error("write the tenant's usage"))?;
+    }
+    Ok(())
 }
 
 /// Maps a redb error to `Internal`, saying which operation failed.
@@ -173,27 +255,42 @@ fn read(
         .collect()
 }
 
-/// The stored revision and encoded expiry of `key`, live or not, as seen by
-/// the write transaction `kv` belongs to (so including its earlier writes).
+/// What a write transaction needs to know of a stored entry.
+#[derive(Clone, Copy)]
+struct Stored {
+    /// The revision of its last set.
+    revision: u64,
+    /// Its encoded expiry.
+    expires: u64,
+    /// The length of its value, for the tenant's usage.
+    value_len: usize,
+}
+
+/// The stored entry of `key`, live or not, as seen by the write transaction
+/// `kv` belongs to (so including its earlier writes).
 fn stored(
     kv: &Table<'_, KvKey, KvValue>,
     tenant: &str,
     key: &str,
-) -> Result<Option<(u64, u64)>, StoreError> {
+) -> Result<Option<Stored>, StoreError> {
     let found = kv
         .get((tenant, key))
         .map_err(redb_error("read a key in a write transaction"))?;
     Ok(found.map(|guard| {
-        let (_, revision, expires) = guard.value();
-        (revision, expires)
+        let (value, revision, expires) = guard.value();
+        Stored {
+            revision,
+            expires,
+            value_len: value.len(),
+        }
     }))
 }
 
 /// The revision of a stored entry if it is live at `now`.
-fn live_revision(stored: Option<(u64, u64)>, now: u64) -> Option<u64> {
+fn live_revision(stored: Option<Stored>, now: u64) -> Option<u64> {
     stored
-        .filter(|&(_, expires)| is_live(decode_expiry(expires), now))
-        .map(|(revision, _)| revision)
+        .filter(|old| is_live(decode_expiry(old.expires), now))
+        .map(|old| old.revision)
 }
 
 /// Removes the expiry index row of an entry whose stored expiry is `expires`.
@@ -211,9 +308,11 @@ fn unindex(
     Ok(())
 }
 
-/// Applies `ops` as of `now` in one durable write transaction.
+/// Applies `ops` as of `now` in one durable write transaction, unless they
+/// would take the tenant past its `quota`.
 fn write(
     db: &Database,
+    quota: &Quota,
     tenant: &str,
     ops: &[TxOp],
     now: u64,
@@ -236,6 +335,11 @@ fn write(
         let mut revisions = txn
             .open_table(REVISIONS)
             .map_err(redb_error("open the revisions table"))?;
+        let mut usage = txn
+            .open_table(USAGE)
+            .map_err(redb_error("open the usage table"))?;
+        let before = load_usage(&usage, tenant)?;
+        let mut after = before;
         let floor = meta
             .get(REVISION)
             .map_err(redb_error("read the old revision counter"))?
@@ -255,9 +359,11 @@ fn write(
                     revision = next_revision(revision)?;
                     // The old row goes before the new one is added, so an
                     // unchanged expiry keeps its row.
-                    if let Some((_, old_expires)) = old {
-                        unindex(&mut index, tenant, key, old_expires)?;
+                    if let Some(old) = old {
+                        unindex(&mut index, tenant, key, old.expires)?;
+                        after.remove(key, old.value_len);
                     }
+                    after.add(key, item.value.len());
                     let expires = encode_expiry(expiry(item.ttl_ms, now));
                     if expires != 0 {
                         index
@@ -277,10 +383,11 @@ fn write(
                     check_etag(key, item.etag.as_deref(), live)?;
                     // An expired leftover is removed as well: it is invisible
                     // anyway and would otherwise wait for the next sweep.
-                    if let Some((_, old_expires)) = old {
-                        unindex(&mut index, tenant, key, old_expires)?;
+                    if let Some(old) = old {
+                        unindex(&mut index, tenant, key, old.expires)?;
                         kv.remove((tenant, key))
                             .map_err(redb_error("delete a key"))?;
+                        after.remove(key, old.value_len);
                     }
                     outcomes.push(OpOutcome::Deleted {
                         existed: live.is_some(),
@@ -293,6 +400,13 @@ fn write(
                 .insert(tenant, revision)
                 .map_err(redb_error("write the tenant's revision counter"))?;
         }
+        // Checked once every op has been applied inside the transaction, so
+        // a transaction that deletes as much as it adds passes; a refusal
+        // drops the transaction uncommitted, as any other failure does.
+        quota.check(before, after)?;
+        if after != before {
+            save_usage(&mut usage, tenant, after)?;
+        }
         outcomes
     };
     // The default durability is `Immediate`: once `commit` returns the data is
@@ -300,6 +414,38 @@ fn write(
     txn.commit()
         .map_err(redb_error("commit a write transaction"))?;
     Ok(outcomes)
+}
+
+/// What a sweep removed, per tenant, to be taken off the tenants' usage in
+/// the sweep's own transaction.
+#[derive(Default)]
+struct Swept {
+    /// Per tenant, the keys and bytes removed.
+    removed: HashMap<String, Usage>,
+}
+
+impl SweepObserver<KvValue> for Swept {
+    fn removed(&mut self, tenant: &str, key: &str, (value, _, _): (&[u8], u64, u64)) {
+        self.removed
+            .entry(tenant.to_owned())
+            .or_default()
+            .add(key, value.len());
+    }
+
+    fn commit(&mut self, txn: &WriteTransaction) -> Result<(), embedded::Error> {
+        let failed = |e: StoreError| embedded::Error::Failed(e.to_string());
+        let mut usage = txn
+            .open_table(USAGE)
+            .map_err(redb_error("open the usage table for a sweep"))
+            .map_err(failed)?;
+        for (tenant, removed) in self.removed.drain() {
+            let mut total = load_usage(&usage, &tenant).map_err(failed)?;
+            total.keys = total.keys.saturating_sub(removed.keys);
+            total.bytes = total.bytes.saturating_sub(removed.bytes);
+            save_usage(&mut usage, &tenant, total).map_err(failed)?;
+        }
+        Ok(())
+    }
 }
 
 // The blocking tasks must own what they use (`'static`): the keys and ops are
@@ -332,7 +478,8 @@ impl StateStore for RedbStore {
             if ops.is_empty() {
                 return Ok(Vec::new());
             }
-            blocking(move || write(&db, &tenant, &ops, now_ms())).await
+            let quota = Arc::clone(&self.quota);
+            blocking(move || write(&db, &quota, &tenant, &ops, now_ms())).await
         })
     }
 
@@ -342,7 +489,11 @@ impl StateStore for RedbStore {
             let Some(db) = self.db.opened().cloned() else {
                 return Ok(0);
             };
-            blocking(move || Ok(EXPIRING.sweep(&db, now_ms())?)).await
+            blocking(move || {
+                let mut swept = Swept::default();
+                Ok(EXPIRING.sweep_observed(&db, now_ms(), &mut swept)?)
+            })
+            .await
         })
     }
 }
@@ -418,7 +569,7 @@ mod tests {
         };
         let etag_of = |store: &RedbStore, tenant: &str| {
             let db = store.db.opened().expect("opened eagerly");
-            match write(db, tenant, &[set("k", None)], 0) {
+            match write(db, &Quota::defaults("t"), tenant, &[set("k", None)], 0) {
                 Ok(outcomes) => match outcomes.as_slice() {
                     [OpOutcome::Set { etag }] => etag.clone(),
                     other => panic!("unexpected outcomes {other:?}"),
@@ -436,6 +587,41 @@ mod tests {
         let store = RedbStore::open(&spec, dir.path()).expect("reopen");
         assert_eq!(etag_of(&store, "a"), "10", "the counter is durable");
         assert_eq!(etag_of(&store, "b"), "108");
+    }
+
+    /// A file written before quotas gets each tenant's totals counted when
+    /// opened, so what it already holds counts against the quota.
+    #[test]
+    fn opening_a_file_from_before_quotas_counts_what_it_holds() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).expect("create the file");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut kv = txn.open_table(KV).expect("kv table");
+                kv.insert(("a", "k1"), (b"12345".as_slice(), 1, 0))
+                    .expect("insert");
+                kv.insert(("a", "k2"), (b"".as_slice(), 2, 0))
+                    .expect("insert");
+                kv.insert(("b", "k"), (b"v".as_slice(), 3, 0))
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let spec = ComponentSpec {
+            name: "old".to_owned(),
+            kind: "state.redb".to_owned(),
+            metadata: Vec::new(),
+        };
+        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        let db = store.db.opened().expect("opened eagerly");
+        let txn = db.begin_read().expect("begin a read");
+        let usage = txn.open_table(USAGE).expect("usage table");
+        let row = |tenant: &str| usage.get(tenant).expect("read").map(|g| g.value());
+        assert_eq!(row("a"), Some((2, 2 + 5 + 2)));
+        assert_eq!(row("b"), Some((1, 2)));
+        assert_eq!(row("c"), None);
     }
 
     /// A file written before the expiry index existed gets its index built
@@ -551,7 +737,7 @@ mod tests {
         let store = RedbStore::open(&spec, dir.path()).expect("open");
         let db = store.db.opened().expect("opened eagerly");
         let ok = |ops: Vec<TxOp>, now: u64| {
-            write(db, "t", &ops, now).expect("transaction");
+            write(db, &Quota::defaults("t"), "t", &ops, now).expect("transaction");
             assert_index_consistent(db);
         };
         ok(vec![set("same", Some(10)), set("same", Some(10))], 100);
