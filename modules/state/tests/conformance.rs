@@ -1,7 +1,9 @@
 //! Conformance tests: one set of behaviour tests, run against every state
-//! driver, in the manner of Dapr's components-contrib conformance suite.
+//! driver, in the manner of Dapr's components-contrib conformance suite,
+//! including the per-tenant quotas of the embedded drivers.
 
 use std::path::Path;
+use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, DeleteItem, SetItem, StateEntry, TxOp};
 use mecha_mod_state::drivers::{self, OpOutcome, StateStore, StoreError};
@@ -20,20 +22,17 @@ mecha_module::suite_harness! {
 }
 
 impl Harness {
-    /// Opens a store of `kind` through the factory, so the factory is tested too.
-    fn new(kind: &str) -> Self {
+    /// Opens a store of `kind` with `metadata` through the factory, so the
+    /// factory is tested too.
+    fn new(kind: &str, metadata: &[(&str, &str)]) -> Self {
         Self(testing::Harness::open(
-            testing::spec("statestore", kind, &[]),
+            testing::spec("statestore", kind, metadata),
             drivers::open,
         ))
     }
 
-    fn memory() -> Self {
-        Self::new("state.memory")
-    }
-
     fn redb() -> Self {
-        Self::new("state.redb")
+        Self::new("state.redb", &[])
     }
 
     fn transact(&self, tenant: &str, ops: Vec<TxOp>) -> Result<Vec<OpOutcome>, StoreError> {
@@ -495,10 +494,100 @@ fn bulk_get_keeps_order_and_reports_missing(h: Harness) {
     assert_eq!(h.get_many("t", &[]), Vec::<Option<StateEntry>>::new());
 }
 
+// ---- Per-tenant quotas; the suite runs these cases with `QUOTA`. ----
+
+/// 3 keys and 100 bytes (of keys and values) per tenant.
+const QUOTA: &[(&str, &str)] = &[("maxKeysPerTenant", "3"), ("maxBytesPerTenant", "100")];
+
+/// A set of `key` to a value of `len` bytes, with `ttl_ms`.
+fn sized(key: &str, len: usize, ttl_ms: Option<u64>) -> TxOp {
+    set_op(key, &vec![b'x'; len], None, ttl_ms)
+}
+
+/// Asserts that `result` is the refusal of a write past the quota `field`
+/// of the harness's component.
+fn refused_on(h: &Harness, result: Result<Vec<OpOutcome>, StoreError>, field: &str) {
+    match result {
+        Err(StoreError::QuotaExceeded {
+            component,
+            field: f,
+            ..
+        }) => {
+            assert_eq!(component, h.spec().name);
+            assert_eq!(f, field);
+        }
+        other => panic!("expected a refusal on {field}, got {other:?}"),
+    }
+}
+
+fn the_key_limit_refuses_a_new_key_but_not_an_overwrite(h: Harness) {
+    for key in ["a", "b", "c"] {
+        h.transact("t", vec![sized(key, 1, None)])
+            .expect("within the quota");
+    }
+    refused_on(
+        &h,
+        h.transact("t", vec![sized("d", 1, None)]),
+        "maxKeysPerTenant",
+    );
+    assert_eq!(h.get("t", "d"), None, "a refused set stores nothing");
+    h.transact("t", vec![sized("a", 2, None)])
+        .expect("an overwrite adds no key");
+    h.transact("other", vec![sized("d", 1, None)])
+        .expect("another tenant has room");
+    h.transact("t", vec![delete_op("a", None), sized("d", 1, None)])
+        .expect("a transaction that frees a key first may add one");
+}
+
+fn the_byte_limit_counts_keys_and_values_and_a_refused_transaction_changes_nothing(h: Harness) {
+    // "a" + 89 bytes = 90 of 100.
+    h.transact("t", vec![sized("a", 89, None)])
+        .expect("within the quota");
+    refused_on(
+        &h,
+        h.transact("t", vec![sized("b", 10, None)]),
+        "maxBytesPerTenant",
+    );
+    // The first op fits alone; the second takes the total over, so neither
+    // is applied.
+    refused_on(
+        &h,
+        h.transact("t", vec![sized("c", 1, None), sized("a", 99, None)]),
+        "maxBytesPerTenant",
+    );
+    assert_eq!(h.get("t", "c"), None, "the transaction was all or nothing");
+    // Shrinking "a" makes room.
+    h.transact("t", vec![sized("a", 9, None)])
+        .expect("a smaller overwrite");
+    h.transact("t", vec![sized("b", 79, None)])
+        .expect("room made by shrinking");
+}
+
+fn expired_keys_count_until_swept_and_then_give_their_room_back(h: Harness) {
+    h.transact(
+        "t",
+        vec![
+            sized("a", 1, Some(1)),
+            sized("b", 1, None),
+            sized("c", 1, None),
+        ],
+    )
+    .expect("within the quota");
+    std::thread::sleep(Duration::from_millis(5));
+    refused_on(
+        &h,
+        h.transact("t", vec![sized("d", 1, None)]),
+        "maxKeysPerTenant",
+    );
+    assert_eq!(h.sweep(), 1);
+    h.transact("t", vec![sized("d", 1, None)])
+        .expect("room made by the sweep");
+}
+
 mecha_module::conformance! {
-    drivers: {
-        memory => Harness::memory(),
-        redb => Harness::redb(),
+    drivers(metadata): {
+        memory => Harness::new("state.memory", metadata),
+        redb => Harness::new("state.redb", metadata),
     }
     cases: [
     set_then_get_round_trips,
@@ -520,10 +609,53 @@ mecha_module::conformance! {
     transaction_sees_its_own_earlier_ops,
     transaction_reports_outcomes_in_order,
     bulk_get_keeps_order_and_reports_missing,
+    the_key_limit_refuses_a_new_key_but_not_an_overwrite with QUOTA,
+    the_byte_limit_counts_keys_and_values_and_a_refused_transaction_changes_nothing with QUOTA,
+    expired_keys_count_until_swept_and_then_give_their_room_back with QUOTA,
     ]
 }
 
 // ---- Driver-specific behaviour. ----
+
+#[test]
+fn redb_quota_totals_survive_a_reopen() {
+    let mut h = Harness::new("state.redb", QUOTA);
+    h.transact(
+        "t",
+        vec![
+            sized("a", 1, None),
+            sized("b", 1, None),
+            sized("c", 1, None),
+        ],
+    )
+    .expect("within the quota");
+    h.reopen();
+    refused_on(
+        &h,
+        h.transact("t", vec![sized("d", 1, None)]),
+        "maxKeysPerTenant",
+    );
+    assert_eq!(h.delete("t", "c", None), Ok(true));
+    h.reopen();
+    h.transact("t", vec![sized("d", 1, None)])
+        .expect("room made before the reopen");
+}
+
+#[test]
+fn a_quota_field_out_of_range_is_refused() {
+    for kind in ["state.memory", "state.redb"] {
+        let spec = testing::spec("bad", kind, &[("maxKeysPerTenant", "0")]);
+        let dir = temp_dir();
+        match testing::open_in_runtime(|| drivers::open(&spec, dir.path())) {
+            Err(StoreError::Config { component, reason }) => {
+                assert_eq!(component, "bad");
+                assert!(reason.contains("maxKeysPerTenant"), "{reason}");
+            }
+            Err(other) => panic!("{kind}: expected a configuration error, got {other}"),
+            Ok(_) => panic!("{kind}: a zero quota was accepted"),
+        }
+    }
+}
 
 #[test]
 fn redb_data_and_revisions_survive_reopen() {
