@@ -504,10 +504,10 @@ fn sized(key: &str, len: usize, ttl_ms: Option<u64>) -> TxOp {
     set_op(key, &vec![b'x'; len], None, ttl_ms)
 }
 
-/// Asserts that `result` is the refusal of a write past the quota `field`
+/// Asserts that `ops` in `tenant` are refused for passing the quota `field`
 /// of the harness's component.
-fn refused_on(h: &Harness, result: Result<Vec<OpOutcome>, StoreError>, field: &str) {
-    match result {
+fn quota_refused(h: &Harness, tenant: &str, ops: Vec<TxOp>, field: &str) {
+    match h.transact(tenant, ops) {
         Err(StoreError::QuotaExceeded {
             component,
             field: f,
@@ -525,11 +525,7 @@ fn the_key_limit_refuses_a_new_key_but_not_an_overwrite(h: Harness) {
         h.transact("t", vec![sized(key, 1, None)])
             .expect("within the quota");
     }
-    refused_on(
-        &h,
-        h.transact("t", vec![sized("d", 1, None)]),
-        "maxKeysPerTenant",
-    );
+    quota_refused(&h, "t", vec![sized("d", 1, None)], "maxKeysPerTenant");
     assert_eq!(h.get("t", "d"), None, "a refused set stores nothing");
     h.transact("t", vec![sized("a", 2, None)])
         .expect("an overwrite adds no key");
@@ -543,16 +539,13 @@ fn the_byte_limit_counts_keys_and_values_and_a_refused_transaction_changes_nothi
     // "a" + 89 bytes = 90 of 100.
     h.transact("t", vec![sized("a", 89, None)])
         .expect("within the quota");
-    refused_on(
-        &h,
-        h.transact("t", vec![sized("b", 10, None)]),
-        "maxBytesPerTenant",
-    );
+    quota_refused(&h, "t", vec![sized("b", 10, None)], "maxBytesPerTenant");
     // The first op fits alone; the second takes the total over, so neither
     // is applied.
-    refused_on(
+    quota_refused(
         &h,
-        h.transact("t", vec![sized("c", 1, None), sized("a", 99, None)]),
+        "t",
+        vec![sized("c", 1, None), sized("a", 99, None)],
         "maxBytesPerTenant",
     );
     assert_eq!(h.get("t", "c"), None, "the transaction was all or nothing");
@@ -574,11 +567,7 @@ fn expired_keys_count_until_swept_and_then_give_their_room_back(h: Harness) {
     )
     .expect("within the quota");
     std::thread::sleep(Duration::from_millis(5));
-    refused_on(
-        &h,
-        h.transact("t", vec![sized("d", 1, None)]),
-        "maxKeysPerTenant",
-    );
+    quota_refused(&h, "t", vec![sized("d", 1, None)], "maxKeysPerTenant");
     assert_eq!(h.sweep(), 1);
     h.transact("t", vec![sized("d", 1, None)])
         .expect("room made by the sweep");
@@ -630,11 +619,7 @@ fn redb_quota_totals_survive_a_reopen() {
     )
     .expect("within the quota");
     h.reopen();
-    refused_on(
-        &h,
-        h.transact("t", vec![sized("d", 1, None)]),
-        "maxKeysPerTenant",
-    );
+    quota_refused(&h, "t", vec![sized("d", 1, None)], "maxKeysPerTenant");
     assert_eq!(h.delete("t", "c", None), Ok(true));
     h.reopen();
     h.transact("t", vec![sized("d", 1, None)])
