@@ -17,6 +17,7 @@
 
 mod boot;
 mod components;
+mod driver_error;
 #[cfg(feature = "redb")]
 pub mod embedded;
 mod landlock;
@@ -39,6 +40,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 
 pub use components::Components;
 pub use link::{run, MAX_CONCURRENT};
+pub use mecha_metadata::{DriverError, Worded, Wording};
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 /// Component metadata, read the way Dapr does (its own crate, shared with
