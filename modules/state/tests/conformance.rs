@@ -1,6 +1,7 @@
 //! Conformance tests: one set of behaviour tests, run against every state
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
+use mecha_module::DriverError;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -649,7 +650,7 @@ fn redb_rejects_unknown_metadata() {
     let dir = TempDir::new().expect("create a temporary directory");
     let spec = redb_spec(&[("path", "x.redb"), ("cacheSize", "10")]);
     match open_error(&spec, dir.path()) {
-        StoreError::Config { component, reason } => {
+        StoreError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "store");
             assert!(
                 reason.contains("cacheSize"),
@@ -672,7 +673,7 @@ fn redb_metadata_names_ignore_case() {
     }
     // The unknown-field error still names the field as it was written.
     match open_error(&redb_spec(&[("CacheSize", "10")]), dir.path()) {
-        StoreError::Config { reason, .. } => {
+        StoreError::Driver(DriverError::Config { reason, .. }) => {
             assert!(reason.contains("CacheSize"), "reason {reason:?}");
         }
         other => panic!("expected a config error, got {other:?}"),
@@ -690,7 +691,7 @@ fn redb_rejects_duplicate_or_empty_path() {
     ] {
         assert!(matches!(
             open_error(&spec, dir.path()),
-            StoreError::Config { .. }
+            StoreError::Driver(DriverError::Config { .. })
         ));
     }
 }
@@ -733,7 +734,10 @@ fn redb_rejects_component_names_that_are_not_file_names() {
         let mut spec = redb_spec(&[]);
         spec.name = name.to_owned();
         assert!(
-            matches!(open_error(&spec, dir.path()), StoreError::Config { .. }),
+            matches!(
+                open_error(&spec, dir.path()),
+                StoreError::Driver(DriverError::Config { .. })
+            ),
             "name {name:?} must be rejected"
         );
     }
@@ -748,7 +752,7 @@ fn factory_rejects_unknown_type() {
         metadata: Vec::new(),
     };
     match open_error(&spec, dir.path()) {
-        StoreError::Config { component, reason } => {
+        StoreError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "store");
             assert!(
                 reason.contains("state.nope"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, DeleteItem, SetItem, TxOp};
 use mecha_mod_state::drivers::{self, OpOutcome, StateStore, StoreError};
+use mecha_module::DriverError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
@@ -192,7 +193,7 @@ fn a_quota_field_out_of_range_is_refused() {
             .expect("build a tokio runtime");
         let _guard = rt.enter();
         match drivers::open(&spec, dir.path()) {
-            Err(StoreError::Config { component, reason }) => {
+            Err(StoreError::Driver(DriverError::Config { component, reason })) => {
                 assert_eq!(component, "bad");
                 assert!(reason.contains("maxKeysPerTenant"), "{reason}");
             }
