@@ -1,6 +1,7 @@
 //! Conformance tests: one set of behaviour tests, run against every lock
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
+use mecha_module::DriverError;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -530,7 +531,7 @@ fn redb_rejects_bad_metadata_and_names() {
         },
     ] {
         match open_error(&spec, dir.path()) {
-            LockError::Config { .. } => {}
+            LockError::Driver(DriverError::Config { .. }) => {}
             other => panic!("{spec:?}: expected a config error, got {other:?}"),
         }
     }
@@ -545,7 +546,7 @@ fn factory_rejects_unknown_type() {
         metadata: Vec::new(),
     };
     match open_error(&spec, dir.path()) {
-        LockError::Config { component, reason } => {
+        LockError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "locks");
             assert!(
                 reason.contains("lock.nope"),
