@@ -1,6 +1,7 @@
 //! Conformance tests: one set of behaviour tests, run against every sequencer
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
+use mecha_module::DriverError;
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
@@ -339,7 +340,7 @@ fn open_error(spec: &ComponentSpec, dir: &Path) -> SeqError {
 /// `mentions`.
 fn assert_config_error(spec: &ComponentSpec, dir: &Path, mentions: &str) {
     match open_error(spec, dir) {
-        SeqError::Config { component, reason } => {
+        SeqError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "ids");
             assert!(
                 reason.contains(mentions),
@@ -417,7 +418,7 @@ fn redb_rejects_repeated_fields() {
     ] {
         assert!(matches!(
             open_error(&spec("sequencer.redb", metadata), dir.path()),
-            SeqError::Config { .. }
+            SeqError::Driver(DriverError::Config { .. })
         ));
     }
 }
@@ -437,7 +438,7 @@ fn redb_file_location_follows_the_spec() {
     escaping.name = "../escape".to_owned();
     assert!(matches!(
         open_error(&escaping, dir.path()),
-        SeqError::Config { .. }
+        SeqError::Driver(DriverError::Config { .. })
     ));
 }
 
@@ -445,7 +446,7 @@ fn redb_file_location_follows_the_spec() {
 fn factory_rejects_unknown_type() {
     let dir = TempDir::new().expect("create a temporary directory");
     match open_error(&spec("sequencer.nope", &[]), dir.path()) {
-        SeqError::Config { component, reason } => {
+        SeqError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "ids");
             assert!(reason.contains("sequencer.nope"), "reason {reason:?}");
         }
