@@ -1,13 +1,13 @@
 //! Conformance tests: one set of behaviour tests, run against every lock
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use mecha_module::DriverError;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_mod_lock::drivers::{self, Acquired, Attempt, LockError, LockStore, Stop};
+use mecha_module::DriverError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 

@@ -13,6 +13,7 @@ use mecha_abi::msg::{
 use mecha_mod_pubsub::broker::{Broker, Subscriber};
 use mecha_mod_pubsub::drivers;
 use mecha_mod_pubsub::error::PubsubError;
+use mecha_module::DriverError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
@@ -732,7 +733,7 @@ fn bad_metadata_is_a_config_error() {
         },
     ] {
         match open_error(&spec, dir.path()) {
-            PubsubError::Config { .. } => {}
+            PubsubError::Driver(DriverError::Config { .. }) => {}
             other => panic!("{spec:?}: expected a config error, got {other:?}"),
         }
     }
@@ -742,7 +743,7 @@ fn bad_metadata_is_a_config_error() {
 fn the_factory_rejects_an_unknown_type() {
     let dir = TempDir::new().expect("create a temporary directory");
     match open_error(&spec("pubsub.kafka", &[]), dir.path()) {
-        PubsubError::Config { component, reason } => {
+        PubsubError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "events");
             assert!(reason.contains("pubsub.kafka"), "{reason:?} names the type");
         }

@@ -1,7 +1,6 @@
 //! Conformance tests: one set of behaviour tests, run against every sequencer
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use mecha_module::DriverError;
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
@@ -9,6 +8,7 @@ use std::sync::Arc;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_mod_sequencer::drivers::{self, SeqError, Sequencer};
+use mecha_module::DriverError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 

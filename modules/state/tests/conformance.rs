@@ -1,13 +1,13 @@
 //! Conformance tests: one set of behaviour tests, run against every state
 //! driver, in the manner of Dapr's components-contrib conformance suite.
 
-use mecha_module::DriverError;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{ComponentSpec, DeleteItem, SetItem, StateEntry, TxOp};
 use mecha_mod_state::drivers::{self, OpOutcome, StateStore, StoreError};
+use mecha_module::DriverError;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
