@@ -10,7 +10,7 @@ use mecha_abi::msg::{
     ComponentSpec, ErrorBody, LinkHello, SecretBulkGetRequest, SecretBulkReply, SecretGetRequest,
     SecretReply,
 };
-use mecha_mod_secrets::drivers::{self, Secret, StoreError};
+use mecha_mod_secrets::drivers::{self, DriverError, Secret, StoreError};
 use mecha_mod_secrets::SecretsModule;
 use mecha_module::{Ctx, Module, Opcode, Status};
 use tempfile::TempDir;
@@ -1142,7 +1142,7 @@ fn factory_rejects_unknown_type() {
         metadata: Vec::new(),
     };
     match drivers::open(&spec, Path::new("/")) {
-        Err(StoreError::Config { component, reason }) => {
+        Err(StoreError::Driver(DriverError::Config { component, reason })) => {
             assert_eq!(component, "vault");
             assert!(reason.contains("secretstores.hashicorp.vault"), "{reason}");
         }
