@@ -14,9 +14,8 @@ use crate::MetadataError;
 
 /// Why a driver operation failed, in the terms every capability shares.
 ///
-/// Each capability's own error wraps it (a `Driver` variant, or a newtype for
-/// a capability without failures of its own) and adds only what is its own,
-/// such as the state store's ETag mismatch. The module runtime converts the
+/// Each capability's own error wraps it in a `Driver` variant and adds only
+/// what is its own, such as the state store's ETag mismatch. The module runtime converts the
 /// errors of its layers (`remote::RemoteError`, `embedded::Error`) into it,
 /// and [`MetadataError`] becomes [`DriverError::Config`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
