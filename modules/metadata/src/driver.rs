@@ -155,7 +155,10 @@ mod tests {
             "lock store unavailable: redis is down"
         );
         let broken = DriverError::Internal("disk full".to_owned());
-        assert_eq!(broken.worded(lock).to_string(), "lock store failure: disk full");
+        assert_eq!(
+            broken.worded(lock).to_string(),
+            "lock store failure: disk full"
+        );
         let config = DriverError::from(MetadataError {
             component: "locks".to_owned(),
             reason: "field \"x\" is unknown".to_owned(),
@@ -183,7 +186,10 @@ mod tests {
             DriverError::Unavailable(String::new()).status(),
             Status::Unavailable
         );
-        assert_eq!(DriverError::Internal(String::new()).status(), Status::Internal);
+        assert_eq!(
+            DriverError::Internal(String::new()).status(),
+            Status::Internal
+        );
         let config = DriverError::Config {
             component: String::new(),
             reason: String::new(),

@@ -40,12 +40,15 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 
 pub use components::Components;
 pub use link::{run, MAX_CONCURRENT};
-pub use mecha_metadata::{DriverError, Worded, Wording};
 pub use mecha_abi::msg::{ComponentSpec, LinkHello};
 pub use mecha_abi::{Opcode, Status};
 /// Component metadata, read the way Dapr does (its own crate, shared with
 /// mechad's secret-store drivers).
 pub use mecha_metadata as metadata;
+/// The failure every capability's drivers share, with its one status
+/// mapping (in `mecha-metadata`, so that the secret stores mechad links use it
+/// too).
+pub use mecha_metadata::{DriverError, Worded, Wording};
 pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
 pub use slots::{TenantLimit, TenantPermit, DEFAULT_TENANT_SLOTS};
