@@ -82,9 +82,9 @@ impl From<MetadataError> for DriverError {
     }
 }
 
-/// How a capability names its backing store in front of the message of an
-/// outage ([`DriverError::Unavailable`]) or of another failure
-/// ([`DriverError::Internal`]).
+/// How a capability names its backing store in the message of an outage
+/// ([`DriverError::Unavailable`], "<outage> unavailable: …") or of another
+/// failure ([`DriverError::Internal`], "<failure> failure: …").
 ///
 /// Clients see these messages, and the capabilities worded them differently
 /// before they shared one error type ("lock store unavailable: …", "secret
@@ -92,19 +92,24 @@ impl From<MetadataError> for DriverError {
 /// messages change under its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wording {
-    /// What an outage's message starts with, e.g. "store unavailable".
-    pub unavailable: &'static str,
-    /// What another failure's message starts with, e.g. "store failure".
+    /// What an outage's message says is unavailable, e.g. "store".
+    pub outage: &'static str,
+    /// What another failure's message says failed, e.g. "store".
     pub failure: &'static str,
 }
 
 impl Wording {
     /// The wording of the state, sequencer and configuration stores, and of
     /// a bare [`DriverError`].
-    pub const STORE: Self = Self {
-        unavailable: "store unavailable",
-        failure: "store failure",
-    };
+    pub const STORE: Self = Self::store("store");
+
+    /// The same name in both messages, e.g. "lock store".
+    pub const fn store(name: &'static str) -> Self {
+        Self {
+            outage: name,
+            failure: name,
+        }
+    }
 }
 
 /// A [`DriverError`] displayed with a capability's [`Wording`].
@@ -123,7 +128,7 @@ impl fmt::Display for Worded<'_> {
                 write!(f, "component {component:?}: {reason}")
             }
             DriverError::Unavailable(message) => {
-                write!(f, "{}: {message}", self.wording.unavailable)
+                write!(f, "{} unavailable: {message}", self.wording.outage)
             }
             DriverError::Unsupported {
                 component,
@@ -133,7 +138,9 @@ impl fmt::Display for Worded<'_> {
                 f,
                 "component {component:?} of type {kind} does not support {feature}"
             ),
-            DriverError::Internal(message) => write!(f, "{}: {message}", self.wording.failure),
+            DriverError::Internal(message) => {
+                write!(f, "{} failure: {message}", self.wording.failure)
+            }
         }
     }
 }
@@ -144,10 +151,7 @@ mod tests {
 
     #[test]
     fn messages_keep_each_capability_s_wording() {
-        let lock = Wording {
-            unavailable: "lock store unavailable",
-            failure: "lock store failure",
-        };
+        let lock = Wording::store("lock store");
         let down = DriverError::Unavailable("redis is down".to_owned());
         assert_eq!(down.to_string(), "store unavailable: redis is down");
         assert_eq!(

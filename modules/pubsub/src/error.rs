@@ -27,15 +27,10 @@ pub enum PubsubError {
     },
     /// The metadata is unusable, the store cannot be reached, its driver
     /// cannot honour an option of the request, or it failed; worded as the
-    /// pubsub store's ("pubsub store unavailable: …").
-    #[error("{}", .0.worded(PUBSUB_STORE))]
+    /// pubsub store's ("pubsub store unavailable: …"), as clients have always
+    /// seen it.
+    #[error("{}", .0.worded(Wording::store("pubsub store")))]
     Driver(#[from] DriverError),
 }
 
 mecha_module::wraps_driver_error!(PubsubError);
-
-/// How pubsub errors name their store; clients have always seen these words.
-const PUBSUB_STORE: Wording = Wording {
-    unavailable: "pubsub store unavailable",
-    failure: "pubsub store failure",
-};

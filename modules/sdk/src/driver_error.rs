@@ -21,13 +21,23 @@
 #[macro_export]
 macro_rules! wraps_driver_error {
     ($error:ty) => {
-        impl ::core::convert::From<$crate::metadata::MetadataError> for $error {
-            fn from(e: $crate::metadata::MetadataError) -> Self {
+        $crate::__from_through_driver_error!($error, $crate::metadata::MetadataError);
+        $crate::__wraps_remote_error!($error);
+        $crate::__wraps_embedded_error!($error);
+    };
+}
+
+/// One conversion of [`wraps_driver_error!`]: `$source` into `$error`,
+/// through `DriverError`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __from_through_driver_error {
+    ($error:ty, $source:ty) => {
+        impl ::core::convert::From<$source> for $error {
+            fn from(e: $source) -> Self {
                 Self::from($crate::DriverError::from(e))
             }
         }
-        $crate::__wraps_remote_error!($error);
-        $crate::__wraps_embedded_error!($error);
     };
 }
 
@@ -38,11 +48,7 @@ macro_rules! wraps_driver_error {
 #[macro_export]
 macro_rules! __wraps_remote_error {
     ($error:ty) => {
-        impl ::core::convert::From<$crate::remote::RemoteError> for $error {
-            fn from(e: $crate::remote::RemoteError) -> Self {
-                Self::from($crate::DriverError::from(e))
-            }
-        }
+        $crate::__from_through_driver_error!($error, $crate::remote::RemoteError);
     };
 }
 
@@ -61,11 +67,7 @@ macro_rules! __wraps_remote_error {
 #[macro_export]
 macro_rules! __wraps_embedded_error {
     ($error:ty) => {
-        impl ::core::convert::From<$crate::embedded::Error> for $error {
-            fn from(e: $crate::embedded::Error) -> Self {
-                Self::from($crate::DriverError::from(e))
-            }
-        }
+        $crate::__from_through_driver_error!($error, $crate::embedded::Error);
     };
 }
 

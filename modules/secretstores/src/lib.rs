@@ -96,8 +96,8 @@ pub enum StoreError {
 /// How secret-store errors name their source; clients have always seen
 /// these words.
 const SECRET_STORE: Wording = Wording {
-    unavailable: "secret source unavailable",
-    failure: "secret store failure",
+    outage: "secret source",
+    failure: "secret store",
 };
 
 /// This crate cannot take the conversions of the module runtime

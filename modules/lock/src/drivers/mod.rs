@@ -44,17 +44,12 @@ pub enum Attempt {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
     /// The metadata is unusable, the store cannot be reached, or it failed.
-    #[error("{}", .0.worded(LOCK_STORE))]
+    /// Clients have always seen the lock store named so.
+    #[error("{}", .0.worded(Wording::store("lock store")))]
     Driver(#[from] DriverError),
 }
 
 mecha_module::wraps_driver_error!(LockError);
-
-/// How lock errors name their store; clients have always seen these words.
-const LOCK_STORE: Wording = Wording {
-    unavailable: "lock store unavailable",
-    failure: "lock store failure",
-};
 
 /// A lock store. Locks are always scoped by tenant: the same resource name
 /// under two tenants names two unrelated locks.
