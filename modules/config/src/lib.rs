@@ -238,12 +238,13 @@ fn distinct_keys(keys: Vec<String>) -> Result<Vec<String>, Reply> {
     Ok(distinct)
 }
 
+/// The answer for a failed driver operation: the configuration store's own
+/// failures here, the shared ones as the SDK maps them.
 fn store_error(e: ConfigError) -> Reply {
-    let status = match e {
+    let status = match &e {
         ConfigError::ReadOnly { .. } => Status::InvalidArgument,
-        ConfigError::Unavailable(_) => Status::Unavailable,
         ConfigError::Unsupported(_) => Status::Unsupported,
-        ConfigError::Config { .. } | ConfigError::Internal(_) => Status::Internal,
+        ConfigError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())
 }

@@ -13,6 +13,7 @@ use mecha_abi::msg::{
 use mecha_mod_config::drivers::{self, ConfigError, ConfigStore, Subscriber};
 use mecha_mod_config::ConfigModule;
 use mecha_module::testing::{self, temp_dir, wait_until, Served};
+use mecha_module::DriverError;
 use mecha_module::{Opcode, Reply, Status};
 
 /// Component "cfg" of type `kind` with `metadata`.
@@ -538,7 +539,7 @@ fn open_error(spec: &ComponentSpec, dir: &Path) -> ConfigError {
 
 fn assert_config_error(e: ConfigError, mentions: &str) {
     match e {
-        ConfigError::Config { component, reason } => {
+        ConfigError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "cfg");
             assert!(
                 reason.contains(mentions),

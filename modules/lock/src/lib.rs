@@ -248,12 +248,11 @@ fn check_ttl(ttl_ms: u64) -> Result<(), Reply> {
     Ok(())
 }
 
+/// The answer for a failed driver operation: the shared failures as the
+/// SDK maps them, in the lock store's words.
 fn store_error(e: LockError) -> Reply {
-    let status = match e {
-        LockError::Unavailable(_) => Status::Unavailable,
-        LockError::Config { .. } | LockError::Internal(_) => Status::Internal,
-    };
-    Reply::error(status, e.to_string())
+    let LockError::Driver(driver) = &e;
+    Reply::error(driver.status(), e.to_string())
 }
 
 #[cfg(test)]
@@ -581,5 +580,26 @@ mod tests {
         let reply = rt.block_on(m.handle(draining(), &try_lock("", "free", "b", 10, 60_000)));
         let reply: TryLockReply = mecha_abi::decode(&reply.payload).expect("reply");
         assert!(reply.acquired, "the first attempt is still made");
+    }
+
+    #[test]
+    fn store_failures_keep_the_lock_store_s_words() {
+        let reply = store_error(LockError::Driver(mecha_module::DriverError::Unavailable(
+            "redis is down".to_owned(),
+        )));
+        assert_eq!(
+            error_of(&reply),
+            (
+                Status::Unavailable,
+                "lock store unavailable: redis is down".to_owned()
+            )
+        );
+        let reply = store_error(LockError::Driver(mecha_module::DriverError::Internal(
+            "disk full".to_owned(),
+        )));
+        assert_eq!(
+            error_of(&reply),
+            (Status::Internal, "lock store failure: disk full".to_owned())
+        );
     }
 }

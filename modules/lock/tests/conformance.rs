@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_mod_lock::drivers::{self, Acquired, Attempt, LockError, LockStore, Stop};
 use mecha_module::testing::{self, temp_dir, DEADLINE};
+use mecha_module::DriverError;
 
 /// A lease long enough to stay held for the whole test.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -457,7 +458,7 @@ fn redb_rejects_bad_metadata_and_names() {
         },
     ] {
         match open_error(&spec, dir.path()) {
-            LockError::Config { .. } => {}
+            LockError::Driver(DriverError::Config { .. }) => {}
             other => panic!("{spec:?}: expected a config error, got {other:?}"),
         }
     }
@@ -468,7 +469,7 @@ fn factory_rejects_unknown_type() {
     let dir = temp_dir();
     let spec = testing::spec("locks", "lock.nope", &[]);
     match open_error(&spec, dir.path()) {
-        LockError::Config { component, reason } => {
+        LockError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "locks");
             assert!(
                 reason.contains("lock.nope"),

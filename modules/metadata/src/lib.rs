@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use mecha_abi::msg::ComponentSpec;
 
-/// A component's metadata is unusable. Drivers turn it into their own
-/// configuration error (`From<MetadataError>`), which keeps both parts.
+mod driver;
+
+pub use driver::{DriverError, Worded, Wording};
+
+/// A component's metadata is unusable. Drivers turn it into
+/// [`DriverError::Config`] (`From<MetadataError>`), which keeps both parts.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("component {component:?}: {reason}")]
 pub struct MetadataError {

@@ -1,21 +1,12 @@
-//! The error every part of the pubsub module answers with, and how the
-//! errors of the SDK's layers (metadata, servers, embedded files) become it.
+//! The error every part of the pubsub module answers with: the module's own
+//! failures, and the ones every capability shares ([`DriverError`], into
+//! which the errors of the SDK's layers convert).
 
-use mecha_module::embedded;
-use mecha_module::metadata::MetadataError;
-use mecha_module::remote::RemoteError;
+use mecha_module::{DriverError, Wording};
 
 /// Why a pubsub operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PubsubError {
-    /// The component's metadata is unusable.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// The request names something invalid (an empty topic, a limit out of
     /// range).
     #[error("{0}")]
@@ -34,41 +25,12 @@ pub enum PubsubError {
         /// The group furthest behind.
         group: String,
     },
-    /// The component's driver cannot honour an option of the request; the
-    /// message names the component, its type and the feature.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The backing store cannot be reached right now.
-    #[error("pubsub store unavailable: {0}")]
-    Unavailable(String),
-    /// The backing store failed in a way that is not the caller's fault.
-    #[error("pubsub store failure: {0}")]
-    Internal(String),
+    /// The metadata is unusable, the store cannot be reached, its driver
+    /// cannot honour an option of the request, or it failed; worded as the
+    /// pubsub store's ("pubsub store unavailable: …"), as clients have always
+    /// seen it.
+    #[error("{}", .0.worded(Wording::store("pubsub store")))]
+    Driver(#[from] DriverError),
 }
 
-impl From<MetadataError> for PubsubError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
-impl From<RemoteError> for PubsubError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::Unavailable(message) => Self::Unavailable(message),
-            RemoteError::Failed(message) => Self::Internal(message),
-        }
-    }
-}
-
-impl From<embedded::Error> for PubsubError {
-    fn from(e: embedded::Error) -> Self {
-        match e {
-            embedded::Error::Held(message) => Self::Unavailable(message),
-            embedded::Error::Failed(message) => Self::Internal(message),
-        }
-    }
-}
+mecha_module::wraps_driver_error!(PubsubError);

@@ -165,14 +165,13 @@ async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscription) {
     }
 }
 
-/// The reply for a broker error.
+/// The reply for a broker error: the module's own failures here, the shared
+/// ones as the SDK maps them.
 fn error_reply(e: PubsubError) -> Reply {
-    let status = match e {
+    let status = match &e {
         PubsubError::Invalid(_) => Status::InvalidArgument,
         PubsubError::Full { .. } => Status::ResourceExhausted,
-        PubsubError::Unavailable(_) => Status::Unavailable,
-        PubsubError::Unsupported(_) => Status::Unsupported,
-        PubsubError::Config { .. } | PubsubError::Internal(_) => Status::Internal,
+        PubsubError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())
 }

@@ -13,6 +13,7 @@ use mecha_mod_pubsub::broker::{Broker, Subscriber};
 use mecha_mod_pubsub::drivers;
 use mecha_mod_pubsub::error::PubsubError;
 use mecha_module::testing::{self, temp_dir};
+use mecha_module::DriverError;
 
 /// How long a test watches for a delivery that must not come. Deliveries
 /// that are due come within microseconds, so this is ample without slowing
@@ -663,7 +664,7 @@ fn bad_metadata_is_a_config_error() {
         },
     ] {
         match open_error(&spec, dir.path()) {
-            PubsubError::Config { .. } => {}
+            PubsubError::Driver(DriverError::Config { .. }) => {}
             other => panic!("{spec:?}: expected a config error, got {other:?}"),
         }
     }
@@ -673,7 +674,7 @@ fn bad_metadata_is_a_config_error() {
 fn the_factory_rejects_an_unknown_type() {
     let dir = temp_dir();
     match open_error(&spec("pubsub.kafka", &[]), dir.path()) {
-        PubsubError::Config { component, reason } => {
+        PubsubError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "events");
             assert!(reason.contains("pubsub.kafka"), "{reason:?} names the type");
         }

@@ -9,10 +9,11 @@ use mecha_abi::msg::PublishRequest;
 use mecha_mod_pubsub::drivers::redis::open;
 use mecha_mod_pubsub::error::PubsubError;
 use mecha_module::testing;
+use mecha_module::DriverError;
 
 fn config(e: &PubsubError) -> Option<(&str, &str)> {
     match e {
-        PubsubError::Config { component, reason } => Some((component, reason)),
+        PubsubError::Driver(DriverError::Config { component, reason }) => Some((component, reason)),
         _ => None,
     }
 }
@@ -91,7 +92,7 @@ fn publish_to_a_silent_server(dial: &str, patience: Duration) -> Option<Duration
     let outcome =
         rt.block_on(async { tokio::time::timeout(patience, store.publish("t", &req)).await });
     match outcome {
-        Ok(Err(PubsubError::Unavailable(message))) => {
+        Ok(Err(PubsubError::Driver(DriverError::Unavailable(message)))) => {
             assert!(
                 message.contains("\"bus\"") && message.contains(&host),
                 "{message}"

@@ -19,6 +19,7 @@
 
 mod boot;
 mod components;
+mod driver_error;
 #[cfg(feature = "redb")]
 pub mod embedded;
 mod landlock;
@@ -47,6 +48,10 @@ pub use mecha_abi::{Opcode, Status};
 /// Component metadata, read the way Dapr does (its own crate, shared with
 /// mechad's secret-store drivers).
 pub use mecha_metadata as metadata;
+/// The failure every capability's drivers share, with its one status
+/// mapping (in `mecha-metadata`, so that the secret stores mechad links use it
+/// too).
+pub use mecha_metadata::{DriverError, Worded, Wording};
 pub use outbound::DaemonLink;
 pub use reply::{Reply, MAX_NAME_BYTES};
 pub use slots::{TenantLimit, TenantPermit, DEFAULT_TENANT_SLOTS};

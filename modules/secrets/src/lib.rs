@@ -147,10 +147,9 @@ fn secret_denied(store: &str, name: &str, rule: Rule) -> Reply {
     ))
 }
 
+/// The answer for a failed store: the shared failures as the SDK maps them,
+/// in the secret stores' words.
 fn store_error(e: StoreError) -> Reply {
-    let status = match e {
-        StoreError::Unavailable(_) => Status::Unavailable,
-        StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
-    };
-    Reply::error(status, e.to_string())
+    let StoreError::Driver(driver) = &e;
+    Reply::error(driver.status(), e.to_string())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use mecha_abi::msg::{
     ComponentSpec, ErrorBody, SecretBulkGetRequest, SecretBulkReply, SecretGetRequest, SecretReply,
 };
-use mecha_mod_secrets::drivers::{self, Secret, StoreError};
+use mecha_mod_secrets::drivers::{self, DriverError, Secret, StoreError};
 use mecha_mod_secrets::SecretsModule;
 use mecha_module::testing::{self, temp_dir, Served};
 use mecha_module::{Opcode, Status};
@@ -1100,7 +1100,7 @@ fn dir_must_exist_at_start() {
 fn factory_rejects_unknown_type() {
     let spec = testing::spec("vault", "secretstores.hashicorp.vault", &[]);
     match drivers::open(&spec, Path::new("/")) {
-        Err(StoreError::Config { component, reason }) => {
+        Err(StoreError::Driver(DriverError::Config { component, reason })) => {
             assert_eq!(component, "vault");
             assert!(reason.contains("secretstores.hashicorp.vault"), "{reason}");
         }

@@ -24,8 +24,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::StoreError;
 use crate::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
+use crate::{DriverError, StoreError};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["secretsDir"];
@@ -79,7 +79,7 @@ impl SecretStore for DirStore {
             match blocking(move || read_entry(&dir, &name)).await? {
                 Entry::Secret(secret) => Ok(Some(secret)),
                 Entry::Absent => Ok(None),
-                Entry::Unservable(reason) => Err(StoreError::Internal(reason)),
+                Entry::Unservable(reason) => Err(StoreError::Driver(DriverError::Internal(reason))),
             }
         })
     }
@@ -98,8 +98,12 @@ fn is_secret_name(name: &str) -> bool {
 /// Reads the secret file `name` of `dir`, following symlinks. Blocks.
 fn read_entry(dir: &Path, name: &str) -> Result<Entry, StoreError> {
     let path = dir.join(name);
-    let unavailable =
-        |e: std::io::Error| StoreError::Unavailable(format!("cannot read {}: {e}", path.display()));
+    let unavailable = |e: std::io::Error| {
+        StoreError::Driver(DriverError::Unavailable(format!(
+            "cannot read {}: {e}",
+            path.display()
+        )))
+    };
     let mut file = match std::fs::File::open(&path) {
         Ok(file) => file,
         // The file went away, or a symlink's target did (a Kubernetes update
@@ -127,8 +131,12 @@ fn read_entry(dir: &Path, name: &str) -> Result<Entry, StoreError> {
 
 /// Reads every secret file of `dir`, sorted by name. Blocks.
 fn read_all(dir: &Path) -> Result<Vec<(String, Secret)>, StoreError> {
-    let unavailable =
-        |e: std::io::Error| StoreError::Unavailable(format!("cannot list {}: {e}", dir.display()));
+    let unavailable = |e: std::io::Error| {
+        StoreError::Driver(DriverError::Unavailable(format!(
+            "cannot list {}: {e}",
+            dir.display()
+        )))
+    };
     let mut secrets = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unavailable)? {
         let entry = entry.map_err(unavailable)?;

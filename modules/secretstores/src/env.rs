@@ -23,7 +23,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::{check_fields, BoxFuture, Metadata, Secret, SecretStore, StoreError};
+use crate::{check_fields, BoxFuture, DriverError, Metadata, Secret, SecretStore, StoreError};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 1] = ["prefix"];
@@ -73,9 +73,9 @@ impl SecretStore for EnvStore {
                 None => Ok(None),
                 Some(value) => match value.into_string() {
                     Ok(value) => Ok(Some(Secret::single(name, value))),
-                    Err(_) => Err(StoreError::Internal(format!(
+                    Err(_) => Err(StoreError::Driver(DriverError::Internal(format!(
                         "environment variable {variable:?} is not valid UTF-8"
-                    ))),
+                    )))),
                 },
             }
         })

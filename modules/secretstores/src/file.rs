@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::StoreError;
 use crate::{blocking, check_fields, read_limited, BoxFuture, Metadata, Secret, SecretStore};
+use crate::{DriverError, StoreError};
 
 /// The metadata fields this driver reads.
 pub const FIELDS: [&str; 3] = ["secretsFile", "nestedSeparator", "multiValued"];
@@ -173,7 +173,12 @@ impl FileStore {
     /// The file's secrets as they are now.
     async fn secrets(&self) -> Result<Arc<Secrets>, StoreError> {
         let source = Arc::clone(&self.source);
-        blocking(move || source.load().map_err(StoreError::Unavailable)).await
+        blocking(move || {
+            source
+                .load()
+                .map_err(|reason| StoreError::Driver(DriverError::Unavailable(reason)))
+        })
+        .await
     }
 }
 

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::pin::Pin;
 
 use mecha_abi::msg::ComponentSpec;
-pub use mecha_metadata::Metadata;
-use mecha_metadata::MetadataError;
+pub use mecha_metadata::{DriverError, Metadata};
+use mecha_metadata::{MetadataError, Wording};
 
 pub mod dir;
 pub mod env;
@@ -71,30 +71,42 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Why a driver could not be opened or could not answer.
+/// Why a driver could not be opened or could not answer: a failure every
+/// capability shares, worded as the secret stores have always worded it
+/// ("secret source unavailable: …", "secret store failure: …"). A secret
+/// store has no failure of its own: a missing secret is `Ok(None)`.
 ///
-/// No variant ever carries a secret value: messages name files, fields,
+/// An unusable configuration (its metadata, or a source that cannot be
+/// opened when the module starts) is [`DriverError::Config`]; a source that
+/// cannot be read or parsed right now (a file being replaced, a permission
+/// problem) is [`DriverError::Unavailable`], which clients retry; a source
+/// holding something this module cannot serve, such as a value that is not
+/// UTF-8, is [`DriverError::Internal`].
+///
+/// No error ever carries a secret value: messages name files, fields,
 /// variables and line numbers, never content, because they travel to the
 /// caller and into logs.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    /// The component's metadata is unusable, or its source cannot be opened
-    /// when the module starts.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The source cannot be read or parsed right now (a file being replaced,
-    /// a permission problem). Answered UNAVAILABLE, which clients retry.
-    #[error("secret source unavailable: {0}")]
-    Unavailable(String),
-    /// The source holds something this module cannot serve, such as a value
-    /// that is not UTF-8.
-    #[error("secret store failure: {0}")]
-    Internal(String),
+    /// The shared failure.
+    #[error("{}", .0.worded(SECRET_STORE))]
+    Driver(#[from] DriverError),
+}
+
+/// How secret-store errors name their source; clients have always seen
+/// these words.
+const SECRET_STORE: Wording = Wording {
+    outage: "secret source",
+    failure: "secret store",
+};
+
+/// This crate cannot take the conversions of the module runtime
+/// (`mecha_module::wraps_driver_error!`), since mechad links it and must not
+/// link the runtime; metadata errors are the only ones its drivers meet.
+impl From<MetadataError> for StoreError {
+    fn from(e: MetadataError) -> Self {
+        Self::Driver(e.into())
+    }
 }
 
 /// A source of secrets. Secrets are not scoped by tenant: a store holds the
@@ -153,15 +165,6 @@ pub(crate) fn check_fields(
     Ok(metadata.check_known(&[driver_fields, &POLICY_FIELDS[..]].concat())?)
 }
 
-impl From<MetadataError> for StoreError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
 /// Reads all of `file` if it holds at most `limit` bytes; `None` when it holds
 /// more. The limit bounds what a misconfigured path (a log file, a device)
 /// can make the module allocate.
@@ -185,7 +188,33 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Internal(format!("a file-reading task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        StoreError::Driver(DriverError::Internal(format!(
+            "a file-reading task failed: {e}"
+        )))
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_keep_the_secret_stores_words() {
+        let down = StoreError::from(DriverError::Unavailable("cannot read /s: gone".to_owned()));
+        assert_eq!(
+            down.to_string(),
+            "secret source unavailable: cannot read /s: gone"
+        );
+        let broken = StoreError::from(DriverError::Internal("not UTF-8".to_owned()));
+        assert_eq!(broken.to_string(), "secret store failure: not UTF-8");
+        let config = StoreError::from(MetadataError {
+            component: "vault".to_owned(),
+            reason: "field \"x\" is unknown".to_owned(),
+        });
+        assert_eq!(
+            config.to_string(),
+            "component \"vault\": field \"x\" is unknown"
+        );
+    }
 }

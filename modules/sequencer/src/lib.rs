@@ -70,11 +70,12 @@ impl SequencerModule {
     }
 }
 
+/// The answer for a failed driver operation: the sequencer's own outcome
+/// here, the shared failures as the SDK maps them.
 fn seq_error(e: SeqError) -> Reply {
-    let status = match e {
+    let status = match &e {
         SeqError::Exhausted { .. } => Status::ResourceExhausted,
-        SeqError::Unavailable(_) => Status::Unavailable,
-        SeqError::Config { .. } | SeqError::Internal(_) => Status::Internal,
+        SeqError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use mecha_abi::msg::ComponentSpec;
 use mecha_mod_sequencer::drivers::{self, SeqError, Sequencer};
 use mecha_module::testing::{self, temp_dir};
+use mecha_module::DriverError;
 
 mecha_module::suite_harness! {
     /// One driver under test (the SDK's harness), with the allocations the suite
@@ -275,7 +276,7 @@ fn open_error(spec: &ComponentSpec, dir: &Path) -> SeqError {
 /// `mentions`.
 fn assert_config_error(spec: &ComponentSpec, dir: &Path, mentions: &str) {
     match open_error(spec, dir) {
-        SeqError::Config { component, reason } => {
+        SeqError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "ids");
             assert!(
                 reason.contains(mentions),
@@ -350,7 +351,7 @@ fn redb_rejects_repeated_fields() {
     ] {
         assert!(matches!(
             open_error(&spec("sequencer.redb", metadata), dir.path()),
-            SeqError::Config { .. }
+            SeqError::Driver(DriverError::Config { .. })
         ));
     }
 }
@@ -370,7 +371,7 @@ fn redb_file_location_follows_the_spec() {
     escaping.name = "../escape".to_owned();
     assert!(matches!(
         open_error(&escaping, dir.path()),
-        SeqError::Config { .. }
+        SeqError::Driver(DriverError::Config { .. })
     ));
 }
 
@@ -378,7 +379,7 @@ fn redb_file_location_follows_the_spec() {
 fn factory_rejects_unknown_type() {
     let dir = temp_dir();
     match open_error(&spec("sequencer.nope", &[]), dir.path()) {
-        SeqError::Config { component, reason } => {
+        SeqError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "ids");
             assert!(reason.contains("sequencer.nope"), "reason {reason:?}");
         }

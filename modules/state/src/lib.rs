@@ -295,28 +295,30 @@ fn answer_count_error(asked: usize, answered: usize) -> Reply {
     )
 }
 
+/// The answer for a failed driver operation: the state store's own outcomes
+/// here, the shared failures as the SDK maps them.
 fn store_error(e: StoreError) -> Reply {
-    let status = match e {
+    let status = match &e {
         StoreError::EtagMismatch { .. } => Status::EtagMismatch,
-        StoreError::Unavailable(_) => Status::Unavailable,
-        StoreError::Unsupported { .. } => Status::Unsupported,
         StoreError::QuotaExceeded { .. } => Status::ResourceExhausted,
-        StoreError::Config { .. } | StoreError::Internal(_) => Status::Internal,
+        StoreError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use mecha_module::DriverError;
+
     use super::*;
 
     #[test]
     fn unsupported_features_answer_unsupported() {
-        let reply = store_error(StoreError::Unsupported {
+        let reply = store_error(StoreError::Driver(DriverError::Unsupported {
             component: "cache".to_owned(),
             kind: "state.example".to_owned(),
             feature: "transactions".to_owned(),
-        });
+        }));
         assert_eq!(reply.status, Status::Unsupported);
         let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
             .expect("an error body")

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mecha_abi::msg::{ComponentSpec, DeleteItem, SetItem, StateEntry, TxOp};
 use mecha_mod_state::drivers::{self, OpOutcome, StateStore, StoreError};
 use mecha_module::testing::{self, temp_dir};
+use mecha_module::DriverError;
 
 /// A TTL long enough that a key carrying it stays live for the whole test.
 const LONG_TTL_MS: u64 = 3_600_000;
@@ -632,7 +633,7 @@ fn a_quota_field_out_of_range_is_refused() {
         let spec = testing::spec("bad", kind, &[("maxKeysPerTenant", "0")]);
         let dir = temp_dir();
         match testing::open_in_runtime(|| drivers::open(&spec, dir.path())) {
-            Err(StoreError::Config { component, reason }) => {
+            Err(StoreError::Driver(DriverError::Config { component, reason })) => {
                 assert_eq!(component, "bad");
                 assert!(reason.contains("maxKeysPerTenant"), "{reason}");
             }
@@ -696,7 +697,7 @@ fn redb_rejects_unknown_metadata() {
     let dir = temp_dir();
     let spec = redb_spec(&[("path", "x.redb"), ("cacheSize", "10")]);
     match open_error(&spec, dir.path()) {
-        StoreError::Config { component, reason } => {
+        StoreError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "store");
             assert!(
                 reason.contains("cacheSize"),
@@ -719,7 +720,7 @@ fn redb_metadata_names_ignore_case() {
     }
     // The unknown-field error still names the field as it was written.
     match open_error(&redb_spec(&[("CacheSize", "10")]), dir.path()) {
-        StoreError::Config { reason, .. } => {
+        StoreError::Driver(DriverError::Config { reason, .. }) => {
             assert!(reason.contains("CacheSize"), "reason {reason:?}");
         }
         other => panic!("expected a config error, got {other:?}"),
@@ -737,7 +738,7 @@ fn redb_rejects_duplicate_or_empty_path() {
     ] {
         assert!(matches!(
             open_error(&spec, dir.path()),
-            StoreError::Config { .. }
+            StoreError::Driver(DriverError::Config { .. })
         ));
     }
 }
@@ -777,7 +778,10 @@ fn redb_rejects_component_names_that_are_not_file_names() {
         let mut spec = redb_spec(&[]);
         spec.name = name.to_owned();
         assert!(
-            matches!(open_error(&spec, dir.path()), StoreError::Config { .. }),
+            matches!(
+                open_error(&spec, dir.path()),
+                StoreError::Driver(DriverError::Config { .. })
+            ),
             "name {name:?} must be rejected"
         );
     }
@@ -788,7 +792,7 @@ fn factory_rejects_unknown_type() {
     let dir = temp_dir();
     let spec = testing::spec("store", "state.nope", &[]);
     match open_error(&spec, dir.path()) {
-        StoreError::Config { component, reason } => {
+        StoreError::Driver(DriverError::Config { component, reason }) => {
             assert_eq!(component, "store");
             assert!(
                 reason.contains("state.nope"),

@@ -5,6 +5,7 @@
 use mecha_abi::msg::ComponentSpec;
 use mecha_mod_state::drivers::{open, StoreError};
 use mecha_module::testing::{self, assert_refused, open_in_runtime};
+use mecha_module::DriverError;
 
 fn spec(kind: &str, metadata: &[(&str, &str)]) -> ComponentSpec {
     testing::spec("conf", kind, metadata)
@@ -17,7 +18,7 @@ fn try_open(spec: &ComponentSpec) -> Result<(), StoreError> {
 /// The component and reason of a configuration error.
 fn config(e: &StoreError) -> Option<(&str, &str)> {
     match e {
-        StoreError::Config { component, reason } => Some((component, reason)),
+        StoreError::Driver(DriverError::Config { component, reason }) => Some((component, reason)),
         _ => None,
     }
 }

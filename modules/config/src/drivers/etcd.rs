@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::etcd::{base64, bytes, int, prefix_range, Etcd, FIELDS};
+use mecha_module::DriverError;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -275,17 +276,19 @@ impl ConfigStore for EtcdStore {
                 let _ordered = self.shared.publishing.lock();
                 if self.shared.applied.load(Ordering::Acquire) <= revision {
                     if !self.watcher.is_up() {
-                        return Err(ConfigError::Unavailable(self.watcher.down_reason()));
+                        return Err(ConfigError::Driver(DriverError::Unavailable(
+                            self.watcher.down_reason(),
+                        )));
                     }
                     let subscriber = self.shared.hub.subscribe_after(tenant, keys, revision);
                     return Ok((snapshot, subscriber));
                 }
             }
-            Err(ConfigError::Unavailable(format!(
+            Err(ConfigError::Driver(DriverError::Unavailable(format!(
                 "component {:?} (configuration.etcd): the store kept changing while a snapshot \
                  was taken; try again",
                 self.shared.etcd.origin().component
-            )))
+            ))))
         })
     }
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::Mutex;
@@ -346,7 +347,11 @@ impl FileStore {
             // it cheap under a module memory limit (RLIMIT_AS counts stacks).
             .stack_size(RELOAD_STACK)
             .spawn(move || reload_loop(&thread_shared, &rx))
-            .map_err(|e| ConfigError::Internal(format!("cannot start the watch thread: {e}")))?;
+            .map_err(|e| {
+                ConfigError::Driver(DriverError::Internal(format!(
+                    "cannot start the watch thread: {e}"
+                )))
+            })?;
         // An edit made between the first read and the start of the watch
         // would otherwise go unnoticed until the next one.
         shared.reload();

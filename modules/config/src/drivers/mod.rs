@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
-use mecha_module::metadata::{Metadata, MetadataError};
-use mecha_module::remote::RemoteError;
+use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -26,7 +26,8 @@ pub use mecha_module::BoxFuture;
 /// drivers, which only have to tolerate it.
 pub const ALLOWED_TENANTS: &str = "allowedTenants";
 
-/// Why a driver operation failed.
+/// Why a driver operation failed: the configuration store's own failures,
+/// or one every capability shares.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// The store cannot be written through the ABI (its source is a file).
@@ -35,25 +36,19 @@ pub enum ConfigError {
         /// The component name.
         store: String,
     },
-    /// The component's metadata or source is unusable.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// The driver does not implement the operation or option; the message
-    /// names the component, its type and the feature.
+    /// names the component, its type and the feature. It is free-form, unlike
+    /// [`DriverError::Unsupported`], because these refusals say more than the
+    /// feature (the item that carries metadata, etcd's transaction limit).
     #[error("{0}")]
     Unsupported(String),
-    /// The backing store cannot be reached right now.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The backing store failed in a way that is not the caller's fault.
-    #[error("store failure: {0}")]
-    Internal(String),
+    /// The metadata or source is unusable, the store cannot be reached, or
+    /// it failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
+
+mecha_module::wraps_driver_error!(ConfigError);
 
 /// A configuration store.
 ///
@@ -107,13 +102,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn ConfigStore
         "configuration.file" => Ok(Box::new(file::FileStore::open(spec, data_dir)?)),
         "configuration.redis" => Ok(Box::new(redis::RedisStore::open(spec)?)),
         "configuration.etcd" => Ok(Box::new(etcd::EtcdStore::open(spec)?)),
-        other => Err(ConfigError::Config {
+        other => Err(ConfigError::Driver(DriverError::Config {
             component: spec.name.clone(),
             reason: format!(
                 "unknown configuration store type {other:?} (known: configuration.memory, \
                  configuration.file, configuration.redis, configuration.etcd)"
             ),
-        }),
+        })),
     }
 }
 
@@ -126,15 +121,6 @@ pub fn allowed_tenants(spec: &ComponentSpec) -> Result<Option<Vec<String>>, Conf
     // opens; only the one field matters here.
     let tenants = Metadata::lenient(spec)?.list(ALLOWED_TENANTS)?;
     Ok(tenants.map(|tenants| tenants.into_iter().map(str::to_owned).collect()))
-}
-
-impl From<RemoteError> for ConfigError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::Unavailable(message) => Self::Unavailable(message),
-            RemoteError::Failed(message) => Self::Internal(message),
-        }
-    }
 }
 
 /// Refuses item metadata on a store whose backend has nowhere to keep it.
@@ -153,15 +139,6 @@ pub(crate) fn refuse_metadata(
     }
 }
 
-impl From<MetadataError> for ConfigError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
 /// The first revision of a store opened now: microseconds since the Unix
 /// epoch. Seeding from the clock makes versions keep growing across module
 /// restarts (as long as the clock does), so a client comparing a version from
@@ -176,9 +153,11 @@ pub(crate) fn initial_revision() -> u64 {
 /// The revision after `revision`. Overflow is reported rather than wrapped,
 /// since wrapping would reuse versions.
 pub(crate) fn next_revision(revision: u64) -> Result<u64, ConfigError> {
-    revision
-        .checked_add(1)
-        .ok_or_else(|| ConfigError::Internal("the revision counter is exhausted".to_owned()))
+    revision.checked_add(1).ok_or_else(|| {
+        ConfigError::Driver(DriverError::Internal(
+            "the revision counter is exhausted".to_owned(),
+        ))
+    })
 }
 
 /// Picks the answer to a get out of a store's items: `keys` in request

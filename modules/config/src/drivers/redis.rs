@@ -9,6 +9,7 @@ use mecha_abi::msg::{ComponentSpec, ConfigItem, ConfigSetItem};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::client::{self as redis, AsyncCommands, Script};
 use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::DriverError;
 
 use super::watcher::{Connected, Watcher};
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
@@ -276,13 +277,13 @@ async fn ensure_notifications(redis: &Redis) -> Result<(), ConfigError> {
             );
             Ok(())
         }
-        Err(e) => Err(ConfigError::Unavailable(format!(
+        Err(e) => Err(ConfigError::Driver(DriverError::Unavailable(format!(
             "component {:?} (configuration.redis): keyspace notifications are off on server {} \
              (notify-keyspace-events is {flags:?}) and enabling them failed ({e}); set \
              notify-keyspace-events to include \"K$gx\" on the server",
             redis.origin().component,
             redis.origin().server
-        ))),
+        )))),
     }
 }
 
@@ -345,13 +346,13 @@ impl ConfigStore for RedisStore {
             // once more (with the version the snapshot already has).
             let subscriber = self.shared.hub.subscribe(tenant, keys.clone());
             if !self.watcher.is_up() {
-                return Err(ConfigError::Unavailable(
+                return Err(ConfigError::Driver(DriverError::Unavailable(
                     self.shared
                         .redis
                         .origin()
                         .unavailable("the keyspace notification subscription is down")
                         .to_string(),
-                ));
+                )));
             }
             let snapshot = self.shared.read(&keys).await?;
             Ok((snapshot, subscriber))

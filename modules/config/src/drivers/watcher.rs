@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_module::remote::{Backoff, Origin};
+use mecha_module::DriverError;
 use tokio::sync::watch;
 
 use super::{BoxFuture, ConfigError, Hub};
@@ -129,6 +130,8 @@ impl Watcher {
         if matches!(up, Ok(Ok(_))) {
             return Ok(());
         }
-        Err(ConfigError::Unavailable(self.down_reason()))
+        Err(ConfigError::Driver(DriverError::Unavailable(
+            self.down_reason(),
+        )))
     }
 }

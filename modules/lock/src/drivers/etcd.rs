@@ -6,6 +6,7 @@
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::etcd::{base64, bytes, int, Etcd, FIELDS};
+use mecha_module::DriverError;
 use serde_json::{json, Value};
 
 use super::{held_by, is_live, lease_end, not_extended, now_ms, tenant_key};
@@ -78,9 +79,9 @@ impl EtcdLocks {
             .call("/v3/lease/grant", json!({ "TTL": secs.to_string() }))
             .await?;
         match int(&answer, "ID") {
-            0 => Err(LockError::Internal(format!(
+            0 => Err(LockError::Driver(DriverError::Internal(format!(
                 "lock.etcd: lease grant answered no id: {answer}"
-            ))),
+            )))),
             id => Ok(id),
         }
     }
@@ -148,7 +149,9 @@ impl EtcdLocks {
                         .ok()
                         .filter(|t| *t > 0)
                         .ok_or_else(|| {
-                            LockError::Internal(format!("lock.etcd: no revision in {answer}"))
+                            LockError::Driver(DriverError::Internal(format!(
+                                "lock.etcd: no revision in {answer}"
+                            )))
                         })?;
                 return Ok(Attempt::Acquired { fencing_token });
             }
@@ -174,9 +177,9 @@ impl EtcdLocks {
                 self.revoke(held.lease).await;
             }
         }
-        Err(LockError::Unavailable(format!(
+        Err(LockError::Driver(DriverError::Unavailable(format!(
             "lock.etcd: the lock key kept changing during {ATTEMPTS} attempts; try again"
-        )))
+        ))))
     }
 }
 
@@ -246,9 +249,9 @@ impl LockStore for EtcdLocks {
                     return Ok(UnlockStatus::Success);
                 }
             }
-            Err(LockError::Unavailable(format!(
+            Err(LockError::Driver(DriverError::Unavailable(format!(
                 "lock.etcd: the lock key kept changing during {ATTEMPTS} attempts; try again"
-            )))
+            ))))
         })
     }
 
@@ -285,9 +288,9 @@ impl LockStore for EtcdLocks {
                 }
                 self.revoke(lease).await;
             }
-            Err(LockError::Unavailable(format!(
+            Err(LockError::Driver(DriverError::Unavailable(format!(
                 "lock.etcd: the lock key kept changing during {ATTEMPTS} attempts; try again"
-            )))
+            ))))
         })
     }
 

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
-use mecha_module::embedded;
-use mecha_module::metadata::MetadataError;
-use mecha_module::remote::RemoteError;
+use mecha_module::{DriverError, Wording};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -39,42 +37,19 @@ pub enum Attempt {
     },
 }
 
-/// Why a driver operation failed.
+/// Why a driver operation failed. A lock has no failure of its own: a held
+/// lock, or one that belongs to another owner, is an outcome ([`Attempt`],
+/// [`UnlockStatus`]), not an error; so this is the shared failure, worded as
+/// the lock store's ("lock store unavailable: …").
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
-    /// The component's metadata is unusable.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The backing store cannot be reached right now.
-    #[error("lock store unavailable: {0}")]
-    Unavailable(String),
-    /// The backing store failed in a way that is not the caller's fault.
-    #[error("lock store failure: {0}")]
-    Internal(String),
+    /// The metadata is unusable, the store cannot be reached, or it failed.
+    /// Clients have always seen the lock store named so.
+    #[error("{}", .0.worded(Wording::store("lock store")))]
+    Driver(#[from] DriverError),
 }
 
-impl From<MetadataError> for LockError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
-impl From<embedded::Error> for LockError {
-    fn from(e: embedded::Error) -> Self {
-        match e {
-            embedded::Error::Held(message) => Self::Unavailable(message),
-            embedded::Error::Failed(message) => Self::Internal(message),
-        }
-    }
-}
+mecha_module::wraps_driver_error!(LockError);
 
 /// A lock store. Locks are always scoped by tenant: the same resource name
 /// under two tenants names two unrelated locks.
@@ -143,13 +118,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn LockStore>,
         "lock.redb" => Ok(Box::new(redb::RedbLocks::open(spec, data_dir)?)),
         "lock.redis" => Ok(Box::new(redis::RedisLocks::open(spec)?)),
         "lock.etcd" => Ok(Box::new(etcd::EtcdLocks::open(spec)?)),
-        other => Err(LockError::Config {
+        other => Err(LockError::Driver(DriverError::Config {
             component: spec.name.clone(),
             reason: format!(
                 "unknown lock store type {other:?} (known: lock.memory, lock.redb, lock.redis, \
                  lock.etcd)"
             ),
-        }),
+        })),
     }
 }
 
@@ -366,20 +341,11 @@ pub(crate) fn not_extended(status: UnlockStatus) -> ExtendLockReply {
 /// Overflow is reported rather than wrapped, since wrapping would reuse
 /// tokens and let a stale holder's writes through.
 pub(crate) fn next_token(token: u64) -> Result<u64, LockError> {
-    token
-        .checked_add(1)
-        .ok_or_else(|| LockError::Internal("the fencing token counter is exhausted".to_owned()))
-}
-
-/// A backing server's error: an outage is UNAVAILABLE, anything else
-/// INTERNAL. The message already names the component, type and server.
-impl From<RemoteError> for LockError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::Unavailable(message) => Self::Unavailable(message),
-            RemoteError::Failed(message) => Self::Internal(message),
-        }
-    }
+    token.checked_add(1).ok_or_else(|| {
+        LockError::Driver(DriverError::Internal(
+            "the fencing token counter is exhausted".to_owned(),
+        ))
+    })
 }
 
 /// A lease as a driver reads it back, for [`held_by`].

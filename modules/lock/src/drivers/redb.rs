@@ -7,6 +7,7 @@ use std::path::Path;
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb};
 use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use super::{held_by, is_live, lease_end, next_token, not_extended, now_ms};
@@ -89,7 +90,11 @@ fn prepare(db: &Database) -> Result<(), LockError> {
 
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> LockError {
-    move |e| LockError::Internal(format!("redb: cannot {operation}: {e}"))
+    move |e| {
+        LockError::Driver(DriverError::Internal(format!(
+            "redb: cannot {operation}: {e}"
+        )))
+    }
 }
 
 /// A lease as stored: owner, fencing token, expiry.

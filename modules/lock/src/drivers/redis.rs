@@ -8,6 +8,7 @@ use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::client::Script;
 use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::DriverError;
 
 use super::{not_extended, now_ms, tenant_key};
 use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
@@ -132,12 +133,16 @@ impl LockStore for RedisLocks {
                 })
                 .await
                 .map_err(LockError::from)?;
-            let n: i64 = n
-                .parse()
-                .map_err(|_| LockError::Internal(format!("lock.redis: bad script answer {n:?}")))?;
+            let n: i64 = n.parse().map_err(|_| {
+                LockError::Driver(DriverError::Internal(format!(
+                    "lock.redis: bad script answer {n:?}"
+                )))
+            })?;
             if granted == 1 {
                 let fencing_token = u64::try_from(n).map_err(|_| {
-                    LockError::Internal(format!("lock.redis: negative fencing token {n}"))
+                    LockError::Driver(DriverError::Internal(format!(
+                        "lock.redis: negative fencing token {n}"
+                    )))
                 })?;
                 return Ok(Attempt::Acquired { fencing_token });
             }
@@ -203,7 +208,9 @@ impl LockStore for RedisLocks {
                 return Ok(not_extended(status));
             }
             let fencing_token = token.parse().map_err(|_| {
-                LockError::Internal(format!("lock.redis: bad fencing token {token:?}"))
+                LockError::Driver(DriverError::Internal(format!(
+                    "lock.redis: bad fencing token {token:?}"
+                )))
             })?;
             Ok(ExtendLockReply {
                 status,
@@ -227,8 +234,8 @@ fn status_of(code: i64) -> Result<UnlockStatus, LockError> {
         0 => Ok(UnlockStatus::Success),
         1 => Ok(UnlockStatus::LockDoesNotExist),
         2 => Ok(UnlockStatus::LockBelongsToOthers),
-        other => Err(LockError::Internal(format!(
+        other => Err(LockError::Driver(DriverError::Internal(format!(
             "lock.redis: unexpected script answer {other}"
-        ))),
+        )))),
     }
 }

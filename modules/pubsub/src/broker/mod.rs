@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use mecha_abi::msg::{AckReply, AckRequest, PublishReply, PublishRequest, SubscribeRequest};
+use mecha_module::DriverError;
 
 pub use self::dead_letter::DEAD_LETTER_METADATA;
 use self::engine::Engine;
@@ -99,9 +100,9 @@ impl Broker {
         {
             let mut state = topic.state.lock();
             let Some(g) = state.groups.get_mut(&group) else {
-                return Err(PubsubError::Internal(format!(
+                return Err(PubsubError::Driver(DriverError::Internal(format!(
                     "consumer group {group:?} vanished while joining it"
-                )));
+                ))));
             };
             g.subscribers.insert(
                 id,

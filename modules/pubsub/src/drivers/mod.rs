@@ -13,6 +13,7 @@ use std::path::Path;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 
 use crate::broker::settings::Settings;
 use crate::broker::Broker;
@@ -60,13 +61,13 @@ pub fn open_embedded(spec: &ComponentSpec, data_dir: &Path) -> Result<Broker, Pu
                     .map_err(|reason| metadata.error(reason))?;
             Ok(Broker::new(settings, Box::new(redb::RedbLog::open(path)?)))
         }
-        other => Err(PubsubError::Config {
+        other => Err(PubsubError::Driver(DriverError::Config {
             component: spec.name.clone(),
             reason: format!(
                 "unknown pubsub store type {other:?} (known: pubsub.memory, pubsub.redb, \
                  pubsub.redis, pubsub.jetstream, pubsub.nats)"
             ),
-        }),
+        })),
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mecha_module::embedded::{blocking, SharedDb};
+use mecha_module::DriverError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use futures_util::future::BoxFuture;
@@ -100,7 +101,11 @@ fn prepare(db: &Database) -> Result<(), PubsubError> {
 
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> PubsubError {
-    move |e| PubsubError::Internal(format!("redb: cannot {operation}: {e}"))
+    move |e| {
+        PubsubError::Driver(DriverError::Internal(format!(
+            "redb: cannot {operation}: {e}"
+        )))
+    }
 }
 
 /// Reads what is stored of a topic.
@@ -490,11 +495,11 @@ mod tests {
     fn a_stored_message_in_an_unknown_format_is_refused() {
         assert!(matches!(
             Message::decode(&[9, 1, 2]),
-            Err(PubsubError::Internal(_))
+            Err(PubsubError::Driver(DriverError::Internal(_)))
         ));
         assert!(matches!(
             Message::decode(&[]),
-            Err(PubsubError::Internal(_))
+            Err(PubsubError::Driver(DriverError::Internal(_)))
         ));
         let stored = message(b"x").encode().expect("encode");
         assert_eq!(Message::decode(&stored).expect("decode"), *message(b"x"));

@@ -33,6 +33,7 @@ use mecha_module::remote::redis::client::streams::{
 use mecha_module::remote::redis::client::{self as redis, RedisError};
 use mecha_module::remote::redis::{Redis, FIELDS};
 use mecha_module::remote::{duration, RemoteError};
+use mecha_module::DriverError;
 use tokio::time::Instant;
 
 use crate::error::PubsubError;
@@ -203,7 +204,11 @@ fn key(tenant: &str, topic: &str) -> String {
 
 /// The offset of entry id `ms-seq`.
 fn offset_of(id: &str) -> Result<u64, PubsubError> {
-    let bad = || PubsubError::Internal(format!("Redis answered an unexpected entry id {id:?}"));
+    let bad = || {
+        PubsubError::Driver(DriverError::Internal(format!(
+            "Redis answered an unexpected entry id {id:?}"
+        )))
+    };
     let (ms, seq) = id.split_once('-').ok_or_else(bad)?;
     let (ms, seq): (u64, u64) = (
         ms.parse().map_err(|_| bad())?,
@@ -452,7 +457,10 @@ impl RedisFetcher {
                 .remove(FIELD)
                 .and_then(|v| redis::from_redis_value(v).ok())
                 .ok_or_else(|| {
-                    PubsubError::Internal(format!("entry {} has no message", entry.id))
+                    PubsubError::Driver(DriverError::Internal(format!(
+                        "entry {} has no message",
+                        entry.id
+                    )))
                 })?;
             Ok((offset, Message::decode(&bytes)?))
         });

@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod id;
 
 use mecha_abi::msg::Delivery;
+use mecha_module::DriverError;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PubsubError;
@@ -77,8 +78,11 @@ impl Message {
 
     /// The message as stored: [`FORMAT`], then the ABI's pinned encoding.
     pub fn encode(&self) -> Result<Vec<u8>, PubsubError> {
-        let body = mecha_abi::encode(self)
-            .map_err(|e| PubsubError::Internal(format!("encoding a message for storage: {e}")))?;
+        let body = mecha_abi::encode(self).map_err(|e| {
+            PubsubError::Driver(DriverError::Internal(format!(
+                "encoding a message for storage: {e}"
+            )))
+        })?;
         let mut stored = Vec::with_capacity(body.len() + 1);
         stored.push(FORMAT);
         stored.extend_from_slice(&body);
@@ -88,14 +92,17 @@ impl Message {
     /// The message stored as `stored` by [`Message::encode`].
     pub fn decode(stored: &[u8]) -> Result<Message, PubsubError> {
         match stored.split_first() {
-            Some((&FORMAT, body)) => mecha_abi::decode(body)
-                .map_err(|e| PubsubError::Internal(format!("a stored message is corrupt: {e}"))),
-            Some((other, _)) => Err(PubsubError::Internal(format!(
+            Some((&FORMAT, body)) => mecha_abi::decode(body).map_err(|e| {
+                PubsubError::Driver(DriverError::Internal(format!(
+                    "a stored message is corrupt: {e}"
+                )))
+            }),
+            Some((other, _)) => Err(PubsubError::Driver(DriverError::Internal(format!(
                 "a stored message has format {other}, this module reads format {FORMAT}"
-            ))),
-            None => Err(PubsubError::Internal(
+            )))),
+            None => Err(PubsubError::Driver(DriverError::Internal(
                 "a stored message is empty".to_owned(),
-            )),
+            ))),
         }
     }
 

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mecha_abi::msg::{AckReply, AckRequest, PublishReply, PublishRequest, SubscribeRequest};
+use mecha_module::DriverError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -176,9 +177,10 @@ impl<B: Backend> ServerStore<B> {
     /// The error for a feature this store's server cannot provide.
     fn unsupported(&self, feature: &str) -> PubsubError {
         let s = &self.inner.settings;
-        PubsubError::Unsupported(format!(
-            "component {:?} of type {} does not support {feature}",
-            s.store, s.kind
-        ))
+        PubsubError::Driver(DriverError::Unsupported {
+            component: s.store.clone(),
+            kind: s.kind.clone(),
+            feature: feature.to_owned(),
+        })
     }
 }

@@ -18,15 +18,17 @@ use std::time::{Duration, Instant};
 
 use redb::{Builder, Database, DatabaseError};
 
+use crate::DriverError;
+
 pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey, SweepObserver};
 
 /// How long a request waits for the previous module instance to release the
 /// file during a hot restart. Draining takes milliseconds; this is a bound.
 pub const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
-/// Why the database could not be had. Drivers map it to their own error
-/// (`From<Error>`): [`Error::Held`] to "unavailable", [`Error::Failed`] to
-/// "internal".
+/// Why the database could not be had. It becomes a [`DriverError`]
+/// (`From<Error>`): [`Error::Held`] an outage, [`Error::Failed`] an internal
+/// failure; capability errors take it through `wraps_driver_error!`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Another process (the previous instance) still holds the file after
@@ -37,6 +39,17 @@ pub enum Error {
     /// task failed.
     #[error("{0}")]
     Failed(String),
+}
+
+/// A file still held is an outage: the previous instance releases it within
+/// [`RELEASE_WAIT`], so the client's retry may succeed.
+impl From<Error> for DriverError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Held(message) => Self::Unavailable(message),
+            Error::Failed(message) => Self::Internal(message),
+        }
+    }
 }
 
 /// Creates a driver's tables (and migrates old files) on the freshly opened

@@ -14,6 +14,7 @@ pub mod redis;
 use std::time::Duration;
 
 use crate::metadata::{Metadata, MetadataError};
+use crate::DriverError;
 
 /// Why a call to a backing server failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,17 @@ pub enum RemoteError {
     /// The server answered, but with a failure that is not an outage.
     #[error("{0}")]
     Failed(String),
+}
+
+/// An outage stays an outage: only it is answered UNAVAILABLE, which clients
+/// retry.
+impl From<RemoteError> for DriverError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unavailable(message) => Self::Unavailable(message),
+            RemoteError::Failed(message) => Self::Internal(message),
+        }
+    }
 }
 
 /// Which component a connection serves, for error messages: every message

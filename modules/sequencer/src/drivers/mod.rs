@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::embedded;
-use mecha_module::metadata::MetadataError;
-use mecha_module::remote::RemoteError;
+use mecha_module::DriverError;
 
 pub mod memory;
 pub mod postgresql;
@@ -24,7 +22,8 @@ pub use mecha_module::BoxFuture;
 /// answer as a `Range<u64>` without overflow checks of their own.
 pub const MAX_ID: u64 = u64::MAX - 1;
 
-/// Why a driver operation failed.
+/// Why a driver operation failed: the sequencer's own outcome, an exhausted
+/// sequence, or a failure every capability shares.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SeqError {
     /// The sequence cannot hand out `count` more ids without passing
@@ -36,48 +35,12 @@ pub enum SeqError {
         /// How many ids were asked for.
         count: u32,
     },
-    /// The component's metadata is unusable.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The backing store cannot be reached right now.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The backing store failed in a way that is not the caller's fault.
-    #[error("store failure: {0}")]
-    Internal(String),
+    /// The metadata is unusable, the store cannot be reached, or it failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
 
-impl From<MetadataError> for SeqError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
-impl From<RemoteError> for SeqError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::Unavailable(message) => Self::Unavailable(message),
-            RemoteError::Failed(message) => Self::Internal(message),
-        }
-    }
-}
-
-impl From<embedded::Error> for SeqError {
-    fn from(e: embedded::Error) -> Self {
-        match e {
-            embedded::Error::Held(message) => Self::Unavailable(message),
-            embedded::Error::Failed(message) => Self::Internal(message),
-        }
-    }
-}
+mecha_module::wraps_driver_error!(SeqError);
 
 /// A source of per-key sequences. Keys are always scoped by tenant: the same
 /// key under two tenants names two unrelated sequences.
@@ -112,13 +75,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn Sequencer>,
         "sequencer.redb" => Ok(Box::new(redb::RedbSequencer::open(spec, data_dir)?)),
         "sequencer.redis" => Ok(Box::new(redis::RedisSequencer::open(spec)?)),
         "sequencer.postgresql" => Ok(Box::new(postgresql::PostgresSequencer::open(spec)?)),
-        other => Err(SeqError::Config {
+        other => Err(SeqError::Driver(DriverError::Config {
             component: spec.name.clone(),
             reason: format!(
                 "unknown sequencer type {other:?} (known: sequencer.memory, sequencer.redb, \
                  sequencer.redis, sequencer.postgresql)"
             ),
-        }),
+        })),
     }
 }
 

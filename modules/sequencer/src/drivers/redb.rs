@@ -24,6 +24,7 @@ use std::sync::Arc;
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::embedded::{blocking, redb_file, SharedDb};
 use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{last_id, BoxFuture, SeqError, Sequencer, MAX_ID};
@@ -253,7 +254,11 @@ fn prepare(db: &Database) -> Result<(), SeqError> {
 
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> SeqError {
-    move |e| SeqError::Internal(format!("redb: cannot {operation}: {e}"))
+    move |e| {
+        SeqError::Driver(DriverError::Internal(format!(
+            "redb: cannot {operation}: {e}"
+        )))
+    }
 }
 
 impl Sequencer for RedbSequencer {

@@ -15,6 +15,7 @@
 use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::DriverError;
 
 use super::segments::Segments;
 use super::{BoxFuture, SeqError, Sequencer};
@@ -57,8 +58,11 @@ impl RedisSequencer {
             .query_async(&mut self.redis.connection())
             .await;
         match result {
-            Ok(bound) => u64::try_from(bound)
-                .map_err(|_| SeqError::Internal(format!("redis counter {name:?} is negative"))),
+            Ok(bound) => u64::try_from(bound).map_err(|_| {
+                SeqError::Driver(DriverError::Internal(format!(
+                    "redis counter {name:?} is negative"
+                )))
+            }),
             // Redis refuses to pass i64::MAX; the sequence is used up.
             Err(e) if e.to_string().contains("overflow") => Err(SeqError::Exhausted {
                 key: key.to_owned(),

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use mecha_module::metadata::{Metadata, MetadataError};
+use mecha_module::DriverError;
 use parking_lot::Mutex;
 
 use super::{last_id, SeqError, MAX_ID};
@@ -116,19 +117,19 @@ impl Segments {
             .checked_sub(n - 1)
             .filter(|&first| first >= 1)
             .ok_or_else(|| {
-                SeqError::Internal(format!(
+                SeqError::Driver(DriverError::Internal(format!(
                     "the backend returned counter {bound} for a reservation of {n} ids of {key:?}"
-                ))
+                )))
             })?;
         // A counter below what this process handed out means the backend
         // lost data (a server restarted without persistence); handing out
         // its ids again would break every promise, so refuse loudly.
         if first < segment.next {
-            return Err(SeqError::Internal(format!(
+            return Err(SeqError::Driver(DriverError::Internal(format!(
                 "the backend's counter of {key:?} went backwards (to {bound}, below {} already \
                  handed out): has the server lost its data?",
                 segment.next
-            )));
+            ))));
         }
         last_id(key, first, count)?;
         segment.next = first + wanted;
@@ -178,9 +179,12 @@ mod tests {
     fn a_failed_reservation_changes_nothing() {
         let segments = Segments::new(1);
         let failed = block(segments.allocate("t", "k", 1, |_| async {
-            Err(SeqError::Unavailable("down".into()))
+            Err(SeqError::Driver(DriverError::Unavailable("down".into())))
         }));
-        assert_eq!(failed, Err(SeqError::Unavailable("down".into())));
+        assert_eq!(
+            failed,
+            Err(SeqError::Driver(DriverError::Unavailable("down".into())))
+        );
         let ok = block(segments.allocate("t", "k", 2, |n| async move { Ok(n + 5) }));
         assert_eq!(ok, Ok(6));
     }

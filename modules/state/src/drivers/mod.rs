@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
-use mecha_module::embedded;
-use mecha_module::metadata::MetadataError;
-use mecha_module::remote::RemoteError;
+use mecha_module::DriverError;
 
 pub mod memory;
 pub mod postgresql;
@@ -32,7 +30,8 @@ pub enum OpOutcome {
     },
 }
 
-/// Why a driver operation failed.
+/// Why a driver operation failed: the state store's own outcomes (an ETag
+/// mismatch, a quota exceeded), or a failure every capability shares.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// An ETag was given and the key is missing, expired or has another ETag.
@@ -40,25 +39,6 @@ pub enum StoreError {
     EtagMismatch {
         /// The key whose ETag did not match.
         key: String,
-    },
-    /// The component's metadata is unusable.
-    #[error("component {component:?}: {reason}")]
-    Config {
-        /// The component name.
-        component: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The driver does not implement a feature the request needs. Nothing
-    /// was changed.
-    #[error("component {component:?} of type {kind} does not support {feature}")]
-    Unsupported {
-        /// The component name.
-        component: String,
-        /// The component's type, e.g. `state.redis`.
-        kind: String,
-        /// The missing feature, e.g. "transactions".
-        feature: String,
     },
     /// The write would take the tenant past a limit of the store's quota
     /// (see [`quota`]). Nothing was changed.
@@ -77,40 +57,13 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
-    /// The backing store cannot be reached right now.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The backing store failed in a way that is not the caller's fault.
-    #[error("store failure: {0}")]
-    Internal(String),
+    /// The metadata is unusable, the store cannot be reached, it lacks a
+    /// feature the request needs, or it failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
 
-impl From<MetadataError> for StoreError {
-    fn from(e: MetadataError) -> Self {
-        Self::Config {
-            component: e.component,
-            reason: e.reason,
-        }
-    }
-}
-
-impl From<RemoteError> for StoreError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::Unavailable(message) => Self::Unavailable(message),
-            RemoteError::Failed(message) => Self::Internal(message),
-        }
-    }
-}
-
-impl From<embedded::Error> for StoreError {
-    fn from(e: embedded::Error) -> Self {
-        match e {
-            embedded::Error::Held(message) => Self::Unavailable(message),
-            embedded::Error::Failed(message) => Self::Internal(message),
-        }
-    }
-}
+mecha_module::wraps_driver_error!(StoreError);
 
 /// A state store. Keys are always scoped by tenant: the same key under two
 /// tenants names two unrelated entries.
@@ -182,13 +135,13 @@ pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn StateStore>
         "state.redb" => Ok(Box::new(redb::RedbStore::open(spec, data_dir)?)),
         "state.redis" => Ok(Box::new(redis::RedisStore::open(spec)?)),
         "state.postgresql" => Ok(Box::new(postgresql::PostgresStore::open(spec)?)),
-        other => Err(StoreError::Config {
+        other => Err(StoreError::Driver(DriverError::Config {
             component: spec.name.clone(),
             reason: format!(
                 "unknown state store type {other:?} (known: state.memory, state.redb, \
                  state.redis, state.postgresql)"
             ),
-        }),
+        })),
     }
 }
 
@@ -247,7 +200,9 @@ pub(crate) fn check_etag(
 /// Overflow is reported rather than wrapped, since wrapping would reuse ETags
 /// and silently break first-write-wins.
 pub(crate) fn next_revision(revision: u64) -> Result<u64, StoreError> {
-    revision
-        .checked_add(1)
-        .ok_or_else(|| StoreError::Internal("the revision counter is exhausted".to_owned()))
+    revision.checked_add(1).ok_or_else(|| {
+        StoreError::Driver(DriverError::Internal(
+            "the revision counter is exhausted".to_owned(),
+        ))
+    })
 }

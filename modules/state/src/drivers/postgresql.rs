@@ -31,6 +31,7 @@ use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::postgres::{self, table_name, Client, Postgres};
 use mecha_module::remote::{duration, RemoteError};
+use mecha_module::DriverError;
 use tokio::sync::OnceCell;
 
 use super::{check_etag, BoxFuture, OpOutcome, StateStore, StoreError};
@@ -268,7 +269,9 @@ impl PostgresStore {
                         .ttl_ms
                         .map(|t| i64::try_from(t).unwrap_or(i64::MAX).min(MAX_TTL_MS));
                     revision = revision.checked_add(1).ok_or_else(|| {
-                        StoreError::Internal("the revision counter is exhausted".to_owned())
+                        StoreError::Driver(DriverError::Internal(
+                            "the revision counter is exhausted".to_owned(),
+                        ))
                     })?;
                     let row = tx
                         .query_one(&set, &[&tenant, &item.key, &item.value, &ttl, &revision])

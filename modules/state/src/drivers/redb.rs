@@ -11,6 +11,7 @@ use mecha_module::embedded::{
     self, blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb, SweepObserver,
 };
 use mecha_module::metadata::Metadata;
+use mecha_module::DriverError;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::quota::{self, Quota, Usage};
@@ -211,7 +212,11 @@ fn save_usage(
 
 /// Maps a redb error to `Internal`, saying which operation failed.
 fn redb_error<E: Display>(operation: &'static str) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Internal(format!("redb: cannot {operation}: {e}"))
+    move |e| {
+        StoreError::Driver(DriverError::Internal(format!(
+            "redb: cannot {operation}: {e}"
+        )))
+    }
 }
 
 /// Encodes an optional expiry for the `kv` table.

@@ -28,6 +28,7 @@
 use mecha_abi::msg::{ComponentSpec, StateEntry, TxOp};
 use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::{Redis, FIELDS};
+use mecha_module::DriverError;
 
 use super::{BoxFuture, OpOutcome, StateStore, StoreError};
 
@@ -210,7 +211,11 @@ fn encode_tenant(tenant: &str) -> String {
 /// `ops` holds each op's key and whether it is a set, in op order: the reply
 /// marks deletes with `1`/`0`, which are also valid revisions of sets.
 fn outcomes(ops: Vec<(String, bool)>, reply: Vec<String>) -> Result<Vec<OpOutcome>, StoreError> {
-    let malformed = || StoreError::Internal(format!("redis: unexpected script reply {reply:?}"));
+    let malformed = || {
+        StoreError::Driver(DriverError::Internal(format!(
+            "redis: unexpected script reply {reply:?}"
+        )))
+    };
     match reply.first().map(String::as_str) {
         Some("mismatch") => {
             let index: usize = reply
