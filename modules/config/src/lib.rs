@@ -4,6 +4,7 @@
 //! `configuration.etcd`).
 
 pub mod drivers;
+mod watcher;
 
 use std::collections::HashSet;
 use std::path::Path;

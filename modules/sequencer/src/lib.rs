@@ -3,6 +3,7 @@
 //! `sequencer.redb`, `sequencer.redis`, `sequencer.postgresql`).
 
 pub mod drivers;
+mod segments;
 
 use std::path::Path;
 

@@ -14,9 +14,9 @@ use mecha_module::DriverError;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::watcher::{Connected, Watcher};
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
 use super::{Hub, Scope, Subscriber, ALLOWED_TENANTS};
+use crate::watcher::{Connected, Watcher};
 
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;

@@ -16,7 +16,6 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 pub mod redis;
-mod watcher;
 
 /// The SDK's boxed future, under which the driver trait's methods return.
 pub use mecha_module::BoxFuture;

@@ -11,9 +11,9 @@ use mecha_module::remote::redis::client::{self as redis, AsyncCommands, Script};
 use mecha_module::remote::redis::{Redis, FIELDS};
 use mecha_module::DriverError;
 
-use super::watcher::{Connected, Watcher};
 use super::{refuse_metadata, select_sorted, BoxFuture, ConfigError, ConfigStore};
 use super::{Hub, Scope, Subscriber, ALLOWED_TENANTS};
+use crate::watcher::{Connected, Watcher};
 
 /// The key (after the prefix) of the counter CONFIG_SET takes versions
 /// from. It is not an item: reads and notifications skip it.

@@ -10,7 +10,6 @@ pub mod memory;
 pub mod postgresql;
 pub mod redb;
 pub mod redis;
-mod segments;
 
 /// The SDK's boxed future, under which the driver trait's methods return.
 pub use mecha_module::BoxFuture;

@@ -19,8 +19,8 @@ use mecha_module::remote::RemoteError;
 use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 
-use super::segments::Segments;
 use super::{BoxFuture, SeqError, Sequencer};
+use crate::segments::Segments;
 
 /// The fields this driver understands besides the connection's.
 const OWN_FIELDS: [&str; 2] = ["tableName", "segmentSize"];

@@ -17,8 +17,8 @@ use mecha_module::metadata::Metadata;
 use mecha_module::remote::redis::{Redis, FIELDS};
 use mecha_module::DriverError;
 
-use super::segments::Segments;
 use super::{BoxFuture, SeqError, Sequencer};
+use crate::segments::Segments;
 
 /// The fields this driver understands besides the connection's.
 const OWN_FIELDS: [&str; 2] = ["keyPrefix", "segmentSize"];

@@ -549,21 +549,31 @@ mod tests {
         );
     }
 
-    /// ETags count each tenant's own writes, survive a reopen, and in a file
-    /// from before per-tenant counters start above every ETag it holds.
-    #[test]
-    fn etags_are_per_tenant_and_never_reuse_an_old_files_etags() {
+    /// A row of the `kv` table as a file from an older release holds it:
+    /// (tenant, key, value, revision, encoded expiry).
+    type OldRow = (&'static str, &'static str, &'static [u8], u64, u64);
+
+    /// Writes a file named `old` the way an older release left it (only
+    /// `rows` and, if given, the store-wide revision counter), then opens it
+    /// as the driver does, which migrates it.
+    fn open_old_file(
+        rows: &[OldRow],
+        revision: Option<u64>,
+    ) -> (tempfile::TempDir, ComponentSpec, RedbStore) {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
-        let path = dir.path().join("old.redb");
         {
-            let db = Database::create(&path).expect("create the file");
+            let db = Database::create(dir.path().join("old.redb")).expect("create the file");
             let txn = db.begin_write().expect("begin");
             {
                 let mut kv = txn.open_table(KV).expect("kv table");
-                kv.insert(("a", "old"), (b"v".as_slice(), 7, 0))
-                    .expect("insert");
-                let mut meta = txn.open_table(META).expect("meta table");
-                meta.insert(REVISION, 7).expect("insert");
+                for &(tenant, key, value, rev, expires) in rows {
+                    kv.insert((tenant, key), (value, rev, expires))
+                        .expect("insert");
+                }
+                if let Some(revision) = revision {
+                    let mut meta = txn.open_table(META).expect("meta table");
+                    meta.insert(REVISION, revision).expect("insert");
+                }
             }
             txn.commit().expect("commit");
         }
@@ -572,6 +582,15 @@ mod tests {
             kind: "state.redb".to_owned(),
             metadata: Vec::new(),
         };
+        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        (dir, spec, store)
+    }
+
+    /// ETags count each tenant's own writes, survive a reopen, and in a file
+    /// from before per-tenant counters start above every ETag it holds.
+    #[test]
+    fn etags_are_per_tenant_and_never_reuse_an_old_files_etags() {
+        let (dir, spec, store) = open_old_file(&[("a", "old", b"v", 7, 0)], Some(7));
         let etag_of = |store: &RedbStore, tenant: &str| {
             let db = store.db.opened().expect("opened eagerly");
             match write(db, &Quota::defaults("t"), tenant, &[set("k", None)], 0) {
@@ -582,7 +601,6 @@ mod tests {
                 Err(e) => panic!("write failed: {e}"),
             }
         };
-        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
         assert_eq!(etag_of(&store, "a"), "8", "above the old file's counter");
         for _ in 0..100 {
             etag_of(&store, "b");
@@ -598,28 +616,14 @@ mod tests {
     /// opened, so what it already holds counts against the quota.
     #[test]
     fn opening_a_file_from_before_quotas_counts_what_it_holds() {
-        let dir = tempfile::TempDir::new().expect("create a temporary directory");
-        let path = dir.path().join("old.redb");
-        {
-            let db = Database::create(&path).expect("create the file");
-            let txn = db.begin_write().expect("begin");
-            {
-                let mut kv = txn.open_table(KV).expect("kv table");
-                kv.insert(("a", "k1"), (b"12345".as_slice(), 1, 0))
-                    .expect("insert");
-                kv.insert(("a", "k2"), (b"".as_slice(), 2, 0))
-                    .expect("insert");
-                kv.insert(("b", "k"), (b"v".as_slice(), 3, 0))
-                    .expect("insert");
-            }
-            txn.commit().expect("commit");
-        }
-        let spec = ComponentSpec {
-            name: "old".to_owned(),
-            kind: "state.redb".to_owned(),
-            metadata: Vec::new(),
-        };
-        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        let (_dir, _spec, store) = open_old_file(
+            &[
+                ("a", "k1", b"12345", 1, 0),
+                ("a", "k2", b"", 2, 0),
+                ("b", "k", b"v", 3, 0),
+            ],
+            None,
+        );
         let db = store.db.opened().expect("opened eagerly");
         let txn = db.begin_read().expect("begin a read");
         let usage = txn.open_table(USAGE).expect("usage table");
@@ -633,30 +637,14 @@ mod tests {
     /// when opened, so its TTL keys are still swept.
     #[test]
     fn opening_an_unindexed_file_builds_the_index() {
-        let dir = tempfile::TempDir::new().expect("create a temporary directory");
-        let path = dir.path().join("old.redb");
-        {
-            let db = Database::create(&path).expect("create the file");
-            let txn = db.begin_write().expect("begin");
-            {
-                let mut kv = txn.open_table(KV).expect("kv table");
-                kv.insert(("t", "expired"), (b"v".as_slice(), 1, 10))
-                    .expect("insert");
-                kv.insert(("t", "later"), (b"v".as_slice(), 2, 1_000))
-                    .expect("insert");
-                kv.insert(("t", "forever"), (b"v".as_slice(), 3, 0))
-                    .expect("insert");
-                let mut meta = txn.open_table(META).expect("meta table");
-                meta.insert(REVISION, 3).expect("insert");
-            }
-            txn.commit().expect("commit");
-        }
-        let spec = ComponentSpec {
-            name: "old".to_owned(),
-            kind: "state.redb".to_owned(),
-            metadata: Vec::new(),
-        };
-        let store = RedbStore::open(&spec, dir.path()).expect("open the old file");
+        let (dir, spec, store) = open_old_file(
+            &[
+                ("t", "expired", b"v", 1, 10),
+                ("t", "later", b"v", 2, 1_000),
+                ("t", "forever", b"v", 3, 0),
+            ],
+            Some(3),
+        );
         assert_eq!(
             EXPIRING.sweep(store.db.opened().expect("opened eagerly"), 100),
             Ok(1)

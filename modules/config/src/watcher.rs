@@ -12,7 +12,7 @@ use mecha_module::remote::{Backoff, Origin};
 use mecha_module::DriverError;
 use tokio::sync::watch;
 
-use super::{BoxFuture, ConfigError, Hub};
+use crate::drivers::{BoxFuture, ConfigError, Hub};
 
 /// How long a subscribe waits for the feed to be up (at module start, or
 /// while it reconnects) before answering UNAVAILABLE.

@@ -16,7 +16,7 @@ use mecha_module::metadata::{Metadata, MetadataError};
 use mecha_module::DriverError;
 use parking_lot::Mutex;
 
-use super::{last_id, SeqError, MAX_ID};
+use crate::drivers::{last_id, SeqError, MAX_ID};
 
 /// The largest `segmentSize`, as for `sequencer.redb`.
 const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
