@@ -256,6 +256,50 @@ fn try_lock(
     Ok(Attempt::Acquired { fencing_token })
 }
 
+/// The tables a change to a lease writes.
+type LeaseTables<'t> = (Table<'t, LeaseKey, LeaseValue>, Table<'t, ExpiryKey, ()>);
+
+/// Applies `change` to the lease of `resource` as of `now` if `owner` holds
+/// it, in one write transaction that commits (`committing` names it in an
+/// error) only when the lease was held; otherwise the transaction aborts,
+/// which spares it a disk sync, and `refused` makes the answer from the
+/// status. An expired leftover is left to the sweep.
+fn change_held<T>(
+    db: &Database,
+    (tenant, resource, owner): (&str, &str, &str),
+    now: u64,
+    committing: &'static str,
+    refused: impl FnOnce(UnlockStatus) -> T,
+    change: impl FnOnce(&mut LeaseTables<'_>, Stored) -> Result<T, LockError>,
+) -> Result<T, LockError> {
+    let txn = db
+        .begin_write()
+        .map_err(redb_error("begin a write transaction"))?;
+    let outcome = {
+        let mut tables = (
+            txn.open_table(LEASES)
+                .map_err(redb_error("open the leases table for writing"))?,
+            txn.open_table(EXPIRY)
+                .map_err(redb_error("open the expiry table for writing"))?,
+        );
+        match held_by(stored(&tables.0, tenant, resource)?, owner, now) {
+            Err(status) => Err(status),
+            Ok(lease) => Ok(change(&mut tables, lease)?),
+        }
+    };
+    match outcome {
+        Ok(answer) => {
+            txn.commit().map_err(redb_error(committing))?;
+            Ok(answer)
+        }
+        Err(status) => {
+            txn.abort()
+                .map_err(redb_error("abort an unchanged transaction"))?;
+            Ok(refused(status))
+        }
+    }
+}
+
 /// Releases `resource` as of `now` if `owner` holds it.
 fn unlock(
     db: &Database,
@@ -264,33 +308,18 @@ fn unlock(
     owner: &str,
     now: u64,
 ) -> Result<UnlockStatus, LockError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
-    let status = {
-        let mut leases = txn
-            .open_table(LEASES)
-            .map_err(redb_error("open the leases table for writing"))?;
-        let mut index = txn
-            .open_table(EXPIRY)
-            .map_err(redb_error("open the expiry table for writing"))?;
-        match held_by(stored(&leases, tenant, resource)?, owner, now) {
-            Err(status) => status,
-            Ok(lease) => {
-                remove(&mut leases, &mut index, tenant, resource, &lease)?;
-                UnlockStatus::Success
-            }
-        }
-    };
-    // Only a release changes anything; the other answers abort, which spares
-    // them a disk sync (an expired leftover is left to the sweep).
-    if status == UnlockStatus::Success {
-        txn.commit().map_err(redb_error("commit a release"))?;
-    } else {
-        txn.abort()
-            .map_err(redb_error("abort an unchanged transaction"))?;
-    }
-    Ok(status)
+    let held = (tenant, resource, owner);
+    change_held(
+        db,
+        held,
+        now,
+        "commit a release",
+        |status| status,
+        |(leases, index), lease| {
+            remove(leases, index, tenant, resource, &lease)?;
+            Ok(UnlockStatus::Success)
+        },
+    )
 }
 
 /// Renews the lease of `resource` as of `now` if `owner` holds it.
@@ -302,42 +331,22 @@ fn extend(
     ttl_ms: u64,
     now: u64,
 ) -> Result<ExtendLockReply, LockError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
-    let reply = {
-        let mut leases = txn
-            .open_table(LEASES)
-            .map_err(redb_error("open the leases table for writing"))?;
-        let mut index = txn
-            .open_table(EXPIRY)
-            .map_err(redb_error("open the expiry table for writing"))?;
-        match held_by(stored(&leases, tenant, resource)?, owner, now) {
-            Err(status) => not_extended(status),
-            Ok(lease) => {
-                let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
-                put(
-                    &mut leases,
-                    &mut index,
-                    tenant,
-                    resource,
-                    Some(&lease),
-                    renewed,
-                )?;
-                ExtendLockReply {
-                    status: UnlockStatus::Success,
-                    fencing_token: lease.fencing_token,
-                }
-            }
-        }
-    };
-    if reply.status == UnlockStatus::Success {
-        txn.commit().map_err(redb_error("commit an extension"))?;
-    } else {
-        txn.abort()
-            .map_err(redb_error("abort an unchanged transaction"))?;
-    }
-    Ok(reply)
+    let held = (tenant, resource, owner);
+    change_held(
+        db,
+        held,
+        now,
+        "commit an extension",
+        not_extended,
+        |(leases, index), lease| {
+            let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
+            put(leases, index, tenant, resource, Some(&lease), renewed)?;
+            Ok(ExtendLockReply {
+                status: UnlockStatus::Success,
+                fencing_token: lease.fencing_token,
+            })
+        },
+    )
 }
 
 // The blocking tasks must own what they use (`'static`), so the short names
