@@ -577,3 +577,53 @@ fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
         Some(1 << 20)
     );
 }
+
+/// Item 8, sequences: a tenant cannot grow the sequencer's file and memory
+/// without end by naming new keys. With `maxSequencesPerTenant: 3`, its
+/// fourth key is refused RESOURCE_EXHAUSTED naming the field while its
+/// sequences go on, another tenant starts its own, and the count survives a
+/// restart of mechad.
+#[test]
+fn a_tenant_at_its_sequence_quota_gets_no_new_sequence() {
+    require_root();
+    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: ids}\n\
+        spec:\n  type: sequencer.redb\n  version: v1\n  metadata:\n\
+        \x20 - {name: maxSequencesPerTenant, value: \"3\"}\n";
+    let mut d = Daemon::start_with(Some(config));
+    open_to_nobody(&d);
+    let attacker = no_retries(d.client_as(NOBODY));
+    for key in ["a", "b", "c"] {
+        attacker.next_id("", key).expect("within the quota");
+    }
+    let refused = attacker.next_id("", "d").expect_err("a fourth sequence");
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("maxSequencesPerTenant"),
+        "{refused}"
+    );
+    assert_eq!(attacker.next_id("", "a").expect("its own sequence"), 2);
+    let victim = no_retries(d.client());
+    for key in ["a", "b", "d"] {
+        assert_eq!(
+            victim
+                .next_id("", key)
+                .expect("the victim has a quota of its own"),
+            1,
+            "the victim's sequences are its own"
+        );
+    }
+    drop(attacker);
+    drop(victim);
+    d.kill_and_restart();
+    let attacker = no_retries(d.client_as(NOBODY));
+    let refused = attacker.next_id("", "d").expect_err("still at the quota");
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+}

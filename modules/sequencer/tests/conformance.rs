@@ -28,19 +28,9 @@ impl Harness {
         )
     }
 
-    fn memory() -> Self {
-        Self::new("sequencer.memory", &[])
-    }
-
     /// The redb driver with its default segment size.
     fn redb() -> Self {
         Self::new("sequencer.redb", &[])
-    }
-
-    /// The redb driver with segments so small that most tests cross several
-    /// segment boundaries, where reservation bugs would show.
-    fn redb_small_segments() -> Self {
-        Self::new("sequencer.redb", &[("segmentSize", "3")])
     }
 
     /// The driver, shared, for tasks that allocate concurrently.
@@ -152,11 +142,45 @@ fn concurrent_callers_get_no_duplicates(h: Harness) {
     assert_eq!(unique.len(), all.len(), "some id was handed out twice");
 }
 
+// ---- Per-tenant quotas; the suite runs these cases with `QUOTA`. ----
+
+/// A quota of two sequences per tenant.
+const QUOTA: &[(&str, &str)] = &[("maxSequencesPerTenant", "2")];
+
+/// A tenant at its quota keeps using its sequences, is refused a new one
+/// (RESOURCE_EXHAUSTED in the module, naming the field), and another tenant
+/// is unaffected.
+fn a_tenant_at_its_sequence_quota_keeps_its_sequences_but_gets_no_new_one(h: Harness) {
+    assert_eq!(h.next_id("t", "a"), 1);
+    assert_eq!(h.next_id("t", "b"), 1);
+    match h.block(h.seq().next_ids("t", "c", 1)) {
+        Err(SeqError::QuotaExceeded { key, limit, .. }) => {
+            assert_eq!((key.as_str(), limit), ("c", 2));
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    }
+    assert_eq!(h.next_id("t", "a"), 2, "existing sequences keep going");
+    assert_eq!(
+        h.next_id("other", "c"),
+        1,
+        "another tenant has its own quota"
+    );
+    assert!(
+        h.block(h.seq().next_ids("t", "c", 1)).is_err(),
+        "a refused key stays refused"
+    );
+}
+
 mecha_module::conformance! {
-    drivers: {
-        memory => Harness::memory(),
-        redb => Harness::redb(),
-        redb_small_segments => Harness::redb_small_segments(),
+    drivers(metadata): {
+        memory => Harness::new("sequencer.memory", metadata),
+        redb => Harness::new("sequencer.redb", metadata),
+        // Segments so small that most cases cross several segment
+        // boundaries, where reservation bugs would show.
+        redb_small_segments => Harness::new(
+            "sequencer.redb",
+            &[&[("segmentSize", "3")], metadata].concat(),
+        ),
     }
     cases: [
     first_id_is_one,
@@ -166,7 +190,23 @@ mecha_module::conformance! {
     tenants_are_independent,
     a_maximal_batch_is_served,
     concurrent_callers_get_no_duplicates,
+    a_tenant_at_its_sequence_quota_keeps_its_sequences_but_gets_no_new_one with QUOTA,
     ]
+}
+
+/// The count of a tenant's sequences is durable: after a reopen, a tenant
+/// at its quota is still refused a new key.
+#[test]
+fn redb_sequence_counts_survive_a_reopen() {
+    let mut h = Harness::new("sequencer.redb", QUOTA);
+    h.next_id("t", "a");
+    h.next_id("t", "b");
+    h.reopen();
+    assert!(matches!(
+        h.block(h.seq().next_ids("t", "c", 1)),
+        Err(SeqError::QuotaExceeded { .. })
+    ));
+    assert!(h.next_id("t", "a") > 1);
 }
 
 // ---- Driver-specific behaviour. ----
@@ -298,7 +338,7 @@ fn redb_rejects_unknown_metadata_naming_the_field() {
 }
 
 #[test]
-fn memory_rejects_any_metadata_naming_the_field() {
+fn memory_rejects_metadata_other_than_its_quota_naming_the_field() {
     let dir = temp_dir();
     let bad = spec("sequencer.memory", &[("segmentSize", "10")]);
     assert_config_error(&bad, dir.path(), "segmentSize");

@@ -7,13 +7,17 @@ use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
 use parking_lot::Mutex;
 
-use super::{last_id, BoxFuture, SeqError, Sequencer};
+use super::{last_id, max_sequences, BoxFuture, SeqError, Sequencer, MAX_SEQUENCES_FIELD};
 
 /// An in-memory sequencer. Nothing survives the process, so sequences start
 /// again at 1 after a restart: fine for tests and throwaway ids, wrong for ids
 /// that are stored anywhere (use `sequencer.redb` for those).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemorySequencer {
+    /// The component's name, for the quota's message.
+    component: String,
+    /// The most sequences one tenant keeps (`maxSequencesPerTenant`).
+    max_sequences: u64,
     /// The last id handed out, by tenant, then key (absent = none yet).
     /// Nesting the maps lets a lookup borrow the caller's strings instead of
     /// building an owned (tenant, key) pair for every request.
@@ -21,23 +25,33 @@ pub struct MemorySequencer {
 }
 
 impl MemorySequencer {
-    /// Creates an empty sequencer for `spec`, which must carry no metadata:
-    /// this driver has no settings, and silently ignoring a field (say a
+    /// Creates an empty sequencer for `spec`, whose only metadata field is
+    /// `maxSequencesPerTenant`: silently ignoring another (say a
     /// `segmentSize` copied from a redb component) would hide a mistake.
     pub fn open(spec: &ComponentSpec) -> Result<Self, SeqError> {
-        Metadata::parse(spec, &[])?;
-        Ok(Self::default())
+        let metadata = Metadata::parse(spec, &[MAX_SEQUENCES_FIELD])?;
+        Ok(Self {
+            component: spec.name.clone(),
+            max_sequences: max_sequences(&metadata)?,
+            last: Mutex::default(),
+        })
     }
 
     /// Allocates `count` ids of `key`; the lock makes the read, check and
     /// update one step, so concurrent callers never share an id.
     fn allocate(&self, tenant: &str, key: &str, count: u32) -> Result<u64, SeqError> {
         let mut last = self.last.lock();
-        let current = last
-            .get(tenant)
-            .and_then(|keys| keys.get(key))
-            .copied()
-            .unwrap_or(0);
+        let keys = last.get(tenant);
+        let current = keys.and_then(|keys| keys.get(key)).copied();
+        let sequences = keys.map_or(0, HashMap::len) as u64;
+        if current.is_none() && sequences >= self.max_sequences {
+            return Err(SeqError::QuotaExceeded {
+                component: self.component.clone(),
+                key: key.to_owned(),
+                limit: self.max_sequences,
+            });
+        }
+        let current = current.unwrap_or(0);
         // `current` is at most MAX_ID, so adding 1 cannot overflow.
         let first = current + 1;
         let new_last = last_id(key, first, count)?;
@@ -71,7 +85,12 @@ mod tests {
     /// and the refusal does not touch other keys.
     #[test]
     fn an_exhausted_sequence_refuses_without_wrapping() {
-        let seq = MemorySequencer::default();
+        let spec = ComponentSpec {
+            name: "seq".to_owned(),
+            kind: "sequencer.memory".to_owned(),
+            metadata: Vec::new(),
+        };
+        let seq = MemorySequencer::open(&spec).expect("open");
         seq.last
             .lock()
             .entry("t".to_owned())

@@ -11,6 +11,24 @@ pub mod postgresql;
 pub mod redb;
 pub mod redis;
 
+/// The metadata field bounding how many sequences one tenant keeps in an
+/// embedded store. Every sequence takes its key (up to 1 KiB) on disk and in
+/// the module's memory for good, since a sequence is never deleted.
+pub const MAX_SEQUENCES_FIELD: &str = "maxSequencesPerTenant";
+
+/// Sequences one tenant may keep in one embedded store without
+/// `maxSequencesPerTenant`.
+pub const DEFAULT_MAX_SEQUENCES: u64 = 100_000;
+
+/// The `maxSequencesPerTenant` of `metadata`, or the default.
+pub(crate) fn max_sequences(
+    metadata: &mecha_module::metadata::Metadata,
+) -> Result<u64, mecha_module::metadata::MetadataError> {
+    Ok(metadata
+        .whole(MAX_SEQUENCES_FIELD, 1..=u64::MAX)?
+        .unwrap_or(DEFAULT_MAX_SEQUENCES))
+}
+
 /// The SDK's boxed future, under which the driver trait's methods return.
 pub use mecha_module::BoxFuture;
 
@@ -33,6 +51,20 @@ pub enum SeqError {
         key: String,
         /// How many ids were asked for.
         count: u32,
+    },
+    /// The tenant already has `limit` sequences in this store and `key` would
+    /// be one more (`maxSequencesPerTenant`). Nothing was allocated.
+    #[error(
+        "component {component:?}: sequence {key:?} would be one more than the tenant's \
+         maxSequencesPerTenant ({limit}); reuse a key"
+    )]
+    QuotaExceeded {
+        /// The component name.
+        component: String,
+        /// The new key.
+        key: String,
+        /// The limit.
+        limit: u64,
     },
     /// The metadata is unusable, the store cannot be reached, or it failed.
     #[error(transparent)]

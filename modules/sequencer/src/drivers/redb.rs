@@ -27,7 +27,7 @@ use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{last_id, BoxFuture, SeqError, Sequencer, MAX_ID};
+use super::{last_id, max_sequences, BoxFuture, SeqError, Sequencer, MAX_ID, MAX_SEQUENCES_FIELD};
 
 /// The key of the `reserved` table: (tenant, key).
 type SeqKey = (&'static str, &'static str);
@@ -35,6 +35,18 @@ type SeqKey = (&'static str, &'static str);
 /// The reserved bound of every sequence; see the module documentation. A
 /// missing row means bound 0: nothing handed out yet.
 const RESERVED: TableDefinition<SeqKey, u64> = TableDefinition::new("reserved");
+
+/// How many sequences each tenant has in [`RESERVED`], for its quota
+/// (`maxSequencesPerTenant`): a reservation that adds a key's row counts it
+/// in the same transaction. Sequences are never deleted, so counts only grow.
+const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("sequences");
+
+/// Markers of the file's layout; see [`COUNTED`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The `meta` row saying [`SEQUENCES`] counts every row of [`RESERVED`]. A
+/// file written before quotas lacks it and is counted once when opened.
+const COUNTED: &str = "sequences_counted";
 
 /// The segment size without the `segmentSize` metadata field.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 1000;
@@ -45,7 +57,7 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 1000;
 const MAX_SEGMENT_SIZE: u64 = 1_000_000_000;
 
 /// The metadata fields this driver understands.
-const KNOWN_FIELDS: [&str; 2] = ["path", "segmentSize"];
+const KNOWN_FIELDS: [&str; 3] = ["path", "segmentSize", MAX_SEQUENCES_FIELD];
 
 /// The ids of one key that this process reserved and has not handed out yet.
 #[derive(Debug)]
@@ -82,6 +94,8 @@ type SegmentSlot = Arc<tokio::sync::Mutex<Segment>>;
 pub struct RedbSequencer {
     /// How many ids one reservation covers at least.
     segment_size: u64,
+    /// Who may keep how many sequences.
+    quota: Arc<Quota>,
     /// The store file, opened at start or, during a hot restart, once the
     /// previous instance of this module released it (see `allocate` for why
     /// segments survive that handoff).
@@ -116,9 +130,31 @@ impl RedbSequencer {
             .unwrap_or(DEFAULT_SEGMENT_SIZE);
         Ok(Self {
             segment_size,
+            quota: Arc::new(Quota {
+                component: spec.name.clone(),
+                max_sequences: max_sequences(&metadata)?,
+            }),
             db: SharedDb::open(path, prepare)?,
             segments: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Forgets the slot of `key` if its segment is still empty and nobody
+    /// else holds it: after a refused first reservation, so that keys the
+    /// quota refused take no memory.
+    fn forget(&self, tenant: &str, key: &str, slot: SegmentSlot) {
+        let mut segments = self.segments.lock();
+        let Some(keys) = segments.get_mut(tenant) else {
+            return;
+        };
+        // Two references: the map's and `slot`; a third is a concurrent
+        // allocation of the same key, which keeps the slot.
+        if Arc::strong_count(&slot) == 2 {
+            keys.remove(key);
+            if keys.is_empty() {
+                segments.remove(tenant);
+            }
+        }
     }
 
     /// The segment slot of `key`, created empty on first use.
@@ -162,14 +198,35 @@ impl RedbSequencer {
             return Ok(first);
         }
         let db = self.db.db().await?;
-        let (tenant, key) = (tenant.to_owned(), key.to_owned());
+        let (owned_tenant, owned_key) = (tenant.to_owned(), key.to_owned());
         let (next, end, segment_size) = (segment.next, segment.end, self.segment_size);
+        let quota = Arc::clone(&self.quota);
         // If this future is dropped while the reservation runs, the bound may
         // be persisted without the segment learning of it. That is safe: the
         // next reservation sees a stored bound other than `end` and starts
         // above it (see `reserve`), skipping the orphaned ids.
-        let reserved =
-            blocking(move || reserve(&db, &tenant, &key, next, end, count, segment_size)).await?;
+        let reserved = blocking(move || {
+            let wanted = Wanted {
+                count,
+                segment_size,
+            };
+            reserve(
+                &db,
+                &quota,
+                (&owned_tenant, &owned_key),
+                (next, end),
+                wanted,
+            )
+        })
+        .await;
+        let reserved = match reserved {
+            Err(e @ SeqError::QuotaExceeded { .. }) => {
+                drop(segment);
+                self.forget(tenant, key, slot);
+                return Err(e);
+            }
+            other => other?,
+        };
         segment.next = reserved.first + wanted;
         segment.end = reserved.bound;
         Ok(reserved.first)
@@ -197,14 +254,33 @@ struct Reservation {
 /// allocation starts above the larger of the two bounds instead. The new
 /// bound covers the allocation and, when the id space allows, reaches a full
 /// `segment_size` beyond the old bound, leaving the rest for later requests.
+/// The quota of one store: how many sequences a tenant may keep.
+#[derive(Debug)]
+struct Quota {
+    /// The component's name, for the message.
+    component: String,
+    /// `maxSequencesPerTenant`.
+    max_sequences: u64,
+}
+
+/// What a reservation is for: the allocation's size and the store's segment
+/// size.
+struct Wanted {
+    /// Ids the allocation asks for.
+    count: u32,
+    /// Ids a reservation covers at least.
+    segment_size: u64,
+}
+
 fn reserve(
     db: &Database,
-    tenant: &str,
-    key: &str,
-    next: u64,
-    end: u64,
-    count: u32,
-    segment_size: u64,
+    quota: &Quota,
+    (tenant, key): (&str, &str),
+    (next, end): (u64, u64),
+    Wanted {
+        count,
+        segment_size,
+    }: Wanted,
 ) -> Result<Reservation, SeqError> {
     let txn = db
         .begin_write()
@@ -215,10 +291,14 @@ fn reserve(
         let mut table = txn
             .open_table(RESERVED)
             .map_err(redb_error("open the reserved table"))?;
-        let stored = table
+        let found = table
             .get((tenant, key))
             .map_err(redb_error("read a reserved bound"))?
-            .map_or(0, |guard| guard.value());
+            .map(|guard| guard.value());
+        if found.is_none() {
+            count_new_sequence(&txn, quota, tenant, key)?;
+        }
+        let stored = found.unwrap_or(0);
         let first = if stored == end {
             next
         } else {
@@ -240,14 +320,74 @@ fn reserve(
     Ok(reservation)
 }
 
-/// Creates the table up front, so that the file's layout is complete from the
-/// first open and a reservation never has to treat "no table yet" specially.
+/// Counts a sequence `tenant` is about to add in `txn`, unless it already
+/// has its quota's worth.
+fn count_new_sequence(
+    txn: &redb::WriteTransaction,
+    quota: &Quota,
+    tenant: &str,
+    key: &str,
+) -> Result<(), SeqError> {
+    let mut counts = txn
+        .open_table(SEQUENCES)
+        .map_err(redb_error("open the sequences table"))?;
+    let had = counts
+        .get(tenant)
+        .map_err(redb_error("read the tenant's sequence count"))?
+        .map_or(0, |guard| guard.value());
+    if had >= quota.max_sequences {
+        return Err(SeqError::QuotaExceeded {
+            component: quota.component.clone(),
+            key: key.to_owned(),
+            limit: quota.max_sequences,
+        });
+    }
+    counts
+        .insert(tenant, had + 1)
+        .map_err(redb_error("write the tenant's sequence count"))?;
+    Ok(())
+}
+
+/// Creates the tables up front, so that the file's layout is complete from
+/// the first open and a reservation never has to treat "no table yet"
+/// specially, and counts each tenant's sequences in a file from before the
+/// quota.
 fn prepare(db: &Database) -> Result<(), SeqError> {
     let txn = db
         .begin_write()
         .map_err(redb_error("begin the table-creating transaction"))?;
-    txn.open_table(RESERVED)
-        .map_err(redb_error("create the reserved table"))?;
+    {
+        let reserved = txn
+            .open_table(RESERVED)
+            .map_err(redb_error("create the reserved table"))?;
+        let mut counts = txn
+            .open_table(SEQUENCES)
+            .map_err(redb_error("create the sequences table"))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(redb_error("create the meta table"))?;
+        let counted = meta
+            .get(COUNTED)
+            .map_err(redb_error("read the sequence count marker"))?
+            .is_some();
+        if !counted {
+            let mut totals: HashMap<String, u64> = HashMap::new();
+            for row in reserved
+                .iter()
+                .map_err(redb_error("scan the reserved table"))?
+            {
+                let (key, _) = row.map_err(redb_error("read a sequence while counting"))?;
+                *totals.entry(key.value().0.to_owned()).or_default() += 1;
+            }
+            for (tenant, total) in totals {
+                counts
+                    .insert(tenant.as_str(), total)
+                    .map_err(redb_error("write a tenant's sequence count"))?;
+            }
+            meta.insert(COUNTED, 1)
+                .map_err(redb_error("write the sequence count marker"))?;
+        }
+    }
     txn.commit()
         .map_err(redb_error("commit the table-creating transaction"))
 }
@@ -289,6 +429,40 @@ mod tests {
         }
     }
 
+    /// A file from before the quota gets each tenant's sequences counted
+    /// when opened: a tenant that already has its quota's worth gets no new
+    /// key, while its old keys go on.
+    #[test]
+    fn a_file_from_before_quotas_is_counted_when_opened() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        {
+            let db = Database::create(dir.path().join("ids.redb")).expect("create the file");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut table = txn.open_table(RESERVED).expect("reserved table");
+                for key in ["a", "b"] {
+                    table.insert(("t", key), 5).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let seq = RedbSequencer::open(&spec(&[("maxSequencesPerTenant", "2")]), dir.path())
+            .expect("open the old file");
+        let rt = runtime();
+        assert!(matches!(
+            rt.block_on(seq.next_ids("t", "c", 1)),
+            Err(SeqError::QuotaExceeded { limit: 2, .. })
+        ));
+        assert_eq!(rt.block_on(seq.next_ids("t", "a", 1)), Ok(6));
+        assert!(
+            seq.segments
+                .lock()
+                .get("t")
+                .is_some_and(|keys| !keys.contains_key("c")),
+            "a refused key keeps no segment"
+        );
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -297,6 +471,24 @@ mod tests {
     }
 
     /// Stores `bound` as the reserved bound of ("t", "k").
+    /// `reserve` for key "k" of tenant "t" under the default quota.
+    fn reserve_k(
+        db: &Database,
+        segment: (u64, u64),
+        count: u32,
+        segment_size: u64,
+    ) -> Result<Reservation, SeqError> {
+        let quota = Quota {
+            component: "seq".to_owned(),
+            max_sequences: crate::drivers::DEFAULT_MAX_SEQUENCES,
+        };
+        let wanted = Wanted {
+            count,
+            segment_size,
+        };
+        reserve(db, &quota, ("t", "k"), segment, wanted)
+    }
+
     fn store_bound(db: &Database, bound: u64) {
         let txn = db.begin_write().expect("begin");
         txn.open_table(RESERVED)
@@ -379,7 +571,7 @@ mod tests {
         let db = seq.db.opened().expect("opened eagerly");
         // A fresh key continues the empty default segment at 1.
         assert_eq!(
-            reserve(db, "t", "k", 1, 0, 3, 10),
+            reserve_k(db, (1, 0), 3, 10),
             Ok(Reservation {
                 first: 1,
                 bound: 10
@@ -387,7 +579,7 @@ mod tests {
         );
         // Ids 9 and 10 are left; 5 more use them and reserve a new segment.
         assert_eq!(
-            reserve(db, "t", "k", 9, 10, 5, 10),
+            reserve_k(db, (9, 10), 5, 10),
             Ok(Reservation {
                 first: 9,
                 bound: 20
@@ -395,7 +587,7 @@ mod tests {
         );
         // A request larger than a segment reserves exactly what it needs.
         assert_eq!(
-            reserve(db, "t", "k", 21, 20, 100, 10),
+            reserve_k(db, (21, 20), 100, 10),
             Ok(Reservation {
                 first: 21,
                 bound: 120
@@ -403,7 +595,7 @@ mod tests {
         );
         // A new process (empty segment) starts above the stored bound.
         assert_eq!(
-            reserve(db, "t", "k", 1, 0, 1, 10),
+            reserve_k(db, (1, 0), 1, 10),
             Ok(Reservation {
                 first: 121,
                 bound: 130
