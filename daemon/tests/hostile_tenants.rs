@@ -28,6 +28,16 @@ fn no_retries(mut c: Client) -> Client {
     c
 }
 
+/// Asserts that `refused` is RESOURCE_EXHAUSTED with a message naming `field`.
+fn assert_exhausted(refused: &mecha_client::Error, field: &str) {
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains(field), "{refused}");
+}
+
 /// The state module's line of STATUS.
 fn state(d: &Daemon) -> mecha_abi::msg::ModuleStatus {
     d.client()
@@ -517,15 +527,7 @@ fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
         set(&attacker, &format!("big-{i}"), &value).expect("within the byte quota");
     }
     let refused = set(&attacker, "big-3", &value).expect_err("over the byte quota");
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
-    assert!(
-        refused.to_string().contains("maxBytesPerTenant"),
-        "{refused}"
-    );
+    assert_exhausted(&refused, "maxBytesPerTenant");
     assert_eq!(
         attacker.get("", "big-3").expect("get"),
         None,
@@ -543,15 +545,7 @@ fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
         set(&attacker, &format!("small-{i}"), b"v").expect("within the key quota");
     }
     let refused = set(&attacker, "small-5", b"v").expect_err("over the key quota");
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
-    assert!(
-        refused.to_string().contains("maxKeysPerTenant"),
-        "{refused}"
-    );
+    assert_exhausted(&refused, "maxKeysPerTenant");
     set(&attacker, "small-0", b"w").expect("an overwrite adds no key");
 
     // The totals are durable: after a restart the tenant is as full as it was.
@@ -560,11 +554,7 @@ fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
     d.kill_and_restart();
     let attacker = no_retries(d.client_as(NOBODY));
     let refused = set(&attacker, "small-5", b"v").expect_err("still full after a restart");
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
+    assert_exhausted(&refused, "maxKeysPerTenant");
 
     // A delete makes room for exactly what it freed.
     attacker.delete("", "big-0", None).expect("delete");
@@ -596,15 +586,7 @@ fn a_tenant_at_its_sequence_quota_gets_no_new_sequence() {
         attacker.next_id("", key).expect("within the quota");
     }
     let refused = attacker.next_id("", "d").expect_err("a fourth sequence");
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
-    assert!(
-        refused.to_string().contains("maxSequencesPerTenant"),
-        "{refused}"
-    );
+    assert_exhausted(&refused, "maxSequencesPerTenant");
     assert_eq!(attacker.next_id("", "a").expect("its own sequence"), 2);
     let victim = no_retries(d.client());
     for key in ["a", "b", "d"] {
@@ -621,9 +603,37 @@ fn a_tenant_at_its_sequence_quota_gets_no_new_sequence() {
     d.kill_and_restart();
     let attacker = no_retries(d.client_as(NOBODY));
     let refused = attacker.next_id("", "d").expect_err("still at the quota");
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
+    assert_exhausted(&refused, "maxSequencesPerTenant");
+}
+
+/// Item 8, locks: a lease has no longest TTL, so without a bound a tenant
+/// could keep taking locks it never releases. With `maxLocksPerTenant: 2`
+/// its third lock is refused RESOURCE_EXHAUSTED naming the field, while
+/// another tenant takes its own and a release makes room.
+#[test]
+fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
+    require_root();
+    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: locks}\n\
+        spec:\n  type: lock.redb\n  version: v1\n  metadata:\n\
+        \x20 - {name: maxLocksPerTenant, value: \"2\"}\n";
+    let d = Daemon::start_with(Some(config));
+    open_to_nobody(&d);
+    let attacker = no_retries(d.client_as(NOBODY));
+    let hour = Duration::from_secs(3600);
+    let lock = |c: &Client, resource: &str| c.try_lock("", resource, "me", hour, None);
+    for resource in ["a", "b"] {
+        assert!(lock(&attacker, resource)
+            .expect("within the quota")
+            .is_some());
+    }
+    let refused = lock(&attacker, "c").expect_err("a third lock");
+    assert_exhausted(&refused, "maxLocksPerTenant");
+    let victim = no_retries(d.client());
+    assert!(lock(&victim, "c")
+        .expect("the victim has a quota of its own")
+        .is_some());
+    attacker.unlock("", "a", "me").expect("unlock");
+    assert!(lock(&attacker, "c")
+        .expect("room made by the release")
+        .is_some());
 }

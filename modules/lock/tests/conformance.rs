@@ -23,19 +23,15 @@ mecha_module::suite_harness! {
 
 impl Harness {
     /// Opens a store of `kind` through the factory, so the factory is tested too.
-    fn new(kind: &str) -> Self {
+    fn new(kind: &str, metadata: &[(&str, &str)]) -> Self {
         Self(testing::Harness::open(
-            testing::spec("lockstore", kind, &[]),
+            testing::spec("lockstore", kind, metadata),
             drivers::open,
         ))
     }
 
-    fn memory() -> Self {
-        Self::new("lock.memory")
-    }
-
     fn redb() -> Self {
-        Self::new("lock.redb")
+        Self::new("lock.redb", &[])
     }
 
     /// One attempt, which must not fail.
@@ -360,10 +356,51 @@ fn sweep_removes_exactly_the_expired_locks(h: Harness) {
     h.grant("u", "short", "x", LONG_TTL_MS);
 }
 
+// ---- Per-tenant quotas; the suite runs these cases with `QUOTA`. ----
+
+/// A quota of two leases per tenant.
+const QUOTA: &[(&str, &str)] = &[("maxLocksPerTenant", "2")];
+
+/// Asserts that `resource` is refused to tenant "t" for its quota.
+fn refused_for_quota(h: &Harness, resource: &str) {
+    match h.block(h.store().try_lock("t", resource, "o", LONG_TTL_MS)) {
+        Err(LockError::QuotaExceeded {
+            resource: r, limit, ..
+        }) => assert_eq!((r.as_str(), limit), (resource, 2)),
+        other => panic!("expected a quota refusal of {resource:?}, got {other:?}"),
+    }
+}
+
+/// A tenant at its quota is refused a new lock but not an attempt on a lock
+/// it has; another tenant is unaffected; a release makes room.
+fn a_tenant_at_its_lock_quota_gets_no_new_lock(h: Harness) {
+    h.grant("t", "a", "o", LONG_TTL_MS);
+    h.grant("t", "b", "o", LONG_TTL_MS);
+    refused_for_quota(&h, "c");
+    assert!(matches!(
+        h.attempt("t", "a", "o", LONG_TTL_MS),
+        Attempt::Held { .. }
+    ));
+    h.grant("other", "c", "o", LONG_TTL_MS);
+    assert_eq!(h.unlock("t", "a", "o"), UnlockStatus::Success);
+    h.grant("t", "c", "o", LONG_TTL_MS);
+}
+
+/// An expired lease counts until it is swept (or granted again), and then
+/// gives its room back.
+fn expired_leases_count_until_swept(h: Harness) {
+    h.grant("t", "a", "o", SHORT_TTL_MS);
+    h.grant("t", "b", "o", LONG_TTL_MS);
+    std::thread::sleep(Duration::from_millis(SHORT_TTL_MS + 20));
+    refused_for_quota(&h, "c");
+    assert_eq!(h.sweep(), 1);
+    h.grant("t", "c", "o", LONG_TTL_MS);
+}
+
 mecha_module::conformance! {
-    drivers: {
-        memory => Harness::memory(),
-        redb => Harness::redb(),
+    drivers(metadata): {
+        memory => Harness::new("lock.memory", metadata),
+        redb => Harness::new("lock.redb", metadata),
     }
     cases: [
     grant_then_deny,
@@ -380,10 +417,27 @@ mecha_module::conformance! {
     blocking_acquire_times_out_when_not_released,
     blocking_acquire_stops_when_told_and_grants_nothing,
     sweep_removes_exactly_the_expired_locks,
+    a_tenant_at_its_lock_quota_gets_no_new_lock with QUOTA,
+    expired_leases_count_until_swept with QUOTA,
     ]
 }
 
 // ---- Driver-specific behaviour. ----
+
+/// The lease counts are durable: after a reopen a tenant at its quota is
+/// still refused a new lock, and a release before the reopen made room.
+#[test]
+fn redb_lease_counts_survive_a_reopen() {
+    let mut h = Harness::new("lock.redb", QUOTA);
+    h.grant("t", "a", "o", LONG_TTL_MS);
+    h.grant("t", "b", "o", LONG_TTL_MS);
+    h.reopen();
+    refused_for_quota(&h, "c");
+    assert_eq!(h.unlock("t", "b", "o"), UnlockStatus::Success);
+    h.reopen();
+    h.grant("t", "c", "o", LONG_TTL_MS);
+    refused_for_quota(&h, "d");
+}
 
 #[test]
 fn redb_tokens_and_leases_survive_reopen() {

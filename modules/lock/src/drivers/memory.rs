@@ -7,7 +7,7 @@ use mecha_abi::msg::{ExtendLockReply, UnlockStatus};
 use parking_lot::Mutex;
 
 use super::{held_by, is_live, lease_end, next_token, not_extended, now_ms};
-use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
+use super::{Attempt, BoxFuture, LockError, LockStore, Quota, Releases};
 
 /// One granted lock.
 #[derive(Clone, Debug)]
@@ -108,18 +108,24 @@ impl Inner {
 }
 
 /// An in-memory lock store. Locks do not survive the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryLocks {
     /// The leases, their expiry index and the token counters.
     inner: Mutex<Inner>,
     /// Acquirers waiting for a release.
     releases: Releases,
+    /// How many leases a tenant may keep.
+    quota: Quota,
 }
 
 impl MemoryLocks {
-    /// Creates an empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// Creates an empty store with `quota`.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            inner: Mutex::default(),
+            releases: Releases::default(),
+            quota,
+        }
     }
 
     /// One attempt to grant `resource` to `owner` as of `now`.
@@ -136,6 +142,10 @@ impl MemoryLocks {
             return Ok(Attempt::Held {
                 expires_at_ms: held.expires_at_ms,
             });
+        }
+        if inner.lease(tenant, resource).is_none() {
+            let held = inner.leases.get(tenant).map_or(0, HashMap::len);
+            self.quota.check(held, resource)?;
         }
         let fencing_token = inner.next_token(tenant, now)?;
         let lease = Lease {
@@ -291,7 +301,7 @@ mod tests {
     /// index in step with the leases, with the clock held still.
     #[test]
     fn writes_and_sweeps_keep_the_index_in_step() {
-        let locks = MemoryLocks::new();
+        let locks = MemoryLocks::new(Quota::defaults("locks"));
         let granted = |r: &str, ttl: u64, now: u64| {
             let attempt = locks.try_lock_now("t", r, "o", ttl, now).expect("attempt");
             assert!(
@@ -334,14 +344,14 @@ mod tests {
             Attempt::Acquired { fencing_token } => fencing_token,
             held => panic!("{r} was not granted: {held:?}"),
         };
-        let before = MemoryLocks::new();
+        let before = MemoryLocks::new(Quota::defaults("locks"));
         let mut last = 0;
         for i in 0..100 {
             let t = token(&before, &format!("r{i}"), 1_000);
             assert!(t > last);
             last = t;
         }
-        let after = MemoryLocks::new();
+        let after = MemoryLocks::new(Quota::defaults("locks"));
         assert!(token(&after, "r0", 1_001) > last);
     }
 }

@@ -43,6 +43,20 @@ pub enum Attempt {
 /// the lock store's ("lock store unavailable: …").
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
+    /// The tenant already keeps `limit` leases in this store and `resource`
+    /// would be one more (`maxLocksPerTenant`). Nothing was granted.
+    #[error(
+        "component {component:?}: lock {resource:?} would be one more than the tenant's \
+         maxLocksPerTenant ({limit}); release or let expire a lock first"
+    )]
+    QuotaExceeded {
+        /// The component name.
+        component: String,
+        /// The resource asked for.
+        resource: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The metadata is unusable, the store cannot be reached, or it failed.
     /// Clients have always seen the lock store named so.
     #[error("{}", .0.worded(Wording::store("lock store")))]
@@ -111,11 +125,67 @@ pub trait LockStore: Send + Sync + 'static {
     fn releases(&self) -> &Releases;
 }
 
+/// The metadata field bounding how many leases one tenant keeps in an
+/// embedded store at once (expired ones count until swept). A lease's TTL
+/// has no upper bound, so without it one tenant could fill the store's
+/// memory or file with locks it never releases.
+pub const MAX_LOCKS_FIELD: &str = "maxLocksPerTenant";
+
+/// Leases one tenant may keep in one embedded store without
+/// `maxLocksPerTenant`.
+pub const DEFAULT_MAX_LOCKS: usize = 100_000;
+
+/// The limit of an embedded store: its component's name and
+/// `maxLocksPerTenant`.
+#[derive(Clone, Debug)]
+pub struct Quota {
+    /// The component's name, for the message.
+    pub component: String,
+    /// The most leases per tenant.
+    pub max_locks: usize,
+}
+
+impl Quota {
+    /// The default quota of component `component`.
+    pub fn defaults(component: &str) -> Self {
+        Self {
+            component: component.to_owned(),
+            max_locks: DEFAULT_MAX_LOCKS,
+        }
+    }
+
+    /// Refuses a new lease of `resource` to a tenant that keeps `held`.
+    pub fn check(&self, held: usize, resource: &str) -> Result<(), LockError> {
+        if held >= self.max_locks {
+            return Err(LockError::QuotaExceeded {
+                component: self.component.clone(),
+                resource: resource.to_owned(),
+                limit: self.max_locks,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Takes `maxLocksPerTenant` out of `spec` for an embedded driver.
+fn quota(spec: &ComponentSpec) -> Result<(ComponentSpec, Quota), LockError> {
+    let (rest, max_locks) =
+        mecha_module::metadata::take_limit(spec, MAX_LOCKS_FIELD, DEFAULT_MAX_LOCKS)?;
+    let quota = Quota {
+        component: spec.name.clone(),
+        max_locks,
+    };
+    Ok((rest, quota))
+}
+
 /// Opens the driver named by `spec.kind`.
 pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Box<dyn LockStore>, LockError> {
     match spec.kind.as_str() {
-        "lock.memory" => Ok(Box::new(memory::MemoryLocks::new())),
-        "lock.redb" => Ok(Box::new(redb::RedbLocks::open(spec, data_dir)?)),
+        "lock.memory" => Ok(Box::new(memory::MemoryLocks::new(quota(spec)?.1))),
+        "lock.redb" => {
+            let (rest, quota) = quota(spec)?;
+            Ok(Box::new(redb::RedbLocks::open(&rest, data_dir, quota)?))
+        }
         "lock.redis" => Ok(Box::new(redis::RedisLocks::open(spec)?)),
         "lock.etcd" => Ok(Box::new(etcd::EtcdLocks::open(spec)?)),
         other => Err(LockError::Driver(DriverError::Config {

@@ -5,13 +5,18 @@ use std::fmt::Display;
 use std::path::Path;
 
 use mecha_abi::msg::{ComponentSpec, ExtendLockReply, UnlockStatus};
-use mecha_module::embedded::{blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mecha_module::embedded::{
+    self, blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb, SweepObserver,
+};
 use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::{held_by, is_live, lease_end, next_token, not_extended, now_ms};
-use super::{Attempt, BoxFuture, LockError, LockStore, Releases};
+use super::{Attempt, BoxFuture, LockError, LockStore, Quota, Releases};
 
 /// The key of the `leases` table: (tenant, resource).
 type LeaseKey = (&'static str, &'static str);
@@ -42,6 +47,18 @@ const EXPIRING: ExpiryIndex<LeaseValue> = ExpiryIndex {
 /// be deleted, and keeps one tenant's activity invisible in another's tokens.
 const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("tokens");
 
+/// How many rows each tenant has in [`LEASES`], for its quota
+/// (`maxLocksPerTenant`): every transaction that adds or deletes a row, a
+/// sweep included, updates its tenant's count. A tenant with none has no row.
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+
+/// Markers of the file's layout; see [`COUNTED`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The `meta` row saying [`COUNTS`] covers every lease. A file written
+/// before the quota lacks it and is counted once when opened.
+const COUNTED: &str = "counted";
+
 /// The metadata fields this driver understands.
 const KNOWN_FIELDS: [&str; 1] = ["path"];
 
@@ -53,6 +70,8 @@ pub struct RedbLocks {
     db: SharedDb<LockError>,
     /// Acquirers waiting for a release.
     releases: Releases,
+    /// How many leases a tenant may keep; shared with the blocking tasks.
+    quota: Arc<Quota>,
 }
 
 impl RedbLocks {
@@ -61,13 +80,14 @@ impl RedbLocks {
     /// The file is the metadata field `path` (absolute, or relative to
     /// `data_dir`), or `<data_dir>/<component name>.redb` without it. This
     /// blocks on file I/O; it runs once, when the module starts.
-    pub fn open(spec: &ComponentSpec, data_dir: &Path) -> Result<Self, LockError> {
+    pub fn open(spec: &ComponentSpec, data_dir: &Path, quota: Quota) -> Result<Self, LockError> {
         let metadata = Metadata::parse(spec, &KNOWN_FIELDS)?;
         let path = redb_file(&spec.name, metadata.str("path")?, data_dir)
             .map_err(|reason| metadata.error(reason))?;
         Ok(Self {
             db: SharedDb::open(path, prepare)?,
             releases: Releases::default(),
+            quota: Arc::new(quota),
         })
     }
 }
@@ -84,6 +104,7 @@ fn prepare(db: &Database) -> Result<(), LockError> {
         .map_err(redb_error("create the expiry table"))?;
     txn.open_table(TOKENS)
         .map_err(redb_error("create the tokens table"))?;
+    embedded::count_once(&txn, LEASES, COUNTS, (META, COUNTED))?;
     txn.commit()
         .map_err(redb_error("commit the table-creating transaction"))
 }
@@ -192,9 +213,10 @@ fn read_live(
     Ok(stored(&leases, tenant, resource)?.filter(|l| is_live(l.expires_at_ms, now)))
 }
 
-/// One attempt to grant `resource` to `owner` as of `now`.
+/// One attempt to grant `resource` to `owner` as of `now`, within `quota`.
 fn try_lock(
     db: &Database,
+    quota: &Quota,
     tenant: &str,
     resource: &str,
     owner: &str,
@@ -231,6 +253,14 @@ fn try_lock(
                 expires_at_ms: held.expires_at_ms,
             });
         }
+        if old.is_none() {
+            // A refusal returns early, which aborts the count with the rest.
+            let mut counts = txn
+                .open_table(COUNTS)
+                .map_err(redb_error("open the counts table"))?;
+            let held = embedded::add_count(&mut counts, tenant, 1)?;
+            quota.check(usize::try_from(held).unwrap_or(usize::MAX), resource)?;
+        }
         let last = tokens
             .get(tenant)
             .map_err(redb_error("read the fencing token counter"))?
@@ -257,7 +287,11 @@ fn try_lock(
 }
 
 /// The tables a change to a lease writes.
-type LeaseTables<'t> = (Table<'t, LeaseKey, LeaseValue>, Table<'t, ExpiryKey, ()>);
+type LeaseTables<'t> = (
+    Table<'t, LeaseKey, LeaseValue>,
+    Table<'t, ExpiryKey, ()>,
+    Table<'t, &'static str, u64>,
+);
 
 /// Applies `change` to the lease of `resource` as of `now` if `owner` holds
 /// it, in one write transaction that commits (`committing` names it in an
@@ -281,6 +315,8 @@ fn change_held<T>(
                 .map_err(redb_error("open the leases table for writing"))?,
             txn.open_table(EXPIRY)
                 .map_err(redb_error("open the expiry table for writing"))?,
+            txn.open_table(COUNTS)
+                .map_err(redb_error("open the counts table"))?,
         );
         match held_by(stored(&tables.0, tenant, resource)?, owner, now) {
             Err(status) => Err(status),
@@ -315,8 +351,9 @@ fn unlock(
         now,
         "commit a release",
         |status| status,
-        |(leases, index), lease| {
+        |(leases, index, counts), lease| {
             remove(leases, index, tenant, resource, &lease)?;
+            embedded::add_count(counts, tenant, -1)?;
             Ok(UnlockStatus::Success)
         },
     )
@@ -338,7 +375,7 @@ fn extend(
         now,
         "commit an extension",
         not_extended,
-        |(leases, index), lease| {
+        |(leases, index, _), lease| {
             let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
             put(leases, index, tenant, resource, Some(&lease), renewed)?;
             Ok(ExtendLockReply {
@@ -347,6 +384,33 @@ fn extend(
             })
         },
     )
+}
+
+/// The leases a sweep removed, per tenant, taken off the tenants' counts in
+/// the sweep's own transaction.
+#[derive(Default)]
+struct Swept {
+    /// Per tenant, how many leases were removed.
+    removed: HashMap<String, u64>,
+}
+
+impl SweepObserver<LeaseValue> for Swept {
+    fn removed(&mut self, tenant: &str, _resource: &str, _lease: (&str, u64, u64)) {
+        *self.removed.entry(tenant.to_owned()).or_default() += 1;
+    }
+
+    fn commit(&mut self, txn: &WriteTransaction) -> Result<(), embedded::Error> {
+        let failed = |e: LockError| embedded::Error::Failed(e.to_string());
+        let mut counts = txn
+            .open_table(COUNTS)
+            .map_err(redb_error("open the counts table for a sweep"))
+            .map_err(failed)?;
+        for (tenant, removed) in self.removed.drain() {
+            let delta = -i64::try_from(removed).unwrap_or(i64::MAX);
+            embedded::add_count(&mut counts, &tenant, delta)?;
+        }
+        Ok(())
+    }
 }
 
 // The blocking tasks must own what they use (`'static`), so the short names
@@ -363,7 +427,9 @@ impl LockStore for RedbLocks {
         let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
         Box::pin(async move {
             let db = self.db.db().await?;
-            blocking(move || try_lock(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
+            let quota = Arc::clone(&self.quota);
+            blocking(move || try_lock(&db, &quota, &tenant, &resource, &owner, ttl_ms, now_ms()))
+                .await
         })
     }
 
@@ -404,7 +470,11 @@ impl LockStore for RedbLocks {
             let Some(db) = self.db.opened().cloned() else {
                 return Ok(0);
             };
-            blocking(move || Ok(EXPIRING.sweep(&db, now_ms())?)).await
+            blocking(move || {
+                let mut swept = Swept::default();
+                Ok(EXPIRING.sweep_observed(&db, now_ms(), &mut swept)?)
+            })
+            .await
         })
     }
 
@@ -434,12 +504,14 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let old = RedbLocks::open(&spec("handoff"), dir.path()).expect("first open");
+        let old = RedbLocks::open(&spec("handoff"), dir.path(), Quota::defaults("locks"))
+            .expect("first open");
         let first = rt
             .block_on(old.try_lock("t", "r", "o", 3_600_000))
             .expect("grant");
         // As in a hot restart: the new instance starts while the old holds the file.
-        let new = RedbLocks::open(&spec("handoff"), dir.path()).expect("deferred open");
+        let new = RedbLocks::open(&spec("handoff"), dir.path(), Quota::defaults("locks"))
+            .expect("deferred open");
         assert!(new.db.opened().is_none(), "the file is still held");
         let second = rt.block_on(async {
             let release = async {
@@ -482,10 +554,12 @@ mod tests {
     #[test]
     fn writes_and_sweeps_keep_the_index_in_step() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
-        let store = RedbLocks::open(&spec("s"), dir.path()).expect("open");
+        let store =
+            RedbLocks::open(&spec("s"), dir.path(), Quota::defaults("locks")).expect("open");
         let db = store.db.opened().expect("opened eagerly");
         let granted = |r: &str, ttl: u64, now: u64| {
-            let attempt = try_lock(db, "t", r, "o", ttl, now).expect("attempt");
+            let attempt =
+                try_lock(db, &Quota::defaults("locks"), "t", r, "o", ttl, now).expect("attempt");
             assert!(
                 matches!(attempt, Attempt::Acquired { .. }),
                 "{r}: {attempt:?}"

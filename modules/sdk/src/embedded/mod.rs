@@ -7,9 +7,10 @@
 //! first use, retrying until the old instance has exited and released it,
 //! for at most [`RELEASE_WAIT`]. Everything else a driver needs around that
 //! lives here too: [`blocking`] for redb's blocking calls, [`redb_file`]
-//! for the file a component names, and [`ExpiryIndex`] for tables whose
-//! rows expire.
+//! for the file a component names, [`ExpiryIndex`] for tables whose
+//! rows expire, and [`count_once`]/[`add_count`] for per-tenant row counts.
 
+mod counts;
 mod expiry;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use redb::{Builder, Database, DatabaseError};
 
 use crate::DriverError;
 
+pub use counts::{add_count, count_once, Counts};
 pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey, SweepObserver};
 
 /// How long a request waits for the previous module instance to release the

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::embedded::{blocking, redb_file, SharedDb};
+use mecha_module::embedded::{add_count, blocking, count_once, redb_file, SharedDb};
 use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -331,10 +331,8 @@ fn count_new_sequence(
     let mut counts = txn
         .open_table(SEQUENCES)
         .map_err(redb_error("open the sequences table"))?;
-    let had = counts
-        .get(tenant)
-        .map_err(redb_error("read the tenant's sequence count"))?
-        .map_or(0, |guard| guard.value());
+    // A refusal returns an error, which aborts the count with the rest.
+    let had = add_count(&mut counts, tenant, 1)?;
     if had >= quota.max_sequences {
         return Err(SeqError::QuotaExceeded {
             component: quota.component.clone(),
@@ -342,9 +340,6 @@ fn count_new_sequence(
             limit: quota.max_sequences,
         });
     }
-    counts
-        .insert(tenant, had + 1)
-        .map_err(redb_error("write the tenant's sequence count"))?;
     Ok(())
 }
 
@@ -356,38 +351,9 @@ fn prepare(db: &Database) -> Result<(), SeqError> {
     let txn = db
         .begin_write()
         .map_err(redb_error("begin the table-creating transaction"))?;
-    {
-        let reserved = txn
-            .open_table(RESERVED)
-            .map_err(redb_error("create the reserved table"))?;
-        let mut counts = txn
-            .open_table(SEQUENCES)
-            .map_err(redb_error("create the sequences table"))?;
-        let mut meta = txn
-            .open_table(META)
-            .map_err(redb_error("create the meta table"))?;
-        let counted = meta
-            .get(COUNTED)
-            .map_err(redb_error("read the sequence count marker"))?
-            .is_some();
-        if !counted {
-            let mut totals: HashMap<String, u64> = HashMap::new();
-            for row in reserved
-                .iter()
-                .map_err(redb_error("scan the reserved table"))?
-            {
-                let (key, _) = row.map_err(redb_error("read a sequence while counting"))?;
-                *totals.entry(key.value().0.to_owned()).or_default() += 1;
-            }
-            for (tenant, total) in totals {
-                counts
-                    .insert(tenant.as_str(), total)
-                    .map_err(redb_error("write a tenant's sequence count"))?;
-            }
-            meta.insert(COUNTED, 1)
-                .map_err(redb_error("write the sequence count marker"))?;
-        }
-    }
+    txn.open_table(RESERVED)
+        .map_err(redb_error("create the reserved table"))?;
+    count_once(&txn, RESERVED, SEQUENCES, (META, COUNTED))?;
     txn.commit()
         .map_err(redb_error("commit the table-creating transaction"))
 }
