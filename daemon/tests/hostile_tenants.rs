@@ -637,3 +637,37 @@ fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
         .expect("room made by the release")
         .is_some());
 }
+
+/// Item 8, topics: the broker keeps every topic it has served in memory, so
+/// a tenant naming new topics without end would grow the pub/sub module for
+/// everyone. With `maxTopicsPerTenant: 2` its third topic is refused
+/// RESOURCE_EXHAUSTED naming the field, while its topics and another
+/// tenant's go on.
+#[test]
+fn a_tenant_at_its_topic_quota_gets_no_new_topic() {
+    require_root();
+    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: events}\n\
+        spec:\n  type: pubsub.redb\n  version: v1\n  metadata:\n\
+        \x20 - {name: maxTopicsPerTenant, value: \"2\"}\n";
+    let d = Daemon::start_with(Some(config));
+    open_to_nobody(&d);
+    let attacker = no_retries(d.client_as(NOBODY));
+    let publish = |c: &Client, topic: &str| {
+        c.publish(
+            "",
+            topic,
+            b"x".to_vec(),
+            mecha_client::PublishOptions::default(),
+        )
+    };
+    for topic in ["a", "b"] {
+        publish(&attacker, topic).expect("within the quota");
+    }
+    let refused = publish(&attacker, "c").expect_err("a third topic");
+    assert_exhausted(&refused, "maxTopicsPerTenant");
+    publish(&attacker, "a").expect("its own topic goes on");
+    let victim = no_retries(d.client());
+    for topic in ["a", "b"] {
+        publish(&victim, topic).expect("the victim has a quota of its own");
+    }
+}

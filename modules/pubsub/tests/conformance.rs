@@ -476,6 +476,30 @@ fn bad_names_and_limits_are_invalid(h: Harness) {
     ));
 }
 
+/// A tenant that has touched `maxTopicsPerTenant` topics is refused a new
+/// one (publishing or subscribing alike) and keeps using its own; another
+/// tenant has its own count.
+fn a_tenant_at_its_topic_quota_gets_no_new_topic(h: Harness) {
+    h.publish("t", "a", "1");
+    h.publish("t", "b", "2");
+    let req = PublishRequest {
+        store: String::new(),
+        topic: "c".to_owned(),
+        data: b"3".to_vec(),
+        content_type: "text/plain".to_owned(),
+        metadata: Vec::new(),
+        raw: false,
+    };
+    match h.publish_req("t", &req) {
+        Err(PubsubError::TooManyTopics { topic, limit, .. }) => {
+            assert_eq!((topic.as_str(), limit), ("c", 2));
+        }
+        other => panic!("expected a topic quota refusal, got {other:?}"),
+    }
+    h.publish("t", "a", "4");
+    h.publish("other", "c", "5");
+}
+
 mecha_module::conformance! {
     drivers(metadata): {
         memory => Harness::new("pubsub.memory", metadata),
@@ -495,6 +519,7 @@ mecha_module::conformance! {
     tenants_are_isolated,
     a_full_topic_refuses_publishes_until_its_groups_catch_up with &[("maxMessages", "3")],
     a_topic_without_groups_keeps_its_newest_messages with &[("MaxMessages", "3")],
+    a_tenant_at_its_topic_quota_gets_no_new_topic with &[("maxTopicsPerTenant", "2")],
     bad_names_and_limits_are_invalid,
     ]
 }

@@ -19,6 +19,46 @@ use crate::error::PubsubError;
 use crate::message::id::IdSource;
 use crate::message::Message;
 
+/// The topics a broker has touched, and how many each tenant has.
+#[derive(Default)]
+pub(super) struct Topics {
+    /// By (tenant, topic).
+    slots: HashMap<(String, String), Arc<TopicSlot>>,
+    /// How many of `slots` each tenant has.
+    per_tenant: HashMap<String, u64>,
+}
+
+impl Topics {
+    /// The slot of `name`, created on first use unless the tenant already
+    /// has its `settings.max_topics`.
+    fn slot(
+        &mut self,
+        tenant: &str,
+        name: &str,
+        settings: &Settings,
+    ) -> Result<Arc<TopicSlot>, PubsubError> {
+        let key = (tenant.to_owned(), name.to_owned());
+        if let Some(slot) = self.slots.get(&key) {
+            return Ok(Arc::clone(slot));
+        }
+        let count = self.per_tenant.entry(key.0.clone()).or_default();
+        if *count >= settings.max_topics {
+            return Err(PubsubError::TooManyTopics {
+                store: settings.store.clone(),
+                topic: name.to_owned(),
+                limit: settings.max_topics,
+            });
+        }
+        *count += 1;
+        Ok(Arc::clone(self.slots.entry(key).or_default()))
+    }
+
+    /// Every topic touched, for the reaper and the subscribers.
+    pub(super) fn all(&self) -> impl Iterator<Item = &Arc<TopicSlot>> {
+        self.slots.values()
+    }
+}
+
 /// What every part of one broker shares: its settings and log, the topics
 /// it has touched, the reaper's timer, and the id sources.
 pub(super) struct Engine {
@@ -27,7 +67,7 @@ pub(super) struct Engine {
     /// Every topic touched since the broker started, by (tenant, topic).
     /// Entries are never removed: a topic's state is small once its groups
     /// have caught up, and dropping it would lose in-memory delivery state.
-    pub(super) topics: Mutex<HashMap<(String, String), Arc<TopicSlot>>>,
+    pub(super) topics: Mutex<Topics>,
     /// Wakes the reaper when a deadline earlier than its planned wake-up
     /// appears. Shared with the reaper, which waits on it without keeping
     /// the broker alive.
@@ -47,7 +87,7 @@ impl Engine {
         Self {
             settings,
             log,
-            topics: Mutex::new(HashMap::new()),
+            topics: Mutex::new(Topics::default()),
             timer: Arc::new(Notify::new()),
             planned_wake: Mutex::new(None),
             reaper_started: AtomicBool::new(false),
@@ -57,13 +97,11 @@ impl Engine {
     }
 
     /// The topic, loaded from the driver on first use.
+    ///
+    /// A tenant that has touched `maxTopicsPerTenant` topics is refused a
+    /// new one, since touched topics stay in memory (see [`Engine::topics`]).
     pub(super) async fn topic(&self, tenant: &str, name: &str) -> Result<Arc<Topic>, PubsubError> {
-        let slot = Arc::clone(
-            self.topics
-                .lock()
-                .entry((tenant.to_owned(), name.to_owned()))
-                .or_default(),
-        );
+        let slot = self.topics.lock().slot(tenant, name, &self.settings)?;
         let topic = slot
             .cell
             .get_or_try_init(|| async {

@@ -45,7 +45,7 @@ impl Engine {
         let topics: Vec<Arc<Topic>> = self
             .topics
             .lock()
-            .values()
+            .all()
             .filter_map(|slot| slot.cell.get().cloned())
             .collect();
         let now = Instant::now();

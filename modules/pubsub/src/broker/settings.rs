@@ -23,15 +23,23 @@ pub struct Settings {
     pub max_messages: u64,
     /// The ack deadline of subscribers that name none.
     pub ack_deadline: Duration,
+    /// The most topics one tenant may touch (`maxTopicsPerTenant`).
+    pub max_topics: u64,
 }
+
+/// Topics one tenant may touch in one embedded store without
+/// `maxTopicsPerTenant`. The broker keeps every topic it has touched in
+/// memory for the life of the module, so this bounds its memory per tenant.
+pub const DEFAULT_MAX_TOPICS: u64 = 10_000;
 
 impl Settings {
     /// The metadata fields the broker understands, whatever the driver.
-    pub const KNOWN_FIELDS: [&'static str; 4] = [
+    pub const KNOWN_FIELDS: [&'static str; 5] = [
         "maxDeliveries",
         "deadLetterTopic",
         "maxMessages",
         "ackDeadlineMs",
+        "maxTopicsPerTenant",
     ];
 
     /// Reads the broker's fields from a component's metadata (which the
@@ -61,6 +69,9 @@ impl Settings {
             ack_deadline: metadata
                 .whole("ackDeadlineMs", 1..=max_ack_deadline)?
                 .map_or(Duration::from_secs(30), Duration::from_millis),
+            max_topics: metadata
+                .whole("maxTopicsPerTenant", 1..=u64::MAX)?
+                .unwrap_or(DEFAULT_MAX_TOPICS),
         })
     }
 
