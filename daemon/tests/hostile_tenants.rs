@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{error_message, open_to_nobody, require_root, wait_until, Daemon, Raw, NOBODY};
+use common::{
+    component, error_message, open_to_nobody, require_root, wait_until, Daemon, Raw, NOBODY,
+};
 use mecha_abi::Status;
 use mecha_client::blocking::Client;
 use mecha_client::{RetryPolicy, SetOptions};
@@ -513,11 +515,15 @@ fn deleted_space_in_the_embedded_store_is_reused() {
 #[test]
 fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
     require_root();
-    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: statestore}\n\
-        spec:\n  type: state.redb\n  version: v1\n  metadata:\n\
-        \x20 - {name: maxBytesPerTenant, value: \"4194304\"}\n\
-        \x20 - {name: maxKeysPerTenant, value: \"8\"}\n";
-    let mut d = Daemon::start_with(Some(config));
+    let config = component(
+        "statestore",
+        "state.redb",
+        &[
+            ("maxBytesPerTenant", "4194304".to_owned()),
+            ("maxKeysPerTenant", "8".to_owned()),
+        ],
+    );
+    let mut d = Daemon::start_with(Some(&config));
     open_to_nobody(&d);
     let attacker = no_retries(d.client_as(NOBODY));
     let value = vec![0x42_u8; 1 << 20];
@@ -576,10 +582,12 @@ fn a_tenant_at_its_stored_quota_does_not_fill_the_store_for_others() {
 #[test]
 fn a_tenant_at_its_sequence_quota_gets_no_new_sequence() {
     require_root();
-    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: ids}\n\
-        spec:\n  type: sequencer.redb\n  version: v1\n  metadata:\n\
-        \x20 - {name: maxSequencesPerTenant, value: \"3\"}\n";
-    let mut d = Daemon::start_with(Some(config));
+    let config = component(
+        "ids",
+        "sequencer.redb",
+        &[("maxSequencesPerTenant", "3".to_owned())],
+    );
+    let mut d = Daemon::start_with(Some(&config));
     open_to_nobody(&d);
     let attacker = no_retries(d.client_as(NOBODY));
     for key in ["a", "b", "c"] {
@@ -613,10 +621,12 @@ fn a_tenant_at_its_sequence_quota_gets_no_new_sequence() {
 #[test]
 fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
     require_root();
-    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: locks}\n\
-        spec:\n  type: lock.redb\n  version: v1\n  metadata:\n\
-        \x20 - {name: maxLocksPerTenant, value: \"2\"}\n";
-    let d = Daemon::start_with(Some(config));
+    let config = component(
+        "locks",
+        "lock.redb",
+        &[("maxLocksPerTenant", "2".to_owned())],
+    );
+    let d = Daemon::start_with(Some(&config));
     open_to_nobody(&d);
     let attacker = no_retries(d.client_as(NOBODY));
     let hour = Duration::from_secs(3600);
@@ -646,10 +656,12 @@ fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
 #[test]
 fn a_tenant_at_its_topic_quota_gets_no_new_topic() {
     require_root();
-    let config = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: events}\n\
-        spec:\n  type: pubsub.redb\n  version: v1\n  metadata:\n\
-        \x20 - {name: maxTopicsPerTenant, value: \"2\"}\n";
-    let d = Daemon::start_with(Some(config));
+    let config = component(
+        "events",
+        "pubsub.redb",
+        &[("maxTopicsPerTenant", "2".to_owned())],
+    );
+    let d = Daemon::start_with(Some(&config));
     open_to_nobody(&d);
     let attacker = no_retries(d.client_as(NOBODY));
     let publish = |c: &Client, topic: &str| {

@@ -251,11 +251,8 @@ fn check_ttl(ttl_ms: u64) -> Result<(), Reply> {
 /// The answer for a failed driver operation: the shared failures as the
 /// SDK maps them, in the lock store's words.
 fn store_error(e: LockError) -> Reply {
-    let status = match &e {
-        LockError::QuotaExceeded { .. } => Status::ResourceExhausted,
-        LockError::Driver(driver) => driver.status(),
-    };
-    Reply::error(status, e.to_string())
+    let LockError::Driver(driver) = &e;
+    Reply::error(driver.status(), e.to_string())
 }
 
 #[cfg(test)]

@@ -42,6 +42,18 @@ pub enum DriverError {
     },
     /// The backing store failed in a way that is not the caller's fault.
     Internal(String),
+    /// The request would take its tenant past one of the store's per-tenant
+    /// limits (a stored-data quota). Nothing was changed.
+    Quota {
+        /// The component name.
+        component: String,
+        /// The metadata field of the limit, e.g. `maxLocksPerTenant`.
+        field: &'static str,
+        /// The limit.
+        limit: u64,
+        /// What would pass it, e.g. `lock "c"` or `a total of 1234 bytes`.
+        what: String,
+    },
 }
 
 impl DriverError {
@@ -54,6 +66,7 @@ impl DriverError {
             Self::Unavailable(_) => Status::Unavailable,
             Self::Unsupported { .. } => Status::Unsupported,
             Self::Config { .. } | Self::Internal(_) => Status::Internal,
+            Self::Quota { .. } => Status::ResourceExhausted,
         }
     }
 
@@ -137,6 +150,16 @@ impl fmt::Display for Worded<'_> {
             } => write!(
                 f,
                 "component {component:?} of type {kind} does not support {feature}"
+            ),
+            DriverError::Quota {
+                component,
+                field,
+                limit,
+                what,
+            } => write!(
+                f,
+                "component {component:?}: {what} would pass the tenant's {field} ({limit}); \
+                 nothing was changed"
             ),
             DriverError::Internal(message) => {
                 write!(f, "{} failure: {message}", self.wording.failure)

@@ -25,20 +25,6 @@ pub enum PubsubError {
         /// The group furthest behind.
         group: String,
     },
-    /// The tenant has touched `limit` topics of this store since the module
-    /// started and `topic` would be one more (`maxTopicsPerTenant`).
-    #[error(
-        "store {store:?}: topic {topic:?} would be one more than the tenant's \
-         maxTopicsPerTenant ({limit}); use fewer topics"
-    )]
-    TooManyTopics {
-        /// The component name.
-        store: String,
-        /// The new topic.
-        topic: String,
-        /// The limit.
-        limit: u64,
-    },
     /// The metadata is unusable, the store cannot be reached, its driver
     /// cannot honour an option of the request, or it failed; worded as the
     /// pubsub store's ("pubsub store unavailable: …"), as clients have always

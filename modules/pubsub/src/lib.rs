@@ -170,7 +170,7 @@ async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscription) {
 fn error_reply(e: PubsubError) -> Reply {
     let status = match &e {
         PubsubError::Invalid(_) => Status::InvalidArgument,
-        PubsubError::Full { .. } | PubsubError::TooManyTopics { .. } => Status::ResourceExhausted,
+        PubsubError::Full { .. } => Status::ResourceExhausted,
         PubsubError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())

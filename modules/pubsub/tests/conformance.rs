@@ -491,8 +491,11 @@ fn a_tenant_at_its_topic_quota_gets_no_new_topic(h: Harness) {
         raw: false,
     };
     match h.publish_req("t", &req) {
-        Err(PubsubError::TooManyTopics { topic, limit, .. }) => {
-            assert_eq!((topic.as_str(), limit), ("c", 2));
+        Err(PubsubError::Driver(DriverError::Quota {
+            field, limit, what, ..
+        })) => {
+            assert_eq!((field, limit), ("maxTopicsPerTenant", 2));
+            assert!(what.contains("\"c\""), "{what}");
         }
         other => panic!("expected a topic quota refusal, got {other:?}"),
     }

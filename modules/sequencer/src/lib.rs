@@ -75,7 +75,7 @@ impl SequencerModule {
 /// here, the shared failures as the SDK maps them.
 fn seq_error(e: SeqError) -> Reply {
     let status = match &e {
-        SeqError::Exhausted { .. } | SeqError::QuotaExceeded { .. } => Status::ResourceExhausted,
+        SeqError::Exhausted { .. } => Status::ResourceExhausted,
         SeqError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())

@@ -154,8 +154,11 @@ fn a_tenant_at_its_sequence_quota_keeps_its_sequences_but_gets_no_new_one(h: Har
     assert_eq!(h.next_id("t", "a"), 1);
     assert_eq!(h.next_id("t", "b"), 1);
     match h.block(h.seq().next_ids("t", "c", 1)) {
-        Err(SeqError::QuotaExceeded { key, limit, .. }) => {
-            assert_eq!((key.as_str(), limit), ("c", 2));
+        Err(SeqError::Driver(DriverError::Quota {
+            field, limit, what, ..
+        })) => {
+            assert_eq!((field, limit), ("maxSequencesPerTenant", 2));
+            assert!(what.contains("\"c\""), "{what}");
         }
         other => panic!("expected a quota refusal, got {other:?}"),
     }
@@ -204,7 +207,7 @@ fn redb_sequence_counts_survive_a_reopen() {
     h.reopen();
     assert!(matches!(
         h.block(h.seq().next_ids("t", "c", 1)),
-        Err(SeqError::QuotaExceeded { .. })
+        Err(SeqError::Driver(DriverError::Quota { .. }))
     ));
     assert!(h.next_id("t", "a") > 1);
 }

@@ -300,7 +300,6 @@ fn answer_count_error(asked: usize, answered: usize) -> Reply {
 fn store_error(e: StoreError) -> Reply {
     let status = match &e {
         StoreError::EtagMismatch { .. } => Status::EtagMismatch,
-        StoreError::QuotaExceeded { .. } => Status::ResourceExhausted,
         StoreError::Driver(driver) => driver.status(),
     };
     Reply::error(status, e.to_string())

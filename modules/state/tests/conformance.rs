@@ -509,11 +509,11 @@ fn sized(key: &str, len: usize, ttl_ms: Option<u64>) -> TxOp {
 /// of the harness's component.
 fn quota_refused(h: &Harness, tenant: &str, ops: Vec<TxOp>, field: &str) {
     match h.transact(tenant, ops) {
-        Err(StoreError::QuotaExceeded {
+        Err(StoreError::Driver(DriverError::Quota {
             component,
             field: f,
             ..
-        }) => {
+        })) => {
             assert_eq!(component, h.spec().name);
             assert_eq!(f, field);
         }

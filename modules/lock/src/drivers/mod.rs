@@ -43,20 +43,6 @@ pub enum Attempt {
 /// the lock store's ("lock store unavailable: …").
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
-    /// The tenant already keeps `limit` leases in this store and `resource`
-    /// would be one more (`maxLocksPerTenant`). Nothing was granted.
-    #[error(
-        "component {component:?}: lock {resource:?} would be one more than the tenant's \
-         maxLocksPerTenant ({limit}); release or let expire a lock first"
-    )]
-    QuotaExceeded {
-        /// The component name.
-        component: String,
-        /// The resource asked for.
-        resource: String,
-        /// The limit.
-        limit: usize,
-    },
     /// The metadata is unusable, the store cannot be reached, or it failed.
     /// Clients have always seen the lock store named so.
     #[error("{}", .0.worded(Wording::store("lock store")))]
@@ -157,11 +143,12 @@ impl Quota {
     /// Refuses a new lease of `resource` to a tenant that keeps `held`.
     pub fn check(&self, held: usize, resource: &str) -> Result<(), LockError> {
         if held >= self.max_locks {
-            return Err(LockError::QuotaExceeded {
+            return Err(LockError::Driver(DriverError::Quota {
                 component: self.component.clone(),
-                resource: resource.to_owned(),
-                limit: self.max_locks,
-            });
+                field: MAX_LOCKS_FIELD,
+                limit: u64::try_from(self.max_locks).unwrap_or(u64::MAX),
+                what: format!("a new lock {resource:?}"),
+            }));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use mecha_abi::msg::AckItem;
+use mecha_module::DriverError;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -43,11 +44,12 @@ impl Topics {
         }
         let count = self.per_tenant.entry(key.0.clone()).or_default();
         if *count >= settings.max_topics {
-            return Err(PubsubError::TooManyTopics {
-                store: settings.store.clone(),
-                topic: name.to_owned(),
+            return Err(PubsubError::Driver(DriverError::Quota {
+                component: settings.store.clone(),
+                field: "maxTopicsPerTenant",
                 limit: settings.max_topics,
-            });
+                what: format!("a new topic {name:?}"),
+            }));
         }
         *count += 1;
         Ok(Arc::clone(self.slots.entry(key).or_default()))

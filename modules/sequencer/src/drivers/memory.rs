@@ -7,7 +7,9 @@ use mecha_abi::msg::ComponentSpec;
 use mecha_module::metadata::Metadata;
 use parking_lot::Mutex;
 
-use super::{last_id, max_sequences, BoxFuture, SeqError, Sequencer, MAX_SEQUENCES_FIELD};
+use super::{
+    last_id, max_sequences, too_many_sequences, BoxFuture, SeqError, Sequencer, MAX_SEQUENCES_FIELD,
+};
 
 /// An in-memory sequencer. Nothing survives the process, so sequences start
 /// again at 1 after a restart: fine for tests and throwaway ids, wrong for ids
@@ -45,11 +47,7 @@ impl MemorySequencer {
         let current = keys.and_then(|keys| keys.get(key)).copied();
         let sequences = keys.map_or(0, HashMap::len) as u64;
         if current.is_none() && sequences >= self.max_sequences {
-            return Err(SeqError::QuotaExceeded {
-                component: self.component.clone(),
-                key: key.to_owned(),
-                limit: self.max_sequences,
-            });
+            return Err(too_many_sequences(&self.component, key, self.max_sequences));
         }
         let current = current.unwrap_or(0);
         // `current` is at most MAX_ID, so adding 1 cannot overflow.

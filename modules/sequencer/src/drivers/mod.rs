@@ -20,6 +20,17 @@ pub const MAX_SEQUENCES_FIELD: &str = "maxSequencesPerTenant";
 /// `maxSequencesPerTenant`.
 pub const DEFAULT_MAX_SEQUENCES: u64 = 100_000;
 
+/// The refusal of a new sequence `key` to a tenant that has `limit` of them
+/// in component `component`.
+pub(crate) fn too_many_sequences(component: &str, key: &str, limit: u64) -> SeqError {
+    SeqError::Driver(DriverError::Quota {
+        component: component.to_owned(),
+        field: MAX_SEQUENCES_FIELD,
+        limit,
+        what: format!("a new sequence {key:?}"),
+    })
+}
+
 /// The `maxSequencesPerTenant` of `metadata`, or the default.
 pub(crate) fn max_sequences(
     metadata: &mecha_module::metadata::Metadata,
@@ -51,20 +62,6 @@ pub enum SeqError {
         key: String,
         /// How many ids were asked for.
         count: u32,
-    },
-    /// The tenant already has `limit` sequences in this store and `key` would
-    /// be one more (`maxSequencesPerTenant`). Nothing was allocated.
-    #[error(
-        "component {component:?}: sequence {key:?} would be one more than the tenant's \
-         maxSequencesPerTenant ({limit}); reuse a key"
-    )]
-    QuotaExceeded {
-        /// The component name.
-        component: String,
-        /// The new key.
-        key: String,
-        /// The limit.
-        limit: u64,
     },
     /// The metadata is unusable, the store cannot be reached, or it failed.
     #[error(transparent)]

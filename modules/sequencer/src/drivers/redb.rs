@@ -27,7 +27,10 @@ use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{last_id, max_sequences, BoxFuture, SeqError, Sequencer, MAX_ID, MAX_SEQUENCES_FIELD};
+use super::{
+    last_id, max_sequences, too_many_sequences, BoxFuture, SeqError, Sequencer, MAX_ID,
+    MAX_SEQUENCES_FIELD,
+};
 
 /// The key of the `reserved` table: (tenant, key).
 type SeqKey = (&'static str, &'static str);
@@ -220,7 +223,7 @@ impl RedbSequencer {
         })
         .await;
         let reserved = match reserved {
-            Err(e @ SeqError::QuotaExceeded { .. }) => {
+            Err(e @ SeqError::Driver(DriverError::Quota { .. })) => {
                 drop(segment);
                 self.forget(tenant, key, slot);
                 return Err(e);
@@ -334,11 +337,11 @@ fn count_new_sequence(
     // A refusal returns an error, which aborts the count with the rest.
     let had = add_count(&mut counts, tenant, 1)?;
     if had >= quota.max_sequences {
-        return Err(SeqError::QuotaExceeded {
-            component: quota.component.clone(),
-            key: key.to_owned(),
-            limit: quota.max_sequences,
-        });
+        return Err(too_many_sequences(
+            &quota.component,
+            key,
+            quota.max_sequences,
+        ));
     }
     Ok(())
 }
@@ -417,7 +420,7 @@ mod tests {
         let rt = runtime();
         assert!(matches!(
             rt.block_on(seq.next_ids("t", "c", 1)),
-            Err(SeqError::QuotaExceeded { limit: 2, .. })
+            Err(SeqError::Driver(DriverError::Quota { limit: 2, .. }))
         ));
         assert_eq!(rt.block_on(seq.next_ids("t", "a", 1)), Ok(6));
         assert!(

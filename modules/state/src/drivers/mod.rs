@@ -40,23 +40,6 @@ pub enum StoreError {
         /// The key whose ETag did not match.
         key: String,
     },
-    /// The write would take the tenant past a limit of the store's quota
-    /// (see [`quota`]). Nothing was changed.
-    #[error(
-        "component {component:?}: this write would raise the tenant's stored total to {would}, \
-         over {field} ({limit}); delete keys to make room"
-    )]
-    QuotaExceeded {
-        /// The component name.
-        component: String,
-        /// The metadata field of the limit, `maxKeysPerTenant` or
-        /// `maxBytesPerTenant`.
-        field: &'static str,
-        /// The total the write would have made.
-        would: u64,
-        /// The limit.
-        limit: u64,
-    },
     /// The metadata is unusable, the store cannot be reached, it lacks a
     /// feature the request needs, or it failed.
     #[error(transparent)]

@@ -4,6 +4,8 @@
 
 use mecha_module::metadata::{Metadata, MetadataError};
 
+use mecha_module::DriverError;
+
 use super::StoreError;
 
 /// The metadata fields that set a store's quota.
@@ -94,11 +96,13 @@ impl Quota {
     /// limit was lowered), so a tenant can always delete its way back.
     pub fn check(&self, before: Usage, after: Usage) -> Result<(), StoreError> {
         let over = |field: &'static str, was: u64, now: u64, limit: u64| {
-            (now > was && now > limit).then(|| StoreError::QuotaExceeded {
-                component: self.component.clone(),
-                field,
-                would: now,
-                limit,
+            (now > was && now > limit).then(|| {
+                StoreError::Driver(DriverError::Quota {
+                    component: self.component.clone(),
+                    field,
+                    limit,
+                    what: format!("a stored total of {now}"),
+                })
             })
         };
         match over("maxKeysPerTenant", before.keys, after.keys, self.max_keys).or_else(|| {
@@ -137,19 +141,18 @@ mod tests {
         assert!(q.check(usage(1, 5), usage(2, 10)).is_ok());
         assert!(matches!(
             q.check(usage(2, 5), usage(3, 6)),
-            Err(StoreError::QuotaExceeded {
+            Err(StoreError::Driver(DriverError::Quota {
                 field: "maxKeysPerTenant",
-                would: 3,
                 limit: 2,
                 ..
-            })
+            }))
         ));
         assert!(matches!(
             q.check(usage(1, 5), usage(1, 11)),
-            Err(StoreError::QuotaExceeded {
+            Err(StoreError::Driver(DriverError::Quota {
                 field: "maxBytesPerTenant",
                 ..
-            })
+            }))
         ));
         // Over the limits already (a lowered quota): shrinking passes, and
         // so does an overwrite that keeps both totals.
