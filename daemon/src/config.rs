@@ -166,6 +166,14 @@ pub struct HttpSettings {
     /// `host:port` such as `127.0.0.1:9464`, or `off`. Default: off, except
     /// `0.0.0.0:9464` inside a Kubernetes pod.
     pub address: Option<String>,
+    /// Whether the node dashboard is served at `/` (default true). It is
+    /// shown only to peers on the loopback interface unless
+    /// `dashboardTokenFile` is set.
+    pub dashboard: Option<bool>,
+    /// A file holding a token (its first line) that admits a browser from
+    /// anywhere to the dashboard, as an admin: `Authorization: Bearer
+    /// <token>`, or `/#token=<token>` in the address, which the page sends so.
+    pub dashboard_token_file: Option<PathBuf>,
 }
 
 /// One module's child-spec settings.

@@ -71,7 +71,11 @@ pub async fn serve(
     let resolved = daemon.tenants.read().resolve(&peer);
     let (tenant, allow) = match resolved {
         Ok(t) => (t.name, t.allow),
-        Err(msg) => return refuse(stream, Status::PermissionDenied, &msg).await,
+        Err(msg) => {
+            let subject = format!("uid:{}", peer.uid);
+            crate::events::record(crate::events::Kind::ConnectionRefused, &subject, &msg);
+            return refuse(stream, Status::PermissionDenied, &msg).await;
+        }
     };
     tracing::debug!(pid = peer.pid, uid = peer.uid, %tenant, "connection accepted");
     let quota = daemon.quotas.read().tenant(&tenant);
@@ -79,7 +83,10 @@ pub async fn serve(
     let (_open, tenant_metrics) = (daemon.metrics.connection(), daemon.metrics.tenant(&tenant));
     let _slot = match quota.connect() {
         Ok(slot) => slot,
-        Err(msg) => return refuse(stream, Status::ResourceExhausted, &msg).await,
+        Err(msg) => {
+            crate::events::record(crate::events::Kind::ConnectionRefused, &tenant, &msg);
+            return refuse(stream, Status::ResourceExhausted, &msg).await;
+        }
     };
     let max_in_flight = daemon.max_in_flight as usize;
     // Readable-only registration: see mecha_wire::sock.

@@ -12,6 +12,7 @@ use mecha_wire::Outbox;
 use crate::answer::{error_frame, ConnOut};
 use crate::caller::Caller;
 use crate::crashes::{Refusal, Suspect};
+use crate::events::{self, Kind};
 use crate::handle::ConnHandle;
 use crate::supervisor::{ModuleSlot, Route};
 
@@ -24,6 +25,7 @@ pub async fn forward(
     mut permit: ConnOut,
 ) {
     if let Err(msg) = caller.quota.admit(header.payload_len, permit.quota_mut()) {
+        events::record(Kind::QuotaRefused, &caller.tenant_name(), &msg);
         return caller.error(&header, Status::ResourceExhausted, &msg, permit);
     }
     if let Some(allow) = &caller.allow {
@@ -55,7 +57,9 @@ pub async fn forward(
             Refusal::Poison { .. } => Status::Internal,
             Refusal::Throttled { .. } => Status::ResourceExhausted,
         };
-        return caller.error(&header, status, &refusal.message(&module.name), permit);
+        let msg = refusal.message(&module.name);
+        events::record(Kind::CrashRefused, &caller.tenant_name(), &msg);
+        return caller.error(&header, status, &msg, permit);
     }
     let timeout = match header.deadline_ms {
         0 => caller.daemon.default_timeout,

@@ -1,9 +1,11 @@
 //! The small local HTTP endpoint for kubelet probes and Prometheus:
-//! `GET /healthz` (liveness), `GET /readyz` (readiness), `GET /metrics`.
+//! `GET /healthz` (liveness), `GET /readyz` (readiness), `GET /metrics`,
+//! and the node dashboard at `/` with its JSON under `/api/` (`dashboard`).
 //!
 //! It is served on a `TcpListener` with `mecha-http`, mecha's one small
 //! HTTP/1.1 layer, rather than a full server library: three fixed GET routes
-//! need a parsed request head and nothing else, and the daemon stays small and
+//! and the dashboard's few routes need a parsed request head and nothing
+//! else (no request bodies), and the daemon stays small and
 //! quick to build (ARCHITECTURE.md, "HTTP"). Every connection gets one answer
 //! and is closed (`Connection: close`); the request head is parsed strictly,
 //! with a size cap, a header-count cap and a deadline, and at most
@@ -11,6 +13,7 @@
 //! client cannot grow the daemon's memory or tasks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::HttpSettings;
 use crate::daemon::Daemon;
+use crate::dashboard::{Context as DashboardContext, Dashboard, Request};
 use crate::metrics::Metrics;
 
 /// The port used when the daemon turns the endpoint on by itself in Kubernetes.
@@ -38,13 +42,18 @@ const MAX_CONNECTIONS: usize = 32;
 pub struct HttpState {
     metrics: Arc<Metrics>,
     daemon: OnceLock<Arc<Daemon>>,
+    /// The application socket, which the dashboard lists apps through.
+    socket: OnceLock<PathBuf>,
     stopping: AtomicBool,
+    dashboard: Dashboard,
 }
 
 impl HttpState {
-    /// Readiness and metrics are served from `daemon` from now on.
-    pub fn set_daemon(&self, daemon: &Arc<Daemon>) {
+    /// Readiness, metrics and the dashboard are served from `daemon`, whose
+    /// application socket is `socket`, from now on.
+    pub fn set_daemon(&self, daemon: &Arc<Daemon>, socket: PathBuf) {
         let _ = self.daemon.set(Arc::clone(daemon));
+        let _ = self.socket.set(socket);
     }
 
     /// The daemon is shutting down: readiness drops so no new work is sent here.
@@ -90,10 +99,16 @@ pub async fn start(
     settings: Option<&HttpSettings>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<HttpState>> {
+    let dashboard = Dashboard::new(
+        settings.and_then(|s| s.dashboard).unwrap_or(true),
+        settings.and_then(|s| s.dashboard_token_file.as_deref()),
+    )?;
     let state = Arc::new(HttpState {
         metrics,
         daemon: OnceLock::new(),
+        socket: OnceLock::new(),
         stopping: AtomicBool::new(false),
+        dashboard,
     });
     let Some((addr, automatic)) = address(flag, settings)? else {
         return Ok(state);
@@ -101,7 +116,7 @@ pub async fn start(
     match TcpListener::bind(addr).await {
         Ok(listener) => {
             let bound = listener.local_addr().unwrap_or(addr);
-            tracing::info!(address = %bound, "http endpoint listening (/healthz, /readyz, /metrics)");
+            tracing::info!(address = %bound, "http endpoint listening (/healthz, /readyz, /metrics, dashboard at /)");
             tokio::spawn(serve(listener, Arc::clone(&state)));
         }
         Err(e) if automatic => {
@@ -140,27 +155,56 @@ async fn serve(listener: TcpListener, state: Arc<HttpState>) {
     }
 }
 
-/// One answer: status, content type and body.
-struct Response {
+/// One answer: status, content type, body and any extra header fields.
+pub struct Response {
     status: u16,
     content_type: &'static str,
     body: String,
-    allow: bool,
+    /// The methods a 405 answer names.
+    allow: Option<&'static str>,
 }
 
 impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Self {
+    /// An answer with `body` of `content_type`.
+    pub fn new(status: u16, content_type: &'static str, body: String) -> Self {
         Self {
             status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-            allow: false,
+            content_type,
+            body,
+            allow: None,
         }
+    }
+
+    /// A plain-text answer.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", body.into())
+    }
+
+    /// A JSON answer.
+    pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Self {
+        match serde_json::to_string(value) {
+            Ok(body) => Self::new(status, "application/json", body),
+            Err(e) => Self::json_error(500, &format!("encoding the answer: {e}")),
+        }
+    }
+
+    /// A JSON error: `{"error": message}`.
+    pub fn json_error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string();
+        Self::new(status, "application/json", body)
+    }
+
+    /// 405, naming the methods the path takes.
+    pub fn not_allowed(methods: &'static str) -> Self {
+        let mut r = Self::text(405, format!("only {methods} are allowed here\n"));
+        r.allow = Some(methods);
+        r
     }
 }
 
 async fn handle(stream: TcpStream, state: &HttpState) {
     state.metrics.http_request();
+    let addresses = (stream.peer_addr(), stream.local_addr());
     let mut conn = Conn::new(stream);
     let (response, head_only) =
         match tokio::time::timeout(IO_TIMEOUT, conn.request_head(MAX_HEAD)).await {
@@ -169,7 +213,24 @@ async fn handle(stream: TcpStream, state: &HttpState) {
                 false,
             ),
             Ok(read) => match answer(read, state) {
-                Some(answered) => answered,
+                Some(Ok(answered)) => answered,
+                Some(Err(head)) => {
+                    let (Ok(peer), Ok(local)) = addresses else {
+                        return;
+                    };
+                    let request = Request {
+                        head: &head,
+                        peer,
+                        local,
+                    };
+                    let cx = DashboardContext {
+                        daemon: state.daemon.get(),
+                        socket: state.socket.get(),
+                        metrics: &state.metrics,
+                    };
+                    let response = state.dashboard.respond(&request, &cx).await;
+                    (response, head.method == "HEAD")
+                }
                 // The client closed or the socket failed; nothing to answer.
                 None => return,
             },
@@ -178,23 +239,34 @@ async fn handle(stream: TcpStream, state: &HttpState) {
 }
 
 /// The answer to what was read as a request head, and whether it is for a
-/// HEAD request (head only); `None` when there is no one to answer.
-fn answer(read: Result<RequestHead, Error>, state: &HttpState) -> Option<(Response, bool)> {
+/// HEAD request (head only); `None` when there is no one to answer, and
+/// `Err(head)` for a dashboard request, which the caller answers (it may
+/// wait on the daemon).
+#[allow(clippy::type_complexity)]
+fn answer(
+    read: Result<RequestHead, Error>,
+    state: &HttpState,
+) -> Option<Result<(Response, bool), RequestHead>> {
     let head = match read {
         Ok(head) => head,
         Err(Error::Closed | Error::Io(_)) => return None,
         Err(Error::TooLarge(_)) => {
-            return Some((Response::text(431, "request head too large\n"), false))
+            return Some(Ok((Response::text(431, "request head too large\n"), false)))
         }
-        Err(Error::Truncated) => return Some((Response::text(400, "incomplete request\n"), false)),
+        Err(Error::Truncated) => {
+            return Some(Ok((Response::text(400, "incomplete request\n"), false)))
+        }
         Err(Error::Malformed(why)) => {
-            return Some((
+            return Some(Ok((
                 Response::text(400, format!("malformed request head: {why}\n")),
                 false,
-            ))
+            )))
         }
     };
-    Some((respond(&head, state), head.method == "HEAD"))
+    if head.target.starts_with('/') && state.dashboard.serves(head.path()) {
+        return Some(Err(head));
+    }
+    Some(Ok((respond(&head, state), head.method == "HEAD")))
 }
 
 /// Routes a well-formed request.
@@ -209,9 +281,7 @@ fn respond(head: &RequestHead, state: &HttpState) -> Response {
         return Response::text(404, "not found; try /healthz, /readyz or /metrics\n");
     }
     if head.method != "GET" && head.method != "HEAD" {
-        let mut r = Response::text(405, "only GET and HEAD are allowed\n");
-        r.allow = true;
-        return r;
+        return Response::not_allowed("GET, HEAD");
     }
     match path {
         // Answering at all proves the runtime schedules tasks and accepts
@@ -220,12 +290,11 @@ fn respond(head: &RequestHead, state: &HttpState) -> Response {
         "/readyz" => readiness(state),
         _ => {
             let daemon = state.daemon.get().map(Arc::as_ref);
-            Response {
-                status: 200,
-                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                body: crate::exposition::render(&state.metrics, daemon),
-                allow: false,
-            }
+            Response::new(
+                200,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                crate::exposition::render(&state.metrics, daemon),
+            )
         }
     }
 }
@@ -260,10 +329,21 @@ async fn write(conn: &mut Conn<TcpStream>, r: &Response, head_only: bool) -> std
         ("Content-Type", r.content_type),
         ("Content-Length", length.as_str()),
     ];
-    if r.allow {
-        headers.push(("Allow", "GET, HEAD"));
+    if let Some(methods) = r.allow {
+        headers.push(("Allow", methods));
     }
-    headers.extend([("Cache-Control", "no-store"), ("Connection", "close")]);
+    // Nothing here is meant to be framed, sniffed as another type, or to
+    // load anything but its own files (the dashboard's page included).
+    headers.extend([
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'",
+        ),
+        ("Connection", "close"),
+    ]);
     let mut answer = mecha_http::response_head(r.status, &headers).into_bytes();
     if !head_only {
         answer.extend_from_slice(r.body.as_bytes());
@@ -280,7 +360,9 @@ mod tests {
         HttpState {
             metrics: Arc::new(Metrics::default()),
             daemon: OnceLock::new(),
+            socket: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            dashboard: Dashboard::new(false, None).unwrap(),
         }
     }
 
@@ -291,7 +373,11 @@ mod tests {
             let read = mecha_http::parse_request(head.as_bytes(), MAX_HEAD)
                 .and_then(|found| found.ok_or(Error::Truncated))
                 .map(|(head, _)| head);
-            answer(read, &s).map_or(0, |(r, _)| r.status)
+            match answer(read, &s) {
+                Some(Ok((r, _))) => r.status,
+                Some(Err(_)) => 1,
+                None => 0,
+            }
         };
         assert_eq!(status("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(status("GET /healthz?verbose HTTP/1.0\r\n\r\n"), 200);
@@ -306,6 +392,8 @@ mod tests {
         assert_eq!(status("\u{1}\u{2}garbage\r\n\r\n"), 400);
         // Bare LF line ends are accepted, as lenient HTTP/1 servers do.
         assert_eq!(status("GET /healthz HTTP/1.1\n\n"), 200);
+        // With the dashboard off, its paths are unknown.
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 404);
         assert_eq!(status("GET * HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(
             status(&format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(65))),
@@ -317,6 +405,7 @@ mod tests {
     fn addresses() {
         let cfg = HttpSettings {
             address: Some("127.0.0.1:1".into()),
+            ..HttpSettings::default()
         };
         assert_eq!(
             address(Some("127.0.0.1:2"), Some(&cfg)).unwrap(),

@@ -11,9 +11,12 @@ mod conn;
 mod control;
 mod crashes;
 mod daemon;
+mod dashboard;
+mod events;
 mod exposition;
 mod forward;
 mod handle;
+mod history;
 mod http;
 mod link;
 mod listener;
@@ -179,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tracer = start_tracer(args.otlp_endpoint.clone(), &boot.config.settings)?;
     let (socket, data_dir) = (boot.socket.clone(), boot.paths.data_dir.clone());
     let daemon = Arc::new(boot.into_daemon(modules, metrics, tracer, started, args.config)?);
-    http.set_daemon(&daemon);
+    http.set_daemon(&daemon, socket.clone());
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
     serve(&daemon, listeners, &http).await
 }

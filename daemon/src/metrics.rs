@@ -43,6 +43,8 @@ const FAMILY_SLOTS: usize = 8;
 #[derive(Debug)]
 pub struct OpStats {
     label: &'static str,
+    /// The family of the opcode, `None` for the shared `unknown` series.
+    family: Option<Family>,
     requests: AtomicU64,
     /// Answers by status code; index 0 (OK) stays unused.
     errors: [AtomicU64; Status::ALL.len()],
@@ -54,9 +56,14 @@ pub struct OpStats {
 }
 
 impl OpStats {
-    fn new(label: &'static str, in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>) -> Self {
+    fn new(
+        label: &'static str,
+        family: Option<Family>,
+        in_flight: Arc<[AtomicI64; FAMILY_SLOTS]>,
+    ) -> Self {
         Self {
             label,
+            family,
             requests: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -115,7 +122,8 @@ impl TenantMetrics {
         if let Some(op) = ops.iter().find(|o| o.label == label) {
             return Arc::clone(op);
         }
-        let op = Arc::new(OpStats::new(label, Arc::clone(&self.in_flight)));
+        let family = opcode.name().map(|_| opcode.family());
+        let op = Arc::new(OpStats::new(label, family, Arc::clone(&self.in_flight)));
         ops.push(Arc::clone(&op));
         op
     }
@@ -311,6 +319,7 @@ impl Metrics {
                 ops.push(OpSnapshot {
                     tenant: t.name.clone(),
                     opcode: op.label,
+                    family: op.family,
                     requests: op.requests.load(Ordering::Relaxed),
                     errors: Status::ALL
                         .iter()
@@ -360,6 +369,8 @@ pub struct OpSnapshot {
     pub tenant: String,
     /// The opcode label.
     pub opcode: &'static str,
+    /// The opcode's family, `None` for opcodes the ABI does not define.
+    pub family: Option<Family>,
     /// Requests answered.
     pub requests: u64,
     /// Answers other than OK, by status name.

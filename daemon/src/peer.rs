@@ -150,7 +150,7 @@ fn alive(pidfd: &OwnedFd) -> bool {
 /// Whether process `pid` shares the daemon's mount namespace. False when
 /// either namespace cannot be read (a daemon that is not root may not read
 /// another user's), so doubt never grants admin rights.
-fn same_mount_namespace(pid: i32) -> bool {
+pub(crate) fn same_mount_namespace(pid: i32) -> bool {
     let ns = |p: PathBuf| std::fs::read_link(p).ok();
     match (
         ns(PathBuf::from(format!("/proc/{pid}/ns/mnt"))),

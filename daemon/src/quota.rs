@@ -173,6 +173,50 @@ impl TenantState {
     }
 }
 
+/// What a tenant uses now against its limits (the dashboard's tenant list).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Usage {
+    /// Connections open.
+    pub connections: usize,
+    /// `maxConnections`.
+    pub max_connections: Option<usize>,
+    /// Requests in flight to modules.
+    pub in_flight: usize,
+    /// `maxInFlight`.
+    pub max_in_flight: Option<usize>,
+    /// Bytes of large frames queued unread over its connections.
+    pub queued_bytes: usize,
+    /// `maxQueuedBytes`.
+    pub max_queued_bytes: usize,
+    /// `requestsPerSecond`, if the tenant has a rate limit.
+    pub requests_per_second: Option<f64>,
+}
+
+impl TenantState {
+    /// What the tenant uses now; each figure is read on its own, so a
+    /// request racing the read may be counted or not.
+    pub fn usage(&self) -> Usage {
+        let max_queued_bytes = self
+            .limits
+            .max_queued_bytes
+            .unwrap_or(TENANT_BYTES)
+            .min(Semaphore::MAX_PERMITS);
+        let max_in_flight = self.limits.max_in_flight;
+        Usage {
+            connections: self.connections.load(Ordering::Relaxed),
+            max_connections: self.limits.max_connections,
+            in_flight: match (&self.in_flight, max_in_flight) {
+                (Some(sem), Some(max)) => max.saturating_sub(sem.available_permits()),
+                _ => 0,
+            },
+            max_in_flight,
+            queued_bytes: max_queued_bytes.saturating_sub(self.output.available_permits()),
+            max_queued_bytes,
+            requests_per_second: self.limits.requests_per_second,
+        }
+    }
+}
+
 /// Tenant states by name, created on first use from the configured quotas.
 #[derive(Default)]
 pub struct Registry {
@@ -187,6 +231,12 @@ impl Registry {
             quotas,
             states: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What every tenant seen since the last reload uses now, by name.
+    pub fn usages(&self) -> Vec<(String, Usage)> {
+        let states: Vec<Arc<TenantState>> = self.states.lock().values().cloned().collect();
+        states.iter().map(|t| (t.name.clone(), t.usage())).collect()
     }
 
     /// The state of tenant `name`.

@@ -16,6 +16,8 @@ pub async fn route(caller: &mut Caller, header: Header, payload: Bytes, permit: 
             "{} is an admin operation; uid {} is not an admin of this daemon (see `admins` in the Configuration)",
             header.opcode, caller.peer.uid
         );
+        let tenant = caller.tenant_name();
+        crate::events::record(crate::events::Kind::AdminRefused, &tenant, &msg);
         return caller.error(&header, Status::PermissionDenied, &msg, permit);
     }
     match header.opcode.family() {

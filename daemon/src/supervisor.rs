@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::childspec::{ChildSpec, Restart};
 use crate::crashes::{Ledger, Refusal, Retry};
+use crate::events::{self, Kind};
 use crate::link::{Link, LINK_QUEUE};
 use crate::spawn::spawn_module;
 
@@ -96,6 +97,23 @@ struct SlotStatus {
     state: &'static str,
     pid: u32,
     restarts: u32,
+    /// When the running instance started.
+    since: Option<Instant>,
+    /// Why the last instance ended, if one has.
+    last_exit: Option<String>,
+    /// When the next start is due, while backing off or restarting.
+    next_try: Option<Instant>,
+}
+
+/// What the dashboard shows of a module besides its STATUS line.
+#[derive(Clone, Debug)]
+pub struct ModuleDetail {
+    /// How long the running instance has run.
+    pub uptime: Option<Duration>,
+    /// Why the last instance ended, if one has.
+    pub last_exit: Option<String>,
+    /// How long until the next start, while backing off or restarting.
+    pub next_try_in: Option<Duration>,
 }
 
 /// One running instance: its process and its link.
@@ -140,6 +158,9 @@ impl ModuleSlot {
                 state: "starting",
                 pid: 0,
                 restarts: 0,
+                since: None,
+                last_exit: None,
+                next_try: None,
             }),
             commands,
             crashes: Ledger::default(),
@@ -196,6 +217,19 @@ impl ModuleSlot {
         let mut s = self.status.lock();
         s.state = state;
         s.pid = pid;
+        s.since = (pid != 0).then(Instant::now);
+        s.next_try = None;
+    }
+
+    /// Uptime, last exit and next try, for the dashboard.
+    pub fn detail(&self) -> ModuleDetail {
+        let s = self.status.lock();
+        let now = Instant::now();
+        ModuleDetail {
+            uptime: s.since.map(|t| now.saturating_duration_since(t)),
+            last_exit: s.last_exit.clone(),
+            next_try_in: s.next_try.map(|t| t.saturating_duration_since(now)),
+        }
     }
 
     /// This module's line in a STATUS reply.
@@ -246,6 +280,11 @@ impl ModuleSlot {
         self.route
             .send_replace(Route::Up(Arc::clone(&instance.link)));
         tracing::info!(module = %self.name, pid = instance.link.pid, "module running");
+        events::record(
+            Kind::ModuleStarted,
+            &self.name,
+            &format!("pid {} serves", instance.link.pid),
+        );
     }
 
     async fn start_instance(
@@ -311,6 +350,7 @@ impl ModuleSlot {
                         }
                         Err(e) => {
                             tracing::error!(module = %self.name, "restart failed: {e}");
+                            events::record(Kind::ModuleStartFailed, &self.name, &e.to_string());
                             let retry = self.crashes.crash(Vec::new(), Duration::ZERO, sup.max_restarts, sup.window);
                             retry_at = Some(self.schedule(retry));
                         }
@@ -346,6 +386,7 @@ impl ModuleSlot {
                         }
                         self.set_state("stopped", 0);
                         tracing::info!(module = %self.name, "module stopped");
+                        events::record(Kind::ModuleStopped, &self.name, "stopped by a reload or at shutdown");
                         let _ = reply.send(());
                         return;
                     }
@@ -365,6 +406,9 @@ impl ModuleSlot {
         sup: &Supervision,
     ) -> Option<tokio::time::Instant> {
         tracing::warn!(module = %self.name, pid = dead.link.pid, "{}", reason.message);
+        let message = format!("pid {}: {}", dead.link.pid, reason.message);
+        events::record(Kind::ModuleExited, &self.name, &message);
+        self.status.lock().last_exit = Some(message);
         let spec = self.spec();
         let restart = match spec.restart {
             Restart::Permanent => true,
@@ -408,11 +452,13 @@ impl ModuleSlot {
                 self.name
             );
             tracing::error!(module = %self.name, "{msg}");
+            events::record(Kind::ModuleBackoff, &self.name, &msg);
             self.set_state("backoff", 0);
             self.route.send_replace(Route::Down(msg));
         } else {
             self.set_state("restarting", 0);
         }
+        self.status.lock().next_try = Some(Instant::now() + delay);
         tokio::time::Instant::now() + delay
     }
 
@@ -429,6 +475,7 @@ impl ModuleSlot {
     ) -> Result<u32, String> {
         let fresh = self.start_instance(&spec, current.is_some()).await.map_err(|e| {
             tracing::warn!(module = %self.name, "hot restart aborted, the running instance keeps serving: {e}");
+            events::record(Kind::ModuleStartFailed, &self.name, &format!("hot restart aborted: {e}"));
             e.to_string()
         })?;
         let pid = fresh.link.pid;
@@ -439,6 +486,11 @@ impl ModuleSlot {
         *self.spec.write() = spec;
         self.install(&fresh);
         self.status.lock().restarts += 1;
+        events::record(
+            Kind::ModuleRestarted,
+            &self.name,
+            &format!("hot restart: pid {pid} serves"),
+        );
         *current = Some(fresh);
         Ok(pid)
     }

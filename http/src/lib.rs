@@ -62,12 +62,33 @@ pub struct RequestHead {
     pub method: String,
     /// The request target as sent, such as `/metrics?x`.
     pub target: String,
+    /// The header fields in order, names as sent; a value that is not UTF-8
+    /// is kept with its bad bytes replaced. At most [`MAX_HEADERS`].
+    pub headers: Vec<(String, String)>,
 }
 
 impl RequestHead {
     /// The target without its query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
+    }
+
+    /// The value of the first header field named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of query parameter `name`, as sent (not percent-decoded).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let (_, query) = self.target.split_once('?')?;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -102,6 +123,14 @@ pub fn parse_request(buf: &[u8], limit: usize) -> Result<Option<(RequestHead, us
             RequestHead {
                 method: request.method.unwrap_or_default().to_owned(),
                 target: request.path.unwrap_or_default().to_owned(),
+                headers: request
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_owned(), value)
+                    })
+                    .collect(),
             },
             n,
         ))),
@@ -298,10 +327,13 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -321,6 +353,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((h.method.as_str(), h.path(), n), ("GET", "/metrics", 36));
+        assert_eq!((h.header("host"), h.header("Accept")), (Some("a"), None));
+        assert_eq!((h.query("x"), h.query("y")), (Some(""), None));
+        let (h, _) = parse_request(b"GET /a?limit=5&q=uid HTTP/1.1\r\n\r\n", 64)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.query("limit"), h.query("q")), (Some("5"), Some("uid")));
         // Bare LF line ends are accepted, as lenient HTTP/1 servers do.
         assert!(parse_request(b"GET / HTTP/1.0\n\n", 64).unwrap().is_some());
         assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", 64)

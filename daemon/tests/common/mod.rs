@@ -475,16 +475,26 @@ pub fn mechactl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
 }
 
 /// Connects to `socket` as uid `uid` and gid `gid`, as another user's process
-/// would: the connecting thread switches its own credentials (raw
-/// `setresgid`/`setresuid`, which change only the calling thread, unlike
-/// glibc's wrappers) and then exits, so the kernel records the other user in
-/// the socket's SO_PEERCRED. Needs root (see [`require_root`]).
+/// would (see [`as_user`]), so the kernel records the other user in the
+/// socket's SO_PEERCRED. Needs root (see [`require_root`]).
 pub fn connect_as(socket: &Path, uid: u32, gid: u32) -> std::io::Result<UnixStream> {
     let socket = socket.to_path_buf();
+    as_user(uid, gid, move || UnixStream::connect(&socket))
+}
+
+/// Runs `work` on a thread of its own whose credentials are switched to
+/// `uid`/`gid` (raw `setresgid`/`setresuid`, which change only the calling
+/// thread, unlike glibc's wrappers); the thread ends with `work`, so whatever
+/// it creates (a socket) belongs to the other user. Needs root.
+pub fn as_user<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     std::thread::spawn(move || {
         // SAFETY: setresgid/setresuid take plain integers; called through
         // syscall(2) they change the credentials of this thread only, which
-        // ends right after connecting.
+        // ends right after `work`.
         let rc = unsafe {
             if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
@@ -497,10 +507,10 @@ pub fn connect_as(socket: &Path, uid: u32, gid: u32) -> std::io::Result<UnixStre
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        UnixStream::connect(&socket)
+        work()
     })
     .join()
-    .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+    .map_err(|_| std::io::Error::other("the switched thread panicked"))?
 }
 
 impl Daemon {
