@@ -34,6 +34,7 @@ pub struct Overview {
     uptime_s: u64,
     connections_open: i64,
     connections_accepted: u64,
+    /// Tenants seen since the last reload.
     tenants: usize,
     modules_running: usize,
     modules: usize,
@@ -53,7 +54,7 @@ pub fn overview(daemon: &Daemon) -> Overview {
         uptime_s: status.uptime_ms / 1000,
         connections_open: daemon.metrics.connections_open(),
         connections_accepted: daemon.metrics.connections_accepted(),
-        tenants: tenant_names(daemon).len(),
+        tenants: daemon.quotas.read().usages().len(),
         modules_running: running,
         modules: status.modules.len(),
     }
@@ -228,57 +229,42 @@ pub struct Window {
     pub limit: usize,
 }
 
-/// Every tenant name the daemon knows: from the quota registry (tenants
-/// seen since the last reload) and the metrics (since start).
-fn tenant_names(daemon: &Daemon) -> HashMap<String, Option<Usage>> {
-    let mut names: HashMap<String, Option<Usage>> = daemon
+/// A page of tenants busiest first (requests per second, then total), from
+/// `rows` (see [`tenant_rows`]).
+pub fn tenants<'a>(rows: &'a [TenantRow], window: &Window) -> Page<&'a TenantRow> {
+    page(
+        rows.iter()
+            .filter(|t| t.name.contains(window.filter.as_str())),
+        window,
+    )
+}
+
+/// Every tenant the daemon knows, busiest first: from the quota registry
+/// (tenants seen since the last reload) and the metrics (since start).
+pub fn tenant_rows(daemon: &Daemon, history: &History) -> Vec<TenantRow> {
+    let rates = history.tenant_rates();
+    let row = |name: String, usage: Option<Usage>| TenantRow {
+        rate: rates.get(&name).copied().unwrap_or(0.0),
+        kind: tenant_kind(&name),
+        name,
+        usage,
+        requests: 0,
+        refused: BTreeMap::new(),
+    };
+    let mut rows: HashMap<String, TenantRow> = daemon
         .quotas
         .read()
         .usages()
         .into_iter()
-        .map(|(name, usage)| (name, Some(usage)))
+        .map(|(name, usage)| (name.clone(), row(name, Some(usage))))
         .collect();
     for op in daemon.metrics.ops() {
-        names.entry(op.tenant).or_insert(None);
-    }
-    names
-}
-
-/// A page of tenants, busiest first (requests per second, then total).
-pub fn tenants(daemon: &Daemon, history: &History, window: &Window) -> Page<TenantRow> {
-    let rates = history.tenant_rates();
-    let mut rows: HashMap<String, TenantRow> = HashMap::new();
-    for (name, usage) in tenant_names(daemon) {
-        if !name.contains(window.filter.as_str()) {
-            continue;
-        }
-        let kind = if name == crate::metrics::OTHER_TENANT {
-            "other"
-        } else if name.starts_with("uid:") {
-            "uid"
-        } else if name.starts_with("pod:") {
-            "pod"
-        } else {
-            "named"
-        };
-        rows.insert(
-            name.clone(),
-            TenantRow {
-                rate: rates.get(&name).copied().unwrap_or(0.0),
-                name,
-                kind,
-                usage,
-                requests: 0,
-                refused: BTreeMap::new(),
-            },
-        );
-    }
-    for op in daemon.metrics.ops() {
-        if let Some(row) = rows.get_mut(&op.tenant) {
-            row.requests += op.requests;
-            for (status, n) in op.errors {
-                *row.refused.entry(status).or_default() += n;
-            }
+        let t = rows
+            .entry(op.tenant.clone())
+            .or_insert_with(|| row(op.tenant, None));
+        t.requests += op.requests;
+        for (status, n) in op.errors {
+            *t.refused.entry(status).or_default() += n;
         }
     }
     let mut rows: Vec<TenantRow> = rows.into_values().collect();
@@ -288,10 +274,24 @@ pub fn tenants(daemon: &Daemon, history: &History, window: &Window) -> Page<Tena
             .then(b.requests.cmp(&a.requests))
             .then(a.name.cmp(&b.name))
     });
-    page(rows, window)
+    rows
 }
 
-fn page<T>(rows: Vec<T>, window: &Window) -> Page<T> {
+fn tenant_kind(name: &str) -> &'static str {
+    if name == crate::metrics::OTHER_TENANT {
+        "other"
+    } else if name.starts_with("uid:") {
+        "uid"
+    } else if name.starts_with("pod:") {
+        "pod"
+    } else {
+        "named"
+    }
+}
+
+/// The rows of `rows` in `window`, and how many there are.
+fn page<'a, T>(rows: impl Iterator<Item = &'a T>, window: &Window) -> Page<&'a T> {
+    let rows: Vec<&T> = rows.collect();
     let total = rows.len();
     let items = rows
         .into_iter()
@@ -305,28 +305,14 @@ fn page<T>(rows: Vec<T>, window: &Window) -> Page<T> {
     }
 }
 
-/// One row of `/api/apps`.
-#[derive(Serialize)]
-pub struct AppRow {
-    app_id: String,
-    node: String,
-    local: bool,
-    instances: u32,
-}
-
 /// A page of registered apps, as the invoke module lists them.
-pub fn apps(entries: &[AppEntry], window: &Window) -> Page<AppRow> {
-    let rows = entries
-        .iter()
-        .filter(|e| e.app_id.contains(window.filter.as_str()))
-        .map(|e| AppRow {
-            app_id: e.app_id.clone(),
-            node: e.node.clone(),
-            local: e.local,
-            instances: e.instances,
-        })
-        .collect();
-    page(rows, window)
+pub fn apps<'a>(entries: &'a [AppEntry], window: &Window) -> Page<&'a AppEntry> {
+    page(
+        entries
+            .iter()
+            .filter(|e| e.app_id.contains(window.filter.as_str())),
+        window,
+    )
 }
 
 /// The newest events, newest first.
