@@ -54,6 +54,8 @@ struct StreamRoute {
     /// The stream id the application knows: its request id.
     stream_id: u32,
     opcode: Opcode,
+    /// The tenant that opened it, for the dashboard's count of streams.
+    tenant: Bytes,
     /// The application cancelled it (STREAM_CANCEL); it stays routed until
     /// the module's END, but nothing is delivered to it any more: a request
     /// the module would deliver on it (LINK_DELIVER) finds it gone.
@@ -205,6 +207,13 @@ impl Link {
         Ok(self.tx.clone())
     }
 
+    /// Adds the streams open on this link to `counts`, by tenant.
+    pub fn count_streams(&self, counts: &mut std::collections::HashMap<Bytes, usize>) {
+        for route in self.table.lock().streams.values() {
+            *counts.entry(route.tenant.clone()).or_default() += 1;
+        }
+    }
+
     /// Records the feature bits of the module's LINK_HELLO answer.
     pub fn set_features(&self, features: mecha_abi::Features) {
         self.trace.store(features.trace(), Ordering::Relaxed);
@@ -341,6 +350,7 @@ impl Link {
                     conn: Arc::clone(&p.conn),
                     stream_id: p.request_id,
                     opcode: p.opcode,
+                    tenant: p.suspect.tenant.clone(),
                     cancelled: false,
                 },
             );

@@ -97,6 +97,22 @@ fn the_views_follow_the_node() {
         })
     });
 
+    // Its streams are counted.
+    let _subscription = client
+        .subscribe("", "orders", "billing", Default::default())
+        .expect("subscribe");
+    wait_until(
+        Duration::from_secs(10),
+        "the tenant's stream to be counted",
+        || {
+            let page = json(&request(addr, "GET", "/api/tenants?limit=200", "").1);
+            page["items"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|t| t["name"] == me.as_str() && t["streams"] == 1)
+            })
+        },
+    );
+
     // A crash shows as a restart with its reason, and as an event.
     let pid = lock["pid"].as_u64().expect("a pid") as u32;
     signal(pid, libc::SIGKILL);
@@ -127,6 +143,43 @@ fn the_views_follow_the_node() {
     // Components show no metadata values, which may hold credentials.
     let components = request(addr, "GET", "/api/components", "").1;
     assert!(!components.contains("metadata"), "{components}");
+}
+
+#[test]
+fn networked_backends_show_whether_they_answer() {
+    // A TCP listener stands in for a server that accepts; a port just closed
+    // for one that is down. The drivers connect lazily, so both modules start.
+    let up = TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let up_addr = up.local_addr().expect("its address");
+    let down_port = free_port();
+    let port = free_port();
+    let config = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\n\
+         spec:\n  type: state.redis\n  version: v1\n  metadata:\n  \
+         - name: redisHost\n    value: \"{up_addr}\"\n  - name: redisPassword\n    value: hunter2\n---\n\
+         apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: locks\n\
+         spec:\n  type: lock.redis\n  version: v1\n  metadata:\n  \
+         - name: redisHost\n    value: \"127.0.0.1:{down_port}\"\n---\n\
+         {CONFIGURATION}  http:\n    address: \"127.0.0.1:{port}\"\n"
+    );
+    let _d = Daemon::start_with(Some(&config));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(20), "the endpoint", || {
+        TcpStream::connect(addr).is_ok() && request(addr, "GET", "/api/components", "").0 == 200
+    });
+    let body = request(addr, "GET", "/api/components", "").1;
+    assert!(!body.contains("hunter2"), "{body}");
+    let components = json(&body);
+    let row = |name: &str| {
+        components
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no component {name} in {components}"))
+    };
+    assert_eq!(row("cache")["backend"], up_addr.to_string());
+    assert_eq!(row("cache")["reachable"], true);
+    assert_eq!(row("locks")["reachable"], false);
+    assert_eq!(row("locks")["module"], "lock");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::events::{self, Event};
 use crate::history::{History, Point, Rate};
 use crate::metrics::Metrics;
 use crate::quota::Usage;
+use crate::supervisor::Route;
 
 /// Rows one page of a list may hold.
 pub const MAX_PAGE: usize = 200;
@@ -204,6 +205,8 @@ pub struct TenantRow {
     /// `other` (the metrics series that tenants past the first thousand share).
     kind: &'static str,
     usage: Option<Usage>,
+    /// Streams open (subscriptions, watches, registrations, lock waits).
+    streams: usize,
     requests: u64,
     rate: f64,
     /// Answers other than OK since the daemon started, by status name.
@@ -243,9 +246,16 @@ pub fn tenants<'a>(rows: &'a [TenantRow], window: &Window) -> Page<&'a TenantRow
 /// (tenants seen since the last reload) and the metrics (since start).
 pub fn tenant_rows(daemon: &Daemon, history: &History) -> Vec<TenantRow> {
     let rates = history.tenant_rates();
+    let mut streams = HashMap::new();
+    for slot in daemon.modules.read().iter() {
+        if let Route::Up(link) = slot.route() {
+            link.count_streams(&mut streams);
+        }
+    }
     let row = |name: String, usage: Option<Usage>| TenantRow {
         rate: rates.get(&name).copied().unwrap_or(0.0),
         kind: tenant_kind(&name),
+        streams: streams.get(name.as_bytes()).copied().unwrap_or(0),
         name,
         usage,
         requests: 0,

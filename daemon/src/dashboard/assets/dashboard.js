@@ -150,6 +150,7 @@ function renderTenants(page) {
       el('td', { class: 'name wrap' }, t.name), el('td', {}, t.kind),
       el('td', {}, u ? quota(u.connections, u.max_connections) : '0'),
       el('td', {}, u ? quota(u.in_flight, u.max_in_flight) : '0'),
+      el('td', { class: 'streams' }, t.streams),
       el('td', {}, u ? `${bytes(u.queued_bytes)}/${bytes(u.max_queued_bytes)}` : '–'),
       el('td', {}, num(t.rate, 1)), el('td', {}, t.requests),
       el('td', { class: 'wrap' }, refused));
