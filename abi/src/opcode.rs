@@ -185,6 +185,23 @@ impl Opcode {
         )
     }
 
+    /// True for requests the daemon sends again to a module's next instance
+    /// when the instance serving them dies with them in flight (SPEC §5.1):
+    /// reads, and SEQ_NEXT, whose ids may have gaps. Sending one twice
+    /// changes nothing an application can tell from answering it once.
+    pub fn is_replayable(self) -> bool {
+        matches!(
+            self,
+            Opcode::STATE_GET
+                | Opcode::STATE_BULK_GET
+                | Opcode::SEQ_NEXT
+                | Opcode::CONFIG_GET
+                | Opcode::SECRET_GET
+                | Opcode::SECRET_BULK_GET
+                | Opcode::INVOKE_APPS
+        )
+    }
+
     /// The symbolic name of a defined opcode, for logs and errors.
     pub fn name(self) -> Option<&'static str> {
         Some(match self {

@@ -18,6 +18,7 @@ mod mecha;
 mod noisy;
 mod plot;
 mod recovery;
+mod recovery_reads;
 mod redis;
 mod report;
 mod sweep;

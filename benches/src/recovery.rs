@@ -19,6 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::daemon::Daemon;
+use crate::recovery_reads::{self, ReadKills};
 use crate::report::{new_histogram, record};
 
 /// The module that is killed and restarted, as named in STATUS.
@@ -26,10 +27,10 @@ const MODULE: &str = "state";
 /// Its executable, beside mechad.
 const MODULE_BINARY: &str = "mecha-mod-state";
 /// The redb store of the bench configuration.
-const STORE: &str = "disk";
+pub(crate) const STORE: &str = "disk";
 /// Written once before the kills, so that an OK probe means "found": a
 /// NOT_FOUND answer would also be OK, and would not prove the store is open.
-const PROBE_KEY: &str = "recovery-probe";
+pub(crate) const PROBE_KEY: &str = "recovery-probe";
 const PROBE_VALUE: &[u8] = b"alive";
 
 /// Restart intensity raised so that a kill series never marks the module
@@ -99,6 +100,7 @@ pub struct HotRestarts {
 /// Everything `recovery` measured.
 pub struct Results {
     kill_series: Vec<KillSeries>,
+    reads: ReadKills,
     hot: HotRestarts,
 }
 
@@ -155,9 +157,11 @@ async fn measure(
     // Right after the consecutive kills, so the backoff starts at its cap:
     // only the healthy run can make these restarts immediate.
     let healthy = kill_series(&admin, &probe, plan.kills, Before::HealthyRun).await?;
+    let reads = recovery_reads::run(socket, &admin, plan.kills).await?;
     let hot = hot_restarts(socket, &admin, plan.upgrades, original, copy).await?;
     Ok(Results {
         kill_series: vec![fresh, consecutive, healthy],
+        reads,
         hot,
     })
 }
@@ -180,7 +184,7 @@ enum Before {
 /// How long the instance runs before a `Before::HealthyRun` kill: longer
 /// than `restartWindowSecs` (1 s in `SETTINGS`), counted from when STATUS
 /// first shows it, which is after it started.
-const HEALTHY_RUN: Duration = Duration::from_millis(1250);
+pub(crate) const HEALTHY_RUN: Duration = Duration::from_millis(1250);
 
 /// `kills` times: kill -9 the module and time the first good get after it.
 async fn kill_series(
@@ -267,7 +271,7 @@ fn check_probe(got: Result<Option<mecha_abi::msg::StateEntry>, Error>) -> anyhow
 }
 
 /// SIGKILL to a module pid taken from STATUS.
-fn kill_module(pid: u32) -> anyhow::Result<()> {
+pub(crate) fn kill_module(pid: u32) -> anyhow::Result<()> {
     let raw = i32::try_from(pid).context("module pid out of range")?;
     // 0 and negative pids address process groups, 1 is init, and our own pid
     // would end the bench: STATUS should never report any of them, but a kill
@@ -280,7 +284,7 @@ fn kill_module(pid: u32) -> anyhow::Result<()> {
 }
 
 /// Polls STATUS until the module runs, under a pid other than `not`.
-async fn running_pid(admin: &Client, not: Option<u32>) -> anyhow::Result<u32> {
+pub(crate) async fn running_pid(admin: &Client, not: Option<u32>) -> anyhow::Result<u32> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
         let status = admin.status().await.context("STATUS")?;
@@ -466,7 +470,7 @@ async fn load(client: Client, worker: usize, stop: Arc<AtomicBool>) -> anyhow::R
 }
 
 /// A short name for what failed: the daemon's status, or the client's reason.
-fn error_label(e: &Error) -> String {
+pub(crate) fn error_label(e: &Error) -> String {
     match e {
         Error::Status { status, .. } => status.to_string(),
         Error::Timeout(_) => "client timeout".into(),
@@ -524,6 +528,26 @@ pub fn markdown(r: &Results) -> String {
             quantile_ms(&s.samples, 0.0),
             counts(&s.failed_probes),
         ));
+    }
+    let k = &r.reads;
+    out.push_str(&format!(
+        "\n| scenario | kills | reads OK | read errors | caught reads | caught p50_ms | \
+         caught p99_ms | caught max_ms | all reads p99_ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | kill -9 under a {}-connection read load, no client retries | {} | {} | {} | {} | \
+         {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        recovery_reads::READERS,
+        k.kills,
+        k.reads,
+        k.errors.values().sum::<u64>(),
+        k.caught.len(),
+        hist_ms(&k.caught, 0.50),
+        hist_ms(&k.caught, 0.99),
+        hist_ms(&k.caught, 1.0),
+        hist_ms(&k.all, 0.99),
+    ));
+    if !k.errors.is_empty() {
+        out.push_str(&format!("\nRead errors by kind: {}.\n", counts(&k.errors)));
     }
     let h = &r.hot;
     let errors: u64 = h.load_errors.values().sum();
@@ -583,8 +607,21 @@ pub fn write_json(path: &Path, r: &Results) -> anyhow::Result<()> {
         "load_op_p99_ms": hist_ms(&h.load_hist, 0.99),
         "load_op_max_ms": hist_ms(&h.load_hist, 1.0),
     });
+    let k = &r.reads;
+    let reads = serde_json::json!({
+        "readers": recovery_reads::READERS,
+        "kills": k.kills,
+        "reads_ok": k.reads,
+        "read_errors": k.errors,
+        "caught_reads": k.caught.len(),
+        "caught_p50_ms": hist_ms(&k.caught, 0.50),
+        "caught_p99_ms": hist_ms(&k.caught, 0.99),
+        "caught_max_ms": hist_ms(&k.caught, 1.0),
+        "all_p99_ms": hist_ms(&k.all, 0.99),
+    });
     let text = serde_json::to_string_pretty(&serde_json::json!({
         "kill_series": series,
+        "reads_under_kills": reads,
         "hot_restarts": hot,
     }))
     .context("serialising the results")?;

@@ -34,6 +34,9 @@ pub const LINK_QUEUE: usize = 4096;
 pub const LINK_SNDBUF: usize = 32 * 1024;
 /// How often deadlines of in-flight requests are checked.
 const DEADLINE_TICK: Duration = Duration::from_millis(50);
+/// The largest payload kept for a replay (`Opcode::is_replayable`): reads
+/// are small, and a kept payload is memory held until the answer.
+pub const MAX_REPLAY_PAYLOAD: usize = 64 * 1024;
 
 /// A request waiting for its module's answer.
 struct Pending {
@@ -44,6 +47,33 @@ struct Pending {
     deadline: Instant,
     /// Who sent it and what it was, should the module die with it in flight.
     suspect: Suspect,
+    /// For a request that may be sent again to the module's next instance
+    /// if this one dies with it in flight: its header and payload as the
+    /// application sent them. Never kept for a request already replayed
+    /// once, so a request that crashes the module crashes it at most twice
+    /// (and is then refused as a poison request).
+    replay: Option<(Header, Bytes)>,
+}
+
+/// A request that was in flight when its module instance died and may be
+/// sent to the next instance (`Link::replay`); the supervisor holds it
+/// meanwhile and must either replay it or answer it (`Replay::fail`).
+pub struct Replay {
+    pending: Pending,
+    header: Header,
+    payload: Bytes,
+}
+
+impl Replay {
+    /// When the application stops waiting for it.
+    pub fn deadline(&self) -> Instant {
+        self.pending.deadline
+    }
+
+    /// Answers it with an error instead.
+    pub fn fail(self, status: Status, message: &str) {
+        self.pending.answer_error(status, message);
+    }
 }
 
 /// An open stream: where its pushes go.
@@ -69,6 +99,9 @@ struct Table {
     /// False once the module is gone.
     open: bool,
     pending: HashMap<u32, Pending>,
+    /// Requests in flight when the link closed with the instance dead, kept
+    /// for a replay until the supervisor takes them (`take_replays`).
+    replays: Vec<Replay>,
     /// Open streams by link id.
     streams: HashMap<u32, StreamRoute>,
     /// The requests in flight when the link closed, for the crash ledger.
@@ -118,6 +151,7 @@ impl Link {
                 open: true,
                 pending: HashMap::new(),
                 streams: HashMap::new(),
+                replays: Vec::new(),
                 lost: Vec::new(),
             }),
             closed: Notify::new(),
@@ -153,6 +187,67 @@ impl Link {
         timeout: Duration,
         suspect: Suspect,
     ) -> Result<Outbox, Rejected> {
+        let replay = (header.opcode.is_replayable() && payload.len() <= MAX_REPLAY_PAYLOAD)
+            .then(|| (header, payload.clone()));
+        self.send(conn, guard, header, payload, timeout, suspect, replay)
+            .await
+    }
+
+    /// Sends a request that was in flight when the previous instance died
+    /// to this one, within what is left of its deadline, and returns the
+    /// outbox to flush. It is not kept for a further replay.
+    pub async fn replay(&self, r: Replay) -> Option<Outbox> {
+        let Replay {
+            pending,
+            header,
+            payload,
+        } = r;
+        let now = Instant::now();
+        if pending.deadline <= now {
+            let msg = format!("module {} did not answer before the deadline", self.module);
+            pending.answer_error(Status::DeadlineExceeded, &msg);
+            return None;
+        }
+        let timeout = pending.deadline - now;
+        let Pending {
+            conn,
+            guard,
+            suspect,
+            ..
+        } = pending;
+        match self
+            .send(&conn, guard, header, payload, timeout, suspect, None)
+            .await
+        {
+            Ok(outbox) => Some(outbox),
+            Err(rejected) => {
+                let msg = format!(
+                    "module {} is unavailable: it is restarting; retry",
+                    self.module
+                );
+                let _ = conn.tx.send(error_frame(
+                    &rejected.header,
+                    Status::Unavailable,
+                    &msg,
+                    rejected.guard,
+                ));
+                None
+            }
+        }
+    }
+
+    /// Queues one request for the module: see [`Self::forward`].
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        conn: &Arc<ConnHandle>,
+        guard: ConnOut,
+        header: Header,
+        payload: Bytes,
+        timeout: Duration,
+        suspect: Suspect,
+        replay: Option<(Header, Bytes)>,
+    ) -> Result<Outbox, Rejected> {
         let tenant = &suspect.tenant;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // SPEC §8: the request's span becomes the module's parent.
@@ -177,6 +272,7 @@ impl Link {
                     opcode: header.opcode,
                     deadline: Instant::now() + timeout,
                     suspect: suspect.clone(),
+                    replay,
                 },
             );
         }
@@ -196,13 +292,21 @@ impl Link {
                 p.freeze()
             }
         };
-        if self
+        let queued = self
             .tx
             .push_wait_lane(tenant, OutFrame::guarded(out, prefix, payload, ()))
-            .await
-            .is_err()
-        {
-            self.fail_one(id, "its link closed before the request was sent");
+            .await;
+        if let Err(mecha_wire::Closed(frame)) = queued {
+            // Never sent (the instance is gone): the caller routes it again,
+            // to the next instance, whatever its opcode. Unless the link's
+            // close took it first, and answers or replays it.
+            if let Some(p) = self.take(id) {
+                return Err(Rejected {
+                    guard: p.guard,
+                    header,
+                    payload: frame.payload,
+                });
+            }
         }
         Ok(self.tx.clone())
     }
@@ -250,14 +354,6 @@ impl Link {
         entry
     }
 
-    fn fail_one(&self, id: u32, why: &str) {
-        let entry = self.take(id);
-        if let Some(p) = entry {
-            let msg = format!("module {} is unavailable: {why}", self.module);
-            p.answer_error(Status::Unavailable, &msg);
-        }
-    }
-
     /// Routes module answers back until the link reaches EOF, then answers
     /// every request still in flight with UNAVAILABLE.
     ///
@@ -291,7 +387,9 @@ impl Link {
             }
         };
         unflushed.flush();
-        self.close(&reason);
+        // The module is gone: what it had in flight and may be sent again
+        // waits for the supervisor to replay it to the next instance.
+        self.close(&reason, true);
     }
 
     /// Answers the request (or ends the stream) whose frame from the module
@@ -602,14 +700,39 @@ impl Link {
         }
     }
 
-    /// Marks the link closed and answers every request in flight.
-    pub fn close(&self, reason: &str) {
+    /// Marks the link closed and answers every request in flight with
+    /// UNAVAILABLE, except, with `keep_replays`, those that may be sent to
+    /// the next instance: they wait for [`Self::take_replays`]. Without it,
+    /// replays kept by an earlier close are answered too, so none is left
+    /// waiting on a link nobody will take them from.
+    pub fn close(&self, reason: &str, keep_replays: bool) {
         let drained: Vec<Pending> = {
             let mut table = self.table.lock();
             table.open = false;
             table.accepting = false;
-            let drained: Vec<Pending> = table.pending.drain().map(|(_, p)| p).collect();
-            table.lost = drained.iter().map(|p| p.suspect.clone()).collect();
+            let mut drained: Vec<Pending> = table.pending.drain().map(|(_, p)| p).collect();
+            if !drained.is_empty() {
+                table.lost = drained.iter().map(|p| p.suspect.clone()).collect();
+            }
+            if keep_replays {
+                let now = Instant::now();
+                let (replays, rest): (Vec<Pending>, Vec<Pending>) = drained
+                    .into_iter()
+                    .partition(|p| p.replay.is_some() && p.deadline > now);
+                table
+                    .replays
+                    .extend(replays.into_iter().filter_map(|mut p| {
+                        let (header, payload) = p.replay.take()?;
+                        Some(Replay {
+                            pending: p,
+                            header,
+                            payload,
+                        })
+                    }));
+                drained = rest;
+            } else {
+                drained.extend(table.replays.drain(..).map(|r| r.pending));
+            }
             drained
         };
         self.reset_streams(reason);
@@ -622,6 +745,11 @@ impl Link {
             p.answer_error(Status::Unavailable, &msg);
         }
         self.closed.notify_waiters();
+    }
+
+    /// The requests kept for a replay when the link closed (once).
+    pub fn take_replays(&self) -> Vec<Replay> {
+        std::mem::take(&mut self.table.lock().replays)
     }
 
     /// The requests that were in flight when the link closed (once).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mecha_abi::msg::{LinkHello, LinkReady, ModuleStatus};
 use mecha_abi::{Family, Header, Opcode, Status, MAX_FRAME_CAP, VERSION};
-use mecha_wire::{FrameReader, OutFrame, Outbox};
+use mecha_wire::{FrameReader, OutFrame, Outbox, Unflushed};
 use parking_lot::{Mutex, RwLock};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::childspec::{ChildSpec, Restart};
 use crate::crashes::{Ledger, Refusal, Retry};
 use crate::events::{self, Kind};
-use crate::link::{Link, LINK_QUEUE};
+use crate::link::{Link, Replay, LINK_QUEUE};
 use crate::spawn::spawn_module;
 
 /// How long a module whose link closed may take to exit by itself.
@@ -331,6 +331,8 @@ impl ModuleSlot {
         let mut current = Some(first);
         // When the next start is due while no instance runs.
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // Requests the dead instance had in flight that go to the next one.
+        let mut replays: Vec<Replay> = Vec::new();
         let mut health = tokio::time::interval(sup.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -338,7 +340,7 @@ impl ModuleSlot {
             tokio::select! {
                 reason = instance_ended(&mut current) => {
                     let Some(dead) = current.take() else { continue };
-                    retry_at = self.after_exit(dead, reason, &sup);
+                    retry_at = self.after_exit(dead, reason, &sup, &mut replays);
                 }
                 _ = tokio::time::sleep_until(due), if retry_at.is_some() => {
                     retry_at = None;
@@ -346,11 +348,13 @@ impl ModuleSlot {
                     match self.start_instance(&spec, false).await {
                         Ok(inst) => {
                             self.install(&inst);
+                            replay(&inst.link, &mut replays).await;
                             current = Some(inst);
                         }
                         Err(e) => {
                             tracing::error!(module = %self.name, "restart failed: {e}");
                             events::record(Kind::ModuleStartFailed, &self.name, &e.to_string());
+                            fail_replays(&mut replays, &format!("module {} failed to start again: {e}; retry", self.name));
                             let retry = self.crashes.crash(Vec::new(), Duration::ZERO, sup.max_restarts, sup.window);
                             retry_at = Some(self.schedule(retry));
                         }
@@ -376,11 +380,15 @@ impl ModuleSlot {
                             // the crashes that built it up.
                             self.crashes.reset();
                             retry_at = None;
+                            if let Some(inst) = &current {
+                                replay(&inst.link, &mut replays).await;
+                            }
                         }
                         let _ = reply.send(result);
                     }
                     Some(Command::Stop { reply }) => {
                         self.route.send_replace(Route::Down(format!("module {} is stopped", self.name)));
+                        fail_replays(&mut replays, &format!("module {} is stopped", self.name));
                         if let Some(old) = current.take() {
                             drain(old, self.spec().shutdown_timeout).await;
                         }
@@ -404,6 +412,7 @@ impl ModuleSlot {
         dead: Instance,
         reason: Ended,
         sup: &Supervision,
+        replays: &mut Vec<Replay>,
     ) -> Option<tokio::time::Instant> {
         tracing::warn!(module = %self.name, pid = dead.link.pid, "{}", reason.message);
         let message = format!("pid {}: {}", dead.link.pid, reason.message);
@@ -421,11 +430,14 @@ impl ModuleSlot {
                 "module {} exited and its restart policy ({:?}) does not restart it",
                 self.name, spec.restart
             )));
-            dead.link.close(&reason.message);
+            dead.link.close(&reason.message, false);
             return None;
         }
         self.route.send_replace(Route::Starting);
-        dead.link.close(&reason.message);
+        // The link's reader may have closed it already, keeping the
+        // replayable requests; either way they are taken here.
+        dead.link.close(&reason.message, true);
+        replays.extend(dead.link.take_replays());
         let lost = match reason.external {
             true => Vec::new(),
             false => dead.link.take_lost(),
@@ -433,7 +445,26 @@ impl ModuleSlot {
         let retry = self
             .crashes
             .crash(lost, dead.started.elapsed(), sup.max_restarts, sup.window);
-        Some(self.schedule(retry))
+        let due = self.schedule(retry);
+        // A replay that cannot reach the next instance within its deadline,
+        // or whose module now backs off, is answered now, as it would have
+        // been without replays.
+        let message = format!(
+            "module {} is unavailable: {}; retry",
+            self.name, reason.message
+        );
+        if retry.looping {
+            fail_replays(replays, &message);
+        } else {
+            let (keep, late): (Vec<Replay>, Vec<Replay>) = replays
+                .drain(..)
+                .partition(|r| r.deadline() > due.into_std());
+            *replays = keep;
+            for r in late {
+                r.fail(Status::Unavailable, &message);
+            }
+        }
+        Some(due)
     }
 
     /// Publishes the state and route of a module waiting to be restarted, and
@@ -568,8 +599,31 @@ async fn drain(mut old: Instance, timeout: Duration) {
         tracing::warn!(module = %old.link.module, pid = old.link.pid, "module did not exit after draining; killing it");
         let _ = old.child.kill().await;
     }
-    old.link.close("the instance was drained");
+    old.link.close("the instance was drained", false);
     tracing::info!(module = %old.link.module, pid = old.link.pid, "old instance drained");
+}
+
+/// Sends the requests the previous instance died with to `link`, the new
+/// one (`Link::replay`), and writes them.
+async fn replay(link: &Link, replays: &mut Vec<Replay>) {
+    if replays.is_empty() {
+        return;
+    }
+    tracing::info!(module = %link.module, requests = replays.len(), "replaying the reads the previous instance died with");
+    let mut unflushed = Unflushed::default();
+    for r in replays.drain(..) {
+        if let Some(outbox) = link.replay(r).await {
+            unflushed.add(&outbox);
+        }
+    }
+    unflushed.flush();
+}
+
+/// Answers every kept replay UNAVAILABLE with `message`.
+fn fail_replays(replays: &mut Vec<Replay>, message: &str) {
+    for r in replays.drain(..) {
+        r.fail(Status::Unavailable, message);
+    }
 }
 
 /// Spreads restarts of many modules over time: ±25 % of `base`. The clock's
