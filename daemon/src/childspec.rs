@@ -22,6 +22,20 @@ pub enum Restart {
     Temporary,
 }
 
+/// When a module's first instance serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// At daemon start, and from then on.
+    #[default]
+    Eager,
+    /// At the first request for it. The daemon still starts it once at boot
+    /// to check its components (a configuration error stops the start, as
+    /// for an eager module), then lets it exit until a request needs it: a
+    /// node pays memory only for the capabilities its applications use.
+    Lazy,
+}
+
 /// Everything needed to start one module: OTP's child spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChildSpec {
@@ -44,4 +58,6 @@ pub struct ChildSpec {
     /// module sees these and the daemon's own `MECHA_*` settings, nothing
     /// else of the daemon's environment.
     pub env_prefixes: Vec<String>,
+    /// Whether it serves from daemon start or from its first request.
+    pub start: Start,
 }

@@ -115,6 +115,10 @@ pub struct Settings {
     /// Per-module child-spec settings, keyed by module name (`state`, ...).
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleSettings>,
+    /// When modules without a `start` of their own serve: `eager` (the
+    /// default) or `lazy`. A networked invoke module (peers, dnsName or
+    /// listenAddress) stays eager under `lazy`: other nodes call it.
+    pub module_start: Option<crate::childspec::Start>,
     /// The local HTTP endpoint for probes and metrics (`--http` wins).
     pub http: Option<HttpSettings>,
     /// Span export over OTLP/HTTP JSON (`--otlp-endpoint` wins). Off when absent.
@@ -182,6 +186,8 @@ pub struct HttpSettings {
 pub struct ModuleSettings {
     /// `permanent` (default), `transient` or `temporary`.
     pub restart: Option<crate::childspec::Restart>,
+    /// `eager` (default: `moduleStart`) or `lazy`.
+    pub start: Option<crate::childspec::Start>,
     /// How long a draining instance may take; default 5000 ms.
     pub shutdown_timeout_ms: Option<u64>,
     /// Address-space limit in MiB (RLIMIT_AS); none by default.

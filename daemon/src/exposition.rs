@@ -12,7 +12,14 @@ use crate::daemon::Daemon;
 use crate::metrics::{Metrics, OpSnapshot, BUCKETS};
 
 /// Module states a slot can be in (`supervisor.rs`); each gets a 0/1 series.
-const MODULE_STATES: [&str; 5] = ["starting", "running", "restarting", "backoff", "stopped"];
+const MODULE_STATES: [&str; 6] = [
+    "idle",
+    "starting",
+    "running",
+    "restarting",
+    "backoff",
+    "stopped",
+];
 
 /// Prometheus text exposition (format 0.0.4) of everything, reading module
 /// state and memory now. `daemon` is `None` while modules are starting.
@@ -72,7 +79,8 @@ pub fn not_running(daemon: &Daemon) -> Vec<(String, String)> {
         .read()
         .iter()
         .map(|slot| slot.status())
-        .filter(|s| s.state != "running")
+        // An idle (lazy) module is ready: its first request starts it.
+        .filter(|s| s.state != "running" && s.state != "idle")
         .map(|s| (s.name, s.state))
         .collect()
 }

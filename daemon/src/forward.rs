@@ -148,8 +148,10 @@ impl Routed {
                         }
                     }
                 }
-                Route::Starting => {
-                    if let Route::Starting = module.settled_route(deadline).await {
+                Route::Starting | Route::Idle => {
+                    // A lazy module starts at its first request.
+                    module.wake();
+                    if let Route::Starting | Route::Idle = module.settled_route(deadline).await {
                         let msg = format!(
                             "module {} did not come back before the deadline",
                             module.name

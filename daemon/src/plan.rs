@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mecha_abi::msg::ComponentSpec;
 use mecha_abi::Family;
 
-use crate::childspec::ChildSpec;
+use crate::childspec::{ChildSpec, Start};
 use crate::config::{Config, RunAs};
 
 /// Directories fixed at start-up (flags win over the configuration file).
@@ -59,6 +60,36 @@ fn is_module(module: &str) -> bool {
     .any(|(name, _)| name == module)
 }
 
+/// When module `name` serves: its own `start`, else the daemon's
+/// `moduleStart`, else eager. An invoke module that other nodes reach (its
+/// component names peers, a DNS name or a listen address) must be up to be
+/// called, so it is eager under `moduleStart: lazy` and may not be made lazy.
+fn start_of(
+    name: &str,
+    own: Option<Start>,
+    default: Option<Start>,
+    components: &[ComponentSpec],
+) -> Result<Start, String> {
+    let networked = name == "invoke"
+        && components.iter().any(|c| {
+            c.metadata.iter().any(|(field, _)| {
+                ["peers", "dnsName", "listenAddress"]
+                    .iter()
+                    .any(|n| field.eq_ignore_ascii_case(n))
+            })
+        });
+    match (own, networked) {
+        (Some(Start::Lazy), true) => Err(
+            "modules.invoke.start: lazy: an invoke module with peers, dnsName or listenAddress \
+             is called by other nodes and must start with the daemon"
+                .into(),
+        ),
+        (Some(start), _) => Ok(start),
+        (None, true) => Ok(Start::Eager),
+        (None, false) => Ok(default.unwrap_or_default()),
+    }
+}
+
 /// One child spec per capability family that has components, in first-seen
 /// order. Creates each module's data directory.
 pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildSpec)>, String> {
@@ -101,6 +132,12 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         let binary = settings
             .binary
             .unwrap_or_else(|| paths.module_dir.join(format!("mecha-mod-{name}")));
+        let start = start_of(
+            &name,
+            settings.start,
+            config.settings.module_start,
+            &components,
+        )?;
         specs.push((
             family,
             ChildSpec {
@@ -118,6 +155,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
                     user,
                 },
                 env_prefixes,
+                start,
             },
         ));
     }

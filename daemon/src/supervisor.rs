@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::childspec::{ChildSpec, Restart};
+use crate::childspec::{ChildSpec, Restart, Start};
 use crate::crashes::{Ledger, Refusal, Retry};
 use crate::events::{self, Kind};
 use crate::link::{Link, Replay, LINK_QUEUE};
@@ -77,6 +77,9 @@ pub enum Route {
     Up(Arc<Link>),
     /// An instance is being started; requests may wait for it.
     Starting,
+    /// A lazy module that has not served yet: the first request wakes it
+    /// (`ModuleSlot::wake`) and waits for it as for `Starting`.
+    Idle,
     /// No instance serves now, and none is about to: the module is stopped,
     /// or backing off after repeated crashes. The message says why and when
     /// the next try is.
@@ -137,6 +140,9 @@ pub struct ModuleSlot {
     commands: mpsc::Sender<Command>,
     /// Its crashes: restart backoff, poison requests, tenant charges.
     crashes: Ledger,
+    /// Asks the supervisor of an idle (lazy) module to start it; a permit
+    /// is kept when nobody waits, so no wake is lost.
+    wake: tokio::sync::Notify,
 }
 
 impl ModuleSlot {
@@ -164,11 +170,31 @@ impl ModuleSlot {
             }),
             commands,
             crashes: Ledger::default(),
+            wake: tokio::sync::Notify::new(),
         });
+        // Even a lazy module starts once now: its handshake checks its
+        // components, so a configuration error stops the daemon's start.
         let first = slot.start_instance(&spec, false).await?;
-        slot.install(&first);
+        let first = match spec.start {
+            Start::Eager => {
+                slot.install(&first);
+                Some(first)
+            }
+            Start::Lazy => {
+                drain(first, spec.shutdown_timeout).await;
+                slot.set_state("idle", 0);
+                slot.route.send_replace(Route::Idle);
+                tracing::info!(module = %slot.name, "module checked; it starts at its first request (start: lazy)");
+                None
+            }
+        };
         tokio::spawn(Arc::clone(&slot).supervise(first, command_rx, supervision));
         Ok(slot)
+    }
+
+    /// Asks an idle (lazy) module to start; does nothing to one that runs.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Where requests should go now.
@@ -176,11 +202,12 @@ impl ModuleSlot {
         self.route.borrow().clone()
     }
 
-    /// Waits until the module is up or down (not starting), or `deadline`.
+    /// Waits until the module is up or down (not starting, nor idle), or
+    /// `deadline`.
     pub async fn settled_route(&self, deadline: tokio::time::Instant) -> Route {
         let mut rx = self.route.subscribe();
         let settled = tokio::time::timeout_at(deadline, async {
-            rx.wait_for(|r| !matches!(r, Route::Starting))
+            rx.wait_for(|r| !matches!(r, Route::Starting | Route::Idle))
                 .await
                 .map(|r| r.clone())
         })
@@ -324,11 +351,13 @@ impl ModuleSlot {
     /// restart/stop commands, which also end a backoff at once.
     async fn supervise(
         self: Arc<Self>,
-        first: Instance,
+        first: Option<Instance>,
         mut commands: mpsc::Receiver<Command>,
         sup: Supervision,
     ) {
-        let mut current = Some(first);
+        let mut current = first;
+        // A lazy module waits for its first request before it starts.
+        let mut idle = current.is_none();
         // When the next start is due while no instance runs.
         let mut retry_at: Option<tokio::time::Instant> = None;
         // Requests the dead instance had in flight that go to the next one.
@@ -360,6 +389,24 @@ impl ModuleSlot {
                         }
                     }
                 }
+                _ = self.wake.notified(), if idle => {
+                    idle = false;
+                    self.route.send_replace(Route::Starting);
+                    self.set_state("starting", 0);
+                    let spec = self.spec();
+                    match self.start_instance(&spec, false).await {
+                        Ok(inst) => {
+                            self.install(&inst);
+                            current = Some(inst);
+                        }
+                        Err(e) => {
+                            tracing::error!(module = %self.name, "start at the first request failed: {e}");
+                            events::record(Kind::ModuleStartFailed, &self.name, &e.to_string());
+                            let retry = self.crashes.crash(Vec::new(), Duration::ZERO, sup.max_restarts, sup.window);
+                            retry_at = Some(self.schedule(retry));
+                        }
+                    }
+                }
                 _ = health.tick() => {
                     if let Some(inst) = &mut current {
                         if inst.link.last_pong().elapsed() > sup.health_timeout {
@@ -376,6 +423,7 @@ impl ModuleSlot {
                     Some(Command::Restart { spec, reply }) => {
                         let result = self.hot_restart(&mut current, spec).await;
                         if result.is_ok() {
+                            idle = false;
                             // An operator's restart ends a backoff and forgets
                             // the crashes that built it up.
                             self.crashes.reset();

@@ -53,6 +53,7 @@ pub struct ModuleStatus {
     pub name: String,
     /// Process id of the current instance, 0 when none runs.
     pub pid: u32,
+    /// `idle` (a lazy module before its first request, which starts it),
     /// `starting`, `running`, `restarting`, `backoff` (crash-looping: the
     /// next try is delayed, requests are answered UNAVAILABLE) or `stopped`.
     pub state: String,

@@ -62,7 +62,8 @@ fn look(client: &Client) -> Result<Seen, mecha_client::Error> {
     let waiting: Vec<String> = status
         .modules
         .iter()
-        .filter(|m| m.state != "running")
+        // An idle module (start: lazy) starts at its first request.
+        .filter(|m| m.state != "running" && m.state != "idle")
         .map(|m| format!("{} ({})", m.name, m.state))
         .collect();
     if waiting.is_empty() {

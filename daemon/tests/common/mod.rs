@@ -301,6 +301,28 @@ pub fn parent_pid(pid: u32) -> u32 {
         .expect("numeric ppid")
 }
 
+/// The live (not zombie) children of `pid`, from /proc.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let mut fields = stat[close + 2..].split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
+            ppid == Some(pid) && state != Some("Z")
+        })
+        .collect()
+}
+
 /// A raw connection that speaks frames by hand, as a foreign client would.
 pub struct Raw {
     pub stream: UnixStream,
