@@ -36,8 +36,20 @@ fn set_frame(id: u32, key: &str, value: &[u8]) -> (Header, Vec<u8>) {
 #[test]
 fn max_connections_refuses_the_extra_connection_naming_the_quota() {
     let d = Daemon::start_with(Some(&config("maxConnections: 2")));
-    let (_a, _) = Raw::hello(&d.socket);
-    let (_b, _) = Raw::hello(&d.socket);
+    // The start-up probe's connection holds a slot until the daemon has read
+    // its end, so two connections are admitted once that has happened.
+    let mut held = Vec::new();
+    common::wait_until(Duration::from_secs(5), "two connections admitted", || {
+        held.clear();
+        for _ in 0..2 {
+            let mut raw = Raw::connect(&d.socket);
+            if raw.hello_status().0 != Status::Ok {
+                return false;
+            }
+            held.push(raw);
+        }
+        true
+    });
     let mut c = Raw::connect(&d.socket);
     let (h, p) = c.recv().expect("an error frame before the close");
     assert_eq!(Status::from_code(h.status), Status::ResourceExhausted);
@@ -49,7 +61,7 @@ fn max_connections_refuses_the_extra_connection_naming_the_quota() {
     );
     assert!(c.recv().is_none(), "then the connection closes");
     // Closing one connection frees its slot.
-    drop(_a);
+    held.pop();
     common::wait_until(Duration::from_secs(5), "the slot to be released", || {
         let mut raw = Raw::connect(&d.socket);
         let hello = mecha_abi::encode(&mecha_abi::msg::Hello {
