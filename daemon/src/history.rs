@@ -121,6 +121,19 @@ struct State {
     recent: VecDeque<Snapshot>,
 }
 
+impl State {
+    /// The oldest and newest snapshots of the window and the seconds
+    /// between them, once there are any.
+    fn window(&self) -> Option<(&Snapshot, &Snapshot, f64)> {
+        let (oldest, newest) = (self.recent.front()?, self.recent.back()?);
+        Some((
+            oldest,
+            newest,
+            newest.at.duration_since(oldest.at).as_secs_f64(),
+        ))
+    }
+}
+
 /// The sampled history; see the module documentation.
 #[derive(Default)]
 pub struct History {
@@ -184,10 +197,9 @@ impl History {
     /// Each module family's rate and latency over the window, by family byte.
     pub fn family_rates(&self) -> HashMap<u8, Rate> {
         let state = self.state.lock();
-        let (Some(oldest), Some(newest)) = (state.recent.front(), state.recent.back()) else {
+        let Some((oldest, newest, seconds)) = state.window() else {
             return HashMap::new();
         };
-        let seconds = newest.at.duration_since(oldest.at).as_secs_f64();
         newest
             .families
             .iter()
@@ -209,10 +221,9 @@ impl History {
     /// Each tenant's requests per second over the window.
     pub fn tenant_rates(&self) -> HashMap<String, f64> {
         let state = self.state.lock();
-        let (Some(oldest), Some(newest)) = (state.recent.front(), state.recent.back()) else {
+        let Some((oldest, newest, seconds)) = state.window() else {
             return HashMap::new();
         };
-        let seconds = newest.at.duration_since(oldest.at).as_secs_f64();
         newest
             .tenants
             .iter()

@@ -335,18 +335,6 @@ fn a_short_token_stops_the_start() {
         free_port(),
         token_file.display()
     );
-    let config_file = dir.path().join("config.yaml");
-    std::fs::write(&config_file, config).expect("writing the config");
-    let out = std::process::Command::new(common::bin_dir().join("mechad"))
-        .arg("--config")
-        .arg(&config_file)
-        .arg("--socket")
-        .arg(dir.path().join("m.sock"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .expect("running mechad");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&config);
     assert!(err.contains("at least 16 characters"), "{err}");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin_dir, wait_until, Daemon, CONFIGURATION};
+use common::{wait_until, Daemon, CONFIGURATION};
 use mecha_client::SetOptions;
 
 /// A redb state store and an in-memory lock store, both lazy.
@@ -80,27 +80,12 @@ fn a_lazy_module_starts_at_its_first_request() {
 
 #[test]
 fn a_lazy_module_with_a_bad_component_stops_the_start() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let bad = format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: statestore}}\n\
          spec: {{type: state.redb, version: v1, metadata: [{{name: nonsense, value: x}}]}}\n---\n\
          {CONFIGURATION}  moduleStart: lazy\n"
     );
-    let file = dir.path().join("config.yaml");
-    std::fs::write(&file, bad).expect("writing the config");
-    let out = std::process::Command::new(bin_dir().join("mechad"))
-        .arg("--config")
-        .arg(&file)
-        .arg("--socket")
-        .arg(dir.path().join("m.sock"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--module-dir")
-        .arg(bin_dir())
-        .output()
-        .expect("running mechad");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&bad);
     assert!(err.contains("nonsense"), "{err}");
 }
 
@@ -115,22 +100,7 @@ fn a_networked_invoke_module_is_never_lazy() {
     assert_eq!(state_of(&d, "invoke").0, "running");
     assert_eq!(state_of(&d, "state").0, "idle");
 
-    let dir = tempfile::tempdir().expect("temp dir");
     let forced = format!("{text}  modules:\n    invoke:\n      start: lazy\n");
-    let file = dir.path().join("config.yaml");
-    std::fs::write(&file, forced).expect("writing the config");
-    let out = std::process::Command::new(bin_dir().join("mechad"))
-        .arg("--config")
-        .arg(&file)
-        .arg("--socket")
-        .arg(dir.path().join("m.sock"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--module-dir")
-        .arg(bin_dir())
-        .output()
-        .expect("running mechad");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&forced);
     assert!(err.contains("called by other nodes"), "{err}");
 }

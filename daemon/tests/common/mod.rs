@@ -301,6 +301,30 @@ pub fn parent_pid(pid: u32) -> u32 {
         .expect("numeric ppid")
 }
 
+/// Runs mechad with `config` until it exits, which it must, with an error:
+/// returns what it wrote to stderr.
+pub fn start_fails(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config).expect("writing the config");
+    let out = Command::new(bin_dir().join("mechad"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--socket")
+        .arg(dir.path().join("m.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--module-dir")
+        .arg(bin_dir())
+        .output()
+        .expect("running mechad");
+    assert!(
+        !out.status.success(),
+        "mechad started with a bad configuration"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The live (not zombie) children of `pid`, from /proc.
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
