@@ -6,13 +6,13 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mecha_module::embedded::{blocking, SharedDb};
+use mecha_module::embedded::{blocking, Finish, SharedDb};
 use mecha_module::DriverError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::log::{GroupChange, GroupRecord, PubsubLog, TopicRecord};
+use crate::broker::log::{GroupChange, GroupRecord, Landed, PubsubLog, TopicRecord};
 use crate::error::PubsubError;
 use crate::message::Message;
 
@@ -338,6 +338,32 @@ impl PubsubLog for RedbLog {
                 .write(bytes, move |txn| {
                     append(txn, &tenant, &topic, offset, &stored, trim_below)
                 })
+                .await
+        })
+    }
+
+    fn queue_append<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+        message: Arc<Message>,
+        trim_below: u64,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+        let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
+        Box::pin(async move {
+            let stored = message.encode()?;
+            let bytes = stored.len().saturating_add(tenant.len() + topic.len());
+            self.db
+                .queue(
+                    bytes,
+                    move |txn| {
+                        append(txn, &tenant, &topic, offset, &stored, trim_below)
+                            .map(Finish::Commit)
+                    },
+                    landed,
+                )
                 .await
         })
     }

@@ -203,11 +203,36 @@ impl GroupCommit {
         F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T, E>>();
+        self.queue(bytes, work, move |result| {
+            // The caller may have gone away; its answer then goes nowhere.
+            let _ = answer.send(result);
+        })
+        .await?;
+        answered.await.map_err(|_| E::from(stopped()))?
+    }
+
+    /// Queues `work` (as [`Self::write_or_abort`] runs it) and returns as
+    /// soon as it is queued, waiting for room when the queue is full; `done`
+    /// is called on the writer thread with the answer once the batch holding
+    /// the work is durable (or has failed). Requests queued one after
+    /// another run, and become durable, in that order.
+    ///
+    /// This lets a caller that must order its requests (a topic's appends)
+    /// queue the next one while this one waits for its disk sync. If this
+    /// returns an error, nothing was queued and `done` is dropped uncalled;
+    /// otherwise `done` is called exactly once, unless the writer thread
+    /// dies, in which case it is dropped uncalled.
+    pub async fn queue<T, E, F, D>(&self, bytes: usize, work: F, done: D) -> Result<(), E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
         let run: Run = Box::new(move |db: &Database, durability| {
             let (ended, held) = run_one(db, durability, work);
             let deliver: Deliver = Box::new(move |batch: Result<(), Error>| {
-                // The caller may have gone away; its answer then goes nowhere.
-                let _ = answer.send(batch.map_err(E::from).and(held));
+                done(batch.map_err(E::from).and(held));
             });
             (ended, deliver)
         });
@@ -215,8 +240,7 @@ impl GroupCommit {
         queue
             .send(Job { bytes, run })
             .await
-            .map_err(|_| E::from(stopped()))?;
-        answered.await.map_err(|_| E::from(stopped()))?
+            .map_err(|_| E::from(stopped()))
     }
 
     /// What the writer has done so far.

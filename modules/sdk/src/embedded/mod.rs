@@ -187,6 +187,23 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
             .await
     }
 
+    /// Queues `work` on the database's writer and returns once it is
+    /// queued; `done` gets the answer once a durable commit contains it (see
+    /// [`GroupCommit::queue`]). If this returns an error, `done` is dropped
+    /// uncalled.
+    pub async fn queue<T, F, D>(&self, bytes: usize, work: F, done: D) -> Result<(), E>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.opened_now()
+            .await?
+            .writer
+            .queue(bytes, work, done)
+            .await
+    }
+
     /// The open database and its writer, opening the file first if needed.
     async fn opened_now(&self) -> Result<&Opened, E> {
         self.db
