@@ -1,29 +1,45 @@
-//! Group commit: one writer thread per redb database runs every request's
-//! write transaction and makes a whole batch of them durable with one fsync.
+//! Group commit: one writer thread per redb database runs the write
+//! transactions of many requests together and makes them durable with one
+//! fsync.
 //!
 //! redb allows one write transaction at a time, and a transaction committed
 //! with `Durability::Immediate` costs a disk sync. Committing every request
 //! that way caps a store at one sync per write, however many clients wait.
-//! [`GroupCommit`] instead takes the requests from a bounded queue and, while
-//! more are already waiting, commits each one in its own transaction with
-//! `Durability::None` (no sync; redb persists such a commit with the next
-//! `Immediate` one). The request that finds the queue empty, or that reaches
-//! the batch's bound, commits with `Durability::Immediate`, and that single
-//! sync makes the whole batch durable. Only then is any request of the batch
-//! answered, so no acknowledged write can be lost.
+//! [`GroupCommit`] instead takes requests from a bounded queue and runs
+//! every request already waiting, up to a bound, in one write transaction,
+//! which it then commits with `Durability::Immediate`: one sync for the
+//! whole batch. Only then is any request of the batch answered, so no
+//! acknowledged write can be lost. A batch of one is exactly one durable
+//! transaction, as without group commit.
 //!
-//! Each request keeps its own transaction, so it stays all-or-nothing: one
-//! that fails (an ETag mismatch, a quota refusal) aborts its transaction and
-//! leaves the other requests of its batch alone, and a later request of the
-//! batch sees the effects of the earlier ones, as if they had run one by one.
-//! A batch of one costs what a lone `Immediate` transaction costs.
+//! Each request stays all-or-nothing. A request that fails (an ETag
+//! mismatch, a quota refusal) may already have written part of its work
+//! into the shared transaction, so the writer aborts the transaction, runs
+//! the batch's earlier successful requests again in a fresh one (their work
+//! is deterministic given the same state, which the replay restores),
+//! commits that with `Durability::None` (no sync; redb persists it with the
+//! batch's final `Immediate` commit) and goes on with the next request in
+//! another transaction. A failure thus costs one replay of the requests
+//! before it since the last such commit; each request is replayed at most
+//! once per failure after it, and a failure after a replay starts from an
+//! empty prefix, so a tenant sending failing requests cannot make a batch
+//! quadratic. A later request of a batch sees the effects of the earlier
+//! ones, as if they had run one by one, so ETags and quotas chain.
 //!
-//! Other transactions opened on the same database (a periodic sweep) simply
-//! wait for redb's write lock between two requests; an `Immediate` commit of
-//! theirs persists the batch's earlier commits too, which is harmless.
-//! Readers may see a request's commit before the batch is durable and before
-//! the request is answered (Redis with `appendfsync always` behaves the same
-//! way); a crash then loses only writes that were never acknowledged.
+//! Shared transactions are what make this pay: a redb commit, even without
+//! a sync, rewrites and checksums the b-tree pages a transaction touched,
+//! which costs far more than the writes of a small request, so committing
+//! each request on its own (even with `Durability::None`) would make the
+//! writer thread, not the disk, the limit (see BENCHMARKS.md, "Group
+//! commit").
+//!
+//! Other transactions opened on the same database (a periodic sweep) wait
+//! for redb's write lock between two batches; an `Immediate` commit of
+//! theirs also persists a batch's non-durable prefix, which is harmless.
+//! After a failure, readers may see the batch's replayed prefix before the
+//! batch is durable and before its requests are answered (Redis with
+//! `appendfsync always` behaves the same way); a crash then loses only
+//! writes that were never acknowledged.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,15 +86,15 @@ impl Default for Limits {
     }
 }
 
-/// What a request's work decided about its transaction.
+/// What a request's work decided about its writes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finish<T> {
-    /// Commit the transaction and answer `T` once it is durable.
+    /// Keep the writes and answer `T` once they are durable.
     Commit(T),
-    /// Abort the transaction (it changed nothing worth keeping, e.g. a lock
-    /// release refused because the caller does not hold the lock) and answer
-    /// `T`, still after the batch is durable, since `T` may depend on what
-    /// earlier requests of the batch wrote.
+    /// The work wrote nothing (e.g. a lock release refused because the
+    /// caller does not hold the lock): answer `T`, still after the batch is
+    /// durable, since `T` may depend on what earlier requests of the batch
+    /// wrote. Work that has written must return `Err` to undo it instead.
     Abort(T),
 }
 
@@ -92,6 +108,8 @@ pub struct Stats {
     pub batches: u64,
     /// `Immediate` commits made: one per batch that changed something.
     pub durable_commits: u64,
+    /// Requests run again after a later request of their batch failed.
+    pub replays: u64,
 }
 
 /// The writer's counters, shared with its thread.
@@ -100,34 +118,73 @@ struct Counters {
     jobs: AtomicU64,
     batches: AtomicU64,
     durable_commits: AtomicU64,
+    replays: AtomicU64,
 }
 
-/// How a request's transaction ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    /// Committed (durably or not, as the writer asked).
-    Committed,
-    /// Aborted or never begun: nothing of it needs to be made durable.
+/// What running a request's work in a transaction came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    /// It wrote what it meant to; keep it.
+    Kept,
+    /// It wrote nothing; nothing to undo.
     Unchanged,
-    /// Its commit failed; if it was to make the batch durable, the batch is
-    /// not.
-    CommitFailed,
+    /// It failed (or panicked) and may have written part of its work, which
+    /// must be undone.
+    Failed,
 }
 
-/// A request's answer, held until its batch is durable; given the batch's
-/// outcome, it sends the answer (or the batch's error) to the caller.
-type Deliver = Box<dyn FnOnce(Result<(), Error>) + Send>;
+/// A queued request's work and answer, with its types erased.
+trait Request: Send {
+    /// Runs the work in `txn`, holding its answer (a later run replaces it).
+    fn run(&mut self, txn: &WriteTransaction) -> Ran;
 
-/// A request's work, as the writer thread runs it with the durability it
-/// chooses.
-type Run = Box<dyn FnOnce(&Database, Durability) -> (Ended, Deliver) + Send>;
+    /// Sends the held answer, or the batch's error if the batch is not
+    /// durable.
+    fn answer(self: Box<Self>, batch: Result<(), Error>);
+}
+
+/// A request as its caller made it.
+struct Typed<T, E, F, D> {
+    work: F,
+    held: Option<Result<T, E>>,
+    done: D,
+}
+
+impl<T, E, F, D> Request for Typed<T, E, F, D>
+where
+    T: Send,
+    E: From<Error> + Send,
+    F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send,
+    D: FnOnce(Result<T, E>) + Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> Ran {
+        // A panic in the work fails only its request, as a panic in a
+        // blocking task would, and its writes are undone like a failure's.
+        let (ran, held) = match catch_unwind(AssertUnwindSafe(|| (self.work)(txn))) {
+            Ok(Ok(Finish::Commit(answer))) => (Ran::Kept, Ok(answer)),
+            Ok(Ok(Finish::Abort(answer))) => (Ran::Unchanged, Ok(answer)),
+            Ok(Err(e)) => (Ran::Failed, Err(e)),
+            Err(_) => (
+                Ran::Failed,
+                Err(Error::Failed("redb: a write panicked; it was rolled back".to_owned()).into()),
+            ),
+        };
+        self.held = Some(held);
+        ran
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), Error>) {
+        let held = self.held.unwrap_or_else(|| Err(stopped().into()));
+        (self.done)(batch.map_err(E::from).and(held));
+    }
+}
 
 /// One queued request.
 struct Job {
     /// What the caller estimates the request writes, for the batch bound.
     bytes: usize,
-    /// The work.
-    run: Run,
+    /// The work and its answer.
+    request: Box<dyn Request>,
 }
 
 /// The writer of one database: a thread fed by a bounded queue (see the
@@ -175,24 +232,24 @@ impl GroupCommit {
         })
     }
 
-    /// Runs `work` in a write transaction of its own on the writer thread and
-    /// answers once the transaction is durable: `Ok` commits, `Err` aborts.
-    /// `bytes` estimates what it writes, for the batch bound. See
-    /// [`Self::write_or_abort`] for work that may decide to abort with an
-    /// answer.
-    pub async fn write<T, E, F>(&self, bytes: usize, work: F) -> Result<T, E>
+    /// Runs `work` in the writer's transaction and answers once a durable
+    /// commit holds its writes: `Ok` keeps them, `Err` undoes them. `bytes`
+    /// estimates what it writes, for the batch bound. The work may run more
+    /// than once (see the module documentation), so it must not consume what
+    /// it captures; only its last run's answer counts. See
+    /// [`Self::write_or_abort`] for work that may decide to write nothing.
+    pub async fn write<T, E, F>(&self, bytes: usize, mut work: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
     {
         self.write_or_abort(bytes, move |txn| work(txn).map(Finish::Commit))
             .await
     }
 
-    /// Like [`Self::write`], with the work deciding whether its transaction
-    /// commits ([`Finish::Commit`]) or aborts ([`Finish::Abort`]) with an
-    /// answer; `Err` aborts and answers the error.
+    /// Like [`Self::write`], with the work able to answer without writing
+    /// ([`Finish::Abort`]).
     ///
     /// Waits for room when the queue is full. If this future is dropped once
     /// the request is queued, the request still runs; its answer is dropped.
@@ -200,7 +257,7 @@ impl GroupCommit {
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T, E>>();
         self.queue(bytes, work, move |result| {
@@ -226,19 +283,17 @@ impl GroupCommit {
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
         D: FnOnce(Result<T, E>) + Send + 'static,
     {
-        let run: Run = Box::new(move |db: &Database, durability| {
-            let (ended, held) = run_one(db, durability, work);
-            let deliver: Deliver = Box::new(move |batch: Result<(), Error>| {
-                done(batch.map_err(E::from).and(held));
-            });
-            (ended, deliver)
+        let request = Box::new(Typed {
+            work,
+            held: None,
+            done,
         });
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
         queue
-            .send(Job { bytes, run })
+            .send(Job { bytes, request })
             .await
             .map_err(|_| E::from(stopped()))
     }
@@ -249,6 +304,7 @@ impl GroupCommit {
             jobs: self.counters.jobs.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
+            replays: self.counters.replays.load(Ordering::Relaxed),
         }
     }
 
@@ -281,124 +337,165 @@ fn stopped() -> Error {
 /// The writer thread: batch after batch until the queue is closed.
 fn serve(db: &Database, mut queue: mpsc::Receiver<Job>, limits: Limits, counters: &Counters) {
     while let Some(first) = queue.blocking_recv() {
-        run_batch(db, &mut queue, first, limits, counters);
+        let mut batch = Batch {
+            db,
+            counters,
+            requests: Vec::new(),
+            txn: None,
+            kept: Vec::new(),
+            pending: false,
+        };
+        let outcome = batch.run(queue_drain(&mut queue, first, limits));
+        let durable = outcome.and_then(|()| batch.make_durable());
+        if let Err(e) = &durable {
+            tracing::error!(error = %e, requests = batch.requests.len(), "a batch of redb writes is not durable");
+        }
+        counters
+            .jobs
+            .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        for request in std::mem::take(&mut batch.requests) {
+            request.answer(durable.clone());
+        }
     }
 }
 
-/// Runs `first` and whatever is queued behind it, up to the batch bounds,
-/// makes the batch durable with one `Immediate` commit, and answers all.
-fn run_batch(
-    db: &Database,
+/// `first` and then whatever is queued behind it, until the queue is empty
+/// or the batch reaches its bounds. Taken lazily, so requests that arrive
+/// while the batch runs join it.
+fn queue_drain(
     queue: &mut mpsc::Receiver<Job>,
     first: Job,
     limits: Limits,
-    counters: &Counters,
-) {
-    let mut answers: Vec<Deliver> = Vec::new();
-    // A commit of this batch that only the next `Immediate` one persists.
-    let mut pending = false;
-    // Why the batch could not be made durable, if it could not.
-    let mut failure: Option<Error> = None;
+) -> impl Iterator<Item = Job> + '_ {
     let (mut jobs, mut bytes) = (0usize, 0usize);
     let mut next = Some(first);
-    while let Some(job) = next.take() {
+    std::iter::from_fn(move || {
+        let job = next.take().or_else(|| {
+            let full = jobs >= limits.batch_jobs || bytes >= limits.batch_bytes;
+            if full {
+                None
+            } else {
+                queue.try_recv().ok()
+            }
+        })?;
         jobs += 1;
         bytes = bytes.saturating_add(job.bytes);
-        // The job that finds nobody waiting behind it, or that fills the
-        // batch, makes the batch durable with its own commit, which saves a
-        // second transaction; a batch of one is then exactly one durable
-        // transaction, as without group commit.
-        let last = jobs >= limits.batch_jobs || bytes >= limits.batch_bytes || queue.is_empty();
-        let durability = if last {
-            Durability::Immediate
-        } else {
-            Durability::None
+        Some(job)
+    })
+}
+
+/// The transaction in `slot`, begun if there is none.
+fn open<'t>(
+    db: &Database,
+    slot: &'t mut Option<WriteTransaction>,
+) -> Result<&'t WriteTransaction, Error> {
+    if slot.is_none() {
+        let mut txn = db
+            .begin_write()
+            .map_err(failed("begin a write transaction"))?;
+        // The batch's last commit is made durable in `make_durable`; until
+        // then nothing needs a sync.
+        txn.set_durability(Durability::None)
+            .map_err(failed("set a write transaction's durability"))?;
+        *slot = Some(txn);
+    }
+    slot.as_ref()
+        .ok_or_else(|| Error::Failed("redb: no write transaction".to_owned()))
+}
+
+/// One batch being run.
+struct Batch<'a> {
+    db: &'a Database,
+    counters: &'a Counters,
+    /// Every request of the batch, in order.
+    requests: Vec<Box<dyn Request>>,
+    /// The transaction the next request runs in; opened on first need.
+    txn: Option<WriteTransaction>,
+    /// The requests (indices into `requests`) whose writes `txn` holds.
+    kept: Vec<usize>,
+    /// Whether an earlier transaction of the batch was committed without a
+    /// sync, so the batch must end with a durable commit even if `txn`
+    /// holds nothing.
+    pending: bool,
+}
+
+impl Batch<'_> {
+    /// Runs every job in turn; an error is a failure of the database itself
+    /// (a transaction cannot be begun or committed), which fails the batch.
+    fn run(&mut self, jobs: impl Iterator<Item = Job>) -> Result<(), Error> {
+        for job in jobs {
+            let index = self.requests.len();
+            self.requests.push(job.request);
+            let txn = open(self.db, &mut self.txn)?;
+            match self.requests[index].run(txn) {
+                Ran::Kept => self.kept.push(index),
+                Ran::Unchanged => {}
+                Ran::Failed => self.undo()?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed request: aborts the transaction (dropping it makes
+    /// redb roll it back) and runs the requests it held again in a fresh
+    /// one, which is committed without a sync so that a later failure does
+    /// not replay them again. A request that fails when run again (its
+    /// outcome depended on the clock) is left out as well, and the replay
+    /// starts over without it.
+    fn undo(&mut self) -> Result<(), Error> {
+        drop(self.txn.take());
+        let mut replay = std::mem::take(&mut self.kept);
+        while !replay.is_empty() {
+            let txn = open(self.db, &mut self.txn)?;
+            let mut failed_again = None;
+            for (position, &index) in replay.iter().enumerate() {
+                self.counters.replays.fetch_add(1, Ordering::Relaxed);
+                if self.requests[index].run(txn) == Ran::Failed {
+                    failed_again = Some(position);
+                    break;
+                }
+            }
+            match failed_again {
+                Some(position) => {
+                    drop(self.txn.take());
+                    replay.remove(position);
+                }
+                None => break,
+            }
+        }
+        if replay.is_empty() {
+            return Ok(());
+        }
+        if let Some(txn) = self.txn.take() {
+            txn.commit()
+                .map_err(failed("commit the replayed part of a batch"))?;
+            self.pending = true;
+        }
+        Ok(())
+    }
+
+    /// Commits what the batch holds with `Durability::Immediate`, which also
+    /// persists its earlier commits; does nothing if nothing changed.
+    fn make_durable(&mut self) -> Result<(), Error> {
+        let mut txn = match self.txn.take() {
+            Some(txn) if !self.kept.is_empty() || self.pending => txn,
+            None if self.pending => self
+                .db
+                .begin_write()
+                .map_err(failed("begin the transaction that makes a batch durable"))?,
+            // Nothing changed: dropping an unused transaction aborts it, and
+            // no sync is needed.
+            _ => return Ok(()),
         };
-        let (ended, deliver) = (job.run)(db, durability);
-        answers.push(deliver);
-        match (ended, last) {
-            (Ended::Committed, true) => {
-                pending = false;
-                counters.durable_commits.fetch_add(1, Ordering::Relaxed);
-            }
-            (Ended::Committed, false) => pending = true,
-            (Ended::CommitFailed, true) if pending => {
-                failure = Some(Error::Failed(
-                    "redb: the commit that makes a batch of writes durable failed".to_owned(),
-                ));
-                pending = false;
-            }
-            (Ended::Unchanged | Ended::CommitFailed, _) => {}
-        }
-        if !last {
-            next = queue.try_recv().ok();
-        }
-    }
-    counters.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    if pending {
-        // The last request did not commit (it failed, or aborted), so an
-        // empty `Immediate` transaction persists the batch's earlier ones.
-        match make_durable(db) {
-            Ok(()) => {
-                counters.durable_commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => failure = Some(e),
-        }
-    }
-    if let Some(e) = &failure {
-        tracing::error!(error = %e, requests = jobs, "a batch of redb writes is not durable");
-    }
-    for deliver in answers {
-        deliver(failure.clone().map_or(Ok(()), Err));
-    }
-}
-
-/// Commits an empty `Immediate` transaction, which persists every earlier
-/// commit made with `Durability::None`.
-fn make_durable(db: &Database) -> Result<(), Error> {
-    let txn = db
-        .begin_write()
-        .map_err(failed("begin the transaction that makes a batch durable"))?;
-    txn.commit()
-        .map_err(failed("commit the transaction that makes a batch durable"))
-}
-
-/// Runs `work` in a new write transaction of `durability` and commits or
-/// aborts it as the work decides. A panic in the work aborts its transaction
-/// and fails only its request, as a panic in a blocking task would.
-fn run_one<T, E, F>(db: &Database, durability: Durability, work: F) -> (Ended, Result<T, E>)
-where
-    E: From<Error>,
-    F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E>,
-{
-    let mut txn = match db.begin_write() {
-        Ok(txn) => txn,
-        Err(e) => {
-            let e = failed("begin a write transaction")(e);
-            return (Ended::Unchanged, Err(e.into()));
-        }
-    };
-    if let Err(e) = txn.set_durability(durability) {
-        let e = failed("set a write transaction's durability")(e);
-        return (Ended::Unchanged, Err(e.into()));
-    }
-    // Any return below that does not commit drops `txn`, which makes redb
-    // abort it: that is what keeps a failed request all-or-nothing.
-    match catch_unwind(AssertUnwindSafe(|| work(&txn))) {
-        Ok(Ok(Finish::Commit(answer))) => match txn.commit() {
-            Ok(()) => (Ended::Committed, Ok(answer)),
-            Err(e) => (
-                Ended::CommitFailed,
-                Err(failed("commit a write transaction")(e).into()),
-            ),
-        },
-        Ok(Ok(Finish::Abort(answer))) => (Ended::Unchanged, Ok(answer)),
-        Ok(Err(e)) => (Ended::Unchanged, Err(e)),
-        Err(_) => (
-            Ended::Unchanged,
-            Err(Error::Failed("redb: a write panicked; it was rolled back".to_owned()).into()),
-        ),
+        txn.set_durability(Durability::Immediate)
+            .map_err(failed("make a write transaction durable"))?;
+        txn.commit()
+            .map_err(failed("commit a batch of writes durably"))?;
+        self.counters
+            .durable_commits
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -474,9 +571,14 @@ mod tests {
     ) -> (impl Future<Output = Result<(), TestError>> + 'a, Gate) {
         let (entered_tx, entered) = std_mpsc::channel();
         let (release, released) = std_mpsc::channel::<()>();
+        // Only the first run waits: a replay (after a failure later in the
+        // batch) runs straight through.
+        let mut first = true;
         let job = writer.write(0, move |txn| {
-            let _ = entered_tx.send(());
-            let _ = released.recv();
+            if std::mem::take(&mut first) {
+                let _ = entered_tx.send(());
+                let _ = released.recv();
+            }
             put(txn, "gate", 1)
         });
         (job, Gate { entered, release })
@@ -517,9 +619,9 @@ mod tests {
         }
         let stats = writer.stats();
         assert_eq!(stats.jobs, 33);
-        // The gate's batch, and the one batch of the 32 queued behind it.
-        assert_eq!(stats.durable_commits, 2, "{stats:?}");
-        assert_eq!(stats.batches, 2, "{stats:?}");
+        // The 32 queued while the gate ran joined its batch: one sync.
+        assert_eq!(stats.durable_commits, 1, "{stats:?}");
+        assert_eq!(stats.batches, 1, "{stats:?}");
     }
 
     #[test]
@@ -550,11 +652,13 @@ mod tests {
                     .sum::<u64>();
                 Ok::<_, TestError>(sum)
             }));
-            // The last request aborts, so the batch needs its own durable
-            // commit.
+            // The last request answers without writing.
             let mut aborted = Box::pin(writer.write_or_abort(8, |txn| {
-                put(txn, "aborted", 1)?;
-                Ok::<_, TestError>(Finish::Abort("refused"))
+                let table = txn
+                    .open_table(T)
+                    .map_err(|e| TestError::Refused(e.to_string()))?;
+                let seen = table.get("a").ok().flatten().map(|g| g.value());
+                Ok::<_, TestError>(Finish::Abort(seen))
             }));
             for pending in [
                 poll_once(a.as_mut()).is_pending(),
@@ -573,13 +677,14 @@ mod tests {
         assert_eq!(failing, Err(TestError::Refused("no".into())));
         assert_eq!(b, Ok(()));
         assert_eq!(reader, Ok(3));
-        assert_eq!(aborted, Ok("refused"));
+        assert_eq!(aborted, Ok(Some(1)));
         assert_eq!(get(&db, "failed"), None);
-        assert_eq!(get(&db, "aborted"), None);
         assert_eq!((get(&db, "a"), get(&db, "b")), (Some(1), Some(2)));
         let stats = writer.stats();
-        // The gate's own commit, then the batch's empty durable commit.
-        assert_eq!(stats.durable_commits, 2, "{stats:?}");
+        // One batch, one sync; the gate and `a` were replayed once to undo
+        // the failed request.
+        assert_eq!(stats.durable_commits, 1, "{stats:?}");
+        assert_eq!(stats.replays, 2, "{stats:?}");
         drop(writer);
         drop(db);
         // Everything acknowledged is in the file.
@@ -629,6 +734,51 @@ mod tests {
         assert!(stats.durable_commits <= stats.jobs, "{stats:?}");
     }
 
+    /// A request whose replay fails (its outcome changed since its first
+    /// run) is undone too and answers that failure, and the others of the
+    /// batch keep their writes.
+    #[test]
+    fn a_request_that_fails_on_replay_is_undone_too() {
+        let dir = tempfile::TempDir::new().expect("temporary directory");
+        let (db, writer) = open(&dir, Limits::DEFAULT);
+        let rt = runtime();
+        let (kept, fickle, failing) = rt.block_on(async {
+            let (gate_job, gate) = blocker(&writer);
+            let mut gate_job = pin!(gate_job);
+            assert!(poll_once(gate_job.as_mut()).is_pending());
+            gate.entered.recv().expect("the gate job runs");
+            let mut kept = Box::pin(writer.write(8, |txn| put(txn, "kept", 1)));
+            let mut runs = 0;
+            let mut fickle = Box::pin(writer.write(8, move |txn| {
+                runs += 1;
+                put(txn, "fickle", runs)?;
+                if runs > 1 {
+                    return Err(TestError::Refused(format!("run {runs}")));
+                }
+                Ok(())
+            }));
+            let mut failing = Box::pin(writer.write(8, |txn| {
+                put(txn, "failing", 1)?;
+                Err::<(), _>(TestError::Refused("no".into()))
+            }));
+            for pending in [
+                poll_once(kept.as_mut()).is_pending(),
+                poll_once(fickle.as_mut()).is_pending(),
+                poll_once(failing.as_mut()).is_pending(),
+            ] {
+                assert!(pending, "queued");
+            }
+            gate.release.send(()).expect("release the gate");
+            gate_job.await.expect("the gate job");
+            (kept.await, fickle.await, failing.await)
+        });
+        assert_eq!(kept, Ok(()));
+        assert_eq!(fickle, Err(TestError::Refused("run 2".into())));
+        assert_eq!(failing, Err(TestError::Refused("no".into())));
+        assert_eq!(get(&db, "kept"), Some(1));
+        assert_eq!((get(&db, "fickle"), get(&db, "failing")), (None, None));
+    }
+
     /// Queues requests of `sizes` bytes behind a held writer with `limits`,
     /// releases it, and returns what the writer did.
     fn batches_of(limits: Limits, sizes: &[usize]) -> Stats {
@@ -658,24 +808,23 @@ mod tests {
 
     #[test]
     fn a_batch_is_bounded_by_count_and_bytes() {
-        // Ten small requests, at most four a batch: 4 + 4 + 2, after the
-        // gate's own batch.
+        // The gate and ten small requests, at most four a batch: 4 + 4 + 3.
         let by_count = Limits {
             queue: 64,
             batch_jobs: 4,
             batch_bytes: 1 << 20,
         };
         let stats = batches_of(by_count, &[8; 10]);
-        assert_eq!((stats.batches, stats.durable_commits), (4, 4), "{stats:?}");
-        // Five requests of 400 bytes, a batch ending once it reaches 1000
-        // bytes: 3 (1200 bytes) + 2, after the gate's own batch.
+        assert_eq!((stats.batches, stats.durable_commits), (3, 3), "{stats:?}");
+        // The gate (0 bytes) and five requests of 400 bytes, a batch ending
+        // once it reaches 1000 bytes: gate + 3 (1200 bytes), then 2.
         let by_bytes = Limits {
             queue: 64,
             batch_jobs: 100,
             batch_bytes: 1000,
         };
         let stats = batches_of(by_bytes, &[400; 5]);
-        assert_eq!((stats.batches, stats.durable_commits), (3, 3), "{stats:?}");
+        assert_eq!((stats.batches, stats.durable_commits), (2, 2), "{stats:?}");
     }
 
     #[test]

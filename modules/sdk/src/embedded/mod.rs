@@ -161,14 +161,16 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
         Ok(Arc::clone(&self.opened_now().await?.db))
     }
 
-    /// Runs `work` in a write transaction of its own on the database's
-    /// writer thread and answers once a durable commit contains it (see
-    /// [`GroupCommit::write`]): `Ok` commits, `Err` aborts. `bytes`
-    /// estimates what it writes, for the bound on one batch.
+    /// Runs `work` in a write transaction on the database's writer thread,
+    /// shared with the other requests of its batch, and answers once a
+    /// durable commit contains it (see [`GroupCommit::write`]): `Ok` keeps
+    /// its writes, `Err` undoes them. The work may run more than once, so it
+    /// must not consume what it captures. `bytes` estimates what it writes,
+    /// for the bound on one batch.
     pub async fn write<T, F>(&self, bytes: usize, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
     {
         self.opened_now().await?.writer.write(bytes, work).await
     }
@@ -178,7 +180,7 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
     pub async fn write_or_abort<T, F>(&self, bytes: usize, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
     {
         self.opened_now()
             .await?
@@ -194,7 +196,7 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
     pub async fn queue<T, F, D>(&self, bytes: usize, work: F, done: D) -> Result<(), E>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
         D: FnOnce(Result<T, E>) + Send + 'static,
     {
         self.opened_now()
