@@ -5,6 +5,8 @@
 //!
 //! Both sides group their fsyncs across clients (mecha's redb writer thread,
 //! Redis's event loop), so the ratio shows how well each amortises a sync.
+//! `mecha.set` on state.memory, measured on the same connections, is the
+//! ceiling mecha's two hops leave any store at that load.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use mecha_client::{Client, PublishOptions, SetOptions};
 use crate::daemon::Daemon;
 use crate::mecha;
 use crate::redis;
+use crate::report::Outcome;
 use crate::sweep::{self, Load, Sweep, REDIS_SET_AOF};
 use crate::Plan;
 
@@ -28,11 +31,19 @@ pub const LOADS: [Load; 4] = [
 
 /// Scenario names.
 pub const STATE_SET: &str = "mecha.set state.redb";
+/// The same set on state.memory: what mecha's two hops allow with no disk at
+/// all, the ceiling of any durable store behind them.
+pub const MEMORY_SET: &str = "mecha.set state.memory";
 pub const PUBLISH: &str = "mecha.publish pubsub.redb (one topic)";
 
 /// The daemon's stores: the durable embedded ones, as the embedded default
 /// configures them.
 const CONFIG: &str = "\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: mem}
+spec: {type: state.memory, version: v1, metadata: []}
+---
 apiVersion: dapr.io/v1alpha1
 kind: Component
 metadata: {name: disk}
@@ -84,7 +95,7 @@ pub fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<Sweep> {
         rows: Vec::new(),
         notes: Vec::new(),
     };
-    let total = LOADS.len() * 3;
+    let total = LOADS.len() * 4;
     let mut progress = sweep::Progress::new(total);
     for load in LOADS {
         let runtime = if load.connections == 1 {
@@ -103,24 +114,26 @@ pub fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<Sweep> {
             }
             let value = Arc::new(vec![0xA5u8; plan.payload]);
 
-            progress.step(&format!("{STATE_SET} {}", load.label()));
-            let set_value = Arc::clone(&value);
-            let outcome = sweep::measure(STATE_SET, &clients, load.depth, plan, move |c, i| {
-                let value = Arc::clone(&set_value);
-                async move {
-                    c.set(
-                        "disk",
-                        &mecha::key(i),
-                        value.as_slice(),
-                        SetOptions::default(),
-                    )
-                    .await
-                    .context("set disk")
-                    .map(drop)
-                }
-            })
-            .await?;
-            sweep.push(STATE_SET, load, outcome);
+            for (name, store) in [(STATE_SET, "disk"), (MEMORY_SET, "mem")] {
+                progress.step(&format!("{name} {}", load.label()));
+                let set_value = Arc::clone(&value);
+                let outcome = sweep::measure(name, &clients, load.depth, plan, move |c, i| {
+                    let value = Arc::clone(&set_value);
+                    async move {
+                        c.set(
+                            store,
+                            &mecha::key(i),
+                            value.as_slice(),
+                            SetOptions::default(),
+                        )
+                        .await
+                        .with_context(|| format!("set {store}"))
+                        .map(drop)
+                    }
+                })
+                .await?;
+                sweep.push(name, load, outcome);
+            }
 
             progress.step(&format!("{PUBLISH} {}", load.label()));
             let data = Arc::clone(&value);
@@ -152,22 +165,24 @@ pub fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<Sweep> {
 pub fn markdown(sweep: &Sweep) -> String {
     let mut out = String::from(
         "| connections | state.set ops/s | p50 µs | p99 µs | publish ops/s | p50 µs | p99 µs \
-         | Redis AOF SET ops/s | p50 µs | p99 µs | set / Redis | publish / Redis |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | Redis AOF SET ops/s | p50 µs | p99 µs | set / Redis | publish / Redis \
+         | state.memory set ops/s | redb set / memory set |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let cell = |v: Option<f64>, decimals: usize| match v {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
         _ => "n/a".to_owned(),
     };
+    let over = |a: Option<&Outcome>, b: Option<&Outcome>| match (a, b) {
+        (Some(a), Some(b)) if b.ops_per_sec > 0.0 => {
+            format!("{:.2}x", a.ops_per_sec / b.ops_per_sec)
+        }
+        _ => "n/a".to_owned(),
+    };
     for load in LOADS {
         let get = |s: &str| sweep.find(s, load);
         let (set, publish, aof) = (get(STATE_SET), get(PUBLISH), get(REDIS_SET_AOF));
-        let ratio = |a: Option<&crate::report::Outcome>| match (a, aof) {
-            (Some(a), Some(b)) if b.ops_per_sec > 0.0 => {
-                format!("{:.2}x", a.ops_per_sec / b.ops_per_sec)
-            }
-            _ => "n/a".to_owned(),
-        };
+        let memory = get(MEMORY_SET);
         out.push_str(&format!("| {} |", load.connections));
         for o in [set, publish, aof] {
             out.push_str(&format!(
@@ -177,7 +192,13 @@ pub fn markdown(sweep: &Sweep) -> String {
                 cell(o.map(|o| o.p99_us), 0)
             ));
         }
-        out.push_str(&format!(" {} | {} |\n", ratio(set), ratio(publish)));
+        out.push_str(&format!(
+            " {} | {} | {} | {} |\n",
+            over(set, aof),
+            over(publish, aof),
+            cell(memory.map(|o| o.ops_per_sec), 0),
+            over(set, memory)
+        ));
     }
     out
 }

@@ -66,8 +66,9 @@ enum Cmd {
     Invoke(Run),
     /// Durable writes: mecha.set on state.redb and publish on pubsub.redb
     /// against Redis SET with `appendonly yes, appendfsync always`, at 1, 16,
-    /// 64 and 256 connections, in one run. Needs redis-server. 10000
-    /// operations per scenario and load (1000 with --quick).
+    /// 64 and 256 connections, in one run, with mecha.set on state.memory as
+    /// the no-disk ceiling. Needs redis-server. 10000 operations per
+    /// scenario and load (1000 with --quick).
     Durable(Run),
     /// The noisy benchmark's flooder process (started by `noisy`).
     #[command(hide = true)]
