@@ -9,6 +9,7 @@ mod backends;
 mod capabilities;
 mod clients;
 mod daemon;
+mod durable;
 mod flood;
 mod floor;
 mod floor_loop;
@@ -64,6 +65,12 @@ enum Cmd {
     /// two nodes (plain TCP and mutual TLS), in one run. 20000 calls per
     /// scenario (2000 with --quick).
     Invoke(Run),
+    /// Durable writes: mecha.set on state.redb and publish on pubsub.redb
+    /// against Redis SET with `appendonly yes, appendfsync always`, at 1, 16,
+    /// 64 and 256 connections, in one run, with mecha.set on state.memory as
+    /// the no-disk ceiling. Needs redis-server. 10000 operations per
+    /// scenario and load (1000 with --quick).
+    Durable(Run),
     /// The noisy benchmark's flooder process (started by `noisy`).
     #[command(hide = true)]
     FloodWorker(flood::WorkerArgs),
@@ -196,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Noisy(args) => noisy(args),
         Cmd::Invoke(args) => invoke_bench(args),
         Cmd::Backends(args) => backends(args),
+        Cmd::Durable(args) => durable_bench(args),
         Cmd::FloodWorker(args) => flood::worker(args),
     }
 }
@@ -210,6 +218,28 @@ fn bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .context("mecha-bench has no parent directory")?
             .to_path_buf()),
     }
+}
+
+fn durable_bench(args: Run) -> anyhow::Result<()> {
+    let plan = args.plan(10_000, 1_000);
+    let bin_dir = bin_dir(args.bin_dir)?;
+    let sweep = durable::run(&bin_dir, &plan)?;
+    println!(
+        "{} timed ops per scenario and load after {} warm-up, {}-byte payload; one request \
+         in flight per connection.\n",
+        plan.ops, plan.warmup, plan.payload
+    );
+    print!("{}", durable::markdown(&sweep));
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "ops": plan.ops,
+            "payload": plan.payload,
+            "scenarios": sweep::json_rows(&sweep),
+        });
+        report::write_json_value(path, &doc)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn capabilities(args: Run) -> anyhow::Result<()> {
@@ -357,6 +387,10 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
 
     let redis = redis::Server::start(dir.path())?;
+    let redis_aof = match redis {
+        Some(_) => redis::Server::start_aof(dir.path())?,
+        None => None,
+    };
     // The sweep's steps, then start-up and the tenants' RSS.
     let mut progress = sweep::Progress::new(sweep::steps(redis.is_some()) + 2);
     eprintln!(
@@ -373,6 +407,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         dir.path(),
         daemon.socket(),
         redis.as_ref(),
+        redis_aof.as_ref(),
         &plan,
         &mut progress,
     )?;
@@ -384,8 +419,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 .to_string(),
         );
     }
-    // Stopped before the footprint, so it does not compete with the daemons.
+    // Stopped before the footprint, so they do not compete with the daemons.
     drop(redis);
+    drop(redis_aof);
     let footprint = footprint::run(&bin_dir, starts, plan.payload, &mut |what| {
         progress.step(what)
     })?;

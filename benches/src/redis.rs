@@ -1,7 +1,9 @@
 //! Redis as a baseline: the real `redis-server` started by the bench on a
-//! temporary Unix socket with persistence off, measured two ways — with its
-//! own `redis-benchmark` (C, one event loop) and with the official `redis`
-//! crate timed by the same code and histograms as mecha.
+//! temporary Unix socket, with persistence off (the in-memory baseline) or
+//! with an append-only file synced on every write (the durable baseline),
+//! measured two ways — with its own `redis-benchmark` (C, one event loop)
+//! and with the official `redis` crate timed by the same code and
+//! histograms as mecha.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,28 +35,58 @@ pub struct Server {
     socket: PathBuf,
 }
 
+/// What a server keeps on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Persistence {
+    /// Nothing: an in-memory store, like mecha's state.memory.
+    None,
+    /// An append-only file fsynced before every write is answered
+    /// (`appendfsync always`): the durability of mecha's redb stores, whose
+    /// writes are answered after an fsync'd commit. Redis groups the fsyncs
+    /// of the clients served in one event-loop turn, which is the group
+    /// commit mecha's redb writer is measured against.
+    AofAlways,
+}
+
 impl Server {
     /// Starts `redis-server` with its socket and files in `dir`; `None` when
     /// it is not installed, so the caller can skip the Redis scenarios.
     pub fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
-        Self::start_with(dir, None)
+        Self::start_with(dir, None, Persistence::None)
     }
 
     /// Like [`Server::start`], listening also on loopback TCP `port`, for
     /// mecha's `state.redis` driver, which reaches Redis by host:port.
     pub fn start_tcp(dir: &Path, port: u16) -> anyhow::Result<Option<Self>> {
-        Self::start_with(dir, Some(port))
+        Self::start_with(dir, Some(port), Persistence::None)
     }
 
-    fn start_with(dir: &Path, port: Option<u16>) -> anyhow::Result<Option<Self>> {
+    /// Like [`Server::start`], with `--appendonly yes --appendfsync always`:
+    /// its socket and append-only file in `dir/redis-aof`, beside (not
+    /// instead of) an in-memory server started in `dir`.
+    pub fn start_aof(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let dir = dir.join("redis-aof");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Self::start_with(&dir, None, Persistence::AofAlways)
+    }
+
+    fn start_with(
+        dir: &Path,
+        port: Option<u16>,
+        persistence: Persistence,
+    ) -> anyhow::Result<Option<Self>> {
         let socket = dir.join("redis.sock");
         let port = port.map_or_else(|| "0".to_owned(), |p| p.to_string());
+        let aof: &[&str] = match persistence {
+            Persistence::None => &["--appendonly", "no"],
+            Persistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
+        };
         let spawned = Command::new("redis-server")
             // Port 0 (no TCP) unless asked: nothing else on the machine can
-            // reach or clash with it. No snapshots and no AOF: an in-memory
-            // store, like mecha's state.memory.
+            // reach or clash with it. No snapshots either way.
             .args(["--port", &port, "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(aof)
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700", "--daemonize", "no"])
@@ -117,7 +149,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Nothing is persisted, so a kill loses nothing.
+        // Its files are in the bench's temporary directory, so a kill loses
+        // nothing anyone needs.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -28,7 +28,7 @@ pub struct Load {
 }
 
 impl Load {
-    const fn new(connections: usize, depth: usize) -> Self {
+    pub const fn new(connections: usize, depth: usize) -> Self {
         Self { connections, depth }
     }
 
@@ -64,6 +64,8 @@ pub const PING: &str = "mecha.ping (daemon only)";
 pub const MECHA_GET_MEM: &str = "mecha.get state.memory";
 pub const REDIS_GET: &str = "redis crate GET";
 pub const REDIS_SET: &str = "redis crate SET";
+/// SET through the `redis` crate on the server with `appendfsync always`.
+pub const REDIS_SET_AOF: &str = "redis crate SET (AOF always)";
 pub const BENCH_GET: &str = "redis-benchmark GET";
 const MECHA: [(&str, &str, bool); 4] = [
     (MECHA_GET_MEM, "mem", true),
@@ -95,7 +97,7 @@ impl Sweep {
             .map(|r| &r.outcome)
     }
 
-    fn push(&mut self, scenario: &str, load: Load, mut outcome: Outcome) {
+    pub fn push(&mut self, scenario: &str, load: Load, mut outcome: Outcome) {
         report::finished(&outcome);
         outcome.name = format!("{scenario} {}", load.label());
         self.rows.push(Row {
@@ -127,17 +129,21 @@ impl Progress {
 /// The number of progress steps of a sweep (the caller adds its own).
 pub fn steps(with_redis: bool) -> usize {
     // Per load: four floors, the mecha scenarios, and Redis through the crate
-    // (GET and SET) and through redis-benchmark (both at once).
-    let per_load = 4 + MECHA.len() + if with_redis { 2 } else { 0 };
+    // (GET and SET), through redis-benchmark (both at once), and SET on the
+    // append-only server.
+    let per_load = 4 + MECHA.len() + if with_redis { 3 } else { 0 };
     LOADS.len() * per_load + 1
 }
 
 /// Runs every scenario at every load against the daemon at `mecha` and, when
-/// given, the redis-server `redis`; the floors run in `dir`.
+/// given, the in-memory redis-server `redis` and the durable one
+/// `redis_aof` (`appendfsync always`, the baseline of `mecha.set
+/// state.redb`); the floors run in `dir`.
 pub fn run(
     dir: &Path,
     mecha: &Path,
     redis: Option<&redis::Server>,
+    redis_aof: Option<&redis::Server>,
     plan: &Plan,
     progress: &mut Progress,
 ) -> anyhow::Result<Sweep> {
@@ -205,8 +211,33 @@ pub fn run(
                 sweep.push(&scenario, load, outcome);
             }
         }
+        if let Some(aof) = redis_aof {
+            progress.step(&format!("{REDIS_SET_AOF} {}", load.label()));
+            let outcome = runtime.block_on(redis_set_at(aof, REDIS_SET_AOF, load, plan))?;
+            sweep.push(REDIS_SET_AOF, load, outcome);
+        }
     }
     Ok(sweep)
+}
+
+/// SET through the `redis` crate on `server` at `load`, on connections of
+/// its own.
+pub async fn redis_set_at(
+    server: &redis::Server,
+    name: &str,
+    load: Load,
+    plan: &Plan,
+) -> anyhow::Result<Outcome> {
+    let mut conns = Vec::with_capacity(load.connections);
+    for _ in 0..load.connections {
+        conns.push(server.connect().await?);
+    }
+    let value = Arc::new(vec![0xA5u8; plan.payload]);
+    measure(name, &conns, load.depth, plan, move |c, i| {
+        let value = Arc::clone(&value);
+        async move { redis::set(c, i, &value).await }
+    })
+    .await
 }
 
 /// Raises the soft open-file limit to the hard one: floor2 at 256
@@ -316,7 +347,7 @@ async fn redis_at(
 }
 
 /// An untimed warm-up wave, then a timed one; see [`wave`].
-async fn measure<C, F, Fut>(
+pub async fn measure<C, F, Fut>(
     name: &str,
     conns: &[C],
     depth: usize,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mecha_module::embedded::{
-    self, blocking, redb_file, ExpiryIndex, ExpiryKey, SharedDb, SweepObserver,
+    self, blocking, redb_file, ExpiryIndex, ExpiryKey, Finish, SharedDb, SweepObserver,
 };
 use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
@@ -213,29 +213,34 @@ fn read_live(
     Ok(stored(&leases, tenant, resource)?.filter(|l| is_live(l.expires_at_ms, now)))
 }
 
-/// One attempt to grant `resource` to `owner` as of `now`, within `quota`.
-fn try_lock(
+/// A held lock, answered from a read transaction, which neither waits for
+/// nor blocks writers: waiters retrying a busy lock cost no disk sync and do
+/// not queue behind each other for the single writer. `None` when the lock
+/// looks free and a write transaction must decide.
+fn held_now(
     db: &Database,
-    quota: &Quota,
     tenant: &str,
     resource: &str,
-    owner: &str,
+    now: u64,
+) -> Result<Option<Attempt>, LockError> {
+    Ok(
+        read_live(db, tenant, resource, now)?.map(|held| Attempt::Held {
+            expires_at_ms: held.expires_at_ms,
+        }),
+    )
+}
+
+/// One attempt to grant `resource` to `owner` as of `now`, within `quota`, in
+/// `txn`: committed if granted, aborted if the lock turned out to be held.
+/// An error leaves `txn` to be dropped uncommitted, which makes redb abort
+/// it, so a failed or lost grant leaves no trace, not even a used token.
+fn try_lock(
+    txn: &WriteTransaction,
+    quota: &Quota,
+    (tenant, resource, owner): (&str, &str, &str),
     ttl_ms: u64,
     now: u64,
-) -> Result<Attempt, LockError> {
-    // A held lock is answered from a read transaction, which neither waits
-    // for nor blocks writers: waiters retrying a busy lock cost no disk sync
-    // and do not queue behind each other for the single writer.
-    if let Some(held) = read_live(db, tenant, resource, now)? {
-        return Ok(Attempt::Held {
-            expires_at_ms: held.expires_at_ms,
-        });
-    }
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
-    // Any early return below drops `txn` uncommitted, which makes redb abort
-    // it, so a failed or lost grant leaves no trace, not even a used token.
+) -> Result<Finish<Attempt>, LockError> {
     let fencing_token = {
         let mut leases = txn
             .open_table(LEASES)
@@ -249,9 +254,9 @@ fn try_lock(
         // Another attempt may have taken the lock since the read above.
         let old = stored(&leases, tenant, resource)?;
         if let Some(held) = old.as_ref().filter(|l| is_live(l.expires_at_ms, now)) {
-            return Ok(Attempt::Held {
+            return Ok(Finish::Abort(Attempt::Held {
                 expires_at_ms: held.expires_at_ms,
-            });
+            }));
         }
         if old.is_none() {
             // A refusal returns early, which aborts the count with the rest.
@@ -280,10 +285,9 @@ fn try_lock(
         )?;
         fencing_token
     };
-    // The default durability is `Immediate`: once `commit` returns the grant
-    // and its token are on disk, so the token is never granted again.
-    txn.commit().map_err(redb_error("commit a grant"))?;
-    Ok(Attempt::Acquired { fencing_token })
+    // The writer answers once the grant and its token are durable, so the
+    // token is never granted again.
+    Ok(Finish::Commit(Attempt::Acquired { fencing_token }))
 }
 
 /// The tables a change to a lease writes.
@@ -294,21 +298,17 @@ type LeaseTables<'t> = (
 );
 
 /// Applies `change` to the lease of `resource` as of `now` if `owner` holds
-/// it, in one write transaction that commits (`committing` names it in an
-/// error) only when the lease was held; otherwise the transaction aborts,
-/// which spares it a disk sync, and `refused` makes the answer from the
-/// status. An expired leftover is left to the sweep.
+/// it, in `txn`, which commits only when the lease was held; otherwise the
+/// transaction aborts, which spares it a disk sync when it is alone in its
+/// batch, and `refused` makes the answer from the status. An expired
+/// leftover is left to the sweep.
 fn change_held<T>(
-    db: &Database,
+    txn: &WriteTransaction,
     (tenant, resource, owner): (&str, &str, &str),
     now: u64,
-    committing: &'static str,
     refused: impl FnOnce(UnlockStatus) -> T,
     change: impl FnOnce(&mut LeaseTables<'_>, Stored) -> Result<T, LockError>,
-) -> Result<T, LockError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
+) -> Result<Finish<T>, LockError> {
     let outcome = {
         let mut tables = (
             txn.open_table(LEASES)
@@ -323,33 +323,23 @@ fn change_held<T>(
             Ok(lease) => Ok(change(&mut tables, lease)?),
         }
     };
-    match outcome {
-        Ok(answer) => {
-            txn.commit().map_err(redb_error(committing))?;
-            Ok(answer)
-        }
-        Err(status) => {
-            txn.abort()
-                .map_err(redb_error("abort an unchanged transaction"))?;
-            Ok(refused(status))
-        }
-    }
+    Ok(match outcome {
+        Ok(answer) => Finish::Commit(answer),
+        Err(status) => Finish::Abort(refused(status)),
+    })
 }
 
 /// Releases `resource` as of `now` if `owner` holds it.
 fn unlock(
-    db: &Database,
-    tenant: &str,
-    resource: &str,
-    owner: &str,
+    txn: &WriteTransaction,
+    (tenant, resource, owner): (&str, &str, &str),
     now: u64,
-) -> Result<UnlockStatus, LockError> {
+) -> Result<Finish<UnlockStatus>, LockError> {
     let held = (tenant, resource, owner);
     change_held(
-        db,
+        txn,
         held,
         now,
-        "commit a release",
         |status| status,
         |(leases, index, counts), lease| {
             remove(leases, index, tenant, resource, &lease)?;
@@ -361,29 +351,20 @@ fn unlock(
 
 /// Renews the lease of `resource` as of `now` if `owner` holds it.
 fn extend(
-    db: &Database,
-    tenant: &str,
-    resource: &str,
-    owner: &str,
+    txn: &WriteTransaction,
+    (tenant, resource, owner): (&str, &str, &str),
     ttl_ms: u64,
     now: u64,
-) -> Result<ExtendLockReply, LockError> {
+) -> Result<Finish<ExtendLockReply>, LockError> {
     let held = (tenant, resource, owner);
-    change_held(
-        db,
-        held,
-        now,
-        "commit an extension",
-        not_extended,
-        |(leases, index, _), lease| {
-            let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
-            put(leases, index, tenant, resource, Some(&lease), renewed)?;
-            Ok(ExtendLockReply {
-                status: UnlockStatus::Success,
-                fencing_token: lease.fencing_token,
-            })
-        },
-    )
+    change_held(txn, held, now, not_extended, |(leases, index, _), lease| {
+        let renewed = (owner, lease.fencing_token, lease_end(ttl_ms, now));
+        put(leases, index, tenant, resource, Some(&lease), renewed)?;
+        Ok(ExtendLockReply {
+            status: UnlockStatus::Success,
+            fencing_token: lease.fencing_token,
+        })
+    })
 }
 
 /// The leases a sweep removed, per tenant, taken off the tenants' counts in
@@ -413,9 +394,12 @@ impl SweepObserver<LeaseValue> for Swept {
     }
 }
 
-// The blocking tasks must own what they use (`'static`), so the short names
-// are copied. The clock is read inside the task so that time spent waiting
-// for the pool does not make a just-expired lease look live.
+// The blocking tasks and the writer's jobs must own what they use
+// (`'static`), so the short names are copied. The clock is read inside the
+// task or job so that time spent waiting for the pool or the writer does not
+// make a just-expired lease look live. Grants, releases and extensions go
+// through the database's writer, which answers each once a durable commit
+// holds it; changes that arrive while it commits share the next one.
 impl LockStore for RedbLocks {
     fn try_lock<'a>(
         &'a self,
@@ -427,8 +411,17 @@ impl LockStore for RedbLocks {
         let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
         Box::pin(async move {
             let db = self.db.db().await?;
+            let (t, r) = (tenant.clone(), resource.clone());
+            if let Some(held) = blocking(move || held_now(&db, &t, &r, now_ms())).await? {
+                return Ok(held);
+            }
             let quota = Arc::clone(&self.quota);
-            blocking(move || try_lock(&db, &quota, &tenant, &resource, &owner, ttl_ms, now_ms()))
+            let bytes = tenant.len() + resource.len() + owner.len();
+            self.db
+                .write_or_abort(bytes, move |txn| {
+                    let names = (tenant.as_str(), resource.as_str(), owner.as_str());
+                    try_lock(txn, &quota, names, ttl_ms, now_ms())
+                })
                 .await
         })
     }
@@ -440,9 +433,14 @@ impl LockStore for RedbLocks {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<UnlockStatus, LockError>> {
         Box::pin(async move {
-            let db = self.db.db().await?;
             let (t, r, o) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
-            let status = blocking(move || unlock(&db, &t, &r, &o, now_ms())).await?;
+            let bytes = t.len() + r.len() + o.len();
+            let status = self
+                .db
+                .write_or_abort(bytes, move |txn| {
+                    unlock(txn, (t.as_str(), r.as_str(), o.as_str()), now_ms())
+                })
+                .await?;
             if status == UnlockStatus::Success {
                 self.releases.released(tenant, resource);
             }
@@ -459,8 +457,13 @@ impl LockStore for RedbLocks {
     ) -> BoxFuture<'a, Result<ExtendLockReply, LockError>> {
         let (tenant, resource, owner) = (tenant.to_owned(), resource.to_owned(), owner.to_owned());
         Box::pin(async move {
-            let db = self.db.db().await?;
-            blocking(move || extend(&db, &tenant, &resource, &owner, ttl_ms, now_ms())).await
+            let bytes = tenant.len() + resource.len() + owner.len();
+            self.db
+                .write_or_abort(bytes, move |txn| {
+                    let names = (tenant.as_str(), resource.as_str(), owner.as_str());
+                    extend(txn, names, ttl_ms, now_ms())
+                })
+                .await
         })
     }
 
@@ -528,6 +531,22 @@ mod tests {
         assert_eq!(released, Ok(UnlockStatus::Success));
     }
 
+    /// Runs `work` in a durable transaction of its own, outside the writer,
+    /// committing or aborting it as the work decides.
+    fn in_txn<T>(
+        db: &Database,
+        work: impl FnOnce(&WriteTransaction) -> Result<Finish<T>, LockError>,
+    ) -> T {
+        let txn = db.begin_write().expect("begin");
+        match work(&txn).expect("work") {
+            Finish::Commit(answer) => {
+                txn.commit().expect("commit");
+                answer
+            }
+            Finish::Abort(answer) => answer,
+        }
+    }
+
     /// The index holds exactly one row per lease.
     fn assert_index_consistent(db: &Database) {
         let txn = db.begin_read().expect("begin");
@@ -558,8 +577,9 @@ mod tests {
             RedbLocks::open(&spec("s"), dir.path(), Quota::defaults("locks")).expect("open");
         let db = store.db.opened().expect("opened eagerly");
         let granted = |r: &str, ttl: u64, now: u64| {
-            let attempt =
-                try_lock(db, &Quota::defaults("locks"), "t", r, "o", ttl, now).expect("attempt");
+            let attempt = in_txn(db, |txn| {
+                try_lock(txn, &Quota::defaults("locks"), ("t", r, "o"), ttl, now)
+            });
             assert!(
                 matches!(attempt, Attempt::Acquired { .. }),
                 "{r}: {attempt:?}"
@@ -570,10 +590,13 @@ mod tests {
         granted("b", 10, 100);
         granted("c", 10, 100);
         granted("a", 10, 110);
-        let extended = extend(db, "t", "b", "o", 50, 105).expect("extend");
+        let extended = in_txn(db, |txn| extend(txn, ("t", "b", "o"), 50, 105));
         assert_eq!(extended.status, UnlockStatus::Success);
         assert_index_consistent(db);
-        assert_eq!(unlock(db, "t", "c", "o", 105), Ok(UnlockStatus::Success));
+        assert_eq!(
+            in_txn(db, |txn| unlock(txn, ("t", "c", "o"), 105)),
+            UnlockStatus::Success
+        );
         assert_index_consistent(db);
 
         assert_eq!(EXPIRING.sweep(db, 119), Ok(0));

@@ -120,7 +120,14 @@ impl Engine {
         Ok(Arc::clone(topic))
     }
 
-    /// Appends `message` to a topic, applying retention first.
+    /// Appends `message` to a topic, applying retention first, and answers
+    /// its offset once it is stored durably.
+    ///
+    /// The publishing lock is held only while the offset is taken and the
+    /// append is queued, not while it waits for its disk sync, so the next
+    /// publish to the topic can join the same sync (group commit in the
+    /// redb driver). Messages become visible to subscribers in offset order,
+    /// once every earlier append has ended (see [`TopicState::ended`]).
     pub(super) async fn append(
         &self,
         tenant: &str,
@@ -128,39 +135,59 @@ impl Engine {
         message: Message,
     ) -> Result<u64, PubsubError> {
         let topic = self.topic(tenant, name).await?;
-        let _turn = topic.publishing.lock().await;
-        let (offset, trim_below) = {
-            let state = topic.state.lock();
-            let max = self.settings.max_messages;
-            match state.slowest() {
-                // Without groups nobody waits for old messages: keep the
-                // newest `max` (this one included) for groups yet to come.
-                None => {
-                    let floor = (state.next + 1).saturating_sub(max).max(state.first);
-                    (state.next, if floor > state.first { floor } else { 0 })
-                }
-                Some((group, committed)) => {
-                    if state.next - committed.max(state.first) >= max {
-                        return Err(PubsubError::Full {
-                            topic: name.to_owned(),
-                            retained: state.next - state.first,
-                            group: group.to_owned(),
-                        });
-                    }
-                    (state.next, 0)
-                }
-            }
-        };
-        self.log
-            .append(tenant, name, offset, Arc::new(message), trim_below)
-            .await?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
         {
-            let mut state = topic.state.lock();
-            state.next = offset + 1;
-            state.first = state.first.max(trim_below);
+            let _turn = topic.publishing.lock().await;
+            let (offset, trim_below) = {
+                let mut state = topic.state.lock();
+                let max = self.settings.max_messages;
+                let taken = match state.slowest() {
+                    // Without groups nobody waits for old messages: keep the
+                    // newest `max` (this one included) for groups yet to come.
+                    None => {
+                        let floor = (state.reserved + 1).saturating_sub(max).max(state.first);
+                        (state.reserved, if floor > state.first { floor } else { 0 })
+                    }
+                    Some((group, committed)) => {
+                        if state.reserved - committed.max(state.first) >= max {
+                            return Err(PubsubError::Full {
+                                topic: name.to_owned(),
+                                retained: state.reserved.saturating_sub(state.first),
+                                group: group.to_owned(),
+                            });
+                        }
+                        (state.reserved, 0)
+                    }
+                };
+                state.reserved = taken.0 + 1;
+                state.trimming = state.trimming.max(taken.1);
+                taken
+            };
+            // From here the offset is taken: however the append ends (even
+            // if it is never queued, or its future is dropped), `Landing`
+            // reports it, so later offsets become visible.
+            let landing = Landing {
+                topic: Arc::clone(&topic),
+                offset,
+                trim_below,
+                answer: Some(answer),
+            };
+            self.log
+                .queue_append(
+                    tenant,
+                    name,
+                    offset,
+                    Arc::new(message),
+                    trim_below,
+                    Box::new(move |outcome| landing.land(outcome)),
+                )
+                .await?;
         }
-        topic.changed.notify_waiters();
-        Ok(offset)
+        answered.await.map_err(|_| {
+            PubsubError::Driver(DriverError::Internal(
+                "the outcome of an append was lost".to_owned(),
+            ))
+        })?
     }
 
     /// Creates `group` if it does not exist, stored before it is used.
@@ -176,7 +203,8 @@ impl Engine {
             if state.groups.contains_key(group) {
                 return Ok(());
             }
-            state.first
+            // Queued appends may still delete messages below `trimming`.
+            state.first.max(state.trimming)
         };
         let change = GroupChange {
             committed: first,
@@ -275,5 +303,47 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// One append's offset, from the moment it is taken until its append ends:
+/// it records the end in the topic (which makes the message, or the gap a
+/// failed append leaves, visible in offset order), wakes the subscribers,
+/// and answers the publisher. Dropped without [`Landing::land`] (the append
+/// was never queued, or the writer went away), it records a failure, so a
+/// lost append never holds up the topic's later messages.
+struct Landing {
+    topic: Arc<Topic>,
+    offset: u64,
+    trim_below: u64,
+    /// Taken by the first end; `None` afterwards.
+    answer: Option<tokio::sync::oneshot::Sender<Result<u64, PubsubError>>>,
+}
+
+impl Landing {
+    /// The append ended with `outcome`.
+    fn land(mut self, outcome: Result<(), PubsubError>) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: Result<(), PubsubError>) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        // A failed append trims nothing, and its offset stays a gap, which
+        // subscribers skip as a missing message.
+        let trim = if outcome.is_ok() { self.trim_below } else { 0 };
+        self.topic.state.lock().ended(self.offset, trim);
+        self.topic.changed.notify_waiters();
+        // The publisher may have gone away; its answer then goes nowhere.
+        let _ = answer.send(outcome.map(|()| self.offset));
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.end(Err(PubsubError::Driver(DriverError::Internal(
+            "an append ended before it was stored".to_owned(),
+        ))));
     }
 }

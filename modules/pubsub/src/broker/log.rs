@@ -10,6 +10,9 @@ use futures_util::future::BoxFuture;
 use crate::error::PubsubError;
 use crate::message::Message;
 
+/// Told the outcome of a queued append (see [`PubsubLog::queue_append`]).
+pub type Landed = Box<dyn FnOnce(Result<(), PubsubError>) + Send>;
+
 /// What a driver knows of a topic when the broker first touches it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -88,6 +91,30 @@ pub trait PubsubLog: Send + Sync + 'static {
         message: Arc<Message>,
         trim_below: u64,
     ) -> BoxFuture<'a, Result<(), PubsubError>>;
+
+    /// Queues `append` and returns once it is queued; `landed` is then
+    /// called exactly once with its outcome, when the message is durable (or
+    /// the append failed). While one message of a topic waits for its disk
+    /// sync, the broker can queue the next, so concurrent publishes to one
+    /// topic share a sync. If this returns an error, `landed` is dropped
+    /// uncalled. The default appends at once and reports before returning.
+    fn queue_append<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+        message: Arc<Message>,
+        trim_below: u64,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+        Box::pin(async move {
+            landed(
+                self.append(tenant, topic, offset, message, trim_below)
+                    .await,
+            );
+            Ok(())
+        })
+    }
 
     /// The message at `offset`, if it is stored.
     fn read<'a>(

@@ -21,8 +21,9 @@ pub(super) struct Topic {
     pub(super) tenant: String,
     pub(super) name: String,
     pub(super) state: Mutex<TopicState>,
-    /// Serialises appends (so offsets become visible in order) and group
-    /// creation (so a new group's start is not trimmed under it).
+    /// Serialises the queueing of appends (so offsets are taken and queued
+    /// in order) and group creation (so a new group's start is not trimmed
+    /// under it). It is not held while an append waits for its disk sync.
     pub(super) publishing: tokio::sync::Mutex<()>,
     /// Signalled on every change a waiting subscriber may care about: a new
     /// message, an ack, a failed delivery, a subscriber leaving.
@@ -33,8 +34,18 @@ pub(super) struct Topic {
 pub(super) struct TopicState {
     /// The lowest offset still stored.
     pub(super) first: u64,
-    /// The offset the next message takes.
+    /// One past the last offset visible to subscribers: every offset below
+    /// it is stored durably, or its append failed and it stays a gap.
     pub(super) next: u64,
+    /// The offset the next message takes; above `next` while appends wait
+    /// for their disk sync.
+    pub(super) reserved: u64,
+    /// Appends that ended at or above `next`, with the trim each applies:
+    /// they become visible once every offset before them has ended too.
+    pub(super) ended_ahead: BTreeMap<u64, u64>,
+    /// The highest `trim_below` of any queued append, so that a group created
+    /// meanwhile does not start at a message about to be deleted.
+    pub(super) trimming: u64,
     /// Its consumer groups, by name.
     pub(super) groups: BTreeMap<String, Group>,
 }
@@ -56,7 +67,21 @@ impl TopicState {
         Self {
             first: record.first,
             next: record.next,
+            reserved: record.next,
+            ended_ahead: BTreeMap::new(),
+            trimming: 0,
             groups,
+        }
+    }
+
+    /// Records that the append at `offset` ended (`trim_below` is the trim
+    /// it applied, 0 if it failed) and makes every message whose earlier
+    /// offsets have all ended visible, in offset order.
+    pub(super) fn ended(&mut self, offset: u64, trim_below: u64) {
+        self.ended_ahead.insert(offset, trim_below);
+        while let Some(trim) = self.ended_ahead.remove(&self.next) {
+            self.first = self.first.max(trim);
+            self.next += 1;
         }
     }
 
@@ -78,5 +103,41 @@ impl TopicState {
             }
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> TopicState {
+        TopicState::from_record(TopicRecord {
+            first: 1,
+            next: 1,
+            groups: Vec::new(),
+        })
+    }
+
+    /// Appends that end out of order (a later batch's task woke first) or
+    /// fail become visible in offset order, each once every earlier one has
+    /// ended; a failed one leaves a gap and applies no trim.
+    #[test]
+    fn messages_become_visible_in_offset_order() {
+        let mut state = fresh();
+        state.reserved = 5;
+        state.ended(2, 0);
+        state.ended(3, 2);
+        assert_eq!((state.next, state.first), (1, 1), "offset 1 has not ended");
+        state.ended(1, 0);
+        assert_eq!((state.next, state.first), (4, 2));
+        // Offset 4 failed: it ends with no trim and stays a gap.
+        state.ended(4, 0);
+        assert_eq!((state.next, state.first), (5, 2));
+        let mut state = fresh();
+        state.reserved = 3;
+        state.ended(2, 0);
+        state.ended(1, 0);
+        assert_eq!(state.next, 3);
+        assert!(state.ended_ahead.is_empty());
     }
 }

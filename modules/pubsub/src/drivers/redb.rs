@@ -6,13 +6,13 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mecha_module::embedded::{blocking, SharedDb};
+use mecha_module::embedded::{blocking, Finish, SharedDb};
 use mecha_module::DriverError;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::log::{GroupChange, GroupRecord, PubsubLog, TopicRecord};
+use crate::broker::log::{GroupChange, GroupRecord, Landed, PubsubLog, TopicRecord};
 use crate::error::PubsubError;
 use crate::message::Message;
 
@@ -195,18 +195,15 @@ fn trim(
     Ok(())
 }
 
-/// Appends one message (and trims), committed durably.
+/// Appends one message (and trims) in `txn`.
 fn append(
-    db: &Database,
+    txn: &WriteTransaction,
     tenant: &str,
     topic: &str,
     offset: u64,
     stored: &[u8],
     trim_below: u64,
 ) -> Result<(), PubsubError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
     {
         let mut messages = txn
             .open_table(MESSAGES)
@@ -226,9 +223,7 @@ fn append(
             .map_err(redb_error("write a topic's next offset"))?;
         trim(&mut messages, tenant, topic, trim_below)?;
     }
-    // The default durability is `Immediate`: once `commit` returns, the
-    // message is on disk, so the publish may be acknowledged.
-    txn.commit().map_err(redb_error("commit a publish"))
+    Ok(())
 }
 
 /// Reads one message.
@@ -252,17 +247,14 @@ fn read(
         .transpose()
 }
 
-/// Merges a group change (see [`GroupChange`]), committed durably.
+/// Merges a group change (see [`GroupChange`]) in `txn`.
 fn save_group(
-    db: &Database,
+    txn: &WriteTransaction,
     tenant: &str,
     topic: &str,
     group: &str,
     change: &GroupChange,
 ) -> Result<(), PubsubError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
     {
         let mut groups = txn
             .open_table(GROUPS)
@@ -309,12 +301,13 @@ fn save_group(
         }
         trim(&mut messages, tenant, topic, change.trim_below)?;
     }
-    txn.commit()
-        .map_err(redb_error("commit a group's progress"))
+    Ok(())
 }
 
-// The blocking tasks must own what they use (`'static`), so the names are
-// copied.
+// The blocking tasks and the writer's jobs must own what they use
+// (`'static`), so the names are copied. Appends and group changes go through
+// the database's writer, which answers each once a durable commit holds it;
+// writes that arrive while it commits share the next one.
 impl PubsubLog for RedbLog {
     fn load_topic<'a>(
         &'a self,
@@ -338,12 +331,40 @@ impl PubsubLog for RedbLog {
     ) -> BoxFuture<'a, Result<(), PubsubError>> {
         let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
         Box::pin(async move {
-            let db = self.db.db().await?;
-            blocking(move || {
-                let stored = message.encode()?;
-                append(&db, &tenant, &topic, offset, &stored, trim_below)
-            })
-            .await
+            // Encoded here, so the writer thread spends its time on writes.
+            let stored = message.encode()?;
+            let bytes = stored.len().saturating_add(tenant.len() + topic.len());
+            self.db
+                .write(bytes, move |txn| {
+                    append(txn, &tenant, &topic, offset, &stored, trim_below)
+                })
+                .await
+        })
+    }
+
+    fn queue_append<'a>(
+        &'a self,
+        tenant: &'a str,
+        topic: &'a str,
+        offset: u64,
+        message: Arc<Message>,
+        trim_below: u64,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+        let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
+        Box::pin(async move {
+            let stored = message.encode()?;
+            let bytes = stored.len().saturating_add(tenant.len() + topic.len());
+            self.db
+                .queue(
+                    bytes,
+                    move |txn| {
+                        append(txn, &tenant, &topic, offset, &stored, trim_below)
+                            .map(Finish::Commit)
+                    },
+                    landed,
+                )
+                .await
         })
     }
 
@@ -371,8 +392,14 @@ impl PubsubLog for RedbLog {
         let (tenant, topic, group) = (tenant.to_owned(), topic.to_owned(), group.to_owned());
         let change = change.clone();
         Box::pin(async move {
-            let db = self.db.db().await?;
-            blocking(move || save_group(&db, &tenant, &topic, &group, &change)).await
+            // A change is a few rows per offset it names.
+            let offsets = change.acked.len().saturating_add(change.failures.len());
+            let bytes = offsets.saturating_mul(64).saturating_add(64);
+            self.db
+                .write(bytes, move |txn| {
+                    save_group(txn, &tenant, &topic, &group, &change)
+                })
+                .await
         })
     }
 }

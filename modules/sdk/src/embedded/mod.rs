@@ -5,24 +5,29 @@
 //! one must not insist on the file at start: [`SharedDb`] opens it eagerly
 //! when it can (a first start, or the old instance is gone), and otherwise on
 //! first use, retrying until the old instance has exited and released it,
-//! for at most [`RELEASE_WAIT`]. Everything else a driver needs around that
-//! lives here too: [`blocking`] for redb's blocking calls, [`redb_file`]
-//! for the file a component names, [`ExpiryIndex`] for tables whose
-//! rows expire, and [`count_once`]/[`add_count`] for per-tenant row counts.
+//! for at most [`RELEASE_WAIT`]. Every request's write goes through the
+//! database's [`GroupCommit`] writer ([`SharedDb::write`]), which makes
+//! concurrent writes durable together with one disk sync. Everything else a
+//! driver needs around that lives here too: [`blocking`] for redb's other
+//! blocking calls (reads, sweeps), [`redb_file`] for the file a component
+//! names, [`ExpiryIndex`] for tables whose rows expire, and
+//! [`count_once`]/[`add_count`] for per-tenant row counts.
 
 mod counts;
 mod expiry;
+mod group;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Builder, Database, DatabaseError};
+use redb::{Builder, Database, DatabaseError, WriteTransaction};
 
 use crate::DriverError;
 
 pub use counts::{add_count, count_once, Counts};
 pub use expiry::{ExpiryIndex, ExpiryKey, ScopedKey, SweepObserver};
+pub use group::{Finish, GroupCommit, Limits, Stats};
 
 /// How long a request waits for the previous module instance to release the
 /// file during a hot restart. Draining takes milliseconds; this is a bound.
@@ -68,8 +73,28 @@ pub struct SharedDb<E> {
     configure: fn(&mut Builder),
     /// Runs once on the opened database.
     prepare: Prepare<E>,
-    /// The open database; empty only while another process holds the file.
-    db: tokio::sync::OnceCell<Arc<Database>>,
+    /// The open database and its writer; empty only while another process
+    /// holds the file.
+    db: tokio::sync::OnceCell<Opened>,
+}
+
+/// An open database and the one writer thread that commits its requests'
+/// writes.
+struct Opened {
+    /// The database, shared with the blocking tasks that read it.
+    db: Arc<Database>,
+    /// The writer; dropping it waits for its thread, so the file is released
+    /// when the [`SharedDb`] is dropped.
+    writer: GroupCommit,
+}
+
+impl Opened {
+    /// Starts the writer of a freshly opened database.
+    fn start(db: Database) -> Result<Self, Error> {
+        let db = Arc::new(db);
+        let writer = GroupCommit::start(Arc::clone(&db), Limits::DEFAULT)?;
+        Ok(Self { db, writer })
+    }
 }
 
 impl<E> std::fmt::Debug for SharedDb<E> {
@@ -113,7 +138,7 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
         };
         match eager {
             Some(opened) => {
-                let _ = db.set(Arc::new(opened));
+                let _ = db.set(Opened::start(opened)?);
             }
             None => tracing::info!(
                 path = %path.display(),
@@ -133,6 +158,56 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
     /// Concurrent callers share one opening; a failed one is retried by the
     /// next caller.
     pub async fn db(&self) -> Result<Arc<Database>, E> {
+        Ok(Arc::clone(&self.opened_now().await?.db))
+    }
+
+    /// Runs `work` in a write transaction on the database's writer thread,
+    /// shared with the other requests of its batch, and answers once a
+    /// durable commit contains it (see [`GroupCommit::write`]): `Ok` keeps
+    /// its writes, `Err` undoes them. The work may run more than once, so it
+    /// must not consume what it captures. `bytes` estimates what it writes,
+    /// for the bound on one batch.
+    pub async fn write<T, F>(&self, bytes: usize, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
+    {
+        self.opened_now().await?.writer.write(bytes, work).await
+    }
+
+    /// Like [`Self::write`], with the work deciding whether its transaction
+    /// commits or aborts with an answer (see [`GroupCommit::write_or_abort`]).
+    pub async fn write_or_abort<T, F>(&self, bytes: usize, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+    {
+        self.opened_now()
+            .await?
+            .writer
+            .write_or_abort(bytes, work)
+            .await
+    }
+
+    /// Queues `work` on the database's writer and returns once it is
+    /// queued; `done` gets the answer once a durable commit contains it (see
+    /// [`GroupCommit::queue`]). If this returns an error, `done` is dropped
+    /// uncalled.
+    pub async fn queue<T, F, D>(&self, bytes: usize, work: F, done: D) -> Result<(), E>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Finish<T>, E> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.opened_now()
+            .await?
+            .writer
+            .queue(bytes, work, done)
+            .await
+    }
+
+    /// The open database and its writer, opening the file first if needed.
+    async fn opened_now(&self) -> Result<&Opened, E> {
         self.db
             .get_or_try_init(|| async {
                 let deadline = Instant::now() + RELEASE_WAIT;
@@ -142,7 +217,7 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
                         (self.path.clone(), self.configure, self.prepare);
                     if let Some(db) = blocking(move || open_file(&path, configure, prepare)).await?
                     {
-                        return Ok(Arc::new(db));
+                        return Ok(Opened::start(db)?);
                     }
                     if Instant::now() >= deadline {
                         return Err(Error::Held(format!(
@@ -156,7 +231,6 @@ impl<E: From<Error> + Send + 'static> SharedDb<E> {
                 }
             })
             .await
-            .cloned()
     }
 }
 
@@ -164,7 +238,13 @@ impl<E> SharedDb<E> {
     /// The database if it is open already; never waits. Periodic work (a
     /// sweep) uses this: until the file is ours there is nothing to do.
     pub fn opened(&self) -> Option<&Arc<Database>> {
-        self.db.get()
+        self.db.get().map(|opened| &opened.db)
+    }
+
+    /// What the database's writer has done, if the file is open: for tests
+    /// and diagnostics.
+    pub fn writer_stats(&self) -> Option<Stats> {
+        self.db.get().map(|opened| opened.writer.stats())
     }
 
     /// The file.

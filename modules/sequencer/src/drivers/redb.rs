@@ -22,10 +22,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mecha_abi::msg::ComponentSpec;
-use mecha_module::embedded::{add_count, blocking, count_once, redb_file, SharedDb};
+use mecha_module::embedded::{add_count, count_once, redb_file, SharedDb};
 use mecha_module::metadata::Metadata;
 use mecha_module::DriverError;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
     last_id, max_sequences, too_many_sequences, BoxFuture, SeqError, Sequencer, MAX_ID,
@@ -200,7 +200,6 @@ impl RedbSequencer {
             segment.next += wanted;
             return Ok(first);
         }
-        let db = self.db.db().await?;
         let (owned_tenant, owned_key) = (tenant.to_owned(), key.to_owned());
         let (next, end, segment_size) = (segment.next, segment.end, self.segment_size);
         let quota = Arc::clone(&self.quota);
@@ -208,20 +207,25 @@ impl RedbSequencer {
         // be persisted without the segment learning of it. That is safe: the
         // next reservation sees a stored bound other than `end` and starts
         // above it (see `reserve`), skipping the orphaned ids.
-        let reserved = blocking(move || {
-            let wanted = Wanted {
-                count,
-                segment_size,
-            };
-            reserve(
-                &db,
-                &quota,
-                (&owned_tenant, &owned_key),
-                (next, end),
-                wanted,
-            )
-        })
-        .await;
+        // The writer answers once the new bound is durable; reservations of
+        // other keys that arrive meanwhile share its disk sync.
+        let bytes = owned_tenant.len() + owned_key.len();
+        let reserved = self
+            .db
+            .write(bytes, move |txn| {
+                let wanted = Wanted {
+                    count,
+                    segment_size,
+                };
+                reserve(
+                    txn,
+                    &quota,
+                    (&owned_tenant, &owned_key),
+                    (next, end),
+                    wanted,
+                )
+            })
+            .await;
         let reserved = match reserved {
             Err(e @ SeqError::Driver(DriverError::Quota { .. })) => {
                 drop(segment);
@@ -276,7 +280,7 @@ struct Wanted {
 }
 
 fn reserve(
-    db: &Database,
+    txn: &WriteTransaction,
     quota: &Quota,
     (tenant, key): (&str, &str),
     (next, end): (u64, u64),
@@ -285,11 +289,9 @@ fn reserve(
         segment_size,
     }: Wanted,
 ) -> Result<Reservation, SeqError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a reservation transaction"))?;
-    // Any early return below drops `txn` uncommitted, which makes redb abort
-    // it, so a failed or refused reservation changes nothing on disk.
+    // Any early return below leaves `txn` to be dropped uncommitted, which
+    // makes redb abort it, so a failed or refused reservation changes nothing
+    // on disk.
     let reservation = {
         let mut table = txn
             .open_table(RESERVED)
@@ -299,7 +301,7 @@ fn reserve(
             .map_err(redb_error("read a reserved bound"))?
             .map(|guard| guard.value());
         if found.is_none() {
-            count_new_sequence(&txn, quota, tenant, key)?;
+            count_new_sequence(txn, quota, tenant, key)?;
         }
         let stored = found.unwrap_or(0);
         let first = if stored == end {
@@ -315,11 +317,9 @@ fn reserve(
             .map_err(redb_error("write a reserved bound"))?;
         Reservation { first, bound }
     };
-    // The default durability is `Immediate`: once `commit` returns the bound
-    // is on disk, so no id of the segment is handed out before a crash could
-    // no longer forget the reservation.
-    txn.commit()
-        .map_err(redb_error("commit a reservation transaction"))?;
+    // The writer answers only once a durable commit holds the bound, so no
+    // id of the segment is handed out before a crash could no longer forget
+    // the reservation.
     Ok(reservation)
 }
 
@@ -455,7 +455,10 @@ mod tests {
             count,
             segment_size,
         };
-        reserve(db, &quota, ("t", "k"), segment, wanted)
+        let txn = db.begin_write().expect("begin");
+        let reserved = reserve(&txn, &quota, ("t", "k"), segment, wanted)?;
+        txn.commit().expect("commit");
+        Ok(reserved)
     }
 
     fn store_bound(db: &Database, bound: u64) {

@@ -313,20 +313,17 @@ fn unindex(
     Ok(())
 }
 
-/// Applies `ops` as of `now` in one durable write transaction, unless they
-/// would take the tenant past its `quota`.
-fn write(
-    db: &Database,
+/// Applies `ops` as of `now` in `txn`, unless they would take the tenant
+/// past its `quota`. An error leaves `txn` to be dropped uncommitted, which
+/// makes redb abort it: that is what gives a failed transaction its
+/// all-or-nothing effect, also inside a batch of the group commit.
+fn apply(
+    txn: &WriteTransaction,
     quota: &Quota,
     tenant: &str,
     ops: &[TxOp],
     now: u64,
 ) -> Result<Vec<OpOutcome>, StoreError> {
-    let txn = db
-        .begin_write()
-        .map_err(redb_error("begin a write transaction"))?;
-    // Any early return below drops `txn` uncommitted, which makes redb abort
-    // it: that is what gives a failed transaction its all-or-nothing effect.
     let outcomes = {
         let mut kv = txn
             .open_table(KV)
@@ -414,11 +411,18 @@ fn write(
         }
         outcomes
     };
-    // The default durability is `Immediate`: once `commit` returns the data is
-    // on disk, so an acknowledged write survives a crash.
-    txn.commit()
-        .map_err(redb_error("commit a write transaction"))?;
     Ok(outcomes)
+}
+
+/// What a transaction writes, roughly, for the bound on one batch of the
+/// group commit.
+fn written_bytes(ops: &[TxOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            TxOp::Set(item) => item.key.len() + item.value.len(),
+            TxOp::Delete(item) => item.key.len(),
+        })
+        .fold(0, usize::saturating_add)
 }
 
 /// What a sweep removed, per tenant, to be taken off the tenants' usage in
@@ -453,10 +457,11 @@ impl SweepObserver<KvValue> for Swept {
     }
 }
 
-// The blocking tasks must own what they use (`'static`): the keys and ops are
-// moved in as they came, only the short tenant name is copied. The clock is
-// read inside the task so that time spent waiting for the pool does not make
-// a just-expired key look live.
+// The blocking tasks and the writer's jobs must own what they use
+// (`'static`): the keys and ops are moved in as they came, only the short
+// tenant name is copied. The clock is read inside the task or job so that
+// time spent waiting for the pool or the writer does not make a just-expired
+// key look live.
 impl StateStore for RedbStore {
     fn get<'a>(
         &'a self,
@@ -477,14 +482,21 @@ impl StateStore for RedbStore {
     ) -> BoxFuture<'a, Result<Vec<OpOutcome>, StoreError>> {
         let tenant = tenant.to_owned();
         Box::pin(async move {
-            let db = self.db.db().await?;
             // An empty transaction changes nothing, so it need not pay for a
-            // write transaction and a disk sync.
+            // write transaction and a disk sync. It still waits for the file,
+            // as any other request does during a hot restart.
             if ops.is_empty() {
+                self.db.db().await?;
                 return Ok(Vec::new());
             }
             let quota = Arc::clone(&self.quota);
-            blocking(move || write(&db, &quota, &tenant, &ops, now_ms())).await
+            // The writer answers once a durable commit holds these ops;
+            // writes of other connections that arrive meanwhile share it.
+            self.db
+                .write(written_bytes(&ops), move |txn| {
+                    apply(txn, &quota, &tenant, &ops, now_ms())
+                })
+                .await
         })
     }
 
@@ -506,6 +518,24 @@ impl StateStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies `ops` as of `now` in a durable transaction of its own,
+    /// outside the writer, as the tests of the transaction logic want.
+    fn write(
+        db: &Database,
+        quota: &Quota,
+        tenant: &str,
+        ops: &[TxOp],
+        now: u64,
+    ) -> Result<Vec<OpOutcome>, StoreError> {
+        let txn = db
+            .begin_write()
+            .map_err(redb_error("begin a write transaction"))?;
+        let outcomes = apply(&txn, quota, tenant, ops, now)?;
+        txn.commit()
+            .map_err(redb_error("commit a write transaction"))?;
+        Ok(outcomes)
+    }
 
     #[test]
     fn a_file_held_by_a_previous_instance_is_opened_once_released() {
