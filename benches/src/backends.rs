@@ -10,19 +10,23 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mecha_abi::msg::UnlockStatus;
 use mecha_client::{Client, PublishOptions, SetOptions};
 
-use crate::mecha::sequential;
+use hdrhistogram::Histogram;
+
 use crate::pg_server::Postgres;
-use crate::report::{self, Outcome};
+use crate::report::{self, new_histogram, record, Outcome};
 use crate::Plan;
 
 /// Keys read and written, cycled through.
 const KEYS: usize = 1000;
+
+/// Rounds in which the three ways of an operation take turns.
+const ROUNDS: usize = 10;
 
 /// The lease of the locks taken; each is released at once.
 const LOCK_TTL: Duration = Duration::from_secs(30);
@@ -64,14 +68,18 @@ impl Group {
     }
 }
 
-/// Times `mecha`, then `direct`, then `memory`, each with `sequential`.
+/// Times the three ways of one operation in interleaved rounds: after a
+/// warm-up of each, `ROUNDS` times a tenth of the operations of `mecha`,
+/// then of `direct`, then of `memory`. On a shared 2-vCPU machine the cost of
+/// a wake-up drifts with the load of the moment; interleaving lets the three
+/// see the same moments, so their ratio holds even when the figures move.
 async fn measure<A, AF, B, BF, C, CF>(
     op: &str,
     plan: &Plan,
     names: [&str; 3],
-    mecha: A,
-    direct: B,
-    memory: C,
+    mut mecha: A,
+    mut direct: B,
+    mut memory: C,
 ) -> anyhow::Result<Group>
 where
     A: FnMut(usize) -> AF,
@@ -81,27 +89,68 @@ where
     C: FnMut(usize) -> CF,
     CF: Future<Output = anyhow::Result<()>>,
 {
-    let [m, d, e] = names;
-    Ok(Group {
+    report::started(op, plan);
+    let mut hists = [new_histogram()?, new_histogram()?, new_histogram()?];
+    let mut took = [Duration::ZERO; 3];
+    let [m, d, e] = &mut hists;
+    let warmup = 0..plan.warmup;
+    turn(&mut mecha, warmup.clone(), None)
+        .await
+        .with_context(|| names[0].to_owned())?;
+    turn(&mut direct, warmup.clone(), None)
+        .await
+        .with_context(|| names[1].to_owned())?;
+    turn(&mut memory, warmup, None)
+        .await
+        .with_context(|| names[2].to_owned())?;
+    let per_round = plan.ops.div_ceil(ROUNDS);
+    let mut start = plan.warmup;
+    while start < plan.warmup + plan.ops {
+        let range = start..(start + per_round).min(plan.warmup + plan.ops);
+        took[0] += turn(&mut mecha, range.clone(), Some(m))
+            .await
+            .with_context(|| names[0].to_owned())?;
+        took[1] += turn(&mut direct, range.clone(), Some(d))
+            .await
+            .with_context(|| names[1].to_owned())?;
+        took[2] += turn(&mut memory, range.clone(), Some(e))
+            .await
+            .with_context(|| names[2].to_owned())?;
+        start = range.end;
+    }
+    let [m, d, e] = hists;
+    let group = Group {
         op: op.to_owned(),
-        mecha: timed(m, plan, mecha).await?,
-        direct: timed(d, plan, direct).await?,
-        memory: timed(e, plan, memory).await?,
-    })
+        mecha: Outcome::new(names[0], &m, plan.ops, took[0]),
+        direct: Outcome::new(names[1], &d, plan.ops, took[1]),
+        memory: Outcome::new(names[2], &e, plan.ops, took[2]),
+    };
+    for o in [&group.mecha, &group.direct, &group.memory] {
+        report::finished(o);
+    }
+    Ok(group)
 }
 
-/// One scenario with its progress lines.
-async fn timed<F, Fut>(name: &str, plan: &Plan, op: F) -> anyhow::Result<Outcome>
+/// Runs `op(i)` for each `i` of `range`, one at a time, recording each into
+/// `hist` if given; returns the time it all took.
+async fn turn<F, Fut>(
+    op: &mut F,
+    range: std::ops::Range<usize>,
+    mut hist: Option<&mut Histogram<u64>>,
+) -> anyhow::Result<Duration>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    report::started(name, plan);
-    let outcome = sequential(name, plan, op)
-        .await
-        .with_context(|| format!("measuring {name}"))?;
-    report::finished(&outcome);
-    Ok(outcome)
+    let started = Instant::now();
+    for i in range {
+        let t = Instant::now();
+        op(i).await?;
+        if let Some(hist) = hist.as_deref_mut() {
+            record(hist, t.elapsed());
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// A Dapr component document.
@@ -169,9 +218,7 @@ pub async fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<(Vec<Group>, Vec
         notes.push("PostgreSQL is not installed: PostgreSQL rows skipped".into());
     }
     notes.push(
-        "lock.etcd and pubsub.jetstream are not measured here; their drivers make one \
-         request per operation like the Redis ones"
-            .into(),
+        "lock.etcd and pubsub.jetstream are not measured here (BENCHMARKS.md, Backends)".into(),
     );
     let daemon = crate::daemon::Daemon::start_config(bin_dir, dir.path(), &config, &MODULES)?;
     let client = Client::connect(daemon.socket())
