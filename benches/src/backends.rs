@@ -1,5 +1,5 @@
 //! mecha on real backends against each backend's own Rust client, in one
-//! run. Every operation is measured three ways, one right after the other:
+//! run. Every operation is measured three ways, taking turns in rounds:
 //! through mecha on the networked driver, directly with the client an
 //! application would otherwise link (the `redis` crate over loopback TCP,
 //! `tokio-postgres` with prepared statements), and through mecha on the
@@ -13,10 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use mecha_abi::msg::UnlockStatus;
 use mecha_client::{Client, PublishOptions, SetOptions};
-
-use hdrhistogram::Histogram;
 
 use crate::pg_server::Postgres;
 use crate::report::{self, new_histogram, record, Outcome};
@@ -46,10 +45,10 @@ fn key(i: usize) -> String {
     format!("bench-{}", i % KEYS)
 }
 
-/// One operation measured three ways in a row.
+/// One operation measured three ways.
 #[derive(Clone, Debug)]
 pub struct Group {
-    /// What is measured, e.g. `state.get on state.redis`.
+    /// What is measured, e.g. `state get on state.redis`.
     pub op: String,
     /// Through mecha on the networked driver.
     pub mecha: Outcome,
