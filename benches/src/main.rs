@@ -17,6 +17,7 @@ mod footprint;
 mod invoke;
 mod mecha;
 mod noisy;
+mod pg_server;
 mod plot;
 mod recovery;
 mod recovery_reads;
@@ -316,10 +317,10 @@ fn backends(args: Run) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (rows, notes) = runtime.block_on(backends::run(&bin_dir, &plan))?;
-    print!("{}", backends::markdown(&rows, &notes));
+    let (groups, notes) = runtime.block_on(backends::run(&bin_dir, &plan))?;
+    print!("{}", backends::markdown(&groups, &notes));
     if let Some(path) = &args.json {
-        report::write_json(path, &rows)?;
+        backends::write_json(path, &groups)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())

@@ -519,3 +519,102 @@ fn postgresql_sweeper_deletes_expired_rows() {
     );
     assert_eq!(c.get(STORE, &brief).unwrap(), None);
 }
+
+/// Checks what every networked store promises about its ETags on the first
+/// writes of a tenant whose store already has an old store-wide counter at
+/// `floor`: the first set is above it, ETag-checked sets and deletes (one
+/// statement or script each) take the exact ETag and refuse any other
+/// spelling of the same number, and a failed check changes nothing.
+fn revisions_start_above(c: &mecha_client::blocking::Client, floor: u64) {
+    let key = servers::unique("floor");
+    let first = c
+        .set(STORE, &key, b"v1".to_vec(), opts(None, None))
+        .unwrap();
+    assert_eq!(first, (floor + 1).to_string(), "above the old counter");
+    let padded = format!("0{first}");
+    let err = c
+        .set(STORE, &key, b"no".to_vec(), opts(Some(&padded), None))
+        .unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch));
+    let err = c.delete(STORE, &key, Some(padded)).unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch));
+    let second = c
+        .set(STORE, &key, b"v2".to_vec(), opts(Some(&first), None))
+        .unwrap();
+    assert_eq!(
+        second,
+        (floor + 2).to_string(),
+        "a mismatch takes no revision"
+    );
+    let entry = c.get(STORE, &key).unwrap().unwrap();
+    assert_eq!(
+        (entry.value.as_slice(), entry.etag.as_str()),
+        (&b"v2"[..], second.as_str())
+    );
+    let err = c
+        .set(STORE, &key, b"no".to_vec(), opts(Some(&first), None))
+        .unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "an old ETag");
+    assert!(c.delete(STORE, &key, Some(second)).unwrap());
+    assert!(!c.delete(STORE, &key, None).unwrap(), "already gone");
+    let err = c
+        .set(STORE, &key, b"no".to_vec(), opts(Some(&first), None))
+        .unwrap_err();
+    assert_eq!(status(err), Some(Status::EtagMismatch), "a deleted key");
+    let again = c
+        .set(STORE, &key, b"v3".to_vec(), opts(None, None))
+        .unwrap();
+    assert_eq!(again, (floor + 3).to_string(), "never handed out before");
+}
+
+/// `state.redis` on a store whose old store-wide counter
+/// `<prefix>|mecha-revision` is at 1000: a tenant's counter starts above it.
+#[test]
+fn redis_revisions_start_above_the_old_store_wide_counter() {
+    let Some(server) = servers::redis() else {
+        return;
+    };
+    let prefix = servers::unique("floor");
+    let client =
+        ::redis::Client::open(format!("redis://{}/", server.host_port())).expect("redis url");
+    let mut con = client.get_connection().expect("connect to redis");
+    ::redis::cmd("SET")
+        .arg(format!("{prefix}|||mecha-revision"))
+        .arg(1000)
+        .query::<()>(&mut con)
+        .expect("SET");
+    let doc = component(
+        STORE,
+        "state.redis",
+        &[("redisHost", server.host_port()), ("keyPrefix", prefix)],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    revisions_start_above(&d.client(), 1000);
+}
+
+/// `state.postgresql` on a table whose old store-wide sequence is at 5000:
+/// a tenant's counter starts above it.
+#[test]
+fn postgresql_revisions_start_above_the_old_sequence() {
+    let Some(server) = servers::postgres() else {
+        return;
+    };
+    let table = servers::unique("floor");
+    let doc = component(
+        STORE,
+        "state.postgresql",
+        &[
+            ("connectionString", postgres_url(server.port())),
+            ("tableName", table.clone()),
+        ],
+    );
+    let d = Daemon::start_with(Some(&doc));
+    let c = d.client();
+    // A read creates the tables and the sequence without a revision.
+    assert_eq!(c.get(STORE, "nothing").unwrap(), None);
+    servers::psql(
+        server.port(),
+        &format!("SELECT setval('{table}_revision', 5000)"),
+    );
+    revisions_start_above(&c, 5000);
+}
