@@ -27,6 +27,7 @@ use crate::config::HttpSettings;
 use crate::daemon::Daemon;
 use crate::dashboard::{Context as DashboardContext, Dashboard, Request};
 use crate::metrics::Metrics;
+use crate::response::Response;
 
 /// The port used when the daemon turns the endpoint on by itself in Kubernetes.
 pub const DEFAULT_PORT: u16 = 9464;
@@ -152,53 +153,6 @@ async fn serve(listener: TcpListener, state: Arc<HttpState>) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// One answer: status, content type, body and any extra header fields.
-pub struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-    /// The methods a 405 answer names.
-    allow: Option<&'static str>,
-}
-
-impl Response {
-    /// An answer with `body` of `content_type`.
-    pub fn new(status: u16, content_type: &'static str, body: String) -> Self {
-        Self {
-            status,
-            content_type,
-            body,
-            allow: None,
-        }
-    }
-
-    /// A plain-text answer.
-    pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", body.into())
-    }
-
-    /// A JSON answer.
-    pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Self {
-        match serde_json::to_string(value) {
-            Ok(body) => Self::new(status, "application/json", body),
-            Err(e) => Self::json_error(500, &format!("encoding the answer: {e}")),
-        }
-    }
-
-    /// A JSON error: `{"error": message}`.
-    pub fn json_error(status: u16, message: &str) -> Self {
-        let body = serde_json::json!({ "error": message }).to_string();
-        Self::new(status, "application/json", body)
-    }
-
-    /// 405, naming the methods the path takes.
-    pub fn not_allowed(methods: &'static str) -> Self {
-        let mut r = Self::text(405, format!("only {methods} are allowed here\n"));
-        r.allow = Some(methods);
-        r
     }
 }
 

@@ -25,6 +25,7 @@ mod peer;
 mod plan;
 mod quota;
 mod ratelog;
+mod response;
 mod router;
 mod secret_ref;
 mod spawn;

@@ -25,8 +25,8 @@ use mecha_http::RequestHead;
 use crate::daemon::Daemon;
 use crate::events::{self, Kind};
 use crate::history::History;
-use crate::http::Response;
 use crate::metrics::Metrics;
+use crate::response::Response;
 use access::Viewer;
 
 /// The page.
