@@ -46,7 +46,7 @@ impl Engine {
             .topics
             .lock()
             .all()
-            .filter_map(|slot| slot.cell.get().cloned())
+            .cloned()
             .collect();
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
