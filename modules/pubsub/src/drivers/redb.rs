@@ -650,6 +650,101 @@ mod tests {
         assert_eq!((record.first, record.next), (1, 2));
     }
 
+    fn usage(rt: &tokio::runtime::Runtime, log: &RedbLog, tenant: &str) -> TenantUsage {
+        rt.block_on(log.tenant_usage(tenant)).expect("usage")
+    }
+
+    fn stored(data: &[u8]) -> u64 {
+        message(data).stored_len()
+    }
+
+    /// Each tenant's bytes and topics are counted with the writes that
+    /// change them: appends add, trims (by an append or a group change)
+    /// give back exactly what they deleted, a group alone makes a topic,
+    /// and the counts survive a reopen.
+    #[test]
+    fn usage_follows_appends_and_trims_and_survives_reopen() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("usage.redb");
+        let rt = runtime();
+        let log = RedbLog::open(path.clone()).expect("open");
+        for (offset, data) in [(1, &b"one"[..]), (2, b"two!"), (3, b"three")] {
+            let freed = rt.block_on(log.append("t", "x", offset, message(data), 0));
+            assert_eq!(freed, Ok(0));
+        }
+        rt.block_on(log.append("t", "y", 1, message(b"y"), 0))
+            .expect("append");
+        rt.block_on(log.append("u", "x", 1, message(b"other tenant"), 0))
+            .expect("append");
+        let all = stored(b"one") + stored(b"two!") + stored(b"three") + stored(b"y");
+        assert_eq!(usage(&rt, &log, "t"), TenantUsage { bytes: all, topics: 2 });
+        // Retention in an append deletes offset 1; a group change offset 2.
+        let freed = rt.block_on(log.append("t", "x", 4, message(b"4"), 2));
+        assert_eq!(freed, Ok(stored(b"one")));
+        let change = GroupChange {
+            committed: 3,
+            trim_below: 3,
+            ..GroupChange::default()
+        };
+        let freed = rt.block_on(log.save_group("t", "x", "g", &change));
+        assert_eq!(freed, Ok(stored(b"two!")));
+        // A group on a topic never published to makes the topic exist.
+        rt.block_on(log.save_group("t", "z", "g", &GroupChange::default()))
+            .expect("save");
+        assert!(rt.block_on(log.load_topic("t", "z")).expect("load").exists);
+        assert!(!rt.block_on(log.load_topic("t", "w")).expect("load").exists);
+        let left = TenantUsage {
+            bytes: stored(b"three") + stored(b"4") + stored(b"y"),
+            topics: 3,
+        };
+        assert_eq!(usage(&rt, &log, "t"), left);
+        drop(log);
+        let log = RedbLog::open(path).expect("reopen");
+        assert_eq!(usage(&rt, &log, "t"), left);
+        let other = TenantUsage {
+            bytes: stored(b"other tenant"),
+            topics: 1,
+        };
+        assert_eq!(usage(&rt, &log, "u"), other);
+    }
+
+    /// A file written before the quotas (no counts, no marker, a topic with
+    /// only a group and no row) gets its counts once, when opened.
+    #[test]
+    fn a_file_from_before_the_quotas_is_counted_once_on_open() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("old.redb");
+        let rt = runtime();
+        let log = RedbLog::open(path.clone()).expect("open");
+        rt.block_on(log.append("t", "x", 1, message(b"kept"), 0))
+            .expect("append");
+        rt.block_on(log.save_group("t", "z", "g", &GroupChange::default()))
+            .expect("save");
+        let before = usage(&rt, &log, "t");
+        drop(log);
+        {
+            let db = Database::create(&path).expect("open the file directly");
+            let txn = db.begin_write().expect("begin");
+            for table in [USAGE, TOPIC_COUNTS, META] {
+                txn.delete_table(table).expect("drop a table the old layout lacks");
+            }
+            txn.open_table(TOPICS)
+                .expect("topics")
+                .remove(("t", "z"))
+                .expect("remove the group-only topic's row");
+            txn.commit().expect("commit");
+        }
+        let log = RedbLog::open(path.clone()).expect("reopen");
+        assert_eq!(usage(&rt, &log, "t"), before);
+        assert_eq!(before.topics, 2);
+        // Counted once: a later write moves the counts from there.
+        rt.block_on(log.append("t", "x", 2, message(b"more"), 0))
+            .expect("append");
+        drop(log);
+        let log = RedbLog::open(path).expect("reopen again");
+        assert_eq!(usage(&rt, &log, "t").bytes, before.bytes + stored(b"more"));
+    }
+
     #[test]
     fn group_changes_merge_monotonically() {
         let dir = tempfile::TempDir::new().expect("create a temporary directory");
