@@ -119,7 +119,11 @@ fn a_publish_past_the_byte_quota_is_refused_until_a_trim_makes_room(h: Harness) 
     let first = h.next(&sub);
     assert_eq!(first.offset, 1);
     h.ack("t", &first);
-    assert_eq!(h.publish("t", "big"), 3, "room again, and no offset was lost");
+    assert_eq!(
+        h.publish("t", "big"),
+        3,
+        "room again, and no offset was lost"
+    );
     assert_eq!(h.next(&sub).offset, 2);
     assert_eq!(h.next(&sub).offset, 3);
 }
@@ -175,12 +179,17 @@ fn redb_quotas_hold_across_a_reopen() {
     );
     h.publish("t", "a");
     h.publish("t", "a");
-    drop(h.try_subscribe("t", "b", "g").expect("a topic with a group only"));
+    drop(
+        h.try_subscribe("t", "b", "g")
+            .expect("a topic with a group only"),
+    );
     h.reopen();
     refused(h.try_publish("t", "c", 10), "maxTopicsPerTenant");
     refused(h.try_publish("t", "a", BIG), "maxBytesPerTenant");
     refused(h.try_subscribe("t", "b", "h"), "maxGroupsPerTopic");
-    let sub = h.try_subscribe("t", "a", "g").expect("the first group of a");
+    let sub = h
+        .try_subscribe("t", "a", "g")
+        .expect("the first group of a");
     let first = h.next(&sub);
     h.ack("t", &first);
     assert_eq!(h.publish("t", "a"), 3, "the trim made room");

@@ -176,9 +176,7 @@ impl Engine {
                     }
                 }
             };
-            let reserved = self
-                .reserve(&topic, size, trim_below, kept_from)
-                .await?;
+            let reserved = self.reserve(&topic, size, trim_below, kept_from).await?;
             {
                 let mut state = topic.state.lock();
                 state.reserved = offset + 1;

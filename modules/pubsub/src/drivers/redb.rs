@@ -677,7 +677,13 @@ mod tests {
         rt.block_on(log.append("u", "x", 1, message(b"other tenant"), 0))
             .expect("append");
         let all = stored(b"one") + stored(b"two!") + stored(b"three") + stored(b"y");
-        assert_eq!(usage(&rt, &log, "t"), TenantUsage { bytes: all, topics: 2 });
+        assert_eq!(
+            usage(&rt, &log, "t"),
+            TenantUsage {
+                bytes: all,
+                topics: 2
+            }
+        );
         // Retention in an append deletes offset 1; a group change offset 2.
         let freed = rt.block_on(log.append("t", "x", 4, message(b"4"), 2));
         assert_eq!(freed, Ok(stored(b"one")));
@@ -726,7 +732,8 @@ mod tests {
             let db = Database::create(&path).expect("open the file directly");
             let txn = db.begin_write().expect("begin");
             for table in [USAGE, TOPIC_COUNTS, META] {
-                txn.delete_table(table).expect("drop a table the old layout lacks");
+                txn.delete_table(table)
+                    .expect("drop a table the old layout lacks");
             }
             txn.open_table(TOPICS)
                 .expect("topics")
