@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    component, error_message, open_to_nobody, require_root, wait_until, Daemon, Raw, NOBODY,
+    assert_exhausted, component, error_message, open_to_nobody, require_root, wait_until, Daemon,
+    Raw, NOBODY,
 };
 use mecha_abi::Status;
 use mecha_client::blocking::Client;
@@ -28,16 +29,6 @@ fn with_state(spec: &str) -> String {
 fn no_retries(mut c: Client) -> Client {
     c.set_retries(RetryPolicy::disabled());
     c
-}
-
-/// Asserts that `refused` is RESOURCE_EXHAUSTED with a message naming `field`.
-fn assert_exhausted(refused: &mecha_client::Error, field: &str) {
-    assert_eq!(
-        refused.status(),
-        Some(Status::ResourceExhausted),
-        "{refused}"
-    );
-    assert!(refused.to_string().contains(field), "{refused}");
 }
 
 /// The state module's line of STATUS.
@@ -646,40 +637,4 @@ fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
     assert!(lock(&attacker, "c")
         .expect("room made by the release")
         .is_some());
-}
-
-/// Item 8, topics: the broker keeps every topic it has served in memory, so
-/// a tenant naming new topics without end would grow the pub/sub module for
-/// everyone. With `maxTopicsPerTenant: 2` its third topic is refused
-/// RESOURCE_EXHAUSTED naming the field, while its topics and another
-/// tenant's go on.
-#[test]
-fn a_tenant_at_its_topic_quota_gets_no_new_topic() {
-    require_root();
-    let config = component(
-        "events",
-        "pubsub.redb",
-        &[("maxTopicsPerTenant", "2".to_owned())],
-    );
-    let d = Daemon::start_with(Some(&config));
-    open_to_nobody(&d);
-    let attacker = no_retries(d.client_as(NOBODY));
-    let publish = |c: &Client, topic: &str| {
-        c.publish(
-            "",
-            topic,
-            b"x".to_vec(),
-            mecha_client::PublishOptions::default(),
-        )
-    };
-    for topic in ["a", "b"] {
-        publish(&attacker, topic).expect("within the quota");
-    }
-    let refused = publish(&attacker, "c").expect_err("a third topic");
-    assert_exhausted(&refused, "maxTopicsPerTenant");
-    publish(&attacker, "a").expect("its own topic goes on");
-    let victim = no_retries(d.client());
-    for topic in ["a", "b"] {
-        publish(&victim, topic).expect("the victim has a quota of its own");
-    }
 }

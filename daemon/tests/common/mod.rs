@@ -282,6 +282,17 @@ impl Drop for Daemon {
     }
 }
 
+/// Asserts that `refused` is RESOURCE_EXHAUSTED with a message naming
+/// `field`, as a per-tenant quota answers.
+pub fn assert_exhausted(refused: &mecha_client::Error, field: &str) {
+    assert_eq!(
+        refused.status(),
+        Some(Status::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains(field), "{refused}");
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.

@@ -476,7 +476,7 @@ fn bad_names_and_limits_are_invalid(h: Harness) {
     ));
 }
 
-/// A tenant that has touched `maxTopicsPerTenant` topics is refused a new
+/// A tenant that has `maxTopicsPerTenant` topics is refused a new
 /// one (publishing or subscribing alike) and keeps using its own; another
 /// tenant has its own count.
 fn a_tenant_at_its_topic_quota_gets_no_new_topic(h: Harness) {
@@ -685,6 +685,9 @@ fn bad_metadata_is_a_config_error() {
         ),
         spec("pubsub.memory", &[("maxMessages", "0")]),
         spec("pubsub.memory", &[("ackDeadlineMs", "0")]),
+        spec("pubsub.memory", &[("maxBytesPerTenant", "0")]),
+        spec("pubsub.redb", &[("maxGroupsPerTopic", "some")]),
+        spec("pubsub.redb", &[("maxTopicsPerTenant", "-1")]),
         spec("pubsub.memory", &[("deadLetterTopic", "")]),
         ComponentSpec {
             name: "../escape".to_owned(),

@@ -10,8 +10,20 @@ use futures_util::future::BoxFuture;
 use crate::error::PubsubError;
 use crate::message::Message;
 
-/// Told the outcome of a queued append (see [`PubsubLog::queue_append`]).
-pub type Landed = Box<dyn FnOnce(Result<(), PubsubError>) + Send>;
+/// Told the outcome of a queued append (see [`PubsubLog::queue_append`]):
+/// on success, the bytes its trim deleted.
+pub type Landed = Box<dyn FnOnce(Result<u64, PubsubError>) + Send>;
+
+/// What one tenant keeps in a store, for its quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// The stored size ([`Message::stored_len`]) of every message the
+    /// tenant's topics retain (`maxBytesPerTenant`).
+    pub bytes: u64,
+    /// How many of the tenant's topics the store holds anything of: a
+    /// message, a next offset or a consumer group (`maxTopicsPerTenant`).
+    pub topics: u64,
+}
 
 /// What a driver knows of a topic when the broker first touches it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,6 +34,9 @@ pub struct TopicRecord {
     pub next: u64,
     /// Every consumer group of the topic, by name.
     pub groups: Vec<GroupRecord>,
+    /// Whether the store holds anything of the topic, and so counts it in
+    /// [`TenantUsage::topics`] already.
+    pub exists: bool,
 }
 
 /// The stored progress of one consumer group.
@@ -72,17 +87,30 @@ pub struct GroupChange {
 ///   storage when the future resolves, and `load_topic` after a restart
 ///   sees exactly what was written.
 /// - `save_group` is the monotonic merge described on [`GroupChange`].
+/// - [`PubsubLog::tenant_usage`] counts what the log holds, and every
+///   operation that deletes messages answers the bytes it deleted, so the
+///   broker's per-tenant ledger stays exact. A durable driver keeps the
+///   counts in the same atomic step as the writes that change them.
 pub trait PubsubLog: Send + Sync + 'static {
     /// What is stored of a topic: its offsets and every group's progress.
-    /// A topic never written is `first = next = 1` without groups.
+    /// A topic never written is `first = next = 1` without groups, and does
+    /// not exist.
     fn load_topic<'a>(
         &'a self,
         tenant: &'a str,
         topic: &'a str,
     ) -> BoxFuture<'a, Result<TopicRecord, PubsubError>>;
 
+    /// What `tenant` keeps in the store: the bytes its messages take and
+    /// how many of its topics exist.
+    fn tenant_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<TenantUsage, PubsubError>>;
+
     /// Stores `message` at `offset` and deletes the topic's messages below
-    /// `trim_below` (0: none), in one atomic step.
+    /// `trim_below` (0: none), in one atomic step; answers the stored bytes
+    /// the trim deleted.
     fn append<'a>(
         &'a self,
         tenant: &'a str,
@@ -90,7 +118,7 @@ pub trait PubsubLog: Send + Sync + 'static {
         offset: u64,
         message: Arc<Message>,
         trim_below: u64,
-    ) -> BoxFuture<'a, Result<(), PubsubError>>;
+    ) -> BoxFuture<'a, Result<u64, PubsubError>>;
 
     /// Queues `append` and returns once it is queued; `landed` is then
     /// called exactly once with its outcome, when the message is durable (or
@@ -125,12 +153,13 @@ pub trait PubsubLog: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Arc<Message>>, PubsubError>>;
 
     /// Merges `change` into the stored progress of `group` (see
-    /// [`GroupChange`]), creating the group if needed, atomically.
+    /// [`GroupChange`]), creating the group if needed, atomically; answers
+    /// the stored bytes its trim deleted.
     fn save_group<'a>(
         &'a self,
         tenant: &'a str,
         topic: &'a str,
         group: &'a str,
         change: &'a GroupChange,
-    ) -> BoxFuture<'a, Result<(), PubsubError>>;
+    ) -> BoxFuture<'a, Result<u64, PubsubError>>;
 }

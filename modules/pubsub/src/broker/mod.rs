@@ -10,8 +10,9 @@
 //! By concern: `settings` (metadata), `log` (the driver trait the broker
 //! stores through), `topic` and `group` (in-memory state and its
 //! bookkeeping), `engine` (loading, appending under retention, group
-//! creation, acks), `dead_letter`, `reaper` (ack deadlines) and
-//! `subscriber` (hand-outs to one member).
+//! creation, acks), `usage` (per-tenant ledgers for the topic and byte
+//! quotas), `dead_letter`, `reaper` (ack deadlines) and `subscriber`
+//! (hand-outs to one member).
 
 mod dead_letter;
 mod engine;
@@ -21,6 +22,7 @@ mod reaper;
 pub mod settings;
 mod subscriber;
 mod topic;
+mod usage;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ pub use self::dead_letter::DEAD_LETTER_METADATA;
 use self::engine::Engine;
 use self::group::SubscriberState;
 pub use self::group::WINDOW;
-pub use self::log::{GroupChange, GroupRecord, PubsubLog, TopicRecord};
+pub use self::log::{GroupChange, GroupRecord, PubsubLog, TenantUsage, TopicRecord};
 pub use self::settings::Settings;
 pub use self::subscriber::Subscriber;
 use crate::error::PubsubError;

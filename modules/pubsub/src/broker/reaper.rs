@@ -42,12 +42,7 @@ impl Engine {
     /// Fails every delivery whose deadline has passed; returns the earliest
     /// deadline still ahead.
     async fn expire(self: &Arc<Self>) -> Option<Instant> {
-        let topics: Vec<Arc<Topic>> = self
-            .topics
-            .lock()
-            .all()
-            .filter_map(|slot| slot.cell.get().cloned())
-            .collect();
+        let topics: Vec<Arc<Topic>> = self.topics.lock().all().cloned().collect();
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         for topic in topics {

@@ -1,6 +1,7 @@
 //! A pubsub component's delivery settings under the module's own broker,
-//! read from its metadata: dead letters, retention and the default ack
-//! deadline.
+//! read from its metadata: dead letters, retention, the default ack
+//! deadline, and the per-tenant quotas (topics, stored bytes, groups per
+//! topic).
 
 use std::time::Duration;
 
@@ -23,23 +24,48 @@ pub struct Settings {
     pub max_messages: u64,
     /// The ack deadline of subscribers that name none.
     pub ack_deadline: Duration,
-    /// The most topics one tenant may touch (`maxTopicsPerTenant`).
+    /// The most topics one tenant may have (`maxTopicsPerTenant`).
     pub max_topics: u64,
+    /// The most bytes the messages of one tenant's topics may take
+    /// (`maxBytesPerTenant`), each counted as
+    /// [`Message::stored_len`](crate::message::Message::stored_len).
+    pub max_bytes: u64,
+    /// The most consumer groups one topic may have (`maxGroupsPerTopic`).
+    pub max_groups: u64,
 }
 
-/// Topics one tenant may touch in one embedded store without
-/// `maxTopicsPerTenant`. The broker keeps every topic it has touched in
-/// memory for the life of the module, so this bounds its memory per tenant.
+/// Topics one tenant may have in one embedded store without
+/// `maxTopicsPerTenant`: those the store holds anything of, and those the
+/// broker has touched since it started. The broker keeps every topic it has
+/// touched in memory for the life of the module, and a durable store keeps
+/// each topic's row for good, so this bounds both per tenant.
 pub const DEFAULT_MAX_TOPICS: u64 = 10_000;
+
+/// Bytes the messages of one tenant's topics may take in one embedded store
+/// without `maxBytesPerTenant`: 256 MiB, the state stores' default. Retention
+/// (`maxMessages`) bounds each topic, but not a tenant with many topics of
+/// large messages; this bounds the disk (`pubsub.redb`) or the module memory
+/// (`pubsub.memory`) one tenant can take, while leaving a Dapr application
+/// far more backlog than it needs (a million 256-byte events).
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// Consumer groups one topic may have without `maxGroupsPerTopic`. A Dapr
+/// application subscribes as one group (its app id), so a topic rarely has
+/// more than a few; each group keeps durable progress and up to
+/// [`WINDOW`](super::WINDOW) entries of delivery state in memory, so this
+/// bounds what a tenant's subscribes can create.
+pub const DEFAULT_MAX_GROUPS: u64 = 100;
 
 impl Settings {
     /// The metadata fields the broker understands, whatever the driver.
-    pub const KNOWN_FIELDS: [&'static str; 5] = [
+    pub const KNOWN_FIELDS: [&'static str; 7] = [
         "maxDeliveries",
         "deadLetterTopic",
         "maxMessages",
         "ackDeadlineMs",
         "maxTopicsPerTenant",
+        "maxBytesPerTenant",
+        "maxGroupsPerTopic",
     ];
 
     /// Reads the broker's fields from a component's metadata (which the
@@ -72,7 +98,28 @@ impl Settings {
             max_topics: metadata
                 .whole("maxTopicsPerTenant", 1..=u64::MAX)?
                 .unwrap_or(DEFAULT_MAX_TOPICS),
+            max_bytes: metadata
+                .whole("maxBytesPerTenant", 1..=u64::MAX)?
+                .unwrap_or(DEFAULT_MAX_BYTES),
+            max_groups: metadata
+                .whole("maxGroupsPerTopic", 1..=u64::MAX)?
+                .unwrap_or(DEFAULT_MAX_GROUPS),
         })
+    }
+
+    /// The defaults of component `store`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(store: &str) -> Settings {
+        Settings {
+            store: store.to_owned(),
+            max_deliveries: 5,
+            dead_letter_topic: None,
+            max_messages: 1_000,
+            ack_deadline: Duration::from_secs(30),
+            max_topics: DEFAULT_MAX_TOPICS,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_groups: DEFAULT_MAX_GROUPS,
+        }
     }
 
     /// Where failed messages of `topic` go, or `None` for the dead-letter

@@ -9,12 +9,7 @@ use tokio::sync::Notify;
 
 use super::group::Group;
 use super::log::TopicRecord;
-
-/// A topic, loaded from the driver on first use.
-#[derive(Default)]
-pub(super) struct TopicSlot {
-    pub(super) cell: tokio::sync::OnceCell<Arc<Topic>>,
-}
+use super::usage::Ledger;
 
 /// One (tenant, topic) and its delivery state.
 pub(super) struct Topic {
@@ -28,6 +23,8 @@ pub(super) struct Topic {
     /// Signalled on every change a waiting subscriber may care about: a new
     /// message, an ack, a failed delivery, a subscriber leaving.
     pub(super) changed: Notify,
+    /// Its tenant's ledger, which its appends and trims update.
+    pub(super) ledger: Arc<Ledger>,
 }
 
 /// What changes of a topic, under one lock.
@@ -115,6 +112,7 @@ mod tests {
             first: 1,
             next: 1,
             groups: Vec::new(),
+            exists: false,
         })
     }
 

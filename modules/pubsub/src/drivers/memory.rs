@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::log::{GroupChange, PubsubLog, TopicRecord};
+use crate::broker::log::{GroupChange, PubsubLog, TenantUsage, TopicRecord};
 use crate::error::PubsubError;
 use crate::message::Message;
 
@@ -19,8 +19,17 @@ struct Log {
     next: u64,
     /// The stored messages by offset. Bounded by the broker's retention
     /// (`maxMessages` per topic), which trims it through `append` and
-    /// `save_group`.
+    /// `save_group`, and by the tenant's `maxBytesPerTenant`.
     messages: BTreeMap<u64, Arc<Message>>,
+}
+
+impl Log {
+    /// The bytes its messages count against the tenant's quota.
+    fn bytes(&self) -> u64 {
+        self.messages
+            .values()
+            .fold(0, |sum, m| sum.saturating_add(m.stored_len()))
+    }
 }
 
 /// Topic logs in memory, by (tenant, topic).
@@ -38,16 +47,23 @@ impl MemoryLog {
         Self::default()
     }
 
-    fn trim(&self, tenant: &str, topic: &str, below: u64) {
+    /// Deletes the topic's messages below `below`; answers the bytes they
+    /// took.
+    fn trim(&self, tenant: &str, topic: &str, below: u64) -> u64 {
         if below == 0 {
-            return;
+            return 0;
         }
         let mut logs = self.logs.lock();
-        if let Some(log) = logs.get_mut(&(tenant.to_owned(), topic.to_owned())) {
-            // `split_off` keeps the part at or above `below`, which is the
-            // part to retain.
-            log.messages = log.messages.split_off(&below);
-        }
+        let Some(log) = logs.get_mut(&(tenant.to_owned(), topic.to_owned())) else {
+            return 0;
+        };
+        // `split_off` keeps the part at or above `below`, which is the part
+        // to retain; what stays behind is deleted.
+        let kept = log.messages.split_off(&below);
+        let deleted = std::mem::replace(&mut log.messages, kept);
+        deleted
+            .values()
+            .fold(0, |sum, m| sum.saturating_add(m.stored_len()))
     }
 }
 
@@ -65,14 +81,32 @@ impl PubsubLog for MemoryLog {
                 first: log.messages.keys().next().copied().unwrap_or(log.next),
                 next: log.next,
                 groups: Vec::new(),
+                exists: true,
             },
             None => TopicRecord {
                 first: 1,
                 next: 1,
                 groups: Vec::new(),
+                exists: false,
             },
         };
         Box::pin(std::future::ready(Ok(record)))
+    }
+
+    /// Adds up the tenant's logs. The broker asks once per tenant, when the
+    /// store is new and holds nothing of it, so the scan costs nothing.
+    fn tenant_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<TenantUsage, PubsubError>> {
+        let mut usage = TenantUsage::default();
+        for ((owner, _), log) in self.logs.lock().iter() {
+            if owner == tenant {
+                usage.bytes = usage.bytes.saturating_add(log.bytes());
+                usage.topics += 1;
+            }
+        }
+        Box::pin(std::future::ready(Ok(usage)))
     }
 
     fn append<'a>(
@@ -82,7 +116,7 @@ impl PubsubLog for MemoryLog {
         offset: u64,
         message: Arc<Message>,
         trim_below: u64,
-    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+    ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         {
             let mut logs = self.logs.lock();
             let log = logs
@@ -94,8 +128,8 @@ impl PubsubLog for MemoryLog {
             log.messages.insert(offset, message);
             log.next = log.next.max(offset.saturating_add(1));
         }
-        self.trim(tenant, topic, trim_below);
-        Box::pin(std::future::ready(Ok(())))
+        let freed = self.trim(tenant, topic, trim_below);
+        Box::pin(std::future::ready(Ok(freed)))
     }
 
     fn read<'a>(
@@ -118,8 +152,8 @@ impl PubsubLog for MemoryLog {
         topic: &'a str,
         _group: &'a str,
         change: &'a GroupChange,
-    ) -> BoxFuture<'a, Result<(), PubsubError>> {
-        self.trim(tenant, topic, change.trim_below);
-        Box::pin(std::future::ready(Ok(())))
+    ) -> BoxFuture<'a, Result<u64, PubsubError>> {
+        let freed = self.trim(tenant, topic, change.trim_below);
+        Box::pin(std::future::ready(Ok(freed)))
     }
 }

@@ -1,18 +1,21 @@
 //! The `pubsub.redb` driver: topic logs and consumer-group progress in an
 //! embedded, crash-safe file, so acknowledged publishes and acknowledged
-//! deliveries survive module and daemon restarts.
+//! deliveries survive module and daemon restarts. Each tenant's stored
+//! bytes and topics are counted in the file, in the same transaction as the
+//! writes that change them, so its quotas hold across restarts.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mecha_module::embedded::{blocking, Finish, SharedDb};
+use mecha_module::embedded::{add_count, blocking, count_once, Counts, Finish, SharedDb};
 use mecha_module::DriverError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::log::{GroupChange, GroupRecord, Landed, PubsubLog, TopicRecord};
+use crate::broker::log::{GroupChange, GroupRecord, Landed, PubsubLog, TenantUsage, TopicRecord};
 use crate::error::PubsubError;
 use crate::message::Message;
 
@@ -27,7 +30,30 @@ const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messa
 /// the same transaction as every append and never decreases, so offsets are
 /// never reused, even once every message of a topic has been deleted (a
 /// reused offset could be mistaken for one a group already acknowledged).
+/// Creating a group writes the row too (at 1, if the topic has none), so a
+/// topic the file holds anything of has a row here: the rows are the
+/// tenant's topics, which [`TOPIC_COUNTS`] counts.
 const TOPICS: TableDefinition<(&str, &str), u64> = TableDefinition::new("topics");
+
+/// Per tenant: the stored bytes of its messages, the sum of the lengths of
+/// their values in [`MESSAGES`] (`maxBytesPerTenant`). Every transaction
+/// that adds or deletes messages updates it.
+const USAGE: Counts = TableDefinition::new("usage");
+
+/// Per tenant: its rows in [`TOPICS`] (`maxTopicsPerTenant`). Rows there
+/// are never deleted, so it only grows.
+const TOPIC_COUNTS: Counts = TableDefinition::new("topic_counts");
+
+/// One-time work done on the file, by marker.
+const META: Counts = TableDefinition::new("meta");
+
+/// The [`META`] row saying [`USAGE`] covers every message and every topic
+/// with groups has its [`TOPICS`] row. A file written before the quotas
+/// lacks it, and gets both once, when first opened.
+const BYTES_COUNTED: &str = "bytes_counted";
+
+/// The [`META`] row saying [`TOPIC_COUNTS`] covers every row of [`TOPICS`].
+const TOPICS_COUNTED: &str = "topics_counted";
 
 /// The key of the `groups` table: (tenant, topic, group).
 type GroupKey = (&'static str, &'static str, &'static str);
@@ -80,7 +106,8 @@ impl RedbLog {
 }
 
 /// Creates the tables up front, because a read transaction cannot create a
-/// table and reads should not have to treat "no table yet" as a special case.
+/// table and reads should not have to treat "no table yet" as a special
+/// case; and counts what each tenant keeps in a file from before the quotas.
 fn prepare(db: &Database) -> Result<(), PubsubError> {
     let txn = db
         .begin_write()
@@ -95,8 +122,150 @@ fn prepare(db: &Database) -> Result<(), PubsubError> {
         .map_err(redb_error("create the acks table"))?;
     txn.open_table(FAILURES)
         .map_err(redb_error("create the failures table"))?;
+    txn.open_table(USAGE)
+        .map_err(redb_error("create the usage table"))?;
+    txn.open_table(TOPIC_COUNTS)
+        .map_err(redb_error("create the topic counts table"))?;
+    count_bytes_once(&txn)?;
+    // After `count_bytes_once`, which gives topics that have only groups
+    // their row, so they are counted too.
+    count_once(&txn, TOPICS, TOPIC_COUNTS, (META, TOPICS_COUNTED))?;
     txn.commit()
         .map_err(redb_error("commit the table-creating transaction"))
+}
+
+/// For a file from before the quotas (no [`BYTES_COUNTED`] marker): sums
+/// each tenant's message bytes into [`USAGE`], and writes the [`TOPICS`] row
+/// of every topic that has groups but none (it was subscribed to and never
+/// published to). One scan of each table, once.
+fn count_bytes_once(txn: &WriteTransaction) -> Result<(), PubsubError> {
+    let mut meta = txn
+        .open_table(META)
+        .map_err(redb_error("create the meta table"))?;
+    let counted = meta
+        .get(BYTES_COUNTED)
+        .map_err(redb_error("read the byte count marker"))?
+        .is_some();
+    if counted {
+        return Ok(());
+    }
+    let mut totals: HashMap<String, u64> = HashMap::new();
+    let messages = txn
+        .open_table(MESSAGES)
+        .map_err(redb_error("open the messages table"))?;
+    for row in messages
+        .iter()
+        .map_err(redb_error("scan the messages table"))?
+    {
+        let (key, value) = row.map_err(redb_error("read a message while counting"))?;
+        let bytes = totals.entry(key.value().0.to_owned()).or_default();
+        *bytes = bytes.saturating_add(value.value().len() as u64);
+    }
+    let mut usage = txn
+        .open_table(USAGE)
+        .map_err(redb_error("open the usage table"))?;
+    for (tenant, bytes) in totals {
+        usage
+            .insert(tenant.as_str(), bytes)
+            .map_err(redb_error("write a tenant's usage"))?;
+    }
+    let mut missing: BTreeSet<(String, String)> = BTreeSet::new();
+    let groups = txn
+        .open_table(GROUPS)
+        .map_err(redb_error("open the groups table"))?;
+    let mut topics = txn
+        .open_table(TOPICS)
+        .map_err(redb_error("open the topics table"))?;
+    for row in groups.iter().map_err(redb_error("scan the groups table"))? {
+        let (key, _) = row.map_err(redb_error("read a group while counting"))?;
+        let (tenant, topic, _) = key.value();
+        let listed = topics
+            .get((tenant, topic))
+            .map_err(redb_error("read a topic's next offset"))?
+            .is_some();
+        if !listed {
+            missing.insert((tenant.to_owned(), topic.to_owned()));
+        }
+    }
+    for (tenant, topic) in &missing {
+        topics
+            .insert((tenant.as_str(), topic.as_str()), 1)
+            .map_err(redb_error("write a topic's next offset"))?;
+    }
+    meta.insert(BYTES_COUNTED, 1)
+        .map_err(redb_error("write the byte count marker"))?;
+    Ok(())
+}
+
+/// What `tenant` keeps, as the count tables say.
+fn tenant_usage(db: &Database, tenant: &str) -> Result<TenantUsage, PubsubError> {
+    let txn = db
+        .begin_read()
+        .map_err(redb_error("begin a read transaction"))?;
+    let read = |table: Counts, what: &'static str| -> Result<u64, PubsubError> {
+        let table = txn.open_table(table).map_err(redb_error(what))?;
+        let count = table
+            .get(tenant)
+            .map_err(redb_error("read a tenant's count"))?
+            .map_or(0, |guard| guard.value());
+        Ok(count)
+    };
+    Ok(TenantUsage {
+        bytes: read(USAGE, "open the usage table")?,
+        topics: read(TOPIC_COUNTS, "open the topic counts table")?,
+    })
+}
+
+/// Writes `tenant`'s `topic` row at `next` (never lowering it), counting the
+/// topic for its tenant if the row is new.
+fn write_topic(
+    txn: &WriteTransaction,
+    topics: &mut redb::Table<'_, (&'static str, &'static str), u64>,
+    tenant: &str,
+    topic: &str,
+    next: u64,
+) -> Result<(), PubsubError> {
+    let stored = topics
+        .get((tenant, topic))
+        .map_err(redb_error("read a topic's next offset"))?
+        .map(|guard| guard.value());
+    if stored.is_some_and(|stored| stored >= next) {
+        return Ok(());
+    }
+    topics
+        .insert((tenant, topic), next.max(stored.unwrap_or(1)))
+        .map_err(redb_error("write a topic's next offset"))?;
+    if stored.is_none() {
+        let mut counts = txn
+            .open_table(TOPIC_COUNTS)
+            .map_err(redb_error("open the topic counts table"))?;
+        add_count(&mut counts, tenant, 1)?;
+    }
+    Ok(())
+}
+
+/// Adds `added` and takes `deleted` bytes off `tenant`'s usage.
+fn count_bytes(
+    txn: &WriteTransaction,
+    tenant: &str,
+    added: u64,
+    deleted: u64,
+) -> Result<(), PubsubError> {
+    if added == deleted {
+        return Ok(());
+    }
+    // One message or trim is far below i64::MAX bytes; clamping only
+    // guards the conversion.
+    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut usage = txn
+        .open_table(USAGE)
+        .map_err(redb_error("open the usage table for writing"))?;
+    add_count(
+        &mut usage,
+        tenant,
+        signed(added).saturating_sub(signed(deleted)),
+    )?;
+    Ok(())
 }
 
 /// Maps a redb error to `Internal`, saying which operation failed.
@@ -116,10 +285,11 @@ fn load_topic(db: &Database, tenant: &str, topic: &str) -> Result<TopicRecord, P
     let topics = txn
         .open_table(TOPICS)
         .map_err(redb_error("open the topics table"))?;
-    let next = topics
+    let row = topics
         .get((tenant, topic))
         .map_err(redb_error("read a topic's next offset"))?
-        .map_or(1, |guard| guard.value());
+        .map(|guard| guard.value());
+    let next = row.unwrap_or(1);
     let messages = txn
         .open_table(MESSAGES)
         .map_err(redb_error("open the messages table"))?;
@@ -177,25 +347,31 @@ fn load_topic(db: &Database, tenant: &str, topic: &str) -> Result<TopicRecord, P
         first,
         next,
         groups,
+        exists: row.is_some(),
     })
 }
 
-/// Deletes a topic's messages below `below`.
+/// Deletes a topic's messages below `below`; answers the bytes they took.
 fn trim(
     messages: &mut redb::Table<'_, MessageKey, &[u8]>,
     tenant: &str,
     topic: &str,
     below: u64,
-) -> Result<(), PubsubError> {
+) -> Result<u64, PubsubError> {
+    let mut deleted = 0_u64;
     if below > 0 {
         messages
-            .retain_in((tenant, topic, 0)..(tenant, topic, below), |_, _| false)
+            .retain_in((tenant, topic, 0)..(tenant, topic, below), |_, value| {
+                deleted = deleted.saturating_add(value.len() as u64);
+                false
+            })
             .map_err(redb_error("delete acknowledged messages"))?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
-/// Appends one message (and trims) in `txn`.
+/// Appends one message (and trims) in `txn`, counting its bytes for its
+/// tenant; answers the bytes the trim deleted.
 fn append(
     txn: &WriteTransaction,
     tenant: &str,
@@ -203,27 +379,30 @@ fn append(
     offset: u64,
     stored: &[u8],
     trim_below: u64,
-) -> Result<(), PubsubError> {
-    {
+) -> Result<u64, PubsubError> {
+    let (replaced, deleted) = {
         let mut messages = txn
             .open_table(MESSAGES)
             .map_err(redb_error("open the messages table for writing"))?;
         let mut topics = txn
             .open_table(TOPICS)
             .map_err(redb_error("open the topics table for writing"))?;
-        messages
+        // The broker never appends at a stored offset; should it, the old
+        // message's bytes leave with it.
+        let replaced = messages
             .insert((tenant, topic, offset), stored)
-            .map_err(redb_error("write a message"))?;
-        let next = topics
-            .get((tenant, topic))
-            .map_err(redb_error("read a topic's next offset"))?
-            .map_or(1, |guard| guard.value());
-        topics
-            .insert((tenant, topic), next.max(offset.saturating_add(1)))
-            .map_err(redb_error("write a topic's next offset"))?;
-        trim(&mut messages, tenant, topic, trim_below)?;
-    }
-    Ok(())
+            .map_err(redb_error("write a message"))?
+            .map_or(0, |old| old.value().len() as u64);
+        write_topic(txn, &mut topics, tenant, topic, offset.saturating_add(1))?;
+        (replaced, trim(&mut messages, tenant, topic, trim_below)?)
+    };
+    count_bytes(
+        txn,
+        tenant,
+        stored.len() as u64,
+        replaced.saturating_add(deleted),
+    )?;
+    Ok(deleted)
 }
 
 /// Reads one message.
@@ -247,15 +426,16 @@ fn read(
         .transpose()
 }
 
-/// Merges a group change (see [`GroupChange`]) in `txn`.
+/// Merges a group change (see [`GroupChange`]) in `txn`, giving the topic
+/// its row if it has none; answers the bytes the trim deleted.
 fn save_group(
     txn: &WriteTransaction,
     tenant: &str,
     topic: &str,
     group: &str,
     change: &GroupChange,
-) -> Result<(), PubsubError> {
-    {
+) -> Result<u64, PubsubError> {
+    let deleted = {
         let mut groups = txn
             .open_table(GROUPS)
             .map_err(redb_error("open the groups table for writing"))?;
@@ -299,9 +479,14 @@ fn save_group(
                 .insert(key, old.max(count))
                 .map_err(redb_error("write a failure count"))?;
         }
-        trim(&mut messages, tenant, topic, change.trim_below)?;
-    }
-    Ok(())
+        let mut topics = txn
+            .open_table(TOPICS)
+            .map_err(redb_error("open the topics table for writing"))?;
+        write_topic(txn, &mut topics, tenant, topic, 1)?;
+        trim(&mut messages, tenant, topic, change.trim_below)?
+    };
+    count_bytes(txn, tenant, 0, deleted)?;
+    Ok(deleted)
 }
 
 // The blocking tasks and the writer's jobs must own what they use
@@ -321,6 +506,17 @@ impl PubsubLog for RedbLog {
         })
     }
 
+    fn tenant_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<TenantUsage, PubsubError>> {
+        let tenant = tenant.to_owned();
+        Box::pin(async move {
+            let db = self.db.db().await?;
+            blocking(move || tenant_usage(&db, &tenant)).await
+        })
+    }
+
     fn append<'a>(
         &'a self,
         tenant: &'a str,
@@ -328,7 +524,7 @@ impl PubsubLog for RedbLog {
         offset: u64,
         message: Arc<Message>,
         trim_below: u64,
-    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+    ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         let (tenant, topic) = (tenant.to_owned(), topic.to_owned());
         Box::pin(async move {
             // Encoded here, so the writer thread spends its time on writes.
@@ -388,7 +584,7 @@ impl PubsubLog for RedbLog {
         topic: &'a str,
         group: &'a str,
         change: &'a GroupChange,
-    ) -> BoxFuture<'a, Result<(), PubsubError>> {
+    ) -> BoxFuture<'a, Result<u64, PubsubError>> {
         let (tenant, topic, group) = (tenant.to_owned(), topic.to_owned(), group.to_owned());
         let change = change.clone();
         Box::pin(async move {
@@ -452,6 +648,108 @@ mod tests {
         });
         let record = record.expect("load after the handoff");
         assert_eq!((record.first, record.next), (1, 2));
+    }
+
+    fn usage(rt: &tokio::runtime::Runtime, log: &RedbLog, tenant: &str) -> TenantUsage {
+        rt.block_on(log.tenant_usage(tenant)).expect("usage")
+    }
+
+    fn stored(data: &[u8]) -> u64 {
+        message(data).stored_len()
+    }
+
+    /// Each tenant's bytes and topics are counted with the writes that
+    /// change them: appends add, trims (by an append or a group change)
+    /// give back exactly what they deleted, a group alone makes a topic,
+    /// and the counts survive a reopen.
+    #[test]
+    fn usage_follows_appends_and_trims_and_survives_reopen() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("usage.redb");
+        let rt = runtime();
+        let log = RedbLog::open(path.clone()).expect("open");
+        for (offset, data) in [(1, &b"one"[..]), (2, b"two!"), (3, b"three")] {
+            let freed = rt.block_on(log.append("t", "x", offset, message(data), 0));
+            assert_eq!(freed, Ok(0));
+        }
+        rt.block_on(log.append("t", "y", 1, message(b"y"), 0))
+            .expect("append");
+        rt.block_on(log.append("u", "x", 1, message(b"other tenant"), 0))
+            .expect("append");
+        let all = stored(b"one") + stored(b"two!") + stored(b"three") + stored(b"y");
+        assert_eq!(
+            usage(&rt, &log, "t"),
+            TenantUsage {
+                bytes: all,
+                topics: 2
+            }
+        );
+        // Retention in an append deletes offset 1; a group change offset 2.
+        let freed = rt.block_on(log.append("t", "x", 4, message(b"4"), 2));
+        assert_eq!(freed, Ok(stored(b"one")));
+        let change = GroupChange {
+            committed: 3,
+            trim_below: 3,
+            ..GroupChange::default()
+        };
+        let freed = rt.block_on(log.save_group("t", "x", "g", &change));
+        assert_eq!(freed, Ok(stored(b"two!")));
+        // A group on a topic never published to makes the topic exist.
+        rt.block_on(log.save_group("t", "z", "g", &GroupChange::default()))
+            .expect("save");
+        assert!(rt.block_on(log.load_topic("t", "z")).expect("load").exists);
+        assert!(!rt.block_on(log.load_topic("t", "w")).expect("load").exists);
+        let left = TenantUsage {
+            bytes: stored(b"three") + stored(b"4") + stored(b"y"),
+            topics: 3,
+        };
+        assert_eq!(usage(&rt, &log, "t"), left);
+        drop(log);
+        let log = RedbLog::open(path).expect("reopen");
+        assert_eq!(usage(&rt, &log, "t"), left);
+        let other = TenantUsage {
+            bytes: stored(b"other tenant"),
+            topics: 1,
+        };
+        assert_eq!(usage(&rt, &log, "u"), other);
+    }
+
+    /// A file written before the quotas (no counts, no marker, a topic with
+    /// only a group and no row) gets its counts once, when opened.
+    #[test]
+    fn a_file_from_before_the_quotas_is_counted_once_on_open() {
+        let dir = tempfile::TempDir::new().expect("create a temporary directory");
+        let path = dir.path().join("old.redb");
+        let rt = runtime();
+        let log = RedbLog::open(path.clone()).expect("open");
+        rt.block_on(log.append("t", "x", 1, message(b"kept"), 0))
+            .expect("append");
+        rt.block_on(log.save_group("t", "z", "g", &GroupChange::default()))
+            .expect("save");
+        let before = usage(&rt, &log, "t");
+        drop(log);
+        {
+            let db = Database::create(&path).expect("open the file directly");
+            let txn = db.begin_write().expect("begin");
+            for table in [USAGE, TOPIC_COUNTS, META] {
+                txn.delete_table(table)
+                    .expect("drop a table the old layout lacks");
+            }
+            txn.open_table(TOPICS)
+                .expect("topics")
+                .remove(("t", "z"))
+                .expect("remove the group-only topic's row");
+            txn.commit().expect("commit");
+        }
+        let log = RedbLog::open(path.clone()).expect("reopen");
+        assert_eq!(usage(&rt, &log, "t"), before);
+        assert_eq!(before.topics, 2);
+        // Counted once: a later write moves the counts from there.
+        rt.block_on(log.append("t", "x", 2, message(b"more"), 0))
+            .expect("append");
+        drop(log);
+        let log = RedbLog::open(path).expect("reopen again");
+        assert_eq!(usage(&rt, &log, "t").bytes, before.bytes + stored(b"more"));
     }
 
     #[test]
