@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use mecha_client::{Client, PublishOptions, SetOptions};
+use mecha_client::{Client, PublishOptions};
 
 use crate::daemon::Daemon;
 use crate::mecha;
@@ -119,17 +119,7 @@ pub fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<Sweep> {
                 let set_value = Arc::clone(&value);
                 let outcome = sweep::measure(name, &clients, load.depth, plan, move |c, i| {
                     let value = Arc::clone(&set_value);
-                    async move {
-                        c.set(
-                            store,
-                            &mecha::key(i),
-                            value.as_slice(),
-                            SetOptions::default(),
-                        )
-                        .await
-                        .with_context(|| format!("set {store}"))
-                        .map(drop)
-                    }
+                    async move { mecha::set_value(c, store, i, &value).await }
                 })
                 .await?;
                 sweep.push(name, load, outcome);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use mecha_client::{Client, SetItem};
+use mecha_client::{Client, SetItem, SetOptions};
 
 use crate::report::{new_histogram, record, Outcome};
 use crate::Plan;
@@ -73,6 +73,15 @@ pub async fn get_checked(
         Ok(None) => bail!("get {store}/{key}: not found after prefill"),
         Err(e) => Err(e).with_context(|| format!("get {store}/{key}")),
     }
+}
+
+/// One unconditional set of `value` under key `i` in `store`.
+pub async fn set_value(client: Client, store: &str, i: usize, value: &[u8]) -> anyhow::Result<()> {
+    client
+        .set(store, &key(i), value, SetOptions::default())
+        .await
+        .with_context(|| format!("set {store}"))
+        .map(drop)
 }
 
 /// Runs `op(i)` one at a time: the warm-up unmeasured, then `plan.ops` timed.

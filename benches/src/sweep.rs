@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mecha_client::{Client, SetOptions};
+use mecha_client::Client;
 use tokio::runtime::Runtime;
 
 use crate::floor::{self, share};
@@ -298,17 +298,7 @@ async fn mecha_at(
             let value = Arc::clone(&value);
             measure(name, &clients, load.depth, plan, move |c: Client, i| {
                 let value = Arc::clone(&value);
-                async move {
-                    c.set(
-                        store,
-                        &mecha::key(i),
-                        value.as_slice(),
-                        SetOptions::default(),
-                    )
-                    .await
-                    .with_context(|| format!("set {store}"))
-                    .map(drop)
-                }
+                async move { mecha::set_value(c, store, i, &value).await }
             })
             .await?
         };
