@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Two state stores in one module: the in-memory one and the durable redb one.
-const CONFIG: &str = "\
+pub const CONFIG: &str = "\
 apiVersion: dapr.io/v1alpha1
 kind: Component
 metadata: {name: mem}

@@ -36,18 +36,10 @@ pub const STATE_SET: &str = "mecha.set state.redb";
 pub const MEMORY_SET: &str = "mecha.set state.memory";
 pub const PUBLISH: &str = "mecha.publish pubsub.redb (one topic)";
 
-/// The daemon's stores: the durable embedded ones, as the embedded default
-/// configures them.
-const CONFIG: &str = "\
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {name: mem}
-spec: {type: state.memory, version: v1, metadata: []}
----
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {name: disk}
-spec: {type: state.redb, version: v1, metadata: []}
+/// The pub/sub store added to the bench daemon's two state stores
+/// (`daemon::CONFIG`): the durable embedded one, as the embedded default
+/// configures it.
+const PUBSUB: &str = "\
 ---
 apiVersion: dapr.io/v1alpha1
 kind: Component
@@ -66,31 +58,16 @@ pub fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<Sweep> {
         "redis-server is not installed; the durable comparison needs it \
          (install the redis-server package)",
     )?;
-    eprintln!(
-        "[mecha-bench] {} ops after {} warm-up per scenario and load, {}-byte payload; \
-         mechad from {}",
-        plan.ops,
-        plan.warmup,
-        plan.payload,
-        bin_dir.display()
-    );
+    sweep::announce(plan, bin_dir);
     // On error, `daemon` and `redis` are dropped on the way out, which kills them.
     let daemon = Daemon::start_config(
         bin_dir,
         dir.path(),
-        CONFIG,
+        &format!("{}{PUBSUB}", crate::daemon::CONFIG),
         &["mecha-mod-state", "mecha-mod-pubsub"],
     )?;
     // As in `compare`: one connection from one client thread, many from two.
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (single, multi) = sweep::runtimes()?;
     let mut sweep = Sweep {
         rows: Vec::new(),
         notes: Vec::new(),

@@ -394,14 +394,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     };
     // The sweep's steps, then start-up and the tenants' RSS.
     let mut progress = sweep::Progress::new(sweep::steps(redis.is_some()) + 2);
-    eprintln!(
-        "[mecha-bench] {} ops after {} warm-up per scenario and load, {}-byte payload; \
-         mechad from {}",
-        plan.ops,
-        plan.warmup,
-        plan.payload,
-        bin_dir.display()
-    );
+    sweep::announce(&plan, &bin_dir);
     // On error, `daemon` and `redis` are dropped on the way out, which kills them.
     let daemon = daemon::Daemon::start(&bin_dir, dir.path())?;
     let mut results = sweep::run(

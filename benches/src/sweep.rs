@@ -147,18 +147,8 @@ pub fn run(
     plan: &Plan,
     progress: &mut Progress,
 ) -> anyhow::Result<Sweep> {
-    // One connection is driven from one client thread, like the floors'
-    // client; many connections from two, like several client processes on
-    // this two-core machine. mecha and Redis get the same runtime per load.
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // mecha and Redis get the same runtime per load.
+    let (single, multi) = runtimes()?;
     raise_open_files();
     let mut sweep = Sweep {
         rows: Vec::new(),
@@ -245,6 +235,34 @@ pub async fn redis_set_at(
 /// connection: each socket and a clone for its other direction), over the
 /// common soft limit of 1024.
 /// Best effort: if it fails, a floor that runs out says so in its error.
+/// The client runtimes of a sweep: one thread for one connection, like the
+/// floors' client, and two for many connections, like several client
+/// processes on this two-core machine.
+pub fn runtimes() -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok((single, multi))
+}
+
+/// Says what a sweep will run, and with which mechad.
+pub fn announce(plan: &Plan, bin_dir: &std::path::Path) {
+    eprintln!(
+        "[mecha-bench] {} ops after {} warm-up per scenario and load, {}-byte payload; \
+         mechad from {}",
+        plan.ops,
+        plan.warmup,
+        plan.payload,
+        bin_dir.display()
+    );
+}
+
 fn raise_open_files() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

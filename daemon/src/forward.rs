@@ -148,9 +148,11 @@ impl Routed {
                         }
                     }
                 }
-                Route::Starting | Route::Idle => {
+                route @ (Route::Starting | Route::Idle) => {
                     // A lazy module starts at its first request.
-                    module.wake();
+                    if let Route::Idle = route {
+                        module.wake();
+                    }
                     if let Route::Starting | Route::Idle = module.settled_route(deadline).await {
                         let msg = format!(
                             "module {} did not come back before the deadline",

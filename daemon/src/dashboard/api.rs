@@ -6,7 +6,6 @@
 //! tenants as with ten.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_abi::msg::AppEntry;
@@ -16,7 +15,6 @@ use super::backends::{self, Probes};
 use crate::daemon::Daemon;
 use crate::events::{self, Event};
 use crate::history::{History, Point, Rate};
-use crate::metrics::Metrics;
 use crate::quota::Usage;
 use crate::supervisor::Route;
 
@@ -337,9 +335,8 @@ pub struct HistoryView {
     points: Vec<Point>,
 }
 
-/// The node-wide chart points.
-pub fn history(history: &Arc<History>, metrics: &Arc<Metrics>) -> HistoryView {
-    history.ensure_started(metrics);
+/// The node-wide chart points (the sampler runs from the first view on).
+pub fn history(history: &History) -> HistoryView {
     HistoryView {
         interval_ms: millis(crate::history::INTERVAL),
         points: history.points(),

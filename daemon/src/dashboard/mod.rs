@@ -170,7 +170,7 @@ impl Dashboard {
                 Err(why) => Response::json_error(503, &why),
             },
             "/api/events" => Response::json(200, &api::events()),
-            "/api/history" => Response::json(200, &api::history(&self.history, cx.metrics)),
+            "/api/history" => Response::json(200, &api::history(&self.history)),
             _ => Response::json_error(404, "no such view"),
         }
     }
@@ -199,7 +199,13 @@ impl Dashboard {
         let who = match access::admin(viewer, daemon) {
             Ok(who) => who,
             Err(why) => {
-                events::record(Kind::AdminRefused, &format!("dashboard {}", req.peer), &why);
+                // One subject for every refused viewer, so that repeated
+                // attempts (each from a new port) fold into one entry.
+                events::record(
+                    Kind::AdminRefused,
+                    "dashboard",
+                    &format!("{}: {why}", req.peer),
+                );
                 return Response::json_error(403, &why);
             }
         };
