@@ -26,6 +26,8 @@ pub enum Family {
     Secrets,
     /// App-to-app service invocation (`mecha-mod-invoke`).
     Invoke,
+    /// Input and output bindings to outside systems (`mecha-mod-bindings`).
+    Bindings,
     /// Internal frames between the daemon and a module; never valid from an app.
     Link,
     /// Mecha-to-mecha frames between the invoke modules of two nodes (TCP);
@@ -47,6 +49,7 @@ impl Family {
             Family::Configuration => 0x05,
             Family::Secrets => 0x06,
             Family::Invoke => 0x07,
+            Family::Bindings => 0x08,
             Family::Link => 0xF0,
             Family::Peer => 0xF1,
             Family::Unknown(b) => b,
@@ -65,6 +68,7 @@ impl Family {
             Family::Configuration => "config",
             Family::Secrets => "secrets",
             Family::Invoke => "invoke",
+            Family::Bindings => "bindings",
             Family::Link => "link",
             Family::Peer => "peer",
             Family::Unknown(_) => "unknown",
@@ -82,6 +86,7 @@ impl Family {
             0x05 => Family::Configuration,
             0x06 => Family::Secrets,
             0x07 => Family::Invoke,
+            0x08 => Family::Bindings,
             0xF0 => Family::Link,
             0xF1 => Family::Peer,
             other => Family::Unknown(other),
@@ -153,6 +158,13 @@ impl Opcode {
     pub const INVOKE_APPS: Opcode = Opcode(0x0703);
     /// Daemon → app (a request the app answers): one call for a registration.
     pub const INVOKE_CALL: Opcode = Opcode(0x0704);
+
+    /// Run an operation on an output binding.
+    pub const BINDING_INVOKE: Opcode = Opcode(0x0801);
+    /// Open a stream of an input binding's events.
+    pub const BINDING_SUBSCRIBE: Opcode = Opcode(0x0802);
+    /// Acknowledge (or negatively acknowledge) input binding events.
+    pub const BINDING_ACK: Opcode = Opcode(0x0803);
 
     /// Daemon → module: configuration handshake.
     pub const LINK_HELLO: Opcode = Opcode(0xF001);
@@ -233,6 +245,9 @@ impl Opcode {
             Opcode::INVOKE => "INVOKE",
             Opcode::INVOKE_APPS => "INVOKE_APPS",
             Opcode::INVOKE_CALL => "INVOKE_CALL",
+            Opcode::BINDING_INVOKE => "BINDING_INVOKE",
+            Opcode::BINDING_SUBSCRIBE => "BINDING_SUBSCRIBE",
+            Opcode::BINDING_ACK => "BINDING_ACK",
             Opcode::LINK_HELLO => "LINK_HELLO",
             Opcode::LINK_PING => "LINK_PING",
             Opcode::LINK_DRAIN => "LINK_DRAIN",

@@ -23,6 +23,10 @@ use mecha_abi::msg::{
     AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
     PeerHello, RegisterReply, RegisterRequest,
 };
+use mecha_abi::msg::{
+    BindingAckRequest, BindingEvent, BindingSubscribeReply, BindingSubscribeRequest,
+    InvokeBindingReply, InvokeBindingRequest,
+};
 use mecha_abi::{
     decode, encode, encode_frame, Features, Flags, Header, Opcode, Status, TraceContext,
     HEADER_LEN, MAX_FRAME_CAP, TRACE_LEN,
@@ -1074,6 +1078,77 @@ fn vectors() -> Vec<Vector> {
                 metadata: Vec::new(),
             },
         ),
+        // --- bindings ----------------------------------------------------------
+        typed(
+            "binding_invoke_request",
+            "BINDING_INVOKE of operation \"post\" on output binding \"orders-api\": body {\"id\":7} (8 bytes), metadata path = \"/orders\", 5000 ms deadline",
+            req(O::BINDING_INVOKE, 90, 5000),
+            InvokeBindingRequest {
+                name: "orders-api".to_string(),
+                operation: "post".to_string(),
+                data: br#"{"id":7}"#.to_vec(),
+                metadata: pairs(&[("path", "/orders")]),
+            },
+        ),
+        typed(
+            "binding_invoke_reply",
+            "OK answer to BINDING_INVOKE: body \"created\", metadata statusCode = \"201\"",
+            resp(O::BINDING_INVOKE, 90, Status::Ok),
+            InvokeBindingReply {
+                data: b"created".to_vec(),
+                metadata: pairs(&[("statusCode", "201")]),
+            },
+        ),
+        typed(
+            "binding_subscribe_request",
+            "BINDING_SUBSCRIBE to input binding \"nightly\", at most 8 unacknowledged events, the binding's default ack deadline (0)",
+            req(O::BINDING_SUBSCRIBE, 91, 0),
+            BindingSubscribeRequest {
+                name: "nightly".to_string(),
+                max_in_flight: 8,
+                ack_deadline_ms: 0,
+            },
+        ),
+        typed(
+            "binding_subscribe_reply",
+            "OK answer to BINDING_SUBSCRIBE with flags RESPONSE | STREAM (0x03): stream 91 is open; subscription 3 of binding \"nightly\"",
+            opening(O::BINDING_SUBSCRIBE, 91),
+            BindingSubscribeReply {
+                subscription_id: 3,
+                name: "nightly".to_string(),
+            },
+        ),
+        typed(
+            "binding_event_push",
+            "push (flags STREAM 0x02, status 0) on stream 91: the first delivery (attempt 1) of event 4 of binding \"nightly\", a cron tick with an empty body and metadata time = \"2026-12-07T02:00:00Z\"",
+            Header::push(O::BINDING_SUBSCRIBE, 91),
+            BindingEvent {
+                name: "nightly".to_string(),
+                offset: 4,
+                attempt: 1,
+                data: Vec::new(),
+                metadata: pairs(&[("time", "2026-12-07T02:00:00Z")]),
+            },
+        ),
+        typed(
+            "binding_ack_request",
+            "BINDING_ACK (an ack, nack false) of binding \"nightly\": the delivery of event 4, attempt 1",
+            req(O::BINDING_ACK, 92, 0),
+            BindingAckRequest {
+                name: "nightly".to_string(),
+                items: vec![AckItem {
+                    offset: 4,
+                    attempt: 1,
+                }],
+                nack: false,
+            },
+        ),
+        typed(
+            "binding_ack_reply",
+            "OK answer to BINDING_ACK: 1 item took effect",
+            resp(O::BINDING_ACK, 92, Status::Ok),
+            AckReply { applied: 1 },
+        ),
         typed(
             "link_deliver_request",
             "module -> daemon: LINK_DELIVER (module request id 3) of an INVOKE_CALL to the connection owning link stream 4100, 1999 ms left",
@@ -1690,7 +1765,7 @@ fn invalid_vectors_match_the_file_and_are_rejected() {
 }
 
 /// The opcodes SPEC.md §3 defines, in table order.
-const DEFINED_OPCODES: [Opcode; 36] = [
+const DEFINED_OPCODES: [Opcode; 39] = [
     Opcode::HELLO,
     Opcode::PING,
     Opcode::STATUS,
@@ -1719,6 +1794,9 @@ const DEFINED_OPCODES: [Opcode; 36] = [
     Opcode::INVOKE,
     Opcode::INVOKE_APPS,
     Opcode::INVOKE_CALL,
+    Opcode::BINDING_INVOKE,
+    Opcode::BINDING_SUBSCRIBE,
+    Opcode::BINDING_ACK,
     Opcode::LINK_HELLO,
     Opcode::LINK_PING,
     Opcode::LINK_DRAIN,
@@ -1735,10 +1813,11 @@ const DEFINED_OPCODES: [Opcode; 36] = [
 const PAYLOADS_PENDING: [Opcode; 0] = [];
 
 /// Defined opcodes whose OK answer opens a stream (SPEC.md §6.11).
-const OPENS_STREAM: [Opcode; 3] = [
+const OPENS_STREAM: [Opcode; 4] = [
     Opcode::PUBSUB_SUBSCRIBE,
     Opcode::CONFIG_SUBSCRIBE,
     Opcode::INVOKE_REGISTER,
+    Opcode::BINDING_SUBSCRIBE,
 ];
 
 /// Stream-opening opcodes whose streams carry no pushes, only their END: an

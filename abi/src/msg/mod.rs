@@ -1,5 +1,6 @@
 //! Payload types of every opcode, grouped by family. Field order is wire order.
 
+mod bindings;
 mod config;
 mod control;
 mod invoke;
@@ -10,6 +11,7 @@ mod secrets;
 mod sequencer;
 mod state;
 
+pub use bindings::*;
 pub use config::*;
 pub use control::*;
 pub use invoke::*;
