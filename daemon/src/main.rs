@@ -23,6 +23,7 @@ mod listener;
 mod metrics;
 mod peer;
 mod plan;
+mod pod;
 mod quota;
 mod ratelog;
 mod response;

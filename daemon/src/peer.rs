@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mecha_abi::{Family, Opcode};
 
 use crate::config::{DefaultTenant, TenantRule};
+use crate::pod::CgroupView;
 
 /// What the kernel tells about a peer: its credentials (SO_PEERCRED) when it
 /// connected, the socket it connected through, and its Kubernetes pod.
@@ -52,6 +53,13 @@ fn proc_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc"))
 }
 
+/// How this daemon sees other processes' cgroups, read once: the daemon's
+/// cgroup namespace never changes, nor does the host's pid 1.
+fn cgroup_view() -> &'static CgroupView {
+    static VIEW: OnceLock<CgroupView> = OnceLock::new();
+    VIEW.get_or_init(|| CgroupView::read(&proc_root()))
+}
+
 /// Why a connection could not be identified.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentifyError {
@@ -79,7 +87,7 @@ pub fn identify(socket: &impl AsFd, listening: &Arc<Path>) -> Result<Peer, Ident
     let cgroup = proc_root().join(cred.pid().to_string()).join("cgroup");
     let pod = std::fs::read_to_string(cgroup)
         .ok()
-        .and_then(|text| pod_uid(&text));
+        .and_then(|text| cgroup_view().pod_uid(&text));
     // Only a root peer is ever asked where it runs (`Daemon::is_admin`), so
     // nobody else costs the two /proc reads.
     let local = cred.uid() == 0 && same_mount_namespace(cred.pid());
@@ -159,60 +167,6 @@ pub(crate) fn same_mount_namespace(pid: i32) -> bool {
         (Some(theirs), Some(ours)) => theirs == ours,
         _ => false,
     }
-}
-
-/// Finds the pod UID in a `/proc/<pid>/cgroup` text, only where the kubelet
-/// puts pods: a cgroup path that starts at the root of the hierarchy with
-/// `/kubepods` (cgroupfs driver) or `/kubepods.slice` (systemd driver), with
-/// the pod's cgroup right under it or under one QoS class (`burstable`,
-/// `besteffort`). A `kubepods` tree anywhere else — in a delegated subtree a
-/// user may create cgroups in, such as `/user.slice/…/kubepods/pod<uid>` —
-/// names no pod.
-pub fn pod_uid(cgroup: &str) -> Option<String> {
-    cgroup.lines().find_map(|line| {
-        // "hierarchy-id:controllers:path"; the path may hold ':' itself.
-        let path = line.splitn(3, ':').nth(2)?;
-        let mut segments = path.strip_prefix('/')?.split('/');
-        let systemd = match segments.next()? {
-            "kubepods" => false,
-            "kubepods.slice" => true,
-            _ => return None,
-        };
-        let first = segments.next()?;
-        if let Some(uid) = pod_segment(first, systemd) {
-            return Some(uid);
-        }
-        let qos = if systemd {
-            matches!(
-                first,
-                "kubepods-burstable.slice" | "kubepods-besteffort.slice"
-            )
-        } else {
-            matches!(first, "burstable" | "besteffort")
-        };
-        if !qos {
-            return None;
-        }
-        pod_segment(segments.next()?, systemd)
-    })
-}
-
-/// The pod UID of one cgroup directory name: `pod<uid>` (cgroupfs, dashes)
-/// or `kubepods[-<qos>]-pod<uid>.slice` (systemd, underscores for dashes).
-fn pod_segment(segment: &str, systemd: bool) -> Option<String> {
-    let uid = if systemd {
-        let name = segment.strip_prefix("kubepods-")?.strip_suffix(".slice")?;
-        let at = name.find("pod")?;
-        let qos = &name[..at];
-        if !matches!(qos, "" | "burstable-" | "besteffort-") {
-            return None;
-        }
-        name[at + 3..].replace('_', "-")
-    } else {
-        segment.strip_prefix("pod")?.to_string()
-    };
-    let valid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    valid.then_some(uid)
 }
 
 /// The operations one tenant may use, from its rule's `allow` list.
@@ -431,38 +385,6 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.contains("deny"), "{err}");
-    }
-
-    #[test]
-    fn pod_uids_are_found_in_both_cgroup_drivers() {
-        let uid = "0f7e3a52-4b1c-4d2e-9a8b-123456789abc";
-        let cgroupfs = format!("0::/kubepods/burstable/pod{uid}/abcdef\n");
-        assert_eq!(pod_uid(&cgroupfs).as_deref(), Some(uid));
-        let systemd = format!(
-            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-1.scope\n",
-            uid.replace('-', "_")
-        );
-        assert_eq!(pod_uid(&systemd).as_deref(), Some(uid));
-        assert_eq!(pod_uid("0::/user.slice/user-1000.slice\n"), None);
-        let guaranteed = format!("0::/kubepods/pod{uid}/abc\n");
-        assert_eq!(pod_uid(&guaranteed).as_deref(), Some(uid));
-    }
-
-    #[test]
-    fn a_kubepods_tree_outside_the_root_names_no_pod() {
-        let uid = "0f7e3a52-4b1c-4d2e-9a8b-123456789abc";
-        for forged in [
-            format!("0::/user.slice/user-1000.slice/deleg-bob/kubepods/pod{uid}/x\n"),
-            format!("0::/deleg-bob/kubepods/burstable/pod{uid}/x\n"),
-            format!(
-                "0::/system.slice/kubepods.slice/kubepods-pod{}.slice/x\n",
-                uid.replace('-', "_")
-            ),
-            format!("0::/kubepods/burstable/nested/pod{uid}/x\n"),
-            format!("0::/kubepods/evil/pod{uid}/x\n"),
-        ] {
-            assert_eq!(pod_uid(&forged), None, "{forged}");
-        }
     }
 
     #[test]

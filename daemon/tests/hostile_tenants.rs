@@ -283,31 +283,82 @@ fn mechactl_in_cgroup(d: &Daemon, path: &str, args: &[&str]) -> std::process::Ou
 #[test]
 fn pods_sharing_a_uid_are_apart_and_a_forged_pod_path_claims_nothing() {
     require_root();
+    let d = Daemon::start_with(Some(&with_state("")));
+    pods_are_apart(&d, "0f7e3a52-4b1c-4d2e-9a8b-0000000000");
+}
+
+/// The same where mechad runs as in a pod on a cgroup v2 node: in a pod's
+/// cgroup, with a private cgroup namespace, so that the kernel shows it
+/// every other process's cgroup relative to its own
+/// (`/../../pod<uid>/…`). Pods are still told apart by the path placed
+/// back in the hierarchy, and the forged path still claims nothing.
+#[test]
+fn pods_are_apart_when_mechad_has_a_private_cgroup_namespace() {
+    require_root();
+    check_cgroup_root();
+    let mechad_cgroup = Path::new(CGROUP_ROOT)
+        .join("kubepods/besteffort/pod0f7e3a52-4b1c-4d2e-9a8b-0000000000cc/mechad");
+    std::fs::create_dir_all(&mechad_cgroup).expect("creating mechad's cgroup");
+    let wrapper = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo $$ > \"$0/cgroup.procs\" && exec unshare --cgroup \"$@\"".to_owned(),
+        mechad_cgroup.display().to_string(),
+    ];
+    let env = vec![(
+        "MECHA_POD_UID".to_owned(),
+        "0f7e3a52-4b1c-4d2e-9a8b-0000000000cc".to_owned(),
+    )];
+    let mut d = Daemon::start_wrapped(
+        tempfile::tempdir().expect("temp dir"),
+        Some(&with_state("")),
+        env,
+        wrapper,
+    );
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("cgroup ns");
+    assert_ne!(
+        ns(&d.pid().to_string()),
+        ns("self"),
+        "mechad has a cgroup namespace of its own"
+    );
+    pods_are_apart(&d, "0f7e3a52-4b1c-4d2e-9a8b-0000000001");
+    assert!(d.stop().success());
+    remove_cgroup("kubepods/besteffort/pod0f7e3a52-4b1c-4d2e-9a8b-0000000000cc/mechad");
+}
+
+fn check_cgroup_root() {
     if !Path::new(CGROUP_ROOT).join("cgroup.procs").exists() {
         panic!("{CGROUP_ROOT} is not a cgroup v1 hierarchy this test can create pods in");
     }
-    let d = Daemon::start_with(Some(&with_state("")));
-    let pod_a = "0f7e3a52-4b1c-4d2e-9a8b-0000000000aa";
-    let pod_b = "0f7e3a52-4b1c-4d2e-9a8b-0000000000bb";
+}
+
+/// Pod A (besteffort) writes a key; pod B (burstable, another QoS class) and
+/// a forged path naming pod A do not read it, and pod B is named after its
+/// pod. Pod UIDs are `uid_prefix` and two more hex digits, so tests running
+/// at once use cgroups of their own.
+fn pods_are_apart(d: &Daemon, uid_prefix: &str) {
+    check_cgroup_root();
+    let pod_a = format!("{uid_prefix}aa");
+    let pod_b = format!("{uid_prefix}bb");
     let cg_a = format!("kubepods/besteffort/pod{pod_a}");
-    let cg_b = format!("kubepods/besteffort/pod{pod_b}");
+    let cg_b = format!("kubepods/burstable/pod{pod_b}");
     let forged = format!("deleg-bob/kubepods/besteffort/pod{pod_a}");
-    let out = mechactl_in_cgroup(&d, &cg_a, &["state", "set", "secret-of-a", "only-a"]);
+    let out = mechactl_in_cgroup(d, &cg_a, &["state", "set", "secret-of-a", "only-a"]);
     assert!(out.status.success(), "{out:?}");
-    let out = mechactl_in_cgroup(&d, &cg_a, &["state", "get", "secret-of-a"]);
+    let out = mechactl_in_cgroup(d, &cg_a, &["state", "get", "secret-of-a"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("only-a"),
         "{out:?}"
     );
     for (cgroup, who) in [(&cg_b, "another pod"), (&forged, "a forged pod path")] {
-        let out = mechactl_in_cgroup(&d, cgroup, &["state", "get", "secret-of-a"]);
+        let out = mechactl_in_cgroup(d, cgroup, &["state", "get", "secret-of-a"]);
         assert!(
             !String::from_utf8_lossy(&out.stdout).contains("only-a"),
             "{who} read pod A's key: {out:?}"
         );
     }
     // The daemon named the tenants after the pods.
-    let out = mechactl_in_cgroup(&d, &cg_b, &["status"]);
+    let out = mechactl_in_cgroup(d, &cg_b, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("pod:{pod_b}")), "{text}");
     for path in [&cg_a, &cg_b, &forged] {

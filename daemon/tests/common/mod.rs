@@ -55,6 +55,9 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     config: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// A command mechad is started through (it ends by exec'ing its
+    /// arguments), e.g. to place mechad in a cgroup first; empty: none.
+    wrapper: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -76,6 +79,18 @@ impl Daemon {
         config: Option<&str>,
         env: Vec<(String, String)>,
     ) -> Self {
+        Self::start_wrapped(dir, config, env, Vec::new())
+    }
+
+    /// Like [`Self::start_in`], with mechad started through `wrapper`: a
+    /// command that ends by exec'ing the arguments it is given (mechad's
+    /// command line), so that mechad keeps the pid the test sees.
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        config: Option<&str>,
+        env: Vec<(String, String)>,
+        wrapper: Vec<String>,
+    ) -> Self {
         let socket = dir.path().join("mecha.sock");
         let data_dir = dir.path().join("data");
         let config = config.map(|text| {
@@ -89,6 +104,7 @@ impl Daemon {
             data_dir,
             config,
             env,
+            wrapper,
             child: None,
         };
         d.spawn();
@@ -116,7 +132,23 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let mut child = self.command().spawn().expect("spawning mechad");
+        let mut cmd = self.command();
+        if let Some((program, args)) = self.wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped
+                .args(args)
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .stdin(Stdio::null());
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(value) => wrapped.env(key, value),
+                    None => wrapped.env_remove(key),
+                };
+            }
+            cmd = wrapped;
+        }
+        let mut child = cmd.spawn().expect("spawning mechad");
         let socket = self.socket.clone();
         wait_until(Duration::from_secs(20), "mechad to listen", || {
             if let Ok(Some(status)) = child.try_wait() {
