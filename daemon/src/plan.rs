@@ -7,6 +7,8 @@ use std::time::Duration;
 use mecha_abi::msg::ComponentSpec;
 use mecha_abi::Family;
 
+use mecha_metadata::FILE_FIELDS;
+
 use crate::childspec::{ChildSpec, Start};
 use crate::config::{Config, RunAs};
 
@@ -199,16 +201,6 @@ fn with_tenant_app_ids(
     }
     components
 }
-
-/// Metadata fields that name files a driver reads or writes.
-const FILE_FIELDS: [&str; 6] = [
-    "path",
-    "secretsFile",
-    "secretsDir",
-    "tlsCertFile",
-    "tlsKeyFile",
-    "tlsCaFile",
-];
 
 /// The uid and gid a module runs as; `None` keeps the daemon's own.
 ///

@@ -15,6 +15,18 @@ mod driver;
 
 pub use driver::{DriverError, Worded, Wording};
 
+/// Metadata fields that name files or directories a driver reads or writes.
+/// The daemon decides by them which user a module runs as (an operator's file
+/// may be readable by root alone), and the module which paths it may reach.
+pub const FILE_FIELDS: [&str; 6] = [
+    "path",
+    "secretsFile",
+    "secretsDir",
+    "tlsCertFile",
+    "tlsKeyFile",
+    "tlsCaFile",
+];
+
 /// A component's metadata is unusable. Drivers turn it into
 /// [`DriverError::Config`] (`From<MetadataError>`), which keeps both parts.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -4,14 +4,25 @@
 //! the directory of an embedded database a component places elsewhere with an
 //! absolute `path`), and write to `/dev/null`.
 //!
-//! Reading stays open on purpose: which files a module reads depends on its
-//! configuration (a configuration file, a secrets directory, TLS certificates,
-//! the resolver's files), and a rule one path short would break a module on a
-//! machine the tests never saw. Writing is what an attacker who took over a
-//! module would use to persist or to tamper with another module's data, and
-//! no module writes outside its data directory. Together with the private
-//! (0700) data directories, one module's files are out of every other
-//! module's reach even when all run as the same uid.
+//! Reading stays open for a module that runs as an unprivileged user: which
+//! files a module reads depends on its configuration (a configuration file, a
+//! secrets directory, TLS certificates, the resolver's files), and a rule one
+//! path short would break a module on a machine the tests never saw; the
+//! user's own permissions already keep it out of what it must not read.
+//! Writing is what an attacker who took over a module would use to persist or
+//! to tamper with another module's data, and no module writes outside its
+//! data directory. Together with the private (0700) data directories, one
+//! module's files are out of every other module's reach even when all run as
+//! the same uid.
+//!
+//! A module that keeps root's uid (under a root daemon, because its components
+//! name an operator's files that may be readable by root alone, `plan.rs` in
+//! the daemon) has no capabilities, but file permissions still let uid 0 read
+//! every root-owned file on the machine: `/etc/shadow`, host keys, other
+//! services' secrets. Such a module may read only beneath [`readable_paths`]:
+//! its own directories, the paths its components name, and the few system
+//! paths a process needs (libraries, name resolution, TLS roots, its own
+//! `/proc` entry, cgroup limits).
 //!
 //! The rules bind the calling thread and the threads it starts afterwards, so
 //! the SDK applies them on the module's main thread before `Module::init`,
@@ -80,18 +91,100 @@ pub fn writable_dirs(hello: &LinkHello) -> Vec<PathBuf> {
     dirs
 }
 
+/// System paths a module running as root may still read (see the module
+/// documentation): shared libraries (loaded late by the resolver's NSS
+/// modules), the resolver's and TLS roots' files, the harmless devices, the
+/// module's own `/proc` entry and the cgroup files the runtime reads for its
+/// CPU quota. Paths that do not exist on a machine are skipped.
+const SYSTEM_READABLE: [&str; 22] = [
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/etc/ld.so.cache",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/urandom",
+    "/proc/self",
+    "/proc/thread-self",
+    "/sys/fs/cgroup",
+    "/sys/devices/system/cpu",
+];
+
+/// Directories so broad that naming a file in them must not open them all:
+/// for a component file there only the file itself becomes readable.
+const BROAD_DIRS: [&str; 10] = [
+    "/", "/etc", "/root", "/home", "/var", "/srv", "/opt", "/run", "/tmp", "/usr",
+];
+
+/// Where a module running as root may read: its writable directories, the
+/// paths its components name in their file fields (an absolute file's
+/// directory, so that a watcher sees it replaced and a Kubernetes volume's
+/// symlink swap works, unless that directory is a broad one such as `/etc`;
+/// relative paths are inside the data directory already), and
+/// [`SYSTEM_READABLE`].
+pub fn readable_paths(hello: &LinkHello, writable: &[PathBuf]) -> Vec<PathBuf> {
+    let mut paths = writable.to_vec();
+    for (_, value) in hello
+        .components
+        .iter()
+        .flat_map(|c| c.metadata.iter())
+        .filter(|(name, _)| {
+            mecha_metadata::FILE_FIELDS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+        })
+    {
+        let path = Path::new(value);
+        if !path.is_absolute() {
+            continue;
+        }
+        let dir = if path.is_dir() {
+            Some(path)
+        } else {
+            path.parent()
+        };
+        match dir {
+            Some(dir) if !BROAD_DIRS.iter().any(|b| Path::new(b) == dir) => {
+                paths.push(dir.to_path_buf());
+            }
+            _ => paths.push(path.to_path_buf()),
+        }
+    }
+    paths.extend(SYSTEM_READABLE.iter().map(PathBuf::from));
+    paths.retain(|p| p.exists());
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Restricts the calling thread, and the threads it starts from now on, to
-/// writing beneath `writable` (see the module documentation).
-pub fn restrict_writes(writable: &[PathBuf]) -> Result<Confinement, LandlockError> {
+/// writing beneath `writable`, and, when `readable` is given, to reading
+/// beneath those paths (and `writable`) only (see the module documentation).
+pub fn restrict(
+    writable: &[PathBuf],
+    readable: Option<&[PathBuf]>,
+) -> Result<Confinement, LandlockError> {
     let err = |e: &dyn std::fmt::Display| LandlockError(e.to_string());
     let all = AccessFs::from_all(ABI_VERSION);
     let read = AccessFs::from_read(ABI_VERSION);
+    let root = [PathBuf::from("/")];
     let status = Ruleset::default()
         .handle_access(all)
         .map_err(|e| err(&e))?
         .create()
         .map_err(|e| err(&e))?
-        .add_rules(path_beneath_rules(["/"], read))
+        .add_rules(path_beneath_rules(readable.unwrap_or(&root), read))
         .map_err(|e| err(&e))?
         // Everything beneath the writable directories except creating device
         // nodes: a module never needs one, and a device node in its data
@@ -130,7 +223,7 @@ mod tests {
         std::fs::write(&outside, b"before").unwrap();
         let (data_dir, other) = (data.path().to_path_buf(), elsewhere.path().to_path_buf());
         let outcome = std::thread::spawn(move || {
-            let confinement = restrict_writes(std::slice::from_ref(&data_dir)).unwrap();
+            let confinement = restrict(std::slice::from_ref(&data_dir), None).unwrap();
             if confinement == Confinement::Unsupported {
                 return None;
             }
@@ -156,6 +249,96 @@ mod tests {
         assert_eq!(read.unwrap(), b"before", "reading elsewhere still works");
         // Threads the test did not restrict are unaffected.
         std::fs::write(elsewhere.path().join("planted"), b"x").unwrap();
+    }
+}
+
+#[cfg(test)]
+mod reads {
+    use super::*;
+
+    /// A module running as root reads its own directories and the files its
+    /// components name, and nothing else the machine holds.
+    #[test]
+    fn a_root_module_reads_only_what_it_is_given() {
+        let data = tempfile::tempdir().unwrap();
+        let operator = tempfile::tempdir().unwrap();
+        let named = operator.path().join("secrets.json");
+        std::fs::write(&named, b"{}").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = elsewhere.path().join("not-for-modules");
+        std::fs::write(&other, b"private").unwrap();
+        let hello = LinkHello {
+            version: mecha_abi::VERSION,
+            module: "secrets".into(),
+            data_dir: data.path().display().to_string(),
+            components: vec![mecha_abi::msg::ComponentSpec {
+                name: "s".into(),
+                kind: "secretstores.local.file".into(),
+                metadata: vec![("secretsFile".into(), named.display().to_string())],
+            }],
+        };
+        let writable = writable_dirs(&hello);
+        let readable = readable_paths(&hello, &writable);
+        assert!(
+            readable.contains(&operator.path().to_path_buf()),
+            "{readable:?}"
+        );
+        assert!(!readable
+            .iter()
+            .any(|p| elsewhere.path().starts_with(p) && p != Path::new("/")));
+        std::fs::write(data.path().join("own"), b"mine").unwrap();
+        let (data_dir, named2, other2) = (data.path().to_path_buf(), named.clone(), other.clone());
+        let outcome = std::thread::spawn(move || {
+            let confinement = restrict(&writable, Some(&readable)).unwrap();
+            if confinement == Confinement::Unsupported {
+                return None;
+            }
+            Some((
+                std::fs::read(data_dir.join("own")),
+                std::fs::read(&named2),
+                std::fs::read(&other2),
+                std::fs::read("/etc/shadow").or_else(|_| std::fs::read("/etc/passwd")),
+                std::fs::read("/proc/self/status"),
+            ))
+        })
+        .join()
+        .unwrap();
+        let Some((own, named, refused_other, system, proc_self)) = outcome else {
+            eprintln!("this kernel has no Landlock; nothing to check");
+            return;
+        };
+        assert_eq!(own.unwrap(), b"mine");
+        assert_eq!(named.unwrap(), b"{}");
+        proc_self.expect("its own /proc entry stays readable");
+        for refused in [refused_other, system] {
+            let e = refused.expect_err("a read outside what the module is given");
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        }
+        // Threads the test did not restrict are unaffected.
+        assert_eq!(std::fs::read(&other).unwrap(), b"private");
+    }
+
+    /// A file named in a broad directory opens that file alone.
+    #[test]
+    fn a_file_in_a_broad_directory_opens_only_itself() {
+        let hello = LinkHello {
+            version: mecha_abi::VERSION,
+            module: "config".into(),
+            data_dir: "/nonexistent/data".into(),
+            components: vec![mecha_abi::msg::ComponentSpec {
+                name: "c".into(),
+                kind: "configuration.file".into(),
+                metadata: vec![("path".into(), "/etc/hostname".into())],
+            }],
+        };
+        let readable = readable_paths(&hello, &[]);
+        if Path::new("/etc/hostname").exists() {
+            assert!(
+                readable.contains(&PathBuf::from("/etc/hostname")),
+                "{readable:?}"
+            );
+        }
+        assert!(!readable.contains(&PathBuf::from("/etc")), "{readable:?}");
     }
 }
 

@@ -395,12 +395,23 @@ fn confine_writes<M: Module>(hello: &LinkHello) {
         return;
     }
     let writable = crate::landlock::writable_dirs(hello);
-    match crate::landlock::restrict_writes(&writable) {
+    // Only a module that kept root's uid has reads to confine: an
+    // unprivileged module user's own permissions bound what it reads.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let readable = root.then(|| crate::landlock::readable_paths(hello, &writable));
+    match crate::landlock::restrict(&writable, readable.as_deref()) {
         Ok(crate::landlock::Confinement::Unsupported) => tracing::info!(
             module = M::NAME,
             "this kernel has no Landlock; writes are not confined to the data directory"
         ),
-        Ok(how) => tracing::debug!(module = M::NAME, ?how, ?writable, "writes confined"),
+        Ok(how) => tracing::debug!(
+            module = M::NAME,
+            ?how,
+            ?writable,
+            ?readable,
+            "writes (and, as root, reads) confined"
+        ),
         Err(e) => tracing::warn!(module = M::NAME, "{e}; writes are not confined"),
     }
 }
