@@ -275,6 +275,10 @@ pub struct Config {
     /// are handed to their modules (Dapr's `secretKeyRef`), see
     /// `crate::secret_ref`. Their placeholders in `components` are empty.
     pub secret_refs: Vec<SecretRef>,
+    /// Dapr's `scopes` of each component that has them, by component name:
+    /// the app ids that may use it. `plan.rs` turns them into the tenants
+    /// that hold those app ids.
+    pub scopes: BTreeMap<String, Vec<String>>,
 }
 
 /// A metadata value that names a secret instead of holding a value:
@@ -297,8 +301,11 @@ pub struct SecretRef {
     pub key: Option<String>,
 }
 
+/// One YAML document. Unknown top-level fields are refused: Dapr's
+/// `scopes` was once ignored here, which opened a component to every tenant
+/// that the file meant for a few apps.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Envelope {
     api_version: String,
     kind: String,
@@ -307,6 +314,9 @@ struct Envelope {
     /// Dapr's `auth.secretStore`: where `secretKeyRef`s are read from.
     #[serde(default)]
     auth: Option<Auth>,
+    /// Dapr's `scopes`: the app ids that may use the component.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +393,7 @@ impl Config {
             ],
             settings: Settings::default(),
             secret_refs: Vec::new(),
+            scopes: BTreeMap::new(),
         }
     }
 
@@ -471,9 +482,18 @@ impl Config {
                             name: r.name,
                             key: r.key,
                         }));
+                    if let Some(scopes) = env.scopes {
+                        if scopes.iter().any(|s| s.trim().is_empty()) {
+                            return Err(invalid(name, "scopes: an app id is empty".into()));
+                        }
+                        self.scopes.insert(component.name.clone(), scopes);
+                    }
                     self.components.push(component);
                 }
                 "Configuration" => {
+                    if env.scopes.is_some() {
+                        return Err(invalid(name, "scopes: only a Component has scopes".into()));
+                    }
                     if *have_settings {
                         return Err(ConfigError::SecondConfiguration {
                             path: file.to_path_buf(),
@@ -521,6 +541,13 @@ impl Config {
 /// empty in the component until they are resolved).
 type Parsed = (ComponentSpec, Vec<(String, SecretKeyRef)>);
 
+/// The mecha type of a Dapr type name that mecha spells differently: Dapr's
+/// in-memory stores are mecha's `memory` ones.
+fn dapr_alias(kind: &str) -> Option<String> {
+    let (family, driver) = kind.split_once('.')?;
+    (driver == "in-memory").then(|| format!("{family}.memory"))
+}
+
 fn component_spec(name: &str, body: ComponentBody) -> Result<Parsed, String> {
     if name.is_empty() {
         return Err("metadata.name: must not be empty".into());
@@ -534,6 +561,14 @@ fn component_spec(name: &str, body: ComponentBody) -> Result<Parsed, String> {
     let mut metadata = Vec::with_capacity(body.metadata.len());
     let mut refs = Vec::new();
     for item in body.metadata {
+        // Names starting with '@' are the daemon's own, passed to modules
+        // (`@tenants`, the tenants a component's scopes admit).
+        if item.name.starts_with('@') {
+            return Err(format!(
+                "spec.metadata {:?}: names starting with '@' are reserved",
+                item.name
+            ));
+        }
         if let Some(r) = item.secret_key_ref {
             if !item.value.is_null() {
                 return Err(format!(
@@ -578,7 +613,7 @@ fn component_spec(name: &str, body: ComponentBody) -> Result<Parsed, String> {
     Ok((
         ComponentSpec {
             name: name.to_string(),
-            kind: body.kind,
+            kind: dapr_alias(&body.kind).unwrap_or(body.kind),
             metadata,
         },
         refs,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mecha_abi::msg::ComponentSpec;
 use mecha_abi::Family;
 
-use mecha_metadata::FILE_FIELDS;
+use mecha_metadata::{FILE_FIELDS, SCOPE_TENANTS};
 
 use crate::childspec::{ChildSpec, Start};
 use crate::config::{Config, RunAs};
@@ -104,6 +104,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
             ));
         };
         let name = name.to_string();
+        let components = with_scopes(components, config, family)?;
         let components = match family {
             Family::Invoke => with_tenant_app_ids(components, config),
             _ => components,
@@ -179,6 +180,45 @@ fn env_prefixes(components: &[mecha_abi::msg::ComponentSpec]) -> Vec<String> {
         .filter(|(k, v)| k.eq_ignore_ascii_case("prefix") && !v.is_empty())
         .map(|(_, v)| v.clone())
         .collect()
+}
+
+/// Hands each component's Dapr `scopes` to its module as the tenants they
+/// admit (`SCOPE_TENANTS`): the tenants whose `appIds` list names one of the
+/// scoped app ids. An app id registered at run time does not count: any
+/// tenant may register a free app id, so it proves nothing about who may use
+/// a component. The invoke module's component has no scopes: its access
+/// control decides who calls whom.
+fn with_scopes(
+    mut components: Vec<ComponentSpec>,
+    config: &Config,
+    family: Family,
+) -> Result<Vec<ComponentSpec>, String> {
+    for component in &mut components {
+        let Some(scopes) = config.scopes.get(&component.name) else {
+            continue;
+        };
+        if family == Family::Invoke {
+            return Err(format!(
+                "component {:?}: scopes do not apply to invoke.mesh; its accessControl decides who may call whom",
+                component.name
+            ));
+        }
+        let tenants: Vec<&str> = config
+            .settings
+            .tenants
+            .iter()
+            .filter(|t| {
+                t.app_ids
+                    .as_ref()
+                    .is_some_and(|ids| ids.iter().any(|id| scopes.contains(id)))
+            })
+            .map(|t| t.name.as_str())
+            .collect();
+        component
+            .metadata
+            .push((SCOPE_TENANTS.to_owned(), tenants.join(",")));
+    }
+    Ok(components)
 }
 
 /// Hands the tenants' `appIds` allow lists to the invoke module, which

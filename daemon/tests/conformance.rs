@@ -90,3 +90,6 @@ mod lock;
 
 #[path = "conformance/config.rs"]
 mod config;
+
+#[path = "conformance/dapr_files.rs"]
+mod dapr_files;

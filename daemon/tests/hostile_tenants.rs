@@ -689,3 +689,40 @@ fn a_tenant_at_its_lock_quota_gets_no_new_lock() {
         .expect("room made by the release")
         .is_some());
 }
+
+/// A component with Dapr `scopes` serves only the tenants that hold one of
+/// its app ids by configuration (its rule's `appIds`): before, `scopes` was
+/// ignored and every tenant on the node used a component the file meant for
+/// one app. A typo in the field's name stops the start instead of being
+/// ignored.
+#[test]
+fn a_component_scoped_to_an_app_refuses_other_tenants() {
+    require_root();
+    let config = format!(
+        "apiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {{name: m}}\nspec:\n  tenants:\n  - name: shop\n    uids: [0]\n    appIds: [checkout]\n  - name: other\n    uids: [{NOBODY}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: orders}}\nspec: {{type: state.memory, version: v1, metadata: []}}\nscopes:\n- checkout\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: open}}\nspec: {{type: state.memory, version: v1, metadata: []}}\n"
+    );
+    let d = Daemon::start_with(Some(&config));
+    open_to_nobody(&d);
+    let shop = d.client();
+    shop.set("orders", "o-1", b"paid".to_vec(), SetOptions::default())
+        .expect("the scoped app's tenant writes");
+    let other = no_retries(d.client_as(NOBODY));
+    assert_eq!(other.tenant(), "other");
+    let err = other
+        .get("orders", "o-1")
+        .expect_err("another tenant is refused");
+    assert_eq!(err.status(), Some(Status::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("scopes"), "{err}");
+    let err = other
+        .set("orders", "o-2", b"x".to_vec(), SetOptions::default())
+        .expect_err("and cannot write");
+    assert_eq!(err.status(), Some(Status::PermissionDenied), "{err}");
+    // Components without scopes serve everyone as before.
+    other
+        .set("open", "k", b"v".to_vec(), SetOptions::default())
+        .expect("an unscoped component");
+
+    let typo = config.replace("scopes:\n", "scope:\n");
+    let err = common::start_fails(&typo);
+    assert!(err.contains("scope"), "{err}");
+}

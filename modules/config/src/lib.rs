@@ -90,7 +90,7 @@ type Handled = Result<Reply, Reply>;
 impl ConfigModule {
     /// The store named `name` ("" = the first), if `tenant` may use it.
     fn store(&self, name: &str, tenant: &str) -> Result<&Slot, Reply> {
-        let (name, slot) = self.slots.entry(name)?;
+        let (name, slot) = self.slots.entry(name, tenant)?;
         if let Some(allowed) = &slot.allowed {
             if !allowed.iter().any(|t| t == tenant) {
                 return Err(Reply::error(

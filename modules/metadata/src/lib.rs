@@ -1,9 +1,11 @@
 //! Reading a component's metadata the way Dapr does: names match ignoring
 //! ASCII case, a name given twice is an error (silently picking one value
 //! would hide a copy-paste slip, and for an allow list could widen access),
-//! and so is a name the driver does not know (a misspelt field must not be
-//! ignored). Every error names the field as written and, through
-//! [`MetadataError`], the component.
+//! and so is a name neither the driver nor Dapr knows for the type (a
+//! misspelt field must not be ignored; the closest known name is suggested).
+//! A field Dapr defines that the driver does not implement is accepted with a
+//! warning, so that Dapr's own component files load (`dapr.rs`). Every error
+//! names the field as written and, through [`MetadataError`], the component.
 
 use std::ops::RangeInclusive;
 use std::str::FromStr;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use mecha_abi::msg::ComponentSpec;
 
+mod dapr;
 mod driver;
 
 pub use driver::{DriverError, Worded, Wording};
@@ -26,6 +29,13 @@ pub const FILE_FIELDS: [&str; 6] = [
     "tlsKeyFile",
     "tlsCaFile",
 ];
+
+/// The metadata field in which the daemon tells a module which tenants a
+/// component's Dapr `scopes` admit (a comma-separated list of tenant names,
+/// possibly empty). Configuration files cannot write it: names starting with
+/// `@` are refused at load. The SDK's `Components` takes it out before a
+/// driver sees the metadata and refuses every other tenant.
+pub const SCOPE_TENANTS: &str = "@tenants";
 
 /// A component's metadata is unusable. Drivers turn it into
 /// [`DriverError::Config`] (`From<MetadataError>`), which keeps both parts.
@@ -64,6 +74,8 @@ pub fn take_limit(
 pub struct Metadata<'a> {
     /// The component name, for error messages.
     component: &'a str,
+    /// The component type, which says which fields Dapr defines.
+    kind: &'a str,
     /// (name as written, value), in spec order, names unique ignoring case.
     fields: &'a [(String, String)],
 }
@@ -85,6 +97,7 @@ impl<'a> Metadata<'a> {
     pub fn lenient(spec: &'a ComponentSpec) -> Result<Self, MetadataError> {
         let metadata = Self {
             component: &spec.name,
+            kind: &spec.kind,
             fields: &spec.metadata,
         };
         for (i, (name, _)) in spec.metadata.iter().enumerate() {
@@ -100,17 +113,49 @@ impl<'a> Metadata<'a> {
         Ok(metadata)
     }
 
-    /// Fails on the first field whose name is not in `known`, listing the
-    /// known names.
+    /// Fails on the first field whose name is not in `known` and that Dapr
+    /// does not define for the component's type either, suggesting the
+    /// closest name and listing the known ones. A field Dapr defines is
+    /// accepted with one warning that it has no effect, unless ignoring it
+    /// would weaken what the file asks for (TLS, access control, another
+    /// server topology): that is refused, saying why.
     pub fn check_known(&self, known: &[&str]) -> Result<(), MetadataError> {
-        for (name, _) in self.fields {
-            if !known.iter().any(|k| k.eq_ignore_ascii_case(name)) {
-                let list = if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                return Err(self.error(format!("unknown metadata field {name:?} (known: {list})")));
+        for (name, value) in self.fields {
+            if known.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            match dapr::judge(self.kind, name, value) {
+                dapr::Judgement::Inert => {
+                    if dapr::first_warning(self.component, name) {
+                        tracing::warn!(
+                            component = self.component,
+                            kind = self.kind,
+                            "metadata field {name:?} is defined by Dapr for {} but has no effect in mecha; it is ignored",
+                            self.kind
+                        );
+                    }
+                }
+                dapr::Judgement::Refused(why) => {
+                    return Err(self.error(format!(
+                        "metadata field {name:?} is defined by Dapr for {}, but mecha does not support it: {why}",
+                        self.kind
+                    )));
+                }
+                dapr::Judgement::Unknown => {
+                    let list = if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    };
+                    let mut candidates = known.to_vec();
+                    candidates.extend(dapr::defined(self.kind));
+                    let hint = dapr::closest(name, &candidates)
+                        .map(|c| format!("; did you mean {c:?}?"))
+                        .unwrap_or_default();
+                    return Err(self.error(format!(
+                        "unknown metadata field {name:?}{hint} (known: {list})"
+                    )));
+                }
             }
         }
         Ok(())

@@ -1,13 +1,16 @@
 //! A module's configured components (stores), by name, the first being the
 //! default that requests naming no store use, and the tenant scope each
 //! request works in: the caller's own tenant, or the one namespace of a
-//! component shared by named tenants (`sharedTenants`).
+//! component shared by named tenants (`sharedTenants`). A component with
+//! Dapr `scopes` serves only the tenants the daemon says they admit
+//! ([`SCOPE_TENANTS`]).
 
 use std::borrow::Cow;
 use std::fmt::Display;
 
 use mecha_abi::msg::ComponentSpec;
 use mecha_abi::Status;
+use mecha_metadata::SCOPE_TENANTS;
 
 use crate::{InitError, Reply};
 
@@ -27,6 +30,8 @@ pub struct Components<T> {
     entries: Vec<(String, T)>,
     /// Per entry, the member tenants when the component is shared.
     shared: Vec<Option<Vec<String>>>,
+    /// Per entry, the tenants its scopes admit, when it has scopes.
+    admitted: Vec<Option<Vec<String>>>,
 }
 
 impl<T> Components<T> {
@@ -67,22 +72,26 @@ impl<T> Components<T> {
         }
         let mut entries = Vec::with_capacity(specs.len());
         let mut shared = Vec::with_capacity(specs.len());
+        let mut admitted = Vec::with_capacity(specs.len());
         for spec in specs {
+            let (spec, tenants) = split_scopes(spec);
             let (spec, members) = if sharing {
-                split_sharing(spec)
+                split_sharing(&spec)
                     .map_err(|e| InitError(format!("cannot open {noun} {:?}: {e}", spec.name)))?
             } else {
-                (spec.clone(), None)
+                (spec, None)
             };
             let opened = open(&spec)
                 .map_err(|e| InitError(format!("cannot open {noun} {:?}: {e}", spec.name)))?;
             entries.push((spec.name.clone(), opened));
             shared.push(members);
+            admitted.push(tenants);
         }
         Ok(Self {
             noun,
             entries,
             shared,
+            admitted,
         })
     }
 
@@ -92,7 +101,7 @@ impl<T> Components<T> {
     /// member of a shared component is refused PERMISSION_DENIED, naming the
     /// rule.
     pub fn scoped<'t>(&self, name: &str, tenant: &'t str) -> Result<(&T, Cow<'t, str>), Reply> {
-        let index = self.index(name)?;
+        let index = self.admit(name, tenant)?;
         let (component, value) = &self.entries[index];
         match &self.shared[index] {
             None => Ok((value, Cow::Borrowed(tenant))),
@@ -110,6 +119,24 @@ impl<T> Components<T> {
         }
     }
 
+    /// The index of the component `name` names, if `tenant` may use it:
+    /// a component with scopes refuses the tenants they do not admit with
+    /// PERMISSION_DENIED.
+    fn admit(&self, name: &str, tenant: &str) -> Result<usize, Reply> {
+        let index = self.index(name)?;
+        match &self.admitted[index] {
+            Some(tenants) if !tenants.iter().any(|t| t == tenant) => Err(Reply::error(
+                Status::PermissionDenied,
+                format!(
+                    "{} {:?} is limited by its scopes to the apps they name; tenant {tenant:?} \
+                     holds none of those app ids (a tenant holds the appIds its rule lists)",
+                    self.noun, self.entries[index].0
+                ),
+            )),
+            _ => Ok(index),
+        }
+    }
+
     fn index(&self, name: &str) -> Result<usize, Reply> {
         let found = if name.is_empty() {
             (!self.entries.is_empty()).then_some(0)
@@ -124,10 +151,12 @@ impl<T> Components<T> {
         })
     }
 
-    /// The component a request names, with its name: the first one for
-    /// `""`, else the one called `name`, else the INVALID_ARGUMENT reply.
-    pub fn entry(&self, name: &str) -> Result<(&str, &T), Reply> {
-        let (n, t) = &self.entries[self.index(name)?];
+    /// The component a request from `tenant` names, with its name: the
+    /// first one for `""`, else the one called `name`, else the
+    /// INVALID_ARGUMENT reply; PERMISSION_DENIED when its scopes do not
+    /// admit `tenant`.
+    pub fn entry(&self, name: &str, tenant: &str) -> Result<(&str, &T), Reply> {
+        let (n, t) = &self.entries[self.admit(name, tenant)?];
         Ok((n.as_str(), t))
     }
 
@@ -135,6 +164,26 @@ impl<T> Components<T> {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))
     }
+}
+
+/// Takes the daemon's [`SCOPE_TENANTS`] out of a spec: the spec a driver
+/// opens, and the admitted tenants if the component has scopes.
+fn split_scopes(spec: &ComponentSpec) -> (ComponentSpec, Option<Vec<String>>) {
+    let mut rest = spec.clone();
+    let mut admitted = None;
+    rest.metadata.retain(|(field, value)| {
+        if field != SCOPE_TENANTS {
+            return true;
+        }
+        let tenants = value
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        admitted.get_or_insert_with(Vec::new).extend(tenants);
+        false
+    });
+    (rest, admitted)
 }
 
 /// Takes `sharedTenants` out of a spec: the spec a driver opens, and the
@@ -237,14 +286,48 @@ mod tests {
     }
 
     #[test]
+    fn scopes_admit_only_the_tenants_the_daemon_names() {
+        let mut scoped = spec("orders");
+        scoped.metadata = vec![
+            ("@tenants".to_owned(), "shop, billing".to_owned()),
+            ("other".to_owned(), "kept".to_owned()),
+        ];
+        let mut nobody = spec("sealed");
+        nobody.metadata = vec![("@tenants".to_owned(), String::new())];
+        let c = Components::open_scoped(&[scoped, nobody, spec("open")], "thing store", |s| {
+            // The driver never sees the daemon's field.
+            assert!(s.metadata.iter().all(|(f, _)| f != "@tenants"), "{s:?}");
+            Ok::<_, String>(s.metadata.len())
+        })
+        .expect("open");
+        assert_eq!(c.entry("orders", "shop"), Ok(("orders", &1)));
+        assert_eq!(c.scoped("orders", "billing").map(|(v, _)| *v), Ok(1));
+        for (name, tenant) in [("orders", "uid:1000"), ("sealed", "shop")] {
+            let refused = c.entry(name, tenant).expect_err("not admitted");
+            assert_eq!(refused.status, Status::PermissionDenied);
+            assert!(
+                message(&refused).contains("scopes"),
+                "{}",
+                message(&refused)
+            );
+            let refused = c
+                .scoped(name, tenant)
+                .map(|_| ())
+                .expect_err("not admitted");
+            assert_eq!(refused.status, Status::PermissionDenied);
+        }
+        assert!(c.entry("open", "anyone").is_ok());
+    }
+
+    #[test]
     fn the_empty_name_is_the_first_component() {
         let c = Components::open(&[spec("a"), spec("b")], "thing store", |s| {
             Ok::<_, String>(s.name.len() + usize::from(s.name == "b"))
         })
         .expect("open");
-        assert_eq!(c.entry(""), Ok(("a", &1)));
-        assert_eq!(c.entry("b"), Ok(("b", &2)));
-        let refused = c.entry("nope").expect_err("unknown");
+        assert_eq!(c.entry("", "t"), Ok(("a", &1)));
+        assert_eq!(c.entry("b", "t"), Ok(("b", &2)));
+        let refused = c.entry("nope", "t").expect_err("unknown");
         assert_eq!(refused.status, Status::InvalidArgument);
         assert_eq!(
             message(&refused),

@@ -70,7 +70,7 @@ impl SecretsModule {
     /// The store named `name` ("" = the first) with its name, if `tenant`
     /// may use it.
     fn store(&self, name: &str, tenant: &str) -> Result<(&str, &Store), Reply> {
-        let (name, store) = self.stores.entry(name)?;
+        let (name, store) = self.stores.entry(name, tenant)?;
         store.policy.check_tenant(tenant).map_err(|rule| {
             denied(format!(
                 "tenant {tenant:?} may not use secret store {name:?}: {rule}"
