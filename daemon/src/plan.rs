@@ -20,8 +20,7 @@ pub struct Paths {
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str =
-    "state, pubsub, lock, sequencer, secretstores, configuration, invoke, bindings";
+const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration, invoke, bindings";
 
 /// The module serving components whose `spec.type` starts with `prefix`
 /// (Dapr's component families), and its capability family.
@@ -82,18 +81,22 @@ fn start_of(
             .any(|(field, _)| fields.iter().any(|n| field.eq_ignore_ascii_case(n)))
     };
     let always_up = match name {
-        "invoke" if components
-            .iter()
-            .any(|c| has_field(c, &["peers", "dnsName", "listenAddress"])) =>
+        "invoke"
+            if components
+                .iter()
+                .any(|c| has_field(c, &["peers", "dnsName", "listenAddress"])) =>
         {
             Some("an invoke module with peers, dnsName or listenAddress is called by other nodes")
         }
         "bindings"
             if components.iter().any(|c| {
-                c.kind == "bindings.cron" || (c.kind == "bindings.redis" && has_field(c, &["stream"]))
+                c.kind == "bindings.cron"
+                    || (c.kind == "bindings.redis" && has_field(c, &["stream"]))
             }) =>
         {
-            Some("a bindings module with an input binding receives events while nobody is connected")
+            Some(
+                "a bindings module with an input binding receives events while nobody is connected",
+            )
         }
         _ => None,
     };

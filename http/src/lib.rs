@@ -171,7 +171,8 @@ pub fn parse_response(buf: &[u8], limit: usize) -> Result<Option<(ResponseHead, 
         let value = std::str::from_utf8(header.value)
             .map_err(|_| Error::malformed("a header value is not UTF-8"))?
             .trim();
-        head.headers.push((header.name.to_owned(), value.to_owned()));
+        head.headers
+            .push((header.name.to_owned(), value.to_owned()));
         if header.name.eq_ignore_ascii_case("content-length") {
             let length = content_length(value)?;
             if head.length.is_some_and(|l| l != length) {
