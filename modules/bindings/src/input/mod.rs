@@ -232,6 +232,12 @@ impl Input {
 
     fn drop_for(&self, tenant: &str, cursor: u64, e: &BindingError) {
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // A tenant that never acknowledges loses every later event; logging
+        // each would let it fill the node's log, so only the first few and
+        // then every thousandth are.
+        if dropped > 8 && dropped % 1000 != 0 {
+            return;
+        }
         tracing::warn!(
             binding = %self.name,
             tenant,
