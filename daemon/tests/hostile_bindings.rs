@@ -150,7 +150,7 @@ fn a_slow_http_target_meets_the_deadline_and_holds_up_nobody_else() {
         .expect("another request is answered");
     slow.stream().set_nonblocking(true).expect("nonblocking");
     let mut probe = [0u8; 1];
-    let pending = (&*slow.stream()).read(&mut probe);
+    let pending = slow.stream().read(&mut probe);
     assert!(
         matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the slow request was answered first: {pending:?}"

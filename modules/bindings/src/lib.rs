@@ -3,9 +3,10 @@
 //! operation and answer its result (BINDING_INVOKE): `bindings.http`,
 //! `bindings.postgresql`, `bindings.redis`, `bindings.localstorage`. Input
 //! bindings turn outside events into a server-push stream
-//! (BINDING_SUBSCRIBE, BINDING_ACK): `bindings.cron`, whose ticks every
-//! enrolled tenant receives once, at least once, through the pubsub
-//! module's broker (see `input`).
+//! (BINDING_SUBSCRIBE, BINDING_ACK): `bindings.cron`, and `bindings.redis`
+//! with a `stream` (a Redis stream's entries), whose events every enrolled
+//! tenant receives, at least once, through the pubsub module's broker (see
+//! `input`).
 //!
 //! Bindings are node-wide, like secret stores: a binding reaches the same
 //! outside system for every caller, so `allowedTenants` is checked before
@@ -46,8 +47,17 @@ impl Module for BindingsModule {
         // Input bindings produce events whether or not anyone is connected;
         // each source runs as a task of its own for the module's life.
         for (_, binding) in bindings.iter() {
-            if let Role::Input(input, Source::Cron(schedule)) = &binding.role {
-                tokio::spawn(drivers::cron::run(Arc::clone(input), schedule.clone()));
+            match &binding.role {
+                Role::Input(input, Source::Cron(schedule)) => {
+                    tokio::spawn(drivers::cron::run(Arc::clone(input), schedule.clone()));
+                }
+                Role::Input(input, Source::RedisStream(source)) => {
+                    tokio::spawn(drivers::redis_stream::run(
+                        Arc::clone(input),
+                        (**source).clone(),
+                    ));
+                }
+                Role::Output(_) => {}
             }
         }
         Ok(Self { bindings })

@@ -206,3 +206,100 @@ fn postgresql_execs_and_queries_with_parameters() {
         &[("sql", &select), ("params", "[2]")],
     ));
 }
+
+/// One inline command to the Redis at `addr`; its first reply line.
+fn redis_cmd(addr: std::net::SocketAddr, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to redis");
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .expect("write");
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).expect("read");
+    line.trim_end().to_owned()
+}
+
+/// A Redis stream as an input binding: entries are fanned out in order,
+/// acknowledged once durable, and an entry the reader took but never
+/// acknowledged (a crash) is read again from the pending list by the next
+/// reader.
+#[test]
+fn a_redis_stream_is_an_input_binding() {
+    use mecha_mod_bindings::drivers::{self, redis_stream, Role, Source};
+    let Some(server) = servers::redis() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let stream = unique("events");
+    let host = server.host_port();
+    let component = spec(
+        "events",
+        "bindings.redis",
+        &[
+            ("redisHost", &host),
+            ("stream", &stream),
+            ("consumerGroup", "g"),
+        ],
+    );
+    let rt = mecha_module::testing::multi_thread_runtime(2);
+    let _guard = rt.enter();
+    let binding = drivers::open(&component, dir.path(), &mut None).expect("opens");
+    let Role::Input(input, Source::RedisStream(source)) = binding.role else {
+        panic!("an input binding");
+    };
+    let sub = rt.block_on(input.subscribe("a", 0, 0)).expect("subscribe");
+    assert!(
+        redis_cmd(server.addr, &format!("XGROUP CREATE {stream} g $ MKSTREAM")).starts_with("+OK")
+    );
+    for n in 1..=2 {
+        redis_cmd(server.addr, &format!("XADD {stream} * n {n}"));
+    }
+    // A reader that took the third entry and died before acknowledging it.
+    redis_cmd(server.addr, &format!("XADD {stream} * n 3"));
+    let taken = redis_cmd(
+        server.addr,
+        &format!("XREADGROUP GROUP g bindings COUNT 3 STREAMS {stream} >"),
+    );
+    assert!(taken.starts_with('*'), "{taken}");
+    let reader = rt.spawn(redis_stream::run(input.clone(), (*source).clone()));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = rt
+            .block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sub.next(),
+            ))
+            .expect("an event in time")
+            .expect("an event");
+        let fields: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+        assert!(d
+            .metadata
+            .iter()
+            .any(|(k, v)| k == "stream" && v == &stream));
+        got.push(fields["n"].as_str().expect("n").to_owned());
+    }
+    assert_eq!(got, ["1", "2", "3"]);
+    mecha_module::testing::wait_until("every entry to be acknowledged", || {
+        redis_cmd(server.addr, &format!("XPENDING {stream} g")) == "*4"
+            && redis_cmd(server.addr, &format!("XLEN {stream}")) == ":3"
+            && pending_count(server.addr, &stream) == 0
+    });
+    reader.abort();
+}
+
+/// How many entries of `stream` group `g` are pending.
+fn pending_count(addr: std::net::SocketAddr, stream: &str) -> u64 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(format!("XPENDING {stream} g\r\n").as_bytes())
+        .expect("write");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read");
+    line.clear();
+    reader.read_line(&mut line).expect("read");
+    line.trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX)
+}

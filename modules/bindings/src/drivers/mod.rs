@@ -13,6 +13,7 @@ pub mod http;
 pub mod localstorage;
 pub mod postgresql;
 pub mod redis;
+pub mod redis_stream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +115,8 @@ pub trait Output: Send + Sync {
 pub enum Source {
     /// A cron schedule's ticks.
     Cron(Schedule),
+    /// The entries of a Redis stream.
+    RedisStream(Box<redis_stream::StreamSource>),
 }
 
 /// What a binding does.
@@ -144,8 +147,16 @@ pub fn open(
     ledger: &mut Option<Arc<Ledger>>,
 ) -> Result<Binding, BindingError> {
     let kind = spec.kind.as_str();
+    // A Redis binding that names a stream is an input binding.
+    let stream = kind == "bindings.redis"
+        && spec
+            .metadata
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("stream"));
+    let redis_input = [&redis::FIELDS[..], &redis_stream::FIELDS].concat();
     let (own, input): (&[&str], bool) = match kind {
         "bindings.cron" => (&cron::FIELDS, true),
+        "bindings.redis" if stream => (&redis_input, true),
         "bindings.http" => (&http::FIELDS, false),
         "bindings.localstorage" => (&localstorage::FIELDS, false),
         "bindings.postgresql" | "bindings.postgres" => (&postgresql::FIELDS, false),
@@ -168,8 +179,12 @@ pub fn open(
         .whole("maxResponseBytes", 1..=MAX_RESPONSE_CAP)?
         .unwrap_or(DEFAULT_MAX_RESPONSE);
     let role = match kind {
-        "bindings.cron" => {
-            let schedule = cron::schedule(&metadata)?;
+        "bindings.cron" | "bindings.redis" if input => {
+            let source = if kind == "bindings.cron" {
+                Source::Cron(cron::schedule(&metadata)?)
+            } else {
+                Source::RedisStream(Box::new(redis_stream::StreamSource::open(kind, &metadata)?))
+            };
             let ledger = match ledger {
                 Some(ledger) => Arc::clone(ledger),
                 None => {
@@ -179,7 +194,7 @@ pub fn open(
                 }
             };
             let input = Input::open(&metadata, data_dir, ledger)?;
-            Role::Input(Arc::new(input), Source::Cron(schedule))
+            Role::Input(Arc::new(input), source)
         }
         "bindings.http" => Role::Output(Box::new(http::HttpBinding::open(&metadata)?)),
         "bindings.localstorage" => Role::Output(Box::new(localstorage::LocalStorage::open(

@@ -235,7 +235,7 @@ impl Input {
         // A tenant that never acknowledges loses every later event; logging
         // each would let it fill the node's log, so only the first few and
         // then every thousandth are.
-        if dropped > 8 && dropped % 1000 != 0 {
+        if dropped > 8 && !dropped.is_multiple_of(1000) {
             return;
         }
         tracing::warn!(

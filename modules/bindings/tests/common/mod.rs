@@ -7,6 +7,7 @@
 pub mod servers;
 
 mod http_server;
+#[allow(unused_imports)]
 pub use http_server::http_server;
 
 use std::path::Path;
