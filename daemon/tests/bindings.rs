@@ -147,3 +147,21 @@ fn times_parse_as_seconds_since_the_epoch() {
     assert_eq!(parse_time("2026-12-07T21:05:00Z"), 1_796_677_500);
     assert_eq!(parse_time("2000-02-29T00:00:01Z"), 951_782_401);
 }
+
+/// `deploy/config/examples/bindings.yaml` loads as it is: its bindings
+/// open (the HTTP target need not exist: nothing connects before a
+/// request), and its cron binding keeps the module running.
+#[test]
+fn the_example_component_file_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/config/examples/bindings.yaml");
+    let text = std::fs::read_to_string(&path).expect("the example file");
+    let d = Daemon::start_with(Some(&text));
+    let status = d.client().status().expect("status");
+    let bindings = status
+        .modules
+        .iter()
+        .find(|m| m.name == "bindings")
+        .expect("the bindings module");
+    assert_eq!(bindings.state, "running");
+}
