@@ -80,36 +80,43 @@ pub async fn run(input: Arc<Input>, schedule: Schedule) {
 /// down (after `last`, at or before `now`), if any, and answers the tick the
 /// schedule continues from.
 async fn catch_up(input: &Input, schedule: &Schedule, last: u64, anchor: u64, now: u64) -> u64 {
-    let mut newest = None;
-    let mut skipped = 0u64;
-    let mut t = last;
-    while let Some(next) = schedule.next_after(t, anchor).filter(|n| *n <= now) {
-        if newest.is_some() {
-            skipped += 1;
-        }
-        newest = Some(next);
-        // An `@every` schedule jumps straight to its newest missed tick.
-        if let Schedule::Every(period) = schedule {
-            let period = period.as_secs().max(1);
-            let newest_tick = anchor + (now - anchor) / period * period;
-            skipped += (newest_tick - next) / period;
-            newest = Some(newest_tick);
-            break;
-        }
-        t = next;
-    }
-    let Some(tick) = newest else {
+    let Some((tick, skipped)) = newest_missed(schedule, last, anchor, now) else {
         return last;
     };
-    if skipped > 0 {
+    if skipped {
         tracing::warn!(
             binding = input.name(),
-            skipped,
             "cron ticks fell due while the module was down; only the newest is fired"
         );
     }
     fire(input, tick).await;
     tick
+}
+
+/// The newest tick after `last` and at or before `now`, and whether older
+/// ones after `last` were skipped. Searched in the last hour first, then
+/// the last two days, then all the time since `last`, so a frequent
+/// schedule down for long is not stepped through tick by tick.
+pub fn newest_missed(schedule: &Schedule, last: u64, anchor: u64, now: u64) -> Option<(u64, bool)> {
+    let first = schedule.next_after(last, anchor).filter(|t| *t <= now)?;
+    if let Schedule::Every(period) = schedule {
+        let period = period.as_secs().max(1);
+        let newest = anchor + (now - anchor) / period * period;
+        return Some((newest, newest != first));
+    }
+    for window in [3_600, 2 * 86_400, u64::MAX] {
+        let from = now.saturating_sub(window).max(last);
+        let mut newest = None;
+        let mut t = from;
+        while let Some(next) = schedule.next_after(t, anchor).filter(|n| *n <= now) {
+            newest = Some(next);
+            t = next;
+        }
+        if let Some(newest) = newest {
+            return Some((newest, newest != first));
+        }
+    }
+    Some((first, false))
 }
 
 /// Sleeps until the wall clock reaches `tick` (seconds since the epoch).
@@ -143,5 +150,35 @@ async fn fire(input: &Input, tick: u64) {
             return;
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_missed_tick_fires() {
+        let every = Schedule::parse("@every 10s").expect("parses");
+        assert_eq!(newest_missed(&every, 100, 100, 105), None);
+        assert_eq!(newest_missed(&every, 100, 100, 110), Some((110, false)));
+        assert_eq!(newest_missed(&every, 100, 100, 135), Some((130, true)));
+        let secondly = Schedule::parse("* * * * * *").expect("parses");
+        // Down for a year: found in the last hour, not stepped through.
+        let year = 365 * 86_400;
+        assert_eq!(
+            newest_missed(&secondly, 1_000, 0, 1_000 + year),
+            Some((1_000 + year, true))
+        );
+        assert_eq!(
+            newest_missed(&secondly, 1_000, 0, 1_001),
+            Some((1_001, false))
+        );
+        let daily = Schedule::parse("@daily").expect("parses");
+        assert_eq!(
+            newest_missed(&daily, 86_400, 0, 10 * 86_400 + 5),
+            Some((10 * 86_400, true))
+        );
+        assert_eq!(newest_missed(&daily, 86_400, 0, 2 * 86_400 - 1), None);
     }
 }

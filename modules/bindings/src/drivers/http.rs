@@ -169,6 +169,13 @@ impl HttpBinding {
             .metadata
             .iter()
             .filter(|(n, _)| !OWN_HEADERS.iter().any(|own| own.eq_ignore_ascii_case(n)))
+            // The token's header is the binding's: a tenant cannot send a
+            // second one beside it, which a server might read first.
+            .filter(|(n, _)| {
+                self.token
+                    .as_ref()
+                    .is_none_or(|(header, _)| !header.eq_ignore_ascii_case(n))
+            })
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         if let Some((header, token)) = &self.token {
