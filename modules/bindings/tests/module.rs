@@ -147,6 +147,11 @@ fn unusable_components_stop_the_start_naming_the_field() {
             "allowedTenants",
         ),
         ("bindings.kafka", &[][..], "bindings.kafka"),
+        (
+            "bindings.postgresql",
+            &[("url", "host=h"), ("connectionString", "host=h")][..],
+            "one setting",
+        ),
     ] {
         let components = vec![spec("b", kind, metadata)];
         match Served::<BindingsModule>::start(dir.path(), components) {

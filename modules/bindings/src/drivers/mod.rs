@@ -146,6 +146,14 @@ pub fn open(
     data_dir: &Path,
     ledger: &mut Option<Arc<Ledger>>,
 ) -> Result<Binding, BindingError> {
+    let renamed;
+    let spec = match postgres_url(spec)? {
+        Some(with_connection_string) => {
+            renamed = with_connection_string;
+            &renamed
+        }
+        None => spec,
+    };
     let kind = spec.kind.as_str();
     // A Redis binding that names a stream is an input binding.
     let stream = kind == "bindings.redis"
@@ -213,9 +221,44 @@ pub fn open(
     })
 }
 
+/// Older Dapr component files name a PostgreSQL binding's connection
+/// string `url`: such a spec, with the field renamed `connectionString`
+/// (giving both is an error); `None` for every other spec.
+fn postgres_url(spec: &ComponentSpec) -> Result<Option<ComponentSpec>, BindingError> {
+    if !matches!(
+        spec.kind.as_str(),
+        "bindings.postgresql" | "bindings.postgres"
+    ) {
+        return Ok(None);
+    }
+    let named = |name: &str| {
+        spec.metadata
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    match (named("url"), named("connectionString")) {
+        (false, _) => Ok(None),
+        (true, true) => Err(BindingError::Driver(DriverError::Config {
+            component: spec.name.clone(),
+            reason: "metadata fields \"url\" and \"connectionString\" are one setting (url is \
+                     Dapr's older name); give only one"
+                .to_owned(),
+        })),
+        (true, false) => {
+            let mut renamed = spec.clone();
+            for (name, _) in &mut renamed.metadata {
+                if name.eq_ignore_ascii_case("url") {
+                    "connectionString".clone_into(name);
+                }
+            }
+            Ok(Some(renamed))
+        }
+    }
+}
+
 /// Dapr's `direction` field (`input`, `output`, or both, comma-separated)
-/// must include what the type is: a component that asks for a direction its
-/// type does not have would not do what its author expects.
+/// must include what the type is: a component that asks only for a
+/// direction its type does not have would not do what its author expects.
 fn check_direction(metadata: &Metadata<'_>, input: bool) -> Result<(), BindingError> {
     let Some(directions) = metadata.list("direction")? else {
         return Ok(());
@@ -231,7 +274,10 @@ fn check_direction(metadata: &Metadata<'_>, input: bool) -> Result<(), BindingEr
                 .into());
         }
     }
-    if directions.iter().any(|d| !d.eq_ignore_ascii_case(wanted)) {
+    // Dapr writes `input, output` for types that are both there (its cron
+    // binding has a `delete` operation); such a file loads, and the
+    // direction this type lacks here is refused per request.
+    if !directions.iter().any(|d| d.eq_ignore_ascii_case(wanted)) {
         return Err(metadata
             .error(format!(
                 "metadata field \"direction\" is {:?}, but this binding type is {wanted} only",
