@@ -73,9 +73,8 @@ mod tests {
             .expect("symlink");
         let root = File::open(&root_path).expect("open root");
         let read = |name: &str| open(&root, name, libc::O_RDONLY, 0).map(|_| ());
-        if matches!(read("inside"), Err(e) if e.raw_os_error() == Some(libc::ENOSYS)) {
-            return;
-        }
+        // A kernel without openat2 (before 5.6) fails here: the local
+        // storage binding cannot work there either.
         read("inside").expect("a file inside opens");
         for name in ["../secret", "link", "/etc/passwd"] {
             let e = read(name).expect_err(name);
