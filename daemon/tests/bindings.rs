@@ -86,8 +86,11 @@ fn kill_9_of_the_module_loses_and_doubles_no_tick() {
             let pid = d.module_pid("bindings");
             signal(pid, libc::SIGKILL);
             wait_until(Duration::from_secs(20), "the module to restart", || {
-                let now = d.module_pid("bindings");
-                now != 0 && now != pid
+                let status = d.client().status().expect("status");
+                status
+                    .modules
+                    .iter()
+                    .any(|m| m.name == "bindings" && m.state == "running" && m.pid != pid)
             });
         }
     }
