@@ -303,3 +303,43 @@ fn pending_count(addr: std::net::SocketAddr, stream: &str) -> u64 {
         .parse()
         .unwrap_or(u64::MAX)
 }
+
+/// Without a consumer group on the server, the reader creates it at the
+/// stream's end: entries added from then on are events.
+#[test]
+fn a_redis_stream_binding_creates_its_consumer_group() {
+    use mecha_mod_bindings::drivers::{self, redis_stream, Role, Source};
+    let Some(server) = servers::redis() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let stream = unique("fresh");
+    let host = server.host_port();
+    let component = spec(
+        "fresh",
+        "bindings.redis",
+        &[("redisHost", &host), ("stream", &stream)],
+    );
+    let rt = mecha_module::testing::multi_thread_runtime(2);
+    let _guard = rt.enter();
+    let binding = drivers::open(&component, dir.path(), &mut None).expect("opens");
+    let Role::Input(input, Source::RedisStream(source)) = binding.role else {
+        panic!("an input binding");
+    };
+    let sub = rt.block_on(input.subscribe("a", 0, 0)).expect("subscribe");
+    let reader = rt.spawn(redis_stream::run(input.clone(), (*source).clone()));
+    mecha_module::testing::wait_until("the reader to create its group", || {
+        redis_cmd(server.addr, &format!("XINFO GROUPS {stream}")) == "*1"
+    });
+    redis_cmd(server.addr, &format!("XADD {stream} * k v"));
+    let d = rt
+        .block_on(tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sub.next(),
+        ))
+        .expect("an event in time")
+        .expect("an event");
+    let fields: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+    assert_eq!(fields, serde_json::json!({"k": "v"}));
+    reader.abort();
+}

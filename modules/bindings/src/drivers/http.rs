@@ -63,8 +63,10 @@ const OWN_HEADERS: [&str; 5] = [
 /// An HTTP binding.
 pub struct HttpBinding {
     component: String,
-    /// `host:port` to connect to, and the `Host` header.
+    /// `host:port` to connect to.
     authority: String,
+    /// The `Host` header: the URL's authority as written.
+    host: String,
     /// The base URL's path, without a trailing `/`.
     base_path: String,
     token: Option<(String, String)>,
@@ -104,6 +106,7 @@ impl HttpBinding {
                 ))
                 .into());
         }
+        let host = authority.to_owned();
         let authority = if authority
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -131,6 +134,7 @@ impl HttpBinding {
         Ok(Self {
             component: metadata.component().to_owned(),
             authority,
+            host,
             base_path: path.trim_end_matches('/').to_owned(),
             token,
             error_if_not_2xx: metadata.bool("errorIfNot2XX")?.unwrap_or(true),
@@ -187,7 +191,7 @@ impl HttpBinding {
         } else {
             &[]
         };
-        let request = mecha_http::request(&method, &target, &self.authority, &headers, body)
+        let request = mecha_http::request(&method, &target, &self.host, &headers, body)
             .map_err(|e| BindingError::Invalid(format!("cannot send this request: {e}")))?;
         let stream = TcpStream::connect(&self.authority)
             .await
