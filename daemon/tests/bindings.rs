@@ -1,6 +1,7 @@
 //! The bindings module under the real `mechad`, spoken to in raw frames
-//! over the socket: cron ticks delivered once to every tenant with
-//! competing subscribers inside a tenant, nacks and ack deadlines
+//! over the socket: cron ticks delivered once to every tenant (a second
+//! tenant is the uid `nobody`, so that test needs root), with competing
+//! subscribers inside a tenant, nacks and ack deadlines
 //! redelivering, no tick lost or doubled across a kill -9 of the module,
 //! and an input binding keeping its module eager under `moduleStart: lazy`.
 //! The hostile cases (a second uid) are in `hostile_bindings.rs`.
@@ -40,6 +41,53 @@ fn cron_ticks_reach_a_tenant_once_and_its_subscribers_compete() {
     assert_eq!(times, unique, "a tick was delivered twice: {times:?}");
     assert_eq!(times.len(), 3);
     assert!(times.windows(2).all(|w| w[1] > w[0]), "{times:?}");
+}
+
+/// Two tenants (this uid and `nobody`; needs root) each receive every tick,
+/// once: their sequences of tick times over the same span are the same,
+/// consecutive seconds, with no repeat.
+#[test]
+fn two_tenants_each_receive_every_tick_once() {
+    common::require_root();
+    let d = Daemon::start_with(Some(&cron("ticks", "@every 1s", &[])));
+    common::open_to_nobody(&d);
+    let mut ticks = Vec::new();
+    let mut subs = [
+        (
+            Subscriber::open(&d, None, "ticks", 0, 0),
+            Acker::open(&d, None),
+        ),
+        (
+            Subscriber::open(&d, Some(common::NOBODY), "ticks", 0, 0),
+            Acker::open(&d, Some(common::NOBODY)),
+        ),
+    ];
+    for (sub, acks) in &mut subs {
+        let mut mine = Vec::new();
+        for _ in 0..5 {
+            let e = sub.next();
+            assert_eq!(e.attempt, 1, "a first delivery");
+            acks.ack("ticks", &e, false);
+            mine.push(e.tick());
+        }
+        assert!(
+            mine.windows(2).all(|w| w[1] == w[0] + 1),
+            "a tick lost or repeated: {mine:?}"
+        );
+        ticks.push(mine);
+    }
+    // The second tenant subscribed at most a tick later than the first, so
+    // at least four ticks are in both spans, and there they agree.
+    let from = ticks[0][0].max(ticks[1][0]);
+    let to = ticks[0][4].min(ticks[1][4]);
+    let span = |t: &Vec<u64>| -> Vec<u64> {
+        t.iter()
+            .copied()
+            .filter(|x| (from..=to).contains(x))
+            .collect()
+    };
+    assert!(to >= from + 3, "the spans barely overlap: {ticks:?}");
+    assert_eq!(span(&ticks[0]), span(&ticks[1]));
 }
 
 #[test]
