@@ -72,7 +72,7 @@ impl Group {
 /// then of `direct`, then of `memory`. On a shared 2-vCPU machine the cost of
 /// a wake-up drifts with the load of the moment; interleaving lets the three
 /// see the same moments, so their ratio holds even when the figures move.
-async fn measure<A, AF, B, BF, C, CF>(
+pub(crate) async fn measure<A, AF, B, BF, C, CF>(
     op: &str,
     plan: &Plan,
     names: [&str; 3],
@@ -153,7 +153,7 @@ where
 }
 
 /// A Dapr component document.
-fn component(name: &str, kind: &str, fields: &[(&str, String)]) -> String {
+pub(crate) fn component(name: &str, kind: &str, fields: &[(&str, String)]) -> String {
     let mut doc = format!(
         "---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\nspec:\n  type: {kind}\n  version: v1\n"
     );
@@ -604,8 +604,14 @@ async fn postgres_groups(
 /// The Markdown table: one line per group with the three p50s and the tax,
 /// then every scenario's p50, p99 and throughput.
 pub fn markdown(groups: &[Group], notes: &[String]) -> String {
-    let mut s = String::from(
-        "| operation | mecha p50 µs | direct p50 µs | mecha on memory p50 µs | tax = mecha ÷ (direct + memory) |\n|---|---:|---:|---:|---:|\n",
+    markdown_with(groups, notes, "mecha on memory", "memory")
+}
+
+/// [`markdown`] with the third way's column title (`third`) and its short
+/// name in the tax's formula (`short`).
+pub fn markdown_with(groups: &[Group], notes: &[String], third: &str, short: &str) -> String {
+    let mut s = format!(
+        "| operation | mecha p50 µs | direct p50 µs | {third} p50 µs | tax = mecha ÷ (direct + {short}) |\n|---|---:|---:|---:|---:|\n",
     );
     for g in groups {
         s.push_str(&format!(

@@ -6,6 +6,7 @@
 //! on the default stores; and state.get from every client library.
 
 mod backends;
+mod bindings;
 mod capabilities;
 mod clients;
 mod daemon;
@@ -79,6 +80,13 @@ enum Cmd {
     /// tokio-postgres on the same servers, in one run. 10000 operations per
     /// scenario (1000 with --quick).
     Backends(Run),
+    /// Output bindings against the clients an application would otherwise
+    /// use, in one run: a Redis GET through bindings.redis against the redis
+    /// crate's GET, and an HTTP GET through bindings.http against a direct
+    /// mecha-http GET, each beside a binding operation that does nothing
+    /// outside (the module round trip). 10000 operations per scenario (1000
+    /// with --quick).
+    Bindings(Run),
 }
 
 /// The options of every measuring command: how much to run and where to
@@ -204,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Noisy(args) => noisy(args),
         Cmd::Invoke(args) => invoke_bench(args),
         Cmd::Backends(args) => backends(args),
+        Cmd::Bindings(args) => bindings_bench(args),
         Cmd::Durable(args) => durable_bench(args),
         Cmd::FloodWorker(args) => flood::worker(args),
     }
@@ -319,6 +328,26 @@ fn backends(args: Run) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let (groups, notes) = runtime.block_on(backends::run(&bin_dir, &plan))?;
     print!("{}", backends::markdown(&groups, &notes));
+    if let Some(path) = &args.json {
+        backends::write_json(path, &groups)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bindings_bench(args: Run) -> anyhow::Result<()> {
+    let plan = args.plan(10_000, 1_000);
+    let bin_dir = bin_dir(args.bin_dir)?;
+    // One client thread for mecha and the direct clients alike.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (groups, notes) = runtime.block_on(bindings::run(&bin_dir, &plan))?;
+    print!(
+        "{}",
+        backends::markdown_with(&groups, &notes, "no-op binding", "no-op")
+    );
     if let Some(path) = &args.json {
         backends::write_json(path, &groups)?;
         eprintln!("[mecha-bench] wrote {}", path.display());

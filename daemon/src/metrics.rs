@@ -36,8 +36,9 @@ pub const BUCKETS: [f64; 16] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-/// In-flight gauges, indexed by family byte; families above are not modules.
-const FAMILY_SLOTS: usize = 8;
+/// In-flight gauges, indexed by family byte (state 0x01 to bindings 0x08);
+/// families above are not modules.
+const FAMILY_SLOTS: usize = 9;
 
 /// Counters of one (tenant, opcode) pair.
 #[derive(Debug)]
@@ -403,6 +404,11 @@ pub(crate) mod tests {
         assert_eq!(metrics.in_flight[slot].load(Ordering::Relaxed), 1);
         drop(answer);
         assert_eq!(metrics.in_flight[slot].load(Ordering::Relaxed), 0);
+        // Every module family has its gauge, the last one too.
+        let answer = Answer::new(permit()).observed(&tenant, Opcode::BINDING_INVOKE);
+        assert_eq!(metrics.module_in_flight(Family::Bindings), 1);
+        drop(answer);
+        assert_eq!(metrics.module_in_flight(Family::Bindings), 0);
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub use driver::{DriverError, Worded, Wording};
 /// Metadata fields that name files or directories a driver reads or writes.
 /// The daemon decides by them which user a module runs as (an operator's file
 /// may be readable by root alone), and the module which paths it may reach.
-pub const FILE_FIELDS: [&str; 6] = [
+pub const FILE_FIELDS: [&str; 7] = [
     "path",
+    "rootPath",
     "secretsFile",
     "secretsDir",
     "tlsCertFile",
@@ -380,6 +381,16 @@ mod tests {
     fn reason(e: MetadataError) -> String {
         assert_eq!(e.component, "comp");
         e.reason
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_closest_known_one() {
+        let s = spec(&[("shedule", "@daily")]);
+        let e = reason(Metadata::parse(&s, &["schedule", "route"]).unwrap_err());
+        assert!(e.contains("did you mean \"schedule\"?"), "{e}");
+        let s = spec(&[("colour", "red")]);
+        let e = reason(Metadata::parse(&s, &["schedule", "route"]).unwrap_err());
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]

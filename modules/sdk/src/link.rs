@@ -395,6 +395,7 @@ fn confine_writes<M: Module>(hello: &LinkHello) {
         return;
     }
     let writable = crate::landlock::writable_dirs(hello);
+    crate::landlock::create_missing(&writable);
     // Only a module that kept root's uid has reads to confine: an
     // unprivileged module user's own permissions bound what it reads.
     // SAFETY: geteuid has no preconditions and cannot fail.
