@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-mod binding;
+mod bindings;
 mod config;
 mod invoke;
 mod lock;
@@ -73,7 +73,7 @@ enum Command {
     /// Bindings to outside systems: run an operation, receive events.
     Binding {
         #[command(subcommand)]
-        op: binding::BindingOp,
+        op: bindings::BindingOp,
     },
     /// Call a method of an app by app id; prints the answer's data.
     Invoke(invoke::InvokeArgs),
@@ -146,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock { op } => return lock::run(&client, op, &mut out),
         Command::Seq { op } => return sequencer::run(&client, op, &mut out),
         Command::Secret { op } => return secrets::run(&client, op, &mut out),
-        Command::Binding { op } => return binding::run(&client, op, &mut out),
+        Command::Binding { op } => return bindings::run(&client, op, &mut out),
         Command::Invoke(args) => return invoke::invoke(&client, args, &mut out),
         Command::Apps => return invoke::apps(&client, &mut out),
         Command::Serve(args) => {
