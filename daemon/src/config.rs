@@ -117,7 +117,9 @@ pub struct Settings {
     pub modules: BTreeMap<String, ModuleSettings>,
     /// When modules without a `start` of their own serve: `eager` (the
     /// default) or `lazy`. A networked invoke module (peers, dnsName or
-    /// listenAddress) stays eager under `lazy`: other nodes call it.
+    /// listenAddress) stays eager under `lazy`: other nodes call it; so does a
+    /// bindings module with an input binding, whose events arrive while
+    /// nobody is connected.
     pub module_start: Option<crate::childspec::Start>,
     /// The local HTTP endpoint for probes and metrics (`--http` wins).
     pub http: Option<HttpSettings>,

@@ -20,7 +20,7 @@ pub struct Paths {
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration, invoke";
+const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration, invoke, bindings";
 
 /// The module serving components whose `spec.type` starts with `prefix`
 /// (Dapr's component families), and its capability family.
@@ -33,6 +33,7 @@ pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
         "secretstores" => Some(("secrets", Family::Secrets)),
         "configuration" => Some(("config", Family::Configuration)),
         "invoke" => Some(("invoke", Family::Invoke)),
+        "bindings" => Some(("bindings", Family::Bindings)),
         _ => None,
     }
 }
@@ -54,6 +55,7 @@ fn is_module(module: &str) -> bool {
         "secretstores",
         "configuration",
         "invoke",
+        "bindings",
     ]
     .iter()
     .filter_map(|p| module_for_prefix(p))
@@ -61,32 +63,50 @@ fn is_module(module: &str) -> bool {
 }
 
 /// When module `name` serves: its own `start`, else the daemon's
-/// `moduleStart`, else eager. An invoke module that other nodes reach (its
-/// component names peers, a DNS name or a listen address) must be up to be
-/// called, so it is eager under `moduleStart: lazy` and may not be made lazy.
+/// `moduleStart`, else eager. Two kinds of module must be up while nobody
+/// calls them, so they are eager under `moduleStart: lazy` and may not be made
+/// lazy: an invoke module that other nodes reach (its component names peers,
+/// a DNS name or a listen address), and a bindings module with an input
+/// binding, whose events (cron ticks, stream entries) arrive while no
+/// application is connected and are kept for the tenants that subscribed.
 fn start_of(
     name: &str,
     own: Option<Start>,
     default: Option<Start>,
     components: &[ComponentSpec],
 ) -> Result<Start, String> {
-    let networked = name == "invoke"
-        && components.iter().any(|c| {
-            c.metadata.iter().any(|(field, _)| {
-                ["peers", "dnsName", "listenAddress"]
-                    .iter()
-                    .any(|n| field.eq_ignore_ascii_case(n))
-            })
-        });
-    match (own, networked) {
-        (Some(Start::Lazy), true) => Err(
-            "modules.invoke.start: lazy: an invoke module with peers, dnsName or listenAddress \
-             is called by other nodes and must start with the daemon"
-                .into(),
-        ),
+    let has_field = |c: &ComponentSpec, fields: &[&str]| {
+        c.metadata
+            .iter()
+            .any(|(field, _)| fields.iter().any(|n| field.eq_ignore_ascii_case(n)))
+    };
+    let always_up = match name {
+        "invoke"
+            if components
+                .iter()
+                .any(|c| has_field(c, &["peers", "dnsName", "listenAddress"])) =>
+        {
+            Some("an invoke module with peers, dnsName or listenAddress is called by other nodes")
+        }
+        "bindings"
+            if components.iter().any(|c| {
+                c.kind == "bindings.cron"
+                    || (c.kind == "bindings.redis" && has_field(c, &["stream"]))
+            }) =>
+        {
+            Some(
+                "a bindings module with an input binding receives events while nobody is connected",
+            )
+        }
+        _ => None,
+    };
+    match (own, always_up) {
+        (Some(Start::Lazy), Some(why)) => Err(format!(
+            "modules.{name}.start: lazy: {why} and must start with the daemon"
+        )),
         (Some(start), _) => Ok(start),
-        (None, true) => Ok(Start::Eager),
-        (None, false) => Ok(default.unwrap_or_default()),
+        (None, Some(_)) => Ok(Start::Eager),
+        (None, None) => Ok(default.unwrap_or_default()),
     }
 }
 
@@ -161,7 +181,7 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
     }
     if let Some(unknown) = config.settings.modules.keys().find(|m| !is_module(m)) {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config, invoke)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config, invoke, bindings)"
         ));
     }
     Ok(specs)
@@ -201,8 +221,9 @@ fn with_tenant_app_ids(
 }
 
 /// Metadata fields that name files a driver reads or writes.
-const FILE_FIELDS: [&str; 6] = [
+const FILE_FIELDS: [&str; 7] = [
     "path",
+    "rootPath",
     "secretsFile",
     "secretsDir",
     "tlsCertFile",

@@ -109,6 +109,9 @@ pub struct ResponseHead {
     /// `Connection: close`, answered with HTTP/1.0 without keep-alive, or
     /// framed the body so that only the end of the connection ends it.
     pub close: bool,
+    /// Every header field as received, in order (names as the server wrote
+    /// them), for clients that hand them on, such as the HTTP binding.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` while it is
@@ -161,12 +164,15 @@ pub fn parse_response(buf: &[u8], limit: usize) -> Result<Option<(ResponseHead, 
         chunked: false,
         // HTTP/1.0 closes unless it says otherwise.
         close: response.version == Some(0),
+        headers: Vec::with_capacity(response.headers.len()),
     };
     let mut encoded = false;
     for header in response.headers.iter() {
         let value = std::str::from_utf8(header.value)
             .map_err(|_| Error::malformed("a header value is not UTF-8"))?
             .trim();
+        head.headers
+            .push((header.name.to_owned(), value.to_owned()));
         if header.name.eq_ignore_ascii_case("content-length") {
             let length = content_length(value)?;
             if head.length.is_some_and(|l| l != length) {

@@ -54,30 +54,49 @@ pub fn disabled() -> bool {
     std::env::var("MECHA_LANDLOCK").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
 }
 
-/// Where the module described by `hello` may write: its data directory, and
-/// for each embedded-database component (type `*.redb`) with a `path`, the
+/// Where the module described by `hello` may write: its data directory, for
+/// each embedded-database component (type `*.redb`) with a `path`, the
 /// directory that file is in (a relative `path` is inside the data directory
-/// already; an absolute one may be anywhere the operator chose).
+/// already; an absolute one may be anywhere the operator chose), and the
+/// `rootPath` of each `bindings.localstorage` component, the one directory
+/// that binding writes files to.
 pub fn writable_dirs(hello: &LinkHello) -> Vec<PathBuf> {
     let data_dir = PathBuf::from(&hello.data_dir);
     let mut dirs = vec![data_dir.clone()];
-    for spec in hello
-        .components
-        .iter()
-        .filter(|c| c.kind.ends_with(".redb"))
-    {
-        let path = spec
-            .metadata
+    let field = |spec: &mecha_abi::msg::ComponentSpec, wanted: &str| {
+        spec.metadata
             .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("path"))
-            .map(|(_, value)| data_dir.join(value));
-        if let Some(parent) = path.as_deref().and_then(Path::parent) {
-            if !parent.starts_with(&data_dir) {
-                dirs.push(parent.to_path_buf());
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| data_dir.join(value))
+    };
+    for spec in &hello.components {
+        let dir = if spec.kind.ends_with(".redb") {
+            field(spec, "path").and_then(|path| path.parent().map(Path::to_path_buf))
+        } else if spec.kind == "bindings.localstorage" {
+            field(spec, "rootPath")
+        } else {
+            None
+        };
+        if let Some(dir) = dir {
+            if !dir.starts_with(&data_dir) {
+                dirs.push(dir);
             }
         }
     }
     dirs
+}
+
+/// Creates the writable directories that do not exist yet, where the
+/// module's uid may: a Landlock rule can only name a directory that exists,
+/// and once the rules hold, the module could no longer create one outside
+/// its data directory. A directory that cannot be created is left for the
+/// driver to report when it opens.
+pub fn create_missing(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if !dir.exists() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
 }
 
 /// Restricts the calling thread, and the threads it starts from now on, to
@@ -196,6 +215,27 @@ mod writable {
             vec![
                 PathBuf::from("/var/lib/mecha/state"),
                 PathBuf::from("/srv/db")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_storage_binding_adds_its_root_path() {
+        let binding = |root: &str| ComponentSpec {
+            name: "files".into(),
+            kind: "bindings.localstorage".into(),
+            metadata: vec![("rootPath".into(), root.into())],
+        };
+        let dirs = writable_dirs(&hello(vec![
+            binding("/srv/files"),
+            binding("inside"),
+            spec("bindings.http", Some("/srv/elsewhere")),
+        ]));
+        assert_eq!(
+            dirs,
+            vec![
+                PathBuf::from("/var/lib/mecha/state"),
+                PathBuf::from("/srv/files")
             ]
         );
     }

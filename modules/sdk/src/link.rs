@@ -395,6 +395,7 @@ fn confine_writes<M: Module>(hello: &LinkHello) {
         return;
     }
     let writable = crate::landlock::writable_dirs(hello);
+    crate::landlock::create_missing(&writable);
     match crate::landlock::restrict_writes(&writable) {
         Ok(crate::landlock::Confinement::Unsupported) => tracing::info!(
             module = M::NAME,

@@ -82,6 +82,18 @@ impl Broker {
         Ok(PublishReply { id, offset })
     }
 
+    /// The offset the next message published to `tenant`'s `topic` will
+    /// take (1 for a topic that never had one), loading the topic as a
+    /// publish would. An embedder that alone publishes to a topic can tell
+    /// from it whether an append it started before a crash was stored: the
+    /// bindings module's ledger does.
+    pub async fn next_offset(&self, tenant: &str, topic: &str) -> Result<u64, PubsubError> {
+        check_name("topic", topic)?;
+        let topic = self.inner.topic(tenant, topic).await?;
+        let next = topic.state.lock().reserved;
+        Ok(next)
+    }
+
     /// Joins `tenant`'s consumer group and returns the subscriber, whose
     /// [`Subscriber::next`] yields deliveries. A group that did not exist
     /// starts at the oldest message the topic retains.
