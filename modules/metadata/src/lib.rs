@@ -98,7 +98,12 @@ impl<'a> Metadata<'a> {
                 } else {
                     known.join(", ")
                 };
-                return Err(self.error(format!("unknown metadata field {name:?} (known: {list})")));
+                let hint = closest(name, known)
+                    .map(|k| format!("; did you mean {k:?}?"))
+                    .unwrap_or_default();
+                return Err(self.error(format!(
+                    "unknown metadata field {name:?} (known: {list}){hint}"
+                )));
             }
         }
         Ok(())
@@ -251,6 +256,40 @@ impl<'a> Metadata<'a> {
     }
 }
 
+/// The known name closest to `name` (ignoring ASCII case), if it is close
+/// enough to be a slip: at most a third of its letters differ, and at least
+/// one edit when the name is short.
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let name = name.to_ascii_lowercase();
+    let budget = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= budget)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// The Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// `unit` times `n`, or the longest duration if that overflows.
 fn saturating_times(unit: Duration, n: u64) -> Duration {
     u32::try_from(n)
@@ -323,6 +362,16 @@ mod tests {
     fn reason(e: MetadataError) -> String {
         assert_eq!(e.component, "comp");
         e.reason
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_closest_known_one() {
+        let s = spec(&[("shedule", "@daily")]);
+        let e = reason(Metadata::parse(&s, &["schedule", "route"]).unwrap_err());
+        assert!(e.ends_with("did you mean \"schedule\"?"), "{e}");
+        let s = spec(&[("colour", "red")]);
+        let e = reason(Metadata::parse(&s, &["schedule", "route"]).unwrap_err());
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]

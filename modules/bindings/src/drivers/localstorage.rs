@@ -181,6 +181,12 @@ impl Output for LocalStorage {
                     let name = call.required("fileName")?.to_owned();
                     check_name(&name)?;
                     blocking(move || {
+                        // Resolved first as every other name is, so a
+                        // symbolic link is refused here too rather than
+                        // removed (which would be harmless, but
+                        // inconsistent).
+                        beneath::open(&root, &name, libc::O_PATH, 0)
+                            .map_err(|e| fs_error(&name, &e))?;
                         let (parent, base) = match name.rsplit_once('/') {
                             Some((parent, base)) => (Some(parent), base),
                             None => (None, name.as_str()),

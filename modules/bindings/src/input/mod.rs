@@ -57,9 +57,10 @@ pub struct Input {
     max_tenants: u64,
     /// The enrolled tenants, once loaded from the ledger (see [`Input::ready`]).
     enrolled: Mutex<BTreeSet<String>>,
-    /// Loads the ledger once and finishes a fan-out a crash interrupted; its
-    /// value is the cursor of the last finished event.
-    loaded: tokio::sync::OnceCell<Option<u64>>,
+    /// Loads the ledger once and finishes a fan-out a crash interrupted.
+    loaded: tokio::sync::OnceCell<()>,
+    /// The cursor of the last event fanned out.
+    cursor: Mutex<Option<u64>>,
     /// Serialises enrollments, so `maxTenants` holds under concurrent
     /// first subscribes.
     enrolling: tokio::sync::Mutex<()>,
@@ -114,6 +115,7 @@ impl Input {
             ledger,
             enrolled: Mutex::new(BTreeSet::new()),
             loaded: tokio::sync::OnceCell::new(),
+            cursor: Mutex::new(None),
             enrolling: tokio::sync::Mutex::new(()),
             dropped: AtomicU64::new(0),
         })
@@ -138,7 +140,7 @@ impl Input {
             .get_or_try_init(|| async {
                 let loaded = self.ledger.load(&self.name).await?;
                 self.enrolled.lock().extend(loaded.tenants);
-                match loaded.pending {
+                let cursor = match loaded.pending {
                     Some(pending) => {
                         let appended = self.append(&pending, true).await;
                         tracing::info!(
@@ -149,13 +151,15 @@ impl Input {
                             "finished the fan-out of an event a restart interrupted"
                         );
                         self.ledger.finish(&self.name, pending.cursor).await?;
-                        Ok(Some(pending.cursor))
+                        Some(pending.cursor)
                     }
-                    None => Ok(loaded.cursor),
-                }
+                    None => loaded.cursor,
+                };
+                *self.cursor.lock() = cursor;
+                Ok::<(), BindingError>(())
             })
-            .await
-            .copied()
+            .await?;
+        Ok(*self.cursor.lock())
     }
 
     /// Fans one event out to every enrolled tenant's topic, durably (see
@@ -182,6 +186,7 @@ impl Input {
         };
         self.ledger.begin(&self.name, &pending).await?;
         self.append(&pending, false).await;
+        *self.cursor.lock() = Some(cursor);
         // From here the event is out: an error must not make the caller
         // fire it again. A `pending` left behind is harmless, since every
         // tenant's offset has moved past it; the next event's `begin`
@@ -227,6 +232,12 @@ impl Input {
 
     fn drop_for(&self, tenant: &str, cursor: u64, e: &BindingError) {
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // A tenant that never acknowledges loses every later event; logging
+        // each would let it fill the node's log, so only the first few and
+        // then every thousandth are.
+        if dropped > 8 && dropped % 1000 != 0 {
+            return;
+        }
         tracing::warn!(
             binding = %self.name,
             tenant,
