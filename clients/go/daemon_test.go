@@ -23,19 +23,26 @@ import (
 
 const secretValue = "s3cr3t-from-env"
 
-var daemon struct {
-	once   sync.Once
+// mechadProc is one running mechad in a temporary directory.
+type mechadProc struct {
 	sock   string
-	err    error
 	cmd    *exec.Cmd
 	exited chan error // receives cmd.Wait's result
 	dir    string
 	log    *os.File
 }
 
+// daemon is the shared daemon on the embedded default configuration.
+var daemon struct {
+	once sync.Once
+	proc *mechadProc
+	err  error
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
-	stopDaemon()
+	daemon.proc.stop()
+	bindingsDaemon.proc.stop()
 	os.Exit(code)
 }
 
@@ -45,11 +52,11 @@ func mechad(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("-short: no real daemon")
 	}
-	daemon.once.Do(func() { daemon.sock, daemon.err = startDaemon(t) })
+	daemon.once.Do(func() { daemon.proc, daemon.err = startMechad(t, "", nil) })
 	if daemon.err != nil {
 		t.Fatal(daemon.err)
 	}
-	return daemon.sock
+	return daemon.proc.sock
 }
 
 // binaries returns the directory holding mechad and every module binary:
@@ -109,24 +116,37 @@ func binaries(t testing.TB) (string, error) {
 	return dir, nil
 }
 
-func startDaemon(t testing.TB) (string, error) {
+// startMechad starts mechad in a new temporary directory: with the YAML
+// configuration that config returns for that directory, or on its embedded
+// default when config is nil.
+func startMechad(t testing.TB, name string, config func(dir string) (string, error)) (*mechadProc, error) {
 	bins, err := binaries(t)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "mecha-go-")
+	dir, err := os.MkdirTemp("", "mecha-go-"+name)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	daemon.dir = dir
-	sock := filepath.Join(dir, "mecha.sock")
+	p := &mechadProc{dir: dir, sock: filepath.Join(dir, "mecha.sock")}
 	log, err := os.Create(filepath.Join(dir, "mechad.log"))
 	if err != nil {
-		return "", err
+		return p, err
 	}
-	daemon.log = log
-	cmd := exec.Command(filepath.Join(bins, "mechad"), "--socket", sock, "--data-dir", filepath.Join(dir, "data"),
-		"--module-dir", bins)
+	p.log = log
+	args := []string{"--socket", p.sock, "--data-dir", filepath.Join(dir, "data"), "--module-dir", bins}
+	if config != nil {
+		text, err := config(dir)
+		if err != nil {
+			return p, err
+		}
+		path := filepath.Join(dir, "mecha.yaml")
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			return p, err
+		}
+		args = append(args, "--config", path)
+	}
+	cmd := exec.Command(filepath.Join(bins, "mechad"), args...)
 	// The daemon reads MECHA_* settings from the environment; only the
 	// secret the tests read may come through.
 	for _, kv := range os.Environ() {
@@ -137,46 +157,51 @@ func startDaemon(t testing.TB) (string, error) {
 	cmd.Env = append(cmd.Env, "MECHA_SECRET_DB_PASSWORD="+secretValue)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return p, err
 	}
-	daemon.cmd = cmd
-	daemon.exited = make(chan error, 1)
-	go func() { daemon.exited <- cmd.Wait() }()
+	p.cmd = cmd
+	p.exited = make(chan error, 1)
+	go func() { p.exited <- cmd.Wait() }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
-		case err := <-daemon.exited:
-			daemon.cmd = nil
+		case err := <-p.exited:
+			p.cmd = nil
 			out, _ := os.ReadFile(log.Name())
-			return "", fmt.Errorf("mechad exited (%v):\n%s", err, out)
+			return p, fmt.Errorf("mechad exited (%v):\n%s", err, out)
 		default:
 		}
-		if c, err := dial(context.Background(), sock); err == nil {
+		if c, err := dial(context.Background(), p.sock); err == nil {
 			c.Close()
-			return sock, nil
+			return p, nil
 		}
 		if time.Now().After(deadline) {
-			return "", errors.New("mechad did not create its socket within 30 s")
+			return p, errors.New("mechad did not create its socket within 30 s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-func stopDaemon() {
-	if daemon.cmd != nil {
-		_ = daemon.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends the daemon (SIGTERM, then SIGKILL after 15 s) and removes its
+// directory; nil does nothing.
+func (p *mechadProc) stop() {
+	if p == nil {
+		return
+	}
+	if p.cmd != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-daemon.exited:
+		case <-p.exited:
 		case <-time.After(15 * time.Second):
-			_ = daemon.cmd.Process.Kill()
-			<-daemon.exited
+			_ = p.cmd.Process.Kill()
+			<-p.exited
 		}
 	}
-	if daemon.log != nil {
-		daemon.log.Close()
+	if p.log != nil {
+		p.log.Close()
 	}
-	if daemon.dir != "" {
-		os.RemoveAll(daemon.dir)
+	if p.dir != "" {
+		os.RemoveAll(p.dir)
 	}
 }
 
@@ -622,5 +647,126 @@ func TestDaemonAbsent(t *testing.T) {
 	t.Setenv("MECHA_SOCKET", path)
 	if _, err := Dial(context.Background(), ""); !errors.Is(err, ErrDaemonAbsent) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("Dial via $MECHA_SOCKET: %v", err)
+	}
+}
+
+// bindingsDaemon is a second daemon, configured with a bindings.localstorage
+// output binding "files" over an empty directory and a bindings.cron input
+// binding "ticks" firing every second.
+var bindingsDaemon struct {
+	once sync.Once
+	proc *mechadProc
+	err  error
+}
+
+func bindingsClient(t *testing.T) *Client {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no real daemon")
+	}
+	bindingsDaemon.once.Do(func() {
+		bindingsDaemon.proc, bindingsDaemon.err = startMechad(t, "bindings-", func(dir string) (string, error) {
+			root := filepath.Join(dir, "files")
+			if err := os.Mkdir(root, 0o700); err != nil {
+				return "", err
+			}
+			doc := "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: %s}\n" +
+				"spec: {type: %s, version: v1, metadata: [{name: %s, value: %q}]}\n---\n"
+			return fmt.Sprintf(doc, "files", "bindings.localstorage", "rootPath", root) +
+				fmt.Sprintf(doc, "ticks", "bindings.cron", "schedule", "@every 1s"), nil
+		})
+	})
+	if bindingsDaemon.err != nil {
+		t.Fatal(bindingsDaemon.err)
+	}
+	c, err := Dial(context.Background(), bindingsDaemon.proc.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func fileName(name string) []Pair { return []Pair{{Key: "fileName", Value: name}} }
+
+func TestDaemonBindingsLocalStorage(t *testing.T) {
+	c, ctx := bindingsClient(t), context.Background()
+	created, err := c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "files", Operation: "create",
+		Data: []byte("hello from Go"), Metadata: fileName("go.txt")})
+	must(t, err)
+	if len(created.Data) != 0 || len(created.Metadata) != 1 || created.Metadata[0] != (Pair{Key: "fileName", Value: "go.txt"}) {
+		t.Errorf("create answered %+v", created)
+	}
+	got, err := c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "files", Operation: "get", Metadata: fileName("go.txt")})
+	must(t, err)
+	if string(got.Data) != "hello from Go" {
+		t.Errorf("get answered %q", got.Data)
+	}
+	listed, err := c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "files", Operation: "list"})
+	must(t, err)
+	if !bytes.Contains(listed.Data, []byte(`"go.txt"`)) {
+		t.Errorf("list answered %s", listed.Data)
+	}
+	_, err = c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "files", Operation: "delete", Metadata: fileName("go.txt")})
+	must(t, err)
+	_, err = c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "files", Operation: "get", Metadata: fileName("go.txt")})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("get of a deleted file: %v", err)
+	}
+	if _, err := c.InvokeBinding(ctx, &InvokeBindingRequest{Name: "ticks", Operation: "get"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("invoking an input binding: %v", err)
+	}
+}
+
+func TestDaemonBindingsCron(t *testing.T) {
+	c := bindingsClient(t)
+	// The wait only bounds a failure: a tick comes every second.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sub, err := c.SubscribeBinding(ctx, &BindingSubscribeRequest{Name: "ticks", MaxInFlight: 8})
+	must(t, err)
+	if sub.Reply.Name != "ticks" {
+		t.Errorf("opening answer %+v", sub.Reply)
+	}
+	// next returns the next event with the wanted offset (any, for 0),
+	// acknowledging the others on the way.
+	next := func(offset uint64) *BindingEvent {
+		t.Helper()
+		for {
+			ev, err := sub.Next(ctx)
+			must(t, err)
+			if offset == 0 || ev.Offset == offset {
+				return ev
+			}
+			must(t, sub.Ack(ctx, ev))
+		}
+	}
+	tick := next(0)
+	if tick.Name != "ticks" || tick.Attempt != 1 || len(tick.Data) != 0 {
+		t.Errorf("tick %+v", tick)
+	}
+	at := pairMap(tick.Metadata)["time"]
+	if !strings.HasSuffix(at, "Z") || len(at) < 20 {
+		t.Errorf("tick time %q", at)
+	}
+	must(t, sub.Ack(ctx, tick))
+	if n, err := c.AckBinding(ctx, &BindingAckRequest{Name: "ticks", Items: []AckItem{{Offset: tick.Offset, Attempt: tick.Attempt}}}); err != nil || n != 0 {
+		t.Errorf("a second ack: %d, %v (want 0 applied)", n, err)
+	}
+	nacked := next(0)
+	must(t, sub.Nack(ctx, nacked))
+	again := next(nacked.Offset)
+	if again.Attempt != nacked.Attempt+1 {
+		t.Errorf("redelivered as attempt %d after attempt %d", again.Attempt, nacked.Attempt)
+	}
+	must(t, sub.Ack(ctx, again))
+	must(t, sub.Cancel(ctx))
+	for {
+		if _, err := sub.Next(ctx); err != nil {
+			if err != io.EOF {
+				t.Errorf("after cancel: %v", err)
+			}
+			break
+		}
 	}
 }

@@ -300,13 +300,13 @@ func (c *Client) Publish(ctx context.Context, req *PublishRequest, opts ...CallO
 // deliveries. The context bounds only the opening answer.
 func (c *Client) Subscribe(ctx context.Context, req *SubscribeRequest, opts ...CallOption) (*Subscription, error) {
 	o := collect(opts)
-	sub := &Subscription{c: c}
+	sub := &Subscription{}
 	st, err := c.openStream(ctx, &spec{opcode: OpPubsubSubscribe, req: req, reply: &sub.Reply, idempotent: true,
 		stream: int(req.MaxInFlight)}, &o)
 	if err != nil {
 		return nil, err
 	}
-	sub.s = st
+	sub.pushStream = pushStream{c: c, s: st}
 	return sub, nil
 }
 

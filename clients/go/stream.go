@@ -157,9 +157,20 @@ func (s *stream) cancel(ctx context.Context) error {
 type Subscription struct {
 	// Reply is the opening answer: subscription id, store and group.
 	Reply SubscribeReply
-	c     *Client
-	s     *stream
+	pushStream
 }
+
+// pushStream is what pub/sub and binding subscriptions share: the client
+// their acks go through and the stream their pushes arrive on.
+type pushStream struct {
+	c *Client
+	s *stream
+}
+
+// Cancel ends the subscription (STREAM_CANCEL). Pushes already on their way
+// are still returned by Next, then io.EOF; what was not acknowledged is
+// delivered again, to this or another subscriber.
+func (p *pushStream) Cancel(ctx context.Context) error { return p.s.cancel(ctx) }
 
 // Next returns the next delivery. When the stream has ended it returns
 // io.EOF (cancelled), or a *StatusError: ErrUnavailable when the module
@@ -190,10 +201,6 @@ func (sub *Subscription) ackOne(ctx context.Context, d *Delivery, nack bool) err
 		Items: []AckItem{{Offset: d.Offset, Attempt: d.Attempt}}, Nack: nack})
 	return err
 }
-
-// Cancel ends the subscription (STREAM_CANCEL). Deliveries already on their
-// way are still returned by Next, then io.EOF.
-func (sub *Subscription) Cancel(ctx context.Context) error { return sub.s.cancel(ctx) }
 
 // ConfigWatch is an open CONFIG_SUBSCRIBE stream (SPEC §7.6.2).
 type ConfigWatch struct {

@@ -561,10 +561,7 @@ func (m *AckRequest) encode(e *encoder) {
 	e.str(m.Store)
 	e.str(m.Topic)
 	e.str(m.Group)
-	e.u64(uint64(len(m.Items)))
-	for i := range m.Items {
-		m.Items[i].encode(e)
-	}
+	encodeAckItems(e, m.Items)
 	e.boolean(m.Nack)
 }
 
@@ -572,13 +569,31 @@ func (m *AckRequest) decode(d *decoder) {
 	m.Store = d.str()
 	m.Topic = d.str()
 	m.Group = d.str()
-	if n := d.count(12); n > 0 {
-		m.Items = make([]AckItem, n)
-		for i := 0; i < n && d.err == nil; i++ {
-			m.Items[i].decode(d)
-		}
-	}
+	m.Items = decodeAckItems(d)
 	m.Nack = d.boolean()
+}
+
+// encodeAckItems writes a Vec<AckItem>, which PUBSUB_ACK and BINDING_ACK
+// share.
+func encodeAckItems(e *encoder, items []AckItem) {
+	e.u64(uint64(len(items)))
+	for i := range items {
+		items[i].encode(e)
+	}
+}
+
+// decodeAckItems reads a Vec<AckItem>; an item takes at least 12 bytes, which
+// bounds the count before anything is allocated.
+func decodeAckItems(d *decoder) []AckItem {
+	n := d.count(12)
+	if n == 0 {
+		return nil
+	}
+	items := make([]AckItem, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		items[i].decode(d)
+	}
+	return items
 }
 
 // AckReply is the OK answer to PUBSUB_ACK.

@@ -19,6 +19,14 @@
  *                  mecha_call_method, mecha_call_data,
  *                  mecha_call_content_type, mecha_call_caller_app_id,
  *                  mecha_call_reply, mecha_call_free, mecha_registration_close
+ *   bindings       mecha_binding_invoke, mecha_binding_subscribe,
+ *                  mecha_binding_subscription_next, mecha_binding_event_ack,
+ *                  mecha_binding_event_nack, mecha_binding_event_data,
+ *                  mecha_binding_event_name, mecha_binding_event_offset,
+ *                  mecha_binding_event_attempt, mecha_binding_event_metadata,
+ *                  mecha_binding_event_metadata_count,
+ *                  mecha_binding_event_metadata_at, mecha_binding_event_free,
+ *                  mecha_binding_subscription_close
  *   sequencer      mecha_next_id
  *   secrets        mecha_secret_get, mecha_secret_get_all
  *   configuration  mecha_config_get
@@ -72,8 +80,9 @@
  *   mecha_set_timeout() waits for calls in progress on that client.
  *   mecha_close() must be called exactly once, after every other call on the
  *   client has returned. Messages of mecha_last_error() are per thread.
- *   A mecha_subscription or mecha_registration, and the messages or calls it
- *   hands out, is used by one thread at a time (a call may be answered by
+ *   A mecha_subscription, mecha_binding_subscription or mecha_registration,
+ *   and the messages, events or calls it hands out, is used by one thread at
+ *   a time (a call may be answered by
  *   another thread than the one that polled it). A registration is served
  *   only while somebody polls it: a thread must not mecha_invoke() an app id
  *   that only its own, unpolled registration serves (the call would wait
@@ -336,6 +345,98 @@ void mecha_call_free(mecha_call *call);
 /* Stops serving the app id and frees the registration; calls not yet taken
  * by mecha_registration_next() fail for their callers. NULL is ignored. */
 void mecha_registration_close(mecha_registration *registration);
+
+/* ---- bindings ---------------------------------------------------------- */
+
+/* A subscriber of an input binding (mecha_binding_subscribe). Opaque. Use it
+ * from one thread at a time; close every subscription before closing its
+ * client. */
+typedef struct mecha_binding_subscription mecha_binding_subscription;
+
+/* One event of an input binding (mecha_binding_subscription_next). Opaque:
+ * read it with the mecha_binding_event_* accessors, whose pointers stay valid
+ * until mecha_binding_event_free(). */
+typedef struct mecha_binding_event mecha_binding_event;
+
+/* Runs `operation` on the output binding `name` (a component of type
+ * bindings.*; deploy/COMPONENTS.md lists each type's operations and
+ * parameters) with data_len bytes of `data` as its input.
+ * metadata: the operation's parameters, 2 * metadata_count strings, name
+ *   then value for each (e.g. {"fileName", "a.txt"}); NULL when
+ *   metadata_count is 0.
+ * response, response_len: receive the result body (NUL-terminated after
+ *   response_len bytes, for text); free with mecha_free().
+ * response_metadata: may be NULL; receives the result's metadata as ONE
+ *   allocation laid out as in mecha_secret_get_all() (name then value for
+ *   each entry, ending with NULL); free it with a single mecha_free().
+ * response_metadata_count: may be NULL; receives the number of entries.
+ * Returns MECHA_NOT_FOUND when no binding has that name (or, for some types,
+ * when what the operation names does not exist), MECHA_INVALID_ARGUMENT for
+ * an operation the type does not define or an input binding,
+ * MECHA_PERMISSION_DENIED when the binding's allowedTenants refuse the
+ * caller, MECHA_UNAVAILABLE when the outside system failed. Not retried by
+ * the library: an operation may have taken effect outside. */
+mecha_status mecha_binding_invoke(mecha_client *client, const char *name, const char *operation,
+                                  const uint8_t *data, size_t data_len,
+                                  const char *const *metadata, size_t metadata_count,
+                                  uint8_t **response, size_t *response_len,
+                                  char ***response_metadata, size_t *response_metadata_count);
+
+/* Subscribes to the input binding `name`: every tenant allowed to use it
+ * receives each event once (at least once), shared among the tenant's
+ * subscribers. subscription: receives the new subscription; close it with
+ * mecha_binding_subscription_close(). The subscription subscribes again by
+ * itself when the bindings module restarts. */
+mecha_status mecha_binding_subscribe(mecha_client *client, const char *name,
+                                     mecha_binding_subscription **subscription);
+
+/* Waits up to timeout_ms (0 = only what has already arrived) for the next
+ * event. event: receives the event, or NULL (with MECHA_OK) when none came in
+ * time; free it with mecha_binding_event_free(). Returns MECHA_UNAVAILABLE
+ * once the subscription has ended for good. */
+mecha_status mecha_binding_subscription_next(mecha_binding_subscription *subscription,
+                                             uint32_t timeout_ms, mecha_binding_event **event);
+
+/* Acknowledges an event: it is not delivered to this tenant again. An event
+ * neither acknowledged nor rejected is delivered again after its ack
+ * deadline (30 s). */
+mecha_status mecha_binding_event_ack(mecha_binding_subscription *subscription,
+                                     const mecha_binding_event *event);
+
+/* Rejects an event: it is delivered again soon, to this or another subscriber. */
+mecha_status mecha_binding_event_nack(mecha_binding_subscription *subscription,
+                                      const mecha_binding_event *event);
+
+/* The event's data; data_len (may be NULL) receives its length. Not
+ * NUL-terminated. Empty for a cron tick. */
+const uint8_t *mecha_binding_event_data(const mecha_binding_event *event, size_t *data_len);
+
+/* The binding the event came from. */
+const char *mecha_binding_event_name(const mecha_binding_event *event);
+
+/* The event's position in the tenant's sequence of the binding's events (from 1). */
+uint64_t mecha_binding_event_offset(const mecha_binding_event *event);
+
+/* 1 for the event's first delivery to this tenant, then one more per redelivery. */
+uint32_t mecha_binding_event_attempt(const mecha_binding_event *event);
+
+/* The value of the event's metadata entry `name` (a cron tick's "time", ...),
+ * or NULL when it has none. */
+const char *mecha_binding_event_metadata(const mecha_binding_event *event, const char *name);
+
+/* The number of metadata entries, and entry `index` (0-based): *name and
+ * *value (each may be NULL) receive pointers owned by the event, or NULL
+ * when index is out of range. */
+size_t mecha_binding_event_metadata_count(const mecha_binding_event *event);
+void mecha_binding_event_metadata_at(const mecha_binding_event *event, size_t index,
+                                     const char **name, const char **value);
+
+/* Frees an event. NULL is ignored. */
+void mecha_binding_event_free(mecha_binding_event *event);
+
+/* Ends the subscription and frees it; its unacknowledged events go to the
+ * tenant's other subscribers at once. NULL is ignored. */
+void mecha_binding_subscription_close(mecha_binding_subscription *subscription);
 
 /* ---- sequencer --------------------------------------------------------- */
 

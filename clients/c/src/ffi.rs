@@ -225,6 +225,51 @@ pub(crate) unsafe fn bytes<'a>(
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// A list of (name, value) pairs given as `2 * count` strings, name then
+/// value for each pair; `ptr` may be NULL only when `count` is 0.
+///
+/// # Safety
+/// A non-NULL `ptr` must be valid for reads of `2 * count` pointers, each a
+/// NUL-terminated string, all unchanged during the call.
+pub(crate) unsafe fn pairs(
+    ptr: *const *const c_char,
+    count: usize,
+    what: &str,
+) -> Result<Vec<(String, String)>, Failure> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(Failure::invalid(format!(
+            "argument `{what}` is NULL but its count is {count}"
+        )));
+    }
+    let len = count
+        .checked_mul(2)
+        .filter(|n| isize::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            Failure::invalid(format!("argument `{what}` has an impossible count {count}"))
+        })?;
+    // SAFETY: `ptr` is non-NULL and, per the contract, valid for reads of
+    // `2 * count` pointers; the length fits in an isize (checked above).
+    let items = unsafe { std::slice::from_raw_parts(ptr, len) };
+    items
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            // SAFETY: each pointer is a C string (or NULL, which `text`
+            // refuses), per the contract.
+            let (name, value) = unsafe {
+                (
+                    text(pair[0], &format!("{what}[{}]", 2 * i))?,
+                    text(pair[1], &format!("{what}[{}]", 2 * i + 1))?,
+                )
+            };
+            Ok((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// The value an out parameter holds after a failed call.
 pub(crate) trait Empty: Copy {
     /// NULL for pointers, 0 for numbers.

@@ -15,6 +15,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod bindings;
 mod config;
 mod ffi;
 mod invoke;
@@ -31,6 +32,13 @@ use std::time::Duration;
 use ffi::{entry, quiet, CBuf, MechaClient, Out};
 use status::{Code, Failure};
 
+pub use bindings::{
+    mecha_binding_event_ack, mecha_binding_event_attempt, mecha_binding_event_data,
+    mecha_binding_event_free, mecha_binding_event_metadata, mecha_binding_event_metadata_at,
+    mecha_binding_event_metadata_count, mecha_binding_event_nack, mecha_binding_event_name,
+    mecha_binding_event_offset, mecha_binding_invoke, mecha_binding_subscribe,
+    mecha_binding_subscription_close, mecha_binding_subscription_next,
+};
 pub use config::mecha_config_get;
 pub use invoke::{
     mecha_call_caller_app_id, mecha_call_content_type, mecha_call_data, mecha_call_free,

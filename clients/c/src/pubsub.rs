@@ -152,21 +152,32 @@ pub unsafe extern "C" fn mecha_subscription_next(
         let sub = unsafe { subscription.as_mut() }.ok_or_else(|| null("subscription"))?;
         // SAFETY: the header requires the client to outlive its subscriptions.
         let client = unsafe { sub.client.as_ref() }.read();
-        let wait = Duration::from_millis(u64::from(timeout_ms));
-        let next = client.block_on(async { tokio::time::timeout(wait, sub.inner.next()).await });
-        match next {
-            Err(_elapsed) => Ok(()),
-            Ok(None) => Err(Failure::new(
-                Code::Unavailable,
-                "UNAVAILABLE: the subscription has ended".to_owned(),
-            )),
-            Ok(Some(delivery)) => {
-                let m = MechaMessage::new(delivery?)?;
-                message.put(Box::into_raw(Box::new(m)));
-                Ok(())
-            }
+        if let Some(delivery) = next_push(&client, timeout_ms, sub.inner.next())? {
+            let m = MechaMessage::new(delivery)?;
+            message.put(Box::into_raw(Box::new(m)));
         }
+        Ok(())
     })
+}
+
+/// Waits up to `timeout_ms` for a subscription's next push, which `next`
+/// (the subscription's own `next`) yields: `None` when none came in time,
+/// UNAVAILABLE once the subscription has ended for good. Shared by pub/sub
+/// and binding subscriptions, which poll the same way.
+pub(crate) fn next_push<T>(
+    client: &mecha_client::blocking::Client,
+    timeout_ms: u32,
+    next: impl std::future::Future<Output = Option<Result<T, mecha_client::Error>>>,
+) -> Result<Option<T>, Failure> {
+    let wait = Duration::from_millis(u64::from(timeout_ms));
+    match client.block_on(async { tokio::time::timeout(wait, next).await }) {
+        Err(_elapsed) => Ok(None),
+        Ok(None) => Err(Failure::new(
+            Code::Unavailable,
+            "UNAVAILABLE: the subscription has ended".to_owned(),
+        )),
+        Ok(Some(push)) => Ok(Some(push?)),
+    }
 }
 
 /// Acknowledges `message`: it is not delivered to the group again.
@@ -331,6 +342,6 @@ fn field(message: Option<&MechaMessage>, get: impl Fn(&MechaMessage) -> &CString
     })
 }
 
-fn null(what: &str) -> Failure {
+pub(crate) fn null(what: &str) -> Failure {
     Failure::new(Code::ErrInvalid, format!("{what} is NULL"))
 }

@@ -8,7 +8,9 @@
  * the default stores plus:
  *   - configuration item "greeting" = "hello, C" in the default config store;
  *   - secret "DB_PASSWORD" = "s3cr3t" in the default (environment) store;
- *   - multi-valued secret "db" = {password: pw-1, user: admin} in store "files".
+ *   - multi-valued secret "db" = {password: pw-1, user: admin} in store "files";
+ *   - output binding "localfiles" (bindings.localstorage over an empty directory)
+ *     and input binding "ticks" (bindings.cron, "@every 1s").
  * ABSENT_SOCKET is a path where nothing listens.
  *
  * Prints one "ok N - ..." / "not ok N - ..." line per check (TAP style) and
@@ -299,6 +301,87 @@ static void test_pubsub(mecha_client *c) {
     mecha_message_free(NULL);
 }
 
+/* ---- bindings --------------------------------------------------------------- */
+
+/* "localfiles" is a bindings.localstorage output binding over an empty directory;
+ * "ticks" a bindings.cron input binding ticking every second. */
+static void test_bindings(mecha_client *c) {
+    const char *create_meta[] = {"fileName", "c-test.txt"};
+    const uint8_t body[] = "hello from C";
+    uint8_t *resp = NULL;
+    size_t resp_len = 0, meta_count = 0;
+    char **meta = NULL;
+    mecha_status st = mecha_binding_invoke(c, "localfiles", "create", body, sizeof body - 1, create_meta, 1,
+                                           &resp, &resp_len, &meta, &meta_count);
+    CHECK(st == MECHA_OK && resp != NULL && resp_len == 0, "localstorage create: empty result body");
+    CHECK(meta != NULL && meta_count == 1 && strcmp(meta[0], "fileName") == 0 &&
+              strcmp(meta[1], "c-test.txt") == 0 && meta[2] == NULL,
+          "create answers the fileName as metadata, NULL-terminated");
+    mecha_free(resp);
+    mecha_free(meta);
+
+    st = mecha_binding_invoke(c, "localfiles", "get", NULL, 0, create_meta, 1, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_OK && resp_len == sizeof body - 1 && memcmp(resp, body, resp_len) == 0 &&
+              resp[resp_len] == '\0',
+          "get returns the file's contents, NUL-terminated");
+    mecha_free(resp);
+
+    st = mecha_binding_invoke(c, "localfiles", "list", NULL, 0, NULL, 0, &resp, &resp_len, NULL, &meta_count);
+    CHECK(st == MECHA_OK && resp && strstr((const char *)resp, "\"c-test.txt\"") != NULL,
+          "list names the file: %s", resp ? (const char *)resp : "(null)");
+    mecha_free(resp);
+
+    st = mecha_binding_invoke(c, "localfiles", "delete", NULL, 0, create_meta, 1, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_OK, "delete");
+    mecha_free(resp);
+    resp = (uint8_t *)&resp; /* garbage that must be reset */
+    st = mecha_binding_invoke(c, "localfiles", "get", NULL, 0, create_meta, 1, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_NOT_FOUND && resp == NULL && resp_len == 0,
+          "a deleted file: MECHA_NOT_FOUND, nothing handed out");
+    st = mecha_binding_invoke(c, "no-such-binding", "get", NULL, 0, NULL, 0, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_NOT_FOUND, "an unknown binding: MECHA_NOT_FOUND");
+    st = mecha_binding_invoke(c, NULL, "get", NULL, 0, NULL, 0, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_ERR_INVALID, "NULL name: MECHA_ERR_INVALID");
+    st = mecha_binding_invoke(c, "localfiles", "get", NULL, 0, NULL, 1, &resp, &resp_len, NULL, NULL);
+    CHECK(st == MECHA_ERR_INVALID, "NULL metadata with a count: MECHA_ERR_INVALID");
+
+    mecha_binding_subscription *ticks = NULL;
+    st = mecha_binding_subscribe(c, "ticks", &ticks);
+    CHECK(st == MECHA_OK && ticks != NULL, "subscribe to the cron binding");
+    mecha_binding_event *e = NULL;
+    /* The first tick comes within a second; the wait only bounds a failure. */
+    st = mecha_binding_subscription_next(ticks, 15000, &e);
+    CHECK(st == MECHA_OK && e != NULL, "a tick arrives");
+    if (e) {
+        size_t len = 1;
+        mecha_binding_event_data(e, &len);
+        CHECK(len == 0, "a tick has no data");
+        CHECK(strcmp(mecha_binding_event_name(e), "ticks") == 0, "the event names its binding");
+        CHECK(mecha_binding_event_offset(e) >= 1 && mecha_binding_event_attempt(e) == 1,
+              "offset %" PRIu64 ", attempt %u", mecha_binding_event_offset(e), mecha_binding_event_attempt(e));
+        const char *time = mecha_binding_event_metadata(e, "time");
+        CHECK(time != NULL && strlen(time) >= 20 && time[4] == '-', "a time entry: %s", time ? time : "(null)");
+        CHECK(mecha_binding_event_metadata(e, "no-such-entry") == NULL, "an absent entry is NULL");
+        const char *name = NULL, *value = NULL;
+        size_t n = mecha_binding_event_metadata_count(e);
+        int found = 0;
+        for (size_t i = 0; i < n; i++) {
+            mecha_binding_event_metadata_at(e, i, &name, &value);
+            found |= name && value && strcmp(name, "time") == 0 && strcmp(value, time) == 0;
+        }
+        CHECK(found, "the entries include time");
+        mecha_binding_event_metadata_at(e, n, &name, &value);
+        CHECK(name == NULL && value == NULL, "an entry past the end is NULL");
+        CHECK(mecha_binding_event_ack(ticks, e) == MECHA_OK, "ack the tick");
+        mecha_binding_event_free(e);
+    }
+    st = mecha_binding_subscription_next(NULL, 0, &e);
+    CHECK(st == MECHA_ERR_INVALID && e == NULL, "NULL subscription: MECHA_ERR_INVALID");
+    mecha_binding_subscription_close(ticks);
+    mecha_binding_subscription_close(NULL);
+    mecha_binding_event_free(NULL);
+}
+
 /* ---- invoke ---------------------------------------------------------------- */
 
 /* The callee: serves "echo-c" on its own client, answering `calls` calls
@@ -493,6 +576,7 @@ int main(int argc, char **argv) {
     test_invoke(argv[1], c);
     test_secrets(c);
     test_config(c);
+    test_bindings(c);
     test_arguments(c);
     mecha_close(c);
     test_connections(argv[1], argv[2]);

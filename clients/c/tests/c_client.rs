@@ -15,7 +15,8 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The module binaries the test daemon's configuration starts.
-const MODULES: [&str; 7] = [
+const MODULES: [&str; 8] = [
+    "mecha-mod-bindings",
     "mecha-mod-state",
     "mecha-mod-pubsub",
     "mecha-mod-invoke",
@@ -109,8 +110,9 @@ fn binary_dir() -> &'static Path {
 }
 
 /// The configuration: the usual stores, a default secret store reading the
-/// environment, and a file store holding a multi-valued secret.
-fn config_yaml(secrets_file: &Path) -> String {
+/// environment, a file store holding a multi-valued secret, a localstorage
+/// output binding over the directory `files_root` and a cron input binding.
+fn config_yaml(secrets_file: &Path, files_root: &Path) -> String {
     let component = |name: &str, kind: &str, metadata: &str| {
         format!(
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\n\
@@ -129,6 +131,15 @@ fn config_yaml(secrets_file: &Path) -> String {
             "secretstores.local.env",
             &format!("{{name: prefix, value: {SECRET_PREFIX}}}, {{name: allowedTenants, value: \"*\"}}"),
         ),
+        component(
+            "localfiles",
+            "bindings.localstorage",
+            &format!(
+                "{{name: rootPath, value: {:?}}}",
+                files_root.to_str().expect("temporary paths are UTF-8")
+            ),
+        ),
+        component("ticks", "bindings.cron", "{name: schedule, value: \"@every 1s\"}"),
         component(
             "files",
             "secretstores.local.file",
@@ -156,7 +167,9 @@ impl Daemon {
         std::fs::write(&secrets, r#"{"db": {"user": "admin", "password": "pw-1"}}"#)
             .expect("writing the secrets file");
         let config = dir.path().join("mecha.yaml");
-        std::fs::write(&config, config_yaml(&secrets)).expect("writing the config");
+        let files_root = dir.path().join("files");
+        std::fs::create_dir(&files_root).expect("creating the localstorage root");
+        std::fs::write(&config, config_yaml(&secrets, &files_root)).expect("writing the config");
         let socket = dir.path().join("mecha.sock");
         let mut child = Command::new(bins.join("mechad"))
             .arg("--socket")
@@ -364,6 +377,10 @@ fn c_api_test_linked_statically_passes_against_the_real_daemon() {
     assert!(
         stdout.contains("ok") && stdout.contains("invoke echo-c: the callee echoes the data"),
         "the invoke checks did not run:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("ok") && stdout.contains("- a tick arrives"),
+        "the bindings checks did not run:\n{stdout}"
     );
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod bindings;
 mod config;
 mod invoke;
 mod lock;
@@ -68,6 +69,11 @@ enum Command {
     Secret {
         #[command(subcommand)]
         op: secrets::SecretOp,
+    },
+    /// Bindings to outside systems: run an operation, receive events.
+    Binding {
+        #[command(subcommand)]
+        op: bindings::BindingOp,
     },
     /// Call a method of an app by app id; prints the answer's data.
     Invoke(invoke::InvokeArgs),
@@ -140,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock { op } => return lock::run(&client, op, &mut out),
         Command::Seq { op } => return sequencer::run(&client, op, &mut out),
         Command::Secret { op } => return secrets::run(&client, op, &mut out),
+        Command::Binding { op } => return bindings::run(&client, op, &mut out),
         Command::Invoke(args) => return invoke::invoke(&client, args, &mut out),
         Command::Apps => return invoke::apps(&client, &mut out),
         Command::Serve(args) => {

@@ -119,7 +119,7 @@ pub fn run(client: &Client, op: PubsubOp, out: &mut impl Write) -> anyhow::Resul
 }
 
 /// Parses `NAME=VALUE`.
-fn name_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn name_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got {s:?}")),
@@ -127,7 +127,7 @@ fn name_value(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses a positive number of seconds, fractions allowed.
-fn positive_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;

@@ -4,6 +4,7 @@ scriptable fake daemon for behaviour the real one cannot be made to show on dema
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -65,19 +66,23 @@ def _binaries() -> Path:
     return bins
 
 
-@pytest.fixture(scope="session")
-def mechad() -> Iterator[str]:
-    """Starts the real daemon on a temporary socket for the whole session; yields the
-    socket path. Builds the binaries first if they are missing."""
+@contextlib.contextmanager
+def run_mechad(config: str | None = None) -> Iterator[str]:
+    """Runs the real daemon on a temporary socket, with ``config`` (YAML) as its
+    configuration or else its embedded default; yields the socket path. Builds the
+    binaries first if they are missing."""
     bins = _binaries()
     tmp = Path(tempfile.mkdtemp(prefix="mecha-py-"))
     sock = tmp / "mecha.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MECHA_")}
     env["MECHA_SECRET_DB_PASSWORD"] = SECRET_VALUE
+    args = [str(bins / "mechad"), "--socket", str(sock), "--data-dir", str(tmp / "data"),
+            "--module-dir", str(bins)]
+    if config is not None:
+        (tmp / "mecha.yaml").write_text(config)
+        args += ["--config", str(tmp / "mecha.yaml")]
     log = open(tmp / "mechad.log", "wb")
-    proc = subprocess.Popen(
-        [str(bins / "mechad"), "--socket", str(sock), "--data-dir", str(tmp / "data"),
-         "--module-dir", str(bins)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -101,6 +106,14 @@ def mechad() -> Iterator[str]:
             proc.wait()
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mechad() -> Iterator[str]:
+    """Starts the real daemon on its embedded default for the whole session; yields
+    the socket path."""
+    with run_mechad() as sock:
+        yield sock
 
 
 # -- a fake daemon -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from conftest import error_body, response
 
 import mecha
 import mecha.aio
-from mecha.codec import encode
+from mecha.codec import decode, encode
 from mecha.payloads import NextIdReply, SetReply, StateEntry, TryLockReply
 
 
@@ -267,3 +267,80 @@ def test_asyncio_config_watch_resyncs_on_seq_gap(fake) -> None:
             with pytest.raises(mecha.Internal):
                 await w.next(timeout=2)
     asyncio.run(main())
+
+
+
+def _event(offset: int, attempt: int) -> bytes:
+    from mecha.payloads import BindingEvent
+    return encode(BindingEvent("nightly", offset, attempt, b"", [("time", f"t{offset}")]))
+
+
+def binding_script(acks: list[bytes]):
+    """Like ``pubsub_script`` for BINDING_SUBSCRIBE: #1 opens, pushes event 1 and is reset;
+    #2 is answered UNAVAILABLE; #3 opens and pushes event 1 again (attempt 2). An ack's
+    payload is kept in ``acks``, and it is answered after a push of event 2.
+    BINDING_INVOKE answers its operation's name followed by its data, and its metadata."""
+    from mecha.payloads import AckReply, BindingSubscribeReply, InvokeBindingReply, InvokeBindingRequest
+
+    def handler(state: list, h: tuple, payload: bytes) -> list[bytes]:
+        if h[2] == 0x0802:
+            state.append(h)
+            opened = response(h, 0, encode(BindingSubscribeReply(len(state), "nightly")), flags=0x03)
+            if len(state) == 1:
+                return [opened, response(h, 0, _event(1, 1), flags=0x02),
+                        response(h, 8, error_body("module bindings restarted"), flags=0x06)]
+            if len(state) == 2:
+                return [response(h, 8, error_body("module bindings is starting"))]
+            return [opened, response(h, 0, _event(1, 2), flags=0x02)]
+        if h[2] == 0x0803:
+            acks.append(payload)
+            return [response(state[-1], 0, _event(2, 1), flags=0x02),
+                    response(h, 0, encode(AckReply(1)))]
+        if h[2] == 0x0801:
+            req = decode(InvokeBindingRequest, payload)
+            reply = InvokeBindingReply(req.operation.encode() + req.data, req.metadata)
+            return [response(h, 0, encode(reply))]
+        if h[2] == 0x0006:
+            return [response(h), response(state[-1], 0, b"", flags=0x06)]
+        return [response(h)]
+    return handler
+
+
+def test_binding_subscription_resubscribes_after_reset(fake) -> None:
+    from mecha.payloads import AckItem, BindingAckRequest
+    acks: list[bytes] = []
+    d = fake(binding_script(acks))
+    with mecha.Client(d.path) as c:
+        r = c.invoke_binding("files", "get", "x", metadata={"fileName": "a.txt"})
+        assert (r.data, r.metadata) == (b"getx", [("fileName", "a.txt")])
+        sub = c.subscribe_binding("nightly", max_in_flight=4)
+        got = [sub.next(timeout=2) for _ in range(2)]
+        assert [(e.offset, e.attempt) for e in got] == [(1, 1), (1, 2)]  # type: ignore[union-attr]
+        assert sub.reply.subscription_id == 3 and sub.reply.name == "nightly"
+        assert sub.nack(got[1])  # type: ignore[arg-type]  # a push arrives before the answer
+        assert sub.next(timeout=2).offset == 2  # type: ignore[union-attr]
+        sub.cancel()
+        assert sub.next() is None
+    assert [h[2] for h in d.requests].count(0x0802) == 3
+    # The nack named the event's binding, offset and attempt.
+    assert acks == [encode(BindingAckRequest("nightly", [AckItem(1, 2)], True))]
+
+
+def test_asyncio_binding_subscription_resubscribes_after_reset(fake) -> None:
+    from mecha.payloads import AckItem, BindingAckRequest
+    acks: list[bytes] = []
+    d = fake(binding_script(acks))
+
+    async def main() -> None:
+        async with mecha.aio.Client(d.path) as c:
+            r = await c.invoke_binding("files", "get", b"y")
+            assert (r.data, r.metadata) == (b"gety", [])
+            sub = await c.subscribe_binding("nightly")
+            got = [await sub.next(timeout=2) for _ in range(2)]
+            assert [(e.offset, e.attempt) for e in got] == [(1, 1), (1, 2)]  # type: ignore[union-attr]
+            assert await sub.ack(got[1])  # type: ignore[arg-type]
+            assert (await sub.next(timeout=2)).offset == 2  # type: ignore[union-attr]
+            await sub.cancel()
+            assert await sub.next() is None
+    asyncio.run(main())
+    assert acks == [encode(BindingAckRequest("nightly", [AckItem(1, 2)], False))]

@@ -19,6 +19,12 @@ from mecha import errors
 from mecha.codec import DecodeError, EncodeError, decode, encode
 from mecha.payloads import (
     PAYLOAD_TYPES,
+    AckItem,
+    AckReply,
+    BindingAckRequest,
+    BindingEvent,
+    BindingSubscribeReply,
+    BindingSubscribeRequest,
     BulkGetItem,
     BulkGetReply,
     BulkGetRequest,
@@ -33,6 +39,8 @@ from mecha.payloads import (
     GetRequest,
     Hello,
     HelloReply,
+    InvokeBindingReply,
+    InvokeBindingRequest,
     LinkHello,
     LinkReady,
     ModuleRestartReply,
@@ -128,6 +136,13 @@ EXPECTED: dict[str, Any] = {
     "secret_bulk_get_request": SecretBulkGetRequest(""),
     "secret_bulk_get_reply": SecretBulkReply([
         ("db", [("password", "pw"), ("user", "app")]), ("token", [("token", "t0k")])]),
+    "binding_invoke_request": InvokeBindingRequest("orders-api", "post", b'{"id":7}', [("path", "/orders")]),
+    "binding_invoke_reply": InvokeBindingReply(b"created", [("statusCode", "201")]),
+    "binding_subscribe_request": BindingSubscribeRequest("nightly", 8, 0),
+    "binding_subscribe_reply": BindingSubscribeReply(3, "nightly"),
+    "binding_event_push": BindingEvent("nightly", 4, 1, b"", [("time", "2026-12-07T02:00:00Z")]),
+    "binding_ack_request": BindingAckRequest("nightly", [AckItem(4, 1)], False),
+    "binding_ack_reply": AckReply(1),
     "error_secret_permission_denied": err(6, 'tenant "uid:1000" may not use secret store "vault": '
                                              "it is not listed in allowedTenants"),
     "error_not_found": err(1, 'key "order:9999" not found'),

@@ -36,6 +36,8 @@ macro_rules! blocking_calls {
     };
 }
 
+mod acked;
+mod bindings;
 pub mod blocking;
 mod client;
 mod config;
@@ -52,6 +54,7 @@ mod sequencer;
 mod state;
 mod stream;
 
+pub use bindings::{BindingSubscribeOptions, BindingSubscription, BlockingBindingSubscription};
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use config::{BlockingConfigWatch, ConfigWatch, RESUBSCRIBE_WINDOW};
 pub use error::Error;
@@ -59,8 +62,9 @@ pub use invoke::{
     echo_handler, handler, Handler, HandlerFuture, HandlerResult, InvokeOptions, Registration,
 };
 pub use mecha_abi::msg::{
-    AppEntry, BulkGetItem, DeleteItem, ExtendLockReply, HelloReply, InvokeCall, InvokeReply,
-    ModuleStatus, ReloadReply, SetItem, StateEntry, StatusReply, TryLockReply, TxOp, UnlockStatus,
+    AppEntry, BindingEvent, BulkGetItem, DeleteItem, ExtendLockReply, HelloReply,
+    InvokeBindingReply, InvokeCall, InvokeReply, ModuleStatus, ReloadReply, SetItem, StateEntry,
+    StatusReply, TryLockReply, TxOp, UnlockStatus,
 };
 pub use mecha_abi::{Status, TraceContext};
 pub use pubsub::{

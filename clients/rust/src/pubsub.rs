@@ -30,11 +30,10 @@ use mecha_abi::msg::{
     AckItem, AckReply, AckRequest, Delivery, PublishReply, PublishRequest, SubscribeReply,
     SubscribeRequest,
 };
-use mecha_abi::{Opcode, Status};
+use mecha_abi::Opcode;
 
+use crate::acked::{ack_deadline_ms, Blocking, Resubscribing, SubscribeCall};
 use crate::request::Request;
-use crate::retry::{is_retryable, Backoff, JitterSeed};
-use crate::stream::Subscription;
 use crate::{Client, Error};
 
 // A publish is not idempotent: an attempt answered UNAVAILABLE (the module
@@ -60,6 +59,12 @@ impl Request for AckRequest {
     fn is_idempotent(&self) -> bool {
         true
     }
+}
+
+impl SubscribeCall for SubscribeRequest {
+    const OPCODE: Opcode = Opcode::PUBSUB_SUBSCRIBE;
+    type Reply = SubscribeReply;
+    type Push = Delivery;
 }
 
 /// Options of a publish.
@@ -125,15 +130,6 @@ impl SubscribeOptions {
     }
 }
 
-/// How long the blocking subscription waits for its stream to be cancelled
-/// when it is dropped. The cancel only speeds up redelivery of what it held,
-/// so a slow daemon is not waited for long.
-const DROP_CANCEL_WAIT: Duration = Duration::from_secs(1);
-
-/// The longest pause between two resubscriptions whose streams ended
-/// without delivering anything (see [`PubsubSubscription::next`]).
-const MAX_RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
-
 impl Client {
     /// Options for [`Client::publish`], to adjust with their builder methods.
     /// (The same as `PublishOptions::default()`; this also works where the
@@ -190,21 +186,10 @@ impl Client {
             topic: topic.into(),
             group: group.into(),
             max_in_flight: options.max_in_flight,
-            ack_deadline_ms: options.ack_deadline.map_or(0, |d| {
-                u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)
-            }),
+            ack_deadline_ms: ack_deadline_ms(options.ack_deadline),
         };
-        let (reply, stream) = open(self, &request).await?;
         Ok(PubsubSubscription {
-            client: self.clone(),
-            request,
-            reply,
-            link: Link::Open(stream),
-            resubscribes: 0,
-            pause: Duration::ZERO,
-            delivered: false,
-            cancelled: false,
-            finished: false,
+            inner: Resubscribing::subscribe(self, request).await?,
         })
     }
 
@@ -239,46 +224,6 @@ impl Client {
     }
 }
 
-/// Opens one subscription stream, retrying UNAVAILABLE (a module that died
-/// with the request in flight, or is marked failed) within the client's
-/// timeout. Subscribing is idempotent: joining a group twice only adds a
-/// member, and a stream that was opened but whose answer was lost is
-/// cancelled when the connection learns nothing of it.
-async fn open(
-    client: &Client,
-    request: &SubscribeRequest,
-) -> Result<(SubscribeReply, Subscription), Error> {
-    let payload = mecha_abi::encode(request).map_err(|e| Error::Protocol(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + client.timeout();
-    let policy = client.retry_policy();
-    let mut backoff: Option<Backoff> = None;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let err = match client
-            .open_stream(Opcode::PUBSUB_SUBSCRIBE, payload.clone())
-            .await
-        {
-            Ok((body, stream)) => {
-                let reply = mecha_abi::decode(&body).map_err(|e| Error::Protocol(e.to_string()))?;
-                return Ok((reply, stream));
-            }
-            Err(e) => e,
-        };
-        if !is_retryable(&err) || !policy.allows_another(attempts) {
-            return Err(err);
-        }
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let pause = backoff
-            .get_or_insert_with(|| Backoff::new(&policy, JitterSeed::from_clock().next()))
-            .next_pause(remaining);
-        if remaining <= pause {
-            return Err(err);
-        }
-        tokio::time::sleep(pause).await;
-    }
-}
-
 /// A member of a consumer group: deliveries arrive in order through
 /// [`next`](Self::next) until the subscription is cancelled.
 ///
@@ -294,41 +239,12 @@ async fn open(
 /// timeout) does `next` return the error; the caller then connects and
 /// subscribes again.
 pub struct PubsubSubscription {
-    client: Client,
-    request: SubscribeRequest,
-    reply: SubscribeReply,
-    link: Link,
-    resubscribes: u64,
-    /// The pause before the next resubscription; it grows while streams end
-    /// without delivering anything, so a stream that keeps ending at once
-    /// cannot turn into a busy loop.
-    pause: Duration,
-    /// Whether the current stream delivered anything.
-    delivered: bool,
-    cancelled: bool,
-    finished: bool,
-}
-
-/// Where a subscription's stream stands.
-enum Link {
-    /// The stream is open.
-    Open(Subscription),
-    /// A resubscription runs in a task of its own, so that a caller
-    /// dropping `next` (a timeout) cannot abandon a stream the module has
-    /// already opened: the next `next` picks the result up, and if nobody
-    /// does, dropping the finished task's result cancels the stream.
-    Opening(tokio::task::JoinHandle<Result<(SubscribeReply, Subscription), Error>>),
-    /// Nothing is open; the next `next` subscribes again.
-    Closed,
+    inner: Resubscribing<SubscribeRequest>,
 }
 
 impl std::fmt::Debug for PubsubSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PubsubSubscription")
-            .field("request", &self.request)
-            .field("reply", &self.reply)
-            .field("resubscribes", &self.resubscribes)
-            .finish_non_exhaustive()
+        self.inner.debug("PubsubSubscription", f)
     }
 }
 
@@ -338,132 +254,39 @@ impl PubsubSubscription {
     /// return `None`. Cancel-safe: dropping the future loses no delivery
     /// and leaves no stream behind.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        loop {
-            if self.finished {
-                return None;
-            }
-            let stream = match &mut self.link {
-                Link::Open(stream) => stream,
-                Link::Closed => {
-                    let (client, request) = (self.client.clone(), self.request.clone());
-                    let pause = self.pause;
-                    self.link = Link::Opening(tokio::spawn(async move {
-                        if !pause.is_zero() {
-                            tokio::time::sleep(pause).await;
-                        }
-                        open(&client, &request).await
-                    }));
-                    continue;
-                }
-                Link::Opening(task) => {
-                    let opened = match task.await {
-                        Ok(opened) => opened,
-                        Err(e) => Err(Error::Closed(format!("resubscribing failed: {e}"))),
-                    };
-                    match opened {
-                        Ok((reply, stream)) => {
-                            self.reply = reply;
-                            self.link = Link::Open(stream);
-                            self.resubscribes += 1;
-                        }
-                        Err(e) => {
-                            self.link = Link::Closed;
-                            self.finished = true;
-                            return Some(Err(e));
-                        }
-                    }
-                    continue;
-                }
-            };
-            match stream.next().await {
-                Some(Ok(push)) => {
-                    self.delivered = true;
-                    return Some(
-                        mecha_abi::decode(&push).map_err(|e| Error::Protocol(e.to_string())),
-                    );
-                }
-                // UNAVAILABLE: the module instance went away (crash, hot
-                // restart). RESOURCE_EXHAUSTED: the daemon ended the stream
-                // because this connection left too many pushes unread. Both
-                // say "subscribe again"; the module redelivers what was not
-                // acknowledged.
-                Some(Err(e))
-                    if matches!(
-                        e.status(),
-                        Some(Status::Unavailable | Status::ResourceExhausted)
-                    ) =>
-                {
-                    self.reset()
-                }
-                Some(Err(e)) => {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-                // An END with OK is only sent for a stream this side
-                // cancelled; without a cancel, the end was a reset whose END
-                // frame the client had no room for.
-                None if self.cancelled => {
-                    self.finished = true;
-                    return None;
-                }
-                None => self.reset(),
-            }
-        }
-    }
-
-    /// Forgets the stream that ended, to subscribe again on the next `next`.
-    fn reset(&mut self) {
-        self.link = Link::Closed;
-        self.pause = if self.delivered {
-            Duration::ZERO
-        } else {
-            (self.pause * 2)
-                .max(Duration::from_millis(10))
-                .min(MAX_RESUBSCRIBE_PAUSE)
-        };
-        self.delivered = false;
+        self.inner.next().await
     }
 
     /// Acknowledges `delivery` (see [`Client::ack`]).
     pub async fn ack(&self, delivery: &Delivery) -> Result<bool, Error> {
-        self.client.ack(delivery).await
+        self.inner.client().ack(delivery).await
     }
 
     /// Rejects `delivery` (see [`Client::nack`]).
     pub async fn nack(&self, delivery: &Delivery) -> Result<bool, Error> {
-        self.client.nack(delivery).await
+        self.inner.client().nack(delivery).await
     }
 
     /// Ends the subscription: the module stops delivering, and the
     /// deliveries this member did not acknowledge go to the other members of
     /// its group. `next` then returns `None`.
     pub async fn cancel(&mut self) -> Result<(), Error> {
-        self.cancelled = true;
-        match &self.link {
-            Link::Open(stream) => stream.cancel().await,
-            // A resubscription in flight is left to finish on its own: its
-            // stream is cancelled when its result is dropped with the task.
-            Link::Opening(_) | Link::Closed => {
-                self.link = Link::Closed;
-                self.finished = true;
-                Ok(())
-            }
-        }
+        self.inner.cancel().await
     }
 
     /// The consumer group this subscription is a member of.
     pub fn group(&self) -> &str {
-        &self.reply.group
+        &self.inner.reply().group
     }
 
     /// The store serving the subscription.
     pub fn store(&self) -> &str {
-        &self.reply.store
+        &self.inner.reply().store
     }
 
     /// How many times the subscription subscribed again after a reset.
     pub fn resubscribes(&self) -> u64 {
-        self.resubscribes
+        self.inner.resubscribes()
     }
 }
 
@@ -485,12 +308,15 @@ impl crate::blocking::Client {
         group: &str,
         options: SubscribeOptions,
     ) -> Result<BlockingPubsubSubscription<'_>, Error> {
-        let inner = self
-            .rt
-            .block_on(self.inner.subscribe(store, topic, group, options))?;
+        let request = SubscribeRequest {
+            store: store.into(),
+            topic: topic.into(),
+            group: group.into(),
+            max_in_flight: options.max_in_flight,
+            ack_deadline_ms: ack_deadline_ms(options.ack_deadline),
+        };
         Ok(BlockingPubsubSubscription {
-            rt: &self.rt,
-            inner: Some(inner),
+            inner: Blocking::subscribe(self, request)?,
         })
     }
 }
@@ -500,81 +326,47 @@ impl crate::blocking::Client {
 /// (waiting up to a second for the daemon), so its unacknowledged
 /// deliveries go to the other members of the group at once.
 pub struct BlockingPubsubSubscription<'a> {
-    rt: &'a tokio::runtime::Runtime,
-    /// Always `Some` until dropped.
-    inner: Option<PubsubSubscription>,
+    inner: Blocking<'a, SubscribeRequest>,
 }
 
 impl BlockingPubsubSubscription<'_> {
     /// The next delivery, waiting for it; see [`PubsubSubscription::next`].
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        let inner = self.inner.as_mut()?;
-        self.rt.block_on(inner.next())
+        self.inner.next()
     }
 
     /// The next delivery if one comes within `timeout`; `None` on timeout
     /// as well as when the subscription ended.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<Delivery, Error>> {
-        let inner = self.inner.as_mut()?;
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, inner.next()).await })
-            .ok()
-            .flatten()
+        self.inner.next_timeout(timeout)
     }
 
     /// Acknowledges a delivery; see [`crate::Client::ack`].
     pub fn ack(&self, delivery: &Delivery) -> Result<bool, Error> {
-        let inner = self.inner()?;
-        self.rt.block_on(inner.ack(delivery))
+        let client = self.inner.inner()?.client();
+        self.inner.rt.block_on(client.ack(delivery))
     }
 
     /// Rejects a delivery; see [`crate::Client::nack`].
     pub fn nack(&self, delivery: &Delivery) -> Result<bool, Error> {
-        let inner = self.inner()?;
-        self.rt.block_on(inner.nack(delivery))
+        let client = self.inner.inner()?.client();
+        self.inner.rt.block_on(client.nack(delivery))
     }
 
     /// Ends the subscription; see [`PubsubSubscription::cancel`].
     pub fn cancel(&mut self) -> Result<(), Error> {
-        match self.inner.as_mut() {
-            Some(inner) => self.rt.block_on(inner.cancel()),
-            None => Ok(()),
-        }
+        self.inner.cancel()
     }
 
     /// The consumer group this subscription is a member of.
     pub fn group(&self) -> &str {
-        self.inner.as_ref().map_or("", PubsubSubscription::group)
+        self.inner.inner().map_or("", |s| s.reply().group.as_str())
     }
 
     /// How many times the subscription subscribed again after a reset.
     pub fn resubscribes(&self) -> u64 {
-        self.inner
-            .as_ref()
-            .map_or(0, PubsubSubscription::resubscribes)
-    }
-
-    fn inner(&self) -> Result<&PubsubSubscription, Error> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| Error::Closed("the subscription was dropped".into()))
-    }
-}
-
-impl Drop for BlockingPubsubSubscription<'_> {
-    fn drop(&mut self) {
-        if let Some(mut inner) = self.inner.take() {
-            if inner.finished || inner.cancelled {
-                return;
-            }
-            // Cancelling (rather than letting the stream run until the
-            // connection closes) hands the unacknowledged deliveries to the
-            // rest of the group now instead of at their ack deadline.
-            self.rt.block_on(async move {
-                let _ = tokio::time::timeout(DROP_CANCEL_WAIT, inner.cancel()).await;
-            });
-        }
+        self.inner.resubscribes()
     }
 }
 

@@ -349,6 +349,8 @@ pub fn c_type(rust: &str, func: &str) -> Vec<String> {
         "MechaMessage" => "mecha_message",
         "MechaRegistration" => "mecha_registration",
         "MechaCall" => "mecha_call",
+        "MechaBindingSubscription" => "mecha_binding_subscription",
+        "MechaBindingEvent" => "mecha_binding_event",
         "Code" => "mecha_status",
         other => panic!("{func}: no C spelling for the Rust type {other:?}; add it to c_type"),
     };

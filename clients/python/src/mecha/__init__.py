@@ -5,19 +5,19 @@ speak ABI v1 as ``abi/SPEC.md`` defines it; payload types live in ``mecha.payloa
 the encoding in ``mecha.codec``.
 """
 
-from .client import Client, ConfigWatch, Registration, Subscription
+from .client import BindingSubscription, Client, ConfigWatch, Registration, Subscription
 from .errors import (DeadlineExceeded, EtagMismatch, Internal, InvalidArgument,
                      MechaConnectionError, MechaError, NotFound, PermissionDenied, ProtocolError,
                      ResourceExhausted, StatusError, Unavailable, UnknownOpcode, Unsupported, UnsupportedVersion)
-from .payloads import (AppEntry, BulkGetItem, InvokeReply, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
+from .payloads import (AppEntry, BindingEvent, BindingSubscribeReply, BulkGetItem, InvokeReply, ConfigItem, ConfigSetItem, ConfigUpdate, DeleteItem, Delivery,
                        ExtendLockReply, HelloReply, ModuleStatus, PublishReply, ReloadReply,
                        SetItem, StateEntry, StatusReply, SubscribeReply, TryLockReply,
-                       UnlockStatus)
+                       UnlockStatus, InvokeBindingReply)
 from .protocol import Call, default_socket_path
 
 __version__ = "0.1.0"
 __all__ = [
-    "Client", "Subscription", "ConfigWatch", "Registration", "Call", "default_socket_path",
+    "Client", "Subscription", "BindingSubscription", "ConfigWatch", "Registration", "Call", "default_socket_path",
     "AppEntry", "InvokeReply",
     "MechaError", "MechaConnectionError", "ProtocolError", "StatusError", "NotFound",
     "EtagMismatch", "InvalidArgument", "UnknownOpcode", "Unsupported", "UnsupportedVersion",
@@ -25,4 +25,5 @@ __all__ = [
     "BulkGetItem", "DeleteItem", "ExtendLockReply", "HelloReply", "ModuleStatus",
     "ReloadReply", "SetItem", "StateEntry", "StatusReply", "TryLockReply", "UnlockStatus",
     "ConfigItem", "ConfigSetItem", "ConfigUpdate", "Delivery", "PublishReply", "SubscribeReply",
+    "BindingEvent", "BindingSubscribeReply", "InvokeBindingReply",
 ]

@@ -18,14 +18,16 @@ import asyncio
 import os
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import errors
 from . import payloads as t
 from . import protocol as p
 
-__all__ = ["Client", "Stream", "Subscription", "ConfigWatch", "Registration"]
+__all__ = ["Client", "Stream", "Subscription", "BindingSubscription", "ConfigWatch", "Registration"]
 T = TypeVar("T")
+R = TypeVar("R")  # a subscription's opening answer
+E = TypeVar("E")  # a subscription's push
 Frame = tuple[p.Header, bytes]
 Reply = bytes | str | t.InvokeReply | None
 Handler = Callable[[p.Call], Reply | Awaitable[Reply]]
@@ -278,6 +280,24 @@ class Client:
                   timeout: float | None = None) -> int:
         return await self._call(p.pubsub_ack(deliveries, nack), timeout, None)
 
+    async def invoke_binding(self, name: str, operation: str, data: bytes | str = b"", *,
+                             metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                             timeout: float | None = None,
+                             retry: bool | None = None) -> t.InvokeBindingReply:
+        return await self._call(p.binding_invoke(name, operation, data, metadata), timeout, retry)
+
+    async def subscribe_binding(self, name: str, *, max_in_flight: int = 0,
+                                ack_deadline_ms: int = 0,
+                                timeout: float | None = None) -> BindingSubscription:
+        """Like ``mecha.Client.subscribe_binding``, but the stream shares this connection."""
+        sub = BindingSubscription(self, p.binding_subscribe(name, max_in_flight, ack_deadline_ms))
+        await sub._open(timeout)
+        return sub
+
+    async def ack_binding(self, *events: t.BindingEvent, nack: bool = False,
+                          timeout: float | None = None) -> int:
+        return await self._call(p.binding_ack(events, nack), timeout, None)
+
     async def config_get(self, keys: Sequence[str] = (), *, store: str = "",
                          timeout: float | None = None) -> list[t.ConfigItem]:
         return await self._call(p.config_get(keys, store), timeout, None)
@@ -511,16 +531,20 @@ class _AioStream:
         await self.cancel()
 
 
-class Subscription(_AioStream):
-    """``mecha.client.Subscription`` for asyncio: ``await next()``, ``async for``."""
+class _AckedStream(_AioStream, Generic[R, E]):
+    """``mecha.client._AckedStream`` for asyncio: what pub/sub and binding
+    subscriptions share (``await next()``, ``async for``, ``ack``/``nack``)."""
 
-    reply: t.SubscribeReply
+    reply: R
+
+    def _ack_op(self, item: E, nack: bool) -> p.Op[int]:
+        raise NotImplementedError
 
     async def _open(self, timeout: float | None, window: float | None = None) -> Any:
         self.reply = await super()._open(timeout, window)
         return self.reply
 
-    async def next(self, timeout: float | None = None) -> t.Delivery | None:
+    async def next(self, timeout: float | None = None) -> E | None:
         while not self._done:
             item = await self._frame(timeout)
             if not isinstance(item, p.End):
@@ -530,20 +554,34 @@ class Subscription(_AioStream):
             await self._reopen(item.error)
         return None
 
-    async def ack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
-        return await self.client._call(p.pubsub_ack([delivery], False), timeout, None) > 0
+    async def ack(self, item: E, *, timeout: float | None = None) -> bool:
+        return await self.client._call(self._ack_op(item, False), timeout, None) > 0
 
-    async def nack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
-        return await self.client._call(p.pubsub_ack([delivery], True), timeout, None) > 0
+    async def nack(self, item: E, *, timeout: float | None = None) -> bool:
+        return await self.client._call(self._ack_op(item, True), timeout, None) > 0
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> _AckedStream[R, E]:
         return self
 
-    async def __anext__(self) -> t.Delivery:
+    async def __anext__(self) -> E:
         d = await self.next()
         if d is None:
             raise StopAsyncIteration
         return d
+
+
+class Subscription(_AckedStream[t.SubscribeReply, t.Delivery]):
+    """``mecha.client.Subscription`` for asyncio: ``await next()``, ``async for``."""
+
+    def _ack_op(self, item: t.Delivery, nack: bool) -> p.Op[int]:
+        return p.pubsub_ack([item], nack)
+
+
+class BindingSubscription(_AckedStream[t.BindingSubscribeReply, t.BindingEvent]):
+    """``mecha.client.BindingSubscription`` for asyncio: ``await next()``, ``async for``."""
+
+    def _ack_op(self, item: t.BindingEvent, nack: bool) -> p.Op[int]:
+        return p.binding_ack([item], nack)
 
 
 class ConfigWatch(_AioStream):

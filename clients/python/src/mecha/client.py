@@ -18,13 +18,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import errors
 from . import payloads as t
 from . import protocol as p
 
 T = TypeVar("T")
+R = TypeVar("R")  # a subscription's opening answer
+E = TypeVar("E")  # a subscription's push
 
 
 class Client:
@@ -180,6 +182,31 @@ class Client:
         """Acknowledge (or ``nack``) deliveries of one topic and group from any
         connection (SPEC §7.3.3); returns how many took effect."""
         return self._call(p.pubsub_ack(deliveries, nack), timeout, None)
+
+    # -- bindings ----------------------------------------------------------------------
+
+    def invoke_binding(self, name: str, operation: str, data: bytes | str = b"", *,
+                       metadata: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+                       timeout: float | None = None,
+                       retry: bool | None = None) -> t.InvokeBindingReply:
+        """Run ``operation`` on the output binding ``name`` (SPEC §7.9.1); returns its
+        ``data`` and ``metadata``. Not retried unless ``retry=True``: an operation
+        answered UNAVAILABLE may have taken effect outside."""
+        return self._call(p.binding_invoke(name, operation, data, metadata), timeout, retry)
+
+    def subscribe_binding(self, name: str, *, max_in_flight: int = 0, ack_deadline_ms: int = 0,
+                          timeout: float | None = None) -> BindingSubscription:
+        """Subscribe to the input binding ``name``; returns a ``BindingSubscription``
+        whose ``next()`` yields ``BindingEvent``s. Like ``subscribe``, it owns a
+        connection of its own; close or cancel it when done."""
+        return BindingSubscription(self, p.binding_subscribe(name, max_in_flight, ack_deadline_ms),
+                                   timeout)
+
+    def ack_binding(self, *events: t.BindingEvent, nack: bool = False,
+                    timeout: float | None = None) -> int:
+        """Acknowledge (or ``nack``) events of one binding from any connection (SPEC
+        §7.9.3); returns how many took effect."""
+        return self._call(p.binding_ack(events, nack), timeout, None)
 
     # -- invoke ------------------------------------------------------------------------
 
@@ -533,20 +560,24 @@ class _SyncStream:
         self.close()
 
 
-class Subscription(_SyncStream):
-    """A member of a consumer group (``Client.subscribe``). ``next()`` returns the next
-    ``Delivery``; ``for d in sub`` iterates until the subscription ends. Acks and nacks
-    travel on the subscription's own connection."""
+class _AckedStream(_SyncStream, Generic[R, E]):
+    """What pub/sub and binding subscriptions share: at-least-once pushes that are
+    acknowledged (or nacked) by the offset and attempt they carry, and a stream that
+    subscribes again after a reset, after which the module delivers again whatever was
+    not acknowledged."""
 
-    reply: t.SubscribeReply
-    """The SubscribeReply of the latest (re)subscription: store and group resolved."""
+    reply: R
+    """The opening answer of the latest (re)subscription."""
 
-    def __init__(self, client: Client, op: p.Op[t.SubscribeReply], timeout: float | None) -> None:
+    def __init__(self, client: Client, op: p.Op[R], timeout: float | None) -> None:
         super().__init__(client, op, timeout)
         self.reply = self._opened
 
-    def next(self, timeout: float | None = None) -> t.Delivery | None:
-        """The next delivery, waiting up to ``timeout`` seconds (None: for ever;
+    def _ack_op(self, item: E, nack: bool) -> p.Op[int]:
+        raise NotImplementedError
+
+    def next(self, timeout: float | None = None) -> E | None:
+        """The next push, waiting up to ``timeout`` seconds (None: for ever;
         ``TimeoutError`` then). None once the subscription was cancelled; a non-OK END
         that cannot be resumed raises its ``StatusError``."""
         while not self._done:
@@ -558,22 +589,43 @@ class Subscription(_SyncStream):
             self.reply = self._reopen(item.error)
         return None
 
-    def ack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
-        """Acknowledge: the group never delivers it again. False if it had no effect."""
-        return self._conn._call(p.pubsub_ack([delivery], False), timeout, None) > 0
+    def ack(self, item: E, *, timeout: float | None = None) -> bool:
+        """Acknowledge: never delivered again. False if it had no effect."""
+        return self._conn._call(self._ack_op(item, False), timeout, None) > 0
 
-    def nack(self, delivery: t.Delivery, *, timeout: float | None = None) -> bool:
-        """Fail the delivery: delivered again at once (attempt + 1), or dead-lettered."""
-        return self._conn._call(p.pubsub_ack([delivery], True), timeout, None) > 0
+    def nack(self, item: E, *, timeout: float | None = None) -> bool:
+        """Fail the delivery: delivered again at once (attempt + 1)."""
+        return self._conn._call(self._ack_op(item, True), timeout, None) > 0
 
-    def __iter__(self) -> Iterator[t.Delivery]:
+    def __iter__(self) -> Iterator[E]:
         return self
 
-    def __next__(self) -> t.Delivery:
+    def __next__(self) -> E:
         d = self.next()
         if d is None:
             raise StopIteration
         return d
+
+
+class Subscription(_AckedStream[t.SubscribeReply, t.Delivery]):
+    """A member of a consumer group (``Client.subscribe``). ``next()`` returns the next
+    ``Delivery``; ``for d in sub`` iterates until the subscription ends. Acks and nacks
+    travel on the subscription's own connection; a nacked delivery may also go to the
+    dead-letter topic. ``reply`` is the SubscribeReply of the latest (re)subscription:
+    store and group resolved."""
+
+    def _ack_op(self, item: t.Delivery, nack: bool) -> p.Op[int]:
+        return p.pubsub_ack([item], nack)
+
+
+class BindingSubscription(_AckedStream[t.BindingSubscribeReply, t.BindingEvent]):
+    """A subscriber of an input binding (``Client.subscribe_binding``). ``next()``
+    returns the next ``BindingEvent``; ``for e in sub`` iterates until the subscription
+    ends. The subscribers of one tenant share its events; acks and nacks travel on the
+    subscription's own connection."""
+
+    def _ack_op(self, item: t.BindingEvent, nack: bool) -> p.Op[int]:
+        return p.binding_ack([item], nack)
 
 
 class ConfigWatch(_SyncStream):

@@ -2,8 +2,8 @@
 
 Class names are the SPEC's type names, so ``PAYLOAD_TYPES`` (name → type) can resolve
 the ``type:`` line of a golden vector, and field order *is* the wire order: do not
-reorder fields. ``Delivery`` and ``ConfigUpdate`` are the push payloads of the
-PUBSUB_SUBSCRIBE and CONFIG_SUBSCRIBE streams (SPEC §6.11).
+reorder fields. ``Delivery``, ``ConfigUpdate`` and ``BindingEvent`` are the push payloads
+of the PUBSUB_SUBSCRIBE, CONFIG_SUBSCRIBE and BINDING_SUBSCRIBE streams (SPEC §6.11).
 """
 
 from __future__ import annotations
@@ -455,6 +455,53 @@ class PeerHello:
 class PeerAnnounce:
     node: str
     apps: list[str]
+
+# -- bindings family (SPEC §7.9) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeBindingRequest:
+    name: str
+    operation: str
+    data: bytes = b""
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeBindingReply:
+    data: bytes
+    metadata: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSubscribeRequest:
+    name: str
+    max_in_flight: U32 = 0
+    ack_deadline_ms: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSubscribeReply:
+    subscription_id: U64
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindingEvent:
+    """The push of a BINDING_SUBSCRIBE stream; ``name``, ``offset`` and ``attempt``
+    identify it in BINDING_ACK."""
+    name: str
+    offset: U64
+    attempt: U32
+    data: bytes
+    metadata: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingAckRequest:
+    name: str
+    items: list[AckItem]
+    nack: bool = False
 
 # -- module link (§8): not used by applications, kept so every vector can be replayed
 

@@ -59,6 +59,9 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0x0702: ("INVOKE", t.InvokeRequest, t.InvokeReply),
     0x0703: ("INVOKE_APPS", None, t.AppsReply),
     0x0704: ("INVOKE_CALL", t.InvokeCall, t.InvokeReply),  # daemon -> app (SPEC §7.8.3)
+    0x0801: ("BINDING_INVOKE", t.InvokeBindingRequest, t.InvokeBindingReply),
+    0x0802: ("BINDING_SUBSCRIBE", t.BindingSubscribeRequest, t.BindingSubscribeReply),
+    0x0803: ("BINDING_ACK", t.BindingAckRequest, t.AckReply),
     0xF001: ("LINK_HELLO", t.LinkHello, t.LinkReady),
     0xF002: ("LINK_PING", None, None),
     0xF003: ("LINK_DRAIN", None, None),
@@ -71,7 +74,7 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
 # Defined in SPEC §3 with payloads "to be specified": none any more.
 PENDING_OPCODES: frozenset[int] = frozenset()
 # opcode -> push payload type of the stream its OK answer opens (SPEC §3, §6.11).
-PUSH_TYPES: dict[int, Any] = {0x0202: t.Delivery, 0x0502: t.ConfigUpdate}
+PUSH_TYPES: dict[int, Any] = {0x0202: t.Delivery, 0x0502: t.ConfigUpdate, 0x0802: t.BindingEvent}
 
 
 class Header(NamedTuple):
@@ -197,6 +200,13 @@ def _b(value: bytes | bytearray | memoryview | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
+def _pairs(metadata: dict[str, str] | Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """Metadata as the wire's list of pairs, from a dict or any sequence of pairs."""
+    if metadata is None or isinstance(metadata, dict):
+        return list((metadata or {}).items())
+    return [(k, v) for k, v in metadata]
+
+
 def hello() -> Op[t.HelloReply]:
     return _op(0x0001, t.Hello(VERSION, VERSION, CLIENT_NAME), _same, False)
 
@@ -289,11 +299,7 @@ def pubsub_publish(topic: str, data: bytes | str, content_type: str,
                    metadata: dict[str, str] | Sequence[tuple[str, str]] | None, raw: bool,
                    store: str) -> Op[t.PublishReply]:
     # §7.3.1: not idempotent (a resend may store the message twice); retry=True opts in.
-    if metadata is None or isinstance(metadata, dict):
-        pairs = list((metadata or {}).items())
-    else:
-        pairs = [(k, v) for k, v in metadata]
-    return _op(0x0201, t.PublishRequest(store, topic, _b(data), content_type, pairs, raw),
+    return _op(0x0201, t.PublishRequest(store, topic, _b(data), content_type, _pairs(metadata), raw),
                _same, False)
 
 
@@ -318,6 +324,36 @@ def pubsub_ack(deliveries: Sequence[t.Delivery], nack: bool) -> Op[int]:
                lambda r: r.applied, True)
 
 
+# -- bindings (§7.9) ----------------------------------------------------------------------
+
+
+def binding_invoke(name: str, operation: str, data: bytes | str,
+                   metadata: dict[str, str] | Sequence[tuple[str, str]] | None,
+                   ) -> Op[t.InvokeBindingReply]:
+    # §7.9.1: not idempotent (an operation answered UNAVAILABLE may have taken effect
+    # outside, and the daemon never resends it); retry=True opts in.
+    return _op(0x0801, t.InvokeBindingRequest(name, operation, _b(data), _pairs(metadata)),
+               _same, False)
+
+
+def binding_subscribe(name: str, max_in_flight: int,
+                      ack_deadline_ms: int) -> Op[t.BindingSubscribeReply]:
+    # Retrying is harmless: an error answer opens no stream (§6.11).
+    return _op(0x0802, t.BindingSubscribeRequest(name, max_in_flight, ack_deadline_ms), _same, True)
+
+
+def binding_ack(events: Sequence[t.BindingEvent], nack: bool) -> Op[int]:
+    """One BINDING_ACK for events of one binding; returns how many items took effect.
+    Idempotent for the same reasons as PUBSUB_ACK (§7.9.3)."""
+    if not events:
+        raise ValueError("nothing to acknowledge")
+    name = events[0].name
+    if any(e.name != name for e in events):
+        raise ValueError("one ack names events of one binding")
+    items = [t.AckItem(e.offset, e.attempt) for e in events]
+    return _op(0x0803, t.BindingAckRequest(name, items, nack), lambda r: r.applied, True)
+
+
 # -- configuration (§7.6) ------------------------------------------------------------------
 
 
@@ -339,12 +375,6 @@ def config_set(items: dict[str, str] | Sequence[t.ConfigSetItem], delete: Sequen
 # -- invoke (§7.8) ------------------------------------------------------------------------
 
 INVOKE_CALL = 0x0704
-
-
-def _pairs(metadata: dict[str, str] | Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
-    if metadata is None or isinstance(metadata, dict):
-        return list((metadata or {}).items())
-    return [(k, v) for k, v in metadata]
 
 
 def invoke(app_id: str, method: str, data: bytes | str, content_type: str,
