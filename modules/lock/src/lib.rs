@@ -492,7 +492,7 @@ mod tests {
         let m = module(&rt);
         hold(&rt, &m, "busy");
         // As if the tenant had its bound of requests waiting already.
-        let waiters = &m.stores.entry("").expect("the store").1.waiters;
+        let waiters = &m.stores.entry("", "uid:1").expect("the store").1.waiters;
         let _all: Vec<_> = (0..DEFAULT_MAX_WAITERS)
             .map(|_| waiters.try_take("t").expect("a permit"))
             .collect();
@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(status, Status::DeadlineExceeded, "{message}");
         assert!(message.contains("\"busy\""), "{message}");
         assert!(started.elapsed() < Duration::from_secs(10), "stopped early");
-        let waiters = &m.stores.entry("").expect("the store").1.waiters;
+        let waiters = &m.stores.entry("", "uid:1").expect("the store").1.waiters;
         assert_eq!(waiters.held("t"), 0, "permit returned");
     }
 
