@@ -2,7 +2,8 @@
 //! mecha's own bounded HTTP layer (`mecha-http`). Operations `get`, `head`,
 //! `post`, `put`, `patch`, `delete`, `options`, `trace`, and `create` (a
 //! `post`, as in Dapr). The request metadata entry `path` is appended to the
-//! base URL's path; every other entry is sent as a request header. The
+//! base URL's path; every other entry is sent as a request header, and so is
+//! the request's trace context (`traceparent`) when it has one. The
 //! answer's metadata holds `statusCode`, `status` and the response headers.
 //!
 //! Only plain `http://` is spoken: this build has no TLS client, so an
@@ -184,6 +185,16 @@ impl HttpBinding {
             .collect();
         if let Some((header, token)) = &self.token {
             headers.push((header, token));
+        }
+        // The request's trace goes on to the target, as Dapr's binding does,
+        // unless the application set its own `traceparent`.
+        if let Some(trace) = call.trace_parent {
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
+            {
+                headers.push(("traceparent", trace));
+            }
         }
         headers.push(("Connection", "close"));
         let body = if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
