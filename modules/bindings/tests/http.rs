@@ -66,6 +66,11 @@ fn requests_carry_path_headers_body_and_token_and_answers_carry_status_and_heade
         "fly",
     );
     refused(
+        &invoke(&m, "t", "web", "get", b"", &[("path", "../admin")]),
+        Status::InvalidArgument,
+        "climbs",
+    );
+    refused(
         &invoke(&m, "t", "web", "get", b"", &[("X-Bad", "a\r\nInjected: 1")]),
         Status::InvalidArgument,
         "request",
