@@ -131,11 +131,13 @@ impl BindingsModule {
                 format!("no operation given for binding {:?}", req.name),
             ));
         }
+        let trace_parent = ctx.trace_parent();
         let call = Call {
             operation: &req.operation,
             data: &req.data,
             metadata: &req.metadata,
             limit: binding.max_response,
+            trace_parent: trace_parent.as_deref(),
         };
         // The deadline bounds the outside system: the module stops waiting
         // then, and this request's task ends, while others go on.

@@ -66,6 +66,11 @@ fn requests_carry_path_headers_body_and_token_and_answers_carry_status_and_heade
         "fly",
     );
     refused(
+        &invoke(&m, "t", "web", "get", b"", &[("path", "../admin")]),
+        Status::InvalidArgument,
+        "climbs",
+    );
+    refused(
         &invoke(&m, "t", "web", "get", b"", &[("X-Bad", "a\r\nInjected: 1")]),
         Status::InvalidArgument,
         "request",
@@ -178,4 +183,25 @@ fn an_unreachable_target_is_unavailable() {
         Status::Unavailable,
         "web",
     );
+}
+
+#[test]
+fn the_request_trace_goes_on_to_the_target() {
+    use mecha_module::{Ctx, Module, Opcode};
+    let addr = http_server();
+    let dir = tempfile::tempdir().expect("dir");
+    let m = serve(
+        dir.path(),
+        vec![binding(&format!("http://{addr}/echo"), &[])],
+    );
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut ctx = Ctx::detached("t", Opcode::BINDING_INVOKE);
+    ctx.trace = Some(mecha_abi::TraceContext::parse(trace).expect("a trace context"));
+    let payload = common::invoke_request("web", "get", b"", &[]);
+    let reply = ok(&m.block(m.module().handle(ctx, &payload)));
+    let text = String::from_utf8(reply.data).expect("text");
+    assert!(text.contains(&format!("traceparent: {trace}")), "{text}");
+    // Without a trace, none is sent.
+    let reply = ok(&invoke(&m, "t", "web", "get", b"", &[]));
+    assert!(!String::from_utf8_lossy(&reply.data).contains("traceparent"));
 }

@@ -2,7 +2,8 @@
 //! mecha's own bounded HTTP layer (`mecha-http`). Operations `get`, `head`,
 //! `post`, `put`, `patch`, `delete`, `options`, `trace`, and `create` (a
 //! `post`, as in Dapr). The request metadata entry `path` is appended to the
-//! base URL's path; every other entry is sent as a request header. The
+//! base URL's path; every other entry is sent as a request header, and so is
+//! the request's trace context (`traceparent`) when it has one. The
 //! answer's metadata holds `statusCode`, `status` and the response headers.
 //!
 //! Only plain `http://` is spoken: this build has no TLS client, so an
@@ -159,6 +160,11 @@ impl HttpBinding {
             _ => return Err(call.unknown("bindings.http", &OPERATIONS)),
         };
         let path = call.get("path").unwrap_or("");
+        if climbs(path) {
+            return Err(BindingError::Invalid(format!(
+                "path {path:?} climbs above the binding's URL path (a \".\" or \"..\" segment)"
+            )));
+        }
         let target = match (self.base_path.as_str(), path.trim_start_matches('/')) {
             ("", "") => "/".to_owned(),
             (base, "") => base.to_owned(),
@@ -184,6 +190,16 @@ impl HttpBinding {
             .collect();
         if let Some((header, token)) = &self.token {
             headers.push((header, token));
+        }
+        // The request's trace goes on to the target, as Dapr's binding does,
+        // unless the application set its own `traceparent`.
+        if let Some(trace) = call.trace_parent {
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
+            {
+                headers.push(("traceparent", trace));
+            }
         }
         headers.push(("Connection", "close"));
         let body = if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
@@ -251,6 +267,17 @@ impl Output for HttpBinding {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment, also percent-encoded, before
+/// its query: a server would resolve it above the binding's base path,
+/// which the operator chose to confine what the binding reaches.
+fn climbs(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// A size as Dapr writes them: a whole number of bytes, optionally with a
 /// binary (`Ki`, `Mi`, `Gi`) or decimal (`k`, `M`, `G`) suffix.
 fn parse_size(text: &str) -> Option<usize> {
@@ -275,6 +302,24 @@ fn parse_size(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_that_climb_are_recognised() {
+        for bad in ["..", "../admin", "a/../../b", "a/./b", "%2e%2E/x", "a/.%2e"] {
+            assert!(climbs(bad), "{bad}");
+        }
+        for fine in [
+            "",
+            "a/b",
+            "a..b/c",
+            "x?q=../y",
+            ".well-known/x",
+            "a/...",
+            "v1.2",
+        ] {
+            assert!(!climbs(fine), "{fine}");
+        }
+    }
 
     #[test]
     fn sizes_read_as_dapr_writes_them() {

@@ -54,6 +54,9 @@ pub struct Call<'a> {
     pub metadata: &'a [(String, String)],
     /// The largest result the operation may answer (`maxResponseBytes`).
     pub limit: usize,
+    /// The request's W3C trace context (`traceparent` text), which a
+    /// binding that calls a traced protocol passes on.
+    pub trace_parent: Option<&'a str>,
 }
 
 impl<'a> Call<'a> {
