@@ -44,6 +44,13 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8])
 /// Every payload type, grouped by family in the order of `abi/src/msg/`.
 /// `.ci/fuzz.sh` checks that each `pub struct` / `pub enum` there is listed.
 const TYPES: &[fn(&[u8])] = &[
+    // bindings.rs
+    round_trip::<InvokeBindingRequest>,
+    round_trip::<InvokeBindingReply>,
+    round_trip::<BindingSubscribeRequest>,
+    round_trip::<BindingSubscribeReply>,
+    round_trip::<BindingEvent>,
+    round_trip::<BindingAckRequest>,
     // config.rs
     round_trip::<ConfigItem>,
     round_trip::<ConfigGetRequest>,
