@@ -143,3 +143,115 @@ fn a_dapr_field_that_would_weaken_the_connection_is_refused() {
         "{err}"
     );
 }
+
+/// More of Dapr's documented component files: a cron and an HTTP binding, a
+/// local file secret store, a Redis lock store and a Redis configuration
+/// store, written as Dapr's pages show them (with `route` and `direction`,
+/// which mecha does not use). Every module starts and serves; a secret store
+/// without `allowedTenants` keeps mecha's deny-by-default rather than Dapr's
+/// open access.
+#[test]
+fn more_dapr_documentation_files_load_as_written() {
+    let Some(redis) = servers::redis() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(&secrets, r#"{"db": {"password": "s3cret"}}"#).expect("secrets file");
+    let redis = redis.host_port();
+    let config = format!(
+        r#"apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: scheduled
+spec:
+  type: bindings.cron
+  version: v1
+  metadata:
+  - name: schedule
+    value: "@every 15s"
+  - name: direction
+    value: "input"
+  - name: route
+    value: /checkout
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: orders-api
+spec:
+  type: bindings.http
+  version: v1
+  metadata:
+  - name: url
+    value: http://127.0.0.1:9/orders
+  - name: direction
+    value: "output"
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: localsecretstore
+spec:
+  type: secretstores.local.file
+  version: v1
+  metadata:
+  - name: secretsFile
+    value: {secrets}
+  - name: nestedSeparator
+    value: ":"
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: lockstore
+spec:
+  type: lock.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: {redis}
+  - name: redisPassword
+    value: ""
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: configstore
+spec:
+  type: configuration.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: {redis}
+  - name: redisPassword
+    value: ""
+"#,
+        secrets = secrets.display()
+    );
+    let d = Daemon::start_in(dir, Some(&config), Vec::new());
+    let client = d.client();
+    let status = client.status().expect("status");
+    for module in ["bindings", "secrets", "lock", "config"] {
+        let m = status
+            .modules
+            .iter()
+            .find(|m| m.name == module)
+            .unwrap_or_else(|| panic!("{module} in {status:?}"));
+        assert_eq!(m.state, "running", "{module}: {m:?}");
+    }
+    let token = client
+        .try_lock(
+            "lockstore",
+            "order-7",
+            "worker-1",
+            Duration::from_secs(5),
+            None,
+        )
+        .expect("lock.redis serves");
+    assert!(token.is_some(), "the lock is granted");
+    let refused = client
+        .get_secret("localsecretstore", "db:password")
+        .expect_err("deny by default without allowedTenants");
+    assert!(refused.to_string().contains("allowedTenants"), "{refused}");
+}
