@@ -128,15 +128,21 @@ pub async fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<(Vec<Group>, Vec
         component(
             "noop",
             "bindings.postgresql",
-            &[(
-                "connectionString",
-                "host=127.0.0.1 port=1 user=bench".to_owned(),
-            )],
+            &[
+                (
+                    "connectionString",
+                    "host=127.0.0.1 port=1 user=bench".to_owned(),
+                ),
+                ("allowedTenants", "*".to_owned()),
+            ],
         ),
         component(
             "web",
             "bindings.http",
-            &[("url", format!("http://127.0.0.1:{http_port}"))],
+            &[
+                ("url", format!("http://127.0.0.1:{http_port}")),
+                ("allowedTenants", "*".to_owned()),
+            ],
         ),
     ]
     .concat();
@@ -144,7 +150,10 @@ pub async fn run(bin_dir: &Path, plan: &Plan) -> anyhow::Result<(Vec<Group>, Vec
         config.push_str(&component(
             "cache",
             "bindings.redis",
-            &[("redisHost", format!("127.0.0.1:{redis_port}"))],
+            &[
+                ("redisHost", format!("127.0.0.1:{redis_port}")),
+                ("allowedTenants", "*".to_owned()),
+            ],
         ));
     } else {
         notes.push("redis-server is not installed: the Redis row is skipped".into());

@@ -672,7 +672,11 @@ func bindingsClient(t *testing.T) *Client {
 			}
 			doc := "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: %s}\n" +
 				"spec: {type: %s, version: v1, metadata: [{name: %s, value: %q}]}\n---\n"
-			return fmt.Sprintf(doc, "files", "bindings.localstorage", "rootPath", root) +
+			// Bindings that reach outside mecha serve nobody without allowedTenants.
+			files := "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: files}\n" +
+				"spec: {type: bindings.localstorage, version: v1, metadata: " +
+				fmt.Sprintf("[{name: rootPath, value: %q}, {name: allowedTenants, value: \"*\"}]}\n---\n", root)
+			return files +
 				fmt.Sprintf(doc, "ticks", "bindings.cron", "schedule", "@every 1s"), nil
 		})
 	})

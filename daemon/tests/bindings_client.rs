@@ -23,7 +23,11 @@ fn start() -> Daemon {
     std::fs::create_dir(&root).expect("creating rootPath");
     let root = root.to_str().expect("temporary paths are UTF-8").to_owned();
     let config = [
-        component("files", "bindings.localstorage", &[("rootPath", root)]),
+        component(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root), ("allowedTenants", "*".into())],
+        ),
         component(
             "ticks",
             "bindings.cron",

@@ -28,7 +28,10 @@ fn local_storage_names_cannot_leave_the_root_path() {
     let d = daemon(&component(
         "files",
         "bindings.localstorage",
-        &[("rootPath", "files".to_owned())],
+        &[
+            ("rootPath", "files".to_owned()),
+            ("allowedTenants", "*".to_owned()),
+        ],
     ));
     let mut nobody = Acker::open(&d, Some(NOBODY));
     // The module creates its root at start; the operator (root) plants
@@ -104,13 +107,43 @@ fn a_tenant_outside_allowed_tenants_is_denied_before_anything_is_touched() {
         .expect("uid:0 is allowed");
 }
 
+/// A binding that reaches outside mecha, written without `allowedTenants`
+/// (as a file copied from Dapr's documentation is), serves no tenant: not
+/// the attacker, and not root either, until the operator names who may use
+/// it. Before, such a component handed every uid on the node the operator's
+/// directory, database or HTTP service.
+#[test]
+fn a_binding_without_allowed_tenants_serves_nobody() {
+    let files = component(
+        "files",
+        "bindings.localstorage",
+        &[("rootPath", "files".to_owned())],
+    );
+    let d = daemon(&files);
+    for who in [Some(NOBODY), None] {
+        let refused = Acker::open(&d, who)
+            .invoke("files", "create", &[("fileName", "planted")], 0)
+            .expect_err("nobody is listed");
+        assert_eq!(refused.0, Status::PermissionDenied, "{}", refused.1);
+        assert!(
+            refused.1.contains("lists no allowedTenants"),
+            "{}",
+            refused.1
+        );
+    }
+    assert!(!d.data_dir.join("bindings/files/planted").exists());
+}
+
 #[test]
 fn a_huge_http_response_is_refused_and_the_module_keeps_serving() {
     let addr = http_server::http_server();
     let d = daemon(&component(
         "web",
         "bindings.http",
-        &[("url", format!("http://{addr}"))],
+        &[
+            ("url", format!("http://{addr}")),
+            ("allowedTenants", "*".to_owned()),
+        ],
     ));
     let mut nobody = Acker::open(&d, Some(NOBODY));
     for path in ["big", "chunked-big"] {
@@ -138,7 +171,10 @@ fn a_slow_http_target_meets_the_deadline_and_holds_up_nobody_else() {
     let d = daemon(&component(
         "web",
         "bindings.http",
-        &[("url", format!("http://{addr}"))],
+        &[
+            ("url", format!("http://{addr}")),
+            ("allowedTenants", "*".to_owned()),
+        ],
     ));
     let mut slow = Acker::open(&d, Some(NOBODY));
     let mut other = Acker::open(&d, None);

@@ -135,7 +135,7 @@ fn config_yaml(secrets_file: &Path, files_root: &Path) -> String {
             "localfiles",
             "bindings.localstorage",
             &format!(
-                "{{name: rootPath, value: {:?}}}",
+                "{{name: rootPath, value: {:?}}}, {{name: allowedTenants, value: \"*\"}}",
                 files_root.to_str().expect("temporary paths are UTF-8")
             ),
         ),

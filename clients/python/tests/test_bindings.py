@@ -28,7 +28,9 @@ def bindings_daemon() -> Iterator[str]:
         "apiVersion: dapr.io/v1alpha1\nkind: Component\n"
         f"metadata: {{name: {name}}}\nspec: {{type: {kind}, version: v1, metadata: [{meta}]}}\n---\n"
         for name, kind, meta in [
-            ("files", "bindings.localstorage", f'{{name: rootPath, value: "{root}"}}'),
+            # Bindings that reach outside mecha serve nobody without allowedTenants.
+            ("files", "bindings.localstorage",
+             f'{{name: rootPath, value: "{root}"}}, {{name: allowedTenants, value: "*"}}'),
             ("ticks", "bindings.cron", '{name: schedule, value: "@every 1s"}'),
         ])
     try:

@@ -27,7 +27,7 @@ use mecha_abi::msg::{
 };
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
-use drivers::{Binding, Call, Role, Source};
+use drivers::{Access, Binding, Call, Role, Source};
 use error::BindingError;
 
 /// The bindings module: its configured bindings by name.
@@ -100,15 +100,26 @@ impl BindingsModule {
         // Through `entry`, which refuses a tenant the component's Dapr
         // `scopes` do not admit.
         let (_, binding) = self.bindings.entry(name, tenant)?;
-        if let Some(allowed) = &binding.allowed {
-            if !allowed.iter().any(|t| t == tenant) {
-                return Err(Reply::error(
-                    Status::PermissionDenied,
-                    format!(
-                        "tenant {tenant:?} may not use binding {name:?}: it is not listed in \
-                         the binding's allowedTenants"
-                    ),
-                ));
+        let refused = |why: String| {
+            Err(Reply::error(
+                Status::PermissionDenied,
+                format!("tenant {tenant:?} may not use binding {name:?}: {why}"),
+            ))
+        };
+        match &binding.access {
+            Access::Everyone => {}
+            Access::Tenants(allowed) if allowed.iter().any(|t| t == tenant) => {}
+            Access::Tenants(_) => {
+                return refused("it is not listed in the binding's allowedTenants".into())
+            }
+            // The component's scopes, checked by `entry` above, admitted it.
+            Access::Unlisted if self.bindings.has_scopes(name) => {}
+            Access::Unlisted => {
+                return refused(format!(
+                    "{} reaches outside mecha and its component lists no allowedTenants \
+                     (nor scopes), so it serves no tenant; name them (or \"*\")",
+                    binding.kind
+                ))
             }
         }
         Ok(binding)

@@ -203,3 +203,44 @@ fn unusable_components_stop_the_start_naming_the_field() {
     Served::<BindingsModule>::start(dir.path(), ok.to_vec())
         .unwrap_or_else(|e| panic!("Dapr's fields load: {e}"));
 }
+
+/// A binding that reaches outside mecha and names no `allowedTenants` serves
+/// nobody (deny by default), unless Dapr `scopes` admit tenants; `*` opens
+/// it to every tenant. (A cron binding reaches nothing outside and stays
+/// open: `daemon/tests/bindings.rs` subscribes to one as two tenants.)
+#[test]
+fn bindings_that_reach_outside_deny_by_default() {
+    let dir = tempfile::tempdir().expect("dir");
+    let m = Served::<BindingsModule>::start(
+        dir.path(),
+        vec![
+            spec("closed", "bindings.localstorage", &[("rootPath", "a")]),
+            spec(
+                "open",
+                "bindings.localstorage",
+                &[("rootPath", "b"), ("allowedTenants", "*")],
+            ),
+            spec(
+                "scoped",
+                "bindings.localstorage",
+                &[("rootPath", "c"), ("@tenants", "web")],
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("the module starts: {e}"));
+    let create =
+        |tenant: &str, name: &str| invoke(&m, tenant, name, "create", b"x", &[("fileName", "f")]);
+    refused(
+        &create("web", "closed"),
+        Status::PermissionDenied,
+        "lists no allowedTenants",
+    );
+    assert!(!dir.path().join("a/f").exists());
+    common::ok(&create("anyone", "open"));
+    common::ok(&create("web", "scoped"));
+    refused(
+        &create("other", "scoped"),
+        Status::PermissionDenied,
+        "scopes",
+    );
+}

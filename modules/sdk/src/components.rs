@@ -160,6 +160,16 @@ impl<T> Components<T> {
         Ok((n.as_str(), t))
     }
 
+    /// Whether component `name` has Dapr `scopes` (which
+    /// [`Self::entry`] and [`Self::scoped`] enforce), for a module whose
+    /// components deny by default unless something admits tenants.
+    pub fn has_scopes(&self, name: &str) -> bool {
+        self.entries
+            .iter()
+            .zip(&self.admitted)
+            .any(|((n, _), admitted)| n == name && admitted.is_some())
+    }
+
     /// Every component with its name, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))

@@ -130,12 +130,28 @@ pub enum Role {
     Input(Arc<Input>, Source),
 }
 
+/// Who may use a binding, from its `allowedTenants`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `allowedTenants: "*"`, or no list on a binding that reaches nothing
+    /// outside mecha (`bindings.cron`).
+    Everyone,
+    /// The tenants the list names.
+    Tenants(Vec<String>),
+    /// No list on a binding that reaches outside mecha (a network service or
+    /// the file system): deny by default, as secret stores do, so that a
+    /// component the operator wrote for one app does not hand every tenant
+    /// on the node its database, HTTP service or directory. Dapr `scopes`
+    /// admit tenants instead, when the component has them.
+    Unlisted,
+}
+
 /// One configured binding.
 pub struct Binding {
     /// The component type, e.g. `bindings.http`.
     pub kind: String,
-    /// The tenants that may use it; `None` means every tenant.
-    pub allowed: Option<Vec<String>>,
+    /// Who may use it (`allowedTenants`).
+    pub access: Access,
     /// `maxResponseBytes`.
     pub max_response: usize,
     /// What it does.
@@ -183,9 +199,12 @@ pub fn open(
     let known = [&COMMON_FIELDS[..], input_fields, own].concat();
     let metadata = Metadata::parse(spec, &known)?;
     check_direction(&metadata, input)?;
-    let allowed = metadata
-        .list("allowedTenants")?
-        .map(|list| list.into_iter().map(str::to_owned).collect());
+    let access = match metadata.list("allowedTenants")? {
+        Some(list) if list.contains(&"*") => Access::Everyone,
+        Some(list) => Access::Tenants(list.into_iter().map(str::to_owned).collect()),
+        None if kind == "bindings.cron" => Access::Everyone,
+        None => Access::Unlisted,
+    };
     let max_response = metadata
         .whole("maxResponseBytes", 1..=MAX_RESPONSE_CAP)?
         .unwrap_or(DEFAULT_MAX_RESPONSE);
@@ -218,7 +237,7 @@ pub fn open(
     };
     Ok(Binding {
         kind: kind.to_owned(),
-        allowed,
+        access,
         max_response: usize::try_from(max_response).unwrap_or(usize::MAX),
         role,
     })

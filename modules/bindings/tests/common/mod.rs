@@ -19,7 +19,21 @@ use mecha_module::testing::Served;
 use mecha_module::{Ctx, Opcode, Reply, Status};
 
 /// Starts the module with `components` in `dir`.
-pub fn serve(dir: &Path, components: Vec<ComponentSpec>) -> Served<BindingsModule> {
+///
+/// Bindings that reach outside mecha serve nobody without `allowedTenants`
+/// (deny by default); a component here that names no list is opened to every
+/// tenant (`*`), so that each test states only the access it is about.
+pub fn serve(dir: &Path, mut components: Vec<ComponentSpec>) -> Served<BindingsModule> {
+    for c in &mut components {
+        let listed = c
+            .metadata
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("allowedTenants"));
+        if !listed && c.kind != "bindings.cron" {
+            c.metadata
+                .push(("allowedTenants".to_owned(), "*".to_owned()));
+        }
+    }
     Served::start(dir, components).unwrap_or_else(|e| panic!("the module starts: {e}"))
 }
 
