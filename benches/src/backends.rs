@@ -602,14 +602,9 @@ async fn postgres_groups(
 }
 
 /// The Markdown table: one line per group with the three p50s and the tax,
-/// then every scenario's p50, p99 and throughput.
-pub fn markdown(groups: &[Group], notes: &[String]) -> String {
-    markdown_with(groups, notes, "mecha on memory", "memory")
-}
-
-/// [`markdown`] with the third way's column title (`third`) and its short
-/// name in the tax's formula (`short`).
-pub fn markdown_with(groups: &[Group], notes: &[String], third: &str, short: &str) -> String {
+/// then every scenario's p50, p99 and throughput. `third` is the third way's
+/// column title ("mecha on memory"), `short` its name in the tax's formula.
+pub fn markdown(groups: &[Group], notes: &[String], third: &str, short: &str) -> String {
     let mut s = format!(
         "| operation | mecha p50 µs | direct p50 µs | {third} p50 µs | tax = mecha ÷ (direct + {short}) |\n|---|---:|---:|---:|---:|\n",
     );

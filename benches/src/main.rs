@@ -255,10 +255,7 @@ fn durable_bench(args: Run) -> anyhow::Result<()> {
 fn capabilities(args: Run) -> anyhow::Result<()> {
     let plan = args.plan(5_000, 500);
     let bin_dir = bin_dir(args.bin_dir)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = one_thread()?;
     let rows = runtime.block_on(capabilities::run(&bin_dir, &plan))?;
     print!("{}", capabilities::markdown(&rows));
     println!(
@@ -305,10 +302,7 @@ fn invoke_bench(args: Run) -> anyhow::Result<()> {
     let plan = args.plan(20_000, 2_000);
     let bin_dir = bin_dir(args.bin_dir)?;
     // One client thread, as in `compare`: the callee's handler runs on it too.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = one_thread()?;
     let outcomes = runtime.block_on(invoke::run(&bin_dir, &plan))?;
     print!("{}", invoke::markdown(&outcomes));
     if let Some(path) = &args.json {
@@ -318,36 +312,45 @@ fn invoke_bench(args: Run) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backends(args: Run) -> anyhow::Result<()> {
-    let plan = args.plan(10_000, 1_000);
-    let bin_dir = bin_dir(args.bin_dir)?;
-    // One client thread for mecha and the direct clients alike.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime: one client thread drives the bench's clients.
+fn one_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let (groups, notes) = runtime.block_on(backends::run(&bin_dir, &plan))?;
-    print!("{}", backends::markdown(&groups, &notes));
-    if let Some(path) = &args.json {
-        backends::write_json(path, &groups)?;
-        eprintln!("[mecha-bench] wrote {}", path.display());
-    }
-    Ok(())
+        .context("starting the async runtime")
+}
+
+fn backends(args: Run) -> anyhow::Result<()> {
+    tax_bench(
+        args,
+        |runtime, bin_dir, plan| runtime.block_on(backends::run(bin_dir, plan)),
+        ("mecha on memory", "memory"),
+    )
 }
 
 fn bindings_bench(args: Run) -> anyhow::Result<()> {
+    tax_bench(
+        args,
+        |runtime, bin_dir, plan| runtime.block_on(bindings::run(bin_dir, plan)),
+        ("no-op binding", "no-op"),
+    )
+}
+
+/// The groups and notes of a bench of three ways per operation.
+type Taxed = (Vec<backends::Group>, Vec<String>);
+
+/// Runs a bench of three ways per operation (`backends`, `bindings`) on one
+/// client thread, for mecha and the direct clients alike, and prints its
+/// table with `third` naming the third way (column title, short name).
+fn tax_bench(
+    args: Run,
+    run: impl FnOnce(&tokio::runtime::Runtime, &Path, &Plan) -> anyhow::Result<Taxed>,
+    third: (&str, &str),
+) -> anyhow::Result<()> {
     let plan = args.plan(10_000, 1_000);
     let bin_dir = bin_dir(args.bin_dir)?;
-    // One client thread for mecha and the direct clients alike.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (groups, notes) = runtime.block_on(bindings::run(&bin_dir, &plan))?;
-    print!(
-        "{}",
-        backends::markdown_with(&groups, &notes, "no-op binding", "no-op")
-    );
+    let (groups, notes) = run(&one_thread()?, &bin_dir, &plan)?;
+    print!("{}", backends::markdown(&groups, &notes, third.0, third.1));
     if let Some(path) = &args.json {
         backends::write_json(path, &groups)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
@@ -391,10 +394,7 @@ fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
             .max(1),
     };
     let bin_dir = bin_dir(args.bin_dir)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = one_thread()?;
     let results = runtime.block_on(recovery::run(&bin_dir, &plan))?;
     print!("{}", recovery::markdown(&results));
     if let Some(path) = &args.json {

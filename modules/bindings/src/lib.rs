@@ -22,9 +22,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mecha_abi::msg::{
-    BindingAckRequest, BindingSubscribeReply, BindingSubscribeRequest, InvokeBindingRequest,
-    BINDING_MAX_IN_FLIGHT,
+    BindingAckRequest, BindingEvent, BindingSubscribeReply, BindingSubscribeRequest,
+    InvokeBindingRequest, BINDING_MAX_IN_FLIGHT,
 };
+use mecha_mod_pubsub::pump::pump;
+use mecha_mod_pubsub::store::Subscription;
 use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use drivers::{Access, Binding, Call, Role, Source};
@@ -215,7 +217,24 @@ impl BindingsModule {
             name: req.name.clone(),
         };
         let stream = ctx.open_stream();
-        tokio::spawn(input::stream::serve(ctx, stream, req.name, subscriber));
+        let name = req.name;
+        tokio::spawn(pump(
+            ctx,
+            stream,
+            Subscription::Embedded(subscriber),
+            "bindings",
+            move |d| BindingEvent {
+                name: name.clone(),
+                offset: d.offset,
+                attempt: d.attempt,
+                data: d.data,
+                metadata: d.metadata,
+            },
+            |e| {
+                let e = BindingError::from(e);
+                (e.status(), e.to_string())
+            },
+        ));
         Ok(Reply::stream_ok(&reply))
     }
 

@@ -14,6 +14,7 @@ pub mod broker;
 pub mod drivers;
 pub mod error;
 pub mod message;
+pub mod pump;
 pub mod request;
 pub mod server_delivery;
 pub mod store;
@@ -21,10 +22,10 @@ pub mod store;
 use std::path::Path;
 
 use mecha_abi::msg::{AckRequest, PublishRequest, SubscribeReply, SubscribeRequest};
-use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status, Stream};
+use mecha_module::{Components, Ctx, InitError, LinkHello, Module, Opcode, Reply, Status};
 
 use error::PubsubError;
-use store::{Store, Subscription};
+use store::Store;
 
 /// The pubsub module: one or more named stores, the first being the default.
 pub struct PubsubModule {
@@ -95,7 +96,14 @@ impl PubsubModule {
         // The stream opens only once the subscriber exists, so an error
         // above is a plain error answer and no stream is left half-open.
         let stream = ctx.open_stream();
-        tokio::spawn(serve_stream(ctx, stream, subscriber));
+        tokio::spawn(pump::pump(
+            ctx,
+            stream,
+            subscriber,
+            "pubsub",
+            |d| d,
+            |e| (error_status(&e), e.to_string()),
+        ));
         Ok(Reply::stream_ok(&reply))
     }
 
@@ -107,73 +115,19 @@ impl PubsubModule {
     }
 }
 
-/// Pushes deliveries to one subscription's stream until it ends.
-///
-/// Backpressure: `Subscriber::next` hands out nothing while the subscriber
-/// holds its `max_in_flight` unacknowledged deliveries, and `Stream::push`
-/// waits while the link to the daemon is full, so a slow consumer pauses
-/// this task instead of growing a buffer. A push the daemon or the client
-/// drops for lack of room is delivered again when its ack deadline passes.
-async fn serve_stream(ctx: Ctx, mut stream: Stream, subscriber: Subscription) {
-    loop {
-        let next = tokio::select! {
-            // Draining is checked first: a retired instance also cancels its
-            // streams, and its members did nothing wrong, so their
-            // deliveries must not count as failed.
-            biased;
-            () = ctx.draining() => {
-                subscriber.retire();
-                stream
-                    .end(
-                        Status::Unavailable,
-                        "the pubsub module instance is being replaced; subscribe again",
-                    )
-                    .await;
-                return;
-            }
-            () = stream.cancelled() => {
-                // Dropping the subscriber gives its deliveries back, counted
-                // as failed.
-                return;
-            }
-            next = subscriber.next() => next,
-        };
-        let delivery = match next {
-            Ok(delivery) => delivery,
-            Err(e) => {
-                let reply = error_reply(e);
-                let message = mecha_abi::decode::<mecha_abi::msg::ErrorBody>(&reply.payload)
-                    .map(|b| b.message)
-                    .unwrap_or_default();
-                stream.end(reply.status, &message).await;
-                return;
-            }
-        };
-        let bytes = match mecha_abi::encode(&delivery) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                // The delivery stays in flight and is delivered again at its
-                // deadline; the stream ends so the failure is visible.
-                let message = format!("encoding a delivery failed: {e}");
-                stream.end(Status::Internal, &message).await;
-                return;
-            }
-        };
-        if stream.push(bytes).await.is_err() {
-            return;
-        }
-    }
+/// The reply for a broker error.
+fn error_reply(e: PubsubError) -> Reply {
+    Reply::error(error_status(&e), e.to_string())
 }
 
-/// The reply for a broker error: the module's own failures here, the shared
+/// The status of a broker error: the module's own failures here, the shared
 /// ones as the SDK maps them.
-fn error_reply(e: PubsubError) -> Reply {
-    let status = match &e {
+fn error_status(e: &PubsubError) -> Status {
+    match e {
         PubsubError::Invalid(_) => Status::InvalidArgument,
         PubsubError::Full { .. } => Status::ResourceExhausted,
         PubsubError::Driver(driver) => driver.status(),
-    };
-    Reply::error(status, e.to_string())
+    }
 }
 
 #[cfg(test)]

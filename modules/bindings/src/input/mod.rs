@@ -10,7 +10,6 @@
 //! are enrolled and the fan-out in progress are in the [`ledger`].
 
 pub mod ledger;
-pub mod stream;
 
 use std::collections::BTreeSet;
 use std::path::Path;
