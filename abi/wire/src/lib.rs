@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod outbox;
+pub mod session;
 pub mod sock;
 
 pub use outbox::{Closed, Outbox, Unflushed, WeakOutbox};

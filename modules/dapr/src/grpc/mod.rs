@@ -1,0 +1,290 @@
+//! Dapr's gRPC API (`dapr.proto.runtime.v1.Dapr`), on the Unix socket and on
+//! TCP: each accepted connection becomes a [`Caller`] that tonic hands to
+//! every request of that connection, so a handler serves its request through
+//! the caller's own native session.
+
+mod service;
+mod unimplemented;
+
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use dapr::dapr::proto::runtime::v1::dapr_server::DaprServer;
+use futures_util::Stream;
+use mecha_abi::Status;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+use crate::session::{Caller, Refused, Sessions};
+
+pub use service::Api;
+
+/// The metadata key (and HTTP header) of Dapr's API token.
+pub const TOKEN_HEADER: &str = "dapr-api-token";
+
+/// Serves gRPC on whichever of the two listeners is present, until the
+/// process exits.
+pub async fn serve(
+    unix: Option<tokio::net::UnixListener>,
+    tcp: Option<tokio::net::TcpListener>,
+    sessions: Arc<Sessions>,
+) {
+    let api = Api::new();
+    let serve_one = |incoming: Incoming| {
+        let api = api.clone();
+        async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(DaprServer::new(api))
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = result {
+                tracing::error!("the gRPC server stopped: {e}");
+            }
+        }
+    };
+    let unix = unix.map(|l| serve_one(Incoming::unix(l, Arc::clone(&sessions))));
+    let tcp = tcp.map(|l| serve_one(Incoming::tcp(l, Arc::clone(&sessions))));
+    tokio::join!(
+        async {
+            if let Some(s) = unix {
+                s.await
+            }
+        },
+        async {
+            if let Some(s) = tcp {
+                s.await
+            }
+        },
+    );
+}
+
+/// The caller of a request and the API token it presented, if any.
+pub(crate) fn caller_of<T>(
+    request: &tonic::Request<T>,
+) -> Result<(Arc<Caller>, Option<String>), tonic::Status> {
+    let caller = request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::internal("a request without its connection"))?;
+    let token = request
+        .metadata()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((caller, token))
+}
+
+/// The native client that serves `request`, as its caller's tenant.
+pub(crate) async fn client_for<T>(
+    request: &tonic::Request<T>,
+) -> Result<mecha_client::Client, tonic::Status> {
+    let (caller, token) = caller_of(request)?;
+    caller.client(token.as_deref()).await.map_err(refused)
+}
+
+/// UNIMPLEMENTED, naming the method.
+pub(crate) fn unimplemented(method: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
+        "the mecha Dapr personality does not implement {method}; see README.md for what it serves"
+    ))
+}
+
+/// A refusal of the caller as a gRPC status.
+pub(crate) fn refused(r: Refused) -> tonic::Status {
+    tonic::Status::new(code_of(r.status), r.message)
+}
+
+/// A native client error as a gRPC status.
+pub(crate) fn failed(e: mecha_client::Error) -> tonic::Status {
+    let code = e.status().map_or(tonic::Code::Unavailable, code_of);
+    tonic::Status::new(code, e.to_string())
+}
+
+/// The gRPC code of a native status (SPEC §3). A failed ETag check is
+/// ABORTED, as Dapr answers it.
+pub(crate) fn code_of(status: Status) -> tonic::Code {
+    match status {
+        Status::Ok => tonic::Code::Ok,
+        Status::NotFound => tonic::Code::NotFound,
+        Status::EtagMismatch => tonic::Code::Aborted,
+        Status::InvalidArgument => tonic::Code::InvalidArgument,
+        Status::UnknownOpcode | Status::Unsupported => tonic::Code::Unimplemented,
+        Status::UnsupportedVersion => tonic::Code::FailedPrecondition,
+        Status::PermissionDenied => tonic::Code::PermissionDenied,
+        Status::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Status::Unavailable => tonic::Code::Unavailable,
+        Status::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// One accepted connection with its caller, as tonic's server sees it.
+pub struct Conn<S> {
+    io: S,
+    caller: Arc<Caller>,
+}
+
+impl<S> Connected for Conn<S> {
+    type ConnectInfo = Arc<Caller>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        Arc::clone(&self.caller)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Either kind of accepted stream.
+pub enum Io {
+    /// From the Unix socket.
+    Unix(tokio::net::UnixStream),
+    /// From TCP.
+    Tcp(tokio::net::TcpStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Unix(s) => Pin::new(s).poll_flush(cx),
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The stream of accepted connections tonic serves.
+pub struct Incoming {
+    listener: Listener,
+    sessions: Arc<Sessions>,
+}
+
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Incoming {
+    fn unix(l: tokio::net::UnixListener, sessions: Arc<Sessions>) -> Self {
+        Self {
+            listener: Listener::Unix(l),
+            sessions,
+        }
+    }
+
+    fn tcp(l: tokio::net::TcpListener, sessions: Arc<Sessions>) -> Self {
+        Self {
+            listener: Listener::Tcp(l),
+            sessions,
+        }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = std::io::Result<Conn<Io>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let accepted = match &this.listener {
+            Listener::Unix(l) => match l.poll_accept(cx) {
+                Poll::Ready(Ok((s, _))) => {
+                    s.as_fd().try_clone_to_owned().map(|fd| (Io::Unix(s), fd))
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => return Poll::Pending,
+            },
+            Listener::Tcp(l) => match l.poll_accept(cx) {
+                Poll::Ready(Ok((s, _))) => {
+                    let _ = s.set_nodelay(true);
+                    s.as_fd().try_clone_to_owned().map(|fd| (Io::Tcp(s), fd))
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        match accepted {
+            Ok((io, fd)) => {
+                let caller = Arc::new(Caller::new(fd, Arc::clone(&this.sessions)));
+                Poll::Ready(Some(Ok(Conn { io, caller })))
+            }
+            // One failed accept (the peer left, descriptors ran out)
+            // must not end the server, as an error item would; yield
+            // and try again, so that a lasting failure does not spin.
+            Err(e) => {
+                tracing::debug!("accept failed: {e}");
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+}

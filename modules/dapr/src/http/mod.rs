@@ -1,0 +1,69 @@
+//! Dapr's HTTP API (`/v1.0/…`) on TCP, with hyper's HTTP/1.1 server: each
+//! accepted connection is a [`Caller`], and every request on it is served
+//! through the caller's own native session.
+
+use std::convert::Infallible;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+
+use crate::session::{Caller, Sessions};
+
+/// An answer body.
+pub type Body = Full<Bytes>;
+
+/// Serves HTTP on `listener` until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!("accept failed: {e}");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let fd = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!("cannot keep an accepted connection: {e}");
+                continue;
+            }
+        };
+        let caller = Arc::new(Caller::new(fd, Arc::clone(&sessions)));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let caller = Arc::clone(&caller);
+                async move { Ok::<_, Infallible>(route(&caller, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!("an HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// One request to its handler.
+async fn route(_caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
+            empty(StatusCode::NO_CONTENT)
+        }
+        _ => empty(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
+/// An answer without a body.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}

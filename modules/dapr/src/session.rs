@@ -1,0 +1,147 @@
+//! Callers and their native sessions: every connection the personality
+//! accepts is a [`Caller`], served through a mecha session that mechad opened
+//! for it after identifying it from its socket (the session broker, fd 4).
+//! The personality never names a tenant itself.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use mecha_abi::Status;
+use mecha_client::Client;
+use mecha_wire::session::{self, Broker};
+
+/// How many distinct API tokens one connection may present; each is a
+/// session of its own. More are refused, so one connection cannot make the
+/// daemon open sessions without bound.
+pub const MAX_TOKENS_PER_CONNECTION: usize = 4;
+
+/// Why a caller is not served: the status and message mechad (or the
+/// personality) gave. Translated into gRPC and HTTP errors by the servers.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// The native status.
+    pub status: Status,
+    /// What to tell the caller.
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: Status, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The module's end of the session broker. Requests are one at a time: the
+/// daemon answers each in order, and identifying a caller is quick.
+pub struct Sessions {
+    broker: Broker,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Sessions {
+    /// The broker mechad passed on [`session::SESSION_FD`].
+    pub fn inherited() -> std::io::Result<Self> {
+        let fd: i32 = std::env::var(session::SESSION_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|fd| *fd > 2)
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} is not set; the Dapr personality is started by mechad",
+                    session::SESSION_FD_ENV
+                ))
+            })?;
+        Ok(Self::new(crate::listen::take_fd(fd)))
+    }
+
+    /// Wraps the module's end of a broker socketpair.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self {
+            broker: Broker::new(fd).unwrap_or_else(|e| {
+                // Only fails when the runtime has no reactor, which `run`
+                // always provides; the module cannot serve without it.
+                panic!("cannot register the session broker: {e}")
+            }),
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Asks mechad for a session for the caller behind `client`, presenting
+    /// `token` if the caller gave one, and says HELLO on it.
+    pub async fn open(&self, client: &impl AsFd, token: Option<&str>) -> Result<Client, Refused> {
+        let unavailable = |e: std::io::Error| {
+            Refused::new(Status::Unavailable, format!("mechad's session broker: {e}"))
+        };
+        let (body, fd) = {
+            let _turn = self.turn.lock().await;
+            self.broker
+                .send(&session::encode_request(token), Some(client.as_fd()))
+                .await
+                .map_err(unavailable)?;
+            self.broker
+                .recv()
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| {
+                    Refused::new(Status::Unavailable, "mechad closed the session broker")
+                })?
+        };
+        let (code, message) =
+            session::decode_answer(&body).map_err(|e| Refused::new(Status::Internal, e))?;
+        let status = Status::from_code(code);
+        if status != Status::Ok {
+            return Err(Refused::new(status, message));
+        }
+        let fd = fd.ok_or_else(|| Refused::new(Status::Internal, "mechad sent no session"))?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        Client::from_stream(stream, Path::new("mechad session"))
+            .await
+            .map_err(|e| Refused::new(e.status().unwrap_or(Status::Unavailable), e.to_string()))
+    }
+}
+
+/// One accepted connection: its socket (a duplicate, kept for identifying
+/// it) and the sessions opened for it, one per API token it presented.
+/// Dropping it (the connection closed) ends those sessions, and with them
+/// the caller's streams and registrations in mechad.
+pub struct Caller {
+    socket: OwnedFd,
+    sessions: Arc<Sessions>,
+    clients: tokio::sync::Mutex<Vec<(Option<String>, Client)>>,
+}
+
+impl Caller {
+    /// A caller on `socket` (any descriptor of the accepted connection).
+    pub fn new(socket: OwnedFd, sessions: Arc<Sessions>) -> Self {
+        Self {
+            socket,
+            sessions,
+            clients: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The native client serving this caller's requests made with `token`
+    /// (Dapr's `dapr-api-token`), opened at the first request.
+    pub async fn client(&self, token: Option<&str>) -> Result<Client, Refused> {
+        let mut clients = self.clients.lock().await;
+        if let Some((_, client)) = clients.iter().find(|(t, _)| t.as_deref() == token) {
+            return Ok(client.clone());
+        }
+        if clients.len() >= MAX_TOKENS_PER_CONNECTION {
+            return Err(Refused::new(
+                Status::ResourceExhausted,
+                format!(
+                    "one connection may present at most {MAX_TOKENS_PER_CONNECTION} API tokens"
+                ),
+            ));
+        }
+        let client = self.sessions.open(&self.socket, token).await?;
+        clients.push((token.map(str::to_owned), client.clone()));
+        Ok(client)
+    }
+}
