@@ -11,6 +11,8 @@ use mecha_abi::Status;
 use mecha_client::Client;
 use mecha_wire::session::{self, Broker};
 
+use crate::ops::configuration::Watches;
+
 /// How many distinct API tokens one connection may present; each is a
 /// session of its own. More are refused, so one connection cannot make the
 /// daemon open sessions without bound.
@@ -135,6 +137,7 @@ pub struct Caller {
     socket: OwnedFd,
     sessions: Arc<Sessions>,
     clients: tokio::sync::Mutex<Vec<(Option<String>, Client)>>,
+    watches: Watches,
 }
 
 impl Caller {
@@ -144,7 +147,13 @@ impl Caller {
             socket,
             sessions,
             clients: tokio::sync::Mutex::new(Vec::new()),
+            watches: Watches::default(),
         }
+    }
+
+    /// The configuration subscriptions this connection holds.
+    pub fn watches(&self) -> &Watches {
+        &self.watches
     }
 
     /// The native client serving this caller's requests made with `token`

@@ -3,7 +3,12 @@
 //! every request of that connection, so a handler serves its request through
 //! the caller's own native session.
 
+mod configuration;
+mod lock;
+mod metadata;
+mod secrets;
 mod service;
+mod state;
 mod unimplemented;
 
 use std::os::fd::AsFd;

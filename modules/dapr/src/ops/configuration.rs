@@ -106,19 +106,27 @@ pub struct Watches {
 #[derive(Default)]
 struct Table {
     next: u64,
-    live: HashMap<String, oneshot::Sender<()>>,
+    /// Per id: the tenant that subscribed, and the sender whose drop stops
+    /// the subscription.
+    live: HashMap<String, (String, oneshot::Sender<()>)>,
 }
 
 impl Watches {
-    /// Ends subscription `id` of this connection; whether it was live.
-    pub fn unsubscribe(&self, id: &str) -> bool {
-        // Dropping the sender wakes the subscription, which then ends.
-        self.table.lock().live.remove(id).is_some()
+    /// Ends subscription `id` that `tenant` made on this connection;
+    /// whether it was live. A connection may carry several tenants (one per
+    /// API token), and one never ends another's subscription.
+    pub fn unsubscribe(&self, tenant: &str, id: &str) -> bool {
+        let mut table = self.table.lock();
+        match table.live.get(id) {
+            // Dropping the sender wakes the subscription, which then ends.
+            Some((owner, _)) if owner == tenant => table.live.remove(id).is_some(),
+            _ => false,
+        }
     }
 
     /// Reserves a place and an id, or refuses when the connection holds
     /// its most subscriptions already.
-    fn reserve(&self) -> Result<(String, oneshot::Receiver<()>), DaprError> {
+    fn reserve(&self, tenant: &str) -> Result<(String, oneshot::Receiver<()>), DaprError> {
         let mut table = self.table.lock();
         if table.live.len() >= MAX_WATCHES_PER_CONNECTION {
             return Err(DaprError::new(
@@ -134,7 +142,7 @@ impl Watches {
         table.next += 1;
         let id = table.next.to_string();
         let (tx, rx) = oneshot::channel();
-        table.live.insert(id.clone(), tx);
+        table.live.insert(id.clone(), (tenant.to_owned(), tx));
         Ok((id, rx))
     }
 }
@@ -197,7 +205,7 @@ pub async fn subscribe(
     metadata: &HashMap<String, String>,
 ) -> Result<Subscription, DaprError> {
     check(&keys, metadata)?;
-    let (id, stop) = watches.reserve()?;
+    let (id, stop) = watches.reserve(client.tenant())?;
     let what = format!("failed to subscribe {keys:?} from Configuration store {store}");
     match client.watch_config(store, keys).await {
         Ok(watch) => Ok(Subscription {
@@ -222,21 +230,22 @@ mod tests {
         let watches = Watches::default();
         let mut held = Vec::new();
         for _ in 0..MAX_WATCHES_PER_CONNECTION {
-            held.push(watches.reserve().unwrap());
+            held.push(watches.reserve("uid:1").unwrap());
         }
-        let e = watches.reserve().unwrap_err();
+        let e = watches.reserve("uid:1").unwrap_err();
         assert_eq!(e.grpc, tonic::Code::ResourceExhausted);
         let (id, _) = &held[0];
-        assert!(watches.unsubscribe(id));
-        assert!(!watches.unsubscribe(id));
-        assert!(watches.reserve().is_ok());
+        assert!(!watches.unsubscribe("uid:2", id), "another tenant's id");
+        assert!(watches.unsubscribe("uid:1", id));
+        assert!(!watches.unsubscribe("uid:1", id));
+        assert!(watches.reserve("uid:1").is_ok());
     }
 
     #[test]
     fn ids_are_distinct() {
         let watches = Watches::default();
-        let (a, _) = watches.reserve().unwrap();
-        let (b, _) = watches.reserve().unwrap();
+        let (a, _) = watches.reserve("uid:1").unwrap();
+        let (b, _) = watches.reserve("uid:1").unwrap();
         assert_ne!(a, b);
     }
 }

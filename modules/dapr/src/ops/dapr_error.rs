@@ -23,7 +23,12 @@ pub struct DaprError {
 
 impl DaprError {
     /// A failure with all three parts given.
-    pub fn new(grpc: tonic::Code, http: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        grpc: tonic::Code,
+        http: u16,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             grpc,
             http,
@@ -107,9 +112,12 @@ fn from_status(api: Api, status: Status, message: String) -> DaprError {
             message,
         ),
         Status::InvalidArgument => DaprError::malformed(message),
-        Status::PermissionDenied => {
-            DaprError::new(Code::PermissionDenied, 403, "ERR_PERMISSION_DENIED", message)
-        }
+        Status::PermissionDenied => DaprError::new(
+            Code::PermissionDenied,
+            403,
+            "ERR_PERMISSION_DENIED",
+            message,
+        ),
         Status::ResourceExhausted => {
             DaprError::new(Code::ResourceExhausted, 429, api.failed, message)
         }
@@ -152,7 +160,10 @@ mod tests {
     #[test]
     fn a_stale_etag_is_aborted_and_409() {
         let e = native(STATE, "save", status(Status::EtagMismatch, "key \"k\""));
-        assert_eq!((e.grpc, e.http, e.code), (tonic::Code::Aborted, 409, "ERR_STATE_SAVE"));
+        assert_eq!(
+            (e.grpc, e.http, e.code),
+            (tonic::Code::Aborted, 409, "ERR_STATE_SAVE")
+        );
     }
 
     #[test]
@@ -167,7 +178,11 @@ mod tests {
         );
         assert_eq!(
             (e.grpc, e.http, e.code),
-            (tonic::Code::InvalidArgument, 400, "ERR_STATE_STORE_NOT_FOUND")
+            (
+                tonic::Code::InvalidArgument,
+                400,
+                "ERR_STATE_STORE_NOT_FOUND"
+            )
         );
         let e = native(STATE, "save", status(Status::InvalidArgument, "empty key"));
         assert_eq!(e.code, "ERR_MALFORMED_REQUEST");

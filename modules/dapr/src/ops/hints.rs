@@ -56,12 +56,20 @@ mod tests {
     use super::*;
 
     fn map(keys: &[&str]) -> HashMap<String, String> {
-        keys.iter().map(|k| (k.to_string(), "v".to_string())).collect()
+        keys.iter()
+            .map(|k| (k.to_string(), "v".to_string()))
+            .collect()
     }
 
     #[test]
     fn known_keys_pass_and_others_are_named() {
-        assert!(check(&map(&["ttlInSeconds", "contentType"]), &["ttlInSeconds"], STATE_HINTS, "state").is_ok());
+        assert!(check(
+            &map(&["ttlInSeconds", "contentType"]),
+            &["ttlInSeconds"],
+            STATE_HINTS,
+            "state"
+        )
+        .is_ok());
         let e = check(&map(&["zeta", "alpha"]), &[], STATE_HINTS, "state").unwrap_err();
         assert_eq!(e.http, 400);
         assert!(e.message.contains("\"alpha\""), "{}", e.message);

@@ -271,10 +271,13 @@ pub async fn get(
 ) -> Result<Option<StateEntry>, DaprError> {
     require_key(key)?;
     hints::check(metadata, &[], hints::STATE_HINTS, "state get")?;
-    client
-        .get(store, key)
-        .await
-        .map_err(|e| native(GET, &format!("fail to get {key} from state store {store}"), e))
+    client.get(store, key).await.map_err(|e| {
+        native(
+            GET,
+            &format!("fail to get {key} from state store {store}"),
+            e,
+        )
+    })
 }
 
 /// Reads `keys`: one answer per distinct key, in request order (a key
@@ -288,7 +291,10 @@ pub async fn bulk_get(
 ) -> Result<Vec<(String, Option<StateEntry>)>, DaprError> {
     hints::check(metadata, &[], hints::STATE_HINTS, "state bulk get")?;
     let mut seen = HashSet::new();
-    let keys: Vec<String> = keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| seen.insert(k.clone()))
+        .collect();
     bounded(keys.len(), "keys")?;
     for key in &keys {
         require_key(key)?;
@@ -311,7 +317,13 @@ pub async fn save(client: &Client, store: &str, writes: Vec<Write>) -> Result<()
         .into_iter()
         .map(set_item)
         .collect::<Result<Vec<_>, _>>()?;
-    let failed = |e| native(SAVE, &format!("failed saving state in state store {store}"), e);
+    let failed = |e| {
+        native(
+            SAVE,
+            &format!("failed saving state in state store {store}"),
+            e,
+        )
+    };
     match items.len() {
         0 => Ok(()),
         1 => {
@@ -328,7 +340,11 @@ pub async fn save(client: &Client, store: &str, writes: Vec<Write>) -> Result<()
                 .map(|_| ())
                 .map_err(failed)
         }
-        _ => client.bulk_set(store, items).await.map(|_| ()).map_err(failed),
+        _ => client
+            .bulk_set(store, items)
+            .await
+            .map(|_| ())
+            .map_err(failed),
     }
 }
 
@@ -345,7 +361,11 @@ pub async fn delete(client: &Client, store: &str, d: Delete) -> Result<(), DaprE
 }
 
 /// Deletes many keys, all or none.
-pub async fn delete_bulk(client: &Client, store: &str, deletes: Vec<Delete>) -> Result<(), DaprError> {
+pub async fn delete_bulk(
+    client: &Client,
+    store: &str,
+    deletes: Vec<Delete>,
+) -> Result<(), DaprError> {
     bounded(deletes.len(), "items")?;
     let ops = deletes
         .into_iter()
@@ -371,7 +391,12 @@ pub async fn transact(
     operations: Vec<Operation>,
     metadata: &HashMap<String, String>,
 ) -> Result<(), DaprError> {
-    hints::check(metadata, &[TTL_KEY], hints::STATE_HINTS, "state transaction")?;
+    hints::check(
+        metadata,
+        &[TTL_KEY],
+        hints::STATE_HINTS,
+        "state transaction",
+    )?;
     bounded(operations.len(), "operations")?;
     let ops = operations
         .into_iter()
@@ -389,13 +414,11 @@ pub async fn transact(
     if ops.is_empty() {
         return Ok(());
     }
-    client.transact(store, ops).await.map(|_| ()).map_err(|e| {
-        native(
-            TRANSACTION,
-            "error while executing state transaction",
-            e,
-        )
-    })
+    client
+        .transact(store, ops)
+        .await
+        .map(|_| ())
+        .map_err(|e| native(TRANSACTION, "error while executing state transaction", e))
 }
 
 #[cfg(test)]
@@ -448,8 +471,18 @@ mod tests {
 
     #[test]
     fn unknown_metadata_is_refused_and_hints_are_not() {
-        assert!(set_item(write(None, Concurrency::Unspecified, &[("contentType", "a/b")])).is_ok());
-        let e = set_item(write(None, Concurrency::Unspecified, &[("queryIndexName", "x")])).unwrap_err();
+        assert!(set_item(write(
+            None,
+            Concurrency::Unspecified,
+            &[("contentType", "a/b")]
+        ))
+        .is_ok());
+        let e = set_item(write(
+            None,
+            Concurrency::Unspecified,
+            &[("queryIndexName", "x")],
+        ))
+        .unwrap_err();
         assert!(e.message.contains("queryIndexName"), "{}", e.message);
     }
 
@@ -482,7 +515,10 @@ mod tests {
 
     #[test]
     fn concurrency_names_parse() {
-        assert_eq!(Concurrency::from_http("first-write").unwrap(), Concurrency::FirstWrite);
+        assert_eq!(
+            Concurrency::from_http("first-write").unwrap(),
+            Concurrency::FirstWrite
+        );
         assert_eq!(Concurrency::from_grpc(2).unwrap(), Concurrency::LastWrite);
         assert!(Concurrency::from_http("fast").is_err());
         assert!(check_http_consistency("strong").is_ok());
