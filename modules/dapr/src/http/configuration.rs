@@ -7,7 +7,7 @@
 
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::answer::{self, Body};
+use super::reply::{self, Body};
 use super::request;
 use crate::ops::configuration;
 use crate::ops::dapr_error::DaprError;
@@ -18,7 +18,7 @@ pub const PREFIXES: [&str; 2] = ["/v1.0/configuration/", "/v1.0-alpha1/configura
 
 /// Serves one request under either prefix.
 pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    answer::either(serve(caller, req).await)
+    reply::either(serve(caller, req).await)
 }
 
 async fn serve(
@@ -48,9 +48,9 @@ async fn serve(
             let items = configuration::get(&client, store, keys, &metadata).await?;
             if items.is_empty() {
                 // Dapr answers 204 when no item was found.
-                return Ok(answer::nothing(StatusCode::NO_CONTENT));
+                return Ok(reply::nothing(StatusCode::NO_CONTENT));
             }
-            Ok(answer::json(StatusCode::OK, &items))
+            Ok(reply::json(StatusCode::OK, &items))
         }
         (_, [_, "subscribe"]) | (_, [_, _, "unsubscribe"]) => {
             Err(DaprError::unimplemented(format!(

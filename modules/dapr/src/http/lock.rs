@@ -6,7 +6,7 @@
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::answer::{self, Body};
+use super::reply::{self, Body};
 use super::request;
 use crate::ops::dapr_error::DaprError;
 use crate::ops::lock;
@@ -40,7 +40,7 @@ struct UnlockAnswer {
 
 /// Serves one request under either prefix.
 pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    answer::either(serve(caller, req).await)
+    reply::either(serve(caller, req).await)
 }
 
 async fn serve(
@@ -70,7 +70,7 @@ async fn serve(
     if unlocking {
         let client = request::client(caller, &parts.headers, lock::UNLOCK).await?;
         let status = lock::unlock(&client, store, &body.resource_id, &body.lock_owner).await?;
-        Ok(answer::json(StatusCode::OK, &UnlockAnswer { status }))
+        Ok(reply::json(StatusCode::OK, &UnlockAnswer { status }))
     } else {
         let client = request::client(caller, &parts.headers, lock::TRY_LOCK).await?;
         let success = lock::try_lock(
@@ -81,6 +81,6 @@ async fn serve(
             body.expiry_in_seconds,
         )
         .await?;
-        Ok(answer::json(StatusCode::OK, &LockAnswer { success }))
+        Ok(reply::json(StatusCode::OK, &LockAnswer { success }))
     }
 }

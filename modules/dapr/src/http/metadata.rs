@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::answer::{self, Body};
+use super::reply::{self, Body};
 use super::request;
 use crate::ops::dapr_error::DaprError;
 use crate::ops::metadata::{self, Component};
@@ -27,7 +27,7 @@ struct Answer {
 
 /// Serves one request on [`PATH`] or under it.
 pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    answer::either(serve(caller, req).await)
+    reply::either(serve(caller, req).await)
 }
 
 async fn serve(
@@ -44,7 +44,7 @@ async fn serve(
     let (parts, _) = request::read(req).await?;
     let client = request::client(caller, &parts.headers, metadata::GET).await?;
     let m = metadata::get(&client).await?;
-    Ok(answer::json(
+    Ok(reply::json(
         StatusCode::OK,
         &Answer {
             id: m.id,

@@ -12,10 +12,10 @@ use hyper::{Request, Response, StatusCode};
 use crate::accept::{self, Accepted, Listener, Protocol};
 use crate::session::{Caller, Sessions};
 
-mod answer;
 mod configuration;
 mod lock;
 mod metadata;
+mod reply;
 mod request;
 mod secrets;
 mod state;

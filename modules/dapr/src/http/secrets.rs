@@ -4,7 +4,7 @@
 
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::answer::{self, Body};
+use super::reply::{self, Body};
 use super::request;
 use crate::ops::dapr_error::DaprError;
 use crate::ops::secrets;
@@ -15,7 +15,7 @@ pub const PREFIX: &str = "/v1.0/secrets/";
 
 /// Serves one request under [`PREFIX`].
 pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    answer::either(serve(caller, req).await)
+    reply::either(serve(caller, req).await)
 }
 
 async fn serve(
@@ -32,12 +32,12 @@ async fn serve(
         (&Method::GET, [store, name]) if name == "bulk" => {
             let client = request::client(caller, &parts.headers, secrets::GET).await?;
             let all = secrets::get_bulk(&client, store, &metadata).await?;
-            Ok(answer::json(StatusCode::OK, &all))
+            Ok(reply::json(StatusCode::OK, &all))
         }
         (&Method::GET, [store, name]) => {
             let client = request::client(caller, &parts.headers, secrets::GET).await?;
             let secret = secrets::get(&client, store, name, &metadata).await?;
-            Ok(answer::json(StatusCode::OK, &secret))
+            Ok(reply::json(StatusCode::OK, &secret))
         }
         _ => Err(DaprError::unimplemented(format!(
             "{method} {path} is not part of Dapr's secrets API"

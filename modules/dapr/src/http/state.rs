@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::answer::{self, Body};
+use super::reply::{self, Body};
 use super::request;
 use crate::ops::dapr_error::DaprError;
 use crate::ops::state::{self, Concurrency, Delete, Operation, Write};
@@ -25,7 +25,7 @@ pub const PREFIX: &str = "/v1.0/state/";
 
 /// Serves one request under [`PREFIX`].
 pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    answer::either(serve(caller, req).await)
+    reply::either(serve(caller, req).await)
 }
 
 async fn serve(
@@ -47,7 +47,7 @@ async fn serve(
                 .map(|i| i.into_write(&metadata))
                 .collect::<Result<Vec<_>, _>>()?;
             state::save(&client, store, writes).await?;
-            Ok(answer::nothing(StatusCode::NO_CONTENT))
+            Ok(reply::nothing(StatusCode::NO_CONTENT))
         }
         (&Method::POST, [store, "bulk"]) => {
             let client = request::client(caller, &parts.headers, state::BULK_GET).await?;
@@ -55,7 +55,7 @@ async fn serve(
             state::merge(&mut bulk.metadata, &metadata);
             let found = state::bulk_get(&client, store, bulk.keys, &bulk.metadata).await?;
             let items: Vec<BulkItem> = found.into_iter().map(BulkItem::new).collect();
-            Ok(answer::json(StatusCode::OK, &items))
+            Ok(reply::json(StatusCode::OK, &items))
         }
         (&Method::POST, [store, "transaction"]) => {
             let client = request::client(caller, &parts.headers, state::TRANSACTION).await?;
@@ -70,16 +70,16 @@ async fn serve(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             state::transact(&client, store, operations, &tx.metadata).await?;
-            Ok(answer::nothing(StatusCode::NO_CONTENT))
+            Ok(reply::nothing(StatusCode::NO_CONTENT))
         }
         (&Method::GET, [store, key]) => {
             let client = request::client(caller, &parts.headers, state::GET).await?;
             state::check_http_consistency(request::param(&query, "consistency"))?;
             match state::get(&client, store, key, &metadata).await? {
                 // Dapr answers a missing key 204 without a body.
-                None => Ok(answer::nothing(StatusCode::NO_CONTENT)),
+                None => Ok(reply::nothing(StatusCode::NO_CONTENT)),
                 Some(entry) => {
-                    let mut response = answer::bytes(StatusCode::OK, entry.value);
+                    let mut response = reply::bytes(StatusCode::OK, entry.value);
                     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
                         response.headers_mut().insert(ETAG, etag);
                     }
@@ -105,7 +105,7 @@ async fn serve(
                 metadata,
             };
             state::delete(&client, store, d).await?;
-            Ok(answer::nothing(StatusCode::NO_CONTENT))
+            Ok(reply::nothing(StatusCode::NO_CONTENT))
         }
         _ => Err(DaprError::unimplemented(format!(
             "{method} {PREFIX}{} is not part of Dapr's state API as mecha serves it",
