@@ -18,7 +18,7 @@ use mecha_client::{Client, ConfigWatch};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::dapr_error::{native, Api, DaprError};
+use super::dapr_error::{native, require_store, Api, DaprError};
 use super::hints;
 
 /// Most subscriptions one connection may hold at once.
@@ -66,7 +66,12 @@ fn item(i: &ConfigItem) -> (String, Item) {
     )
 }
 
-fn check(keys: &[String], metadata: &HashMap<String, String>) -> Result<(), DaprError> {
+fn check(
+    store: &str,
+    keys: &[String],
+    metadata: &HashMap<String, String>,
+) -> Result<(), DaprError> {
+    require_store(GET, store)?;
     hints::check(metadata, &[], &[], "configuration")?;
     if keys.len() > MAX_KEYS {
         return Err(DaprError::malformed(format!(
@@ -88,7 +93,7 @@ pub async fn get(
     keys: Vec<String>,
     metadata: &HashMap<String, String>,
 ) -> Result<Items, DaprError> {
-    check(&keys, metadata)?;
+    check(store, &keys, metadata)?;
     let what = format!("failed to get {keys:?} from Configuration store {store}");
     let items = client
         .get_config(store, keys)
@@ -204,7 +209,7 @@ pub async fn subscribe(
     keys: Vec<String>,
     metadata: &HashMap<String, String>,
 ) -> Result<Subscription, DaprError> {
-    check(&keys, metadata)?;
+    check(store, &keys, metadata)?;
     let (id, stop) = watches.reserve(client.tenant())?;
     let what = format!("failed to subscribe {keys:?} from Configuration store {store}");
     match client.watch_config(store, keys).await {

@@ -83,6 +83,22 @@ pub struct Api {
     pub failed: &'static str,
 }
 
+/// Refuses an empty store name the way Dapr refuses a store it does not
+/// know. (Mecha reads an empty name as "the default store"; a Dapr
+/// application always names its store, so an empty one is a mistake that
+/// must not quietly reach the default.)
+pub fn require_store(api: Api, store: &str) -> Result<(), DaprError> {
+    if store.is_empty() {
+        return Err(DaprError::new(
+            tonic::Code::InvalidArgument,
+            api.store_not_found_http,
+            api.store_not_found,
+            "the request names no store",
+        ));
+    }
+    Ok(())
+}
+
 /// How a native failure reads as Dapr's: `what` names the operation in
 /// the message.
 pub fn native(api: Api, what: &str, e: mecha_client::Error) -> DaprError {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mecha_client::{Client, UnlockStatus};
 
-use super::dapr_error::{native, Api, DaprError};
+use super::dapr_error::{native, require_store, Api, DaprError};
 
 /// Longest lease a Dapr caller may ask for: a day. Dapr's field is an i32
 /// of seconds; a lease far longer than any job that holds it is a lock
@@ -40,6 +40,7 @@ pub mod status {
 }
 
 fn require(store: &str, resource: &str, owner: &str) -> Result<(), DaprError> {
+    require_store(TRY_LOCK, store)?;
     if resource.is_empty() {
         return Err(DaprError::malformed(format!(
             "ResourceId is empty in lock store {store}"

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use mecha_client::Client;
 
-use super::dapr_error::{native, Api, DaprError};
+use super::dapr_error::{native, require_store, Api, DaprError};
 use super::hints;
 
 /// Dapr's codes for a secret read. A missing secret store is 401 in
@@ -29,6 +29,7 @@ pub async fn get(
     name: &str,
     metadata: &HashMap<String, String>,
 ) -> Result<Secret, DaprError> {
+    require_store(GET, store)?;
     hints::check(metadata, &[], &[], "secret")?;
     if name.is_empty() {
         return Err(DaprError::malformed("the secret's key is empty"));
@@ -56,6 +57,7 @@ pub async fn get_bulk(
     store: &str,
     metadata: &HashMap<String, String>,
 ) -> Result<BTreeMap<String, Secret>, DaprError> {
+    require_store(GET, store)?;
     hints::check(metadata, &[], &[], "bulk secret")?;
     let secrets = client.bulk_get_secrets(store).await.map_err(|e| {
         native(

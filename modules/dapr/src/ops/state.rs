@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 
 use mecha_client::{Client, DeleteItem, SetItem, StateEntry, TxOp};
 
-use super::dapr_error::{native, Api, DaprError};
+use super::dapr_error::{native, require_store, Api, DaprError};
 use super::hints;
 
 /// The metadata key of a write's time to live, in seconds.
@@ -269,6 +269,7 @@ pub async fn get(
     key: &str,
     metadata: &HashMap<String, String>,
 ) -> Result<Option<StateEntry>, DaprError> {
+    require_store(GET, store)?;
     require_key(key)?;
     hints::check(metadata, &[], hints::STATE_HINTS, "state get")?;
     client.get(store, key).await.map_err(|e| {
@@ -289,6 +290,7 @@ pub async fn bulk_get(
     keys: Vec<String>,
     metadata: &HashMap<String, String>,
 ) -> Result<Vec<(String, Option<StateEntry>)>, DaprError> {
+    require_store(BULK_GET, store)?;
     hints::check(metadata, &[], hints::STATE_HINTS, "state bulk get")?;
     let mut seen = HashSet::new();
     let keys: Vec<String> = keys
@@ -312,6 +314,7 @@ pub async fn bulk_get(
 /// Saves `writes`, all or none (mecha's bulk write is atomic, which is
 /// stronger than Dapr's bulk save promises).
 pub async fn save(client: &Client, store: &str, writes: Vec<Write>) -> Result<(), DaprError> {
+    require_store(SAVE, store)?;
     bounded(writes.len(), "items")?;
     let mut items = writes
         .into_iter()
@@ -351,6 +354,7 @@ pub async fn save(client: &Client, store: &str, writes: Vec<Write>) -> Result<()
 /// Deletes one key; a missing key is not an error (Dapr's answer is the
 /// same either way).
 pub async fn delete(client: &Client, store: &str, d: Delete) -> Result<(), DaprError> {
+    require_store(DELETE, store)?;
     let item = delete_item(d)?;
     let key = item.key.clone();
     client
@@ -366,6 +370,7 @@ pub async fn delete_bulk(
     store: &str,
     deletes: Vec<Delete>,
 ) -> Result<(), DaprError> {
+    require_store(BULK_DELETE, store)?;
     bounded(deletes.len(), "items")?;
     let ops = deletes
         .into_iter()
@@ -391,6 +396,7 @@ pub async fn transact(
     operations: Vec<Operation>,
     metadata: &HashMap<String, String>,
 ) -> Result<(), DaprError> {
+    require_store(TRANSACTION, store)?;
     hints::check(
         metadata,
         &[TTL_KEY],

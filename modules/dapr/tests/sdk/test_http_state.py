@@ -139,6 +139,9 @@ def test_transaction(mechad: Mechad) -> None:
 def test_bad_requests_answer_daprs_errors(mechad: Mechad) -> None:
     status, _, body = request(mechad, "GET", "/v1.0/state/no-such-store/k")
     assert status == 400 and error_code(body) == "ERR_STATE_STORE_NOT_FOUND"
+    # An empty store name does not fall back to mecha's default store.
+    status, _, body = request(mechad, "GET", "/v1.0/state//k")
+    assert status == 400 and error_code(body) == "ERR_STATE_STORE_NOT_FOUND"
     status, _, body = request(mechad, "POST", f"/v1.0/state/{STORE}", {"not": "a list"})
     assert status == 400 and error_code(body) == "ERR_MALFORMED_REQUEST"
     status, _, body = request(mechad, "POST", f"/v1.0/state/{STORE}", [{"value": 1}])
