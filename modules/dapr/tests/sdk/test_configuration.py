@@ -13,7 +13,7 @@ import pytest
 from dapr.clients import DaprClient
 from dapr.proto import api_service_v1, api_v1
 
-from conftest import NOBODY, Mechad, run_as
+from conftest import DEFAULT_COMPONENTS, NOBODY, Mechad, run_as, run_mechad
 
 STORE = "configstore"
 MAX_WATCHES_PER_CONNECTION = 16
@@ -92,3 +92,53 @@ def test_another_uid_reads_its_own_items(dapr_env: Mechad) -> None:
     done = run_as(NOBODY, script, dapr_env.env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def subscribe_eventually(stub: api_service_v1.DaprStub,
+                         req: api_v1.SubscribeConfigurationRequest) -> tuple[object, str]:
+    """Opens a subscription, waiting (with a deadline) while the tenant is at its bound
+    because subscriptions just ended are still being released; (stream, id)."""
+    deadline = time.monotonic() + 20
+    while True:
+        stream = stub.SubscribeConfiguration(req)
+        try:
+            return stream, next(stream).id
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+            assert time.monotonic() < deadline, "ended subscriptions were never released"
+            time.sleep(0.05)
+
+
+def test_subscriptions_end_with_their_connection_and_when_unsubscribed() -> None:
+    # A store that lets a tenant hold two watches: a watch the personality failed to end
+    # would keep the tenant at that bound for good.
+    limited = DEFAULT_COMPONENTS.replace(
+        "spec: {type: configuration.memory, version: v1}",
+        "spec: {type: configuration.memory, version: v1, "
+        "metadata: [{name: maxSubscriptionsPerTenant, value: '2'}]}")
+    assert limited != DEFAULT_COMPONENTS
+    req = api_v1.SubscribeConfigurationRequest(store_name=STORE, keys=["k"])
+    with run_mechad(limited) as m:
+        for _ in range(3):
+            with grpc.insecure_channel(m.grpc_tcp) as ch:
+                stub = api_service_v1.DaprStub(ch)
+                held = [subscribe_eventually(stub, req) for _ in range(2)]
+                over = stub.SubscribeConfiguration(req)
+                with pytest.raises(grpc.RpcError) as full:
+                    next(over)
+                assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "maxSubscriptionsPerTenant" in full.value.details()
+            # The channel is closed with both subscriptions open: the connection's end
+            # ends them, so the next round gets its two.
+            assert len(held) == 2
+        with grpc.insecure_channel(m.grpc_tcp) as ch:
+            stub = api_service_v1.DaprStub(ch)
+            for _ in range(3):
+                held = [subscribe_eventually(stub, req) for _ in range(2)]
+                for _, sub_id in held:
+                    done = stub.UnsubscribeConfiguration(
+                        api_v1.UnsubscribeConfigurationRequest(store_name=STORE, id=sub_id))
+                    assert done.ok
+                # Unsubscribed streams end on their own, without a cancel from the caller.
+                for stream, _ in held:
+                    assert list(stream) == []
