@@ -6,7 +6,6 @@ use std::pin::Pin;
 use dapr::dapr::proto::common::v1 as common;
 use dapr::dapr::proto::runtime::v1;
 use futures_util::Stream;
-
 use tonic::Request;
 
 use super::unimplemented::unimplemented_methods;

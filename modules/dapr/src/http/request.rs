@@ -11,7 +11,7 @@ use hyper::http::request::Parts;
 use hyper::Request;
 use mecha_client::Client;
 
-use crate::ops::dapr_error::{refused, Api, DaprError};
+use crate::ops::dapr_error::{from_status, Api, DaprError};
 use crate::session::Caller;
 
 /// The largest request body the personality reads. A connection's body is
@@ -43,7 +43,10 @@ pub async fn read(req: Request<hyper::body::Incoming>) -> Result<(Parts, Bytes),
 /// The native client serving this request, as its caller's tenant.
 pub async fn client(caller: &Caller, headers: &HeaderMap, api: Api) -> Result<Client, DaprError> {
     let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
-    caller.client(token).await.map_err(|r| refused(api, r))
+    caller
+        .client(token)
+        .await
+        .map_err(|r| from_status(api, r.status, r.message))
 }
 
 /// The body as JSON of type `T`; Dapr's malformed-request error otherwise.

@@ -1,11 +1,11 @@
 //! Errors the way Dapr's runtime answers them, for both protocols: one
 //! [`DaprError`] carries the gRPC code, the HTTP status and Dapr's
 //! `errorCode` (`ERR_…`), so that a capability decides each failure once and
-//! the gRPC and HTTP servers only render it.
+//! the gRPC and HTTP servers only render it. (It names no type of the
+//! session layer, which holds per-connection state of `ops`, so that the
+//! two do not import each other.)
 
 use mecha_abi::Status;
-
-use crate::session::Refused;
 
 /// A failure as Dapr reports it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -110,13 +110,9 @@ pub fn native(api: Api, what: &str, e: mecha_client::Error) -> DaprError {
     }
 }
 
-/// How a refused caller reads as Dapr's.
-pub fn refused(api: Api, r: Refused) -> DaprError {
-    from_status(api, r.status, r.message)
-}
-
-/// A native status as Dapr's code, HTTP status and error code.
-fn from_status(api: Api, status: Status, message: String) -> DaprError {
+/// A native status (of a failed call, or of a caller mechad refused) as
+/// Dapr's code, HTTP status and error code.
+pub fn from_status(api: Api, status: Status, message: String) -> DaprError {
     use tonic::Code;
     match status {
         // Dapr answers a stale ETag ABORTED / 409 with the operation's code.
