@@ -3,6 +3,7 @@
 //! every request of that connection, so a handler serves its request through
 //! the caller's own native session.
 
+mod authority;
 mod configuration;
 mod lock;
 mod metadata;
@@ -24,6 +25,7 @@ use tonic::transport::server::Connected;
 
 use crate::accept::{self, Accepted, Io, Listener, Protocol};
 use crate::session::{Caller, Refused, Sessions};
+use authority::FixAuthority;
 
 pub use service::Api;
 
@@ -191,13 +193,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
 pub struct Incoming(tokio::sync::mpsc::Receiver<Accepted>);
 
 impl Stream for Incoming {
-    type Item = std::io::Result<Conn<Io>>;
+    type Item = std::io::Result<Conn<FixAuthority<Io>>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().0.poll_recv(cx).map(|accepted| {
             accepted.map(|a| {
+                let io = match a.io {
+                    io @ Io::Unix(_) => FixAuthority::new(io),
+                    io @ Io::Tcp(_) => FixAuthority::passthrough(io),
+                };
                 Ok(Conn {
-                    io: a.io,
+                    io,
                     caller: a.caller,
                 })
             })
