@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use hyper::header::{HeaderValue, ETAG, IF_MATCH};
+use hyper::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -80,8 +80,11 @@ async fn serve(
                 None => Ok(reply::nothing(StatusCode::NO_CONTENT)),
                 Some(entry) => {
                     let mut response = reply::bytes(StatusCode::OK, entry.value);
+                    let headers = response.headers_mut();
+                    // Dapr labels a state value JSON whatever it holds.
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
-                        response.headers_mut().insert(ETAG, etag);
+                        headers.insert(ETAG, etag);
                     }
                     Ok(response)
                 }

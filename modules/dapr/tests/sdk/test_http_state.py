@@ -45,6 +45,7 @@ def test_save_then_get_returns_the_json_and_its_etag(mechad: Mechad) -> None:
     assert status == 200
     assert json.loads(body) == {"id": 7, "items": ["tea"]}
     assert headers["etag"]
+    assert headers["content-type"] == "application/json"
     status, _, body = request(mechad, "GET", f"/v1.0/state/{STORE}/name")
     assert (status, body) == (200, b'"Ada"')
 
