@@ -11,6 +11,7 @@ pub mod accept;
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod ops;
 pub mod session;
 
 use std::sync::Arc;

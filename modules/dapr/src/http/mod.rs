@@ -12,6 +12,14 @@ use hyper::{Request, Response, StatusCode};
 use crate::accept::{self, Accepted, Listener, Protocol};
 use crate::session::{Caller, Sessions};
 
+mod configuration;
+mod lock;
+mod metadata;
+mod reply;
+mod request;
+mod secrets;
+mod state;
+
 /// An answer body.
 pub type Body = Full<Bytes>;
 
@@ -36,10 +44,22 @@ pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
 }
 
 /// One request to its handler.
-async fn route(_caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
+async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
         (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
             empty(StatusCode::NO_CONTENT)
+        }
+        (_, p) if p.starts_with(state::PREFIX) => state::route(caller, req).await,
+        (_, p) if p.starts_with(lock::LOCK_PREFIX) || p.starts_with(lock::UNLOCK_PREFIX) => {
+            lock::route(caller, req).await
+        }
+        (_, p) if p.starts_with(secrets::PREFIX) => secrets::route(caller, req).await,
+        (_, p) if configuration::PREFIXES.iter().any(|c| p.starts_with(c)) => {
+            configuration::route(caller, req).await
+        }
+        (_, p) if p == metadata::PATH || p.starts_with("/v1.0/metadata/") => {
+            metadata::route(caller, req).await
         }
         _ => empty(StatusCode::NOT_IMPLEMENTED),
     }
