@@ -16,6 +16,25 @@ import mecha
 from dapr.clients import DaprClient
 
 
+def grpc_floor(endpoint: str):
+    """A call the personality answers by itself (SetMetadata is UNIMPLEMENTED): the floor
+    of any gRPC call from this client to it, without the native session behind it."""
+    import grpc
+    from dapr.proto import api_service_v1, api_v1
+    channel = grpc.insecure_channel(endpoint)
+    stub = api_service_v1.DaprStub(channel)
+    request = api_v1.SetMetadataRequest(key="k", value="v")
+
+    def call() -> None:
+        try:
+            stub.SetMetadata(request)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+
+    return call
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--socket", required=True)
@@ -42,6 +61,7 @@ def main() -> None:
             raise RuntimeError(f"HTTP {r.status}")
 
     scenarios = {
+        "grpc floor (unix)": grpc_floor(a.grpc_unix),
         "native get": lambda: native.get("bench", store="statestore"),
         "native set": lambda: native.set("bench", value, store="statestore"),
         "sdk get_state (unix)": lambda: sdk_unix.get_state("statestore", "bench"),

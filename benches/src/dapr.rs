@@ -17,6 +17,10 @@ use crate::Plan;
 /// The scenario every other is compared with.
 const BASELINE: [(&str, &str); 2] = [("get", "native get"), ("save", "native set")];
 
+/// The floor of any gRPC call from the script to the personality: a
+/// method it answers by itself (UNIMPLEMENTED), without a native call.
+const FLOOR: &str = "grpc floor (unix)";
+
 /// Dapr's own published cost of its sidecar: +1.40 ms at p90 per service
 /// call (Dapr v1.0 performance report), for the table's note.
 pub const DAPR_SIDECAR_P90_MS: f64 = 1.40;
@@ -83,10 +87,10 @@ pub fn run(bin_dir: &Path, plan: &Plan, python: &Path) -> anyhow::Result<Vec<(Ou
 pub fn markdown(outcomes: &[(Outcome, f64)]) -> String {
     let find = |name: &str| outcomes.iter().find(|(o, _)| o.name == name);
     let mut out = String::from(
-        "| scenario | p50 µs | p90 µs | p99 µs | ops/s | p50 / native | p90 / native | p90 − native µs |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | p50 µs | p90 µs | p99 µs | ops/s | p50 / native | p90 / native | p90 − native µs | p50 / gRPC floor |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (o, p90) in outcomes {
-        let kind = if o.name.contains("get") || o.name.contains("GET") {
+        let kind = if o.name.contains("floor") || o.name.contains("get") || o.name.contains("GET") {
             BASELINE[0].1
         } else {
             BASELINE[1].1
@@ -99,9 +103,21 @@ pub fn markdown(outcomes: &[(Outcome, f64)]) -> String {
             ),
             None => ("–".into(), "–".into(), "–".into()),
         };
+        let over_floor = match find(FLOOR) {
+            Some((floor, _)) if o.name.starts_with("sdk") => {
+                format!("{:.2}×", o.p50_us / floor.p50_us)
+            }
+            _ => "–".into(),
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {r50} | {r90} | {d90} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {r50} | {r90} | {d90} | {over_floor} |\n",
             o.name, o.p50_us, p90, o.p99_us, o.ops_per_sec
+        ));
+    }
+    if let (Some((floor, _)), Some((sdk, _))) = (find(FLOOR), find("sdk get_state (unix)")) {
+        out.push_str(&format!(
+            "\nThe personality's own cost at p50 (SDK get_state on the Unix socket − the gRPC floor): {:.0} µs.\n",
+            sdk.p50_us - floor.p50_us
         ));
     }
     out.push_str(&format!(
