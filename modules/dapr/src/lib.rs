@@ -10,6 +10,7 @@
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod ops;
 pub mod session;
 
 use std::sync::Arc;

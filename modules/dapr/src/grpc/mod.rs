@@ -3,6 +3,10 @@
 //! every request of that connection, so a handler serves its request through
 //! the caller's own native session.
 
+mod bindings;
+mod failure;
+mod invoke;
+mod pubsub;
 mod service;
 mod unimplemented;
 
