@@ -29,7 +29,7 @@ pub const LISTEN_ENV: &str = "MECHA_LISTEN";
 /// The largest broker message: a token and a message are short.
 pub const MAX_MESSAGE: usize = 4096;
 
-/// The longest API token a request may carry.
+/// The longest API token or app id a request may carry.
 pub const MAX_TOKEN: usize = 1024;
 
 /// A socketpair for the broker: SOCK_SEQPACKET, close-on-exec on both ends.
@@ -150,19 +150,54 @@ fn receive(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)
     Ok(Some((buf, fd)))
 }
 
-/// A request: the caller's socket travels beside it. The body is the API
-/// token the caller presented, if any (empty: none).
-pub fn encode_request(token: Option<&str>) -> Vec<u8> {
-    token.unwrap_or("").as_bytes().to_vec()
+/// What a personality asks the broker for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A session for the caller whose socket travels with the request, with
+    /// the API token it presented, if any.
+    Caller {
+        /// Dapr's `dapr-api-token`, as the caller sent it.
+        token: Option<String>,
+    },
+    /// A session for the tenant that owns `app_id` in mechad's
+    /// configuration, to serve calls to an app the personality reaches on
+    /// its behalf (a Dapr app's callback address). No descriptor travels.
+    App {
+        /// The app id.
+        app_id: String,
+    },
 }
 
-/// The token of a request body; an empty body carries none.
-pub fn decode_request(body: &[u8]) -> Result<Option<String>, &'static str> {
-    if body.len() > MAX_TOKEN {
-        return Err("the API token is too long");
+impl Request {
+    /// One byte of kind (0 caller, 1 app), then the token or the app id.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, text) = match self {
+            Request::Caller { token } => (0u8, token.as_deref().unwrap_or("")),
+            Request::App { app_id } => (1u8, app_id.as_str()),
+        };
+        let mut out = vec![kind];
+        out.extend_from_slice(text.as_bytes());
+        out
     }
-    let token = std::str::from_utf8(body).map_err(|_| "the API token is not UTF-8")?;
-    Ok((!token.is_empty()).then(|| token.to_owned()))
+
+    /// The request in `body`.
+    pub fn decode(body: &[u8]) -> Result<Self, &'static str> {
+        let (&kind, text) = body.split_first().ok_or("an empty broker request")?;
+        if text.len() > MAX_TOKEN {
+            return Err("the API token or app id is too long");
+        }
+        let text = std::str::from_utf8(text).map_err(|_| "the API token or app id is not UTF-8")?;
+        match kind {
+            0 => Ok(Request::Caller {
+                token: (!text.is_empty()).then(|| text.to_owned()),
+            }),
+            1 if !text.is_empty() => Ok(Request::App {
+                app_id: text.to_owned(),
+            }),
+            1 => Err("an app session request without an app id"),
+            _ => Err("an unknown broker request"),
+        }
+    }
 }
 
 /// An answer: the status code (SPEC §3) in two little-endian bytes, then the
@@ -204,13 +239,24 @@ mod tests {
 
     #[test]
     fn requests_and_answers_round_trip() {
-        assert_eq!(decode_request(&encode_request(None)), Ok(None));
-        assert_eq!(
-            decode_request(&encode_request(Some("t0k"))),
-            Ok(Some("t0k".into()))
-        );
-        assert!(decode_request(&[0xff]).is_err());
-        assert!(decode_request(&vec![b'a'; MAX_TOKEN + 1]).is_err());
+        for request in [
+            Request::Caller { token: None },
+            Request::Caller {
+                token: Some("t0k".into()),
+            },
+            Request::App {
+                app_id: "orders".into(),
+            },
+        ] {
+            assert_eq!(Request::decode(&request.encode()), Ok(request));
+        }
+        assert!(Request::decode(&[]).is_err());
+        assert!(Request::decode(&[0, 0xff]).is_err());
+        assert!(Request::decode(&[1]).is_err());
+        assert!(Request::decode(&[9, b'a']).is_err());
+        let mut long = vec![0u8];
+        long.extend(vec![b'a'; MAX_TOKEN + 1]);
+        assert!(Request::decode(&long).is_err());
         assert_eq!(
             decode_answer(&encode_answer(7, "no")),
             Ok((7, "no".to_string()))
@@ -229,11 +275,14 @@ mod tests {
         let (a, b) = pair().expect("pair");
         let (a, b) = (Broker::new(a).expect("a"), Broker::new(b).expect("b"));
         let (x, _y) = std::os::unix::net::UnixStream::pair().expect("pair");
-        a.send(&encode_request(Some("tok")), Some(x.as_fd()))
+        let request = Request::Caller {
+            token: Some("tok".into()),
+        };
+        a.send(&request.encode(), Some(x.as_fd()))
             .await
             .expect("send");
         let (body, fd) = b.recv().await.expect("recv").expect("a message");
-        assert_eq!(decode_request(&body), Ok(Some("tok".into())));
+        assert_eq!(Request::decode(&body), Ok(request));
         let fd = fd.expect("a descriptor");
         let passed = std::os::unix::net::UnixStream::from(fd);
         assert_eq!(

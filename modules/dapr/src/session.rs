@@ -74,13 +74,35 @@ impl Sessions {
     /// Asks mechad for a session for the caller behind `client`, presenting
     /// `token` if the caller gave one, and says HELLO on it.
     pub async fn open(&self, client: &impl AsFd, token: Option<&str>) -> Result<Client, Refused> {
+        let request = session::Request::Caller {
+            token: token.map(str::to_owned),
+        };
+        self.ask(&request, Some(client.as_fd())).await
+    }
+
+    /// Asks mechad for a session as the tenant that owns `app_id` in its
+    /// configuration, for serving calls to a Dapr app the personality
+    /// reaches on that tenant's behalf. mechad grants it only for the app
+    /// ids the personality's component lists in `appCallbacks`.
+    pub async fn open_app(&self, app_id: &str) -> Result<Client, Refused> {
+        let request = session::Request::App {
+            app_id: app_id.to_owned(),
+        };
+        self.ask(&request, None).await
+    }
+
+    async fn ask(
+        &self,
+        request: &session::Request,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Client, Refused> {
         let unavailable = |e: std::io::Error| {
             Refused::new(Status::Unavailable, format!("mechad's session broker: {e}"))
         };
         let (body, fd) = {
             let _turn = self.turn.lock().await;
             self.broker
-                .send(&session::encode_request(token), Some(client.as_fd()))
+                .send(&request.encode(), fd)
                 .await
                 .map_err(unavailable)?;
             self.broker
