@@ -28,6 +28,8 @@ use crate::session::Sessions;
 pub struct DaprModule {
     listeners: Mutex<Option<Listeners>>,
     sessions: Arc<Sessions>,
+    /// The Dapr-style apps the personality serves calls to (`appCallbacks`).
+    callees: Vec<ops::callee::Callee>,
 }
 
 impl Module for DaprModule {
@@ -44,12 +46,25 @@ impl Module for DaprModule {
                 other.name, other.kind
             )));
         }
+        let mut callees = Vec::new();
+        for component in &hello.components {
+            for (name, value) in &component.metadata {
+                if name == "appCallbacks" {
+                    callees.extend(
+                        ops::callee::parse(value).map_err(|e| {
+                            InitError(format!("component {:?}: {e}", component.name))
+                        })?,
+                    );
+                }
+            }
+        }
         let listeners =
             Listeners::inherited().map_err(|e| InitError(format!("listening sockets: {e}")))?;
         let sessions = Sessions::inherited().map_err(|e| InitError(e.to_string()))?;
         Ok(Self {
             listeners: Mutex::new(Some(listeners)),
             sessions: Arc::new(sessions),
+            callees,
         })
     }
 
@@ -74,6 +89,12 @@ impl Module for DaprModule {
         }
         if let Some(l) = http_tcp {
             tokio::spawn(http::serve(l, Arc::clone(&self.sessions)));
+        }
+        if !self.callees.is_empty() {
+            tokio::spawn(ops::callee::serve_all(
+                self.callees.clone(),
+                Arc::clone(&self.sessions),
+            ));
         }
     }
 

@@ -12,6 +12,11 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::session::{Caller, Sessions};
 
+mod answer;
+mod bindings;
+mod invoke;
+mod pubsub;
+
 /// An answer body.
 pub type Body = Full<Bytes>;
 
@@ -52,10 +57,15 @@ pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
 }
 
 /// One request to its handler.
-async fn route(_caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    use hyper::Method;
     match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
-            empty(StatusCode::NO_CONTENT)
+        (&Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => empty(StatusCode::NO_CONTENT),
+        (&Method::POST, p) if p.starts_with(pubsub::PUBLISH) => pubsub::publish(caller, req).await,
+        (&Method::POST, p) if p.starts_with(pubsub::BULK) => pubsub::bulk(caller, req).await,
+        (_, p) if p.starts_with(invoke::PREFIX) => invoke::invoke(caller, req).await,
+        (&Method::POST | &Method::PUT, p) if p.starts_with(bindings::PREFIX) => {
+            bindings::invoke(caller, req).await
         }
         _ => empty(StatusCode::NOT_IMPLEMENTED),
     }

@@ -3,6 +3,7 @@
 //! request came in on, and the failures those calls end in.
 
 pub mod bindings;
+pub mod callee;
 pub mod failure;
 pub mod invoke;
 pub mod pubsub;

@@ -1,0 +1,447 @@
+//! Dapr-style callees: apps that serve Dapr's `AppCallback` gRPC service
+//! (`OnInvoke`) or plain HTTP on an app port, as a Dapr sidecar reaches
+//! them. The personality component's metadata `appCallbacks` lists them
+//! (`appId=grpc://127.0.0.1:PORT,other=http://127.0.0.1:PORT`); for each,
+//! the personality asks mechad for a session as the tenant that owns the
+//! app id in the configuration (`Sessions::open_app`), registers the app id
+//! on it, and forwards every call to the app. So a mecha-native app and a
+//! Dapr app call each other by app id, through the invoke module's routing,
+//! access control and resiliency, whichever of them speaks Dapr.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mecha_abi::Status;
+use mecha_client::{HandlerResult, InvokeCall, InvokeReply};
+
+use super::invoke::{self, HTTP_STATUS, QUERY, TYPE_URL, VERB};
+use crate::session::Sessions;
+
+/// The most callees one personality component lists; each holds a session
+/// and a registration in mechad.
+pub const MAX_CALLEES: usize = 64;
+/// The most calls forwarded to one callee at once; one more is answered
+/// RESOURCE_EXHAUSTED at once, so a callee that hangs holds a bounded
+/// number of connections and tasks.
+pub const MAX_CALLS_PER_CALLEE: usize = 64;
+/// How long a forwarded call may take. The caller's own deadline (the
+/// invoke module's attempt timeout) is usually shorter: its answer then
+/// goes nowhere, and this bound frees the forwarding slot.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read from a callee, below the native frame limit.
+pub const MAX_ANSWER: usize = 4 << 20;
+/// The largest response head read from an HTTP callee.
+const MAX_HEAD: usize = 64 << 10;
+/// How much of an HTTP callee's error body is quoted in the error.
+const QUOTED_ERROR: usize = 512;
+
+/// How a callee is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Dapr's AppCallback gRPC service at `host:port`.
+    Grpc(String),
+    /// Plain HTTP at `host:port`.
+    Http(String),
+}
+
+/// One Dapr-style callee.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callee {
+    /// Its app id.
+    pub app_id: String,
+    /// Where it listens.
+    pub endpoint: Endpoint,
+}
+
+/// Reads the `appCallbacks` metadata value: comma-separated
+/// `appId=grpc://host:port` or `appId=http://host:port` pairs.
+pub fn parse(value: &str) -> Result<Vec<Callee>, String> {
+    let mut callees: Vec<Callee> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (app_id, url) = item
+            .split_once('=')
+            .ok_or_else(|| format!("appCallbacks entry {item:?} is not appId=grpc://host:port or appId=http://host:port"))?;
+        let app_id = app_id.trim();
+        if app_id.is_empty() || app_id.len() > 256 || app_id.contains('\0') {
+            return Err(format!(
+                "appCallbacks entry {item:?}: the app id must be 1 to 256 bytes"
+            ));
+        }
+        let url = url.trim();
+        let endpoint = if let Some(addr) = url.strip_prefix("grpc://") {
+            Endpoint::Grpc(authority(addr, item)?)
+        } else if let Some(addr) = url.strip_prefix("http://") {
+            Endpoint::Http(authority(addr, item)?)
+        } else {
+            return Err(format!(
+                "appCallbacks entry {item:?}: the address must start with grpc:// or http://"
+            ));
+        };
+        if callees.iter().any(|c| c.app_id == app_id) {
+            return Err(format!("appCallbacks names app id {app_id:?} twice"));
+        }
+        callees.push(Callee {
+            app_id: app_id.to_string(),
+            endpoint,
+        });
+        if callees.len() > MAX_CALLEES {
+            return Err(format!("appCallbacks lists more than {MAX_CALLEES} apps"));
+        }
+    }
+    Ok(callees)
+}
+
+/// `host:port` of an address, without a path.
+fn authority(addr: &str, item: &str) -> Result<String, String> {
+    let addr = addr.trim_end_matches('/');
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !addr.contains(['/', '?', '#', '@', ' ']);
+    if valid {
+        Ok(addr.to_string())
+    } else {
+        Err(format!(
+            "appCallbacks entry {item:?}: the address must be host:port"
+        ))
+    }
+}
+
+/// Serves every callee until the process exits.
+pub async fn serve_all(callees: Vec<Callee>, sessions: Arc<Sessions>) {
+    let tasks: Vec<_> = callees
+        .into_iter()
+        .map(|c| tokio::spawn(serve(c, Arc::clone(&sessions))))
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Registers `callee`'s app id on a session of its owner and forwards its
+/// calls, opening a new session and registering again whenever the
+/// registration ends (the session closed, or mechad refused for now), with
+/// a backoff so a lasting refusal does not spin.
+async fn serve(callee: Callee, sessions: Arc<Sessions>) {
+    let forwarder = match Forwarder::new(&callee.endpoint) {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            tracing::error!("app {}: {e}", callee.app_id);
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = tokio::time::Instant::now();
+        match sessions.open_app(&callee.app_id).await {
+            Ok(client) => {
+                let forwarder = Arc::clone(&forwarder);
+                let handler = mecha_client::handler(move |call: InvokeCall| {
+                    let forwarder = Arc::clone(&forwarder);
+                    async move { forwarder.forward(call).await }
+                });
+                match client.serve(&callee.app_id, Vec::new(), handler).await {
+                    Ok(()) => tracing::info!("app {}: registration ended", callee.app_id),
+                    Err(e) => tracing::warn!("app {}: registration ended: {e}", callee.app_id),
+                }
+            }
+            Err(r) => tracing::warn!("app {}: no session for its owner: {r}", callee.app_id),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Forwards calls to one callee, at most [`MAX_CALLS_PER_CALLEE`] at once.
+struct Forwarder {
+    target: Target,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+enum Target {
+    Grpc(
+        dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient<
+            tonic::transport::Channel,
+        >,
+    ),
+    Http(String),
+}
+
+impl Forwarder {
+    fn new(endpoint: &Endpoint) -> Result<Self, String> {
+        let target = match endpoint {
+            Endpoint::Grpc(addr) => {
+                // A lazy channel connects at the first call and reconnects
+                // by itself, so a callee that starts after mechad, or
+                // restarts, is reached once it listens.
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("grpc://{addr}: {e}"))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                Target::Grpc(
+                    dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient::new(
+                        channel,
+                    )
+                    .max_decoding_message_size(MAX_ANSWER),
+                )
+            }
+            Endpoint::Http(addr) => Target::Http(addr.clone()),
+        };
+        Ok(Self {
+            target,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_PER_CALLEE)),
+        })
+    }
+
+    async fn forward(&self, call: InvokeCall) -> HandlerResult {
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            return Err((
+                Status::ResourceExhausted,
+                format!(
+                    "app {} has {MAX_CALLS_PER_CALLEE} calls in flight already",
+                    call.app_id
+                ),
+            ));
+        };
+        let app_id = call.app_id.clone();
+        let forwarded = match &self.target {
+            Target::Grpc(client) => {
+                tokio::time::timeout(CALL_TIMEOUT, grpc(client.clone(), call)).await
+            }
+            Target::Http(addr) => tokio::time::timeout(CALL_TIMEOUT, http(addr, call)).await,
+        };
+        forwarded.unwrap_or_else(|_| {
+            Err((
+                Status::DeadlineExceeded,
+                format!("app {app_id} did not answer within {CALL_TIMEOUT:?}"),
+            ))
+        })
+    }
+}
+
+/// The metadata value of `name` in a call.
+fn value<'a>(call: &'a InvokeCall, name: &str) -> Option<&'a str> {
+    call.metadata
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// True for the metadata the personality itself reads rather than passes
+/// on as headers.
+fn is_own(name: &str) -> bool {
+    matches!(name, VERB | QUERY | TYPE_URL | HTTP_STATUS)
+}
+
+/// Forwards a call to Dapr's `AppCallback.OnInvoke`.
+async fn grpc(
+    mut client: dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient<
+        tonic::transport::Channel,
+    >,
+    call: InvokeCall,
+) -> HandlerResult {
+    use dapr::dapr::proto::common::v1 as common;
+    let http_extension = value(&call, VERB).map(|verb| common::HttpExtension {
+        verb: invoke::verb_number(verb),
+        querystring: value(&call, QUERY).unwrap_or_default().to_string(),
+    });
+    let message = common::InvokeRequest {
+        method: call.method.clone(),
+        data: Some(prost_types::Any {
+            type_url: value(&call, TYPE_URL).unwrap_or_default().to_string(),
+            value: call.data.clone(),
+        }),
+        content_type: call.content_type.clone(),
+        http_extension,
+    };
+    let mut request = tonic::Request::new(message);
+    for (name, v) in call.metadata.iter().filter(|(n, _)| !is_own(n)) {
+        let key = tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes());
+        if let (Ok(key), Ok(v)) = (key, v.parse()) {
+            request.metadata_mut().insert(key, v);
+        }
+    }
+    if let Ok(v) = call.trace_parent.parse() {
+        request.metadata_mut().insert("traceparent", v);
+    }
+    request.set_timeout(CALL_TIMEOUT);
+    match client.on_invoke(request).await {
+        Ok(response) => {
+            let response = response.into_inner();
+            let data = response.data.unwrap_or_default();
+            let mut metadata = Vec::new();
+            if !data.type_url.is_empty() {
+                metadata.push((TYPE_URL.to_string(), data.type_url));
+            }
+            Ok(InvokeReply {
+                data: data.value,
+                content_type: response.content_type,
+                metadata,
+            })
+        }
+        Err(s) => Err((
+            status_of_grpc(s.code()),
+            format!("app {}: {}", call.app_id, s.message()),
+        )),
+    }
+}
+
+/// The native status of a callee's gRPC code.
+fn status_of_grpc(code: tonic::Code) -> Status {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            Status::InvalidArgument
+        }
+        Code::NotFound => Status::NotFound,
+        Code::PermissionDenied | Code::Unauthenticated => Status::PermissionDenied,
+        Code::ResourceExhausted => Status::ResourceExhausted,
+        Code::Unavailable => Status::Unavailable,
+        Code::DeadlineExceeded => Status::DeadlineExceeded,
+        Code::Unimplemented => Status::Unsupported,
+        Code::Aborted => Status::EtagMismatch,
+        _ => Status::Internal,
+    }
+}
+
+/// True for a header name HTTP allows (a token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Forwards a call to an app's HTTP port: the call's verb (POST when the
+/// caller gave none), `/{method}` with its query string, its content type,
+/// metadata as headers and its trace context. A 2xx answer is the reply
+/// (with its status as `http.status`); another status is the native status
+/// closest to it (`invoke::status_of_http`), quoting the start of the body.
+async fn http(addr: &str, call: InvokeCall) -> HandlerResult {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        (
+            Status::Unavailable,
+            format!("app {} at http://{addr}: {e}", call.app_id),
+        )
+    };
+    let verb = value(&call, VERB).unwrap_or("POST");
+    let mut target = format!("/{}", call.method.trim_start_matches('/'));
+    if let Some(q) = value(&call, QUERY).filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut headers: Vec<(&str, &str)> = call
+        .metadata
+        .iter()
+        .filter(|(n, _)| !is_own(n) && is_token(n) && !n.eq_ignore_ascii_case("host"))
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length"))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if !call.content_type.is_empty() {
+        headers.push(("Content-Type", &call.content_type));
+    }
+    if !call.trace_parent.is_empty() {
+        headers.push(("traceparent", &call.trace_parent));
+    }
+    headers.push(("Connection", "close"));
+    let request = mecha_http::request(verb, &target, addr, &headers, &call.data)
+        .map_err(|e| (Status::InvalidArgument, format!("app {}: {e}", call.app_id)))?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let mut conn = mecha_http::Conn::new(stream);
+    conn.send(&request).await.map_err(|e| unavailable(&e))?;
+    let head = conn
+        .response_head(MAX_HEAD)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let body = conn
+        .body(&head, MAX_ANSWER)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if !(200..300).contains(&head.status) {
+        let quoted = String::from_utf8_lossy(&body[..body.len().min(QUOTED_ERROR)]).into_owned();
+        return Err((
+            invoke::status_of_http(head.status),
+            format!(
+                "app {} answered HTTP {}: {quoted}",
+                call.app_id, head.status
+            ),
+        ));
+    }
+    let content_type = head
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    Ok(InvokeReply {
+        data: body,
+        content_type,
+        metadata: vec![(HTTP_STATUS.to_string(), head.status.to_string())],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_callbacks_parse() {
+        let callees = parse(" orders=grpc://127.0.0.1:50051 , web=http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            callees,
+            vec![
+                Callee {
+                    app_id: "orders".into(),
+                    endpoint: Endpoint::Grpc("127.0.0.1:50051".into())
+                },
+                Callee {
+                    app_id: "web".into(),
+                    endpoint: Endpoint::Http("127.0.0.1:8080".into())
+                },
+            ]
+        );
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_app_callbacks_are_refused_with_the_entry() {
+        for bad in [
+            "orders",
+            "=grpc://127.0.0.1:1",
+            "a=tcp://127.0.0.1:1",
+            "a=http://127.0.0.1",
+            "a=http://127.0.0.1:1/path",
+            "a=http://u@h:1",
+            "a=grpc://h:1,a=http://h:2",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_CALLEES)
+            .map(|i| format!("a{i}=http://h:1"))
+            .collect();
+        assert!(parse(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn header_names_must_be_tokens() {
+        assert!(is_token("x-user"));
+        assert!(!is_token("x user"));
+        assert!(!is_token("a:b"));
+        assert!(!is_token(""));
+    }
+
+    #[test]
+    fn grpc_codes_map_back() {
+        assert_eq!(status_of_grpc(tonic::Code::NotFound), Status::NotFound);
+        assert_eq!(status_of_grpc(tonic::Code::Unknown), Status::Internal);
+        assert_eq!(
+            status_of_grpc(tonic::Code::Unavailable),
+            Status::Unavailable
+        );
+    }
+}
