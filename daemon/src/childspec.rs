@@ -60,4 +60,7 @@ pub struct ChildSpec {
     pub env_prefixes: Vec<String>,
     /// Whether it serves from daemon start or from its first request.
     pub start: Start,
+    /// For a personality (the Dapr API), where it listens and which apps
+    /// it may serve calls for; `None` for a capability module.
+    pub personality: Option<std::sync::Arc<crate::personality::Listen>>,
 }

@@ -68,7 +68,23 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let resolved = daemon.tenants.read().resolve(&peer);
+    serve_as(stream, peer, None, daemon, shutdown).await;
+}
+
+/// [`serve`] with the tenant already decided, when `tenant` is given: a
+/// personality's app session, whose tenant mechad's configuration names
+/// (`personality::open`). Otherwise the tenant rules decide from `peer`.
+pub async fn serve_as(
+    stream: UnixStream,
+    peer: Peer,
+    tenant: Option<crate::peer::Tenant>,
+    daemon: Arc<Daemon>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let resolved = match tenant {
+        Some(t) => Ok(t),
+        None => daemon.tenants.read().resolve(&peer),
+    };
     let (tenant, allow) = match resolved {
         Ok(t) => (t.name, t.allow),
         Err(msg) => {

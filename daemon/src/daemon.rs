@@ -74,7 +74,7 @@ impl Daemon {
         self.modules
             .read()
             .iter()
-            .find(|m| m.family == family)
+            .find(|m| m.family == Some(family))
             .cloned()
     }
 
@@ -98,6 +98,9 @@ impl Daemon {
     /// is not root, or root in the daemon's own mount namespace. Root in
     /// another container (without a user namespace it is uid 0 too) is not.
     pub fn is_admin(&self, peer: &Peer, tenant: &str) -> bool {
+        if peer.personality {
+            return false;
+        }
         let own = nix::unistd::geteuid().as_raw();
         let admins = self.admins.read();
         (peer.uid == own && (own != 0 || peer.local))

@@ -48,7 +48,7 @@ fn snapshot(metrics: &Metrics, daemon: Option<&Daemon>) -> Snapshot {
                         rss_bytes: (status.pid != 0)
                             .then(|| resident_bytes(status.pid))
                             .flatten(),
-                        in_flight: metrics.module_in_flight(slot.family),
+                        in_flight: slot.family.map_or(0, |f| metrics.module_in_flight(f)),
                         name: status.name,
                         state: status.state,
                         restarts: status.restarts,

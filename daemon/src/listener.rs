@@ -1,8 +1,7 @@
-//! The application socket: safe creation (directory, stale files, mode) and
-//! the accept loop that hands each connection to `conn::serve`.
+//! The application socket's accept loop, which identifies each peer and
+//! hands it to `conn::serve` (the socket itself is made by `unix_socket.rs`).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
@@ -12,51 +11,6 @@ use tokio::task::JoinSet;
 use crate::conn;
 use crate::daemon::Daemon;
 use crate::peer;
-
-/// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    /// Another daemon answers on the path.
-    #[error("another daemon is already listening on {0}")]
-    InUse(PathBuf),
-    /// Creating the directory, binding or setting the mode failed.
-    #[error("cannot set up socket {path}: {source}")]
-    Io {
-        /// The socket path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// Creates the parent directory, removes a stale socket file left by a dead
-/// daemon, binds, and applies `mode` (0666 by default: identity comes from
-/// peer credentials, not from file permissions).
-pub fn bind(
-    path: &Path,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<UnixListener, ListenError> {
-    let io = |source| ListenError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ListenError::InUse(path.to_path_buf()));
-        }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io)?;
-    }
-    Ok(listener)
-}
 
 /// Accepts connections until shutdown, then waits for open connections to
 /// finish their in-flight requests.

@@ -22,6 +22,7 @@ mod link;
 mod listener;
 mod metrics;
 mod peer;
+mod personality;
 mod plan;
 mod pod;
 mod quota;
@@ -29,9 +30,11 @@ mod ratelog;
 mod response;
 mod router;
 mod secret_ref;
+mod sessions;
 mod spawn;
 mod supervisor;
 mod trace;
+mod unix_socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,6 +257,7 @@ impl Boot {
                 settings.health_timeout_ms.unwrap_or(3000).max(10),
             ),
         };
+        let socket_dir = socket.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
             socket,
             mode,
@@ -261,6 +265,7 @@ impl Boot {
             paths: Paths {
                 data_dir,
                 module_dir,
+                socket_dir,
             },
             supervision,
             config,
@@ -336,7 +341,7 @@ async fn start_modules(
 /// apart.
 fn bind_sockets(boot: &Boot) -> anyhow::Result<Vec<(tokio::net::UnixListener, Arc<Path>)>> {
     let mut listeners = vec![(
-        listener::bind(&boot.socket, boot.mode, None)?,
+        unix_socket::bind(&boot.socket, boot.mode, None)?,
         Arc::<Path>::from(boot.socket.as_path()),
     )];
     for extra in &boot.config.settings.sockets {
@@ -346,7 +351,7 @@ fn bind_sockets(boot: &Boot) -> anyhow::Result<Vec<(tokio::net::UnixListener, Ar
         };
         let owner = extra.owner.map(|o| (o.uid, o.gid));
         listeners.push((
-            listener::bind(&extra.path, mode, owner)?,
+            unix_socket::bind(&extra.path, mode, owner)?,
             Arc::from(extra.path.as_path()),
         ));
     }
@@ -380,6 +385,7 @@ async fn serve(
     http: &http::HttpState,
 ) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    sessions::start(Arc::clone(daemon), shutdown_rx.clone());
     let sockets: Vec<Arc<Path>> = listeners.iter().map(|(_, p)| Arc::clone(p)).collect();
     let accepts: Vec<_> = listeners
         .into_iter()

@@ -30,6 +30,11 @@ pub struct Peer {
     /// It runs in the daemon's own mount namespace: on the daemon's host (or
     /// in the daemon's own container), not in another container.
     pub local: bool,
+    /// It reached mechad through a personality's session broker (the Dapr
+    /// API), not on mechad's own socket. Such a session is never an admin:
+    /// a personality is a module, and a module must not be able to act as
+    /// an admin on a caller's behalf.
+    pub personality: bool,
 }
 
 impl Default for Peer {
@@ -41,6 +46,7 @@ impl Default for Peer {
             socket: Arc::from(Path::new("")),
             pod: None,
             local: false,
+            personality: false,
         }
     }
 }
@@ -101,6 +107,7 @@ pub fn identify(socket: &impl AsFd, listening: &Arc<Path>) -> Result<Peer, Ident
         socket: Arc::clone(listening),
         pod,
         local,
+        personality: false,
     })
 }
 
@@ -302,6 +309,21 @@ impl Tenants {
     /// `pod:<uid>`) when it runs in one, or `uid:<uid>`: every pod, and every
     /// local user outside pods, is its own tenant. Pods that share a uid (or
     /// all run as root) are still apart. The error is the refusal message.
+    /// The tenant whose rule's `appIds` names `app_id`, if one does.
+    pub fn owner_of(&self, app_id: &str) -> Option<Tenant> {
+        self.rules
+            .iter()
+            .find(|(r, _)| {
+                r.app_ids
+                    .as_ref()
+                    .is_some_and(|ids| ids.iter().any(|id| id == app_id))
+            })
+            .map(|(rule, allow)| Tenant {
+                name: rule.name.clone(),
+                allow: allow.clone(),
+            })
+    }
+
     pub fn resolve(&self, peer: &Peer) -> Result<Tenant, String> {
         if let Some((rule, allow)) = self.rules.iter().find(|(r, _)| self.matches(r, peer)) {
             return Ok(Tenant {

@@ -19,25 +19,32 @@ pub struct Paths {
     pub data_dir: PathBuf,
     /// Where `mecha-mod-*` binaries are found by default.
     pub module_dir: PathBuf,
+    /// The directory of mecha's socket, where a personality's Unix socket
+    /// goes by default.
+    pub socket_dir: PathBuf,
 }
 
 /// Module names that have a module binary today, for error messages.
-const KNOWN: &str = "state, pubsub, lock, sequencer, secretstores, configuration, invoke, bindings";
+const KNOWN: &str =
+    "state, pubsub, lock, sequencer, secretstores, configuration, invoke, bindings, personality";
 
 /// The module serving components whose `spec.type` starts with `prefix`
-/// (Dapr's component families), and its capability family.
-pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Family)> {
-    match prefix {
-        "state" => Some(("state", Family::State)),
-        "lock" => Some(("lock", Family::Lock)),
-        "pubsub" => Some(("pubsub", Family::PubSub)),
-        "sequencer" => Some(("sequencer", Family::Sequencer)),
-        "secretstores" => Some(("secrets", Family::Secrets)),
-        "configuration" => Some(("config", Family::Configuration)),
-        "invoke" => Some(("invoke", Family::Invoke)),
-        "bindings" => Some(("bindings", Family::Bindings)),
-        _ => None,
-    }
+/// (Dapr's component families), and its capability family; a personality
+/// (`personality.dapr`, the Dapr API) serves no family.
+pub fn module_for_prefix(prefix: &str) -> Option<(&'static str, Option<Family>)> {
+    let family = match prefix {
+        "personality" => return Some(("dapr", None)),
+        "state" => ("state", Family::State),
+        "lock" => ("lock", Family::Lock),
+        "pubsub" => ("pubsub", Family::PubSub),
+        "sequencer" => ("sequencer", Family::Sequencer),
+        "secretstores" => ("secrets", Family::Secrets),
+        "configuration" => ("config", Family::Configuration),
+        "invoke" => ("invoke", Family::Invoke),
+        "bindings" => ("bindings", Family::Bindings),
+        _ => return None,
+    };
+    Some((family.0, Some(family.1)))
 }
 
 /// The secrets module's data directory under `data_dir`, against which secret
@@ -58,6 +65,7 @@ fn is_module(module: &str) -> bool {
         "configuration",
         "invoke",
         "bindings",
+        "personality",
     ]
     .iter()
     .filter_map(|p| module_for_prefix(p))
@@ -100,6 +108,7 @@ fn start_of(
                 "a bindings module with an input binding receives events while nobody is connected",
             )
         }
+        "dapr" => Some("the Dapr personality accepts connections on its own sockets"),
         _ => None,
     };
     match (own, always_up) {
@@ -114,7 +123,10 @@ fn start_of(
 
 /// One child spec per capability family that has components, in first-seen
 /// order. Creates each module's data directory.
-pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildSpec)>, String> {
+pub fn child_specs(
+    config: &Config,
+    paths: &Paths,
+) -> Result<Vec<(Option<Family>, ChildSpec)>, String> {
     let mut specs = Vec::new();
     for (prefix, components) in config.families() {
         let Some((name, family)) = module_for_prefix(&prefix) else {
@@ -126,9 +138,10 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
         let name = name.to_string();
         let components = with_scopes(components, config, family)?;
         let components = match family {
-            Family::Invoke => with_tenant_app_ids(components, config),
+            Some(Family::Invoke) => with_tenant_app_ids(components, config),
             _ => components,
         };
+        let personality = personality_of(&name, &components, paths)?;
         let settings = config
             .settings
             .modules
@@ -179,15 +192,45 @@ pub fn child_specs(config: &Config, paths: &Paths) -> Result<Vec<(Family, ChildS
                 },
                 env_prefixes,
                 start,
+                personality,
             },
         ));
     }
     if let Some(unknown) = config.settings.modules.keys().find(|m| !is_module(m)) {
         return Err(format!(
-            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config, invoke, bindings)"
+            "Configuration spec.modules.{unknown}: no such module (known: state, pubsub, lock, sequencer, secrets, config, invoke, bindings, dapr)"
         ));
     }
     Ok(specs)
+}
+
+/// Where the Dapr personality listens: one `personality.dapr` component
+/// (two would fight over the same sockets).
+fn personality_of(
+    name: &str,
+    components: &[ComponentSpec],
+    paths: &Paths,
+) -> Result<Option<std::sync::Arc<crate::personality::Listen>>, String> {
+    if name != "dapr" {
+        return Ok(None);
+    }
+    let [only] = components else {
+        return Err(format!(
+            "{} personality.dapr components: the Dapr personality takes one",
+            components.len()
+        ));
+    };
+    if !only
+        .kind
+        .eq_ignore_ascii_case(crate::personality::DAPR_TYPE)
+    {
+        return Err(format!(
+            "component {:?}: type {:?} is not a personality mecha has (personality.dapr)",
+            only.name, only.kind
+        ));
+    }
+    crate::personality::Listen::from_component(only, &paths.socket_dir)
+        .map(|l| Some(std::sync::Arc::new(l)))
 }
 
 /// The environment prefixes `components` read: each environment secret
@@ -211,13 +254,13 @@ fn env_prefixes(components: &[mecha_abi::msg::ComponentSpec]) -> Vec<String> {
 fn with_scopes(
     mut components: Vec<ComponentSpec>,
     config: &Config,
-    family: Family,
+    family: Option<Family>,
 ) -> Result<Vec<ComponentSpec>, String> {
     for component in &mut components {
         let Some(scopes) = config.scopes.get(&component.name) else {
             continue;
         };
-        if family == Family::Invoke {
+        if family == Some(Family::Invoke) {
             return Err(format!(
                 "component {:?}: scopes do not apply to invoke.mesh; its accessControl decides who may call whom",
                 component.name

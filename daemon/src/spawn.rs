@@ -2,7 +2,7 @@
 //! a clean environment, and no other descriptor than its standard streams
 //! (stdin from /dev/null; stdout and stderr shared with mechad for logs).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 
@@ -10,6 +10,23 @@ use tokio::process::{Child, Command};
 
 /// The descriptor number on which a module finds its link.
 pub const LINK_FD: i32 = 3;
+
+/// The most descriptors a module gets besides its link (a personality's
+/// broker and its three listening sockets).
+pub const MAX_PASSED: usize = 7;
+
+/// Descriptors are moved above this number in the child before they are put
+/// in place, so that no source is overwritten by another's target.
+const SCRATCH_FD: libc::c_int = 64;
+
+/// A descriptor a module gets besides its link, at a fixed number, with the
+/// environment variables that name it.
+pub struct Passed<'a> {
+    /// The daemon's descriptor.
+    pub fd: BorrowedFd<'a>,
+    /// Its number in the module.
+    pub target: i32,
+}
 
 /// The highest capability number to drop from the bounding set; numbers the
 /// running kernel does not know are refused, harmlessly.
@@ -55,7 +72,12 @@ pub fn spawn_module(
     confine: Confinement,
     env_prefixes: &[String],
     handoff: bool,
+    passed: &[Passed<'_>],
+    env: &[(String, String)],
 ) -> std::io::Result<(Child, StdUnixStream)> {
+    if passed.len() > MAX_PASSED {
+        return Err(std::io::Error::other("too many descriptors for a module"));
+    }
     let memory_limit = confine
         .memory_limit_mb
         .map(|mb| mb.saturating_mul(1024 * 1024));
@@ -65,7 +87,14 @@ pub fn spawn_module(
     // children; the child's end is dup2'ed to fd 3 below, which clears the flag
     // on the copy only.
     let (ours, theirs) = StdUnixStream::pair()?;
-    let child_fd = theirs.as_raw_fd();
+    // (source, target) pairs, the link first, in a fixed array: the child
+    // may not allocate between fork and exec.
+    let mut moves = [(-1, -1); MAX_PASSED + 1];
+    moves[0] = (theirs.as_raw_fd(), LINK_FD);
+    for (slot, p) in moves[1..].iter_mut().zip(passed) {
+        *slot = (p.fd.as_raw_fd(), p.target);
+    }
+    let count = passed.len() + 1;
     let parent_pid = std::process::id();
     let mut cmd = Command::new(binary);
     // A clean environment: the daemon's holds the operator's settings and
@@ -78,6 +107,7 @@ pub fn spawn_module(
         PASSED.iter().any(|p| name == p.as_bytes())
             || env_prefixes.iter().any(|p| name.starts_with(p.as_bytes()))
     }));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.env("MECHA_LINK_FD", LINK_FD.to_string())
         .env("MECHA_MODULE", module)
         .stdin(std::process::Stdio::null())
@@ -93,13 +123,22 @@ pub fn spawn_module(
     // allocates nothing and touches no locks; it reads integers captured by value.
     unsafe {
         cmd.pre_exec(move || {
-            if child_fd == LINK_FD {
-                let flags = libc::fcntl(LINK_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(LINK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            // Every source first moves above the targets (close-on-exec, so
+            // the scratch copies vanish at exec), then each lands on its
+            // number: a source whose number is another's target is thus
+            // never overwritten before it is moved. dup2 clears the
+            // close-on-exec flag of the copy it makes.
+            let mut scratch = [-1; MAX_PASSED + 1];
+            for i in 0..count {
+                scratch[i] = libc::fcntl(moves[i].0, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
+                if scratch[i] < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(child_fd, LINK_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for i in 0..count {
+                if libc::dup2(scratch[i], moves[i].1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             for (resource, value) in [
                 (libc::RLIMIT_AS, memory_limit),

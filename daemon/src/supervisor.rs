@@ -132,9 +132,13 @@ struct Instance {
 pub struct ModuleSlot {
     /// Module name, e.g. `state`.
     pub name: String,
-    /// The capability family whose opcodes it serves.
-    pub family: Family,
+    /// The capability family whose opcodes it serves; `None` for a
+    /// personality, which serves no opcode and is reached on its own sockets.
+    pub family: Option<Family>,
     spec: RwLock<ChildSpec>,
+    /// A personality's sockets, bound at its first start and kept for the
+    /// daemon's life, so that every instance accepts on the same ones.
+    bound: std::sync::OnceLock<Arc<crate::personality::Bound>>,
     route: watch::Sender<Route>,
     status: Mutex<SlotStatus>,
     commands: mpsc::Sender<Command>,
@@ -150,7 +154,7 @@ impl ModuleSlot {
     /// the module cannot start, so configuration errors surface at once.
     pub async fn launch(
         spec: ChildSpec,
-        family: Family,
+        family: Option<Family>,
         supervision: Supervision,
     ) -> Result<Arc<Self>, StartError> {
         let (route, _) = watch::channel(Route::Starting);
@@ -159,6 +163,7 @@ impl ModuleSlot {
             name: spec.name.clone(),
             family,
             spec: RwLock::new(spec.clone()),
+            bound: std::sync::OnceLock::new(),
             route,
             status: Mutex::new(SlotStatus {
                 state: "starting",
@@ -319,17 +324,60 @@ impl ModuleSlot {
         spec: &ChildSpec,
         handoff: bool,
     ) -> Result<Instance, StartError> {
+        let spawn_error = |source| StartError::Spawn {
+            binary: spec.binary.clone(),
+            source,
+        };
+        // A personality also gets its session broker and its sockets.
+        let mut broker = None;
+        let mut passed = Vec::new();
+        let mut env = Vec::new();
+        if let Some(listen) = &spec.personality {
+            let bound = self
+                .bound
+                .get_or_init(|| Arc::new(crate::personality::Bound::bind(listen)));
+            let (ours, theirs) = mecha_wire::session::pair().map_err(spawn_error)?;
+            broker = Some((ours, Arc::clone(listen), Arc::clone(bound)));
+            passed.push((theirs, mecha_wire::session::SESSION_FD));
+            env.push((
+                mecha_wire::session::SESSION_FD_ENV.to_owned(),
+                mecha_wire::session::SESSION_FD.to_string(),
+            ));
+            let mut listed = Vec::new();
+            for (i, (name, fd)) in bound.sockets.iter().enumerate() {
+                let target = mecha_wire::session::SESSION_FD + 1 + i as i32;
+                listed.push(format!("{name}={target}"));
+                passed.push((fd.try_clone().map_err(spawn_error)?, target));
+            }
+            env.push((mecha_wire::session::LISTEN_ENV.to_owned(), listed.join(",")));
+        }
+        let passing: Vec<crate::spawn::Passed<'_>> = passed
+            .iter()
+            .map(|(fd, target)| crate::spawn::Passed {
+                fd: std::os::fd::AsFd::as_fd(fd),
+                target: *target,
+            })
+            .collect();
         let (mut child, link_end) = spawn_module(
             &spec.binary,
             &spec.name,
             spec.confine,
             &spec.env_prefixes,
             handoff,
+            &passing,
+            &env,
         )
-        .map_err(|source| StartError::Spawn {
-            binary: spec.binary.clone(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
+        drop(passing);
+        drop(passed);
+        if let Some((fd, listen, bound)) = broker {
+            crate::personality::hand_over(crate::personality::BrokerEnd {
+                fd,
+                listen,
+                bound,
+                module: spec.name.clone(),
+            });
+        }
         let pid = child.id().unwrap_or(0);
         match handshake(spec, link_end, pid).await {
             Ok(link) => Ok(Instance {

@@ -116,8 +116,13 @@ pub fn modules(daemon: &Daemon, history: &History) -> Vec<ModuleRow> {
                 restarts: status.restarts,
                 last_exit: detail.last_exit,
                 next_try_ms: detail.next_try_in.map(millis),
-                in_flight: daemon.metrics.module_in_flight(slot.family),
-                rate: rates.get(&slot.family.byte()).cloned().unwrap_or_default(),
+                in_flight: slot
+                    .family
+                    .map_or(0, |f| daemon.metrics.module_in_flight(f)),
+                rate: slot
+                    .family
+                    .and_then(|f| rates.get(&f.byte()).cloned())
+                    .unwrap_or_default(),
                 components: status.components,
             }
         })
@@ -172,7 +177,7 @@ pub async fn components(daemon: &Daemon, probes: &Probes) -> Vec<ComponentRow> {
             let tenants = match (field("allowedTenants"), field("sharedTenants")) {
                 (Some(allowed), _) => format!("only: {allowed}"),
                 (None, Some(shared)) => format!("shared by: {shared}; others apart"),
-                (None, None) if slot.family == mecha_abi::Family::Secrets => {
+                (None, None) if slot.family == Some(mecha_abi::Family::Secrets) => {
                     "the daemon's own uid only".to_string()
                 }
                 (None, None) => "every tenant, each in its own namespace".to_string(),

@@ -12,7 +12,7 @@
 mod access;
 mod api;
 mod backends;
-mod loopback;
+pub mod loopback;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
