@@ -16,7 +16,7 @@ from dapr.clients import DaprClient
 from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import BulkPublishEntry
 
-from conftest import Mechad
+from conftest import NOBODY, Mechad, run_as
 from streams import Reader
 
 
@@ -140,3 +140,25 @@ def test_options_mecha_cannot_honour_are_refused(dapr_env: Mechad) -> None:
             d.publish_event("no-such-pubsub", topic(), "x")
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "no-such-pubsub" in raised.value.details()
+
+
+def test_another_uids_events_never_reach_this_uids_subscribers(dapr_env: Mechad) -> None:
+    t = topic()
+    script = f"""
+        from dapr.clients import DaprClient
+        with DaprClient() as d:
+            d.publish_event("pubsub", "{t}", "theirs")
+        """
+    done = run_as(NOBODY, script, dapr_env.env())
+    assert done.returncode == 0, done.stderr
+    with DaprClient() as d:
+        reader = Reader(d.subscribe("pubsub", t))
+        try:
+            d.publish_event("pubsub", t, "mine")
+            # A new group starts at the oldest event its topic retains: had the other uid's
+            # event gone to this uid's topic, it would come first.
+            msg = reader.next()
+            assert msg.data() == "mine"
+            reader.subscription.respond_success(msg)
+        finally:
+            reader.close()
