@@ -419,6 +419,7 @@ async fn read_answers(
     // every handle of the client is gone.
     tx: WeakOutbox,
 ) {
+    let mut refusal: Option<(Status, String)> = None;
     let why = loop {
         match reader.next().await {
             // A request from the daemon: a call for an app id served here.
@@ -444,6 +445,7 @@ async fn read_answers(
                         let message = mecha_abi::decode::<ErrorBody>(&payload)
                             .map(|b| b.message)
                             .unwrap_or_default();
+                        refusal = Some((Status::from_code(header.status), message.clone()));
                         break format!("the daemon reported a connection error: {message}");
                     }
                     None => {}
@@ -461,7 +463,15 @@ async fn read_answers(
         }
         pending.waiting.drain().map(|(_, w)| w).collect()
     };
+    // A connection the daemon refused (its tenant is denied, or at its
+    // connection quota) tells the calls waiting on it why, with the status.
     for w in waiting {
-        let _ = w.send(Err(Error::Closed(why.clone())));
+        let _ = w.send(Err(match &refusal {
+            Some((status, message)) => Error::Status {
+                status: *status,
+                message: message.clone(),
+            },
+            None => Error::Closed(why.clone()),
+        }));
     }
 }

@@ -7,6 +7,7 @@
 //! identifying it (`session.rs`), so quotas, allow lists and isolation are
 //! the native ones.
 
+pub mod accept;
 pub mod grpc;
 pub mod http;
 pub mod listen;
@@ -58,6 +59,7 @@ impl Module for DaprModule {
                 }
             }
         }
+        raise_open_files();
         let listeners =
             Listeners::inherited().map_err(|e| InitError(format!("listening sockets: {e}")))?;
         let sessions = Sessions::inherited().map_err(|e| InitError(e.to_string()))?;
@@ -106,5 +108,29 @@ impl Module for DaprModule {
                 ctx.opcode
             ),
         )
+    }
+}
+
+/// Raises this process's soft limit of open descriptors to its hard limit:
+/// each caller costs the personality three (its connection, the duplicate
+/// kept to identify it, and its session), and what bounds them is each
+/// tenant's connection quota in mechad, not a limit of this process. An
+/// operator's `openFiles` for the module is its hard limit, and stays.
+#[allow(unsafe_code)]
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the `rlimit` whose
+    // address they get, which lives on this stack frame for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("cannot raise the open-file limit");
+            }
+        }
     }
 }

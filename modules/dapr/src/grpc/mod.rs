@@ -10,7 +10,6 @@ mod pubsub;
 mod service;
 mod unimplemented;
 
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,8 +18,10 @@ use dapr::dapr::proto::runtime::v1::dapr_server::DaprServer;
 use futures_util::Stream;
 use mecha_abi::Status;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 use tonic::transport::server::Connected;
 
+use crate::accept::{self, Accepted, Io, Listener, Protocol};
 use crate::session::{Caller, Refused, Sessions};
 
 pub use service::Api;
@@ -48,8 +49,10 @@ pub async fn serve(
             }
         }
     };
-    let unix = unix.map(|l| serve_one(Incoming::unix(l, Arc::clone(&sessions))));
-    let tcp = tcp.map(|l| serve_one(Incoming::tcp(l, Arc::clone(&sessions))));
+    let incoming =
+        |l: Listener| Incoming(accept::incoming(l, Protocol::Grpc, Arc::clone(&sessions)));
+    let unix = unix.map(|l| serve_one(incoming(Listener::Unix(l))));
+    let tcp = tcp.map(|l| serve_one(incoming(Listener::Tcp(l))));
     tokio::join!(
         async {
             if let Some(s) = unix {
@@ -179,116 +182,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     }
 }
 
-/// Either kind of accepted stream.
-pub enum Io {
-    /// From the Unix socket.
-    Unix(tokio::net::UnixStream),
-    /// From TCP.
-    Tcp(tokio::net::TcpStream),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Unix(s) => Pin::new(s).poll_flush(cx),
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// The stream of accepted connections tonic serves.
-pub struct Incoming {
-    listener: Listener,
-    sessions: Arc<Sessions>,
-}
-
-enum Listener {
-    Unix(tokio::net::UnixListener),
-    Tcp(tokio::net::TcpListener),
-}
-
-impl Incoming {
-    fn unix(l: tokio::net::UnixListener, sessions: Arc<Sessions>) -> Self {
-        Self {
-            listener: Listener::Unix(l),
-            sessions,
-        }
-    }
-
-    fn tcp(l: tokio::net::TcpListener, sessions: Arc<Sessions>) -> Self {
-        Self {
-            listener: Listener::Tcp(l),
-            sessions,
-        }
-    }
-}
+/// The stream of identified connections tonic serves.
+pub struct Incoming(tokio::sync::mpsc::Receiver<Accepted>);
 
 impl Stream for Incoming {
     type Item = std::io::Result<Conn<Io>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let accepted = match &this.listener {
-            Listener::Unix(l) => match l.poll_accept(cx) {
-                Poll::Ready(Ok((s, _))) => {
-                    s.as_fd().try_clone_to_owned().map(|fd| (Io::Unix(s), fd))
-                }
-                Poll::Ready(Err(e)) => Err(e),
-                Poll::Pending => return Poll::Pending,
-            },
-            Listener::Tcp(l) => match l.poll_accept(cx) {
-                Poll::Ready(Ok((s, _))) => {
-                    let _ = s.set_nodelay(true);
-                    s.as_fd().try_clone_to_owned().map(|fd| (Io::Tcp(s), fd))
-                }
-                Poll::Ready(Err(e)) => Err(e),
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        match accepted {
-            Ok((io, fd)) => {
-                let caller = Arc::new(Caller::new(fd, Arc::clone(&this.sessions)));
-                Poll::Ready(Some(Ok(Conn { io, caller })))
-            }
-            // One failed accept (the peer left, descriptors ran out)
-            // must not end the server, as an error item would; yield
-            // and try again, so that a lasting failure does not spin.
-            Err(e) => {
-                tracing::debug!("accept failed: {e}");
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
+        self.get_mut().0.poll_recv(cx).map(|accepted| {
+            accepted.map(|a| {
+                Ok(Conn {
+                    io: a.io,
+                    caller: a.caller,
+                })
+            })
+        })
     }
 }

@@ -3,13 +3,13 @@
 //! through the caller's own native session.
 
 use std::convert::Infallible;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 
+use crate::accept::{self, Accepted, Listener, Protocol};
 use crate::session::{Caller, Sessions};
 
 mod answer;
@@ -22,30 +22,14 @@ pub type Body = Full<Bytes>;
 
 /// Serves HTTP on `listener` until the process exits.
 pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::debug!("accept failed: {e}");
-                tokio::task::yield_now().await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let fd = match stream.as_fd().try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::debug!("cannot keep an accepted connection: {e}");
-                continue;
-            }
-        };
-        let caller = Arc::new(Caller::new(fd, Arc::clone(&sessions)));
+    let mut incoming = accept::incoming(Listener::Tcp(listener), Protocol::Http, sessions);
+    while let Some(Accepted { io, caller }) = incoming.recv().await {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let caller = Arc::clone(&caller);
                 async move { Ok::<_, Infallible>(route(&caller, req).await) }
             });
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let io = hyper_util::rt::TokioIo::new(io);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, service)
                 .await

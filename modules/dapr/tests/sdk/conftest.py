@@ -146,7 +146,7 @@ def run_mechad(components: str = DEFAULT_COMPONENTS, personality: str = "",
         """) + textwrap.indent(textwrap.dedent(personality), "  ")
     config += "---\n" + components % {"uid": os.geteuid()}
     if settings:
-        config += "---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: mecha}\nspec:\n"
+        config += "---\napiVersion: mecha.io/v1alpha1\nkind: Configuration\nmetadata: {name: mecha}\nspec:\n"
         config += textwrap.indent(textwrap.dedent(settings), "  ")
     (tmp / "mecha.yaml").write_text(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MECHA_")}
