@@ -26,6 +26,13 @@ use crate::session::{Caller, Refused, Sessions};
 
 pub use service::Api;
 
+/// The most RPCs one connection has open at once (HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`). Streaming subscriptions stay open,
+/// each with a task and a native subscription, so without this bound one
+/// connection could hold any number of them; a client at the bound waits
+/// for one of its streams to end.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The metadata key (and HTTP header) of Dapr's API token.
 pub const TOKEN_HEADER: &str = "dapr-api-token";
 
@@ -41,6 +48,7 @@ pub async fn serve(
         let api = api.clone();
         async move {
             let result = tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(DaprServer::new(api))
                 .serve_with_incoming(incoming)
                 .await;

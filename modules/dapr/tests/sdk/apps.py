@@ -111,3 +111,15 @@ def wait_for_apps(native: mecha.Client, wanted: set[str], within: float = 30) ->
             return
         assert time.monotonic() < deadline, f"registered: {sorted(local)}, wanted {sorted(wanted)}"
         time.sleep(0.05)
+
+
+def eventually(attempt: Any, within: float = 30) -> Any:
+    """``attempt()``'s result once it stops raising, trying until ``within`` seconds pass."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return attempt()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -15,7 +15,7 @@ import pytest
 from dapr.clients import DaprClient
 
 import conftest
-from apps import GrpcApp, HttpApp, NativeApp, wait_for_apps
+from apps import GrpcApp, HttpApp, NativeApp, eventually, wait_for_apps
 from conftest import Mechad, free_port, run_mechad
 
 GRPC_PORT, HTTP_PORT = free_port(), free_port()
@@ -124,3 +124,18 @@ def test_a_dapr_http_app_gets_the_verb_path_query_and_headers(env: Mechad) -> No
     assert (body["verb"], body["path"]) == ("POST", "/ping")
     with pytest.raises(mecha.NotFound):
         mecha.Client(env.socket).invoke("http-app", "missing", b"")
+
+
+def test_callees_are_served_again_after_the_invoke_module_and_the_personality_restart(
+        env: Mechad) -> None:
+    with mecha.Client(env.socket) as native:
+        for module in ["invoke", "dapr"]:
+            native.module_restart(module)
+
+            def call() -> dict:
+                with mecha.Client(env.socket) as c:
+                    return json.loads(c.invoke("grpc-app", "again", b"x", timeout=5))
+
+            assert eventually(call)["method"] == "again"
+            body = eventually(lambda: json.loads(native.invoke("http-app", "again", b"")))
+            assert body["path"] == "/again"
