@@ -1,7 +1,8 @@
 //! Dapr's service invocation over HTTP: `/v1.0/invoke/{app}/method/{m}`
-//! with any verb, served through `ops::invoke` on the caller's session. The
-//! verb, query string, content type and the caller's headers travel with the
-//! call, as Dapr passes them to an HTTP callee.
+//! with any verb (or `/{m}` with a `dapr-app-id` header), served through
+//! `ops::invoke` on the caller's session. The verb, query string, content
+//! type and the caller's headers travel with the call, as Dapr passes them
+//! to an HTTP callee.
 
 use hyper::header::HeaderName;
 use hyper::{Request, Response};
@@ -17,7 +18,7 @@ pub const PREFIX: &str = "/v1.0/invoke/";
 
 /// Headers that describe the connection or the request to the personality
 /// rather than the call, and are therefore not passed to the callee.
-const NOT_PASSED: [&str; 12] = [
+const NOT_PASSED: [&str; 13] = [
     "host",
     "content-length",
     "content-type",
@@ -29,6 +30,7 @@ const NOT_PASSED: [&str; 12] = [
     "upgrade",
     "proxy-authorization",
     answer::TOKEN_HEADER,
+    APP_ID_HEADER,
     "traceparent",
 ];
 
@@ -42,11 +44,30 @@ pub async fn invoke(caller: &Caller, req: Request<hyper::body::Incoming>) -> Res
     }
 }
 
+/// The header that names the callee when the path is the method itself
+/// (Dapr's `POST /{method}` with `dapr-app-id: {app}`).
+pub const APP_ID_HEADER: &str = "dapr-app-id";
+
+/// Any verb on `/{method}` with a `dapr-app-id` header: the same call as
+/// `/v1.0/invoke/{app}/method/{method}`.
+pub fn by_header<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(APP_ID_HEADER)
+}
+
 async fn try_invoke(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<invoke::Answer, Failure> {
-    let (app_id, method) = target(req.uri().path())?;
+    let (app_id, method) = match req.headers().get(APP_ID_HEADER) {
+        Some(app) if !req.uri().path().starts_with(PREFIX) => {
+            let app = app
+                .to_str()
+                .map_err(|_| Failure::invalid(ERR_INVOKE, "the dapr-app-id header is not text"))?;
+            let method = req.uri().path().trim_start_matches('/').to_string();
+            (app.to_string(), method)
+        }
+        _ => target(req.uri().path())?,
+    };
     let headers = req.headers();
     let trace_parent = headers
         .get("traceparent")

@@ -51,6 +51,7 @@ async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response
         (&Method::POST | &Method::PUT, p) if p.starts_with(bindings::PREFIX) => {
             bindings::invoke(caller, req).await
         }
+        _ if invoke::by_header(&req) => invoke::invoke(caller, req).await,
         _ => empty(StatusCode::NOT_IMPLEMENTED),
     }
 }

@@ -236,6 +236,35 @@ fn is_own(name: &str) -> bool {
     matches!(name, VERB | QUERY | TYPE_URL | HTTP_STATUS)
 }
 
+/// Headers that frame the request or describe the connection: the
+/// personality sets them itself, and one taken from a caller's metadata
+/// could make the callee read the request differently (a second length, a
+/// chunked body), so they are never passed on.
+const FRAMING: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "traceparent",
+];
+
+/// True for a metadata entry that may travel to a callee as a header:
+/// neither the personality's own nor framing, nor gRPC's reserved `grpc-*`.
+fn is_passed(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !is_own(name)
+        && is_token(name)
+        && !FRAMING.contains(&lower.as_str())
+        && !lower.starts_with("grpc-")
+}
+
 /// Forwards a call to Dapr's `AppCallback.OnInvoke`.
 async fn grpc(
     mut client: dapr::dapr::proto::runtime::v1::app_callback_client::AppCallbackClient<
@@ -258,7 +287,7 @@ async fn grpc(
         http_extension,
     };
     let mut request = tonic::Request::new(message);
-    for (name, v) in call.metadata.iter().filter(|(n, _)| !is_own(n)) {
+    for (name, v) in call.metadata.iter().filter(|(n, _)| is_passed(n)) {
         let key = tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes());
         if let (Ok(key), Ok(v)) = (key, v.parse()) {
             request.metadata_mut().insert(key, v);
@@ -336,8 +365,7 @@ async fn http(addr: &str, call: InvokeCall) -> HandlerResult {
     let mut headers: Vec<(&str, &str)> = call
         .metadata
         .iter()
-        .filter(|(n, _)| !is_own(n) && is_token(n) && !n.eq_ignore_ascii_case("host"))
-        .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length"))
+        .filter(|(n, _)| is_passed(n))
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     if !call.content_type.is_empty() {
@@ -425,6 +453,21 @@ mod tests {
             .map(|i| format!("a{i}=http://h:1"))
             .collect();
         assert!(parse(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn framing_and_reserved_headers_are_never_passed_on() {
+        for name in [
+            "Transfer-Encoding",
+            "content-length",
+            "Host",
+            "grpc-timeout",
+            VERB,
+            "a b",
+        ] {
+            assert!(!is_passed(name), "{name}");
+        }
+        assert!(is_passed("x-user"));
     }
 
     #[test]

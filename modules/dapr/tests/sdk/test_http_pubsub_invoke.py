@@ -150,3 +150,13 @@ def test_invoke_errors_are_daprs(mechad: Mechad) -> None:
     assert status == 404
     status, _, _ = send(mechad, "GET", "/v1.0/actors/a/b/method/c")
     assert status == 501
+
+
+def test_invoke_by_the_dapr_app_id_header(mechad: Mechad, echo: None) -> None:
+    status, answer, _ = send(mechad, "POST", "/orders/9?x=1", b"hi",
+                             {"dapr-app-id": "http-echo", "Content-Type": "text/plain"})
+    assert status == 200, answer
+    got = json.loads(answer)
+    assert (got["method"], got["data"]) == ("orders/9", "hi")
+    assert got["metadata"]["http.querystring"] == "x=1"
+    assert "dapr-app-id" not in got["metadata"]
