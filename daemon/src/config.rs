@@ -392,8 +392,21 @@ impl Config {
                 // Local service invocation; no peers, so nothing listens on
                 // the network until a configuration adds them.
                 component("invoke", "invoke.mesh", &[]),
+                // Dapr's gRPC and HTTP APIs, on dapr.sock beside mecha's
+                // socket and Dapr's loopback ports 50001 and 3500. mechad
+                // holds the sockets; the module starts at the first caller.
+                component("dapr", "personality.dapr", &[]),
             ],
-            settings: Settings::default(),
+            settings: Settings {
+                modules: BTreeMap::from([(
+                    "dapr".to_owned(),
+                    ModuleSettings {
+                        start: Some(crate::childspec::Start::Lazy),
+                        ..ModuleSettings::default()
+                    },
+                )]),
+                ..Settings::default()
+            },
             secret_refs: Vec::new(),
             scopes: BTreeMap::new(),
         }

@@ -309,6 +309,20 @@ impl Tenants {
     /// `pod:<uid>`) when it runs in one, or `uid:<uid>`: every pod, and every
     /// local user outside pods, is its own tenant. Pods that share a uid (or
     /// all run as root) are still apart. The error is the refusal message.
+    /// Tenant `name`, with its rule's allow list if a rule names it (a
+    /// tenant a Dapr API token stands for).
+    pub fn named(&self, name: &str) -> Tenant {
+        let allow = self
+            .rules
+            .iter()
+            .find(|(r, _)| r.name == name)
+            .and_then(|(_, allow)| allow.clone());
+        Tenant {
+            name: name.to_owned(),
+            allow,
+        }
+    }
+
     /// The tenant whose rule's `appIds` names `app_id`, if one does.
     pub fn owner_of(&self, app_id: &str) -> Option<Tenant> {
         self.rules

@@ -27,6 +27,52 @@ pub struct Listen {
     pub http_tcp: Option<SocketAddr>,
     /// The app ids whose Dapr apps the personality may serve calls for.
     pub apps: Vec<String>,
+    /// Dapr API tokens and the tenants they stand for.
+    pub tokens: ApiTokens,
+}
+
+/// The metadata field of the API tokens; mechad keeps it from the module.
+pub const TOKENS_FIELD: &str = "apiTokens";
+
+/// Dapr API tokens (`dapr-api-token`) and the tenant each stands for, from
+/// `apiTokens: tenant=token,…` (a `secretKeyRef` keeps them out of the
+/// file). Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiTokens(Vec<(String, String)>);
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiTokens({} tokens)", self.0.len())
+    }
+}
+
+impl ApiTokens {
+    /// Whether any token is configured: then a token a caller presents
+    /// must be one of them.
+    pub fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The tenant `token` stands for. Every token is compared, each in time
+    /// that does not depend on where it differs, so the answer's timing
+    /// tells a caller nothing about the tokens.
+    pub fn tenant(&self, token: &str) -> Option<&str> {
+        let mut found = None;
+        for (tenant, known) in &self.0 {
+            if same_bytes(known.as_bytes(), token.as_bytes()) && found.is_none() {
+                found = Some(tenant.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Listen {
@@ -58,6 +104,25 @@ impl Listen {
             Some(path) => Some(PathBuf::from(path)),
             None => Some(socket_dir.join("dapr.sock")),
         };
+        let mut tokens = Vec::new();
+        for pair in field(TOKENS_FIELD).unwrap_or_default().split(',') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            match pair.split_once('=') {
+                Some((tenant, token)) if !tenant.trim().is_empty() && token.trim().len() >= 16 => {
+                    tokens.push((tenant.trim().to_owned(), token.trim().to_owned()));
+                }
+                // The token itself is never quoted back.
+                _ => {
+                    return Err(format!(
+                        "component {:?}: {TOKENS_FIELD} takes tenant=token pairs separated by commas, each token at least 16 characters",
+                        spec.name
+                    ))
+                }
+            }
+        }
         let apps = field("appCallbacks")
             .unwrap_or_default()
             .split(',')
@@ -70,6 +135,7 @@ impl Listen {
             grpc_tcp: addr("grpcAddress", "127.0.0.1:50001")?,
             http_tcp: addr("httpAddress", "127.0.0.1:3500")?,
             apps,
+            tokens: ApiTokens(tokens),
         })
     }
 }
@@ -127,6 +193,41 @@ impl Bound {
 const GRPC_UNIX: &str = "grpc-unix";
 const GRPC_TCP: &str = "grpc-tcp";
 const HTTP_TCP: &str = "http-tcp";
+
+/// Wakes an idle (lazy) personality when a caller connects to any of its
+/// sockets, as systemd's socket activation does: mechad holds the sockets,
+/// so the caller waits in the backlog while the module starts and then
+/// accepts it. Each socket is watched through a duplicate, for readiness
+/// only; nothing is accepted here.
+pub fn wake_on_caller(bound: &Bound, slot: Arc<dyn Wake>) {
+    for (name, fd) in &bound.sockets {
+        let name: &'static str = name;
+        let watched = fd
+            .try_clone()
+            .and_then(|fd| mecha_wire::sock::register(fd, tokio::io::Interest::READABLE));
+        let slot = Arc::clone(&slot);
+        match watched {
+            Ok(watched) => {
+                tokio::spawn(async move {
+                    if watched.readable().await.is_ok() {
+                        tracing::info!(
+                            socket = name,
+                            "a caller connected: starting the personality"
+                        );
+                        slot.wake();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot watch the personality's {name} socket: {e}"),
+        }
+    }
+}
+
+/// What a caller's arrival wakes (a module slot).
+pub trait Wake: Send + Sync + 'static {
+    /// Starts the module if it is idle.
+    fn wake(&self);
+}
 
 /// A personality instance's end of its session broker, on its way from the
 /// supervisor that started the instance to `sessions.rs`, which serves it.
@@ -209,6 +310,26 @@ mod tests {
         .expect("valid");
         assert_eq!((off.grpc_socket, off.grpc_tcp), (None, None));
         assert_eq!(off.apps, vec!["orders".to_string(), "web".to_string()]);
+        let tokens = Listen::from_component(
+            &spec(&[(
+                TOKENS_FIELD,
+                "checkout=0123456789abcdef0123, billing = fedcba9876543210fedc",
+            )]),
+            Path::new("/"),
+        )
+        .expect("valid")
+        .tokens;
+        assert_eq!(tokens.tenant("0123456789abcdef0123"), Some("checkout"));
+        assert_eq!(tokens.tenant("fedcba9876543210fedc"), Some("billing"));
+        assert_eq!(tokens.tenant("0123456789abcdef0124"), None);
+        assert_eq!(tokens.tenant(""), None);
+        assert!(
+            !format!("{tokens:?}").contains("0123"),
+            "tokens are never printed"
+        );
+        let short = Listen::from_component(&spec(&[(TOKENS_FIELD, "a=short")]), Path::new("/"))
+            .expect_err("too short");
+        assert!(!short.contains("short"), "{short}");
         let err = Listen::from_component(&spec(&[("httpAddress", "localhost")]), Path::new("/"))
             .expect_err("not an address");
         assert!(err.contains("httpAddress"), "{err}");

@@ -108,7 +108,6 @@ fn start_of(
                 "a bindings module with an input binding receives events while nobody is connected",
             )
         }
-        "dapr" => Some("the Dapr personality accepts connections on its own sockets"),
         _ => None,
     };
     match (own, always_up) {
@@ -142,6 +141,7 @@ pub fn child_specs(
             _ => components,
         };
         let personality = personality_of(&name, &components, paths)?;
+        let components = without_tokens(components);
         let settings = config
             .settings
             .modules
@@ -231,6 +231,16 @@ fn personality_of(
     }
     crate::personality::Listen::from_component(only, &paths.socket_dir)
         .map(|l| Some(std::sync::Arc::new(l)))
+}
+
+/// The components as the module gets them: without the API tokens, which
+/// only mechad needs (it maps a caller's token to a tenant).
+fn without_tokens(mut components: Vec<ComponentSpec>) -> Vec<ComponentSpec> {
+    for c in &mut components {
+        c.metadata
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(crate::personality::TOKENS_FIELD));
+    }
+    components
 }
 
 /// The environment prefixes `components` read: each environment secret

@@ -103,12 +103,32 @@ fn open(
     bound: &Bound,
 ) -> Result<OwnedFd, (Status, String)> {
     let (peer, tenant) = match request {
-        Request::Caller { token: _ } => {
+        Request::Caller { token } => {
             let fd = fd.ok_or((
                 Status::InvalidArgument,
                 "a caller session needs the caller's socket".to_string(),
             ))?;
-            (identify(&fd, bound)?, None)
+            // A token stands for its tenant on any transport, when tokens
+            // are configured; when none are, a token is ignored, as Dapr
+            // ignores one it was not given.
+            match token.filter(|_| listen.tokens.any()) {
+                Some(token) => {
+                    let name = listen.tokens.tenant(&token).ok_or((
+                        Status::PermissionDenied,
+                        "the dapr-api-token is not one mechad knows".to_string(),
+                    ))?;
+                    let peer = identify(&fd, bound).unwrap_or_else(|_| Peer {
+                        socket: Arc::clone(&bound.unix_path),
+                        personality: true,
+                        uid: u32::MAX,
+                        gid: u32::MAX,
+                        ..Peer::default()
+                    });
+                    let tenant = hub.daemon.tenants.read().named(name);
+                    (peer, Some(tenant))
+                }
+                None => (identify(&fd, bound)?, None),
+            }
         }
         Request::App { app_id } => {
             if !listen.apps.contains(&app_id) {
@@ -169,10 +189,15 @@ fn identify(fd: &OwnedFd, bound: &Bound) -> Result<Peer, (Status, String)> {
         .peer_addr()
         .and_then(|r| Ok((r, stream.local_addr()?)))
         .map_err(|e| refused(format!("the caller's socket: {e}")))?;
+    // UNSUPPORTED tells the personality that this caller can still be
+    // served if it presents a token.
     let owner = crate::dashboard::loopback::owner(remote, local).ok_or_else(|| {
-        refused(format!(
-            "a caller at {remote} is not on this host, and mecha identifies TCP callers only on loopback"
-        ))
+        (
+            Status::Unsupported,
+            format!(
+                "a caller at {remote} is not on this host, and mecha identifies TCP callers only on loopback; present a dapr-api-token"
+            ),
+        )
     })?;
     let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner.uid))
         .ok()

@@ -189,6 +189,14 @@ impl ModuleSlot {
                 drain(first, spec.shutdown_timeout).await;
                 slot.set_state("idle", 0);
                 slot.route.send_replace(Route::Idle);
+                // A personality is reached on its own sockets, not by
+                // requests: its first caller wakes it (socket activation).
+                if let Some(bound) = slot.bound.get() {
+                    crate::personality::wake_on_caller(
+                        bound,
+                        Arc::clone(&slot) as Arc<dyn crate::personality::Wake>,
+                    );
+                }
                 tracing::info!(module = %slot.name, "module checked; it starts at its first request (start: lazy)");
                 None
             }
@@ -732,6 +740,12 @@ fn jitter(base: Duration) -> Duration {
         .unwrap_or(0);
     let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
     base.mul_f64(factor)
+}
+
+impl crate::personality::Wake for ModuleSlot {
+    fn wake(&self) {
+        ModuleSlot::wake(self);
+    }
 }
 
 /// LINK_HELLO over a fresh link, then the link's reader, writer and deadline tasks.

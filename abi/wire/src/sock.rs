@@ -41,7 +41,7 @@ pub fn split(stream: std::os::unix::net::UnixStream) -> io::Result<(ReadHalf, Wr
 
 /// Registers `fd` with the current runtime's reactor for `interest`.
 #[allow(unsafe_code)]
-pub(crate) fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+pub fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays open
     // and refers to the same socket until the `AsyncFd` is dropped, and
     // `OwnedFd::as_raw_fd` always returns that same descriptor. Nothing else

@@ -23,6 +23,13 @@ const IDENTIFYING: usize = 64;
 /// Identified connections queued for the server.
 const QUEUED: usize = 64;
 
+/// Callers mechad cannot identify by the kernel (remote TCP peers) that may
+/// wait for a request with an API token at once, over all listeners.
+const ANONYMOUS: usize = 256;
+
+/// How long such a caller may go without a session before it is closed.
+const ANONYMOUS_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a refused HTTP caller's answer may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_millis(200);
 
@@ -97,7 +104,6 @@ async fn accept_loop(
         }
         let (sessions, tx) = (Arc::clone(&sessions), tx.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let caller = match io.as_fd().try_clone_to_owned() {
                 Ok(fd) => Arc::new(Caller::new(fd, sessions)),
                 Err(e) => {
@@ -105,9 +111,30 @@ async fn accept_loop(
                     return;
                 }
             };
-            match caller.client(None).await {
+            let identified = caller.client(None).await;
+            // The next connection may be identified while this one waits.
+            drop(permit);
+            match identified {
                 Ok(_) => {
                     let _ = tx.send(Accepted { io, caller }).await;
+                }
+                // A remote caller may still present a token with its
+                // requests: it is served for a short while, in one of a
+                // bounded number of places, and closed unless it does.
+                Err(refused) if refused.status == mecha_abi::Status::Unsupported => {
+                    let Ok(place) = Arc::clone(anonymous()).try_acquire_owned() else {
+                        tracing::debug!("too many callers waiting to present a token");
+                        return;
+                    };
+                    caller.set_anonymous(refused, place);
+                    let watched = Arc::downgrade(&caller);
+                    let _ = tx.send(Accepted { io, caller }).await;
+                    tokio::time::sleep(ANONYMOUS_GRACE).await;
+                    if let Some(caller) = watched.upgrade() {
+                        if !caller.is_served().await {
+                            caller.close();
+                        }
+                    }
                 }
                 Err(refused) => {
                     tracing::debug!("a caller was refused: {refused}");
@@ -118,6 +145,12 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The places for callers waiting to present a token.
+fn anonymous() -> &'static Arc<Semaphore> {
+    static PLACES: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    PLACES.get_or_init(|| Arc::new(Semaphore::new(ANONYMOUS)))
 }
 
 /// Answers an HTTP caller that mechad refused, as Dapr's HTTP API would,

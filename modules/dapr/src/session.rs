@@ -134,7 +134,18 @@ impl Sessions {
 pub struct Caller {
     socket: OwnedFd,
     sessions: Arc<Sessions>,
-    clients: tokio::sync::Mutex<Vec<(Option<String>, Client)>>,
+    state: tokio::sync::Mutex<CallerState>,
+    /// Why a caller mechad cannot identify by the kernel (a remote TCP
+    /// peer) is refused without a token; such a caller is served only
+    /// with a token, and holds one of the few places for such callers.
+    anonymous: parking_lot::Mutex<Option<(Refused, tokio::sync::OwnedSemaphorePermit)>>,
+}
+
+#[derive(Default)]
+struct CallerState {
+    clients: Vec<(Option<String>, Client)>,
+    /// Sessions asked for, granted or not: each costs the broker a turn.
+    asked: usize,
 }
 
 impl Caller {
@@ -143,27 +154,57 @@ impl Caller {
         Self {
             socket,
             sessions,
-            clients: tokio::sync::Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(CallerState::default()),
+            anonymous: parking_lot::Mutex::new(None),
         }
     }
 
+    /// Marks a caller that mechad could not identify by the kernel: its
+    /// requests without a token get `refused` (without asking mechad
+    /// again), and `place` is held for as long as the caller lives.
+    pub fn set_anonymous(&self, refused: Refused, place: tokio::sync::OwnedSemaphorePermit) {
+        *self.anonymous.lock() = Some((refused, place));
+    }
+
+    /// Whether a session serves this caller yet.
+    pub async fn is_served(&self) -> bool {
+        !self.state.lock().await.clients.is_empty()
+    }
+
+    /// Ends the connection (both directions), whoever serves it: the
+    /// server sees it close and lets go of it.
+    pub fn close(&self) {
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
     /// The native client serving this caller's requests made with `token`
-    /// (Dapr's `dapr-api-token`), opened at the first request.
+    /// (Dapr's `dapr-api-token`), opened at the first such request.
     pub async fn client(&self, token: Option<&str>) -> Result<Client, Refused> {
-        let mut clients = self.clients.lock().await;
-        if let Some((_, client)) = clients.iter().find(|(t, _)| t.as_deref() == token) {
+        let mut state = self.state.lock().await;
+        if let Some((_, client)) = state.clients.iter().find(|(t, _)| t.as_deref() == token) {
             return Ok(client.clone());
         }
-        if clients.len() >= MAX_TOKENS_PER_CONNECTION {
+        if token.is_none() {
+            if let Some((refused, _)) = self.anonymous.lock().as_ref() {
+                return Err(refused.clone());
+            }
+        }
+        if state.asked >= MAX_TOKENS_PER_CONNECTION {
             return Err(Refused::new(
                 Status::ResourceExhausted,
                 format!(
-                    "one connection may present at most {MAX_TOKENS_PER_CONNECTION} API tokens"
+                    "one connection may ask for at most {MAX_TOKENS_PER_CONNECTION} sessions (one per API token)"
                 ),
             ));
         }
+        state.asked += 1;
         let client = self.sessions.open(&self.socket, token).await?;
-        clients.push((token.map(str::to_owned), client.clone()));
+        state
+            .clients
+            .push((token.map(str::to_owned), client.clone()));
         Ok(client)
     }
 }
