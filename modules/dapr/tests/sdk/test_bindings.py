@@ -9,6 +9,7 @@ from email.message import Message
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 
 import grpc
 import pytest

@@ -5,11 +5,12 @@ invoking an app with any verb, query string and headers, and Dapr's JSON errors.
 from __future__ import annotations
 
 import json
-from email.message import Message
+import socket
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from email.message import Message
 
 import mecha
 import pytest
@@ -160,3 +161,32 @@ def test_invoke_by_the_dapr_app_id_header(mechad: Mechad, echo: None) -> None:
     assert (got["method"], got["data"]) == ("orders/9", "hi")
     assert got["metadata"]["http.querystring"] == "x=1"
     assert "dapr-app-id" not in got["metadata"]
+
+
+def test_what_one_request_may_carry_is_bounded(mechad: Mechad, echo: None) -> None:
+    # A body over Dapr's 4 MiB request limit is refused once the limit is read, before it
+    # is buffered whole.
+    port = int(mechad.http.rsplit(":", 1)[1])
+    body = b"x" * ((4 << 20) + 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"POST /v1.0/publish/pubsub/big HTTP/1.1\r\nhost: localhost\r\n"
+                  b"content-length: %d\r\n\r\n" % len(body) + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    # More headers than a call carries to its callee.
+    headers = {f"x-h{i}": "v" for i in range(80)}
+    status, answer, _ = send(mechad, "POST", "/v1.0/invoke/http-echo/method/m", b"", headers)
+    assert status == 400
+    assert json.loads(answer)["errorCode"] == "ERR_DIRECT_INVOKE"
+    # More bulk entries than one request may publish.
+    entries = [{"entryId": str(i), "event": "e", "contentType": "text/plain"}
+               for i in range(1025)]
+    status, answer, _ = send(mechad, "POST", f"/v1.0-alpha1/publish/bulk/pubsub/{topic()}",
+                             json.dumps(entries).encode(), {"Content-Type": "application/json"})
+    assert status == 400
+    assert json.loads(answer)["errorCode"] == "ERR_PUBSUB_EVENTS_SER"
