@@ -5,7 +5,6 @@ open to this uid's tenant only), with Dapr's metadata as their parameters."""
 from __future__ import annotations
 
 import json
-from email.message import Message
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
