@@ -12,7 +12,8 @@ use v1::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType
 use super::failure::status_of;
 use super::service::Streamed;
 use super::{client_for, failed};
-use crate::ops::pubsub::{self, Outstanding, Verdict};
+use crate::ops::delivery::{self, Outstanding, Verdict};
+use crate::ops::pubsub;
 
 /// Answers queued towards one streaming subscriber. Small: the pubsub
 /// module's in-flight window already bounds what is outstanding, and a
@@ -79,7 +80,7 @@ pub async fn bulk_publish(
 /// cancels the native subscription (its unanswered deliveries go to the
 /// group's other members). Streams are bounded by the native session's
 /// stream limit, and each by the in-flight window
-/// ([`pubsub::STREAM_IN_FLIGHT`]).
+/// ([`delivery::STREAM_IN_FLIGHT`]).
 pub async fn subscribe(
     request: tonic::Request<tonic::Streaming<v1::SubscribeTopicEventsRequestAlpha1>>,
 ) -> Result<tonic::Response<Streamed<v1::SubscribeTopicEventsResponseAlpha1>>, tonic::Status> {
@@ -96,7 +97,7 @@ pub async fn subscribe(
     pubsub::check_target(&init.pubsub_name, &init.topic).map_err(status_of)?;
     let group = subscription_group(&init.metadata)?;
     let options = SubscribeOptions {
-        max_in_flight: pubsub::STREAM_IN_FLIGHT,
+        max_in_flight: delivery::STREAM_IN_FLIGHT,
         ack_deadline: None,
     };
     let sub = client
@@ -207,7 +208,7 @@ impl Pump {
 
     /// The event message for `d`, remembering `d` for the app's answer.
     fn deliver(&mut self, d: Delivery) -> v1::SubscribeTopicEventsResponseAlpha1 {
-        let event = pubsub::event_of(&d, &self.pubsub_name);
+        let event = delivery::event_of(&d, &self.pubsub_name);
         self.outstanding.insert(event.id.clone(), d);
         v1::SubscribeTopicEventsResponseAlpha1 {
             subscribe_topic_events_response_type: Some(Out::EventMessage(topic_event(event))),
@@ -226,7 +227,7 @@ impl Pump {
             .map_or(Some(Verdict::Success), |s| Verdict::from_dapr(s.status))
             .unwrap_or(Verdict::Retry);
         let dlq = self.dead_letter_topic.as_deref();
-        if let Err(e) = pubsub::settle(&self.client, &d, verdict, dlq).await {
+        if let Err(e) = delivery::settle(&self.client, &d, verdict, dlq).await {
             // The delivery stays outstanding in the module, which delivers
             // it again after its ack deadline: at least once still holds.
             tracing::debug!("settling event {}: {e}", done.id);
@@ -235,7 +236,7 @@ impl Pump {
 }
 
 /// Dapr's `TopicEventRequest` of an event.
-fn topic_event(event: pubsub::Event) -> v1::TopicEventRequest {
+fn topic_event(event: delivery::Event) -> v1::TopicEventRequest {
     let extensions = (!event.extensions.is_empty()).then(|| prost_types::Struct {
         fields: event
             .extensions

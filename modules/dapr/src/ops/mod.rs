@@ -4,7 +4,9 @@
 
 pub mod bindings;
 pub mod callee;
+pub mod delivery;
 pub mod failure;
+pub mod forward;
 pub mod invoke;
 pub mod pubsub;
 
