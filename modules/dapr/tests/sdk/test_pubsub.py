@@ -7,6 +7,7 @@ entries that failed; native subscribers see the same events."""
 from __future__ import annotations
 
 import json
+import queue
 import uuid
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 from dapr.clients import DaprClient
 from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import BulkPublishEntry
+from dapr.clients.grpc._response import TopicEventResponse
 
 from conftest import NOBODY, Mechad, run_as
 from streams import Reader
@@ -183,3 +185,26 @@ def test_a_streaming_subscription_survives_a_restart_of_the_pubsub_module(
             assert reader.next().data() == "after"
         finally:
             reader.close()
+
+
+def test_subscribe_with_handler_answers_with_the_handlers_status(dapr_env: Mechad) -> None:
+    t = topic()
+    seen: queue.Queue = queue.Queue()
+    calls = []
+
+    def handler(message) -> TopicEventResponse:
+        calls.append(message.id())
+        seen.put((message.data(), message.id()))
+        # Retried once, then processed.
+        return TopicEventResponse("retry" if len(calls) == 1 else "success")
+
+    with DaprClient() as d:
+        close = d.subscribe_with_handler("pubsub", t, handler)
+        try:
+            d.publish_event("pubsub", t, "handled")
+            first = seen.get(timeout=20)
+            second = seen.get(timeout=20)
+            assert first == second
+            assert first[0] == "handled"
+        finally:
+            close()
