@@ -20,6 +20,10 @@ use crate::ops::pubsub;
 /// subscriber that stops reading stops the pump rather than growing this.
 const STREAM_QUEUE: usize = 8;
 
+/// How long a new streaming subscription waits for its initial request; a
+/// stream that sends none is ended rather than left holding its slot.
+const INITIAL_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// PublishEvent.
 pub async fn publish(
     request: tonic::Request<v1::PublishEventRequest>,
@@ -86,9 +90,16 @@ pub async fn subscribe(
 ) -> Result<tonic::Response<Streamed<v1::SubscribeTopicEventsResponseAlpha1>>, tonic::Status> {
     let client = client_for(&request).await?;
     let mut inbound = request.into_inner();
-    let first = inbound.message().await?.ok_or_else(|| {
-        tonic::Status::invalid_argument("the stream ended before its initial request")
-    })?;
+    let first = tokio::time::timeout(INITIAL_REQUEST_WITHIN, inbound.message())
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded(format!(
+                "no initial request within {INITIAL_REQUEST_WITHIN:?}"
+            ))
+        })??
+        .ok_or_else(|| {
+            tonic::Status::invalid_argument("the stream ended before its initial request")
+        })?;
     let Some(In::InitialRequest(init)) = first.subscribe_topic_events_request_type else {
         return Err(tonic::Status::invalid_argument(
             "the first message of SubscribeTopicEventsAlpha1 must be initial_request",
