@@ -10,6 +10,7 @@ mod bindings;
 mod capabilities;
 mod clients;
 mod daemon;
+mod dapr;
 mod durable;
 mod flood;
 mod floor;
@@ -87,6 +88,22 @@ enum Cmd {
     /// outside (the module round trip). 10000 operations per scenario (1000
     /// with --quick).
     Bindings(Run),
+    /// The official Dapr Python SDK's get_state and save_state through the
+    /// Dapr personality (Unix socket and TCP), and a raw HTTP GET, against
+    /// mecha's own Python client, in one run from one Python process.
+    /// Needs a Python with `dapr` and mecha's client (--python). 5000
+    /// operations per scenario (500 with --quick).
+    Dapr(DaprArgs),
+}
+
+/// `dapr`'s options.
+#[derive(clap::Args, Debug)]
+struct DaprArgs {
+    #[command(flatten)]
+    run: Run,
+    /// A Python that can `import dapr` and `import mecha`.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    python: PathBuf,
 }
 
 /// The options of every measuring command: how much to run and where to
@@ -213,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Invoke(args) => invoke_bench(args),
         Cmd::Backends(args) => backends(args),
         Cmd::Bindings(args) => bindings_bench(args),
+        Cmd::Dapr(args) => dapr_bench(args),
         Cmd::Durable(args) => durable_bench(args),
         Cmd::FloodWorker(args) => flood::worker(args),
     }
@@ -307,6 +325,19 @@ fn invoke_bench(args: Run) -> anyhow::Result<()> {
     print!("{}", invoke::markdown(&outcomes));
     if let Some(path) = &args.json {
         report::write_json(path, &outcomes)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn dapr_bench(args: DaprArgs) -> anyhow::Result<()> {
+    let plan = args.run.plan(5_000, 500);
+    let bin_dir = bin_dir(args.run.bin_dir.clone())?;
+    let outcomes = dapr::run(&bin_dir, &plan, &args.python)?;
+    print!("{}", dapr::markdown(&outcomes));
+    if let Some(path) = &args.run.json {
+        let plain: Vec<_> = outcomes.iter().map(|(o, _)| o.clone()).collect();
+        report::write_json(path, &plain)?;
         eprintln!("[mecha-bench] wrote {}", path.display());
     }
     Ok(())

@@ -11,6 +11,8 @@ use mecha_abi::Status;
 use mecha_client::Client;
 use mecha_wire::session::{self, Broker};
 
+use crate::ops::configuration::Watches;
+
 /// How many distinct API tokens one connection may present; each is a
 /// session of its own. More are refused, so one connection cannot make the
 /// daemon open sessions without bound.
@@ -139,6 +141,7 @@ pub struct Caller {
     /// peer) is refused without a token; such a caller is served only
     /// with a token, and holds one of the few places for such callers.
     anonymous: parking_lot::Mutex<Option<(Refused, tokio::sync::OwnedSemaphorePermit)>>,
+    watches: Watches,
 }
 
 #[derive(Default)]
@@ -156,7 +159,13 @@ impl Caller {
             sessions,
             state: tokio::sync::Mutex::new(CallerState::default()),
             anonymous: parking_lot::Mutex::new(None),
+            watches: Watches::default(),
         }
+    }
+
+    /// The configuration subscriptions this connection holds.
+    pub fn watches(&self) -> &Watches {
+        &self.watches
     }
 
     /// Marks a caller that mechad could not identify by the kernel: its

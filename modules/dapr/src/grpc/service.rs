@@ -6,9 +6,13 @@ use std::pin::Pin;
 use dapr::dapr::proto::common::v1 as common;
 use dapr::dapr::proto::runtime::v1;
 use futures_util::Stream;
+use tonic::Request;
 
 use super::unimplemented::unimplemented_methods;
-use super::{client_for, failed};
+use super::{configuration, lock, metadata, secrets, state};
+
+/// An answer of the service.
+type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
 
 /// A server stream of `T`s.
 pub type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
@@ -35,23 +39,98 @@ impl v1::dapr_server::Dapr for Api {
 
     async fn get_state(
         &self,
-        request: tonic::Request<v1::GetStateRequest>,
-    ) -> Result<tonic::Response<v1::GetStateResponse>, tonic::Status> {
-        let client = client_for(&request).await?;
-        let req = request.into_inner();
-        let entry = client
-            .get(&req.store_name, &req.key)
-            .await
-            .map_err(failed)?;
-        // Dapr answers a missing key with an empty response, not an error.
-        Ok(tonic::Response::new(match entry {
-            Some(e) => v1::GetStateResponse {
-                data: e.value,
-                etag: e.etag,
-                metadata: Default::default(),
-            },
-            None => v1::GetStateResponse::default(),
-        }))
+        request: Request<v1::GetStateRequest>,
+    ) -> Answer<v1::GetStateResponse> {
+        state::get(request).await
+    }
+
+    async fn get_bulk_state(
+        &self,
+        request: Request<v1::GetBulkStateRequest>,
+    ) -> Answer<v1::GetBulkStateResponse> {
+        state::get_bulk(request).await
+    }
+
+    async fn save_state(&self, request: Request<v1::SaveStateRequest>) -> Answer<()> {
+        state::save(request).await
+    }
+
+    async fn delete_state(&self, request: Request<v1::DeleteStateRequest>) -> Answer<()> {
+        state::delete(request).await
+    }
+
+    async fn delete_bulk_state(&self, request: Request<v1::DeleteBulkStateRequest>) -> Answer<()> {
+        state::delete_bulk(request).await
+    }
+
+    async fn execute_state_transaction(
+        &self,
+        request: Request<v1::ExecuteStateTransactionRequest>,
+    ) -> Answer<()> {
+        state::transact(request).await
+    }
+
+    async fn try_lock_alpha1(
+        &self,
+        request: Request<v1::TryLockRequest>,
+    ) -> Answer<v1::TryLockResponse> {
+        lock::try_lock(request).await
+    }
+
+    async fn unlock_alpha1(
+        &self,
+        request: Request<v1::UnlockRequest>,
+    ) -> Answer<v1::UnlockResponse> {
+        lock::unlock(request).await
+    }
+
+    async fn get_secret(
+        &self,
+        request: Request<v1::GetSecretRequest>,
+    ) -> Answer<v1::GetSecretResponse> {
+        secrets::get(request).await
+    }
+
+    async fn get_bulk_secret(
+        &self,
+        request: Request<v1::GetBulkSecretRequest>,
+    ) -> Answer<v1::GetBulkSecretResponse> {
+        secrets::get_bulk(request).await
+    }
+
+    async fn get_configuration(
+        &self,
+        request: Request<v1::GetConfigurationRequest>,
+    ) -> Answer<v1::GetConfigurationResponse> {
+        configuration::get(request).await
+    }
+
+    async fn get_configuration_alpha1(
+        &self,
+        request: Request<v1::GetConfigurationRequest>,
+    ) -> Answer<v1::GetConfigurationResponse> {
+        configuration::get(request).await
+    }
+
+    async fn unsubscribe_configuration(
+        &self,
+        request: Request<v1::UnsubscribeConfigurationRequest>,
+    ) -> Answer<v1::UnsubscribeConfigurationResponse> {
+        configuration::unsubscribe(request).await
+    }
+
+    async fn unsubscribe_configuration_alpha1(
+        &self,
+        request: Request<v1::UnsubscribeConfigurationRequest>,
+    ) -> Answer<v1::UnsubscribeConfigurationResponse> {
+        configuration::unsubscribe(request).await
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<v1::GetMetadataRequest>,
+    ) -> Answer<v1::GetMetadataResponse> {
+        metadata::get(request).await
     }
 
     async fn subscribe_topic_events_alpha1(
@@ -98,16 +177,16 @@ impl v1::dapr_server::Dapr for Api {
 
     async fn subscribe_configuration_alpha1(
         &self,
-        _request: tonic::Request<v1::SubscribeConfigurationRequest>,
-    ) -> Result<tonic::Response<Self::SubscribeConfigurationAlpha1Stream>, tonic::Status> {
-        Err(super::unimplemented("SubscribeConfigurationAlpha1"))
+        request: Request<v1::SubscribeConfigurationRequest>,
+    ) -> Answer<Self::SubscribeConfigurationAlpha1Stream> {
+        configuration::subscribe(request).await
     }
 
     async fn subscribe_configuration(
         &self,
-        _request: tonic::Request<v1::SubscribeConfigurationRequest>,
-    ) -> Result<tonic::Response<Self::SubscribeConfigurationStream>, tonic::Status> {
-        Err(super::unimplemented("SubscribeConfiguration"))
+        request: Request<v1::SubscribeConfigurationRequest>,
+    ) -> Answer<Self::SubscribeConfigurationStream> {
+        configuration::subscribe(request).await
     }
 
     async fn encrypt_alpha1(
@@ -125,14 +204,7 @@ impl v1::dapr_server::Dapr for Api {
     }
 
     unimplemented_methods! {
-        get_bulk_state(v1::GetBulkStateRequest) -> v1::GetBulkStateResponse;
-        save_state(v1::SaveStateRequest) -> ();
         query_state_alpha1(v1::QueryStateRequest) -> v1::QueryStateResponse;
-        delete_state(v1::DeleteStateRequest) -> ();
-        delete_bulk_state(v1::DeleteBulkStateRequest) -> ();
-        execute_state_transaction(v1::ExecuteStateTransactionRequest) -> ();
-        get_secret(v1::GetSecretRequest) -> v1::GetSecretResponse;
-        get_bulk_secret(v1::GetBulkSecretRequest) -> v1::GetBulkSecretResponse;
         register_actor_timer(v1::RegisterActorTimerRequest) -> ();
         unregister_actor_timer(v1::UnregisterActorTimerRequest) -> ();
         register_actor_reminder(v1::RegisterActorReminderRequest) -> ();
@@ -143,13 +215,6 @@ impl v1::dapr_server::Dapr for Api {
         get_actor_reminder(v1::GetActorReminderRequest) -> v1::GetActorReminderResponse;
         execute_actor_state_transaction(v1::ExecuteActorStateTransactionRequest) -> ();
         invoke_actor(v1::InvokeActorRequest) -> v1::InvokeActorResponse;
-        get_configuration_alpha1(v1::GetConfigurationRequest) -> v1::GetConfigurationResponse;
-        get_configuration(v1::GetConfigurationRequest) -> v1::GetConfigurationResponse;
-        unsubscribe_configuration_alpha1(v1::UnsubscribeConfigurationRequest) -> v1::UnsubscribeConfigurationResponse;
-        unsubscribe_configuration(v1::UnsubscribeConfigurationRequest) -> v1::UnsubscribeConfigurationResponse;
-        try_lock_alpha1(v1::TryLockRequest) -> v1::TryLockResponse;
-        unlock_alpha1(v1::UnlockRequest) -> v1::UnlockResponse;
-        get_metadata(v1::GetMetadataRequest) -> v1::GetMetadataResponse;
         set_metadata(v1::SetMetadataRequest) -> ();
         subtle_get_key_alpha1(v1::SubtleGetKeyRequest) -> v1::SubtleGetKeyResponse;
         subtle_encrypt_alpha1(v1::SubtleEncryptRequest) -> v1::SubtleEncryptResponse;

@@ -14,8 +14,15 @@ use crate::session::{Caller, Sessions};
 
 mod answer;
 mod bindings;
+mod configuration;
 mod invoke;
+mod lock;
+mod metadata;
 mod pubsub;
+mod reply;
+mod request;
+mod secrets;
+mod state;
 
 /// An answer body.
 pub type Body = Full<Bytes>;
@@ -42,13 +49,28 @@ pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
 
 /// One request to its handler.
 async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    use hyper::Method;
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => empty(StatusCode::NO_CONTENT),
-        (&Method::POST, p) if p.starts_with(pubsub::PUBLISH) => pubsub::publish(caller, req).await,
-        (&Method::POST, p) if p.starts_with(pubsub::BULK) => pubsub::bulk(caller, req).await,
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
+            empty(StatusCode::NO_CONTENT)
+        }
+        (_, p) if p.starts_with(state::PREFIX) => state::route(caller, req).await,
+        (_, p) if p.starts_with(lock::LOCK_PREFIX) || p.starts_with(lock::UNLOCK_PREFIX) => {
+            lock::route(caller, req).await
+        }
+        (_, p) if p.starts_with(secrets::PREFIX) => secrets::route(caller, req).await,
+        (_, p) if configuration::PREFIXES.iter().any(|c| p.starts_with(c)) => {
+            configuration::route(caller, req).await
+        }
+        (_, p) if p == metadata::PATH || p.starts_with("/v1.0/metadata/") => {
+            metadata::route(caller, req).await
+        }
+        (&hyper::Method::POST, p) if p.starts_with(pubsub::PUBLISH) => {
+            pubsub::publish(caller, req).await
+        }
+        (&hyper::Method::POST, p) if p.starts_with(pubsub::BULK) => pubsub::bulk(caller, req).await,
         (_, p) if p.starts_with(invoke::PREFIX) => invoke::invoke(caller, req).await,
-        (&Method::POST | &Method::PUT, p) if p.starts_with(bindings::PREFIX) => {
+        (&hyper::Method::POST | &hyper::Method::PUT, p) if p.starts_with(bindings::PREFIX) => {
             bindings::invoke(caller, req).await
         }
         _ if invoke::by_header(&req) => invoke::invoke(caller, req).await,

@@ -104,12 +104,10 @@ class Mechad:
     proc: subprocess.Popen
 
     def env(self, grpc: str | None = None) -> dict[str, str]:
-        """The environment a Dapr application gets to reach this daemon: gRPC on loopback
-        TCP unless ``grpc`` says otherwise. (The Python SDK's gRPC library sends a Unix
-        socket's path as the HTTP/2 ``:authority``, which the personality's HTTP/2 server
-        refuses; see README.md, "The Dapr personality".)"""
+        """The environment a Dapr application gets to reach this daemon: gRPC on the Unix
+        socket unless ``grpc`` says otherwise (``self.grpc_tcp`` for loopback TCP)."""
         return {
-            "DAPR_GRPC_ENDPOINT": grpc or self.grpc_tcp,
+            "DAPR_GRPC_ENDPOINT": grpc or self.grpc_unix,
             "DAPR_HTTP_ENDPOINT": self.http,
             "DAPR_HEALTH_TIMEOUT": "10",
             "MECHA_SOCKET": self.socket,

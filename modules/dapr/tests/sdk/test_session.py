@@ -1,6 +1,6 @@
 """The personality serves each caller as its own tenant, identified by mechad from the
 caller's socket: what a Dapr app reads is what the same uid stored through mecha's own
-client, on loopback TCP and on the Unix socket alike, and another uid sees none of it."""
+client, on the Unix socket and on loopback TCP alike, and another uid sees none of it."""
 
 from __future__ import annotations
 
@@ -24,15 +24,25 @@ def test_a_dapr_app_reads_what_its_uid_stored_natively(dapr_env: Mechad) -> None
     assert got.etag
 
 
-def test_the_unix_socket_identifies_its_caller_by_peer_credentials(mechad: Mechad) -> None:
+def test_the_unix_socket_and_tcp_identify_their_caller(mechad: Mechad) -> None:
     with mecha.Client(mechad.socket) as native:
-        native.set("over-unix", b"same tenant", store="statestore")
-    # The generated stubs the SDK ships, on a channel that names itself "localhost" as
-    # grpc-go does for Unix sockets.
-    target = mechad.grpc_unix
-    with grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")]) as ch:
+        native.set("same-uid", b"same tenant", store="statestore")
+    script = """
+        from dapr.clients import DaprClient
+        with DaprClient() as d:
+            print(d.get_state("statestore", "same-uid").data.decode())
+        """
+    # The SDK's gRPC library sends the socket's path as the HTTP/2 authority on the
+    # Unix socket; the personality accepts it (grpc/authority.rs).
+    for endpoint in (mechad.grpc_unix, mechad.grpc_tcp):
+        done = run_as(os.geteuid(), script, mechad.env(grpc=endpoint))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "same tenant", endpoint
+    # A client that names itself "localhost" on the Unix socket, as grpc-go does.
+    with grpc.insecure_channel(mechad.grpc_unix,
+                               options=[("grpc.default_authority", "localhost")]) as ch:
         stub = api_service_v1.DaprStub(ch)
-        got = stub.GetState(api_v1.GetStateRequest(store_name="statestore", key="over-unix"))
+        got = stub.GetState(api_v1.GetStateRequest(store_name="statestore", key="same-uid"))
     assert got.data == b"same tenant"
 
 
@@ -46,9 +56,10 @@ def test_another_uid_sees_none_of_it(mechad: Mechad) -> None:
             got = d.get_state("statestore", "private")
             print(json.dumps({"data": got.data.decode(), "etag": got.etag}))
         """
-    done = run_as(NOBODY, script, mechad.env())
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"data": "", "etag": ""}
+    for endpoint in (mechad.grpc_unix, mechad.grpc_tcp):
+        done = run_as(NOBODY, script, mechad.env(grpc=endpoint))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"data": "", "etag": ""}, endpoint
     # The same uid, as a separate process over TCP, does see it.
     done = run_as(os.geteuid(), script, mechad.env())
     assert done.returncode == 0, done.stderr
