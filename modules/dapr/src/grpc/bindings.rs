@@ -4,7 +4,6 @@
 use dapr::dapr::proto::runtime::v1;
 
 use super::client_for;
-use super::failure::status_of;
 use crate::ops::bindings;
 
 /// InvokeBinding.
@@ -21,7 +20,7 @@ pub async fn invoke_binding(
         req.metadata.into_iter().collect(),
     )
     .await
-    .map_err(status_of)?;
+    .map_err(tonic::Status::from)?;
     Ok(tonic::Response::new(v1::InvokeBindingResponse {
         data: output.data,
         metadata: output.metadata.into_iter().collect(),

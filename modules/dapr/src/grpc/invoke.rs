@@ -5,7 +5,6 @@ use dapr::dapr::proto::common::v1 as common;
 use dapr::dapr::proto::runtime::v1;
 
 use super::client_for;
-use super::failure::status_of;
 use crate::ops::invoke::{self, Call};
 
 /// InvokeService. The payload is the `Any`'s bytes; its type URL, the
@@ -44,7 +43,9 @@ pub async fn invoke_service(
         metadata: Vec::new(),
         trace_parent,
     };
-    let answer = invoke::invoke(&client, call).await.map_err(status_of)?;
+    let answer = invoke::invoke(&client, call)
+        .await
+        .map_err(tonic::Status::from)?;
     Ok(tonic::Response::new(common::InvokeResponse {
         data: Some(prost_types::Any {
             type_url: answer.type_url,

@@ -6,7 +6,6 @@
 mod authority;
 mod bindings;
 mod configuration;
-mod failure;
 mod invoke;
 mod lock;
 mod metadata;

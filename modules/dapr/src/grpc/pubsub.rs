@@ -9,7 +9,6 @@ use mecha_client::{Client, PubsubSubscription, SubscribeOptions};
 use v1::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
 use v1::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
 
-use super::failure::status_of;
 use super::service::Streamed;
 use super::{client_for, failed};
 use crate::ops::delivery::{self, Outstanding, Verdict};
@@ -39,7 +38,7 @@ pub async fn publish(
         req.metadata.into_iter().collect(),
     )
     .await
-    .map_err(status_of)?;
+    .map_err(tonic::Status::from)?;
     Ok(tonic::Response::new(()))
 }
 
@@ -64,7 +63,7 @@ pub async fn bulk_publish(
     let metadata: Vec<_> = req.metadata.into_iter().collect();
     let failed = pubsub::bulk_publish(&client, &req.pubsub_name, &req.topic, entries, &metadata)
         .await
-        .map_err(status_of)?;
+        .map_err(tonic::Status::from)?;
     Ok(tonic::Response::new(v1::BulkPublishResponse {
         failed_entries: failed
             .into_iter()
@@ -105,7 +104,7 @@ pub async fn subscribe(
             "the first message of SubscribeTopicEventsAlpha1 must be initial_request",
         ));
     };
-    pubsub::check_target(&init.pubsub_name, &init.topic).map_err(status_of)?;
+    pubsub::check_target(&init.pubsub_name, &init.topic).map_err(tonic::Status::from)?;
     let group = subscription_group(&init.metadata)?;
     let options = SubscribeOptions {
         max_in_flight: delivery::STREAM_IN_FLIGHT,

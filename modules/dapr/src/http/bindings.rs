@@ -8,10 +8,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
-use super::answer::{self, decode};
-use super::Body;
-use crate::ops::bindings::{self, ERR_BINDING};
-use crate::ops::Failure;
+use super::reply::{self, Body};
+use super::request;
+use crate::ops::bindings;
+use crate::ops::dapr_error::DaprError;
 use crate::session::Caller;
 
 /// The path prefix of a binding invocation.
@@ -31,42 +31,33 @@ struct Invocation {
 /// `POST /v1.0/bindings/{name}`: 200 with the result's data (204 when it
 /// has none); the result's metadata comes as `metadata.<name>` headers.
 pub async fn invoke(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    match try_invoke(caller, req).await {
-        Ok(output) => {
-            let status = if output.data.is_empty() {
-                StatusCode::NO_CONTENT
-            } else {
-                StatusCode::OK
-            };
-            let mut response = answer::bytes(status, "", output.data);
-            for (name, value) in output.metadata {
-                let name = HeaderName::from_bytes(format!("metadata.{name}").as_bytes());
-                if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
-                    response.headers_mut().append(name, value);
-                }
-            }
-            response
-        }
-        Err(f) => answer::failure(&f),
-    }
+    reply::either(try_invoke(caller, req).await)
 }
 
 async fn try_invoke(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
-) -> Result<bindings::Output, Failure> {
-    let name = decode(req.uri().path().strip_prefix(PREFIX).unwrap_or_default());
-    let client = answer::client_of(caller, &req).await?;
-    let body = answer::body(req).await?;
-    let invocation: Invocation = serde_json::from_slice(&body).map_err(|e| {
-        Failure::invalid(
-            ERR_BINDING,
-            format!("the body is not {{\"data\", \"metadata\", \"operation\"}}: {e}"),
-        )
-    })?;
+) -> Result<Response<Body>, DaprError> {
+    let name = request::segments(req.uri().path(), PREFIX)?.join("/");
+    let (parts, body) = request::read(req).await?;
+    let client = request::client(caller, &parts.headers, bindings::API).await?;
+    let invocation: Invocation = request::json(&body)?;
     let data = payload(invocation.data);
     let metadata = invocation.metadata.into_iter().collect();
-    bindings::invoke(&client, &name, &invocation.operation, data, metadata).await
+    let output = bindings::invoke(&client, &name, &invocation.operation, data, metadata).await?;
+    let status = if output.data.is_empty() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut response = reply::bytes(status, output.data);
+    for (name, value) in output.metadata {
+        let name = HeaderName::from_bytes(format!("metadata.{name}").as_bytes());
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Ok(response)
 }
 
 /// The binding's input: a JSON string's text, nothing for null, else the

@@ -12,7 +12,6 @@ use hyper::{Request, Response, StatusCode};
 use crate::accept::{self, Accepted, Listener, Protocol};
 use crate::session::{Caller, Sessions};
 
-mod answer;
 mod bindings;
 mod configuration;
 mod invoke;

@@ -2,13 +2,15 @@
 //! `POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}`, served through
 //! `ops::pubsub` on the caller's session.
 
+use hyper::header::CONTENT_TYPE;
+use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
-use super::answer::{self, decode};
-use super::Body;
+use super::reply::{self, Body};
+use super::request;
+use crate::ops::dapr_error::DaprError;
 use crate::ops::pubsub::{self, BulkEntry};
-use crate::ops::Failure;
 use crate::session::Caller;
 
 /// The path prefix of a publish.
@@ -20,26 +22,52 @@ pub const BULK: &str = "/v1.0-alpha1/publish/bulk/";
 /// `Content-Type` the event's content type, `metadata.*` query parameters
 /// its metadata. 204 once stored.
 pub async fn publish(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    match try_publish(caller, req).await {
-        Ok(()) => super::empty(StatusCode::NO_CONTENT),
-        Err(f) => answer::failure(&f),
-    }
+    reply::either(try_publish(caller, req).await)
 }
 
-async fn try_publish(caller: &Caller, req: Request<hyper::body::Incoming>) -> Result<(), Failure> {
-    let (name, topic) = target(req.uri().path(), PUBLISH);
-    let metadata = answer::query_metadata(req.uri().query());
-    let content_type = answer::content_type(&req);
-    let client = answer::client_of(caller, &req).await?;
-    let data = answer::body(req).await?;
-    pubsub::publish(&client, &name, &topic, data, &content_type, metadata).await
+async fn try_publish(
+    caller: &Caller,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, DaprError> {
+    let (name, topic) = target(req.uri().path(), PUBLISH)?;
+    let (parts, body) = request::read(req).await?;
+    let metadata = metadata(&parts)?;
+    let client = request::client(caller, &parts.headers, pubsub::API).await?;
+    let content_type = content_type(&parts);
+    pubsub::publish(
+        &client,
+        &name,
+        &topic,
+        body.to_vec(),
+        &content_type,
+        metadata,
+    )
+    .await?;
+    Ok(reply::nothing(StatusCode::NO_CONTENT))
 }
 
 /// The pubsub name and topic after `prefix` (the topic may contain `/`).
-fn target(path: &str, prefix: &str) -> (String, String) {
-    let rest = path.strip_prefix(prefix).unwrap_or_default();
-    let (name, topic) = rest.split_once('/').unwrap_or((rest, ""));
-    (decode(name), decode(topic))
+fn target(path: &str, prefix: &str) -> Result<(String, String), DaprError> {
+    let mut segments = request::segments(path, prefix)?.into_iter();
+    let name = segments.next().unwrap_or_default();
+    Ok((name, segments.collect::<Vec<_>>().join("/")))
+}
+
+/// The request's `metadata.*` query parameters.
+fn metadata(parts: &Parts) -> Result<Vec<(String, String)>, DaprError> {
+    Ok(request::metadata(&request::query(parts)?)
+        .into_iter()
+        .collect())
+}
+
+/// The request's `Content-Type`, empty when it has none.
+fn content_type(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// One entry of a bulk publish's body, as Dapr's HTTP API writes it.
@@ -60,39 +88,37 @@ struct JsonEntry {
 /// array of `{entryId, event, contentType, metadata}`. 204 when every entry
 /// was stored; else 500 with the failed entries, as Dapr answers.
 pub async fn bulk(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    match try_bulk(caller, req).await {
-        Ok(failed) if failed.is_empty() => super::empty(StatusCode::NO_CONTENT),
-        Ok(failed) => {
-            let entries: Vec<_> = failed
-                .into_iter()
-                .map(|(id, error)| serde_json::json!({ "entryId": id, "error": error }))
-                .collect();
-            let body = serde_json::json!({
-                "failedEntries": entries,
-                "errorCode": pubsub::ERR_PUBLISH,
-            });
-            answer::json(StatusCode::INTERNAL_SERVER_ERROR, &body)
-        }
-        Err(f) => answer::failure(&f),
-    }
+    reply::either(try_bulk(caller, req).await)
 }
 
 async fn try_bulk(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
-) -> Result<Vec<(String, String)>, Failure> {
-    let (name, topic) = target(req.uri().path(), BULK);
-    let metadata = answer::query_metadata(req.uri().query());
-    let client = answer::client_of(caller, &req).await?;
-    let body = answer::body(req).await?;
+) -> Result<Response<Body>, DaprError> {
+    let (name, topic) = target(req.uri().path(), BULK)?;
+    let (parts, body) = request::read(req).await?;
+    let metadata = metadata(&parts)?;
+    let client = request::client(caller, &parts.headers, pubsub::API).await?;
     let entries: Vec<JsonEntry> = serde_json::from_slice(&body).map_err(|e| {
-        Failure::invalid(
+        DaprError::invalid(
             pubsub::ERR_EVENTS,
             format!("the body is not a JSON array of bulk publish entries: {e}"),
         )
     })?;
     let entries = entries.into_iter().map(entry).collect();
-    pubsub::bulk_publish(&client, &name, &topic, entries, &metadata).await
+    let failed = pubsub::bulk_publish(&client, &name, &topic, entries, &metadata).await?;
+    if failed.is_empty() {
+        return Ok(reply::nothing(StatusCode::NO_CONTENT));
+    }
+    let entries: Vec<_> = failed
+        .into_iter()
+        .map(|(id, error)| serde_json::json!({ "entryId": id, "error": error }))
+        .collect();
+    let body = serde_json::json!({
+        "failedEntries": entries,
+        "errorCode": pubsub::ERR_PUBLISH,
+    });
+    Ok(reply::json(StatusCode::INTERNAL_SERVER_ERROR, &body))
 }
 
 /// An entry's payload: a JSON string is its text unless the content type
@@ -122,13 +148,14 @@ mod tests {
     #[test]
     fn targets_split_at_the_first_slash() {
         assert_eq!(
-            target("/v1.0/publish/pubsub/a/b%20c", PUBLISH),
+            target("/v1.0/publish/pubsub/a/b%20c", PUBLISH).unwrap(),
             ("pubsub".into(), "a/b c".into())
         );
         assert_eq!(
-            target("/v1.0/publish/pubsub", PUBLISH),
+            target("/v1.0/publish/pubsub", PUBLISH).unwrap(),
             ("pubsub".into(), String::new())
         );
+        assert!(target("/v1.0/publish/pubsub/%zz", PUBLISH).is_err());
     }
 
     #[test]

@@ -4,10 +4,19 @@
 
 use mecha_client::Client;
 
-use super::Failure;
+use super::dapr_error::{self, Api, DaprError};
 
 /// Dapr's error code for a failed binding invocation.
 pub const ERR_BINDING: &str = "ERR_INVOKE_OUTPUT_BINDING";
+
+/// Dapr's error codes of bindings: every failure is
+/// ERR_INVOKE_OUTPUT_BINDING, HTTP 500 unless the request was at fault
+/// (400), refused (403), named no binding (404) or hit a limit (429).
+pub const API: Api = Api {
+    store_not_found: ERR_BINDING,
+    store_not_found_http: 404,
+    failed: ERR_BINDING,
+};
 
 /// A binding's answer: its data and metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,12 +36,12 @@ pub async fn invoke(
     operation: &str,
     data: Vec<u8>,
     mut metadata: Vec<(String, String)>,
-) -> Result<Output, Failure> {
+) -> Result<Output, DaprError> {
     if name.is_empty() {
-        return Err(Failure::invalid(ERR_BINDING, "the binding name is empty"));
+        return Err(DaprError::invalid(ERR_BINDING, "the binding name is empty"));
     }
     if operation.is_empty() {
-        return Err(Failure::invalid(
+        return Err(DaprError::invalid(
             ERR_BINDING,
             format!("no operation given for binding {name}"),
         ));
@@ -41,20 +50,17 @@ pub async fn invoke(
     let reply = client
         .invoke_binding(name, operation, data, metadata)
         .await
-        .map_err(|e| binding_failure(&e))?;
+        .map_err(|e| {
+            // Dapr reports every failure of a binding, a bad operation
+            // included, under the binding's own code.
+            let mut e = dapr_error::native(API, "binding", e);
+            if e.grpc == tonic::Code::InvalidArgument {
+                e.code = ERR_BINDING;
+            }
+            e
+        })?;
     Ok(Output {
         data: reply.data,
         metadata: reply.metadata,
     })
-}
-
-/// A failed BINDING_INVOKE as Dapr reports it: ERR_INVOKE_OUTPUT_BINDING,
-/// HTTP 500 unless the request was at fault (400), refused (403), named no
-/// binding (404) or hit a limit (429).
-fn binding_failure(e: &mecha_client::Error) -> Failure {
-    let mut f = Failure::native(e, ERR_BINDING);
-    if f.status == mecha_abi::Status::NotFound {
-        f.http = 404;
-    }
-    f
 }

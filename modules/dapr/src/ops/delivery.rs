@@ -10,8 +10,8 @@ use base64::Engine as _;
 use mecha_abi::msg::Delivery;
 use mecha_client::{Client, PublishOptions};
 
-use super::pubsub::{is_cloud_event, media_type, DAPR_EVENT_TYPE, ERR_PUBLISH};
-use super::Failure;
+use super::dapr_error::{self, DaprError};
+use super::pubsub::{is_cloud_event, media_type, API, DAPR_EVENT_TYPE};
 
 /// The most deliveries one streaming subscription holds unanswered; the
 /// pubsub module pushes no more until the app answers some (SPEC §7.3.5).
@@ -165,7 +165,7 @@ pub async fn settle(
     d: &Delivery,
     verdict: Verdict,
     dead_letter_topic: Option<&str>,
-) -> Result<(), Failure> {
+) -> Result<(), DaprError> {
     let settled = match verdict {
         Verdict::Success => client.ack(d).await,
         Verdict::Retry => client.nack(d).await,
@@ -175,14 +175,14 @@ pub async fn settle(
                 client
                     .publish(&d.store, dlq, data, options)
                     .await
-                    .map_err(|e| Failure::native(&e, ERR_PUBLISH))?;
+                    .map_err(|e| dapr_error::native(API, "dead-letter publish", e))?;
             }
             client.ack(d).await
         }
     };
     settled
         .map(|_| ())
-        .map_err(|e| Failure::native(&e, ERR_PUBLISH))
+        .map_err(|e| dapr_error::native(API, "settle", e))
 }
 
 /// The publish that copies `d` to a dead-letter topic: the same data,

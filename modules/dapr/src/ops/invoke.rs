@@ -11,7 +11,7 @@
 use mecha_abi::Status;
 use mecha_client::{Client, InvokeOptions};
 
-use super::Failure;
+use super::dapr_error::{self, Api, DaprError};
 
 /// Metadata name of the HTTP verb of a call (`GET`, `POST`, …).
 pub const VERB: &str = "http.verb";
@@ -87,15 +87,15 @@ pub struct Answer {
 }
 
 /// Calls the method on the caller's session.
-pub async fn invoke(client: &Client, call: Call) -> Result<Answer, Failure> {
+pub async fn invoke(client: &Client, call: Call) -> Result<Answer, DaprError> {
     if call.app_id.is_empty() {
-        return Err(Failure::invalid(ERR_INVOKE, "the app id is empty"));
+        return Err(DaprError::invalid(ERR_INVOKE, "the app id is empty"));
     }
     if call.method.is_empty() {
-        return Err(Failure::invalid(ERR_INVOKE, "the method is empty"));
+        return Err(DaprError::invalid(ERR_INVOKE, "the method is empty"));
     }
     if call.metadata.len() > MAX_METADATA {
-        return Err(Failure::invalid(
+        return Err(DaprError::invalid(
             ERR_INVOKE,
             format!("a call carries at most {MAX_METADATA} metadata entries (headers)"),
         ));
@@ -104,7 +104,7 @@ pub async fn invoke(client: &Client, call: Call) -> Result<Answer, Failure> {
     let reply = client
         .invoke(&app_id, &method, data, options)
         .await
-        .map_err(|e| invoke_failure(&e))?;
+        .map_err(|e| dapr_error::native(API, "invoke", e))?;
     Ok(answer_of(reply.data, reply.content_type, reply.metadata))
 }
 
@@ -156,23 +156,15 @@ pub fn answer_of(data: Vec<u8>, content_type: String, metadata: Vec<(String, Str
     answer
 }
 
-/// A failed native INVOKE as Dapr reports it: ERR_DIRECT_INVOKE, with the
-/// HTTP status closest to the native status (an HTTP callee's own error
-/// status comes back as the native status it maps to, `status_of_http`).
-pub fn invoke_failure(e: &mecha_client::Error) -> Failure {
-    let status = e.status().unwrap_or(Status::Unavailable);
-    let http = match status {
-        Status::InvalidArgument => 400,
-        Status::PermissionDenied => 403,
-        Status::NotFound => 404,
-        Status::ResourceExhausted => 429,
-        Status::Unsupported | Status::UnknownOpcode => 501,
-        Status::Unavailable => 503,
-        Status::DeadlineExceeded => 504,
-        _ => 500,
-    };
-    Failure::new(status, http, ERR_INVOKE, e.to_string())
-}
+/// Dapr's error codes of invocation: every failure is ERR_DIRECT_INVOKE,
+/// with the HTTP status closest to the native status (an HTTP callee's own
+/// error status comes back as the native status it maps to,
+/// `status_of_http`).
+pub const API: Api = Api {
+    store_not_found: ERR_INVOKE,
+    store_not_found_http: 404,
+    failed: ERR_INVOKE,
+};
 
 /// The native status that stands for an HTTP callee's error status, so a
 /// caller on either protocol gets back the status closest to the callee's.
@@ -267,7 +259,7 @@ mod tests {
             status: Status::NotFound,
             message: "no app".into(),
         };
-        let f = invoke_failure(&e);
+        let f = dapr_error::native(API, "invoke", e);
         assert_eq!((f.http, f.code), (404, ERR_INVOKE));
     }
 }

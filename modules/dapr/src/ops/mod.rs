@@ -8,7 +8,6 @@ pub mod callee;
 pub mod configuration;
 pub mod dapr_error;
 pub mod delivery;
-pub mod failure;
 pub mod forward;
 pub mod hints;
 pub mod invoke;
@@ -17,5 +16,3 @@ pub mod metadata;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;
-
-pub use failure::Failure;

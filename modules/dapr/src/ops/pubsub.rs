@@ -17,10 +17,9 @@
 
 use std::collections::HashMap;
 
-use mecha_abi::Status;
 use mecha_client::{Client, PublishOptions};
 
-use super::Failure;
+use super::dapr_error::{self, Api, DaprError};
 
 /// The CloudEvent type Dapr gives the events it wraps.
 pub const DAPR_EVENT_TYPE: &str = "com.dapr.event.sent";
@@ -46,18 +45,18 @@ pub const ERR_CLOUD_EVENT: &str = "ERR_PUBSUB_CLOUD_EVENTS_SER";
 
 /// Checks the pubsub and topic names as Dapr does before anything else
 /// (gRPC INVALID_ARGUMENT, HTTP 404).
-pub fn check_target(pubsub: &str, topic: &str) -> Result<(), Failure> {
+pub fn check_target(pubsub: &str, topic: &str) -> Result<(), DaprError> {
     if pubsub.is_empty() {
-        return Err(Failure::new(
-            Status::InvalidArgument,
+        return Err(DaprError::new(
+            tonic::Code::InvalidArgument,
             404,
             "ERR_PUBSUB_EMPTY",
             "pubsub name is empty",
         ));
     }
     if topic.is_empty() {
-        return Err(Failure::new(
-            Status::InvalidArgument,
+        return Err(DaprError::new(
+            tonic::Code::InvalidArgument,
             404,
             "ERR_TOPIC_EMPTY",
             format!("topic is empty in pubsub {pubsub}"),
@@ -90,21 +89,21 @@ pub fn to_native(
     data: Vec<u8>,
     content_type: &str,
     metadata: Vec<(String, String)>,
-) -> Result<(Vec<u8>, PublishOptions), Failure> {
+) -> Result<(Vec<u8>, PublishOptions), DaprError> {
     let mut raw = false;
     let mut passed = Vec::with_capacity(metadata.len());
     for (name, value) in metadata {
         match name.as_str() {
             RAW_PAYLOAD => raw = parse_bool(RAW_PAYLOAD, &value)?,
             "ttlInSeconds" => {
-                return Err(Failure::invalid(
+                return Err(DaprError::invalid(
                     ERR_METADATA,
                     "metadata ttlInSeconds is not supported: mecha's pub/sub has no per-message \
                      expiry (retention is set on the pubsub component)",
                 ))
             }
             "cloudevent.id" | "cloudevent.source" => {
-                return Err(Failure::invalid(
+                return Err(DaprError::invalid(
                     ERR_METADATA,
                     format!(
                         "metadata {name} is not supported: mecha sets the CloudEvent id and \
@@ -142,13 +141,13 @@ pub fn to_native(
     Ok((data, options))
 }
 
-fn parse_bool(name: &str, value: &str) -> Result<bool, Failure> {
+fn parse_bool(name: &str, value: &str) -> Result<bool, DaprError> {
     if value.eq_ignore_ascii_case("true") {
         Ok(true)
     } else if value.eq_ignore_ascii_case("false") || value.is_empty() {
         Ok(false)
     } else {
-        Err(Failure::invalid(
+        Err(DaprError::invalid(
             ERR_METADATA,
             format!("metadata {name} must be true or false, not {value:?}"),
         ))
@@ -157,10 +156,10 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, Failure> {
 
 /// Refuses a payload sent as a CloudEvent that is not a JSON object, as
 /// Dapr does, so subscribers never receive one they cannot read.
-fn check_cloud_event(data: &[u8]) -> Result<(), Failure> {
+fn check_cloud_event(data: &[u8]) -> Result<(), DaprError> {
     match serde_json::from_slice::<serde_json::Value>(data) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
-        _ => Err(Failure::invalid(
+        _ => Err(DaprError::invalid(
             ERR_CLOUD_EVENT,
             "the payload's content type is application/cloudevents+json but it is not a JSON \
              object",
@@ -176,26 +175,23 @@ pub async fn publish(
     data: Vec<u8>,
     content_type: &str,
     metadata: Vec<(String, String)>,
-) -> Result<(), Failure> {
+) -> Result<(), DaprError> {
     check_target(pubsub, topic)?;
     let (data, options) = to_native(data, content_type, metadata)?;
     client
         .publish(pubsub, topic, data, options)
         .await
         .map(|_| ())
-        .map_err(|e| publish_failure(&e, pubsub))
+        .map_err(|e| dapr_error::native(API, "publish", e))
 }
 
-/// A native publish failure as Dapr reports it: an unknown pubsub component
-/// is Dapr's ERR_PUBSUB_NOT_FOUND (HTTP 404), anything else a failed publish.
-fn publish_failure(e: &mecha_client::Error, pubsub: &str) -> Failure {
-    let mut failure = Failure::native(e, ERR_PUBLISH);
-    if failure.status == Status::InvalidArgument && failure.message.contains(pubsub) {
-        failure.http = 404;
-        failure.code = "ERR_PUBSUB_NOT_FOUND";
-    }
-    failure
-}
+/// Dapr's error codes of pub/sub: an unknown pubsub component is
+/// ERR_PUBSUB_NOT_FOUND (HTTP 404), any other failure a failed publish.
+pub const API: Api = Api {
+    store_not_found: "ERR_PUBSUB_NOT_FOUND",
+    store_not_found_http: 404,
+    failed: ERR_PUBLISH,
+};
 
 /// One entry of a bulk publish.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -220,10 +216,10 @@ pub async fn bulk_publish(
     topic: &str,
     entries: Vec<BulkEntry>,
     request_metadata: &[(String, String)],
-) -> Result<Vec<(String, String)>, Failure> {
+) -> Result<Vec<(String, String)>, DaprError> {
     check_target(pubsub, topic)?;
     if entries.len() > MAX_BULK_ENTRIES {
-        return Err(Failure::invalid(
+        return Err(DaprError::invalid(
             ERR_EVENTS,
             format!(
                 "a bulk publish carries at most {MAX_BULK_ENTRIES} entries, not {}",
@@ -234,10 +230,13 @@ pub async fn bulk_publish(
     let mut seen = std::collections::HashSet::with_capacity(entries.len());
     for entry in &entries {
         if entry.entry_id.is_empty() {
-            return Err(Failure::invalid(ERR_EVENTS, "every entry needs an entryId"));
+            return Err(DaprError::invalid(
+                ERR_EVENTS,
+                "every entry needs an entryId",
+            ));
         }
         if !seen.insert(entry.entry_id.as_str()) {
-            return Err(Failure::invalid(
+            return Err(DaprError::invalid(
                 ERR_EVENTS,
                 format!("entryId {:?} is used twice", entry.entry_id),
             ));
@@ -256,7 +255,7 @@ pub async fn bulk_publish(
                 .publish(pubsub, topic, data, options)
                 .await
                 .map(|_| ())
-                .map_err(|e| publish_failure(&e, pubsub)),
+                .map_err(|e| dapr_error::native(API, "publish", e)),
             Err(f) => Err(f),
         };
         if let Err(f) = result {
@@ -319,7 +318,7 @@ mod tests {
     fn options_mecha_cannot_honour_are_refused_by_name() {
         for name in ["ttlInSeconds", "cloudevent.id", "cloudevent.source"] {
             let e = to_native(Vec::new(), "", vec![(name.into(), "1".into())]).unwrap_err();
-            assert_eq!(e.status, Status::InvalidArgument);
+            assert_eq!(e.grpc, tonic::Code::InvalidArgument);
             assert!(e.message.contains(name), "{}", e.message);
         }
         let e = to_native(Vec::new(), "", vec![(RAW_PAYLOAD.into(), "yes".into())]).unwrap_err();
