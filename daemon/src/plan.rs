@@ -141,7 +141,15 @@ pub fn child_specs(
             _ => components,
         };
         let personality = personality_of(&name, &components, paths)?;
-        let components = without_tokens(components);
+        let mut components = without_tokens(components);
+        if personality.is_some() {
+            if let Some(first) = components.first_mut() {
+                first.metadata.push((
+                    mecha_metadata::PERSONALITY_CATALOG.to_owned(),
+                    catalog(config),
+                ));
+            }
+        }
         let settings = config
             .settings
             .modules
@@ -233,6 +241,76 @@ fn personality_of(
         .map(|l| Some(std::sync::Arc::new(l)))
 }
 
+/// What a personality may tell a tenant about the node (Dapr's GetMetadata):
+/// every component with its type, and who may use it — `tenants`, when
+/// not every tenant may (the tenants its `scopes` admit, or its
+/// `allowedTenants`; secret stores and bindings that reach outside mecha
+/// admit none without them) — and each tenant's allow list and app ids.
+/// JSON, for the module to filter by the caller's tenant.
+fn catalog(config: &Config) -> String {
+    let components: Vec<serde_json::Value> = config
+        .components
+        .iter()
+        .filter(|c| !c.kind.starts_with("personality."))
+        .map(|c| {
+            let allowed = c
+                .metadata
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("allowedTenants"))
+                .map(|(_, v)| {
+                    v.split(',')
+                        .map(|t| t.trim().to_owned())
+                        .collect::<Vec<_>>()
+                });
+            let scoped = config.scopes.get(&c.name).map(|scopes| {
+                scope_tenants(config, scopes)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            });
+            let closed_by_default = c.kind.starts_with("secretstores.")
+                || (c.kind.starts_with("bindings.") && c.kind != "bindings.cron");
+            let tenants = match (allowed, scoped) {
+                (Some(a), _) if a.iter().any(|t| t == "*") => None,
+                (Some(mut a), Some(s)) => {
+                    a.extend(s);
+                    Some(a)
+                }
+                (Some(a), None) | (None, Some(a)) => Some(a),
+                (None, None) if closed_by_default => Some(Vec::new()),
+                (None, None) => None,
+            };
+            serde_json::json!({"name": c.name, "type": c.kind, "tenants": tenants})
+        })
+        .collect();
+    let rules = &config.settings.tenants;
+    let allow: serde_json::Map<String, serde_json::Value> = rules
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), serde_json::json!(t.allow.as_ref()?))))
+        .collect();
+    let app_ids: serde_json::Map<String, serde_json::Value> = rules
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), serde_json::json!(t.app_ids.as_ref()?))))
+        .collect();
+    serde_json::json!({"components": components, "allow": allow, "appIds": app_ids}).to_string()
+}
+
+/// The tenants a component's Dapr `scopes` admit: those whose `appIds`
+/// name one of the scoped app ids.
+fn scope_tenants<'a>(config: &'a Config, scopes: &[String]) -> Vec<&'a str> {
+    config
+        .settings
+        .tenants
+        .iter()
+        .filter(|t| {
+            t.app_ids
+                .as_ref()
+                .is_some_and(|ids| ids.iter().any(|id| scopes.contains(id)))
+        })
+        .map(|t| t.name.as_str())
+        .collect()
+}
+
 /// The components as the module gets them: without the API tokens, which
 /// only mechad needs (it maps a caller's token to a tenant).
 fn without_tokens(mut components: Vec<ComponentSpec>) -> Vec<ComponentSpec> {
@@ -276,17 +354,7 @@ fn with_scopes(
                 component.name
             ));
         }
-        let tenants: Vec<&str> = config
-            .settings
-            .tenants
-            .iter()
-            .filter(|t| {
-                t.app_ids
-                    .as_ref()
-                    .is_some_and(|ids| ids.iter().any(|id| scopes.contains(id)))
-            })
-            .map(|t| t.name.as_str())
-            .collect();
+        let tenants = scope_tenants(config, scopes);
         component
             .metadata
             .push((SCOPE_TENANTS.to_owned(), tenants.join(",")));

@@ -60,6 +60,13 @@ impl Module for DaprModule {
             }
         }
         raise_open_files();
+        if let Some((_, catalog)) = hello.components.first().and_then(|c| {
+            c.metadata
+                .iter()
+                .find(|(k, _)| k == mecha_metadata::PERSONALITY_CATALOG)
+        }) {
+            ops::metadata::set_catalog(catalog);
+        }
         let listeners =
             Listeners::inherited().map_err(|e| InitError(format!("listening sockets: {e}")))?;
         let sessions = Sessions::inherited().map_err(|e| InitError(e.to_string()))?;

@@ -38,6 +38,12 @@ pub const FILE_FIELDS: [&str; 7] = [
 /// driver sees the metadata and refuses every other tenant.
 pub const SCOPE_TENANTS: &str = "@tenants";
 
+/// The metadata item in which mechad hands a personality the node's
+/// component catalog (JSON: each component's name, type and the tenants
+/// that may use it; each tenant's allow list and app ids), so it can answer
+/// Dapr's GetMetadata for a caller's tenant alone.
+pub const PERSONALITY_CATALOG: &str = "@catalog";
+
 /// A component's metadata is unusable. Drivers turn it into
 /// [`DriverError::Config`] (`From<MetadataError>`), which keeps both parts.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

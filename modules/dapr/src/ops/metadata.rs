@@ -1,11 +1,9 @@
-//! Dapr's metadata API in protocol-neutral terms: what the caller's
-//! session can say about the runtime. The components come from the
-//! daemon's STATUS (each module with the component names it serves); a
-//! component's Dapr type is reported as its family (`state`, `pubsub`,
-//! `lock`, `configuration`, `secretstores`, `bindings`), because STATUS does
-//! not name the driver behind a component. The Dapr app id is empty: the
-//! native session does not say which app ids the caller's tenant holds.
-//! The tenant itself is reported in the extended metadata.
+//! Dapr's metadata API in protocol-neutral terms: the components the
+//! caller's tenant may use, with their types, from the catalog mechad gave
+//! this personality at start (`set_catalog`), filtered by the tenant its
+//! session has; the tenant's app id (the first of its rule's `appIds`); the
+//! runtime's version from STATUS; and the tenant itself, in the extended
+//! metadata.
 
 use std::collections::BTreeMap;
 
@@ -50,47 +48,115 @@ pub struct Metadata {
     pub extended: BTreeMap<String, String>,
 }
 
-/// The Dapr family of a mecha module, and the Dapr capabilities its
-/// components have; `None` for modules Dapr has no component type for.
-fn family(module: &str) -> Option<(&'static str, &'static [&'static str])> {
-    match module {
+/// The node's component catalog as mechad handed it to this personality
+/// (`mecha_metadata::PERSONALITY_CATALOG`), set once at start.
+static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+
+/// Every component with its type and who may use it, and each tenant's
+/// allow list and app ids.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct Catalog {
+    #[serde(default)]
+    components: Vec<Entry>,
+    #[serde(default)]
+    allow: BTreeMap<String, Vec<String>>,
+    #[serde(default, rename = "appIds")]
+    app_ids: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Entry {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    /// `None`: every tenant may use it.
+    tenants: Option<Vec<String>>,
+}
+
+/// Keeps the catalog mechad sent (`json`); a catalog that does not parse
+/// leaves GetMetadata listing nothing, and is logged.
+pub fn set_catalog(json: &str) {
+    match serde_json::from_str::<Catalog>(json) {
+        Ok(c) => {
+            let _ = CATALOG.set(c);
+        }
+        Err(e) => tracing::warn!("the component catalog from mechad does not parse: {e}"),
+    }
+}
+
+impl Catalog {
+    /// The components `tenant` may use, as Dapr lists them.
+    fn components_for(&self, tenant: &str) -> Vec<Component> {
+        let allow = self.allow.get(tenant);
+        self.components
+            .iter()
+            .filter(|c| {
+                c.tenants
+                    .as_ref()
+                    .is_none_or(|t| t.iter().any(|t| t == tenant))
+            })
+            .filter_map(|c| {
+                let (family, capabilities) = family(&c.kind)?;
+                allowed(allow, family).then(|| Component {
+                    name: c.name.clone(),
+                    kind: c.kind.clone(),
+                    version: "v1".into(),
+                    capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The native family of a component type, and the Dapr capabilities of its
+/// components; `None` for types Dapr has no API for here.
+fn family(kind: &str) -> Option<(mecha_abi::Family, &'static [&'static str])> {
+    use mecha_abi::Family;
+    let prefix = kind.split('.').next().unwrap_or_default();
+    match prefix {
         // Every mecha state store keeps ETags, runs transactions and
         // expires keys (SPEC §7.2).
-        "state" => Some(("state", &["ETAG", "TRANSACTIONAL", "TTL"])),
-        "pubsub" => Some(("pubsub", &[])),
-        "lock" => Some(("lock", &[])),
-        "config" => Some(("configuration", &[])),
-        "secrets" => Some(("secretstores", &[])),
-        "bindings" => Some(("bindings", &[])),
+        "state" => Some((Family::State, &["ETAG", "TRANSACTIONAL", "TTL"])),
+        "pubsub" => Some((Family::PubSub, &[])),
+        "lock" => Some((Family::Lock, &[])),
+        "configuration" => Some((Family::Configuration, &[])),
+        "secretstores" => Some((Family::Secrets, &[])),
+        "bindings" => Some((Family::Bindings, &[])),
         _ => None,
     }
 }
 
-/// Reads the runtime's metadata through the caller's session.
+/// Whether an allow list (`None`: everything) lets its tenant use `family`:
+/// it names the family, or one of the family's opcodes.
+fn allowed(allow: Option<&Vec<String>>, family: mecha_abi::Family) -> bool {
+    let Some(list) = allow else { return true };
+    list.iter().any(|entry| {
+        entry.eq_ignore_ascii_case(family.name())
+            || (0..=u16::MAX).map(mecha_abi::Opcode).any(|op| {
+                op.family() == family && op.name().is_some_and(|n| n.eq_ignore_ascii_case(entry))
+            })
+    })
+}
+
+/// Reads the runtime's metadata through the caller's session: the
+/// components its tenant may use, and its app id (the first of its
+/// tenant rule's `appIds`).
 pub async fn get(client: &Client) -> Result<Metadata, DaprError> {
     let status = client
         .status()
         .await
         .map_err(|e| native(GET, "failed to read the runtime's status", e))?;
-    let mut components = Vec::new();
-    for module in &status.modules {
-        let Some((kind, capabilities)) = family(&module.name) else {
-            continue;
-        };
-        for name in &module.components {
-            components.push(Component {
-                name: name.clone(),
-                kind: kind.into(),
-                version: "v1".into(),
-                capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-            });
-        }
-    }
+    let tenant = client.tenant();
+    let catalog = CATALOG.get().cloned().unwrap_or_default();
     Ok(Metadata {
-        id: String::new(),
+        id: catalog
+            .app_ids
+            .get(tenant)
+            .and_then(|ids| ids.first().cloned())
+            .unwrap_or_default(),
         runtime_version: status.daemon_version,
-        components,
-        extended: [(TENANT_KEY.to_string(), client.tenant().to_string())].into(),
+        components: catalog.components_for(tenant),
+        extended: [(TENANT_KEY.to_string(), tenant.to_string())].into(),
     })
 }
 
@@ -99,10 +165,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn modules_map_to_daprs_families() {
-        assert_eq!(family("config").map(|f| f.0), Some("configuration"));
-        assert_eq!(family("secrets").map(|f| f.0), Some("secretstores"));
-        assert_eq!(family("sequencer"), None);
-        assert_eq!(family("dapr"), None);
+    fn a_tenant_sees_the_components_it_may_use() {
+        let catalog: Catalog = serde_json::from_str(
+            r#"{"components": [
+                {"name": "statestore", "type": "state.redb", "tenants": null},
+                {"name": "secretstore", "type": "secretstores.local.env", "tenants": ["uid:0"]},
+                {"name": "orders", "type": "bindings.http", "tenants": []},
+                {"name": "ids", "type": "sequencer.redb", "tenants": null},
+                {"name": "events", "type": "pubsub.redb", "tenants": null}
+             ],
+             "allow": {"readers": ["STATE_GET", "lock"]},
+             "appIds": {"uid:0": ["checkout"]}}"#,
+        )
+        .expect("a catalog");
+        let names = |tenant: &str| -> Vec<String> {
+            catalog
+                .components_for(tenant)
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        };
+        assert_eq!(names("uid:0"), ["statestore", "secretstore", "events"]);
+        assert_eq!(names("uid:1000"), ["statestore", "events"]);
+        assert_eq!(names("readers"), ["statestore"]);
+        let state = &catalog.components_for("uid:0")[0];
+        assert_eq!(
+            (state.kind.as_str(), state.capabilities.len()),
+            ("state.redb", 3)
+        );
     }
 }

@@ -65,7 +65,7 @@ def test_metadata(mechad: Mechad) -> None:
     status, _, body = request(mechad, "GET", "/v1.0/metadata")
     assert status == 200
     meta = json.loads(body)
-    assert {"name": "statestore", "type": "state", "version": "v1",
+    assert {"name": "statestore", "type": "state.redb", "version": "v1",
             "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"]} in meta["components"]
     assert meta["runtimeVersion"]
     assert meta["extended"]["mecha.tenant"].startswith("uid:")
