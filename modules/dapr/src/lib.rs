@@ -29,6 +29,8 @@ use crate::session::Sessions;
 pub struct DaprModule {
     listeners: Mutex<Option<Listeners>>,
     sessions: Arc<Sessions>,
+    /// The Dapr-style apps the personality serves calls to (`appCallbacks`).
+    callees: Vec<ops::callee::Callee>,
 }
 
 impl Module for DaprModule {
@@ -45,6 +47,18 @@ impl Module for DaprModule {
                 other.name, other.kind
             )));
         }
+        let mut callees = Vec::new();
+        for component in &hello.components {
+            for (name, value) in &component.metadata {
+                if name == "appCallbacks" {
+                    callees.extend(
+                        ops::callee::parse(value).map_err(|e| {
+                            InitError(format!("component {:?}: {e}", component.name))
+                        })?,
+                    );
+                }
+            }
+        }
         raise_open_files();
         if let Some((_, catalog)) = hello.components.first().and_then(|c| {
             c.metadata
@@ -59,6 +73,7 @@ impl Module for DaprModule {
         Ok(Self {
             listeners: Mutex::new(Some(listeners)),
             sessions: Arc::new(sessions),
+            callees,
         })
     }
 
@@ -83,6 +98,12 @@ impl Module for DaprModule {
         }
         if let Some(l) = http_tcp {
             tokio::spawn(http::serve(l, Arc::clone(&self.sessions)));
+        }
+        if !self.callees.is_empty() {
+            tokio::spawn(ops::callee::serve_all(
+                self.callees.clone(),
+                Arc::clone(&self.sessions),
+            ));
         }
     }
 

@@ -4,9 +4,12 @@
 //! the caller's own native session.
 
 mod authority;
+mod bindings;
 mod configuration;
+mod invoke;
 mod lock;
 mod metadata;
+mod pubsub;
 mod secrets;
 mod service;
 mod state;
@@ -29,6 +32,13 @@ use authority::FixAuthority;
 
 pub use service::Api;
 
+/// The most RPCs one connection has open at once (HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`). Streaming subscriptions stay open,
+/// each with a task and a native subscription, so without this bound one
+/// connection could hold any number of them; a client at the bound waits
+/// for one of its streams to end.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The metadata key (and HTTP header) of Dapr's API token.
 pub const TOKEN_HEADER: &str = "dapr-api-token";
 
@@ -44,6 +54,7 @@ pub async fn serve(
         let api = api.clone();
         async move {
             let result = tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(DaprServer::new(api))
                 .serve_with_incoming(incoming)
                 .await;

@@ -135,9 +135,44 @@ impl v1::dapr_server::Dapr for Api {
 
     async fn subscribe_topic_events_alpha1(
         &self,
-        _request: tonic::Request<tonic::Streaming<v1::SubscribeTopicEventsRequestAlpha1>>,
+        request: tonic::Request<tonic::Streaming<v1::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status> {
-        Err(super::unimplemented("SubscribeTopicEventsAlpha1"))
+        super::pubsub::subscribe(request).await
+    }
+
+    async fn publish_event(
+        &self,
+        request: tonic::Request<v1::PublishEventRequest>,
+    ) -> Result<tonic::Response<()>, tonic::Status> {
+        super::pubsub::publish(request).await
+    }
+
+    async fn bulk_publish_event(
+        &self,
+        request: tonic::Request<v1::BulkPublishRequest>,
+    ) -> Result<tonic::Response<v1::BulkPublishResponse>, tonic::Status> {
+        super::pubsub::bulk_publish(request).await
+    }
+
+    async fn bulk_publish_event_alpha1(
+        &self,
+        request: tonic::Request<v1::BulkPublishRequest>,
+    ) -> Result<tonic::Response<v1::BulkPublishResponse>, tonic::Status> {
+        super::pubsub::bulk_publish(request).await
+    }
+
+    async fn invoke_service(
+        &self,
+        request: tonic::Request<v1::InvokeServiceRequest>,
+    ) -> Result<tonic::Response<common::InvokeResponse>, tonic::Status> {
+        super::invoke::invoke_service(request).await
+    }
+
+    async fn invoke_binding(
+        &self,
+        request: tonic::Request<v1::InvokeBindingRequest>,
+    ) -> Result<tonic::Response<v1::InvokeBindingResponse>, tonic::Status> {
+        super::bindings::invoke_binding(request).await
     }
 
     async fn subscribe_configuration_alpha1(
@@ -169,12 +204,7 @@ impl v1::dapr_server::Dapr for Api {
     }
 
     unimplemented_methods! {
-        invoke_service(v1::InvokeServiceRequest) -> common::InvokeResponse;
         query_state_alpha1(v1::QueryStateRequest) -> v1::QueryStateResponse;
-        publish_event(v1::PublishEventRequest) -> ();
-        bulk_publish_event_alpha1(v1::BulkPublishRequest) -> v1::BulkPublishResponse;
-        bulk_publish_event(v1::BulkPublishRequest) -> v1::BulkPublishResponse;
-        invoke_binding(v1::InvokeBindingRequest) -> v1::InvokeBindingResponse;
         register_actor_timer(v1::RegisterActorTimerRequest) -> ();
         unregister_actor_timer(v1::UnregisterActorTimerRequest) -> ();
         register_actor_reminder(v1::RegisterActorReminderRequest) -> ();

@@ -12,9 +12,12 @@ use hyper::{Request, Response, StatusCode};
 use crate::accept::{self, Accepted, Listener, Protocol};
 use crate::session::{Caller, Sessions};
 
+mod bindings;
 mod configuration;
+mod invoke;
 mod lock;
 mod metadata;
+mod pubsub;
 mod reply;
 mod request;
 mod secrets;
@@ -61,6 +64,15 @@ async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response
         (_, p) if p == metadata::PATH || p.starts_with("/v1.0/metadata/") => {
             metadata::route(caller, req).await
         }
+        (&hyper::Method::POST, p) if p.starts_with(pubsub::PUBLISH) => {
+            pubsub::publish(caller, req).await
+        }
+        (&hyper::Method::POST, p) if p.starts_with(pubsub::BULK) => pubsub::bulk(caller, req).await,
+        (_, p) if p.starts_with(invoke::PREFIX) => invoke::invoke(caller, req).await,
+        (&hyper::Method::POST | &hyper::Method::PUT, p) if p.starts_with(bindings::PREFIX) => {
+            bindings::invoke(caller, req).await
+        }
+        _ if invoke::by_header(&req) => invoke::invoke(caller, req).await,
         _ => empty(StatusCode::NOT_IMPLEMENTED),
     }
 }

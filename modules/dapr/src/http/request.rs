@@ -30,9 +30,16 @@ const METADATA_PREFIX: &str = "metadata.";
 pub async fn read(req: Request<hyper::body::Incoming>) -> Result<(Parts, Bytes), DaprError> {
     let (parts, body) = req.into_parts();
     let collected = Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
+        // Over the limit is 413, as Dapr's HTTP server answers a body over
+        // its maximum request size; a body that could not be read is 400.
+        let http = if e.is::<http_body_util::LengthLimitError>() {
+            413
+        } else {
+            400
+        };
         DaprError::new(
             tonic::Code::InvalidArgument,
-            400,
+            http,
             "ERR_BODY_READ",
             format!("failed to read request body (at most {MAX_BODY} bytes): {e}"),
         )

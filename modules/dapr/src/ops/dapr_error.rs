@@ -47,6 +47,12 @@ impl DaprError {
         )
     }
 
+    /// A request refused for a reason Dapr names with `code` (INVALID_ARGUMENT,
+    /// 400), such as metadata or an option mecha cannot honour.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(tonic::Code::InvalidArgument, 400, code, message)
+    }
+
     /// A Dapr feature mecha does not serve (`ERR_API_UNIMPLEMENTED`, 501,
     /// UNIMPLEMENTED).
     pub fn unimplemented(message: impl Into<String>) -> Self {
