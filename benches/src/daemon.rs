@@ -26,7 +26,8 @@ spec: {type: state.redb, version: v1, metadata: []}
 ";
 
 /// The module binaries of the embedded default configuration.
-pub const ALL_MODULES: [&str; 7] = [
+pub const ALL_MODULES: [&str; 8] = [
+    "mecha-mod-dapr",
     "mecha-mod-state",
     "mecha-mod-pubsub",
     "mecha-mod-lock",

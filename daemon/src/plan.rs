@@ -108,6 +108,9 @@ fn start_of(
                 "a bindings module with an input binding receives events while nobody is connected",
             )
         }
+        "dapr" if components.iter().any(|c| has_field(c, &["appCallbacks"])) => Some(
+            "a Dapr personality with appCallbacks registers those apps for callers of any kind",
+        ),
         _ => None,
     };
     match (own, always_up) {

@@ -73,7 +73,9 @@ async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response
             bindings::invoke(caller, req).await
         }
         _ if invoke::by_header(&req) => invoke::invoke(caller, req).await,
-        _ => empty(StatusCode::NOT_IMPLEMENTED),
+        (method, path) => reply::error(crate::ops::dapr_error::DaprError::unimplemented(format!(
+            "the mecha Dapr personality does not implement {method} {path}; see README.md for what it serves"
+        ))),
     }
 }
 

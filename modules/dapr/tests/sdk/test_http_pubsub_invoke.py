@@ -149,8 +149,10 @@ def test_invoke_errors_are_daprs(mechad: Mechad) -> None:
     assert json.loads(body)["errorCode"] == "ERR_DIRECT_INVOKE"
     status, _, _ = send(mechad, "GET", "/v1.0/invoke/app-without-method")
     assert status == 404
-    status, _, _ = send(mechad, "GET", "/v1.0/actors/a/b/method/c")
+    status, body, _ = send(mechad, "GET", "/v1.0/actors/a/b/method/c")
     assert status == 501
+    assert json.loads(body)["errorCode"] == "ERR_API_UNIMPLEMENTED"
+    assert "GET /v1.0/actors/a/b/method/c" in json.loads(body)["message"]
 
 
 def test_invoke_by_the_dapr_app_id_header(mechad: Mechad, echo: None) -> None:
