@@ -17,11 +17,7 @@ use crate::session::Caller;
 pub const PREFIXES: [&str; 2] = ["/v1.0/configuration/", "/v1.0-alpha1/configuration/"];
 
 /// Serves one request under either prefix.
-pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(serve(caller, req).await)
-}
-
-async fn serve(
+pub async fn serve(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

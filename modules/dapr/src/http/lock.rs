@@ -39,11 +39,7 @@ struct UnlockAnswer {
 }
 
 /// Serves one request under either prefix.
-pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(serve(caller, req).await)
-}
-
-async fn serve(
+pub async fn serve(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

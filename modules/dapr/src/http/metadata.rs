@@ -26,11 +26,7 @@ struct Answer {
 }
 
 /// Serves one request on [`PATH`] or under it.
-pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(serve(caller, req).await)
-}
-
-async fn serve(
+pub async fn serve(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

@@ -53,16 +53,16 @@ async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response
         (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
             empty(StatusCode::NO_CONTENT)
         }
-        (_, p) if p.starts_with(state::PREFIX) => state::route(caller, req).await,
+        (_, p) if p.starts_with(state::PREFIX) => reply::either(state::serve(caller, req).await),
         (_, p) if p.starts_with(lock::LOCK_PREFIX) || p.starts_with(lock::UNLOCK_PREFIX) => {
-            lock::route(caller, req).await
+            reply::either(lock::serve(caller, req).await)
         }
-        (_, p) if p.starts_with(secrets::PREFIX) => secrets::route(caller, req).await,
+        (_, p) if p.starts_with(secrets::PREFIX) => reply::either(secrets::serve(caller, req).await),
         (_, p) if configuration::PREFIXES.iter().any(|c| p.starts_with(c)) => {
-            configuration::route(caller, req).await
+            reply::either(configuration::serve(caller, req).await)
         }
         (_, p) if p == metadata::PATH || p.starts_with("/v1.0/metadata/") => {
-            metadata::route(caller, req).await
+            reply::either(metadata::serve(caller, req).await)
         }
         (&hyper::Method::POST, p) if p.starts_with(pubsub::PUBLISH) => {
             pubsub::publish(caller, req).await

@@ -14,11 +14,7 @@ use crate::session::Caller;
 pub const PREFIX: &str = "/v1.0/secrets/";
 
 /// Serves one request under [`PREFIX`].
-pub async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(serve(caller, req).await)
-}
-
-async fn serve(
+pub async fn serve(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {
