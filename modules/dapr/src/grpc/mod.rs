@@ -13,6 +13,7 @@ mod pubsub;
 mod secrets;
 mod service;
 mod state;
+mod streamed;
 mod unimplemented;
 
 use std::pin::Pin;

@@ -9,7 +9,7 @@ use mecha_client::{Client, PubsubSubscription, SubscribeOptions};
 use v1::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
 use v1::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
 
-use super::service::Streamed;
+use super::streamed::Streamed;
 use super::{client_for, failed};
 use crate::ops::delivery::{self, Outstanding, Verdict};
 use crate::ops::pubsub;

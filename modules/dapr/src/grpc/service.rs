@@ -1,21 +1,16 @@
 //! The `Dapr` service: each implemented method translates one Dapr request
 //! into native calls on the caller's session; the rest answer UNIMPLEMENTED.
 
-use std::pin::Pin;
-
 use dapr::dapr::proto::common::v1 as common;
 use dapr::dapr::proto::runtime::v1;
-use futures_util::Stream;
 use tonic::Request;
 
+use super::streamed::Streamed;
 use super::unimplemented::unimplemented_methods;
 use super::{configuration, lock, metadata, secrets, state};
 
 /// An answer of the service.
 type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
-
-/// A server stream of `T`s.
-pub type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// The service. It holds nothing of its own: every request finds its
 /// caller's session in the request's extensions.
