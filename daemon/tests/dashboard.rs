@@ -78,7 +78,9 @@ fn the_views_follow_the_node() {
     assert!(body.contains("dashboard.js"), "{body}");
 
     let modules = json(&request(addr, "GET", "/api/modules", "").1);
-    assert_eq!(modules.as_array().map(Vec::len), Some(7), "{modules}");
+    assert_eq!(modules.as_array().map(Vec::len), Some(8), "{modules}");
+    // The Dapr personality waits, socket-activated, for its first caller.
+    assert_eq!(module(&modules, "dapr")["state"], "idle");
     let lock = module(&modules, "lock");
     assert_eq!(lock["state"], "running");
     assert!(lock["rss_bytes"].as_u64().unwrap_or(0) > 0, "{lock}");

@@ -1767,11 +1767,14 @@ fn disconnect_in_flight(d: &Daemon) {
         .try_lock("", "abandoned-held", "holder", lease, None)
         .unwrap()
         .is_some());
+    // The modules that run (the embedded default's Dapr personality stays
+    // idle until a Dapr caller comes).
     let pids: Vec<(String, u32)> = holder
         .status()
         .unwrap()
         .modules
         .into_iter()
+        .filter(|m| m.state == "running")
         .map(|m| (m.name, m.pid))
         .collect();
     let baseline_fds = open_fds(d.pid());
