@@ -68,11 +68,6 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Whether no route exists.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// How many routes exist.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -238,7 +233,7 @@ mod tests {
         assert!(r.get(&key("u", "b", "m")).is_none());
         assert!(r.get(&key("t", "a", "m")).is_some());
         r.revoke("a");
-        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
         assert!(r.shares.is_empty());
     }
 }
