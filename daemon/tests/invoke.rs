@@ -62,6 +62,16 @@ async fn connect(d: &Daemon) -> Client {
     Client::connect(&d.socket).await.expect("client connects")
 }
 
+/// The invoke module's pid, from STATUS.
+async fn invoke_pid(c: &Client) -> u32 {
+    let status = c.status().await.expect("status");
+    status
+        .modules
+        .iter()
+        .find(|m| m.name == "invoke")
+        .map_or(0, |m| m.pid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_reaches_the_registered_app_and_its_answer_comes_back() {
     let d = Daemon::start_with(Some(&config()));
@@ -515,7 +525,7 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
     assert_eq!(r.expect("the first call").data, b"1");
     let (raw, by_module, _) = server.await.unwrap();
     // With the module stopped, only the daemon can deliver the next call.
-    let module = d.module_pid("invoke");
+    let module = invoke_pid(&caller).await;
     common::signal(module, libc::SIGSTOP);
     let server = serve_one(raw);
     let r = caller.invoke("echo", "say", b"2".to_vec(), options.clone()).await;
@@ -541,7 +551,7 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
     common::signal(module, libc::SIGCONT);
     let r = caller.invoke("echo", "say", vec![], options).await;
     assert_eq!(status_of(r), Status::NotFound);
-    assert_eq!(d.module_pid("invoke"), module, "the module was not restarted");
+    assert_eq!(invoke_pid(&caller).await, module, "the module was not restarted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,7 +573,7 @@ async fn a_reload_that_changes_access_control_ends_the_routes_it_allowed() {
     let listed = || String::from_utf8_lossy(&d.mechactl(&["apps"]).stdout).contains("billing");
     wait_until(Duration::from_secs(10), "billing to register", listed);
     assert_eq!(charge().await.expect("allowed").data, b"paid");
-    let module = d.module_pid("invoke");
+    let module = invoke_pid(&caller).await;
     common::signal(module, libc::SIGSTOP);
     assert_eq!(charge().await.expect("routed").data, b"paid");
     common::signal(module, libc::SIGCONT);
@@ -572,7 +582,7 @@ async fn a_reload_that_changes_access_control_ends_the_routes_it_allowed() {
     std::fs::write(d.dir.path().join("config.yaml"), config_with(shop_only)).unwrap();
     let out = d.mechactl(&["reload"]);
     assert!(out.status.success(), "{out:?}");
-    assert_ne!(d.module_pid("invoke"), module);
+    assert_ne!(invoke_pid(&caller).await, module);
     wait_until(Duration::from_secs(10), "billing to register again", listed);
     assert_eq!(status_of(charge().await), Status::PermissionDenied);
     serving.abort();
