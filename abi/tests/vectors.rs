@@ -21,8 +21,7 @@ use mecha_abi::msg::{
 };
 use mecha_abi::msg::{
     AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
-    RouteGrant, RouteRevoke,
-    PeerHello, RegisterReply, RegisterRequest,
+    PeerHello, RegisterReply, RegisterRequest, RouteGrant, RouteRevoke,
 };
 use mecha_abi::msg::{
     BindingAckRequest, BindingEvent, BindingSubscribeReply, BindingSubscribeRequest,

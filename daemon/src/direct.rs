@@ -115,7 +115,11 @@ fn answer(conn: &ConnHandle, request: &Header, status: Status, body: Bytes, perm
         Err(spent) => {
             static CUT_OFF: RateLimited = RateLimited::new();
             if let Some(held) = CUT_OFF.allow() {
-                tracing::warn!(conn = conn.id, held_back = held, "closing a connection that does not read its answers: {spent}");
+                tracing::warn!(
+                    conn = conn.id,
+                    held_back = held,
+                    "closing a connection that does not read its answers: {spent}"
+                );
             }
             drop(permit);
             conn.tx.shutdown();

@@ -504,7 +504,12 @@ fn raw_callee(d: &Daemon, app_id: &str) -> Raw {
     .unwrap();
     raw.send(Header::request(Opcode::INVOKE_REGISTER, 7), &body);
     let (h, p) = raw.recv().expect("register answer");
-    assert_eq!(Status::from_code(h.status), Status::Ok, "{}", error_message(&p));
+    assert_eq!(
+        Status::from_code(h.status),
+        Status::Ok,
+        "{}",
+        error_message(&p)
+    );
     raw
 }
 
@@ -521,14 +526,18 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
     };
     // The first call takes the module's path, which grants the route.
     let server = serve_one(raw);
-    let r = caller.invoke("echo", "say", b"1".to_vec(), options.clone()).await;
+    let r = caller
+        .invoke("echo", "say", b"1".to_vec(), options.clone())
+        .await;
     assert_eq!(r.expect("the first call").data, b"1");
     let (raw, by_module, _) = server.await.unwrap();
     // With the module stopped, only the daemon can deliver the next call.
     let module = invoke_pid(&caller).await;
     common::signal(module, libc::SIGSTOP);
     let server = serve_one(raw);
-    let r = caller.invoke("echo", "say", b"2".to_vec(), options.clone()).await;
+    let r = caller
+        .invoke("echo", "say", b"2".to_vec(), options.clone())
+        .await;
     assert_eq!(r.expect("the routed call").data, b"2");
     let (raw, by_daemon, header) = server.await.unwrap();
     // It arrives exactly as the module delivers it.
@@ -539,7 +548,10 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
             ..by_module
         }
     );
-    assert!(header.deadline_ms > 0 && header.deadline_ms <= 2000, "{header:?}");
+    assert!(
+        header.deadline_ms > 0 && header.deadline_ms <= 2000,
+        "{header:?}"
+    );
     // A call the module has not decided (another method) is not routed.
     let short = caller.with_timeout(Duration::from_millis(300));
     let r = short.invoke("echo", "other", vec![], options.clone()).await;
@@ -547,11 +559,19 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
     // The callee's connection closes: the route goes with it, at once.
     drop(raw);
     let r = short.invoke("echo", "say", vec![], options.clone()).await;
-    assert_eq!(status_of(r), Status::DeadlineExceeded, "not routed any more");
+    assert_eq!(
+        status_of(r),
+        Status::DeadlineExceeded,
+        "not routed any more"
+    );
     common::signal(module, libc::SIGCONT);
     let r = caller.invoke("echo", "say", vec![], options).await;
     assert_eq!(status_of(r), Status::NotFound);
-    assert_eq!(invoke_pid(&caller).await, module, "the module was not restarted");
+    assert_eq!(
+        invoke_pid(&caller).await,
+        module,
+        "the module was not restarted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +581,11 @@ async fn a_reload_that_changes_access_control_ends_the_routes_it_allowed() {
     // `serve` registers again after the reload restarts the module.
     let serving = tokio::spawn(async move {
         callee
-            .serve("billing", vec![], handler(|_| async { ok(b"paid".to_vec()) }))
+            .serve(
+                "billing",
+                vec![],
+                handler(|_| async { ok(b"paid".to_vec()) }),
+            )
             .await
     });
     let caller = connect(&d).await;

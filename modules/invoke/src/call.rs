@@ -83,7 +83,8 @@ async fn attempt(
     settle().await;
     match core.registry.pick(&call.app_id, &call.method) {
         Ok(Target::Local(stream)) => {
-            let (answer, delivered) = deliver_local(core, call, payload, budget, Some(stream)).await;
+            let (answer, delivered) =
+                deliver_local(core, call, payload, budget, Some(stream)).await;
             if let (Status::Ok, Some(stream)) = (answer.0, delivered) {
                 crate::routes::grant(core, call, stream, policy);
             }

@@ -233,9 +233,12 @@ impl Registry {
     /// module taking turns (a direct route, `routes`).
     pub fn sole_instance(&self, app_id: &str, method: &str) -> Option<u32> {
         let t = self.tables.lock();
-        let mut serving = t.local.get(app_id)?.instances.iter().filter(|inst| {
-            inst.methods.is_empty() || inst.methods.iter().any(|m| m == method)
-        });
+        let mut serving = t
+            .local
+            .get(app_id)?
+            .instances
+            .iter()
+            .filter(|inst| inst.methods.is_empty() || inst.methods.iter().any(|m| m == method));
         let one = serving.next()?;
         serving.next().is_none().then_some(one.stream)
     }

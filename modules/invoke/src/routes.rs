@@ -22,8 +22,7 @@ use crate::Core;
 /// id, tenant and node — this node), and changes only with a new module
 /// instance, whose link starts without routes.
 pub fn grant(core: &Core, call: &InvokeCall, stream: u32, policy: &Policy) {
-    if !core.settings.direct_routes || policy.retry.is_some() || policy.circuit_breaker.is_some()
-    {
+    if !core.settings.direct_routes || policy.retry.is_some() || policy.circuit_breaker.is_some() {
         return;
     }
     if !call.caller_app_id.is_empty()
