@@ -16,6 +16,7 @@ use mecha_wire::OutFrame;
 
 use crate::answer::ConnOut;
 use crate::caller::Caller;
+use crate::calls::OnAnswer;
 use crate::handle::ConnHandle;
 use crate::link::Link;
 use crate::ratelog::RateLimited;
@@ -87,22 +88,48 @@ pub fn try_route(
     permit.set_module(&link.module);
     caller.daemon.metrics.invoke_routed();
     let attempt = target.attempt.min(timeout);
-    let (conn, header) = (Arc::clone(&caller.conn), *header);
-    tokio::spawn(async move {
-        let (status, body) = callee
-            .calls
-            .call(
-                &callee.tx,
-                &callee.pushes,
-                &callee.budget,
-                Opcode::INVOKE_CALL,
-                Bytes::from(body),
-                attempt,
-            )
-            .await;
+    let (conn, request) = (Arc::clone(&caller.conn), *header);
+    // The answer is written to the caller by whichever task reads it — the
+    // callee's session, normally — with no task of its own in between.
+    let on_answer: OnAnswer = Box::new(move |(status, body)| {
         drop(slot);
-        answer(&conn, &header, status, body, permit);
+        answer(&conn, &request, status, body, permit);
     });
+    let calls = &callee.calls;
+    let (pushes, bytes) = (&callee.pushes, &callee.budget);
+    let body = Bytes::from(body);
+    match calls.start(
+        &callee.tx,
+        pushes,
+        bytes,
+        Opcode::INVOKE_CALL,
+        body,
+        attempt,
+        on_answer,
+    ) {
+        Ok(Some(id)) => {
+            let owner = Arc::clone(&callee);
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(attempt).await;
+                owner.calls.expire(id);
+            });
+            calls.set_timer(id, timer.abort_handle());
+        }
+        Ok(None) => {}
+        Err((body, on_answer)) => {
+            // The callee's push budget is spent: the call waits for room
+            // within its deadline, in a task, as a LINK_DELIVER does.
+            tokio::spawn(async move {
+                let (pushes, bytes) = (&callee.pushes, &callee.budget);
+                let op = Opcode::INVOKE_CALL;
+                let answer = callee
+                    .calls
+                    .call(&callee.tx, pushes, bytes, op, body, attempt)
+                    .await;
+                on_answer(answer);
+            });
+        }
+    }
     Ok(())
 }
 

@@ -601,7 +601,8 @@ impl Link {
     /// finds the route.
     pub fn route_for(&self, key: &Key) -> Option<(Arc<ConnHandle>, Target)> {
         let table = self.table.lock();
-        let target = table.routes.get(key)?;
+        // A draining instance's decisions may be stale (a RELOAD replaces it).
+        let target = table.routes.get(key).filter(|_| table.accepting)?;
         let stream = table.streams.get(&target.stream)?;
         if stream.cancelled {
             return None;

@@ -539,7 +539,7 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
         .invoke("echo", "say", b"2".to_vec(), options.clone())
         .await;
     assert_eq!(r.expect("the routed call").data, b"2");
-    let (raw, by_daemon, header) = server.await.unwrap();
+    let (mut raw, by_daemon, header) = server.await.unwrap();
     // It arrives exactly as the module delivers it.
     assert_eq!(
         by_daemon,
@@ -556,8 +556,27 @@ async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
     let short = caller.with_timeout(Duration::from_millis(300));
     let r = short.invoke("echo", "other", vec![], options.clone()).await;
     assert_eq!(status_of(r), Status::DeadlineExceeded);
-    // The callee's connection closes: the route goes with it, at once.
-    drop(raw);
+    // A routed call the callee does not answer ends at its deadline.
+    let unanswered = tokio::task::spawn_blocking(move || {
+        let frame = raw.recv().expect("the call is delivered");
+        (raw, frame)
+    });
+    let r = short.invoke("echo", "say", vec![], options.clone()).await;
+    assert_eq!(status_of(r), Status::DeadlineExceeded);
+    let (mut raw, _) = unanswered.await.unwrap();
+    // One whose callee's connection closes mid-call is UNAVAILABLE.
+    let call = {
+        let (caller, options) = (caller.clone(), options.clone());
+        tokio::spawn(async move { caller.invoke("echo", "say", vec![], options).await })
+    };
+    tokio::task::spawn_blocking(move || {
+        raw.recv().expect("the call is delivered");
+        drop(raw);
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(call.await.unwrap()), Status::Unavailable);
+    // The route went with the callee's connection, at once.
     let r = short.invoke("echo", "say", vec![], options.clone()).await;
     assert_eq!(
         status_of(r),
