@@ -28,12 +28,9 @@ pub type OnAnswer = Box<dyn FnOnce(CallAnswer) + Send>;
 enum Waiter {
     /// A task, in [`Calls::call`].
     Task(oneshot::Sender<CallAnswer>),
-    /// A callback, for [`Calls::start`], and the timer that ends it at its
-    /// deadline (set just after the call was sent).
-    Direct {
-        on_answer: OnAnswer,
-        timer: Option<tokio::task::AbortHandle>,
-    },
+    /// A callback, for [`Calls::start`]; its deadline is kept by whoever
+    /// started it, who calls [`Calls::expire`].
+    Direct(OnAnswer),
 }
 
 impl Waiter {
@@ -42,12 +39,7 @@ impl Waiter {
             Waiter::Task(tx) => {
                 let _ = tx.send(answer);
             }
-            Waiter::Direct { on_answer, timer } => {
-                if let Some(timer) = timer {
-                    timer.abort();
-                }
-                on_answer(answer);
-            }
+            Waiter::Direct(on_answer) => on_answer(answer),
         }
     }
 }
@@ -152,8 +144,8 @@ impl Calls {
     /// `on_answer` from whichever task reads it, so a direct route's answer
     /// is written to its caller by the callee's session, with no task in
     /// between. The caller has checked that the callee's peer is not
-    /// closing. Returns the call's id, for [`Self::set_timer`] and
-    /// [`Self::expire`] (`None` when it is answered already), or hands
+    /// closing. Returns the call's id, for [`Self::expire`] at its deadline
+    /// (`None` when it is answered already), or hands
     /// everything back when the push budget is spent (the call would have to
     /// wait for room: [`Self::call`] does).
     #[allow(clippy::too_many_arguments)]
@@ -187,8 +179,7 @@ impl Calls {
             }
             t.next = t.next.wrapping_add(1).max(1);
             let id = t.next;
-            let timer = None;
-            t.waiting.insert(id, Waiter::Direct { on_answer, timer });
+            t.waiting.insert(id, Waiter::Direct(on_answer));
             id
         };
         let mut header = Header::request(opcode, id);
@@ -209,28 +200,10 @@ impl Calls {
         Ok(Some(id))
     }
 
-    /// Attaches the deadline timer of call `id`, or stops it when the call
-    /// was answered already.
-    pub fn set_timer(&self, id: u32, timer: tokio::task::AbortHandle) {
-        let mut t = self.table.lock();
-        match t.waiting.get_mut(&id) {
-            Some(Waiter::Direct { timer: slot, .. }) => *slot = Some(timer),
-            _ => timer.abort(),
-        }
-    }
-
     /// Ends call `id` with DEADLINE_EXCEEDED if it is still unanswered.
     pub fn expire(&self, id: u32) {
         let waiter = self.table.lock().waiting.remove(&id);
         if let Some(w) = waiter {
-            // The timer is the task running this; it is not aborted.
-            let w = match w {
-                Waiter::Direct { on_answer, .. } => Waiter::Direct {
-                    on_answer,
-                    timer: None,
-                },
-                other => other,
-            };
             w.finish(error(
                 Status::DeadlineExceeded,
                 "the callee did not answer before the deadline",
@@ -258,7 +231,7 @@ impl Calls {
         // Tasks see their channel close; callbacks are told here, outside
         // the lock, since they write to their callers.
         for w in waiting {
-            if let Waiter::Direct { .. } = w {
+            if let Waiter::Direct(_) = w {
                 w.finish(unavailable(
                     "the callee's connection closed during the call",
                 ));

@@ -6,7 +6,7 @@
 //! than it did for the call that earned the route leaves it on the module's
 //! path instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use mecha_wire::OutFrame;
 use crate::answer::ConnOut;
 use crate::caller::Caller;
 use crate::calls::OnAnswer;
+use crate::deadlines::Deadlines;
 use crate::handle::ConnHandle;
 use crate::link::Link;
 use crate::ratelog::RateLimited;
@@ -89,9 +90,11 @@ pub fn try_route(
     caller.daemon.metrics.invoke_routed();
     let attempt = target.attempt.min(timeout);
     let (conn, request) = (Arc::clone(&caller.conn), *header);
+    let deadline = deadlines().key(tokio::time::Instant::now() + attempt);
     // The answer is written to the caller by whichever task reads it — the
     // callee's session, normally — with no task of its own in between.
     let on_answer: OnAnswer = Box::new(move |(status, body)| {
+        deadlines().remove(&deadline);
         drop(slot);
         answer(&conn, &request, status, body, permit);
     });
@@ -107,14 +110,9 @@ pub fn try_route(
         attempt,
         on_answer,
     ) {
-        Ok(Some(id)) => {
-            let owner = Arc::clone(&callee);
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(attempt).await;
-                owner.calls.expire(id);
-            });
-            calls.set_timer(id, timer.abort_handle());
-        }
+        // An answer that came first removed nothing: the entry then ends
+        // nothing when due, since the call is no longer waiting.
+        Ok(Some(id)) => deadlines().insert(deadline, (Arc::downgrade(&callee), id)),
         Ok(None) => {}
         Err((body, on_answer)) => {
             // The callee's push budget is spent: the call waits for room
@@ -131,6 +129,28 @@ pub fn try_route(
         }
     }
     Ok(())
+}
+
+/// A routed call waiting for its callee: the callee's connection and the
+/// call's id there.
+type Waiting = (Weak<ConnHandle>, u32);
+
+/// The deadlines of routed calls, swept by one task for the whole daemon.
+fn deadlines() -> &'static Deadlines<Waiting> {
+    static DEADLINES: OnceLock<Deadlines<Waiting>> = OnceLock::new();
+    DEADLINES.get_or_init(|| {
+        // Routed calls are only made on the daemon's runtime, where the
+        // first one starts the sweeper.
+        tokio::spawn(async {
+            let expire = |(conn, id): Waiting| {
+                if let Some(conn) = conn.upgrade() {
+                    conn.calls.expire(id);
+                }
+            };
+            deadlines().sweep(expire).await;
+        });
+        Deadlines::default()
+    })
 }
 
 /// Sends the callee's answer to the caller, as the router sends a module's:

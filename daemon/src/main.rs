@@ -12,6 +12,7 @@ mod control;
 mod crashes;
 mod daemon;
 mod dashboard;
+mod deadlines;
 mod direct;
 mod events;
 mod exposition;
