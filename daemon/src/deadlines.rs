@@ -1,8 +1,8 @@
 //! One timer for many deadlines: entries ordered by when they expire, and a
-//! sweeper task that sleeps until the earliest. Adding a deadline later than
-//! the earliest (the common case: calls with the same timeout arrive in
-//! order) wakes nobody, so a deadline costs a map insert and a removal,
-//! not a task or a timer of its own.
+//! sweeper task that sleeps until the earliest. Adding a deadline no earlier
+//! than the one the sweeper sleeps until (the common case: calls with the
+//! same timeout arrive in order) wakes nobody, so a deadline costs a map
+//! insert and a removal, not a task or a wake-up of its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +16,25 @@ pub type Key = (Instant, u64);
 
 /// Deadlines of entries `T`, handed to the sweeper's callback when due.
 pub struct Deadlines<T> {
-    queue: Mutex<BTreeMap<Key, T>>,
+    queue: Mutex<Queue<T>>,
     seq: AtomicU64,
     wake: Notify,
+}
+
+/// The entries, and when the sweeper will next look at them: `None` while it
+/// waits for an insert (or has not started).
+struct Queue<T> {
+    due: BTreeMap<Key, T>,
+    armed: Option<Instant>,
 }
 
 impl<T> Default for Deadlines<T> {
     fn default() -> Self {
         Self {
-            queue: Mutex::new(BTreeMap::new()),
+            queue: Mutex::new(Queue {
+                due: BTreeMap::new(),
+                armed: None,
+            }),
             seq: AtomicU64::new(0),
             wake: Notify::new(),
         }
@@ -39,19 +49,23 @@ impl<T> Deadlines<T> {
 
     /// Adds an entry due at its key's instant.
     pub fn insert(&self, key: Key, entry: T) {
-        let earliest = {
+        let wake = {
             let mut q = self.queue.lock();
-            q.insert(key, entry);
-            q.first_key_value().is_some_and(|(k, _)| *k == key)
+            q.due.insert(key, entry);
+            let wake = q.armed.is_none_or(|at| key.0 < at);
+            if wake {
+                q.armed = Some(key.0);
+            }
+            wake
         };
-        if earliest {
+        if wake {
             self.wake.notify_one();
         }
     }
 
     /// Removes an entry that is no longer due (its call was answered).
     pub fn remove(&self, key: &Key) {
-        self.queue.lock().remove(key);
+        self.queue.lock().due.remove(key);
     }
 
     /// Hands every entry to `due` when its deadline passes, forever.
@@ -60,9 +74,10 @@ impl<T> Deadlines<T> {
             let now = Instant::now();
             let (expired, next) = {
                 let mut q = self.queue.lock();
-                let later = q.split_off(&(now, u64::MAX));
-                let expired = std::mem::replace(&mut *q, later);
-                (expired, q.first_key_value().map(|(k, _)| k.0))
+                let later = q.due.split_off(&(now, u64::MAX));
+                let expired = std::mem::replace(&mut q.due, later);
+                q.armed = q.due.first_key_value().map(|(k, _)| k.0);
+                (expired, q.armed)
             };
             for entry in expired.into_values() {
                 due(entry);
