@@ -30,7 +30,7 @@ pub fn grant(core: &Core, call: &InvokeCall, stream: u32, policy: &Policy) {
             .settings
             .tenant_app_ids
             .get(&call.caller_tenant)
-            .is_some_and(|ids| ids.iter().any(|id| *id == call.caller_app_id))
+            .is_some_and(|ids| ids.contains(&call.caller_app_id))
     {
         return;
     }
