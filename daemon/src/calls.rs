@@ -144,8 +144,9 @@ impl Calls {
     /// `on_answer` from whichever task reads it, so a direct route's answer
     /// is written to its caller by the callee's session, with no task in
     /// between. The caller has checked that the callee's peer is not
-    /// closing. Returns the call's id, for [`Self::expire`] at its deadline
-    /// (`None` when it is answered already), or hands
+    /// closing. `armed` gets the call's id before the call is sent, so its
+    /// deadline is kept (for [`Self::expire`]) before it can be answered.
+    /// Hands
     /// everything back when the push budget is spent (the call would have to
     /// wait for room: [`Self::call`] does).
     #[allow(clippy::too_many_arguments)]
@@ -158,7 +159,8 @@ impl Calls {
         payload: Bytes,
         timeout: Duration,
         on_answer: OnAnswer,
-    ) -> Result<Option<u32>, (Bytes, OnAnswer)> {
+        armed: impl FnOnce(u32),
+    ) -> Result<(), (Bytes, OnAnswer)> {
         let Ok(permit) = Arc::clone(budget).try_acquire_owned() else {
             return Err((payload, on_answer));
         };
@@ -167,7 +169,7 @@ impl Calls {
             Err(spent) => {
                 let why = format!("the callee does not read its connection: {spent}");
                 on_answer(error(Status::ResourceExhausted, &why));
-                return Ok(None);
+                return Ok(());
             }
         };
         let id = {
@@ -175,13 +177,14 @@ impl Calls {
             if t.closed {
                 drop(t);
                 on_answer(error(Status::NotFound, "the callee's connection closed"));
-                return Ok(None);
+                return Ok(());
             }
             t.next = t.next.wrapping_add(1).max(1);
             let id = t.next;
             t.waiting.insert(id, Waiter::Direct(on_answer));
             id
         };
+        armed(id);
         let mut header = Header::request(opcode, id);
         header.deadline_ms = u32::try_from(timeout.as_millis())
             .unwrap_or(u32::MAX)
@@ -195,9 +198,8 @@ impl Calls {
             if let Some(w) = waiter {
                 w.finish(error(Status::NotFound, "the callee's connection closed"));
             }
-            return Ok(None);
         }
-        Ok(Some(id))
+        Ok(())
     }
 
     /// Ends call `id` with DEADLINE_EXCEEDED if it is still unanswered.

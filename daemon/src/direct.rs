@@ -101,19 +101,13 @@ pub fn try_route(
     let calls = &callee.calls;
     let (pushes, bytes) = (&callee.pushes, &callee.budget);
     let body = Bytes::from(body);
+    let weak = Arc::downgrade(&callee);
+    let armed = move |id| deadlines().insert(deadline, (weak, id));
+    let op = Opcode::INVOKE_CALL;
     match calls.start(
-        &callee.tx,
-        pushes,
-        bytes,
-        Opcode::INVOKE_CALL,
-        body,
-        attempt,
-        on_answer,
+        &callee.tx, pushes, bytes, op, body, attempt, on_answer, armed,
     ) {
-        // An answer that came first removed nothing: the entry then ends
-        // nothing when due, since the call is no longer waiting.
-        Ok(Some(id)) => deadlines().insert(deadline, (Arc::downgrade(&callee), id)),
-        Ok(None) => {}
+        Ok(()) => {}
         Err((body, on_answer)) => {
             // The callee's push budget is spent: the call waits for room
             // within its deadline, in a task, as a LINK_DELIVER does.
