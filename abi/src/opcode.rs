@@ -176,6 +176,10 @@ impl Opcode {
     pub const LINK_CANCEL: Opcode = Opcode(0xF004);
     /// Module → daemon: deliver a request to the connection owning a stream.
     pub const LINK_DELIVER: Opcode = Opcode(0xF005);
+    /// Module → daemon (no answer): grant a direct route for later calls.
+    pub const LINK_ROUTE: Opcode = Opcode(0xF006);
+    /// Module → daemon (no answer): revoke direct routes.
+    pub const LINK_UNROUTE: Opcode = Opcode(0xF007);
 
     /// Peer ↔ peer: first frame of a peer link, each way.
     pub const PEER_HELLO: Opcode = Opcode(0xF101);
@@ -253,6 +257,8 @@ impl Opcode {
             Opcode::LINK_DRAIN => "LINK_DRAIN",
             Opcode::LINK_CANCEL => "LINK_CANCEL",
             Opcode::LINK_DELIVER => "LINK_DELIVER",
+            Opcode::LINK_ROUTE => "LINK_ROUTE",
+            Opcode::LINK_UNROUTE => "LINK_UNROUTE",
             Opcode::PEER_HELLO => "PEER_HELLO",
             Opcode::PEER_ANNOUNCE => "PEER_ANNOUNCE",
             Opcode::PEER_INVOKE => "PEER_INVOKE",

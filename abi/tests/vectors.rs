@@ -21,7 +21,7 @@ use mecha_abi::msg::{
 };
 use mecha_abi::msg::{
     AppEntry, AppsReply, InvokeCall, InvokeReply, InvokeRequest, LinkDeliver, PeerAnnounce,
-    PeerHello, RegisterReply, RegisterRequest,
+    PeerHello, RegisterReply, RegisterRequest, RouteGrant, RouteRevoke,
 };
 use mecha_abi::msg::{
     BindingAckRequest, BindingEvent, BindingSubscribeReply, BindingSubscribeRequest,
@@ -1170,6 +1170,29 @@ fn vectors() -> Vec<Vector> {
             },
         ),
         typed(
+            "link_route_request",
+            "module -> daemon LINK_ROUTE, never answered: tenant shop's INVOKEs of billing.charge as checkout may go straight to the connection owning link stream 4100; one delivery waits at most 2000 ms, at most 256 of shop's routed calls at once",
+            req(O::LINK_ROUTE, 0, 0),
+            RouteGrant {
+                tenant: "shop".to_string(),
+                app_id: "billing".to_string(),
+                method: "charge".to_string(),
+                caller_app_id: "checkout".to_string(),
+                stream: 4100,
+                node: "node-a".to_string(),
+                attempt_ms: 2000,
+                max_calls: 256,
+            },
+        ),
+        typed(
+            "link_unroute_request",
+            "module -> daemon LINK_UNROUTE, never answered: forget every route to app billing (an empty app id: every route)",
+            req(O::LINK_UNROUTE, 0, 0),
+            RouteRevoke {
+                app_id: "billing".to_string(),
+            },
+        ),
+        typed(
             "peer_hello_request",
             "peer link, dialler -> listener: PEER_HELLO from node-a, peer protocol 1",
             req(O::PEER_HELLO, 0, 0),
@@ -1765,7 +1788,7 @@ fn invalid_vectors_match_the_file_and_are_rejected() {
 }
 
 /// The opcodes SPEC.md §3 defines, in table order.
-const DEFINED_OPCODES: [Opcode; 39] = [
+const DEFINED_OPCODES: [Opcode; 41] = [
     Opcode::HELLO,
     Opcode::PING,
     Opcode::STATUS,
@@ -1802,6 +1825,8 @@ const DEFINED_OPCODES: [Opcode; 39] = [
     Opcode::LINK_DRAIN,
     Opcode::LINK_CANCEL,
     Opcode::LINK_DELIVER,
+    Opcode::LINK_ROUTE,
+    Opcode::LINK_UNROUTE,
     Opcode::PEER_HELLO,
     Opcode::PEER_ANNOUNCE,
     Opcode::PEER_INVOKE,
@@ -1827,7 +1852,12 @@ const STREAM_WITHOUT_PUSHES: [Opcode; 1] = [Opcode::INVOKE_REGISTER];
 
 /// Defined opcodes that are never answered (SPEC.md §8), so they have a request
 /// vector but no response vector.
-const NEVER_ANSWERED: [Opcode; 2] = [Opcode::LINK_CANCEL, Opcode::PEER_ANNOUNCE];
+const NEVER_ANSWERED: [Opcode; 4] = [
+    Opcode::LINK_CANCEL,
+    Opcode::LINK_ROUTE,
+    Opcode::LINK_UNROUTE,
+    Opcode::PEER_ANNOUNCE,
+];
 
 /// `DEFINED_OPCODES` is exactly the set of opcodes `mecha_abi::Opcode` names, so a
 /// new opcode cannot be added to the crate without reaching SPEC.md and the vectors.

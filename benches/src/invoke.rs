@@ -1,7 +1,8 @@
-//! `mecha-bench invoke`: the local service-invocation round trip (caller →
-//! daemon → invoke module → daemon → callee connection and back, four
-//! socket hops each way in all) against floor2 (the two-hop raw socket
-//! floor) and a state.get on state.memory (two hops each way), then the
+//! `mecha-bench invoke`: the local service-invocation round trip against
+//! floor2 (the two-hop raw socket floor) and a state.get on state.memory (two
+//! hops each way). The first call goes caller → daemon → invoke module →
+//! daemon → callee connection; it earns a direct route, so the timed calls go
+//! caller → daemon → callee connection and back, two hops each way. Then the
 //! cross-node round trip between two daemons over loopback TCP, in plain
 //! text and with mutual TLS; one request at a time, all in one run.
 

@@ -22,6 +22,8 @@ const (
 	OpInvokeApps     uint16 = 0x0703
 	OpInvokeCall     uint16 = 0x0704
 	OpLinkDeliver    uint16 = 0xF005
+	OpLinkRoute      uint16 = 0xF006
+	OpLinkUnroute    uint16 = 0xF007
 	OpPeerHello      uint16 = 0xF101
 	OpPeerAnnounce   uint16 = 0xF102
 	OpPeerInvoke     uint16 = 0xF103
@@ -34,6 +36,8 @@ func init() {
 	opTable[OpInvokeApps] = opInfo{"INVOKE_APPS", nil, func() Message { return &AppsReply{} }, nil}
 	opTable[OpInvokeCall] = opInfo{"INVOKE_CALL", func() Message { return &InvokeCall{} }, invokeReply, nil}
 	opTable[OpLinkDeliver] = opInfo{"LINK_DELIVER", func() Message { return &LinkDeliver{} }, invokeReply, nil}
+	opTable[OpLinkRoute] = opInfo{"LINK_ROUTE", func() Message { return &RouteGrant{} }, nil, nil}
+	opTable[OpLinkUnroute] = opInfo{"LINK_UNROUTE", func() Message { return &RouteRevoke{} }, nil, nil}
 	opTable[OpPeerHello] = opInfo{"PEER_HELLO", func() Message { return &PeerHello{} }, func() Message { return &PeerHello{} }, nil}
 	opTable[OpPeerAnnounce] = opInfo{"PEER_ANNOUNCE", func() Message { return &PeerAnnounce{} }, nil, nil}
 	opTable[OpPeerInvoke] = opInfo{"PEER_INVOKE", func() Message { return &InvokeCall{} }, invokeReply, nil}
@@ -187,6 +191,47 @@ func (m *LinkDeliver) decode(d *decoder) {
 	m.Opcode = d.u16()
 	m.Payload = d.bytes()
 }
+
+// RouteGrant is a module's one-way LINK_ROUTE: a direct route for calls.
+type RouteGrant struct {
+	Tenant      string
+	AppID       string
+	Method      string
+	CallerAppID string
+	Stream      uint32
+	Node        string
+	AttemptMs   uint32
+	MaxCalls    uint32
+}
+
+func (m *RouteGrant) encode(e *encoder) {
+	e.str(m.Tenant)
+	e.str(m.AppID)
+	e.str(m.Method)
+	e.str(m.CallerAppID)
+	e.u32(m.Stream)
+	e.str(m.Node)
+	e.u32(m.AttemptMs)
+	e.u32(m.MaxCalls)
+}
+func (m *RouteGrant) decode(d *decoder) {
+	m.Tenant = d.str()
+	m.AppID = d.str()
+	m.Method = d.str()
+	m.CallerAppID = d.str()
+	m.Stream = d.u32()
+	m.Node = d.str()
+	m.AttemptMs = d.u32()
+	m.MaxCalls = d.u32()
+}
+
+// RouteRevoke is a module's one-way LINK_UNROUTE: forget routes to an app id.
+type RouteRevoke struct {
+	AppID string
+}
+
+func (m *RouteRevoke) encode(e *encoder) { e.str(m.AppID) }
+func (m *RouteRevoke) decode(d *decoder) { m.AppID = d.str() }
 
 // PeerHello is the first frame each way of a peer link.
 type PeerHello struct {

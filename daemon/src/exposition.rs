@@ -64,6 +64,14 @@ fn snapshot(metrics: &Metrics, daemon: Option<&Daemon>) -> Snapshot {
         connections_open: metrics.connections_open(),
         connections_accepted: metrics.connections_accepted(),
         http_requests: metrics.http_requests(),
+        invoke_routed: metrics.invoke_routed_total(),
+        invoke_routes: daemon
+            .and_then(|d| d.module_for(mecha_abi::Family::Invoke))
+            .and_then(|m| match m.route() {
+                crate::supervisor::Route::Up(link) => Some(link.route_count()),
+                _ => None,
+            })
+            .unwrap_or(0),
         daemon_rss_bytes: resident_bytes(std::process::id()),
         uptime_secs: daemon.map(|d| d.started.elapsed().as_secs_f64()),
         spans_dropped: daemon
@@ -118,6 +126,8 @@ struct Snapshot {
     connections_open: i64,
     connections_accepted: u64,
     http_requests: u64,
+    invoke_routed: u64,
+    invoke_routes: usize,
     daemon_rss_bytes: Option<u64>,
     uptime_secs: Option<f64>,
     /// Spans lost by the exporter, when tracing is configured.
@@ -207,6 +217,20 @@ impl Snapshot {
             MetricType::Counter,
         )?;
         m.encode_counter::<NoLabelSet, _, u64>(&self.http_requests, None)?;
+        let mut m = encoder.encode_descriptor(
+            "mecha_invoke_routed_calls",
+            "INVOKE requests delivered by the daemon on a direct route the invoke module granted.",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&self.invoke_routed, None)?;
+        let mut m = encoder.encode_descriptor(
+            "mecha_invoke_routes",
+            "Direct routes the running invoke module has granted the daemon.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(self.invoke_routes as u64))?;
         Ok(())
     }
 

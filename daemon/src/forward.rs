@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mecha_abi::{Family, Header, Status};
+use mecha_abi::{Family, Header, Opcode, Status};
 use mecha_wire::Outbox;
 
 use crate::answer::{error_frame, ConnOut};
@@ -65,6 +65,16 @@ pub async fn forward(
         0 => caller.daemon.default_timeout,
         ms => Duration::from_millis(u64::from(ms)),
     };
+    // A call the invoke module granted a direct route for goes straight to
+    // its callee (`direct`); any other takes the module's path.
+    if header.opcode == Opcode::INVOKE {
+        if let Route::Up(link) = module.route() {
+            match crate::direct::try_route(caller, &link, &header, &payload, permit, timeout) {
+                Ok(()) => return,
+                Err(back) => permit = back,
+            }
+        }
+    }
     let request = Routed {
         conn: Arc::clone(&caller.conn),
         tenant: caller.tenant.clone(),

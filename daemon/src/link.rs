@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mecha_abi::msg::LinkDeliver;
+use mecha_abi::msg::{LinkDeliver, RouteGrant, RouteRevoke};
 use mecha_abi::{Family, Flags, Header, HeaderError, Opcode, Status, MAX_FRAME_CAP};
 use mecha_wire::{FrameReader, OutFrame, Outbox, ReadError, Unflushed};
 use parking_lot::Mutex;
@@ -19,6 +19,7 @@ use crate::calls::CallAnswer;
 use crate::crashes::Suspect;
 use crate::handle::ConnHandle;
 use crate::ratelog::RateLimited;
+use crate::routes::{Key, Routes, Target};
 
 /// Frames of one tenant that may wait to be written to one module. When a
 /// tenant's lane is full, that tenant's connection readers wait:
@@ -106,6 +107,8 @@ struct Table {
     streams: HashMap<u32, StreamRoute>,
     /// The requests in flight when the link closed, for the crash ledger.
     lost: Vec<Suspect>,
+    /// Direct routes the module granted (LINK_ROUTE), to its open streams.
+    routes: Routes,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -153,6 +156,7 @@ impl Link {
                 streams: HashMap::new(),
                 replays: Vec::new(),
                 lost: Vec::new(),
+                routes: Routes::default(),
             }),
             closed: Notify::new(),
             idle: Notify::new(),
@@ -406,7 +410,7 @@ impl Link {
         if let Some(p) = self.take(id) {
             return p.answer_error(Status::ResourceExhausted, &why);
         }
-        let route = self.table.lock().streams.remove(&id);
+        let route = self.remove_stream(id);
         if let Some(route) = route {
             self.cancel_link_stream(id);
             let header = Header::end(route.opcode, route.stream_id, Status::ResourceExhausted);
@@ -469,7 +473,7 @@ impl Link {
                 }
                 p.conn.tx.shutdown();
                 if opens_stream {
-                    self.table.lock().streams.remove(&header.request_id);
+                    self.remove_stream(header.request_id);
                     self.cancel_link_stream(header.request_id);
                 }
                 return;
@@ -483,7 +487,7 @@ impl Link {
         if p.conn.tx.push(frame).is_ok() {
             unflushed.add(&p.conn.tx);
         } else if opens_stream {
-            self.table.lock().streams.remove(&header.request_id);
+            self.remove_stream(header.request_id);
             self.cancel_link_stream(header.request_id);
         }
     }
@@ -502,6 +506,20 @@ impl Link {
         let refuse = |status, msg: String| {
             let _ = self.tx.send(answer(crate::calls::error(status, &msg)));
         };
+        // Route frames are never answered (SPEC §8); an unusable grant only
+        // leaves calls on the module's path.
+        if header.opcode == Opcode::LINK_ROUTE {
+            if let Ok(grant) = mecha_abi::decode::<RouteGrant>(&payload) {
+                self.grant_route(grant);
+            }
+            return;
+        }
+        if header.opcode == Opcode::LINK_UNROUTE {
+            if let Ok(revoke) = mecha_abi::decode::<RouteRevoke>(&payload) {
+                self.table.lock().routes.revoke(&revoke.app_id);
+            }
+            return;
+        }
         if header.opcode != Opcode::LINK_DELIVER {
             return refuse(
                 Status::UnknownOpcode,
@@ -558,6 +576,47 @@ impl Link {
         });
     }
 
+    /// Records a direct route (LINK_ROUTE) to one of the module's open,
+    /// uncancelled streams; a grant for any other stream is ignored, so a
+    /// route never outlives the registration it names.
+    fn grant_route(&self, grant: RouteGrant) {
+        let mut t = self.table.lock();
+        if let Some(r) = t.streams.get(&grant.stream) {
+            if !r.cancelled && !r.conn.tx.is_closed() {
+                t.routes.grant(grant);
+            }
+        }
+    }
+
+    /// How many routes the module granted: INVOKE requests are decoded for
+    /// a lookup only when there is one.
+    pub fn route_count(&self) -> usize {
+        self.table.lock().routes.len()
+    }
+
+    /// The connection and bounds of the route for `key`, if one is granted
+    /// and its registration stream is still open and uncancelled. Checked
+    /// under the same lock that stream ends take, so a call looked up after
+    /// a callee's connection closed or it cancelled its registration never
+    /// finds the route.
+    pub fn route_for(&self, key: &Key) -> Option<(Arc<ConnHandle>, Target)> {
+        let table = self.table.lock();
+        // A draining instance's decisions may be stale (a RELOAD replaces it).
+        let target = table.routes.get(key).filter(|_| table.accepting)?;
+        let stream = table.streams.get(&target.stream)?;
+        if stream.cancelled {
+            return None;
+        }
+        Some((Arc::clone(&stream.conn), target.clone()))
+    }
+
+    /// Removes stream `id`'s route, and the direct routes to it.
+    fn remove_stream(&self, id: u32) -> Option<StreamRoute> {
+        let mut table = self.table.lock();
+        table.routes.drop_stream(id);
+        table.streams.remove(&id)
+    }
+
     /// Routes a push to its stream's connection.
     ///
     /// Slow consumers: a push that finds the connection's push budget spent
@@ -572,13 +631,10 @@ impl Link {
     /// tells the client why its stream stopped.
     fn push(&self, header: Header, payload: Bytes, unflushed: &mut Unflushed<ConnOut>) {
         let end = header.flags.is_end();
-        let route = {
-            let mut table = self.table.lock();
-            if end {
-                table.streams.remove(&header.request_id)
-            } else {
-                table.streams.get(&header.request_id).cloned()
-            }
+        let route = if end {
+            self.remove_stream(header.request_id)
+        } else {
+            self.table.lock().streams.get(&header.request_id).cloned()
         };
         let Some(route) = route else {
             return;
@@ -597,13 +653,7 @@ impl Link {
             .and_then(|permit| Some((permit, route.conn.budget.take(payload.len()).ok()?)));
         let Some((permit, bytes)) = room else {
             tracing::debug!(module = %self.module, stream = route.stream_id, "push dropped: the client is not reading; ending the stream");
-            if self
-                .table
-                .lock()
-                .streams
-                .remove(&header.request_id)
-                .is_some()
-            {
+            if self.remove_stream(header.request_id).is_some() {
                 self.cancel_link_stream(header.request_id);
                 let message = format!(
                     "stream {} ended: the application did not read its pushes (at most {} of them, and a budget of bytes, wait on a connection); resubscribe",
@@ -628,7 +678,7 @@ impl Link {
             unflushed.add(&route.conn.tx);
         } else {
             // The application is gone; stop the stream at its source.
-            self.table.lock().streams.remove(&header.request_id);
+            self.remove_stream(header.request_id);
             self.cancel_link_stream(header.request_id);
         }
     }
@@ -654,6 +704,10 @@ impl Link {
                 r.cancelled = true;
                 *id
             });
+        // A cancelled registration routes no call from now on.
+        if let Some(id) = link_id {
+            self.table.lock().routes.drop_stream(id);
+        }
         match link_id {
             Some(id) => {
                 self.cancel_link_stream(id);
@@ -675,6 +729,7 @@ impl Link {
                 .collect();
             for id in &ids {
                 table.streams.remove(id);
+                table.routes.drop_stream(*id);
             }
             ids
         };
@@ -688,6 +743,7 @@ impl Link {
     pub fn reset_streams(&self, reason: &str) {
         let routes: Vec<StreamRoute> = {
             let mut table = self.table.lock();
+            table.routes.revoke("");
             table.streams.drain().map(|(_, r)| r).collect()
         };
         let body = error_body(&format!(

@@ -251,6 +251,7 @@ pub struct Metrics {
     connections_open: AtomicI64,
     connections_accepted: AtomicU64,
     http_requests: AtomicU64,
+    invoke_routed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -267,6 +268,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
             http_requests: AtomicU64::new(0),
+            invoke_routed: AtomicU64::new(0),
         }
     }
 }
@@ -350,6 +352,16 @@ impl Metrics {
     /// Application connections open now.
     pub fn connections_open(&self) -> i64 {
         self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Counts an INVOKE the daemon delivered on a direct route.
+    pub fn invoke_routed(&self) {
+        self.invoke_routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// INVOKE requests delivered on direct routes since start.
+    pub fn invoke_routed_total(&self) -> u64 {
+        self.invoke_routed.load(Ordering::Relaxed)
     }
 
     /// Application connections accepted since start.

@@ -344,6 +344,25 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `traceparent` of a call the daemon delivers itself on a direct route
+/// (`direct`), when the request carried no trace context: the caller's text
+/// when it is a valid W3C value, else a fresh sampled trace, as the invoke
+/// module makes one on its path (SPEC §7.8).
+pub fn traceparent_or_fresh(requested: String) -> String {
+    if TraceContext::parse(&requested).is_ok() {
+        return requested;
+    }
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&random().to_le_bytes());
+    trace_id[8..].copy_from_slice(&random().to_le_bytes());
+    TraceContext {
+        trace_id,
+        parent_id: random().to_le_bytes(),
+        flags: SAMPLED,
+    }
+    .to_string()
+}
+
 /// A non-zero 64-bit value. Span ids need uniqueness, not secrecy: the
 /// standard library's randomly keyed hasher over a counter and the clock
 /// provides it without another dependency.

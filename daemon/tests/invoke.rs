@@ -1,7 +1,8 @@
 //! Service invocation on one node, against the real mechad and invoke
 //! module: round trips, round robin, a callee dying mid-call, deadlines,
 //! unknown app ids, access control, tenant app-id policy, retries and the
-//! circuit breaker.
+//! circuit breaker, and the daemon's direct routes (taken, and revoked by a
+//! new instance, the callee's end and a reload of access control).
 
 mod common;
 
@@ -20,10 +21,13 @@ use mecha_client::{handler, Client, Error, InvokeOptions, InvokeReply};
 /// One invoke component with access control and resiliency for named apps;
 /// the test's own uid is tenant `me`, which may claim only some app ids.
 fn config() -> String {
+    config_with("        - appId: web\n          methods: [charge]\n          action: allow\n")
+}
+
+/// [`config`] with `callers` as the access rules of app `billing`.
+fn config_with(callers: &str) -> String {
     let uid = my_uid();
-    let access = billing_access_control(
-        "        - appId: web\n          methods: [charge]\n          action: allow\n",
-    );
+    let access = billing_access_control(callers);
     let resiliency = r#"  - name: resiliency
     value:
       apps:
@@ -56,6 +60,16 @@ fn status_of(r: Result<InvokeReply, Error>) -> Status {
 
 async fn connect(d: &Daemon) -> Client {
     Client::connect(&d.socket).await.expect("client connects")
+}
+
+/// The invoke module's pid, from STATUS.
+async fn invoke_pid(c: &Client) -> u32 {
+    let status = c.status().await.expect("status");
+    status
+        .modules
+        .iter()
+        .find(|m| m.name == "invoke")
+        .map_or(0, |m| m.pid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,11 +150,15 @@ async fn calls_take_turns_across_instances_and_unknown_apps_are_not_found() {
         .register("lb", vec![], handler(|_| async { ok(b"one".to_vec()) }))
         .await
         .unwrap();
+    let caller = connect(&d).await;
+    // With one instance, the call earns a direct route to it; the second
+    // registration must revoke it, or every later call would go to `one`.
+    let r = caller.invoke("lb", "m", vec![], Default::default()).await;
+    assert_eq!(r.unwrap().data, b"one");
     let _r2 = two
         .register("lb", vec![], handler(|_| async { ok(b"two".to_vec()) }))
         .await
         .unwrap();
-    let caller = connect(&d).await;
     let mut answers = Vec::new();
     for _ in 0..4 {
         let r = caller.invoke("lb", "m", vec![], Default::default()).await;
@@ -459,5 +477,156 @@ async fn registrations_come_back_after_the_invoke_module_restarts() {
         !serving.is_finished(),
         "serve keeps serving across the restart"
     );
+    serving.abort();
+}
+
+/// Serves one INVOKE_CALL on a raw callee connection, in a blocking task:
+/// answers OK with the call's data, and returns the connection, the call and
+/// its header.
+fn serve_one(mut raw: Raw) -> tokio::task::JoinHandle<(Raw, InvokeCall, Header)> {
+    tokio::task::spawn_blocking(move || {
+        let (h, p) = raw.recv().expect("a call is delivered");
+        assert_eq!((h.opcode, h.flags.0), (Opcode::INVOKE_CALL, 0));
+        let call: InvokeCall = mecha_abi::decode(&p).expect("an InvokeCall");
+        let reply = mecha_abi::encode(&common::invoke_reply(call.data.clone())).unwrap();
+        raw.send(h.response(Status::Ok), &reply);
+        (raw, call, h)
+    })
+}
+
+/// Registers app id `app_id` on a raw connection.
+fn raw_callee(d: &Daemon, app_id: &str) -> Raw {
+    let (mut raw, _) = Raw::hello(&d.socket);
+    let body = mecha_abi::encode(&RegisterRequest {
+        app_id: app_id.into(),
+        methods: vec![],
+    })
+    .unwrap();
+    raw.send(Header::request(Opcode::INVOKE_REGISTER, 7), &body);
+    let (h, p) = raw.recv().expect("register answer");
+    assert_eq!(
+        Status::from_code(h.status),
+        Status::Ok,
+        "{}",
+        error_message(&p)
+    );
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_call_skips_the_module_and_its_route_ends_with_the_callee() {
+    let d = Daemon::start_with(Some(&config()));
+    let raw = raw_callee(&d, "echo");
+    let caller = connect(&d).await;
+    let options = InvokeOptions {
+        content_type: "text/plain".into(),
+        metadata: vec![("k".into(), "v".into())],
+        caller_app_id: "web".into(),
+        trace_parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    };
+    // The first call takes the module's path, which grants the route.
+    let server = serve_one(raw);
+    let r = caller
+        .invoke("echo", "say", b"1".to_vec(), options.clone())
+        .await;
+    assert_eq!(r.expect("the first call").data, b"1");
+    let (raw, by_module, _) = server.await.unwrap();
+    // With the module stopped, only the daemon can deliver the next call.
+    let module = invoke_pid(&caller).await;
+    common::signal(module, libc::SIGSTOP);
+    let server = serve_one(raw);
+    let r = caller
+        .invoke("echo", "say", b"2".to_vec(), options.clone())
+        .await;
+    assert_eq!(r.expect("the routed call").data, b"2");
+    let (mut raw, by_daemon, header) = server.await.unwrap();
+    // It arrives exactly as the module delivers it.
+    assert_eq!(
+        by_daemon,
+        InvokeCall {
+            data: b"2".to_vec(),
+            ..by_module
+        }
+    );
+    assert!(
+        header.deadline_ms > 0 && header.deadline_ms <= 2000,
+        "{header:?}"
+    );
+    // A call the module has not decided (another method) is not routed.
+    let short = caller.with_timeout(Duration::from_millis(300));
+    let r = short.invoke("echo", "other", vec![], options.clone()).await;
+    assert_eq!(status_of(r), Status::DeadlineExceeded);
+    // A routed call the callee does not answer ends at its deadline.
+    let unanswered = tokio::task::spawn_blocking(move || {
+        let frame = raw.recv().expect("the call is delivered");
+        (raw, frame)
+    });
+    let r = short.invoke("echo", "say", vec![], options.clone()).await;
+    assert_eq!(status_of(r), Status::DeadlineExceeded);
+    let (mut raw, _) = unanswered.await.unwrap();
+    // One whose callee's connection closes mid-call is UNAVAILABLE.
+    let call = {
+        let (caller, options) = (caller.clone(), options.clone());
+        tokio::spawn(async move { caller.invoke("echo", "say", vec![], options).await })
+    };
+    tokio::task::spawn_blocking(move || {
+        raw.recv().expect("the call is delivered");
+        drop(raw);
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(call.await.unwrap()), Status::Unavailable);
+    // The route went with the callee's connection, at once.
+    let r = short.invoke("echo", "say", vec![], options.clone()).await;
+    assert_eq!(
+        status_of(r),
+        Status::DeadlineExceeded,
+        "not routed any more"
+    );
+    common::signal(module, libc::SIGCONT);
+    let r = caller.invoke("echo", "say", vec![], options).await;
+    assert_eq!(status_of(r), Status::NotFound);
+    assert_eq!(
+        invoke_pid(&caller).await,
+        module,
+        "the module was not restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_access_control_ends_the_routes_it_allowed() {
+    let d = Daemon::start_with(Some(&config()));
+    let callee = connect(&d).await;
+    // `serve` registers again after the reload restarts the module.
+    let serving = tokio::spawn(async move {
+        callee
+            .serve(
+                "billing",
+                vec![],
+                handler(|_| async { ok(b"paid".to_vec()) }),
+            )
+            .await
+    });
+    let caller = connect(&d).await;
+    let as_web = InvokeOptions {
+        caller_app_id: "web".into(),
+        ..Default::default()
+    };
+    let charge = || caller.invoke("billing", "charge", vec![], as_web.clone());
+    let listed = || String::from_utf8_lossy(&d.mechactl(&["apps"]).stdout).contains("billing");
+    wait_until(Duration::from_secs(10), "billing to register", listed);
+    assert_eq!(charge().await.expect("allowed").data, b"paid");
+    let module = invoke_pid(&caller).await;
+    common::signal(module, libc::SIGSTOP);
+    assert_eq!(charge().await.expect("routed").data, b"paid");
+    common::signal(module, libc::SIGCONT);
+    // Access control now refuses web; the reload restarts the module.
+    let shop_only = "        - appId: shop\n          action: allow\n";
+    std::fs::write(d.dir.path().join("config.yaml"), config_with(shop_only)).unwrap();
+    let out = d.mechactl(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(invoke_pid(&caller).await, module);
+    wait_until(Duration::from_secs(10), "billing to register again", listed);
+    assert_eq!(status_of(charge().await), Status::PermissionDenied);
     serving.abort();
 }

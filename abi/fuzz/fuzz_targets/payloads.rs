@@ -79,6 +79,8 @@ const TYPES: &[fn(&[u8])] = &[
     round_trip::<AppEntry>,
     round_trip::<AppsReply>,
     round_trip::<LinkDeliver>,
+    round_trip::<RouteGrant>,
+    round_trip::<RouteRevoke>,
     round_trip::<PeerHello>,
     round_trip::<PeerAnnounce>,
     // link.rs

@@ -115,6 +115,41 @@ pub struct LinkDeliver {
     pub payload: Vec<u8>,
 }
 
+/// LINK_ROUTE (module → daemon, never answered): later INVOKE requests of
+/// `tenant` that match `app_id`, `method` and `caller_app_id` exactly may be
+/// delivered by the daemon straight to the connection owning the module's
+/// open stream `stream`, as the module would have delivered them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteGrant {
+    /// The caller's tenant (the tenant prefix of the calls the route serves).
+    pub tenant: String,
+    /// The callee's app id.
+    pub app_id: String,
+    /// The method.
+    pub method: String,
+    /// The caller app id the calls carry; empty when anonymous.
+    pub caller_app_id: String,
+    /// The link id of the callee's registration stream.
+    pub stream: u32,
+    /// The node name the daemon puts in INVOKE_CALL's `caller_node`.
+    pub node: String,
+    /// The longest one delivery may wait for its answer, in milliseconds
+    /// (the module's attempt timeout); the request's deadline still applies.
+    pub attempt_ms: u32,
+    /// The most calls of `tenant` the daemon may have in flight on routes at
+    /// once (the module's per-tenant call limit); beyond it calls take the
+    /// module's path.
+    pub max_calls: u32,
+}
+
+/// LINK_UNROUTE (module → daemon, never answered): forget the routes to
+/// `app_id`, or every route when `app_id` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRevoke {
+    /// The callee's app id; empty = all.
+    pub app_id: String,
+}
+
 /// PEER_HELLO request, and its answer: the first frame each way of a peer link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerHello {

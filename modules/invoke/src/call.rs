@@ -10,7 +10,7 @@ use mecha_module::{Opcode, Status};
 
 use crate::acl::Caller;
 use crate::registry::{Miss, Target};
-use crate::resiliency::is_failure;
+use crate::resiliency::{is_failure, Policy};
 use crate::Core;
 
 /// A status and its payload (the reply type, or an `ErrorBody`).
@@ -47,7 +47,7 @@ pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> A
             .timeout_ms
             .map_or(core.settings.call_timeout, Duration::from_millis)
             .min(left);
-        let (status, body) = attempt(core, call, &payload, budget).await;
+        let (status, body) = attempt(core, call, &payload, budget, &policy).await;
         let failed = is_failure(status);
         if let Some(b) = &policy.circuit_breaker {
             core.breakers.record(&call.app_id, b, failed);
@@ -70,11 +70,26 @@ pub async fn invoke(core: &Arc<Core>, call: &InvokeCall, deadline: Instant) -> A
     }
 }
 
-/// One attempt: a local instance first, else a peer node.
-async fn attempt(core: &Arc<Core>, call: &InvokeCall, payload: &[u8], budget: Duration) -> Answer {
+/// One attempt: a local instance first, else a peer node. A local call the
+/// instance answered OK may earn a direct route for the calls like it
+/// (`routes::grant`).
+async fn attempt(
+    core: &Arc<Core>,
+    call: &InvokeCall,
+    payload: &[u8],
+    budget: Duration,
+    policy: &Policy,
+) -> Answer {
     settle().await;
     match core.registry.pick(&call.app_id, &call.method) {
-        Ok(Target::Local(stream)) => serve_local(core, call, payload, budget, Some(stream)).await,
+        Ok(Target::Local(stream)) => {
+            let (answer, delivered) =
+                deliver_local(core, call, payload, budget, Some(stream)).await;
+            if let (Status::Ok, Some(stream)) = (answer.0, delivered) {
+                crate::routes::grant(core, call, stream, policy);
+            }
+            answer
+        }
         Ok(Target::Remote(node)) => match core.mesh.get() {
             Some(mesh) => mesh.invoke(&node, payload.to_vec(), budget).await,
             None => error(Status::Unavailable, "peer links are not configured"),
@@ -93,6 +108,17 @@ pub async fn serve_local(
     budget: Duration,
     picked: Option<u32>,
 ) -> Answer {
+    deliver_local(core, call, payload, budget, picked).await.0
+}
+
+/// [`serve_local`], also saying which instance the call was delivered to.
+async fn deliver_local(
+    core: &Arc<Core>,
+    call: &InvokeCall,
+    payload: &[u8],
+    budget: Duration,
+    picked: Option<u32>,
+) -> (Answer, Option<u32>) {
     let caller = Caller {
         app_id: &call.caller_app_id,
         tenant: &call.caller_tenant,
@@ -103,13 +129,11 @@ pub async fn serve_local(
         .access
         .check(&call.app_id, &call.method, &caller)
     {
-        return error(Status::PermissionDenied, &why);
+        return (error(Status::PermissionDenied, &why), None);
     }
     let Some(daemon) = core.daemon.get() else {
-        return error(
-            Status::Unavailable,
-            "the module is not attached to the daemon yet",
-        );
+        let why = "the module is not attached to the daemon yet";
+        return (error(Status::Unavailable, why), None);
     };
     if picked.is_none() {
         settle().await;
@@ -123,8 +147,8 @@ pub async fn serve_local(
         let stream =
             match picked.map_or_else(|| core.registry.pick_local(&call.app_id, &call.method), Ok) {
                 Ok(s) if !gone.contains(&s) => s,
-                Ok(_) => return not_found(call, Miss::NoApp),
-                Err(miss) => return not_found(call, miss),
+                Ok(_) => return (not_found(call, Miss::NoApp), None),
+                Err(miss) => return (not_found(call, miss), None),
             };
         let (status, body) = daemon
             .deliver(stream, Opcode::INVOKE_CALL, payload.to_vec(), budget)
@@ -135,7 +159,7 @@ pub async fn serve_local(
         // registration task tells the two apart: the daemon cancels a stream
         // on the link before it refuses deliveries to it.
         if status != Status::NotFound || instance_open(core, &call.app_id, stream).await {
-            return (status, body);
+            return ((status, body), Some(stream));
         }
         tracing::debug!(app_id = %call.app_id, stream, "instance gone before the call was delivered");
         gone.push(stream);

@@ -13,6 +13,7 @@ pub mod owners;
 pub mod registry;
 pub mod resiliency;
 pub mod resolve;
+mod routes;
 pub mod settings;
 mod tls;
 pub mod trace;
@@ -54,6 +55,9 @@ pub(crate) struct Core {
     pub mesh: OnceLock<Arc<mesh::Mesh>>,
     pub admission: Arc<Admission>,
     pub warnings: Warnings,
+    /// Orders route grants against the revocations registrations send
+    /// (`routes`): held while deciding and sending either.
+    pub route_order: Mutex<()>,
     /// Where the ownership journal lives; empty = nowhere (no persistence).
     data_dir: PathBuf,
     /// The ownership journal, once replayed (see [`Core::load_owners`]).
@@ -167,6 +171,7 @@ impl Module for InvokeModule {
             daemon: OnceLock::new(),
             mesh: OnceLock::new(),
             warnings: Warnings::default(),
+            route_order: Mutex::new(()),
             data_dir: PathBuf::from(&hello.data_dir),
             journal: Mutex::new(None),
             loaded: OnceLock::new(),
@@ -251,6 +256,9 @@ impl InvokeModule {
         let id = stream.id();
         let (probe, mut probes) = mpsc::channel::<oneshot::Sender<()>>(16);
         let limit = core.settings.max_registrations_per_tenant;
+        // A new instance makes calls take turns again: the routes to the app
+        // id are revoked before any call can be delivered to it.
+        let order = core.route_order.lock();
         let first = core
             .registry
             .register(&req.app_id, &ctx.tenant, id, req.methods, probe, limit)
@@ -276,6 +284,8 @@ impl InvokeModule {
                 core.warnings.warn("register", &format!("registration refused: {msg}"));
                 Reply::error(status, msg)
             })?;
+        routes::revoke(core, &req.app_id);
+        drop(order);
         if first {
             core.record(&req.app_id, &ctx.tenant, true);
         }

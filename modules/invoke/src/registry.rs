@@ -228,6 +228,21 @@ impl Registry {
         }
     }
 
+    /// The stream of the one local instance of `app_id` serving `method`,
+    /// when exactly one does: only then may a call go to it without the
+    /// module taking turns (a direct route, `routes`).
+    pub fn sole_instance(&self, app_id: &str, method: &str) -> Option<u32> {
+        let t = self.tables.lock();
+        let mut serving = t
+            .local
+            .get(app_id)?
+            .instances
+            .iter()
+            .filter(|inst| inst.methods.is_empty() || inst.methods.iter().any(|m| m == method));
+        let one = serving.next()?;
+        serving.next().is_none().then_some(one.stream)
+    }
+
     /// Whether `tenant` holds `app_id` at run time: it has instances of it on
     /// this node, or a reservation that has not lapsed.
     pub fn holds(&self, tenant: &str, app_id: &str) -> bool {

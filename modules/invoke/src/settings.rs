@@ -70,6 +70,9 @@ pub struct Settings {
     /// none. Below the daemon's health timeout, so that calls a callee never
     /// answers free their slots before the daemon would miss a health ping.
     pub call_timeout: Duration,
+    /// Whether the module grants the daemon direct routes for calls it has
+    /// decided (`directRoutes`, default true; SPEC §8 LINK_ROUTE).
+    pub direct_routes: bool,
 }
 
 /// Default of `reservationGraceMs`.
@@ -142,6 +145,12 @@ pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
             "is true but no tlsCertFile/tlsKeyFile/tlsCaFile are set".into(),
         ));
     }
+    let direct_routes = match field("directRoutes") {
+        None => true,
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| fail("directRoutes", format!("{v:?} is not true or false")))?,
+    };
     let discovery = match (field("peers"), field("dnsName")) {
         (Some(_), Some(_)) => return Err(fail("peers", "set peers or dnsName, not both".into())),
         (Some(p), None) => Discovery::Static(parse_peers(p).map_err(|e| fail("peers", e))?),
@@ -204,6 +213,7 @@ pub fn parse(components: &[ComponentSpec]) -> Result<Settings, String> {
         max_registrations_per_tenant,
         max_calls_per_tenant,
         call_timeout,
+        direct_routes,
     })
 }
 

@@ -1,6 +1,7 @@
-//! Module → daemon requests (SPEC §8): today only LINK_DELIVER, which asks
-//! the daemon to deliver a request to the connection owning one of this
-//! module's streams and to answer with that connection's response.
+//! Module → daemon requests (SPEC §8): LINK_DELIVER, which asks the daemon
+//! to deliver a request to the connection owning one of this module's
+//! streams and to answer with that connection's response, and the one-way
+//! route frames (LINK_ROUTE, LINK_UNROUTE) of the invoke module.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,6 +129,24 @@ impl DaemonLink {
                     "the daemon did not answer in time",
                 )
             }
+        }
+    }
+
+    /// Sends a one-way request the daemon never answers (LINK_ROUTE,
+    /// LINK_UNROUTE, SPEC §8), queued at once without waiting, so that two
+    /// of them sent one after the other reach the daemon in that order and
+    /// before anything sent later. False when the link is closed or the
+    /// payload cannot be encoded.
+    pub fn notify<T: serde::Serialize>(&self, opcode: Opcode, value: &T) -> bool {
+        let Ok(body) = mecha_abi::encode(value) else {
+            return false;
+        };
+        let tx = self.inner.tx.lock().clone();
+        match tx {
+            Some(tx) => tx
+                .send(OutFrame::new(Header::request(opcode, 0), Bytes::from(body)))
+                .is_ok(),
+            None => false,
         }
     }
 

@@ -534,6 +534,23 @@ class LinkDeliver:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RouteGrant:
+    tenant: str
+    app_id: str
+    method: str
+    caller_app_id: str
+    stream: U32
+    node: str
+    attempt_ms: U32
+    max_calls: U32
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRevoke:
+    app_id: str
+
+
 PAYLOAD_TYPES: dict[str, Any] = {
     name: obj for name, obj in list(globals().items())
     if isinstance(obj, type) and obj.__module__ == __name__

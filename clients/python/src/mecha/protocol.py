@@ -67,6 +67,8 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0xF003: ("LINK_DRAIN", None, None),
     0xF004: ("LINK_CANCEL", None, None),
     0xF005: ("LINK_DELIVER", t.LinkDeliver, t.InvokeReply),  # the delivered call's answer
+    0xF006: ("LINK_ROUTE", t.RouteGrant, None),
+    0xF007: ("LINK_UNROUTE", t.RouteRevoke, None),
     0xF101: ("PEER_HELLO", t.PeerHello, t.PeerHello),
     0xF102: ("PEER_ANNOUNCE", t.PeerAnnounce, None),
     0xF103: ("PEER_INVOKE", t.InvokeCall, t.InvokeReply),
