@@ -117,13 +117,7 @@ fn open(
                         Status::PermissionDenied,
                         "the dapr-api-token is not one mechad knows".to_string(),
                     ))?;
-                    let peer = identify(&fd, bound).unwrap_or_else(|_| Peer {
-                        socket: Arc::clone(&bound.unix_path),
-                        personality: true,
-                        uid: u32::MAX,
-                        gid: u32::MAX,
-                        ..Peer::default()
-                    });
+                    let peer = identify(&fd, bound).unwrap_or_else(|_| nobody(bound));
                     let tenant = hub.daemon.tenants.read().named(name);
                     (peer, Some(tenant))
                 }
@@ -141,14 +135,7 @@ fn open(
                 Status::PermissionDenied,
                 format!("no tenant rule's appIds names {app_id:?}"),
             ))?;
-            let peer = Peer {
-                socket: Arc::clone(&bound.unix_path),
-                personality: true,
-                uid: u32::MAX,
-                gid: u32::MAX,
-                ..Peer::default()
-            };
-            (peer, Some(tenant))
+            (nobody(bound), Some(tenant))
         }
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
@@ -165,6 +152,19 @@ fn open(
         hub.shutdown.clone(),
     ));
     Ok(OwnedFd::from(theirs))
+}
+
+/// The peer of a session whose tenant mechad's configuration names (an API
+/// token's, an app's) when the kernel names no one: no uid or gid any rule
+/// could match, and never an admin.
+fn nobody(bound: &Bound) -> Peer {
+    Peer {
+        socket: Arc::clone(&bound.unix_path),
+        personality: true,
+        uid: u32::MAX,
+        gid: u32::MAX,
+        ..Peer::default()
+    }
 }
 
 /// Who is behind a caller's socket: SO_PEERCRED for a Unix socket; for TCP,

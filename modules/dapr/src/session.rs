@@ -13,9 +13,12 @@ use mecha_wire::session::{self, Broker};
 
 use crate::ops::configuration::Watches;
 
-/// How many distinct API tokens one connection may present; each is a
-/// session of its own. More are refused, so one connection cannot make the
-/// daemon open sessions without bound.
+/// The gRPC metadata key and HTTP header of Dapr's API token.
+pub const TOKEN_HEADER: &str = "dapr-api-token";
+
+/// How many sessions one connection may ask for, one per API token it
+/// presents, whether granted or not. More are refused, so one connection
+/// cannot make the daemon open sessions, or try tokens, without bound.
 pub const MAX_TOKENS_PER_CONNECTION: usize = 4;
 
 /// Why a caller is not served: the status and message mechad (or the
@@ -58,19 +61,15 @@ impl Sessions {
                     session::SESSION_FD_ENV
                 ))
             })?;
-        Ok(Self::new(crate::listen::take_fd(fd)))
+        Self::new(crate::listen::take_fd(fd))
     }
 
     /// Wraps the module's end of a broker socketpair.
-    pub fn new(fd: OwnedFd) -> Self {
-        Self {
-            broker: Broker::new(fd).unwrap_or_else(|e| {
-                // Only fails when the runtime has no reactor, which `run`
-                // always provides; the module cannot serve without it.
-                panic!("cannot register the session broker: {e}")
-            }),
+    pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        Ok(Self {
+            broker: Broker::new(fd)?,
             turn: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     /// Asks mechad for a session for the caller behind `client`, presenting

@@ -40,9 +40,6 @@ pub use service::Api;
 /// for one of its streams to end.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
-/// The metadata key (and HTTP header) of Dapr's API token.
-pub const TOKEN_HEADER: &str = "dapr-api-token";
-
 /// Serves gRPC on whichever of the two listeners is present, until the
 /// process exits.
 pub async fn serve(
@@ -93,7 +90,7 @@ pub(crate) fn caller_of<T>(
         .ok_or_else(|| tonic::Status::internal("a request without its connection"))?;
     let token = request
         .metadata()
-        .get(TOKEN_HEADER)
+        .get(crate::session::TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     Ok((caller, token))
@@ -120,10 +117,6 @@ pub(crate) fn refused(r: Refused) -> tonic::Status {
 }
 
 /// A native client error as a gRPC status.
-// The state, lock, secrets, configuration and metadata methods answer
-// through `ops::dapr_error` instead; the pub/sub and invocation methods use
-// this, so it stays even where they are not built yet.
-#[allow(dead_code)]
 pub(crate) fn failed(e: mecha_client::Error) -> tonic::Status {
     let code = e.status().map_or(tonic::Code::Unavailable, code_of);
     tonic::Status::new(code, e.to_string())

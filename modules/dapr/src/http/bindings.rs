@@ -30,11 +30,7 @@ struct Invocation {
 
 /// `POST /v1.0/bindings/{name}`: 200 with the result's data (204 when it
 /// has none); the result's metadata comes as `metadata.<name>` headers.
-pub async fn invoke(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(try_invoke(caller, req).await)
-}
-
-async fn try_invoke(
+pub async fn invoke(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

@@ -47,11 +47,7 @@ pub fn by_header<B>(req: &Request<B>) -> bool {
 /// Any verb on `/v1.0/invoke/{app}/method/{method}`: the callee's answer,
 /// with its status (200 unless an HTTP callee said otherwise) and content
 /// type.
-pub async fn invoke(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(try_invoke(caller, req).await)
-}
-
-async fn try_invoke(
+pub async fn invoke(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

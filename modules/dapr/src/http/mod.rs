@@ -5,8 +5,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 
 use crate::accept::{self, Accepted, Listener, Protocol};
@@ -23,8 +21,7 @@ mod request;
 mod secrets;
 mod state;
 
-/// An answer body.
-pub type Body = Full<Bytes>;
+use reply::Body;
 
 /// Serves HTTP on `listener` until the process exits.
 pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
@@ -46,23 +43,24 @@ pub async fn serve(listener: tokio::net::TcpListener, sessions: Arc<Sessions>) {
     }
 }
 
-/// One request to its handler.
+/// One request to its handler; a failure becomes Dapr's error answer here,
+/// once for every route.
 async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    match (req.method(), path.as_str()) {
+    reply::either(match (req.method(), path.as_str()) {
         (&hyper::Method::GET, "/v1.0/healthz" | "/v1.0/healthz/outbound") => {
-            empty(StatusCode::NO_CONTENT)
+            Ok(reply::nothing(StatusCode::NO_CONTENT))
         }
-        (_, p) if p.starts_with(state::PREFIX) => reply::either(state::serve(caller, req).await),
+        (_, p) if p.starts_with(state::PREFIX) => state::serve(caller, req).await,
         (_, p) if p.starts_with(lock::LOCK_PREFIX) || p.starts_with(lock::UNLOCK_PREFIX) => {
-            reply::either(lock::serve(caller, req).await)
+            lock::serve(caller, req).await
         }
-        (_, p) if p.starts_with(secrets::PREFIX) => reply::either(secrets::serve(caller, req).await),
+        (_, p) if p.starts_with(secrets::PREFIX) => secrets::serve(caller, req).await,
         (_, p) if configuration::PREFIXES.iter().any(|c| p.starts_with(c)) => {
-            reply::either(configuration::serve(caller, req).await)
+            configuration::serve(caller, req).await
         }
         (_, p) if p == metadata::PATH || p.starts_with("/v1.0/metadata/") => {
-            reply::either(metadata::serve(caller, req).await)
+            metadata::serve(caller, req).await
         }
         (&hyper::Method::POST, p) if p.starts_with(pubsub::PUBLISH) => {
             pubsub::publish(caller, req).await
@@ -73,15 +71,8 @@ async fn route(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response
             bindings::invoke(caller, req).await
         }
         _ if invoke::by_header(&req) => invoke::invoke(caller, req).await,
-        (method, path) => reply::error(crate::ops::dapr_error::DaprError::unimplemented(format!(
+        (method, path) => Err(crate::ops::dapr_error::DaprError::unimplemented(format!(
             "the mecha Dapr personality does not implement {method} {path}; see README.md for what it serves"
         ))),
-    }
-}
-
-/// An answer without a body.
-pub fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
+    })
 }

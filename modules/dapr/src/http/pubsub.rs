@@ -21,11 +21,7 @@ pub const BULK: &str = "/v1.0-alpha1/publish/bulk/";
 /// `POST /v1.0/publish/{pubsub}/{topic}`: the body is the payload, its
 /// `Content-Type` the event's content type, `metadata.*` query parameters
 /// its metadata. 204 once stored.
-pub async fn publish(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(try_publish(caller, req).await)
-}
-
-async fn try_publish(
+pub async fn publish(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {
@@ -87,11 +83,7 @@ struct JsonEntry {
 /// `POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}`: the body is a JSON
 /// array of `{entryId, event, contentType, metadata}`. 204 when every entry
 /// was stored; else 500 with the failed entries, as Dapr answers.
-pub async fn bulk(caller: &Caller, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    reply::either(try_bulk(caller, req).await)
-}
-
-async fn try_bulk(
+pub async fn bulk(
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DaprError> {

@@ -20,8 +20,7 @@ use crate::session::Caller;
 /// refused before it is read whole.
 pub const MAX_BODY: usize = 4 << 20;
 
-/// The header carrying Dapr's API token.
-pub const TOKEN_HEADER: &str = "dapr-api-token";
+pub use crate::session::TOKEN_HEADER;
 
 /// The prefix of query parameters that are request metadata.
 const METADATA_PREFIX: &str = "metadata.";
