@@ -3,7 +3,8 @@
 //! over sweeps of connections and pipelining depth, plus start-up time and
 //! memory; how fast a module
 //! serves again after a crash or a hot restart; pub/sub, lock and sequencer
-//! on the default stores; and state.get from every client library.
+//! on the default stores; state.get from every client library; and the pause
+//! a live hand-over of mechad puts into a running load.
 
 mod backends;
 mod bindings;
@@ -26,8 +27,10 @@ mod recovery_reads;
 mod redis;
 mod report;
 mod sweep;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -94,6 +97,41 @@ enum Cmd {
     /// Needs a Python with `dapr` and mecha's client (--python). 5000
     /// operations per scenario (500 with --quick).
     Dapr(DaprArgs),
+    /// The pause of a live hand-over: state get/set from several connections
+    /// in closed loops through a steady window and then several
+    /// `mechactl daemon upgrade`s a few seconds apart; p50, p99 and max of
+    /// the requests that overlapped a hand-over against steady state, and
+    /// the failed requests. Needs mechactl beside mechad.
+    Upgrade(UpgradeArgs),
+}
+
+/// `upgrade`'s options.
+#[derive(clap::Args, Debug)]
+struct UpgradeArgs {
+    /// A short run: a 2 s steady window and 2 hand-overs 1 s apart.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Connections, each with one request at a time.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    connections: usize,
+    /// Hand-overs (default 5, or 2 with --quick).
+    #[arg(long, value_name = "N")]
+    handovers: Option<usize>,
+    /// Seconds between one hand-over's end and the next (default 3, or 1
+    /// with --quick). The steady window before the first is 5 s (2 s with
+    /// --quick).
+    #[arg(long, value_name = "SECONDS")]
+    gap: Option<u64>,
+    /// Bytes of each stored value.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    payload: usize,
+    /// Where mechad, mechactl and mecha-mod-state are. Default: beside
+    /// mecha-bench.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 /// `dapr`'s options.
@@ -233,6 +271,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dapr(args) => dapr_bench(args),
         Cmd::Durable(args) => durable_bench(args),
         Cmd::FloodWorker(args) => flood::worker(args),
+        Cmd::Upgrade(args) => upgrade_bench(args),
     }
 }
 
@@ -246,6 +285,29 @@ fn bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .context("mecha-bench has no parent directory")?
             .to_path_buf()),
     }
+}
+
+fn upgrade_bench(args: UpgradeArgs) -> anyhow::Result<()> {
+    let gap = Duration::from_secs(args.gap.unwrap_or(if args.quick { 1 } else { 3 }));
+    let plan = upgrade::Plan {
+        connections: args.connections.max(1),
+        handovers: args
+            .handovers
+            .unwrap_or(if args.quick { 2 } else { 5 })
+            .max(1),
+        steady: Duration::from_secs(if args.quick { 2 } else { 5 }),
+        gap,
+        payload: args.payload,
+    };
+    let bin_dir = bin_dir(args.bin_dir)?;
+    daemon::require(&bin_dir, &["mecha-mod-state"])?;
+    let results = upgrade::run(&bin_dir, &plan)?;
+    print!("{}", upgrade::markdown(&results));
+    if let Some(path) = &args.json {
+        upgrade::write_json(path, &results)?;
+        eprintln!("[mecha-bench] wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn durable_bench(args: Run) -> anyhow::Result<()> {
