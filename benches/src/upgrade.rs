@@ -7,7 +7,7 @@
 //! request is counted (target: none, and none slower than 50 ms during a
 //! hand-over).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -213,7 +213,10 @@ fn measure(bin_dir: &Path, mechactl: &Path, socket: &Path, plan: &Plan) -> anyho
         if s.start >= steady_from && end <= steady_to {
             record(&mut steady, s.took);
         }
-        if windows.iter().any(|&(from, to)| s.start <= to && end >= from) {
+        if windows
+            .iter()
+            .any(|&(from, to)| s.start <= to && end >= from)
+        {
             record(&mut during, s.took);
         }
     }
@@ -266,14 +269,11 @@ fn worker(
         while !stop.load(Ordering::Relaxed) {
             let key = &keys[i % KEYS];
             let start = Instant::now();
-            let result = if i % 2 == 0 {
-                client
-                    .get("disk", key)
-                    .await
-                    .and_then(|entry| match entry {
-                        Some(_) => Ok(()),
-                        None => Err(mecha_client::Error::Protocol(format!("{key} is missing"))),
-                    })
+            let result = if i.is_multiple_of(2) {
+                client.get("disk", key).await.and_then(|entry| match entry {
+                    Some(_) => Ok(()),
+                    None => Err(mecha_client::Error::Protocol(format!("{key} is missing"))),
+                })
             } else {
                 client
                     .set("disk", key, value.to_vec(), SetOptions::default())
@@ -317,7 +317,10 @@ fn wait_gone(pid: u32) -> anyhow::Result<()> {
             .ok()
             .and_then(|stat| {
                 let close = stat.rfind(')')?;
-                stat[close + 1..].split_whitespace().next().map(str::to_owned)
+                stat[close + 1..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
             });
         match state.as_deref() {
             None | Some("Z") => return Ok(()),
@@ -388,7 +391,7 @@ pub fn markdown(r: &Results) -> String {
 }
 
 /// Writes the results as JSON.
-pub fn write_json(path: &PathBuf, r: &Results) -> anyhow::Result<()> {
+pub fn write_json(path: &Path, r: &Results) -> anyhow::Result<()> {
     let doc = serde_json::json!({
         "connections": r.plan.connections,
         "payload": r.plan.payload,

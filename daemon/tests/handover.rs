@@ -262,7 +262,7 @@ impl Load {
     fn start_pubsub(&mut self, d: &Daemon) {
         let subscribed = Arc::new(AtomicBool::new(false));
         let tally = self.tally("pubsub subscriber");
-        let (stop, socket) = (Arc::clone(&self.stop), d.socket.clone());
+        let socket = d.socket.clone();
         let (received, again, resubscribes) = (
             Arc::clone(&self.received),
             Arc::clone(&self.redeliveries),
@@ -423,9 +423,11 @@ impl Load {
     fn wait_progress(&self, what: &str) {
         let before: Vec<u64> = self.tallies.iter().map(|(_, t)| t.count()).collect();
         for ((name, tally), before) in self.tallies.iter().zip(before) {
-            wait_until(PATIENCE, &format!("{what}: {name} to make progress"), || {
-                tally.count() >= before + PROGRESS
-            });
+            wait_until(
+                PATIENCE,
+                &format!("{what}: {name} to make progress"),
+                || tally.count() >= before + PROGRESS,
+            );
         }
     }
 
@@ -540,8 +542,7 @@ impl Node {
     /// Runs `mechactl daemon upgrade --binary binary`.
     fn upgrade(&self, binary: &Path) -> Output {
         let binary = binary.to_str().expect("a UTF-8 binary path");
-        self.d
-            .mechactl(&["daemon", "upgrade", "--binary", binary])
+        self.d.mechactl(&["daemon", "upgrade", "--binary", binary])
     }
 
     /// Upgrades to `binary`, which must succeed: mechactl names the old and
@@ -650,11 +651,7 @@ fn an_upgrade_under_load_fails_no_request_and_reconnects_no_client() {
     // The callee is reachable by its app id from a new connection too.
     let fresh = one_attempt(&node.d.socket);
     assert!(
-        fresh
-            .apps()
-            .expect("apps")
-            .iter()
-            .any(|a| a.app_id == APP),
+        fresh.apps().expect("apps").iter().any(|a| a.app_id == APP),
         "{APP} is no longer listed"
     );
     let reply = fresh
@@ -670,8 +667,11 @@ fn an_upgrade_under_load_fails_no_request_and_reconnects_no_client() {
 /// that it passes the daemon's check of an upgrade binary and really runs.
 fn broken_binary(dir: &Path) -> PathBuf {
     let path = dir.join("mechad-broken");
-    std::fs::write(&path, "#!/bin/sh\necho 'this mechad is broken on purpose' >&2\nexit 1\n")
-        .expect("writing the broken binary");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'this mechad is broken on purpose' >&2\nexit 1\n",
+    )
+    .expect("writing the broken binary");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .expect("chmod the broken binary");
     path
