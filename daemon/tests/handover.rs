@@ -473,6 +473,14 @@ impl Load {
             None,
             "the callee's registration ended"
         );
+        // The daemon re-opens the stream on the new pubsub module itself: the
+        // subscription never sees its stream end, so it never subscribes
+        // again.
+        assert_eq!(
+            self.resubscribes.load(Ordering::Relaxed),
+            0,
+            "the subscription's stream was reset"
+        );
         let published = self.published.lock().expect("lock");
         let received = self.received.lock().expect("lock");
         let missing: Vec<_> = published.difference(&received).collect();
