@@ -431,6 +431,17 @@ impl Load {
         }
     }
 
+    /// Runs `f` (a hand-over) and says how many requests the clients
+    /// completed meanwhile: a record that the load ran through it, not an
+    /// assertion, since how many fit in depends on the machine.
+    fn during<T>(&self, what: &str, f: impl FnOnce() -> T) -> T {
+        let total = || self.tallies.iter().map(|(_, t)| t.count()).sum::<u64>();
+        let before = total();
+        let out = f();
+        eprintln!("{what}: {} requests completed meanwhile", total() - before);
+        out
+    }
+
     /// Stops every client, waits for them, and asserts that none failed a
     /// request or reconnected, that the subscriber received every published
     /// number, and that the callee's registration never ended.
@@ -646,9 +657,9 @@ fn an_upgrade_under_load_fails_no_request_and_reconnects_no_client() {
     let mechad = bin_dir().join("mechad");
     let first = node.pid;
 
-    let second = node.upgrade_ok(&mechad);
+    let second = load.during("the first hand-over", || node.upgrade_ok(&mechad));
     load.wait_progress("after the first hand-over");
-    let third = node.upgrade_ok(&mechad);
+    let third = load.during("the second hand-over", || node.upgrade_ok(&mechad));
     load.wait_progress("after the second hand-over");
     assert!(first != second && second != third && first != third);
 
