@@ -173,6 +173,11 @@ pub async fn serve_as(
         conn.version = resume.version;
         reader.prime(&resume.unread);
         conn.reopen(resume.streams).await;
+        // Nothing else is served until every connection taken over has its
+        // streams open again: a call must find its callee registered.
+        freeze.reopened();
+        let _ = tokio::time::timeout(crate::handover::take::REOPEN_TIMEOUT, freeze.all_reopened())
+            .await;
     }
     let mut quiet_in = None;
     let exit = conn
@@ -331,6 +336,13 @@ impl Conn {
             }
         }
         self.caller.flush();
+        // Open means answered: the silent answers bring the permits back.
+        let all = self.caller.daemon.max_in_flight;
+        let _ = tokio::time::timeout(
+            crate::handover::take::REOPEN_TIMEOUT,
+            self.permits.acquire_many(all),
+        )
+        .await;
     }
 
     /// Hands the connection to the daemon taking over: writes what is

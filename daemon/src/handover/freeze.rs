@@ -73,6 +73,10 @@ pub struct Freeze {
     /// Counts holding episodes, so that a report from an earlier one is
     /// never taken back from a later one's count.
     episode: std::sync::atomic::AtomicU64,
+    /// Connections taken over whose streams are not open again yet: until
+    /// none is left, no connection serves other requests, so that a call
+    /// never finds its callee's registration missing.
+    reopening: AtomicUsize,
     changed: Notify,
 }
 
@@ -83,6 +87,7 @@ impl Default for Freeze {
             live: AtomicUsize::new(0),
             quiet: AtomicUsize::new(0),
             episode: std::sync::atomic::AtomicU64::new(0),
+            reopening: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
@@ -144,6 +149,30 @@ impl Freeze {
         loop {
             let changed = self.changed.notified();
             if self.quiet.load(Ordering::Acquire) >= self.live.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// A connection taken over will open its streams again.
+    pub fn reopening(&self) {
+        self.reopening.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A connection taken over has opened its streams again (or given up).
+    pub fn reopened(&self) {
+        let _ = self
+            .reopening
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every connection taken over has opened its streams again.
+    pub async fn all_reopened(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.reopening.load(Ordering::Acquire) == 0 {
                 return;
             }
             changed.await;
