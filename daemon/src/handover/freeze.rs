@@ -77,8 +77,16 @@ pub struct Freeze {
     /// none is left, no connection serves other requests, so that a call
     /// never finds its callee's registration missing.
     reopening: AtomicUsize,
+    /// Bytes of requests all holding connections keep, within
+    /// [`HOLD_TOTAL`]: a tenant with many connections cannot make a
+    /// hand-over cost the daemon much memory; past it, requests wait in the
+    /// sockets, which move with them.
+    held: AtomicUsize,
     changed: Notify,
 }
+
+/// The most bytes of requests holding connections keep in all.
+pub const HOLD_TOTAL: usize = 64 * 1024 * 1024;
 
 impl Default for Freeze {
     fn default() -> Self {
@@ -88,6 +96,7 @@ impl Default for Freeze {
             quiet: AtomicUsize::new(0),
             episode: std::sync::atomic::AtomicU64::new(0),
             reopening: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
@@ -152,6 +161,24 @@ impl Freeze {
                 return;
             }
             changed.await;
+        }
+    }
+
+    /// True while holding connections may keep more bytes.
+    pub fn may_hold(&self) -> bool {
+        self.held.load(Ordering::Acquire) < HOLD_TOTAL
+    }
+
+    /// Counts `bytes` more (or, negative, fewer) kept by holding connections.
+    pub fn hold_bytes(&self, bytes: isize) {
+        if bytes >= 0 {
+            self.held.fetch_add(bytes.unsigned_abs(), Ordering::AcqRel);
+        } else {
+            let _ = self
+                .held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    Some(h.saturating_sub(bytes.unsigned_abs()))
+                });
         }
     }
 

@@ -214,6 +214,7 @@ fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::R
         streams: state.streams,
         unread: state.unread,
     };
+    let live = daemon.freeze.enter();
     tokio::spawn(crate::conn::serve_as(
         stream,
         peer,
@@ -221,5 +222,6 @@ fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::R
         Arc::clone(daemon),
         shutdown,
         Some(resume),
+        live,
     ));
 }
