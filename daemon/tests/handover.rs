@@ -517,6 +517,16 @@ impl Load {
     }
 }
 
+impl Drop for Load {
+    fn drop(&mut self) {
+        // On a failed assertion the clients stop too, and the Python
+        // process does not outlive the test.
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.python.kill();
+        let _ = self.python.wait();
+    }
+}
+
 /// Starts the Python client's script against `d`; it stops when `stop`
 /// exists.
 fn start_python(d: &Daemon, stop: &Path) -> Child {
