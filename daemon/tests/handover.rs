@@ -469,11 +469,13 @@ impl Load {
         for r in &report.refusals {
             failures.push(format!("python state: a refused request: {r}"));
         }
+        // A client whose connection closed fails every request at once and
+        // in a loop, so only the first failures are shown.
         assert!(
             failures.is_empty(),
-            "{} failed requests:\n{}",
+            "{} failed requests, the first of them:\n{}",
             failures.len(),
-            failures.join("\n")
+            failures[..failures.len().min(40)].join("\n")
         );
         assert_eq!(
             report.connects, 1,
