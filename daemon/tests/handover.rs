@@ -460,22 +460,24 @@ impl Load {
         assert!(status.success(), "the python client exited with {status}");
         let report = report.expect("the python client printed its report");
 
-        let mut failures = Vec::new();
-        for (name, tally) in &self.tallies {
-            for f in tally.failures.lock().expect("lock").iter() {
-                failures.push(format!("{name}: {f}"));
-            }
-        }
-        for r in &report.refusals {
-            failures.push(format!("python state: a refused request: {r}"));
-        }
         // A client whose connection closed fails every request at once and
-        // in a loop, so only the first failures are shown.
+        // in a loop, so only each client's first failures are shown.
+        let (mut failed, mut shown) = (0, Vec::new());
+        let refusals = report.refusals.iter().map(|r| format!("refused: {r}"));
+        let python = ("python state (answers)", refusals.collect::<Vec<_>>());
+        let lists = self
+            .tallies
+            .iter()
+            .map(|(name, t)| (*name, t.failures.lock().expect("lock").clone()))
+            .chain(std::iter::once(python));
+        for (name, list) in lists {
+            failed += list.len();
+            shown.extend(list.iter().take(10).map(|f| format!("{name}: {f}")));
+        }
         assert!(
-            failures.is_empty(),
-            "{} failed requests, the first of them:\n{}",
-            failures.len(),
-            failures[..failures.len().min(40)].join("\n")
+            failed == 0,
+            "{failed} failed requests; each client's first:\n{}",
+            shown.join("\n")
         );
         assert_eq!(
             report.connects, 1,
