@@ -322,9 +322,7 @@ impl Load {
             }
             resubscribes.store(sub.resubscribes(), Ordering::Relaxed);
         }));
-        wait_until(PATIENCE, "the subscriber to subscribe", || {
-            subscribed.load(Ordering::Relaxed)
-        });
+        self.wait_started("the subscriber to subscribe", &subscribed);
 
         let tally = self.tally("pubsub publisher");
         let (stop, socket) = (Arc::clone(&self.stop), d.socket.clone());
@@ -398,9 +396,7 @@ impl Load {
                 }
             });
         }));
-        wait_until(PATIENCE, "the callee to register", || {
-            registered.load(Ordering::Relaxed)
-        });
+        self.wait_started("the callee to register", &registered);
 
         let tally = self.tally("invoke caller");
         let (stop, socket) = (Arc::clone(&self.stop), d.socket.clone());
@@ -419,16 +415,57 @@ impl Load {
         }));
     }
 
+    /// Waits until the thread started last sets `flag`; if it ends first
+    /// (its panic is printed above), says so at once.
+    fn wait_started(&self, what: &str, flag: &AtomicBool) {
+        let thread = self.threads.last().expect("a thread was started");
+        wait_until(PATIENCE, what, || {
+            assert!(!thread.is_finished(), "the thread ended before {what}");
+            flag.load(Ordering::Relaxed)
+        });
+    }
+
     /// Waits until every client has made [`PROGRESS`] more successful
     /// requests than now: the load is running, whatever the daemon does.
+    /// A failed request ends the wait at once with the failures, and so
+    /// does a client that makes no progress within [`PATIENCE`], with every
+    /// client's count, so that the panic says what went wrong.
     fn wait_progress(&self, what: &str) {
         let before: Vec<u64> = self.tallies.iter().map(|(_, t)| t.count()).collect();
-        for ((name, tally), before) in self.tallies.iter().zip(before) {
-            wait_until(
-                PATIENCE,
-                &format!("{what}: {name} to make progress"),
-                || tally.count() >= before + PROGRESS,
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let failures: Vec<String> = self
+                .tallies
+                .iter()
+                .flat_map(|(name, t)| {
+                    let list = t.failures.lock().expect("lock");
+                    list.iter()
+                        .take(10)
+                        .map(|f| format!("{name}: {f}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert!(
+                failures.is_empty(),
+                "{what}: requests failed; each client's first:\n{}",
+                failures.join("\n")
             );
+            let behind: Vec<String> = self
+                .tallies
+                .iter()
+                .zip(&before)
+                .filter(|((_, t), &b)| t.count() < b + PROGRESS)
+                .map(|((name, t), b)| format!("{name} ({} ok, {b} before)", t.count()))
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: no progress within {PATIENCE:?} from {}",
+                behind.join(", ")
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
