@@ -134,6 +134,12 @@ impl Taking {
         let (mut channel, sent) = blocking(self.channel, |c| c.send(&ToOld::Ready, &[])).await;
         sent?;
         let mut conns = 0usize;
+        // One count stands for the connections still to come, released at
+        // ConnsDone: a connection taken over early must not serve before a
+        // later one (a callee's) has its streams open again, or a call it
+        // holds finds the callee's app id missing (NOT_FOUND).
+        daemon.freeze.reopening();
+        let mut more_to_come = true;
         loop {
             let (back, got) = blocking(channel, |c| c.recv::<ToNew>()).await;
             channel = back;
@@ -147,6 +153,10 @@ impl Taking {
                     daemon.freeze.reopening();
                     adopt(fd, state, daemon, shutdown.clone());
                 }
+                ToNew::ConnsDone if more_to_come => {
+                    more_to_come = false;
+                    daemon.freeze.reopened();
+                }
                 ToNew::ConnsDone => {}
                 ToNew::Released => break,
                 ToNew::Failed { reason } => {
@@ -157,6 +167,9 @@ impl Taking {
                 }
                 other => bail!("unexpected hand-over message: {other:?}"),
             }
+        }
+        if more_to_come {
+            daemon.freeze.reopened();
         }
         // Eager modules serve at once; lazy ones are checked and retired
         // after the hand-over is confirmed, off the connections' pause.
