@@ -238,8 +238,8 @@ impl Node {
 
     /// Starts one "pod": mechad with the chart's arguments. Modules are found
     /// beside mechad, as in the image.
-    fn start_pod(&self) -> Child {
-        Command::new(bin_dir().join("mechad"))
+    fn start_pod(&self) -> Pod {
+        let child = Command::new(bin_dir().join("mechad"))
             .args(&self.args)
             .env("MECHA_LOG", "warn")
             .env_remove("MECHA_SOCKET")
@@ -250,7 +250,8 @@ impl Node {
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawning mechad")
+            .expect("spawning mechad");
+        Pod(child)
     }
 
     fn client(&self) -> mecha_client::blocking::Client {
@@ -269,14 +270,37 @@ impl Node {
     }
 }
 
-/// Waits for `child` to exit, at most 20 s.
-fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let mut status = None;
-    wait_until(Duration::from_secs(20), what, || {
-        status = child.try_wait().expect("waiting for mechad");
-        status.is_some()
-    });
-    status.expect("exited")
+/// One pod's mechad, killed if the test ends (or fails) while it runs, so
+/// that no daemon outlives the test.
+struct Pod(Child);
+
+impl Pod {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
+    }
+
+    /// Waits for the process to exit, at most 20 s.
+    fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until(Duration::from_secs(20), what, || {
+            status = self.0.try_wait().expect("waiting for mechad");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// What the application threads saw.
@@ -476,13 +500,13 @@ fn two_pods_on_one_node_hand_over() {
     // The DaemonSet controller deletes the old pod: A exits 0 and leaves the
     // socket, which is B's now, in place.
     signal(a_pid, libc::SIGTERM);
-    let status = wait_exit(&mut a, "A to exit after SIGTERM");
+    let status = a.wait_exit("A to exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "A: {status}");
     assert!(node.socket.exists(), "A removed the socket");
     assert_eq!(node.serving_pid(), Some(b_pid));
     assert_eq!(http_status(node.port, "/readyz"), Some(200));
 
     signal(b_pid, libc::SIGTERM);
-    let status = wait_exit(&mut b, "B to exit after SIGTERM");
+    let status = b.wait_exit("B to exit after SIGTERM");
     assert!(status.success(), "B: {status}");
 }
