@@ -107,6 +107,9 @@ impl Opcode {
     pub const RELOAD: Opcode = Opcode(0x0005);
     /// Cancel a stream this connection opened.
     pub const STREAM_CANCEL: Opcode = Opcode(0x0006);
+    /// Admin: replace the daemon by a new one that takes over every
+    /// connection (SPEC §7.1.5).
+    pub const DAEMON_UPGRADE: Opcode = Opcode(0x0007);
 
     /// Read one key.
     pub const STATE_GET: Opcode = Opcode(0x0101);
@@ -197,7 +200,19 @@ impl Opcode {
     pub fn is_admin(self) -> bool {
         matches!(
             self,
-            Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::CONFIG_SET
+            Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::CONFIG_SET | Opcode::DAEMON_UPGRADE
+        )
+    }
+
+    /// True for requests whose OK answer may open a server-push stream
+    /// (SPEC §2.3): subscriptions, watches and invoke registrations.
+    pub fn opens_stream(self) -> bool {
+        matches!(
+            self,
+            Opcode::PUBSUB_SUBSCRIBE
+                | Opcode::CONFIG_SUBSCRIBE
+                | Opcode::INVOKE_REGISTER
+                | Opcode::BINDING_SUBSCRIBE
         )
     }
 
@@ -226,6 +241,7 @@ impl Opcode {
             Opcode::STATUS => "STATUS",
             Opcode::MODULE_RESTART => "MODULE_RESTART",
             Opcode::RELOAD => "RELOAD",
+            Opcode::DAEMON_UPGRADE => "DAEMON_UPGRADE",
             Opcode::STREAM_CANCEL => "STREAM_CANCEL",
             Opcode::STATE_GET => "STATE_GET",
             Opcode::STATE_SET => "STATE_SET",

@@ -59,6 +59,11 @@ pub struct Clocked<R> {
 }
 
 impl<R> Clocked<R> {
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     pub fn new(inner: R, limit: Duration) -> Self {
         Self {
             inner,

@@ -19,6 +19,8 @@ use crate::caller::Caller;
 use crate::clocked::{is_stalled, partial_frame_timeout, Clocked};
 use crate::daemon::Daemon;
 use crate::handle::ConnHandle;
+use crate::handover::freeze::{Exports, Frozen, Phase};
+use crate::handover::wire::{ConnState, StreamState};
 use crate::peer::Peer;
 use crate::ratelog::RateLimited;
 use crate::router;
@@ -26,6 +28,14 @@ use crate::supervisor::Route;
 
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// While a hand-over holds a connection, at most this many requests (and
+/// bytes of them) are read ahead and kept; the rest wait in the socket,
+/// which moves to the next daemon with them.
+const HOLD_FRAMES: usize = 64;
+const HOLD_BYTES: usize = 1024 * 1024;
+/// How long a stopping connection may take to write what it has queued.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
 
 /// [`mecha_abi::TRACE_LEN`] as a header length.
 const TRACE_LEN_U32: u32 = mecha_abi::TRACE_LEN as u32;
@@ -54,6 +64,25 @@ enum Flow {
     Close,
 }
 
+/// Why the read loop ended.
+enum Exit {
+    /// The session ends: close it.
+    Close,
+    /// A hand-over takes the connection: these frames were read and held.
+    Stop(Arc<Exports>, Vec<(Header, Bytes)>),
+}
+
+/// A connection coming from the daemon this one took over from: what its
+/// session had reached there.
+pub struct Resume {
+    /// The negotiated ABI version, if HELLO was.
+    pub version: Option<u8>,
+    /// Streams to open again on this daemon's modules.
+    pub streams: Vec<StreamState>,
+    /// Bytes read there and not yet served.
+    pub unread: Vec<u8>,
+}
+
 /// Per-connection state.
 struct Conn {
     caller: Caller,
@@ -68,18 +97,22 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_as(stream, peer, None, daemon, shutdown).await;
+    serve_as(stream, peer, None, daemon, shutdown, None).await;
 }
 
 /// [`serve`] with the tenant already decided, when `tenant` is given: a
 /// personality's app session, whose tenant mechad's configuration names
 /// (`personality::open`). Otherwise the tenant rules decide from `peer`.
+///
+/// With `resume`, the connection was taken over from another daemon: its
+/// session goes on where it was there (no HELLO, its streams open again).
 pub async fn serve_as(
     stream: UnixStream,
     peer: Peer,
     tenant: Option<crate::peer::Tenant>,
     daemon: Arc<Daemon>,
     shutdown: watch::Receiver<bool>,
+    resume: Option<Resume>,
 ) {
     let resolved = match tenant {
         Some(t) => Ok(t),
@@ -134,19 +167,67 @@ pub async fn serve_as(
     };
     let max_frame = conn.caller.daemon.max_frame;
     let mut reader = FrameReader::new(Clocked::new(rd, partial_frame_timeout()), max_frame);
-    conn.read_loop(&mut reader, &tenant_metrics, shutdown).await;
-    conn.close(writer, max_in_flight).await;
+    let freeze = Arc::clone(&conn.caller.daemon.freeze);
+    let _live = freeze.enter();
+    if let Some(resume) = resume {
+        conn.version = resume.version;
+        reader.prime(&resume.unread);
+        conn.reopen(resume.streams).await;
+    }
+    let mut quiet_in = None;
+    let exit = conn
+        .read_loop(&mut reader, &tenant_metrics, shutdown, &mut quiet_in)
+        .await;
+    if let Some(episode) = quiet_in {
+        freeze.quiet_left(episode);
+    }
+    match exit {
+        Exit::Close => conn.close(writer, max_in_flight).await,
+        Exit::Stop(exports, held) => conn.stop(writer, &mut reader, &exports, held).await,
+    }
 }
 
 impl Conn {
     /// Reads and serves frames until EOF, a fatal error or shutdown.
+    ///
+    /// While a hand-over holds the daemon's connections (`Phase::Holding`),
+    /// requests read are kept in order instead of served, and the loop
+    /// reports once this connection has nothing in flight (`quiet_in`, the
+    /// episode it reported in). Answers to calls delivered to the app are
+    /// still served: another connection's request may wait for one.
     async fn read_loop(
         &mut self,
         reader: &mut Reader,
         tenant_metrics: &Arc<crate::metrics::TenantMetrics>,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+        quiet_in: &mut Option<u64>,
+    ) -> Exit {
+        let freeze = Arc::clone(&self.caller.daemon.freeze);
+        let mut phase = freeze.watch();
+        let mut held: Vec<(Header, Bytes)> = Vec::new();
+        let mut held_bytes = 0usize;
+        let all = self.caller.daemon.max_in_flight;
         loop {
+            let current = phase.borrow_and_update().clone();
+            let holding = match current {
+                Phase::Stopping(exports) => return Exit::Stop(exports, held),
+                Phase::Serving => {
+                    *quiet_in = None;
+                    // A hand-over that failed: serve what was held, in order.
+                    for (header, payload) in std::mem::take(&mut held) {
+                        let Some(permit) = self.permit().await else {
+                            return Exit::Close;
+                        };
+                        let permit = permit.observed(tenant_metrics, header.opcode);
+                        if let Flow::Close = self.on_frame(header, payload, permit).await {
+                            return Exit::Close;
+                        }
+                    }
+                    held_bytes = 0;
+                    false
+                }
+                Phase::Holding => true,
+            };
             // At a frame boundary the partial-frame clock stops, or restarts for
             // bytes of the next frame already read ahead. Restarting it here, when
             // reading resumes, rather than when the last frame was returned, keeps
@@ -159,9 +240,19 @@ impl Conn {
             if !reader.has_frame() {
                 self.caller.flush();
             }
+            let can_read = !holding || (held.len() < HOLD_FRAMES && held_bytes < HOLD_BYTES);
+            let report = holding && quiet_in.is_none();
+            let permits = Arc::clone(&self.permits);
             let next = tokio::select! {
-                next = reader.next() => next,
-                _ = shutdown.changed() => return,
+                next = reader.next(), if can_read => next,
+                _ = shutdown.changed() => return Exit::Close,
+                _ = phase.changed() => continue,
+                // Every permit back: whatever this connection had in flight
+                // has been answered and written.
+                _ = permits.acquire_many(all), if report => {
+                    *quiet_in = Some(freeze.report_quiet());
+                    continue;
+                }
             };
             // A response frame answers a request the daemon delivered to this app
             // (INVOKE_CALL, SPEC §7.8). It takes no permit: an app whose own
@@ -176,8 +267,15 @@ impl Conn {
                     continue;
                 }
             }
+            if holding {
+                if let Ok(Some((header, payload))) = next {
+                    held_bytes += payload.len();
+                    held.push((header, payload));
+                    continue;
+                }
+            }
             let Some(permit) = self.permit().await else {
-                return;
+                return Exit::Close;
             };
             let flow = match next {
                 Ok(Some((header, payload))) => {
@@ -191,9 +289,109 @@ impl Conn {
                 }
             };
             if let Flow::Close = flow {
-                return;
+                return Exit::Close;
             }
         }
+    }
+
+    /// Opens this connection's streams again on this daemon's modules,
+    /// after a hand-over: each opening request is routed as the application
+    /// once sent it, and its answer is kept from the application, which has
+    /// had it (`Answer::silent`). A stream that cannot be opened again ends
+    /// with UNAVAILABLE, and client libraries subscribe again.
+    async fn reopen(&mut self, streams: Vec<StreamState>) {
+        for s in streams {
+            let Some(permit) = self.permit().await else {
+                return;
+            };
+            let opcode = Opcode(s.opcode);
+            match (s.opening, self.version) {
+                (Some(payload), Some(version)) => {
+                    let mut header = Header::request(opcode, s.stream_id);
+                    header.version = version;
+                    header.payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                    router::route(
+                        &mut self.caller,
+                        header,
+                        Bytes::from(payload),
+                        permit.silent(),
+                    )
+                    .await;
+                }
+                _ => {
+                    let msg = "stream reset by the daemon's hand-over; resubscribe";
+                    let end = Header::end(opcode, s.stream_id, Status::Unavailable);
+                    self.caller.reply(OutFrame::guarded(
+                        end,
+                        Bytes::new(),
+                        error_body(msg),
+                        permit,
+                    ));
+                }
+            }
+        }
+        self.caller.flush();
+    }
+
+    /// Hands the connection to the daemon taking over: writes what is
+    /// queued, then sends a duplicate of its socket with its state, and ends
+    /// without closing the socket or cancelling its streams (they were
+    /// taken off the module links and go with it).
+    async fn stop(
+        mut self,
+        writer: JoinHandle<std::io::Result<()>>,
+        reader: &mut Reader,
+        exports: &Exports,
+        held: Vec<(Header, Bytes)>,
+    ) {
+        use std::os::fd::AsFd;
+        self.caller.flush();
+        let flushed = tokio::time::timeout(STOP_FLUSH, self.caller.conn.tx.drained())
+            .await
+            .is_ok();
+        let fd = reader.get_ref().get_ref().as_fd().try_clone_to_owned();
+        let streams = exports.streams_of(self.caller.conn.id);
+        // A personality's session ends with its module instance, which the
+        // hand-over replaces; and a connection that cannot even take what
+        // was queued for it, or whose socket cannot be duplicated, is closed.
+        let fd = match fd {
+            Ok(fd) if flushed && !self.caller.peer.personality => fd,
+            _ => {
+                writer.abort();
+                return;
+            }
+        };
+        let mut unread = Vec::new();
+        for (header, payload) in &held {
+            unread.extend_from_slice(&header.encode());
+            unread.extend_from_slice(payload);
+        }
+        unread.extend_from_slice(&reader.take_buffered());
+        let peer = &self.caller.peer;
+        let state = ConnState {
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            socket: peer.socket.to_path_buf(),
+            pod: peer.pod.clone(),
+            local: peer.local,
+            version: self.version,
+            streams: streams
+                .into_iter()
+                .map(|s| StreamState {
+                    stream_id: s.stream_id,
+                    opcode: s.opcode.0,
+                    opening: s.opening.map(|b| b.to_vec()),
+                })
+                .collect(),
+            unread,
+        };
+        self.caller.conn.tx.keep_socket_open();
+        exports.hand_in(Frozen { fd, state });
+        // Calls delivered to the app and still unanswered (none, once every
+        // connection was quiet) can no longer be answered here.
+        self.caller.conn.calls.close();
+        writer.abort();
     }
 
     /// Waits for one of the connection's in-flight permits before a frame is

@@ -1,11 +1,14 @@
 //! Control opcodes the daemon answers itself: PING, STATUS, STREAM_CANCEL,
-//! and the admin operations MODULE_RESTART and RELOAD (the router has checked
-//! that the caller is an admin).
+//! and the admin operations MODULE_RESTART, RELOAD and DAEMON_UPGRADE (the
+//! router has checked that the caller is an admin).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mecha_abi::msg::{ModuleRestartReply, ModuleRestartRequest, StreamCancel};
+use mecha_abi::msg::{
+    DaemonUpgradeReply, DaemonUpgradeRequest, ModuleRestartReply, ModuleRestartRequest,
+    StreamCancel,
+};
 use mecha_abi::{Header, Opcode, Status};
 use mecha_wire::OutFrame;
 
@@ -28,7 +31,9 @@ pub fn serve(caller: &Caller, header: &Header, payload: &Bytes, permit: ConnOut)
         Opcode::PING => caller.reply(empty_ok(header, permit)),
         Opcode::STATUS => caller.ok(header, &caller.daemon.status(), permit),
         Opcode::STREAM_CANCEL => cancel_stream(caller, header, payload, permit),
-        Opcode::MODULE_RESTART | Opcode::RELOAD => admin(caller, *header, payload.clone(), permit),
+        Opcode::MODULE_RESTART | Opcode::RELOAD | Opcode::DAEMON_UPGRADE => {
+            admin(caller, *header, payload.clone(), permit)
+        }
         other => {
             let msg = format!("unknown control opcode {other}");
             caller.error(header, Status::UnknownOpcode, &msg, permit);
@@ -81,6 +86,18 @@ fn admin(caller: &Caller, header: Header, payload: Bytes, permit: ConnOut) {
                         RestartError::NoSuchModule(_) => (Status::NotFound, e.to_string()),
                         RestartError::Failed(_) => (Status::Unavailable, e.to_string()),
                     }),
+                Err(e) => Err((Status::InvalidArgument, e.to_string())),
+            },
+            Opcode::DAEMON_UPGRADE => match mecha_abi::decode::<DaemonUpgradeRequest>(&payload) {
+                Ok(req) => crate::handover::upgrade::start(&daemon, req.binary.map(Into::into))
+                    .await
+                    .map(|new_pid| {
+                        mecha_abi::encode(&DaemonUpgradeReply {
+                            old_pid: std::process::id(),
+                            new_pid,
+                        })
+                    })
+                    .map_err(|e| (Status::Unavailable, e)),
                 Err(e) => Err((Status::InvalidArgument, e.to_string())),
             },
             _ => daemon

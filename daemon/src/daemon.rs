@@ -66,6 +66,12 @@ pub struct Daemon {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The span exporter, when tracing is configured (fixed at start-up).
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// What connections do during a daemon hand-over (`handover`).
+    pub freeze: Arc<crate::handover::freeze::Freeze>,
+    /// The daemon upgrade under way, if any (`handover::upgrade`).
+    pub upgrade: crate::handover::upgrade::Upgrade,
+    /// The binary this daemon was started from: the default of an upgrade.
+    pub exe: PathBuf,
 }
 
 impl Daemon {
@@ -231,7 +237,7 @@ impl Daemon {
 /// user could have written: the module would run it with the daemon's
 /// authority over the module's data. The file must be a regular file owned by
 /// root or the daemon's uid, writable by its owner alone.
-fn trusted_binary(path: &std::path::Path) -> Result<(), String> {
+pub fn trusted_binary(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("upgrade binary {}: {e}", path.display()))?;

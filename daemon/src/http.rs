@@ -114,8 +114,19 @@ pub async fn start(
     let Some((addr, automatic)) = address(flag, settings)? else {
         return Ok(state);
     };
-    match TcpListener::bind(addr).await {
+    // A socket the previous daemon handed over, when there was one.
+    let inherited = crate::inherited::take_tcp(addr).map(|fd| {
+        let l = std::net::TcpListener::from(fd);
+        l.set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l))
+    });
+    let bound = match inherited {
+        Some(l) => l,
+        None => TcpListener::bind(addr).await,
+    };
+    match bound {
         Ok(listener) => {
+            crate::inherited::own(&listener);
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %bound, "http endpoint listening (/healthz, /readyz, /metrics, dashboard at /)");
             tokio::spawn(serve(listener, Arc::clone(&state)));

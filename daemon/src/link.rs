@@ -54,6 +54,11 @@ struct Pending {
     /// once, so a request that crashes the module crashes it at most twice
     /// (and is then refused as a poison request).
     replay: Option<(Header, Bytes)>,
+    /// For a request that may open a stream: its payload, kept with the
+    /// stream so that the daemon can open it again on another module
+    /// instance (`handover`). A copy, so that it does not pin the buffer
+    /// the request was read into.
+    opening: Option<Bytes>,
 }
 
 /// A request that was in flight when its module instance died and may be
@@ -87,6 +92,8 @@ struct StreamRoute {
     opcode: Opcode,
     /// The tenant that opened it, for the dashboard's count of streams.
     tenant: Bytes,
+    /// The payload of the request that opened it, when small enough to keep.
+    opening: Option<Bytes>,
     /// The application cancelled it (STREAM_CANCEL); it stays routed until
     /// the module's END, but nothing is delivered to it any more: a request
     /// the module would deliver on it (LINK_DELIVER) finds it gone.
@@ -109,6 +116,20 @@ struct Table {
     lost: Vec<Suspect>,
     /// Direct routes the module granted (LINK_ROUTE), to its open streams.
     routes: Routes,
+}
+
+/// An open stream taken off a link for a daemon hand-over: what the next
+/// daemon needs to open it again for the same connection.
+pub struct ExportedStream {
+    /// The connection that opened it (`ConnHandle::id`).
+    pub conn_id: u64,
+    /// The stream id the application knows.
+    pub stream_id: u32,
+    /// The opcode that opened it.
+    pub opcode: Opcode,
+    /// The opening request's payload; `None` when it was too large to keep,
+    /// and the stream can only be reset.
+    pub opening: Option<Bytes>,
 }
 
 /// A request the link refused because it no longer accepts work. Nothing was
@@ -277,6 +298,8 @@ impl Link {
                     deadline: Instant::now() + timeout,
                     suspect: suspect.clone(),
                     replay,
+                    opening: (header.opcode.opens_stream() && payload.len() <= MAX_REPLAY_PAYLOAD)
+                        .then(|| Bytes::copy_from_slice(&payload)),
                 },
             );
         }
@@ -330,6 +353,27 @@ impl Link {
     /// Stops taking new requests; those already forwarded still get answers.
     pub fn stop_accepting(&self) {
         self.table.lock().accepting = false;
+    }
+
+    /// Takes every open, uncancelled stream off the link without ending it
+    /// for its application, and drops the direct routes: the daemon hands
+    /// the streams' connections to its successor, which opens them again on
+    /// its own module instances. Pushes the module sends from now on find
+    /// no route and are dropped (pub/sub redelivers what was not acked).
+    pub fn export_streams(&self) -> Vec<ExportedStream> {
+        let mut table = self.table.lock();
+        table.routes.revoke("");
+        table
+            .streams
+            .drain()
+            .filter(|(_, r)| !r.cancelled)
+            .map(|(_, r)| ExportedStream {
+                conn_id: r.conn.id,
+                stream_id: r.stream_id,
+                opcode: r.opcode,
+                opening: r.opening,
+            })
+            .collect()
     }
 
     /// Resolves once no forwarded request awaits an answer.
@@ -453,9 +497,32 @@ impl Link {
                     stream_id: p.request_id,
                     opcode: p.opcode,
                     tenant: p.suspect.tenant.clone(),
+                    opening: p.opening.clone(),
                     cancelled: false,
                 },
             );
+        }
+        if p.guard.is_silent() {
+            // A stream the daemon opened again after a hand-over: the
+            // application had its opening answer long ago. Only a failure to
+            // open it again concerns it, and ends the stream it knows.
+            if !opens_stream {
+                let status = match Status::from_code(header.status) {
+                    Status::Ok => Status::Unavailable,
+                    other => other,
+                };
+                let route = StreamRoute {
+                    conn: Arc::clone(&p.conn),
+                    stream_id: p.request_id,
+                    opcode: p.opcode,
+                    tenant: p.suspect.tenant.clone(),
+                    opening: None,
+                    cancelled: false,
+                };
+                let end = Header::end(p.opcode, p.request_id, status);
+                send_end(route, end, payload);
+            }
+            return;
         }
         let mut out = header;
         out.request_id = p.request_id;

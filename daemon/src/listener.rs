@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::conn;
 use crate::daemon::Daemon;
+use crate::handover::freeze::Phase;
 use crate::peer;
 
 /// Accepts connections until shutdown, then waits for open connections to
@@ -23,9 +24,14 @@ pub async fn accept_loop(
     let mut conns = JoinSet::new();
     let mut reserve = Reserve::open();
     let mut trim = Trim::default();
+    // A daemon hand-over pauses accepting: the next daemon accepts on the
+    // same socket meanwhile (or this one again, if the hand-over fails).
+    let mut phase = daemon.freeze.watch();
     loop {
+        let serving = matches!(*phase.borrow_and_update(), Phase::Serving);
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = phase.changed() => continue,
+            accepted = listener.accept(), if serving => match accepted {
                 Ok((stream, _)) => match peer::identify(&stream, &path) {
                     Ok(p) => {
                         conns.spawn(conn::serve(stream, p, Arc::clone(&daemon), shutdown.clone()));

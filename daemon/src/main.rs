@@ -18,11 +18,14 @@ mod events;
 mod exposition;
 mod forward;
 mod handle;
+mod handover;
 mod history;
 mod http;
+mod inherited;
 mod link;
 mod listener;
 mod metrics;
+mod notify;
 mod peer;
 mod personality;
 mod plan;
@@ -96,6 +99,25 @@ struct Args {
     /// else no export.
     #[arg(long, env = "MECHA_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Start by taking over from the mechad serving the same socket, through
+    /// its hand-over socket (`<socket>.handover`): its listening sockets,
+    /// live connections and modules' places. `required` fails (leaving the
+    /// running daemon serving) when that is not possible; `auto` starts
+    /// fresh when no daemon answers (the first pod of a DaemonSet on a node).
+    #[arg(long, env = "MECHA_TAKEOVER", value_enum)]
+    takeover: Option<handover::take::Mode>,
+    /// What this daemon does once a new one took over from it: `exit`, or
+    /// `wait` idle for SIGTERM (in a DaemonSet pod, which kubelet would
+    /// otherwise restart).
+    #[arg(long, env = "MECHA_AFTER_HANDOVER", value_enum, default_value = "exit")]
+    after_handover: AfterHandover,
+}
+
+/// The `--after-handover` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AfterHandover {
+    Exit,
+    Wait,
 }
 
 /// The `--log-format` values.
@@ -176,23 +198,95 @@ fn default_data_dir() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Resolved now: after a package upgrade replaced the file, this
+    // process's own link names a deleted inode, and the path is what an
+    // upgrade starts by default.
+    let exe = std::env::current_exe().context("locating mechad")?;
     let boot = Boot::load(&args).await?;
+    // A daemon taking over first takes the running one's listening sockets,
+    // so that what it binds below is the very same sockets.
+    let taking = match args.takeover {
+        Some(mode) => handover::take::begin(&boot.socket, mode).await?,
+        None => None,
+    };
+    let taken = taking.as_ref().map(|t| t.old_pid);
     // The HTTP endpoint comes up first: liveness answers while modules start.
     let metrics = Arc::new(metrics::Metrics::default());
+    let (http, modules, prepared, listeners) =
+        match start(&args, &boot, &metrics, taking.is_some()).await {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(t) = taking {
+                    t.abort(format!("{e:#}")).await;
+                }
+                return Err(e);
+            }
+        };
+    let tracer = start_tracer(args.otlp_endpoint.clone(), &boot.config.settings)?;
+    let (socket, data_dir) = (boot.socket.clone(), boot.paths.data_dir.clone());
+    let supervision = boot.supervision;
+    let daemon = Arc::new(boot.into_daemon(modules, metrics, tracer, started, args.config, exe)?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(t) = taking {
+        t.complete(&daemon, prepared, supervision, &shutdown_rx)
+            .await?;
+        inherited::close_unclaimed();
+    }
+    http.set_daemon(&daemon, socket.clone());
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, taken_over_from = taken, "mechad ready");
+    match taken {
+        Some(_) => notify::send(&format!("MAINPID={}\nREADY=1", std::process::id())),
+        None => notify::send("READY=1"),
+    }
+    serve(
+        &daemon,
+        listeners,
+        &http,
+        socket,
+        (shutdown_tx, shutdown_rx),
+        args.after_handover,
+    )
+    .await
+}
+
+/// What `start` brings up: the HTTP endpoint, the module slots (with the
+/// first instances of a daemon taking over, not serving yet) and the
+/// application sockets.
+type Started = (
+    Arc<http::HttpState>,
+    Vec<Arc<ModuleSlot>>,
+    Vec<(Arc<ModuleSlot>, supervisor::Prepared)>,
+    Vec<(tokio::net::UnixListener, Arc<Path>)>,
+);
+
+/// Brings up the HTTP endpoint, the modules and the sockets. A daemon
+/// taking over (`held`) starts its modules without serving with them.
+async fn start(
+    args: &Args,
+    boot: &Boot,
+    metrics: &Arc<metrics::Metrics>,
+    held: bool,
+) -> anyhow::Result<Started> {
     let http = http::start(
         args.http.as_deref(),
         boot.config.settings.http.as_ref(),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     )
     .await?;
-    let modules = start_modules(&boot, args.config.as_deref()).await?;
-    let listeners = bind_sockets(&boot)?;
-    let tracer = start_tracer(args.otlp_endpoint.clone(), &boot.config.settings)?;
-    let (socket, data_dir) = (boot.socket.clone(), boot.paths.data_dir.clone());
-    let daemon = Arc::new(boot.into_daemon(modules, metrics, tracer, started, args.config)?);
-    http.set_daemon(&daemon, socket.clone());
-    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "mechad ready");
-    serve(&daemon, listeners, &http).await
+    let (modules, prepared) = if held {
+        let prepared = prepare_modules(boot, args.config.as_deref()).await?;
+        (
+            prepared.iter().map(|(s, _)| Arc::clone(s)).collect(),
+            prepared,
+        )
+    } else {
+        (
+            start_modules(boot, args.config.as_deref()).await?,
+            Vec::new(),
+        )
+    };
+    let listeners = bind_sockets(boot)?;
+    Ok((http, modules, prepared, listeners))
 }
 
 /// What start-up settles before anything runs: the configuration (secret
@@ -283,6 +377,7 @@ impl Boot {
         tracer: Option<Arc<trace::Tracer>>,
         started: Instant,
         config_path: Option<PathBuf>,
+        exe: PathBuf,
     ) -> anyhow::Result<Daemon> {
         let settings = &self.config.settings;
         let pods = match &settings.pods_file {
@@ -314,6 +409,9 @@ impl Boot {
             admin_lock: tokio::sync::Mutex::new(()),
             metrics,
             tracer,
+            freeze: Arc::default(),
+            upgrade: Default::default(),
+            exe,
         })
     }
 }
@@ -336,6 +434,35 @@ async fn start_modules(
                 None => format!("starting module {name}"),
             })?;
         modules.push(slot);
+    }
+    Ok(modules)
+}
+
+/// Starts and handshakes the modules of a daemon taking over, without
+/// serving with them (`ModuleSlot::prepare`): the running daemon's instances
+/// still hold their resources.
+async fn prepare_modules(
+    boot: &Boot,
+    config_path: Option<&Path>,
+) -> anyhow::Result<Vec<(Arc<ModuleSlot>, supervisor::Prepared)>> {
+    let specs = plan::child_specs(&boot.config, &boot.paths).map_err(anyhow::Error::msg)?;
+    let mut modules = Vec::with_capacity(specs.len());
+    for (family, spec) in specs {
+        let name = spec.name.clone();
+        match ModuleSlot::prepare(spec, family, true).await {
+            Ok(prepared) => modules.push(prepared),
+            Err(e) => {
+                for (_, p) in modules {
+                    p.discard().await;
+                }
+                return Err(anyhow::Error::new(e)).with_context(|| match config_path {
+                    Some(path) => {
+                        format!("starting module {name} (configured in {})", path.display())
+                    }
+                    None => format!("starting module {name}"),
+                });
+            }
+        }
     }
     Ok(modules)
 }
@@ -380,14 +507,19 @@ fn start_tracer(
 }
 
 /// Accepts on every socket until SIGTERM or SIGINT (serving SIGHUP as a
-/// reload meanwhile), then stops accepting, lets connections finish, stops
-/// the modules in reverse order and removes the sockets.
+/// reload and SIGUSR2 as an upgrade meanwhile), then stops accepting, lets
+/// connections finish, stops the modules in reverse order and removes the
+/// sockets. Or until a new daemon took over (`handover`): then the
+/// connections, modules and sockets are its own, and this one only exits
+/// (or, with `--after-handover wait`, waits for SIGTERM first).
 async fn serve(
     daemon: &Arc<Daemon>,
     listeners: Vec<(tokio::net::UnixListener, Arc<Path>)>,
     http: &http::HttpState,
+    socket: PathBuf,
+    (shutdown_tx, shutdown_rx): (watch::Sender<bool>, watch::Receiver<bool>),
+    after: AfterHandover,
 ) -> anyhow::Result<()> {
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     sessions::start(Arc::clone(daemon), shutdown_rx.clone());
     let sockets: Vec<Arc<Path>> = listeners.iter().map(|(_, p)| Arc::clone(p)).collect();
     let accepts: Vec<_> = listeners
@@ -401,19 +533,41 @@ async fn serve(
             ))
         })
         .collect();
-    wait_for_shutdown(daemon).await?;
+    let (handed_tx, handed_rx) = watch::channel(None);
+    match handover::give::bind(&socket) {
+        Ok(l) => {
+            tokio::spawn(handover::give::serve(l, Arc::clone(daemon), handed_tx));
+        }
+        Err(e) => tracing::warn!("no hand-over socket, so no live upgrade: {e}"),
+    }
+    let handed = wait_for_shutdown(daemon, handed_rx).await?;
     http.set_stopping();
+    if let Some(outcome) = handed {
+        let _ = shutdown_tx.send(true);
+        for accept in accepts {
+            let _ = accept.await;
+        }
+        let new_pid = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
+        tracing::info!(new_pid, "mechad handed over");
+        if after == AfterHandover::Wait {
+            wait_for_term().await?;
+        }
+        return Ok(());
+    }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     for accept in accepts {
         let _ = accept.await;
     }
+    // Connections taken over from a previous daemon belong to no accept loop.
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.freeze.all_gone()).await;
     daemon.stop_modules().await;
     for path in sockets {
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
         }
     }
+    let _ = std::fs::remove_file(handover::wire::socket_path(&socket));
     tracing::info!("mechad stopped");
     Ok(())
 }
@@ -426,19 +580,55 @@ fn parse_mode(text: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("Configuration socket mode {text:?} is not an octal file mode"))
 }
 
-/// Serves SIGHUP (reload) until SIGTERM or SIGINT asks for shutdown.
-async fn wait_for_shutdown(daemon: &Daemon) -> anyhow::Result<()> {
+/// Serves SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or SIGINT
+/// asks for shutdown (`None`), or a new daemon took over (its outcome).
+async fn wait_for_shutdown(
+    daemon: &Arc<Daemon>,
+    mut handed: watch::Receiver<handover::give::Outcome>,
+) -> anyhow::Result<Option<Result<u32, String>>> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
             _ = hup.recv() => match daemon.reload().await {
                 Ok(_) => {}
                 Err(e) => tracing::error!("reload failed: {e}"),
             },
+            _ = usr2.recv() => {
+                let daemon = Arc::clone(daemon);
+                tokio::spawn(async move {
+                    match handover::upgrade::start(&daemon, None).await {
+                        Ok(pid) => tracing::info!(new_pid = pid, "SIGUSR2: handing over to a new mechad"),
+                        Err(e) => tracing::error!("SIGUSR2: upgrade failed, serving on: {e}"),
+                    }
+                });
+            }
+            changed = handed.changed() => {
+                if changed.is_err() {
+                    // The hand-over socket's task ended without an outcome.
+                    std::future::pending::<()>().await;
+                }
+                if let Some(outcome) = handed.borrow_and_update().clone() {
+                    return Ok(Some(outcome));
+                }
+            }
         }
     }
+}
+
+/// After a hand-over with `--after-handover wait`: idle until SIGTERM or
+/// SIGINT.
+async fn wait_for_term() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tracing::info!("handed over; waiting for SIGTERM");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

@@ -136,8 +136,10 @@ struct Observation {
     op: Arc<OpStats>,
     started: Instant,
     status: u16,
-    /// The in-flight gauge this request holds up, for module families.
-    family: Option<usize>,
+    /// The in-flight gauge this request holds up, for module families: a
+    /// family byte (small, so that the guard every queued frame carries
+    /// stays small).
+    family: Option<u8>,
 }
 
 /// What every frame queued for an application connection carries until it is
@@ -149,6 +151,10 @@ pub struct Answer {
     observation: Option<Observation>,
     /// The request's span (`crate::trace`), ended with the answer's status.
     span: Option<Box<crate::trace::Span>>,
+    /// The answer is not for the application: the daemon re-opened one of
+    /// its streams on a new module instance (`handover`), and the
+    /// application already had the stream's opening answer.
+    silent: bool,
 }
 
 impl Answer {
@@ -158,7 +164,19 @@ impl Answer {
             quota: crate::quota::Guard::new(permit),
             observation: None,
             span: None,
+            silent: false,
         }
+    }
+
+    /// Marks the answer as the daemon's own business (see `silent`).
+    pub fn silent(mut self) -> Self {
+        self.silent = true;
+        self
+    }
+
+    /// True when the answer must not reach the application.
+    pub fn is_silent(&self) -> bool {
+        self.silent
     }
 
     /// Holds `bytes` of the connection's output budget until written.
@@ -178,10 +196,10 @@ impl Answer {
         let op = tenant.op(opcode);
         let family = match opcode.family() {
             Family::Control | Family::Link | Family::Peer | Family::Unknown(_) => None,
-            f => Some(usize::from(f.byte())).filter(|slot| *slot < FAMILY_SLOTS),
+            f => Some(f.byte()).filter(|slot| usize::from(*slot) < FAMILY_SLOTS),
         };
         if let Some(slot) = family {
-            op.in_flight[slot].fetch_add(1, Ordering::Relaxed);
+            op.in_flight[usize::from(slot)].fetch_add(1, Ordering::Relaxed);
         }
         self.observation = Some(Observation {
             op,
@@ -227,7 +245,7 @@ impl Drop for Answer {
         if let Some(obs) = self.observation.take() {
             obs.op.record(obs.status, obs.started.elapsed());
             if let Some(slot) = obs.family {
-                obs.op.in_flight[slot].fetch_sub(1, Ordering::Relaxed);
+                obs.op.in_flight[usize::from(slot)].fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

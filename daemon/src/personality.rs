@@ -174,8 +174,13 @@ impl Bound {
         }
         for (name, addr) in [(GRPC_TCP, listen.grpc_tcp), (HTTP_TCP, listen.http_tcp)] {
             let Some(addr) = addr else { continue };
-            match std::net::TcpListener::bind(addr) {
+            let bound = match crate::inherited::take_tcp(addr) {
+                Some(fd) => Ok(std::net::TcpListener::from(fd)),
+                None => std::net::TcpListener::bind(addr),
+            };
+            match bound {
                 Ok(l) => {
+                    crate::inherited::own(&l);
                     let shown = l.local_addr().map_or(addr, |a| a);
                     tracing::info!(address = %shown, "Dapr {name} API");
                     sockets.push((name, OwnedFd::from(l)));

@@ -150,6 +150,7 @@ fn open(
         tenant,
         Arc::clone(&hub.daemon),
         hub.shutdown.clone(),
+        None,
     ));
     Ok(OwnedFd::from(theirs))
 }

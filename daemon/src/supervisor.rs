@@ -119,6 +119,21 @@ pub struct ModuleDetail {
     pub next_try_in: Option<Duration>,
 }
 
+/// A first instance started and handshaken by [`ModuleSlot::prepare`], not
+/// yet serving.
+pub struct Prepared {
+    first: Instance,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Prepared {
+    /// Stops the instance: the daemon that prepared it gives up.
+    pub async fn discard(self) {
+        let mut first = self.first;
+        let _ = first.child.kill().await;
+    }
+}
+
 /// One running instance: its process and its link.
 struct Instance {
     child: Child,
@@ -157,6 +172,21 @@ impl ModuleSlot {
         family: Option<Family>,
         supervision: Supervision,
     ) -> Result<Arc<Self>, StartError> {
+        let (slot, first) = Self::prepare(spec, family, false).await?;
+        slot.run(first, supervision).await;
+        Ok(slot)
+    }
+
+    /// Starts and handshakes the first instance of `spec` without serving
+    /// with it: the route stays `Starting` (requests wait) until
+    /// [`ModuleSlot::run`]. With `handoff`, the instance is told another
+    /// instance still holds its resources (`MECHA_HANDOFF`): a daemon taking
+    /// over starts its modules this way while the old daemon's serve on.
+    pub async fn prepare(
+        spec: ChildSpec,
+        family: Option<Family>,
+        handoff: bool,
+    ) -> Result<(Arc<Self>, Prepared), StartError> {
         let (route, _) = watch::channel(Route::Starting);
         let (commands, command_rx) = mpsc::channel(8);
         let slot = Arc::new(Self {
@@ -179,30 +209,44 @@ impl ModuleSlot {
         });
         // Even a lazy module starts once now: its handshake checks its
         // components, so a configuration error stops the daemon's start.
-        let first = slot.start_instance(&spec, false).await?;
+        let first = slot.start_instance(&spec, handoff).await?;
+        Ok((
+            slot,
+            Prepared {
+                first,
+                commands: command_rx,
+            },
+        ))
+    }
+
+    /// Serves with the instance [`ModuleSlot::prepare`] started (or, for a
+    /// lazy module, retires it until the first request) and starts the
+    /// supervisor task.
+    pub async fn run(self: &Arc<Self>, prepared: Prepared, supervision: Supervision) {
+        let Prepared { first, commands } = prepared;
+        let spec = self.spec();
         let first = match spec.start {
             Start::Eager => {
-                slot.install(&first);
+                self.install(&first);
                 Some(first)
             }
             Start::Lazy => {
                 drain(first, spec.shutdown_timeout).await;
-                slot.set_state("idle", 0);
-                slot.route.send_replace(Route::Idle);
+                self.set_state("idle", 0);
+                self.route.send_replace(Route::Idle);
                 // A personality is reached on its own sockets, not by
                 // requests: its first caller wakes it (socket activation).
-                if let Some(bound) = slot.bound.get() {
+                if let Some(bound) = self.bound.get() {
                     crate::personality::wake_on_caller(
                         bound,
-                        Arc::clone(&slot) as Arc<dyn crate::personality::Wake>,
+                        Arc::clone(self) as Arc<dyn crate::personality::Wake>,
                     );
                 }
-                tracing::info!(module = %slot.name, "module checked; it starts at its first request (start: lazy)");
+                tracing::info!(module = %self.name, "module checked; it starts at its first request (start: lazy)");
                 None
             }
         };
-        tokio::spawn(Arc::clone(&slot).supervise(first, command_rx, supervision));
-        Ok(slot)
+        tokio::spawn(Arc::clone(self).supervise(first, commands, supervision));
     }
 
     /// Asks an idle (lazy) module to start; does nothing to one that runs.

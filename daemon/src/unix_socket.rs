@@ -35,6 +35,19 @@ pub fn bind(
         path: path.to_path_buf(),
         source,
     };
+    // The previous daemon's socket, when this one took over from it: the
+    // same file, so applications connecting meanwhile never find it missing.
+    if let Some(fd) = crate::inherited::take_unix(path) {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true).map_err(io)?;
+        let listener = UnixListener::from_std(listener).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io)?;
+        }
+        crate::inherited::own(&listener);
+        return Ok(listener);
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -49,5 +62,6 @@ pub fn bind(
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io)?;
     }
+    crate::inherited::own(&listener);
     Ok(listener)
 }

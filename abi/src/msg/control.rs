@@ -79,6 +79,25 @@ pub struct ModuleRestartReply {
     pub pid: u32,
 }
 
+/// DAEMON_UPGRADE request (admin only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonUpgradeRequest {
+    /// The mechad executable to start; none starts the one the running
+    /// daemon was started from (after a package upgrade replaced it).
+    pub binary: Option<String>,
+}
+
+/// DAEMON_UPGRADE response, sent once the new daemon is ready and the
+/// hand-over begins; the connection then moves to the new daemon with
+/// every other one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonUpgradeReply {
+    /// The daemon answering, which hands over.
+    pub old_pid: u32,
+    /// The daemon taking over.
+    pub new_pid: u32,
+}
+
 /// RELOAD response: what changed, by module name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReply {

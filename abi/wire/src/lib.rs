@@ -11,6 +11,7 @@
 // `sock.rs`, each with its SAFETY argument.
 #![deny(unsafe_code)]
 
+pub mod fdstream;
 mod outbox;
 pub mod session;
 pub mod sock;
@@ -138,6 +139,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// the stream's framing; this is for adjusting a wrapper's state).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// Takes the bytes read ahead of the next frame (a partial frame, or
+    /// whole frames not yet returned), leaving the reader at a boundary with
+    /// nothing buffered. With [`FrameReader::prime`] a stream moves between
+    /// readers (or processes) without losing or splitting a frame.
+    pub fn take_buffered(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// Puts `bytes` in front of whatever is read next, as if they had just
+    /// been read from the stream: the counterpart of
+    /// [`FrameReader::take_buffered`].
+    pub fn prime(&mut self, bytes: &[u8]) {
+        let rest = self.buf.split();
+        self.buf.extend_from_slice(bytes);
+        self.buf.unsplit(rest);
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
     }
 
     /// Gives the underlying reader back.

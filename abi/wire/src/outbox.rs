@@ -311,6 +311,28 @@ impl<G: Send + 'static> Outbox<G> {
         self.shared.sock.shutdown();
     }
 
+    /// Resolves once nothing is queued or being written (or the socket
+    /// failed): everything pushed so far has reached the socket.
+    pub async fn drained(&self) {
+        loop {
+            let room = self.shared.room.notified();
+            {
+                let st = self.shared.state.lock();
+                if st.failed || (st.queued == 0 && !st.writing && st.leftover.is_none()) {
+                    return;
+                }
+            }
+            self.flush();
+            room.await;
+        }
+    }
+
+    /// Keeps the socket open when the writer ends (see
+    /// [`WriteHalf::keep_open`]): it was handed to another process.
+    pub fn keep_socket_open(&self) {
+        self.shared.sock.keep_open();
+    }
+
     /// True when the peer has shut the connection down, even before a reader
     /// has reached its end (see [`WriteHalf::peer_closed`]).
     pub fn peer_closed(&self) -> bool {

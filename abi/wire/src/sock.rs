@@ -35,7 +35,10 @@ pub fn split(stream: std::os::unix::net::UnixStream) -> io::Result<(ReadHalf, Wr
         ReadHalf {
             fd: Arc::clone(&fd),
         },
-        WriteHalf { fd },
+        WriteHalf {
+            fd,
+            keep_open: std::sync::atomic::AtomicBool::new(false),
+        },
     ))
 }
 
@@ -79,13 +82,30 @@ impl AsyncRead for ReadHalf {
     }
 }
 
+impl std::os::fd::AsFd for ReadHalf {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
 /// The write half of [`split`]. Dropping it shuts the socket down for
-/// writing, so the peer reads end-of-stream, as with tokio's halves.
+/// writing, so the peer reads end-of-stream, as with tokio's halves —
+/// unless the socket was handed to another process ([`WriteHalf::keep_open`]).
 pub struct WriteHalf {
     fd: Arc<AsyncFd<OwnedFd>>,
+    /// Set when a duplicate of the socket lives on elsewhere: dropping this
+    /// half must then not end the stream for its new owner.
+    keep_open: std::sync::atomic::AtomicBool,
 }
 
 impl WriteHalf {
+    /// Leaves the socket open when this half is dropped: a duplicate of it
+    /// went to another owner (a daemon hand-over), who writes on.
+    pub fn keep_open(&self) {
+        self.keep_open
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Shuts the socket down both ways: the peer sees the end, a pending
     /// read returns EOF and the next write fails, so whoever uses either
     /// half ends as on a broken connection.
@@ -135,6 +155,9 @@ impl Drop for WriteHalf {
     fn drop(&mut self) {
         // The read half may outlive this one (it shares the descriptor), so
         // closing is not enough to tell the peer that nothing more comes.
+        if self.keep_open.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let _ = nix::sys::socket::shutdown(
             self.fd.get_ref().as_raw_fd(),
             nix::sys::socket::Shutdown::Write,

@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         op: ModuleOp,
     },
+    /// The daemon itself (admins only).
+    Daemon {
+        #[command(subcommand)]
+        op: DaemonOp,
+    },
     /// Re-read the daemon's configuration and apply the differences (admin).
     Reload,
     /// Wait until the daemon is ready: every module running (exit 1 on timeout).
@@ -113,6 +118,23 @@ enum ModuleOp {
         binary: PathBuf,
     },
 }
+
+#[derive(Subcommand, Debug)]
+enum DaemonOp {
+    /// Replace mechad by a new process that takes over every connection,
+    /// stream and module without failing a request; a binary that does not
+    /// start (or cannot take over) leaves the running daemon serving.
+    Upgrade {
+        /// The new mechad executable. Default: the one the running daemon
+        /// was started from (replaced by a package upgrade, say).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+}
+
+/// How long `daemon upgrade` waits for the new daemon to answer STATUS
+/// after the hand-over began.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// Exit code for a key that does not exist.
 const EXIT_NOT_FOUND: u8 = 3;
@@ -167,6 +189,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client.set_timeout(Duration::from_millis(cli.timeout_ms.max(30_000)));
             let pid = client.module_restart(&name, binary)?;
             writeln!(out, "module {name} now runs as pid {pid}")?;
+        }
+        Command::Daemon {
+            op: DaemonOp::Upgrade { binary },
+        } => {
+            let binary = match binary {
+                Some(b) => Some(
+                    std::path::absolute(&b)
+                        .with_context(|| format!("resolving {}", b.display()))?
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+                None => None,
+            };
+            // The new daemon starts its modules before it answers.
+            client.set_timeout(Duration::from_millis(cli.timeout_ms.max(150_000)));
+            let reply = client.daemon_upgrade(binary)?;
+            // This connection moves with every other: once the new daemon
+            // answers STATUS on it, the hand-over is done.
+            let until = std::time::Instant::now() + TAKEOVER_WAIT;
+            client.set_timeout(Duration::from_millis(cli.timeout_ms));
+            loop {
+                match client.status() {
+                    Ok(s) if s.pid == reply.new_pid => break,
+                    Ok(_) if std::time::Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Ok(s) => anyhow::bail!(
+                        "the hand-over to pid {} did not complete: pid {} still serves",
+                        reply.new_pid,
+                        s.pid
+                    ),
+                    Err(e) => return Err(e).context("asking the new daemon for its status"),
+                }
+            }
+            writeln!(
+                out,
+                "mechad upgraded: pid {} -> {}",
+                reply.old_pid, reply.new_pid
+            )?;
         }
         Command::Reload => {
             client.set_timeout(Duration::from_millis(cli.timeout_ms.max(60_000)));

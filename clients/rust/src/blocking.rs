@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mecha_abi::msg::{AppEntry, InvokeCall, InvokeReply, ReloadReply, StatusReply};
+use mecha_abi::msg::{
+    AppEntry, DaemonUpgradeReply, InvokeCall, InvokeReply, ReloadReply, StatusReply,
+};
 
 use crate::{Error, Handler, HandlerResult, InvokeOptions, RetryPolicy};
 
@@ -85,6 +87,9 @@ impl Client {
         fn status() -> StatusReply;
         /// Admin: hot-restarts a module, from `binary` when given; the new pid.
         fn module_restart(module: &str, binary: Option<String>) -> u32;
+        /// Admin: replaces the daemon by a new one that takes over every
+        /// connection; the two pids.
+        fn daemon_upgrade(binary: Option<String>) -> DaemonUpgradeReply;
         /// Admin: re-reads the configuration and applies the differences.
         fn reload() -> ReloadReply;
         /// Calls `method` of app `app_id`; the callee's reply.

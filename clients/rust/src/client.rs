@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mecha_abi::msg::{
-    ErrorBody, Hello, HelloReply, ModuleRestartRequest, ReloadReply, StatusReply,
+    DaemonUpgradeReply, DaemonUpgradeRequest, ErrorBody, Hello, HelloReply, ModuleRestartRequest,
+    ReloadReply, StatusReply,
 };
 use mecha_abi::{
     Features, Flags, Header, Opcode, Status, TraceContext, MAX_FRAME_CAP, TRACE_LEN, VERSION,
@@ -383,6 +384,18 @@ impl Client {
             binary,
         };
         Ok(self.call(&req).await?.pid)
+    }
+
+    /// Admin: replaces the daemon by a new one, started from `binary` (by
+    /// default the one the daemon was started from), which takes over every
+    /// connection, this one included. Answers once the new daemon is ready
+    /// and the hand-over begins: its pid, then, is `new_pid` of the reply,
+    /// and STATUS on this same connection says when it serves.
+    pub async fn daemon_upgrade(
+        &self,
+        binary: Option<String>,
+    ) -> Result<DaemonUpgradeReply, Error> {
+        self.call(&DaemonUpgradeRequest { binary }).await
     }
 
     /// Admin: re-reads the daemon's configuration and applies the differences.

@@ -1,7 +1,10 @@
 //! What the typed calls send: each request type knows its opcode, its reply
 //! type and whether sending it twice is safe, so one retry loop serves all.
 
-use mecha_abi::msg::{ModuleRestartReply, ModuleRestartRequest, ReloadReply, StatusReply};
+use mecha_abi::msg::{
+    DaemonUpgradeReply, DaemonUpgradeRequest, ModuleRestartReply, ModuleRestartRequest,
+    ReloadReply, StatusReply,
+};
 use mecha_abi::Opcode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,14 @@ impl Request for ReloadRequest {
 impl Request for ModuleRestartRequest {
     const OPCODE: Opcode = Opcode::MODULE_RESTART;
     type Reply = ModuleRestartReply;
+    fn is_idempotent(&self) -> bool {
+        false
+    }
+}
+
+impl Request for DaemonUpgradeRequest {
+    const OPCODE: Opcode = Opcode::DAEMON_UPGRADE;
+    type Reply = DaemonUpgradeReply;
     fn is_idempotent(&self) -> bool {
         false
     }

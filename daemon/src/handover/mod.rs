@@ -1,0 +1,12 @@
+//! Daemon hand-over: a new mechad takes the listening sockets, every live
+//! connection with its state, and the modules' places from the running one,
+//! so that upgrading the daemon drops nothing (ARCHITECTURE.md, "Daemon
+//! hand-over"). `give` is the old daemon's side, `take` the new one's,
+//! `freeze` what connections see of it, `wire` the protocol between the two,
+//! and `upgrade` how an admin starts one.
+
+pub mod freeze;
+pub mod give;
+pub mod take;
+pub mod upgrade;
+pub mod wire;
