@@ -158,8 +158,8 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 struct Node {
     _dir: tempfile::TempDir,
     socket: PathBuf,
+    /// The arguments; `--http=` is left out and set per pod.
     args: Vec<String>,
-    port: u16,
 }
 
 impl Node {
@@ -190,7 +190,6 @@ impl Node {
         )
         .expect("writing the pubsub component");
 
-        let port = free_port();
         let replacements = [
             (
                 mount_path(container, "socket-dir"),
@@ -202,15 +201,17 @@ impl Node {
                 config.display().to_string(),
             ),
         ];
+        let mut http = 0;
         let args = args_of(container)
             .into_iter()
+            .filter(|arg| {
+                // Every pod has an IP of its own and the HTTP port on it;
+                // here each gets a loopback port of its own (start_pod).
+                let is_http = arg.starts_with("--http=0.0.0.0:");
+                http += usize::from(is_http);
+                !is_http
+            })
             .map(|arg| {
-                if let Some(address) = arg.strip_prefix("--http=") {
-                    // The pods have an IP each; here both share the host's
-                    // loopback, on a port of the test's choosing.
-                    assert!(address.starts_with("0.0.0.0:"), "{arg}");
-                    return format!("--http=127.0.0.1:{port}");
-                }
                 let Some((flag, value)) = arg.split_once('=') else {
                     return arg;
                 };
@@ -222,6 +223,7 @@ impl Node {
                 arg
             })
             .collect::<Vec<_>>();
+        assert_eq!(http, 1, "one --http=0.0.0.0:<port> argument");
         let socket = run.join("mecha.sock");
         assert!(
             args.iter()
@@ -232,16 +234,19 @@ impl Node {
             _dir: dir,
             socket,
             args,
-            port,
         }
     }
 
-    /// Starts one "pod": mechad with the chart's arguments. Modules are found
-    /// beside mechad, as in the image.
-    fn start_pod(&self) -> Pod {
+    /// Starts one "pod": mechad with the chart's arguments and its HTTP
+    /// endpoint on `port`. Modules are found beside mechad, as in the image.
+    fn start_pod(&self, port: u16) -> Pod {
         let child = Command::new(bin_dir().join("mechad"))
             .args(&self.args)
-            .env("MECHA_LOG", "warn")
+            .arg(format!("--http=127.0.0.1:{port}"))
+            .env(
+                "MECHA_LOG",
+                std::env::var("TEST_MECHA_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("MECHA_SOCKET")
             .env_remove("MECHA_CONFIG")
             .env_remove("MECHA_HTTP")
@@ -344,7 +349,8 @@ impl Seen {
 #[test]
 fn two_pods_on_one_node_hand_over() {
     let node = Node::from_chart();
-    let mut a = node.start_pod();
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut a = node.start_pod(a_port);
     let a_pid = a.id();
     wait_until(Duration::from_secs(30), "pod A's mechad to serve", || {
         if let Ok(Some(status)) = a.try_wait() {
@@ -353,7 +359,7 @@ fn two_pods_on_one_node_hand_over() {
         node.serving_pid() == Some(a_pid)
     });
     wait_until(Duration::from_secs(30), "pod A to be ready", || {
-        http_status(node.port, "/readyz") == Some(200)
+        http_status(a_port, "/readyz") == Some(200)
     });
 
     let seen = Arc::new(Seen::default());
@@ -445,13 +451,15 @@ fn two_pods_on_one_node_hand_over() {
     let progress = |what: &str, more: u64| {
         let target = seen.writes.load(Ordering::SeqCst) + more;
         wait_until(Duration::from_secs(60), what, || {
+            let errors = seen.errors.lock().expect("errors lock");
+            assert!(errors.is_empty(), "the applications saw errors: {errors:?}");
             seen.writes.load(Ordering::SeqCst) >= target
         });
     };
     progress("traffic through A", 20);
 
     // The new pod: the same arguments on the same directories.
-    let mut b = node.start_pod();
+    let mut b = node.start_pod(b_port);
     let b_pid = b.id();
     wait_until(Duration::from_secs(60), "B to take over", || {
         if let Ok(Some(status)) = b.try_wait() {
@@ -460,7 +468,7 @@ fn two_pods_on_one_node_hand_over() {
         node.serving_pid() == Some(b_pid)
     });
     wait_until(Duration::from_secs(30), "B to be ready", || {
-        http_status(node.port, "/readyz") == Some(200)
+        http_status(b_port, "/readyz") == Some(200)
     });
     progress("traffic through B", 20);
 
@@ -472,6 +480,11 @@ fn two_pods_on_one_node_hand_over() {
         a.try_wait().expect("checking A").is_none(),
         "A exited after the hand-over instead of waiting"
     );
+    // The idle old pod stays live for kubelet's liveness probe (a failed one
+    // would restart the container, whose new mechad would take the node
+    // back) and is no longer ready.
+    assert_eq!(http_status(a_port, "/healthz"), Some(200));
+    assert_eq!(http_status(a_port, "/readyz"), Some(503));
 
     seen.stop.store(true, Ordering::SeqCst);
     let (writer_pid, publisher_pid) = app_thread.join().expect("application thread");
@@ -504,7 +517,7 @@ fn two_pods_on_one_node_hand_over() {
     assert_eq!(status.code(), Some(0), "A: {status}");
     assert!(node.socket.exists(), "A removed the socket");
     assert_eq!(node.serving_pid(), Some(b_pid));
-    assert_eq!(http_status(node.port, "/readyz"), Some(200));
+    assert_eq!(http_status(b_port, "/readyz"), Some(200));
 
     signal(b_pid, libc::SIGTERM);
     let status = b.wait_exit("B to exit after SIGTERM");
