@@ -318,7 +318,10 @@ struct Seen {
     published: AtomicU64,
     /// Every payload delivered to the subscriber, in order of arrival.
     delivered: Mutex<Vec<u64>>,
+    /// Tells the writer and publisher to stop.
     stop: AtomicBool,
+    /// Set once the publisher has stopped: `published` is final.
+    published_all: AtomicBool,
 }
 
 impl Seen {
@@ -382,7 +385,7 @@ fn two_pods_on_one_node_hand_over() {
             // (then the assertion below names the missing ones).
             let mut give_up = None;
             loop {
-                if seen.stop.load(Ordering::SeqCst) {
+                if seen.published_all.load(Ordering::SeqCst) {
                     let deadline =
                         *give_up.get_or_insert_with(|| Instant::now() + Duration::from_secs(60));
                     if seen.missing().is_empty() || Instant::now() > deadline {
@@ -451,7 +454,9 @@ fn two_pods_on_one_node_hand_over() {
     let progress = |what: &str, more: u64| {
         let target = seen.writes.load(Ordering::SeqCst) + more;
         wait_until(Duration::from_secs(60), what, || {
-            let errors = seen.errors.lock().expect("errors lock");
+            // Cloned, so that the assertion does not poison the lock the
+            // application threads still use.
+            let errors = seen.errors.lock().expect("errors lock").clone();
             assert!(errors.is_empty(), "the applications saw errors: {errors:?}");
             seen.writes.load(Ordering::SeqCst) >= target
         });
@@ -488,6 +493,7 @@ fn two_pods_on_one_node_hand_over() {
 
     seen.stop.store(true, Ordering::SeqCst);
     let (writer_pid, publisher_pid) = app_thread.join().expect("application thread");
+    seen.published_all.store(true, Ordering::SeqCst);
     let (resubscribes, subscriber_pid) = sub_thread.join().expect("subscriber thread");
     let errors = seen.errors.lock().expect("errors lock").clone();
     assert!(errors.is_empty(), "the applications saw errors: {errors:?}");
@@ -501,6 +507,9 @@ fn two_pods_on_one_node_hand_over() {
     ] {
         assert_eq!(pid.expect("status on the old connection"), b_pid, "{who}");
     }
+    // The daemon re-opened the stream on the new pubsub module itself: the
+    // subscription never had to subscribe again.
+    assert_eq!(resubscribes, 0, "the subscription was reset");
     let missing = seen.missing();
     assert!(missing.is_empty(), "never delivered: {missing:?}");
     eprintln!(
