@@ -108,7 +108,7 @@ impl Opcode {
     /// Cancel a stream this connection opened.
     pub const STREAM_CANCEL: Opcode = Opcode(0x0006);
     /// Admin: replace the daemon by a new one that takes over every
-    /// connection (SPEC §7.1.5).
+    /// connection (SPEC §7.1.7).
     pub const DAEMON_UPGRADE: Opcode = Opcode(0x0007);
 
     /// Read one key.

@@ -27,6 +27,7 @@ use mecha_abi::msg::{
     BindingAckRequest, BindingEvent, BindingSubscribeReply, BindingSubscribeRequest,
     InvokeBindingReply, InvokeBindingRequest,
 };
+use mecha_abi::msg::{DaemonUpgradeReply, DaemonUpgradeRequest};
 use mecha_abi::{
     decode, encode, encode_frame, Features, Flags, Header, Opcode, Status, TraceContext,
     HEADER_LEN, MAX_FRAME_CAP, TRACE_LEN,
@@ -456,6 +457,23 @@ fn vectors() -> Vec<Vector> {
             "OK answer to MODULE_RESTART: the new instance, pid 2417, serves every new request; the old one drains",
             resp(O::MODULE_RESTART, 5, Status::Ok),
             ModuleRestartReply { pid: 2417 },
+        ),
+        typed(
+            "daemon_upgrade_request",
+            "DAEMON_UPGRADE (admin) to the mechad executable /usr/bin/mechad, with a 150000 ms deadline",
+            req(O::DAEMON_UPGRADE, 9, 150_000),
+            DaemonUpgradeRequest {
+                binary: Some("/usr/bin/mechad".into()),
+            },
+        ),
+        typed(
+            "daemon_upgrade_reply",
+            "OK answer to DAEMON_UPGRADE: daemon pid 812 hands over to the new daemon, pid 5120, which is ready",
+            resp(O::DAEMON_UPGRADE, 9, Status::Ok),
+            DaemonUpgradeReply {
+                old_pid: 812,
+                new_pid: 5120,
+            },
         ),
         empty(
             "reload_request",
@@ -1788,13 +1806,14 @@ fn invalid_vectors_match_the_file_and_are_rejected() {
 }
 
 /// The opcodes SPEC.md §3 defines, in table order.
-const DEFINED_OPCODES: [Opcode; 41] = [
+const DEFINED_OPCODES: [Opcode; 42] = [
     Opcode::HELLO,
     Opcode::PING,
     Opcode::STATUS,
     Opcode::MODULE_RESTART,
     Opcode::RELOAD,
     Opcode::STREAM_CANCEL,
+    Opcode::DAEMON_UPGRADE,
     Opcode::STATE_GET,
     Opcode::STATE_SET,
     Opcode::STATE_DELETE,

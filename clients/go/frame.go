@@ -32,6 +32,7 @@ const (
 	OpPing            uint16 = 0x0002
 	OpStatus          uint16 = 0x0003
 	OpModuleRestart   uint16 = 0x0004
+	OpDaemonUpgrade   uint16 = 0x0007
 	OpReload          uint16 = 0x0005
 	OpStreamCancel    uint16 = 0x0006
 	OpStateGet        uint16 = 0x0101
@@ -74,6 +75,7 @@ var opTable = map[uint16]opInfo{
 	OpPing:            {"PING", nil, nil, nil},
 	OpStatus:          {"STATUS", nil, func() Message { return &StatusReply{} }, nil},
 	OpModuleRestart:   {"MODULE_RESTART", func() Message { return &ModuleRestartRequest{} }, func() Message { return &ModuleRestartReply{} }, nil},
+	OpDaemonUpgrade:   {"DAEMON_UPGRADE", func() Message { return &DaemonUpgradeRequest{} }, func() Message { return &DaemonUpgradeReply{} }, nil},
 	OpReload:          {"RELOAD", nil, func() Message { return &ReloadReply{} }, nil},
 	OpStreamCancel:    {"STREAM_CANCEL", func() Message { return &StreamCancel{} }, nil, nil},
 	OpStateGet:        {"STATE_GET", func() Message { return &GetRequest{} }, func() Message { return &StateEntry{} }, nil},

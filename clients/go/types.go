@@ -129,6 +129,23 @@ type ModuleRestartReply struct {
 func (m *ModuleRestartReply) encode(e *encoder) { e.u32(m.PID) }
 func (m *ModuleRestartReply) decode(d *decoder) { m.PID = d.u32() }
 
+// DaemonUpgradeRequest is the DAEMON_UPGRADE request (SPEC §7.1.7).
+type DaemonUpgradeRequest struct {
+	Binary *string // nil: the executable the daemon was started from; else an absolute path
+}
+
+func (m *DaemonUpgradeRequest) encode(e *encoder) { e.optStr(m.Binary) }
+func (m *DaemonUpgradeRequest) decode(d *decoder) { m.Binary = d.optStr() }
+
+// DaemonUpgradeReply is the OK answer to DAEMON_UPGRADE.
+type DaemonUpgradeReply struct {
+	OldPID uint32 // the daemon that hands over
+	NewPID uint32 // the daemon taking over
+}
+
+func (m *DaemonUpgradeReply) encode(e *encoder) { e.u32(m.OldPID); e.u32(m.NewPID) }
+func (m *DaemonUpgradeReply) decode(d *decoder) { m.OldPID = d.u32(); m.NewPID = d.u32() }
+
 // ReloadReply is the OK answer to RELOAD (SPEC §7.1.5): module names by outcome.
 type ReloadReply struct {
 	Started   []string

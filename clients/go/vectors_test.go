@@ -211,6 +211,8 @@ var expected = map[string]interface{}{
 		"uid 1000 is not root, the daemon's uid, or in adminUids"},
 	"module_restart_request_upgrade": &ModuleRestartRequest{Module: "state", Binary: sp("/opt/mecha/bin/mecha-mod-state-0.2.0")},
 	"module_restart_reply":           &ModuleRestartReply{PID: 2417},
+	"daemon_upgrade_request":         &DaemonUpgradeRequest{Binary: sp("/usr/bin/mechad")},
+	"daemon_upgrade_reply":           &DaemonUpgradeReply{OldPID: 812, NewPID: 5120},
 	"reload_request":                 emptyPayload{},
 	"reload_reply": &ReloadReply{Started: []string{"lock"}, Restarted: []string{"state"},
 		Unchanged: []string{"sequencer", "secrets"}},

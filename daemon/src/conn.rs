@@ -19,7 +19,7 @@ use crate::caller::Caller;
 use crate::clocked::{is_stalled, partial_frame_timeout, Clocked};
 use crate::daemon::Daemon;
 use crate::handle::ConnHandle;
-use crate::handover::freeze::{Exports, Frozen, Phase};
+use crate::handover::freeze::{Exports, Frozen, LiveGuard, Phase};
 use crate::handover::wire::{ConnState, StreamState};
 use crate::peer::Peer;
 use crate::ratelog::RateLimited;
@@ -34,6 +34,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// which moves to the next daemon with them.
 const HOLD_FRAMES: usize = 64;
 const HOLD_BYTES: usize = 1024 * 1024;
+/// The most unread bytes a connection hands over (held requests and a
+/// partial frame), within the hand-over channel's message limit.
+const MAX_UNREAD: usize = mecha_wire::fdstream::MAX_MESSAGE - 1024 * 1024;
 /// How long a stopping connection may take to write what it has queued.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
 
@@ -91,13 +94,16 @@ struct Conn {
 }
 
 /// Serves one accepted connection until EOF, a fatal protocol error, or shutdown.
+/// `live` counts it for a hand-over from the moment it was accepted
+/// (`Freeze::enter`, taken before the task starts so that none is missed).
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,
     daemon: Arc<Daemon>,
     shutdown: watch::Receiver<bool>,
+    live: LiveGuard,
 ) {
-    serve_as(stream, peer, None, daemon, shutdown, None).await;
+    serve_as(stream, peer, None, daemon, shutdown, None, live).await;
 }
 
 /// [`serve`] with the tenant already decided, when `tenant` is given: a
@@ -113,6 +119,7 @@ pub async fn serve_as(
     daemon: Arc<Daemon>,
     shutdown: watch::Receiver<bool>,
     resume: Option<Resume>,
+    _live: LiveGuard,
 ) {
     let resolved = match tenant {
         Some(t) => Ok(t),
@@ -168,11 +175,15 @@ pub async fn serve_as(
     let max_frame = conn.caller.daemon.max_frame;
     let mut reader = FrameReader::new(Clocked::new(rd, partial_frame_timeout()), max_frame);
     let freeze = Arc::clone(&conn.caller.daemon.freeze);
-    let _live = freeze.enter();
     if let Some(resume) = resume {
         conn.version = resume.version;
         reader.prime(&resume.unread);
         conn.reopen(resume.streams).await;
+        // Nothing else is served until every connection taken over has its
+        // streams open again: a call must find its callee registered.
+        freeze.reopened();
+        let _ = tokio::time::timeout(crate::handover::take::REOPEN_TIMEOUT, freeze.all_reopened())
+            .await;
     }
     let mut quiet_in = None;
     let exit = conn
@@ -213,6 +224,7 @@ impl Conn {
                 Phase::Stopping(exports) => return Exit::Stop(exports, held),
                 Phase::Serving => {
                     *quiet_in = None;
+                    freeze.hold_bytes(-isize::try_from(held_bytes).unwrap_or(isize::MAX));
                     // A hand-over that failed: serve what was held, in order.
                     for (header, payload) in std::mem::take(&mut held) {
                         let Some(permit) = self.permit().await else {
@@ -240,7 +252,8 @@ impl Conn {
             if !reader.has_frame() {
                 self.caller.flush();
             }
-            let can_read = !holding || (held.len() < HOLD_FRAMES && held_bytes < HOLD_BYTES);
+            let can_read = !holding
+                || (held.len() < HOLD_FRAMES && held_bytes < HOLD_BYTES && freeze.may_hold());
             let report = holding && quiet_in.is_none();
             let permits = Arc::clone(&self.permits);
             let next = tokio::select! {
@@ -270,6 +283,7 @@ impl Conn {
             if holding {
                 if let Ok(Some((header, payload))) = next {
                     held_bytes += payload.len();
+                    freeze.hold_bytes(isize::try_from(payload.len()).unwrap_or(isize::MAX));
                     held.push((header, payload));
                     continue;
                 }
@@ -331,6 +345,13 @@ impl Conn {
             }
         }
         self.caller.flush();
+        // Open means answered: the silent answers bring the permits back.
+        let all = self.caller.daemon.max_in_flight;
+        let _ = tokio::time::timeout(
+            crate::handover::take::REOPEN_TIMEOUT,
+            self.permits.acquire_many(all),
+        )
+        .await;
     }
 
     /// Hands the connection to the daemon taking over: writes what is
@@ -367,6 +388,17 @@ impl Conn {
             unread.extend_from_slice(payload);
         }
         unread.extend_from_slice(&reader.take_buffered());
+        // A partial frame near the largest frame there is, on top of what was
+        // held, would not fit one hand-over message: that connection closes.
+        if unread.len() > MAX_UNREAD {
+            tracing::warn!(
+                pid = self.caller.peer.pid,
+                bytes = unread.len(),
+                "closing a connection whose unread bytes are too many to hand over"
+            );
+            writer.abort();
+            return;
+        }
         let peer = &self.caller.peer;
         let state = ConnState {
             pid: peer.pid,

@@ -34,7 +34,8 @@ pub async fn accept_loop(
             accepted = listener.accept(), if serving => match accepted {
                 Ok((stream, _)) => match peer::identify(&stream, &path) {
                     Ok(p) => {
-                        conns.spawn(conn::serve(stream, p, Arc::clone(&daemon), shutdown.clone()));
+                        let live = daemon.freeze.enter();
+                        conns.spawn(conn::serve(stream, p, Arc::clone(&daemon), shutdown.clone(), live));
                         trim.opened(conns.len());
                     }
                     // At debug: connecting and exiting in a loop must not let a

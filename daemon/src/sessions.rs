@@ -144,6 +144,7 @@ fn open(
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(ours))
         .map_err(|e| (Status::Unavailable, format!("cannot open a session: {e}")))?;
+    let live = hub.daemon.freeze.enter();
     tokio::spawn(conn::serve_as(
         stream,
         peer,
@@ -151,6 +152,7 @@ fn open(
         Arc::clone(&hub.daemon),
         hub.shutdown.clone(),
         None,
+        live,
     ));
     Ok(OwnedFd::from(theirs))
 }

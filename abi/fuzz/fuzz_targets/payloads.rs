@@ -68,6 +68,8 @@ const TYPES: &[fn(&[u8])] = &[
     round_trip::<ModuleStatus>,
     round_trip::<ModuleRestartRequest>,
     round_trip::<ModuleRestartReply>,
+    round_trip::<DaemonUpgradeRequest>,
+    round_trip::<DaemonUpgradeReply>,
     round_trip::<ReloadReply>,
     round_trip::<StreamCancel>,
     // invoke.rs

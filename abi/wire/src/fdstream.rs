@@ -10,8 +10,9 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-/// The largest message either side accepts.
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// The largest message either side accepts: room for a connection's
+/// partial frame of the largest size the ABI allows, and more.
+pub const MAX_MESSAGE: usize = mecha_abi::MAX_FRAME_CAP as usize + 16 * 1024 * 1024;
 /// The most descriptors one message may carry.
 pub const MAX_FDS: usize = 32;
 

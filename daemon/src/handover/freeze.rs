@@ -73,8 +73,20 @@ pub struct Freeze {
     /// Counts holding episodes, so that a report from an earlier one is
     /// never taken back from a later one's count.
     episode: std::sync::atomic::AtomicU64,
+    /// Connections taken over whose streams are not open again yet: until
+    /// none is left, no connection serves other requests, so that a call
+    /// never finds its callee's registration missing.
+    reopening: AtomicUsize,
+    /// Bytes of requests all holding connections keep, within
+    /// [`HOLD_TOTAL`]: a tenant with many connections cannot make a
+    /// hand-over cost the daemon much memory; past it, requests wait in the
+    /// sockets, which move with them.
+    held: AtomicUsize,
     changed: Notify,
 }
+
+/// The most bytes of requests holding connections keep in all.
+pub const HOLD_TOTAL: usize = 64 * 1024 * 1024;
 
 impl Default for Freeze {
     fn default() -> Self {
@@ -83,6 +95,8 @@ impl Default for Freeze {
             live: AtomicUsize::new(0),
             quiet: AtomicUsize::new(0),
             episode: std::sync::atomic::AtomicU64::new(0),
+            reopening: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
@@ -144,6 +158,48 @@ impl Freeze {
         loop {
             let changed = self.changed.notified();
             if self.quiet.load(Ordering::Acquire) >= self.live.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// True while holding connections may keep more bytes.
+    pub fn may_hold(&self) -> bool {
+        self.held.load(Ordering::Acquire) < HOLD_TOTAL
+    }
+
+    /// Counts `bytes` more (or, negative, fewer) kept by holding connections.
+    pub fn hold_bytes(&self, bytes: isize) {
+        if bytes >= 0 {
+            self.held.fetch_add(bytes.unsigned_abs(), Ordering::AcqRel);
+        } else {
+            let _ = self
+                .held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    Some(h.saturating_sub(bytes.unsigned_abs()))
+                });
+        }
+    }
+
+    /// A connection taken over will open its streams again.
+    pub fn reopening(&self) {
+        self.reopening.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A connection taken over has opened its streams again (or given up).
+    pub fn reopened(&self) {
+        let _ = self
+            .reopening
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every connection taken over has opened its streams again.
+    pub async fn all_reopened(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.reopening.load(Ordering::Acquire) == 0 {
                 return;
             }
             changed.await;

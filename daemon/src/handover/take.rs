@@ -32,6 +32,10 @@ pub enum Mode {
 /// modules.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long connections taken over wait for each other's streams to open
+/// again before serving on regardless.
+pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A hand-over under way, from the new daemon's side.
 pub struct Taking {
     channel: Channel,
@@ -140,6 +144,7 @@ impl Taking {
                         bail!("a connection arrived without its socket");
                     };
                     conns += 1;
+                    daemon.freeze.reopening();
                     adopt(fd, state, daemon, shutdown.clone());
                 }
                 ToNew::ConnsDone => {}
@@ -153,10 +158,25 @@ impl Taking {
                 other => bail!("unexpected hand-over message: {other:?}"),
             }
         }
-        for (slot, p) in prepared {
+        // Eager modules serve at once; lazy ones are checked and retired
+        // after the hand-over is confirmed, off the connections' pause.
+        let (eager, lazy): (Vec<_>, Vec<_>) = prepared
+            .into_iter()
+            .partition(|(slot, _)| slot.spec().start == crate::childspec::Start::Eager);
+        for (slot, p) in eager {
             slot.run(p, supervision).await;
         }
         let (_, sent) = blocking(channel, |c| c.send(&ToOld::Taken, &[])).await;
+        for (slot, p) in lazy {
+            slot.run(p, supervision).await;
+        }
+        // New connections wait until the streams taken over are open again.
+        if tokio::time::timeout(REOPEN_TIMEOUT, daemon.freeze.all_reopened())
+            .await
+            .is_err()
+        {
+            tracing::warn!("streams taken over were not all open again within {REOPEN_TIMEOUT:?}");
+        }
         if let Err(e) = sent {
             // Everything is here already; the old daemon exits either way.
             tracing::warn!("could not confirm the hand-over: {e}");
@@ -176,6 +196,7 @@ fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::R
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(pid = state.pid, "cannot take a connection over: {e}");
+            daemon.freeze.reopened();
             return;
         }
     };
@@ -193,6 +214,7 @@ fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::R
         streams: state.streams,
         unread: state.unread,
     };
+    let live = daemon.freeze.enter();
     tokio::spawn(crate::conn::serve_as(
         stream,
         peer,
@@ -200,5 +222,6 @@ fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::R
         Arc::clone(daemon),
         shutdown,
         Some(resume),
+        live,
     ));
 }

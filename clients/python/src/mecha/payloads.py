@@ -66,6 +66,17 @@ class ModuleRestartReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonUpgradeRequest:
+    binary: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonUpgradeReply:
+    old_pid: U32
+    new_pid: U32
+
+
+@dataclass(frozen=True, slots=True)
 class ReloadReply:
     started: list[str]
     restarted: list[str]

@@ -37,6 +37,7 @@ OPCODES: dict[int, tuple[str, Any, Any]] = {
     0x0004: ("MODULE_RESTART", t.ModuleRestartRequest, t.ModuleRestartReply),
     0x0005: ("RELOAD", None, t.ReloadReply),
     0x0006: ("STREAM_CANCEL", t.StreamCancel, None),
+    0x0007: ("DAEMON_UPGRADE", t.DaemonUpgradeRequest, t.DaemonUpgradeReply),
     0x0101: ("STATE_GET", t.GetRequest, t.StateEntry),
     0x0102: ("STATE_SET", t.SetRequest, t.SetReply),
     0x0103: ("STATE_DELETE", t.DeleteRequest, t.DeleteReply),
