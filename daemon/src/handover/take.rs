@@ -166,6 +166,14 @@ impl Taking {
         for (slot, p) in eager {
             slot.run(p, supervision).await;
         }
+        // Under systemd (Type=notify, NotifyAccess=all) this daemon becomes
+        // the service's main process before the old one may exit: the old
+        // one exits once it reads Taken, and systemd would take the exit of
+        // a main process it still knew for the end of the service and kill
+        // this daemon with the rest of the unit. The datagram is queued at
+        // systemd before Taken is even sent, and systemd reads notifications
+        // before it handles child exits.
+        crate::notify::send(&format!("MAINPID={}", std::process::id()));
         let (_, sent) = blocking(channel, |c| c.send(&ToOld::Taken, &[])).await;
         for (slot, p) in lazy {
             slot.run(p, supervision).await;
