@@ -399,14 +399,8 @@ impl Conn {
             writer.abort();
             return;
         }
-        let peer = &self.caller.peer;
         let state = ConnState {
-            pid: peer.pid,
-            uid: peer.uid,
-            gid: peer.gid,
-            socket: peer.socket.to_path_buf(),
-            pod: peer.pod.clone(),
-            local: peer.local,
+            socket: self.caller.peer.socket.to_path_buf(),
             version: self.version,
             streams: streams
                 .into_iter()

@@ -234,10 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     http.set_daemon(&daemon, socket.clone());
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, taken_over_from = taken, "mechad ready");
-    match taken {
-        Some(_) => notify::send(&format!("MAINPID={}\nREADY=1", std::process::id())),
-        None => notify::send("READY=1"),
-    }
+    notify::send("READY=1");
     serve(
         &daemon,
         listeners,

@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use super::wire::{self, blocking, Channel, ConnState, ToNew, ToOld};
 use crate::conn::Resume;
 use crate::daemon::Daemon;
-use crate::peer::Peer;
 use crate::supervisor::{ModuleSlot, Prepared, Supervision};
 
 /// `--takeover`: whether a daemon must be there to take over from.
@@ -166,13 +165,9 @@ impl Taking {
         for (slot, p) in eager {
             slot.run(p, supervision).await;
         }
-        // Under systemd (Type=notify, NotifyAccess=all) this daemon becomes
-        // the service's main process before the old one may exit: the old
-        // one exits once it reads Taken, and systemd would take the exit of
-        // a main process it still knew for the end of the service and kill
-        // this daemon with the rest of the unit. The datagram is queued at
-        // systemd before Taken is even sent, and systemd reads notifications
-        // before it handles child exits.
+        // Under systemd this daemon is the service's main process from now
+        // on; said before the old one may exit, so that its exit does not
+        // end the service.
         crate::notify::send(&format!("MAINPID={}", std::process::id()));
         let (_, sent) = blocking(channel, |c| c.send(&ToOld::Taken, &[])).await;
         for (slot, p) in lazy {
@@ -194,28 +189,28 @@ impl Taking {
     }
 }
 
-/// Serves one connection taken over, from where its session was.
+/// Serves one connection taken over, from where its session was. The peer
+/// is identified again from the socket, as at an accept: identity comes from
+/// the kernel, under this daemon's view (its mount namespace, its pods).
 fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::Receiver<bool>) {
     let std = std::os::unix::net::UnixStream::from(fd);
-    let stream = match std
+    let socket: Arc<Path> = Arc::from(state.socket.as_path());
+    let taken = std
         .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(std))
-    {
-        Ok(s) => s,
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::peer::identify(&std, &socket).map_err(|e| e.to_string()))
+        .and_then(|peer| {
+            tokio::net::UnixStream::from_std(std)
+                .map(|stream| (stream, peer))
+                .map_err(|e| e.to_string())
+        });
+    let (stream, peer) = match taken {
+        Ok(both) => both,
         Err(e) => {
-            tracing::warn!(pid = state.pid, "cannot take a connection over: {e}");
+            tracing::debug!("a connection taken over is closed: {e}");
             daemon.freeze.reopened();
             return;
         }
-    };
-    let peer = Peer {
-        pid: state.pid,
-        uid: state.uid,
-        gid: state.gid,
-        socket: Arc::from(state.socket.as_path()),
-        pod: state.pod,
-        local: state.local,
-        personality: false,
     };
     let resume = Resume {
         version: state.version,
