@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 
+use super::freeze::REOPEN_TIMEOUT;
 use super::wire::{self, blocking, Channel, ConnState, ToNew, ToOld};
 use crate::conn::Resume;
 use crate::daemon::Daemon;
@@ -30,10 +31,6 @@ pub enum Mode {
 /// holds its connections for up to `give::QUIET_TIMEOUT`, then drains its
 /// modules.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long connections taken over wait for each other's streams to open
-/// again before serving on regardless.
-pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A hand-over under way, from the new daemon's side.
 pub struct Taking {
