@@ -8,33 +8,9 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{wait_until, Daemon};
-
-/// Stops the daemon that took over when the test ends (the test did not
-/// start it, so `Daemon`'s drop would not).
-struct Reaper(u32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        common::signal(self.0, libc::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(20);
-        while alive(self.0) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if alive(self.0) {
-            common::signal(self.0, libc::SIGKILL);
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by its parent) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
 
 /// The notifications queued on `socket` now, without waiting.
 fn queued(socket: &UnixDatagram) -> Vec<String> {
@@ -95,7 +71,7 @@ fn the_new_daemon_is_the_main_process_before_the_old_one_exits() {
         .next()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no new pid in {text:?}"));
-    let _reaper = Reaper(new);
+    let _reaper = common::Reaper(new);
     assert_ne!(new, old);
 
     // The old daemon exits once the new one confirmed the hand-over
@@ -111,6 +87,6 @@ fn the_new_daemon_is_the_main_process_before_the_old_one_exits() {
         told.iter().any(|m| m.lines().any(|l| l == main_pid)),
         "the old daemon exited before the new one sent {main_pid}; queued: {told:?}"
     );
-    assert!(alive(new), "the new daemon died with the old one");
+    assert!(common::alive(new), "the new daemon died with the old one");
     assert_eq!(d.client().status().expect("status").pid, new);
 }
