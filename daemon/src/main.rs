@@ -548,8 +548,11 @@ async fn serve(
         for accept in accepts {
             let _ = accept.await;
         }
-        let new_pid = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
-        tracing::info!(new_pid, "mechad handed over");
+        let handed = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
+        tracing::info!(new_pid = handed.pid, "mechad handed over");
+        if handed.shared_netns {
+            http.release_listener();
+        }
         if after == AfterHandover::Wait {
             tracing::info!("handed over; waiting for SIGTERM");
             tokio::select! {
@@ -610,7 +613,7 @@ async fn wait_for_shutdown(
     daemon: &Arc<Daemon>,
     signals: &mut Signals,
     mut handed: watch::Receiver<handover::give::Outcome>,
-) -> anyhow::Result<Option<Result<u32, String>>> {
+) -> anyhow::Result<handover::give::Outcome> {
     loop {
         tokio::select! {
             _ = signals.term.recv() => return Ok(None),
