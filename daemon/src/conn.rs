@@ -182,8 +182,11 @@ pub async fn serve_as(
         // Nothing else is served until every connection taken over has its
         // streams open again: a call must find its callee registered.
         freeze.reopened();
-        let _ = tokio::time::timeout(crate::handover::take::REOPEN_TIMEOUT, freeze.all_reopened())
-            .await;
+        let _ = tokio::time::timeout(
+            crate::handover::freeze::REOPEN_TIMEOUT,
+            freeze.all_reopened(),
+        )
+        .await;
     }
     let mut quiet_in = None;
     let exit = conn
@@ -348,7 +351,7 @@ impl Conn {
         // Open means answered: the silent answers bring the permits back.
         let all = self.caller.daemon.max_in_flight;
         let _ = tokio::time::timeout(
-            crate::handover::take::REOPEN_TIMEOUT,
+            crate::handover::freeze::REOPEN_TIMEOUT,
             self.permits.acquire_many(all),
         )
         .await;
@@ -399,14 +402,8 @@ impl Conn {
             writer.abort();
             return;
         }
-        let peer = &self.caller.peer;
         let state = ConnState {
-            pid: peer.pid,
-            uid: peer.uid,
-            gid: peer.gid,
-            socket: peer.socket.to_path_buf(),
-            pod: peer.pod.clone(),
-            local: peer.local,
+            socket: self.caller.peer.socket.to_path_buf(),
             version: self.version,
             streams: streams
                 .into_iter()

@@ -69,7 +69,7 @@ pub struct Daemon {
     /// What connections do during a daemon hand-over (`handover`).
     pub freeze: Arc<crate::handover::freeze::Freeze>,
     /// The daemon upgrade under way, if any (`handover::upgrade`).
-    pub upgrade: crate::handover::upgrade::Upgrade,
+    pub upgrade: crate::handover::waiter::Upgrade,
     /// The binary this daemon was started from: the default of an upgrade.
     pub exe: PathBuf,
 }

@@ -46,6 +46,8 @@ pub struct HttpState {
     /// The application socket, which the dashboard lists apps through.
     socket: OnceLock<PathBuf>,
     stopping: AtomicBool,
+    /// Stop accepting: the listener went to a daemon that took over.
+    release: tokio::sync::Notify,
     dashboard: Dashboard,
 }
 
@@ -60,6 +62,13 @@ impl HttpState {
     /// The daemon is shutting down: readiness drops so no new work is sent here.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops accepting, for good: a daemon that took over serves the same
+    /// listening socket now, and an idle old daemon must not answer its
+    /// probes.
+    pub fn release_listener(&self) {
+        self.release.notify_one();
     }
 }
 
@@ -109,6 +118,7 @@ pub async fn start(
         daemon: OnceLock::new(),
         socket: OnceLock::new(),
         stopping: AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
         dashboard,
     });
     let Some((addr, automatic)) = address(flag, settings)? else {
@@ -141,12 +151,17 @@ pub async fn start(
     Ok(state)
 }
 
-/// Accepts connections until the process exits. The endpoint keeps answering
-/// during shutdown, so liveness holds while connections drain.
+/// Accepts connections until the process exits, or its listener is handed
+/// over (`release_listener`). The endpoint keeps answering during shutdown,
+/// so liveness holds while connections drain.
 async fn serve(listener: TcpListener, state: Arc<HttpState>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = state.release.notified() => return,
+        };
+        match accepted {
             Ok((stream, _)) => {
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     // Busy: closing at once is cheaper than queueing; probes retry.
@@ -327,6 +342,7 @@ mod tests {
             daemon: OnceLock::new(),
             socket: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
             dashboard: Dashboard::new(false, None).unwrap(),
         }
     }

@@ -198,6 +198,10 @@ fn default_data_dir() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Installed before any socket is bound: a SIGTERM that comes as soon as
+    // the socket answers (a supervisor that saw it ready) must be a clean
+    // shutdown, not the default action.
+    let signals = Signals::install()?;
     // Resolved now: after a package upgrade replaced the file, this
     // process's own link names a deleted inode, and the path is what an
     // upgrade starts by default.
@@ -234,17 +238,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     http.set_daemon(&daemon, socket.clone());
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, taken_over_from = taken, "mechad ready");
-    match taken {
-        Some(_) => notify::send(&format!("MAINPID={}\nREADY=1", std::process::id())),
-        None => notify::send("READY=1"),
-    }
+    notify::send("READY=1");
     serve(
         &daemon,
         listeners,
         &http,
         socket,
         (shutdown_tx, shutdown_rx),
-        args.after_handover,
+        (signals, args.after_handover),
     )
     .await
 }
@@ -518,7 +519,7 @@ async fn serve(
     http: &http::HttpState,
     socket: PathBuf,
     (shutdown_tx, shutdown_rx): (watch::Sender<bool>, watch::Receiver<bool>),
-    after: AfterHandover,
+    (mut signals, after): (Signals, AfterHandover),
 ) -> anyhow::Result<()> {
     sessions::start(Arc::clone(daemon), shutdown_rx.clone());
     let sockets: Vec<Arc<Path>> = listeners.iter().map(|(_, p)| Arc::clone(p)).collect();
@@ -540,17 +541,24 @@ async fn serve(
         }
         Err(e) => tracing::warn!("no hand-over socket, so no live upgrade: {e}"),
     }
-    let handed = wait_for_shutdown(daemon, handed_rx).await?;
+    let handed = wait_for_shutdown(daemon, &mut signals, handed_rx).await?;
     http.set_stopping();
     if let Some(outcome) = handed {
         let _ = shutdown_tx.send(true);
         for accept in accepts {
             let _ = accept.await;
         }
-        let new_pid = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
-        tracing::info!(new_pid, "mechad handed over");
+        let handed = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
+        tracing::info!(new_pid = handed.pid, "mechad handed over");
+        if handed.shared_netns {
+            http.release_listener();
+        }
         if after == AfterHandover::Wait {
-            wait_for_term().await?;
+            tracing::info!("handed over; waiting for SIGTERM");
+            tokio::select! {
+                _ = signals.term.recv() => {}
+                _ = signals.int.recv() => {}
+            }
         }
         return Ok(());
     }
@@ -580,25 +588,41 @@ fn parse_mode(text: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("Configuration socket mode {text:?} is not an octal file mode"))
 }
 
+/// The signals mechad acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
+        })
+    }
+}
+
 /// Serves SIGHUP (reload) and SIGUSR2 (upgrade) until SIGTERM or SIGINT
 /// asks for shutdown (`None`), or a new daemon took over (its outcome).
 async fn wait_for_shutdown(
     daemon: &Arc<Daemon>,
+    signals: &mut Signals,
     mut handed: watch::Receiver<handover::give::Outcome>,
-) -> anyhow::Result<Option<Result<u32, String>>> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+) -> anyhow::Result<handover::give::Outcome> {
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(None),
-            _ = int.recv() => return Ok(None),
-            _ = hup.recv() => match daemon.reload().await {
+            _ = signals.term.recv() => return Ok(None),
+            _ = signals.int.recv() => return Ok(None),
+            _ = signals.hup.recv() => match daemon.reload().await {
                 Ok(_) => {}
                 Err(e) => tracing::error!("reload failed: {e}"),
             },
-            _ = usr2.recv() => {
+            _ = signals.usr2.recv() => {
                 let daemon = Arc::clone(daemon);
                 tokio::spawn(async move {
                     match handover::upgrade::start(&daemon, None).await {
@@ -618,17 +642,4 @@ async fn wait_for_shutdown(
             }
         }
     }
-}
-
-/// After a hand-over with `--after-handover wait`: idle until SIGTERM or
-/// SIGINT.
-async fn wait_for_term() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tracing::info!("handed over; waiting for SIGTERM");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

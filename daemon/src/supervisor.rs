@@ -260,13 +260,24 @@ impl ModuleSlot {
     }
 
     /// Waits until the module is up or down (not starting, nor idle), or
-    /// `deadline`.
+    /// `deadline`. A request waiting here wakes the module whenever its
+    /// route is idle, not only when it first looked: a lazy module that a
+    /// daemon taking over prepares is `Starting` while connections (and
+    /// their held requests) arrive, and turns `Idle` only afterwards, when
+    /// no new request would come to wake it for the ones already waiting.
     pub async fn settled_route(&self, deadline: tokio::time::Instant) -> Route {
         let mut rx = self.route.subscribe();
         let settled = tokio::time::timeout_at(deadline, async {
-            rx.wait_for(|r| !matches!(r, Route::Starting | Route::Idle))
-                .await
-                .map(|r| r.clone())
+            rx.wait_for(|r| match r {
+                Route::Idle => {
+                    self.wake();
+                    false
+                }
+                Route::Starting => false,
+                _ => true,
+            })
+            .await
+            .map(|r| r.clone())
         })
         .await;
         match settled {

@@ -8,36 +8,12 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{wait_until, Daemon, Raw};
 use mecha_abi::msg::{GetRequest, SetItem, SetRequest, StateEntry};
 use mecha_abi::{Header, Opcode, Status};
 use mecha_client::SetOptions;
-
-/// Stops the daemon that took over when the test ends (the test did not
-/// start it, so `Daemon`'s drop would not).
-struct Reaper(u32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        common::signal(self.0, libc::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(20);
-        while alive(self.0) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if alive(self.0) {
-            common::signal(self.0, libc::SIGKILL);
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by its parent) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
 
 /// Runs `mechactl daemon upgrade` with `args`; the output and whether it
 /// succeeded.
@@ -109,11 +85,11 @@ fn a_frame_cut_in_half_and_pipelined_requests_cross_the_hand_over() {
     let (ok, out) = upgrade(&d, &[]);
     assert!(ok, "upgrade failed: {out}");
     let new = new_pid(&out);
-    let _reaper = Reaper(new);
+    let _reaper = common::Reaper(new);
     assert_ne!(new, old);
     pipelining.join().unwrap();
     wait_until(Duration::from_secs(10), "the old daemon to exit", || {
-        !alive(old)
+        !common::alive(old)
     });
     cut.send_bytes(&frame[10..]);
     let (h, p) = cut.recv().expect("an answer to the frame cut in half");

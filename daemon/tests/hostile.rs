@@ -303,7 +303,7 @@ fn unknown_and_link_opcodes_are_unknown_opcode_and_connection_stays_open() {
 fn unknown_opcodes(d: &Daemon) {
     let (mut raw, _) = Raw::hello(&d.socket);
     let opcodes = [
-        0x7701u16, 0xF001, 0xF002, 0xF003, 0x0000, 0x0007, 0x0107, 0xFFFF,
+        0x7701u16, 0xF001, 0xF002, 0xF003, 0x0000, 0x0008, 0x0107, 0xFFFF,
     ];
     for (i, op) in opcodes.into_iter().enumerate() {
         let id = 10 + i as u32;

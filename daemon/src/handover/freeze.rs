@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
@@ -84,6 +85,10 @@ pub struct Freeze {
     held: AtomicUsize,
     changed: Notify,
 }
+
+/// How long connections taken over wait for each other's streams to open
+/// again before serving on regardless.
+pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most bytes of requests holding connections keep in all.
 pub const HOLD_TOTAL: usize = 64 * 1024 * 1024;

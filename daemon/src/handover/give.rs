@@ -25,8 +25,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long any other step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A hand-over that completed.
+#[derive(Clone, Copy, Debug)]
+pub struct Handed {
+    /// The daemon that took over.
+    pub pid: u32,
+    /// It shares this daemon's network namespace, so it took the TCP
+    /// listeners too.
+    pub shared_netns: bool,
+}
+
 /// How a hand-over ended, for the daemon's main task.
-pub type Outcome = Option<Result<u32, String>>;
+pub type Outcome = Option<Result<Handed, String>>;
 
 /// Why a hand-over did not happen.
 enum GiveError {
@@ -78,8 +88,8 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, done: watch::Sen
             }
         }
         match give(stream, &daemon).await {
-            Ok(pid) => {
-                done.send_replace(Some(Ok(pid)));
+            Ok(handed) => {
+                done.send_replace(Some(Ok(handed)));
                 return;
             }
             Err(GiveError::Refused(reason)) => {
@@ -96,7 +106,7 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, done: watch::Sen
 }
 
 /// One hand-over, from the offer to the new daemon's `Taken`.
-async fn give(stream: tokio::net::UnixStream, daemon: &Arc<Daemon>) -> Result<u32, GiveError> {
+async fn give(stream: tokio::net::UnixStream, daemon: &Arc<Daemon>) -> Result<Handed, GiveError> {
     // No reload or module restart interleaves with a hand-over.
     let _admin = daemon.admin_lock.lock().await;
     let std = stream
@@ -180,7 +190,10 @@ async fn give(stream: tokio::net::UnixStream, daemon: &Arc<Daemon>) -> Result<u3
         .await
         .map_err(|e| GiveError::Lost(e.to_string()))?;
     tracing::info!(pid, "handed over to the new mechad");
-    Ok(pid)
+    Ok(Handed {
+        pid,
+        shared_netns: same_netns,
+    })
 }
 
 /// Holds every connection until none has anything in flight, or gives up

@@ -3,10 +3,11 @@
 //! so that upgrading the daemon drops nothing (ARCHITECTURE.md, "Daemon
 //! hand-over"). `give` is the old daemon's side, `take` the new one's,
 //! `freeze` what connections see of it, `wire` the protocol between the two,
-//! and `upgrade` how an admin starts one.
+//! `upgrade` how an admin starts one and `waiter` who waits for its outcome.
 
 pub mod freeze;
 pub mod give;
 pub mod take;
 pub mod upgrade;
+pub mod waiter;
 pub mod wire;

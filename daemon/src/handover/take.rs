@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 
+use super::freeze::REOPEN_TIMEOUT;
 use super::wire::{self, blocking, Channel, ConnState, ToNew, ToOld};
 use crate::conn::Resume;
 use crate::daemon::Daemon;
-use crate::peer::Peer;
 use crate::supervisor::{ModuleSlot, Prepared, Supervision};
 
 /// `--takeover`: whether a daemon must be there to take over from.
@@ -31,10 +31,6 @@ pub enum Mode {
 /// holds its connections for up to `give::QUIET_TIMEOUT`, then drains its
 /// modules.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long connections taken over wait for each other's streams to open
-/// again before serving on regardless.
-pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A hand-over under way, from the new daemon's side.
 pub struct Taking {
@@ -179,6 +175,10 @@ impl Taking {
         for (slot, p) in eager {
             slot.run(p, supervision).await;
         }
+        // Under systemd this daemon is the service's main process from now
+        // on; said before the old one may exit, so that its exit does not
+        // end the service.
+        crate::notify::send(&format!("MAINPID={}", std::process::id()));
         let (_, sent) = blocking(channel, |c| c.send(&ToOld::Taken, &[])).await;
         for (slot, p) in lazy {
             slot.run(p, supervision).await;
@@ -199,28 +199,28 @@ impl Taking {
     }
 }
 
-/// Serves one connection taken over, from where its session was.
+/// Serves one connection taken over, from where its session was. The peer
+/// is identified again from the socket, as at an accept: identity comes from
+/// the kernel, under this daemon's view (its mount namespace, its pods).
 fn adopt(fd: OwnedFd, state: ConnState, daemon: &Arc<Daemon>, shutdown: watch::Receiver<bool>) {
     let std = std::os::unix::net::UnixStream::from(fd);
-    let stream = match std
+    let socket: Arc<Path> = Arc::from(state.socket.as_path());
+    let taken = std
         .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(std))
-    {
-        Ok(s) => s,
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::peer::identify(&std, &socket).map_err(|e| e.to_string()))
+        .and_then(|peer| {
+            tokio::net::UnixStream::from_std(std)
+                .map(|stream| (stream, peer))
+                .map_err(|e| e.to_string())
+        });
+    let (stream, peer) = match taken {
+        Ok(both) => both,
         Err(e) => {
-            tracing::warn!(pid = state.pid, "cannot take a connection over: {e}");
+            tracing::debug!("a connection taken over is closed: {e}");
             daemon.freeze.reopened();
             return;
         }
-    };
-    let peer = Peer {
-        pid: state.pid,
-        uid: state.uid,
-        gid: state.gid,
-        socket: Arc::from(state.socket.as_path()),
-        pod: state.pod,
-        local: state.local,
-        personality: false,
     };
     let resume = Resume {
         version: state.version,

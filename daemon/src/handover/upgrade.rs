@@ -6,29 +6,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 /// How long the new daemon may take to be ready to take over.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// After the new process exited, how long to wait for the reason it sent.
 const REASON_GRACE: Duration = Duration::from_millis(500);
-
-/// The upgrade under way, if any: who waits for its outcome.
-#[derive(Default)]
-pub struct Upgrade {
-    waiter: Mutex<Option<oneshot::Sender<Result<u32, String>>>>,
-}
-
-impl Upgrade {
-    /// Tells the requester the hand-over's outcome: the new daemon's pid
-    /// once it is ready to take over, or why it will not.
-    pub fn settle(&self, outcome: Result<u32, String>) {
-        if let Some(waiter) = self.waiter.lock().take() {
-            let _ = waiter.send(outcome);
-        }
-    }
-}
 
 /// Starts `binary` (this daemon's own by default) with this daemon's
 /// arguments and `--takeover required`, and waits until it is ready to take

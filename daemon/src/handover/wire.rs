@@ -69,17 +69,12 @@ pub enum ToNew {
     Failed { reason: String },
 }
 
-/// What the new daemon needs to go on serving a connection.
+/// What the new daemon needs to go on serving a connection. Who the peer is
+/// does not travel: the new daemon asks the kernel again, from the socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ConnState {
-    /// The peer's credentials, as the kernel gave them at accept.
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    /// The listening socket it connected to.
+    /// The listening socket it connected to (tenant rules may name it).
     pub socket: PathBuf,
-    pub pod: Option<String>,
-    pub local: bool,
     /// The negotiated ABI version; `None` before HELLO.
     pub version: Option<u8>,
     /// Its open streams, to open again on the new daemon's modules.

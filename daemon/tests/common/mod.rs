@@ -610,3 +610,27 @@ impl Daemon {
             .expect("client negotiates as another uid")
     }
 }
+
+/// Stops a daemon that took over (by a hand-over) when the test ends: the
+/// test did not start it, so `Daemon`'s drop would not.
+pub struct Reaper(pub u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(20);
+        while alive(self.0) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(self.0) {
+            signal(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
