@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{bin_dir, invoke_component, signal, wait_until, Daemon};
+use common::{alive, bin_dir, invoke_component, signal, wait_until, Daemon};
 use mecha_client::{Client, InvokeOptions, InvokeReply, RetryPolicy, SetOptions};
 
 /// How long the test waits for something that should happen promptly; it
@@ -670,7 +670,7 @@ impl Node {
                 }
             };
         }
-        process_gone(pid)
+        !alive(pid)
     }
 
     /// Stops the daemon serving now with SIGTERM and waits for it to exit.
@@ -681,9 +681,7 @@ impl Node {
         } else {
             signal(self.pid, libc::SIGTERM);
             let pid = self.pid;
-            wait_until(PATIENCE, "the daemon to exit after SIGTERM", || {
-                process_gone(pid)
-            });
+            wait_until(PATIENCE, "the daemon to exit after SIGTERM", || !alive(pid));
         }
         self.pid = 0;
     }
@@ -694,26 +692,13 @@ impl Drop for Node {
         // The first daemon is the Daemon's to kill; a later one is killed
         // here, if it still runs and is this test's (its command line names
         // this test's socket), never a process that reused the pid.
-        if self.pid != 0 && self.pid != self.d.pid() && !process_gone(self.pid) {
+        if self.pid != 0 && self.pid != self.d.pid() && alive(self.pid) {
             let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
             let socket = self.d.socket.to_string_lossy().into_owned();
             if String::from_utf8_lossy(&cmdline).contains(&socket) {
                 // SAFETY: kill(2) takes plain integers.
                 unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
             }
-        }
-    }
-}
-
-/// Whether `pid` is gone or a zombie.
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|close| stat[close + 1..].split_whitespace().next());
-            state == Some("Z")
         }
     }
 }
