@@ -48,6 +48,8 @@ pub struct HttpState {
     stopping: AtomicBool,
     /// Stop accepting: the listener went to a daemon that took over.
     release: tokio::sync::Notify,
+    /// The address it listens on, once bound.
+    bound: OnceLock<std::net::SocketAddr>,
     dashboard: Dashboard,
 }
 
@@ -64,11 +66,18 @@ impl HttpState {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Stops accepting, for good: a daemon that took over serves the same
-    /// listening socket now, and an idle old daemon must not answer its
-    /// probes.
-    pub fn release_listener(&self) {
-        self.release.notify_one();
+    /// Stops accepting, for good, when `claimed` (the listening sockets a
+    /// daemon that took over serves on) holds this endpoint's: an idle old
+    /// daemon must not answer the new one's probes. One whose listener the
+    /// new daemon did not take (another pod's address) serves on.
+    pub fn release_if_claimed(&self, claimed: &[crate::inherited::Address]) {
+        let ours = self.bound.get().copied();
+        if claimed
+            .iter()
+            .any(|a| matches!(a, crate::inherited::Address::Tcp(t) if Some(*t) == ours))
+        {
+            self.release.notify_one();
+        }
     }
 }
 
@@ -119,6 +128,7 @@ pub async fn start(
         socket: OnceLock::new(),
         stopping: AtomicBool::new(false),
         release: tokio::sync::Notify::new(),
+        bound: OnceLock::new(),
         dashboard,
     });
     let Some((addr, automatic)) = address(flag, settings)? else {
@@ -138,6 +148,7 @@ pub async fn start(
         Ok(listener) => {
             crate::inherited::own(&listener);
             let bound = listener.local_addr().unwrap_or(addr);
+            let _ = state.bound.set(bound);
             tracing::info!(address = %bound, "http endpoint listening (/healthz, /readyz, /metrics, dashboard at /)");
             tokio::spawn(serve(listener, Arc::clone(&state)));
         }
@@ -343,6 +354,7 @@ mod tests {
             socket: OnceLock::new(),
             stopping: AtomicBool::new(false),
             release: tokio::sync::Notify::new(),
+            bound: OnceLock::new(),
             dashboard: Dashboard::new(false, None).unwrap(),
         }
     }

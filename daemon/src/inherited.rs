@@ -62,12 +62,30 @@ pub fn keep(address: Address, fd: OwnedFd) {
 
 /// The inherited listening socket on Unix path `path`, once.
 pub fn take_unix(path: &Path) -> Option<OwnedFd> {
-    sockets().lock().remove(&Address::Unix(path.to_path_buf()))
+    claim(Address::Unix(path.to_path_buf()))
 }
 
 /// The inherited listening socket on TCP address `addr`, once.
 pub fn take_tcp(addr: SocketAddr) -> Option<OwnedFd> {
-    sockets().lock().remove(&Address::Tcp(addr))
+    claim(Address::Tcp(addr))
+}
+
+fn claimed_list() -> &'static Mutex<Vec<Address>> {
+    static CLAIMED: OnceLock<Mutex<Vec<Address>>> = OnceLock::new();
+    CLAIMED.get_or_init(Default::default)
+}
+
+fn claim(address: Address) -> Option<OwnedFd> {
+    let fd = sockets().lock().remove(&address)?;
+    claimed_list().lock().push(address);
+    Some(fd)
+}
+
+/// The inherited sockets this daemon serves on: the old daemon stops
+/// accepting on those (it has nothing left to serve there), and keeps the
+/// others (its own pod's probes, say).
+pub fn claimed() -> Vec<Address> {
+    claimed_list().lock().clone()
 }
 
 /// Closes every inherited socket nobody claimed: the configuration of this

@@ -550,9 +550,7 @@ async fn serve(
         }
         let handed = outcome.map_err(|e| anyhow::anyhow!("hand-over failed: {e}"))?;
         tracing::info!(new_pid = handed.pid, "mechad handed over");
-        if handed.shared_netns {
-            http.release_listener();
-        }
+        http.release_if_claimed(&handed.claimed);
         if after == AfterHandover::Wait {
             tracing::info!("handed over; waiting for SIGTERM");
             tokio::select! {

@@ -10,18 +10,10 @@
 //! acknowledges numbered messages a publisher sends throughout, and a
 //! registered invoke callee answering a caller that calls it in a loop.
 //!
-//! The version-bump test needs a mechad built with the `handover-next`
-//! feature, which bumps the hand-over version, in a target directory of its
-//! own (so it does not replace the normal build), named by
-//! `MECHA_NEXT_MECHAD`:
-//!
-//! ```sh
-//! CARGO_TARGET_DIR=target/next cargo build -p mechad --features handover-next
-//! MECHA_NEXT_MECHAD=$PWD/target/next/debug/mechad cargo test -p mechad --test handover
-//! ```
-//!
-//! Without it that test fails and says so; `MECHA_SKIP_NEXT=1` skips it for a
-//! local run that does not need it.
+//! The version-bump test runs a mechad built with the `handover-next`
+//! feature, which bumps the hand-over version: the one `MECHA_NEXT_MECHAD`
+//! names (CI builds it), or else one the test builds, once, in
+//! `target/handover-next` (a few minutes the first time).
 
 mod common;
 
@@ -783,9 +775,11 @@ fn a_broken_new_binary_leaves_the_old_daemon_serving_without_a_failed_request() 
     node.stop();
 }
 
-/// The mechad built with the `handover-next` feature, from
-/// `MECHA_NEXT_MECHAD`; `None` when `MECHA_SKIP_NEXT=1` asks to skip.
-fn next_mechad() -> Option<PathBuf> {
+/// The mechad built with the `handover-next` feature: `MECHA_NEXT_MECHAD`
+/// when set (CI builds it beside the normal one), or else built here, once,
+/// in a target directory of its own beside the normal one (so the normal
+/// `mechad` the other tests run is never replaced).
+fn next_mechad() -> PathBuf {
     if let Some(path) = std::env::var_os("MECHA_NEXT_MECHAD") {
         let path = PathBuf::from(path);
         assert!(
@@ -793,26 +787,43 @@ fn next_mechad() -> Option<PathBuf> {
             "MECHA_NEXT_MECHAD={} is not a file",
             path.display()
         );
-        return Some(path);
+        return path;
     }
-    if std::env::var("MECHA_SKIP_NEXT").as_deref() == Ok("1") {
-        eprintln!("MECHA_SKIP_NEXT=1: the upgrade to a bumped hand-over version is not tested");
-        return None;
-    }
-    panic!(
-        "this test needs a mechad with a bumped hand-over version, named by MECHA_NEXT_MECHAD. \
-         Build it into a target directory of its own and run again:\n  \
-         CARGO_TARGET_DIR=target/next cargo build -p mechad --features handover-next\n  \
-         MECHA_NEXT_MECHAD=$PWD/target/next/debug/mechad cargo test -p mechad --test handover\n\
-         or set MECHA_SKIP_NEXT=1 to skip it"
+    let profile_dir = common::bin_dir();
+    let target = profile_dir
+        .parent()
+        .expect("the profile directory has a parent")
+        .join("handover-next");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "mechad",
+        "--features",
+        "handover-next",
+        "--target-dir",
+    ])
+    .arg(&target);
+    let profile = if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+        "release"
+    } else {
+        "debug"
+    };
+    let status = cmd
+        .status()
+        .expect("running cargo build for the next mechad");
+    assert!(
+        status.success(),
+        "building mechad with --features handover-next failed"
     );
+    target.join(profile).join("mechad")
 }
 
 #[test]
 fn a_daemon_hands_over_under_load_to_a_build_with_a_bumped_handover_version() {
-    let Some(next) = next_mechad() else {
-        return;
-    };
+    let next = next_mechad();
     let mut node = Node::start();
     let load = Load::start(&node.d);
     let new = node.upgrade_ok(&next);

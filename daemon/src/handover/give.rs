@@ -26,13 +26,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A hand-over that completed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Handed {
     /// The daemon that took over.
     pub pid: u32,
-    /// It shares this daemon's network namespace, so it took the TCP
-    /// listeners too.
-    pub shared_netns: bool,
+    /// The listening sockets it serves on now.
+    pub claimed: Vec<crate::inherited::Address>,
 }
 
 /// How a hand-over ended, for the daemon's main task.
@@ -186,14 +185,11 @@ async fn give(stream: tokio::net::UnixStream, daemon: &Arc<Daemon>) -> Result<Ha
             return Err(GiveError::Refused(reason));
         }
     };
-    hand_over(channel, daemon)
+    let claimed = hand_over(channel, daemon)
         .await
         .map_err(|e| GiveError::Lost(e.to_string()))?;
     tracing::info!(pid, "handed over to the new mechad");
-    Ok(Handed {
-        pid,
-        shared_netns: same_netns,
-    })
+    Ok(Handed { pid, claimed })
 }
 
 /// Holds every connection until none has anything in flight, or gives up
@@ -214,7 +210,10 @@ async fn hold(daemon: &Daemon) -> Result<(), String> {
 
 /// Moves every connection and retires the modules: past this point the old
 /// daemon serves nothing.
-async fn hand_over(mut channel: Channel, daemon: &Arc<Daemon>) -> Result<(), WireError> {
+async fn hand_over(
+    mut channel: Channel,
+    daemon: &Arc<Daemon>,
+) -> Result<Vec<crate::inherited::Address>, WireError> {
     let slots = daemon.modules.read().clone();
     let mut streams = Vec::new();
     for slot in &slots {
@@ -255,7 +254,7 @@ async fn hand_over(mut channel: Channel, daemon: &Arc<Daemon>) -> Result<(), Wir
     })
     .await;
     match taken?.0 {
-        ToOld::Taken => Ok(()),
+        ToOld::Taken { claimed } => Ok(claimed),
         other => Err(WireError::Decode(format!("expected taken, got {other:?}"))),
     }
 }

@@ -179,7 +179,8 @@ impl Taking {
         // on; said before the old one may exit, so that its exit does not
         // end the service.
         crate::notify::send(&format!("MAINPID={}", std::process::id()));
-        let (_, sent) = blocking(channel, |c| c.send(&ToOld::Taken, &[])).await;
+        let claimed = crate::inherited::claimed();
+        let (_, sent) = blocking(channel, move |c| c.send(&ToOld::Taken { claimed }, &[])).await;
         for (slot, p) in lazy {
             slot.run(p, supervision).await;
         }

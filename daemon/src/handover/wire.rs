@@ -41,8 +41,9 @@ pub enum ToOld {
     Ready,
     /// It cannot go on (a module failed to start, ...); it exits.
     Abort { reason: String },
-    /// It has every connection and serves: the old daemon may go.
-    Taken,
+    /// It has every connection and serves: the old daemon may go. It
+    /// serves on these of the old daemon's listening sockets.
+    Taken { claimed: Vec<Address> },
 }
 
 /// From the old daemon to the new one.
