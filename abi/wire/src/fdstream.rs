@@ -142,10 +142,13 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (mut a, mut b) = (FdStream::new(a), FdStream::new(b));
         let (x, mut y) = UnixStream::pair().unwrap();
-        a.send(b"first", &[x.as_fd()]).unwrap();
-        a.send(b"second", &[]).unwrap();
-        a.send(&vec![7u8; 300_000], &[]).unwrap();
-        drop(a);
+        // The sender runs on its own thread: a message larger than the
+        // socket's buffer is only taken as the receiver reads it.
+        let sender = std::thread::spawn(move || {
+            a.send(b"first", &[x.as_fd()]).unwrap();
+            a.send(b"second", &[]).unwrap();
+            a.send(&vec![7u8; 300_000], &[]).unwrap();
+        });
         let (body, fds) = b.recv().unwrap().unwrap();
         assert_eq!((body.as_slice(), fds.len()), (&b"first"[..], 1));
         // The descriptor is the same socket: what goes in one end comes out
@@ -158,6 +161,7 @@ mod tests {
         let (body, fds) = b.recv().unwrap().unwrap();
         assert_eq!((body.as_slice(), fds.len()), (&b"second"[..], 0));
         assert_eq!(b.recv().unwrap().unwrap().0.len(), 300_000);
+        sender.join().unwrap();
         assert!(b.recv().unwrap().is_none(), "a clean end between messages");
     }
 }
