@@ -19,7 +19,7 @@ use crate::caller::Caller;
 use crate::clocked::{is_stalled, partial_frame_timeout, Clocked};
 use crate::daemon::Daemon;
 use crate::handle::ConnHandle;
-use crate::handover::freeze::{Exports, Frozen, LiveGuard, Phase};
+use crate::handover::freeze::{Exports, Frozen, Held, LiveGuard, Phase};
 use crate::handover::wire::{ConnState, StreamState};
 use crate::peer::Peer;
 use crate::ratelog::RateLimited;
@@ -219,30 +219,30 @@ impl Conn {
         let freeze = Arc::clone(&self.caller.daemon.freeze);
         let mut phase = freeze.watch();
         let mut held: Vec<(Header, Bytes)> = Vec::new();
-        let mut held_bytes = 0usize;
+        let mut held_bytes = Held::new(&freeze);
         let all = self.caller.daemon.max_in_flight;
         loop {
-            let current = phase.borrow_and_update().clone();
-            let holding = match current {
-                Phase::Stopping(exports) => return Exit::Stop(exports, held),
-                Phase::Serving => {
-                    *quiet_in = None;
-                    freeze.hold_bytes(-isize::try_from(held_bytes).unwrap_or(isize::MAX));
-                    // A hand-over that failed: serve what was held, in order.
-                    for (header, payload) in std::mem::take(&mut held) {
-                        let Some(permit) = self.permit().await else {
-                            return Exit::Close;
-                        };
-                        let permit = permit.observed(tenant_metrics, header.opcode);
-                        if let Flow::Close = self.on_frame(header, payload, permit).await {
-                            return Exit::Close;
-                        }
-                    }
-                    held_bytes = 0;
-                    false
-                }
+            let holding = match &*phase.borrow_and_update() {
+                Phase::Stopping(exports) => return Exit::Stop(Arc::clone(exports), held),
                 Phase::Holding => true,
+                Phase::Serving => false,
             };
+            if !holding {
+                *quiet_in = None;
+            }
+            if !holding && !held.is_empty() {
+                // A hand-over that failed: serve what was held, in order.
+                held_bytes.clear();
+                for (header, payload) in std::mem::take(&mut held) {
+                    let Some(permit) = self.permit().await else {
+                        return Exit::Close;
+                    };
+                    let permit = permit.observed(tenant_metrics, header.opcode);
+                    if let Flow::Close = self.on_frame(header, payload, permit).await {
+                        return Exit::Close;
+                    }
+                }
+            }
             // At a frame boundary the partial-frame clock stops, or restarts for
             // bytes of the next frame already read ahead. Restarting it here, when
             // reading resumes, rather than when the last frame was returned, keeps
@@ -256,16 +256,17 @@ impl Conn {
                 self.caller.flush();
             }
             let can_read = !holding
-                || (held.len() < HOLD_FRAMES && held_bytes < HOLD_BYTES && freeze.may_hold());
+                || (held.len() < HOLD_FRAMES
+                    && held_bytes.bytes() < HOLD_BYTES
+                    && freeze.may_hold());
             let report = holding && quiet_in.is_none();
-            let permits = Arc::clone(&self.permits);
             let next = tokio::select! {
                 next = reader.next(), if can_read => next,
                 _ = shutdown.changed() => return Exit::Close,
                 _ = phase.changed() => continue,
                 // Every permit back: whatever this connection had in flight
                 // has been answered and written.
-                _ = permits.acquire_many(all), if report => {
+                _ = self.permits.acquire_many(all), if report => {
                     *quiet_in = Some(freeze.report_quiet());
                     continue;
                 }
@@ -285,8 +286,7 @@ impl Conn {
             }
             if holding {
                 if let Ok(Some((header, payload))) = next {
-                    held_bytes += payload.len();
-                    freeze.hold_bytes(isize::try_from(payload.len()).unwrap_or(isize::MAX));
+                    held_bytes.add(payload.len());
                     held.push((header, payload));
                     continue;
                 }

@@ -274,18 +274,15 @@ async fn start(
         Arc::clone(metrics),
     )
     .await?;
-    let (modules, prepared) = if held {
-        let prepared = prepare_modules(boot, args.config.as_deref()).await?;
-        (
-            prepared.iter().map(|(s, _)| Arc::clone(s)).collect(),
-            prepared,
-        )
-    } else {
-        (
-            start_modules(boot, args.config.as_deref()).await?,
-            Vec::new(),
-        )
-    };
+    // Modules start before the socket is bound, so the first request finds
+    // them; those of a daemon taking over serve once the old ones are gone.
+    let mut prepared = prepare_modules(boot, args.config.as_deref(), held).await?;
+    let modules = prepared.iter().map(|(s, _)| Arc::clone(s)).collect();
+    if !held {
+        for (slot, p) in prepared.drain(..) {
+            slot.run(p, boot.supervision).await;
+        }
+    }
     let listeners = bind_sockets(boot)?;
     Ok((http, modules, prepared, listeners))
 }
@@ -417,40 +414,22 @@ impl Boot {
     }
 }
 
-/// Starts the modules in order before accepting, so the first request finds
-/// them. A module that cannot start at boot is a configuration error: the
-/// daemon fails loudly, naming the file the components came from.
-async fn start_modules(
-    boot: &Boot,
-    config_path: Option<&Path>,
-) -> anyhow::Result<Vec<Arc<ModuleSlot>>> {
-    let specs = plan::child_specs(&boot.config, &boot.paths).map_err(anyhow::Error::msg)?;
-    let mut modules = Vec::with_capacity(specs.len());
-    for (family, spec) in specs {
-        let name = spec.name.clone();
-        let slot = ModuleSlot::launch(spec, family, boot.supervision)
-            .await
-            .with_context(|| match config_path {
-                Some(path) => format!("starting module {name} (configured in {})", path.display()),
-                None => format!("starting module {name}"),
-            })?;
-        modules.push(slot);
-    }
-    Ok(modules)
-}
-
-/// Starts and handshakes the modules of a daemon taking over, without
-/// serving with them (`ModuleSlot::prepare`): the running daemon's instances
-/// still hold their resources.
+/// Starts and handshakes every configured module, in order, without
+/// serving with it yet (`ModuleSlot::prepare`); a daemon taking over
+/// (`handoff`) tells its instances that the running daemon's still hold
+/// their resources. A module that cannot start is a configuration error:
+/// the daemon fails loudly, naming the file the components came from, and
+/// the instances started before it are stopped.
 async fn prepare_modules(
     boot: &Boot,
     config_path: Option<&Path>,
+    handoff: bool,
 ) -> anyhow::Result<Vec<(Arc<ModuleSlot>, supervisor::Prepared)>> {
     let specs = plan::child_specs(&boot.config, &boot.paths).map_err(anyhow::Error::msg)?;
     let mut modules = Vec::with_capacity(specs.len());
     for (family, spec) in specs {
         let name = spec.name.clone();
-        match ModuleSlot::prepare(spec, family, true).await {
+        match ModuleSlot::prepare(spec, family, handoff).await {
             Ok(prepared) => modules.push(prepared),
             Err(e) => {
                 for (_, p) in modules {

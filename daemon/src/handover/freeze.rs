@@ -107,6 +107,46 @@ impl Default for Freeze {
     }
 }
 
+/// The bytes one holding connection keeps, counted in [`HOLD_TOTAL`] until
+/// it serves them, hands them over or closes (dropped).
+pub struct Held {
+    freeze: Arc<Freeze>,
+    bytes: usize,
+}
+
+impl Held {
+    /// None kept yet.
+    pub fn new(freeze: &Arc<Freeze>) -> Self {
+        Self {
+            freeze: Arc::clone(freeze),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` more.
+    pub fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.freeze.held.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// How many this connection keeps.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Counts none any more.
+    pub fn clear(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.freeze.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// Counts a connection as live until dropped.
 pub struct LiveGuard(Arc<Freeze>);
 
@@ -172,19 +212,6 @@ impl Freeze {
     /// True while holding connections may keep more bytes.
     pub fn may_hold(&self) -> bool {
         self.held.load(Ordering::Acquire) < HOLD_TOTAL
-    }
-
-    /// Counts `bytes` more (or, negative, fewer) kept by holding connections.
-    pub fn hold_bytes(&self, bytes: isize) {
-        if bytes >= 0 {
-            self.held.fetch_add(bytes.unsigned_abs(), Ordering::AcqRel);
-        } else {
-            let _ = self
-                .held
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                    Some(h.saturating_sub(bytes.unsigned_abs()))
-                });
-        }
     }
 
     /// A connection taken over will open its streams again.
